@@ -1,0 +1,15 @@
+//! weft-core: the deterministic heart of weft.
+//!
+//! - [`id`]: document, device and content ids.
+//! - [`wire`]: protocol v1 frames and messages.
+//! - [`engine`]: the sans-IO sync engine that devices and the relay both drive.
+//! - [`store`]: the storage trait, its redb and in-memory implementations, group commit and the
+//!   document store. The engine never calls the store: drivers connect the two.
+#![deny(missing_docs, unreachable_pub)]
+
+mod id;
+mod role;
+pub mod store;
+
+pub use id::{ContentHash, DeviceId, DocId, ParseIdError};
+pub use role::Role;
