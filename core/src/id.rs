@@ -228,12 +228,11 @@ mod tests {
     }
 
     #[test]
-    fn doc_id_matches_automerge_repo_encoding() {
-        // bs58check of 16 bytes of zero, as the `bs58check` npm package encodes it.
-        let id = DocId::from_bytes([0; 16]);
-        let expect = bs58::encode([0u8; 16]).with_check().into_string();
-        assert_eq!(id.to_string(), expect);
-        assert_eq!(expect.len(), 20);
+    fn doc_id_reads_automerge_repo_urls() {
+        // The example URL in automerge-repo's own type docs and tests.
+        let id: DocId = "automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu".parse().unwrap();
+        assert_eq!(id.to_string(), "4NMNnkMhL8jXrdJ9jamS58PAVdXu");
+        assert!("automerge:badbadbad".parse::<DocId>().is_err());
     }
 
     #[test]
