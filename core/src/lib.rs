@@ -10,6 +10,7 @@
 mod id;
 mod role;
 pub mod store;
+pub mod wire;
 
 pub use id::{ContentHash, DeviceId, DocId, ParseIdError};
 pub use role::Role;
