@@ -80,11 +80,14 @@ impl FromStr for DocId {
             .with_check(None)
             .into_vec()
             .map_err(|_| ParseIdError::Encoding { input: shorten(s) })?;
-        let arr: [u8; 16] = bytes.as_slice().try_into().map_err(|_| ParseIdError::Length {
-            input: shorten(s),
-            expected: 16,
-            actual: bytes.len(),
-        })?;
+        let arr: [u8; 16] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| ParseIdError::Length {
+                input: shorten(s),
+                expected: 16,
+                actual: bytes.len(),
+            })?;
         Ok(DocId(arr))
     }
 }
@@ -136,11 +139,14 @@ impl FromStr for DeviceId {
         let bytes = bs58::decode(s)
             .into_vec()
             .map_err(|_| ParseIdError::Encoding { input: shorten(s) })?;
-        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| ParseIdError::Length {
-            input: shorten(s),
-            expected: 32,
-            actual: bytes.len(),
-        })?;
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| ParseIdError::Length {
+                input: shorten(s),
+                expected: 32,
+                actual: bytes.len(),
+            })?;
         Ok(DeviceId(arr))
     }
 }
@@ -202,7 +208,9 @@ macro_rules! serde_bytes_array {
                 s.serialize_bytes(v)
             }
 
-            pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; $n], D::Error> {
+            pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<[u8; $n], D::Error> {
                 let buf: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
                 buf.as_slice().try_into().map_err(|_| {
                     serde::de::Error::invalid_length(buf.len(), &concat!($n, " bytes"))
@@ -245,7 +253,10 @@ mod tests {
             assert!(input.parse::<DocId>().is_err(), "{input:?} parsed");
         }
         let short = bs58::encode([1u8; 8]).with_check().into_string();
-        assert!(matches!(short.parse::<DocId>(), Err(ParseIdError::Length { actual: 8, .. })));
+        assert!(matches!(
+            short.parse::<DocId>(),
+            Err(ParseIdError::Length { actual: 8, .. })
+        ));
     }
 
     #[test]
@@ -261,6 +272,9 @@ mod tests {
         let bytes = rmp_serde::to_vec(&id).unwrap();
         assert_eq!(bytes.len(), 2 + 16); // bin8 header + payload
         assert_eq!(rmp_serde::from_slice::<DocId>(&bytes).unwrap(), id);
-        assert!(rmp_serde::from_slice::<DocId>(&rmp_serde::to_vec(&serde_bytes::Bytes::new(&[1, 2])).unwrap()).is_err());
+        assert!(rmp_serde::from_slice::<DocId>(
+            &rmp_serde::to_vec(&serde_bytes::Bytes::new(&[1, 2])).unwrap()
+        )
+        .is_err());
     }
 }

@@ -7,10 +7,21 @@
 //!   document store. The engine never calls the store: drivers connect the two.
 #![deny(missing_docs, unreachable_pub)]
 
+mod doc;
+pub mod engine;
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod id;
 mod role;
 pub mod store;
 pub mod wire;
 
+/// Automerge, re-exported so every crate uses the version weft-core chose.
+pub use automerge;
+pub use doc::{hash_hex, parse_change, DocError, Document};
 pub use id::{ContentHash, DeviceId, DocId, ParseIdError};
-pub use role::Role;
+pub use role::{ParseRoleError, Role};
+pub use store::{
+    ChunkKey, ChunkKind, CommitTicket, DocMeta, DocStoreError, GroupCommit, KvStore, MemStore,
+    RedbStore, StoreError, Table, WriteBatch,
+};

@@ -214,7 +214,10 @@ impl Message {
     /// The document a message concerns, if any.
     pub fn doc(&self) -> Option<DocId> {
         match self {
-            Message::Hello { .. } | Message::Welcome { .. } | Message::Token { .. } | Message::Docs { .. } => None,
+            Message::Hello { .. }
+            | Message::Welcome { .. }
+            | Message::Token { .. }
+            | Message::Docs { .. } => None,
             Message::Error { doc, .. } => *doc,
             Message::Subscribe { doc }
             | Message::Subscribed { doc, .. }
@@ -274,7 +277,10 @@ pub fn encode_frame(msg: &Message, max_frame: usize, out: &mut Vec<u8>) -> Resul
     let len = out.len() - start - FRAME_HEADER_LEN;
     if len > max_frame || len > u32::MAX as usize {
         out.truncate(start);
-        return Err(FrameError::TooLarge { len, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
     out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
@@ -301,7 +307,10 @@ pub fn decode_header(buf: &[u8], max_frame: usize) -> Result<Option<usize>, Fram
     };
     let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
     if len > max_frame {
-        return Err(FrameError::TooLarge { len, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
     Ok(Some(len))
 }
@@ -338,10 +347,15 @@ mod heads_serde {
         s.serialize_bytes(&bytes)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChangeHash>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<ChangeHash>, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
         if bytes.len() % 32 != 0 {
-            return Err(D::Error::invalid_length(bytes.len(), &"a multiple of 32 bytes"));
+            return Err(D::Error::invalid_length(
+                bytes.len(),
+                &"a multiple of 32 bytes",
+            ));
         }
         Ok(bytes
             .chunks_exact(32)
@@ -371,15 +385,32 @@ mod tests {
                 token: "t.o.k".into(),
                 agent: "weft/0.1".into(),
             },
-            Message::Error { code: ErrorCode::FORBIDDEN, doc: Some(doc()), message: "no".into() },
+            Message::Error {
+                code: ErrorCode::FORBIDDEN,
+                doc: Some(doc()),
+                message: "no".into(),
+            },
             Message::Docs {
                 full: true,
-                added: vec![DocEntry { doc: doc(), role: Role::ReadOnly }],
+                added: vec![DocEntry {
+                    doc: doc(),
+                    role: Role::ReadOnly,
+                }],
                 removed: vec![],
             },
-            Message::Sync { doc: doc(), reset: true, data: vec![0x42, 1, 2] },
-            Message::Changes { doc: doc(), changes: vec![serde_bytes::ByteBuf::from(vec![9; 100])] },
-            Message::Ack { doc: doc(), heads: vec![ChangeHash([5; 32]), ChangeHash([6; 32])] },
+            Message::Sync {
+                doc: doc(),
+                reset: true,
+                data: vec![0x42, 1, 2],
+            },
+            Message::Changes {
+                doc: doc(),
+                changes: vec![serde_bytes::ByteBuf::from(vec![9; 100])],
+            },
+            Message::Ack {
+                doc: doc(),
+                heads: vec![ChangeHash([5; 32]), ChangeHash([6; 32])],
+            },
         ]
     }
 
@@ -398,7 +429,12 @@ mod tests {
     fn short_input_needs_more_bytes() {
         let f = frame(&samples()[0], DEFAULT_MAX_FRAME).unwrap();
         for cut in 0..f.len() {
-            assert!(decode_frame(&f[..cut], DEFAULT_MAX_FRAME).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                decode_frame(&f[..cut], DEFAULT_MAX_FRAME)
+                    .unwrap()
+                    .is_none(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -407,29 +443,61 @@ mod tests {
         let buf = [PROTOCOL_V1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(
             decode_frame(&buf, DEFAULT_MAX_FRAME),
-            Err(FrameError::TooLarge { len: 0xffff_ffff, .. })
+            Err(FrameError::TooLarge {
+                len: 0xffff_ffff,
+                ..
+            })
         ));
-        let big = Message::Sync { doc: doc(), reset: false, data: vec![0; 2000] };
-        assert!(matches!(frame(&big, 1000), Err(FrameError::TooLarge { .. })));
+        let big = Message::Sync {
+            doc: doc(),
+            reset: false,
+            data: vec![0; 2000],
+        };
+        assert!(matches!(
+            frame(&big, 1000),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn wrong_version_byte_is_refused() {
         let mut f = frame(&samples()[0], DEFAULT_MAX_FRAME).unwrap();
         f[0] = 0x02;
-        assert!(matches!(decode_frame(&f, DEFAULT_MAX_FRAME), Err(FrameError::UnsupportedVersion { got: 2 })));
+        assert!(matches!(
+            decode_frame(&f, DEFAULT_MAX_FRAME),
+            Err(FrameError::UnsupportedVersion { got: 2 })
+        ));
     }
 
     #[test]
     fn garbage_bodies_are_malformed() {
-        for body in [&b""[..], b"\xc1", b"\x81\xa4Sync\x80", b"\x92\x01\x02", &[0xdd, 0xff, 0xff, 0xff, 0xff]] {
+        for body in [
+            &b""[..],
+            b"\xc1",
+            b"\x81\xa4Sync\x80",
+            b"\x92\x01\x02",
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+        ] {
             let mut f = vec![PROTOCOL_V1];
             f.extend_from_slice(&(body.len() as u32).to_be_bytes());
             f.extend_from_slice(body);
-            assert!(matches!(decode_frame(&f, DEFAULT_MAX_FRAME), Err(FrameError::Malformed { .. })), "{body:?}");
+            assert!(
+                matches!(
+                    decode_frame(&f, DEFAULT_MAX_FRAME),
+                    Err(FrameError::Malformed { .. })
+                ),
+                "{body:?}"
+            );
         }
         // Heads whose length is not a multiple of 32.
-        let mut f = frame(&Message::Ack { doc: doc(), heads: vec![ChangeHash([1; 32])] }, DEFAULT_MAX_FRAME).unwrap();
+        let mut f = frame(
+            &Message::Ack {
+                doc: doc(),
+                heads: vec![ChangeHash([1; 32])],
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
         let n = f.len();
         f[n - 33] = 31; // bin8 length byte of the heads
         f.truncate(n - 1);
@@ -440,17 +508,46 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let doc = any::<[u8; 16]>().prop_map(DocId::from_bytes);
         prop_oneof![
-            (doc.clone(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300))
+            (
+                doc.clone(),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
                 .prop_map(|(doc, reset, data)| Message::Sync { doc, reset, data }),
-            (doc.clone(), proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)).prop_map(
-                |(doc, cs)| Message::Changes { doc, changes: cs.into_iter().map(serde_bytes::ByteBuf::from).collect() }
+            (
+                doc.clone(),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)
+            )
+                .prop_map(|(doc, cs)| Message::Changes {
+                    doc,
+                    changes: cs.into_iter().map(serde_bytes::ByteBuf::from).collect()
+                }),
+            (
+                doc.clone(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..4)
+            )
+                .prop_map(|(doc, hs)| Message::Ack {
+                    doc,
+                    heads: hs.into_iter().map(ChangeHash).collect()
+                }),
+            (any::<u16>(), proptest::option::of(doc.clone()), ".{0,40}").prop_map(
+                |(c, doc, message)| Message::Error {
+                    code: ErrorCode(c),
+                    doc,
+                    message
+                }
             ),
-            (doc.clone(), proptest::collection::vec(any::<[u8; 32]>(), 0..4))
-                .prop_map(|(doc, hs)| Message::Ack { doc, heads: hs.into_iter().map(ChangeHash).collect() }),
-            (any::<u16>(), proptest::option::of(doc.clone()), ".{0,40}")
-                .prop_map(|(c, doc, message)| Message::Error { code: ErrorCode(c), doc, message }),
-            (doc, proptest::option::of(".{0,10}"), proptest::collection::vec(any::<u8>(), 0..50))
-                .prop_map(|(doc, user, data)| Message::Ephemeral { doc, user, device: None, data }),
+            (
+                doc,
+                proptest::option::of(".{0,10}"),
+                proptest::collection::vec(any::<u8>(), 0..50)
+            )
+                .prop_map(|(doc, user, data)| Message::Ephemeral {
+                    doc,
+                    user,
+                    device: None,
+                    data
+                }),
         ]
     }
 

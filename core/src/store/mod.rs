@@ -1,1 +1,374 @@
-//! Storage.
+//! Storage: a narrow key-value trait, its redb and in-memory implementations, a group-commit
+//! writer thread and the document store built on top.
+//!
+//! # Layout
+//!
+//! - [`KvStore`]: get, prefix scan and one atomic, durable [`WriteBatch`] of puts and deletes
+//!   across named [`Table`]s. Everything above it speaks only this trait.
+//! - [`RedbStore`] (`redb.rs`): the real store, one redb file.
+//! - [`MemStore`] (`memory.rs`): a `BTreeMap` store for tests, with injected faults and a model of
+//!   a crash ([`MemStore::crash_copy`]).
+//! - [`GroupCommit`] (`group.rs`): one writer thread that merges concurrently submitted batches
+//!   into one durable write, so many callers share one fsync.
+//! - [`docs`] (`docs.rs`): how documents are laid out in tables: content-addressed automerge
+//!   chunks, per-peer sync states and document metadata.
+//!
+//! The sync engine never calls any of this; the drivers read from the store, feed the engine,
+//! and submit the bytes it asks them to persist.
+//!
+//! # Crash safety
+//!
+//! The whole argument rests on one property of [`KvStore::write`]: a batch is applied entirely or
+//! not at all, and is durable when `write` returns `Ok`. Every state-changing operation of the
+//! document store is expressed as one batch (a chunk put, or a compaction that puts a snapshot
+//! and deletes the chunks it covers), so a crash at any instant leaves the store at the state
+//! after some prefix of the acknowledged batches, plus possibly the one in flight — never half
+//! of one. [`docs`] explains why every such state loads a document containing every
+//! acknowledged change.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[cfg(test)]
+mod crash_model;
+pub mod docs;
+mod group;
+mod memory;
+mod redb;
+
+pub use self::docs::{ChunkKey, ChunkKind, DocMeta, DocStoreError};
+pub use self::group::{CommitTicket, GroupCommit, GroupLimits};
+pub use self::memory::MemStore;
+pub use self::redb::RedbStore;
+
+/// A named table of byte keys to byte values.
+///
+/// The set of tables is fixed here, so every store knows all of them when it opens.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Table(&'static str);
+
+impl Table {
+    /// Automerge chunks, keyed by document, kind and content hash (see [`docs`]).
+    pub const CHUNKS: Table = Table("chunks");
+    /// Encoded automerge sync states, keyed by document and peer.
+    pub const SYNC_STATES: Table = Table("sync_states");
+    /// Document metadata, keyed by document.
+    pub const DOC_META: Table = Table("doc_meta");
+
+    /// Every table a store holds.
+    pub const ALL: [Table; 3] = [Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META];
+
+    /// The table's name, as stored.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Table({})", self.0)
+    }
+}
+
+/// One operation of a [`WriteBatch`].
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchOp {
+    /// Insert or replace `key` in `table`.
+    Put {
+        /// The table written.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` from `table`, if present.
+    Delete {
+        /// The table written.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Remove every key of `table` that starts with `prefix`.
+    DeletePrefix {
+        /// The table written.
+        table: Table,
+        /// The prefix; empty means the whole table.
+        prefix: Vec<u8>,
+    },
+}
+
+impl fmt::Debug for BatchOp {
+    // Values can be megabytes of automerge; show sizes, not bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchOp::Put { table, key, value } => {
+                write!(f, "Put({table}, {}, {} bytes)", Hex(key), value.len())
+            }
+            BatchOp::Delete { table, key } => write!(f, "Delete({table}, {})", Hex(key)),
+            BatchOp::DeletePrefix { table, prefix } => {
+                write!(f, "DeletePrefix({table}, {})", Hex(prefix))
+            }
+        }
+    }
+}
+
+/// An ordered list of puts and deletes that a [`KvStore`] applies atomically.
+///
+/// Operations apply in the order they were added: a put after a delete of the same key leaves
+/// the key present.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+    bytes: usize,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+
+    /// Insert or replace `key` in `table`.
+    pub fn put(
+        &mut self,
+        table: Table,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len();
+        self.ops.push(BatchOp::Put { table, key, value });
+        self
+    }
+
+    /// Remove `key` from `table`, if present.
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) -> &mut Self {
+        let key = key.into();
+        self.bytes += key.len();
+        self.ops.push(BatchOp::Delete { table, key });
+        self
+    }
+
+    /// Remove every key of `table` starting with `prefix` (all of them if `prefix` is empty).
+    pub fn delete_prefix(&mut self, table: Table, prefix: impl Into<Vec<u8>>) -> &mut Self {
+        let prefix = prefix.into();
+        self.bytes += prefix.len();
+        self.ops.push(BatchOp::DeletePrefix { table, prefix });
+        self
+    }
+
+    /// Append every operation of `other`, after this batch's own.
+    pub fn extend(&mut self, other: WriteBatch) -> &mut Self {
+        self.bytes += other.bytes;
+        self.ops.extend(other.ops);
+        self
+    }
+
+    /// Whether the batch has no operations.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The total size of the keys and values in the batch.
+    pub fn size_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The operations, in the order they apply.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    pub(crate) fn from_ops(ops: Vec<BatchOp>) -> WriteBatch {
+        let bytes = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value, .. } => key.len() + value.len(),
+                BatchOp::Delete { key, .. } => key.len(),
+                BatchOp::DeletePrefix { prefix, .. } => prefix.len(),
+            })
+            .sum();
+        WriteBatch { ops, bytes }
+    }
+}
+
+/// Why a store operation failed.
+///
+/// Cheap to clone, so [`GroupCommit`] can hand the same failure to every caller of a group.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file is damaged, truncated, or not a weft store at all.
+    #[error("store file {} is corrupt or not a weft store: {reason}", path.display())]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file was written by a newer weft whose schema this build does not know.
+    #[error(
+        "store file {} has schema version {found}, newer than the {supported} this build reads; \
+         upgrade weft",
+        path.display()
+    )]
+    UnsupportedVersion {
+        /// The store file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// Another process has the store open.
+    #[error("store file {} is already open in another process", path.display())]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The disk (or quota) is full.
+    #[error("store file {}: no space left", path.display())]
+    Full {
+        /// The store file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Reading or writing the file failed.
+    #[error("I/O error on store file {}", path.display())]
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Any other failure of the storage engine.
+    #[error("store file {}: {message}", path.display())]
+    Backend {
+        /// The store file.
+        path: PathBuf,
+        /// The engine's description of the failure.
+        message: String,
+    },
+    /// A fault injected by a test store.
+    #[error("injected {op} fault")]
+    Injected {
+        /// Which kind of operation failed: `"read"` or `"write"`.
+        op: &'static str,
+    },
+    /// The store or its writer thread has shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// The group-commit writer thread could not be started.
+    #[error("cannot start the store writer thread")]
+    WriterThread {
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+/// Storage behind the document store: tables of byte keys and values.
+///
+/// Implementations block; async callers go through [`GroupCommit`] for writes and
+/// `spawn_blocking` (or a dedicated thread) for reads.
+pub trait KvStore: Send + Sync + 'static {
+    /// The value of `key` in `table`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every entry of `table` whose key starts with `prefix`, in key order.
+    #[allow(clippy::type_complexity)] // plain pairs of bytes read better than an alias
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Every key of `table` that starts with `prefix`, in key order.
+    ///
+    /// The default scans values too; stores override it to skip copying them.
+    fn scan_keys(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .scan_prefix(table, prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Applies every op atomically and durably (fsync) before returning.
+    ///
+    /// On `Err` nothing of the batch is visible, now or after a restart.
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when no such key
+/// exists (empty or all-`0xff` prefix): the exclusive upper bound of a prefix range.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
+}
+
+/// Lowercase hex of a byte string, for messages.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_exclusive_bound_of_the_prefix_range() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[]), None);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_operations_in_order_and_counts_bytes() {
+        let mut a = WriteBatch::new();
+        assert!(a.is_empty());
+        a.put(Table::CHUNKS, b"k".to_vec(), b"value".to_vec());
+        let mut b = WriteBatch::new();
+        b.delete(Table::CHUNKS, b"k".to_vec());
+        b.delete_prefix(Table::SYNC_STATES, b"".to_vec());
+        a.extend(b);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.size_bytes(), 7);
+        assert!(matches!(a.ops()[1], BatchOp::Delete { .. }));
+        assert_eq!(format!("{:?}", a.ops()[0]), "Put(chunks, 6b, 5 bytes)");
+    }
+
+    #[test]
+    fn store_errors_are_shareable_between_threads() {
+        fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync_clone::<StoreError>();
+    }
+}

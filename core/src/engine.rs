@@ -1,0 +1,1218 @@
+//! The sans-IO sync engine: one state machine that devices and the relay both drive.
+//!
+//! The engine holds loaded documents and, per (connection, document), the state of syncing that
+//! document with that peer. It never touches a socket, a disk or a clock: drivers feed it inputs
+//! (`open`, `handle`, `change`, `persisted`, `tick(now)`) and drain [`Output`]s (messages to
+//! send, bytes to persist, documents to load, events), then ask [`Engine::next_wakeup`] when to
+//! call `tick` next.
+//!
+//! # Per-peer protocol
+//!
+//! A peer starts in *sync mode*: both sides run Automerge sync rounds (`Sync` messages) until
+//! each knows the other's heads equal its own. The peer is then *live*: every new change that
+//! becomes durable here is sent to it as a `Changes` message holding the raw change bytes (the
+//! same bytes for every live peer), and it answers with an `Ack` of its heads once the changes
+//! are durable there. Anything unexpected (a change whose dependencies are unknown, an `Ack`
+//! naming unknown heads, no progress within `retry_after`) drops that peer back to sync mode with
+//! a reset, which Automerge's protocol makes lossless. Sync state is kept per peer and, for peers
+//! with a stable id, persisted in its `encode()`d form (only the shared heads) when the peer
+//! becomes synced and when it disconnects, so a reconnect exchanges only what is new.
+//!
+//! # Durability
+//!
+//! Architecture invariant: a change leaves a node (forwarded, acknowledged, or offered in a sync
+//! message) only after the node's driver has reported it durable with [`Engine::persisted`].
+//! Persist requests complete in order per document.
+//!
+//! # Batching
+//!
+//! Received changes are not applied to the Automerge document one by one: they are checked,
+//! persisted and forwarded as raw bytes, and *folded* into the document in batches (when
+//! `fold_batch` are pending, after `fold_delay`, or when something needs the materialized
+//! document: a sync round, a local change, a read).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Change, ChangeHash};
+
+use crate::doc::{parse_change, DocError, Document};
+use crate::wire::Message;
+use crate::DocId;
+
+/// A point in time, in milliseconds since an arbitrary epoch chosen by the driver.
+pub type Millis = u64;
+
+/// A driver-assigned handle for one connection to a remote peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Identifies one persist request, to be answered with [`Engine::persisted`] or
+/// [`Engine::persist_failed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PersistId(pub u64);
+
+/// Engine tuning.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A peer that is not synced and has made no progress for this long is resynced from scratch.
+    pub retry_after: Millis,
+    /// Fold pending received changes into the document once this many are waiting.
+    pub fold_batch: usize,
+    /// Fold pending received changes at most this long after the first arrived. `0` folds at
+    /// the end of every input (what a device showing changes to a user wants).
+    pub fold_delay: Millis,
+    /// Evict a document with no open peers and nothing in flight after this long unused.
+    pub evict_after: Millis,
+    /// Most change bytes in one `Changes` message; more are split across messages.
+    pub max_changes_bytes: usize,
+}
+
+impl EngineConfig {
+    /// Settings for a device: received changes are visible at once.
+    pub fn device() -> Self {
+        EngineConfig {
+            retry_after: 5_000,
+            fold_batch: 1024,
+            fold_delay: 0,
+            evict_after: 300_000,
+            max_changes_bytes: 1 << 20,
+        }
+    }
+
+    /// Settings for the relay: received changes are forwarded as bytes and folded in batches.
+    pub fn relay() -> Self {
+        EngineConfig {
+            retry_after: 5_000,
+            fold_batch: 256,
+            fold_delay: 1_000,
+            evict_after: 60_000,
+            max_changes_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How a document is synced with one peer.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Apply changes this peer sends (it may write).
+    pub accept_changes: bool,
+    /// Send our changes to this peer (it accepts them).
+    pub send_changes: bool,
+    /// A stable id for the peer (e.g. its device id) under which its sync state is persisted.
+    pub stable_peer: Option<Vec<u8>>,
+    /// The peer's persisted sync state (`Write::SyncState` bytes from an earlier session).
+    pub saved_sync_state: Option<Vec<u8>>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            accept_changes: true,
+            send_changes: true,
+            stable_peer: None,
+            saved_sync_state: None,
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Made on this node.
+    Local,
+    /// Received from a peer.
+    Remote(ConnId),
+    /// Received earlier and held back until its dependencies arrived.
+    Released,
+}
+
+/// Something for the driver to write to its store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Raw changes to store as one incremental chunk (concatenated change bytes).
+    Changes(Vec<u8>),
+    /// A peer's sync state, `sync::State::encode()` bytes.
+    SyncState {
+        /// The stable peer id given in [`OpenOptions::stable_peer`].
+        peer: Vec<u8>,
+        /// The encoded state.
+        state: Vec<u8>,
+    },
+}
+
+/// Why changes from a peer were not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The peer may only read this document.
+    ReadOnly,
+}
+
+/// What the engine asks of its driver, or tells it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send a message to a peer.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message (`Sync`, `Changes` or `Ack`).
+        msg: Message,
+    },
+    /// Make these bytes durable, then call [`Engine::persisted`] (in order per document).
+    Persist {
+        /// The request id.
+        id: PersistId,
+        /// The document.
+        doc: DocId,
+        /// What to write.
+        write: Write,
+    },
+    /// Load this document (or report it absent) with [`Engine::loaded`].
+    Load {
+        /// The document.
+        doc: DocId,
+    },
+    /// The document's content changed and the change is durable.
+    Changed {
+        /// The document.
+        doc: DocId,
+        /// Its heads now.
+        heads: Vec<ChangeHash>,
+        /// Where the change came from.
+        origin: Origin,
+    },
+    /// A peer now has exactly our heads for this document (and we have theirs).
+    Synced {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// The shared heads.
+        heads: Vec<ChangeHash>,
+    },
+    /// Changes from a peer were refused; nothing was applied or forwarded.
+    Rejected {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: Rejection,
+    },
+    /// A peer sent something invalid for this document; the driver should close it.
+    ProtocolError {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// What was wrong.
+        error: EngineError,
+    },
+    /// The document was dropped from memory after a storage failure; its peers were closed.
+    Failed {
+        /// The document.
+        doc: DocId,
+        /// The connections that had it open.
+        conns: Vec<ConnId>,
+    },
+    /// The document was evicted from memory (it stays in the store).
+    Evicted {
+        /// The document.
+        doc: DocId,
+    },
+}
+
+/// Errors of the engine's inputs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The connection was never added or is gone.
+    #[error("unknown connection {0:?}")]
+    UnknownConn(ConnId),
+    /// The document is not open on this connection.
+    #[error("document {doc} is not open on this connection")]
+    NotOpen {
+        /// The document.
+        doc: DocId,
+    },
+    /// The document is not loaded; ask for it with [`Engine::load`] first.
+    #[error("document {doc} is not loaded")]
+    NotLoaded {
+        /// The document.
+        doc: DocId,
+    },
+    /// The message is not one the engine handles.
+    #[error("message is not a document sync message")]
+    NotSyncMessage,
+    /// An Automerge sync message could not be decoded.
+    #[error("invalid sync message: {reason}")]
+    BadSyncMessage {
+        /// Automerge's reason.
+        reason: String,
+    },
+    /// A document or change was invalid.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
+
+struct PeerDoc {
+    sync: sync::State,
+    opts: OpenOptions,
+    /// Everything we have was sent to the peer on a stream it had our earlier heads on.
+    live: bool,
+    /// The next `Sync` we send tells the peer to reset its state too.
+    send_reset: bool,
+    /// The peer's heads as last confirmed (sync message or ack).
+    their_heads: Option<Vec<ChangeHash>>,
+    /// Whether we reported `Synced` for the current heads.
+    reported_synced: bool,
+    /// Last time the peer made progress (or we started waiting).
+    last_progress: Millis,
+    /// A sync exchange happened since the state was last persisted.
+    save_state: bool,
+    /// Consecutive sync messages that changed nothing on either side.
+    stalls: u32,
+}
+
+/// Sync rounds that change nothing before the exchange is restarted from a fresh state.
+/// Automerge's protocol assumes reliable delivery: after a loss, a sender may keep withholding a
+/// change it believes it sent while the receiver keeps asking, forever.
+const MAX_STALLS: u32 = 3;
+
+struct PendingPersist {
+    id: PersistId,
+    done: bool,
+    /// Heads once this write is durable.
+    heads_after: Vec<ChangeHash>,
+    effect: PersistEffect,
+}
+
+enum PersistEffect {
+    /// New changes to announce once durable.
+    Changes {
+        origin: Origin,
+        raw: Vec<Vec<u8>>,
+        via_fast_path: bool,
+    },
+    /// Nothing to do on completion.
+    None,
+}
+
+struct DocState {
+    doc: Document,
+    /// Received changes not yet folded into `doc`, in causal order.
+    pending: Vec<Change>,
+    pending_hashes: HashSet<ChangeHash>,
+    pending_since: Option<Millis>,
+    /// Heads including `pending`, sorted.
+    heads: Vec<ChangeHash>,
+    /// Heads that are durable, sorted.
+    durable_heads: Vec<ChangeHash>,
+    persists: VecDeque<PendingPersist>,
+    peers: BTreeMap<ConnId, PeerDoc>,
+    last_used: Millis,
+}
+
+enum Slot {
+    Loading(Vec<Queued>),
+    Ready(Box<DocState>),
+}
+
+enum Queued {
+    Open(ConnId, OpenOptions),
+    Msg(ConnId, Message),
+}
+
+/// The sync engine. See the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    now: Millis,
+    docs: HashMap<DocId, Slot>,
+    conns: HashMap<ConnId, HashSet<DocId>>,
+    persist_doc: HashMap<PersistId, DocId>,
+    next_persist: u64,
+    out: VecDeque<Output>,
+}
+
+impl Engine {
+    /// A new engine with no documents or connections.
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            now: 0,
+            docs: HashMap::new(),
+            conns: HashMap::new(),
+            persist_doc: HashMap::new(),
+            next_persist: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next output for the driver, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Advances the engine's clock (never backwards).
+    pub fn set_now(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    /// Registers a connection.
+    pub fn add_conn(&mut self, conn: ConnId) {
+        self.conns.entry(conn).or_default();
+    }
+
+    /// Forgets a connection: every document it had open is closed for it, and stable peers'
+    /// sync states are persisted in their reconnect form.
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        let Some(docs) = self.conns.remove(&conn) else {
+            return;
+        };
+        for doc in docs {
+            self.close_peer(doc, conn);
+        }
+    }
+
+    /// Stops syncing `doc` with `conn`.
+    pub fn close(&mut self, conn: ConnId, doc: DocId) {
+        if let Some(docs) = self.conns.get_mut(&conn) {
+            docs.remove(&doc);
+        }
+        self.close_peer(doc, conn);
+    }
+
+    fn close_peer(&mut self, doc: DocId, conn: ConnId) {
+        match self.docs.get_mut(&doc) {
+            Some(Slot::Ready(ds)) => {
+                if let Some(pd) = ds.peers.remove(&conn) {
+                    if let Some(peer) = pd.opts.stable_peer.clone() {
+                        let state = pd.sync.encode();
+                        self.persist_write(
+                            doc,
+                            Write::SyncState { peer, state },
+                            PersistEffect::None,
+                        );
+                    }
+                }
+            }
+            Some(Slot::Loading(queue)) => queue.retain(|q| match q {
+                Queued::Open(c, _) | Queued::Msg(c, _) => *c != conn,
+            }),
+            None => {}
+        }
+    }
+
+    /// Whether a document is loaded and ready.
+    pub fn is_loaded(&self, doc: DocId) -> bool {
+        matches!(self.docs.get(&doc), Some(Slot::Ready(_)))
+    }
+
+    /// Asks for a document to be loaded (an `Output::Load` unless it is loaded or loading).
+    pub fn load(&mut self, doc: DocId) {
+        if !self.docs.contains_key(&doc) {
+            self.docs.insert(doc, Slot::Loading(Vec::new()));
+            self.out.push_back(Output::Load { doc });
+        }
+    }
+
+    /// Hands the engine a document it asked for (`None`: the store has none; it starts empty).
+    pub fn loaded(&mut self, doc: DocId, loaded: Option<Document>) {
+        let queue = match self.docs.remove(&doc) {
+            Some(Slot::Loading(q)) => q,
+            Some(ready @ Slot::Ready(_)) => {
+                self.docs.insert(doc, ready);
+                return;
+            }
+            None => Vec::new(),
+        };
+        let d = loaded.unwrap_or_default();
+        let heads = d.heads();
+        self.docs.insert(
+            doc,
+            Slot::Ready(Box::new(DocState {
+                doc: d,
+                pending: Vec::new(),
+                pending_hashes: HashSet::new(),
+                pending_since: None,
+                durable_heads: heads.clone(),
+                heads,
+                persists: VecDeque::new(),
+                peers: BTreeMap::new(),
+                last_used: self.now,
+            })),
+        );
+        for q in queue {
+            match q {
+                Queued::Open(conn, opts) => self.open(conn, doc, opts),
+                Queued::Msg(conn, msg) => {
+                    if let Err(error) = self.handle(conn, msg) {
+                        self.out
+                            .push_back(Output::ProtocolError { conn, doc, error });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates a document in memory (a new local document). Its first change is persisted like
+    /// any other.
+    pub fn create(&mut self, doc: DocId, d: Document) {
+        self.docs.remove(&doc);
+        self.docs.insert(doc, Slot::Loading(Vec::new()));
+        self.loaded(doc, Some(d));
+    }
+
+    /// Starts syncing `doc` with `conn` (loads the document first if needed).
+    pub fn open(&mut self, conn: ConnId, doc: DocId, opts: OpenOptions) {
+        self.add_conn(conn);
+        if let Some(docs) = self.conns.get_mut(&conn) {
+            docs.insert(doc);
+        }
+        self.load(doc);
+        let now = self.now;
+        let ds = match self.docs.get_mut(&doc) {
+            Some(Slot::Loading(q)) => {
+                q.push(Queued::Open(conn, opts));
+                return;
+            }
+            Some(Slot::Ready(ds)) => ds,
+            None => return,
+        };
+        let mut state = opts
+            .saved_sync_state
+            .as_deref()
+            .and_then(|b| sync::State::decode(b).ok())
+            .unwrap_or_default();
+        state.read_only = !opts.accept_changes;
+        ds.last_used = now;
+        ds.peers.insert(
+            conn,
+            PeerDoc {
+                sync: state,
+                opts,
+                live: false,
+                send_reset: false,
+                their_heads: None,
+                reported_synced: false,
+                last_progress: now,
+                save_state: false,
+                stalls: 0,
+            },
+        );
+        self.pump(doc, conn);
+    }
+
+    /// Handles a document message (`Sync`, `Changes` or `Ack`) from `conn`.
+    ///
+    /// An `Err` means the peer misbehaved for this document; the driver should close it.
+    pub fn handle(&mut self, conn: ConnId, msg: Message) -> Result<(), EngineError> {
+        let doc = match &msg {
+            Message::Sync { doc, .. } | Message::Changes { doc, .. } | Message::Ack { doc, .. } => {
+                *doc
+            }
+            _ => return Err(EngineError::NotSyncMessage),
+        };
+        let open = self
+            .conns
+            .get(&conn)
+            .ok_or(EngineError::UnknownConn(conn))?
+            .contains(&doc);
+        if !open {
+            return Err(EngineError::NotOpen { doc });
+        }
+        match self.docs.get_mut(&doc) {
+            Some(Slot::Loading(q)) => {
+                q.push(Queued::Msg(conn, msg));
+                return Ok(());
+            }
+            Some(Slot::Ready(_)) => {}
+            None => return Err(EngineError::NotOpen { doc }),
+        }
+        let result = match msg {
+            Message::Sync { reset, data, .. } => self.on_sync(conn, doc, reset, &data),
+            Message::Changes { changes, .. } => self.on_changes(conn, doc, changes),
+            Message::Ack { heads, .. } => {
+                self.on_ack(conn, doc, heads);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.after_input(doc);
+        result
+    }
+
+    /// Makes a local change: runs `f` on the document, then persists and sends the new changes.
+    /// Returns `f`'s result and the persist request the write is durable with (`None` when `f`
+    /// changed nothing).
+    pub fn change<R>(
+        &mut self,
+        doc: DocId,
+        f: impl FnOnce(&mut automerge::Automerge) -> R,
+    ) -> Result<(R, Option<PersistId>), EngineError> {
+        let now = self.now;
+        if !self.is_loaded(doc) {
+            return Err(EngineError::NotLoaded { doc });
+        }
+        self.fold(doc)?;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Err(EngineError::NotLoaded { doc });
+        };
+        ds.last_used = now;
+        let before = ds.doc.automerge().get_heads();
+        let r = f(ds.doc.automerge_mut());
+        let new = ds.doc.changes_since(&before);
+        if new.is_empty() {
+            return Ok((r, None));
+        }
+        ds.heads = ds.doc.heads();
+        let raw: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let id = self.persist_changes(doc, Origin::Local, raw, false);
+        Ok((r, Some(id)))
+    }
+
+    /// Reads the document (after folding pending changes).
+    pub fn read<R>(
+        &mut self,
+        doc: DocId,
+        f: impl FnOnce(&Document) -> R,
+    ) -> Result<R, EngineError> {
+        let now = self.now;
+        if !self.is_loaded(doc) {
+            return Err(EngineError::NotLoaded { doc });
+        }
+        self.fold(doc)?;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Err(EngineError::NotLoaded { doc });
+        };
+        ds.last_used = now;
+        Ok(f(&ds.doc))
+    }
+
+    /// The document's heads, including received changes not yet folded.
+    pub fn heads(&self, doc: DocId) -> Option<Vec<ChangeHash>> {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => Some(ds.heads.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reports a persist request durable.
+    pub fn persisted(&mut self, id: PersistId) {
+        let Some(doc) = self.persist_doc.remove(&id) else {
+            return;
+        };
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        if let Some(p) = ds.persists.iter_mut().find(|p| p.id == id) {
+            p.done = true;
+        }
+        // Completions are applied in submission order: a write is announced only when it and
+        // everything submitted before it are durable.
+        let mut effects = Vec::new();
+        while ds.persists.front().is_some_and(|p| p.done) {
+            let Some(p) = ds.persists.pop_front() else {
+                break;
+            };
+            ds.durable_heads = p.heads_after;
+            effects.push(p.effect);
+        }
+        for effect in effects {
+            if let PersistEffect::Changes {
+                origin,
+                raw,
+                via_fast_path,
+            } = effect
+            {
+                self.announce(doc, origin, raw, via_fast_path);
+            }
+        }
+        self.pump_all(doc);
+        self.after_input(doc);
+    }
+
+    /// Reports a persist request failed. The document is dropped from memory (it is reloaded
+    /// from the store, which lacks the failed write, on next use) and its peers are closed.
+    pub fn persist_failed(&mut self, id: PersistId) {
+        let Some(doc) = self.persist_doc.remove(&id) else {
+            return;
+        };
+        if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
+            for p in &ds.persists {
+                self.persist_doc.remove(&p.id);
+            }
+            let conns: Vec<ConnId> = ds.peers.keys().copied().collect();
+            for c in &conns {
+                if let Some(docs) = self.conns.get_mut(c) {
+                    docs.remove(&doc);
+                }
+            }
+            self.out.push_back(Output::Failed { doc, conns });
+        }
+    }
+
+    /// Runs timers: folds that are due, peers to resync, documents to evict.
+    pub fn tick(&mut self, now: Millis) {
+        self.set_now(now);
+        let ids: Vec<DocId> = self.docs.keys().copied().collect();
+        for doc in ids {
+            let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+                continue;
+            };
+            if ds
+                .pending_since
+                .is_some_and(|t| t + self.cfg.fold_delay <= now)
+            {
+                self.fold_logged(doc);
+            }
+            let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+                continue;
+            };
+            let stalled: Vec<ConnId> = ds
+                .peers
+                .iter()
+                .filter(|(_, pd)| waiting(ds, pd) && pd.last_progress + self.cfg.retry_after <= now)
+                .map(|(c, _)| *c)
+                .collect();
+            for conn in stalled {
+                self.resync(doc, conn);
+            }
+            let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+                continue;
+            };
+            if ds.peers.is_empty()
+                && ds.persists.is_empty()
+                && ds.last_used + self.cfg.evict_after <= now
+            {
+                self.docs.remove(&doc);
+                self.out.push_back(Output::Evicted { doc });
+            }
+        }
+    }
+
+    /// When `tick` should next be called, if anything is waiting on time.
+    pub fn next_wakeup(&self) -> Option<Millis> {
+        let mut next: Option<Millis> = None;
+        let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        for slot in self.docs.values() {
+            let Slot::Ready(ds) = slot else { continue };
+            if let Some(t) = ds.pending_since {
+                at(t + self.cfg.fold_delay);
+            }
+            for pd in ds.peers.values() {
+                if waiting(ds, pd) {
+                    at(pd.last_progress + self.cfg.retry_after);
+                }
+            }
+            if ds.peers.is_empty() && ds.persists.is_empty() {
+                at(ds.last_used + self.cfg.evict_after);
+            }
+        }
+        next
+    }
+
+    /// Number of documents in memory.
+    pub fn loaded_docs(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// The persist requests not yet reported durable, for a document.
+    pub fn persists_in_flight(&self, doc: DocId) -> usize {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => ds.persists.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether `conn` is synced on `doc` (each side has the other's heads).
+    pub fn is_synced(&self, conn: ConnId, doc: DocId) -> bool {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => ds.peers.get(&conn).is_some_and(|pd| synced(ds, pd)),
+            _ => false,
+        }
+    }
+
+    // ---- message handlers ----
+
+    fn on_sync(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let msg = sync::Message::decode(data).map_err(|e| EngineError::BadSyncMessage {
+            reason: e.to_string(),
+        })?;
+        let now = self.now;
+        self.fold(doc)?;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        ds.last_used = now;
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        if reset {
+            pd.sync = fresh_state(&pd.sync);
+        }
+        pd.live = false;
+        pd.save_state = true;
+        let rejected = !pd.opts.accept_changes && !msg.changes.is_empty();
+        let carried_changes = !msg.changes.is_empty();
+        let before = ds.doc.automerge().get_heads();
+        ds.doc
+            .automerge_mut()
+            .receive_sync_message(&mut pd.sync, msg)
+            .map_err(|source| EngineError::Doc(DocError::Apply { source }))?;
+        let their_heads = pd.sync.their_heads.clone().map(sorted);
+        if carried_changes || their_heads != pd.their_heads || reset {
+            pd.last_progress = now;
+            pd.stalls = 0;
+        } else {
+            pd.stalls += 1;
+        }
+        pd.their_heads = their_heads;
+        if rejected {
+            self.out.push_back(Output::Rejected {
+                conn,
+                doc,
+                reason: Rejection::ReadOnly,
+            });
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        let new = ds.doc.changes_since(&before);
+        if !new.is_empty() {
+            ds.heads = ds.doc.heads();
+            let raw = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+            self.persist_changes(doc, Origin::Remote(conn), raw, false);
+        }
+        self.pump(doc, conn);
+        Ok(())
+    }
+
+    fn on_changes(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        changes: Vec<serde_bytes::ByteBuf>,
+    ) -> Result<(), EngineError> {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        pd.last_progress = now;
+        if !pd.opts.accept_changes {
+            self.out.push_back(Output::Rejected {
+                conn,
+                doc,
+                reason: Rejection::ReadOnly,
+            });
+            return Ok(());
+        }
+        let mut parsed = Vec::with_capacity(changes.len());
+        for raw in &changes {
+            let change = parse_change(raw)?;
+            // Decoding every op catches malformed columns before the change is stored.
+            let _ = change.decode();
+            parsed.push(change);
+        }
+        ds.last_used = now;
+        let mut new = Vec::new();
+        let mut batch_hashes = HashSet::new();
+        let mut missing = false;
+        for change in parsed {
+            let hash = change.hash();
+            if knows(ds, &hash) || batch_hashes.contains(&hash) {
+                continue;
+            }
+            if !change
+                .deps()
+                .iter()
+                .all(|d| knows(ds, d) || batch_hashes.contains(d))
+            {
+                missing = true;
+                break;
+            }
+            batch_hashes.insert(hash);
+            new.push(change);
+        }
+        if missing {
+            // Something was lost or reordered on the way: fall back to a sync round, which
+            // brings these changes and whatever they depend on.
+            self.resync(doc, conn);
+            return Ok(());
+        }
+        if new.is_empty() {
+            // Duplicates only: the peer still deserves an ack so it knows we have them.
+            let heads = ds.durable_heads.clone();
+            self.out.push_back(Output::Send {
+                conn,
+                msg: Message::Ack { doc, heads },
+            });
+            return Ok(());
+        }
+        let raw: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        if let Some(pd) = ds.peers.get_mut(&conn) {
+            // The sender has what it sent: its heads advance like ours.
+            if let Some(theirs) = pd.their_heads.as_mut() {
+                for change in &new {
+                    advance_heads(theirs, change);
+                }
+                pd.sync.shared_heads = theirs.clone();
+            }
+        }
+        for change in new {
+            advance_heads(&mut ds.heads, &change);
+            ds.pending_hashes.insert(change.hash());
+            ds.pending.push(change);
+        }
+        ds.pending_since.get_or_insert(now);
+        self.persist_changes(doc, Origin::Remote(conn), raw, true);
+        Ok(())
+    }
+
+    fn on_ack(&mut self, conn: ConnId, doc: DocId, heads: Vec<ChangeHash>) {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let all_known = heads.iter().all(|h| knows(ds, h));
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return;
+        };
+        pd.last_progress = now;
+        if !all_known {
+            self.resync(doc, conn);
+            return;
+        }
+        let heads = sorted(heads);
+        pd.sync.shared_heads = heads.clone();
+        pd.sync.their_heads = Some(heads.clone());
+        pd.their_heads = Some(heads);
+        self.check_synced(doc, conn);
+    }
+
+    // ---- internals ----
+
+    fn persist_write(&mut self, doc: DocId, write: Write, effect: PersistEffect) -> PersistId {
+        let id = PersistId(self.next_persist);
+        self.next_persist += 1;
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            ds.persists.push_back(PendingPersist {
+                id,
+                done: false,
+                heads_after: ds.heads.clone(),
+                effect,
+            });
+        }
+        self.persist_doc.insert(id, doc);
+        self.out.push_back(Output::Persist { id, doc, write });
+        id
+    }
+
+    fn persist_changes(
+        &mut self,
+        doc: DocId,
+        origin: Origin,
+        raw: Vec<Vec<u8>>,
+        via_fast_path: bool,
+    ) -> PersistId {
+        let chunk = raw.concat();
+        self.persist_write(
+            doc,
+            Write::Changes(chunk),
+            PersistEffect::Changes {
+                origin,
+                raw,
+                via_fast_path,
+            },
+        )
+    }
+
+    /// Durable changes go out: acked to the peer that sent them over the fast path, forwarded
+    /// as the same bytes to every live peer, offered by sync to the others.
+    fn announce(&mut self, doc: DocId, origin: Origin, raw: Vec<Vec<u8>>, via_fast_path: bool) {
+        let now = self.now;
+        let max = self.cfg.max_changes_bytes;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let heads = ds.durable_heads.clone();
+        let mut live_targets = Vec::new();
+        for (conn, pd) in ds.peers.iter_mut() {
+            if Origin::Remote(*conn) == origin {
+                continue;
+            }
+            if pd.live && pd.opts.send_changes {
+                if pd.reported_synced {
+                    // The peer was idle and synced: its ack is now due.
+                    pd.last_progress = now;
+                    pd.reported_synced = false;
+                }
+                live_targets.push(*conn);
+            }
+        }
+        if !live_targets.is_empty() {
+            for msg in split_changes(doc, &raw, max) {
+                for conn in &live_targets {
+                    self.out.push_back(Output::Send {
+                        conn: *conn,
+                        msg: msg.clone(),
+                    });
+                }
+            }
+        }
+        if let (Origin::Remote(from), true) = (origin, via_fast_path) {
+            if ds.peers.contains_key(&from) {
+                self.out.push_back(Output::Send {
+                    conn: from,
+                    msg: Message::Ack {
+                        doc,
+                        heads: heads.clone(),
+                    },
+                });
+            }
+        }
+        self.out.push_back(Output::Changed { doc, heads, origin });
+    }
+
+    /// Drops a peer back to sync mode from a fresh state and tells it to reset too.
+    fn resync(&mut self, doc: DocId, conn: ConnId) {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return;
+        };
+        pd.sync = fresh_state(&pd.sync);
+        pd.live = false;
+        pd.send_reset = true;
+        pd.reported_synced = false;
+        pd.last_progress = now;
+        pd.stalls = 0;
+        self.pump(doc, conn);
+    }
+
+    fn pump_all(&mut self, doc: DocId) {
+        let conns: Vec<ConnId> = match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => ds.peers.keys().copied().collect(),
+            _ => return,
+        };
+        for conn in conns {
+            self.pump(doc, conn);
+        }
+    }
+
+    /// Sends whatever the sync protocol has for a peer in sync mode.
+    fn pump(&mut self, doc: DocId, conn: ConnId) {
+        let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+            return;
+        };
+        if ds.peers.get(&conn).is_none_or(|pd| pd.live) {
+            self.check_synced(doc, conn);
+            return;
+        }
+        if !self.fold_logged(doc) {
+            return;
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        if !ds
+            .persists
+            .iter()
+            .all(|p| matches!(p.effect, PersistEffect::None))
+        {
+            // Not everything in the document is durable yet; `persisted` pumps again.
+            return;
+        }
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return;
+        };
+        if pd.stalls >= MAX_STALLS {
+            self.resync(doc, conn);
+            return;
+        }
+        if let Some(m) = ds.doc.automerge().generate_sync_message(&mut pd.sync) {
+            let reset = std::mem::take(&mut pd.send_reset);
+            self.out.push_back(Output::Send {
+                conn,
+                msg: Message::Sync {
+                    doc,
+                    reset,
+                    data: m.encode(),
+                },
+            });
+        }
+        self.check_synced(doc, conn);
+    }
+
+    fn check_synced(&mut self, doc: DocId, conn: ConnId) {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let is_synced = ds.peers.get(&conn).is_some_and(|pd| synced(ds, pd));
+        let heads = ds.heads.clone();
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return;
+        };
+        if !is_synced {
+            pd.reported_synced = false;
+            return;
+        }
+        pd.live = true;
+        if pd.reported_synced {
+            return;
+        }
+        pd.reported_synced = true;
+        // Persisting on every ack would cost a write per change per peer; after a sync exchange
+        // (and on disconnect) is enough for a cheap reconnect.
+        let save = std::mem::take(&mut pd.save_state)
+            .then(|| pd.opts.stable_peer.clone())
+            .flatten();
+        let mut state = pd.sync.clone();
+        state.shared_heads = heads.clone();
+        self.out.push_back(Output::Synced { conn, doc, heads });
+        if let Some(peer) = save {
+            self.persist_write(
+                doc,
+                Write::SyncState {
+                    peer,
+                    state: state.encode(),
+                },
+                PersistEffect::None,
+            );
+        }
+    }
+
+    fn after_input(&mut self, doc: DocId) {
+        let due = match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => {
+                self.cfg.fold_delay == 0 || ds.pending.len() >= self.cfg.fold_batch
+            }
+            _ => false,
+        };
+        if due {
+            self.fold_logged(doc);
+        }
+    }
+
+    /// Folds pending received changes into the document in one batch.
+    ///
+    /// Automerge keeps changes whose dependencies are missing in a queue of its own; a batch
+    /// that supplies the missing dependency releases them into the document. Those changes were
+    /// never persisted or announced, so they are now.
+    fn fold(&mut self, doc: DocId) -> Result<(), DocError> {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        if ds.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut ds.pending);
+        ds.pending_hashes.clear();
+        ds.pending_since = None;
+        let applied = ds.doc.apply(batch);
+        let actual = ds.doc.heads();
+        if actual != ds.heads {
+            let released = ds.doc.changes_since(&ds.heads);
+            ds.heads = actual;
+            if !released.is_empty() {
+                let raw = released.iter().map(|c| c.raw_bytes().to_vec()).collect();
+                self.persist_changes(doc, Origin::Released, raw, false);
+            }
+        }
+        applied
+    }
+
+    /// [`Self::fold`], logging a failure; returns whether it succeeded.
+    fn fold_logged(&mut self, doc: DocId) -> bool {
+        match self.fold(doc) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%doc, error = %e, "folding received changes failed");
+                false
+            }
+        }
+    }
+}
+
+fn knows(ds: &DocState, hash: &ChangeHash) -> bool {
+    ds.heads.binary_search(hash).is_ok()
+        || ds.pending_hashes.contains(hash)
+        || ds.doc.has_change(hash)
+}
+
+fn advance_heads(heads: &mut Vec<ChangeHash>, change: &Change) {
+    heads.retain(|h| !change.deps().contains(h));
+    let hash = change.hash();
+    if let Err(at) = heads.binary_search(&hash) {
+        heads.insert(at, hash);
+    }
+}
+
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    heads.sort_unstable();
+    heads.dedup();
+    heads
+}
+
+/// A state that remembers only what survives a reconnect, keeping the read-only setting.
+fn fresh_state(old: &sync::State) -> sync::State {
+    let mut s = sync::State::decode(&old.encode()).unwrap_or_default();
+    s.read_only = old.read_only;
+    s
+}
+
+/// Each side has what it can take from the other: with writes both ways, equal heads.
+fn synced(ds: &DocState, pd: &PeerDoc) -> bool {
+    let Some(theirs) = &pd.their_heads else {
+        return false;
+    };
+    match (pd.opts.send_changes, pd.opts.accept_changes) {
+        (true, true) => *theirs == ds.heads,
+        // The peer takes nothing from us: we are synced once we have all it has.
+        (false, _) => theirs.iter().all(|h| knows(ds, h)),
+        // We take nothing from the peer (its own changes may be unknown to us): synced once
+        // every head of ours is one of its heads or a head both sides are known to share.
+        (true, false) => ds
+            .heads
+            .iter()
+            .all(|h| theirs.contains(h) || pd.sync.shared_heads.contains(h)),
+    }
+}
+
+/// Whether we expect the peer to make progress (so a lack of it triggers a resync).
+fn waiting(ds: &DocState, pd: &PeerDoc) -> bool {
+    !synced(ds, pd)
+}
+
+fn split_changes(doc: DocId, raw: &[Vec<u8>], max: usize) -> Vec<Message> {
+    let mut msgs = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for c in raw {
+        if !cur.is_empty() && size + c.len() > max {
+            msgs.push(Message::Changes {
+                doc,
+                changes: std::mem::take(&mut cur),
+            });
+            size = 0;
+        }
+        size += c.len();
+        cur.push(serde_bytes::ByteBuf::from(c.clone()));
+    }
+    if !cur.is_empty() {
+        msgs.push(Message::Changes { doc, changes: cur });
+    }
+    msgs
+}

@@ -1,0 +1,497 @@
+//! [`GroupCommit`]: one writer thread that turns many concurrent batches into few durable writes.
+//!
+//! Each durable write costs an fsync, which dwarfs the cost of the data. Callers
+//! [`submit`](GroupCommit::submit) batches into a bounded queue; the writer thread takes the
+//! first, drains whatever else is already queued (up to [`GroupLimits`]), concatenates them in
+//! submission order into one [`WriteBatch`] and calls [`KvStore::write`] once. Every caller's
+//! [`CommitTicket`] then completes with the result. Under load, many callers share one fsync;
+//! alone, a caller pays one fsync as before and waits for nothing else.
+//!
+//! # Guarantees
+//!
+//! - A ticket completes with `Ok` only after its batch is durable.
+//! - Batches apply in submission order, each atomically: a merged write is all-or-nothing, and
+//!   if it fails the writer retries each batch of the group alone, so one bad batch fails only
+//!   its own caller. The outcome is what writing each batch alone, in order, would give.
+//! - Reads go straight to the store ([`GroupCommit::store`]) and see every completed write.
+//! - [`GroupCommit::shutdown`] (or drop) writes everything already submitted, then joins the
+//!   thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, JoinHandle, Thread};
+
+use super::{KvStore, StoreError, WriteBatch};
+
+/// How much the writer merges into one write, and how many batches may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupLimits {
+    /// Stop draining the queue once a group holds this many operations.
+    pub max_ops: usize,
+    /// Stop draining the queue once a group holds this many bytes of keys and values.
+    pub max_bytes: usize,
+    /// Batches that may wait in the queue before [`GroupCommit::submit`] blocks.
+    pub queue: usize,
+}
+
+impl Default for GroupLimits {
+    fn default() -> Self {
+        GroupLimits {
+            max_ops: 16 * 1024,
+            max_bytes: 16 * 1024 * 1024,
+            queue: 1024,
+        }
+    }
+}
+
+struct Request {
+    batch: WriteBatch,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A store shared by many writers through one writer thread that groups their commits.
+pub struct GroupCommit {
+    store: Arc<dyn KvStore>,
+    sender: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("commits", &self.commits())
+            .field("running", &self.sender.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    /// Start the writer thread for `store` with the default [`GroupLimits`].
+    pub fn new(store: Arc<dyn KvStore>) -> Result<GroupCommit, StoreError> {
+        GroupCommit::with_limits(store, GroupLimits::default())
+    }
+
+    /// Start the writer thread for `store`.
+    pub fn with_limits(
+        store: Arc<dyn KvStore>,
+        limits: GroupLimits,
+    ) -> Result<GroupCommit, StoreError> {
+        let (sender, receiver) = sync_channel(limits.queue.max(1));
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (store, commits) = (Arc::clone(&store), Arc::clone(&commits));
+            thread::Builder::new()
+                .name("weft-store-writer".into())
+                .spawn(move || run_writer(&*store, &receiver, &commits, limits))
+                .map_err(|source| StoreError::WriterThread {
+                    source: Arc::new(source),
+                })?
+        };
+        Ok(GroupCommit {
+            store,
+            sender: Some(sender),
+            writer: Some(writer),
+            commits,
+        })
+    }
+
+    /// Queue `batch` for a durable write; the ticket completes when it is durable or has failed.
+    ///
+    /// Blocks only while [`GroupLimits::queue`] batches are already waiting (backpressure).
+    /// An empty batch writes nothing; its ticket completes after every batch submitted before
+    /// it, so it serves as a flush barrier.
+    pub fn submit(&self, batch: WriteBatch) -> CommitTicket {
+        let (done, receiver) = oneshot::channel();
+        let sent = match &self.sender {
+            Some(sender) => sender.send(Request { batch, done }).is_ok(),
+            None => false,
+        };
+        if sent {
+            CommitTicket {
+                state: TicketState::Waiting(receiver),
+            }
+        } else {
+            // The writer thread is gone (it panicked): nothing can be written any more.
+            CommitTicket {
+                state: TicketState::Ready(Err(StoreError::Closed)),
+            }
+        }
+    }
+
+    /// The store, for reads. Reads see every write whose ticket has completed.
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        &self.store
+    }
+
+    /// How many writes the writer thread has made durable so far (one per group).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Write everything already submitted, then stop the writer thread. Blocks until done, as
+    /// dropping does.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Closing the channel ends the writer's loop once it has drained the queue.
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_writer(
+    store: &dyn KvStore,
+    queue: &Receiver<Request>,
+    commits: &AtomicU64,
+    limits: GroupLimits,
+) {
+    while let Ok(first) = queue.recv() {
+        let (mut ops, mut bytes) = (first.batch.len(), first.batch.size_bytes());
+        let mut group = vec![first];
+        while ops < limits.max_ops && bytes < limits.max_bytes {
+            let Ok(next) = queue.try_recv() else { break };
+            ops += next.batch.len();
+            bytes += next.batch.size_bytes();
+            group.push(next);
+        }
+        commit_group(store, group, commits);
+    }
+}
+
+fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
+    let mut merged = WriteBatch::new();
+    let mut ends = Vec::with_capacity(group.len());
+    let mut dones = Vec::with_capacity(group.len());
+    for Request { batch, done } in group {
+        merged.extend(batch);
+        ends.push(merged.len());
+        dones.push(done);
+    }
+    let result = write_counted(store, &merged, commits);
+    if result.is_ok() || dones.len() == 1 {
+        for done in dones {
+            // A dropped ticket means its caller stopped waiting, not that the write is undone.
+            let _ = done.send(result.clone());
+        }
+        return;
+    }
+    if let Err(err) = &result {
+        tracing::warn!(
+            ?err,
+            batches = dones.len(),
+            "group write failed; writing its batches one by one"
+        );
+    }
+    let mut start = 0;
+    for (end, done) in ends.into_iter().zip(dones) {
+        let alone = WriteBatch::from_ops(merged.ops()[start..end].to_vec());
+        start = end;
+        let _ = done.send(write_counted(store, &alone, commits));
+    }
+}
+
+fn write_counted(
+    store: &dyn KvStore,
+    batch: &WriteBatch,
+    commits: &AtomicU64,
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    store.write(batch)?;
+    commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Completes when a submitted batch is durable, or has failed.
+///
+/// Wait for it with [`CommitTicket::wait`] on a thread that may block, or `.await` it in async
+/// code (no `spawn_blocking` needed).
+///
+/// # Cancel safety
+///
+/// Dropping a ticket, or a future awaiting it, does not cancel the write: the batch is already
+/// queued and will be written. Only the news of its outcome is lost, so a caller that needs to
+/// know whether its data is durable must keep the ticket until it completes.
+#[must_use = "dropping a ticket does not cancel the write, but leaves you not knowing if it is durable"]
+#[derive(Debug)]
+pub struct CommitTicket {
+    state: TicketState,
+}
+
+#[derive(Debug)]
+enum TicketState {
+    Waiting(oneshot::Receiver<Result<(), StoreError>>),
+    Ready(Result<(), StoreError>),
+    Taken,
+}
+
+impl CommitTicket {
+    /// Block until the batch is durable (`Ok`) or has failed.
+    ///
+    /// [`StoreError::Closed`] means the writer thread died before reporting; the batch may or
+    /// may not have been written.
+    pub fn wait(self) -> Result<(), StoreError> {
+        block_on(self)
+    }
+}
+
+impl Future for CommitTicket {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match std::mem::replace(&mut self.state, TicketState::Taken) {
+            TicketState::Waiting(mut receiver) => match Pin::new(&mut receiver).poll(cx) {
+                Poll::Pending => {
+                    self.state = TicketState::Waiting(receiver);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(result)) => result,
+                // The writer dropped the sender without answering: it panicked.
+                Poll::Ready(Err(oneshot::RecvError)) => Err(StoreError::Closed),
+            },
+            TicketState::Ready(result) => result,
+            // Polled again after completing: a misuse, answered rather than panicking.
+            TicketState::Taken => Err(StoreError::Closed),
+        };
+        Poll::Ready(result)
+    }
+}
+
+/// Polls `future` on this thread, parking between wake-ups. Works whether or not the future
+/// was polled by an executor before, which `oneshot::Receiver::recv` does not allow.
+fn block_on<F: Future + Unpin>(mut future: F) -> F::Output {
+    struct Unparker(Thread);
+    impl Wake for Unparker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unparker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = Pin::new(&mut future).poll(&mut cx) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::store::{MemStore, Table};
+
+    fn put(key: &[u8]) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        b.put(Table::CHUNKS, key.to_vec(), b"v".to_vec());
+        b
+    }
+
+    #[test]
+    fn eight_writers_share_commits_and_every_batch_lands() {
+        const THREADS: usize = 8;
+        const BATCHES: usize = 200;
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        let start = Barrier::new(THREADS);
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                let (group, start) = (&group, &start);
+                s.spawn(move || {
+                    start.wait();
+                    // Keep several batches in flight, as a driver serving many documents does.
+                    let mut tickets = Vec::new();
+                    for i in 0..BATCHES {
+                        let mut b = put(format!("t{t}-{i:03}").as_bytes());
+                        b.put(
+                            Table::DOC_META,
+                            format!("t{t}-{i:03}").into_bytes(),
+                            vec![1],
+                        );
+                        tickets.push(group.submit(b));
+                        if tickets.len() == 8 {
+                            for ticket in tickets.drain(..) {
+                                ticket.wait().unwrap();
+                            }
+                        }
+                    }
+                    for ticket in tickets {
+                        ticket.wait().unwrap();
+                    }
+                });
+            }
+        });
+        let submitted = (THREADS * BATCHES) as u64;
+        let commits = group.commits();
+        group.shutdown();
+        assert_eq!(
+            store.scan_keys(Table::CHUNKS, b"").unwrap().len(),
+            THREADS * BATCHES
+        );
+        assert_eq!(
+            store.scan_keys(Table::DOC_META, b"").unwrap().len(),
+            THREADS * BATCHES
+        );
+        assert_eq!(store.write_count(), commits);
+        assert!(
+            commits < submitted,
+            "{commits} commits for {submitted} batches: no grouping"
+        );
+    }
+
+    #[test]
+    fn batches_apply_in_submission_order() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..100u8 {
+            let mut b = WriteBatch::new();
+            b.put(Table::CHUNKS, b"k".to_vec(), vec![i]);
+            tickets.push(group.submit(b));
+        }
+        for ticket in tickets {
+            ticket.wait().unwrap();
+        }
+        assert_eq!(store.get(Table::CHUNKS, b"k").unwrap(), Some(vec![99]));
+    }
+
+    /// A store whose first write blocks until released, and which refuses any batch that
+    /// touches the key `poison`: lets a test line up a group deterministically.
+    struct GatedStore {
+        inner: MemStore,
+        gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl KvStore for GatedStore {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn scan_prefix(
+            &self,
+            table: Table,
+            prefix: &[u8],
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.inner.scan_prefix(table, prefix)
+        }
+        fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+            if let Some(gate) = self.gate.lock().unwrap().take() {
+                gate.recv().unwrap();
+            }
+            let poisoned = batch
+                .ops()
+                .iter()
+                .any(|op| matches!(op, crate::store::BatchOp::Put { key, .. } if key == b"poison"));
+            if poisoned {
+                return Err(StoreError::Injected { op: "write" });
+            }
+            self.inner.write(batch)
+        }
+    }
+
+    #[test]
+    fn one_bad_batch_fails_only_its_own_caller() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let store = Arc::new(GatedStore {
+            inner: MemStore::new(),
+            gate: std::sync::Mutex::new(Some(gate)),
+        });
+        let group = GroupCommit::new(store.clone()).unwrap();
+        let first = group.submit(put(b"first"));
+        // The writer is now stuck in the first write; these three queue up behind it.
+        let tickets: Vec<_> = [&b"a"[..], b"poison", b"c"]
+            .iter()
+            .map(|k| group.submit(put(k)))
+            .collect();
+        release.send(()).unwrap();
+        first.wait().unwrap();
+        let results: Vec<_> = tickets.into_iter().map(CommitTicket::wait).collect();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(StoreError::Injected { .. })));
+        assert_eq!(
+            store.scan_keys(Table::CHUNKS, b"").unwrap(),
+            vec![b"a".to_vec(), b"c".to_vec(), b"first".to_vec()]
+        );
+        // first, then a and c alone after the merged write failed.
+        assert_eq!(group.commits(), 3);
+    }
+
+    #[test]
+    fn a_dead_disk_fails_every_later_ticket() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        store.fail_writes_after(1);
+        group.submit(put(b"first")).wait().unwrap();
+        let tickets: Vec<_> = [&b"a"[..], b"b"]
+            .iter()
+            .map(|k| group.submit(put(k)))
+            .collect();
+        for ticket in tickets {
+            assert!(matches!(ticket.wait(), Err(StoreError::Injected { .. })));
+        }
+        assert_eq!(
+            store.scan_keys(Table::CHUNKS, b"").unwrap(),
+            vec![b"first".to_vec()]
+        );
+    }
+
+    #[test]
+    fn shutdown_writes_everything_already_submitted() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        let tickets: Vec<_> = (0..50u8).map(|i| group.submit(put(&[i]))).collect();
+        group.shutdown();
+        assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 50);
+        for ticket in tickets {
+            ticket.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_is_a_barrier_that_writes_nothing() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        let write = group.submit(put(b"k"));
+        group.submit(WriteBatch::new()).wait().unwrap();
+        assert!(store.get(Table::CHUNKS, b"k").unwrap().is_some());
+        write.wait().unwrap();
+        drop(group);
+        assert_eq!(store.write_count(), 1);
+    }
+
+    #[test]
+    fn tickets_can_be_awaited_and_dropped() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::new(store.clone()).unwrap();
+        // Awaited through a future, then waited after the first poll.
+        let mut ticket = group.submit(put(b"a"));
+        let waker = Waker::noop();
+        let _ = Pin::new(&mut ticket).poll(&mut Context::from_waker(waker));
+        ticket.wait().unwrap();
+        block_on(group.submit(put(b"b"))).unwrap();
+        // A dropped ticket still writes.
+        drop(group.submit(put(b"c")));
+        group.shutdown();
+        assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 3);
+    }
+}

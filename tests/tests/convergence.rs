@@ -1,0 +1,261 @@
+//! Devices edit offline and across a faulty network; once the network heals, every device shows
+//! the same document.
+//!
+//! `WEFT_PROPTEST_CASES` raises the number of cases for long runs (default 200).
+
+use proptest::prelude::*;
+use weft_core::engine::EngineConfig;
+use weft_core::DocId;
+use weft_tests::sim::{Faults, Sim};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Edit { node: usize, doc: usize },
+    Partition { a: usize, b: usize },
+    Heal { a: usize, b: usize },
+    Disconnect { a: usize, b: usize },
+    Connect { a: usize, b: usize },
+    Run { ms: u64 },
+}
+
+fn op(nodes: usize, docs: usize) -> impl Strategy<Value = Op> {
+    let pair = (0..nodes, 0..nodes).prop_filter("distinct nodes", |(a, b)| a != b);
+    prop_oneof![
+        6 => (0..nodes, 0..docs).prop_map(|(node, doc)| Op::Edit { node, doc }),
+        1 => pair.clone().prop_map(|(a, b)| Op::Partition { a, b }),
+        1 => pair.clone().prop_map(|(a, b)| Op::Heal { a, b }),
+        1 => pair.clone().prop_map(|(a, b)| Op::Disconnect { a, b }),
+        1 => pair.prop_map(|(a, b)| Op::Connect { a, b }),
+        2 => (1u64..3_000).prop_map(|ms| Op::Run { ms }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    nodes: usize,
+    docs: usize,
+    /// Node 0 is a relay every device talks through (star), or every pair is linked (mesh).
+    star: bool,
+    faults: (f64, f64, u64),
+    persist_delay: u64,
+    ops: Vec<Op>,
+    seed: u64,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (3usize..=7, 1usize..=2, any::<bool>(), 0u64..5, any::<u64>()).prop_flat_map(
+        |(nodes, docs, star, pd, seed)| {
+            let faults = (0.0..0.3f64, 0.0..0.2f64, 0u64..50);
+            (faults, proptest::collection::vec(op(nodes, docs), 1..60)).prop_map(
+                move |(faults, ops)| Scenario {
+                    nodes,
+                    docs,
+                    star,
+                    faults,
+                    persist_delay: pd,
+                    ops,
+                    seed,
+                },
+            )
+        },
+    )
+}
+
+fn run(s: &Scenario) -> Result<(), TestCaseError> {
+    let docs: Vec<DocId> = (0..s.docs)
+        .map(|i| DocId::from_bytes([i as u8 + 1; 16]))
+        .collect();
+    let configs = (0..s.nodes)
+        .map(|i| {
+            if s.star && i == 0 {
+                EngineConfig::relay()
+            } else {
+                EngineConfig::device()
+            }
+        })
+        .collect();
+    let mut sim = Sim::new(configs, docs.clone(), s.seed);
+    sim.persist_delay = s.persist_delay;
+    let linked = |a: usize, b: usize| !s.star || a == 0 || b == 0;
+    for a in 0..s.nodes {
+        for b in a + 1..s.nodes {
+            if linked(a, b) {
+                sim.connect(a, b);
+            }
+        }
+    }
+    sim.faults = Faults {
+        loss: s.faults.0,
+        duplicate: s.faults.1,
+        max_delay: s.faults.2,
+    };
+    let mut n = 0;
+    for op in &s.ops {
+        match *op {
+            Op::Edit { node, doc } => {
+                n += 1;
+                let value = format!("n{node}-{n}");
+                prop_assert!(sim.edit(node, docs[doc], &value), "edit refused");
+            }
+            Op::Partition { a, b } if linked(a, b) => sim.partition(a, b, true),
+            Op::Heal { a, b } if linked(a, b) => sim.partition(a, b, false),
+            Op::Disconnect { a, b } if linked(a, b) => sim.disconnect(a, b),
+            Op::Connect { a, b } if linked(a, b) => sim.connect(a, b),
+            Op::Run { ms } => sim.run_for(ms, 20_000),
+            _ => {}
+        }
+    }
+    // The network heals: no faults, every link up.
+    sim.faults = Faults::default();
+    sim.heal_all();
+    sim.trace = std::env::var("WEFT_SIM_TRACE").is_ok();
+    prop_assert!(sim.run_until_quiet(50_000), "network never went quiet");
+    for &doc in &docs {
+        let heads0 = sim.heads(0, doc);
+        let json0 = sim.json(0, doc);
+        for node in 0..s.nodes {
+            prop_assert_eq!(
+                &sim.heads(node, doc),
+                &heads0,
+                "heads differ on node {}",
+                node
+            );
+            prop_assert_eq!(
+                &sim.json(node, doc),
+                &json0,
+                "content differs on node {}",
+                node
+            );
+            prop_assert_eq!(
+                &sim.stored_heads(node, doc),
+                &heads0,
+                "durable state differs on node {}",
+                node
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("WEFT_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: shrink_iters(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn peers_converge_after_partitions_and_faults(s in scenario()) {
+        run(&s)?;
+    }
+}
+
+#[test]
+fn alice_and_bob_edit_offline_then_meet_through_a_relay() {
+    let doc = DocId::from_bytes([9; 16]);
+    let mut sim = Sim::new(
+        vec![
+            EngineConfig::relay(),
+            EngineConfig::device(),
+            EngineConfig::device(),
+        ],
+        vec![doc],
+        1,
+    );
+    // Both devices write offline.
+    for i in 0..50 {
+        assert!(sim.edit(1, doc, &format!("alice {i}")));
+        assert!(sim.edit(2, doc, &format!("bob {i}")));
+    }
+    sim.connect(0, 1);
+    sim.connect(0, 2);
+    assert!(sim.run_until_quiet(100_000));
+    let keys = sim.json(1, doc).as_object().map(|o| {
+        o.keys()
+            .filter(|k| k.starts_with("alice") || k.starts_with("bob"))
+            .count()
+    });
+    assert_eq!(keys, Some(100));
+    assert_eq!(sim.heads(1, doc), sim.heads(2, doc));
+    assert_eq!(sim.json(1, doc), sim.json(2, doc));
+
+    // Live: a new message travels over the fast path, and both are quiet afterwards.
+    let before = sim.delivered;
+    sim.trace = std::env::var("WEFT_SIM_TRACE").is_ok();
+    assert!(sim.edit(1, doc, "alice live"));
+    assert!(sim.run_until_quiet(10_000));
+    assert_eq!(sim.heads(1, doc), sim.heads(2, doc));
+    // changes to relay, ack, forward to bob, bob's ack: four messages.
+    assert_eq!(
+        sim.delivered - before,
+        4,
+        "the fast path should need exactly four messages"
+    );
+}
+
+fn shrink_iters() -> u32 {
+    std::env::var("WEFT_PROPTEST_SHRINK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+/// Cases proptest once found, kept as regressions.
+#[test]
+fn regression_lossy_mesh_livelock() {
+    let s = Scenario {
+        nodes: 5,
+        docs: 2,
+        star: false,
+        faults: (0.22009614962150711, 0.0074182757103252225, 23),
+        persist_delay: 1,
+        ops: vec![
+            Op::Run { ms: 2548 },
+            Op::Edit { node: 4, doc: 1 },
+            Op::Edit { node: 3, doc: 0 },
+            Op::Run { ms: 442 },
+            Op::Edit { node: 2, doc: 0 },
+            Op::Partition { a: 2, b: 4 },
+            Op::Heal { a: 1, b: 4 },
+            Op::Heal { a: 0, b: 3 },
+            Op::Edit { node: 4, doc: 0 },
+            Op::Run { ms: 2720 },
+            Op::Edit { node: 2, doc: 0 },
+            Op::Disconnect { a: 4, b: 3 },
+            Op::Run { ms: 1012 },
+            Op::Disconnect { a: 4, b: 1 },
+            Op::Edit { node: 1, doc: 1 },
+            Op::Heal { a: 4, b: 0 },
+            Op::Partition { a: 3, b: 2 },
+            Op::Run { ms: 2197 },
+            Op::Connect { a: 1, b: 0 },
+            Op::Connect { a: 1, b: 4 },
+            Op::Edit { node: 3, doc: 0 },
+            Op::Connect { a: 1, b: 2 },
+            Op::Heal { a: 2, b: 3 },
+            Op::Run { ms: 2668 },
+            Op::Disconnect { a: 2, b: 1 },
+            Op::Edit { node: 0, doc: 1 },
+            Op::Heal { a: 2, b: 0 },
+            Op::Edit { node: 1, doc: 1 },
+            Op::Edit { node: 1, doc: 0 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Run { ms: 144 },
+            Op::Connect { a: 1, b: 0 },
+            Op::Partition { a: 2, b: 4 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Run { ms: 153 },
+            Op::Edit { node: 1, doc: 0 },
+            Op::Run { ms: 1281 },
+            Op::Edit { node: 0, doc: 1 },
+            Op::Edit { node: 4, doc: 0 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Edit { node: 1, doc: 0 },
+        ],
+        seed: 2867653353731344741,
+    };
+    run(&s).unwrap();
+}
