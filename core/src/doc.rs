@@ -14,7 +14,7 @@ pub enum DocError {
     Load {
         /// Automerge's reason.
         #[source]
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
     /// The bytes are not a valid Automerge change.
     #[error("not a valid Automerge change: {reason}")]
@@ -27,7 +27,7 @@ pub enum DocError {
     Apply {
         /// Automerge's reason.
         #[source]
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
 }
 
@@ -54,7 +54,9 @@ impl Document {
     /// Loads a document from a concatenation of Automerge chunks (a `save()` snapshot followed
     /// by incremental changes, in any combination).
     pub fn load(bytes: &[u8]) -> Result<Self, DocError> {
-        let am = Automerge::load(bytes).map_err(|source| DocError::Load { source })?;
+        let am = Automerge::load(bytes).map_err(|source| DocError::Load {
+            source: Box::new(source),
+        })?;
         Ok(Document { am })
     }
 
@@ -88,7 +90,9 @@ impl Document {
         }
         self.am
             .apply_changes(changes)
-            .map_err(|source| DocError::Apply { source })
+            .map_err(|source| DocError::Apply {
+                source: Box::new(source),
+            })
     }
 
     /// The changes not reachable from `since`, in causal order.

@@ -351,7 +351,7 @@ mod heads_serde {
         d: D,
     ) -> Result<Vec<ChangeHash>, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-        if bytes.len() % 32 != 0 {
+        if !bytes.len().is_multiple_of(32) {
             return Err(D::Error::invalid_length(
                 bytes.len(),
                 &"a multiple of 32 bytes",

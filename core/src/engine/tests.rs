@@ -1,0 +1,301 @@
+//! Engine unit tests: two engines wired by hand.
+
+use super::*;
+use automerge::transaction::Transactable;
+use automerge::{ActorId, ROOT};
+
+const DOC: DocId = DocId::from_bytes([4; 16]);
+
+fn doc_with_actor(a: u8) -> Document {
+    Document::from_automerge(automerge::Automerge::new().with_actor(ActorId::from(vec![a; 16])))
+}
+
+fn write(e: &mut Engine, key: &str) -> PersistId {
+    let (_, id) = e
+        .change(DOC, |am| {
+            let mut tx = am.transaction();
+            tx.put(ROOT, key, 1).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    id.unwrap()
+}
+
+/// Drains `e`'s outputs: persists complete at once, sends are returned.
+fn drain(e: &mut Engine) -> Vec<(ConnId, Message)> {
+    let mut sends = Vec::new();
+    loop {
+        let mut persisted = Vec::new();
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::Send { conn, msg } => sends.push((conn, msg)),
+                Output::Persist { id, .. } => persisted.push(id),
+                _ => {}
+            }
+        }
+        if persisted.is_empty() {
+            return sends;
+        }
+        for id in persisted {
+            e.persisted(id);
+        }
+    }
+}
+
+/// Two engines with `DOC` open on each other; `b_accepts_from_a` as given.
+fn pair(a_may_write: bool) -> (Engine, Engine) {
+    let mut a = Engine::new(EngineConfig::device());
+    let mut b = Engine::new(EngineConfig::relay());
+    a.create(DOC, doc_with_actor(1));
+    b.create(DOC, doc_with_actor(2));
+    a.open(
+        ConnId(1),
+        DOC,
+        OpenOptions {
+            send_changes: a_may_write,
+            ..Default::default()
+        },
+    );
+    b.open(
+        ConnId(2),
+        DOC,
+        OpenOptions {
+            accept_changes: a_may_write,
+            ..Default::default()
+        },
+    );
+    pump(&mut a, &mut b);
+    (a, b)
+}
+
+/// Delivers messages both ways until both are quiet.
+fn pump(a: &mut Engine, b: &mut Engine) {
+    for _ in 0..100 {
+        let to_b = drain(a);
+        let to_a = drain(b);
+        if to_a.is_empty() && to_b.is_empty() {
+            return;
+        }
+        for (_, m) in to_b {
+            b.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in to_a {
+            a.handle(ConnId(1), m).unwrap();
+        }
+    }
+    panic!("engines never went quiet");
+}
+
+#[test]
+fn a_change_leaves_only_after_it_is_durable() {
+    let (mut a, mut b) = pair(true);
+    assert!(a.is_synced(ConnId(1), DOC) && b.is_synced(ConnId(2), DOC));
+    let id = write(&mut a, "typing");
+    let mut outs = Vec::new();
+    while let Some(o) = a.poll_output() {
+        outs.push(o);
+    }
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Send { .. })),
+        "sent before durable: {outs:?}"
+    );
+    a.persisted(id);
+    let sends = drain(&mut a);
+    assert!(
+        matches!(sends.as_slice(), [(_, Message::Changes { .. })]),
+        "{sends:?}"
+    );
+    for (_, m) in sends {
+        b.handle(ConnId(2), m).unwrap();
+    }
+    // The relay side persists before acking.
+    let mut b_out = Vec::new();
+    while let Some(o) = b.poll_output() {
+        b_out.push(o);
+    }
+    let [Output::Persist { id, .. }] = b_out.as_slice() else {
+        panic!("expected one persist: {b_out:?}")
+    };
+    b.persisted(*id);
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    assert!(a.is_synced(ConnId(1), DOC));
+}
+
+#[test]
+fn a_read_only_peer_changes_are_rejected_and_never_applied() {
+    let (mut a, mut b) = pair(false);
+    let before = b.heads(DOC);
+    let id = write(&mut a, "not allowed");
+    a.persisted(id);
+    let sends = drain(&mut a);
+    assert!(
+        sends
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::Changes { .. })),
+        "read-only device pushed changes"
+    );
+    // A misbehaving client pushes its change anyway.
+    let raw = a
+        .read(DOC, |d| {
+            d.automerge()
+                .get_last_local_change()
+                .unwrap()
+                .raw_bytes()
+                .to_vec()
+        })
+        .unwrap();
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![serde_bytes::ByteBuf::from(raw)],
+        },
+    )
+    .unwrap();
+    let mut outs = Vec::new();
+    while let Some(o) = b.poll_output() {
+        outs.push(o);
+    }
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::ReadOnly,
+            ..
+        }
+    )));
+    assert!(!outs.iter().any(|o| matches!(
+        o,
+        Output::Persist {
+            write: Write::Changes(_),
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn garbage_from_a_peer_is_an_error_not_a_panic() {
+    let (_, mut b) = pair(true);
+    for data in [vec![], vec![0x42], vec![0x43, 0xff, 0xff], vec![7; 64]] {
+        assert!(b
+            .handle(
+                ConnId(2),
+                Message::Sync {
+                    doc: DOC,
+                    reset: false,
+                    data: data.clone()
+                }
+            )
+            .is_err());
+        let bad = Message::Changes {
+            doc: DOC,
+            changes: vec![serde_bytes::ByteBuf::from(data)],
+        };
+        assert!(b.handle(ConnId(2), bad).is_err());
+    }
+    let other = DocId::from_bytes([9; 16]);
+    assert!(matches!(
+        b.handle(
+            ConnId(2),
+            Message::Ack {
+                doc: other,
+                heads: vec![]
+            }
+        ),
+        Err(EngineError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        b.handle(
+            ConnId(77),
+            Message::Ack {
+                doc: DOC,
+                heads: vec![]
+            }
+        ),
+        Err(EngineError::UnknownConn(_))
+    ));
+}
+
+#[test]
+fn idle_documents_are_evicted_and_reloaded_on_demand() {
+    let (mut a, mut b) = pair(true);
+    b.remove_conn(ConnId(2));
+    drain(&mut b);
+    let wake = b
+        .next_wakeup()
+        .expect("an idle document waits for eviction");
+    b.tick(wake);
+    assert!(matches!(
+        b.poll_output(),
+        Some(Output::Evicted { doc: DOC })
+    ));
+    assert_eq!(b.loaded_docs(), 0);
+    // Reopening asks the driver to load it again.
+    b.open(ConnId(3), DOC, OpenOptions::default());
+    assert!(matches!(b.poll_output(), Some(Output::Load { doc: DOC })));
+    let _ = &mut a;
+}
+
+#[test]
+fn a_failed_write_drops_the_document_and_closes_its_peers() {
+    let (mut a, _b) = pair(true);
+    let id = write(&mut a, "doomed");
+    while a.poll_output().is_some() {}
+    a.persist_failed(id);
+    match a.poll_output() {
+        Some(Output::Failed { doc, conns }) => {
+            assert_eq!(doc, DOC);
+            assert_eq!(conns, vec![ConnId(1)]);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(!a.is_loaded(DOC));
+}
+
+#[test]
+fn synced_stable_peers_persist_their_reconnect_state() {
+    let mut a = Engine::new(EngineConfig::device());
+    let mut b = Engine::new(EngineConfig::relay());
+    a.create(DOC, doc_with_actor(1));
+    b.create(DOC, doc_with_actor(2));
+    write(&mut a, "x");
+    drain(&mut a);
+    let opts = OpenOptions {
+        stable_peer: Some(b"relay".to_vec()),
+        ..Default::default()
+    };
+    a.open(ConnId(1), DOC, opts);
+    b.open(ConnId(2), DOC, OpenOptions::default());
+    let mut saved = None;
+    for _ in 0..20 {
+        let mut persisted = Vec::new();
+        let mut to_b = Vec::new();
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Persist {
+                    id,
+                    write: Write::SyncState { state, .. },
+                    ..
+                } => {
+                    saved = Some(state);
+                    persisted.push(id);
+                }
+                Output::Persist { id, .. } => persisted.push(id),
+                Output::Send { msg, .. } => to_b.push(msg),
+                _ => {}
+            }
+        }
+        for id in persisted {
+            a.persisted(id);
+        }
+        for m in to_b {
+            b.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut b) {
+            a.handle(ConnId(1), m).unwrap();
+        }
+    }
+    let state = sync::State::decode(&saved.expect("sync state persisted once synced")).unwrap();
+    assert_eq!(Some(state.shared_heads), a.heads(DOC));
+}

@@ -1,0 +1,223 @@
+//! The engine's public input and output types.
+
+use automerge::ChangeHash;
+
+use crate::doc::DocError;
+use crate::wire::Message;
+use crate::DocId;
+
+/// A point in time, in milliseconds since an arbitrary epoch chosen by the driver.
+pub type Millis = u64;
+
+/// A driver-assigned handle for one connection to a remote peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Identifies one persist request, to be answered with [`Engine::persisted`] or
+/// [`Engine::persist_failed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PersistId(pub u64);
+
+/// Engine tuning.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A peer that is not synced and has made no progress for this long is resynced from scratch.
+    pub retry_after: Millis,
+    /// Fold pending received changes into the document once this many are waiting.
+    pub fold_batch: usize,
+    /// Fold pending received changes at most this long after the first arrived. `0` folds at
+    /// the end of every input (what a device showing changes to a user wants).
+    pub fold_delay: Millis,
+    /// Evict a document with no open peers and nothing in flight after this long unused.
+    pub evict_after: Millis,
+    /// Most change bytes in one `Changes` message; more are split across messages.
+    pub max_changes_bytes: usize,
+}
+
+impl EngineConfig {
+    /// Settings for a device: received changes are visible at once.
+    pub fn device() -> Self {
+        EngineConfig {
+            retry_after: 5_000,
+            fold_batch: 1024,
+            fold_delay: 0,
+            evict_after: 300_000,
+            max_changes_bytes: 1 << 20,
+        }
+    }
+
+    /// Settings for the relay: received changes are forwarded as bytes and folded in batches.
+    pub fn relay() -> Self {
+        EngineConfig {
+            retry_after: 5_000,
+            fold_batch: 256,
+            fold_delay: 1_000,
+            evict_after: 60_000,
+            max_changes_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How a document is synced with one peer.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Apply changes this peer sends (it may write).
+    pub accept_changes: bool,
+    /// Send our changes to this peer (it accepts them).
+    pub send_changes: bool,
+    /// A stable id for the peer (e.g. its device id) under which its sync state is persisted.
+    pub stable_peer: Option<Vec<u8>>,
+    /// The peer's persisted sync state (`Write::SyncState` bytes from an earlier session).
+    pub saved_sync_state: Option<Vec<u8>>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            accept_changes: true,
+            send_changes: true,
+            stable_peer: None,
+            saved_sync_state: None,
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Made on this node.
+    Local,
+    /// Received from a peer.
+    Remote(ConnId),
+    /// Received earlier and held back until its dependencies arrived.
+    Released,
+}
+
+/// Something for the driver to write to its store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Raw changes to store as one incremental chunk (concatenated change bytes).
+    Changes(Vec<u8>),
+    /// A peer's sync state, `sync::State::encode()` bytes.
+    SyncState {
+        /// The stable peer id given in [`OpenOptions::stable_peer`].
+        peer: Vec<u8>,
+        /// The encoded state.
+        state: Vec<u8>,
+    },
+}
+
+/// Why changes from a peer were not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The peer may only read this document.
+    ReadOnly,
+}
+
+/// What the engine asks of its driver, or tells it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send a message to a peer.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message (`Sync`, `Changes` or `Ack`).
+        msg: Message,
+    },
+    /// Make these bytes durable, then call [`Engine::persisted`] (in order per document).
+    Persist {
+        /// The request id.
+        id: PersistId,
+        /// The document.
+        doc: DocId,
+        /// What to write.
+        write: Write,
+    },
+    /// Load this document (or report it absent) with [`Engine::loaded`].
+    Load {
+        /// The document.
+        doc: DocId,
+    },
+    /// The document's content changed and the change is durable.
+    Changed {
+        /// The document.
+        doc: DocId,
+        /// Its heads now.
+        heads: Vec<ChangeHash>,
+        /// Where the change came from.
+        origin: Origin,
+    },
+    /// A peer now has exactly our heads for this document (and we have theirs).
+    Synced {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// The shared heads.
+        heads: Vec<ChangeHash>,
+    },
+    /// Changes from a peer were refused; nothing was applied or forwarded.
+    Rejected {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: Rejection,
+    },
+    /// A peer sent something invalid for this document; the driver should close it.
+    ProtocolError {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+        /// What was wrong.
+        error: EngineError,
+    },
+    /// The document was dropped from memory after a storage failure; its peers were closed.
+    Failed {
+        /// The document.
+        doc: DocId,
+        /// The connections that had it open.
+        conns: Vec<ConnId>,
+    },
+    /// The document was evicted from memory (it stays in the store).
+    Evicted {
+        /// The document.
+        doc: DocId,
+    },
+}
+
+/// Errors of the engine's inputs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The connection was never added or is gone.
+    #[error("unknown connection {0:?}")]
+    UnknownConn(ConnId),
+    /// The document is not open on this connection.
+    #[error("document {doc} is not open on this connection")]
+    NotOpen {
+        /// The document.
+        doc: DocId,
+    },
+    /// The document is not loaded; ask for it with [`Engine::load`] first.
+    #[error("document {doc} is not loaded")]
+    NotLoaded {
+        /// The document.
+        doc: DocId,
+    },
+    /// The message is not one the engine handles.
+    #[error("message is not a document sync message")]
+    NotSyncMessage,
+    /// An Automerge sync message could not be decoded.
+    #[error("invalid sync message: {reason}")]
+    BadSyncMessage {
+        /// Automerge's reason.
+        reason: String,
+    },
+    /// A document or change was invalid.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
