@@ -3,6 +3,7 @@
 //! - [`id`]: document, device and content ids.
 //! - [`wire`]: protocol v1 frames and messages.
 //! - [`engine`]: the sans-IO sync engine that devices and the relay both drive.
+//! - [`host`]: the engine wired to a store (persist, load, compaction), shared by drivers.
 //! - [`store`]: the storage trait, its redb and in-memory implementations, group commit and the
 //!   document store. The engine never calls the store: drivers connect the two.
 #![deny(missing_docs, unreachable_pub)]
@@ -11,6 +12,7 @@ mod doc;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod host;
 mod id;
 mod role;
 pub mod store;

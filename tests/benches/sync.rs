@@ -2,7 +2,8 @@
 //! documents, measured in the same run:
 //! - catch-up: one side has 1,000 changes the other lacks;
 //! - live: 1,000 changes made one at a time on one side while both are connected (weft sends
-//!   each as a `Changes` message and an `Ack`; the baseline runs a full sync round per change).
+//!   each as a `Changes` message and an `Ack` to a receiver configured as the relay; the
+//!   baseline runs a full sync round per change).
 
 use std::time::Duration;
 

@@ -243,6 +243,33 @@ impl Engine {
         }
     }
 
+    /// Reports that a document asked for with `Output::Load` could not be loaded. Connections
+    /// waiting on it are reported in `Output::Failed` (the driver tells them); a later `open`
+    /// tries again.
+    pub fn load_failed(&mut self, doc: DocId) {
+        if let Some(Slot::Loading(queue)) = self.docs.remove(&doc) {
+            let mut conns: Vec<ConnId> = queue
+                .iter()
+                .map(|q| match q {
+                    Queued::Open(c, _) | Queued::Msg(c, _) => *c,
+                })
+                .collect();
+            conns.sort_unstable();
+            conns.dedup();
+            for c in &conns {
+                if let Some(docs) = self.conns.get_mut(c) {
+                    docs.remove(&doc);
+                }
+            }
+            self.out.push_back(Output::Failed { doc, conns });
+        }
+    }
+
+    /// The document a persist request belongs to, while it is in flight.
+    pub fn persist_doc(&self, id: PersistId) -> Option<DocId> {
+        self.persist_doc.get(&id).copied()
+    }
+
     /// Creates a document in memory (a new local document). Its first change is persisted like
     /// any other.
     pub fn create(&mut self, doc: DocId, d: Document) {

@@ -1,0 +1,331 @@
+//! [`Host`]: the engine wired to a document store, shared by the device runtime and the relay.
+//!
+//! The engine asks for bytes to be persisted and documents to be loaded; the host turns those
+//! requests into store batches (submitted to the group-commit writer) and loads, tracks which
+//! chunks each loaded document covers, and compacts a document's chunks into a snapshot once
+//! enough have accumulated. It performs no network IO and owns no task: the driver calls
+//! [`Host::poll_action`] after feeding the engine, carries out each [`Action`] (awaiting commit
+//! tickets, running loads off its event loop) and reports back.
+//!
+//! Compaction is safe to interleave with writes because the group-commit writer applies batches
+//! in submission order: a compaction submitted after a chunk's batch deletes that chunk only
+//! after it was written, and the snapshot, saved from the engine's document after the chunk's
+//! changes entered it, contains them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use automerge::sync;
+
+use crate::engine::{ConnId, Engine, Output, PersistId, Write};
+use crate::store::docs::{self, ChunkKey, ChunkKind, DocStoreError};
+use crate::store::{CommitTicket, GroupCommit, KvStore, StoreError, WriteBatch};
+use crate::wire::Message;
+use crate::{DocId, Document};
+
+/// Host tuning.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Compact a document once it has this many chunks.
+    pub compact_after_chunks: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            compact_after_chunks: 64,
+        }
+    }
+}
+
+/// What a commit ticket completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// An engine persist request.
+    Persist(PersistId),
+    /// A compaction of a document that replaced this many chunks.
+    Compaction(DocId, usize),
+}
+
+/// Something for the driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send a message on a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: Message,
+    },
+    /// Await `ticket`, then call [`Host::committed`] with `what` and the result.
+    Wait {
+        /// What completes.
+        what: Waiting,
+        /// The store's ticket.
+        ticket: CommitTicket,
+    },
+    /// Load the document with [`load`] (blocking: run it off the event loop), then call
+    /// [`Host::loaded`].
+    Load {
+        /// The document.
+        doc: DocId,
+    },
+    /// An engine event for the application (changes, sync status, rejections, errors).
+    Event(Output),
+}
+
+/// A loaded document and the chunks it was loaded from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The document.
+    pub doc: Document,
+    /// The chunks it covers.
+    pub chunks: Vec<ChunkKey>,
+}
+
+/// Loads a document from the store (blocking). `Ok(None)`: the store has no such document.
+pub fn load(store: &dyn KvStore, doc: DocId) -> Result<Option<Loaded>, DocStoreError> {
+    Ok(docs::load_document(store, doc)?.map(|(am, chunks)| Loaded {
+        doc: Document::from_automerge(am),
+        chunks,
+    }))
+}
+
+/// The persisted sync state of `doc` with `peer`, in the form [`crate::engine::OpenOptions`]
+/// takes.
+pub fn saved_sync_state(
+    store: &dyn KvStore,
+    doc: DocId,
+    peer: &[u8],
+) -> Result<Option<Vec<u8>>, DocStoreError> {
+    Ok(docs::load_sync_state(store, doc, peer)?.map(|s| s.encode()))
+}
+
+/// The engine and its store.
+pub struct Host {
+    engine: Engine,
+    group: Arc<GroupCommit>,
+    cfg: HostConfig,
+    /// Chunks each loaded document covers, in write order.
+    chunks: HashMap<DocId, Vec<ChunkKey>>,
+    /// Documents with a compaction in flight.
+    compacting: HashMap<DocId, usize>,
+    actions: std::collections::VecDeque<Action>,
+}
+
+impl Host {
+    /// Wires `engine` to the store behind `group`.
+    pub fn new(engine: Engine, group: Arc<GroupCommit>, cfg: HostConfig) -> Self {
+        Host {
+            engine,
+            group,
+            cfg,
+            chunks: HashMap::new(),
+            compacting: HashMap::new(),
+            actions: Default::default(),
+        }
+    }
+
+    /// The engine, to feed inputs to.
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        self.group.store()
+    }
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        loop {
+            if let Some(a) = self.actions.pop_front() {
+                return Some(a);
+            }
+            let out = self.engine.poll_output()?;
+            self.translate(out);
+        }
+    }
+
+    fn translate(&mut self, out: Output) {
+        match out {
+            Output::Send { conn, msg } => self.actions.push_back(Action::Send { conn, msg }),
+            Output::Load { doc } => self.actions.push_back(Action::Load { doc }),
+            Output::Persist { id, doc, write } => {
+                let mut batch = WriteBatch::new();
+                match write {
+                    Write::Changes(bytes) => {
+                        let key = docs::put_chunk(&mut batch, doc, ChunkKind::Incremental, bytes);
+                        self.chunks.entry(doc).or_default().push(key);
+                    }
+                    Write::SyncState { peer, state } => {
+                        // The engine produced these bytes with `encode`; they decode.
+                        let state = sync::State::decode(&state).unwrap_or_default();
+                        docs::put_sync_state(&mut batch, doc, &peer, &state);
+                    }
+                }
+                let ticket = self.group.submit(batch);
+                self.actions.push_back(Action::Wait {
+                    what: Waiting::Persist(id),
+                    ticket,
+                });
+            }
+            Output::Evicted { doc } => {
+                self.chunks.remove(&doc);
+                self.actions
+                    .push_back(Action::Event(Output::Evicted { doc }));
+            }
+            Output::Failed { doc, conns } => {
+                self.chunks.remove(&doc);
+                self.actions
+                    .push_back(Action::Event(Output::Failed { doc, conns }));
+            }
+            other => self.actions.push_back(Action::Event(other)),
+        }
+    }
+
+    /// Reports a load's result. A load error is reported as an empty document being
+    /// unavailable: the engine drops the document's queued inputs and the error is returned for
+    /// the driver to report.
+    pub fn loaded(
+        &mut self,
+        doc: DocId,
+        result: Result<Option<Loaded>, DocStoreError>,
+    ) -> Result<(), DocStoreError> {
+        match result {
+            Ok(Some(l)) => {
+                self.chunks.insert(doc, l.chunks);
+                self.engine.loaded(doc, Some(l.doc));
+                Ok(())
+            }
+            Ok(None) => {
+                self.chunks.insert(doc, Vec::new());
+                self.engine.loaded(doc, None);
+                Ok(())
+            }
+            Err(e) => {
+                self.engine.load_failed(doc);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reports a commit ticket's result.
+    pub fn committed(&mut self, what: Waiting, result: Result<(), StoreError>) {
+        match (what, result) {
+            (Waiting::Persist(id), Ok(())) => {
+                let doc = self.engine.persist_doc(id);
+                self.engine.persisted(id);
+                if let Some(doc) = doc {
+                    self.maybe_compact(doc);
+                }
+            }
+            (Waiting::Persist(id), Err(e)) => {
+                tracing::error!(error = %e, "store write failed; dropping the document from memory");
+                self.engine.persist_failed(id);
+            }
+            (Waiting::Compaction(doc, replaced), Ok(())) => {
+                self.compacting.remove(&doc);
+                tracing::debug!(%doc, replaced, "compacted");
+            }
+            (Waiting::Compaction(doc, _), Err(e)) => {
+                // The old chunks are still there (the batch was atomic); try again later.
+                tracing::warn!(%doc, error = %e, "compaction failed");
+                self.compacting.remove(&doc);
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self, doc: DocId) {
+        if self.compacting.contains_key(&doc) {
+            return;
+        }
+        let Some(chunks) = self.chunks.get(&doc) else {
+            return;
+        };
+        if chunks.len() < self.cfg.compact_after_chunks || self.engine.persists_in_flight(doc) > 0 {
+            return;
+        }
+        let Ok(snapshot) = self.engine.read(doc, |d| d.save()) else {
+            return;
+        };
+        let replaces = std::mem::take(self.chunks.get_mut(&doc).expect("checked above"));
+        let mut batch = WriteBatch::new();
+        let key = docs::compact(&mut batch, doc, snapshot, &replaces);
+        self.chunks.insert(doc, vec![key]);
+        self.compacting.insert(doc, replaces.len());
+        let ticket = self.group.submit(batch);
+        self.actions.push_back(Action::Wait {
+            what: Waiting::Compaction(doc, replaces.len()),
+            ticket,
+        });
+    }
+
+    /// Chunks currently recorded for a loaded document (for tests and metrics).
+    pub fn chunk_count(&self, doc: DocId) -> usize {
+        self.chunks.get(&doc).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, OpenOptions};
+    use crate::store::MemStore;
+    use automerge::transaction::Transactable;
+    use automerge::ROOT;
+
+    /// Runs every action synchronously.
+    fn settle(host: &mut Host) -> Vec<Action> {
+        let mut other = Vec::new();
+        while let Some(a) = host.poll_action() {
+            match a {
+                Action::Wait { what, ticket } => host.committed(what, ticket.wait()),
+                Action::Load { doc } => {
+                    let r = load(host.store().as_ref(), doc);
+                    host.loaded(doc, r).unwrap();
+                }
+                a => other.push(a),
+            }
+        }
+        other
+    }
+
+    #[test]
+    fn writes_are_durable_and_compacted_without_losing_anything() {
+        let kv = Arc::new(MemStore::new());
+        let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+        let doc = DocId::from_bytes([5; 16]);
+        let mut host = Host::new(
+            Engine::new(EngineConfig::device()),
+            group.clone(),
+            HostConfig {
+                compact_after_chunks: 10,
+            },
+        );
+        host.engine().load(doc);
+        settle(&mut host);
+        for i in 0..35 {
+            host.engine()
+                .change(doc, |am| {
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, format!("k{i}"), i).unwrap();
+                    tx.commit();
+                })
+                .unwrap();
+            settle(&mut host);
+        }
+        assert!(
+            host.chunk_count(doc) < 10,
+            "compaction never ran: {} chunks",
+            host.chunk_count(doc)
+        );
+        let heads = host.engine().heads(doc).unwrap();
+        // A fresh host on the same store sees every write.
+        let reloaded = load(kv.as_ref(), doc).unwrap().unwrap();
+        assert_eq!(reloaded.doc.heads(), heads);
+        assert_eq!(reloaded.chunks.len(), host.chunk_count(doc));
+        let _ = OpenOptions::default();
+    }
+}
