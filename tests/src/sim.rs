@@ -348,6 +348,25 @@ impl Sim {
         }
     }
 
+    /// When the next event is due: a packet, a persist completion or an engine wake-up.
+    fn next_event(&self) -> Option<Millis> {
+        let next_packet = self.packets.iter().map(|p| p.at).min();
+        let next_persist = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.pending_persists.first().map(|p| p.0))
+            .min();
+        let next_wake = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.next_wakeup())
+            .min();
+        [next_packet, next_persist, next_wake]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     /// Runs until nothing is in flight and no engine waits on a timer, or `max_steps` events.
     /// Returns whether it became quiescent.
     pub fn run_until_quiet(&mut self, max_steps: usize) -> bool {
@@ -363,22 +382,13 @@ impl Sim {
             if progressed {
                 continue;
             }
-            // The next event: a packet, a persist completion or a wake-up.
             let next_packet = self.packets.iter().map(|p| (p.at, p.seq)).min();
-            let next_persist = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.pending_persists.first().map(|p| p.0))
-                .min();
             let next_wake = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.engine.next_wakeup())
                 .min();
-            let next = [next_packet.map(|p| p.0), next_persist, next_wake]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = self.next_event();
             let Some(t) = next else { return true };
             self.now = self.now.max(t);
             if next_packet.is_some_and(|p| p.0 <= self.now) {
@@ -435,21 +445,7 @@ impl Sim {
     pub fn run_for(&mut self, ms: Millis, max_steps: usize) {
         let until = self.now + ms;
         for _ in 0..max_steps {
-            let next_packet = self.packets.iter().map(|p| p.at).min();
-            let next_persist = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.pending_persists.first().map(|p| p.0))
-                .min();
-            let next_wake = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.engine.next_wakeup())
-                .min();
-            let next = [next_packet, next_persist, next_wake]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = self.next_event();
             match next {
                 Some(t) if t <= until => {
                     if !self.step_once() {

@@ -365,15 +365,7 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&mut automerge::Automerge) -> R,
     ) -> Result<(R, Option<PersistId>), EngineError> {
-        let now = self.now;
-        if !self.is_loaded(doc) {
-            return Err(EngineError::NotLoaded { doc });
-        }
-        self.fold(doc)?;
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Err(EngineError::NotLoaded { doc });
-        };
-        ds.last_used = now;
+        let ds = self.ready_folded(doc)?;
         let before = ds.doc.automerge().get_heads();
         let r = f(ds.doc.automerge_mut());
         let new = ds.doc.changes_since(&before);
@@ -392,6 +384,12 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&Document) -> R,
     ) -> Result<R, EngineError> {
+        let ds = self.ready_folded(doc)?;
+        Ok(f(&ds.doc))
+    }
+
+    /// A loaded document with every pending change folded in, marked used now.
+    fn ready_folded(&mut self, doc: DocId) -> Result<&mut DocState, EngineError> {
         let now = self.now;
         if !self.is_loaded(doc) {
             return Err(EngineError::NotLoaded { doc });
@@ -401,7 +399,7 @@ impl Engine {
             return Err(EngineError::NotLoaded { doc });
         };
         ds.last_used = now;
-        Ok(f(&ds.doc))
+        Ok(ds)
     }
 
     /// The document's heads, including received changes not yet folded.
