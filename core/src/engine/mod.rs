@@ -62,6 +62,9 @@ struct PeerDoc {
     stalls: u32,
 }
 
+/// Messages kept per document while it loads.
+const MAX_QUEUED_WHILE_LOADING: usize = 1024;
+
 /// Sync rounds that change nothing before the exchange is restarted from a fresh state.
 /// Automerge's protocol assumes reliable delivery: after a loss, a sender may keep withholding a
 /// change it believes it sent while the receiver keeps asking, forever.
@@ -338,7 +341,11 @@ impl Engine {
         }
         match self.docs.get_mut(&doc) {
             Some(Slot::Loading(q)) => {
-                q.push(Queued::Msg(conn, msg));
+                // Bounded: past the cap a message is dropped, which the protocol repairs (a
+                // missing change is asked for again once the document is loaded).
+                if q.len() < MAX_QUEUED_WHILE_LOADING {
+                    q.push(Queued::Msg(conn, msg));
+                }
                 return Ok(());
             }
             Some(Slot::Ready(_)) => {}
