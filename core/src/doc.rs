@@ -3,7 +3,7 @@
 //! Every version-sensitive Automerge call the engine and the store make goes through here, so
 //! the automerge version (see ARCHITECTURE.md for why 0.12) can be revisited in one place.
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 /// Why a document or a change could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +52,11 @@ impl Document {
     }
 
     /// Loads a document from a concatenation of Automerge chunks (a `save()` snapshot followed
-    /// by incremental changes, in any combination).
+    /// by incremental changes, in any combination). Changes whose dependencies are missing are
+    /// kept back, as Automerge keeps them when they arrive in a sync message, rather than
+    /// failing the load: weft stores such changes as they arrive.
     pub fn load(bytes: &[u8]) -> Result<Self, DocError> {
-        let am = Automerge::load(bytes).map_err(|source| DocError::Load {
+        let am = load_automerge(bytes).map_err(|source| DocError::Load {
             source: Box::new(source),
         })?;
         Ok(Document { am })
@@ -80,6 +82,12 @@ impl Document {
     /// Whether the document contains the change `hash` (applied, not merely queued).
     pub fn has_change(&self, hash: &ChangeHash) -> bool {
         self.am.get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// Whether Automerge holds changes back because their dependencies are missing. A snapshot
+    /// (`save`) leaves such changes out.
+    pub fn has_queued_changes(&self) -> bool {
+        !self.am.get_missing_deps(&[]).is_empty()
     }
 
     /// Applies a batch of changes at once (one call per batch: applying changes one at a time
@@ -123,4 +131,16 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, DocError> {
 /// The lowercase hex form of a change hash, as the contract prints heads.
 pub fn hash_hex(hash: &ChangeHash) -> String {
     hash.to_string()
+}
+
+/// `Automerge::load`, except that changes with missing dependencies are held back instead of
+/// failing the load. Any other error (a chunk that does not parse) still fails it.
+pub(crate) fn load_automerge(bytes: &[u8]) -> Result<Automerge, automerge::AutomergeError> {
+    match Automerge::load(bytes) {
+        Err(automerge::AutomergeError::MissingDeps) => Automerge::load_with_options(
+            bytes,
+            automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Ignore),
+        ),
+        other => other,
+    }
 }

@@ -247,7 +247,12 @@ impl Host {
         if chunks.len() < self.cfg.compact_after_chunks || self.engine.persists_in_flight(doc) > 0 {
             return;
         }
-        let Ok(snapshot) = self.engine.read(doc, |d| d.save()) else {
+        // A snapshot leaves out changes Automerge holds back for missing dependencies, so a
+        // document with any keeps its chunks until they are released.
+        let saved = self
+            .engine
+            .read(doc, |d| (!d.has_queued_changes()).then(|| d.save()));
+        let Ok(Some(snapshot)) = saved else {
             return;
         };
         let replaces = std::mem::take(self.chunks.get_mut(&doc).expect("checked above"));

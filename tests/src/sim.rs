@@ -241,7 +241,10 @@ impl Sim {
         let am = if bytes.is_empty() {
             Automerge::new()
         } else {
-            Automerge::load(&bytes).expect("the simulator's store holds only valid chunks")
+            Document::load(&bytes)
+                .expect("the simulator's store holds only valid chunks")
+                .automerge()
+                .clone()
         };
         Document::from_automerge(am.with_actor(ActorId::from(actor.to_vec())))
     }
@@ -491,9 +494,7 @@ impl Sim {
             .get(&doc)
             .map(|c| c.concat())
             .unwrap_or_default();
-        let mut h = Automerge::load(&bytes)
-            .expect("stored chunks load")
-            .get_heads();
+        let mut h = Document::load(&bytes).expect("stored chunks load").heads();
         h.sort_unstable();
         h
     }

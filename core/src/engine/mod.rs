@@ -581,6 +581,10 @@ impl Engine {
         pd.save_state = true;
         let rejected = !pd.opts.accept_changes && !msg.changes.is_empty();
         let carried_changes = !msg.changes.is_empty();
+        // The message's change chunks are stored as they arrive, including changes Automerge
+        // holds back until their dependencies arrive: extracting the new changes back out of
+        // the document would cost milliseconds per thousand changes.
+        let chunk_bytes: Vec<u8> = msg.changes.iter().flatten().copied().collect();
         let before = ds.doc.automerge().get_heads();
         ds.doc
             .automerge_mut()
@@ -608,11 +612,31 @@ impl Engine {
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Ok(());
         };
-        let new = ds.doc.changes_since(&before);
-        if !new.is_empty() {
-            ds.heads = ds.doc.heads();
-            let raw = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
-            self.persist_changes(doc, Origin::Remote(conn), raw, false);
+        let heads = ds.doc.heads();
+        if heads != ds.heads {
+            ds.heads = heads;
+            // Individual changes are needed only to forward them to live peers.
+            let forward = ds
+                .peers
+                .iter()
+                .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
+            let raw: Vec<Vec<u8>> = if forward {
+                ds.doc
+                    .changes_since(&before)
+                    .iter()
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let effect = PersistEffect::Changes {
+                origin: Origin::Remote(conn),
+                raw,
+                via_fast_path: false,
+            };
+            self.persist_write(doc, Write::Changes(chunk_bytes), effect);
+        } else if !chunk_bytes.is_empty() {
+            self.persist_write(doc, Write::Changes(chunk_bytes), PersistEffect::None);
         }
         self.pump(doc, conn);
         Ok(())

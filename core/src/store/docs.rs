@@ -373,8 +373,8 @@ pub fn load_document(
     }
     // The chunks passed their hash check, so automerge wrote them; still, a panic in the
     // loader must cost this document, not the process.
-    let loaded =
-        catch_unwind(|| Automerge::load(&all)).map_err(|_| DocStoreError::LoadPanicked { doc })?;
+    let loaded = catch_unwind(|| crate::doc::load_automerge(&all))
+        .map_err(|_| DocStoreError::LoadPanicked { doc })?;
     let document = match loaded {
         Ok(document) => document,
         Err(source) => {
