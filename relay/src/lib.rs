@@ -1,0 +1,50 @@
+//! weft-relay: the server that weft devices sync through.
+//!
+//! This library holds the relay's self-contained pieces; the `weft-relay` binary wires them to
+//! its command line.
+//!
+//! - [`Verifier`] and [`Minter`]: HS256 JSON Web Tokens carrying [`Claims`] (who the caller is,
+//!   which documents the token grants, whether it may create documents or administer). Only
+//!   HS256 is accepted, `exp` is required and checked against a caller-supplied `now`, so
+//!   verification is deterministic.
+//! - [`JwtSecret`], [`load_secret`] and [`ensure_dev_secret`]: the HMAC secret, read from a file
+//!   (at least [`MIN_SECRET_LEN`] bytes) or generated once into the data directory by `--dev`.
+//! - [`TlsIdentity`], [`load_cert_and_key`] and [`ensure_dev_cert`]: the relay's certificate and
+//!   key as rustls types, from PEM files or a self-signed pair generated once by `--dev`.
+//! - [`parse_duration`] and [`parse_byte_size`]: the command line's `24h` and `16MiB` values.
+//!
+//! # Example
+//!
+//! ```
+//! use weft_relay::{Claims, JwtSecret, Minter, Verifier};
+//! use weft_core::{DocId, Role};
+//!
+//! let secret = JwtSecret::new(b"an example secret of at least 32 bytes".to_vec())?;
+//! let now = 1_700_000_000;
+//! let doc = DocId::from_bytes([7; 16]);
+//! let claims = Claims::new("alice", now, 3600).with_doc(doc, Role::ReadOnly);
+//!
+//! let token = Minter::new(&secret).mint(&claims)?;
+//! let verified = Verifier::new(&secret).verify(&token, now + 10)?;
+//! assert_eq!(verified.sub, "alice");
+//! assert_eq!(verified.role_for(&doc), Some(Role::ReadOnly));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs, unreachable_pub)]
+
+mod auth;
+mod secret;
+mod tls;
+mod units;
+
+pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
+pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use secret::{
+    ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,
+    MIN_SECRET_LEN,
+};
+pub use tls::{
+    dev_cert_paths, ensure_dev_cert, load_cert_and_key, TlsError, TlsIdentity,
+    DEV_SUBJECT_ALT_NAMES,
+};
+pub use units::{parse_byte_size, parse_duration, ParseUnitError};
