@@ -32,13 +32,17 @@
 //! ```
 #![deny(missing_docs, unreachable_pub)]
 
+mod access;
 mod auth;
+mod hub;
 mod secret;
 mod tls;
 mod units;
 
+pub use access::{decide, Decision};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use hub::{Hub, HubConfig, HubEvent, Outbound};
 pub use secret::{
     ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,
     MIN_SECRET_LEN,

@@ -831,8 +831,9 @@ impl Engine {
         self.out.push_back(Output::Changed { doc, heads, origin });
     }
 
-    /// Drops a peer back to sync mode from a fresh state and tells it to reset too.
-    fn resync(&mut self, doc: DocId, conn: ConnId) {
+    /// Drops a peer back to sync mode from a fresh state and tells it to reset too: the way to
+    /// recover after messages to it were dropped (a full queue).
+    pub fn resync(&mut self, doc: DocId, conn: ConnId) {
         let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;

@@ -1,0 +1,698 @@
+//! The hub: the one task that owns the relay's sync engine and store, fed by connection tasks.
+//!
+//! Connection tasks (QUIC today, WebSocket later) authenticate their peer, then hand the hub a
+//! [`HubEvent::Open`] with a bounded outbound queue, forward every decoded message as
+//! [`HubEvent::Frame`] and report [`HubEvent::Closed`]. The hub authorizes subscriptions
+//! ([`crate::access`]), drives the engine through [`Host`], and puts encoded frames on the
+//! connections' queues with `try_send`: a full queue never blocks fan-out; the message is
+//! dropped and that peer's document is resynced from heads once its queue drains, which the
+//! CRDT makes lossless.
+//!
+//! Commit tickets and document loads run as tasks in the hub's `JoinSet`s and report back into
+//! the same loop, so the engine is only ever touched from this task.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
+use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
+use weft_core::store::docs::{self as docstore, DocStoreError};
+use weft_core::store::{DocMeta, GroupCommit, StoreError, WriteBatch};
+use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::{DeviceId, DocId, Role};
+
+use crate::access::{decide, Decision};
+use crate::{Claims, Verifier};
+
+/// Hub limits.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Largest frame body sent or accepted.
+    pub max_frame: usize,
+    /// Documents one connection may have open at once.
+    pub max_docs_per_conn: usize,
+    /// Engine tuning.
+    pub engine: EngineConfig,
+    /// Store tuning.
+    pub host: HostConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_docs_per_conn: 10_000,
+            engine: EngineConfig::relay(),
+            host: HostConfig::default(),
+        }
+    }
+}
+
+/// A frame for a connection's writer, or the order to close it.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// An encoded frame (shared: the same bytes go to every subscriber).
+    Frame(Arc<Vec<u8>>),
+    /// Send this error, then close the connection.
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// A sentence for the peer.
+        reason: String,
+    },
+}
+
+/// What connection tasks tell the hub.
+#[derive(Debug)]
+pub enum HubEvent {
+    /// An authenticated connection.
+    Open {
+        /// Its id (unique for the hub's lifetime).
+        conn: ConnId,
+        /// The device, from its TLS certificate.
+        device: DeviceId,
+        /// The verified token.
+        claims: Claims,
+        /// Where its frames go (bounded).
+        out: mpsc::Sender<Outbound>,
+    },
+    /// A message from the connection.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: Message,
+    },
+    /// The connection ended.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+struct Conn {
+    device: DeviceId,
+    claims: Claims,
+    out: mpsc::Sender<Outbound>,
+    docs: HashMap<DocId, Role>,
+    /// Documents whose messages were dropped on a full queue: resync once it drains.
+    lagging: HashSet<DocId>,
+    closing: bool,
+}
+
+enum Done {
+    Committed(Waiting, Result<(), StoreError>),
+    Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
+    /// A subscription whose owner record (or nothing) is durable and may open now.
+    Subscribe {
+        conn: ConnId,
+        doc: DocId,
+        role: Role,
+        result: Result<(), StoreError>,
+    },
+}
+
+/// The hub. Build it with [`Hub::new`], then [`Hub::run`] it.
+pub struct Hub {
+    cfg: HubConfig,
+    host: Host,
+    group: Arc<GroupCommit>,
+    verifier: Verifier,
+    conns: HashMap<ConnId, Conn>,
+    /// Subscribers per document.
+    subscribers: HashMap<DocId, BTreeMap<ConnId, Role>>,
+    /// Relay metadata of documents with subscribers (owner, access list, deletion).
+    metas: HashMap<DocId, DocMeta>,
+    tasks: JoinSet<Done>,
+    start: Instant,
+}
+
+impl Hub {
+    /// A hub over the store behind `group`.
+    pub fn new(cfg: HubConfig, group: Arc<GroupCommit>, verifier: Verifier) -> Self {
+        let host = Host::new(
+            Engine::new(cfg.engine.clone()),
+            group.clone(),
+            cfg.host.clone(),
+        );
+        Hub {
+            cfg,
+            host,
+            group,
+            verifier,
+            conns: HashMap::new(),
+            subscribers: HashMap::new(),
+            metas: HashMap::new(),
+            tasks: JoinSet::new(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Runs until `events` closes (every connection task and the acceptor are gone), then
+    /// waits for every write in flight. Cancel safety: dropping the future loses no acknowledged
+    /// write (acks are sent only after commits), but in-flight commits are not awaited.
+    pub async fn run(mut self, mut events: mpsc::Receiver<HubEvent>) {
+        let mut resync_timer = tokio::time::interval(Duration::from_millis(500));
+        resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.pump_actions();
+            let wake = self
+                .host
+                .engine()
+                .next_wakeup()
+                .map(|ms| self.start + Duration::from_millis(ms));
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(done) => self.on_done(done),
+                    Err(e) => tracing::error!(error = %e, "hub task failed"),
+                },
+                _ = sleep => {
+                    let now = self.now_ms();
+                    self.host.engine().tick(now);
+                }
+                _ = resync_timer.tick() => self.housekeeping(),
+            }
+        }
+        // Drain: every write in flight completes before the hub returns.
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(done) = done {
+                self.on_done(done);
+            }
+            self.pump_actions();
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn on_event(&mut self, ev: HubEvent) {
+        let now = self.now_ms();
+        self.host.engine().set_now(now);
+        match ev {
+            HubEvent::Open {
+                conn,
+                device,
+                claims,
+                out,
+            } => {
+                let welcome = Message::Welcome {
+                    protocol: wire::PROTOCOL_VERSION,
+                    user: claims.sub.clone(),
+                    device,
+                    max_frame: self.cfg.max_frame as u32,
+                };
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        device,
+                        claims,
+                        out,
+                        docs: HashMap::new(),
+                        lagging: HashSet::new(),
+                        closing: false,
+                    },
+                );
+                self.host.engine().add_conn(conn);
+                self.send(conn, &welcome);
+            }
+            HubEvent::Frame { conn, msg } => self.on_frame(conn, msg),
+            HubEvent::Closed { conn } => self.on_closed(conn),
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        match msg {
+            Message::Subscribe { doc } => self.on_subscribe(conn, doc),
+            Message::Unsubscribe { doc } => {
+                self.unsubscribe(conn, doc);
+            }
+            Message::Sync { doc, .. } | Message::Changes { doc, .. } | Message::Ack { doc, .. } => {
+                if !c.docs.contains_key(&doc) {
+                    self.send(conn, &forbidden(doc));
+                    return;
+                }
+                if let Err(e) = self.host.engine().handle(conn, msg) {
+                    tracing::info!(conn = conn.0, %doc, error = %e, "closing a connection that sent an invalid message");
+                    self.close(
+                        conn,
+                        ErrorCode::MALFORMED,
+                        format!("invalid message for document {doc}"),
+                    );
+                }
+            }
+            Message::Ephemeral { doc, data, .. } => {
+                if !c.docs.contains_key(&doc) {
+                    self.send(conn, &forbidden(doc));
+                    return;
+                }
+                let fwd = Message::Ephemeral {
+                    doc,
+                    user: Some(c.claims.sub.clone()),
+                    device: Some(c.device),
+                    data,
+                };
+                self.broadcast(doc, Some(conn), &fwd);
+            }
+            Message::Token { token } => match self.verifier.verify(&token, Self::unix_now()) {
+                Ok(claims) if claims.sub == c.claims.sub => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.claims = claims;
+                    }
+                    self.recheck_access(conn);
+                }
+                Ok(_) => self.close(
+                    conn,
+                    ErrorCode::UNAUTHENTICATED,
+                    "a refreshed token must be for the same user".into(),
+                ),
+                Err(e) => {
+                    tracing::info!(conn = conn.0, error = %e, "refused a refreshed token");
+                    self.close(
+                        conn,
+                        ErrorCode::UNAUTHENTICATED,
+                        "the refreshed token was refused".into(),
+                    );
+                }
+            },
+            Message::Hello { .. } => {
+                self.close(conn, ErrorCode::MALFORMED, "hello sent twice".into())
+            }
+            other => {
+                tracing::info!(
+                    conn = conn.0,
+                    ?other,
+                    "closing a connection that sent an unexpected message"
+                );
+                self.close(conn, ErrorCode::MALFORMED, "unexpected message".into());
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, doc: DocId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.docs.contains_key(&doc) {
+            return;
+        }
+        let claims = c.claims.clone();
+        if c.docs.len() >= self.cfg.max_docs_per_conn {
+            self.send(
+                conn,
+                &Message::Error {
+                    code: ErrorCode::RATE_LIMITED,
+                    doc: Some(doc),
+                    message: "too many documents open on this connection".into(),
+                },
+            );
+            return;
+        }
+        let meta = match self.meta(doc) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(%doc, error = %e, "reading document metadata failed");
+                self.send(conn, &internal(doc));
+                return;
+            }
+        };
+        match decide(&claims, &doc, meta.as_ref()) {
+            Decision::Refused => self.send(conn, &forbidden(doc)),
+            Decision::Allowed(role) => {
+                self.tasks.spawn(async move {
+                    Done::Subscribe {
+                        conn,
+                        doc,
+                        role,
+                        result: Ok(()),
+                    }
+                });
+            }
+            Decision::Create => {
+                // The owner is recorded, durably, before the document is served.
+                let now_ms = Self::unix_now() * 1000;
+                let mut m = DocMeta::default();
+                m.owner = Some(claims.sub.clone());
+                m.created_at_ms = now_ms;
+                m.updated_at_ms = now_ms;
+                let mut batch = WriteBatch::new();
+                docstore::put_meta(&mut batch, doc, &m);
+                self.metas.insert(doc, m);
+                let ticket = self.group.submit(batch);
+                let role = Role::ReadWrite;
+                self.tasks.spawn(async move {
+                    Done::Subscribe {
+                        conn,
+                        doc,
+                        role,
+                        result: ticket.await,
+                    }
+                });
+            }
+        }
+    }
+
+    fn meta(&mut self, doc: DocId) -> Result<Option<DocMeta>, DocStoreError> {
+        if let Some(m) = self.metas.get(&doc) {
+            return Ok(Some(m.clone()));
+        }
+        // A point read in redb: microseconds, so it is done inline.
+        let m = docstore::load_meta(self.host.store().as_ref(), doc)?;
+        if let Some(m) = &m {
+            self.metas.insert(doc, m.clone());
+        }
+        Ok(m)
+    }
+
+    fn open_subscription(&mut self, conn: ConnId, doc: DocId, role: Role) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.docs.insert(doc, role);
+        let device = c.device;
+        let user = c.claims.sub.clone();
+        let saved = host::saved_sync_state(self.host.store().as_ref(), doc, device.as_bytes())
+            .unwrap_or_else(|e| {
+                tracing::warn!(%doc, error = %e, "ignoring an unreadable sync state");
+                None
+            });
+        let opts = OpenOptions {
+            accept_changes: role.can_write(),
+            send_changes: true,
+            stable_peer: Some(device.as_bytes().to_vec()),
+            saved_sync_state: saved,
+        };
+        self.send(conn, &Message::Subscribed { doc, role });
+        // Presence: the newcomer learns who is here; the others learn of the newcomer.
+        let here: Vec<(String, DeviceId)> = self
+            .subscribers
+            .get(&doc)
+            .into_iter()
+            .flat_map(|s| s.keys())
+            .filter_map(|c| self.conns.get(c).map(|c| (c.claims.sub.clone(), c.device)))
+            .collect();
+        for (u, d) in here {
+            self.send(
+                conn,
+                &Message::Presence {
+                    doc,
+                    user: u,
+                    device: d,
+                    online: true,
+                },
+            );
+        }
+        self.broadcast(
+            doc,
+            Some(conn),
+            &Message::Presence {
+                doc,
+                user,
+                device,
+                online: true,
+            },
+        );
+        self.subscribers.entry(doc).or_default().insert(conn, role);
+        self.host.engine().open(conn, doc, opts);
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, doc: DocId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.docs.remove(&doc).is_none() {
+            return false;
+        }
+        c.lagging.remove(&doc);
+        let (user, device) = (c.claims.sub.clone(), c.device);
+        if let Some(s) = self.subscribers.get_mut(&doc) {
+            s.remove(&conn);
+            if s.is_empty() {
+                self.subscribers.remove(&doc);
+                self.metas.remove(&doc);
+            }
+        }
+        self.host.engine().close(conn, doc);
+        self.broadcast(
+            doc,
+            Some(conn),
+            &Message::Presence {
+                doc,
+                user,
+                device,
+                online: false,
+            },
+        );
+        true
+    }
+
+    fn on_closed(&mut self, conn: ConnId) {
+        let docs: Vec<DocId> = self
+            .conns
+            .get(&conn)
+            .map(|c| c.docs.keys().copied().collect())
+            .unwrap_or_default();
+        for doc in docs {
+            self.unsubscribe(conn, doc);
+        }
+        self.host.engine().remove_conn(conn);
+        self.conns.remove(&conn);
+    }
+
+    /// After a token refresh: documents the new token no longer allows are closed.
+    fn recheck_access(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let claims = c.claims.clone();
+        let docs: Vec<(DocId, Role)> = c.docs.iter().map(|(d, r)| (*d, *r)).collect();
+        for (doc, role) in docs {
+            let meta = self.meta(doc).ok().flatten();
+            match decide(&claims, &doc, meta.as_ref()) {
+                Decision::Allowed(r) if r == role => {}
+                Decision::Create if role == Role::ReadWrite => {}
+                _ => {
+                    self.unsubscribe(conn, doc);
+                    self.send(conn, &forbidden(doc));
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Committed(what, result) => self.host.committed(what, result),
+            Done::Loaded(doc, result) => {
+                if let Err(e) = self.host.loaded(doc, *result) {
+                    tracing::error!(%doc, error = %e, "loading a document failed");
+                }
+            }
+            Done::Subscribe {
+                conn,
+                doc,
+                role,
+                result,
+            } => match result {
+                Ok(()) => self.open_subscription(conn, doc, role),
+                Err(e) => {
+                    tracing::error!(%doc, error = %e, "recording a document's owner failed");
+                    self.metas.remove(&doc);
+                    self.send(conn, &internal(doc));
+                }
+            },
+        }
+    }
+
+    fn pump_actions(&mut self) {
+        while let Some(action) = self.host.poll_action() {
+            match action {
+                Action::Send { conn, msg } => self.send(conn, &msg),
+                Action::Wait { what, ticket } => {
+                    self.tasks
+                        .spawn(async move { Done::Committed(what, ticket.await) });
+                }
+                Action::Load { doc } => {
+                    let store = self.host.store().clone();
+                    self.tasks.spawn(async move {
+                        let r =
+                            tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc))
+                                .await;
+                        let r = r.unwrap_or_else(|e| {
+                            Err(DocStoreError::Store {
+                                source: StoreError::Backend {
+                                    path: Default::default(),
+                                    message: format!("load task failed: {e}"),
+                                },
+                            })
+                        });
+                        Done::Loaded(doc, Box::new(r))
+                    });
+                }
+                Action::Event(Output::Rejected {
+                    conn,
+                    doc,
+                    reason: Rejection::ReadOnly,
+                }) => {
+                    let msg = Message::Error {
+                        code: ErrorCode::READ_ONLY,
+                        doc: Some(doc),
+                        message: "read-only: changes were not applied".into(),
+                    };
+                    self.send(conn, &msg);
+                }
+                Action::Event(Output::ProtocolError { conn, doc, error }) => {
+                    tracing::info!(conn = conn.0, %doc, %error, "closing a connection that sent an invalid message");
+                    self.close(
+                        conn,
+                        ErrorCode::MALFORMED,
+                        format!("invalid message for document {doc}"),
+                    );
+                }
+                Action::Event(Output::Failed { doc, conns }) => {
+                    for conn in conns {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.docs.remove(&doc);
+                        }
+                        if let Some(s) = self.subscribers.get_mut(&doc) {
+                            s.remove(&conn);
+                        }
+                        self.send(conn, &internal(doc));
+                    }
+                }
+                Action::Event(_) => {}
+                _ => {}
+            }
+        }
+    }
+
+    fn broadcast(&mut self, doc: DocId, except: Option<ConnId>, msg: &Message) {
+        let Some(frame) = self.encode(msg) else {
+            return;
+        };
+        let targets: Vec<ConnId> = self
+            .subscribers
+            .get(&doc)
+            .map(|s| s.keys().copied().filter(|c| Some(*c) != except).collect())
+            .unwrap_or_default();
+        for conn in targets {
+            self.push(conn, Outbound::Frame(frame.clone()), msg.doc());
+        }
+    }
+
+    fn encode(&self, msg: &Message) -> Option<Arc<Vec<u8>>> {
+        match wire::frame(msg, self.cfg.max_frame) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode a message");
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: &Message) {
+        if let Some(frame) = self.encode(msg) {
+            self.push(conn, Outbound::Frame(frame), msg.doc());
+        }
+    }
+
+    fn push(&mut self, conn: ConnId, out: Outbound, doc: Option<DocId>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        match c.out.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Never block fan-out on one slow peer: drop, resync from heads later.
+                if let Some(doc) = doc {
+                    c.lagging.insert(doc);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: ErrorCode, reason: String) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        // The close order must get through even when the queue is full.
+        let out = c.out.clone();
+        c.closing = true;
+        tokio::spawn(async move {
+            let _ = out.send(Outbound::Close { code, reason }).await;
+        });
+    }
+
+    /// Resyncs lagging peers whose queues drained; closes connections whose token expired.
+    fn housekeeping(&mut self) {
+        let now = Self::unix_now();
+        let leeway = self.verifier.leeway_secs();
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.claims.exp + leeway < now)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in expired {
+            self.close(conn, ErrorCode::UNAUTHENTICATED, "the token expired".into());
+        }
+        let ready: Vec<(ConnId, Vec<DocId>)> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| !c.lagging.is_empty() && c.out.capacity() * 2 >= c.out.max_capacity())
+            .map(|(id, c)| (*id, c.lagging.drain().collect()))
+            .collect();
+        for (conn, docs) in ready {
+            for doc in docs {
+                self.host.engine().resync(doc, conn);
+            }
+        }
+    }
+}
+
+fn forbidden(doc: DocId) -> Message {
+    Message::Error {
+        code: ErrorCode::FORBIDDEN,
+        doc: Some(doc),
+        message: "not permitted".into(),
+    }
+}
+
+fn internal(doc: DocId) -> Message {
+    Message::Error {
+        code: ErrorCode::INTERNAL,
+        doc: Some(doc),
+        message: "the relay could not serve this document".into(),
+    }
+}

@@ -1,0 +1,317 @@
+//! The hub with real redb, driven by device engines over in-process channels (the QUIC
+//! transport is tested on its own): what devices see when they sync through the relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use weft_core::automerge::transaction::Transactable;
+use weft_core::automerge::{ReadDoc, ROOT};
+use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
+use weft_core::store::{GroupCommit, KvStore, RedbStore};
+use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::{DeviceId, DocId, Document, Role};
+use weft_relay::{Claims, Hub, HubConfig, HubEvent, JwtSecret, Outbound, Verifier};
+
+const RELAY: ConnId = ConnId(0);
+
+struct Device {
+    conn: ConnId,
+    engine: Engine,
+    events: mpsc::Sender<HubEvent>,
+    inbox: mpsc::Receiver<Outbound>,
+    errors: Vec<(ErrorCode, Option<DocId>)>,
+    presence: Vec<(String, bool)>,
+    ephemeral: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+impl Device {
+    async fn connect(events: &mpsc::Sender<HubEvent>, id: u64, claims: Claims) -> Device {
+        let (tx, inbox) = mpsc::channel(256);
+        let device = DeviceId::from_bytes([id as u8; 32]);
+        events
+            .send(HubEvent::Open {
+                conn: ConnId(id),
+                device,
+                claims,
+                out: tx,
+            })
+            .await
+            .unwrap();
+        let mut d = Device {
+            conn: ConnId(id),
+            engine: Engine::new(EngineConfig::device()),
+            events: events.clone(),
+            inbox,
+            errors: Vec::new(),
+            presence: Vec::new(),
+            ephemeral: Vec::new(),
+            closed: false,
+        };
+        d.engine.add_conn(RELAY);
+        match d.next().await {
+            Some(Message::Welcome { .. }) => {}
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        d
+    }
+
+    async fn send(&self, msg: Message) {
+        self.events
+            .send(HubEvent::Frame {
+                conn: self.conn,
+                msg,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Option<Message> {
+        match tokio::time::timeout(Duration::from_secs(10), self.inbox.recv())
+            .await
+            .expect("relay went silent")
+        {
+            Some(Outbound::Frame(f)) => {
+                Some(wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0)
+            }
+            Some(Outbound::Close { code, .. }) => {
+                self.errors.push((code, None));
+                self.closed = true;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn new_doc(&mut self, doc: DocId) {
+        self.engine.create(doc, Document::new());
+    }
+
+    fn write(&mut self, doc: DocId, key: &str) {
+        let (_, id) = self
+            .engine
+            .change(doc, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, key, true).unwrap();
+                tx.commit();
+            })
+            .unwrap();
+        let _ = id;
+    }
+
+    /// Flushes engine outputs to the relay (persisting at once).
+    async fn flush(&mut self) {
+        loop {
+            let mut sent = false;
+            while let Some(o) = self.engine.poll_output() {
+                match o {
+                    Output::Send { msg, .. } => {
+                        self.send(msg).await;
+                        sent = true;
+                    }
+                    Output::Persist { id, .. } => self.engine.persisted(id),
+                    Output::Load { doc } => self.engine.loaded(doc, None),
+                    _ => {}
+                }
+            }
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// Handles one message from the relay.
+    async fn handle(&mut self, msg: Message) {
+        match msg {
+            Message::Subscribed { doc, role } => {
+                let opts = OpenOptions {
+                    send_changes: role.can_write(),
+                    ..Default::default()
+                };
+                self.engine.open(RELAY, doc, opts);
+            }
+            Message::Error { code, doc, .. } => self.errors.push((code, doc)),
+            Message::Presence { user, online, .. } => self.presence.push((user, online)),
+            Message::Ephemeral { data, .. } => self.ephemeral.push(data),
+            m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                self.engine.handle(RELAY, m).unwrap();
+            }
+            _ => {}
+        }
+        self.flush().await;
+    }
+
+    /// Processes relay messages until `done` holds (bounded by the relay going silent).
+    async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) {
+        self.flush().await;
+        for _ in 0..10_000 {
+            if done(self) {
+                return;
+            }
+            match self.next().await {
+                Some(m) => self.handle(m).await,
+                None => return,
+            }
+        }
+        panic!("condition never held");
+    }
+
+    fn keys(&mut self, doc: DocId) -> Vec<String> {
+        self.engine
+            .read(doc, |d| d.automerge().keys(ROOT).collect())
+            .unwrap_or_default()
+    }
+}
+
+struct Relay {
+    events: mpsc::Sender<HubEvent>,
+    secret: JwtSecret,
+    _dir: tempfile::TempDir,
+}
+
+fn start_relay() -> Relay {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.path().join("relay.redb")).unwrap());
+    let group = Arc::new(GroupCommit::new(kv).unwrap());
+    let secret = JwtSecret::new(vec![7; 32]).unwrap();
+    let hub = Hub::new(HubConfig::default(), group, Verifier::new(&secret));
+    let (events, rx) = mpsc::channel(1024);
+    tokio::spawn(hub.run(rx));
+    Relay {
+        events,
+        secret,
+        _dir: dir,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn alice_shares_through_a_token_grant_and_bob_reads_but_cannot_write() {
+    let relay = start_relay();
+    let doc = DocId::from_bytes([42; 16]);
+    let _ = &relay.secret;
+
+    let mut alice = Device::connect(
+        &relay.events,
+        1,
+        Claims::new("alice", now(), 3600).with_create(true),
+    )
+    .await;
+    alice.new_doc(doc);
+    for i in 0..3 {
+        alice.write(doc, &format!("alice-{i}"));
+    }
+    alice.send(Message::Subscribe { doc }).await;
+    alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
+
+    let bob_claims = Claims::new("bob", now(), 3600).with_doc(doc, Role::ReadOnly);
+    let mut bob = Device::connect(&relay.events, 2, bob_claims).await;
+    bob.engine.load(doc);
+    bob.flush().await;
+    bob.send(Message::Subscribe { doc }).await;
+    bob.until(|d| d.keys(doc).len() == 3).await;
+    assert_eq!(bob.keys(doc), alice.keys(doc));
+
+    // Bob writes anyway: the relay rejects it and Alice never sees it.
+    bob.write(doc, "bob-sneaky");
+    let raw = bob
+        .engine
+        .read(doc, |d| {
+            d.automerge()
+                .get_last_local_change()
+                .unwrap()
+                .raw_bytes()
+                .to_vec()
+        })
+        .unwrap();
+    bob.send(Message::Changes {
+        doc,
+        changes: vec![serde_bytes::ByteBuf::from(raw)],
+    })
+    .await;
+    bob.until(|d| d.errors.iter().any(|(c, _)| *c == ErrorCode::READ_ONLY))
+        .await;
+
+    alice.write(doc, "alice-3");
+    alice.flush().await;
+    bob.until(|d| d.keys(doc).contains(&"alice-3".to_string()))
+        .await;
+    alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    assert!(!alice.keys(doc).contains(&"bob-sneaky".to_string()));
+    assert!(alice.presence.contains(&("bob".to_string(), true)));
+
+    // Ephemeral messages cross, never stored.
+    bob.send(Message::Ephemeral {
+        doc,
+        user: None,
+        device: None,
+        data: b"typing".to_vec(),
+    })
+    .await;
+    alice.until(|d| !d.ephemeral.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_document_the_token_does_not_grant_is_refused_alike_whether_or_not_it_exists() {
+    let relay = start_relay();
+    let doc = DocId::from_bytes([43; 16]);
+    let missing = DocId::from_bytes([44; 16]);
+    let mut alice = Device::connect(
+        &relay.events,
+        1,
+        Claims::new("alice", now(), 3600).with_create(true),
+    )
+    .await;
+    alice.new_doc(doc);
+    alice.write(doc, "secret");
+    alice.send(Message::Subscribe { doc }).await;
+    alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
+
+    let mut carol = Device::connect(&relay.events, 3, Claims::new("carol", now(), 3600)).await;
+    carol.send(Message::Subscribe { doc }).await;
+    carol.send(Message::Subscribe { doc: missing }).await;
+    carol.until(|d| d.errors.len() == 2).await;
+    assert_eq!(
+        carol.errors,
+        vec![
+            (ErrorCode::FORBIDDEN, Some(doc)),
+            (ErrorCode::FORBIDDEN, Some(missing))
+        ]
+    );
+    // Her connection is still usable.
+    assert!(!carol.closed);
+
+    // Sync for a document she is not subscribed to is refused too, and garbage closes her.
+    carol
+        .send(Message::Sync {
+            doc,
+            reset: false,
+            data: vec![1, 2, 3],
+        })
+        .await;
+    carol.until(|d| d.errors.len() == 3).await;
+    let other = DocId::from_bytes([45; 16]);
+    let mut dave = Device::connect(
+        &relay.events,
+        4,
+        Claims::new("dave", now(), 3600).with_create(true),
+    )
+    .await;
+    dave.send(Message::Subscribe { doc: other }).await;
+    dave.until(|d| d.engine.is_synced(RELAY, other)).await;
+    dave.send(Message::Sync {
+        doc: other,
+        reset: false,
+        data: vec![0xde, 0xad],
+    })
+    .await;
+    dave.until(|d| d.closed).await;
+    assert_eq!(dave.errors.last(), Some(&(ErrorCode::MALFORMED, None)));
+}
