@@ -25,6 +25,7 @@ use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
 use crate::access::{decide, Decision};
+use crate::metrics::Metrics;
 use crate::{Claims, Verifier};
 
 /// Hub limits.
@@ -128,11 +129,14 @@ pub struct Hub {
     metas: HashMap<DocId, DocMeta>,
     tasks: JoinSet<Done>,
     start: Instant,
+    metrics: Arc<Metrics>,
+    /// When the latest fast-path change of a document arrived, for the fan-out histogram.
+    arrivals: HashMap<DocId, Instant>,
 }
 
 impl Hub {
     /// A hub over the store behind `group`.
-    pub fn new(cfg: HubConfig, group: Arc<GroupCommit>, verifier: Verifier) -> Self {
+    pub fn new(cfg: HubConfig, group: Arc<GroupCommit>, verifier: Verifier, metrics: Arc<Metrics>) -> Self {
         let host = Host::new(
             Engine::new(cfg.engine.clone()),
             group.clone(),
@@ -148,6 +152,8 @@ impl Hub {
             metas: HashMap::new(),
             tasks: JoinSet::new(),
             start: Instant::now(),
+            metrics,
+            arrivals: HashMap::new(),
         }
     }
 
@@ -235,7 +241,15 @@ impl Hub {
                 self.host.engine().add_conn(conn);
                 self.send(conn, &welcome);
             }
-            HubEvent::Frame { conn, msg } => self.on_frame(conn, msg),
+            HubEvent::Frame { conn, msg } => {
+                if let Some(doc) = msg.doc() {
+                    Metrics::inc(&self.metrics.messages_in);
+                    if matches!(msg, Message::Changes { .. }) {
+                        self.arrivals.insert(doc, Instant::now());
+                    }
+                }
+                self.on_frame(conn, msg)
+            }
             HubEvent::Closed { conn } => self.on_closed(conn),
         }
     }
@@ -259,6 +273,7 @@ impl Hub {
                 }
                 if let Err(e) = self.host.engine().handle(conn, msg) {
                     tracing::info!(conn = conn.0, %doc, error = %e, "closing a connection that sent an invalid message");
+                    Metrics::inc(&self.metrics.protocol_errors);
                     self.close(
                         conn,
                         ErrorCode::MALFORMED,
@@ -531,7 +546,14 @@ impl Hub {
     fn pump_actions(&mut self) {
         while let Some(action) = self.host.poll_action() {
             match action {
-                Action::Send { conn, msg } => self.send(conn, &msg),
+                Action::Send { conn, msg } => {
+                    if let Message::Changes { doc, .. } = &msg {
+                        if let Some(t) = self.arrivals.remove(doc) {
+                            self.metrics.observe_fanout(t.elapsed());
+                        }
+                    }
+                    self.send(conn, &msg)
+                }
                 Action::Wait { what, ticket } => {
                     self.tasks
                         .spawn(async move { Done::Committed(what, ticket.await) });
@@ -628,8 +650,9 @@ impl Hub {
             return;
         }
         match c.out.try_send(out) {
-            Ok(()) => {}
+            Ok(()) => Metrics::inc(&self.metrics.messages_out),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                Metrics::inc(&self.metrics.queue_drops);
                 // Never block fan-out on one slow peer: drop, resync from heads later.
                 if let Some(doc) = doc {
                     c.lagging.insert(doc);
@@ -656,6 +679,9 @@ impl Hub {
 
     /// Resyncs lagging peers whose queues drained; closes connections whose token expired.
     fn housekeeping(&mut self) {
+        self.arrivals.retain(|_, t| t.elapsed() < Duration::from_secs(10));
+        let loaded = self.host.engine().loaded_docs() as u64;
+        self.metrics.documents_loaded.store(loaded, std::sync::atomic::Ordering::Relaxed);
         let now = Self::unix_now();
         let leeway = self.verifier.leeway_secs();
         let expired: Vec<ConnId> = self

@@ -34,7 +34,9 @@
 
 mod access;
 mod auth;
+mod http;
 mod hub;
+mod metrics;
 mod secret;
 mod tls;
 mod units;
@@ -42,7 +44,9 @@ mod units;
 pub use access::{decide, Decision};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound};
+pub use metrics::Metrics;
 pub use secret::{
     ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,
     MIN_SECRET_LEN,

@@ -1,0 +1,173 @@
+//! The relay's metrics, rendered in the Prometheus text format at `GET /metrics`.
+//!
+//! Plain atomics: the hub and the connection tasks bump them without locks, and rendering reads
+//! them. Every name starts with `weft_`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the fan-out latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// Counters and gauges of one relay.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Documents loaded in memory.
+    pub documents_loaded: AtomicU64,
+    /// Document messages received.
+    pub messages_in: AtomicU64,
+    /// Messages sent.
+    pub messages_out: AtomicU64,
+    /// Frame bytes received.
+    pub bytes_in: AtomicU64,
+    /// Frame bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Messages dropped on a full connection queue.
+    pub queue_drops: AtomicU64,
+    /// Refused tokens and devices.
+    pub auth_failures: AtomicU64,
+    /// Connections closed for sending invalid frames or messages.
+    pub protocol_errors: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one fan-out latency: from a change's arrival to its frames being queued.
+    pub fn observe_fanout(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        one(
+            "weft_connections",
+            "gauge",
+            "Open device connections.",
+            get(&self.connections),
+        );
+        one(
+            "weft_connections_total",
+            "counter",
+            "Connections accepted.",
+            get(&self.connections_total),
+        );
+        one(
+            "weft_documents_loaded",
+            "gauge",
+            "Documents loaded in memory.",
+            get(&self.documents_loaded),
+        );
+        one(
+            "weft_sync_messages_in_total",
+            "counter",
+            "Document messages received.",
+            get(&self.messages_in),
+        );
+        one(
+            "weft_sync_messages_out_total",
+            "counter",
+            "Messages sent.",
+            get(&self.messages_out),
+        );
+        one(
+            "weft_sync_bytes_in_total",
+            "counter",
+            "Frame bytes received.",
+            get(&self.bytes_in),
+        );
+        one(
+            "weft_sync_bytes_out_total",
+            "counter",
+            "Frame bytes sent.",
+            get(&self.bytes_out),
+        );
+        one(
+            "weft_queue_drops_total",
+            "counter",
+            "Messages dropped on a full connection queue.",
+            get(&self.queue_drops),
+        );
+        one(
+            "weft_auth_failures_total",
+            "counter",
+            "Refused tokens and devices.",
+            get(&self.auth_failures),
+        );
+        one(
+            "weft_protocol_errors_total",
+            "counter",
+            "Connections closed for invalid input.",
+            get(&self.protocol_errors),
+        );
+        let name = "weft_fanout_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a change's arrival to its frames being queued for subscribers."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.latency_sum_us) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_prefixed_and_histograms_are_cumulative() {
+        let m = Metrics::default();
+        Metrics::inc(&m.connections_total);
+        m.observe_fanout(Duration::from_micros(700));
+        m.observe_fanout(Duration::from_millis(30));
+        let text = m.render();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("weft_"), "{line}");
+        }
+        assert!(text.contains("weft_connections_total 1"));
+        assert!(text.contains("weft_fanout_latency_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("weft_fanout_latency_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("weft_fanout_latency_seconds_count 2"));
+    }
+}
