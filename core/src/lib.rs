@@ -4,6 +4,8 @@
 //! - [`wire`]: protocol v1 frames and messages.
 //! - [`engine`]: the sans-IO sync engine that devices and the relay both drive.
 //! - [`host`]: the engine wired to a store (persist, load, compaction), shared by drivers.
+//! - `quic` (feature `quic`): the QUIC transport devices and the relay share: device keys,
+//!   TLS configuration, framed streams and datagrams.
 //! - [`store`]: the storage trait, its redb and in-memory implementations, group commit and the
 //!   document store. The engine never calls the store: drivers connect the two.
 #![deny(missing_docs, unreachable_pub)]
@@ -14,6 +16,8 @@ pub mod engine;
 pub mod fuzz_targets;
 pub mod host;
 mod id;
+#[cfg(feature = "quic")]
+pub mod quic;
 mod role;
 pub mod store;
 pub mod wire;

@@ -38,6 +38,7 @@ mod http;
 mod hub;
 mod metrics;
 mod secret;
+mod server;
 mod tls;
 mod units;
 
@@ -51,6 +52,7 @@ pub use secret::{
     ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,
     MIN_SECRET_LEN,
 };
+pub use server::{accept_loop, bind as bind_quic, ServerLimits};
 pub use tls::{
     dev_cert_paths, ensure_dev_cert, load_cert_and_key, TlsError, TlsIdentity,
     DEV_SUBJECT_ALT_NAMES,

@@ -324,7 +324,112 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev = args.dev,
         "startup checks passed"
     );
-    bail!("the QUIC server is not implemented yet")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_relay(args, verifier, identity))
+}
+
+/// Runs the relay until SIGTERM or Ctrl-C: stop accepting, close connections, let the hub
+/// finish every write in flight, stop the store writer, exit.
+async fn run_relay(
+    args: ServeArgs,
+    verifier: Verifier,
+    identity: weft_relay::TlsIdentity,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use weft_core::store::{GroupCommit, KvStore, RedbStore};
+
+    let store_path = args.data_dir.join("relay.redb");
+    let kv: Arc<dyn KvStore> = Arc::new(
+        RedbStore::open(&store_path)
+            .with_context(|| format!("cannot open the store {}", store_path.display()))?,
+    );
+    let group = Arc::new(GroupCommit::new(kv).context("cannot start the store writer")?);
+    let metrics = Arc::new(weft_relay::Metrics::default());
+    let endpoint = weft_relay::bind_quic(args.listen, &identity).map_err(anyhow::Error::msg)?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("cannot read the QUIC address")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut ready = format!("weft-relay ready quic={quic_addr}");
+    let http_task = match args.http {
+        HttpListen::On(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for HTTP"))?;
+            ready.push_str(&format!(" http={}", listener.local_addr()?));
+            Some(tokio::spawn(weft_relay::serve_http(
+                listener,
+                metrics.clone(),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        HttpListen::Off => None,
+    };
+    if args.ws.is_some() {
+        tracing::warn!("--ws is not implemented yet; no WebSocket endpoint is served");
+    }
+    if args.postgres.is_some() {
+        tracing::warn!("--postgres is not implemented yet; the relay runs on its redb store alone");
+    }
+
+    let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
+    let hub = weft_relay::Hub::new(
+        weft_relay::HubConfig::default(),
+        group.clone(),
+        verifier.clone(),
+        metrics.clone(),
+    );
+    let hub_task = tokio::spawn(hub.run(hub_rx));
+    let accept_task = tokio::spawn(weft_relay::accept_loop(
+        endpoint.clone(),
+        verifier,
+        weft_relay::ServerLimits::default(),
+        hub_tx,
+        metrics,
+        stopped(stop_rx.clone()),
+    ));
+    let signal = shutdown_signal()?;
+    println!("{ready}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    signal.await;
+    tracing::info!("shutting down: closing connections and flushing writes");
+    let _ = stop_tx.send(true);
+    let _ = accept_task.await;
+    // Every connection task has ended and dropped its hub sender: the hub drains and returns.
+    let _ = hub_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    endpoint.wait_idle().await;
+    drop(group);
+    Ok(())
+}
+
+/// Installs the SIGTERM and Ctrl-C handlers (before the ready line, so a signal sent the
+/// moment the relay says it is ready is not lost) and returns a future that resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = ctrl_c => {}
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }
 
 /// Creates the data directory (mode 0700: it holds the secret and the TLS key).

@@ -1,0 +1,644 @@
+//! Loopback tests: real quinn endpoints on 127.0.0.1, every wait bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::tls::{client_tls, quic_client_config};
+use super::*;
+use crate::wire::{FrameError, Message, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use crate::{DeviceId, DocId};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Fails the test instead of hanging when `fut` takes longer than [`LIMIT`].
+async fn bounded<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("the test step finished within its time limit")
+}
+
+/// A relay's `--dev` identity: a self-signed certificate for localhost.
+struct RelayCert {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn relay_cert() -> RelayCert {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    RelayCert {
+        cert: generated.cert.der().clone(),
+        key: PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()).into(),
+    }
+}
+
+fn relay(cert: &RelayCert) -> (quinn::Endpoint, SocketAddr) {
+    let config = server_config(
+        vec![cert.cert.clone()],
+        cert.key.clone_key(),
+        ClientAuth::RequireDeviceCert,
+    )
+    .unwrap();
+    listen(config)
+}
+
+fn peer_listener(device: &DeviceKey, allow: Vec<DeviceId>) -> (quinn::Endpoint, SocketAddr) {
+    let config = server_config(
+        device.cert_chain(),
+        device.private_key(),
+        ClientAuth::Allow(allow),
+    )
+    .unwrap();
+    listen(config)
+}
+
+fn listen(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    (endpoint, addr)
+}
+
+/// Dials `addr` with `config`; the error, if the handshake fails on either side.
+///
+/// A TLS 1.3 client finishes its handshake before the server has checked the client's
+/// certificate, so a refusal by the server may only show once the connection is used: the
+/// dialer then waits for the connection to close (a refused one closes at once).
+async fn dial(
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    expect_refusal: bool,
+) -> Result<quinn::Connection, TransportError> {
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = client.connect_with(config, addr, server_name)?.await?;
+    if expect_refusal {
+        return Err(connection.closed().await.into());
+    }
+    Ok(connection)
+}
+
+/// The server's side of the next handshake.
+async fn accept(server: &quinn::Endpoint) -> Result<quinn::Connection, TransportError> {
+    let incoming = server.accept().await.expect("the endpoint is open");
+    Ok(incoming.await?)
+}
+
+fn doc() -> DocId {
+    DocId::from_bytes([7; 16])
+}
+
+fn hello(device: DeviceId) -> Message {
+    Message::Hello {
+        protocol: PROTOCOL_VERSION,
+        device,
+        token: "t.o.k".to_owned(),
+        agent: "weft-test".to_owned(),
+    }
+}
+
+/// A device and a relay connected, with the dialer's control stream opened and announced.
+struct Connected {
+    device: DeviceKey,
+    device_conn: quinn::Connection,
+    relay_conn: quinn::Connection,
+    device_writer: FrameWriter,
+    device_reader: FrameReader,
+    relay_writer: FrameWriter,
+    relay_reader: FrameReader,
+    _endpoint: quinn::Endpoint,
+}
+
+async fn connect_device_to_relay() -> Connected {
+    let cert = relay_cert();
+    let (server, addr) = relay(&cert);
+    let device = DeviceKey::generate().unwrap();
+    let config = client_config(&device, ServerTrust::PinnedCert(vec![cert.cert.clone()])).unwrap();
+    let (relay_conn, device_conn) =
+        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", false)) })
+            .await;
+    let (relay_conn, device_conn) = (relay_conn.unwrap(), device_conn.unwrap());
+
+    let (send, recv) = bounded(device_conn.open_bi()).await.unwrap();
+    let mut device_writer = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+    bounded(device_writer.send(&hello(device.device_id())))
+        .await
+        .unwrap();
+    let (send, recv_relay) = bounded(relay_conn.accept_bi()).await.unwrap();
+    let mut relay_reader = FrameReader::new(recv_relay, DEFAULT_MAX_FRAME);
+    assert_eq!(
+        bounded(relay_reader.recv()).await.unwrap(),
+        Some(hello(device.device_id()))
+    );
+    Connected {
+        device,
+        device_conn,
+        relay_conn,
+        device_writer,
+        device_reader: FrameReader::new(recv, DEFAULT_MAX_FRAME),
+        relay_writer: FrameWriter::new(send, DEFAULT_MAX_FRAME),
+        relay_reader,
+        _endpoint: server,
+    }
+}
+
+#[tokio::test]
+async fn a_device_syncs_with_a_relay_that_learns_its_id_from_the_handshake() {
+    let mut c = connect_device_to_relay().await;
+    assert_eq!(peer_device_id(&c.relay_conn), Some(c.device.device_id()));
+    let handshake = c.relay_conn.handshake_data().unwrap();
+    let handshake = handshake
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .unwrap();
+    assert_eq!(handshake.protocol, Some(ALPN.to_vec()));
+
+    // A 1 MiB sync message each way, then a small one behind it.
+    let big = Message::Sync {
+        doc: doc(),
+        reset: true,
+        data: (0..1024 * 1024).map(|i| (i % 251) as u8).collect(),
+    };
+    let ack = Message::Ack {
+        doc: doc(),
+        heads: vec![],
+    };
+    let (sent, received) = bounded(async {
+        tokio::join!(
+            async {
+                c.device_writer.send(&big).await?;
+                c.device_writer.send(&ack).await
+            },
+            async {
+                let first = c.relay_reader.recv().await?;
+                let second = c.relay_reader.recv().await?;
+                Ok::<_, TransportError>((first, second))
+            }
+        )
+    })
+    .await;
+    sent.unwrap();
+    assert_eq!(received.unwrap(), (Some(big.clone()), Some(ack.clone())));
+
+    let (sent, received) =
+        bounded(async { tokio::join!(c.relay_writer.send(&big), c.device_reader.recv()) }).await;
+    sent.unwrap();
+    assert_eq!(received.unwrap(), Some(big));
+
+    // The device finishes its side: the relay sees a clean end, after which reading stays done.
+    c.device_writer.finish().unwrap();
+    assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), None);
+    assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), None);
+    drop(c.device_conn);
+}
+
+#[tokio::test]
+async fn a_pinned_relay_certificate_is_trusted_whatever_name_is_dialed() {
+    let cert = relay_cert();
+    let (server, addr) = relay(&cert);
+    let device = DeviceKey::generate().unwrap();
+    let config = client_config(&device, ServerTrust::PinnedCert(vec![cert.cert.clone()])).unwrap();
+    let (accepted, dialed) = bounded(async {
+        tokio::join!(
+            accept(&server),
+            dial(config, addr, "relay.example.org", false)
+        )
+    })
+    .await;
+    accepted.unwrap();
+    dialed.unwrap();
+}
+
+#[tokio::test]
+async fn a_relay_whose_certificate_is_not_the_pinned_one_is_refused() {
+    let (server, addr) = relay(&relay_cert());
+    let device = DeviceKey::generate().unwrap();
+    let other = relay_cert();
+    let config = client_config(&device, ServerTrust::PinnedCert(vec![other.cert])).unwrap();
+    let (accepted, dialed) =
+        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", false)) })
+            .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(accepted.is_err());
+}
+
+#[tokio::test]
+async fn system_roots_do_not_trust_a_self_signed_relay() {
+    let (server, addr) = relay(&relay_cert());
+    let device = DeviceKey::generate().unwrap();
+    let config = match client_config(&device, ServerTrust::SystemRoots) {
+        Ok(config) => config,
+        // A machine without a certificate store cannot run this test.
+        Err(ConfigError::NoSystemRoots { .. }) => return,
+        Err(e) => panic!("{e:?}"),
+    };
+    let (accepted, dialed) =
+        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", false)) })
+            .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(accepted.is_err());
+}
+
+#[tokio::test]
+async fn a_client_speaking_another_protocol_is_refused() {
+    let cert = relay_cert();
+    let (server, addr) = relay(&cert);
+    let device = DeviceKey::generate().unwrap();
+    for alpn in [vec![b"weft/2".to_vec()], vec![]] {
+        let mut tls =
+            client_tls(&device, ServerTrust::PinnedCert(vec![cert.cert.clone()])).unwrap();
+        tls.alpn_protocols = alpn.clone();
+        let config = quic_client_config(tls).unwrap();
+        let (accepted, dialed) = bounded(async {
+            tokio::join!(accept(&server), dial(config, addr, "localhost", false))
+        })
+        .await;
+        let err = dialed.unwrap_err();
+        assert!(err.is_refused(), "ALPN {alpn:?}: {err:?}");
+        assert!(accepted.is_err(), "ALPN {alpn:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_a_device_certificate_is_refused() {
+    let cert = relay_cert();
+    let (server, addr) = relay(&cert);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let config = quic_client_config(tls).unwrap();
+    let (accepted, dialed) =
+        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", true)) })
+            .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(accepted.is_err());
+}
+
+#[tokio::test]
+async fn an_expired_device_certificate_is_refused() {
+    let cert = relay_cert();
+    let (server, addr) = relay(&cert);
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![DEVICE_SERVER_NAME.to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    let expired = DeviceKey::from_der(
+        params.self_signed(&key_pair).unwrap().der().clone(),
+        PrivatePkcs8KeyDer::from(key_pair.serialize_der()).into(),
+    )
+    .unwrap();
+    let config = client_config(&expired, ServerTrust::PinnedCert(vec![cert.cert])).unwrap();
+    let (accepted, dialed) =
+        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", true)) })
+            .await;
+    assert!(dialed.unwrap_err().is_refused());
+    assert!(accepted.is_err());
+}
+
+#[tokio::test]
+async fn two_devices_of_one_user_connect_peer_to_peer() {
+    let laptop = DeviceKey::generate().unwrap();
+    let phone = DeviceKey::generate().unwrap();
+    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
+    let config = client_config(&phone, ServerTrust::PinnedDevice(laptop.device_id())).unwrap();
+    let (accepted, dialed) = bounded(async {
+        tokio::join!(
+            accept(&listener),
+            dial(config, addr, DEVICE_SERVER_NAME, false)
+        )
+    })
+    .await;
+    let (accepted, dialed) = (accepted.unwrap(), dialed.unwrap());
+    assert_eq!(peer_device_id(&accepted), Some(phone.device_id()));
+    assert_eq!(peer_device_id(&dialed), Some(laptop.device_id()));
+
+    // The connection carries frames: the listener's refusal would have closed it.
+    let (send, _recv) = bounded(dialed.open_bi()).await.unwrap();
+    let mut writer = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+    bounded(writer.send(&hello(phone.device_id())))
+        .await
+        .unwrap();
+    let (_send, recv) = bounded(accepted.accept_bi()).await.unwrap();
+    let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+    assert_eq!(
+        bounded(reader.recv()).await.unwrap(),
+        Some(hello(phone.device_id()))
+    );
+}
+
+#[tokio::test]
+async fn a_dialer_pinning_another_device_refuses_the_listener() {
+    let laptop = DeviceKey::generate().unwrap();
+    let phone = DeviceKey::generate().unwrap();
+    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
+    let expected = DeviceKey::generate().unwrap().device_id();
+    let config = client_config(&phone, ServerTrust::PinnedDevice(expected)).unwrap();
+    let (accepted, dialed) = bounded(async {
+        tokio::join!(
+            accept(&listener),
+            dial(config, addr, DEVICE_SERVER_NAME, false)
+        )
+    })
+    .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(accepted.is_err());
+}
+
+#[tokio::test]
+async fn a_listener_refuses_a_device_it_does_not_allow() {
+    let laptop = DeviceKey::generate().unwrap();
+    let phone = DeviceKey::generate().unwrap();
+    let stranger = DeviceKey::generate().unwrap();
+    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
+    let config = client_config(&stranger, ServerTrust::PinnedDevice(laptop.device_id())).unwrap();
+    let (accepted, dialed) = bounded(async {
+        tokio::join!(
+            accept(&listener),
+            dial(config, addr, DEVICE_SERVER_NAME, true)
+        )
+    })
+    .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    let err = accepted.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_oversized_frame_header_is_refused_before_its_body_arrives() {
+    let mut c = connect_device_to_relay().await;
+    // A header announcing 4 GiB, and no body: the stream stays open.
+    bounded(c.device_writer.get_mut().write_all(&[
+        crate::wire::PROTOCOL_V1,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+    ]))
+    .await
+    .unwrap();
+    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Frame(FrameError::TooLarge {
+                len: 0xffff_ffff,
+                max: DEFAULT_MAX_FRAME
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(c.relay_reader.buffered().1, 0, "nothing was allocated");
+    assert!(matches!(
+        bounded(c.relay_reader.recv()).await,
+        Err(TransportError::Poisoned)
+    ));
+}
+
+#[tokio::test]
+async fn a_frame_of_another_protocol_version_is_refused_at_its_first_byte() {
+    let mut c = connect_device_to_relay().await;
+    bounded(c.device_writer.get_mut().write_all(&[0x02]))
+        .await
+        .unwrap();
+    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Frame(FrameError::UnsupportedVersion { got: 0x02 })
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_ending_inside_a_frame_is_truncated_not_finished() {
+    let mut c = connect_device_to_relay().await;
+    let frame = crate::wire::frame(&hello(c.device.device_id()), DEFAULT_MAX_FRAME).unwrap();
+    bounded(
+        c.device_writer
+            .get_mut()
+            .write_all(&frame[..frame.len() - 1]),
+    )
+    .await
+    .unwrap();
+    c.device_writer.finish().unwrap();
+    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Truncated { received, expected }
+                if received == frame.len() - 1 && expected == frame.len()
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn recv_cancelled_mid_frame_resumes_without_losing_bytes() {
+    let mut c = connect_device_to_relay().await;
+    let message = Message::Sync {
+        doc: doc(),
+        reset: false,
+        data: vec![0x5a; 100_000],
+    };
+    let frame = crate::wire::frame(&message, DEFAULT_MAX_FRAME).unwrap();
+    let half = frame.len() / 2;
+    bounded(c.device_writer.get_mut().write_all(&frame[..half]))
+        .await
+        .unwrap();
+
+    // A select! loop whose other branch keeps winning: each round drops a pending `recv`.
+    bounded(async {
+        loop {
+            tokio::select! {
+                biased;
+                received = c.relay_reader.recv() => panic!("half a frame decoded: {received:?}"),
+                () = tokio::task::yield_now() => {}
+            }
+            if c.relay_reader.buffered().0 == half {
+                break;
+            }
+        }
+    })
+    .await;
+
+    bounded(c.device_writer.get_mut().write_all(&frame[half..]))
+        .await
+        .unwrap();
+    assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), Some(message));
+}
+
+#[tokio::test]
+async fn the_relay_fans_out_one_encoding_to_every_subscriber() {
+    let mut a = connect_device_to_relay().await;
+    let mut b = connect_device_to_relay().await;
+    let changes = Message::Changes {
+        doc: doc(),
+        changes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+    };
+    let frame = bytes::Bytes::from(crate::wire::frame(&changes, DEFAULT_MAX_FRAME).unwrap());
+    bounded(a.relay_writer.send_shared(frame.clone()))
+        .await
+        .unwrap();
+    bounded(b.relay_writer.send_raw(&frame)).await.unwrap();
+    assert_eq!(
+        bounded(a.device_reader.recv()).await.unwrap(),
+        Some(changes.clone())
+    );
+    assert_eq!(
+        bounded(b.device_reader.recv()).await.unwrap(),
+        Some(changes)
+    );
+
+    // A frame larger than a subscriber accepts is refused before anything is written.
+    a.relay_writer.set_max_frame(2);
+    let err = bounded(a.relay_writer.send_shared(frame))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TransportError::Frame(FrameError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn ephemeral_messages_travel_as_datagrams() {
+    let c = connect_device_to_relay().await;
+    let typing = Message::Ephemeral {
+        doc: doc(),
+        user: None,
+        device: None,
+        data: b"typing".to_vec(),
+    };
+    send_datagram(&c.device_conn, &typing).unwrap();
+    assert_eq!(
+        bounded(recv_datagram(&c.relay_conn, DEFAULT_MAX_FRAME))
+            .await
+            .unwrap(),
+        typing
+    );
+    let stamped = Message::Ephemeral {
+        doc: doc(),
+        user: Some("alice".to_owned()),
+        device: Some(c.device.device_id()),
+        data: b"typing".to_vec(),
+    };
+    send_datagram(&c.relay_conn, &stamped).unwrap();
+    assert_eq!(
+        bounded(recv_datagram(&c.device_conn, DEFAULT_MAX_FRAME))
+            .await
+            .unwrap(),
+        stamped
+    );
+
+    // Too large for one packet: the caller sends it on a stream instead.
+    let large = Message::Ephemeral {
+        doc: doc(),
+        user: None,
+        device: None,
+        data: vec![0; 64 * 1024],
+    };
+    let err = send_datagram(&c.device_conn, &large).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Datagram(quinn::SendDatagramError::TooLarge)
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_refused());
+}
+
+#[tokio::test]
+async fn a_closed_connection_is_not_a_refusal() {
+    let mut c = connect_device_to_relay().await;
+    c.relay_conn.close(quinn::VarInt::from_u32(0), b"bye");
+    let err = bounded(c.device_reader.recv()).await.unwrap_err();
+    assert!(
+        matches!(
+            err.connection_error(),
+            Some(quinn::ConnectionError::ApplicationClosed(_))
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_refused());
+}
+
+#[test]
+fn configs_need_no_runtime_and_share_one_provider() {
+    let device = DeviceKey::generate().unwrap();
+    assert!(Arc::ptr_eq(&tls::provider(), &tls::provider()));
+    client_config(&device, ServerTrust::PinnedDevice(device.device_id())).unwrap();
+    server_config(
+        device.cert_chain(),
+        device.private_key(),
+        ClientAuth::RequireDeviceCert,
+    )
+    .unwrap();
+    let other = DeviceKey::generate().unwrap();
+    let err = server_config(
+        device.cert_chain(),
+        other.private_key(),
+        ClientAuth::RequireDeviceCert,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Tls { .. }), "{err:?}");
+}
+
+/// Presents one device's certificate but signs with another device's key.
+#[derive(Debug)]
+struct Impersonator(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Impersonator {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_device_certificate_without_its_private_key_is_refused() {
+    let laptop = DeviceKey::generate().unwrap();
+    let phone = DeviceKey::generate().unwrap();
+    let thief = DeviceKey::generate().unwrap();
+    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
+
+    // The thief copied the phone's certificate (it is public) but holds only its own key.
+    let signing_key = tls::provider()
+        .key_provider
+        .load_private_key(thief.private_key())
+        .unwrap();
+    let stolen = rustls::sign::CertifiedKey::new(phone.cert_chain(), signing_key);
+    let mut tls = client_tls(&phone, ServerTrust::PinnedDevice(laptop.device_id())).unwrap();
+    tls.client_auth_cert_resolver = Arc::new(Impersonator(Arc::new(stolen)));
+    let config = quic_client_config(tls).unwrap();
+
+    let (accepted, dialed) = bounded(async {
+        tokio::join!(
+            accept(&listener),
+            dial(config, addr, DEVICE_SERVER_NAME, true)
+        )
+    })
+    .await;
+    let err = dialed.unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    assert!(accepted.is_err());
+}

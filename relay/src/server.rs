@@ -1,0 +1,300 @@
+//! The QUIC side of the relay: accepting connections, authenticating them, and shuttling
+//! frames between each connection and the [`Hub`](crate::Hub).
+//!
+//! One connection per device; the device opens one bidirectional stream that carries every
+//! message for every document, in order. (A single ordered stream is what the engine's fast path
+//! relies on per document; per-document streams would remove head-of-line blocking between
+//! documents and are a later step.) Ephemeral messages travel on the same stream for now.
+//!
+//! Per connection, a reader task decodes frames and forwards them to the hub, and a writer task
+//! drains the connection's bounded outbound queue. A connection that sends garbage is closed
+//! with an error code and one log line; nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use weft_core::engine::ConnId;
+use weft_core::quic::{self, FrameReader, FrameWriter};
+use weft_core::wire::{self, ErrorCode, Message};
+
+use crate::hub::{HubEvent, Outbound};
+use crate::metrics::Metrics;
+use crate::Verifier;
+
+/// Connection limits.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Frames queued per connection before fan-out drops (and later resyncs).
+    pub queue_len: usize,
+    /// Largest frame body accepted.
+    pub max_frame: usize,
+    /// Time a new connection has to open its stream and say hello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            queue_len: 1024,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// QUIC application close codes (the wire `ErrorCode` numbers).
+fn close_code(code: ErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(u32::from(code.0))
+}
+
+/// Accepts connections on `endpoint` until `shutdown` resolves, then closes every connection
+/// and waits for their tasks. Cancel safety: dropping the future drops the tasks.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    verifier: Verifier,
+    limits: ServerLimits,
+    hub: mpsc::Sender<HubEvent>,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let verifier = Arc::new(verifier);
+    let mut conns = JoinSet::new();
+    let mut next_conn = 1u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    continue;
+                };
+                let conn = ConnId(next_conn);
+                next_conn += 1;
+                let (verifier, limits, hub, metrics) = (verifier.clone(), limits.clone(), hub.clone(), metrics.clone());
+                conns.spawn(async move {
+                    let remote = incoming.remote_address();
+                    if let Err(reason) = serve_connection(incoming, conn, &verifier, &limits, hub, &metrics).await {
+                        tracing::info!(conn = conn.0, %remote, %reason, "connection ended");
+                    }
+                    drop(permit);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    // Stop accepting; tell every device we are going away; let the tasks report `Closed`.
+    endpoint.close(quinn::VarInt::from_u32(0), b"relay shutting down");
+    while conns.join_next().await.is_some() {}
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    conn: ConnId,
+    verifier: &Verifier,
+    limits: &ServerLimits,
+    hub: mpsc::Sender<HubEvent>,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            Metrics::inc(&metrics.auth_failures);
+            return Err(format!("handshake failed: {e}"));
+        }
+    };
+    let Some(device) = quic::peer_device_id(&connection) else {
+        Metrics::inc(&metrics.auth_failures);
+        connection.close(
+            close_code(ErrorCode::DEVICE_NOT_ALLOWED),
+            b"no device certificate",
+        );
+        return Err("no device certificate".into());
+    };
+    let (send, recv) = tokio::time::timeout(limits.hello_timeout, connection.accept_bi())
+        .await
+        .map_err(|_| "no stream opened in time".to_string())?
+        .map_err(|e| format!("no stream: {e}"))?;
+    let mut reader = FrameReader::new(recv, limits.max_frame);
+    let mut writer = FrameWriter::new(send, limits.max_frame);
+    let hello = tokio::time::timeout(limits.hello_timeout, reader.recv())
+        .await
+        .map_err(|_| "no hello in time".to_string())?;
+    let token = match hello {
+        Ok(Some(Message::Hello {
+            protocol,
+            device: claimed,
+            token,
+            ..
+        })) => {
+            if protocol != wire::PROTOCOL_VERSION {
+                refuse(
+                    &connection,
+                    &mut writer,
+                    ErrorCode::UNSUPPORTED_VERSION,
+                    "unsupported protocol version",
+                )
+                .await;
+                return Err(format!("protocol version {protocol}"));
+            }
+            if claimed != device {
+                Metrics::inc(&metrics.auth_failures);
+                refuse(
+                    &connection,
+                    &mut writer,
+                    ErrorCode::DEVICE_NOT_ALLOWED,
+                    "the hello's device is not the TLS device",
+                )
+                .await;
+                return Err("device mismatch".into());
+            }
+            token
+        }
+        Ok(_) | Err(_) => {
+            Metrics::inc(&metrics.protocol_errors);
+            refuse(
+                &connection,
+                &mut writer,
+                ErrorCode::MALFORMED,
+                "expected hello",
+            )
+            .await;
+            return Err("did not start with hello".into());
+        }
+    };
+    let claims = match verifier.verify(&token, unix_now()) {
+        Ok(c) => c,
+        Err(e) => {
+            Metrics::inc(&metrics.auth_failures);
+            refuse(
+                &connection,
+                &mut writer,
+                ErrorCode::UNAUTHENTICATED,
+                "the token was refused",
+            )
+            .await;
+            return Err(format!("token refused: {e}"));
+        }
+    };
+    tracing::info!(conn = conn.0, %device, user = %claims.sub, "device connected");
+    Metrics::inc(&metrics.connections_total);
+    metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    let (out_tx, mut out_rx) = mpsc::channel(limits.queue_len);
+    if hub
+        .send(HubEvent::Open {
+            conn,
+            device,
+            claims,
+            out: out_tx,
+        })
+        .await
+        .is_err()
+    {
+        connection.close(close_code(ErrorCode::INTERNAL), b"relay shutting down");
+        metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        return Err("hub gone".into());
+    }
+    let writer_conn = connection.clone();
+    let writer_task = async move {
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Outbound::Frame(frame) => {
+                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                    if writer.send_raw(&frame).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Close { code, reason } => {
+                    let _ = writer
+                        .send(&Message::Error {
+                            code,
+                            doc: None,
+                            message: reason.clone(),
+                        })
+                        .await;
+                    let _ = writer.finish();
+                    writer_conn.close(close_code(code), reason.as_bytes());
+                    break;
+                }
+            }
+        }
+    };
+    let reader_task = async {
+        loop {
+            match reader.recv().await {
+                Ok(Some(msg)) => {
+                    if hub.send(HubEvent::Frame { conn, msg }).await.is_err() {
+                        return "hub gone".to_string();
+                    }
+                }
+                Ok(None) => return "stream finished".to_string(),
+                Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
+                Err(e) => {
+                    Metrics::inc(&metrics.protocol_errors);
+                    tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid frame");
+                    connection.close(close_code(ErrorCode::MALFORMED), b"invalid frame");
+                    return format!("invalid frame: {e}");
+                }
+            }
+        }
+    };
+    let reason = tokio::select! {
+        r = reader_task => r,
+        _ = writer_task => "closed by the relay".to_string(),
+    };
+    let _ = hub.send(HubEvent::Closed { conn }).await;
+    metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    Err(reason)
+}
+
+async fn refuse(
+    connection: &quinn::Connection,
+    writer: &mut FrameWriter,
+    code: ErrorCode,
+    reason: &str,
+) {
+    let _ = writer
+        .send(&Message::Error {
+            code,
+            doc: None,
+            message: reason.to_string(),
+        })
+        .await;
+    let _ = writer.finish();
+    // Give the error frame a moment to leave before the close overtakes it.
+    let _ = tokio::time::timeout(Duration::from_millis(500), writer.get_mut().stopped()).await;
+    connection.close(close_code(code), reason.as_bytes());
+}
+
+/// Binds a QUIC endpoint for the relay on `addr` with its certificate, requiring device
+/// certificates from clients.
+pub fn bind(addr: SocketAddr, identity: &crate::TlsIdentity) -> Result<quinn::Endpoint, String> {
+    let config = quic::server_config(
+        identity.cert_chain.clone(),
+        identity.key.clone_key(),
+        quic::ClientAuth::RequireDeviceCert,
+    )
+    .map_err(|e| format!("TLS configuration: {e}"))?;
+    quinn::Endpoint::server(config, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}

@@ -1,0 +1,329 @@
+//! The `weft-relay` binary over real QUIC on loopback, with real redb: devices connect with
+//! their own keys and tokens, sync, and misbehave.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_core::automerge::transaction::Transactable;
+use weft_core::automerge::{ReadDoc, ROOT};
+use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
+use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
+use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::{DocId, Document, Role};
+use weft_relay::{load_secret, Claims, Minter};
+
+const RELAY: ConnId = ConnId(0);
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("weft-relay ready"), "{line:?}");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("quic="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        Relay { child, addr, dir }
+    }
+
+    fn token(&self, claims: &Claims) -> String {
+        let secret = load_secret(&self.dir.path().join("jwt.secret")).unwrap();
+        Minter::new(&secret).mint(claims).unwrap()
+    }
+
+    fn cert(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        let tls = self.dir.path().join("tls");
+        weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))
+            .unwrap()
+            .cert_chain
+    }
+
+    fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Keep the data directory: move it out before the Relay drops.
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Device {
+    engine: Engine,
+    reader: FrameReader,
+    writer: FrameWriter,
+    errors: Vec<(ErrorCode, Option<DocId>)>,
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Device {
+    async fn connect(
+        relay: &Relay,
+        token: String,
+    ) -> Result<Device, Vec<(ErrorCode, Option<DocId>)>> {
+        let key = DeviceKey::generate().unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(
+            quic::client_config(&key, ServerTrust::PinnedCert(relay.cert())).unwrap(),
+        );
+        let conn = endpoint
+            .connect(relay.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut d = Device {
+            engine: Engine::new(EngineConfig::device()),
+            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
+            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
+            errors: Vec::new(),
+            _conn: conn,
+            _endpoint: endpoint,
+        };
+        let hello = Message::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            device: key.device_id(),
+            token,
+            agent: "test".into(),
+        };
+        d.writer.send(&hello).await.unwrap();
+        match d.next().await {
+            Some(Message::Welcome { .. }) => {
+                d.engine.add_conn(RELAY);
+                Ok(d)
+            }
+            _ => Err(d.errors),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Message> {
+        match tokio::time::timeout(Duration::from_secs(15), self.reader.recv())
+            .await
+            .expect("relay went silent")
+        {
+            Ok(Some(Message::Error { code, doc, .. })) => {
+                self.errors.push((code, doc));
+                Some(Message::Error {
+                    code,
+                    doc,
+                    message: String::new(),
+                })
+            }
+            Ok(Some(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Send { msg, .. } => self.writer.send(&msg).await.unwrap(),
+                Output::Persist { id, .. } => self.engine.persisted(id),
+                Output::Load { doc } => self.engine.loaded(doc, None),
+                _ => {}
+            }
+        }
+    }
+
+    async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) -> bool {
+        self.flush().await;
+        for _ in 0..10_000 {
+            if done(self) {
+                return true;
+            }
+            let Some(msg) = self.next().await else {
+                return done(self);
+            };
+            if std::env::var_os("WEFT_TEST_LOG").is_some() {
+                eprintln!("device got {msg:?}");
+            }
+            match msg {
+                Message::Subscribed { doc, role } => {
+                    let opts = OpenOptions {
+                        send_changes: role.can_write(),
+                        ..Default::default()
+                    };
+                    self.engine.open(RELAY, doc, opts);
+                }
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    self.engine.handle(RELAY, m).unwrap();
+                }
+                _ => {}
+            }
+            self.flush().await;
+        }
+        false
+    }
+
+    fn write(&mut self, doc: DocId, key: &str) {
+        self.engine
+            .change(doc, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, key, true).unwrap();
+                tx.commit();
+            })
+            .unwrap();
+    }
+
+    fn keys(&mut self, doc: DocId) -> Vec<String> {
+        self.engine
+            .read(doc, |d| d.automerge().keys(ROOT).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_converge_and_a_later_device_gets_everything_even_after_a_relay_crash() {
+    let relay = Relay::start();
+    let doc = DocId::from_bytes([7; 16]);
+    let mut alice = Device::connect(
+        &relay,
+        relay.token(&Claims::new("alice", now(), 3600).with_create(true)),
+    )
+    .await
+    .unwrap();
+    alice.engine.create(doc, Document::new());
+    for i in 0..20 {
+        alice.write(doc, &format!("m{i}"));
+    }
+    alice
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(alice.until(|d| d.engine.is_synced(RELAY, doc)).await);
+
+    let bob_token = relay.token(&Claims::new("bob", now(), 3600).with_doc(doc, Role::ReadWrite));
+    let mut bob = Device::connect(&relay, bob_token.clone()).await.unwrap();
+    bob.engine.load(doc);
+    bob.flush().await;
+    bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    assert!(bob.until(|d| d.keys(doc).len() == 20).await);
+    bob.write(doc, "from bob");
+    bob.flush().await;
+    assert!(
+        alice
+            .until(|d| d.keys(doc).contains(&"from bob".to_string()))
+            .await
+    );
+    assert!(bob.until(|d| d.engine.is_synced(RELAY, doc)).await);
+
+    // The relay dies right after acknowledging; a new device that never met the writers still
+    // gets every acknowledged change from the restarted relay.
+    drop(alice);
+    drop(bob);
+    let dir = relay.kill();
+    let relay = Relay::start_in(dir);
+    let mut carol = Device::connect(&relay, bob_token).await.unwrap();
+    carol.engine.load(doc);
+    carol.flush().await;
+    carol
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(carol.until(|d| d.keys(doc).len() == 21).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_and_garbage_cuts_off_only_its_sender() {
+    let relay = Relay::start();
+    let doc = DocId::from_bytes([8; 16]);
+    // Expired and wrongly signed tokens.
+    let mut expired = Claims::new("alice", now() - 7200, 60);
+    expired.exp = now() - 3600;
+    let refused = Device::connect(&relay, relay.token(&expired))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused, vec![(ErrorCode::UNAUTHENTICATED, None)]);
+    let other = weft_relay::JwtSecret::new(vec![1; 32]).unwrap();
+    let forged = Minter::new(&other)
+        .mint(&Claims::new("alice", now(), 60))
+        .unwrap();
+    let refused = Device::connect(&relay, forged).await.err().unwrap();
+    assert_eq!(refused, vec![(ErrorCode::UNAUTHENTICATED, None)]);
+
+    let token = relay.token(&Claims::new("alice", now(), 3600).with_create(true));
+    let mut good = Device::connect(&relay, token.clone()).await.unwrap();
+    let mut bad = Device::connect(&relay, token).await.unwrap();
+    bad.writer
+        .get_mut()
+        .write_all(&[0x07, 0, 0, 0, 1, 0])
+        .await
+        .unwrap();
+    assert!(bad.next().await.is_none() || bad.next().await.is_none());
+
+    good.engine.create(doc, Document::new());
+    good.write(doc, "still here");
+    good.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    assert!(good.until(|d| d.engine.is_synced(RELAY, doc)).await);
+}
+
+#[test]
+fn sigterm_stops_the_relay_cleanly() {
+    let mut relay = Relay::start();
+    let pid = relay.child.id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = std::mem::replace(&mut relay.child, Command::new("true").spawn().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("relay did not stop")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
