@@ -232,8 +232,7 @@ fn serve_dev_creates_its_identity_once_and_reuses_it() {
     let data_dir = dir.path().join("relay-data");
     let data = data_dir.to_str().unwrap();
 
-    let first = relay(&["serve", "--dev", "--data-dir", data, "--http", "off"]);
-    assert_not_implemented(&first);
+    serve_until_ready(&["serve", "--dev", "--data-dir", data, "--http", "off", "--listen", "127.0.0.1:0"], &[]);
     let secret_path = data_dir.join(DEV_SECRET_FILE);
     let (cert, key) = dev_cert_paths(&data_dir);
     let files = [&secret_path, &cert, &key].map(|p| std::fs::read(p).unwrap());
@@ -247,8 +246,10 @@ fn serve_dev_creates_its_identity_once_and_reuses_it() {
     }
 
     // A later start, configured through the environment this time, reuses the same files.
-    let second = relay_with_env(&["serve"], &[("WEFT_DEV", "1"), ("WEFT_DATA_DIR", data)]);
-    assert_not_implemented(&second);
+    serve_until_ready(
+        &["serve", "--http", "off"],
+        &[("WEFT_DEV", "1"), ("WEFT_DATA_DIR", data), ("WEFT_LISTEN", "127.0.0.1:0")],
+    );
     assert_eq!(
         files,
         [&secret_path, &cert, &key].map(|p| std::fs::read(p).unwrap())
@@ -319,15 +320,32 @@ fn serve_without_dev_needs_a_secret_and_a_certificate() {
     assert!(err.contains("missing-cert.pem"), "{err}");
 }
 
-/// The relay is honest: it never prints the ready line while it has no server to run.
+/// Starts `serve`, waits for its ready line (the only thing on stdout), stops it with SIGTERM
+/// and checks it exits 0.
 #[track_caller]
-fn assert_not_implemented(out: &Output) {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
-    assert_eq!(stdout(out), "", "no ready line");
-    let err = stderr(out);
-    assert_eq!(
-        err.lines().last(),
-        Some("weft-relay: the QUIC server is not implemented yet"),
-        "{err}"
-    );
+fn serve_until_ready(args: &[&str], env: &[(&str, &str)]) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-relay"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WEFT_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("the weft-relay binary runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("weft-relay ready quic=127.0.0.1:"), "{line:?}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        let _ = tx.send((child.wait(), rest));
+    });
+    let (status, rest) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("serve stopped on SIGTERM");
+    assert!(status.unwrap().success());
+    assert_eq!(rest, "", "nothing but the ready line on stdout");
 }
