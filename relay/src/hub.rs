@@ -136,7 +136,12 @@ pub struct Hub {
 
 impl Hub {
     /// A hub over the store behind `group`.
-    pub fn new(cfg: HubConfig, group: Arc<GroupCommit>, verifier: Verifier, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: HubConfig,
+        group: Arc<GroupCommit>,
+        verifier: Verifier,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let host = Host::new(
             Engine::new(cfg.engine.clone()),
             group.clone(),
@@ -679,9 +684,12 @@ impl Hub {
 
     /// Resyncs lagging peers whose queues drained; closes connections whose token expired.
     fn housekeeping(&mut self) {
-        self.arrivals.retain(|_, t| t.elapsed() < Duration::from_secs(10));
+        self.arrivals
+            .retain(|_, t| t.elapsed() < Duration::from_secs(10));
         let loaded = self.host.engine().loaded_docs() as u64;
-        self.metrics.documents_loaded.store(loaded, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .documents_loaded
+            .store(loaded, std::sync::atomic::Ordering::Relaxed);
         let now = Self::unix_now();
         let leeway = self.verifier.leeway_secs();
         let expired: Vec<ConnId> = self

@@ -175,7 +175,12 @@ fn start_relay() -> Relay {
     let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.path().join("relay.redb")).unwrap());
     let group = Arc::new(GroupCommit::new(kv).unwrap());
     let secret = JwtSecret::new(vec![7; 32]).unwrap();
-    let hub = Hub::new(HubConfig::default(), group, Verifier::new(&secret), Default::default());
+    let hub = Hub::new(
+        HubConfig::default(),
+        group,
+        Verifier::new(&secret),
+        Default::default(),
+    );
     let (events, rx) = mpsc::channel(1024);
     tokio::spawn(hub.run(rx));
     Relay {

@@ -1,0 +1,183 @@
+//! [`Conversation`]: a chat between participants.
+//!
+//! Root fields (schema version 2): `kind: "conversation"`, `schema_version: 2`, `title`
+//! (Text), `participants` (list of user ids, for display only: access is decided by the
+//! relay's access list, never by document content), `messages`, `read`, `reactions` (see
+//! [`crate::chat`] and [`crate::message`]).
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
+
+use crate::chat::Chat;
+use crate::error::{At, ReadError, WriteError};
+use crate::kind::expect_kind;
+use crate::value::{describe, req_obj, req_text, str_list};
+use crate::write::{check_arg, check_empty, transact, write};
+use crate::{Kind, MAX_NAME_LEN, MAX_TITLE_LEN, SCHEMA_VERSION};
+
+/// A conversation, read whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// Its title (collaborative text).
+    pub title: String,
+    /// Who takes part, for display, in list order without duplicates.
+    pub participants: Vec<String>,
+    /// Its messages, read positions and reactions.
+    pub chat: Chat,
+}
+
+/// What a new conversation starts with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewConversation {
+    /// Its title.
+    pub title: String,
+    /// Its participants.
+    pub participants: Vec<String>,
+}
+
+/// Writes the header and empty containers shared by chat documents.
+pub(crate) fn init_chat(
+    tx: &mut Transaction<'_>,
+    kind: Kind,
+    title: &str,
+) -> Result<(), WriteError> {
+    tx.put(ROOT, "kind", kind.as_str())?;
+    tx.put(ROOT, "schema_version", SCHEMA_VERSION as i64)?;
+    let t = tx.put_object(ROOT, "title", ObjType::Text)?;
+    tx.splice_text(&t, 0, 0, title)?;
+    tx.put_object(ROOT, "messages", ObjType::Map)?;
+    tx.put_object(ROOT, "read", ObjType::Map)?;
+    tx.put_object(ROOT, "reactions", ObjType::Map)?;
+    Ok(())
+}
+
+impl Conversation {
+    /// Makes an empty document a conversation, in one change.
+    pub fn create(
+        doc: &mut Automerge,
+        new: &NewConversation,
+        wall_ms: u64,
+    ) -> Result<(), WriteError> {
+        check_empty(doc)?;
+        check_arg("title", &new.title, MAX_TITLE_LEN, false)?;
+        for p in &new.participants {
+            check_arg("participant", p, MAX_NAME_LEN, true)?;
+        }
+        transact(doc, wall_ms, Some("weft: create conversation"), |tx| {
+            init_chat(tx, Kind::Conversation, &new.title)?;
+            let list = tx.put_object(ROOT, "participants", ObjType::List)?;
+            let mut seen = std::collections::BTreeSet::new();
+            for p in new.participants.iter().filter(|p| seen.insert(p.as_str())) {
+                let n = tx.length(&list);
+                tx.insert(&list, n, p.as_str())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the whole conversation, every message included (see
+    /// [`last_messages`](crate::last_messages) for a partial read). Reading never writes.
+    pub fn read(doc: &Automerge) -> Result<Conversation, ReadError> {
+        expect_kind(doc, Kind::Conversation)?;
+        let root = At::Root;
+        Ok(Conversation {
+            title: req_text(doc, &ROOT, "title", root.key("title"), MAX_TITLE_LEN)?,
+            participants: participants_in(doc)?,
+            chat: Chat::read_in(doc)?,
+        })
+    }
+
+    /// Adds a participant at the end of the list, unless present. Two devices adding the same
+    /// user concurrently leave two entries, which reads fold into one.
+    pub fn add_participant(
+        doc: &mut Automerge,
+        user: &str,
+        wall_ms: u64,
+    ) -> Result<(), WriteError> {
+        check_arg("participant", user, MAX_NAME_LEN, true)?;
+        write(doc, &[Kind::Conversation], wall_ms, |tx, _| {
+            let root = At::Root;
+            let list = req_obj(
+                tx,
+                &ROOT,
+                "participants",
+                root.key("participants"),
+                ObjType::List,
+                "a list of user ids",
+            )?;
+            if participants_in(tx)?.iter().any(|p| p == user) {
+                return Ok(());
+            }
+            let n = tx.length(&list);
+            tx.insert(&list, n, user)?;
+            Ok(())
+        })
+    }
+
+    /// Removes every entry of a participant.
+    pub fn remove_participant(
+        doc: &mut Automerge,
+        user: &str,
+        wall_ms: u64,
+    ) -> Result<(), WriteError> {
+        write(doc, &[Kind::Conversation], wall_ms, |tx, _| {
+            let root = At::Root;
+            let list = req_obj(
+                tx,
+                &ROOT,
+                "participants",
+                root.key("participants"),
+                ObjType::List,
+                "a list of user ids",
+            )?;
+            let hits: Vec<usize> = tx
+                .list_range(&list, ..)
+                .filter(|item| {
+                    matches!(&item.value, automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) if s == user)
+                })
+                .map(|item| item.index)
+                .collect();
+            for i in hits.into_iter().rev() {
+                tx.delete(&list, i)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn participants_in<D: ReadDoc>(doc: &D) -> Result<Vec<String>, ReadError> {
+    let root = At::Root;
+    let at = root.key("participants");
+    let list = req_obj(
+        doc,
+        &ROOT,
+        "participants",
+        at,
+        ObjType::List,
+        "a list of user ids",
+    )?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = str_list(doc, &list, at, MAX_NAME_LEN, "a user id")?;
+    out.retain(|p| seen.insert(p.clone()));
+    Ok(out)
+}
+
+/// Changes the title of a conversation or a trip by a minimal text splice, so concurrent edits
+/// merge as text.
+pub fn set_title(doc: &mut Automerge, title: &str, wall_ms: u64) -> Result<(), WriteError> {
+    check_arg("title", title, MAX_TITLE_LEN, false)?;
+    write(doc, &[Kind::Conversation, Kind::Trip], wall_ms, |tx, _| {
+        match tx.get(ROOT, "title")? {
+            Some((Value::Object(ObjType::Text), t)) => tx.update_text(&t, title)?,
+            None => {
+                let t = tx.put_object(ROOT, "title", ObjType::Text)?;
+                tx.splice_text(&t, 0, 0, title)?;
+            }
+            Some((v, _)) => {
+                let root = At::Root;
+                return Err(root.key("title").invalid("text", describe(&v)).into());
+            }
+        }
+        Ok(())
+    })
+}

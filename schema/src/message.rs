@@ -1,0 +1,364 @@
+//! [`Message`]: one chat message, and the reads of a chat's `messages` map: all of them, the
+//! last N, one by id, the ones changed since some heads. The crate docs ("Ordering") say why
+//! messages live in a map keyed by [`MessageKey`] rather than in a list.
+
+use std::collections::VecDeque;
+
+use automerge::{ObjId, ObjType, ReadDoc, Value, ROOT};
+
+use crate::error::{At, ReadError};
+use crate::value::{f_bool, f_obj, f_parsed, f_str, f_text, f_u64, fields, req_obj};
+use crate::{kind::kind_in, Hlc, Id, Kind, MessageKey, MAX_BODY_LEN, MAX_NAME_LEN, MAX_URL_LEN};
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Stable id, chosen by the writer.
+    pub id: Id,
+    /// The author's user id.
+    pub author: String,
+    /// The text; empty when the message is deleted.
+    pub body: String,
+    /// When it was written (hybrid logical clock).
+    pub created_at: Hlc,
+    /// When it was last edited, if ever.
+    pub edited_at: Option<Hlc>,
+    /// Whether it was deleted. Deletion is a tombstone: the message keeps its place.
+    pub deleted: bool,
+    /// The message this one replies to.
+    pub reply_to: Option<Id>,
+    /// A file attached to it.
+    pub attachment: Option<Attachment>,
+}
+
+impl Message {
+    /// Its place in display order (and its key in the `messages` map).
+    pub fn key(&self) -> MessageKey {
+        MessageKey {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Metadata of a file attached to a message (the bytes live elsewhere, at `url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Where the file is.
+    pub url: String,
+    /// Its media type, e.g. `image/jpeg`.
+    pub mime_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its file name, if the app shows one.
+    pub name: Option<String>,
+}
+
+/// The `messages` map of a chat document (a conversation or a trip).
+pub(crate) fn messages_obj<D: ReadDoc>(doc: &D) -> Result<ObjId, ReadError> {
+    let kind = kind_in(doc)?;
+    if !kind.has_chat() {
+        return Err(ReadError::WrongKind {
+            expected: Kind::Conversation,
+            found: kind,
+        });
+    }
+    let root = At::Root;
+    req_obj(
+        doc,
+        &ROOT,
+        "messages",
+        root.key("messages"),
+        ObjType::Map,
+        "a map of messages",
+    )
+}
+
+/// Reads the message stored at `messages[key]`, whose value is `value`.
+pub(crate) fn read_message<D: ReadDoc>(
+    doc: &D,
+    key: &str,
+    value: &Value<'_>,
+    obj: &ObjId,
+    at: At<'_>,
+) -> Result<Message, ReadError> {
+    let parsed: MessageKey = key.parse().map_err(|_| {
+        at.invalid(
+            "a message key ({created_at}_{id})",
+            format!("{:?}", crate::value::truncate(key)),
+        )
+    })?;
+    if !matches!(value, Value::Object(ObjType::Map | ObjType::Table)) {
+        return Err(at.invalid("a message map", crate::value::describe(value)));
+    }
+    let [id_f, created_f, author_f, deleted_f, body_f, edited_f, reply_f, attach_f] = fields(
+        doc,
+        obj,
+        [
+            "id",
+            "created_at",
+            "author",
+            "deleted",
+            "body",
+            "edited_at",
+            "reply_to",
+            "attachment",
+        ],
+    );
+    let id: Id = f_parsed(&id_f, at.key("id"), "an id", |s| s.parse().ok())?
+        .ok_or_else(|| at.key("id").missing("an id"))?;
+    if id != parsed.id {
+        return Err(at
+            .key("id")
+            .invalid("the id in the message's key", format!("{id}")));
+    }
+    let created_at: Hlc = f_parsed(&created_f, at.key("created_at"), "a timestamp", |s| {
+        s.parse().ok()
+    })?
+    .ok_or_else(|| at.key("created_at").missing("a timestamp"))?;
+    if created_at != parsed.created_at {
+        return Err(at
+            .key("created_at")
+            .invalid("the timestamp in the message's key", created_at.to_string()));
+    }
+    let author = f_str(&author_f, at.key("author"), MAX_NAME_LEN, "a user id")?
+        .ok_or_else(|| at.key("author").missing("a user id"))?;
+    let deleted = f_bool(&deleted_f, at.key("deleted"))?.unwrap_or(false);
+    let body = f_text(doc, &body_f, at.key("body"), MAX_BODY_LEN)?
+        .ok_or_else(|| at.key("body").missing("text or a string"))?;
+    let edited_at = f_parsed(&edited_f, at.key("edited_at"), "a timestamp", |s| {
+        s.parse().ok()
+    })?;
+    let reply_to = f_parsed(&reply_f, at.key("reply_to"), "an id", |s| s.parse().ok())?;
+    let attachment = match f_obj(
+        &attach_f,
+        at.key("attachment"),
+        ObjType::Map,
+        "an attachment map",
+    )? {
+        Some(a) => Some(read_attachment(doc, &a, at.key("attachment"))?),
+        None => None,
+    };
+    Ok(Message {
+        id,
+        author,
+        body: if deleted { String::new() } else { body },
+        created_at,
+        edited_at,
+        deleted,
+        reply_to,
+        attachment,
+    })
+}
+
+fn read_attachment<D: ReadDoc>(doc: &D, obj: &ObjId, at: At<'_>) -> Result<Attachment, ReadError> {
+    let [url, mime, size, name] = fields(doc, obj, ["url", "mime_type", "size", "name"]);
+    Ok(Attachment {
+        url: f_str(&url, at.key("url"), MAX_URL_LEN, "a URL")?
+            .ok_or_else(|| at.key("url").missing("a URL"))?,
+        mime_type: f_str(&mime, at.key("mime_type"), MAX_NAME_LEN, "a media type")?
+            .ok_or_else(|| at.key("mime_type").missing("a media type"))?,
+        size: f_u64(&size, at.key("size"))?
+            .ok_or_else(|| at.key("size").missing("a size in bytes"))?,
+        name: f_str(&name, at.key("name"), MAX_NAME_LEN, "a file name")?,
+    })
+}
+
+/// Every message of a chat (a conversation's or a trip's), in display order. Reading never
+/// writes.
+pub fn messages(doc: &automerge::Automerge) -> Result<Vec<Message>, ReadError> {
+    read_all(doc)
+}
+
+pub(crate) fn read_all<D: ReadDoc>(doc: &D) -> Result<Vec<Message>, ReadError> {
+    let obj = messages_obj(doc)?;
+    let root = At::Root;
+    let at = root.key("messages");
+    let mut out = Vec::new();
+    for item in doc.map_range(&obj, ..) {
+        let v: Value<'_> = item.value.clone().into();
+        out.push(read_message(
+            doc,
+            &item.key,
+            &v,
+            &item.id(),
+            at.key(&item.key),
+        )?);
+    }
+    Ok(out)
+}
+
+/// The last `n` messages of a chat in display order, reading only those `n` messages (and at
+/// most 64 x `n` keys), however long the chat is: about 2 ms for 50 of 100k messages.
+///
+/// Validation covers what is read: a malformed message further back is not noticed here
+/// (it is by [`messages`]).
+pub fn last_messages(doc: &automerge::Automerge, n: usize) -> Result<Vec<Message>, ReadError> {
+    let obj = messages_obj(doc)?;
+    let root = At::Root;
+    let at = root.key("messages");
+    tail(doc, &obj, n)
+        .into_iter()
+        .map(|(key, v, id)| read_message(doc, &key, &v, &id, at.key(&key)))
+        .collect()
+}
+
+/// The message with this id, or `None`. Costs a scan of the keys (not the messages): about
+/// 10 ms at 100k messages. [`edit_message`](crate::edit_message) and
+/// [`delete_message`](crate::delete_message) find their message the same way.
+pub fn find_message(doc: &automerge::Automerge, id: &Id) -> Result<Option<Message>, ReadError> {
+    let obj = messages_obj(doc)?;
+    let root = At::Root;
+    let at = root.key("messages");
+    match find_key(doc, &obj, id) {
+        Some((key, v, mid)) => read_message(doc, &key, &v, &mid, at.key(&key)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The entry of the message with this id: its key, value and object id.
+pub(crate) fn find_key<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    id: &Id,
+) -> Option<(String, Value<'static>, ObjId)> {
+    let suffix = id.as_str();
+    doc.map_range(obj, ..).find_map(|item| {
+        let k: &str = &item.key;
+        let hit = k.len() == crate::hlc::HLC_STR_LEN + 1 + suffix.len()
+            && k.ends_with(suffix)
+            && k.as_bytes()[crate::hlc::HLC_STR_LEN] == b'_';
+        hit.then(|| (k.to_owned(), item.value.clone().into(), item.id()))
+    })
+}
+
+/// The last `n` entries of a map keyed by [`MessageKey`]s, in key order.
+///
+/// Binary search over the 64-bit space of (milliseconds, counter) key prefixes for the largest
+/// prefix with at least `n` keys at or after it; each probe seeks once and reads at most `n`
+/// keys. Keys that sort before every timestamp (malformed ones) are not seen.
+pub(crate) fn tail<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    n: usize,
+) -> Vec<(String, Value<'static>, ObjId)> {
+    tail_above(doc, obj, n, 0)
+}
+
+/// Like [`tail`], searching only above `floor_ms`: the caller expects at least `n` keys at or
+/// after that millisecond (if there aren't, the whole range is searched).
+pub(crate) fn tail_above<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    n: usize,
+    floor_ms: u64,
+) -> Vec<(String, Value<'static>, ObjId)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let prefix = |p: u64| Hlc::prefix(p >> 16, (p & 0xffff) as u16);
+    let enough = |p: u64| doc.map_range(obj, prefix(p)..).take(n).count() >= n;
+    let max_p = (crate::MAX_HLC_MS << 16) | 0xffff;
+    let floor = floor_ms.min(crate::MAX_HLC_MS) << 16;
+    let floor = if floor > 0 && enough(floor) { floor } else { 0 };
+    let start = if floor == 0 && !enough(0) {
+        0
+    } else if enough(max_p) {
+        max_p
+    } else {
+        // Invariant: enough(lo) && !enough(hi).
+        let (mut lo, mut hi) = (floor, max_p);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if enough(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    };
+    let mut out = VecDeque::with_capacity(n + 1);
+    for item in doc.map_range(obj, prefix(start)..) {
+        out.push_back((item.key.to_string(), item.value.clone().into(), item.id()));
+        if out.len() > n {
+            out.pop_front();
+        }
+    }
+    out.into()
+}
+
+/// What changed in a chat's messages since some earlier heads: what the checkpoint's
+/// `weft_messages` rows need to follow edits, deletions and new messages incrementally.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageChanges {
+    /// Messages added or modified (body, tombstone, anything inside them), in display order.
+    pub changed: Vec<Message>,
+    /// Keys whose entry is gone from `messages` (weft never removes one; another writer might).
+    pub removed: Vec<MessageKey>,
+}
+
+/// The messages touched by the changes the document has beyond `since` (heads it had
+/// earlier). The cost follows the size of those changes, not of the chat: each operation's
+/// object is traced up to its message. Heads `since` that the document doesn't know are
+/// treated as absent, so everything after the common history is reported.
+pub fn messages_changed_since(
+    doc: &automerge::Automerge,
+    since: &[automerge::ChangeHash],
+) -> Result<MessageChanges, ReadError> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let obj = messages_obj(doc)?;
+    let known: Vec<_> = since
+        .iter()
+        .copied()
+        .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+        .collect();
+    let msgs_str = obj.to_string();
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for change in doc.get_changes(&known) {
+        for op in change.decode().operations {
+            let o = op.obj.to_string();
+            if o == msgs_str {
+                if let automerge::legacy::Key::Map(k) = &op.key {
+                    keys.insert(k.to_string());
+                }
+                continue;
+            }
+            if let Some(k) = seen.get(&o) {
+                keys.extend(k.clone());
+                continue;
+            }
+            let key = match doc.import(&o) {
+                Ok((id, _)) => doc
+                    .parents(&id)
+                    .ok()
+                    .and_then(|mut ps| ps.find(|p| p.obj == obj))
+                    .and_then(|p| match p.prop {
+                        automerge::Prop::Map(k) => Some(k),
+                        automerge::Prop::Seq(_) => None,
+                    }),
+                Err(_) => None,
+            };
+            keys.extend(key.clone());
+            seen.insert(o, key);
+        }
+    }
+    let root = At::Root;
+    let at = root.key("messages");
+    let mut out = MessageChanges::default();
+    for key in keys {
+        match doc.get(&obj, key.as_str())? {
+            Some((v, m)) => out
+                .changed
+                .push(read_message(doc, &key, &v, &m, at.key(&key))?),
+            None => {
+                if let Ok(k) = key.parse() {
+                    out.removed.push(k);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,120 @@
+//! The frame of every typed write: check the header, migrate an older document first, then
+//! make the write in one transaction, committed on success and rolled back on error.
+
+use automerge::transaction::{CommitOptions, Transaction};
+use automerge::{Automerge, ReadDoc, ROOT};
+
+use crate::error::WriteError;
+use crate::kind::{kind_in, version_in};
+use crate::{migrate, Hlc, Kind, ReadError, SCHEMA_VERSION};
+
+/// What a write knows about its writer.
+pub(crate) struct Ctx {
+    /// The writer's wall clock, Unix milliseconds, as the caller passed it.
+    pub(crate) wall_ms: u64,
+    /// The writer's HLC node, from its actor id.
+    pub(crate) node: u64,
+}
+
+impl Ctx {
+    pub(crate) fn now(&self, last_seen: Option<Hlc>) -> Hlc {
+        Hlc::now(self.wall_ms, self.node, last_seen)
+    }
+}
+
+/// Runs `f` as one change on a document of one of `kinds`.
+pub(crate) fn write<R>(
+    doc: &mut Automerge,
+    kinds: &[Kind],
+    wall_ms: u64,
+    f: impl FnOnce(&mut Transaction<'_>, &Ctx) -> Result<R, WriteError>,
+) -> Result<R, WriteError> {
+    let kind = kind_in(doc)?;
+    if !kinds.contains(&kind) {
+        return Err(ReadError::WrongKind {
+            expected: kinds[0],
+            found: kind,
+        }
+        .into());
+    }
+    let version = version_in(doc)?;
+    if version > SCHEMA_VERSION {
+        return Err(WriteError::TooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        migrate(doc)?;
+    }
+    let ctx = Ctx {
+        wall_ms,
+        node: Hlc::node_for_actor(doc.get_actor()),
+    };
+    transact(doc, wall_ms, None, |tx| f(tx, &ctx))
+}
+
+/// Runs `f` in a transaction stamped with `wall_ms`: committed when it returns `Ok` (a
+/// transaction that made no operation creates no change), rolled back otherwise.
+pub(crate) fn transact<R>(
+    doc: &mut Automerge,
+    wall_ms: u64,
+    message: Option<&str>,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, WriteError>,
+) -> Result<R, WriteError> {
+    let mut tx = doc.transaction();
+    match f(&mut tx) {
+        Ok(r) => {
+            // Automerge's change time is advisory, in seconds.
+            let mut opts = CommitOptions::default().with_time((wall_ms / 1000) as i64);
+            if let Some(m) = message {
+                opts = opts.with_message(m);
+            }
+            tx.commit_with(opts);
+            Ok(r)
+        }
+        Err(e) => {
+            tx.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Refuses to create a document over one that already has a kind.
+pub(crate) fn check_empty(doc: &Automerge) -> Result<(), WriteError> {
+    match doc.get(ROOT, "kind")? {
+        None => Ok(()),
+        Some(_) => Err(WriteError::AlreadyInitialized {
+            kind: crate::raw_kind(doc).unwrap_or_else(|| "(not a string)".into()),
+        }),
+    }
+}
+
+/// Validates a string argument of a write: size, emptiness, no NUL.
+pub(crate) fn check_arg(
+    field: &'static str,
+    s: &str,
+    max: usize,
+    non_empty: bool,
+) -> Result<(), WriteError> {
+    if s.len() > max {
+        return Err(WriteError::InvalidInput {
+            field,
+            reason: format!("{} bytes is over the limit of {max}", s.len()),
+        });
+    }
+    if non_empty && s.is_empty() {
+        return Err(WriteError::InvalidInput {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    // Postgres text and jsonb (the checkpoint) cannot hold NUL characters.
+    if s.contains('\0') {
+        return Err(WriteError::InvalidInput {
+            field,
+            reason: "must not contain NUL characters".into(),
+        });
+    }
+    Ok(())
+}
