@@ -232,7 +232,19 @@ fn serve_dev_creates_its_identity_once_and_reuses_it() {
     let data_dir = dir.path().join("relay-data");
     let data = data_dir.to_str().unwrap();
 
-    serve_until_ready(&["serve", "--dev", "--data-dir", data, "--http", "off", "--listen", "127.0.0.1:0"], &[]);
+    serve_until_ready(
+        &[
+            "serve",
+            "--dev",
+            "--data-dir",
+            data,
+            "--http",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
     let secret_path = data_dir.join(DEV_SECRET_FILE);
     let (cert, key) = dev_cert_paths(&data_dir);
     let files = [&secret_path, &cert, &key].map(|p| std::fs::read(p).unwrap());
@@ -248,7 +260,11 @@ fn serve_dev_creates_its_identity_once_and_reuses_it() {
     // A later start, configured through the environment this time, reuses the same files.
     serve_until_ready(
         &["serve", "--http", "off"],
-        &[("WEFT_DEV", "1"), ("WEFT_DATA_DIR", data), ("WEFT_LISTEN", "127.0.0.1:0")],
+        &[
+            ("WEFT_DEV", "1"),
+            ("WEFT_DATA_DIR", data),
+            ("WEFT_LISTEN", "127.0.0.1:0"),
+        ],
     );
     assert_eq!(
         files,
@@ -332,20 +348,30 @@ fn serve_until_ready(args: &[&str], env: &[(&str, &str)]) {
         }
     }
     cmd.args(args).envs(env.iter().copied());
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("the weft-relay binary runs");
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("weft-relay ready quic=127.0.0.1:"), "{line:?}");
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        line.starts_with("weft-relay ready quic=127.0.0.1:"),
+        "{line:?}"
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = out.read_to_string(&mut rest);
         let _ = tx.send((child.wait(), rest));
     });
-    let (status, rest) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("serve stopped on SIGTERM");
+    let (status, rest) = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("serve stopped on SIGTERM");
     assert!(status.unwrap().success());
     assert_eq!(rest, "", "nothing but the ready line on stdout");
 }
