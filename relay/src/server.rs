@@ -224,15 +224,7 @@ async fn serve_connection(
                     }
                 }
                 Outbound::Close { code, reason } => {
-                    let _ = writer
-                        .send(&Message::Error {
-                            code,
-                            doc: None,
-                            message: reason.clone(),
-                        })
-                        .await;
-                    let _ = writer.finish();
-                    writer_conn.close(close_code(code), reason.as_bytes());
+                    refuse(&writer_conn, &mut writer, code, &reason).await;
                     break;
                 }
             }

@@ -28,6 +28,10 @@ impl Relay {
     }
 
     fn start_in(dir: tempfile::TempDir) -> Relay {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
             .args([
                 "serve",
@@ -39,6 +43,7 @@ impl Relay {
                 "--data-dir",
             ])
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -326,4 +331,118 @@ fn sigterm_stops_the_relay_cleanly() {
         .expect("relay did not stop")
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_devices_converge_on_one_conversation() {
+    let relay = Relay::start();
+    let doc = DocId::from_bytes([9; 16]);
+    let token = relay.token(&Claims::new("team", now(), 3600).with_create(true));
+    let mut devices = Vec::new();
+    for i in 0..10 {
+        let mut d = Device::connect(&relay, token.clone()).await.unwrap();
+        d.engine.create(doc, Document::new());
+        d.write(doc, &format!("device-{i}"));
+        d.writer.send(&Message::Subscribe { doc }).await.unwrap();
+        devices.push(d);
+    }
+    // Each device keeps syncing until it holds every device's write.
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut d in devices {
+        tasks.spawn(async move {
+            assert!(
+                d.until(|d| d.keys(doc).len() == 10 && d.engine.is_synced(RELAY, doc))
+                    .await
+            );
+            d
+        });
+    }
+    let mut devices = Vec::new();
+    while let Some(d) = tasks.join_next().await {
+        devices.push(d.expect("a device failed to converge"));
+    }
+    let heads = devices[0].engine.heads(doc);
+    for d in devices.iter_mut() {
+        assert_eq!(d.keys(doc).len(), 10);
+        assert_eq!(d.engine.heads(doc), heads);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_device_never_delays_the_others() {
+    let relay = Relay::start();
+    let doc = DocId::from_bytes([10; 16]);
+    let token = relay.token(&Claims::new("team", now(), 3600).with_create(true));
+    let mut alice = Device::connect(&relay, token.clone()).await.unwrap();
+    alice.engine.create(doc, Document::new());
+    alice.write(doc, "first");
+    alice
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(alice.until(|d| d.engine.is_synced(RELAY, doc)).await);
+    // The stalled device subscribes and then never reads another byte.
+    let stalled = Device::connect(&relay, token.clone()).await.unwrap();
+    let mut stalled = stalled;
+    stalled
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    let mut bob = Device::connect(&relay, token).await.unwrap();
+    bob.engine.load(doc);
+    bob.flush().await;
+    bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    assert!(bob.until(|d| d.keys(doc).len() == 1).await);
+    // Enough traffic to fill the stalled device's queue and flow-control window many times.
+    for i in 0..3_000 {
+        alice.write(doc, &format!("{i:04}-{}", "x".repeat(200)));
+        if i % 100 == 0 {
+            alice.flush().await;
+        }
+    }
+    alice.flush().await;
+    assert!(
+        bob.until(|d| d.keys(doc).len() == 3_001).await,
+        "bob fell behind"
+    );
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_on_a_live_connection_closes_it_unless_refreshed() {
+    let relay = Relay::start_with(tempfile::tempdir().unwrap(), &["--jwt-leeway", "0s"]);
+    let short =
+        |relay: &Relay, ttl| relay.token(&Claims::new("alice", now(), ttl).with_create(true));
+    let mut refreshed = Device::connect(&relay, short(&relay, 2)).await.unwrap();
+    let mut lapsed = Device::connect(&relay, short(&relay, 2)).await.unwrap();
+    refreshed
+        .writer
+        .send(&Message::Token {
+            token: short(&relay, 3600),
+        })
+        .await
+        .unwrap();
+    // The lapsed connection is closed with UNAUTHENTICATED once its token expires.
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        while lapsed.next().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "an expired connection stayed open");
+    assert!(
+        lapsed.errors.contains(&(ErrorCode::UNAUTHENTICATED, None)),
+        "{:?}",
+        lapsed.errors
+    );
+    // The refreshed one still works.
+    let doc = DocId::from_bytes([11; 16]);
+    refreshed.engine.create(doc, Document::new());
+    refreshed.write(doc, "after expiry");
+    refreshed
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(refreshed.until(|d| d.engine.is_synced(RELAY, doc)).await);
 }
