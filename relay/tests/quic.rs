@@ -106,6 +106,7 @@ struct Device {
     reader: FrameReader,
     writer: FrameWriter,
     errors: Vec<(ErrorCode, Option<DocId>)>,
+    started: std::time::Instant,
     _conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
 }
@@ -131,6 +132,7 @@ impl Device {
             reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
             writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
             errors: Vec::new(),
+            started: std::time::Instant::now(),
             _conn: conn,
             _endpoint: endpoint,
         };
@@ -150,11 +152,22 @@ impl Device {
         }
     }
 
+    /// The next message from the relay. While waiting, the engine's timers run as a real
+    /// driver would run them (a stalled sync round is retried).
     async fn next(&mut self) -> Option<Message> {
-        match tokio::time::timeout(Duration::from_secs(15), self.reader.recv())
-            .await
-            .expect("relay went silent")
-        {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let received = loop {
+            match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
+                Ok(r) => break r,
+                Err(_) => {
+                    assert!(tokio::time::Instant::now() < deadline, "relay went silent");
+                    let now = self.started.elapsed().as_millis() as u64;
+                    self.engine.tick(now);
+                    self.flush().await;
+                }
+            }
+        };
+        match received {
             Ok(Some(Message::Error { code, doc, .. })) => {
                 self.errors.push((code, doc));
                 Some(Message::Error {
