@@ -35,6 +35,43 @@ pub struct ServerLimits {
     pub max_frame: usize,
     /// Time a new connection has to open its stream and say hello.
     pub hello_timeout: Duration,
+    /// Messages a connection may send in a burst (a first sync of thousands of documents).
+    pub burst: u32,
+    /// Messages per second a connection may send once its burst is spent.
+    pub rate: u32,
+}
+
+/// A token bucket: `burst` messages at once, refilled at `rate` per second.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    pub(crate) fn new(burst: u32, rate: u32) -> Self {
+        RateLimit {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            rate: f64::from(rate),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one message's token at `now`; `false` when the connection is over its rate.
+    pub(crate) fn allow(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Default for ServerLimits {
@@ -44,6 +81,8 @@ impl Default for ServerLimits {
             queue_len: 1024,
             max_frame: wire::DEFAULT_MAX_FRAME,
             hello_timeout: Duration::from_secs(10),
+            burst: 50_000,
+            rate: 10_000,
         }
     }
 }
@@ -230,10 +269,17 @@ async fn serve_connection(
             }
         }
     };
+    let mut rate = RateLimit::new(limits.burst, limits.rate);
     let reader_task = async {
         loop {
             match reader.recv().await {
                 Ok(Some(msg)) => {
+                    if !rate.allow(std::time::Instant::now()) {
+                        Metrics::inc(&metrics.protocol_errors);
+                        tracing::info!(conn = conn.0, "closing a connection over its message rate");
+                        connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
+                        return "over its message rate".to_string();
+                    }
                     if hub.send(HubEvent::Frame { conn, msg }).await.is_err() {
                         return "hub gone".to_string();
                     }
@@ -289,4 +335,24 @@ pub fn bind(addr: SocketAddr, identity: &crate::TlsIdentity) -> Result<quinn::En
     )
     .map_err(|e| format!("TLS configuration: {e}"))?;
     quinn::Endpoint::server(config, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut r = RateLimit::new(3, 10);
+        assert!((0..3).all(|_| r.allow(t0)));
+        assert!(!r.allow(t0));
+        // 100 ms later one more token has arrived.
+        assert!(r.allow(t0 + Duration::from_millis(100)));
+        assert!(!r.allow(t0 + Duration::from_millis(100)));
+        // Refill never exceeds the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..3).all(|_| r.allow(later)));
+        assert!(!r.allow(later));
+    }
 }

@@ -282,6 +282,10 @@ fn ten_devices_meeting_at_a_relay_converge_without_waiting_for_a_retry() {
             assert_eq!(sim.heads(d, doc), heads, "seed {seed}");
         }
         // Lossless delivery needs no timer: anything near retry_after means a stalled round.
-        assert!(sim.now() < 1_000, "seed {seed}: converged only at t={} ms", sim.now());
+        assert!(
+            sim.now() < 1_000,
+            "seed {seed}: converged only at t={} ms",
+            sim.now()
+        );
     }
 }
