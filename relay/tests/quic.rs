@@ -459,3 +459,51 @@ async fn a_token_that_expires_on_a_live_connection_closes_it_unless_refreshed() 
         .unwrap();
     assert!(refreshed.until(|d| d.engine.is_synced(RELAY, doc)).await);
 }
+
+#[test]
+fn the_ready_line_names_the_http_endpoint_which_serves_health_and_metrics() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let http: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http= in the ready line")
+        .parse()
+        .unwrap();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics");
+    assert!(metrics.contains("weft_connections 0"), "{metrics}");
+    assert!(
+        metrics.contains("weft_fanout_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
