@@ -20,6 +20,7 @@ struct Relay {
     child: Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    ready: String,
 }
 
 impl Relay {
@@ -31,18 +32,18 @@ impl Relay {
         Self::start_with(dir, &[])
     }
 
+    /// Starts the relay with `extra` flags (`--http off` unless `extra` names `--http`) and
+    /// waits for its ready line.
     fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Relay {
+        let http_off: &[&str] = if extra.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "off"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
-            .args([
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "off",
-                "--data-dir",
-            ])
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
+            .args(http_off)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
@@ -52,18 +53,28 @@ impl Relay {
             })
             .spawn()
             .unwrap();
-        let mut line = String::new();
+        let mut ready = String::new();
         BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
+            .read_line(&mut ready)
             .unwrap();
-        assert!(line.starts_with("weft-relay ready"), "{line:?}");
-        let addr = line
+        assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
+        let addr = Self::ready_addr(&ready, "quic=");
+        Relay {
+            child,
+            addr,
+            dir,
+            ready,
+        }
+    }
+
+    /// The address the ready line gives after `prefix` (`quic=`, `http=`).
+    fn ready_addr(ready: &str, prefix: &str) -> SocketAddr {
+        ready
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("quic="))
-            .unwrap()
+            .find_map(|w| w.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {ready:?}"))
             .parse()
-            .unwrap();
-        Relay { child, addr, dir }
+            .unwrap()
     }
 
     fn token(&self, claims: &Claims) -> String {
@@ -463,32 +474,8 @@ async fn a_token_that_expires_on_a_live_connection_closes_it_unless_refreshed() 
 #[test]
 fn the_ready_line_names_the_http_endpoint_which_serves_health_and_metrics() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let http: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http= in the ready line")
-        .parse()
-        .unwrap();
+    let relay = Relay::start_with(tempfile::tempdir().unwrap(), &["--http", "127.0.0.1:0"]);
+    let http = Relay::ready_addr(&relay.ready, "http=");
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -504,6 +491,5 @@ fn the_ready_line_names_the_http_endpoint_which_serves_health_and_metrics() {
         metrics.contains("weft_fanout_latency_seconds_bucket"),
         "{metrics}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(relay);
 }
