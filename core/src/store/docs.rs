@@ -185,6 +185,14 @@ pub struct DocMeta {
     pub updated_at_ms: u64,
     /// When the document was deleted, if it was (ms since the Unix epoch).
     pub deleted_at_ms: Option<u64>,
+    /// Device side: the heads the relay or a peer last confirmed holding (lowercase hex).
+    pub confirmed_heads: Vec<String>,
+    /// Device side: when a relay or peer last confirmed this document in sync (ms since the
+    /// Unix epoch).
+    pub last_sync_ms: Option<u64>,
+    /// Device side: the relay no longer lets this device's user read the document (unshared or
+    /// deleted); the local copy is kept, read-only.
+    pub revoked: bool,
 }
 
 /// Why a document-store read failed.
@@ -824,6 +832,9 @@ pub(crate) mod tests {
             created_at_ms: 1,
             updated_at_ms: 2,
             deleted_at_ms: Some(3),
+            confirmed_heads: vec!["ab".into()],
+            last_sync_ms: Some(4),
+            revoked: true,
         };
         commit(&store, |b| put_meta(b, DOC, &meta)).unwrap();
         assert_eq!(load_meta(&store, DOC).unwrap(), Some(meta));

@@ -1,0 +1,173 @@
+//! The data directory of one device.
+//!
+//! | file          | what                                                        |
+//! |---------------|-------------------------------------------------------------|
+//! | `weft.redb`   | the document store (documents, sync states, metadata)       |
+//! | `device.pem`  | the device key and its self-signed certificate (mode 0600)  |
+//! | `device.json` | `{"name": ...}`, the device's display name                  |
+//! | `weft.sock`   | while a long-running command holds the store: its socket    |
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weft_core::quic::DeviceKey;
+
+use crate::DeviceError;
+
+/// A device's data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    path: PathBuf,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Info {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl DataDir {
+    /// The directory at `path` (nothing is created yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DataDir { path: path.into() }
+    }
+
+    /// The platform's data directory for weft (`$XDG_DATA_HOME/weft` on Linux).
+    pub fn platform_default() -> Option<Self> {
+        dirs::data_dir().map(|d| DataDir::new(d.join("weft")))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.path.join("weft.redb")
+    }
+
+    /// The device key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.path.join("device.pem")
+    }
+
+    /// The socket a long-running command listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        self.path.join("weft.sock")
+    }
+
+    fn info_path(&self) -> PathBuf {
+        self.path.join("device.json")
+    }
+
+    fn err(&self, what: impl std::fmt::Display) -> DeviceError {
+        DeviceError::DataDir {
+            path: self.path.clone(),
+            message: what.to_string(),
+        }
+    }
+
+    /// Creates the directory and the device key if missing, and returns the key. A name, when
+    /// given, replaces the stored one.
+    pub fn init(&self, name: Option<&str>) -> Result<DeviceKey, DeviceError> {
+        create_private_dir(&self.path).map_err(|e| self.err(format!("cannot create it: {e}")))?;
+        let key = match self.read_key()? {
+            Some(k) => k,
+            None => {
+                let key = DeviceKey::generate()?;
+                write_private(&self.key_path(), key.to_pem().as_bytes())
+                    .map_err(|e| self.err(format!("cannot write the device key: {e}")))?;
+                key
+            }
+        };
+        if let Some(name) = name {
+            let info = Info {
+                name: Some(name.to_owned()),
+            };
+            let text = serde_json::to_vec_pretty(&info).map_err(|e| self.err(e))?;
+            write_private(&self.info_path(), &text)
+                .map_err(|e| self.err(format!("cannot write device.json: {e}")))?;
+        }
+        Ok(key)
+    }
+
+    /// The device key, if the directory has one.
+    pub fn read_key(&self) -> Result<Option<DeviceKey>, DeviceError> {
+        match fs::read_to_string(self.key_path()) {
+            Ok(text) => Ok(Some(DeviceKey::from_pem(&text)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(format!("cannot read the device key: {e}"))),
+        }
+    }
+
+    /// The device's display name, if one was set.
+    pub fn name(&self) -> Option<String> {
+        let text = fs::read(self.info_path()).ok()?;
+        serde_json::from_slice::<Info>(&text).ok()?.name
+    }
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename), readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_idempotent_and_keeps_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("d"));
+        let a = dir.init(Some("laptop")).unwrap();
+        let b = dir.init(None).unwrap();
+        assert_eq!(a.device_id(), b.device_id());
+        assert_eq!(dir.name().as_deref(), Some("laptop"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.key_path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        fs::write(dir.key_path(), "not a key").unwrap();
+        assert!(matches!(dir.init(None), Err(DeviceError::Key(_))));
+    }
+}
