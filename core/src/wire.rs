@@ -31,7 +31,33 @@
 //!   | Ephemeral{doc, data} <---------------->  |  never stored
 //!   | Token{token} ------------------------->  |  refresh before `exp`
 //!   | <------------------ Docs{added,removed}  |  pushed when access changes
+//!   |                                          |
+//!   | Share{id, doc, user, role} ----------->  |  owner or admin only; durable, then
+//!   | Unshare{id, doc, user} --------------->  |  applied to live connections, then
+//!   | Delete{id, doc} ---------------------->  |  answered
+//!   | <--------------- Reply{id, doc, code}    |  same id; code None = done
 //! ```
+//!
+//! # Discovery
+//!
+//! Right after `Welcome` the relay lists every document the user may read: one
+//! `Docs{full: true}` (which replaces the receiver's list), then zero or more `Docs{full: false}`
+//! continuing it (at most a relay-chosen number of entries per message), then
+//! `DocsEnd{total, truncated}`. Until `DocsEnd` arrives the list is incomplete. Afterwards,
+//! `Docs{full: false}` deltas arrive whenever what the user may read changes (a share, unshare,
+//! delete, a new document of theirs, a refreshed token); an entry in `added` for a document
+//! already listed is a role change. A relay may repeat the whole listing (`full: true` ...
+//! `DocsEnd`) at any time, for example after it had to drop a delta for a slow receiver.
+//!
+//! # Control requests
+//!
+//! `Share`, `Unshare` and `Delete` carry an `id` the device chooses and are answered by one
+//! `Reply` with that id. They are idempotent (sharing again with the same role, unsharing a user
+//! who is not listed and deleting a deleted document all succeed), so a device may queue them
+//! while offline and resend any whose reply it did not see. The document must be on the relay
+//! already: send `Subscribe` for a new document before sharing it (the relay handles one
+//! connection's messages in order). A caller who is neither the owner nor holds an `admin` token
+//! gets [`ErrorCode::FORBIDDEN`] whether or not the document exists.
 //!
 //! `Sync` carries Automerge sync-protocol messages for peers that are behind (first contact, a
 //! reconnect, a missed change). Once both sides' heads match, new changes travel as `Changes`:
@@ -80,6 +106,11 @@ impl ErrorCode {
     pub const DELETED: ErrorCode = ErrorCode(9);
     /// The device key is not the one expected or allowed.
     pub const DEVICE_NOT_ALLOWED: ErrorCode = ErrorCode(10);
+    /// A size limit was reached (for example a document's access list is full).
+    pub const LIMIT_REACHED: ErrorCode = ErrorCode(11);
+    /// A well-formed request that cannot be carried out as asked (for example an empty user id);
+    /// unlike [`ErrorCode::MALFORMED`] the connection stays open.
+    pub const INVALID: ErrorCode = ErrorCode(12);
 }
 
 /// One document in a discovery list.
@@ -208,6 +239,56 @@ pub enum Message {
         /// Joined (`true`) or left.
         online: bool,
     },
+    /// The end of a full discovery listing (see the module docs).
+    DocsEnd {
+        /// How many entries the listing held.
+        total: u64,
+        /// The user may read more documents than the relay lists at once; the rest were left out.
+        truncated: bool,
+    },
+    /// Control: give `user` the role `role` on `doc` (replacing any role they had). Owner or
+    /// `admin` token only; answered by a [`Message::Reply`] with the same `id`.
+    Share {
+        /// Chosen by the device; the reply carries it back.
+        id: u64,
+        /// The document.
+        doc: DocId,
+        /// The user (a token `sub`) to share with.
+        user: String,
+        /// `rw` or `ro`.
+        role: Role,
+    },
+    /// Control: take `user` off `doc`'s access list. Owner or `admin` token only.
+    Unshare {
+        /// Chosen by the device; the reply carries it back.
+        id: u64,
+        /// The document.
+        doc: DocId,
+        /// The user to remove.
+        user: String,
+    },
+    /// Control: delete `doc` for everyone; its id can never be used again. Owner or `admin`
+    /// token only.
+    Delete {
+        /// Chosen by the device; the reply carries it back.
+        id: u64,
+        /// The document.
+        doc: DocId,
+    },
+    /// The answer to `Share`, `Unshare` or `Delete`: done (the change is durable and in force on
+    /// every live connection), or why not.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The request's document.
+        doc: DocId,
+        /// `None` when the request was carried out (or had already been); otherwise
+        /// [`ErrorCode::FORBIDDEN`], [`ErrorCode::DELETED`], [`ErrorCode::LIMIT_REACHED`],
+        /// [`ErrorCode::INVALID`], [`ErrorCode::RATE_LIMITED`] or [`ErrorCode::INTERNAL`].
+        code: Option<ErrorCode>,
+        /// A human-readable sentence (empty on success).
+        message: String,
+    },
 }
 
 impl Message {
@@ -217,7 +298,8 @@ impl Message {
             Message::Hello { .. }
             | Message::Welcome { .. }
             | Message::Token { .. }
-            | Message::Docs { .. } => None,
+            | Message::Docs { .. }
+            | Message::DocsEnd { .. } => None,
             Message::Error { doc, .. } => *doc,
             Message::Subscribe { doc }
             | Message::Subscribed { doc, .. }
@@ -226,7 +308,11 @@ impl Message {
             | Message::Changes { doc, .. }
             | Message::Ack { doc, .. }
             | Message::Ephemeral { doc, .. }
-            | Message::Presence { doc, .. } => Some(*doc),
+            | Message::Presence { doc, .. }
+            | Message::Share { doc, .. }
+            | Message::Unshare { doc, .. }
+            | Message::Delete { doc, .. }
+            | Message::Reply { doc, .. } => Some(*doc),
         }
     }
 }
@@ -411,6 +497,34 @@ mod tests {
                 doc: doc(),
                 heads: vec![ChangeHash([5; 32]), ChangeHash([6; 32])],
             },
+            Message::DocsEnd {
+                total: 12_000,
+                truncated: false,
+            },
+            Message::Share {
+                id: 7,
+                doc: doc(),
+                user: "bob".into(),
+                role: Role::ReadWrite,
+            },
+            Message::Unshare {
+                id: u64::MAX,
+                doc: doc(),
+                user: "bob".into(),
+            },
+            Message::Delete { id: 0, doc: doc() },
+            Message::Reply {
+                id: 7,
+                doc: doc(),
+                code: None,
+                message: String::new(),
+            },
+            Message::Reply {
+                id: 8,
+                doc: doc(),
+                code: Some(ErrorCode::FORBIDDEN),
+                message: "not permitted".into(),
+            },
         ]
     }
 
@@ -422,6 +536,20 @@ mod tests {
             let (back, used) = decode_frame(&f, DEFAULT_MAX_FRAME).unwrap().unwrap();
             assert_eq!(back, msg);
             assert_eq!(used, f.len());
+        }
+    }
+
+    #[test]
+    fn control_messages_and_replies_name_their_document() {
+        for msg in samples() {
+            match msg {
+                Message::Share { .. }
+                | Message::Unshare { .. }
+                | Message::Delete { .. }
+                | Message::Reply { .. } => assert_eq!(msg.doc(), Some(doc()), "{msg:?}"),
+                Message::DocsEnd { .. } | Message::Docs { .. } => assert_eq!(msg.doc(), None),
+                _ => {}
+            }
         }
     }
 
@@ -537,6 +665,33 @@ mod tests {
                     message
                 }
             ),
+            (any::<u64>(), doc.clone(), ".{0,20}", any::<bool>(), 0..3u8).prop_map(
+                |(id, doc, user, rw, kind)| {
+                    let role = if rw { Role::ReadWrite } else { Role::ReadOnly };
+                    match kind {
+                        0 => Message::Share {
+                            id,
+                            doc,
+                            user,
+                            role,
+                        },
+                        1 => Message::Unshare { id, doc, user },
+                        _ => Message::Delete { id, doc },
+                    }
+                }
+            ),
+            (
+                any::<u64>(),
+                doc.clone(),
+                proptest::option::of(any::<u16>()),
+                ".{0,40}"
+            )
+                .prop_map(|(id, doc, code, message)| Message::Reply {
+                    id,
+                    doc,
+                    code: code.map(ErrorCode),
+                    message
+                }),
             (
                 doc,
                 proptest::option::of(".{0,10}"),

@@ -969,8 +969,10 @@ impl Driver {
                         role: m.role.unwrap_or(Role::ReadWrite),
                     })
                     .collect();
-                // The whole list, the first message marked `full` (sent even when empty: the
-                // dialer waits for it before it calls itself synced).
+                // The whole list as the relay sends one: `Docs{full: true}` first (even when
+                // empty), continuations, then `DocsEnd`, which the dialer waits for before it
+                // calls itself synced.
+                let total = added.len() as u64;
                 let mut chunks: Vec<Vec<DocEntry>> =
                     added.chunks(1024).map(<[DocEntry]>::to_vec).collect();
                 if chunks.is_empty() {
@@ -986,6 +988,13 @@ impl Driver {
                         },
                     );
                 }
+                self.send(
+                    conn,
+                    Message::DocsEnd {
+                        total,
+                        truncated: false,
+                    },
+                );
             }
         }
     }
@@ -1037,13 +1046,7 @@ impl Driver {
                 added,
                 removed,
             } => {
-                if full {
-                    let link = self.conns.get(&conn).map(|c| c.link);
-                    if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
-                        l.discovered = true;
-                        self.status_dirty = true;
-                    }
-                }
+                let _ = full;
                 for e in added {
                     if kind == ConnKind::Relay {
                         if let Some(m) = self.metas.get_mut(&e.doc) {
@@ -1060,6 +1063,16 @@ impl Driver {
                     for doc in removed {
                         self.revoke(conn, doc, "no longer shared with this user".into());
                     }
+                }
+            }
+            Message::DocsEnd { truncated, .. } => {
+                if truncated {
+                    tracing::warn!("the relay listed only part of this user's documents");
+                }
+                let link = self.conns.get(&conn).map(|c| c.link);
+                if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                    l.discovered = true;
+                    self.status_dirty = true;
                 }
             }
             Message::Error {

@@ -263,11 +263,16 @@ fn classify(e: &TransportError) -> Ended {
 }
 
 fn describe(e: &TransportError) -> String {
+    if e.is_refused() {
+        return match e.connection_error() {
+            Some(quinn::ConnectionError::TransportError(t)) => {
+                format!("refused: the other side's certificate is not the one expected ({t})")
+            }
+            _ => "refused: the other side does not accept this device's key".to_owned(),
+        };
+    }
     match e.connection_error() {
         Some(quinn::ConnectionError::TimedOut) => "timed out".to_owned(),
-        Some(quinn::ConnectionError::TransportError(t)) if e.is_refused() => {
-            format!("the TLS handshake was refused ({t})")
-        }
         _ => e.to_string(),
     }
 }

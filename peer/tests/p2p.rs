@@ -1,0 +1,63 @@
+//! `weft p2p listen` and `weft sync --peer`: two devices of one user, no relay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, Dev};
+
+/// Two devices edit one conversation offline, 50 messages each, then sync directly: the same
+/// 100 messages, byte for byte, and equal heads.
+#[test]
+fn two_devices_converge_peer_to_peer_after_editing_offline() {
+    let (a, b) = (Dev::new(), Dev::new());
+    let (ida, idb) = (a.init(), b.init());
+    let doc = a.new_conversation("Weekend");
+
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut listen = b.spawn(&["p2p", "listen", "--listen", &addr, "--allow", &ida]);
+    assert_eq!(listen.first_line(), idb, "p2p listen prints its device id first");
+    a.ok(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"]);
+    assert_eq!(b.heads(&doc), a.heads(&doc), "the listener got the document");
+    listen.kill();
+
+    // Offline on both sides.
+    for i in 0..50 {
+        a.ok(&["msg", "send", &doc, &format!("a{i}"), "--author", "me"]);
+        b.ok(&["msg", "send", &doc, &format!("b{i}"), "--author", "me"]);
+    }
+    let mut listen = b.spawn(&["p2p", "listen", "--listen", &addr, "--allow", &ida]);
+    assert_eq!(listen.first_line(), idb);
+    a.ok(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"]);
+    // While the listener runs, commands on its directory are handed to it.
+    assert_eq!(a.msgs_json(&doc), b.msgs_json(&doc));
+    assert_eq!(a.msg_count(&doc), 100);
+    assert_eq!(a.heads(&doc), b.heads(&doc));
+
+    // A write on the listener's device while a watching dialer is connected reaches it.
+    let _watch = a.spawn(&["sync", "--peer", &addr, "--peer-key", &idb, "--watch"]);
+    b.ok(&["msg", "send", &doc, "live from b"]);
+    wait_for(Duration::from_secs(15), "the live message", || a.msg_count(&doc) == 101);
+    a.ok(&["msg", "send", &doc, "live from a"]);
+    wait_for(Duration::from_secs(15), "the reply", || b.msg_count(&doc) == 102);
+    assert_eq!(listen.terminate().code(), Some(0));
+}
+
+/// A device not on `--allow`, and a dialer pinning the wrong key, are refused with 3.
+#[test]
+fn unknown_devices_and_wrong_keys_are_refused() {
+    let (a, b, stranger) = (Dev::new(), Dev::new(), Dev::new());
+    let (ida, idb) = (a.init(), b.init());
+    let ids = stranger.init();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut listen = b.spawn(&["p2p", "listen", "--listen", &addr, "--allow", &ida]);
+    assert_eq!(listen.first_line(), idb);
+    let err = stranger.fails(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"], 3);
+    assert!(err.contains("refused"), "{err}");
+    // A pins the wrong key (the stranger's) for B.
+    a.fails(&["sync", "--peer", &addr, "--peer-key", &ids, "--once"], 3);
+    // The right key works.
+    a.ok(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"]);
+    // A malformed key is a usage error.
+    a.fails(&["sync", "--peer", &addr, "--peer-key", "xyz", "--once"], 2);
+}
