@@ -16,7 +16,7 @@ use weft_core::{DeviceId, DocId};
 use weft_schema as schema;
 
 use crate::status::{LinkState, SyncState};
-use crate::{unix_ms, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, TokenSource};
+use crate::{unix_ms, ControlOp, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, TokenSource};
 
 /// Exit statuses (the contract's).
 pub mod exit {
@@ -108,6 +108,30 @@ pub enum DocCmd {
     },
     /// Print the document's heads, lowercase hex, sorted, one per line.
     Heads {
+        /// The document.
+        doc: DocId,
+    },
+    /// Share the document with a user (owner only; takes effect at the next sync).
+    Share {
+        /// The document.
+        doc: DocId,
+        /// The user (their token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Their role.
+        #[arg(long, default_value = "rw")]
+        role: weft_core::Role,
+    },
+    /// Take a user off the document's access list (owner only).
+    Unshare {
+        /// The document.
+        doc: DocId,
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete the document for everyone (owner only). This device keeps its copy, read-only.
+    Delete {
         /// The document.
         doc: DocId,
     },
@@ -429,6 +453,7 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
                             "title": title,
                             "role": i.role.map(|r| r.as_str()),
                             "shared": !i.revoked,
+                            "deleted": i.deleted,
                             "last_sync": i.last_sync_ms.map(rfc3339),
                         })
                     })
@@ -442,7 +467,7 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
                         i.id,
                         i.kind.as_deref().unwrap_or("-"),
                         title.unwrap_or_default(),
-                        if i.revoked { "  (no longer shared)" } else { "" }
+                        if i.deleted { "  (deleted)" } else if i.revoked { "  (no longer shared)" } else { "" }
                     ));
                 }
                 sink.out(text).await
@@ -480,6 +505,9 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             };
             sink.out(text).await
         }
+        DocCmd::Share { doc, user, role } => control(device, ControlOp::Share { doc, user, role }, sink).await,
+        DocCmd::Unshare { doc, user } => control(device, ControlOp::Unshare { doc, user }, sink).await,
+        DocCmd::Delete { doc } => control(device, ControlOp::Delete { doc }, sink).await,
         DocCmd::Heads { doc } => {
             check_exists(device, doc).await?;
             let heads = device.read(doc, |am| am.get_heads()).await?;
@@ -487,6 +515,32 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             hex.sort();
             let text: String = hex.into_iter().map(|h| h + "\n").collect();
             sink.out(text).await
+        }
+    }
+}
+
+/// Queues a sharing or deletion request. When a relay connection is up (a running
+/// `sync --watch` holds the directory), waits for the relay's answer; otherwise it goes at the
+/// next sync.
+async fn control(device: &Device, op: ControlOp, sink: &Sink) -> Result<(), Failure> {
+    check_exists(device, op.doc()).await?;
+    let online = device
+        .status()
+        .borrow()
+        .links
+        .values()
+        .any(|l| l.state == LinkState::Online && l.name.starts_with("relay "));
+    let answer = device.control(op).await?;
+    if !online {
+        sink.err("queued: takes effect at the next sync").await;
+        return Ok(());
+    }
+    match tokio::time::timeout(Duration::from_secs(15), answer).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => Err(Failure::new(exit::REFUSED, format!("the relay refused: {why}"))),
+        Ok(Err(_)) | Err(_) => {
+            sink.err("queued: the relay has not answered yet; it takes effect at the next sync").await;
+            Ok(())
         }
     }
 }
@@ -823,6 +877,9 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
                 sink.err(format!("skipped {doc}: the relay refused it")).await;
             }
         }
+    }
+    if !l.control_errors.is_empty() {
+        return Err(Failure::new(exit::REFUSED, format!("the relay refused: {}", l.control_errors.join("; "))));
     }
     if !refused_requested.is_empty() {
         let list: Vec<String> = refused_requested.iter().map(|d| d.to_string()).collect();

@@ -83,10 +83,20 @@ pub enum Event {
         online: bool,
     },
     /// The relay refused this device's changes to a read-only document; they were not applied
-    /// there.
+    /// there. The local version was kept aside (at `kept`, an Automerge file) and the document
+    /// returns to the relay's version.
     Rejected {
         /// The document.
         doc: DocId,
+        /// Where the rejected version was saved, if it could be.
+        kept: Option<std::path::PathBuf>,
+    },
+    /// A relay answered a share, unshare or delete request.
+    Control {
+        /// The request.
+        op: ControlOp,
+        /// `Ok` when done; otherwise why not.
+        result: Result<(), String>,
     },
     /// The relay refused the document (not permitted, or deleted).
     Refused {
@@ -110,6 +120,8 @@ pub struct DocInfo {
     pub owner: Option<String>,
     /// Whether the relay no longer shares it with this user.
     pub revoked: bool,
+    /// Whether it was deleted (by this device's request).
+    pub deleted: bool,
     /// The heads a relay or peer last confirmed, lowercase hex.
     pub confirmed_heads: Vec<String>,
     /// When a relay or peer last confirmed it in sync (ms since the Unix epoch).
@@ -124,11 +136,65 @@ impl DocInfo {
             role: m.role,
             owner: m.owner.clone(),
             revoked: m.revoked,
+            deleted: m.deleted_at_ms.is_some(),
             confirmed_heads: m.confirmed_heads.clone(),
             last_sync_ms: m.last_sync_ms,
         }
     }
 }
+
+/// A sharing or lifecycle request for the relay, queued durably until a relay answers.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlOp {
+    /// Give `user` `role` on `doc`.
+    Share {
+        /// The document.
+        doc: DocId,
+        /// The user.
+        user: String,
+        /// The role.
+        role: Role,
+    },
+    /// Take `user` off `doc`'s access list.
+    Unshare {
+        /// The document.
+        doc: DocId,
+        /// The user.
+        user: String,
+    },
+    /// Delete `doc` for everyone.
+    Delete {
+        /// The document.
+        doc: DocId,
+    },
+}
+
+impl ControlOp {
+    /// The document concerned.
+    pub fn doc(&self) -> DocId {
+        match self {
+            ControlOp::Share { doc, .. } | ControlOp::Unshare { doc, .. } | ControlOp::Delete { doc } => *doc,
+        }
+    }
+
+    fn message(&self, id: u64) -> Message {
+        match self.clone() {
+            ControlOp::Share { doc, user, role } => Message::Share { id, doc, user, role },
+            ControlOp::Unshare { doc, user } => Message::Unshare { id, doc, user },
+            ControlOp::Delete { doc } => Message::Delete { id, doc },
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Queued {
+    id: u64,
+    op: ControlOp,
+}
+
+/// Most requests waiting for a relay at once.
+const MAX_OUTBOX: usize = 10_000;
 
 type ChangeFn = Box<dyn FnOnce(&mut Automerge) -> Box<dyn Any + Send> + Send>;
 type ReadFn = Box<dyn FnOnce(&Document) -> Box<dyn Any + Send> + Send>;
@@ -182,6 +248,7 @@ pub(crate) enum Cmd {
     Inbound(ConnId, Message),
     Closed(ConnId),
     Ephemeral(DocId, Vec<u8>),
+    Control(ControlOp, oneshot::Sender<Result<oneshot::Receiver<Result<(), String>>, DeviceError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -230,6 +297,19 @@ impl Device {
                 .await
                 .map_err(|e| DeviceError::Connection(format!("store read task failed: {e}")))??
         };
+        let outbox: Vec<Queued> = match std::fs::read(dir.outbox_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeviceError::DataDir {
+                path: dir.outbox_path(),
+                message: format!("unreadable request queue: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(DeviceError::DataDir {
+                    path: dir.outbox_path(),
+                    message: e.to_string(),
+                })
+            }
+        };
         let group = Arc::new(GroupCommit::new(store)?);
         let (cmd_tx, cmd_rx) = mpsc::channel(CMD_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -258,6 +338,10 @@ impl Device {
             status_dirty: false,
             dirty_metas: HashSet::new(),
             device: key.device_id(),
+            dir: dir.clone(),
+            resetting: HashSet::new(),
+            outbox,
+            control_waiters: HashMap::new(),
         };
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(driver.run(cmd_rx));
@@ -383,6 +467,13 @@ impl Device {
         self.cmd(Cmd::Ephemeral(doc, data)).await
     }
 
+    /// Queues a sharing or deletion request for the relay (durably, so it survives restarts and
+    /// is sent at the next connection). Returns once it is queued, with a receiver for the
+    /// relay's answer.
+    pub async fn control(&self, op: ControlOp) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
+        self.ask(|r| Cmd::Control(op, r)).await?
+    }
+
     /// Keeps a connection to a relay, reconnecting with backoff until the handle is dropped or
     /// stopped.
     pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
@@ -451,6 +542,8 @@ fn load_metas(store: &dyn KvStore) -> Result<HashMap<DocId, DocMeta>, DeviceErro
 
 enum Done {
     Committed(Waiting, Result<(), StoreError>),
+    /// A document's store was emptied to take the relay's version again.
+    Reset(DocId, Result<(), StoreError>),
     /// A metadata batch.
     Meta(Result<(), StoreError>),
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
@@ -488,6 +581,12 @@ struct Driver {
     status_dirty: bool,
     dirty_metas: HashSet<DocId>,
     device: DeviceId,
+    dir: DataDir,
+    /// Documents being reset to the relay's version.
+    resetting: HashSet<DocId>,
+    /// Requests for the relay not yet answered, oldest first.
+    outbox: Vec<Queued>,
+    control_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
 }
 
 impl Driver {
@@ -623,6 +722,7 @@ impl Driver {
                     self.host.engine().remove_conn(conn);
                     if let Some(l) = self.links.get_mut(&c.link) {
                         l.discovered = false;
+                        l.pending_controls = 0;
                         for d in l.docs.values_mut() {
                             if d.state != SyncState::Refused {
                                 d.state = SyncState::Offline;
@@ -649,8 +749,161 @@ impl Driver {
                     self.send(conn, msg);
                 }
             }
+            Cmd::Control(op, reply) => {
+                let _ = reply.send(self.queue_control(op));
+            }
             Cmd::Shutdown(_) => {}
         }
+    }
+
+    fn save_outbox(&self) -> Result<(), DeviceError> {
+        let bytes = serde_json::to_vec(&self.outbox).map_err(|e| DeviceError::DataDir {
+            path: self.dir.outbox_path(),
+            message: e.to_string(),
+        })?;
+        crate::dir::write_private(&self.dir.outbox_path(), &bytes).map_err(|e| DeviceError::DataDir {
+            path: self.dir.outbox_path(),
+            message: format!("cannot write the request queue: {e}"),
+        })
+    }
+
+    fn queue_control(&mut self, op: ControlOp) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
+        if self.outbox.len() >= MAX_OUTBOX {
+            return Err(DeviceError::Connection(format!(
+                "{MAX_OUTBOX} requests are already waiting for a relay"
+            )));
+        }
+        let id: u64 = rand::random();
+        self.outbox.push(Queued { id, op: op.clone() });
+        if let Err(e) = self.save_outbox() {
+            self.outbox.pop();
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.control_waiters.insert(id, tx);
+        let relays: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.kind == ConnKind::Relay)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in relays {
+            self.send(conn, op.message(id));
+            self.note_control_sent(conn);
+        }
+        Ok(rx)
+    }
+
+    fn note_control_sent(&mut self, conn: ConnId) {
+        let link = self.conns.get(&conn).map(|c| c.link);
+        if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+            l.pending_controls += 1;
+            self.status_dirty = true;
+        }
+    }
+
+    fn on_reply(&mut self, conn: ConnId, id: u64, code: Option<ErrorCode>, message: String) {
+        let link = self.conns.get(&conn).map(|c| c.link);
+        if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+            l.pending_controls = l.pending_controls.saturating_sub(1);
+            self.status_dirty = true;
+        }
+        let Some(pos) = self.outbox.iter().position(|q| q.id == id) else {
+            return;
+        };
+        let q = self.outbox.remove(pos);
+        if let Err(e) = self.save_outbox() {
+            tracing::error!(error = %e, "cannot update the request queue");
+        }
+        let result = match code {
+            None => {
+                if let ControlOp::Delete { doc } = q.op {
+                    if let Some(m) = self.metas.get_mut(&doc) {
+                        m.deleted_at_ms = Some(unix_ms());
+                        m.revoked = true;
+                        self.dirty_metas.insert(doc);
+                    }
+                }
+                Ok(())
+            }
+            Some(code) => {
+                let why = if message.is_empty() {
+                    format!("refused with code {}", code.0)
+                } else {
+                    message
+                };
+                if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                    l.control_errors.push(format!("{}: {why}", q.op.doc()));
+                }
+                Err(why)
+            }
+        };
+        if let Some(w) = self.control_waiters.remove(&id) {
+            let _ = w.send(result.clone());
+        }
+        let _ = self.events.send(Event::Control { op: q.op, result });
+    }
+
+    /// The relay refused this device's changes to `doc` (read-only): keep the local version
+    /// aside, empty the document in the store and take the relay's version again, so the
+    /// device never diverges from the relay for good.
+    fn reset_to_remote(&mut self, doc: DocId) {
+        if !self.resetting.insert(doc) {
+            return;
+        }
+        let saved = self.host.engine().read(doc, |d| d.save()).ok();
+        let kept = saved.and_then(|bytes| {
+            let dir = self.dir.rejected_path();
+            let path = dir.join(format!("{doc}-{}.automerge", unix_ms()));
+            let r = std::fs::create_dir_all(&dir)
+                .and_then(|()| crate::dir::write_private(&path, &bytes));
+            match r {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    tracing::error!(%doc, error = %e, "cannot keep the rejected version aside");
+                    None
+                }
+            }
+        });
+        if kept.is_none() {
+            // Without a copy aside the local changes would be lost: keep the document as it is
+            // (read-only); it stays out of sync with the relay until the app resolves it.
+            self.resetting.remove(&doc);
+            let _ = self.events.send(Event::Rejected { doc, kept: None });
+            return;
+        }
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(id, c)| c.docs.remove(&doc).then_some(*id))
+            .collect();
+        for conn in &conns {
+            self.send(*conn, Message::Unsubscribe { doc });
+            // Still syncing as far as the app can tell: the document is asked for again once
+            // the store is reset.
+            let link = self.conns.get(conn).map(|c| c.link);
+            if let Some(d) = link
+                .and_then(|l| self.links.get_mut(&l))
+                .and_then(|l| l.docs.get_mut(&doc))
+            {
+                d.state = SyncState::Syncing;
+                self.status_dirty = true;
+            }
+        }
+        self.host.engine().forget(doc);
+        self.announced.remove(&doc);
+        let mut meta = self.metas.get(&doc).cloned().unwrap_or_default();
+        meta.role = Some(Role::ReadOnly);
+        meta.confirmed_heads.clear();
+        self.metas.insert(doc, meta.clone());
+        self.dirty_metas.remove(&doc);
+        let mut batch = WriteBatch::new();
+        docs::delete_doc(&mut batch, doc);
+        docs::put_meta(&mut batch, doc, &meta);
+        let ticket = self.group.submit(batch);
+        self.tasks.spawn(async move { Done::Reset(doc, ticket.await) });
+        tracing::warn!(%doc, kept = ?kept, "the relay refused local changes to a read-only document; kept them aside and taking the relay's version");
+        let _ = self.events.send(Event::Rejected { doc, kept });
     }
 
     fn create(&mut self, kind: Option<String>, init: ChangeFn, reply: Reply<DocId>) {
@@ -754,6 +1007,21 @@ impl Driver {
                 tracing::error!(error = %e, "writing document metadata failed");
             }
             Done::Meta(Ok(())) => {}
+            Done::Reset(doc, result) => {
+                self.resetting.remove(&doc);
+                if let Err(e) = result {
+                    tracing::error!(%doc, error = %e, "resetting a document failed");
+                }
+                let relays: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.kind == ConnKind::Relay)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for conn in relays {
+                    self.ask_for(conn, doc);
+                }
+            }
             Done::Committed(what, result) => {
                 if let (Waiting::Persist(id), Err(e)) = (what, &result) {
                     if let Some((reply, _)) = self.waiters.remove(&id) {
@@ -848,7 +1116,12 @@ impl Driver {
                 reason: Rejection::ReadOnly,
                 ..
             } => {
-                let _ = self.events.send(Event::Rejected { doc });
+                let _ = self.events.send(Event::Rejected { doc, kept: None });
+            }
+            Output::Unaccepted { conn, doc } => {
+                if self.conns.get(&conn).is_some_and(|c| c.kind == ConnKind::Relay) {
+                    self.reset_to_remote(doc);
+                }
             }
             Output::ProtocolError { conn, doc, error } => {
                 tracing::warn!(%doc, %error, "closing a connection that sent an invalid message");
@@ -945,6 +1218,7 @@ impl Driver {
                 lagging: HashSet::new(),
             },
         );
+        let is_relay = reg.kind == ConnKind::Relay;
         match reg.kind {
             ConnKind::Relay | ConnKind::Dialer => {
                 let mut want: Vec<DocId> = self
@@ -995,6 +1269,15 @@ impl Driver {
                         truncated: false,
                     },
                 );
+            }
+        }
+        // Queued requests go after the subscriptions: a document created offline reaches the
+        // relay (which handles a connection's messages in order) before it is shared.
+        if is_relay {
+            let queued: Vec<Queued> = self.outbox.clone();
+            for q in queued {
+                self.send(conn, q.op.message(q.id));
+                self.note_control_sent(conn);
             }
         }
     }
@@ -1065,6 +1348,12 @@ impl Driver {
                     }
                 }
             }
+            Message::Reply {
+                id,
+                code,
+                message,
+                ..
+            } if kind == ConnKind::Relay => self.on_reply(conn, id, code, message),
             Message::DocsEnd { truncated, .. } => {
                 if truncated {
                     tracing::warn!("the relay listed only part of this user's documents");
@@ -1085,7 +1374,18 @@ impl Driver {
                         m.role = Some(Role::ReadOnly);
                         self.dirty_metas.insert(doc);
                     }
-                    let _ = self.events.send(Event::Rejected { doc });
+                    if kind == ConnKind::Relay {
+                        self.reset_to_remote(doc);
+                    } else {
+                        let _ = self.events.send(Event::Rejected { doc, kept: None });
+                    }
+                }
+                ErrorCode::FORBIDDEN | ErrorCode::DELETED
+                    if !self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc)) =>
+                {
+                    // About a document this connection no longer asks for (a reset in
+                    // progress, or messages that crossed an unsubscribe): nothing to do.
+                    tracing::debug!(%doc, ?code, "refusal for a document not asked for");
                 }
                 ErrorCode::FORBIDDEN | ErrorCode::DELETED => {
                     let reason = if message.is_empty() {
@@ -1174,7 +1474,9 @@ impl Driver {
             });
         let opts = OpenOptions {
             accept_changes: true,
-            send_changes: role.can_write() || kind != ConnKind::Relay,
+            // Changes are offered even on a read-only grant: local changes made before the
+            // device knew its role draw a READ_ONLY refusal, which resets the document.
+            send_changes: true,
             stable_peer: Some(peer_key),
             saved_sync_state: saved,
         };

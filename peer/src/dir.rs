@@ -6,6 +6,8 @@
 //! | `device.pem`  | the device key and its self-signed certificate (mode 0600)  |
 //! | `device.json` | `{"name": ...}`, the device's display name                  |
 //! | `weft.sock`   | while a long-running command holds the store: its socket    |
+//! | `outbox.json` | share/unshare/delete requests queued for the relay          |
+//! | `rejected/`   | local versions the relay refused (read-only), kept aside    |
 
 use std::fs;
 use std::io::Write;
@@ -57,6 +59,16 @@ impl DataDir {
     /// The socket a long-running command listens on.
     pub fn socket_path(&self) -> PathBuf {
         self.path.join("weft.sock")
+    }
+
+    /// Where rejected local changes are kept (one Automerge file per rejected version).
+    pub fn rejected_path(&self) -> PathBuf {
+        self.path.join("rejected")
+    }
+
+    /// The queue of sharing and deletion requests not yet answered by a relay.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.path.join("outbox.json")
     }
 
     fn info_path(&self) -> PathBuf {
@@ -122,7 +134,7 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

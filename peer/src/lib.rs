@@ -29,7 +29,7 @@ mod status;
 pub mod cli;
 pub mod ipc;
 
-pub use device::{Device, Event, EventOrigin, DocInfo};
+pub use device::{ControlOp, Device, DocInfo, Event, EventOrigin};
 pub use dir::DataDir;
 pub use error::DeviceError;
 pub use net::{LinkHandle, PeerConfig, RelayConfig, TokenSource};

@@ -57,6 +57,10 @@ pub struct LinkStatus {
     pub refused: bool,
     /// Whether the other side's list of documents (discovery) has arrived on this connection.
     pub discovered: bool,
+    /// Share, unshare and delete requests sent on this connection and not yet answered.
+    pub pending_controls: usize,
+    /// Requests the relay refused, one sentence each.
+    pub control_errors: Vec<String>,
     /// The documents on this link.
     pub docs: BTreeMap<DocId, DocStatus>,
 }
@@ -77,6 +81,8 @@ impl LinkStatus {
             last_error: None,
             refused: false,
             discovered: false,
+            pending_controls: 0,
+            control_errors: Vec::new(),
             docs: BTreeMap::new(),
         }
     }
@@ -84,6 +90,7 @@ impl LinkStatus {
     /// Whether every document on the link is synced or refused (and the link is online).
     pub fn settled(&self) -> bool {
         self.state == LinkState::Online
+            && self.pending_controls == 0
             && self
                 .docs
                 .values()

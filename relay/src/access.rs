@@ -8,10 +8,12 @@
 //!   from either source;
 //! - a document's own content never grants anything.
 //!
-//! Every refusal is the same [`Decision::Refused`], whether or not the document exists.
+//! Every refusal is the same [`Decision::Refused`], whether or not the document exists. Only
+//! [`refusal_code`] tells a deleted document's former members that it was deleted.
 
 use weft_core::store::DocMeta;
-use weft_core::Role;
+use weft_core::wire::ErrorCode;
+use weft_core::{DocId, Role};
 
 use crate::Claims;
 
@@ -29,7 +31,7 @@ pub enum Decision {
 
 /// Decides what `claims` may do with a document whose relay metadata is `meta` (`None`: the
 /// relay has never stored it).
-pub fn decide(claims: &Claims, doc: &weft_core::DocId, meta: Option<&DocMeta>) -> Decision {
+pub fn decide(claims: &Claims, doc: &DocId, meta: Option<&DocMeta>) -> Decision {
     let granted = claims.role_for(doc);
     let Some(meta) = meta else {
         return match granted {
@@ -58,10 +60,36 @@ pub fn decide(claims: &Claims, doc: &weft_core::DocId, meta: Option<&DocMeta>) -
     }
 }
 
+/// The role `claims` may sync `doc` with (`None`: refused). Creating gives the creator `rw`.
+pub fn readable_role(claims: &Claims, doc: &DocId, meta: Option<&DocMeta>) -> Option<Role> {
+    match decide(claims, doc, meta) {
+        Decision::Allowed(role) => Some(role),
+        Decision::Create => Some(Role::ReadWrite),
+        Decision::Refused => None,
+    }
+}
+
+/// The error code of a refusal: [`ErrorCode::DELETED`] for a deleted document's owner, listed
+/// users, token grantees and admins, [`ErrorCode::FORBIDDEN`] for everyone else, so a stranger
+/// learns nothing about the document.
+pub fn refusal_code(claims: &Claims, doc: &DocId, meta: Option<&DocMeta>) -> ErrorCode {
+    let member = meta.is_some_and(|m| {
+        m.deleted_at_ms.is_some()
+            && (claims.admin
+                || m.owner.as_deref() == Some(claims.sub.as_str())
+                || m.access.contains_key(&claims.sub)
+                || claims.role_for(doc).is_some())
+    });
+    if member {
+        ErrorCode::DELETED
+    } else {
+        ErrorCode::FORBIDDEN
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_core::DocId;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -126,6 +154,38 @@ mod tests {
             decide(&plain, &doc(), Some(&listed)),
             Decision::Allowed(Role::ReadOnly)
         );
+    }
+
+    #[test]
+    fn only_former_members_learn_that_a_document_was_deleted() {
+        let mut deleted = owned_by("alice");
+        deleted.access.insert("bob".into(), Role::ReadOnly);
+        deleted.deleted_at_ms = Some(1);
+        let alice = Claims::new("alice", NOW, 60).with_create(true);
+        let bob = Claims::new("bob", NOW, 60);
+        let granted = Claims::new("carol", NOW, 60).with_doc(doc(), Role::ReadOnly);
+        let stranger = Claims::new("mallory", NOW, 60).with_create(true);
+        for member in [&alice, &bob, &granted] {
+            assert_eq!(decide(member, &doc(), Some(&deleted)), Decision::Refused);
+            assert_eq!(
+                refusal_code(member, &doc(), Some(&deleted)),
+                ErrorCode::DELETED
+            );
+        }
+        assert_eq!(
+            refusal_code(&stranger, &doc(), Some(&deleted)),
+            ErrorCode::FORBIDDEN
+        );
+        assert_eq!(
+            refusal_code(&stranger, &doc(), Some(&owned_by("alice"))),
+            ErrorCode::FORBIDDEN
+        );
+        assert_eq!(refusal_code(&stranger, &doc(), None), ErrorCode::FORBIDDEN);
+        assert_eq!(
+            readable_role(&stranger, &doc(), None),
+            Some(Role::ReadWrite)
+        );
+        assert_eq!(readable_role(&bob, &doc(), Some(&deleted)), None);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 
 /// The longest token examined, in bytes. Longer input is refused unread.
 pub const MAX_TOKEN_LEN: usize = 1024 * 1024;
+/// The longest user id (`sub`, or a user named in a share), in bytes: user ids key the relay's
+/// access lists and per-user index.
+pub const MAX_USER_LEN: usize = 256;
 
 /// What a verified token says about its holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,7 +282,8 @@ impl Verifier {
     fn check_claims(&self, wire: WireClaimsIn, now: u64) -> Result<Claims, AuthError> {
         let leeway = self.leeway;
         let sub = match wire.sub {
-            Some(sub) if !sub.is_empty() => sub,
+            Some(sub) if !sub.is_empty() && sub.len() <= MAX_USER_LEN => sub,
+            Some(sub) if !sub.is_empty() => return Err(bad_claims("sub is longer than 256 bytes")),
             _ => return Err(bad_claims("sub is missing or empty")),
         };
         let exp = numeric_date(wire.exp, "exp")?.ok_or(AuthError::MissingExp)?;

@@ -10,8 +10,13 @@
 //!
 //! Commit tickets and document loads run as tasks in the hub's `JoinSet`s and report back into
 //! the same loop, so the engine is only ever touched from this task.
+//!
+//! Sharing, discovery and revocation live in `hub/control.rs`: control requests are checked
+//! ([`crate::sharing`]), committed, and only once durable applied to live connections (ended
+//! or re-opened subscriptions, `Docs` deltas to every connection of each affected user) and
+//! answered.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,13 +25,19 @@ use tokio::task::JoinSet;
 use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::{self as docstore, DocStoreError};
-use weft_core::store::{DocMeta, GroupCommit, StoreError, WriteBatch};
+use weft_core::store::{DocMeta, GroupCommit, StoreError};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
-use crate::access::{decide, Decision};
+use crate::access::{decide, refusal_code, Decision};
 use crate::metrics::Metrics;
+use crate::server::RateLimit;
+use crate::sharing::{self, Change};
 use crate::{Claims, Verifier};
+
+mod control;
+
+use control::QueuedControl;
 
 /// Hub limits.
 #[derive(Clone, Debug)]
@@ -39,6 +50,16 @@ pub struct HubConfig {
     pub engine: EngineConfig,
     /// Store tuning.
     pub host: HostConfig,
+    /// Users one document's access list may name.
+    pub max_access_list: usize,
+    /// Documents listed to one connection at once (more are left out, and `DocsEnd` says so).
+    pub max_listed_docs: usize,
+    /// Entries per `Docs` message.
+    pub docs_per_message: usize,
+    /// Control requests (share, unshare, delete) a connection may send in a burst.
+    pub control_burst: u32,
+    /// Control requests per second a connection may send once its burst is spent.
+    pub control_rate: u32,
 }
 
 impl Default for HubConfig {
@@ -48,6 +69,11 @@ impl Default for HubConfig {
             max_docs_per_conn: 10_000,
             engine: EngineConfig::relay(),
             host: HostConfig::default(),
+            max_access_list: 1_000,
+            max_listed_docs: 100_000,
+            docs_per_message: 1_000,
+            control_burst: 1_000,
+            control_rate: 100,
         }
     }
 }
@@ -57,6 +83,9 @@ impl Default for HubConfig {
 pub enum Outbound {
     /// An encoded frame (shared: the same bytes go to every subscriber).
     Frame(Arc<Vec<u8>>),
+    /// An encoded `Ephemeral` or `Presence` frame: best-effort, so the transport may send it
+    /// unreliably (a QUIC datagram when it fits), out of order with the stream's frames.
+    Ephemeral(Arc<Vec<u8>>),
     /// Send this error, then close the connection.
     Close {
         /// Why.
@@ -102,6 +131,12 @@ struct Conn {
     /// Documents whose messages were dropped on a full queue: resync once it drains.
     lagging: HashSet<DocId>,
     closing: bool,
+    /// Control requests allowed from this connection.
+    control_rate: RateLimit,
+    /// A discovery message was dropped on a full queue: list everything again once it drains.
+    relist: bool,
+    /// Control replies that did not fit in the queue, in order (bounded).
+    replies: VecDeque<Arc<Vec<u8>>>,
 }
 
 enum Done {
@@ -111,7 +146,15 @@ enum Done {
     Subscribe {
         conn: ConnId,
         doc: DocId,
-        role: Role,
+        /// The subscription created the document (its owner record was just committed).
+        created: bool,
+        result: Result<(), StoreError>,
+    },
+    /// A control request's change was committed (or failed to be).
+    Control {
+        doc: DocId,
+        request: QueuedControl,
+        change: Box<Change>,
         result: Result<(), StoreError>,
     },
 }
@@ -125,8 +168,13 @@ pub struct Hub {
     conns: HashMap<ConnId, Conn>,
     /// Subscribers per document.
     subscribers: HashMap<DocId, BTreeMap<ConnId, Role>>,
-    /// Relay metadata of documents with subscribers (owner, access list, deletion).
+    /// Relay metadata of documents with subscribers (owner, access list, deletion), as durable
+    /// (an owner record being committed is the one exception).
     metas: HashMap<DocId, DocMeta>,
+    /// Live connections per user, for discovery deltas.
+    users: HashMap<String, HashSet<ConnId>>,
+    /// Control requests per document: the first is being committed, the rest wait for it.
+    controls: HashMap<DocId, VecDeque<QueuedControl>>,
     tasks: JoinSet<Done>,
     start: Instant,
     metrics: Arc<Metrics>,
@@ -155,6 +203,8 @@ impl Hub {
             conns: HashMap::new(),
             subscribers: HashMap::new(),
             metas: HashMap::new(),
+            users: HashMap::new(),
+            controls: HashMap::new(),
             tasks: JoinSet::new(),
             start: Instant::now(),
             metrics,
@@ -166,6 +216,7 @@ impl Hub {
     /// waits for every write in flight. Cancel safety: dropping the future loses no acknowledged
     /// write (acks are sent only after commits), but in-flight commits are not awaited.
     pub async fn run(mut self, mut events: mpsc::Receiver<HubEvent>) {
+        self.index_upgrade().await;
         let mut resync_timer = tokio::time::interval(Duration::from_millis(500));
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -232,6 +283,10 @@ impl Hub {
                     device,
                     max_frame: self.cfg.max_frame as u32,
                 };
+                self.users
+                    .entry(claims.sub.clone())
+                    .or_default()
+                    .insert(conn);
                 self.conns.insert(
                     conn,
                     Conn {
@@ -241,10 +296,14 @@ impl Hub {
                         docs: HashMap::new(),
                         lagging: HashSet::new(),
                         closing: false,
+                        control_rate: RateLimit::new(self.cfg.control_burst, self.cfg.control_rate),
+                        relist: false,
+                        replies: VecDeque::new(),
                     },
                 );
                 self.host.engine().add_conn(conn);
                 self.send(conn, &welcome);
+                self.send_listing(conn);
             }
             HubEvent::Frame { conn, msg } => {
                 if let Some(doc) = msg.doc() {
@@ -302,9 +361,9 @@ impl Hub {
             Message::Token { token } => match self.verifier.verify(&token, Self::unix_now()) {
                 Ok(claims) if claims.sub == c.claims.sub => {
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.claims = claims;
+                        let old = std::mem::replace(&mut c.claims, claims);
+                        self.recheck_access(conn, &old);
                     }
-                    self.recheck_access(conn);
                 }
                 Ok(_) => self.close(
                     conn,
@@ -320,6 +379,16 @@ impl Hub {
                     );
                 }
             },
+            Message::Share {
+                id,
+                doc,
+                user,
+                role,
+            } => self.on_control(conn, id, doc, sharing::Control::Share { user, role }),
+            Message::Unshare { id, doc, user } => {
+                self.on_control(conn, id, doc, sharing::Control::Unshare { user })
+            }
+            Message::Delete { id, doc } => self.on_control(conn, id, doc, sharing::Control::Delete),
             Message::Hello { .. } => {
                 self.close(conn, ErrorCode::MALFORMED, "hello sent twice".into())
             }
@@ -362,34 +431,31 @@ impl Hub {
             }
         };
         match decide(&claims, &doc, meta.as_ref()) {
-            Decision::Refused => self.send(conn, &forbidden(doc)),
-            Decision::Allowed(role) => {
+            Decision::Refused => {
+                let code = refusal_code(&claims, &doc, meta.as_ref());
+                self.send(conn, &refusal(code, doc));
+            }
+            Decision::Allowed(_) => {
                 self.tasks.spawn(async move {
                     Done::Subscribe {
                         conn,
                         doc,
-                        role,
+                        created: false,
                         result: Ok(()),
                     }
                 });
             }
             Decision::Create => {
-                // The owner is recorded, durably, before the document is served.
-                let now_ms = Self::unix_now() * 1000;
-                let mut m = DocMeta::default();
-                m.owner = Some(claims.sub.clone());
-                m.created_at_ms = now_ms;
-                m.updated_at_ms = now_ms;
-                let mut batch = WriteBatch::new();
-                docstore::put_meta(&mut batch, doc, &m);
-                self.metas.insert(doc, m);
-                let ticket = self.group.submit(batch);
-                let role = Role::ReadWrite;
+                // The owner is recorded, durably and with its index row, before the document
+                // is served.
+                let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);
+                self.metas.insert(doc, change.meta);
+                let ticket = self.group.submit(change.batch);
                 self.tasks.spawn(async move {
                     Done::Subscribe {
                         conn,
                         doc,
-                        role,
+                        created: true,
                         result: ticket.await,
                     }
                 });
@@ -397,22 +463,44 @@ impl Hub {
         }
     }
 
-    fn meta(&mut self, doc: DocId) -> Result<Option<DocMeta>, DocStoreError> {
+    /// The relay metadata of `doc`: cached for documents with subscribers, else read.
+    fn meta(&self, doc: DocId) -> Result<Option<DocMeta>, DocStoreError> {
         if let Some(m) = self.metas.get(&doc) {
             return Ok(Some(m.clone()));
         }
         // A point read in redb: microseconds, so it is done inline.
-        let m = docstore::load_meta(self.host.store().as_ref(), doc)?;
-        if let Some(m) = &m {
-            self.metas.insert(doc, m.clone());
-        }
-        Ok(m)
+        docstore::load_meta(self.host.store().as_ref(), doc)
     }
 
-    fn open_subscription(&mut self, conn: ConnId, doc: DocId, role: Role) {
+    /// Opens a subscription whose authorization (and owner record, if it created the
+    /// document) completed, deciding again: an access change may have landed meanwhile.
+    fn open_subscription(&mut self, conn: ConnId, doc: DocId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let claims = c.claims.clone();
+        let meta = match self.meta(doc) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(%doc, error = %e, "reading document metadata failed");
+                self.send(conn, &internal(doc));
+                return;
+            }
+        };
+        let Some(role) = crate::access::readable_role(&claims, &doc, meta.as_ref()) else {
+            let code = refusal_code(&claims, &doc, meta.as_ref());
+            self.send(conn, &refusal(code, doc));
+            return;
+        };
+        if let Some(m) = meta {
+            self.metas.entry(doc).or_insert(m);
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.docs.contains_key(&doc) {
+            return;
+        }
         c.docs.insert(doc, role);
         let device = c.device;
         let user = c.claims.sub.clone();
@@ -501,24 +589,11 @@ impl Hub {
             self.unsubscribe(conn, doc);
         }
         self.host.engine().remove_conn(conn);
-        self.conns.remove(&conn);
-    }
-
-    /// After a token refresh: documents the new token no longer allows are closed.
-    fn recheck_access(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let claims = c.claims.clone();
-        let docs: Vec<(DocId, Role)> = c.docs.iter().map(|(d, r)| (*d, *r)).collect();
-        for (doc, role) in docs {
-            let meta = self.meta(doc).ok().flatten();
-            match decide(&claims, &doc, meta.as_ref()) {
-                Decision::Allowed(r) if r == role => {}
-                Decision::Create if role == Role::ReadWrite => {}
-                _ => {
-                    self.unsubscribe(conn, doc);
-                    self.send(conn, &forbidden(doc));
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(set) = self.users.get_mut(&c.claims.sub) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.users.remove(&c.claims.sub);
                 }
             }
         }
@@ -535,16 +610,29 @@ impl Hub {
             Done::Subscribe {
                 conn,
                 doc,
-                role,
+                created,
                 result,
             } => match result {
-                Ok(()) => self.open_subscription(conn, doc, role),
+                Ok(()) => {
+                    self.open_subscription(conn, doc);
+                    if created {
+                        self.created(doc);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(%doc, error = %e, "recording a document's owner failed");
-                    self.metas.remove(&doc);
+                    if !self.subscribers.contains_key(&doc) {
+                        self.metas.remove(&doc);
+                    }
                     self.send(conn, &internal(doc));
                 }
             },
+            Done::Control {
+                doc,
+                request,
+                change,
+                result,
+            } => self.control_committed(doc, request, *change, result),
         }
     }
 
@@ -552,6 +640,16 @@ impl Hub {
         while let Some(action) = self.host.poll_action() {
             match action {
                 Action::Send { conn, msg } => {
+                    // Nothing of a document reaches a connection not subscribed to it (this
+                    // also covers output produced just before a revocation closed it).
+                    let subscribed = msg.doc().is_none_or(|doc| {
+                        self.conns
+                            .get(&conn)
+                            .is_some_and(|c| c.docs.contains_key(&doc))
+                    });
+                    if !subscribed {
+                        continue;
+                    }
                     if let Message::Changes { doc, .. } = &msg {
                         if let Some(t) = self.arrivals.remove(doc) {
                             self.metrics.observe_fanout(t.elapsed());
@@ -627,7 +725,7 @@ impl Hub {
             .map(|s| s.keys().copied().filter(|c| Some(*c) != except).collect())
             .unwrap_or_default();
         for conn in targets {
-            self.push(conn, Outbound::Frame(frame.clone()), msg.doc());
+            self.push(conn, outbound(msg, frame.clone()), msg.doc());
         }
     }
 
@@ -643,7 +741,7 @@ impl Hub {
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(frame) = self.encode(msg) {
-            self.push(conn, Outbound::Frame(frame), msg.doc());
+            self.push(conn, outbound(msg, frame), msg.doc());
         }
     }
 
@@ -712,14 +810,33 @@ impl Hub {
                 self.host.engine().resync(doc, conn);
             }
         }
+        self.retry_discovery();
+    }
+}
+
+/// Ephemeral data and presence are best-effort; everything else must arrive in order.
+fn outbound(msg: &Message, frame: Arc<Vec<u8>>) -> Outbound {
+    match msg {
+        Message::Ephemeral { .. } | Message::Presence { .. } => Outbound::Ephemeral(frame),
+        _ => Outbound::Frame(frame),
     }
 }
 
 fn forbidden(doc: DocId) -> Message {
+    refusal(ErrorCode::FORBIDDEN, doc)
+}
+
+/// A refusal for one document: `FORBIDDEN` (never saying whether it exists) or `DELETED`.
+fn refusal(code: ErrorCode, doc: DocId) -> Message {
+    let message = if code == ErrorCode::DELETED {
+        "the document was deleted"
+    } else {
+        "not permitted"
+    };
     Message::Error {
-        code: ErrorCode::FORBIDDEN,
+        code,
         doc: Some(doc),
-        message: "not permitted".into(),
+        message: message.into(),
     }
 }
 

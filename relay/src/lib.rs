@@ -34,17 +34,19 @@
 
 mod access;
 mod auth;
+mod discovery;
 mod http;
 mod hub;
 mod metrics;
 mod secret;
 mod server;
+mod sharing;
 mod tls;
 mod units;
 
-pub use access::{decide, Decision};
+pub use access::{decide, readable_role, refusal_code, Decision};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
-pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN};
 pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound};
 pub use metrics::Metrics;

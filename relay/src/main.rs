@@ -143,6 +143,18 @@ struct ServeArgs {
     )]
     dev: bool,
 
+    /// Evict a document with no subscribers from memory after this long unused (hidden: for
+    /// tests and tuning).
+    #[arg(
+        long,
+        env = "WEFT_EVICT_AFTER",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration,
+        hide = true
+    )]
+    evict_after: Duration,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -380,8 +392,10 @@ async fn run_relay(
     }
 
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
+    let mut hub_config = weft_relay::HubConfig::default();
+    hub_config.engine.evict_after = u64::try_from(args.evict_after.as_millis()).unwrap_or(u64::MAX);
     let hub = weft_relay::Hub::new(
-        weft_relay::HubConfig::default(),
+        hub_config,
         group.clone(),
         verifier.clone(),
         metrics.clone(),

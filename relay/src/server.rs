@@ -2,13 +2,24 @@
 //! frames between each connection and the [`Hub`](crate::Hub).
 //!
 //! One connection per device; the device opens one bidirectional stream that carries every
-//! message for every document, in order. (A single ordered stream is what the engine's fast path
-//! relies on per document; per-document streams would remove head-of-line blocking between
-//! documents and are a later step.) Ephemeral messages travel on the same stream for now.
+//! message for every document, in order, pipelined: a device subscribes to all its documents at
+//! once and never waits for one document's answer before the next, so 10,000 documents cost no
+//! round trips beyond the first. The engine's fast path relies on in-order delivery per
+//! document, which one stream gives. The price is head-of-line blocking between documents: a
+//! lost packet delays every document's frames behind it for one retransmission, and a large
+//! catch-up of one document delays the live changes of the others queued after it. On the
+//! links devices use that is milliseconds; per-document streams would remove it at the cost of
+//! stream bookkeeping per (connection, document).
 //!
 //! Per connection, a reader task decodes frames and forwards them to the hub, and a writer task
 //! drains the connection's bounded outbound queue. A connection that sends garbage is closed
 //! with an error code and one log line; nothing else is affected.
+//!
+//! Ephemeral traffic (`Ephemeral`, `Presence`) goes to a device as one QUIC datagram per frame
+//! when the frame fits the path's datagram size, else on the stream. Devices may send
+//! `Ephemeral` and `Presence` as datagrams too; those pass the same rate limit and the hub's
+//! authorization as stream frames, and a datagram holding anything else, or not exactly one
+//! valid frame, closes the connection like garbage on the stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -262,6 +273,18 @@ async fn serve_connection(
                         break;
                     }
                 }
+                Outbound::Ephemeral(frame) => {
+                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                    match send_ephemeral(&writer_conn, &frame) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if writer.send_raw(&frame).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(()) => break,
+                    }
+                }
                 Outbound::Close { code, reason } => {
                     refuse(&writer_conn, &mut writer, code, &reason).await;
                     break;
@@ -270,28 +293,43 @@ async fn serve_connection(
         }
     };
     let mut rate = RateLimit::new(limits.burst, limits.rate);
+    // One loop reads the stream and the datagrams, so both share the rate limit. Both reads
+    // are cancel-safe, so losing the `select!` race loses nothing.
     let reader_task = async {
         loop {
-            match reader.recv().await {
-                Ok(Some(msg)) => {
-                    if !rate.allow(std::time::Instant::now()) {
+            let (msg, via) = tokio::select! {
+                r = reader.recv() => match r {
+                    Ok(Some(msg)) => (msg, "stream"),
+                    Ok(None) => return "stream finished".to_string(),
+                    Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
+                    Err(e) => {
                         Metrics::inc(&metrics.protocol_errors);
-                        tracing::info!(conn = conn.0, "closing a connection over its message rate");
-                        connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
-                        return "over its message rate".to_string();
+                        tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid frame");
+                        connection.close(close_code(ErrorCode::MALFORMED), b"invalid frame");
+                        return format!("invalid frame: {e}");
                     }
-                    if hub.send(HubEvent::Frame { conn, msg }).await.is_err() {
-                        return "hub gone".to_string();
-                    }
-                }
-                Ok(None) => return "stream finished".to_string(),
-                Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
-                Err(e) => {
-                    Metrics::inc(&metrics.protocol_errors);
-                    tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid frame");
-                    connection.close(close_code(ErrorCode::MALFORMED), b"invalid frame");
-                    return format!("invalid frame: {e}");
-                }
+                },
+                d = connection.read_datagram() => match d {
+                    Ok(datagram) => match decode_datagram(&datagram, limits.max_frame) {
+                        Ok(msg) => (msg, "datagram"),
+                        Err(e) => {
+                            Metrics::inc(&metrics.protocol_errors);
+                            tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid datagram");
+                            connection.close(close_code(ErrorCode::MALFORMED), b"invalid datagram");
+                            return format!("invalid datagram: {e}");
+                        }
+                    },
+                    Err(e) => return format!("connection lost: {e}"),
+                },
+            };
+            if !rate.allow(std::time::Instant::now()) {
+                Metrics::inc(&metrics.protocol_errors);
+                tracing::info!(conn = conn.0, via, "closing a connection over its message rate");
+                connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
+                return "over its message rate".to_string();
+            }
+            if hub.send(HubEvent::Frame { conn, msg }).await.is_err() {
+                return "hub gone".to_string();
             }
         }
     };
@@ -304,6 +342,45 @@ async fn serve_connection(
         .connections
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     Err(reason)
+}
+
+/// Sends an ephemeral frame as one datagram. `Ok(false)`: it does not fit (or the peer takes
+/// no datagrams), send it on the stream instead; `Err`: the connection is gone.
+fn send_ephemeral(connection: &quinn::Connection, frame: &[u8]) -> Result<bool, ()> {
+    if connection
+        .max_datagram_size()
+        .is_none_or(|max| frame.len() > max)
+    {
+        return Ok(false);
+    }
+    match connection.send_datagram(frame.to_vec().into()) {
+        Ok(()) => Ok(true),
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => Err(()),
+        // Too large after a path change, or datagrams switched off: the stream still works.
+        Err(_) => Ok(false),
+    }
+}
+
+/// Why a datagram from a device was refused.
+#[derive(Debug, thiserror::Error)]
+enum DatagramError {
+    #[error(transparent)]
+    Frame(#[from] wire::FrameError),
+    #[error("a datagram must hold exactly one whole frame")]
+    NotOneFrame,
+    #[error("only ephemeral and presence messages may travel as datagrams")]
+    NotEphemeral,
+}
+
+/// Decodes a device's datagram: exactly one frame holding an `Ephemeral` or `Presence`.
+fn decode_datagram(datagram: &[u8], max_frame: usize) -> Result<Message, DatagramError> {
+    match wire::decode_frame(datagram, max_frame)? {
+        Some((msg, used)) if used == datagram.len() => match msg {
+            Message::Ephemeral { .. } | Message::Presence { .. } => Ok(msg),
+            _ => Err(DatagramError::NotEphemeral),
+        },
+        _ => Err(DatagramError::NotOneFrame),
+    }
 }
 
 async fn refuse(

@@ -72,7 +72,7 @@ impl Device {
             .await
             .expect("relay went silent")
         {
-            Some(Outbound::Frame(f)) => {
+            Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
                 Some(wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0)
             }
             Some(Outbound::Close { code, .. }) => {

@@ -118,7 +118,8 @@ struct Device {
     writer: FrameWriter,
     errors: Vec<(ErrorCode, Option<DocId>)>,
     started: std::time::Instant,
-    _conn: quinn::Connection,
+    id: weft_core::DeviceId,
+    conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
 }
 
@@ -144,7 +145,8 @@ impl Device {
             writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
             errors: Vec::new(),
             started: std::time::Instant::now(),
-            _conn: conn,
+            id: key.device_id(),
+            conn,
             _endpoint: endpoint,
         };
         let hello = Message::Hello {
@@ -190,6 +192,17 @@ impl Device {
             Ok(Some(m)) => Some(m),
             _ => None,
         }
+    }
+
+    /// The next datagram from the relay.
+    async fn datagram(&self) -> Message {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            quic::recv_datagram(&self.conn, wire::DEFAULT_MAX_FRAME),
+        )
+        .await
+        .expect("no datagram from the relay")
+        .unwrap()
     }
 
     async fn flush(&mut self) {
@@ -330,7 +343,12 @@ async fn bad_tokens_are_refused_and_garbage_cuts_off_only_its_sender() {
         .write_all(&[0x07, 0, 0, 0, 1, 0])
         .await
         .unwrap();
-    assert!(bad.next().await.is_none() || bad.next().await.is_none());
+    // Whatever the relay had queued (the discovery listing) arrives, then the connection ends.
+    let mut after_garbage = 0;
+    while bad.next().await.is_some() {
+        after_garbage += 1;
+        assert!(after_garbage < 10, "the relay kept talking to a garbage sender");
+    }
 
     good.engine.create(doc, Document::new());
     good.write(doc, "still here");
@@ -492,4 +510,188 @@ fn the_ready_line_names_the_http_endpoint_which_serves_health_and_metrics() {
         "{metrics}"
     );
     drop(relay);
+}
+
+/// The value of an unlabelled metric at the relay's `/metrics`.
+fn metric(http: SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+/// Polls `/metrics` until `name` has `value` (there is no event to await), within a deadline.
+async fn metric_becomes(http: SocketAddr, name: &str, value: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let name = name.to_string();
+        if tokio::task::spawn_blocking(move || metric(http, &name))
+            .await
+            .unwrap()
+            == value
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_ephemeral_messages_travel_as_datagrams_and_are_never_stored() {
+    let relay = Relay::start();
+    let doc = DocId::from_bytes([12; 16]);
+    let mut alice = Device::connect(
+        &relay,
+        relay.token(&Claims::new("alice", now(), 3600).with_create(true)),
+    )
+    .await
+    .unwrap();
+    alice.engine.create(doc, Document::new());
+    alice.write(doc, "a-stored-key");
+    alice
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(alice.until(|d| d.engine.is_synced(RELAY, doc)).await);
+
+    // Bob joins: Alice sees him arrive, and he learns that Alice is here.
+    let bob_token = relay.token(&Claims::new("bob", now(), 3600).with_doc(doc, Role::ReadWrite));
+    let mut bob = Device::connect(&relay, bob_token).await.unwrap();
+    bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    let online = |user: &str, device, online| Message::Presence {
+        doc,
+        user: user.to_string(),
+        device,
+        online,
+    };
+    assert_eq!(alice.datagram().await, online("bob", bob.id, true));
+    assert_eq!(bob.datagram().await, online("alice", alice.id, true));
+
+    // Alice's cursor, sent as a datagram, reaches Bob as one, stamped with who sent it.
+    quic::send_datagram(
+        &alice.conn,
+        &Message::Ephemeral {
+            doc,
+            user: None,
+            device: None,
+            data: b"alice-cursor-at-42".to_vec(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        bob.datagram().await,
+        Message::Ephemeral {
+            doc,
+            user: Some("alice".into()),
+            device: Some(alice.id),
+            data: b"alice-cursor-at-42".to_vec(),
+        }
+    );
+    // Bob types on the stream; Alice still gets it as a datagram.
+    bob.writer
+        .send(&Message::Ephemeral {
+            doc,
+            user: Some("mallory".into()),
+            device: None,
+            data: b"bob-is-typing".to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.datagram().await,
+        Message::Ephemeral {
+            doc,
+            user: Some("bob".into()),
+            device: Some(bob.id),
+            data: b"bob-is-typing".to_vec(),
+        }
+    );
+
+    // Bob leaves: Alice sees him go.
+    let bob_id = bob.id;
+    drop(bob);
+    assert_eq!(alice.datagram().await, online("bob", bob_id, false));
+
+    // Nothing ephemeral reached the relay's disk; the document did.
+    drop(alice);
+    let dir = relay.kill();
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            stored.extend(std::fs::read(path).unwrap());
+        }
+    }
+    let contains = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"a-stored-key"));
+    assert!(!contains(b"alice-cursor-at-42"));
+    assert!(!contains(b"bob-is-typing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_that_is_not_ephemeral_cuts_off_its_sender() {
+    let relay = Relay::start();
+    let token = relay.token(&Claims::new("alice", now(), 3600).with_create(true));
+    let mut bad = Device::connect(&relay, token).await.unwrap();
+    let doc = DocId::from_bytes([13; 16]);
+    quic::send_datagram(&bad.conn, &Message::Subscribe { doc }).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while bad.reader.recv().await.is_ok_and(|m| m.is_some()) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    let reason = bad.conn.closed().await;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(u32::from(ErrorCode::MALFORMED.0))),
+        "{reason:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_nobody_subscribes_to_is_evicted_from_memory_after_the_idle_period() {
+    let relay = Relay::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--http", "127.0.0.1:0", "--evict-after", "1s"],
+    );
+    let http = Relay::ready_addr(&relay.ready, "http=");
+    let doc = DocId::from_bytes([14; 16]);
+    let mut alice = Device::connect(
+        &relay,
+        relay.token(&Claims::new("alice", now(), 3600).with_create(true)),
+    )
+    .await
+    .unwrap();
+    alice.engine.create(doc, Document::new());
+    alice.write(doc, "kept on disk");
+    alice
+        .writer
+        .send(&Message::Subscribe { doc })
+        .await
+        .unwrap();
+    assert!(alice.until(|d| d.engine.is_synced(RELAY, doc)).await);
+    assert!(metric_becomes(http, "weft_documents_loaded", 1).await);
+
+    drop(alice);
+    assert!(
+        metric_becomes(http, "weft_documents_loaded", 0).await,
+        "the idle document stayed in memory"
+    );
+
+    // It is still served from disk.
+    let mut bob = Device::connect(
+        &relay,
+        relay.token(&Claims::new("bob", now(), 3600).with_doc(doc, Role::ReadOnly)),
+    )
+    .await
+    .unwrap();
+    bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    assert!(bob.until(|d| d.keys(doc) == ["kept on disk"]).await);
 }

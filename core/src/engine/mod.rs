@@ -60,6 +60,8 @@ struct PeerDoc {
     save_state: bool,
     /// Consecutive sync messages that changed nothing on either side.
     stalls: u32,
+    /// `Output::Unaccepted` was reported for this peer.
+    reported_unaccepted: bool,
 }
 
 /// Messages kept per document while it loads.
@@ -281,6 +283,18 @@ impl Engine {
         self.loaded(doc, Some(d));
     }
 
+    /// Drops `doc` from memory and from every connection, with whatever is queued or in flight
+    /// for it: persist requests still in flight complete without effect. For a driver that is
+    /// about to replace the document in its store (a device resetting a document to the relay's
+    /// version); the next use loads it again.
+    pub fn forget(&mut self, doc: DocId) {
+        self.docs.remove(&doc);
+        for docs in self.conns.values_mut() {
+            docs.remove(&doc);
+        }
+        self.persist_doc.retain(|_, d| *d != doc);
+    }
+
     /// Starts syncing `doc` with `conn` (loads the document first if needed).
     pub fn open(&mut self, conn: ConnId, doc: DocId, opts: OpenOptions) {
         self.add_conn(conn);
@@ -316,6 +330,7 @@ impl Engine {
                 last_progress: now,
                 save_state: false,
                 stalls: 0,
+                reported_unaccepted: false,
             },
         );
         self.pump(doc, conn);
@@ -602,6 +617,17 @@ impl Engine {
             pd.stalls += 1;
         }
         pd.their_heads = their_heads;
+        // A peer that takes nothing from us (read-only for us) and whose heads we all hold
+        // while ours differ will never converge with us: the driver decides what to do.
+        let unaccepted = !pd.reported_unaccepted
+            && pd.sync.is_peer_read_only()
+            && pd.their_heads.as_ref().is_some_and(|theirs| {
+                theirs.iter().all(|h| ds.doc.has_change(h)) && *theirs != sorted(ds.doc.heads())
+            });
+        if unaccepted {
+            pd.reported_unaccepted = true;
+            self.out.push_back(Output::Unaccepted { conn, doc });
+        }
         if rejected {
             self.out.push_back(Output::Rejected {
                 conn,

@@ -299,3 +299,27 @@ fn synced_stable_peers_persist_their_reconnect_state() {
     let state = sync::State::decode(&saved.expect("sync state persisted once synced")).unwrap();
     assert_eq!(Some(state.shared_heads), a.heads(DOC));
 }
+
+#[test]
+fn a_forgotten_document_is_reloaded_fresh_and_resyncs_from_scratch() {
+    let (mut a, mut b) = pair(true);
+    write(&mut a, "mine");
+    pump(&mut a, &mut b);
+    // A write still in flight when the document is forgotten completes without effect.
+    let id = write(&mut a, "lost");
+    a.forget(DOC);
+    assert!(!a.is_loaded(DOC));
+    a.persisted(id);
+    assert!(a.handle(ConnId(1), Message::Ack { doc: DOC, heads: vec![] }).is_err());
+    // Reopened over an empty store, it syncs the other side's version again.
+    a.open(ConnId(1), DOC, OpenOptions::default());
+    let loads: Vec<_> = std::iter::from_fn(|| a.poll_output()).collect();
+    assert!(loads.iter().any(|o| matches!(o, Output::Load { doc } if *doc == DOC)), "{loads:?}");
+    a.loaded(DOC, None);
+    b.resync(DOC, ConnId(2));
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    assert!(a
+        .read(DOC, |d| automerge::ReadDoc::get(d.automerge(), ROOT, "mine").unwrap().is_some())
+        .unwrap());
+}

@@ -166,6 +166,15 @@ pub enum Output {
         /// Why.
         reason: Rejection,
     },
+    /// The peer takes no changes from us on this document (it is read-only for us) and lacks
+    /// some we hold, so the two will never converge. Reported once per open; a device resets
+    /// the document to the peer's version.
+    Unaccepted {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+    },
     /// A peer sent something invalid for this document; the driver should close it.
     ProtocolError {
         /// The connection.

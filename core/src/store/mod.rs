@@ -11,7 +11,7 @@
 //! - [`GroupCommit`] (`group.rs`): one writer thread that merges concurrently submitted batches
 //!   into one durable write, so many callers share one fsync.
 //! - [`docs`] (`docs.rs`): how documents are laid out in tables: content-addressed automerge
-//!   chunks, per-peer sync states and document metadata.
+//!   chunks, per-peer sync states, document metadata and the relay's per-user index.
 //!
 //! The sync engine never calls any of this; the drivers read from the store, feed the engine,
 //! and submit the bytes it asks them to persist.
@@ -56,9 +56,17 @@ impl Table {
     pub const SYNC_STATES: Table = Table("sync_states");
     /// Document metadata, keyed by document.
     pub const DOC_META: Table = Table("doc_meta");
+    /// The relay's per-user index of readable documents, keyed by user and document (see
+    /// [`docs`]). Added after schema version 1 shipped: opening an older file creates it empty.
+    pub const USER_DOCS: Table = Table("user_docs");
 
     /// Every table a store holds.
-    pub const ALL: [Table; 3] = [Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META];
+    pub const ALL: [Table; 4] = [
+        Table::CHUNKS,
+        Table::SYNC_STATES,
+        Table::DOC_META,
+        Table::USER_DOCS,
+    ];
 
     /// The table's name, as stored.
     pub const fn name(self) -> &'static str {

@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Each [`Table`] is a redb table of `&[u8]` keys to `&[u8]` values, all created when the file
-//! is created. A `meta` table holds `schema_version` (4 bytes, big-endian), written together
+//! is created; a table added in a later build (`user_docs`) is created empty when a file
+//! without it opens, which is its upgrade path. A `meta` table holds `schema_version` (4 bytes, big-endian), written together
 //! with the tables in the first transaction. An open refuses a newer version rather than guess
 //! at its layout, and refuses a redb file with tables but no version: it is not a weft store.
 //!
@@ -374,6 +375,37 @@ mod tests {
         let _first = RedbStore::open(&path).unwrap();
         let err = RedbStore::open(&path).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_file_from_before_the_user_index_opens_with_the_index_table_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            // Schema version 1 as first shipped: three tables.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes()[..])
+                .unwrap();
+            for table in [Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META] {
+                txn.open_table(definition(table)).unwrap();
+            }
+            txn.open_table(definition(Table::DOC_META))
+                .unwrap()
+                .insert(&b"doc"[..], &b"meta"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store.get(Table::DOC_META, b"doc").unwrap(),
+            Some(b"meta".to_vec())
+        );
+        assert!(store.scan_prefix(Table::USER_DOCS, b"").unwrap().is_empty());
+        store.write(&put(Table::USER_DOCS, b"row", b"v")).unwrap();
+        assert_eq!(store.scan_keys(Table::USER_DOCS, b"").unwrap().len(), 1);
     }
 
     #[test]

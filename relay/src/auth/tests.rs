@@ -491,6 +491,19 @@ fn a_token_without_a_subject_is_refused() {
 }
 
 #[test]
+fn a_subject_longer_than_a_user_id_may_be_is_refused() {
+    let longest = "u".repeat(MAX_USER_LEN);
+    assert_eq!(
+        verify(&mint(&Claims::new(longest.clone(), NOW, 60)))
+            .unwrap()
+            .sub,
+        longest
+    );
+    let token = mint(&Claims::new(format!("{longest}u"), NOW, 60));
+    assert!(matches!(refused(&token), AuthError::BadClaims { .. }));
+}
+
+#[test]
 fn debug_output_never_shows_the_secret() {
     let text = format!(
         "{:?} {:?}",

@@ -1,0 +1,140 @@
+//! Sharing, discovery, revocation and deletion, driven through the `weft` CLI against a real
+//! relay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, Dev, Relay};
+
+fn watch<'a>(d: &Dev, relay: &'a Relay, addr: &'a str, cert: &'a str, token: &'a str) -> common::Bg {
+    let _ = relay;
+    d.spawn(&["sync", "--relay", addr, "--relay-cert", cert, "--token", token, "--watch"])
+}
+
+fn listed(d: &Dev, doc: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["doc", "list", "--json"])).ok()?;
+    v.as_array()?.iter().find(|e| e["id"] == doc).cloned()
+}
+
+#[test]
+fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
+    let relay = Relay::start();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let alice_t = relay.token("alice", &["--create"]);
+    let bob_t = relay.token("bob", &["--create"]);
+    let (alice, bob) = (Dev::new(), Dev::new());
+    let doc = alice.new_conversation("Plans");
+    alice.ok(&["msg", "send", &doc, "hello bob", "--author", "alice"]);
+    // Sharing is queued offline and goes with the next sync, after the document itself.
+    alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "ro"]);
+
+    let _bob_watch = watch(&bob, &relay, &addr, &cert, &bob_t);
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+    // Bob's running device gets the conversation without asking for it.
+    wait_for(Duration::from_secs(20), "Bob to discover the shared conversation", || {
+        bob.msg_count(&doc) == 1
+    });
+    assert_eq!(listed(&bob, &doc).unwrap()["role"], "ro");
+    // Read-only: his write fails with 3 and changes nothing.
+    let heads = bob.heads(&doc);
+    bob.fails(&["msg", "send", &doc, "can I?"], 3);
+    assert_eq!(bob.heads(&doc), heads);
+    // Bob is not the owner: he cannot share, unshare or delete (his relay connection is live,
+    // so the relay's answer comes back at once).
+    bob.fails(&["doc", "share", &doc, "--user", "mallory"], 3);
+    bob.fails(&["doc", "unshare", &doc, "--user", "bob"], 3);
+    bob.fails(&["doc", "delete", &doc], 3);
+
+    // Upgraded to rw, Bob's message reaches Alice.
+    let _alice_watch = watch(&alice, &relay, &addr, &cert, &alice_t);
+    alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
+    wait_for(Duration::from_secs(20), "Bob's role to become rw", || {
+        listed(&bob, &doc).is_some_and(|e| e["role"] == "rw")
+    });
+    bob.ok(&["msg", "send", &doc, "thanks", "--author", "bob"]);
+    wait_for(Duration::from_secs(20), "Bob's message to reach Alice", || alice.msg_count(&doc) == 2);
+
+    // Unshared: Bob's device is told at once and nothing more reaches it.
+    alice.ok(&["doc", "unshare", &doc, "--user", "bob"]);
+    wait_for(Duration::from_secs(20), "Bob's copy to be marked no longer shared", || {
+        listed(&bob, &doc).is_some_and(|e| e["shared"] == false)
+    });
+    alice.ok(&["msg", "send", &doc, "secret", "--author", "alice"]);
+    bob.fails(&["msg", "send", &doc, "still here?"], 3);
+    // A round trip through the relay later, Bob still has only the first two messages.
+    alice.ok(&["msg", "send", &doc, "another secret", "--author", "alice"]);
+    let bob_only = Dev::new();
+    bob_only.ok(&relay.sync_args(&addr, &cert, &bob_t));
+    assert!(listed(&bob_only, &doc).is_none(), "a new device of Bob's still discovers it");
+    assert_eq!(bob.msg_count(&doc), 2);
+}
+
+#[test]
+fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
+    let relay = Relay::start();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let alice_t = relay.token("alice", &["--create"]);
+    let admin_t = relay.token("backend", &["--admin"]);
+    let carol_t = relay.token("carol", &["--create"]);
+    let (alice, admin, carol) = (Dev::new(), Dev::new(), Dev::new());
+    let doc = alice.new_conversation("Support");
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+
+    // The backend fetches the document by id and shares it with Carol.
+    let mut fetch = relay.sync_args(&addr, &cert, &admin_t);
+    fetch.extend(["--doc", &doc]);
+    admin.ok(&fetch);
+    admin.ok(&["doc", "share", &doc, "--user", "carol", "--role", "rw"]);
+    admin.ok(&fetch);
+    carol.ok(&relay.sync_args(&addr, &cert, &carol_t));
+    assert!(listed(&carol, &doc).is_some(), "Carol discovers the shared document");
+
+    // Alice deletes it: it leaves Carol's discovery list and cannot be uploaded again.
+    alice.ok(&["doc", "delete", &doc]);
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+    assert_eq!(listed(&alice, &doc).unwrap()["deleted"], true);
+    let carol2 = Dev::new();
+    carol2.ok(&relay.sync_args(&addr, &cert, &carol_t));
+    assert!(listed(&carol2, &doc).is_none());
+    // Carol's device still holds a copy; syncing it again is refused and it is marked.
+    let out = carol.run(&relay.sync_args(&addr, &cert, &carol_t));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(listed(&carol, &doc).unwrap()["shared"], false);
+    // Asking for it by id is refused.
+    let mut by_id = relay.sync_args(&addr, &cert, &carol_t);
+    by_id.extend(["--doc", &doc]);
+    Dev::new().fails(&by_id, 3);
+}
+
+/// Changes made offline to a document that turned read-only are refused by the relay, kept
+/// aside in the data directory, and the device returns to the relay's version.
+#[test]
+fn offline_changes_to_a_document_that_became_read_only_are_kept_aside() {
+    let relay = Relay::start();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let alice_t = relay.token("alice", &["--create"]);
+    let bob_t = relay.token("bob", &[]);
+    let (alice, bob) = (Dev::new(), Dev::new());
+    let doc = alice.new_conversation("Board");
+    alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+    bob.ok(&relay.sync_args(&addr, &cert, &bob_t));
+    assert_eq!(listed(&bob, &doc).unwrap()["role"], "rw");
+
+    // Bob writes offline while Alice makes him read-only.
+    bob.ok(&["msg", "send", &doc, "offline draft", "--author", "bob"]);
+    alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "ro"]);
+    alice.ok(&["msg", "send", &doc, "from alice", "--author", "alice"]);
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+
+    bob.ok(&relay.sync_args(&addr, &cert, &bob_t));
+    assert_eq!(bob.msgs_json(&doc), alice.msgs_json(&doc), "Bob is back on the relay's version");
+    assert_eq!(bob.heads(&doc), alice.heads(&doc));
+    let kept: Vec<_> = std::fs::read_dir(bob.dir.path().join("rejected"))
+        .expect("the rejected version was kept aside")
+        .collect();
+    assert_eq!(kept.len(), 1);
+    // Alice never got the draft.
+    assert!(!alice.msgs_json(&doc).contains("offline draft"));
+}

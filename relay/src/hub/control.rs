@@ -1,0 +1,479 @@
+//! The hub's side of sharing, discovery and revocation.
+//!
+//! - **Control requests** (`Share`, `Unshare`, `Delete`) are rate limited per connection and
+//!   run one at a time per document (later ones wait, bounded), so each builds on the durable
+//!   result of the one before. [`crate::sharing::apply`] checks and computes the change; once
+//!   its batch (metadata and index rows together) is durable, the change is applied to live
+//!   connections and only then answered.
+//! - **Applying a change**: every subscriber of the document is decided again: refused ones are
+//!   unsubscribed (engine closed, no more fan-out or presence) and told `FORBIDDEN` or
+//!   `DELETED`; ones whose role changed are re-opened with the new role and told
+//!   `Subscribed{role}`. Every connection of each affected user gets a `Docs` delta.
+//! - **Discovery**: the full listing after `Welcome` ([`crate::discovery`]); a delta or listing
+//!   that does not fit a connection's queue is dropped and the whole listing is sent again once
+//!   the queue drains. Replies that do not fit wait in a small per-connection buffer.
+
+use std::collections::BTreeSet;
+
+use weft_core::store::WriteBatch;
+use weft_core::wire::DocEntry;
+
+use super::*;
+use crate::access::readable_role;
+use crate::discovery;
+use crate::sharing::{Control, ControlError};
+
+/// A control request waiting to be (or being) committed.
+#[derive(Debug)]
+pub(crate) struct QueuedControl {
+    conn: ConnId,
+    id: u64,
+    control: Control,
+}
+
+/// Control requests one document may have waiting behind the one being committed.
+const MAX_QUEUED_CONTROLS: usize = 64;
+/// Control replies kept for a connection whose queue is full; older ones are dropped (the
+/// device resends requests it got no reply to, and they are idempotent).
+const MAX_PENDING_REPLIES: usize = 256;
+
+impl Hub {
+    pub(super) fn on_control(&mut self, conn: ConnId, id: u64, doc: DocId, control: Control) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let request = QueuedControl { conn, id, control };
+        if !c.control_rate.allow(Instant::now()) {
+            self.reply(
+                &request,
+                doc,
+                Some(ErrorCode::RATE_LIMITED),
+                "too many sharing requests; retry later",
+            );
+            return;
+        }
+        if let Some(queue) = self.controls.get_mut(&doc) {
+            if queue.len() >= MAX_QUEUED_CONTROLS {
+                self.reply(
+                    &request,
+                    doc,
+                    Some(ErrorCode::RATE_LIMITED),
+                    "too many requests waiting for this document; retry later",
+                );
+                return;
+            }
+            queue.push_back(request);
+            return;
+        }
+        self.run_controls(doc, VecDeque::from([request]));
+    }
+
+    /// Runs `queue`'s requests in order until one has a change to commit; the rest wait for it
+    /// in `controls`.
+    fn run_controls(&mut self, doc: DocId, mut queue: VecDeque<QueuedControl>) {
+        while let Some(request) = queue.pop_front() {
+            let Some(c) = self.conns.get(&request.conn) else {
+                continue;
+            };
+            let claims = c.claims.clone();
+            let meta = match self.meta(doc) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(%doc, error = %e, "reading document metadata failed");
+                    self.reply(&request, doc, Some(ErrorCode::INTERNAL), "storage failure");
+                    continue;
+                }
+            };
+            let applied = sharing::apply(
+                &claims,
+                doc,
+                meta.as_ref(),
+                &request.control,
+                self.cfg.max_access_list,
+                unix_now_ms(),
+            );
+            match applied {
+                Err(e) => {
+                    let code = e.code();
+                    if e != ControlError::Forbidden {
+                        tracing::debug!(conn = request.conn.0, %doc, error = %e, "refused a control request");
+                    }
+                    self.reply(&request, doc, Some(code), &e.to_string());
+                }
+                Ok(None) => self.reply(&request, doc, None, ""),
+                Ok(Some(mut change)) => {
+                    let batch = std::mem::take(&mut change.batch);
+                    let ticket = self.group.submit(batch);
+                    self.tasks.spawn(async move {
+                        Done::Control {
+                            doc,
+                            request,
+                            change: Box::new(change),
+                            result: ticket.await,
+                        }
+                    });
+                    self.controls.insert(doc, queue);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A control request's change is durable (or failed): apply it to live connections,
+    /// answer, and run the requests that waited for it.
+    pub(super) fn control_committed(
+        &mut self,
+        doc: DocId,
+        request: QueuedControl,
+        change: Change,
+        result: Result<(), StoreError>,
+    ) {
+        match result {
+            Ok(()) => {
+                if let Some(cached) = self.metas.get_mut(&doc) {
+                    *cached = change.meta.clone();
+                }
+                self.apply_access_change(doc, &change.meta, &change.users);
+                self.reply(&request, doc, None, "");
+            }
+            Err(e) => {
+                tracing::error!(%doc, error = %e, "storing an access change failed");
+                self.reply(
+                    &request,
+                    doc,
+                    Some(ErrorCode::INTERNAL),
+                    "the relay could not store the change",
+                );
+            }
+        }
+        let queue = self.controls.remove(&doc).unwrap_or_default();
+        self.run_controls(doc, queue);
+    }
+
+    /// Brings live connections in line with `doc`'s new metadata: subscriptions end or change
+    /// role; `users` (whose access changed) and, on deletion, every token grantee learn of it.
+    fn apply_access_change(&mut self, doc: DocId, meta: &DocMeta, users: &[String]) {
+        let subscribers: Vec<(ConnId, Role)> = self
+            .subscribers
+            .get(&doc)
+            .map(|s| s.iter().map(|(c, r)| (*c, *r)).collect())
+            .unwrap_or_default();
+        for (conn, role) in subscribers {
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            match readable_role(&c.claims, &doc, Some(meta)) {
+                Some(r) if r == role => {}
+                Some(r) => self.reopen(conn, doc, r),
+                None => {
+                    let code = refusal_code(&c.claims, &doc, Some(meta));
+                    self.unsubscribe(conn, doc);
+                    self.send(conn, &refusal(code, doc));
+                }
+            }
+        }
+        let mut targets: BTreeSet<ConnId> = users
+            .iter()
+            .filter_map(|u| self.users.get(u))
+            .flatten()
+            .copied()
+            .collect();
+        if meta.deleted_at_ms.is_some() {
+            targets.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.claims.docs.contains_key(&doc))
+                    .map(|(id, _)| *id),
+            );
+        }
+        for conn in targets {
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            let (added, removed) = match readable_role(&c.claims, &doc, Some(meta)) {
+                Some(role) => (vec![DocEntry { doc, role }], vec![]),
+                None => (vec![], vec![doc]),
+            };
+            self.send_delta(conn, added, removed);
+        }
+    }
+
+    /// A document was created: its owner's connections list it.
+    pub(super) fn created(&mut self, doc: DocId) {
+        let meta = match self.meta(doc) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(%doc, error = %e, "reading document metadata failed");
+                return;
+            }
+        };
+        if !self.subscribers.contains_key(&doc) {
+            // Its creator left before it opened; the store holds the record.
+            self.metas.remove(&doc);
+        }
+        if let Some(owner) = meta.owner.clone() {
+            self.apply_access_change(doc, &meta, &[owner]);
+        }
+    }
+
+    /// Re-opens a live subscription with a new role: the engine accepts (or refuses) the
+    /// connection's changes from now on, and the device learns its role.
+    fn reopen(&mut self, conn: ConnId, doc: DocId, role: Role) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.docs.insert(doc, role);
+        let device = c.device;
+        if let Some(s) = self.subscribers.get_mut(&doc) {
+            s.insert(conn, role);
+        }
+        self.host.engine().close(conn, doc);
+        self.send(conn, &Message::Subscribed { doc, role });
+        let opts = OpenOptions {
+            accept_changes: role.can_write(),
+            send_changes: true,
+            stable_peer: Some(device.as_bytes().to_vec()),
+            // The state being persisted by `close` may not be durable yet: start afresh, which
+            // costs one sync round.
+            saved_sync_state: None,
+        };
+        self.host.engine().open(conn, doc, opts);
+    }
+
+    /// After a token refresh (`old` was the previous token): subscriptions the new token no
+    /// longer allows end, role changes take effect, and the listing follows the new grants.
+    pub(super) fn recheck_access(&mut self, conn: ConnId, old: &Claims) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let claims = c.claims.clone();
+        let docs: Vec<(DocId, Role)> = c.docs.iter().map(|(d, r)| (*d, *r)).collect();
+        for (doc, role) in docs {
+            let meta = self.meta_or_none(doc);
+            match readable_role(&claims, &doc, meta.as_ref()) {
+                Some(r) if r == role => {}
+                Some(r) => self.reopen(conn, doc, r),
+                None => {
+                    self.unsubscribe(conn, doc);
+                    let code = refusal_code(&claims, &doc, meta.as_ref());
+                    self.send(conn, &refusal(code, doc));
+                }
+            }
+        }
+        if old.admin != claims.admin {
+            self.send_listing(conn);
+            return;
+        }
+        let changed: BTreeSet<DocId> = old
+            .docs
+            .keys()
+            .chain(claims.docs.keys())
+            .filter(|d| old.docs.get(d) != claims.docs.get(d))
+            .copied()
+            .collect();
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for doc in changed {
+            let meta = self.meta_or_none(doc);
+            let before = readable_role(old, &doc, meta.as_ref());
+            let after = readable_role(&claims, &doc, meta.as_ref());
+            match (before == after, after) {
+                (true, _) => {}
+                (false, Some(role)) => added.push(DocEntry { doc, role }),
+                (false, None) => removed.push(doc),
+            }
+        }
+        self.send_delta(conn, added, removed);
+    }
+
+    fn meta_or_none(&self, doc: DocId) -> Option<DocMeta> {
+        self.meta(doc).unwrap_or_else(|e| {
+            tracing::error!(%doc, error = %e, "reading document metadata failed");
+            None
+        })
+    }
+
+    /// Sends `conn` the full listing of what its user may read, all of it or (when the queue
+    /// lacks room, or the store fails) nothing yet: it is retried from housekeeping.
+    pub(super) fn send_listing(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let claims = c.claims.clone();
+        let store = self.host.store().clone();
+        let metas = &self.metas;
+        let listing = discovery::listing(
+            store.as_ref(),
+            &claims,
+            self.cfg.max_listed_docs,
+            |doc| match metas.get(&doc) {
+                Some(m) => Ok(Some(m.clone())),
+                None => docstore::load_meta(store.as_ref(), doc),
+            },
+        );
+        let frames: Option<Vec<Arc<Vec<u8>>>> = match listing {
+            Ok(listing) => {
+                if listing.truncated {
+                    tracing::warn!(conn = conn.0, user = %claims.sub, max = self.cfg.max_listed_docs, "discovery list truncated");
+                }
+                discovery::listing_messages(listing, self.cfg.docs_per_message)
+                    .iter()
+                    .map(|m| self.encode(m))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::error!(conn = conn.0, error = %e, "listing a user's documents failed");
+                None
+            }
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        let Some(frames) = frames.filter(|f| f.len() <= c.out.capacity()) else {
+            c.relist = true;
+            return;
+        };
+        c.relist = false;
+        // The hub is the queue's only sender, so the room checked above is there.
+        for frame in frames {
+            if c.out.try_send(Outbound::Frame(frame)).is_err() {
+                c.relist = true;
+                return;
+            }
+            Metrics::inc(&self.metrics.messages_out);
+        }
+    }
+
+    /// Sends a listing delta, unless a full listing is due anyway.
+    fn send_delta(&mut self, conn: ConnId, added: Vec<DocEntry>, removed: Vec<DocId>) {
+        for msg in discovery::delta_messages(added, removed, self.cfg.docs_per_message) {
+            let Some(frame) = self.encode(&msg) else {
+                continue;
+            };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.closing || c.relist {
+                return;
+            }
+            match c.out.try_send(Outbound::Frame(frame)) {
+                Ok(()) => Metrics::inc(&self.metrics.messages_out),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Metrics::inc(&self.metrics.queue_drops);
+                    c.relist = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+
+    /// Answers a control request; a reply that does not fit waits (bounded) for room.
+    fn reply(
+        &mut self,
+        request: &QueuedControl,
+        doc: DocId,
+        code: Option<ErrorCode>,
+        message: &str,
+    ) {
+        let msg = Message::Reply {
+            id: request.id,
+            doc,
+            code,
+            message: message.to_string(),
+        };
+        let Some(frame) = self.encode(&msg) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&request.conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        if c.replies.is_empty() {
+            match c.out.try_send(Outbound::Frame(frame)) {
+                Ok(()) => {
+                    Metrics::inc(&self.metrics.messages_out);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
+                    c.replies.push_back(frame)
+                }
+                Err(_) => return,
+            }
+        } else {
+            c.replies.push_back(frame);
+        }
+        if c.replies.len() > MAX_PENDING_REPLIES {
+            c.replies.pop_front();
+            Metrics::inc(&self.metrics.queue_drops);
+        }
+    }
+
+    /// Housekeeping: sends waiting replies and due listings to connections with room again.
+    pub(super) fn retry_discovery(&mut self) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && (c.relist || !c.replies.is_empty()))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in due {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            while let Some(frame) = c.replies.pop_front() {
+                match c.out.try_send(Outbound::Frame(frame)) {
+                    Ok(()) => Metrics::inc(&self.metrics.messages_out),
+                    Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
+                        c.replies.push_front(frame);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if c.relist && c.replies.is_empty() {
+                self.send_listing(conn);
+            }
+        }
+    }
+
+    /// Builds the per-user index of a store written before it existed (once; later starts
+    /// find it built). Runs before the hub serves anything, so no metadata changes meanwhile.
+    pub(super) async fn index_upgrade(&mut self) {
+        let store = self.host.store().clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            if docstore::user_index_built(store.as_ref())? {
+                return Ok(None);
+            }
+            docstore::rebuild_user_index(store.as_ref()).map(Some)
+        })
+        .await;
+        let batch: WriteBatch = match rebuilt {
+            Ok(Ok(Some(batch))) => batch,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "building the per-user document index failed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "building the per-user document index failed");
+                return;
+            }
+        };
+        let rows = batch.len().saturating_sub(1);
+        match self.group.submit(batch).await {
+            Ok(()) => tracing::info!(rows, "built the per-user document index"),
+            Err(e) => tracing::error!(error = %e, "storing the per-user document index failed"),
+        }
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,431 @@
+//! `weft-bench [--quick] [WORKLOAD...]`: measures the relay on loopback.
+//!
+//! Starts what it measures itself: a real relay (QUIC server, hub, engine and redb store in a
+//! temporary directory) in this process on a runtime of its own with one worker thread, and
+//! light QUIC devices on another runtime. Prints a table on stderr and one JSON object per
+//! workload on stdout, each with a `baseline` measured in the same run.
+//!
+//! Workloads: `fanout`, `throughput`, `wire-bytes` (all of them when none is named). Exit
+//! status 2 for an unknown workload or flag, 1 when a measurement fails.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+#[path = "weft-bench/chain.rs"]
+mod chain;
+#[path = "weft-bench/client.rs"]
+mod client;
+#[path = "weft-bench/fanout.rs"]
+mod fanout;
+#[path = "weft-bench/relay.rs"]
+mod relay;
+#[path = "weft-bench/throughput.rs"]
+mod throughput;
+#[path = "weft-bench/wire_bytes.rs"]
+mod wire_bytes;
+
+use chain::Chain;
+use relay::{Forwarder, Relay};
+
+const IMPLEMENTED: &[&str] = &["fanout", "throughput", "wire-bytes"];
+const PLANNED: &[&str] = &["initial-sync", "reconnect", "memory", "checkpoint", "durable-writes"];
+const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes)";
+
+struct Plan {
+    quick: bool,
+    /// (devices, measured changes, baseline changes, p99 target in ms)
+    fanout: Vec<(usize, usize, usize, Option<f64>)>,
+    fanout_warmup: usize,
+    docs: usize,
+    devices: usize,
+    warmup: Duration,
+    window: Duration,
+    wire_changes: usize,
+    chain_len: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                fanout: vec![
+                    (2, 200, 200, None),
+                    (10, 300, 100, Some(5.0)),
+                    (100, 150, 30, Some(20.0)),
+                ],
+                fanout_warmup: 20,
+                docs: 1000,
+                devices: 10,
+                warmup: Duration::from_secs(2),
+                window: Duration::from_secs(5),
+                wire_changes: 200,
+                chain_len: 400,
+            }
+        } else {
+            Plan {
+                quick,
+                fanout: vec![
+                    (2, 1000, 1000, None),
+                    (10, 1000, 300, Some(5.0)),
+                    (100, 500, 100, Some(20.0)),
+                ],
+                fanout_warmup: 20,
+                docs: 1000,
+                devices: 10,
+                warmup: Duration::from_secs(3),
+                window: Duration::from_secs(15),
+                wire_changes: 500,
+                chain_len: 1500,
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut quick = false;
+    let mut workloads: Vec<String> = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            w if IMPLEMENTED.contains(&w) => {
+                if !workloads.iter().any(|x| x == w) {
+                    workloads.push(w.to_string());
+                }
+            }
+            w if PLANNED.contains(&w) => {
+                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes).");
+                return ExitCode::from(2);
+            }
+            w if w.starts_with('-') => {
+                eprintln!("weft-bench: unknown flag {w}; {USAGE}.");
+                return ExitCode::from(2);
+            }
+            w => {
+                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes).");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if workloads.is_empty() {
+        workloads = IMPLEMENTED.iter().map(|s| s.to_string()).collect();
+    }
+    match run(Plan::new(quick), &workloads) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // The devices' runtime: one worker, so devices and relay each have one of this machine's
+    // cores (the relay's runtime has its own thread).
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weft-bench-dev")
+        .enable_all()
+        .build()
+        .context("cannot start the devices' runtime")?;
+    eprintln!(
+        "weft-bench: {} mode; generating {} chat changes; relay CPU from {}",
+        if plan.quick { "quick" } else { "full" },
+        plan.chain_len,
+        relay::cpu_resolution()
+    );
+    let chain = Arc::new(Chain::generate(plan.chain_len));
+    for w in workloads {
+        let t = Instant::now();
+        let out = match w.as_str() {
+            "fanout" => fanout_workload(&plan, &clients, &chain)?,
+            "throughput" => throughput_workload(&plan, &clients, &chain)?,
+            "wire-bytes" => wire_bytes_workload(&plan, &clients, &chain)?,
+            other => anyhow::bail!("no workload {other}"),
+        };
+        eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());
+        println!("{out}");
+    }
+    eprintln!("weft-bench: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e7).round() / 10.0
+}
+
+/// p50, p99 and max of `samples` (sorted here).
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        if samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i]
+    };
+    (at(0.50), at(0.99), samples.last().copied().unwrap_or_default())
+}
+
+fn fanout_workload(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+) -> anyhow::Result<Value> {
+    eprintln!("fanout: one writer, every other device receives; one change in flight");
+    eprintln!(
+        "  {:>7} {:>7} | {:>8} {:>8} {:>8} {:>6} | {:>12} {:>12} | {:>8} {:>8} {:>8} {:>12}",
+        "devices", "changes", "p50 ms", "p99 ms", "max ms", "target", "relay us/chg", "us/delivery",
+        "base p50", "base p99", "base max", "base us/chg"
+    );
+    let mut runs = Vec::new();
+    let mut base_runs = Vec::new();
+    for &(devices, changes, base_changes, target) in &plan.fanout {
+        let relay = Relay::start()?;
+        let r = rt.block_on(fanout::run(
+            &relay,
+            devices,
+            plan.fanout_warmup,
+            changes,
+            chain.clone(),
+        ));
+        relay.stop();
+        let mut r = r.with_context(|| format!("fanout with {devices} devices"))?;
+        let (p50, p99, max) = percentiles(&mut r.latencies);
+        let cpu_per_change = r.relay_cpu / r.changes as u32;
+        let cpu_per_delivery = r.relay_cpu / (r.changes * (devices - 1)) as u32;
+
+        let t = Instant::now();
+        let mut base = fanout::baseline(devices, base_changes.min(chain.len()), chain)?;
+        let base_cpu = t.elapsed() / base_changes as u32;
+        let (b50, b99, bmax) = percentiles(&mut base);
+        eprintln!(
+            "  {:>7} {:>7} | {:>8.3} {:>8.3} {:>8.3} {:>6} | {:>12.1} {:>12.1} | {:>8.3} {:>8.3} {:>8.3} {:>12.1}",
+            devices,
+            changes,
+            ms(p50),
+            ms(p99),
+            ms(max),
+            target.map_or("-".into(), |t| format!("<{t}")),
+            us(cpu_per_change),
+            us(cpu_per_delivery),
+            ms(b50),
+            ms(b99),
+            ms(bmax),
+            us(base_cpu),
+        );
+        if r.lost > 0 || r.sync_frames > 0 {
+            eprintln!(
+                "    note: {} receipts missed the 5 s deadline; {} sync frames (fallbacks from the fast path)",
+                r.lost, r.sync_frames
+            );
+        }
+        runs.push(json!({
+            "devices": devices,
+            "subscribers": devices - 1,
+            "changes": r.changes,
+            "samples": r.latencies.len(),
+            "lost": r.lost,
+            "sync_frames": r.sync_frames,
+            "p50_ms": ms(p50),
+            "p99_ms": ms(p99),
+            "max_ms": ms(max),
+            "target_p99_ms": target,
+            "target_met": target.map(|t| ms(p99) < t),
+            "wall_s": (r.wall.as_secs_f64() * 100.0).round() / 100.0,
+            "relay_cpu_us_per_change": us(cpu_per_change),
+            "relay_cpu_us_per_delivery": us(cpu_per_delivery),
+        }));
+        base_runs.push(json!({
+            "devices": devices,
+            "changes": base_changes,
+            "p50_ms": ms(b50),
+            "p99_ms": ms(b99),
+            "max_ms": ms(bmax),
+            "cpu_us_per_change": us(base_cpu),
+        }));
+    }
+    Ok(json!({
+        "workload": "fanout",
+        "quick": plan.quick,
+        "setup": "in-process weft-relay (QUIC, hub, engine, redb in a temp dir) on a tokio \
+            runtime with 1 worker thread; devices on a 1-worker runtime; loopback; latency from \
+            the writer handing a Changes frame to QUIC to a receiver decoding the forwarded \
+            frame; relay CPU = CPU time of the relay's threads during the measured changes",
+        "runs": runs,
+        "baseline": {
+            "name": "automerge-sync-round-per-subscriber",
+            "description": "Automerge 0.12's own sync protocol in memory on one thread, no \
+                network: per change, a sync round writer->server, then a full sync round \
+                (messages encoded and decoded) between the server and each subscriber in turn; \
+                a subscriber's latency is the end of its round. A lower bound for a server \
+                that runs the sync protocol per subscriber.",
+            "runs": base_runs,
+        },
+    }))
+}
+
+fn throughput_workload(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+) -> anyhow::Result<Value> {
+    eprintln!(
+        "throughput: {} documents x {} devices, every device on every document, one writer each",
+        plan.docs, plan.devices
+    );
+    let relay = Relay::start()?;
+    let target = throughput::Target {
+        addr: relay.addr,
+        cert: &relay.cert,
+        token: relay.token()?,
+        relay: true,
+    };
+    let r = rt.block_on(throughput::run(
+        target,
+        plan.docs,
+        plan.devices,
+        plan.warmup,
+        plan.window,
+        chain.clone(),
+    ));
+    let drops = relay
+        .metrics
+        .queue_drops
+        .load(std::sync::atomic::Ordering::Relaxed);
+    relay.stop();
+    let r = r.context("throughput through the relay")?;
+
+    let fwd = Forwarder::start()?;
+    let target = throughput::Target {
+        addr: fwd.addr,
+        cert: &fwd.cert,
+        token: String::new(),
+        relay: false,
+    };
+    let b = rt.block_on(throughput::run(
+        target,
+        plan.docs,
+        plan.devices,
+        plan.warmup,
+        plan.window,
+        chain.clone(),
+    ));
+    fwd.stop();
+    let b = b.context("throughput through the baseline forwarder")?;
+
+    let per_change = |run: &throughput::Run| {
+        if run.accepted == 0 {
+            Duration::ZERO
+        } else {
+            run.relay_cpu / run.accepted as u32
+        }
+    };
+    let util = |run: &throughput::Run| run.relay_cpu.as_secs_f64() / run.window.as_secs_f64();
+    let per_cpu_s = |run: &throughput::Run| {
+        let cpu = run.relay_cpu.as_secs_f64();
+        if cpu == 0.0 {
+            0.0
+        } else {
+            (run.accepted as f64 / cpu).round()
+        }
+    };
+    eprintln!(
+        "  {:<10} {:>12} {:>14} {:>14} {:>10} {:>16}",
+        "", "accepted/s", "deliveries/s", "cpu us/change", "cpu util", "accepted/cpu-s"
+    );
+    for (name, run) in [("relay", &r), ("forwarder", &b)] {
+        eprintln!(
+            "  {:<10} {:>12.0} {:>14.0} {:>14.1} {:>9.0}% {:>16.0}",
+            name,
+            run.accepted_per_s,
+            run.deliveries_per_s,
+            us(per_change(run)),
+            util(run) * 100.0,
+            per_cpu_s(run)
+        );
+    }
+    eprintln!("  targets: >= 20,000 accepted/s, >= 180,000 deliveries/s (relay on one core)");
+    if r.sync_frames > 0 || drops > 0 || r.chain_exhausted {
+        eprintln!(
+            "  note: {} sync frames to receivers, {} queue drops at the relay, chain exhausted: {}",
+            r.sync_frames, drops, r.chain_exhausted
+        );
+    }
+    Ok(json!({
+        "workload": "throughput",
+        "quick": plan.quick,
+        "documents": plan.docs,
+        "devices": plan.devices,
+        "setup": "in-process weft-relay (QUIC, hub, engine, redb) on a 1-worker runtime; 10 \
+            devices on a 1-worker runtime, each subscribed to every document and writing 1/10 of \
+            them; pre-generated chat changes (~170 B); a writer keeps at most 64 changes \
+            unacknowledged and 400 undelivered; receivers count forwarded changes and \
+            acknowledge every 500 ms without applying them",
+        "window_s": (r.window.as_secs_f64() * 100.0).round() / 100.0,
+        "setup_s": (r.setup.as_secs_f64() * 10.0).round() / 10.0,
+        "accepted_changes_per_s": r.accepted_per_s.round(),
+        "deliveries_per_s": r.deliveries_per_s.round(),
+        "target_accepted_changes_per_s": 20000,
+        "target_deliveries_per_s": 180000,
+        "targets_met": r.accepted_per_s >= 20000.0 && r.deliveries_per_s >= 180000.0,
+        "relay_cpu_us_per_change": us(per_change(&r)),
+        "relay_cpu_utilisation": (util(&r) * 100.0).round() / 100.0,
+        "accepted_changes_per_relay_cpu_second": per_cpu_s(&r),
+        "sync_frames": r.sync_frames,
+        "queue_drops": drops,
+        "chain_exhausted": r.chain_exhausted,
+        "baseline": {
+            "name": "quic-forwarder",
+            "description": "the same devices and traffic through a QUIC server on the same \
+                kind of runtime that forwards every Changes frame to every other connection and \
+                answers the sender with an Ack: the relay's transport and fan-out without \
+                engine, authorization or store",
+            "accepted_changes_per_s": b.accepted_per_s.round(),
+            "deliveries_per_s": b.deliveries_per_s.round(),
+            "cpu_us_per_change": us(per_change(&b)),
+            "cpu_utilisation": (util(&b) * 100.0).round() / 100.0,
+            "accepted_changes_per_cpu_second": per_cpu_s(&b),
+        },
+    }))
+}
+
+fn wire_bytes_workload(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+) -> anyhow::Result<Value> {
+    let relay = Relay::start()?;
+    let n = plan.wire_changes.min(chain.len().saturating_sub(10));
+    let f = rt.block_on(wire_bytes::run(&relay, n, chain.clone()));
+    relay.stop();
+    let f = f?;
+    eprintln!("wire-bytes: one chat change, per change");
+    eprintln!("  raw change                              {:>8.1} B", f.raw_change);
+    eprintln!(
+        "  weft live path, frames per link         {:>8.1} B  (Changes + Ack)",
+        f.live_writer
+    );
+    eprintln!(
+        "  weft live path, UDP writer / subscriber {:>8.1} / {:.1} B",
+        f.udp_writer, f.udp_subscriber
+    );
+    eprintln!(
+        "  automerge sync protocol per peer pair   {:>8.1} B  ({:.1} messages; {:.1} B framed)",
+        f.sync_bytes, f.sync_messages, f.sync_frames
+    );
+    Ok(f.json())
+}

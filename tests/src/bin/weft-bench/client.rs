@@ -1,0 +1,180 @@
+//! Bench devices: QUIC clients that say hello like a device, sync their documents with a real
+//! engine until the relay holds them live, then split into a light reader and writer that move
+//! frames without applying them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rustls::pki_types::CertificateDer;
+use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
+use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
+use weft_core::wire::{self, Message};
+use weft_core::DocId;
+
+const RELAY: ConnId = ConnId(0);
+
+/// One connected device.
+pub struct Client {
+    pub conn: quinn::Connection,
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+    pub endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    /// Connects, says hello and waits for the welcome.
+    pub async fn connect(
+        addr: SocketAddr,
+        cert: &[CertificateDer<'static>],
+        token: &str,
+    ) -> anyhow::Result<Client> {
+        let key = DeviceKey::generate()?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(quic::client_config(
+            &key,
+            ServerTrust::PinnedCert(cert.to_vec()),
+        )?);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(20),
+            endpoint.connect(addr, "localhost")?,
+        )
+        .await
+        .context("connecting timed out")??;
+        let (send, recv) = conn.open_bi().await?;
+        let mut c = Client {
+            conn,
+            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
+            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
+            endpoint,
+        };
+        c.writer
+            .send(&Message::Hello {
+                protocol: wire::PROTOCOL_VERSION,
+                device: key.device_id(),
+                token: token.to_string(),
+                agent: "weft-bench".into(),
+            })
+            .await?;
+        match tokio::time::timeout(Duration::from_secs(20), c.reader.recv()).await {
+            Ok(Ok(Some(Message::Welcome { .. }))) => Ok(c),
+            Ok(Ok(other)) => bail!("expected a welcome, got {other:?}"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("no welcome within 20 s"),
+        }
+    }
+
+    /// Subscribes to `docs` (pipelined) and runs a device engine until every one is synced
+    /// with the relay, so the relay sends this device live `Changes` from now on.
+    pub async fn sync(&mut self, docs: &[DocId], limit: Duration) -> anyhow::Result<()> {
+        let mut engine = Engine::new(EngineConfig::device());
+        engine.add_conn(RELAY);
+        for doc in docs {
+            self.writer.send(&Message::Subscribe { doc: *doc }).await?;
+        }
+        let started = Instant::now();
+        let mut waiting: HashSet<DocId> = docs.iter().copied().collect();
+        let mut opened = HashSet::new();
+        while !waiting.is_empty() {
+            if started.elapsed() > limit {
+                bail!("{} documents did not sync within {limit:?}", waiting.len());
+            }
+            let msg = match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
+                Ok(r) => r?.context("the relay closed the stream")?,
+                Err(_) => {
+                    engine.tick(started.elapsed().as_millis() as u64);
+                    self.flush(&mut engine).await?;
+                    continue;
+                }
+            };
+            let doc = msg.doc();
+            match msg {
+                Message::Subscribed { doc, role } => {
+                    opened.insert(doc);
+                    let opts = OpenOptions {
+                        send_changes: role.can_write(),
+                        ..Default::default()
+                    };
+                    engine.open(RELAY, doc, opts);
+                }
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    engine.handle(RELAY, m)?;
+                }
+                Message::Error { code, message, .. } => {
+                    bail!("the relay refused: {code:?} {message}")
+                }
+                _ => {}
+            }
+            self.flush(&mut engine).await?;
+            if let Some(doc) = doc {
+                if opened.contains(&doc) && engine.is_synced(RELAY, doc) {
+                    waiting.remove(&doc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, engine: &mut Engine) -> anyhow::Result<()> {
+        while let Some(o) = engine.poll_output() {
+            match o {
+                Output::Send { msg, .. } => self.writer.send(&msg).await?,
+                Output::Persist { id, .. } => engine.persisted(id),
+                Output::Load { doc } => engine.loaded(doc, None),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects `n` clients concurrently (at most 16 handshakes at once).
+pub async fn connect_many(
+    n: usize,
+    addr: SocketAddr,
+    cert: &[CertificateDer<'static>],
+    token: &str,
+) -> anyhow::Result<Vec<Client>> {
+    let mut out = Vec::with_capacity(n);
+    for chunk_start in (0..n).step_by(16) {
+        let chunk = (n - chunk_start).min(16);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..chunk {
+            let (cert, token) = (cert.to_vec(), token.to_string());
+            set.spawn(async move { Client::connect(addr, &cert, &token).await });
+        }
+        while let Some(c) = set.join_next().await {
+            out.push(c??);
+        }
+    }
+    Ok(out)
+}
+
+/// Syncs every client on `docs` concurrently.
+pub async fn sync_all(
+    clients: Vec<Client>,
+    docs: &[DocId],
+    limit: Duration,
+) -> anyhow::Result<Vec<Client>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let docs = docs.to_vec();
+        set.spawn(async move { c.sync(&docs, limit).await.map(|()| (i, c)) });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r??);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, c)| c).collect())
+}
+
+/// A frame for `Changes` of one raw change.
+pub fn changes_frame(doc: DocId, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let msg = Message::Changes {
+        doc,
+        changes: vec![serde_bytes::ByteBuf::from(raw.to_vec())],
+    };
+    Ok(wire::frame(&msg, wire::DEFAULT_MAX_FRAME)?)
+}

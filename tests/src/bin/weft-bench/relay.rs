@@ -1,0 +1,323 @@
+//! The relay under test, in this process on a runtime of its own (one worker thread: "the relay
+//! on one core"), with its real QUIC server and redb store in a temporary directory; and the
+//! baseline forwarder, the same transport with neither engine nor store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use weft_core::quic::{FrameReader, FrameWriter};
+use weft_core::store::{GroupCommit, KvStore, RedbStore};
+use weft_core::wire::{self, Message};
+use weft_relay::{Claims, Metrics, Minter};
+
+/// Threads whose CPU time counts as the relay's (names are cut to 15 bytes by the kernel).
+const RELAY_THREAD: &str = "weft-relay-rt";
+const STORE_THREAD: &str = "weft-store-writ";
+
+/// A running relay.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub cert: Vec<CertificateDer<'static>>,
+    pub metrics: Arc<Metrics>,
+    minter_secret: weft_relay::JwtSecret,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    group: Option<Arc<GroupCommit>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Relay {
+    /// Starts a relay on loopback with a fresh data directory.
+    pub fn start() -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+        let secret = weft_relay::ensure_dev_secret(dir.path())?;
+        let identity = weft_relay::ensure_dev_cert(dir.path())?;
+        let cert = identity.cert_chain.clone();
+        let runtime = relay_runtime()?;
+        let store_path = dir.path().join("relay.redb");
+        let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(&store_path)?);
+        let group = Arc::new(GroupCommit::new(kv)?);
+        let metrics = Arc::new(Metrics::default());
+        let verifier = weft_relay::Verifier::new(&secret);
+        let (stop, stop_rx) = watch::channel(false);
+        let (endpoint, hub_task, accept_task) = {
+            let _guard = runtime.enter();
+            let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity)
+                .map_err(anyhow::Error::msg)?;
+            let (hub_tx, hub_rx) = mpsc::channel(4096);
+            let hub = weft_relay::Hub::new(
+                weft_relay::HubConfig::default(),
+                group.clone(),
+                verifier.clone(),
+                metrics.clone(),
+            );
+            let hub_task = runtime.spawn(hub.run(hub_rx));
+            let mut rx = stop_rx.clone();
+            let accept_task = runtime.spawn(weft_relay::accept_loop(
+                endpoint.clone(),
+                verifier,
+                weft_relay::ServerLimits::default(),
+                hub_tx,
+                metrics.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
+            (endpoint, hub_task, accept_task)
+        };
+        let addr = endpoint.local_addr()?;
+        Ok(Relay {
+            addr,
+            cert,
+            metrics,
+            minter_secret: secret,
+            stop,
+            tasks: vec![accept_task, hub_task],
+            runtime: Some(runtime),
+            group: Some(group),
+            _dir: dir,
+        })
+    }
+
+    /// A token for user `bench` that may create documents.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = Claims::new("bench", now, 3600).with_create(true);
+        Ok(Minter::new(&self.minter_secret).mint(&claims)?)
+    }
+
+    /// Stops accepting, closes connections and waits for the hub's writes (as SIGTERM does).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(rt) = self.runtime.take() {
+            for task in self.tasks.drain(..) {
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), task).await
+                });
+            }
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        self.group.take();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn relay_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(RELAY_THREAD)
+        .enable_all()
+        .build()
+        .context("cannot start the relay's runtime")
+}
+
+/// CPU time used so far by the relay's threads (runtime workers, blocking pool, store writer).
+pub fn relay_cpu() -> Duration {
+    let mut total = Duration::ZERO;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        if comm != RELAY_THREAD && comm != STORE_THREAD {
+            continue;
+        }
+        total += thread_cpu(&dir).unwrap_or_default();
+    }
+    total
+}
+
+/// A thread's CPU time: nanoseconds from `schedstat`, else clock ticks from `stat`.
+fn thread_cpu(dir: &std::path::Path) -> Option<Duration> {
+    if let Ok(s) = std::fs::read_to_string(dir.join("schedstat")) {
+        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            return Some(Duration::from_nanos(ns));
+        }
+    }
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // Fields after the parenthesised name; utime and stime are the 14th and 15th overall.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Whether this system reports CPU time per thread with nanosecond resolution.
+pub fn cpu_resolution() -> &'static str {
+    if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+        "schedstat (ns)"
+    } else {
+        "stat (10 ms ticks)"
+    }
+}
+
+/// The throughput baseline: a QUIC server on the same kind of runtime that forwards every frame
+/// it receives to every other connection and answers the sender with a small `Ack` frame — the
+/// relay's transport and fan-out with no engine, no authorization and no store.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    pub cert: Vec<CertificateDer<'static>>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+enum FwdEvent {
+    Open(u64, mpsc::Sender<Arc<Vec<u8>>>),
+    Frame(u64, Message),
+    Closed(u64),
+}
+
+impl Forwarder {
+    pub fn start() -> anyhow::Result<Forwarder> {
+        let dir = tempfile::tempdir()?;
+        let identity = weft_relay::ensure_dev_cert(dir.path())?;
+        let cert = identity.cert_chain.clone();
+        let runtime = relay_runtime()?;
+        let (stop, mut stop_rx) = watch::channel(false);
+        let _guard = runtime.enter();
+        let endpoint =
+            weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity).map_err(anyhow::Error::msg)?;
+        let addr = endpoint.local_addr()?;
+        let task = runtime.spawn(async move {
+            let (ev_tx, ev_rx) = mpsc::channel(4096);
+            let hub = tokio::spawn(forward_hub(ev_rx));
+            let mut conns = tokio::task::JoinSet::new();
+            let mut next = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop_rx.wait_for(|s| *s) => break,
+                    incoming = endpoint.accept() => {
+                        let Some(incoming) = incoming else { break };
+                        next += 1;
+                        conns.spawn(forward_conn(incoming, next, ev_tx.clone()));
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+            endpoint.close(quinn::VarInt::from_u32(0), b"done");
+            conns.shutdown().await;
+            drop(ev_tx);
+            let _ = hub.await;
+        });
+        drop(_guard);
+        Ok(Forwarder {
+            addr,
+            cert,
+            stop,
+            task: Some(task),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let (Some(rt), Some(task)) = (self.runtime.take(), self.task.take()) {
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Like the relay's hub: one task owns the routing table and `try_send`s shared frames.
+async fn forward_hub(mut events: mpsc::Receiver<FwdEvent>) {
+    let mut outs: HashMap<u64, mpsc::Sender<Arc<Vec<u8>>>> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            FwdEvent::Open(id, out) => {
+                outs.insert(id, out);
+            }
+            FwdEvent::Closed(id) => {
+                outs.remove(&id);
+            }
+            FwdEvent::Frame(from, msg) => {
+                let Message::Changes { doc, .. } = &msg else {
+                    continue;
+                };
+                let doc = *doc;
+                let Ok(frame) = wire::frame(&msg, wire::DEFAULT_MAX_FRAME) else {
+                    continue;
+                };
+                let frame = Arc::new(frame);
+                for (id, out) in &outs {
+                    if *id != from {
+                        let _ = out.try_send(frame.clone());
+                    }
+                }
+                let ack = Message::Ack { doc, heads: Vec::new() };
+                if let (Some(out), Ok(f)) = (outs.get(&from), wire::frame(&ack, wire::DEFAULT_MAX_FRAME)) {
+                    let _ = out.try_send(Arc::new(f));
+                }
+            }
+        }
+    }
+}
+
+async fn forward_conn(incoming: quinn::Incoming, id: u64, events: mpsc::Sender<FwdEvent>) {
+    let Ok(connection) = incoming.await else { return };
+    let Ok((send, recv)) = connection.accept_bi().await else { return };
+    let mut reader = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME);
+    let mut writer = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME);
+    let Ok(Some(Message::Hello { device, .. })) = reader.recv().await else { return };
+    let welcome = Message::Welcome {
+        protocol: wire::PROTOCOL_VERSION,
+        user: "bench".into(),
+        device,
+        max_frame: wire::DEFAULT_MAX_FRAME as u32,
+    };
+    if writer.send(&welcome).await.is_err() {
+        return;
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<Arc<Vec<u8>>>(1024);
+    if events.send(FwdEvent::Open(id, out_tx)).await.is_err() {
+        return;
+    }
+    let write = async move {
+        while let Some(frame) = out_rx.recv().await {
+            if writer.send_raw(&frame).await.is_err() {
+                break;
+            }
+        }
+    };
+    let read = async {
+        while let Ok(Some(msg)) = reader.recv().await {
+            if events.send(FwdEvent::Frame(id, msg)).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = write => {}
+        _ = read => {}
+    }
+    let _ = events.send(FwdEvent::Closed(id)).await;
+}
