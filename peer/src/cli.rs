@@ -839,11 +839,16 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
     // --once: until every document is synced or refused, the link fails, or the timeout.
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut was_online = false;
+    let mut progress = Progress::default();
     let outcome = loop {
+        let mut line = None;
         let verdict = {
             let s = status.borrow_and_update();
             s.links.get(&link).and_then(|l| {
                 was_online |= l.state == LinkState::Online;
+                if l.state == LinkState::Online {
+                    line = progress.update(l);
+                }
                 if l.settled() && l.discovered {
                     return Some(Ok(l.clone()));
                 }
@@ -855,6 +860,9 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
                 None
             })
         };
+        if let Some(line) = line {
+            sink.err(line).await;
+        }
         if let Some(v) = verdict {
             break v;
         }
@@ -888,6 +896,42 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
     let synced = l.docs.values().filter(|d| d.state == SyncState::Synced).count();
     sink.err(format!("synced {synced} documents with {}", l.name)).await;
     Ok(())
+}
+
+/// Progress of a large initial sync, on stderr: a line when the count of documents done moves
+/// on, at most every half second, and only for transfers of many documents.
+#[derive(Default)]
+struct Progress {
+    last: Option<std::time::Instant>,
+    done: usize,
+}
+
+impl Progress {
+    const MIN_DOCS: usize = 20;
+
+    fn update(&mut self, l: &crate::LinkStatus) -> Option<String> {
+        let total = l.docs.len();
+        let done = l
+            .docs
+            .values()
+            .filter(|d| matches!(d.state, SyncState::Synced | SyncState::Refused))
+            .count();
+        if total < Self::MIN_DOCS || done == self.done {
+            return None;
+        }
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) && done < total {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        self.done = done;
+        let width = 30;
+        let filled = done * width / total.max(1);
+        Some(format!(
+            "[{}{}] {done}/{total} documents",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        ))
+    }
 }
 
 fn describe_link(l: &crate::LinkStatus) -> String {
