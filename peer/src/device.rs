@@ -1318,8 +1318,18 @@ impl Driver {
                     .get(&doc)
                     .and_then(|m| m.role)
                     .unwrap_or(Role::ReadWrite);
+                let mut link = None;
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.docs.insert(doc);
+                    link = Some(c.link);
+                }
+                if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                    l.docs.entry(doc).or_insert(DocStatus {
+                        state: SyncState::Syncing,
+                        role: Some(role),
+                        last_sync_ms: None,
+                    });
+                    self.status_dirty = true;
                 }
                 self.send(conn, Message::Subscribed { doc, role });
                 self.open(conn, doc, role);

@@ -231,7 +231,12 @@ async fn run_link(device: Device, link: u64, target: Target, cancel: Cancellatio
         }
         let was_online = ended.error.is_none() && !cancel.is_cancelled();
         set_state(&device, link, LinkState::Offline, ended.error.clone(), ended.refused).await;
-        if cancel.is_cancelled() || ended.fatal || !target.reconnect() {
+        if cancel.is_cancelled() {
+            // Stopped by its owner: the link leaves the status.
+            let _ = device.cmd(Cmd::DropLink(link)).await;
+            break;
+        }
+        if ended.fatal || !target.reconnect() {
             break;
         }
         if was_online {
@@ -241,7 +246,10 @@ async fn run_link(device: Device, link: u64, target: Target, cancel: Cancellatio
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = retry.notified() => backoff.reset(),
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => {
+                let _ = device.cmd(Cmd::DropLink(link)).await;
+                break;
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The hub: the one task that owns the relay's sync engine and store, fed by connection tasks.
 //!
-//! Connection tasks (QUIC today, WebSocket later) authenticate their peer, then hand the hub a
-//! [`HubEvent::Open`] with a bounded outbound queue, forward every decoded message as
+//! Connection tasks (QUIC connections and WebSocket sockets) authenticate their peer, then hand
+//! the hub a [`HubEvent::Open`] with a bounded outbound queue, forward every decoded message as
 //! [`HubEvent::Frame`] and report [`HubEvent::Closed`]. The hub authorizes subscriptions
 //! ([`crate::access`]), drives the engine through [`Host`], and puts encoded frames on the
 //! connections' queues with `try_send`: a full queue never blocks fan-out; the message is
@@ -38,6 +38,9 @@ use crate::{Claims, Verifier};
 mod control;
 
 use control::QueuedControl;
+
+/// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
+const WAKE_RECHECK: Duration = Duration::from_millis(25);
 
 /// Hub limits.
 #[derive(Clone, Debug)]
@@ -121,6 +124,24 @@ pub enum HubEvent {
         /// The connection.
         conn: ConnId,
     },
+    // WebSocket hook (begin)
+    /// Keep every document of this connection in sync mode (`Sync` messages only, no
+    /// `Changes`/`Ack` fast path): its peer speaks only Automerge's sync protocol. Sent right
+    /// after `Open`, before any subscription.
+    SyncOnly {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// `Subscribe` that never creates: a document the relay has never stored is refused like a
+    /// forbidden one (`FORBIDDEN`), even for a token that may create documents. An
+    /// automerge-repo `request` asks for a document; it does not upload one.
+    SubscribeExisting {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc: DocId,
+    },
+    // WebSocket hook (end)
 }
 
 struct Conn {
@@ -180,6 +201,10 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
     arrivals: HashMap<DocId, Instant>,
+    // Postgres checkpoints (begin)
+    /// Where changed documents are marked for the checkpointer, when Postgres is configured.
+    dirty: Option<Arc<crate::checkpoint::DirtyDocs>>,
+    // Postgres checkpoints (end)
 }
 
 impl Hub {
@@ -209,8 +234,24 @@ impl Hub {
             start: Instant::now(),
             metrics,
             arrivals: HashMap::new(),
+            dirty: None,
         }
     }
+
+    // Postgres checkpoints (begin)
+    /// Marks in `dirty` every document whose content, access list or deletion changes (once
+    /// durable), for the checkpointer.
+    pub fn with_checkpoints(mut self, dirty: Arc<crate::checkpoint::DirtyDocs>) -> Self {
+        self.dirty = Some(dirty);
+        self
+    }
+
+    pub(crate) fn mark_dirty(&self, doc: DocId) {
+        if let Some(d) = &self.dirty {
+            d.mark(doc);
+        }
+    }
+    // Postgres checkpoints (end)
 
     /// Runs until `events` closes (every connection task and the acceptor are gone), then
     /// waits for every write in flight. Cancel safety: dropping the future loses no acknowledged
@@ -219,15 +260,32 @@ impl Hub {
         self.index_upgrade().await;
         let mut resync_timer = tokio::time::interval(Duration::from_millis(500));
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // `next_wakeup` scans every (document, peer): computing it after every event made the
+        // hot path proportional to the documents held. It is computed at most once per
+        // WAKE_RECHECK; events in between may have moved a timer earlier, so the loop looks
+        // again WAKE_RECHECK after them (the engine's timers are a second or more).
+        let mut wake: Option<Instant> = None;
+        let mut checked_at: Option<Instant> = None;
+        let mut moved = false;
         loop {
             self.pump_actions();
-            let wake = self
-                .host
-                .engine()
-                .next_wakeup()
-                .map(|ms| self.start + Duration::from_millis(ms));
+            let now = Instant::now();
+            if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
+                wake = self
+                    .host
+                    .engine()
+                    .next_wakeup()
+                    .map(|ms| self.start + Duration::from_millis(ms));
+                checked_at = Some(now);
+                moved = false;
+            }
+            let recheck = checked_at.map(|t| t + WAKE_RECHECK).filter(|_| moved);
+            let deadline = match (wake, recheck) {
+                (Some(w), Some(r)) => Some(w.min(r)),
+                (w, r) => w.or(r),
+            };
             let sleep = async {
-                match wake {
+                match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
@@ -242,11 +300,15 @@ impl Hub {
                     Err(e) => tracing::error!(error = %e, "hub task failed"),
                 },
                 _ = sleep => {
-                    let now = self.now_ms();
-                    self.host.engine().tick(now);
+                    if wake.is_some_and(|w| Instant::now() >= w) {
+                        let now = self.now_ms();
+                        self.host.engine().tick(now);
+                    }
+                    checked_at = None;
                 }
                 _ = resync_timer.tick() => self.housekeeping(),
             }
+            moved = true;
         }
         // Drain: every write in flight completes before the hub returns.
         while let Some(done) = self.tasks.join_next().await {
@@ -314,6 +376,19 @@ impl Hub {
                 }
                 self.on_frame(conn, msg)
             }
+            // WebSocket hook (begin)
+            HubEvent::SyncOnly { conn } => {
+                if self.conns.contains_key(&conn) {
+                    self.host.engine().set_sync_only(conn);
+                }
+            }
+            HubEvent::SubscribeExisting { conn, doc } => {
+                if self.conns.get(&conn).is_some_and(|c| !c.closing) {
+                    Metrics::inc(&self.metrics.messages_in);
+                    self.subscribe(conn, doc, false);
+                }
+            }
+            // WebSocket hook (end)
             HubEvent::Closed { conn } => self.on_closed(conn),
         }
     }
@@ -404,6 +479,11 @@ impl Hub {
     }
 
     fn on_subscribe(&mut self, conn: ConnId, doc: DocId) {
+        self.subscribe(conn, doc, true);
+    }
+
+    /// `may_create: false` refuses an unknown document instead of creating it (WebSocket hook).
+    fn subscribe(&mut self, conn: ConnId, doc: DocId, may_create: bool) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -445,6 +525,8 @@ impl Hub {
                     }
                 });
             }
+            // WebSocket hook: a request never creates.
+            Decision::Create if !may_create => self.send(conn, &forbidden(doc)),
             Decision::Create => {
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
@@ -614,6 +696,9 @@ impl Hub {
                 result,
             } => match result {
                 Ok(()) => {
+                    if created {
+                        self.mark_dirty(doc); // Postgres checkpoints: the owner record
+                    }
                     self.open_subscription(conn, doc);
                     if created {
                         self.created(doc);
@@ -632,7 +717,12 @@ impl Hub {
                 request,
                 change,
                 result,
-            } => self.control_committed(doc, request, *change, result),
+            } => {
+                if result.is_ok() {
+                    self.mark_dirty(doc); // Postgres checkpoints: access or deletion changed
+                }
+                self.control_committed(doc, request, *change, result)
+            }
         }
     }
 
@@ -709,6 +799,8 @@ impl Hub {
                         self.send(conn, &internal(doc));
                     }
                 }
+                // Postgres checkpoints: `Changed` is reported once the change is durable.
+                Action::Event(Output::Changed { doc, .. }) => self.mark_dirty(doc),
                 Action::Event(_) => {}
                 _ => {}
             }
@@ -752,12 +844,19 @@ impl Hub {
         if c.closing {
             return;
         }
+        // Best-effort frames never take the second half of a queue (it is kept for frames that
+        // must arrive), and dropping one needs no resync: a resync would not bring it back.
+        let reliable = !matches!(out, Outbound::Ephemeral(_));
+        if !reliable && c.out.capacity() * 2 < c.out.max_capacity() {
+            Metrics::inc(&self.metrics.queue_drops);
+            return;
+        }
         match c.out.try_send(out) {
             Ok(()) => Metrics::inc(&self.metrics.messages_out),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Metrics::inc(&self.metrics.queue_drops);
                 // Never block fan-out on one slow peer: drop, resync from heads later.
-                if let Some(doc) = doc {
+                if let (Some(doc), true) = (doc, reliable) {
                     c.lagging.insert(doc);
                 }
             }

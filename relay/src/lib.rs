@@ -11,7 +11,11 @@
 //!   (at least [`MIN_SECRET_LEN`] bytes) or generated once into the data directory by `--dev`.
 //! - [`TlsIdentity`], [`load_cert_and_key`] and [`ensure_dev_cert`]: the relay's certificate and
 //!   key as rustls types, from PEM files or a self-signed pair generated once by `--dev`.
+//! - [`Checkpointer`] and [`DirtyDocs`]: Postgres checkpoints of changed documents, and the
+//!   restore of a relay's store from them.
 //! - [`parse_duration`] and [`parse_byte_size`]: the command line's `24h` and `16MiB` values.
+//! - [`ws_accept_loop`]: the WebSocket endpoint for `@automerge/automerge-repo` clients, feeding
+//!   the same [`Hub`] as the QUIC [`accept_loop`] (see `ws/mod.rs` for the message flow).
 //!
 //! # Example
 //!
@@ -34,6 +38,7 @@
 
 mod access;
 mod auth;
+mod checkpoint;
 mod discovery;
 mod http;
 mod hub;
@@ -43,10 +48,14 @@ mod server;
 mod sharing;
 mod tls;
 mod units;
+mod ws;
 
 pub use access::{decide, readable_role, refusal_code, Decision};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN};
+pub use checkpoint::{
+    CheckpointConfig, CheckpointError, Checkpointer, DirtyDocs, RestoreStats, RoundStats,
+};
 pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound};
 pub use metrics::Metrics;
@@ -60,3 +69,4 @@ pub use tls::{
     DEV_SUBJECT_ALT_NAMES,
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
+pub use ws::{bind_ws, ws_accept_loop, WsLimits};

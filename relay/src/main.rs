@@ -384,12 +384,38 @@ async fn run_relay(
         }
         HttpListen::Off => None,
     };
-    if args.ws.is_some() {
-        tracing::warn!("--ws is not implemented yet; no WebSocket endpoint is served");
-    }
-    if args.postgres.is_some() {
-        tracing::warn!("--postgres is not implemented yet; the relay runs on its redb store alone");
-    }
+    // WebSocket endpoint (begin)
+    let ws_listener = match args.ws {
+        Some(addr) => {
+            let listener = weft_relay::bind_ws(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for WebSocket clients"))?;
+            ready.push_str(&format!(" ws={}", listener.local_addr()?));
+            Some(listener)
+        }
+        None => None,
+    };
+    // WebSocket endpoint (end)
+    // Postgres checkpoints (begin)
+    // Migrations and the restore of documents the store lacks run before anything is served.
+    let dirty = weft_relay::DirtyDocs::new();
+    let checkpointer = match &args.postgres {
+        Some(url) => {
+            let cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
+            let (checkpointer, restored) =
+                weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
+                    .await
+                    .context("cannot start Postgres checkpoints")?;
+            tracing::info!(
+                checkpointed = restored.checkpointed,
+                restored = restored.restored,
+                "Postgres ready"
+            );
+            Some(checkpointer)
+        }
+        None => None,
+    };
+    // Postgres checkpoints (end)
 
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
     let mut hub_config = weft_relay::HubConfig::default();
@@ -399,8 +425,30 @@ async fn run_relay(
         group.clone(),
         verifier.clone(),
         metrics.clone(),
-    );
+    )
+    .with_checkpoints(dirty.clone()); // Postgres checkpoints
     let hub_task = tokio::spawn(hub.run(hub_rx));
+    // Postgres checkpoints (begin)
+    let (checkpoint_stop, checkpoint_stop_rx) = tokio::sync::watch::channel(false);
+    let checkpoint_task =
+        checkpointer.map(|c| tokio::spawn(c.run(stopped(checkpoint_stop_rx.clone()))));
+    // Postgres checkpoints (end)
+    // WebSocket endpoint (begin)
+    let ws_task = ws_listener.map(|listener| {
+        let limits = weft_relay::WsLimits {
+            max_frame: usize::try_from(args.ws_max_frame).unwrap_or(usize::MAX),
+            ..Default::default()
+        };
+        tokio::spawn(weft_relay::ws_accept_loop(
+            listener,
+            verifier.clone(),
+            limits,
+            hub_tx.clone(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    // WebSocket endpoint (end)
     let accept_task = tokio::spawn(weft_relay::accept_loop(
         endpoint.clone(),
         verifier,
@@ -418,8 +466,16 @@ async fn run_relay(
     tracing::info!("shutting down: closing connections and flushing writes");
     let _ = stop_tx.send(true);
     let _ = accept_task.await;
+    if let Some(t) = ws_task {
+        let _ = t.await;
+    }
     // Every connection task has ended and dropped its hub sender: the hub drains and returns.
     let _ = hub_task.await;
+    // Postgres checkpoints: every write is durable now; the final checkpoint takes them all.
+    if let Some(t) = checkpoint_task {
+        let _ = checkpoint_stop.send(true);
+        let _ = t.await;
+    }
     if let Some(t) = http_task {
         let _ = t.await;
     }

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Connections closed for sending invalid frames or messages.
     pub protocol_errors: AtomicU64,
+    // Postgres checkpoints (begin)
+    /// Age of the oldest change not yet checkpointed, in milliseconds.
+    pub checkpoint_lag_ms: AtomicU64,
+    /// Documents waiting for a checkpoint.
+    pub checkpoint_dirty: AtomicU64,
+    /// Failed checkpoint batches and documents.
+    pub checkpoint_failures: AtomicU64,
+    /// Documents checkpointed since start.
+    pub checkpoint_documents: AtomicU64,
+    // Postgres checkpoints (end)
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -134,6 +144,32 @@ impl Metrics {
             "Connections closed for invalid input.",
             get(&self.protocol_errors),
         );
+        // Postgres checkpoints (begin)
+        one(
+            "weft_checkpoint_dirty_documents",
+            "gauge",
+            "Documents waiting for a checkpoint.",
+            get(&self.checkpoint_dirty),
+        );
+        one(
+            "weft_checkpoint_failures_total",
+            "counter",
+            "Failed checkpoint batches and documents.",
+            get(&self.checkpoint_failures),
+        );
+        one(
+            "weft_checkpoint_documents_total",
+            "counter",
+            "Documents checkpointed to Postgres.",
+            get(&self.checkpoint_documents),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_checkpoint_lag_seconds Age of the oldest change not yet checkpointed.\n\
+             # TYPE weft_checkpoint_lag_seconds gauge\nweft_checkpoint_lag_seconds {}",
+            get(&self.checkpoint_lag_ms) as f64 / 1e3
+        );
+        // Postgres checkpoints (end)
         let name = "weft_fanout_latency_seconds";
         let _ = writeln!(
             out,

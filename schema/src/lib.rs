@@ -50,6 +50,8 @@
 //! - [`Hlc`]: the hybrid logical clock behind `created_at`; [`Id`], [`MessageKey`].
 //! - [`to_json`], [`messages_json`], [`conflicts`]: JSON views.
 //! - [`migrate`]: schema versions and the migration from version 1.
+//! - [`MIGRATIONS`], [`MessageRow`], [`decode_content`]: the Postgres checkpoint tables, and
+//!   decoding a `weft_documents` row back into a typed document.
 //! - [`ReadError`], [`WriteError`]: typed errors naming the [`Path`] that is wrong.
 //!
 //! # Layout of a document (schema version 2)
@@ -123,6 +125,7 @@ mod json;
 mod kind;
 mod message;
 mod migrate;
+mod pg;
 mod profile;
 mod time;
 mod trip;
@@ -149,6 +152,10 @@ pub use message::{
     MessageChanges,
 };
 pub use migrate::migrate;
+pub use pg::{
+    decode_content, load_content, strip_nul, strip_nul_json, MessageRow, Migration, RowError,
+    MIGRATIONS,
+};
 pub use profile::Profile;
 pub use trip::{Broadcast, ItineraryItem, NewBroadcast, NewTask, NewTrip, Priority, Task, Trip};
 

@@ -125,6 +125,8 @@ pub struct Engine {
     persist_doc: HashMap<PersistId, DocId>,
     next_persist: u64,
     out: VecDeque<Output>,
+    /// Connections that never go live (see [`Engine::set_sync_only`]).
+    sync_only: HashSet<ConnId>,
 }
 
 impl Engine {
@@ -138,6 +140,7 @@ impl Engine {
             persist_doc: HashMap::new(),
             next_persist: 0,
             out: VecDeque::new(),
+            sync_only: HashSet::new(),
         }
     }
 
@@ -156,9 +159,17 @@ impl Engine {
         self.conns.entry(conn).or_default();
     }
 
+    /// Keeps every document of `conn` in sync mode: it is sent `Sync` messages only, never the
+    /// `Changes`/`Ack` fast path. For peers that speak only Automerge's sync protocol (the
+    /// relay's WebSocket clients). Call it before opening documents for `conn`.
+    pub fn set_sync_only(&mut self, conn: ConnId) {
+        self.sync_only.insert(conn);
+    }
+
     /// Forgets a connection: every document it had open is closed for it, and stable peers'
     /// sync states are persisted in their reconnect form.
     pub fn remove_conn(&mut self, conn: ConnId) {
+        self.sync_only.remove(&conn);
         let Some(docs) = self.conns.remove(&conn) else {
             return;
         };
@@ -931,6 +942,7 @@ impl Engine {
     }
 
     fn check_synced(&mut self, doc: DocId, conn: ConnId) {
+        let sync_only = self.sync_only.contains(&conn);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -943,7 +955,7 @@ impl Engine {
             pd.reported_synced = false;
             return;
         }
-        pd.live = true;
+        pd.live = !sync_only;
         if pd.reported_synced {
             return;
         }

@@ -323,3 +323,32 @@ fn a_forgotten_document_is_reloaded_fresh_and_resyncs_from_scratch() {
         .read(DOC, |d| automerge::ReadDoc::get(d.automerge(), ROOT, "mine").unwrap().is_some())
         .unwrap());
 }
+
+#[test]
+fn a_sync_only_peer_gets_new_changes_as_sync_messages_never_the_fast_path() {
+    // The relay (b) keeps its WebSocket client (a) in sync mode: the client speaks only
+    // Automerge's sync protocol and never acknowledges `Changes`.
+    let mut a = Engine::new(EngineConfig::device());
+    let mut b = Engine::new(EngineConfig::relay());
+    a.create(DOC, doc_with_actor(1));
+    b.create(DOC, doc_with_actor(2));
+    b.add_conn(ConnId(2));
+    b.set_sync_only(ConnId(2));
+    a.set_sync_only(ConnId(1));
+    a.open(ConnId(1), DOC, OpenOptions::default());
+    b.open(ConnId(2), DOC, OpenOptions::default());
+    pump(&mut a, &mut b);
+    assert!(b.is_synced(ConnId(2), DOC));
+    let id = write(&mut b, "from the relay side");
+    b.persisted(id);
+    let sends = drain(&mut b);
+    assert!(
+        !sends.is_empty() && sends.iter().all(|(_, m)| matches!(m, Message::Sync { .. })),
+        "{sends:?}"
+    );
+    for (_, m) in sends {
+        a.handle(ConnId(1), m).unwrap();
+    }
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+}

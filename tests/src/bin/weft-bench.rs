@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 mod chain;
 #[path = "weft-bench/client.rs"]
 mod client;
+#[path = "weft-bench/device.rs"]
+mod device;
 #[path = "weft-bench/fanout.rs"]
 mod fanout;
 #[path = "weft-bench/relay.rs"]
@@ -31,9 +33,9 @@ mod wire_bytes;
 use chain::Chain;
 use relay::{Forwarder, Relay};
 
-const IMPLEMENTED: &[&str] = &["fanout", "throughput", "wire-bytes"];
-const PLANNED: &[&str] = &["initial-sync", "reconnect", "memory", "checkpoint", "durable-writes"];
-const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes)";
+const IMPLEMENTED: &[&str] = &["fanout", "throughput", "wire-bytes", "reconnect", "durable-writes"];
+const PLANNED: &[&str] = &["initial-sync", "memory", "checkpoint"];
+const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes)";
 
 struct Plan {
     quick: bool,
@@ -102,7 +104,7 @@ fn main() -> ExitCode {
                 }
             }
             w if PLANNED.contains(&w) => {
-                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes).");
+                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes, reconnect, durable-writes).");
                 return ExitCode::from(2);
             }
             w if w.starts_with('-') => {
@@ -110,7 +112,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             w => {
-                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes).");
+                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes, reconnect, durable-writes).");
                 return ExitCode::from(2);
             }
         }
@@ -150,6 +152,13 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "fanout" => fanout_workload(&plan, &clients, &chain)?,
             "throughput" => throughput_workload(&plan, &clients, &chain)?,
             "wire-bytes" => wire_bytes_workload(&plan, &clients, &chain)?,
+            "durable-writes" => clients.block_on(device::durable_writes(plan.quick))?,
+            "reconnect" => {
+                let relay = Relay::start()?;
+                let out = clients.block_on(device::reconnect(&relay, plan.quick))?;
+                relay.stop();
+                out
+            }
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());
@@ -157,6 +166,13 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
     }
     eprintln!("weft-bench: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A progress line on stderr when `WEFT_BENCH_VERBOSE` is set.
+fn progress(args: std::fmt::Arguments<'_>) {
+    if std::env::var_os("WEFT_BENCH_VERBOSE").is_some() {
+        eprintln!("    .. {args}");
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -205,12 +221,12 @@ fn fanout_workload(
         relay.stop();
         let mut r = r.with_context(|| format!("fanout with {devices} devices"))?;
         let (p50, p99, max) = percentiles(&mut r.latencies);
-        let cpu_per_change = r.relay_cpu / r.changes as u32;
-        let cpu_per_delivery = r.relay_cpu / (r.changes * (devices - 1)) as u32;
+        let cpu_per_change = r.relay_cpu / r.changes.max(1) as u32;
+        let cpu_per_delivery = r.relay_cpu / (r.changes * (devices - 1)).max(1) as u32;
 
         let t = Instant::now();
         let mut base = fanout::baseline(devices, base_changes.min(chain.len()), chain)?;
-        let base_cpu = t.elapsed() / base_changes as u32;
+        let base_cpu = t.elapsed() / base_changes.max(1) as u32;
         let (b50, b99, bmax) = percentiles(&mut base);
         eprintln!(
             "  {:>7} {:>7} | {:>8.3} {:>8.3} {:>8.3} {:>6} | {:>12.1} {:>12.1} | {:>8.3} {:>8.3} {:>8.3} {:>12.1}",
@@ -372,8 +388,8 @@ fn throughput_workload(
         "devices": plan.devices,
         "setup": "in-process weft-relay (QUIC, hub, engine, redb) on a 1-worker runtime; 10 \
             devices on a 1-worker runtime, each subscribed to every document and writing 1/10 of \
-            them; pre-generated chat changes (~170 B); a writer keeps at most 64 changes \
-            unacknowledged and 400 undelivered; receivers count forwarded changes and \
+            them; pre-generated chat changes (~170 B); a writer keeps at most 256 changes \
+            unacknowledged and 800 undelivered (all devices); receivers count forwarded changes and \
             acknowledge every 500 ms without applying them",
         "window_s": (r.window.as_secs_f64() * 100.0).round() / 100.0,
         "setup_s": (r.setup.as_secs_f64() * 10.0).round() / 10.0,

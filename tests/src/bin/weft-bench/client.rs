@@ -14,6 +14,7 @@ use weft_core::wire::{self, Message};
 use weft_core::DocId;
 
 const RELAY: ConnId = ConnId(0);
+const SUBSCRIBE_WINDOW: usize = 32;
 
 /// One connected device.
 pub struct Client {
@@ -70,8 +71,11 @@ impl Client {
     pub async fn sync(&mut self, docs: &[DocId], limit: Duration) -> anyhow::Result<()> {
         let mut engine = Engine::new(EngineConfig::device());
         engine.add_conn(RELAY);
-        for doc in docs {
-            self.writer.send(&Message::Subscribe { doc: *doc }).await?;
+        // Pipelined, at most SUBSCRIBE_WINDOW unanswered: the relay's queue for this
+        // connection holds 1,024 frames and a subscription's answer takes two or more.
+        let mut queued = docs.iter().copied();
+        for doc in queued.by_ref().take(SUBSCRIBE_WINDOW) {
+            self.writer.send(&Message::Subscribe { doc }).await?;
         }
         let started = Instant::now();
         let mut waiting: HashSet<DocId> = docs.iter().copied().collect();
@@ -92,6 +96,9 @@ impl Client {
             match msg {
                 Message::Subscribed { doc, role } => {
                     opened.insert(doc);
+                    if let Some(next) = queued.next() {
+                        self.writer.send(&Message::Subscribe { doc: next }).await?;
+                    }
                     let opts = OpenOptions {
                         send_changes: role.can_write(),
                         ..Default::default()
@@ -99,7 +106,11 @@ impl Client {
                     engine.open(RELAY, doc, opts);
                 }
                 m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
-                    engine.handle(RELAY, m)?;
+                    let d = m.doc();
+                    if let Err(e) = engine.handle(RELAY, m) {
+                        let queued = d.is_some_and(|d| opened.contains(&d));
+                        bail!("{e} (opened: {queued}, {} of {} documents answered; the relay may have dropped a Subscribed on a full queue)", opened.len(), docs.len());
+                    }
                 }
                 Message::Error { code, message, .. } => {
                     bail!("the relay refused: {code:?} {message}")
@@ -113,6 +124,29 @@ impl Client {
                 }
             }
         }
+        // Being synced here does not mean the relay has read our last sync message. The hub
+        // handles a connection's frames in order, so once it answers a later subscription it
+        // holds us live on every document above.
+        let barrier = DocId::from_bytes(rand::random());
+        self.writer.send(&Message::Subscribe { doc: barrier }).await?;
+        loop {
+            if started.elapsed() > limit {
+                bail!("the relay did not answer within {limit:?}");
+            }
+            let msg = match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
+                Ok(r) => r?.context("the relay closed the stream")?,
+                Err(_) => continue,
+            };
+            match msg {
+                Message::Subscribed { doc, .. } if doc == barrier => break,
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    engine.handle(RELAY, m)?;
+                    self.flush(&mut engine).await?;
+                }
+                _ => {}
+            }
+        }
+        self.writer.send(&Message::Unsubscribe { doc: barrier }).await?;
         Ok(())
     }
 

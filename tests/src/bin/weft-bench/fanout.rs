@@ -33,7 +33,9 @@ pub struct Run {
     pub receivers_udp_bytes: u64,
 }
 
-const PER_CHANGE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a change's receipts are awaited, and the whole measured loop at most.
+const PER_CHANGE_DEADLINE: Duration = Duration::from_secs(2);
+const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Runs `changes` measured changes (after `warmup` unmeasured ones) with `devices` devices.
 pub async fn run(
@@ -47,8 +49,11 @@ pub async fn run(
     anyhow::ensure!(chain.len() >= warmup + changes, "the change chain is too short");
     let token = relay.token()?;
     let doc = DocId::from_bytes(rand::random());
+    let t = Instant::now();
     let clients = client::connect_many(devices, relay.addr, &relay.cert, &token).await?;
+    crate::progress(format_args!("{devices} devices connected in {:.1} s", t.elapsed().as_secs_f64()));
     let mut clients = client::sync_all(clients, &[doc], Duration::from_secs(120)).await?;
+    crate::progress(format_args!("{devices} devices synced in {:.1} s", t.elapsed().as_secs_f64()));
     let writer = clients.remove(0);
 
     let (tx, mut rx) = mpsc::channel::<(usize, Instant)>(65_536);
@@ -75,7 +80,13 @@ pub async fn run(
     let mut lost = 0;
     let (mut cpu0, mut wall0) = (relay_cpu(), Instant::now());
     let (mut w_udp0, mut r_udp0) = (0, 0);
+    let run_deadline = Instant::now() + RUN_DEADLINE;
+    let mut measured = 0;
     for i in 0..total {
+        if Instant::now() > run_deadline {
+            crate::progress(format_args!("stopped after {measured} changes: run deadline"));
+            break;
+        }
         if i == warmup {
             cpu0 = relay_cpu();
             wall0 = Instant::now();
@@ -102,6 +113,7 @@ pub async fn run(
         }
         if i >= warmup {
             lost += devices - 1 - got[i];
+            measured += 1;
         }
     }
     let wall = wall0.elapsed();
@@ -118,7 +130,7 @@ pub async fn run(
         sync_frames += r.context("a receiver panicked")?;
     }
     Ok(Run {
-        changes,
+        changes: measured,
         latencies,
         lost,
         sync_frames,
@@ -175,7 +187,7 @@ async fn receive(
                     }
                 }
             }
-            Message::Sync { .. } => others += 1,
+            Message::Sync { doc: d, .. } if d == doc => others += 1,
             _ => {}
         }
     }

@@ -3,7 +3,7 @@
 //! relay acknowledges them (bounded windows); light receivers count forwarded changes and
 //! acknowledge them in batches, never applying them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -19,10 +19,10 @@ use crate::client::{self, Client};
 use crate::relay::relay_cpu;
 
 /// Changes a device may have sent and not yet had acknowledged.
-const ACK_WINDOW: u64 = 64;
+const ACK_WINDOW: u64 = 256;
 /// Changes sent but not yet delivered to every receiver, across all devices: keeps each
 /// receiver's backlog at the relay well under its 1,024-frame queue.
-const DELIVERY_WINDOW: u64 = 400;
+const DELIVERY_WINDOW: u64 = 800;
 /// How often a receiver acknowledges what it received.
 const ACK_EVERY: Duration = Duration::from_millis(500);
 
@@ -76,6 +76,7 @@ pub async fn run(
     };
     let setup = setup_started.elapsed();
 
+    let doc_set: Arc<HashSet<DocId>> = Arc::new(ids.iter().copied().collect());
     let counters = Arc::new(Counters::default());
     let receivers = (devices - 1) as u64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -93,6 +94,7 @@ pub async fn run(
         let device_acked = Arc::new(AtomicU64::new(0));
         tasks.spawn(read(
             reader,
+            doc_set.clone(),
             chain.clone(),
             counters.clone(),
             device_acked.clone(),
@@ -147,6 +149,7 @@ pub async fn run(
 
 async fn read(
     mut reader: weft_core::quic::FrameReader,
+    docs: Arc<HashSet<DocId>>,
     chain: Arc<Chain>,
     counters: Arc<Counters>,
     device_acked: Arc<AtomicU64>,
@@ -172,7 +175,7 @@ async fn read(
                         counters.accepted.fetch_add(1, Relaxed);
                         counters.progress.notify_waiters();
                     }
-                    Message::Sync { .. } => {
+                    Message::Sync { doc, .. } if docs.contains(&doc) => {
                         counters.sync_frames.fetch_add(1, Relaxed);
                     }
                     _ => {}

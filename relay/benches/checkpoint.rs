@@ -1,0 +1,249 @@
+//! Checkpoint throughput and the cost of a hot, large document, against a throwaway Postgres.
+//!
+//! ```text
+//! cargo bench -p weft-relay --bench checkpoint            # 10,000 conversations, 100k hot
+//! cargo bench -p weft-relay --bench checkpoint -- --quick # 1,000 conversations, 10k hot
+//! ```
+//! Sizes: `WEFT_BENCH_DOCS`, `WEFT_BENCH_MESSAGES` (per conversation), `WEFT_BENCH_HOT`.
+//!
+//! Workloads (figures printed, not asserted; a human table on stderr, one JSON object on
+//! stdout):
+//! - **throughput**: N dirty conversations of M messages in the relay's redb store, one
+//!   checkpoint round writes them all (first checkpoint: every row is new). Baseline: the same
+//!   content bytes inserted into a plain `(id, bytes)` table with the same batching — what
+//!   Postgres alone costs.
+//! - **incremental**: one new message in each of 10% of them, one round.
+//! - **hot**: one conversation of H messages receiving one message per round: time per
+//!   checkpoint, and the resulting minimum gap the checkpointer enforces (10x that cost).
+
+#[path = "../tests/common/pg.rs"]
+mod pg;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_core::automerge::Automerge;
+use weft_core::store::docs::{self as docstore, ChunkKind};
+use weft_core::store::{DocMeta, GroupCommit, KvStore, RedbStore, WriteBatch};
+use weft_core::DocId;
+use weft_relay::{CheckpointConfig, Checkpointer, DirtyDocs, Metrics};
+use weft_schema::{Conversation, Id, NewConversation, NewMessage};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn conversation(messages: usize, seed: u8) -> Automerge {
+    let mut am = Automerge::new();
+    Conversation::create(
+        &mut am,
+        &NewConversation {
+            title: "Bench".into(),
+            participants: vec!["alice".into(), "bob".into()],
+        },
+        T0,
+    )
+    .expect("a valid conversation");
+    for i in 0..messages {
+        say(&mut am, i, seed);
+    }
+    am
+}
+
+fn say(am: &mut Automerge, i: usize, seed: u8) {
+    let mut id = [seed; 16];
+    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    let author = ["alice", "bob"][i & 1];
+    weft_schema::send_message(
+        am,
+        &NewMessage::text(
+            author,
+            format!("message number {i}: see you at the station at noon"),
+        ),
+        Id::from_bytes(id),
+        T0 + i as u64,
+    )
+    .expect("a valid message");
+}
+
+fn doc_id(i: usize) -> DocId {
+    let mut b = [0xd0; 16];
+    b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    DocId::from_bytes(b)
+}
+
+fn meta() -> DocMeta {
+    let mut m = DocMeta::default();
+    m.owner = Some("alice".into());
+    m.created_at_ms = T0;
+    m.access.insert("bob".into(), weft_core::Role::ReadWrite);
+    m
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let docs = env("WEFT_BENCH_DOCS", if quick { 1_000 } else { 10_000 });
+    let per_doc = env("WEFT_BENCH_MESSAGES", 100);
+    let hot_messages = env("WEFT_BENCH_HOT", if quick { 10_000 } else { 100_000 });
+    let Some(server) = pg::PgServer::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let kv: Arc<dyn KvStore> =
+        Arc::new(RedbStore::open(dir.path().join("relay.redb")).expect("a store"));
+    let group = Arc::new(GroupCommit::new(kv).expect("a writer"));
+
+    eprintln!("building {docs} conversations of {per_doc} messages...");
+    let template = conversation(per_doc, 1);
+    let bytes = template.save();
+    for start in (0..docs).step_by(1_000) {
+        let mut batch = WriteBatch::new();
+        for i in start..(start + 1_000).min(docs) {
+            docstore::put_chunk(&mut batch, doc_id(i), ChunkKind::Snapshot, bytes.clone());
+            docstore::put_meta(&mut batch, doc_id(i), &meta());
+        }
+        group.submit(batch).wait().expect("stored");
+    }
+
+    rt.block_on(async {
+        let dirty = DirtyDocs::new();
+        let metrics = Arc::new(Metrics::default());
+        let cfg = CheckpointConfig::new(server.url(), Duration::from_secs(5));
+        let (mut cp, _) = Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics)
+            .await
+            .expect("checkpointer");
+
+        // Throughput: every conversation new to Postgres.
+        for i in 0..docs {
+            dirty.mark(doc_id(i));
+        }
+        let t = Instant::now();
+        let stats = cp.round(true).await.expect("a round");
+        let secs = t.elapsed().as_secs_f64();
+        let mb = stats.bytes as f64 / 1e6;
+        let (docs_s, mb_s) = (stats.documents as f64 / secs, mb / secs);
+        eprintln!(
+            "checkpoint: {} docs, {:.1} MB content in {secs:.2}s: {docs_s:.0} docs/s, {mb_s:.2} MB/s",
+            stats.documents, mb
+        );
+
+        // Baseline: the same bytes, plain inserts, same batch size, no Automerge work.
+        let db = pg::client(&server).await;
+        db.batch_execute("create table bench_raw (id text primary key, content bytea)")
+            .await
+            .expect("table");
+        let stmt = db
+            .prepare("insert into bench_raw values ($1, $2)")
+            .await
+            .expect("prepared");
+        let t = Instant::now();
+        let mut db = db;
+        for start in (0..docs).step_by(64) {
+            let tx = db.transaction().await.expect("tx");
+            for i in start..(start + 64).min(docs) {
+                tx.execute(&stmt, &[&doc_id(i).to_string(), &bytes])
+                    .await
+                    .expect("insert");
+            }
+            tx.commit().await.expect("commit");
+        }
+        let base_secs = t.elapsed().as_secs_f64();
+        let base_docs_s = docs as f64 / base_secs;
+        let base_mb_s = (bytes.len() * docs) as f64 / 1e6 / base_secs;
+        eprintln!("baseline (raw bytea inserts): {base_docs_s:.0} docs/s, {base_mb_s:.2} MB/s");
+
+        // Incremental: one new message in a tenth of them.
+        let touched = (docs / 10).max(1);
+        let mut am = template.clone();
+        let before = am.get_heads();
+        say(&mut am, per_doc, 2);
+        let change = am.save_after(&before);
+        let mut batch = WriteBatch::new();
+        for i in 0..touched {
+            docstore::put_chunk(&mut batch, doc_id(i), ChunkKind::Incremental, change.clone());
+        }
+        group.submit(batch).await.expect("stored");
+        for i in 0..touched {
+            dirty.mark(doc_id(i));
+        }
+        let t = Instant::now();
+        let inc = cp.round(true).await.expect("a round");
+        let inc_secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "incremental: {} docs with one new message in {inc_secs:.2}s: {:.0} docs/s",
+            inc.documents,
+            inc.documents as f64 / inc_secs
+        );
+
+        // Hot: one large conversation, one message per round.
+        eprintln!("building a {hot_messages}-message conversation...");
+        let mut hot = conversation(hot_messages, 3);
+        let hot_doc = DocId::from_bytes([0xee; 16]);
+        let mut batch = WriteBatch::new();
+        docstore::put_chunk(&mut batch, hot_doc, ChunkKind::Snapshot, hot.save());
+        docstore::put_meta(&mut batch, hot_doc, &meta());
+        group.submit(batch).await.expect("stored");
+        dirty.mark(hot_doc);
+        let t = Instant::now();
+        let first = cp.round(true).await.expect("a round");
+        let hot_first = t.elapsed();
+        let mut costs = Vec::new();
+        for i in 0..5 {
+            let before = hot.get_heads();
+            say(&mut hot, hot_messages + i, 3);
+            let mut batch = WriteBatch::new();
+            docstore::put_chunk(&mut batch, hot_doc, ChunkKind::Incremental, hot.save_after(&before));
+            group.submit(batch).await.expect("stored");
+            dirty.mark(hot_doc);
+            let t = Instant::now();
+            cp.round(true).await.expect("a round");
+            costs.push(t.elapsed());
+        }
+        costs.sort();
+        let median = costs[costs.len() / 2];
+        eprintln!(
+            "hot: {hot_messages} messages, {:.1} MB; first checkpoint {:.2}s; one new message: \
+             median {:.2}s per checkpoint -> checkpointed at most every {:.1}s",
+            first.bytes as f64 / 1e6,
+            hot_first.as_secs_f64(),
+            median.as_secs_f64(),
+            (median * 10).as_secs_f64().max(5.0),
+        );
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "checkpoint",
+                "documents": stats.documents,
+                "messages_per_document": per_doc,
+                "docs_per_s": docs_s,
+                "mb_per_s": mb_s,
+                "incremental_docs_per_s": inc.documents as f64 / inc_secs,
+                "hot_messages": hot_messages,
+                "hot_content_mb": first.bytes as f64 / 1e6,
+                "hot_checkpoint_s": median.as_secs_f64(),
+                "hot_min_gap_s": (median * 10).as_secs_f64().max(5.0),
+                "baseline": {
+                    "what": "raw bytea inserts of the same content, same batching",
+                    "docs_per_s": base_docs_s,
+                    "mb_per_s": base_mb_s,
+                },
+            })
+        );
+    });
+}

@@ -1,0 +1,553 @@
+//! Postgres checkpoints: the relay writes every changed document to Postgres so backend jobs
+//! read current state with SQL and a relay can be rebuilt from Postgres alone.
+//!
+//! Flow:
+//! 1. The hub marks a document dirty ([`DirtyDocs::mark`]: a mutex held for one map insert,
+//!    never across an await) when a change becomes durable, when its access list or deletion
+//!    changes, and when it is created.
+//! 2. Every interval the [`Checkpointer`] takes the dirty set and, per batch of documents, opens
+//!    one transaction: it takes each document's advisory lock (sorted, so two relays never
+//!    deadlock), reads the heads Postgres holds, prepares the rows from the relay's redb store
+//!    in `spawn_blocking` (Automerge `save()`, sorted hex heads, blake3, the JSON view, the
+//!    message rows that changed since the stored heads, the access list), and writes all three
+//!    tables of every document in that one transaction.
+//! 3. Never newer replaced by older: if Postgres holds heads the relay lacks (another relay
+//!    wrote them, or a restore), the stored content is fetched under the lock, merged with the
+//!    relay's, and the union is written; the stored bytes are also added to the relay's store
+//!    as a chunk, so the relay's copy holds the union once the document is next loaded.
+//!    Writing heads equal to the stored ones touches only metadata: retries are idempotent.
+//! 4. Postgres down or slow: the batch fails (or times out), its documents go back to the dirty
+//!    set with their original dirty time, the connection is dropped, and the next attempt
+//!    waits with exponential backoff; devices keep syncing through redb meanwhile.
+//! 5. Shutdown: after the hub drained, a final round writes every dirty document (bounded by a
+//!    deadline).
+//! 6. Start: migrations run in one transaction, then every checkpointed document the store
+//!    lacks is restored (content, owner, access list, deletion, index rows).
+//!
+//! Cost bound for hot, large documents: a document is checkpointed at most once per interval,
+//! and one whose preparation took `t` waits at least `HOT_FACTOR * t` before its next
+//! checkpoint, so checkpointing spends at most about 1/`HOT_FACTOR` of a core on any one
+//! document however often it changes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_core::store::docs::DocStoreError;
+use weft_core::store::docs::{self as docstore, ChunkKind};
+use weft_core::store::{GroupCommit, StoreError, WriteBatch};
+use weft_core::DocId;
+
+use crate::metrics::Metrics;
+
+mod pg;
+mod prepare;
+
+use pg::PgConn;
+pub use pg::RestoreStats;
+use prepare::{Prepared, Row};
+
+/// A document is not checkpointed again before this many times its last preparation time.
+const HOT_FACTOR: u32 = 10;
+
+/// Why a checkpoint (or the start of checkpointing) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The Postgres URL does not parse.
+    #[error("invalid Postgres URL")]
+    BadUrl {
+        /// The parser's reason.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Postgres refused or failed a request, or the connection broke.
+    #[error("Postgres failed")]
+    Postgres {
+        /// The client's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Postgres did not answer in time.
+    #[error("Postgres did not answer in time")]
+    Timeout,
+    /// The database was migrated by a newer relay.
+    #[error("the database has schema version {found}; this relay knows up to {known}")]
+    NewerSchema {
+        /// The newest version applied.
+        found: i64,
+        /// The newest this build knows.
+        known: u32,
+    },
+    /// Reading a document from the relay's store failed.
+    #[error("cannot read document {doc} from the relay's store")]
+    Store {
+        /// The document.
+        doc: DocId,
+        /// The store's error.
+        #[source]
+        source: DocStoreError,
+    },
+    /// Writing to the relay's store failed.
+    #[error("cannot write to the relay's store")]
+    StoreWrite {
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// The relay's and Postgres' versions of a document do not merge.
+    #[error("document {doc}: the checkpointed content does not merge with the relay's")]
+    Merge {
+        /// The document.
+        doc: DocId,
+        /// Automerge's reason.
+        #[source]
+        source: weft_core::DocError,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("a checkpoint task failed")]
+    TaskFailed,
+}
+
+/// The documents changed since their last checkpoint, each with when it first became dirty.
+/// Shared by the hub (which marks) and the checkpointer (which takes).
+#[derive(Debug, Default)]
+pub struct DirtyDocs {
+    inner: Mutex<HashMap<DocId, Instant>>,
+}
+
+impl DirtyDocs {
+    /// An empty set.
+    pub fn new() -> Arc<DirtyDocs> {
+        Arc::new(DirtyDocs::default())
+    }
+
+    /// Marks `doc` changed (keeping the earliest time if it already is). One map insert under
+    /// a mutex never held across an await: cheap enough for the hub's loop.
+    pub fn mark(&self, doc: DocId) {
+        self.lock().entry(doc).or_insert_with(Instant::now);
+    }
+
+    /// How many documents wait for a checkpoint.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocId, Instant>> {
+        // The map stays consistent whatever panicked while holding it: a plain insert/remove.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, ready: impl Fn(&DocId) -> bool) -> Vec<(DocId, Instant)> {
+        let mut map = self.lock();
+        let docs: Vec<DocId> = map.keys().filter(|d| ready(d)).copied().collect();
+        docs.into_iter()
+            .filter_map(|d| map.remove(&d).map(|t| (d, t)))
+            .collect()
+    }
+
+    fn put_back(&self, docs: impl IntoIterator<Item = (DocId, Instant)>) {
+        let mut map = self.lock();
+        for (doc, since) in docs {
+            let t = map.entry(doc).or_insert(since);
+            *t = (*t).min(since);
+        }
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().values().min().copied()
+    }
+}
+
+/// Checkpoint settings.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// The Postgres URL (`postgres://user@host:port/db` or key=value form).
+    pub url: String,
+    /// How often dirty documents are written.
+    pub interval: Duration,
+    /// Documents per transaction.
+    pub batch_docs: usize,
+    /// Connecting gives up after this long.
+    pub connect_timeout: Duration,
+    /// One batch (its transaction) gives up after this long.
+    pub batch_timeout: Duration,
+    /// The longest wait between retries while Postgres is failing.
+    pub max_backoff: Duration,
+    /// How long shutdown keeps trying to write the final checkpoint.
+    pub shutdown_deadline: Duration,
+}
+
+impl CheckpointConfig {
+    /// Defaults for `url` every `interval`.
+    pub fn new(url: impl Into<String>, interval: Duration) -> Self {
+        CheckpointConfig {
+            url: url.into(),
+            interval,
+            batch_docs: 64,
+            connect_timeout: Duration::from_secs(10),
+            batch_timeout: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one round wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Documents written.
+    pub documents: u64,
+    /// Content bytes written.
+    pub bytes: u64,
+    /// Documents whose stored version had changes the relay lacked (merged).
+    pub merged: u64,
+}
+
+/// The checkpointer task. Build it with [`Checkpointer::start`] before the hub runs (it
+/// migrates and restores), then [`Checkpointer::run`] it.
+pub struct Checkpointer {
+    cfg: CheckpointConfig,
+    group: Arc<GroupCommit>,
+    dirty: Arc<DirtyDocs>,
+    metrics: Arc<Metrics>,
+    conn: Option<PgConn>,
+    /// Hot documents' earliest next checkpoint.
+    not_before: HashMap<DocId, Instant>,
+    failures: u32,
+}
+
+impl Checkpointer {
+    /// Connects, applies missing migrations and restores every checkpointed document the
+    /// relay's store lacks. Fails if Postgres is unreachable: a relay must not start serving
+    /// before it knows which documents exist (one missing locally would be claimable).
+    pub async fn start(
+        cfg: CheckpointConfig,
+        group: Arc<GroupCommit>,
+        dirty: Arc<DirtyDocs>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Checkpointer, RestoreStats), CheckpointError> {
+        let mut conn = PgConn::connect(&cfg.url, cfg.connect_timeout).await?;
+        let applied = conn.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied Postgres migrations");
+        }
+        let stats = pg::restore(&mut conn, &group).await?;
+        Ok((
+            Checkpointer {
+                cfg,
+                group,
+                dirty,
+                metrics,
+                conn: Some(conn),
+                not_before: HashMap::new(),
+                failures: 0,
+            },
+            stats,
+        ))
+    }
+
+    /// Checkpoints every interval until `stop` resolves, then writes a final checkpoint of
+    /// every dirty document (retrying until `shutdown_deadline`). Cancel safety: dropping the
+    /// future loses no change (it stays in redb and is re-marked only by later changes), but
+    /// an interrupted round's documents are not checkpointed until they change again.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = tokio::time::Instant::now() + self.cfg.interval;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = gauges.tick() => self.update_gauges(),
+                _ = tokio::time::sleep_until(next) => {
+                    let wait = match self.round(false).await {
+                        Ok(_) => self.cfg.interval,
+                        Err(_) => self.backoff(),
+                    };
+                    next = tokio::time::Instant::now() + wait;
+                }
+            }
+        }
+        let deadline = Instant::now() + self.cfg.shutdown_deadline;
+        loop {
+            match self.round(true).await {
+                Ok(stats) => {
+                    tracing::info!(documents = stats.documents, "final checkpoint written");
+                    if self.dirty.is_empty() {
+                        break;
+                    }
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(self.backoff().min(deadline - Instant::now())).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        dirty = self.dirty.len(),
+                        "giving up on the final checkpoint; the changes stay in the relay's store"
+                    );
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn backoff(&self) -> Duration {
+        let base = Duration::from_millis(250);
+        let exp = base.saturating_mul(1u32 << self.failures.min(16));
+        exp.min(self.cfg.max_backoff)
+    }
+
+    fn update_gauges(&self) {
+        let lag = self
+            .dirty
+            .oldest()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics
+            .checkpoint_lag_ms
+            .store((lag * 1000.0) as u64, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_dirty
+            .store(self.dirty.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes every dirty document that is due (`all`: every dirty one, ignoring the hot
+    /// bound). On an error the unwritten documents go back to the dirty set.
+    pub async fn round(&mut self, all: bool) -> Result<RoundStats, CheckpointError> {
+        let now = Instant::now();
+        self.not_before.retain(|_, t| *t > now);
+        let not_before = &self.not_before;
+        let mut docs = self
+            .dirty
+            .take(|d| all || not_before.get(d).is_none_or(|t| *t <= now));
+        docs.sort_unstable_by_key(|(d, _)| *d);
+        let mut stats = RoundStats::default();
+        let mut rest = docs.as_slice();
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(rest.len().min(self.cfg.batch_docs.max(1)));
+            let result =
+                tokio::time::timeout(self.cfg.batch_timeout, self.write_batch(batch)).await;
+            let result = result.unwrap_or(Err(CheckpointError::Timeout));
+            match result {
+                Ok(s) => {
+                    stats.documents += s.documents;
+                    stats.bytes += s.bytes;
+                    stats.merged += s.merged;
+                    rest = tail;
+                }
+                Err(e) => {
+                    self.failures = self.failures.saturating_add(1);
+                    Metrics::inc(&self.metrics.checkpoint_failures);
+                    tracing::warn!(error = %e, failures = self.failures, pending = rest.len(), "checkpoint failed; will retry");
+                    self.dirty.put_back(rest.iter().copied());
+                    // The connection may be broken or mid-transaction: start afresh.
+                    self.conn = None;
+                    self.update_gauges();
+                    return Err(e);
+                }
+            }
+        }
+        self.failures = 0;
+        self.update_gauges();
+        Metrics::add(&self.metrics.checkpoint_documents, stats.documents);
+        if stats.documents > 0 {
+            tracing::debug!(
+                documents = stats.documents,
+                bytes = stats.bytes,
+                merged = stats.merged,
+                "checkpoint written"
+            );
+        }
+        Ok(stats)
+    }
+
+    async fn write_batch(
+        &mut self,
+        batch: &[(DocId, Instant)],
+    ) -> Result<RoundStats, CheckpointError> {
+        if self.conn.as_ref().is_none_or(PgConn::is_closed) {
+            self.conn = Some(PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?);
+        }
+        let conn = self.conn.as_mut().expect("connected just above");
+        let ids: Vec<DocId> = batch.iter().map(|(d, _)| *d).collect();
+        let (stmts, tx, mut stored) = conn.begin_with_statements(&ids).await?;
+
+        let store = self.group.store().clone();
+        let t_prepare = Instant::now();
+        let first = prepare_all(&store, &ids, Arc::new(stored.clone())).await?;
+        let mut rows: Vec<Box<Row>> = Vec::with_capacity(first.len());
+        let mut again = Vec::new();
+        for (doc, prepared) in ids.iter().zip(first) {
+            match prepared {
+                Ok(Prepared::Row(row)) => rows.push(row),
+                Ok(Prepared::NeedsStored) => again.push(*doc),
+                Ok(Prepared::Absent) => {}
+                Err(e) => {
+                    // One unreadable document must not hold up the others: it is retried
+                    // after the longest backoff.
+                    tracing::error!(%doc, error = %e, "cannot checkpoint a document");
+                    Metrics::inc(&self.metrics.checkpoint_failures);
+                    self.not_before
+                        .insert(*doc, Instant::now() + self.cfg.max_backoff);
+                    self.dirty.mark(*doc);
+                }
+            }
+        }
+        if !again.is_empty() {
+            let contents = pg::stored_content(&tx, &again).await?;
+            for (doc, content) in contents {
+                if let Some(s) = stored.get_mut(&doc) {
+                    s.content = Some(content);
+                }
+            }
+            let merged = prepare_all(&store, &again, Arc::new(stored)).await?;
+            for prepared in merged {
+                match prepared? {
+                    Prepared::Row(row) => rows.push(row),
+                    // Postgres changed under our lock: impossible; the next round retries.
+                    Prepared::NeedsStored | Prepared::Absent => {}
+                }
+            }
+        }
+        let t_write = Instant::now();
+        let prepared_in = t_write - t_prepare;
+        let mut stats = RoundStats::default();
+        // Pipelined: every document's statements are in flight at once on the connection
+        // (each document's own statements still run in order).
+        futures_util::future::try_join_all(rows.iter().map(|row| pg::write_row(&stmts, &tx, row)))
+            .await?;
+        for row in &rows {
+            stats.documents += 1;
+            if let prepare::Body::Content { content, .. } = &row.body {
+                stats.bytes += content.len() as u64;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|source| CheckpointError::Postgres { source })?;
+        tracing::debug!(
+            documents = rows.len(),
+            prepare_ms = prepared_in.as_millis() as u64,
+            write_ms = t_write.elapsed().as_millis() as u64,
+            "checkpoint batch"
+        );
+
+        // Feed what Postgres had and the relay lacked back into the relay's store.
+        let mut feed = WriteBatch::new();
+        for row in &rows {
+            if let Some(theirs) = &row.merged_in {
+                stats.merged += 1;
+                docstore::put_chunk(&mut feed, row.doc, ChunkKind::Snapshot, theirs.clone());
+            }
+            let gap = row.cost.saturating_mul(HOT_FACTOR);
+            if gap > self.cfg.interval {
+                self.not_before.insert(row.doc, Instant::now() + gap);
+            }
+        }
+        if !feed.is_empty() {
+            if let Err(e) = self.group.submit(feed).await {
+                tracing::warn!(error = %e, "could not store merged checkpoint content");
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Blocking threads preparing one batch's rows at once.
+const PREPARE_WORKERS: usize = 2;
+
+/// Prepares `docs` on up to [`PREPARE_WORKERS`] blocking threads; results in `docs` order.
+async fn prepare_all(
+    store: &Arc<dyn weft_core::store::KvStore>,
+    docs: &[DocId],
+    stored: Arc<HashMap<DocId, prepare::Stored>>,
+) -> Result<Vec<Result<Prepared, CheckpointError>>, CheckpointError> {
+    let per = docs.len().div_ceil(PREPARE_WORKERS).max(1);
+    let tasks: Vec<_> = docs
+        .chunks(per)
+        .map(|chunk| {
+            let (store, stored, chunk) = (store.clone(), stored.clone(), chunk.to_vec());
+            blocking(move || {
+                chunk
+                    .iter()
+                    .map(|d| prepare::prepare(store.as_ref(), *d, stored.get(d)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(docs.len());
+    for part in futures_util::future::try_join_all(tasks).await? {
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CheckpointError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| CheckpointError::TaskFailed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: DocId = DocId::from_bytes([1; 16]);
+    const B: DocId = DocId::from_bytes([2; 16]);
+
+    #[test]
+    fn a_document_marked_twice_keeps_its_first_time_and_a_failed_take_is_put_back() {
+        let dirty = DirtyDocs::default();
+        dirty.mark(A);
+        let first = dirty.oldest().unwrap();
+        dirty.mark(A);
+        dirty.mark(B);
+        assert_eq!(dirty.len(), 2);
+        assert_eq!(dirty.oldest(), Some(first));
+
+        let taken = dirty.take(|d| *d == A);
+        assert_eq!(taken.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [A]);
+        assert_eq!(dirty.len(), 1);
+        // A changes again while its checkpoint fails: the earlier time wins when it goes back.
+        dirty.mark(A);
+        dirty.put_back(taken);
+        assert_eq!(dirty.oldest(), Some(first));
+        assert_eq!(dirty.take(|_| true).len(), 2);
+        assert!(dirty.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let metrics = Arc::new(Metrics::default());
+        let kv: Arc<dyn weft_core::store::KvStore> = Arc::new(weft_core::store::MemStore::new());
+        let group = Arc::new(GroupCommit::new(kv).unwrap());
+        let mut cp = Checkpointer {
+            cfg: CheckpointConfig::new("postgres://localhost", Duration::from_secs(5)),
+            group,
+            dirty: DirtyDocs::new(),
+            metrics,
+            conn: None,
+            not_before: HashMap::new(),
+            failures: 0,
+        };
+        assert_eq!(cp.backoff(), Duration::from_millis(250));
+        cp.failures = 3;
+        assert_eq!(cp.backoff(), Duration::from_secs(2));
+        cp.failures = 40;
+        assert_eq!(cp.backoff(), Duration::from_secs(30));
+    }
+}

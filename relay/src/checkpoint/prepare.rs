@@ -1,0 +1,186 @@
+//! Turning one document of the relay's store into its checkpoint rows (blocking: run it with
+//! `spawn_blocking`). Reads only what is durable in redb, so a checkpoint never holds a change
+//! the relay has not stored, and never touches the hub's engine.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weft_core::automerge::ChangeHash;
+use weft_core::host;
+use weft_core::store::docs as docstore;
+use weft_core::store::KvStore;
+use weft_core::{hash_hex, DocId, Document, Role};
+use weft_schema::MessageRow;
+
+use super::CheckpointError;
+
+/// What Postgres holds for a document, read under its lock at the start of a checkpoint.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stored {
+    /// `weft_documents.heads`.
+    pub(crate) heads: Vec<String>,
+    /// `weft_documents.content`, fetched only when the relay lacks some of `heads`.
+    pub(crate) content: Option<Vec<u8>>,
+}
+
+/// One document's checkpoint, ready to write.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) doc: DocId,
+    pub(crate) kind: Option<String>,
+    pub(crate) owner: Option<String>,
+    pub(crate) created_ms: Option<i64>,
+    pub(crate) deleted_ms: Option<i64>,
+    pub(crate) access: Vec<(String, &'static str)>,
+    pub(crate) body: Body,
+    /// Postgres' content had changes the relay lacked: the stored bytes, to add to the
+    /// relay's store as a chunk so its copy holds the union too.
+    pub(crate) merged_in: Option<Vec<u8>>,
+    /// How long preparing the row took (for the hot-document bound).
+    pub(crate) cost: Duration,
+}
+
+/// The content part of a row.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// Postgres already holds exactly these heads: only metadata and access are written.
+    Unchanged,
+    /// New content.
+    Content {
+        heads: Vec<String>,
+        content: Vec<u8>,
+        blake3: Vec<u8>,
+        json: Option<serde_json::Value>,
+        /// Every message row is replaced (`true`) or only `messages` are upserted.
+        full: bool,
+        messages: Vec<MessageRow>,
+        removed: Vec<String>,
+    },
+}
+
+/// The outcome of preparing a document.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// Ready to write.
+    Row(Box<Row>),
+    /// Postgres holds heads the relay lacks: fetch its content and prepare again.
+    NeedsStored,
+    /// The relay has no such document (nothing to write).
+    Absent,
+}
+
+/// Prepares `doc`'s rows given what Postgres holds (`stored`, `None` when it has no row).
+pub(crate) fn prepare(
+    store: &dyn KvStore,
+    doc: DocId,
+    stored: Option<&Stored>,
+) -> Result<Prepared, CheckpointError> {
+    let started = std::time::Instant::now();
+    let store_err = |source| CheckpointError::Store { doc, source };
+    let Some(meta) = docstore::load_meta(store, doc).map_err(store_err)? else {
+        return Ok(Prepared::Absent);
+    };
+    let local = host::load(store, doc)
+        .map_err(store_err)?
+        .map(|l| l.doc)
+        .unwrap_or_default();
+    let stored_heads: Vec<ChangeHash> = stored
+        .map(|s| s.heads.iter().filter_map(|h| h.parse().ok()).collect())
+        .unwrap_or_default();
+    let lacking = stored_heads.iter().any(|h| !local.has_change(h));
+    let (document, merged_in) = match (lacking, stored.and_then(|s| s.content.as_ref())) {
+        (false, _) => (local, None),
+        (true, None) => return Ok(Prepared::NeedsStored),
+        (true, Some(theirs)) => {
+            // Both snapshots concatenated load as their union.
+            let mut both = local.save();
+            both.extend_from_slice(theirs);
+            let merged =
+                Document::load(&both).map_err(|source| CheckpointError::Merge { doc, source })?;
+            (merged, Some(theirs.clone()))
+        }
+    };
+    let heads: Vec<String> = document.heads().iter().map(hash_hex).collect();
+    let access = meta
+        .access
+        .iter()
+        .map(|(user, role)| {
+            let role = match role {
+                Role::ReadWrite => "rw",
+                Role::ReadOnly => "ro",
+            };
+            (weft_schema::strip_nul(user), role)
+        })
+        .collect();
+    let am = document.automerge();
+    let body = if stored.is_some_and(|s| sorted(&s.heads) == heads) {
+        Body::Unchanged
+    } else {
+        let content = document.save();
+        let blake3 = blake3::hash(&content).as_bytes().to_vec();
+        let json = match weft_schema::to_json(am) {
+            Ok(v) => Some(weft_schema::strip_nul_json(v)),
+            Err(e) => {
+                tracing::warn!(%doc, error = %e, "document has no JSON view; doc is null");
+                None
+            }
+        };
+        // Incremental when Postgres' rows follow heads this document contains.
+        let (full, messages, removed) = if stored.is_some() {
+            match weft_schema::messages_changed_since(am, &stored_heads) {
+                Ok(ch) => (
+                    false,
+                    dedup(ch.changed.iter().map(MessageRow::from_message)),
+                    ch.removed
+                        .iter()
+                        .map(|k| weft_schema::strip_nul(k.id.as_ref()))
+                        .collect(),
+                ),
+                Err(_) => (true, Vec::new(), Vec::new()),
+            }
+        } else {
+            let all = weft_schema::messages(am).unwrap_or_default();
+            (
+                true,
+                dedup(all.iter().map(MessageRow::from_message)),
+                Vec::new(),
+            )
+        };
+        Body::Content {
+            heads,
+            content,
+            blake3,
+            json,
+            full,
+            messages,
+            removed,
+        }
+    };
+    let ms = |v: u64| i64::try_from(v).ok();
+    Ok(Prepared::Row(Box::new(Row {
+        doc,
+        kind: weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k)),
+        owner: meta.owner.as_deref().map(weft_schema::strip_nul),
+        created_ms: (meta.created_at_ms > 0)
+            .then(|| ms(meta.created_at_ms))
+            .flatten(),
+        deleted_ms: meta.deleted_at_ms.and_then(ms),
+        access,
+        body,
+        merged_in,
+        cost: started.elapsed(),
+    })))
+}
+
+fn sorted(heads: &[String]) -> Vec<String> {
+    let mut h: Vec<String> = heads.iter().map(|s| s.to_ascii_lowercase()).collect();
+    h.sort_unstable();
+    h
+}
+
+/// One row per message id (a row's key): the last in display order wins, so one insert never
+/// touches a row twice.
+fn dedup(rows: impl Iterator<Item = MessageRow>) -> Vec<MessageRow> {
+    let by_id: BTreeMap<String, MessageRow> = rows.map(|r| (r.message_id.clone(), r)).collect();
+    by_id.into_values().collect()
+}

@@ -1,0 +1,816 @@
+//! Postgres checkpoints through the real `weft-relay` binary, a throwaway Postgres and light
+//! QUIC devices: what a backend job reads after devices chat, what survives Postgres going
+//! away, a SIGTERM, the loss of the relay's data directory, and two relays writing one document.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
+use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
+use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::{hash_hex, DocId, Document, Role};
+use weft_relay::{load_secret, Claims, Minter};
+use weft_schema::{Conversation, Id, NewConversation, NewMessage};
+
+#[path = "common/pg.rs"]
+mod pg;
+use pg::PgServer;
+
+const RELAY: ConnId = ConnId(0);
+
+/// The relay binary checkpointing into `pg`.
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start(pg: &PgServer, interval: &str) -> Relay {
+        Self::start_in(tempfile::tempdir().unwrap(), pg, interval)
+    }
+
+    fn start_in(dir: tempfile::TempDir, pg: &PgServer, interval: &str) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--checkpoint-interval", interval])
+            .env("WEFT_POSTGRES_URL", pg.url())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
+        let addr = |prefix: &str| -> SocketAddr {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(prefix))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Relay {
+            addr: addr("quic="),
+            http: addr("http="),
+            child,
+            dir,
+        }
+    }
+
+    fn token(&self, claims: &Claims) -> String {
+        let secret = load_secret(&self.dir.path().join("jwt.secret")).unwrap();
+        Minter::new(&secret).mint(claims).unwrap()
+    }
+
+    fn user(&self, sub: &str) -> String {
+        self.token(&Claims::new(sub, now(), 3600).with_create(true))
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A light device: its own engine and key, one QUIC connection.
+struct Device {
+    user: String,
+    engine: Engine,
+    reader: FrameReader,
+    writer: FrameWriter,
+    started: std::time::Instant,
+    listed: BTreeMap<DocId, Role>,
+    listing_done: bool,
+    roles: HashMap<DocId, Role>,
+    replies: HashMap<u64, Option<ErrorCode>>,
+    errors: Vec<(ErrorCode, Option<DocId>)>,
+    next_id: u64,
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Device {
+    async fn connect(relay: &Relay, user: &str) -> Device {
+        Self::connect_with(relay, user, relay.user(user)).await
+    }
+
+    async fn connect_with(relay: &Relay, user: &str, token: String) -> Device {
+        let key = DeviceKey::generate().unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tls = relay.dir.path().join("tls");
+        let cert = weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))
+            .unwrap()
+            .cert_chain;
+        endpoint.set_default_client_config(
+            quic::client_config(&key, ServerTrust::PinnedCert(cert)).unwrap(),
+        );
+        let conn = endpoint
+            .connect(relay.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut d = Device {
+            user: user.into(),
+            engine: Engine::new(EngineConfig::device()),
+            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
+            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
+            started: std::time::Instant::now(),
+            listed: BTreeMap::new(),
+            listing_done: false,
+            roles: HashMap::new(),
+            replies: HashMap::new(),
+            errors: Vec::new(),
+            next_id: 1,
+            _conn: conn,
+            _endpoint: endpoint,
+        };
+        d.writer
+            .send(&Message::Hello {
+                protocol: wire::PROTOCOL_VERSION,
+                device: key.device_id(),
+                token,
+                agent: "postgres-test".into(),
+            })
+            .await
+            .unwrap();
+        match d.next().await {
+            Some(Message::Welcome { .. }) => d.engine.add_conn(RELAY),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        d.until(|d| d.listing_done).await;
+        d
+    }
+
+    async fn next(&mut self) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
+                Ok(r) => return r.ok().flatten(),
+                Err(_) => {
+                    assert!(tokio::time::Instant::now() < deadline, "relay went silent");
+                    let now = self.started.elapsed().as_millis() as u64;
+                    self.engine.tick(now);
+                    self.flush().await;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Send { msg, .. } => self.writer.send(&msg).await.unwrap(),
+                Output::Persist { id, .. } => self.engine.persisted(id),
+                Output::Load { doc } => self.engine.loaded(doc, None),
+                _ => {}
+            }
+        }
+    }
+
+    async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) {
+        self.flush().await;
+        for _ in 0..100_000 {
+            if done(self) {
+                return;
+            }
+            let msg = self.next().await.expect("the relay closed the connection");
+            match msg {
+                Message::Docs {
+                    full,
+                    added,
+                    removed,
+                } => {
+                    if full {
+                        self.listed.clear();
+                    }
+                    for e in added {
+                        self.listed.insert(e.doc, e.role);
+                    }
+                    for doc in removed {
+                        self.listed.remove(&doc);
+                    }
+                }
+                Message::DocsEnd { .. } => self.listing_done = true,
+                Message::Reply { id, code, .. } => {
+                    self.replies.insert(id, code);
+                }
+                Message::Error { code, doc, .. } => self.errors.push((code, doc)),
+                Message::Subscribed { doc, role } => {
+                    self.roles.insert(doc, role);
+                    let opts = OpenOptions {
+                        send_changes: role.can_write(),
+                        ..Default::default()
+                    };
+                    self.engine.open(RELAY, doc, opts);
+                }
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    self.engine.handle(RELAY, m).unwrap();
+                }
+                _ => {}
+            }
+            self.flush().await;
+        }
+        panic!("condition never held");
+    }
+
+    async fn synced(&mut self, doc: DocId) {
+        self.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    }
+
+    async fn control(&mut self, request: impl FnOnce(u64) -> Message) -> Option<ErrorCode> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.writer.send(&request(id)).await.unwrap();
+        self.until(|d| d.replies.contains_key(&id)).await;
+        self.replies[&id]
+    }
+
+    async fn share(&mut self, doc: DocId, user: &str, role: Role) {
+        let user = user.to_string();
+        let code = self
+            .control(|id| Message::Share {
+                id,
+                doc,
+                user,
+                role,
+            })
+            .await;
+        assert_eq!(code, None);
+    }
+
+    async fn delete(&mut self, doc: DocId) {
+        assert_eq!(self.control(|id| Message::Delete { id, doc }).await, None);
+    }
+
+    /// Alice starts a conversation and uploads it.
+    async fn create_conversation(&mut self, doc: DocId, title: &str) {
+        self.engine.create(doc, Document::new());
+        let user = self.user.clone();
+        self.engine
+            .change(doc, |am| {
+                Conversation::create(
+                    am,
+                    &NewConversation {
+                        title: title.into(),
+                        participants: vec![user],
+                    },
+                    now_ms(),
+                )
+                .unwrap()
+            })
+            .unwrap();
+        self.writer.send(&Message::Subscribe { doc }).await.unwrap();
+        self.synced(doc).await;
+    }
+
+    /// Subscribes to a document it does not hold yet; the role, or the refusal.
+    async fn subscribe(&mut self, doc: DocId) -> Result<Role, ErrorCode> {
+        self.engine.load(doc);
+        self.flush().await;
+        self.writer.send(&Message::Subscribe { doc }).await.unwrap();
+        self.until(|d| d.roles.contains_key(&doc) || d.refused(doc).is_some())
+            .await;
+        match self.refused(doc) {
+            Some(code) => Err(code),
+            None => {
+                self.synced(doc).await;
+                Ok(self.roles[&doc])
+            }
+        }
+    }
+
+    fn refused(&self, doc: DocId) -> Option<ErrorCode> {
+        self.errors
+            .iter()
+            .find(|(_, d)| *d == Some(doc))
+            .map(|(c, _)| *c)
+    }
+
+    /// Sends a chat message (not waiting for the relay).
+    fn say(&mut self, doc: DocId, text: &str) -> Id {
+        let author = self.user.clone();
+        let id = Id::from_bytes(rand_bytes());
+        let id2 = id.clone();
+        self.engine
+            .change(doc, |am| {
+                weft_schema::send_message(am, &NewMessage::text(author, text), id2, now_ms())
+                    .unwrap()
+            })
+            .unwrap();
+        id
+    }
+
+    fn edit(&mut self, doc: DocId, id: &Id, text: &str) {
+        self.engine
+            .change(doc, |am| {
+                weft_schema::edit_message(am, id, text, now_ms()).unwrap()
+            })
+            .unwrap();
+    }
+
+    fn delete_message(&mut self, doc: DocId, id: &Id) {
+        self.engine
+            .change(doc, |am| {
+                weft_schema::delete_message(am, id, now_ms()).unwrap()
+            })
+            .unwrap();
+    }
+
+    fn heads(&mut self, doc: DocId) -> Vec<String> {
+        self.engine
+            .read(doc, |d| d.heads().iter().map(hash_hex).collect())
+            .unwrap()
+    }
+
+    fn messages(&mut self, doc: DocId) -> Vec<weft_schema::Message> {
+        self.engine
+            .read(doc, |d| weft_schema::messages(d.automerge()).unwrap())
+            .unwrap()
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use rand::RngCore;
+    let mut b = [0; 16];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+fn new_doc() -> DocId {
+    DocId::from_bytes(rand_bytes())
+}
+
+/// A `weft_messages` row as a backend job sees it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct MsgRow {
+    sort_key: String,
+    id: String,
+    author: String,
+    body: String,
+    deleted: bool,
+    created_ms: i64,
+    edited: bool,
+}
+
+fn expected_rows(messages: &[weft_schema::Message]) -> Vec<MsgRow> {
+    messages
+        .iter()
+        .map(|m| MsgRow {
+            sort_key: m.key().to_string(),
+            id: m.id.to_string(),
+            author: m.author.clone(),
+            body: m.body.clone(),
+            deleted: m.deleted,
+            created_ms: m.created_at.physical_ms() as i64,
+            edited: m.edited_at.is_some(),
+        })
+        .collect()
+}
+
+async fn message_rows(db: &tokio_postgres::Client, doc: DocId) -> Vec<MsgRow> {
+    db.query(
+        "select sort_key, message_id, author, body, deleted, \
+         (extract(epoch from created_at) * 1000)::int8, edited_at is not null \
+         from weft_messages where doc_id = $1 order by sort_key",
+        &[&doc.to_string()],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| MsgRow {
+        sort_key: r.get(0),
+        id: r.get(1),
+        author: r.get(2),
+        body: r.get(3),
+        deleted: r.get(4),
+        created_ms: r.get(5),
+        edited: r.get(6),
+    })
+    .collect()
+}
+
+/// The stored heads of `doc`, if it has a row.
+async fn stored_heads(db: &tokio_postgres::Client, doc: DocId) -> Option<Vec<String>> {
+    db.query_opt(
+        "select heads from weft_documents where doc_id = $1",
+        &[&doc.to_string()],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
+}
+
+/// Waits (polling Postgres, as a backend job would) until `doc`'s row holds `heads`.
+async fn checkpointed(db: &tokio_postgres::Client, doc: DocId, heads: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if stored_heads(db, doc).await.as_deref() == Some(heads) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{doc} was never checkpointed with heads {heads:?} (stored {:?})",
+            stored_heads(db, doc).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn access_rows(db: &tokio_postgres::Client, doc: DocId) -> Vec<(String, String)> {
+    db.query(
+        "select user_id, role from weft_access where doc_id = $1 order by user_id",
+        &[&doc.to_string()],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn load_plain(content: &[u8]) -> weft_core::automerge::Automerge {
+    weft_core::automerge::Automerge::load(content).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_job_reads_the_conversation_and_its_rows_follow_edits_and_deletes() {
+    let Some(pg) = PgServer::start() else { return };
+    let relay = Relay::start(&pg, "200ms");
+    let db = pg::client(&pg).await;
+    let doc = new_doc();
+
+    // Alice starts a conversation, shares it with Bob, and they chat.
+    let mut alice = Device::connect(&relay, "alice").await;
+    alice.create_conversation(doc, "Trip to Lyon").await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.share(doc, "carol", Role::ReadOnly).await;
+    let first = alice.say(doc, "Train at 9?");
+    let second = alice.say(doc, "Or the 10:15");
+    alice.synced(doc).await;
+    let mut bob = Device::connect(&relay, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    bob.say(doc, "9 works");
+    bob.synced(doc).await;
+    alice.until(|a| a.messages(doc).len() == 3).await;
+    alice.synced(doc).await;
+
+    let heads = alice.heads(doc);
+    assert_eq!(bob.heads(doc), heads);
+    checkpointed(&db, doc, &heads).await;
+
+    let row = db
+        .query_one(
+            "select kind, owner, content, content_blake3, doc, deleted_at is null \
+             from weft_documents where doc_id = $1",
+            &[&doc.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("conversation")
+    );
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("alice"));
+    let content: Vec<u8> = row.get(2);
+    let hash: Vec<u8> = row.get(3);
+    assert_eq!(hash, blake3::hash(&content).as_bytes().to_vec());
+    // Plain Automerge loads the content with the devices' heads.
+    let plain = load_plain(&content);
+    let mut plain_heads: Vec<String> = plain.get_heads().iter().map(hash_hex).collect();
+    plain_heads.sort();
+    assert_eq!(plain_heads, heads);
+    let json: serde_json::Value = row.get(4);
+    assert_eq!(json["title"], "Trip to Lyon");
+    assert!(row.get::<_, bool>(5));
+    // The typed decoding API reads the same conversation.
+    match weft_schema::decode_content(&content, Some(&hash)).unwrap() {
+        weft_schema::TypedDoc::Conversation(c) => assert_eq!(c.title, "Trip to Lyon"),
+        other => panic!("not a conversation: {other:?}"),
+    }
+    assert_eq!(
+        access_rows(&db, doc).await,
+        [("bob".into(), "rw".into()), ("carol".into(), "ro".into())]
+    );
+    assert_eq!(
+        message_rows(&db, doc).await,
+        expected_rows(&alice.messages(doc))
+    );
+
+    // Alice fixes a message and takes the other back: the rows follow.
+    alice.edit(doc, &first, "Train at 9:30?");
+    alice.delete_message(doc, &second);
+    alice.synced(doc).await;
+    let heads = alice.heads(doc);
+    checkpointed(&db, doc, &heads).await;
+    let rows = message_rows(&db, doc).await;
+    assert_eq!(rows, expected_rows(&alice.messages(doc)));
+    let edited = rows.iter().find(|r| r.id == first.to_string()).unwrap();
+    assert_eq!(
+        (edited.body.as_str(), edited.edited),
+        ("Train at 9:30?", true)
+    );
+    let deleted = rows.iter().find(|r| r.id == second.to_string()).unwrap();
+    assert!(deleted.deleted && deleted.body.is_empty());
+
+    // Full-text search, as README shows a backend job doing it.
+    let hits: Vec<String> = db
+        .query(
+            "select m.message_id from weft_messages m join weft_access a using (doc_id) \
+             where a.user_id = 'carol' and not m.deleted \
+             and to_tsvector('simple', coalesce(m.body, '')) @@ plainto_tsquery('simple', $1)",
+            &[&"works"],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(hits.len(), 1);
+
+    // The README's backend-job queries run as written.
+    let readme = include_str!("../../README.md");
+    let sql = readme
+        .split("```sql")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has the backend-job SQL");
+    let statements: Vec<&str> = sql
+        .split(';')
+        .map(|q| {
+            q.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .map(|q| Box::leak(q.into_boxed_str()) as &str)
+        .filter(|q| !q.trim().is_empty())
+        .collect();
+    assert_eq!(statements.len(), 5, "{statements:?}");
+    let mine = db.query(statements[0], &[&"bob"]).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].get::<_, String>("role"), "rw");
+    let last = db.query(statements[1], &[&doc.to_string()]).await.unwrap();
+    assert_eq!(last.len(), 3);
+    let found = db
+        .query(statements[2], &[&"carol", &"station OR works"])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    for q in &statements[3..] {
+        assert_eq!(db.query(*q, &[&doc.to_string()]).await.unwrap().len(), 1);
+    }
+
+    // Deleting the document marks the row.
+    alice.delete(doc).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = db
+            .query_one(
+                "select deleted_at is not null from weft_documents where doc_id = $1",
+                &[&doc.to_string()],
+            )
+            .await
+            .unwrap();
+        if r.get::<_, bool>(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deletion never checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_the_relay_keeps_serving_and_catches_up_when_it_returns() {
+    let Some(pg) = PgServer::start() else { return };
+    let relay = Relay::start(&pg, "200ms");
+    let doc = new_doc();
+    let mut alice = Device::connect(&relay, "alice").await;
+    alice.create_conversation(doc, "Ops").await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.say(doc, "before the outage");
+    alice.synced(doc).await;
+    {
+        let db = pg::client(&pg).await;
+        checkpointed(&db, doc, &alice.heads(doc)).await;
+    }
+
+    pg.stop();
+    let mut bob = Device::connect(&relay, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    for i in 0..5 {
+        alice.say(doc, &format!("during the outage {i}"));
+    }
+    alice.synced(doc).await;
+    bob.until(|b| b.messages(doc).len() == 6).await;
+    // The checkpointer noticed and is retrying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while relay.metric("weft_checkpoint_failures_total") < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no failure counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(relay.metric("weft_checkpoint_dirty_documents") >= 1.0);
+
+    pg.start_again();
+    let db = pg::client(&pg).await;
+    let heads = alice.heads(doc);
+    checkpointed(&db, doc, &heads).await;
+    assert_eq!(
+        message_rows(&db, doc).await,
+        expected_rows(&alice.messages(doc))
+    );
+    assert_eq!(message_rows(&db, doc).await.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_a_final_checkpoint_holding_the_last_change() {
+    let Some(pg) = PgServer::start() else { return };
+    let relay = Relay::start(&pg, "1h");
+    let doc = new_doc();
+    let mut alice = Device::connect(&relay, "alice").await;
+    alice.create_conversation(doc, "Last words").await;
+    alice.say(doc, "one");
+    alice.say(doc, "two");
+    alice.synced(doc).await;
+    let heads = alice.heads(doc);
+    drop(alice);
+
+    let status = relay.terminate();
+    assert!(status.success(), "{status:?}");
+    let db = pg::client(&pg).await;
+    assert_eq!(stored_heads(&db, doc).await, Some(heads));
+    assert_eq!(message_rows(&db, doc).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rebuilt_from_postgres_serves_everything_with_exactly_the_same_access() {
+    let Some(pg) = PgServer::start() else { return };
+    let (shared, private, deleted) = (new_doc(), new_doc(), new_doc());
+    let relay = Relay::start(&pg, "100ms");
+    let mut alice = Device::connect(&relay, "alice").await;
+    alice.create_conversation(shared, "Shared").await;
+    alice.share(shared, "bob", Role::ReadOnly).await;
+    for i in 0..20 {
+        alice.say(shared, &format!("message {i}"));
+    }
+    alice.synced(shared).await;
+    alice.create_conversation(private, "Private").await;
+    alice.say(private, "just me");
+    alice.synced(private).await;
+    alice.create_conversation(deleted, "Gone").await;
+    alice.delete(deleted).await;
+    let expected = alice.messages(shared);
+    drop(alice);
+    assert!(relay.terminate().success());
+
+    // The relay's disk is lost; a new one starts from Postgres alone.
+    let relay = Relay::start(&pg, "100ms");
+    let mut alice = Device::connect(&relay, "alice").await;
+    assert_eq!(
+        alice.listed,
+        BTreeMap::from([(shared, Role::ReadWrite), (private, Role::ReadWrite)])
+    );
+    assert_eq!(alice.subscribe(shared).await, Ok(Role::ReadWrite));
+    assert_eq!(alice.messages(shared), expected);
+    assert_eq!(alice.subscribe(deleted).await, Err(ErrorCode::DELETED));
+
+    let mut bob = Device::connect(&relay, "bob").await;
+    assert_eq!(bob.listed, BTreeMap::from([(shared, Role::ReadOnly)]));
+    assert_eq!(bob.subscribe(shared).await, Ok(Role::ReadOnly));
+    assert_eq!(bob.messages(shared), expected);
+    assert_eq!(bob.subscribe(private).await, Err(ErrorCode::FORBIDDEN));
+
+    // Nobody can claim a restored document, even with a token that may create.
+    let mut mallory = Device::connect(&relay, "mallory").await;
+    assert!(mallory.listed.is_empty());
+    for doc in [shared, private, deleted] {
+        assert!(mallory.subscribe(doc).await.is_err());
+    }
+
+    // The restored relay goes on normally: Alice writes, the checkpoint follows.
+    alice.say(shared, "after the restore");
+    alice.synced(shared).await;
+    let db = pg::client(&pg).await;
+    checkpointed(&db, shared, &alice.heads(shared)).await;
+    assert_eq!(message_rows(&db, shared).await.len(), 21);
+    let owners: BTreeSet<(String, Option<String>)> = db
+        .query("select doc_id, owner from weft_documents", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(owners.iter().all(|(_, o)| o.as_deref() == Some("alice")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_checkpointing_one_document_end_with_the_merged_union() {
+    let Some(pg) = PgServer::start() else { return };
+    let doc = new_doc();
+    let east = Relay::start(&pg, "100ms");
+    let mut alice = Device::connect(&east, "alice").await;
+    alice.create_conversation(doc, "Two relays").await;
+    alice.say(doc, "hello from the east");
+    alice.synced(doc).await;
+    let db = pg::client(&pg).await;
+    checkpointed(&db, doc, &alice.heads(doc)).await;
+
+    // A second relay on the same database restores the document at start.
+    let west = Relay::start(&pg, "100ms");
+    let mut alice_west = Device::connect(&west, "alice").await;
+    assert_eq!(alice_west.subscribe(doc).await, Ok(Role::ReadWrite));
+    // Concurrent messages through each relay, each checkpointing on its own.
+    for i in 0..3 {
+        alice.say(doc, &format!("east {i}"));
+        alice_west.say(doc, &format!("west {i}"));
+    }
+    alice.synced(doc).await;
+    alice_west.synced(doc).await;
+
+    // Postgres ends with the union of both relays' changes.
+    let mut union = alice.engine.read(doc, |d| d.save()).unwrap();
+    union.extend(alice_west.engine.read(doc, |d| d.save()).unwrap());
+    let union = Document::load(&union).unwrap();
+    let heads: Vec<String> = union.heads().iter().map(hash_hex).collect();
+    checkpointed(&db, doc, &heads).await;
+    let rows = message_rows(&db, doc).await;
+    assert_eq!(rows.len(), 7);
+    assert_eq!(
+        rows,
+        expected_rows(&weft_schema::messages(union.automerge()).unwrap())
+    );
+    let content: Vec<u8> = db
+        .query_one(
+            "select content from weft_documents where doc_id = $1",
+            &[&doc.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        weft_schema::messages(&load_plain(&content)).unwrap().len(),
+        7
+    );
+}

@@ -1,0 +1,241 @@
+//! Device workloads: `durable-writes` (local writes per second, one task and eight) and
+//! `reconnect` (two devices with 1,000 offline changes each converging through the relay).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use weft_core::automerge::sync::SyncDoc;
+use weft_core::automerge::{self, Automerge};
+use weft_peer::schema::{self, NewConversation, NewMessage};
+use weft_peer::{DataDir, Device, DocId, RelayConfig, SyncState, TokenSource};
+
+use crate::relay::Relay;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn new_conversation(device: &Device) -> anyhow::Result<DocId> {
+    let new = NewConversation {
+        title: "bench".into(),
+        participants: vec![],
+    };
+    let (doc, r) = device
+        .create(Some("conversation"), move |am| schema::Conversation::create(am, &new, now_ms()))
+        .await?;
+    r?;
+    Ok(doc)
+}
+
+async fn send(device: &Device, doc: DocId, body: String) -> anyhow::Result<()> {
+    let msg = NewMessage::text("bench", body);
+    let id = schema::Id::from_bytes(rand::random());
+    device
+        .change(doc, move |am| schema::send_message(am, &msg, id, now_ms()))
+        .await??;
+    Ok(())
+}
+
+/// Durable local writes per second: one app task writing one message at a time, eight tasks
+/// writing concurrently (group commit shares fsyncs), against raw redb with one durable
+/// transaction per write in the same run.
+pub async fn durable_writes(quick: bool) -> anyhow::Result<Value> {
+    let per_task = if quick { 300 } else { 1500 };
+    let dir = tempfile::tempdir()?;
+    let device = Device::open(DataDir::new(dir.path())).await?;
+    let doc = new_conversation(&device).await?;
+    let t = Instant::now();
+    for i in 0..per_task {
+        send(&device, doc, format!("message {i}")).await?;
+    }
+    let one = per_task as f64 / t.elapsed().as_secs_f64();
+
+    let tasks = 8;
+    let mut docs = Vec::new();
+    for _ in 0..tasks {
+        docs.push(new_conversation(&device).await?);
+    }
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for doc in docs {
+        let device = device.clone();
+        set.spawn(async move {
+            for i in 0..per_task {
+                send(&device, doc, format!("message {i}")).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let eight = (per_task * tasks) as f64 / t.elapsed().as_secs_f64();
+    device.close().await;
+
+    // Baseline: raw redb, one durable transaction per write of the same size.
+    let raw = tokio::task::spawn_blocking(move || raw_redb_writes(per_task)).await??;
+    eprintln!("durable-writes: one message per durable write (fsync), {per_task} per task");
+    eprintln!("  {:>22} {:>12} {:>14}", "", "writes/s", "vs raw redb");
+    eprintln!("  {:>22} {:>12.0} {:>14.2}", "weft, 1 task", one, one / raw);
+    eprintln!("  {:>22} {:>12.0} {:>14.2}", "weft, 8 tasks", eight, eight / raw);
+    eprintln!("  {:>22} {:>12.0} {:>14}", "raw redb (baseline)", raw, "1.00");
+    Ok(json!({
+        "workload": "durable-writes",
+        "writes_per_task": per_task,
+        "one_task_writes_per_s": one.round(),
+        "eight_tasks_writes_per_s": eight.round(),
+        "one_task_vs_baseline": (one / raw * 100.0).round() / 100.0,
+        "eight_tasks_vs_baseline": (eight / raw * 100.0).round() / 100.0,
+        "baseline": {
+            "what": "raw redb, one durable transaction per 300-byte write, one thread",
+            "writes_per_s": raw.round(),
+        },
+    }))
+}
+
+fn raw_redb_writes(n: usize) -> anyhow::Result<f64> {
+    const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("bench");
+    let dir = tempfile::tempdir()?;
+    let db = redb::Database::create(dir.path().join("raw.redb"))?;
+    let value = vec![7u8; 300];
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        let tx = db.begin_write()?;
+        {
+            let mut table = tx.open_table(TABLE)?;
+            table.insert(i, value.as_slice())?;
+        }
+        tx.commit()?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Waits until every link of `device` has `doc` synced.
+async fn synced(device: &Device, doc: DocId, limit: Duration) -> anyhow::Result<()> {
+    let mut status = device.status();
+    tokio::time::timeout(limit, async {
+        loop {
+            let done = {
+                let s = status.borrow_and_update();
+                !s.links.is_empty()
+                    && s.links
+                        .values()
+                        .all(|l| l.docs.get(&doc).is_some_and(|d| d.state == SyncState::Synced))
+            };
+            if done {
+                return Ok(());
+            }
+            status.changed().await.context("device closed")?;
+        }
+    })
+    .await
+    .context("timed out waiting for a sync")?
+}
+
+/// Two devices of one user hold a conversation, go offline, write `changes` messages each,
+/// then reconnect to the relay: the time until both hold the same heads and the relay has
+/// confirmed them. Baseline: Automerge's own sync protocol between the same two documents in
+/// memory (no network, no store), measured in the same run.
+pub async fn reconnect(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
+    let changes = 1000;
+    let rounds = if quick { 2 } else { 5 };
+    let mut times = Vec::new();
+    let mut base_times = Vec::new();
+    for _ in 0..rounds {
+        let (ta, tb) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let a = Device::open(DataDir::new(ta.path())).await?;
+        let b = Device::open(DataDir::new(tb.path())).await?;
+        let doc = new_conversation(&a).await?;
+        let cfg = |docs: Vec<DocId>| -> anyhow::Result<RelayConfig> {
+            Ok(RelayConfig {
+                addr: relay.addr.to_string(),
+                token: TokenSource::Static(relay.token()?),
+                pinned_cert: Some(relay.cert.clone()),
+                docs,
+                reconnect: true,
+                max_backoff: Duration::from_secs(10),
+            })
+        };
+        let la = a.connect_relay(cfg(vec![])?).await?;
+        synced(&a, doc, Duration::from_secs(30)).await?;
+        let lb = b.connect_relay(cfg(vec![doc])?).await?;
+        synced(&b, doc, Duration::from_secs(30)).await?;
+        la.stop().await;
+        lb.stop().await;
+        for i in 0..changes {
+            send(&a, doc, format!("a {i}")).await?;
+            send(&b, doc, format!("b {i}")).await?;
+        }
+        // The baseline diverges the same way: both documents as they are now.
+        let mut am_a = a.read(doc, |am| am.save()).await.map(|b| Automerge::load(&b))??;
+        let mut am_b = b.read(doc, |am| am.save()).await.map(|b| Automerge::load(&b))??;
+        base_times.push(automerge_sync(&mut am_a, &mut am_b)?);
+
+        let t = Instant::now();
+        let _la = a.connect_relay(cfg(vec![])?).await?;
+        let _lb = b.connect_relay(cfg(vec![doc])?).await?;
+        synced(&a, doc, Duration::from_secs(60)).await?;
+        synced(&b, doc, Duration::from_secs(60)).await?;
+        loop {
+            let (ha, hb) = (
+                a.read(doc, |am| am.get_heads()).await?,
+                b.read(doc, |am| am.get_heads()).await?,
+            );
+            if ha == hb {
+                break;
+            }
+            synced(&a, doc, Duration::from_secs(60)).await?;
+        }
+        times.push(t.elapsed());
+        a.close().await;
+        b.close().await;
+    }
+    times.sort_unstable();
+    base_times.sort_unstable();
+    let median = |v: &[Duration]| v[v.len() / 2];
+    let (w, base) = (median(&times), median(&base_times));
+    eprintln!("reconnect: two devices, {changes} offline messages each, through the relay");
+    eprintln!("  weft median {:.1} ms (target < 200 ms); Automerge sync in memory (baseline) {:.1} ms; ratio {:.2}",
+        w.as_secs_f64() * 1e3, base.as_secs_f64() * 1e3, w.as_secs_f64() / base.as_secs_f64());
+    Ok(json!({
+        "workload": "reconnect",
+        "changes_per_device": changes,
+        "rounds": rounds,
+        "converged_ms_median": (w.as_secs_f64() * 1e4).round() / 10.0,
+        "converged_ms_all": times.iter().map(|d| (d.as_secs_f64() * 1e4).round() / 10.0).collect::<Vec<_>>(),
+        "target_ms": 200,
+        "vs_baseline": (w.as_secs_f64() / base.as_secs_f64() * 100.0).round() / 100.0,
+        "baseline": {
+            "what": "automerge generate/receive_sync_message between the two diverged documents in memory",
+            "converged_ms_median": (base.as_secs_f64() * 1e4).round() / 10.0,
+        },
+    }))
+}
+
+/// Automerge's sync protocol between two documents until neither has anything to send.
+fn automerge_sync(a: &mut Automerge, b: &mut Automerge) -> anyhow::Result<Duration> {
+    let (mut sa, mut sb) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let t = Instant::now();
+    for _ in 0..100 {
+        let m1 = a.generate_sync_message(&mut sa);
+        let m2 = b.generate_sync_message(&mut sb);
+        if m1.is_none() && m2.is_none() {
+            break;
+        }
+        if let Some(m) = m1 {
+            b.receive_sync_message(&mut sb, m)?;
+        }
+        if let Some(m) = m2 {
+            a.receive_sync_message(&mut sa, m)?;
+        }
+    }
+    anyhow::ensure!(a.get_heads() == b.get_heads(), "the baseline did not converge");
+    Ok(t.elapsed())
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: Arc<Device>) {}
