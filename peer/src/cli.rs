@@ -16,7 +16,10 @@ use weft_core::{DeviceId, DocId};
 use weft_schema as schema;
 
 use crate::status::{LinkState, SyncState};
-use crate::{unix_ms, ControlOp, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, TokenSource};
+use crate::{
+    unix_ms, ControlOp, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig,
+    TokenSource,
+};
 
 /// Exit statuses (the contract's).
 pub mod exit {
@@ -34,7 +37,11 @@ pub mod exit {
 
 /// The `weft` command line.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about = "weft: local-first documents on this device, synced through a relay or peer to peer")]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: local-first documents on this device, synced through a relay or peer to peer"
+)]
 pub struct Cli {
     /// The data directory (default: the platform's data directory).
     #[arg(long, global = true, env = "WEFT_DATA_DIR")]
@@ -210,7 +217,12 @@ pub struct SyncArgs {
     #[arg(long)]
     pub relay: Option<String>,
     /// The token for the relay.
-    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "WEFT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
     /// A file holding the token, re-read on every reconnect.
     #[arg(long)]
@@ -277,7 +289,10 @@ impl Command {
     /// Whether the command holds the data directory for long (and so serves other commands
     /// over the local socket while it runs).
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Watch { .. } | Command::Sync(_) | Command::P2p(_))
+        matches!(
+            self,
+            Command::Watch { .. } | Command::Sync(_) | Command::P2p(_)
+        )
     }
 
     /// Makes every path absolute against `cwd`, so another process can run the command.
@@ -380,12 +395,17 @@ pub async fn execute(device: &Device, cmd: Command, sink: &Sink) -> Result<(), F
         Command::Status { json } => status(device, json, sink).await,
         Command::Watch { doc } => watch(device, doc, sink).await,
         Command::Sync(args) => sync(device, args, sink).await,
-        Command::P2p(P2pCmd::Listen { listen, allow }) => p2p_listen(device, listen, allow, sink).await,
+        Command::P2p(P2pCmd::Listen { listen, allow }) => {
+            p2p_listen(device, listen, allow, sink).await
+        }
     }
 }
 
 fn author_default(device: &Device) -> String {
-    device.dir().name().unwrap_or_else(|| device.id().to_string())
+    device
+        .dir()
+        .name()
+        .unwrap_or_else(|| device.id().to_string())
 }
 
 fn new_id() -> schema::Id {
@@ -423,7 +443,9 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
                         end_date: None,
                     };
                     let (doc, r) = device
-                        .create(Some("trip"), move |am: &mut Automerge| schema::Trip::create(am, &new, now))
+                        .create(Some("trip"), move |am: &mut Automerge| {
+                            schema::Trip::create(am, &new, now)
+                        })
                         .await?;
                     ("trip", r.map(|_| doc))
                 }
@@ -436,11 +458,7 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             let list = device.list().await?;
             let mut rows = Vec::new();
             for info in list {
-                let title = device
-                    .read(info.id, |am| title_of(am))
-                    .await
-                    .ok()
-                    .flatten();
+                let title = device.read(info.id, title_of).await.ok().flatten();
                 rows.push((info, title));
             }
             if json {
@@ -467,7 +485,13 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
                         i.id,
                         i.kind.as_deref().unwrap_or("-"),
                         title.unwrap_or_default(),
-                        if i.deleted { "  (deleted)" } else if i.revoked { "  (no longer shared)" } else { "" }
+                        if i.deleted {
+                            "  (deleted)"
+                        } else if i.revoked {
+                            "  (no longer shared)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 sink.out(text).await
@@ -484,7 +508,9 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             }
             let text = match typed {
                 Ok(schema::TypedDoc::Conversation(c)) => {
-                    let n = device.read(doc, |am| schema::messages(am).map(|m| m.len())).await?;
+                    let n = device
+                        .read(doc, |am| schema::messages(am).map(|m| m.len()))
+                        .await?;
                     format!(
                         "conversation {doc}\ntitle: {}\nparticipants: {}\nmessages: {}\n",
                         c.title,
@@ -505,8 +531,12 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             };
             sink.out(text).await
         }
-        DocCmd::Share { doc, user, role } => control(device, ControlOp::Share { doc, user, role }, sink).await,
-        DocCmd::Unshare { doc, user } => control(device, ControlOp::Unshare { doc, user }, sink).await,
+        DocCmd::Share { doc, user, role } => {
+            control(device, ControlOp::Share { doc, user, role }, sink).await
+        }
+        DocCmd::Unshare { doc, user } => {
+            control(device, ControlOp::Unshare { doc, user }, sink).await
+        }
         DocCmd::Delete { doc } => control(device, ControlOp::Delete { doc }, sink).await,
         DocCmd::Heads { doc } => {
             check_exists(device, doc).await?;
@@ -537,9 +567,13 @@ async fn control(device: &Device, op: ControlOp, sink: &Sink) -> Result<(), Fail
     }
     match tokio::time::timeout(Duration::from_secs(15), answer).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(why))) => Err(Failure::new(exit::REFUSED, format!("the relay refused: {why}"))),
+        Ok(Ok(Err(why))) => Err(Failure::new(
+            exit::REFUSED,
+            format!("the relay refused: {why}"),
+        )),
         Ok(Err(_)) | Err(_) => {
-            sink.err("queued: the relay has not answered yet; it takes effect at the next sync").await;
+            sink.err("queued: the relay has not answered yet; it takes effect at the next sync")
+                .await;
             Ok(())
         }
     }
@@ -587,13 +621,13 @@ async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result<(), Failur
             check_exists(device, doc).await?;
             if json {
                 let text = device
-                    .read(doc, |am| schema::messages_json(am))
+                    .read(doc, schema::messages_json)
                     .await?
                     .map_err(read_failure)?;
                 return sink.out(text + "\n").await;
             }
             let msgs = device
-                .read(doc, |am| schema::messages(am))
+                .read(doc, schema::messages)
                 .await?
                 .map_err(read_failure)?;
             let mut text = String::new();
@@ -605,7 +639,10 @@ async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result<(), Failur
                 } else {
                     ""
                 };
-                text.push_str(&format!("{}  {}  {}: {}{flag}\n", m.created_at, m.id, m.author, m.body));
+                text.push_str(&format!(
+                    "{}  {}  {}: {}{flag}\n",
+                    m.created_at, m.id, m.author, m.body
+                ));
             }
             sink.out(text).await
         }
@@ -684,7 +721,10 @@ async fn status(device: &Device, json: bool, sink: &Sink) -> Result<(), Failure>
                 LinkState::Connecting => "connecting",
                 LinkState::Offline => "offline",
             },
-            l.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            l.last_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         ));
     }
     for (i, heads, unconfirmed, _) in rows {
@@ -695,7 +735,11 @@ async fn status(device: &Device, json: bool, sink: &Sink) -> Result<(), Failure>
             i.role.map_or("-", |r| r.as_str()),
             unconfirmed,
             i.last_sync_ms.map_or_else(|| "never".to_owned(), rfc3339),
-            heads.iter().map(|h| &h[..8.min(h.len())]).collect::<Vec<_>>().join(",")
+            heads
+                .iter()
+                .map(|h| &h[..8.min(h.len())])
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     sink.out(text).await
@@ -713,9 +757,10 @@ fn patch_json(p: &Patch) -> serde_json::Value {
     let (action, extra) = match &p.action {
         PatchAction::PutMap { key, .. } => ("put", serde_json::json!({"key": key})),
         PatchAction::PutSeq { index, .. } => ("put", serde_json::json!({"index": index})),
-        PatchAction::Insert { index, values, .. } => {
-            ("insert", serde_json::json!({"index": index, "count": values.len()}))
-        }
+        PatchAction::Insert { index, values, .. } => (
+            "insert",
+            serde_json::json!({"index": index, "count": values.len()}),
+        ),
         PatchAction::SpliceText { index, value, .. } => (
             "splice",
             serde_json::json!({"index": index, "text": value.make_string()}),
@@ -724,11 +769,14 @@ fn patch_json(p: &Patch) -> serde_json::Value {
             "increment",
             serde_json::json!({"prop": prop.to_string(), "by": value}),
         ),
-        PatchAction::Conflict { prop } => ("conflict", serde_json::json!({"prop": prop.to_string()})),
-        PatchAction::DeleteMap { key } => ("delete", serde_json::json!({"key": key})),
-        PatchAction::DeleteSeq { index, length } => {
-            ("delete", serde_json::json!({"index": index, "length": length}))
+        PatchAction::Conflict { prop } => {
+            ("conflict", serde_json::json!({"prop": prop.to_string()}))
         }
+        PatchAction::DeleteMap { key } => ("delete", serde_json::json!({"key": key})),
+        PatchAction::DeleteSeq { index, length } => (
+            "delete",
+            serde_json::json!({"index": index, "length": length}),
+        ),
         PatchAction::Mark { marks } => ("mark", serde_json::json!({"count": marks.len()})),
     };
     let mut v = serde_json::json!({"path": path, "action": action});
@@ -767,14 +815,35 @@ async fn watch(device: &Device, doc: DocId, sink: &Sink) -> Result<(), Failure> 
     }
 }
 
-fn load_certs(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Failure> {
+fn load_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Failure> {
     use rustls::pki_types::pem::PemObject;
     let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| Failure::new(exit::USAGE, format!("cannot read the relay certificate {}: {e}", path.display())))?
+        .map_err(|e| {
+            Failure::new(
+                exit::USAGE,
+                format!("cannot read the relay certificate {}: {e}", path.display()),
+            )
+        })?
         .collect();
-    let certs = certs.map_err(|e| Failure::new(exit::USAGE, format!("the relay certificate {} is not valid PEM: {e}", path.display())))?;
+    let certs = certs.map_err(|e| {
+        Failure::new(
+            exit::USAGE,
+            format!(
+                "the relay certificate {} is not valid PEM: {e}",
+                path.display()
+            ),
+        )
+    })?;
     if certs.is_empty() {
-        return Err(Failure::new(exit::USAGE, format!("the relay certificate file {} holds no certificate", path.display())));
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the relay certificate file {} holds no certificate",
+                path.display()
+            ),
+        ));
     }
     Ok(certs)
 }
@@ -785,10 +854,15 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
             (Some(t), _) => TokenSource::Static(t.clone()),
             (None, Some(f)) => TokenSource::File(f.clone()),
             (None, None) => {
-                return Err(Failure::new(exit::USAGE, "a token is required: pass --token, --token-file or WEFT_TOKEN"))
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "a token is required: pass --token, --token-file or WEFT_TOKEN",
+                ))
             }
         };
-        token.read().map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+        token
+            .read()
+            .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
         let pinned_cert = args.relay_cert.as_deref().map(load_certs).transpose()?;
         device
             .connect_relay(RelayConfig {
@@ -802,7 +876,10 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
             .await?
     } else {
         let (Some(peer), Some(key)) = (&args.peer, args.peer_key) else {
-            return Err(Failure::new(exit::USAGE, "--relay or --peer with --peer-key is required"));
+            return Err(Failure::new(
+                exit::USAGE,
+                "--relay or --peer with --peer-key is required",
+            ));
         };
         device
             .connect_peer(PeerConfig {
@@ -822,7 +899,7 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
         loop {
             let line = {
                 let s = status.borrow_and_update();
-                s.links.get(&link).map(|l| describe_link(l))
+                s.links.get(&link).map(describe_link)
             };
             if let Some(line) = line {
                 if last.as_ref() != Some(&line) {
@@ -852,9 +929,17 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
                 if l.settled() && l.discovered {
                     return Some(Ok(l.clone()));
                 }
-                if l.state == LinkState::Offline && (l.last_error.is_some() || handle.is_finished()) {
-                    let msg = l.last_error.clone().unwrap_or_else(|| "the connection ended".into());
-                    let code = if l.refused { exit::REFUSED } else { exit::UNREACHABLE };
+                if l.state == LinkState::Offline && (l.last_error.is_some() || handle.is_finished())
+                {
+                    let msg = l
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the connection ended".into());
+                    let code = if l.refused {
+                        exit::REFUSED
+                    } else {
+                        exit::UNREACHABLE
+                    };
                     return Some(Err(Failure::new(code, format!("{}: {msg}", l.name))));
                 }
                 None
@@ -882,19 +967,31 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
             if args.doc.contains(doc) {
                 refused_requested.push(*doc);
             } else {
-                sink.err(format!("skipped {doc}: the relay refused it")).await;
+                sink.err(format!("skipped {doc}: the relay refused it"))
+                    .await;
             }
         }
     }
     if !l.control_errors.is_empty() {
-        return Err(Failure::new(exit::REFUSED, format!("the relay refused: {}", l.control_errors.join("; "))));
+        return Err(Failure::new(
+            exit::REFUSED,
+            format!("the relay refused: {}", l.control_errors.join("; ")),
+        ));
     }
     if !refused_requested.is_empty() {
         let list: Vec<String> = refused_requested.iter().map(|d| d.to_string()).collect();
-        return Err(Failure::new(exit::REFUSED, format!("not permitted: {}", list.join(", "))));
+        return Err(Failure::new(
+            exit::REFUSED,
+            format!("not permitted: {}", list.join(", ")),
+        ));
     }
-    let synced = l.docs.values().filter(|d| d.state == SyncState::Synced).count();
-    sink.err(format!("synced {synced} documents with {}", l.name)).await;
+    let synced = l
+        .docs
+        .values()
+        .filter(|d| d.state == SyncState::Synced)
+        .count();
+    sink.err(format!("synced {synced} documents with {}", l.name))
+        .await;
     Ok(())
 }
 
@@ -919,7 +1016,11 @@ impl Progress {
         if total < Self::MIN_DOCS || done == self.done {
             return None;
         }
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) && done < total {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+            && done < total
+        {
             return None;
         }
         self.last = Some(std::time::Instant::now());
@@ -935,24 +1036,39 @@ impl Progress {
 }
 
 fn describe_link(l: &crate::LinkStatus) -> String {
-    let synced = l.docs.values().filter(|d| d.state == SyncState::Synced).count();
+    let synced = l
+        .docs
+        .values()
+        .filter(|d| d.state == SyncState::Synced)
+        .count();
     match l.state {
         LinkState::Online => format!(
             "{}: online{}, {synced}/{} documents synced",
             l.name,
-            l.user.as_ref().map(|u| format!(" as {u}")).unwrap_or_default(),
+            l.user
+                .as_ref()
+                .map(|u| format!(" as {u}"))
+                .unwrap_or_default(),
             l.docs.len()
         ),
         LinkState::Connecting => format!("{}: connecting", l.name),
         LinkState::Offline => format!(
             "{}: offline{}",
             l.name,
-            l.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            l.last_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         ),
     }
 }
 
-async fn p2p_listen(device: &Device, listen: std::net::SocketAddr, allow: Vec<DeviceId>, sink: &Sink) -> Result<(), Failure> {
+async fn p2p_listen(
+    device: &Device,
+    listen: std::net::SocketAddr,
+    allow: Vec<DeviceId>,
+    sink: &Sink,
+) -> Result<(), Failure> {
     let bound = device
         .listen_p2p(listen, allow)
         .await
@@ -964,7 +1080,11 @@ async fn p2p_listen(device: &Device, listen: std::net::SocketAddr, allow: Vec<De
     loop {
         let line = {
             let s = status.borrow_and_update();
-            s.links.values().map(describe_link).collect::<Vec<_>>().join("; ")
+            s.links
+                .values()
+                .map(describe_link)
+                .collect::<Vec<_>>()
+                .join("; ")
         };
         if line != last && !line.is_empty() {
             sink.err(line.clone()).await;

@@ -174,13 +174,20 @@ impl ControlOp {
     /// The document concerned.
     pub fn doc(&self) -> DocId {
         match self {
-            ControlOp::Share { doc, .. } | ControlOp::Unshare { doc, .. } | ControlOp::Delete { doc } => *doc,
+            ControlOp::Share { doc, .. }
+            | ControlOp::Unshare { doc, .. }
+            | ControlOp::Delete { doc } => *doc,
         }
     }
 
     fn message(&self, id: u64) -> Message {
         match self.clone() {
-            ControlOp::Share { doc, user, role } => Message::Share { id, doc, user, role },
+            ControlOp::Share { doc, user, role } => Message::Share {
+                id,
+                doc,
+                user,
+                role,
+            },
             ControlOp::Unshare { doc, user } => Message::Unshare { id, doc, user },
             ControlOp::Delete { doc } => Message::Delete { id, doc },
         }
@@ -199,6 +206,8 @@ const MAX_OUTBOX: usize = 10_000;
 type ChangeFn = Box<dyn FnOnce(&mut Automerge) -> Box<dyn Any + Send> + Send>;
 type ReadFn = Box<dyn FnOnce(&Document) -> Box<dyn Any + Send> + Send>;
 type Reply<T> = oneshot::Sender<Result<T, DeviceError>>;
+/// A caller waiting for its write to be durable, and the closure's result to hand it.
+type Waiter = (Reply<Box<dyn Any + Send>>, Box<dyn Any + Send>);
 
 pub(crate) enum Op {
     Change(ChangeFn, Reply<Box<dyn Any + Send>>),
@@ -248,7 +257,10 @@ pub(crate) enum Cmd {
     Inbound(ConnId, Message),
     Closed(ConnId),
     Ephemeral(DocId, Vec<u8>),
-    Control(ControlOp, oneshot::Sender<Result<oneshot::Receiver<Result<(), String>>, DeviceError>>),
+    Control(
+        ControlOp,
+        oneshot::Sender<Result<oneshot::Receiver<Result<(), String>>, DeviceError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -424,7 +436,9 @@ impl Device {
         f: impl FnOnce(&mut Automerge) -> R + Send + 'static,
     ) -> Result<R, DeviceError> {
         let f: ChangeFn = Box::new(move |am| Box::new(f(am)));
-        let r = self.ask(|reply| Cmd::Op(doc, Op::Change(f, reply))).await??;
+        let r = self
+            .ask(|reply| Cmd::Op(doc, Op::Change(f, reply)))
+            .await??;
         Ok(*r.downcast::<R>().map_err(|_| DeviceError::Closed)?)
     }
 
@@ -470,20 +484,27 @@ impl Device {
     /// Queues a sharing or deletion request for the relay (durably, so it survives restarts and
     /// is sent at the next connection). Returns once it is queued, with a receiver for the
     /// relay's answer.
-    pub async fn control(&self, op: ControlOp) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
+    pub async fn control(
+        &self,
+        op: ControlOp,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
         self.ask(|r| Cmd::Control(op, r)).await?
     }
 
     /// Keeps a connection to a relay, reconnecting with backoff until the handle is dropped or
     /// stopped.
     pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self.ask(|r| Cmd::NewLink(format!("relay {}", cfg.addr), r)).await?;
+        let link = self
+            .ask(|r| Cmd::NewLink(format!("relay {}", cfg.addr), r))
+            .await?;
         Ok(net::spawn_relay_link(self.clone(), link, cfg))
     }
 
     /// Keeps a direct connection to a peer device, reconnecting until stopped.
     pub async fn connect_peer(&self, cfg: PeerConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self.ask(|r| Cmd::NewLink(format!("peer {}", cfg.addr), r)).await?;
+        let link = self
+            .ask(|r| Cmd::NewLink(format!("peer {}", cfg.addr), r))
+            .await?;
         Ok(net::spawn_peer_link(self.clone(), link, cfg))
     }
 
@@ -568,7 +589,7 @@ struct Driver {
     next_link: u64,
     next_conn: u64,
     /// Callers waiting for a write to be durable.
-    waiters: HashMap<weft_core::engine::PersistId, (Reply<Box<dyn Any + Send>>, Box<dyn Any + Send>)>,
+    waiters: HashMap<weft_core::engine::PersistId, Waiter>,
     /// Operations waiting for their document to load.
     pending: HashMap<DocId, Vec<Op>>,
     loading: HashSet<DocId>,
@@ -668,8 +689,11 @@ impl Driver {
             Cmd::Create { kind, init, reply } => self.create(kind, init, reply),
             Cmd::Op(doc, op) => self.op(doc, op),
             Cmd::List(reply) => {
-                let mut list: Vec<DocInfo> =
-                    self.metas.iter().map(|(id, m)| DocInfo::new(*id, m)).collect();
+                let mut list: Vec<DocInfo> = self
+                    .metas
+                    .iter()
+                    .map(|(id, m)| DocInfo::new(*id, m))
+                    .collect();
                 list.sort_by_key(|d| d.id.to_string());
                 let _ = reply.send(list);
             }
@@ -761,13 +785,18 @@ impl Driver {
             path: self.dir.outbox_path(),
             message: e.to_string(),
         })?;
-        crate::dir::write_private(&self.dir.outbox_path(), &bytes).map_err(|e| DeviceError::DataDir {
-            path: self.dir.outbox_path(),
-            message: format!("cannot write the request queue: {e}"),
+        crate::dir::write_private(&self.dir.outbox_path(), &bytes).map_err(|e| {
+            DeviceError::DataDir {
+                path: self.dir.outbox_path(),
+                message: format!("cannot write the request queue: {e}"),
+            }
         })
     }
 
-    fn queue_control(&mut self, op: ControlOp) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
+    fn queue_control(
+        &mut self,
+        op: ControlOp,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, DeviceError> {
         if self.outbox.len() >= MAX_OUTBOX {
             return Err(DeviceError::Connection(format!(
                 "{MAX_OUTBOX} requests are already waiting for a relay"
@@ -901,7 +930,8 @@ impl Driver {
         docs::delete_doc(&mut batch, doc);
         docs::put_meta(&mut batch, doc, &meta);
         let ticket = self.group.submit(batch);
-        self.tasks.spawn(async move { Done::Reset(doc, ticket.await) });
+        self.tasks
+            .spawn(async move { Done::Reset(doc, ticket.await) });
         tracing::warn!(%doc, kept = ?kept, "the relay refused local changes to a read-only document; kept them aside and taking the relay's version");
         let _ = self.events.send(Event::Rejected { doc, kept });
     }
@@ -1067,16 +1097,17 @@ impl Driver {
                     let store = self.host.store().clone();
                     self.loading.insert(doc);
                     self.tasks.spawn(async move {
-                        let r = tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc))
-                            .await
-                            .unwrap_or_else(|e| {
-                                Err(DocStoreError::Store {
-                                    source: StoreError::Backend {
-                                        path: Default::default(),
-                                        message: format!("load task failed: {e}"),
-                                    },
-                                })
-                            });
+                        let r =
+                            tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc))
+                                .await
+                                .unwrap_or_else(|e| {
+                                    Err(DocStoreError::Store {
+                                        source: StoreError::Backend {
+                                            path: Default::default(),
+                                            message: format!("load task failed: {e}"),
+                                        },
+                                    })
+                                });
                         Done::Loaded(doc, Box::new(r))
                     });
                 }
@@ -1092,7 +1123,9 @@ impl Driver {
                 self.announce(doc, heads, origin);
             }
             Output::Synced { conn, doc, heads } => {
-                let Some(c) = self.conns.get(&conn) else { return };
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
                 let link = c.link;
                 let now = unix_ms();
                 let current = self.host.engine().heads(doc);
@@ -1118,10 +1151,13 @@ impl Driver {
             } => {
                 let _ = self.events.send(Event::Rejected { doc, kept: None });
             }
-            Output::Unaccepted { conn, doc } => {
-                if self.conns.get(&conn).is_some_and(|c| c.kind == ConnKind::Relay) {
-                    self.reset_to_remote(doc);
-                }
+            Output::Unaccepted { conn, doc }
+                if self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| c.kind == ConnKind::Relay) =>
+            {
+                self.reset_to_remote(doc);
             }
             Output::ProtocolError { conn, doc, error } => {
                 tracing::warn!(%doc, %error, "closing a connection that sent an invalid message");
@@ -1284,7 +1320,9 @@ impl Driver {
 
     /// Sends `Subscribe` for `doc` on `conn` once.
     fn ask_for(&mut self, conn: ConnId, doc: DocId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !c.docs.insert(doc) {
             return;
         }
@@ -1306,7 +1344,9 @@ impl Driver {
     }
 
     fn inbound(&mut self, conn: ConnId, msg: Message) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let kind = c.kind;
         match msg {
             Message::Subscribed { doc, role } if kind != ConnKind::Listener => {
@@ -1359,10 +1399,7 @@ impl Driver {
                 }
             }
             Message::Reply {
-                id,
-                code,
-                message,
-                ..
+                id, code, message, ..
             } if kind == ConnKind::Relay => self.on_reply(conn, id, code, message),
             Message::DocsEnd { truncated, .. } => {
                 if truncated {
@@ -1454,7 +1491,9 @@ impl Driver {
 
     /// The other side granted `doc` with `role`: open it in the engine.
     fn open(&mut self, conn: ConnId, doc: DocId, role: Role) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let (link, kind, peer_key) = (c.link, c.kind, c.peer_key.clone());
         let now = unix_ms();
         let mut changed = !self.metas.contains_key(&doc);
@@ -1494,7 +1533,9 @@ impl Driver {
     }
 
     fn refuse(&mut self, conn: ConnId, doc: DocId, reason: String) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.docs.remove(&doc);
         let link = c.link;
         self.host.engine().close(conn, doc);
@@ -1526,7 +1567,9 @@ impl Driver {
     }
 
     fn send(&mut self, conn: ConnId, msg: Message) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let doc = msg.doc();
         match c.out.try_send(Outgoing::Msg(msg)) {
             Ok(()) => {}

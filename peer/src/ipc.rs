@@ -50,7 +50,11 @@ pub enum Response {
 
 /// Serves commands for `device` on `path` until `cancel` fires. A stale socket file left by a
 /// crashed process is replaced (the caller holds the store, so no live process owns it).
-pub fn serve(device: Device, path: PathBuf, cancel: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(
+    device: Device,
+    path: PathBuf,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     #[cfg(unix)]
@@ -99,12 +103,21 @@ async fn serve_client(device: &Device, stream: UnixStream) {
     let request = match request {
         Ok(r) if r.v == VERSION => r,
         Ok(r) => {
-            let f = Failure::new(exit::FAILURE, format!("the running weft speaks socket version {VERSION}, not {}", r.v));
+            let f = Failure::new(
+                exit::FAILURE,
+                format!(
+                    "the running weft speaks socket version {VERSION}, not {}",
+                    r.v
+                ),
+            );
             let _ = send(&mut write, &Response::Exit(Err(f))).await;
             return;
         }
         Err(e) => {
-            let f = Failure::new(exit::FAILURE, format!("bad request on the local socket: {e}"));
+            let f = Failure::new(
+                exit::FAILURE,
+                format!("bad request on the local socket: {e}"),
+            );
             let _ = send(&mut write, &Response::Exit(Err(f))).await;
             return;
         }
@@ -154,13 +167,19 @@ pub async fn connect(path: &Path) -> Option<UnixStream> {
 /// command returned there.
 pub async fn run_remote(stream: UnixStream, command: Command) -> Result<(), Failure> {
     let (read, mut write) = stream.into_split();
-    let req = Request { v: VERSION, command };
-    let mut line = serde_json::to_vec(&req).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    let req = Request {
+        v: VERSION,
+        command,
+    };
+    let mut line =
+        serde_json::to_vec(&req).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     line.push(b'\n');
-    write
-        .write_all(&line)
-        .await
-        .map_err(|e| Failure::new(exit::FAILURE, format!("the running weft did not take the command: {e}")))?;
+    write.write_all(&line).await.map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("the running weft did not take the command: {e}"),
+        )
+    })?;
     let mut lines = BufReader::new(read).lines();
     let mut stdout = tokio::io::stdout();
     loop {
@@ -169,7 +188,10 @@ pub async fn run_remote(stream: UnixStream, command: Command) -> Result<(), Fail
             .await
             .map_err(|e| Failure::new(exit::FAILURE, format!("lost the running weft: {e}")))?;
         let Some(l) = next else {
-            return Err(Failure::new(exit::FAILURE, "the running weft closed the connection before the command finished"));
+            return Err(Failure::new(
+                exit::FAILURE,
+                "the running weft closed the connection before the command finished",
+            ));
         };
         match serde_json::from_str::<Response>(&l) {
             Ok(Response::Out(Out::Stdout(s))) => {
@@ -178,7 +200,12 @@ pub async fn run_remote(stream: UnixStream, command: Command) -> Result<(), Fail
             }
             Ok(Response::Out(Out::Stderr(s))) => eprintln!("{s}"),
             Ok(Response::Exit(r)) => return r,
-            Err(e) => return Err(Failure::new(exit::FAILURE, format!("bad answer from the running weft: {e}"))),
+            Err(e) => {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    format!("bad answer from the running weft: {e}"),
+                ))
+            }
         }
     }
 }

@@ -17,9 +17,20 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+                return ExitCode::from(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
             }
             // One plain sentence: clap's first line, without its prefix and usage block.
             let text = e.render().to_string();
@@ -30,7 +41,11 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weft: cannot start the runtime: {e}");
@@ -52,7 +67,9 @@ fn main() -> ExitCode {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -64,7 +81,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let dir = match cli.data_dir {
         Some(p) => DataDir::new(p),
         None => DataDir::platform_default().ok_or_else(|| {
-            Failure::new(exit::USAGE, "no data directory: pass --data-dir or set WEFT_DATA_DIR")
+            Failure::new(
+                exit::USAGE,
+                "no data directory: pass --data-dir or set WEFT_DATA_DIR",
+            )
         })?,
     };
     let mut command = cli.command;
@@ -83,13 +103,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         match Device::open(dir.clone()).await {
             Ok(device) => return run_local(device, command).await,
-            Err(DeviceError::Store(StoreError::Locked { .. })) if tokio::time::Instant::now() < deadline => {
+            Err(DeviceError::Store(StoreError::Locked { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
                 // Another command holds the store: a long-running one opens its socket in a
                 // moment, a short one finishes in a moment.
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             Err(DeviceError::Store(StoreError::Locked { .. })) => {
-                return Err(DeviceError::Busy { path: dir.path().to_owned() }.into())
+                return Err(DeviceError::Busy {
+                    path: dir.path().to_owned(),
+                }
+                .into())
             }
             Err(e) => return Err(e.into()),
         }

@@ -52,7 +52,12 @@ impl TokenSource {
             TokenSource::Static(t) => Ok(t.trim().to_owned()),
             TokenSource::File(p) => std::fs::read_to_string(p)
                 .map(|t| t.trim().to_owned())
-                .map_err(|e| DeviceError::Connection(format!("cannot read the token file {}: {e}", p.display()))),
+                .map_err(|e| {
+                    DeviceError::Connection(format!(
+                        "cannot read the token file {}: {e}",
+                        p.display()
+                    ))
+                }),
         }
     }
 }
@@ -198,7 +203,13 @@ pub(crate) fn spawn_peer_link(device: Device, link: u64, cfg: PeerConfig) -> Lin
 fn spawn_link(device: Device, link: u64, target: Target) -> LinkHandle {
     let cancel = device.cancel_token().child_token();
     let retry = Arc::new(Notify::new());
-    let task = tokio::spawn(run_link(device.clone(), link, target, cancel.clone(), retry.clone()));
+    let task = tokio::spawn(run_link(
+        device.clone(),
+        link,
+        target,
+        cancel.clone(),
+        retry.clone(),
+    ));
     LinkHandle {
         id: link,
         cancel,
@@ -207,7 +218,13 @@ fn spawn_link(device: Device, link: u64, target: Target) -> LinkHandle {
     }
 }
 
-async fn set_state(device: &Device, link: u64, state: LinkState, error: Option<String>, refused: bool) {
+async fn set_state(
+    device: &Device,
+    link: u64,
+    state: LinkState,
+    error: Option<String>,
+    refused: bool,
+) {
     let _ = device
         .cmd(Cmd::LinkState {
             link,
@@ -218,7 +235,13 @@ async fn set_state(device: &Device, link: u64, state: LinkState, error: Option<S
         .await;
 }
 
-async fn run_link(device: Device, link: u64, target: Target, cancel: CancellationToken, retry: Arc<Notify>) {
+async fn run_link(
+    device: Device,
+    link: u64,
+    target: Target,
+    cancel: CancellationToken,
+    retry: Arc<Notify>,
+) {
     let mut backoff = Backoff::new(target.max_backoff());
     loop {
         set_state(&device, link, LinkState::Connecting, None, false).await;
@@ -230,7 +253,14 @@ async fn run_link(device: Device, link: u64, target: Target, cancel: Cancellatio
             tracing::info!(link, error = %e, "link down");
         }
         let was_online = ended.error.is_none() && !cancel.is_cancelled();
-        set_state(&device, link, LinkState::Offline, ended.error.clone(), ended.refused).await;
+        set_state(
+            &device,
+            link,
+            LinkState::Offline,
+            ended.error.clone(),
+            ended.refused,
+        )
+        .await;
         if cancel.is_cancelled() {
             // Stopped by its owner: the link leaves the status.
             let _ = device.cmd(Cmd::DropLink(link)).await;
@@ -311,7 +341,12 @@ fn refresh_delay(exp: Option<u64>) -> Duration {
     Duration::from_secs(early.max(1))
 }
 
-async fn connect_and_run(device: &Device, link: u64, target: &Target, cancel: &CancellationToken) -> Ended {
+async fn connect_and_run(
+    device: &Device,
+    link: u64,
+    target: &Target,
+    cancel: &CancellationToken,
+) -> Ended {
     let (addr_text, token, trust, server_name, kind, extra) = match target {
         Target::Relay(c) => {
             let token = match c.token.read() {
@@ -335,7 +370,14 @@ async fn connect_and_run(device: &Device, link: u64, target: &Target, cancel: &C
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned();
-            (c.addr.clone(), token, trust, host, ConnKind::Relay, c.docs.clone())
+            (
+                c.addr.clone(),
+                token,
+                trust,
+                host,
+                ConnKind::Relay,
+                c.docs.clone(),
+            )
         }
         Target::Peer(c) => (
             c.addr.clone(),
@@ -346,7 +388,10 @@ async fn connect_and_run(device: &Device, link: u64, target: &Target, cancel: &C
             c.docs.clone(),
         ),
     };
-    let addr = match tokio::net::lookup_host(&addr_text).await.map(|mut a| a.next()) {
+    let addr = match tokio::net::lookup_host(&addr_text)
+        .await
+        .map(|mut a| a.next())
+    {
         Ok(Some(a)) => a,
         Ok(None) | Err(_) => {
             return Ended {
@@ -408,10 +453,18 @@ async fn connect_and_run(device: &Device, link: u64, target: &Target, cancel: &C
             Ok(Ok(x)) => x,
         };
     let user = match first {
-        Some(Message::Welcome { user, max_frame, device: other, .. }) => {
+        Some(Message::Welcome {
+            user,
+            max_frame,
+            device: other,
+            ..
+        }) => {
             if let Target::Peer(c) = target {
                 if other != c.peer {
-                    conn.close(quinn::VarInt::from_u32(u32::from(ErrorCode::DEVICE_NOT_ALLOWED.0)), b"wrong device");
+                    conn.close(
+                        quinn::VarInt::from_u32(u32::from(ErrorCode::DEVICE_NOT_ALLOWED.0)),
+                        b"wrong device",
+                    );
                     return Ended {
                         error: Some(format!("the peer is not device {}", c.peer)),
                         refused: true,
@@ -520,8 +573,8 @@ async fn serve_connection(
         };
     };
     let max_frame = reader.max_frame();
-    let mut refresh_at = tokio::time::Instant::now()
-        + refresh_delay(token.as_ref().and_then(|(_, t)| token_exp(t)));
+    let mut refresh_at =
+        tokio::time::Instant::now() + refresh_delay(token.as_ref().and_then(|(_, t)| token_exp(t)));
     let ended = loop {
         tokio::select! {
             r = reader.recv() => match r {
@@ -572,7 +625,11 @@ async fn serve_connection(
     ended
 }
 
-async fn write_loop(conn: quinn::Connection, mut writer: FrameWriter, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop(
+    conn: quinn::Connection,
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Msg(msg) => {
@@ -601,8 +658,12 @@ pub(crate) fn listen(
     allow: Vec<DeviceId>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), DeviceError> {
     let key = device.key();
-    let cfg = quic::server_config(key.cert_chain(), key.private_key(), ClientAuth::Allow(allow))
-        .map_err(|e| DeviceError::Connection(format!("TLS configuration: {e}")))?;
+    let cfg = quic::server_config(
+        key.cert_chain(),
+        key.private_key(),
+        ClientAuth::Allow(allow),
+    )
+    .map_err(|e| DeviceError::Connection(format!("TLS configuration: {e}")))?;
     let endpoint = quinn::Endpoint::server(cfg, addr)
         .map_err(|e| DeviceError::Connection(format!("cannot listen on {addr}: {e}")))?;
     let bound = endpoint
@@ -633,7 +694,11 @@ pub(crate) fn listen(
     Ok((bound, task))
 }
 
-async fn accept_peer(device: &Device, incoming: quinn::Incoming, cancel: &CancellationToken) -> Result<(), String> {
+async fn accept_peer(
+    device: &Device,
+    incoming: quinn::Incoming,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
     let setup = async {
         let conn = incoming.await.map_err(|e| e.to_string())?;
         let peer = quic::peer_device_id(&conn).ok_or("no device certificate")?;
@@ -641,7 +706,11 @@ async fn accept_peer(device: &Device, incoming: quinn::Incoming, cancel: &Cancel
         let mut writer = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME);
         let mut reader = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME);
         match reader.recv().await.map_err(|e| e.to_string())? {
-            Some(Message::Hello { device: claimed, protocol, .. }) if claimed == peer && protocol == PROTOCOL_VERSION => {}
+            Some(Message::Hello {
+                device: claimed,
+                protocol,
+                ..
+            }) if claimed == peer && protocol == PROTOCOL_VERSION => {}
             _ => {
                 let _ = writer
                     .send(&Message::Error {
@@ -650,7 +719,10 @@ async fn accept_peer(device: &Device, incoming: quinn::Incoming, cancel: &Cancel
                         message: "expected a hello from the certificate's device".into(),
                     })
                     .await;
-                conn.close(quinn::VarInt::from_u32(u32::from(ErrorCode::MALFORMED.0)), b"bad hello");
+                conn.close(
+                    quinn::VarInt::from_u32(u32::from(ErrorCode::MALFORMED.0)),
+                    b"bad hello",
+                );
                 return Err("a peer sent a bad hello".to_owned());
             }
         }
@@ -668,7 +740,10 @@ async fn accept_peer(device: &Device, incoming: quinn::Incoming, cancel: &Cancel
     let (conn, peer, writer, reader) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await
         .map_err(|_| "a peer's handshake timed out".to_owned())??;
-    let link = device.new_link(format!("peer {peer}")).await.map_err(|e| e.to_string())?;
+    let link = device
+        .new_link(format!("peer {peer}"))
+        .await
+        .map_err(|e| e.to_string())?;
     let ended = serve_connection(
         device,
         link,
@@ -711,7 +786,8 @@ mod tests {
     #[test]
     fn token_expiry_is_read_without_verifying() {
         use base64::Engine as _;
-        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":1234}"#);
+        let body =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":1234}"#);
         assert_eq!(token_exp(&format!("x.{body}.y")), Some(1234));
         assert_eq!(token_exp("garbage"), None);
         assert!(refresh_delay(Some(unix_secs() + 3600)) >= Duration::from_secs(3000));

@@ -8,7 +8,10 @@ use std::time::Duration;
 use common::Relay;
 use tokio::sync::broadcast;
 use weft_peer::schema::{self, NewConversation, NewMessage};
-use weft_peer::{DataDir, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, SyncState, TokenSource};
+use weft_peer::{
+    DataDir, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, SyncState,
+    TokenSource,
+};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -23,7 +26,9 @@ async fn conversation(device: &Device, title: &str) -> weft_peer::DocId {
         participants: vec!["alice".into()],
     };
     let (doc, r) = device
-        .create(Some("conversation"), move |am| schema::Conversation::create(am, &new, now_ms()))
+        .create(Some("conversation"), move |am| {
+            schema::Conversation::create(am, &new, now_ms())
+        })
         .await
         .unwrap();
     r.unwrap();
@@ -41,7 +46,10 @@ async fn send(device: &Device, doc: weft_peer::DocId, body: &str) -> schema::Mes
 }
 
 /// Waits for an event matching `pick`, for at most 20 s.
-async fn next_event<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+async fn next_event<T>(
+    events: &mut broadcast::Receiver<Event>,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match events.recv().await {
@@ -67,21 +75,30 @@ async fn local_writes_are_durable_typed_and_announced_with_patches() {
     let doc = conversation(&device, "Lunch").await;
     let sent = send(&device, doc, "noon?").await;
     let patches = next_event(&mut events, |e| match e {
-        Event::Changed { doc: d, origin: EventOrigin::Local, patches, .. } if d == doc && !patches.is_empty() => {
-            Some(patches)
-        }
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Local,
+            patches,
+            ..
+        } if d == doc && !patches.is_empty() => Some(patches),
         _ => None,
     })
     .await;
     assert!(!patches.is_empty());
     // A second open of the same directory fails while this one holds it.
     let err = Device::open(DataDir::new(tmp.path())).await.unwrap_err();
-    assert!(matches!(err, DeviceError::Store(weft_core::StoreError::Locked { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Store(weft_core::StoreError::Locked { .. })
+        ),
+        "{err}"
+    );
     device.close().await;
 
     // Everything is there after reopening.
     let device = Device::open(DataDir::new(tmp.path())).await.unwrap();
-    let msgs = device.read(doc, |am| schema::messages(am)).await.unwrap().unwrap();
+    let msgs = device.read(doc, schema::messages).await.unwrap().unwrap();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].id, sent.id);
     let list = device.list().await.unwrap();
@@ -89,7 +106,9 @@ async fn local_writes_are_durable_typed_and_announced_with_patches() {
     assert_eq!(list[0].kind.as_deref(), Some("conversation"));
     // An unknown document is a clear error.
     let other = weft_peer::DocId::from_bytes([3; 16]);
-    assert!(matches!(device.read(other, |_| ()).await, Err(DeviceError::UnknownDoc(d)) if d == other));
+    assert!(
+        matches!(device.read(other, |_| ()).await, Err(DeviceError::UnknownDoc(d)) if d == other)
+    );
     device.close().await;
 }
 
@@ -123,18 +142,22 @@ async fn ephemeral_messages_and_presence_cross_a_relay_and_remote_changes_are_ev
     // B receives A's document and then A's live message, as remote change events.
     send(&a, doc, "hello").await;
     next_event(&mut eb, |e| match e {
-        Event::Changed { doc: d, origin: EventOrigin::Remote, .. } if d == doc => Some(()),
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Remote,
+            ..
+        } if d == doc => Some(()),
         _ => None,
     })
     .await;
     let mut status = b.status();
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let synced = status
-                .borrow_and_update()
-                .links
-                .values()
-                .any(|l| l.docs.get(&doc).is_some_and(|d| d.state == SyncState::Synced));
+            let synced = status.borrow_and_update().links.values().any(|l| {
+                l.docs
+                    .get(&doc)
+                    .is_some_and(|d| d.state == SyncState::Synced)
+            });
             if synced {
                 break;
             }
@@ -148,17 +171,26 @@ async fn ephemeral_messages_and_presence_cross_a_relay_and_remote_changes_are_ev
     let heads_before = b.read(doc, |am| am.get_heads()).await.unwrap();
     a.send_ephemeral(doc, b"typing".to_vec()).await.unwrap();
     let (data, user) = next_event(&mut eb, |e| match e {
-        Event::Ephemeral { doc: d, data, user, .. } if d == doc => Some((data, user)),
+        Event::Ephemeral {
+            doc: d, data, user, ..
+        } if d == doc => Some((data, user)),
         _ => None,
     })
     .await;
     assert_eq!(data, b"typing");
     assert_eq!(user.as_deref(), Some("alice"));
-    assert_eq!(b.read(doc, |am| am.get_heads()).await.unwrap(), heads_before);
+    assert_eq!(
+        b.read(doc, |am| am.get_heads()).await.unwrap(),
+        heads_before
+    );
     a.close().await;
     // A left: B sees its presence go.
     next_event(&mut eb, |e| match e {
-        Event::Presence { doc: d, online: false, .. } if d == doc => Some(()),
+        Event::Presence {
+            doc: d,
+            online: false,
+            ..
+        } if d == doc => Some(()),
         _ => None,
     })
     .await;
@@ -171,7 +203,10 @@ async fn ephemeral_messages_cross_peer_to_peer() {
     let a = Device::open(DataDir::new(ta.path())).await.unwrap();
     let b = Device::open(DataDir::new(tb.path())).await.unwrap();
     let doc = conversation(&a, "Notes").await;
-    let addr = b.listen_p2p("127.0.0.1:0".parse().unwrap(), vec![a.id()]).await.unwrap();
+    let addr = b
+        .listen_p2p("127.0.0.1:0".parse().unwrap(), vec![a.id()])
+        .await
+        .unwrap();
     let mut eb = b.events();
     let _link = a
         .connect_peer(PeerConfig {
@@ -184,13 +219,22 @@ async fn ephemeral_messages_cross_peer_to_peer() {
         .await
         .unwrap();
     next_event(&mut eb, |e| match e {
-        Event::Changed { doc: d, origin: EventOrigin::Remote, .. } if d == doc => Some(()),
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Remote,
+            ..
+        } if d == doc => Some(()),
         _ => None,
     })
     .await;
     a.send_ephemeral(doc, b"cursor 42".to_vec()).await.unwrap();
     let (data, device) = next_event(&mut eb, |e| match e {
-        Event::Ephemeral { doc: d, data, device, .. } if d == doc => Some((data, device)),
+        Event::Ephemeral {
+            doc: d,
+            data,
+            device,
+            ..
+        } if d == doc => Some((data, device)),
         _ => None,
     })
     .await;

@@ -16,9 +16,17 @@ fn two_devices_converge_peer_to_peer_after_editing_offline() {
 
     let addr = format!("127.0.0.1:{}", common::free_port());
     let mut listen = b.spawn(&["p2p", "listen", "--listen", &addr, "--allow", &ida]);
-    assert_eq!(listen.first_line(), idb, "p2p listen prints its device id first");
+    assert_eq!(
+        listen.first_line(),
+        idb,
+        "p2p listen prints its device id first"
+    );
     a.ok(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"]);
-    assert_eq!(b.heads(&doc), a.heads(&doc), "the listener got the document");
+    assert_eq!(
+        b.heads(&doc),
+        a.heads(&doc),
+        "the listener got the document"
+    );
     listen.kill();
 
     // Offline on both sides.
@@ -37,9 +45,13 @@ fn two_devices_converge_peer_to_peer_after_editing_offline() {
     // A write on the listener's device while a watching dialer is connected reaches it.
     let _watch = a.spawn(&["sync", "--peer", &addr, "--peer-key", &idb, "--watch"]);
     b.ok(&["msg", "send", &doc, "live from b"]);
-    wait_for(Duration::from_secs(15), "the live message", || a.msg_count(&doc) == 101);
+    wait_for(Duration::from_secs(15), "the live message", || {
+        a.msg_count(&doc) == 101
+    });
     a.ok(&["msg", "send", &doc, "live from a"]);
-    wait_for(Duration::from_secs(15), "the reply", || b.msg_count(&doc) == 102);
+    wait_for(Duration::from_secs(15), "the reply", || {
+        b.msg_count(&doc) == 102
+    });
     assert_eq!(listen.terminate().code(), Some(0));
 }
 
@@ -78,10 +90,15 @@ fn watch_streams_local_and_remote_changes_and_edits_travel() {
     let mut watch = a.spawn(&["watch", &doc]);
     let mut lines = std::io::BufReader::new(watch.child.stdout.take().unwrap()).lines();
     // Wait until the watch holds the directory: a command is handed to it from then on.
-    wait_for(Duration::from_secs(10), "the watch to hold the directory", || {
-        a.dir.path().join("weft.sock").exists()
-    });
-    let id = a.ok(&["msg", "send", &doc, "first", "--author", "me"]).trim().to_owned();
+    wait_for(
+        Duration::from_secs(10),
+        "the watch to hold the directory",
+        || a.dir.path().join("weft.sock").exists(),
+    );
+    let id = a
+        .ok(&["msg", "send", &doc, "first", "--author", "me"])
+        .trim()
+        .to_owned();
     let local: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(local["origin"], "local");
     assert_eq!(local["doc"], doc);
@@ -111,7 +128,10 @@ fn watch_streams_local_and_remote_changes_and_edits_travel() {
     assert_eq!(a.msgs_json(&doc), b.msgs_json(&doc));
     // Malformed and unknown message ids.
     a.fails(&["msg", "edit", &doc, "not-an-id!", "x"], 2);
-    a.fails(&["msg", "delete", &doc, "00000000000000000000000000000000"], 1);
+    a.fails(
+        &["msg", "delete", &doc, "00000000000000000000000000000000"],
+        1,
+    );
     watch.kill();
     // With the watch gone, commands open the directory themselves again.
     assert_eq!(a.msg_count(&doc), 2);

@@ -23,7 +23,14 @@ fn two_devices_converge_through_a_relay_after_editing_offline() {
 
     for i in 0..50 {
         a.ok(&["msg", "send", &doc, &format!("a{i}"), "--author", "alice"]);
-        b.ok(&["msg", "send", &doc, &format!("b{i}"), "--author", "alice-phone"]);
+        b.ok(&[
+            "msg",
+            "send",
+            &doc,
+            &format!("b{i}"),
+            "--author",
+            "alice-phone",
+        ]);
     }
     a.ok(&relay.sync_args(&addr, &cert, &alice));
     b.ok(&relay.sync_args(&addr, &cert, &alice));
@@ -56,7 +63,14 @@ fn a_watching_device_finds_the_relay_when_it_comes_up_and_after_a_restart() {
     a.ok(&["msg", "send", &doc, "before the relay was up"]);
     let watch = |d: &Dev| {
         d.spawn(&[
-            "sync", "--relay", &listen, "--relay-cert", &cert, "--token", &alice, "--watch",
+            "sync",
+            "--relay",
+            &listen,
+            "--relay-cert",
+            &cert,
+            "--token",
+            &alice,
+            "--watch",
         ])
     };
     let _wa = watch(&a);
@@ -71,16 +85,20 @@ fn a_watching_device_finds_the_relay_when_it_comes_up_and_after_a_restart() {
 
     // A write on A while both watch (handed to A's running sync) reaches B.
     a.ok(&["msg", "send", &doc, "live"]);
-    wait_for(Duration::from_secs(15), "a live message", || b.msg_count(&doc) == 2);
+    wait_for(Duration::from_secs(15), "a live message", || {
+        b.msg_count(&doc) == 2
+    });
 
     // The relay dies and comes back on the same address with its data.
     let mut relay = relay;
     relay.bg.kill();
     a.ok(&["msg", "send", &doc, "while the relay was down"]);
     let _relay = Relay::start_at(data.path(), &listen);
-    let took = wait_for(Duration::from_secs(30), "B to get the message written while the relay was down", || {
-        b.msg_count(&doc) == 3
-    });
+    let took = wait_for(
+        Duration::from_secs(30),
+        "B to get the message written while the relay was down",
+        || b.msg_count(&doc) == 3,
+    );
     eprintln!("found the restarted relay again and converged in {took:?}");
     assert_eq!(a.msgs_json(&doc), b.msgs_json(&doc));
 }
@@ -98,14 +116,32 @@ fn a_device_killed_mid_sync_loses_nothing() {
         a.ok(&["msg", "send", &doc, &format!("message {i}")]);
     }
     // A is killed as it starts syncing; it still has every message it committed.
-    let mut sync = a.spawn(&["sync", "--relay", &addr, "--relay-cert", &cert, "--token", &alice, "--watch"]);
+    let mut sync = a.spawn(&[
+        "sync",
+        "--relay",
+        &addr,
+        "--relay-cert",
+        &cert,
+        "--token",
+        &alice,
+        "--watch",
+    ]);
     std::thread::sleep(Duration::from_millis(30));
     sync.kill();
     assert_eq!(a.msg_count(&doc), 150);
     a.ok(&relay.sync_args(&addr, &cert, &alice));
 
     // B is killed while receiving; its store still opens and a later sync completes it.
-    let mut recv = b.spawn(&["sync", "--relay", &addr, "--relay-cert", &cert, "--token", &alice, "--watch"]);
+    let mut recv = b.spawn(&[
+        "sync",
+        "--relay",
+        &addr,
+        "--relay-cert",
+        &cert,
+        "--token",
+        &alice,
+        "--watch",
+    ]);
     std::thread::sleep(Duration::from_millis(100));
     recv.kill();
     let partial = b.msg_count(&doc);
@@ -133,7 +169,18 @@ fn refusals_and_failures_have_the_contract_exit_statuses() {
     // A relay nobody listens on: 4.
     let nowhere = format!("127.0.0.1:{}", free_port());
     a.fails(
-        &["sync", "--relay", &nowhere, "--relay-cert", &cert, "--token", &alice, "--once", "--timeout", "2s"],
+        &[
+            "sync",
+            "--relay",
+            &nowhere,
+            "--relay-cert",
+            &cert,
+            "--token",
+            &alice,
+            "--once",
+            "--timeout",
+            "2s",
+        ],
         4,
     );
     // Bob may not read Alice's document: asking for it by id is refused with 3, and he gets

@@ -7,9 +7,24 @@ use std::time::Duration;
 
 use common::{wait_for, Dev, Relay};
 
-fn watch<'a>(d: &Dev, relay: &'a Relay, addr: &'a str, cert: &'a str, token: &'a str) -> common::Bg {
+fn watch<'a>(
+    d: &Dev,
+    relay: &'a Relay,
+    addr: &'a str,
+    cert: &'a str,
+    token: &'a str,
+) -> common::Bg {
     let _ = relay;
-    d.spawn(&["sync", "--relay", addr, "--relay-cert", cert, "--token", token, "--watch"])
+    d.spawn(&[
+        "sync",
+        "--relay",
+        addr,
+        "--relay-cert",
+        cert,
+        "--token",
+        token,
+        "--watch",
+    ])
 }
 
 fn listed(d: &Dev, doc: &str) -> Option<serde_json::Value> {
@@ -32,9 +47,11 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
     let _bob_watch = watch(&bob, &relay, &addr, &cert, &bob_t);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
     // Bob's running device gets the conversation without asking for it.
-    wait_for(Duration::from_secs(20), "Bob to discover the shared conversation", || {
-        bob.msg_count(&doc) == 1
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "Bob to discover the shared conversation",
+        || bob.msg_count(&doc) == 1,
+    );
     assert_eq!(listed(&bob, &doc).unwrap()["role"], "ro");
     // Read-only: his write fails with 3 and changes nothing.
     let heads = bob.heads(&doc);
@@ -53,20 +70,29 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
         listed(&bob, &doc).is_some_and(|e| e["role"] == "rw")
     });
     bob.ok(&["msg", "send", &doc, "thanks", "--author", "bob"]);
-    wait_for(Duration::from_secs(20), "Bob's message to reach Alice", || alice.msg_count(&doc) == 2);
+    wait_for(
+        Duration::from_secs(20),
+        "Bob's message to reach Alice",
+        || alice.msg_count(&doc) == 2,
+    );
 
     // Unshared: Bob's device is told at once and nothing more reaches it.
     alice.ok(&["doc", "unshare", &doc, "--user", "bob"]);
-    wait_for(Duration::from_secs(20), "Bob's copy to be marked no longer shared", || {
-        listed(&bob, &doc).is_some_and(|e| e["shared"] == false)
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "Bob's copy to be marked no longer shared",
+        || listed(&bob, &doc).is_some_and(|e| e["shared"] == false),
+    );
     alice.ok(&["msg", "send", &doc, "secret", "--author", "alice"]);
     bob.fails(&["msg", "send", &doc, "still here?"], 3);
     // A round trip through the relay later, Bob still has only the first two messages.
     alice.ok(&["msg", "send", &doc, "another secret", "--author", "alice"]);
     let bob_only = Dev::new();
     bob_only.ok(&relay.sync_args(&addr, &cert, &bob_t));
-    assert!(listed(&bob_only, &doc).is_none(), "a new device of Bob's still discovers it");
+    assert!(
+        listed(&bob_only, &doc).is_none(),
+        "a new device of Bob's still discovers it"
+    );
     assert_eq!(bob.msg_count(&doc), 2);
 }
 
@@ -88,7 +114,10 @@ fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
     admin.ok(&["doc", "share", &doc, "--user", "carol", "--role", "rw"]);
     admin.ok(&fetch);
     carol.ok(&relay.sync_args(&addr, &cert, &carol_t));
-    assert!(listed(&carol, &doc).is_some(), "Carol discovers the shared document");
+    assert!(
+        listed(&carol, &doc).is_some(),
+        "Carol discovers the shared document"
+    );
 
     // Alice deletes it: it leaves Carol's discovery list and cannot be uploaded again.
     alice.ok(&["doc", "delete", &doc]);
@@ -99,7 +128,11 @@ fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
     assert!(listed(&carol2, &doc).is_none());
     // Carol's device still holds a copy; syncing it again is refused and it is marked.
     let out = carol.run(&relay.sync_args(&addr, &cert, &carol_t));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(listed(&carol, &doc).unwrap()["shared"], false);
     // Asking for it by id is refused.
     let mut by_id = relay.sync_args(&addr, &cert, &carol_t);
@@ -129,7 +162,11 @@ fn offline_changes_to_a_document_that_became_read_only_are_kept_aside() {
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
 
     bob.ok(&relay.sync_args(&addr, &cert, &bob_t));
-    assert_eq!(bob.msgs_json(&doc), alice.msgs_json(&doc), "Bob is back on the relay's version");
+    assert_eq!(
+        bob.msgs_json(&doc),
+        alice.msgs_json(&doc),
+        "Bob is back on the relay's version"
+    );
     assert_eq!(bob.heads(&doc), alice.heads(&doc));
     let kept: Vec<_> = std::fs::read_dir(bob.dir.path().join("rejected"))
         .expect("the rejected version was kept aside")

@@ -173,7 +173,15 @@ impl Relay {
     /// Starts a relay on `listen` with the data directory `dir` (kept by the caller).
     pub fn start_at(dir: &Path, listen: &str) -> Relay {
         let mut child = Command::new(relay_bin())
-            .args(["serve", "--dev", "--http", "off", "--listen", listen, "--data-dir"])
+            .args([
+                "serve",
+                "--dev",
+                "--http",
+                "off",
+                "--listen",
+                listen,
+                "--data-dir",
+            ])
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(quiet())
@@ -215,13 +223,26 @@ impl Relay {
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     /// `sync --once` arguments for this relay.
     pub fn sync_args<'a>(&'a self, addr: &'a str, cert: &'a str, token: &'a str) -> Vec<&'a str> {
-        vec!["sync", "--relay", addr, "--relay-cert", cert, "--token", token, "--once"]
+        vec![
+            "sync",
+            "--relay",
+            addr,
+            "--relay-cert",
+            cert,
+            "--token",
+            token,
+            "--once",
+        ]
     }
 }
 
@@ -229,7 +250,10 @@ impl Relay {
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what} after {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "gave up waiting for {what} after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     start.elapsed()
