@@ -15,6 +15,9 @@
 //! - **incremental**: one new message in each of 10% of them, one round.
 //! - **hot**: one conversation of H messages receiving one message per round: time per
 //!   checkpoint, and the resulting minimum gap the checkpointer enforces (10x that cost).
+//! - **lag**: `WEFT_BENCH_RATE` changes/s (default 50) over a tenth of the conversations (at
+//!   most 500), 1 s interval, the checkpointer running as in the relay: p50/p99 of the lag
+//!   gauge sampled every 100 ms.
 
 #[path = "../tests/common/pg.rs"]
 mod pg;
@@ -225,10 +228,71 @@ fn main() {
             median.as_secs_f64(),
             (median * 10).as_secs_f64().max(5.0),
         );
+        // Lag under a steady load: `rate` changes per second spread over `lag_docs`
+        // conversations, a 1 s interval, the checkpointer running as in the relay; the lag
+        // gauge (age of the oldest change not yet checkpointed) sampled every 100 ms.
+        let lag_docs = (docs / 10).clamp(1, 500);
+        let rate = env("WEFT_BENCH_RATE", 50);
+        let lag_secs = env("WEFT_BENCH_LAG_SECS", if quick { 10 } else { 30 });
+        let steps = rate * lag_secs / lag_docs + 2;
+        let mut chain = Vec::with_capacity(steps);
+        let mut am = template.clone();
+        say(&mut am, per_doc, 2); // what the incremental round added
+        for j in 0..steps {
+            let before = am.get_heads();
+            say(&mut am, per_doc + 1 + j, 4);
+            chain.push(am.save_after(&before));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let runner = {
+            let stop = stop.clone();
+            let cfg = CheckpointConfig::new(server.url(), Duration::from_secs(1));
+            let (cp, _) = Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
+                .await
+                .expect("checkpointer");
+            tokio::spawn(cp.run(async move { stop.notified().await }))
+        };
+        drop(cp);
+        let mut samples = Vec::new();
+        let t = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        let mut sample = tokio::time::interval(Duration::from_millis(100));
+        let mut written = 0usize;
+        while t.elapsed() < Duration::from_secs(lag_secs as u64) {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let (doc, step) = (written % lag_docs, written / lag_docs);
+                    if step < chain.len() {
+                        let mut batch = WriteBatch::new();
+                        docstore::put_chunk(&mut batch, doc_id(doc), ChunkKind::Incremental, chain[step].clone());
+                        group.submit(batch).await.expect("stored");
+                        dirty.mark(doc_id(doc));
+                        written += 1;
+                    }
+                }
+                _ = sample.tick() => samples.push(
+                    metrics.checkpoint_lag_ms.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+            }
+        }
+        stop.notify_one();
+        runner.await.expect("checkpointer ran");
+        samples.sort_unstable();
+        let p = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+        let (lag_p50, lag_p99) = (p(0.5), p(0.99));
+        eprintln!(
+            "lag: {written} changes over {lag_docs} conversations in {lag_secs}s, 1s interval: \
+             p50 {lag_p50:.2}s, p99 {lag_p99:.2}s"
+        );
         println!(
             "{}",
             serde_json::json!({
                 "workload": "checkpoint",
+                "lag_changes_per_s": rate,
+                "lag_documents": lag_docs,
+                "lag_p50_s": lag_p50,
+                "lag_p99_s": lag_p99,
                 "documents": stats.documents,
                 "messages_per_document": per_doc,
                 "docs_per_s": docs_s,

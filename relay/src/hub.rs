@@ -817,7 +817,7 @@ impl Hub {
             .map(|s| s.keys().copied().filter(|c| Some(*c) != except).collect())
             .unwrap_or_default();
         for conn in targets {
-            self.push(conn, outbound(msg, frame.clone()), msg.doc());
+            self.push(conn, outbound(msg, frame.clone()), resyncable(msg));
         }
     }
 
@@ -833,11 +833,16 @@ impl Hub {
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(frame) = self.encode(msg) {
-            self.push(conn, outbound(msg, frame), msg.doc());
+            self.push(conn, outbound(msg, frame), resyncable(msg));
         }
     }
 
-    fn push(&mut self, conn: ConnId, out: Outbound, doc: Option<DocId>) {
+    /// Queues a frame for `conn`. `resync` names the document of a sync frame (`Sync`,
+    /// `Changes`, `Ack`): dropped on a full queue, the document is resynced from heads once
+    /// the queue drains. Any other reliable frame (`Subscribed`, `Error`, `Docs`, `Reply`...)
+    /// cannot be recovered that way, so a connection too far behind to take one is closed;
+    /// the device reconnects and starts afresh.
+    fn push(&mut self, conn: ConnId, out: Outbound, resync: Option<DocId>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -856,8 +861,16 @@ impl Hub {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Metrics::inc(&self.metrics.queue_drops);
                 // Never block fan-out on one slow peer: drop, resync from heads later.
-                if let (Some(doc), true) = (doc, reliable) {
-                    c.lagging.insert(doc);
+                match (resync, reliable) {
+                    (Some(doc), true) => {
+                        c.lagging.insert(doc);
+                    }
+                    (None, true) => self.close(
+                        conn,
+                        ErrorCode::RATE_LIMITED,
+                        "the connection fell too far behind".into(),
+                    ),
+                    (_, false) => {}
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -914,6 +927,16 @@ impl Hub {
 }
 
 /// Ephemeral data and presence are best-effort; everything else must arrive in order.
+/// The document whose sync a dropped `msg` can be recovered by (a resync from heads).
+fn resyncable(msg: &Message) -> Option<DocId> {
+    match msg {
+        Message::Sync { doc, .. } | Message::Changes { doc, .. } | Message::Ack { doc, .. } => {
+            Some(*doc)
+        }
+        _ => None,
+    }
+}
+
 fn outbound(msg: &Message, frame: Arc<Vec<u8>>) -> Outbound {
     match msg {
         Message::Ephemeral { .. } | Message::Presence { .. } => Outbound::Ephemeral(frame),

@@ -320,3 +320,56 @@ async fn a_document_the_token_does_not_grant_is_refused_alike_whether_or_not_it_
     dave.until(|d| d.closed).await;
     assert_eq!(dave.errors.last(), Some(&(ErrorCode::MALFORMED, None)));
 }
+
+/// A connection whose queue is too full to take a `Subscribed` reply is closed rather than
+/// left with a subscription it never heard of (sync frames for it would follow).
+#[tokio::test]
+async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
+    let relay = start_relay();
+    let (tx, mut inbox) = mpsc::channel(4);
+    relay
+        .events
+        .send(HubEvent::Open {
+            conn: ConnId(9),
+            device: DeviceId::from_bytes([9; 32]),
+            claims: Claims::new("alice", now(), 3600).with_create(true),
+            out: tx,
+        })
+        .await
+        .unwrap();
+    for i in 0..64u8 {
+        relay
+            .events
+            .send(HubEvent::Frame {
+                conn: ConnId(9),
+                msg: Message::Subscribe {
+                    doc: DocId::from_bytes([i; 16]),
+                },
+            })
+            .await
+            .unwrap();
+    }
+    let mut subscribed = std::collections::HashSet::new();
+    let mut closed = None;
+    while let Ok(Some(out)) = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await {
+        match out {
+            Outbound::Frame(f) | Outbound::Ephemeral(f) => {
+                match wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0 {
+                    Message::Subscribed { doc, .. } => {
+                        subscribed.insert(doc);
+                    }
+                    m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                        let doc = m.doc().unwrap();
+                        assert!(subscribed.contains(&doc), "sync for {doc} before its Subscribed");
+                    }
+                    _ => {}
+                }
+            }
+            Outbound::Close { code, .. } => {
+                closed = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(closed, Some(ErrorCode::RATE_LIMITED), "the connection was never closed");
+}

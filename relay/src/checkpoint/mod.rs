@@ -24,6 +24,11 @@
 //! 6. Start: migrations run in one transaction, then every checkpointed document the store
 //!    lacks is restored (content, owner, access list, deletion, index rows).
 //!
+//! Limits, for now: connections are plain TCP (`NoTls`: put Postgres on a private network or
+//! a local socket); merged-in changes reach the relay's devices when the document is next
+//! loaded (after its eviction), not at once; a restore fills in documents the store lacks and
+//! leaves the ones it has alone.
+//!
 //! Cost bound for hot, large documents: a document is checkpointed at most once per interval,
 //! and one whose preparation took `t` waits at least `HOT_FACTOR * t` before its next
 //! checkpoint, so checkpointing spends at most about 1/`HOT_FACTOR` of a core on any one
@@ -281,7 +286,9 @@ impl Checkpointer {
             match self.round(true).await {
                 Ok(stats) => {
                     tracing::info!(documents = stats.documents, "final checkpoint written");
-                    if self.dirty.is_empty() {
+                    // Done, or only documents that cannot be read are left (they were
+                    // logged): retrying them now would not help.
+                    if self.dirty.is_empty() || stats.documents == 0 {
                         break;
                     }
                 }
