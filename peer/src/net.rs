@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use weft_core::quic::{self, ClientAuth, FrameReader, FrameWriter, ServerTrust, TransportError};
 use weft_core::wire::{self, ErrorCode, Message, PROTOCOL_VERSION};
@@ -101,6 +101,7 @@ pub struct LinkHandle {
     id: u64,
     cancel: CancellationToken,
     retry: Arc<Notify>,
+    token: watch::Sender<Option<String>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -113,6 +114,13 @@ impl LinkHandle {
     /// Retry at once instead of waiting out the backoff (the network came back).
     pub fn retry_now(&self) {
         self.retry.notify_one();
+    }
+
+    /// Hands the relay a fresh token: sent at once on the live connection (before the old one
+    /// expires, the connection stays open; grants it takes away end at once), and used instead
+    /// of the configured source for every later reconnection.
+    pub fn set_token(&self, token: String) {
+        self.token.send_replace(Some(token));
     }
 
     /// Whether the link has ended (it does not reconnect, and its connection is gone).
@@ -203,16 +211,19 @@ pub(crate) fn spawn_peer_link(device: Device, link: u64, cfg: PeerConfig) -> Lin
 fn spawn_link(device: Device, link: u64, target: Target) -> LinkHandle {
     let cancel = device.cancel_token().child_token();
     let retry = Arc::new(Notify::new());
+    let (token, token_rx) = watch::channel(None);
     let task = tokio::spawn(run_link(
         device.clone(),
         link,
         target,
         cancel.clone(),
         retry.clone(),
+        token_rx,
     ));
     LinkHandle {
         id: link,
         cancel,
+        token,
         retry,
         done: Some(task),
     }
@@ -241,12 +252,13 @@ async fn run_link(
     target: Target,
     cancel: CancellationToken,
     retry: Arc<Notify>,
+    token_rx: watch::Receiver<Option<String>>,
 ) {
     let mut backoff = Backoff::new(target.max_backoff());
     loop {
         set_state(&device, link, LinkState::Connecting, None, false).await;
         let ended = tokio::select! {
-            e = connect_and_run(&device, link, &target, &cancel) => e,
+            e = connect_and_run(&device, link, &target, &cancel, token_rx.clone()) => e,
             _ = cancel.cancelled() => Ended { error: None, refused: false, fatal: true },
         };
         if let Some(e) = &ended.error {
@@ -346,10 +358,12 @@ async fn connect_and_run(
     link: u64,
     target: &Target,
     cancel: &CancellationToken,
+    token_rx: watch::Receiver<Option<String>>,
 ) -> Ended {
+    let handed = token_rx.borrow().clone();
     let (addr_text, token, trust, server_name, kind, extra) = match target {
         Target::Relay(c) => {
-            let token = match c.token.read() {
+            let token = match handed.map_or_else(|| c.token.read(), Ok) {
                 Ok(t) => t,
                 Err(e) => {
                     return Ended {
@@ -524,6 +538,7 @@ async fn connect_and_run(
         peer_key,
         extra,
         token_source.map(|s| (s, token)),
+        token_rx,
         cancel,
     )
     .await;
@@ -545,6 +560,7 @@ async fn serve_connection(
     peer_key: Vec<u8>,
     extra_docs: Vec<DocId>,
     mut token: Option<(TokenSource, String)>,
+    mut token_rx: watch::Receiver<Option<String>>,
     cancel: &CancellationToken,
 ) -> Ended {
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -575,6 +591,7 @@ async fn serve_connection(
     let max_frame = reader.max_frame();
     let mut refresh_at =
         tokio::time::Instant::now() + refresh_delay(token.as_ref().and_then(|(_, t)| token_exp(t)));
+    let mut handed_open = true;
     let ended = loop {
         tokio::select! {
             r = reader.recv() => match r {
@@ -600,9 +617,23 @@ async fn serve_connection(
                 Err(e) if e.connection_error().is_some() => break classify(&e),
                 Err(_) => {}
             },
+            r = token_rx.changed(), if token.is_some() && handed_open => {
+                let handed = token_rx.borrow_and_update().clone();
+                if r.is_err() {
+                    // The handle is gone; keep the configured source.
+                    handed_open = false;
+                } else if let (Some(fresh), Some((_, current))) = (handed, &mut token) {
+                    if fresh != *current && !fresh.is_empty() {
+                        *current = fresh.clone();
+                        let _ = out_tx.send(Outgoing::Msg(Message::Token { token: fresh })).await;
+                        refresh_at = tokio::time::Instant::now() + refresh_delay(token_exp(current));
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(refresh_at), if token.is_some() => {
+                let handed = token_rx.borrow().clone();
                 if let Some((source, current)) = &mut token {
-                    if let Ok(fresh) = source.read() {
+                    if let Some(fresh) = handed.map_or_else(|| source.read(), Ok).ok() {
                         if fresh != *current && !fresh.is_empty() {
                             *current = fresh.clone();
                             let _ = out_tx.send(Outgoing::Msg(Message::Token { token: fresh })).await;
@@ -755,6 +786,7 @@ async fn accept_peer(
         peer.as_bytes().to_vec(),
         Vec::new(),
         None,
+        watch::channel(None).1,
         cancel,
     )
     .await;

@@ -243,3 +243,65 @@ async fn ephemeral_messages_cross_peer_to_peer() {
     a.close().await;
     b.close().await;
 }
+
+/// A fresh token handed to a live link keeps it open past the old token's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
+    let relay = tokio::task::spawn_blocking(Relay::start_strict).await.unwrap();
+    let certs = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(relay.cert())
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let short = relay.token("alice", &["--create", "--ttl", "3s"]);
+    let long = relay.token("alice", &["--create"]);
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Device::open(DataDir::new(ta.path())).await.unwrap();
+    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    let doc = conversation(&b, "Live").await;
+    let cfg = |token: &str, docs| RelayConfig {
+        addr: relay.addr(),
+        token: TokenSource::Static(token.to_owned()),
+        pinned_cert: Some(certs.clone()),
+        docs,
+        reconnect: true,
+        max_backoff: Duration::from_secs(10),
+    };
+    let _lb = b.connect_relay(cfg(&long, vec![])).await.unwrap();
+    let mut ea = a.events();
+    let la = a.connect_relay(cfg(&short, vec![doc])).await.unwrap();
+    next_event(&mut ea, |e| match e {
+        Event::Changed { doc: d, .. } if d == doc => Some(()),
+        _ => None,
+    })
+    .await;
+    // Record every state A's link goes through from now on.
+    let mut status = a.status();
+    let link = la.id();
+    let went_offline = tokio::spawn(async move {
+        loop {
+            if status.changed().await.is_err() {
+                return false;
+            }
+            let s = status.borrow_and_update();
+            if s.links.get(&link).is_some_and(|l| l.state != weft_peer::LinkState::Online) {
+                return true;
+            }
+        }
+    });
+    la.set_token(long.clone());
+    // Past the short token's expiry (the relay allows no leeway here).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    send(&b, doc, "after expiry").await;
+    next_event(&mut ea, |e| match e {
+        Event::Changed { doc: d, origin: EventOrigin::Remote, .. } if d == doc => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(!went_offline.is_finished(), "the connection dropped at the old token's expiry");
+    went_offline.abort();
+    a.close().await;
+    b.close().await;
+}

@@ -172,6 +172,19 @@ impl Relay {
 
     /// Starts a relay on `listen` with the data directory `dir` (kept by the caller).
     pub fn start_at(dir: &Path, listen: &str) -> Relay {
+        Relay::start_at_with(dir, listen, &[])
+    }
+
+    /// A relay with no leeway on token expiry (for tests of expiry).
+    pub fn start_strict() -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let mut r = Relay::start_at_with(&path, "127.0.0.1:0", &["--jwt-leeway", "0s"]);
+        r._keep = Some(dir);
+        r
+    }
+
+    pub fn start_at_with(dir: &Path, listen: &str, extra: &[&str]) -> Relay {
         let mut child = Command::new(relay_bin())
             .args([
                 "serve",
@@ -183,6 +196,7 @@ impl Relay {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(quiet())
             .spawn()
