@@ -33,9 +33,16 @@ mod wire_bytes;
 use chain::Chain;
 use relay::{Forwarder, Relay};
 
-const IMPLEMENTED: &[&str] = &["fanout", "throughput", "wire-bytes", "reconnect", "durable-writes"];
-const PLANNED: &[&str] = &["initial-sync", "memory", "checkpoint"];
-const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes)";
+const IMPLEMENTED: &[&str] = &[
+    "fanout",
+    "throughput",
+    "wire-bytes",
+    "reconnect",
+    "durable-writes",
+    "initial-sync",
+];
+const PLANNED: &[&str] = &["memory", "checkpoint"];
+const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync)";
 
 struct Plan {
     quick: bool,
@@ -104,7 +111,7 @@ fn main() -> ExitCode {
                 }
             }
             w if PLANNED.contains(&w) => {
-                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes, reconnect, durable-writes).");
+                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync).");
                 return ExitCode::from(2);
             }
             w if w.starts_with('-') => {
@@ -112,7 +119,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             w => {
-                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes, reconnect, durable-writes).");
+                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync).");
                 return ExitCode::from(2);
             }
         }
@@ -153,6 +160,12 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "throughput" => throughput_workload(&plan, &clients, &chain)?,
             "wire-bytes" => wire_bytes_workload(&plan, &clients, &chain)?,
             "durable-writes" => clients.block_on(device::durable_writes(plan.quick))?,
+            "initial-sync" => {
+                let relay = Relay::start()?;
+                let out = clients.block_on(device::initial_sync(&relay, plan.quick))?;
+                relay.stop();
+                out
+            }
             "reconnect" => {
                 let relay = Relay::start()?;
                 let out = clients.block_on(device::reconnect(&relay, plan.quick))?;

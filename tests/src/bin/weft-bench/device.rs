@@ -239,3 +239,93 @@ fn automerge_sync(a: &mut Automerge, b: &mut Automerge) -> anyhow::Result<Durati
 
 #[allow(dead_code)]
 fn _assert_send(_: Arc<Device>) {}
+
+/// A new device with only a token gets every document of its user: `docs` conversations of
+/// `msgs` messages each, written by another device. Time until all are synced, against
+/// Automerge's own sync protocol run in memory for the same documents, one after another.
+pub async fn initial_sync(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
+    let (docs, msgs) = if quick { (200, 10) } else { (1000, 20) };
+    let (ta, tb) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = Device::open(DataDir::new(ta.path())).await?;
+    let mut ids = Vec::with_capacity(docs);
+    for d in 0..docs {
+        let doc = new_conversation(&a).await?;
+        for m in 0..msgs {
+            send(&a, doc, format!("doc {d} message {m}")).await?;
+        }
+        ids.push(doc);
+    }
+    let cfg = RelayConfig {
+        addr: relay.addr.to_string(),
+        token: TokenSource::Static(relay.token()?),
+        pinned_cert: Some(relay.cert.clone()),
+        docs: vec![],
+        reconnect: true,
+        max_backoff: Duration::from_secs(10),
+    };
+    let la = a.connect_relay(cfg.clone()).await?;
+    all_synced(&a, docs, Duration::from_secs(300)).await?;
+    la.stop().await;
+
+    // Baseline: the same documents through Automerge's sync protocol in memory.
+    let mut base = Duration::ZERO;
+    let mut bytes = 0usize;
+    for doc in &ids {
+        let saved = a.read(*doc, |am| am.save()).await?;
+        bytes += saved.len();
+        let mut full = Automerge::load(&saved)?;
+        let mut empty = Automerge::new();
+        base += automerge_sync(&mut full, &mut empty)?;
+    }
+    a.close().await;
+
+    let b = Device::open(DataDir::new(tb.path())).await?;
+    let t = Instant::now();
+    let _lb = b.connect_relay(cfg).await?;
+    all_synced(&b, docs, Duration::from_secs(300)).await?;
+    let took = t.elapsed();
+    let have = b.list().await?.len();
+    anyhow::ensure!(have == docs, "the new device has {have} of {docs} documents");
+    b.close().await;
+    eprintln!("initial-sync: a new device with only a token, {docs} conversations x {msgs} messages ({:.1} MB saved)", bytes as f64 / 1e6);
+    eprintln!(
+        "  weft {:.0} ms ({:.0} docs/s); Automerge sync in memory, one document after another (baseline) {:.0} ms; ratio {:.2}",
+        took.as_secs_f64() * 1e3,
+        docs as f64 / took.as_secs_f64(),
+        base.as_secs_f64() * 1e3,
+        took.as_secs_f64() / base.as_secs_f64()
+    );
+    Ok(json!({
+        "workload": "initial-sync",
+        "documents": docs,
+        "messages_per_document": msgs,
+        "saved_bytes": bytes,
+        "ms": (took.as_secs_f64() * 1e4).round() / 10.0,
+        "docs_per_s": (docs as f64 / took.as_secs_f64()).round(),
+        "vs_baseline": (took.as_secs_f64() / base.as_secs_f64() * 100.0).round() / 100.0,
+        "baseline": {
+            "what": "automerge generate/receive_sync_message for each document in memory, sequentially (no network, no store)",
+            "ms": (base.as_secs_f64() * 1e4).round() / 10.0,
+        },
+    }))
+}
+
+/// Waits until `device`'s one link lists `docs` documents, all synced.
+async fn all_synced(device: &Device, docs: usize, limit: Duration) -> anyhow::Result<()> {
+    let mut status = device.status();
+    tokio::time::timeout(limit, async {
+        loop {
+            let done = status.borrow_and_update().links.values().any(|l| {
+                l.discovered
+                    && l.docs.len() >= docs
+                    && l.docs.values().all(|d| d.state == SyncState::Synced)
+            });
+            if done {
+                return Ok(());
+            }
+            status.changed().await.context("device closed")?;
+        }
+    })
+    .await
+    .context("timed out waiting for the initial sync")?
+}
