@@ -86,6 +86,19 @@ impl Relay {
         self.token(&Claims::new(sub, now(), 3600).with_create(true))
     }
 
+    /// SIGTERM; the exit status and the data directory.
+    fn terminate_keeping_data(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (status, dir)
+    }
+
     /// SIGTERM, and the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -812,5 +825,37 @@ async fn two_relays_checkpointing_one_document_end_with_the_merged_union() {
     assert_eq!(
         weft_schema::messages(&load_plain(&content)).unwrap().len(),
         7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restarted_while_postgres_is_down_serves_its_store_and_checkpoints_when_it_returns()
+{
+    let Some(pg) = PgServer::start() else { return };
+    let doc = new_doc();
+    let relay = Relay::start(&pg, "100ms");
+    let mut alice = Device::connect(&relay, "alice").await;
+    alice.create_conversation(doc, "Outage").await;
+    alice.say(doc, "before");
+    alice.synced(doc).await;
+    drop(alice);
+    let (status, data) = relay.terminate_keeping_data();
+    assert!(status.success());
+
+    // Postgres is down when the relay comes back: it starts from its own store anyway.
+    pg.stop();
+    let relay = Relay::start_in(data, &pg, "100ms");
+    let mut alice = Device::connect(&relay, "alice").await;
+    assert_eq!(alice.subscribe(doc).await, Ok(Role::ReadWrite));
+    alice.say(doc, "during");
+    alice.synced(doc).await;
+    assert_eq!(alice.messages(doc).len(), 2);
+
+    pg.start_again();
+    let db = pg::client(&pg).await;
+    checkpointed(&db, doc, &alice.heads(doc)).await;
+    assert_eq!(
+        message_rows(&db, doc).await,
+        expected_rows(&alice.messages(doc))
     );
 }

@@ -224,6 +224,8 @@ pub struct Checkpointer {
     dirty: Arc<DirtyDocs>,
     metrics: Arc<Metrics>,
     conn: Option<PgConn>,
+    /// Whether this relay applied (or found) the current migrations.
+    migrated: bool,
     /// Hot documents' earliest next checkpoint.
     not_before: HashMap<DocId, Instant>,
     failures: u32,
@@ -231,32 +233,74 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Connects, applies missing migrations and restores every checkpointed document the
-    /// relay's store lacks. Fails if Postgres is unreachable: a relay must not start serving
-    /// before it knows which documents exist (one missing locally would be claimable).
+    /// relay's store lacks.
+    ///
+    /// If Postgres is unreachable: a relay whose store holds documents starts anyway (it keeps
+    /// serving them; migrations and checkpoints follow when Postgres returns, and documents
+    /// only Postgres has are not restored). A relay whose store is empty waits, retrying with
+    /// backoff, since serving before the restore would make every checkpointed document
+    /// claimable. A bad URL or a newer schema fails at once.
     pub async fn start(
         cfg: CheckpointConfig,
         group: Arc<GroupCommit>,
         dirty: Arc<DirtyDocs>,
         metrics: Arc<Metrics>,
     ) -> Result<(Checkpointer, RestoreStats), CheckpointError> {
-        let mut conn = PgConn::connect(&cfg.url, cfg.connect_timeout).await?;
+        let mut cp = Checkpointer {
+            cfg,
+            group,
+            dirty,
+            metrics,
+            conn: None,
+            migrated: false,
+            not_before: HashMap::new(),
+            failures: 0,
+        };
+        loop {
+            match cp.setup().await {
+                Ok(stats) => {
+                    cp.failures = 0;
+                    return Ok((cp, stats));
+                }
+                Err(e @ (CheckpointError::Postgres { .. } | CheckpointError::Timeout)) => {
+                    cp.conn = None;
+                    let store = cp.group.store().clone();
+                    let empty = blocking(move || {
+                        store
+                            .scan_keys(weft_core::store::Table::DOC_META, &[])
+                            .map(|k| k.is_empty())
+                    })
+                    .await?
+                    .map_err(|source| CheckpointError::StoreWrite { source })?;
+                    if !empty {
+                        tracing::warn!(error = %e, "Postgres is unreachable: serving from the relay's store; migrations and checkpoints follow when it returns");
+                        Metrics::inc(&cp.metrics.checkpoint_failures);
+                        return Ok((cp, RestoreStats::default()));
+                    }
+                    cp.failures = cp.failures.saturating_add(1);
+                    tracing::warn!(error = %e, "Postgres is unreachable and the relay's store is empty: waiting for it, to restore from it");
+                    tokio::time::sleep(cp.backoff()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn setup(&mut self) -> Result<RestoreStats, CheckpointError> {
+        let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+        self.migrate(&mut conn).await?;
+        let stats = pg::restore(&mut conn, &self.group).await?;
+        self.conn = Some(conn);
+        Ok(stats)
+    }
+
+    async fn migrate(&mut self, conn: &mut PgConn) -> Result<(), CheckpointError> {
         let applied = conn.migrate().await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied Postgres migrations");
         }
-        let stats = pg::restore(&mut conn, &group).await?;
-        Ok((
-            Checkpointer {
-                cfg,
-                group,
-                dirty,
-                metrics,
-                conn: Some(conn),
-                not_before: HashMap::new(),
-                failures: 0,
-            },
-            stats,
-        ))
+        self.migrated = true;
+        Ok(())
     }
 
     /// Checkpoints every interval until `stop` resolves, then writes a final checkpoint of
@@ -385,7 +429,11 @@ impl Checkpointer {
         batch: &[(DocId, Instant)],
     ) -> Result<RoundStats, CheckpointError> {
         if self.conn.as_ref().is_none_or(PgConn::is_closed) {
-            self.conn = Some(PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?);
+            let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+            if !self.migrated {
+                self.migrate(&mut conn).await?;
+            }
+            self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected just above");
         let ids: Vec<DocId> = batch.iter().map(|(d, _)| *d).collect();
@@ -548,6 +596,7 @@ mod tests {
             dirty: DirtyDocs::new(),
             metrics,
             conn: None,
+            migrated: false,
             not_before: HashMap::new(),
             failures: 0,
         };

@@ -85,14 +85,24 @@ impl PgConn {
         tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(pg)?;
-        tx.batch_execute(
-            "create table if not exists weft_schema_migrations (
+        let exists: bool = tx
+            .query_one(
+                "select to_regclass('weft_schema_migrations') is not null",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !exists {
+            tx.batch_execute(
+                "create table weft_schema_migrations (
                  version integer primary key,
                  name text not null,
                  applied_at timestamptz not null default now())",
-        )
-        .await
-        .map_err(pg)?;
+            )
+            .await
+            .map_err(pg)?;
+        }
         let done: Vec<i32> = tx
             .query("select version from weft_schema_migrations", &[])
             .await

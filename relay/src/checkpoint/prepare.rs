@@ -84,6 +84,7 @@ pub(crate) fn prepare(
         .map_err(store_err)?
         .map(|l| l.doc)
         .unwrap_or_default();
+    let loaded_in = started.elapsed();
     let stored_heads: Vec<ChangeHash> = stored
         .map(|s| s.heads.iter().filter_map(|h| h.parse().ok()).collect())
         .unwrap_or_default();
@@ -116,8 +117,11 @@ pub(crate) fn prepare(
     let body = if stored.is_some_and(|s| sorted(&s.heads) == heads) {
         Body::Unchanged
     } else {
+        let t = std::time::Instant::now();
         let content = document.save();
+        let saved_in = t.elapsed();
         let blake3 = blake3::hash(&content).as_bytes().to_vec();
+        let t = std::time::Instant::now();
         let json = match weft_schema::to_json(am) {
             Ok(v) => Some(weft_schema::strip_nul_json(v)),
             Err(e) => {
@@ -125,6 +129,8 @@ pub(crate) fn prepare(
                 None
             }
         };
+        let json_in = t.elapsed();
+        let t = std::time::Instant::now();
         // Incremental when Postgres' rows follow heads this document contains.
         let (full, messages, removed) = if stored.is_some() {
             match weft_schema::messages_changed_since(am, &stored_heads) {
@@ -136,7 +142,20 @@ pub(crate) fn prepare(
                         .map(|k| weft_schema::strip_nul(k.id.as_ref()))
                         .collect(),
                 ),
-                Err(_) => (true, Vec::new(), Vec::new()),
+                Err(e) => match weft_schema::messages(am) {
+                    Ok(all) => (
+                        true,
+                        dedup(all.iter().map(MessageRow::from_message)),
+                        Vec::new(),
+                    ),
+                    // A chat whose messages do not read keeps its rows as they were.
+                    Err(_) if weft_schema::kind(am).is_ok_and(|k| k.has_chat()) => {
+                        tracing::warn!(%doc, error = %e, "messages unreadable; rows left as they were");
+                        (false, Vec::new(), Vec::new())
+                    }
+                    // Not a chat (any more): no message rows.
+                    Err(_) => (true, Vec::new(), Vec::new()),
+                },
             }
         } else {
             let all = weft_schema::messages(am).unwrap_or_default();
@@ -146,6 +165,14 @@ pub(crate) fn prepare(
                 Vec::new(),
             )
         };
+        tracing::trace!(
+            %doc,
+            load_ms = loaded_in.as_millis() as u64,
+            save_ms = saved_in.as_millis() as u64,
+            json_ms = json_in.as_millis() as u64,
+            messages_ms = t.elapsed().as_millis() as u64,
+            "prepared"
+        );
         Body::Content {
             heads,
             content,
