@@ -947,7 +947,6 @@ impl Engine {
             return;
         };
         let is_synced = ds.peers.get(&conn).is_some_and(|pd| synced(ds, pd));
-        let heads = ds.heads.clone();
         let Some(pd) = ds.peers.get_mut(&conn) else {
             return;
         };
@@ -960,6 +959,7 @@ impl Engine {
             return;
         }
         pd.reported_synced = true;
+        let heads = ds.heads.clone();
         // Persisting on every ack would cost a write per change per peer; after a sync exchange
         // (and on disconnect) is enough for a cheap reconnect.
         let save = std::mem::take(&mut pd.save_state)
