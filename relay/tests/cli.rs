@@ -1,9 +1,11 @@
 //! The `weft-relay` binary as an operator and a test script use it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::now;
 use weft_core::{DocId, Role};
 use weft_relay::{dev_cert_paths, load_cert_and_key, load_secret, Verifier, DEV_SECRET_FILE};
 
@@ -54,13 +56,6 @@ fn secret_file(dir: &Path, contents: &str) -> PathBuf {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     path
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn doc(n: u8) -> DocId {

@@ -1,49 +1,37 @@
 //! The hub with real redb, driven by device engines over in-process channels (the QUIC
 //! transport is tested on its own): what devices see when they sync through the relay.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::hub::{open_store, spawn_hub, test_secret, HubConn};
+use common::{now, open_subscribed, RELAY};
 use tokio::sync::mpsc;
 use weft_core::automerge::transaction::Transactable;
 use weft_core::automerge::{ReadDoc, ROOT};
-use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
-use weft_core::store::{GroupCommit, KvStore, RedbStore};
+use weft_core::engine::{ConnId, Engine, EngineConfig, Output};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Document, Role};
-use weft_relay::{Claims, Hub, HubConfig, HubEvent, JwtSecret, Outbound, Verifier};
-
-const RELAY: ConnId = ConnId(0);
+use weft_relay::{Claims, HubConfig, HubEvent, JwtSecret, Outbound};
 
 struct Device {
-    conn: ConnId,
+    hub: HubConn,
     engine: Engine,
-    events: mpsc::Sender<HubEvent>,
-    inbox: mpsc::Receiver<Outbound>,
     errors: Vec<(ErrorCode, Option<DocId>)>,
     presence: Vec<(String, bool)>,
     ephemeral: Vec<Vec<u8>>,
     closed: bool,
 }
 
+crate::extends!(Device, hub: HubConn);
+
 impl Device {
     async fn connect(events: &mpsc::Sender<HubEvent>, id: u64, claims: Claims) -> Device {
-        let (tx, inbox) = mpsc::channel(256);
-        let device = DeviceId::from_bytes([id as u8; 32]);
-        events
-            .send(HubEvent::Open {
-                conn: ConnId(id),
-                device,
-                claims,
-                out: tx,
-            })
-            .await
-            .unwrap();
+        let hub = HubConn::open(events, id, claims, 256).await;
         let mut d = Device {
-            conn: ConnId(id),
+            hub,
             engine: Engine::new(EngineConfig::device()),
-            events: events.clone(),
-            inbox,
             errors: Vec::new(),
             presence: Vec::new(),
             ephemeral: Vec::new(),
@@ -55,16 +43,6 @@ impl Device {
             other => panic!("expected welcome, got {other:?}"),
         }
         d
-    }
-
-    async fn send(&self, msg: Message) {
-        self.events
-            .send(HubEvent::Frame {
-                conn: self.conn,
-                msg,
-            })
-            .await
-            .unwrap();
     }
 
     async fn next(&mut self) -> Option<Message> {
@@ -125,11 +103,7 @@ impl Device {
     async fn handle(&mut self, msg: Message) {
         match msg {
             Message::Subscribed { doc, role } => {
-                let opts = OpenOptions {
-                    send_changes: role.can_write(),
-                    ..Default::default()
-                };
-                self.engine.open(RELAY, doc, opts);
+                open_subscribed(&mut self.engine, doc, role);
             }
             Message::Error { code, doc, .. } => self.errors.push((code, doc)),
             Message::Presence { user, online, .. } => self.presence.push((user, online)),
@@ -172,29 +146,12 @@ struct Relay {
 
 fn start_relay() -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.path().join("relay.redb")).unwrap());
-    let group = Arc::new(GroupCommit::new(kv).unwrap());
-    let secret = JwtSecret::new(vec![7; 32]).unwrap();
-    let hub = Hub::new(
-        HubConfig::default(),
-        group,
-        Verifier::new(&secret),
-        Default::default(),
-    );
-    let (events, rx) = mpsc::channel(1024);
-    tokio::spawn(hub.run(rx));
+    let events = spawn_hub(open_store(dir.path()), HubConfig::default());
     Relay {
         events,
-        secret,
+        secret: test_secret(),
         _dir: dir,
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]
@@ -360,7 +317,10 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
                     }
                     m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
                         let doc = m.doc().unwrap();
-                        assert!(subscribed.contains(&doc), "sync for {doc} before its Subscribed");
+                        assert!(
+                            subscribed.contains(&doc),
+                            "sync for {doc} before its Subscribed"
+                        );
                     }
                     _ => {}
                 }
@@ -371,5 +331,9 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
             }
         }
     }
-    assert_eq!(closed, Some(ErrorCode::RATE_LIMITED), "the connection was never closed");
+    assert_eq!(
+        closed,
+        Some(ErrorCode::RATE_LIMITED),
+        "the connection was never closed"
+    );
 }

@@ -2,31 +2,25 @@
 //! QUIC devices: what a backend job reads after devices chat, what survives Postgres going
 //! away, a SIGTERM, the loss of the relay's data directory, and two relays writing one document.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
-use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
-use weft_core::wire::{self, ErrorCode, Message};
+use common::pg::{self, PgServer};
+use common::session::{self, Session};
+use common::{now, now_ms, Link, RelayProcess, RELAY};
+use weft_core::wire::{ErrorCode, Message};
 use weft_core::{hash_hex, DocId, Document, Role};
-use weft_relay::{load_secret, Claims, Minter};
+use weft_relay::Claims;
 use weft_schema::{Conversation, Id, NewConversation, NewMessage};
-
-#[path = "common/pg.rs"]
-mod pg;
-use pg::PgServer;
-
-const RELAY: ConnId = ConnId(0);
 
 /// The relay binary checkpointing into `pg`.
 struct Relay {
-    child: Child,
+    process: RelayProcess,
     addr: SocketAddr,
     http: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Relay {
@@ -35,51 +29,20 @@ impl Relay {
     }
 
     fn start_in(dir: tempfile::TempDir, pg: &PgServer, interval: &str) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
-            .args([
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--checkpoint-interval", interval])
-            .env("WEFT_POSTGRES_URL", pg.url())
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
-        let addr = |prefix: &str| -> SocketAddr {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(prefix))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        Relay {
-            addr: addr("quic="),
-            http: addr("http="),
-            child,
+        let process = RelayProcess::start(
             dir,
+            &["--http", "127.0.0.1:0", "--checkpoint-interval", interval],
+            &[("WEFT_POSTGRES_URL", &pg.url())],
+        );
+        Relay {
+            addr: process.addr("quic="),
+            http: process.addr("http="),
+            process,
         }
     }
 
     fn token(&self, claims: &Claims) -> String {
-        let secret = load_secret(&self.dir.path().join("jwt.secret")).unwrap();
-        Minter::new(&secret).mint(claims).unwrap()
+        self.process.token(claims)
     }
 
     fn user(&self, sub: &str) -> String {
@@ -88,26 +51,16 @@ impl Relay {
 
     /// SIGTERM; the exit status and the data directory.
     fn terminate_keeping_data(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        self.process.sigterm();
+        let status = self.process.child.wait().unwrap();
+        let dir = self.process.take_dir();
         (status, dir)
     }
 
     /// SIGTERM, and the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        self.child.wait().unwrap()
+        self.process.sigterm();
+        self.process.child.wait().unwrap()
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -125,40 +78,13 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn now() -> u64 {
-    now_ms() / 1000
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// A light device: its own engine and key, one QUIC connection.
 struct Device {
+    session: Session,
     user: String,
-    engine: Engine,
-    reader: FrameReader,
-    writer: FrameWriter,
-    started: std::time::Instant,
-    listed: BTreeMap<DocId, Role>,
-    listing_done: bool,
-    roles: HashMap<DocId, Role>,
-    replies: HashMap<u64, Option<ErrorCode>>,
-    errors: Vec<(ErrorCode, Option<DocId>)>,
-    next_id: u64,
-    _conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
 }
+
+crate::extends!(Device, session: Session);
 
 impl Device {
     async fn connect(relay: &Relay, user: &str) -> Device {
@@ -166,123 +92,17 @@ impl Device {
     }
 
     async fn connect_with(relay: &Relay, user: &str, token: String) -> Device {
-        let key = DeviceKey::generate().unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let tls = relay.dir.path().join("tls");
-        let cert = weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))
-            .unwrap()
-            .cert_chain;
-        endpoint.set_default_client_config(
-            quic::client_config(&key, ServerTrust::PinnedCert(cert)).unwrap(),
-        );
-        let conn = endpoint
-            .connect(relay.addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        let mut d = Device {
+        let cert = relay.process.cert();
+        let link = Link::connect(relay.addr, cert, token, "postgres-test").await;
+        let session = Session::start(link, Duration::from_secs(30), 100_000).await;
+        Device {
+            session,
             user: user.into(),
-            engine: Engine::new(EngineConfig::device()),
-            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
-            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
-            started: std::time::Instant::now(),
-            listed: BTreeMap::new(),
-            listing_done: false,
-            roles: HashMap::new(),
-            replies: HashMap::new(),
-            errors: Vec::new(),
-            next_id: 1,
-            _conn: conn,
-            _endpoint: endpoint,
-        };
-        d.writer
-            .send(&Message::Hello {
-                protocol: wire::PROTOCOL_VERSION,
-                device: key.device_id(),
-                token,
-                agent: "postgres-test".into(),
-            })
-            .await
-            .unwrap();
-        match d.next().await {
-            Some(Message::Welcome { .. }) => d.engine.add_conn(RELAY),
-            other => panic!("expected welcome, got {other:?}"),
-        }
-        d.until(|d| d.listing_done).await;
-        d
-    }
-
-    async fn next(&mut self) -> Option<Message> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
-                Ok(r) => return r.ok().flatten(),
-                Err(_) => {
-                    assert!(tokio::time::Instant::now() < deadline, "relay went silent");
-                    let now = self.started.elapsed().as_millis() as u64;
-                    self.engine.tick(now);
-                    self.flush().await;
-                }
-            }
         }
     }
 
-    async fn flush(&mut self) {
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { msg, .. } => self.writer.send(&msg).await.unwrap(),
-                Output::Persist { id, .. } => self.engine.persisted(id),
-                Output::Load { doc } => self.engine.loaded(doc, None),
-                _ => {}
-            }
-        }
-    }
-
-    async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) {
-        self.flush().await;
-        for _ in 0..100_000 {
-            if done(self) {
-                return;
-            }
-            let msg = self.next().await.expect("the relay closed the connection");
-            match msg {
-                Message::Docs {
-                    full,
-                    added,
-                    removed,
-                } => {
-                    if full {
-                        self.listed.clear();
-                    }
-                    for e in added {
-                        self.listed.insert(e.doc, e.role);
-                    }
-                    for doc in removed {
-                        self.listed.remove(&doc);
-                    }
-                }
-                Message::DocsEnd { .. } => self.listing_done = true,
-                Message::Reply { id, code, .. } => {
-                    self.replies.insert(id, code);
-                }
-                Message::Error { code, doc, .. } => self.errors.push((code, doc)),
-                Message::Subscribed { doc, role } => {
-                    self.roles.insert(doc, role);
-                    let opts = OpenOptions {
-                        send_changes: role.can_write(),
-                        ..Default::default()
-                    };
-                    self.engine.open(RELAY, doc, opts);
-                }
-                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
-                    self.engine.handle(RELAY, m).unwrap();
-                }
-                _ => {}
-            }
-            self.flush().await;
-        }
-        panic!("condition never held");
+    async fn until(&mut self, done: impl FnMut(&mut Device) -> bool) {
+        session::until(self, done).await
     }
 
     async fn synced(&mut self, doc: DocId) {
@@ -290,11 +110,7 @@ impl Device {
     }
 
     async fn control(&mut self, request: impl FnOnce(u64) -> Message) -> Option<ErrorCode> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.writer.send(&request(id)).await.unwrap();
-        self.until(|d| d.replies.contains_key(&id)).await;
-        self.replies[&id]
+        session::control(self, request).await
     }
 
     async fn share(&mut self, doc: DocId, user: &str, role: Role) {
@@ -349,13 +165,6 @@ impl Device {
                 Ok(self.roles[&doc])
             }
         }
-    }
-
-    fn refused(&self, doc: DocId) -> Option<ErrorCode> {
-        self.errors
-            .iter()
-            .find(|(_, d)| *d == Some(doc))
-            .map(|(c, _)| *c)
     }
 
     /// Sends a chat message (not waiting for the relay).

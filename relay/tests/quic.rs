@@ -1,27 +1,24 @@
 //! The `weft-relay` binary over real QUIC on loopback, with real redb: devices connect with
 //! their own keys and tokens, sync, and misbehave.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use weft_core::automerge::transaction::Transactable;
-use weft_core::automerge::{ReadDoc, ROOT};
-use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
-use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
-use weft_core::wire::{self, ErrorCode, Message};
+use common::{now, open_subscribed, ready_addr, Link, RelayProcess, RELAY};
+use weft_core::quic;
+use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DocId, Document, Role};
-use weft_relay::{load_secret, Claims, Minter};
-
-const RELAY: ConnId = ConnId(0);
+use weft_relay::{Claims, Minter};
 
 struct Relay {
-    child: Child,
+    process: RelayProcess,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
-    ready: String,
 }
+
+crate::extends!(Relay, process: RelayProcess);
 
 impl Relay {
     fn start() -> Relay {
@@ -40,122 +37,33 @@ impl Relay {
         } else {
             &["--http", "off"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(http_off)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
-        let addr = Self::ready_addr(&ready, "quic=");
-        Relay {
-            child,
-            addr,
-            dir,
-            ready,
-        }
+        let process = RelayProcess::start(dir, &[http_off, extra].concat(), &[]);
+        let addr = process.addr("quic=");
+        Relay { process, addr }
     }
 
-    /// The address the ready line gives after `prefix` (`quic=`, `http=`).
-    fn ready_addr(ready: &str, prefix: &str) -> SocketAddr {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in {ready:?}"))
-            .parse()
-            .unwrap()
+    fn kill(self) -> tempfile::TempDir {
+        self.process.kill()
     }
-
-    fn token(&self, claims: &Claims) -> String {
-        let secret = load_secret(&self.dir.path().join("jwt.secret")).unwrap();
-        Minter::new(&secret).mint(claims).unwrap()
-    }
-
-    fn cert(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        let tls = self.dir.path().join("tls");
-        weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))
-            .unwrap()
-            .cert_chain
-    }
-
-    fn kill(mut self) -> tempfile::TempDir {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        // Keep the data directory: move it out before the Relay drops.
-        std::mem::replace(&mut self.dir, dir)
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 struct Device {
-    engine: Engine,
-    reader: FrameReader,
-    writer: FrameWriter,
+    link: Link,
     errors: Vec<(ErrorCode, Option<DocId>)>,
-    started: std::time::Instant,
-    id: weft_core::DeviceId,
-    conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
 }
+
+crate::extends!(Device, link: Link);
 
 impl Device {
     async fn connect(
         relay: &Relay,
         token: String,
     ) -> Result<Device, Vec<(ErrorCode, Option<DocId>)>> {
-        let key = DeviceKey::generate().unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(
-            quic::client_config(&key, ServerTrust::PinnedCert(relay.cert())).unwrap(),
-        );
-        let conn = endpoint
-            .connect(relay.addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
+        let link = Link::connect(relay.addr, relay.cert(), token, "test").await;
         let mut d = Device {
-            engine: Engine::new(EngineConfig::device()),
-            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
-            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
+            link,
             errors: Vec::new(),
-            started: std::time::Instant::now(),
-            id: key.device_id(),
-            conn,
-            _endpoint: endpoint,
         };
-        let hello = Message::Hello {
-            protocol: wire::PROTOCOL_VERSION,
-            device: key.device_id(),
-            token,
-            agent: "test".into(),
-        };
-        d.writer.send(&hello).await.unwrap();
         match d.next().await {
             Some(Message::Welcome { .. }) => {
                 d.engine.add_conn(RELAY);
@@ -168,19 +76,7 @@ impl Device {
     /// The next message from the relay. While waiting, the engine's timers run as a real
     /// driver would run them (a stalled sync round is retried).
     async fn next(&mut self) -> Option<Message> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let received = loop {
-            match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
-                Ok(r) => break r,
-                Err(_) => {
-                    assert!(tokio::time::Instant::now() < deadline, "relay went silent");
-                    let now = self.started.elapsed().as_millis() as u64;
-                    self.engine.tick(now);
-                    self.flush().await;
-                }
-            }
-        };
-        match received {
+        match self.link.recv(Duration::from_secs(20)).await {
             Ok(Some(Message::Error { code, doc, .. })) => {
                 self.errors.push((code, doc));
                 Some(Message::Error {
@@ -196,24 +92,7 @@ impl Device {
 
     /// The next datagram from the relay.
     async fn datagram(&self) -> Message {
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            quic::recv_datagram(&self.conn, wire::DEFAULT_MAX_FRAME),
-        )
-        .await
-        .expect("no datagram from the relay")
-        .unwrap()
-    }
-
-    async fn flush(&mut self) {
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { msg, .. } => self.writer.send(&msg).await.unwrap(),
-                Output::Persist { id, .. } => self.engine.persisted(id),
-                Output::Load { doc } => self.engine.loaded(doc, None),
-                _ => {}
-            }
-        }
+        self.link.datagram(Duration::from_secs(20)).await
     }
 
     async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) -> bool {
@@ -230,11 +109,7 @@ impl Device {
             }
             match msg {
                 Message::Subscribed { doc, role } => {
-                    let opts = OpenOptions {
-                        send_changes: role.can_write(),
-                        ..Default::default()
-                    };
-                    self.engine.open(RELAY, doc, opts);
+                    open_subscribed(&mut self.engine, doc, role);
                 }
                 m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
                     self.engine.handle(RELAY, m).unwrap();
@@ -244,22 +119,6 @@ impl Device {
             self.flush().await;
         }
         false
-    }
-
-    fn write(&mut self, doc: DocId, key: &str) {
-        self.engine
-            .change(doc, |am| {
-                let mut tx = am.transaction();
-                tx.put(ROOT, key, true).unwrap();
-                tx.commit();
-            })
-            .unwrap();
-    }
-
-    fn keys(&mut self, doc: DocId) -> Vec<String> {
-        self.engine
-            .read(doc, |d| d.automerge().keys(ROOT).collect())
-            .unwrap_or_default()
     }
 }
 
@@ -347,7 +206,10 @@ async fn bad_tokens_are_refused_and_garbage_cuts_off_only_its_sender() {
     let mut after_garbage = 0;
     while bad.next().await.is_some() {
         after_garbage += 1;
-        assert!(after_garbage < 10, "the relay kept talking to a garbage sender");
+        assert!(
+            after_garbage < 10,
+            "the relay kept talking to a garbage sender"
+        );
     }
 
     good.engine.create(doc, Document::new());
@@ -493,7 +355,7 @@ async fn a_token_that_expires_on_a_live_connection_closes_it_unless_refreshed() 
 fn the_ready_line_names_the_http_endpoint_which_serves_health_and_metrics() {
     use std::io::{Read, Write};
     let relay = Relay::start_with(tempfile::tempdir().unwrap(), &["--http", "127.0.0.1:0"]);
-    let http = Relay::ready_addr(&relay.ready, "http=");
+    let http = ready_addr(&relay.ready, "http=");
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -661,7 +523,7 @@ async fn a_document_nobody_subscribes_to_is_evicted_from_memory_after_the_idle_p
         tempfile::tempdir().unwrap(),
         &["--http", "127.0.0.1:0", "--evict-after", "1s"],
     );
-    let http = Relay::ready_addr(&relay.ready, "http=");
+    let http = ready_addr(&relay.ready, "http=");
     let doc = DocId::from_bytes([14; 16]);
     let mut alice = Device::connect(
         &relay,

@@ -3,27 +3,24 @@
 //! may read without asking, revocation and deletion take effect on live connections, and a
 //! restarted relay remembers all of it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
+mod common;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::session::{self, Session};
+use common::{now, Link, RelayProcess, RELAY};
 use weft_core::automerge::transaction::Transactable;
-use weft_core::automerge::{ReadDoc, ROOT};
-use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
-use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
-use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::automerge::ROOT;
+use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DocId, Document, Role};
-use weft_relay::{load_secret, Claims, Minter};
-
-const RELAY: ConnId = ConnId(0);
+use weft_relay::Claims;
 
 /// The relay binary on a data directory of its own.
 struct Relay {
-    child: Child,
+    process: RelayProcess,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Relay {
@@ -32,57 +29,19 @@ impl Relay {
     }
 
     fn start_in(dir: tempfile::TempDir) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-relay"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--http", "off"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("WEFT_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
-        let addr = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("quic="))
-            .unwrap()
-            .parse()
-            .unwrap();
-        Relay { child, addr, dir }
+        let process = RelayProcess::start(dir, &["--http", "off"], &[]);
+        let addr = process.addr("quic=");
+        Relay { process, addr }
     }
 
     fn token(&self, claims: Claims) -> String {
-        let secret = load_secret(&self.dir.path().join("jwt.secret")).unwrap();
-        Minter::new(&secret).mint(&claims).unwrap()
+        self.process.token(&claims)
     }
 
     /// SIGKILL: nothing is flushed beyond what the relay had acknowledged.
-    fn kill(mut self) -> tempfile::TempDir {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    fn kill(self) -> tempfile::TempDir {
+        self.process.kill()
     }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn user(name: &str) -> Claims {
@@ -91,164 +50,31 @@ fn user(name: &str) -> Claims {
 
 /// One device: an engine, a connection to the relay, and what the relay told it.
 struct Device {
-    engine: Engine,
-    reader: FrameReader,
-    writer: FrameWriter,
-    started: std::time::Instant,
-    /// The discovery list as the relay keeps telling it.
-    listed: BTreeMap<DocId, Role>,
-    /// A full listing arrived completely (`DocsEnd`).
-    listing_done: bool,
-    /// Roles from `Subscribed`, the latest per document.
-    roles: HashMap<DocId, Role>,
-    replies: HashMap<u64, Option<ErrorCode>>,
-    errors: Vec<(ErrorCode, Option<DocId>)>,
-    /// Document messages (`Sync`, `Changes`, `Ack`) received per document.
-    doc_messages: HashMap<DocId, usize>,
-    next_id: u64,
-    _conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    session: Session,
 }
+
+crate::extends!(Device, session: Session);
 
 impl Device {
     async fn connect(relay: &Relay, token: String) -> Device {
-        let key = DeviceKey::generate().unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let tls = relay.dir.path().join("tls");
-        let cert = weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))
-            .unwrap()
-            .cert_chain;
-        endpoint.set_default_client_config(
-            quic::client_config(&key, ServerTrust::PinnedCert(cert)).unwrap(),
-        );
-        let conn = endpoint
-            .connect(relay.addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        let mut d = Device {
-            engine: Engine::new(EngineConfig::device()),
-            reader: FrameReader::new(recv, wire::DEFAULT_MAX_FRAME),
-            writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
-            started: std::time::Instant::now(),
-            listed: BTreeMap::new(),
-            listing_done: false,
-            roles: HashMap::new(),
-            replies: HashMap::new(),
-            errors: Vec::new(),
-            doc_messages: HashMap::new(),
-            next_id: 1,
-            _conn: conn,
-            _endpoint: endpoint,
-        };
-        d.send(Message::Hello {
-            protocol: wire::PROTOCOL_VERSION,
-            device: key.device_id(),
-            token,
-            agent: "sharing-test".into(),
-        })
-        .await;
-        match d.next().await {
-            Some(Message::Welcome { .. }) => d.engine.add_conn(RELAY),
-            other => panic!("expected welcome, got {other:?}"),
-        }
-        d.until(|d| d.listing_done).await;
-        d
+        let cert = relay.process.cert();
+        let link = Link::connect(relay.addr, cert, token, "sharing-test").await;
+        let session = Session::start(link, Duration::from_secs(20), 10_000).await;
+        Device { session }
     }
 
     async fn send(&mut self, msg: Message) {
         self.writer.send(&msg).await.unwrap();
     }
 
-    /// The next message, running the engine's timers while waiting as a real driver does.
-    async fn next(&mut self) -> Option<Message> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
-                Ok(r) => return r.ok().flatten(),
-                Err(_) => {
-                    assert!(tokio::time::Instant::now() < deadline, "relay went silent");
-                    let now = self.started.elapsed().as_millis() as u64;
-                    self.engine.tick(now);
-                    self.flush().await;
-                }
-            }
-        }
-    }
-
-    async fn flush(&mut self) {
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { msg, .. } => self.writer.send(&msg).await.unwrap(),
-                Output::Persist { id, .. } => self.engine.persisted(id),
-                Output::Load { doc } => self.engine.loaded(doc, None),
-                _ => {}
-            }
-        }
-    }
-
     /// Handles relay messages until `done` holds.
-    async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) {
-        self.flush().await;
-        for _ in 0..10_000 {
-            if done(self) {
-                return;
-            }
-            let msg = self.next().await.expect("the relay closed the connection");
-            if std::env::var_os("WEFT_TEST_LOG").is_some() {
-                eprintln!("device got {msg:?}");
-            }
-            match msg {
-                Message::Docs {
-                    full,
-                    added,
-                    removed,
-                } => {
-                    if full {
-                        self.listed.clear();
-                        self.listing_done = false;
-                    }
-                    for e in added {
-                        self.listed.insert(e.doc, e.role);
-                    }
-                    for doc in removed {
-                        self.listed.remove(&doc);
-                    }
-                }
-                Message::DocsEnd { .. } => self.listing_done = true,
-                Message::Reply { id, code, .. } => {
-                    self.replies.insert(id, code);
-                }
-                Message::Error { code, doc, .. } => self.errors.push((code, doc)),
-                Message::Subscribed { doc, role } => {
-                    // A real device: it sends its changes only where it may write.
-                    self.roles.insert(doc, role);
-                    let opts = OpenOptions {
-                        send_changes: role.can_write(),
-                        ..Default::default()
-                    };
-                    self.engine.open(RELAY, doc, opts);
-                }
-                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
-                    let doc = m.doc().unwrap();
-                    *self.doc_messages.entry(doc).or_default() += 1;
-                    self.engine.handle(RELAY, m).unwrap();
-                }
-                _ => {}
-            }
-            self.flush().await;
-        }
-        panic!("condition never held");
+    async fn until(&mut self, done: impl FnMut(&mut Device) -> bool) {
+        session::until(self, done).await
     }
 
     /// Sends a control request and waits for its reply.
     async fn control(&mut self, request: impl FnOnce(u64) -> Message) -> Option<ErrorCode> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(request(id)).await;
-        self.until(|d| d.replies.contains_key(&id)).await;
-        self.replies[&id]
+        session::control(self, request).await
     }
 
     async fn share(&mut self, doc: DocId, user: &str, role: Role) -> Option<ErrorCode> {
@@ -288,24 +114,6 @@ impl Device {
             .await;
     }
 
-    /// The error the relay gave for `doc`, if any.
-    fn refused(&self, doc: DocId) -> Option<ErrorCode> {
-        self.errors
-            .iter()
-            .find(|(_, d)| *d == Some(doc))
-            .map(|(c, _)| *c)
-    }
-
-    fn write(&mut self, doc: DocId, key: &str) {
-        self.engine
-            .change(doc, |am| {
-                let mut tx = am.transaction();
-                tx.put(ROOT, key, true).unwrap();
-                tx.commit();
-            })
-            .unwrap();
-    }
-
     /// A change made outside this device's own copy, sent as is: what a device that ignores
     /// its read-only role would send.
     async fn send_foreign_change(&mut self, doc: DocId, key: &str) {
@@ -324,12 +132,6 @@ impl Device {
             changes: vec![serde_bytes::ByteBuf::from(raw)],
         })
         .await;
-    }
-
-    fn keys(&mut self, doc: DocId) -> Vec<String> {
-        self.engine
-            .read(doc, |d| d.automerge().keys(ROOT).collect())
-            .unwrap_or_default()
     }
 
     fn has(&mut self, doc: DocId, key: &str) -> bool {

@@ -2,22 +2,23 @@
 //! (the QUIC transport is tested in `sharing.rs`): discovery in bounded messages, a listing
 //! that waits for room in a full queue, access-list size, and the control-request rate.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::hub::{open_store, spawn_hub, HubConn};
+use common::now;
 use tokio::sync::mpsc;
-use weft_core::engine::ConnId;
-use weft_core::store::{GroupCommit, KvStore, RedbStore};
 use weft_core::wire::{self, ErrorCode, Message};
-use weft_core::{DeviceId, DocId, Role};
-use weft_relay::{Claims, Hub, HubConfig, HubEvent, JwtSecret, Outbound, Verifier};
+use weft_core::{DocId, Role};
+use weft_relay::{Claims, HubConfig, HubEvent, Outbound};
 
 struct Device {
-    conn: ConnId,
-    events: mpsc::Sender<HubEvent>,
-    inbox: mpsc::Receiver<Outbound>,
+    hub: HubConn,
 }
+
+crate::extends!(Device, hub: HubConn);
 
 impl Device {
     /// Connects with an outbound queue of `queue` frames; reads nothing yet.
@@ -27,31 +28,8 @@ impl Device {
         claims: Claims,
         queue: usize,
     ) -> Device {
-        let (out, inbox) = mpsc::channel(queue);
-        events
-            .send(HubEvent::Open {
-                conn: ConnId(id),
-                device: DeviceId::from_bytes([id as u8; 32]),
-                claims,
-                out,
-            })
-            .await
-            .unwrap();
-        Device {
-            conn: ConnId(id),
-            events: events.clone(),
-            inbox,
-        }
-    }
-
-    async fn send(&self, msg: Message) {
-        self.events
-            .send(HubEvent::Frame {
-                conn: self.conn,
-                msg,
-            })
-            .await
-            .unwrap();
+        let hub = HubConn::open(events, id, claims, queue).await;
+        Device { hub }
     }
 
     async fn next(&mut self) -> Message {
@@ -108,13 +86,6 @@ impl Device {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn doc(n: u8) -> DocId {
     DocId::from_bytes([n; 16])
 }
@@ -131,8 +102,6 @@ fn share(id: u64, doc: DocId, user: &str) -> Message {
 #[tokio::test]
 async fn lists_access_lists_and_control_requests_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.path().join("relay.redb")).unwrap());
-    let group = Arc::new(GroupCommit::new(kv).unwrap());
     let cfg = HubConfig {
         docs_per_message: 2,
         max_access_list: 3,
@@ -141,10 +110,7 @@ async fn lists_access_lists_and_control_requests_are_bounded() {
         control_rate: 0,
         ..HubConfig::default()
     };
-    let secret = JwtSecret::new(vec![7; 32]).unwrap();
-    let hub = Hub::new(cfg, group, Verifier::new(&secret), Default::default());
-    let (events, rx) = mpsc::channel(1024);
-    tokio::spawn(hub.run(rx));
+    let events = spawn_hub(open_store(dir.path()), cfg);
     let alice = || Claims::new("alice", now(), 3600).with_create(true);
 
     // Alice uploads five documents.
@@ -213,7 +179,7 @@ async fn a_store_written_before_the_user_index_existed_is_indexed_at_start() {
     use weft_core::store::{DocMeta, WriteBatch};
 
     let dir = tempfile::tempdir().unwrap();
-    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.path().join("relay.redb")).unwrap());
+    let kv = open_store(dir.path());
     // What an older relay left: metadata only.
     let mut meta = DocMeta::default();
     meta.owner = Some("alice".into());
@@ -222,16 +188,7 @@ async fn a_store_written_before_the_user_index_existed_is_indexed_at_start() {
     docstore::put_meta(&mut batch, doc(1), &meta);
     kv.write(&batch).unwrap();
 
-    let group = Arc::new(GroupCommit::new(kv).unwrap());
-    let secret = JwtSecret::new(vec![7; 32]).unwrap();
-    let hub = Hub::new(
-        HubConfig::default(),
-        group,
-        Verifier::new(&secret),
-        Default::default(),
-    );
-    let (events, rx) = mpsc::channel(1024);
-    tokio::spawn(hub.run(rx));
+    let events = spawn_hub(kv, HubConfig::default());
     let mut bob = Device::connect(&events, 1, Claims::new("bob", now(), 3600), 1024).await;
     assert_eq!(bob.listing().await, (vec![vec![doc(1)]], 1));
     let mut alice = Device::connect(&events, 2, Claims::new("alice", now(), 3600), 1024).await;

@@ -2,11 +2,12 @@
 //! what malformed or hostile automerge-repo clients get. `ws_interop.rs` drives the real npm
 //! client.
 
-mod ws_support;
+mod common;
 
 use std::time::Duration;
 
 use ciborium::Value;
+use common::ws::{now, Device, Relay, RELAY};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,7 +19,6 @@ use weft_core::automerge::Automerge;
 use weft_core::wire::Message;
 use weft_core::{DocId, Document, Role};
 use weft_relay::Claims;
-use ws_support::{now, Device, Relay, RELAY};
 
 type Client = WebSocketStream<TcpStream>;
 

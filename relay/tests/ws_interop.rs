@@ -6,7 +6,7 @@
 //! locked versions). Without node or
 //! npm these tests fail when `CI` is set and are skipped (with a note on stderr) otherwise.
 
-mod ws_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,13 +14,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
+use common::ws::{now, Device, Relay, RELAY};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use weft_core::wire::Message;
 use weft_core::{DocId, Document, Role};
 use weft_relay::Claims;
-use ws_support::{now, Device, Relay, RELAY};
 
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")

@@ -6,8 +6,6 @@
 //! then `PATH`. Without them a test skips with a loud message, except under `CI=true`, where
 //! it fails: CI must run these tests (`.ci/run` installs Postgres).
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,77 @@
+//! The hub in process, without the binary or QUIC: real redb in a directory of its own,
+//! tokens verified against a fixed test secret, events over a channel.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use weft_core::engine::ConnId;
+use weft_core::store::{GroupCommit, KvStore, RedbStore};
+use weft_core::wire::Message;
+use weft_core::DeviceId;
+use weft_relay::{Claims, Hub, HubConfig, HubEvent, JwtSecret, Outbound, Verifier};
+
+/// The secret the in-process hub verifies tokens with.
+pub fn test_secret() -> JwtSecret {
+    JwtSecret::new(vec![7; 32]).unwrap()
+}
+
+/// The relay's redb store in `dir`.
+pub fn open_store(dir: &Path) -> Arc<dyn KvStore> {
+    Arc::new(RedbStore::open(dir.join("relay.redb")).unwrap())
+}
+
+/// Runs a hub on `kv` with `config` on the current runtime; the sender of its events.
+pub fn spawn_hub(kv: Arc<dyn KvStore>, config: HubConfig) -> mpsc::Sender<HubEvent> {
+    let group = Arc::new(GroupCommit::new(kv).unwrap());
+    let secret = test_secret();
+    let hub = Hub::new(config, group, Verifier::new(&secret), Default::default());
+    let (events, rx) = mpsc::channel(1024);
+    tokio::spawn(hub.run(rx));
+    events
+}
+
+/// One device's connection to the in-process hub: its events in, its outbound queue out.
+pub struct HubConn {
+    pub conn: ConnId,
+    pub events: mpsc::Sender<HubEvent>,
+    pub inbox: mpsc::Receiver<Outbound>,
+}
+
+impl HubConn {
+    /// Opens connection `id` (device `[id; 32]`) with an outbound queue of `queue` frames;
+    /// reads nothing yet.
+    pub async fn open(
+        events: &mpsc::Sender<HubEvent>,
+        id: u64,
+        claims: Claims,
+        queue: usize,
+    ) -> HubConn {
+        let (out, inbox) = mpsc::channel(queue);
+        events
+            .send(HubEvent::Open {
+                conn: ConnId(id),
+                device: DeviceId::from_bytes([id as u8; 32]),
+                claims,
+                out,
+            })
+            .await
+            .unwrap();
+        HubConn {
+            conn: ConnId(id),
+            events: events.clone(),
+            inbox,
+        }
+    }
+
+    /// Sends `msg` as a frame from this connection.
+    pub async fn send(&self, msg: Message) {
+        self.events
+            .send(HubEvent::Frame {
+                conn: self.conn,
+                msg,
+            })
+            .await
+            .unwrap();
+    }
+}

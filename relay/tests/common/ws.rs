@@ -1,0 +1,158 @@
+//! What the WebSocket tests share: the real `weft-relay` binary started with `--ws`, and a
+//! light QUIC device (an engine driven over one stream, as in `quic.rs`).
+
+use std::net::SocketAddr;
+use std::process::Child;
+use std::time::Duration;
+
+use weft_core::automerge::{ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use weft_core::wire::Message;
+use weft_core::DocId;
+use weft_relay::Claims;
+
+#[allow(unused_imports)]
+pub use super::{now, RELAY};
+use super::{open_subscribed, Link, RelayProcess};
+
+pub struct Relay {
+    process: RelayProcess,
+    pub quic: SocketAddr,
+    pub ws: SocketAddr,
+    extra: Vec<String>,
+}
+
+impl Relay {
+    /// A relay with a WebSocket endpoint on a free port and `extra` flags.
+    pub fn start(extra: &[&str]) -> Relay {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_in(tempfile::tempdir().unwrap(), "127.0.0.1:0", extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, ws: &str, extra: Vec<String>) -> Relay {
+        let mut args = vec!["--http", "off", "--ws", ws];
+        args.extend(extra.iter().map(String::as_str));
+        let process = RelayProcess::start(dir, &args, &[]);
+        Relay {
+            quic: process.addr("quic="),
+            ws: process.addr("ws="),
+            process,
+            extra,
+        }
+    }
+
+    /// Kills the relay (no graceful shutdown) and starts it again on the same data directory
+    /// and WebSocket address, so clients reconnect to the URL they know.
+    pub fn restart(self) -> Relay {
+        let ws = self.ws.to_string();
+        let extra = self.extra;
+        let dir = self.process.kill();
+        Self::start_in(dir, &ws, extra)
+    }
+
+    /// Sends SIGTERM; returns a handle to the process to wait on.
+    pub fn terminate(self) -> Child {
+        self.process.terminate()
+    }
+
+    pub fn token(&self, claims: &Claims) -> String {
+        self.process.token(claims)
+    }
+
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/?token={token}", self.ws)
+    }
+}
+
+/// A QUIC device: its engine, driven over the relay stream.
+pub struct Device {
+    link: Link,
+    /// Ids of the control requests answered successfully.
+    pub done: Vec<u64>,
+}
+
+crate::extends!(Device, link: Link);
+
+impl Device {
+    pub async fn connect(relay: &Relay, token: String) -> Device {
+        let link = Link::connect(relay.quic, relay.process.cert(), token, "ws test").await;
+        let mut d = Device {
+            link,
+            done: Vec::new(),
+        };
+        let welcome = d.next().await;
+        assert!(
+            matches!(welcome, Some(Message::Welcome { .. })),
+            "{welcome:?}"
+        );
+        d.engine.add_conn(RELAY);
+        d
+    }
+
+    /// Subscribes to `doc` (loading it into the engine first if it is not there).
+    pub async fn subscribe(&mut self, doc: DocId) {
+        if self.engine.heads(doc).is_none() {
+            self.engine.load(doc);
+        }
+        self.flush().await;
+        self.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    }
+
+    /// The next message from the relay; the engine's timers run while waiting.
+    async fn next(&mut self) -> Option<Message> {
+        self.link.recv(Duration::from_secs(30)).await.ok().flatten()
+    }
+
+    /// The next ephemeral message (presence datagrams are skipped).
+    pub async fn ephemeral(&self) -> (DocId, Vec<u8>) {
+        loop {
+            let msg = self.link.datagram(Duration::from_secs(30)).await;
+            if let Message::Ephemeral { doc, data, .. } = msg {
+                return (doc, data);
+            }
+        }
+    }
+
+    /// Runs the device until `done` holds (or the relay closes the stream).
+    pub async fn until(&mut self, mut done: impl FnMut(&mut Device) -> bool) -> bool {
+        self.flush().await;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let Some(msg) = self.next().await else {
+                return done(self);
+            };
+            match msg {
+                Message::Subscribed { doc, role } => {
+                    open_subscribed(&mut self.engine, doc, role);
+                }
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    self.engine.handle(RELAY, m).unwrap();
+                }
+                Message::Reply { id, code: None, .. } => self.done.push(id),
+                _ => {}
+            }
+            self.flush().await;
+        }
+    }
+
+    pub fn set(&mut self, doc: DocId, key: &str, value: &str) {
+        self.put(doc, key, value);
+    }
+
+    /// The string at `key` in the document's root, if any: a plain string, or a text object
+    /// (what automerge-js makes of a JavaScript string).
+    pub fn get(&mut self, doc: DocId, key: &str) -> Option<String> {
+        self.engine
+            .read(doc, |d| match d.automerge().get(ROOT, key) {
+                Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                    ScalarValue::Str(s) => Some(s.to_string()),
+                    _ => None,
+                },
+                Ok(Some((Value::Object(ObjType::Text), id))) => d.automerge().text(&id).ok(),
+                _ => None,
+            })
+            .ok()
+            .flatten()
+    }
+}
