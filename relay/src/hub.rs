@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::{self as docstore, DocStoreError};
-use weft_core::store::{CommitTicket, DocMeta, GroupCommit, StoreError};
+use weft_core::store::{DocMeta, GroupCommit, StoreError};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
@@ -37,32 +37,7 @@ use crate::{Claims, Verifier};
 
 mod control;
 
-mod prof {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use std::time::Instant;
-    static NS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-    static N: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-    pub(super) fn add(k: usize, t: Instant) {
-        if k == 6 { N[6].fetch_add(1, Relaxed); return; }
-        NS[k].fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
-        N[k].fetch_add(1, Relaxed);
-    }
-    pub(super) fn dump() {
-        if std::env::var_os("WEFT_HUB_PROF").is_none() { return; }
-        let names = ["pump", "changes", "ack", "otherev", "done", "house", "loops", "x"];
-        let mut line = String::new();
-        for k in 0..7 {
-            let ns = NS[k].swap(0, Relaxed); let n = N[k].swap(0, Relaxed);
-            line += &format!("{}={}ms/{} ", names[k], ns / 1_000_000, n);
-        }
-        eprintln!("hubprof {line}");
-    }
-}
-
 use control::QueuedControl;
-
-/// Connection events handled per loop iteration before the loop looks at its other inputs.
-const EVENT_BATCH: usize = 16;
 
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
 const WAKE_RECHECK: Duration = Duration::from_millis(25);
@@ -186,6 +161,7 @@ struct Conn {
 }
 
 enum Done {
+    Committed(Waiting, Result<(), StoreError>),
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
     /// A subscription whose owner record (or nothing) is durable and may open now.
     Subscribe {
@@ -221,10 +197,6 @@ pub struct Hub {
     /// Control requests per document: the first is being committed, the rest wait for it.
     controls: HashMap<DocId, VecDeque<QueuedControl>>,
     tasks: JoinSet<Done>,
-    /// The engine's commit tickets, in submission order. The store writer completes batches in
-    /// that order, so the loop awaits only the first and then takes every one already done:
-    /// no task per persist.
-    commits: VecDeque<(Waiting, CommitTicket)>,
     start: Instant,
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
@@ -259,7 +231,6 @@ impl Hub {
             users: HashMap::new(),
             controls: HashMap::new(),
             tasks: JoinSet::new(),
-            commits: VecDeque::new(),
             start: Instant::now(),
             metrics,
             arrivals: HashMap::new(),
@@ -297,10 +268,7 @@ impl Hub {
         let mut checked_at: Option<Instant> = None;
         let mut moved = false;
         loop {
-            let t=Instant::now();
             self.pump_actions();
-            prof::add(0, t);
-            prof::add(6, Instant::now() - Duration::ZERO);
             let now = Instant::now();
             if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
                 wake = self
@@ -324,35 +292,11 @@ impl Hub {
             };
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => {
-                        let k = match &ev { HubEvent::Frame{msg: Message::Changes{..},..} => 1, HubEvent::Frame{msg: Message::Ack{..},..} => 2, _ => 3 }; let t=Instant::now(); self.on_event(ev); prof::add(k, t);
-                        // Take what else is already queued before looking at timers and
-                        // tasks again; the engine's output is pumped after each event as
-                        // it would be on its own.
-                        for _ in 1..EVENT_BATCH {
-                            let Ok(ev) = events.try_recv() else { break };
-                            let t=Instant::now();
-                            self.pump_actions();
-                            prof::add(0, t);
-                            let k = match &ev { HubEvent::Frame{msg: Message::Changes{..},..} => 1, HubEvent::Frame{msg: Message::Ack{..},..} => 2, _ => 3 }; let t=Instant::now(); self.on_event(ev); prof::add(k, t);
-                        }
-                    }
+                    Some(ev) => self.on_event(ev),
                     None => break,
                 },
-                (what, result) = std::future::poll_fn(|cx| poll_commit(&mut self.commits, cx)),
-                    if !self.commits.is_empty() => {
-                    let t=Instant::now();
-                    self.host.committed(what, result);
-                    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-                    while let std::task::Poll::Ready((what, result)) =
-                        poll_commit(&mut self.commits, &mut noop)
-                    {
-                        self.host.committed(what, result);
-                    }
-                    prof::add(4, t);
-                }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(done) => { let t=Instant::now(); self.on_done(done); prof::add(4, t); },
+                    Ok(done) => self.on_done(done),
                     Err(e) => tracing::error!(error = %e, "hub task failed"),
                 },
                 _ = sleep => {
@@ -362,21 +306,14 @@ impl Hub {
                     }
                     checked_at = None;
                 }
-                _ = resync_timer.tick() => { let t=Instant::now(); self.housekeeping(); prof::add(5, t); prof::dump(); },
+                _ = resync_timer.tick() => self.housekeeping(),
             }
             moved = true;
         }
         // Drain: every write in flight completes before the hub returns.
-        loop {
-            if let Some((what, ticket)) = self.commits.pop_front() {
-                let result = ticket.await;
-                self.host.committed(what, result);
-            } else if let Some(done) = self.tasks.join_next().await {
-                if let Ok(done) = done {
-                    self.on_done(done);
-                }
-            } else {
-                break;
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(done) = done {
+                self.on_done(done);
             }
             self.pump_actions();
         }
@@ -746,6 +683,7 @@ impl Hub {
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Committed(what, result) => self.host.committed(what, result),
             Done::Loaded(doc, result) => {
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
@@ -823,7 +761,10 @@ impl Hub {
                     }
                     self.send(conn, &msg)
                 }
-                Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
+                Action::Wait { what, ticket } => {
+                    self.tasks
+                        .spawn(async move { Done::Committed(what, ticket.await) });
+                }
                 Action::Load { doc } => {
                     let store = self.host.store().clone();
                     self.tasks.spawn(async move {
@@ -1041,18 +982,4 @@ fn internal(doc: DocId) -> Message {
         doc: Some(doc),
         message: "the relay could not serve this document".into(),
     }
-}
-
-/// The first of `commits` once its ticket completed, taken off the queue.
-fn poll_commit(
-    commits: &mut VecDeque<(Waiting, CommitTicket)>,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<(Waiting, Result<(), StoreError>)> {
-    use std::future::Future;
-    let Some((_, ticket)) = commits.front_mut() else {
-        return std::task::Poll::Pending;
-    };
-    let result = std::task::ready!(std::pin::Pin::new(ticket).poll(cx));
-    let (what, _) = commits.pop_front().expect("checked above");
-    std::task::Poll::Ready((what, result))
 }
