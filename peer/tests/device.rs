@@ -247,7 +247,9 @@ async fn ephemeral_messages_cross_peer_to_peer() {
 /// A fresh token handed to a live link keeps it open past the old token's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
-    let relay = tokio::task::spawn_blocking(Relay::start_strict).await.unwrap();
+    let relay = tokio::task::spawn_blocking(Relay::start_strict)
+        .await
+        .unwrap();
     let certs = {
         use rustls::pki_types::pem::PemObject;
         rustls::pki_types::CertificateDer::pem_file_iter(relay.cert())
@@ -286,7 +288,10 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
                 return false;
             }
             let s = status.borrow_and_update();
-            if s.links.get(&link).is_some_and(|l| l.state != weft_peer::LinkState::Online) {
+            if s.links
+                .get(&link)
+                .is_some_and(|l| l.state != weft_peer::LinkState::Online)
+            {
                 return true;
             }
         }
@@ -296,11 +301,18 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     send(&b, doc, "after expiry").await;
     next_event(&mut ea, |e| match e {
-        Event::Changed { doc: d, origin: EventOrigin::Remote, .. } if d == doc => Some(()),
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Remote,
+            ..
+        } if d == doc => Some(()),
         _ => None,
     })
     .await;
-    assert!(!went_offline.is_finished(), "the connection dropped at the old token's expiry");
+    assert!(
+        !went_offline.is_finished(),
+        "the connection dropped at the old token's expiry"
+    );
     went_offline.abort();
     a.close().await;
     b.close().await;
