@@ -420,13 +420,8 @@ async fn run_relay(
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
     let mut hub_config = weft_relay::HubConfig::default();
     hub_config.engine.evict_after = u64::try_from(args.evict_after.as_millis()).unwrap_or(u64::MAX);
-    let hub = weft_relay::Hub::new(
-        hub_config,
-        group.clone(),
-        verifier.clone(),
-        metrics.clone(),
-    )
-    .with_checkpoints(dirty.clone()); // Postgres checkpoints
+    let hub = weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
+        .with_checkpoints(dirty.clone()); // Postgres checkpoints
     let hub_task = tokio::spawn(hub.run(hub_rx));
     // Postgres checkpoints (begin)
     let (checkpoint_stop, checkpoint_stop_rx) = tokio::sync::watch::channel(false);

@@ -324,7 +324,11 @@ async fn serve_connection(
             };
             if !rate.allow(std::time::Instant::now()) {
                 Metrics::inc(&metrics.protocol_errors);
-                tracing::info!(conn = conn.0, via, "closing a connection over its message rate");
+                tracing::info!(
+                    conn = conn.0,
+                    via,
+                    "closing a connection over its message rate"
+                );
                 connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
                 return "over its message rate".to_string();
             }

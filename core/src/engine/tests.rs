@@ -310,17 +310,36 @@ fn a_forgotten_document_is_reloaded_fresh_and_resyncs_from_scratch() {
     a.forget(DOC);
     assert!(!a.is_loaded(DOC));
     a.persisted(id);
-    assert!(a.handle(ConnId(1), Message::Ack { doc: DOC, heads: vec![] }).is_err());
+    assert!(a
+        .handle(
+            ConnId(1),
+            Message::Ack {
+                doc: DOC,
+                heads: vec![]
+            }
+        )
+        .is_err());
     // Reopened over an empty store, it syncs the other side's version again.
     a.open(ConnId(1), DOC, OpenOptions::default());
     let loads: Vec<_> = std::iter::from_fn(|| a.poll_output()).collect();
-    assert!(loads.iter().any(|o| matches!(o, Output::Load { doc } if *doc == DOC)), "{loads:?}");
+    assert!(
+        loads
+            .iter()
+            .any(|o| matches!(o, Output::Load { doc } if *doc == DOC)),
+        "{loads:?}"
+    );
     a.loaded(DOC, None);
     b.resync(DOC, ConnId(2));
     pump(&mut a, &mut b);
     assert_eq!(a.heads(DOC), b.heads(DOC));
     assert!(a
-        .read(DOC, |d| automerge::ReadDoc::get(d.automerge(), ROOT, "mine").unwrap().is_some())
+        .read(DOC, |d| automerge::ReadDoc::get(
+            d.automerge(),
+            ROOT,
+            "mine"
+        )
+        .unwrap()
+        .is_some())
         .unwrap());
 }
 

@@ -177,7 +177,10 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());
         println!("{out}");
     }
-    eprintln!("weft-bench: done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "weft-bench: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -206,7 +209,11 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
         let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
         samples[i]
     };
-    (at(0.50), at(0.99), samples.last().copied().unwrap_or_default())
+    (
+        at(0.50),
+        at(0.99),
+        samples.last().copied().unwrap_or_default(),
+    )
 }
 
 fn fanout_workload(
@@ -217,8 +224,18 @@ fn fanout_workload(
     eprintln!("fanout: one writer, every other device receives; one change in flight");
     eprintln!(
         "  {:>7} {:>7} | {:>8} {:>8} {:>8} {:>6} | {:>12} {:>12} | {:>8} {:>8} {:>8} {:>12}",
-        "devices", "changes", "p50 ms", "p99 ms", "max ms", "target", "relay us/chg", "us/delivery",
-        "base p50", "base p99", "base max", "base us/chg"
+        "devices",
+        "changes",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "target",
+        "relay us/chg",
+        "us/delivery",
+        "base p50",
+        "base p99",
+        "base max",
+        "base us/chg"
     );
     let mut runs = Vec::new();
     let mut base_runs = Vec::new();
@@ -443,7 +460,10 @@ fn wire_bytes_workload(
     relay.stop();
     let f = f?;
     eprintln!("wire-bytes: one chat change, per change");
-    eprintln!("  raw change                              {:>8.1} B", f.raw_change);
+    eprintln!(
+        "  raw change                              {:>8.1} B",
+        f.raw_change
+    );
     eprintln!(
         "  weft live path, frames per link         {:>8.1} B  (Changes + Ack)",
         f.live_writer

@@ -84,14 +84,15 @@ impl Client {
             if started.elapsed() > limit {
                 bail!("{} documents did not sync within {limit:?}", waiting.len());
             }
-            let msg = match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
-                Ok(r) => r?.context("the relay closed the stream")?,
-                Err(_) => {
-                    engine.tick(started.elapsed().as_millis() as u64);
-                    self.flush(&mut engine).await?;
-                    continue;
-                }
-            };
+            let msg =
+                match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
+                    Ok(r) => r?.context("the relay closed the stream")?,
+                    Err(_) => {
+                        engine.tick(started.elapsed().as_millis() as u64);
+                        self.flush(&mut engine).await?;
+                        continue;
+                    }
+                };
             let doc = msg.doc();
             match msg {
                 Message::Subscribed { doc, role } => {
@@ -128,15 +129,18 @@ impl Client {
         // handles a connection's frames in order, so once it answers a later subscription it
         // holds us live on every document above.
         let barrier = DocId::from_bytes(rand::random());
-        self.writer.send(&Message::Subscribe { doc: barrier }).await?;
+        self.writer
+            .send(&Message::Subscribe { doc: barrier })
+            .await?;
         loop {
             if started.elapsed() > limit {
                 bail!("the relay did not answer within {limit:?}");
             }
-            let msg = match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
-                Ok(r) => r?.context("the relay closed the stream")?,
-                Err(_) => continue,
-            };
+            let msg =
+                match tokio::time::timeout(Duration::from_millis(200), self.reader.recv()).await {
+                    Ok(r) => r?.context("the relay closed the stream")?,
+                    Err(_) => continue,
+                };
             match msg {
                 Message::Subscribed { doc, .. } if doc == barrier => break,
                 m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
@@ -146,7 +150,9 @@ impl Client {
                 _ => {}
             }
         }
-        self.writer.send(&Message::Unsubscribe { doc: barrier }).await?;
+        self.writer
+            .send(&Message::Unsubscribe { doc: barrier })
+            .await?;
         Ok(())
     }
 

@@ -25,7 +25,9 @@ async fn new_conversation(device: &Device) -> anyhow::Result<DocId> {
         participants: vec![],
     };
     let (doc, r) = device
-        .create(Some("conversation"), move |am| schema::Conversation::create(am, &new, now_ms()))
+        .create(Some("conversation"), move |am| {
+            schema::Conversation::create(am, &new, now_ms())
+        })
         .await?;
     r?;
     Ok(doc)
@@ -81,8 +83,16 @@ pub async fn durable_writes(quick: bool) -> anyhow::Result<Value> {
     eprintln!("durable-writes: one message per durable write (fsync), {per_task} per task");
     eprintln!("  {:>22} {:>12} {:>14}", "", "writes/s", "vs raw redb");
     eprintln!("  {:>22} {:>12.0} {:>14.2}", "weft, 1 task", one, one / raw);
-    eprintln!("  {:>22} {:>12.0} {:>14.2}", "weft, 8 tasks", eight, eight / raw);
-    eprintln!("  {:>22} {:>12.0} {:>14}", "raw redb (baseline)", raw, "1.00");
+    eprintln!(
+        "  {:>22} {:>12.0} {:>14.2}",
+        "weft, 8 tasks",
+        eight,
+        eight / raw
+    );
+    eprintln!(
+        "  {:>22} {:>12.0} {:>14}",
+        "raw redb (baseline)", raw, "1.00"
+    );
     Ok(json!({
         "workload": "durable-writes",
         "writes_per_task": per_task,
@@ -122,9 +132,11 @@ async fn synced(device: &Device, doc: DocId, limit: Duration) -> anyhow::Result<
             let done = {
                 let s = status.borrow_and_update();
                 !s.links.is_empty()
-                    && s.links
-                        .values()
-                        .all(|l| l.docs.get(&doc).is_some_and(|d| d.state == SyncState::Synced))
+                    && s.links.values().all(|l| {
+                        l.docs
+                            .get(&doc)
+                            .is_some_and(|d| d.state == SyncState::Synced)
+                    })
             };
             if done {
                 return Ok(());
@@ -171,8 +183,14 @@ pub async fn reconnect(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
             send(&b, doc, format!("b {i}")).await?;
         }
         // The baseline diverges the same way: both documents as they are now.
-        let mut am_a = a.read(doc, |am| am.save()).await.map(|b| Automerge::load(&b))??;
-        let mut am_b = b.read(doc, |am| am.save()).await.map(|b| Automerge::load(&b))??;
+        let mut am_a = a
+            .read(doc, |am| am.save())
+            .await
+            .map(|b| Automerge::load(&b))??;
+        let mut am_b = b
+            .read(doc, |am| am.save())
+            .await
+            .map(|b| Automerge::load(&b))??;
         base_times.push(automerge_sync(&mut am_a, &mut am_b)?);
 
         let t = Instant::now();
@@ -233,7 +251,10 @@ fn automerge_sync(a: &mut Automerge, b: &mut Automerge) -> anyhow::Result<Durati
             a.receive_sync_message(&mut sa, m)?;
         }
     }
-    anyhow::ensure!(a.get_heads() == b.get_heads(), "the baseline did not converge");
+    anyhow::ensure!(
+        a.get_heads() == b.get_heads(),
+        "the baseline did not converge"
+    );
     Ok(t.elapsed())
 }
 
@@ -285,7 +306,10 @@ pub async fn initial_sync(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
     all_synced(&b, docs, Duration::from_secs(300)).await?;
     let took = t.elapsed();
     let have = b.list().await?.len();
-    anyhow::ensure!(have == docs, "the new device has {have} of {docs} documents");
+    anyhow::ensure!(
+        have == docs,
+        "the new device has {have} of {docs} documents"
+    );
     b.close().await;
     eprintln!("initial-sync: a new device with only a token, {docs} conversations x {msgs} messages ({:.1} MB saved)", bytes as f64 / 1e6);
     eprintln!(

@@ -46,14 +46,23 @@ pub async fn run(
     chain: Arc<Chain>,
 ) -> anyhow::Result<Run> {
     anyhow::ensure!(devices >= 2, "fan-out needs a writer and a receiver");
-    anyhow::ensure!(chain.len() >= warmup + changes, "the change chain is too short");
+    anyhow::ensure!(
+        chain.len() >= warmup + changes,
+        "the change chain is too short"
+    );
     let token = relay.token()?;
     let doc = DocId::from_bytes(rand::random());
     let t = Instant::now();
     let clients = client::connect_many(devices, relay.addr, &relay.cert, &token).await?;
-    crate::progress(format_args!("{devices} devices connected in {:.1} s", t.elapsed().as_secs_f64()));
+    crate::progress(format_args!(
+        "{devices} devices connected in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
     let mut clients = client::sync_all(clients, &[doc], Duration::from_secs(120)).await?;
-    crate::progress(format_args!("{devices} devices synced in {:.1} s", t.elapsed().as_secs_f64()));
+    crate::progress(format_args!(
+        "{devices} devices synced in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
     let writer = clients.remove(0);
 
     let (tx, mut rx) = mpsc::channel::<(usize, Instant)>(65_536);
@@ -84,7 +93,9 @@ pub async fn run(
     let mut measured = 0;
     for i in 0..total {
         if Instant::now() > run_deadline {
-            crate::progress(format_args!("stopped after {measured} changes: run deadline"));
+            crate::progress(format_args!(
+                "stopped after {measured} changes: run deadline"
+            ));
             break;
         }
         if i == warmup {

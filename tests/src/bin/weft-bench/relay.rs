@@ -101,9 +101,8 @@ impl Relay {
         let _ = self.stop.send(true);
         if let Some(rt) = self.runtime.take() {
             for task in self.tasks.drain(..) {
-                let _ = rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(10), task).await
-                });
+                let _ = rt
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
             }
             rt.shutdown_timeout(Duration::from_secs(5));
         }
@@ -236,7 +235,8 @@ impl Forwarder {
     fn shutdown(&mut self) {
         let _ = self.stop.send(true);
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.task.take()) {
-            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
+            let _ =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
             rt.shutdown_timeout(Duration::from_secs(5));
         }
     }
@@ -273,8 +273,13 @@ async fn forward_hub(mut events: mpsc::Receiver<FwdEvent>) {
                         let _ = out.try_send(frame.clone());
                     }
                 }
-                let ack = Message::Ack { doc, heads: Vec::new() };
-                if let (Some(out), Ok(f)) = (outs.get(&from), wire::frame(&ack, wire::DEFAULT_MAX_FRAME)) {
+                let ack = Message::Ack {
+                    doc,
+                    heads: Vec::new(),
+                };
+                if let (Some(out), Ok(f)) =
+                    (outs.get(&from), wire::frame(&ack, wire::DEFAULT_MAX_FRAME))
+                {
                     let _ = out.try_send(Arc::new(f));
                 }
             }
@@ -283,11 +288,17 @@ async fn forward_hub(mut events: mpsc::Receiver<FwdEvent>) {
 }
 
 async fn forward_conn(incoming: quinn::Incoming, id: u64, events: mpsc::Sender<FwdEvent>) {
-    let Ok(connection) = incoming.await else { return };
-    let Ok((send, recv)) = connection.accept_bi().await else { return };
+    let Ok(connection) = incoming.await else {
+        return;
+    };
+    let Ok((send, recv)) = connection.accept_bi().await else {
+        return;
+    };
     let mut reader = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME);
     let mut writer = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME);
-    let Ok(Some(Message::Hello { device, .. })) = reader.recv().await else { return };
+    let Ok(Some(Message::Hello { device, .. })) = reader.recv().await else {
+        return;
+    };
     let welcome = Message::Welcome {
         protocol: wire::PROTOCOL_VERSION,
         user: "bench".into(),

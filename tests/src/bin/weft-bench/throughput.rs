@@ -67,7 +67,9 @@ pub async fn run(
     chain: Arc<Chain>,
 ) -> anyhow::Result<Run> {
     let setup_started = Instant::now();
-    let ids: Vec<DocId> = (0..docs).map(|_| DocId::from_bytes(rand::random())).collect();
+    let ids: Vec<DocId> = (0..docs)
+        .map(|_| DocId::from_bytes(rand::random()))
+        .collect();
     let clients = client::connect_many(devices, target.addr, target.cert, &target.token).await?;
     let clients = if target.relay {
         client::sync_all(clients, &ids, Duration::from_secs(300)).await?
