@@ -45,6 +45,15 @@ async fn send(device: &Device, doc: weft_peer::DocId, body: &str) -> schema::Mes
         .unwrap()
 }
 
+/// The relay's dev certificate, to pin.
+fn relay_certs(relay: &Relay) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(relay.cert())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
 /// Waits for an event matching `pick`, for at most 20 s.
 async fn next_event<T>(
     events: &mut broadcast::Receiver<Event>,
@@ -115,13 +124,7 @@ async fn local_writes_are_durable_typed_and_announced_with_patches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_messages_and_presence_cross_a_relay_and_remote_changes_are_events() {
     let relay = tokio::task::spawn_blocking(Relay::start).await.unwrap();
-    let certs = {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::pem_file_iter(relay.cert())
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    };
+    let certs = relay_certs(&relay);
     let token = relay.token("alice", &["--create"]);
     let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Device::open(DataDir::new(ta.path())).await.unwrap();
@@ -250,13 +253,7 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
     let relay = tokio::task::spawn_blocking(Relay::start_strict)
         .await
         .unwrap();
-    let certs = {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::pem_file_iter(relay.cert())
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    };
+    let certs = relay_certs(&relay);
     let short = relay.token("alice", &["--create", "--ttl", "3s"]);
     let long = relay.token("alice", &["--create"]);
     let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
