@@ -26,16 +26,33 @@ use crate::{DocId, Document};
 /// Host tuning.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
-    /// Compact a document once it has this many chunks.
+    /// Compact a document once it has this many chunks and its incremental chunks hold at
+    /// least half the bytes of its last snapshot (so a large document is not re-saved for
+    /// every few small changes: the cost of compaction stays proportional to what was written).
     pub compact_after_chunks: usize,
+    /// Compact a document once it has this many chunks whatever their size (a bound on the
+    /// rows a load reads).
+    pub compact_max_chunks: usize,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             compact_after_chunks: 64,
+            compact_max_chunks: 4096,
         }
     }
+}
+
+/// The chunks a loaded document is stored in.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Every chunk, in write order.
+    chunks: Vec<ChunkKey>,
+    /// Bytes written as incremental chunks since the last snapshot this host wrote.
+    incremental_bytes: usize,
+    /// Size of the last snapshot this host wrote (0 when it wrote none).
+    snapshot_bytes: usize,
 }
 
 /// What a commit ticket completes.
@@ -107,8 +124,8 @@ pub struct Host {
     engine: Engine,
     group: Arc<GroupCommit>,
     cfg: HostConfig,
-    /// Chunks each loaded document covers, in write order.
-    chunks: HashMap<DocId, Vec<ChunkKey>>,
+    /// Chunks each loaded document covers.
+    chunks: HashMap<DocId, Stored>,
     /// Documents with a compaction in flight.
     compacting: HashMap<DocId, usize>,
     actions: std::collections::VecDeque<Action>,
@@ -156,8 +173,11 @@ impl Host {
                 let mut batch = WriteBatch::new();
                 match write {
                     Write::Changes(bytes) => {
+                        let len = bytes.len();
                         let key = docs::put_chunk(&mut batch, doc, ChunkKind::Incremental, bytes);
-                        self.chunks.entry(doc).or_default().push(key);
+                        let stored = self.chunks.entry(doc).or_default();
+                        stored.chunks.push(key);
+                        stored.incremental_bytes += len;
                     }
                     Write::SyncState { peer, state } => {
                         // The engine produced these bytes with `encode`; they decode.
@@ -170,6 +190,11 @@ impl Host {
                     what: Waiting::Persist(id),
                     ticket,
                 });
+            }
+            Output::Folded { doc } => {
+                self.maybe_compact(doc);
+                self.actions
+                    .push_back(Action::Event(Output::Folded { doc }));
             }
             Output::Evicted { doc } => {
                 self.chunks.remove(&doc);
@@ -195,12 +220,18 @@ impl Host {
     ) -> Result<(), DocStoreError> {
         match result {
             Ok(Some(l)) => {
-                self.chunks.insert(doc, l.chunks);
+                self.chunks.insert(
+                    doc,
+                    Stored {
+                        chunks: l.chunks,
+                        ..Stored::default()
+                    },
+                );
                 self.engine.loaded(doc, Some(l.doc));
                 Ok(())
             }
             Ok(None) => {
-                self.chunks.insert(doc, Vec::new());
+                self.chunks.insert(doc, Stored::default());
                 self.engine.loaded(doc, None);
                 Ok(())
             }
@@ -237,28 +268,38 @@ impl Host {
         }
     }
 
+    /// Replaces a document's chunks by one snapshot when enough have accumulated.
+    ///
+    /// Called when a write is durable and when received changes were folded. The snapshot is
+    /// the engine's document as it stands, which holds every change of every chunk recorded so
+    /// far provided no received change waits to be folded: local changes and sync-path changes
+    /// enter the document at once, fast-path changes when folded. Chunks whose writes are still
+    /// in flight may be replaced too: the compaction batch is submitted after them and the
+    /// group-commit writer applies batches in order.
     fn maybe_compact(&mut self, doc: DocId) {
-        if self.compacting.contains_key(&doc) {
+        if self.compacting.contains_key(&doc) || self.engine.has_pending(doc) {
             return;
         }
-        let Some(chunks) = self.chunks.get(&doc) else {
+        let Some(stored) = self.chunks.get(&doc) else {
             return;
         };
-        if chunks.len() < self.cfg.compact_after_chunks || self.engine.persists_in_flight(doc) > 0 {
+        let n = stored.chunks.len();
+        let due = n >= self.cfg.compact_max_chunks
+            || (n >= self.cfg.compact_after_chunks
+                && stored.incremental_bytes * 2 >= stored.snapshot_bytes);
+        if !due {
             return;
         }
-        // A snapshot leaves out changes Automerge holds back for missing dependencies, so a
-        // document with any keeps its chunks until they are released.
-        let saved = self
-            .engine
-            .read(doc, |d| (!d.has_queued_changes()).then(|| d.save()));
-        let Ok(Some(snapshot)) = saved else {
+        let Some(snapshot) = self.engine.snapshot(doc) else {
             return;
         };
-        let replaces = std::mem::take(self.chunks.get_mut(&doc).expect("checked above"));
+        let stored = self.chunks.get_mut(&doc).expect("checked above");
+        let replaces = std::mem::take(&mut stored.chunks);
+        stored.incremental_bytes = 0;
+        stored.snapshot_bytes = snapshot.len();
         let mut batch = WriteBatch::new();
         let key = docs::compact(&mut batch, doc, snapshot, &replaces);
-        self.chunks.insert(doc, vec![key]);
+        stored.chunks.push(key);
         self.compacting.insert(doc, replaces.len());
         let ticket = self.group.submit(batch);
         self.actions.push_back(Action::Wait {
@@ -269,7 +310,7 @@ impl Host {
 
     /// Chunks currently recorded for a loaded document (for tests and metrics).
     pub fn chunk_count(&self, doc: DocId) -> usize {
-        self.chunks.get(&doc).map_or(0, Vec::len)
+        self.chunks.get(&doc).map_or(0, |s| s.chunks.len())
     }
 }
 
@@ -307,6 +348,7 @@ mod tests {
             group.clone(),
             HostConfig {
                 compact_after_chunks: 10,
+                ..HostConfig::default()
             },
         );
         host.engine().load(doc);

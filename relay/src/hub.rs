@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::{self as docstore, DocStoreError};
-use weft_core::store::{DocMeta, GroupCommit, StoreError};
+use weft_core::store::{CommitTicket, DocMeta, GroupCommit, StoreError};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
@@ -37,10 +37,10 @@ use crate::{Claims, Verifier};
 
 mod control;
 
-use control::QueuedControl;
-
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
 const WAKE_RECHECK: Duration = Duration::from_millis(25);
+
+use control::QueuedControl;
 
 /// Hub limits.
 #[derive(Clone, Debug)]
@@ -161,7 +161,6 @@ struct Conn {
 }
 
 enum Done {
-    Committed(Waiting, Result<(), StoreError>),
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
     /// A subscription whose owner record (or nothing) is durable and may open now.
     Subscribe {
@@ -197,6 +196,8 @@ pub struct Hub {
     /// Control requests per document: the first is being committed, the rest wait for it.
     controls: HashMap<DocId, VecDeque<QueuedControl>>,
     tasks: JoinSet<Done>,
+    /// Engine writes in flight, in submission order.
+    commits: VecDeque<(Waiting, CommitTicket)>,
     start: Instant,
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
@@ -231,6 +232,7 @@ impl Hub {
             users: HashMap::new(),
             controls: HashMap::new(),
             tasks: JoinSet::new(),
+            commits: VecDeque::new(),
             start: Instant::now(),
             metrics,
             arrivals: HashMap::new(),
@@ -260,9 +262,10 @@ impl Hub {
         self.index_upgrade().await;
         let mut resync_timer = tokio::time::interval(Duration::from_millis(500));
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // `next_wakeup` scans every (document, peer): computing it after every event made the
-        // hot path proportional to the documents held. It is computed at most once per
-        // WAKE_RECHECK; events in between may have moved a timer earlier, so the loop looks
+        // The engine keeps its timers indexed, but bringing the index up to date costs
+        // O(peers) per document touched since the last time, and every ack touches one: asked
+        // after every event, that was a few O(peers) scans per delivery. It is asked at most
+        // once per WAKE_RECHECK; events in between may move a timer earlier, so the loop looks
         // again WAKE_RECHECK after them (the engine's timers are a second or more).
         let mut wake: Option<Instant> = None;
         let mut checked_at: Option<Instant> = None;
@@ -295,6 +298,11 @@ impl Hub {
                     Some(ev) => self.on_event(ev),
                     None => break,
                 },
+                done = std::future::poll_fn(|cx| Self::poll_commits(&mut self.commits, cx)), if !self.commits.is_empty() => {
+                    for (what, result) in done {
+                        self.host.committed(what, result);
+                    }
+                }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(done) => self.on_done(done),
                     Err(e) => tracing::error!(error = %e, "hub task failed"),
@@ -311,11 +319,43 @@ impl Hub {
             moved = true;
         }
         // Drain: every write in flight completes before the hub returns.
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok(done) = done {
-                self.on_done(done);
+        loop {
+            if let Some((what, ticket)) = self.commits.pop_front() {
+                let result = ticket.await;
+                self.host.committed(what, result);
+            } else if let Some(done) = self.tasks.join_next().await {
+                if let Ok(done) = done {
+                    self.on_done(done);
+                }
+            } else {
+                break;
             }
             self.pump_actions();
+        }
+    }
+
+    /// Waits for the oldest engine write in flight, then takes every later one that is also
+    /// durable. The group-commit writer completes tickets in submission order, so polling the
+    /// front is enough: one wake-up serves a whole group commit, where a task per ticket cost
+    /// a spawn and a wake-up per change.
+    fn poll_commits(
+        commits: &mut VecDeque<(Waiting, CommitTicket)>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Vec<(Waiting, Result<(), StoreError>)>> {
+        let mut done = Vec::new();
+        while let Some((_, ticket)) = commits.front_mut() {
+            match std::future::Future::poll(std::pin::Pin::new(ticket), cx) {
+                std::task::Poll::Ready(result) => {
+                    let (what, _) = commits.pop_front().expect("front exists");
+                    done.push((what, result));
+                }
+                std::task::Poll::Pending => break,
+            }
+        }
+        if done.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(done)
         }
     }
 
@@ -683,7 +723,6 @@ impl Hub {
 
     fn on_done(&mut self, done: Done) {
         match done {
-            Done::Committed(what, result) => self.host.committed(what, result),
             Done::Loaded(doc, result) => {
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
@@ -761,10 +800,7 @@ impl Hub {
                     }
                     self.send(conn, &msg)
                 }
-                Action::Wait { what, ticket } => {
-                    self.tasks
-                        .spawn(async move { Done::Committed(what, ticket.await) });
-                }
+                Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
                 Action::Load { doc } => {
                     let store = self.host.store().clone();
                     self.tasks.spawn(async move {

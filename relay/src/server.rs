@@ -98,6 +98,11 @@ impl Default for ServerLimits {
     }
 }
 
+/// Most frames a connection's writer takes from its queue for one stream write.
+const WRITE_BATCH_FRAMES: usize = 256;
+/// A writer's buffer is written out once it holds this many bytes.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
 /// QUIC application close codes (the wire `ErrorCode` numbers).
 fn close_code(code: ErrorCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(u32::from(code.0))
@@ -264,31 +269,43 @@ async fn serve_connection(
         return Err("hub gone".into());
     }
     let writer_conn = connection.clone();
+    // The writer takes every frame already queued at once and writes them as one buffer: a
+    // wake-up and a stream write per batch instead of per frame, which is what lets one core
+    // keep up with fan-out to many connections.
     let writer_task = async move {
-        while let Some(out) = out_rx.recv().await {
-            match out {
-                Outbound::Frame(frame) => {
-                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
-                    if writer.send_raw(&frame).await.is_err() {
-                        break;
+        let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+        let mut buf: Vec<u8> = Vec::new();
+        while out_rx.recv_many(&mut batch, WRITE_BATCH_FRAMES).await > 0 {
+            for out in batch.drain(..) {
+                match out {
+                    Outbound::Frame(frame) => {
+                        Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                        buf.extend_from_slice(&frame);
                     }
-                }
-                Outbound::Ephemeral(frame) => {
-                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
-                    match send_ephemeral(&writer_conn, &frame) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            if writer.send_raw(&frame).await.is_err() {
-                                break;
-                            }
+                    Outbound::Ephemeral(frame) => {
+                        Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                        match send_ephemeral(&writer_conn, &frame) {
+                            Ok(true) => {}
+                            Ok(false) => buf.extend_from_slice(&frame),
+                            Err(()) => return,
                         }
-                        Err(()) => break,
+                    }
+                    Outbound::Close { code, reason } => {
+                        if !buf.is_empty() {
+                            let _ = writer.send_frames(std::mem::take(&mut buf)).await;
+                        }
+                        refuse(&writer_conn, &mut writer, code, &reason).await;
+                        return;
                     }
                 }
-                Outbound::Close { code, reason } => {
-                    refuse(&writer_conn, &mut writer, code, &reason).await;
-                    break;
+                if buf.len() >= WRITE_BATCH_BYTES
+                    && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
+                {
+                    return;
                 }
+            }
+            if !buf.is_empty() && writer.send_frames(std::mem::take(&mut buf)).await.is_err() {
+                return;
             }
         }
     };

@@ -352,7 +352,7 @@ impl Sim {
     }
 
     /// When the next event is due: a packet, a persist completion or an engine wake-up.
-    fn next_event(&self) -> Option<Millis> {
+    fn next_event(&mut self) -> Option<Millis> {
         let next_packet = self.packets.iter().map(|p| p.at).min();
         let next_persist = self
             .nodes
@@ -361,7 +361,7 @@ impl Sim {
             .min();
         let next_wake = self
             .nodes
-            .iter()
+            .iter_mut()
             .filter_map(|n| n.engine.next_wakeup())
             .min();
         [next_packet, next_persist, next_wake]
@@ -388,7 +388,7 @@ impl Sim {
             let next_packet = self.packets.iter().map(|p| (p.at, p.seq)).min();
             let next_wake = self
                 .nodes
-                .iter()
+                .iter_mut()
                 .filter_map(|n| n.engine.next_wakeup())
                 .min();
             let next = self.next_event();

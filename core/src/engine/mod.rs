@@ -31,7 +31,7 @@
 //! `fold_batch` are pending, after `fold_delay`, or when something needs the materialized
 //! document: a sync round, a local change, a read).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Change, ChangeHash};
@@ -127,6 +127,14 @@ pub struct Engine {
     out: VecDeque<Output>,
     /// Connections that never go live (see [`Engine::set_sync_only`]).
     sync_only: HashSet<ConnId>,
+    /// The timer index: when each document's timers next fall due (`deadlines`), the same
+    /// ordered by time (`timers`), and the documents whose deadline may have moved since the
+    /// index was brought up to date (`touched`). Invariant: after [`Engine::refresh_timers`],
+    /// `timers` holds `(doc_deadline(d), d)` for exactly the documents that have one, so
+    /// `next_wakeup` and `tick` cost O(due documents), not O(loaded documents).
+    touched: HashSet<DocId>,
+    deadlines: HashMap<DocId, Millis>,
+    timers: BTreeSet<(Millis, DocId)>,
 }
 
 impl Engine {
@@ -141,6 +149,9 @@ impl Engine {
             next_persist: 0,
             out: VecDeque::new(),
             sync_only: HashSet::new(),
+            touched: HashSet::new(),
+            deadlines: HashMap::new(),
+            timers: BTreeSet::new(),
         }
     }
 
@@ -187,6 +198,7 @@ impl Engine {
     }
 
     fn close_peer(&mut self, doc: DocId, conn: ConnId) {
+        self.touched.insert(doc);
         match self.docs.get_mut(&doc) {
             Some(Slot::Ready(ds)) => {
                 if let Some(pd) = ds.peers.remove(&conn) {
@@ -222,6 +234,7 @@ impl Engine {
 
     /// Hands the engine a document it asked for (`None`: the store has none; it starts empty).
     pub fn loaded(&mut self, doc: DocId, loaded: Option<Document>) {
+        self.touched.insert(doc);
         let queue = match self.docs.remove(&doc) {
             Some(Slot::Loading(q)) => q,
             Some(ready @ Slot::Ready(_)) => {
@@ -299,6 +312,7 @@ impl Engine {
     /// about to replace the document in its store (a device resetting a document to the relay's
     /// version); the next use loads it again.
     pub fn forget(&mut self, doc: DocId) {
+        self.touched.insert(doc);
         self.docs.remove(&doc);
         for docs in self.conns.values_mut() {
             docs.remove(&doc);
@@ -308,6 +322,7 @@ impl Engine {
 
     /// Starts syncing `doc` with `conn` (loads the document first if needed).
     pub fn open(&mut self, conn: ConnId, doc: DocId, opts: OpenOptions) {
+        self.touched.insert(doc);
         self.add_conn(conn);
         if let Some(docs) = self.conns.get_mut(&conn) {
             docs.insert(doc);
@@ -357,6 +372,7 @@ impl Engine {
             }
             _ => return Err(EngineError::NotSyncMessage),
         };
+        self.touched.insert(doc);
         let open = self
             .conns
             .get(&conn)
@@ -421,9 +437,27 @@ impl Engine {
         Ok(f(&ds.doc))
     }
 
+    /// The document saved as an Automerge snapshot as it stands, *without* folding pending
+    /// changes first: it holds every change folded so far (reported by [`Output::Folded`]).
+    /// `None` when the document is not loaded or Automerge holds changes back for missing
+    /// dependencies (a snapshot would leave them out).
+    pub fn snapshot(&self, doc: DocId) -> Option<Vec<u8>> {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) if !ds.doc.has_queued_changes() => Some(ds.doc.save()),
+            _ => None,
+        }
+    }
+
+    /// Whether received changes wait to be folded into the document (so a [`Self::snapshot`]
+    /// would leave them out).
+    pub fn has_pending(&self, doc: DocId) -> bool {
+        matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if !ds.pending.is_empty())
+    }
+
     /// A loaded document with every pending change folded in, marked used now.
     fn ready_folded(&mut self, doc: DocId) -> Result<&mut DocState, EngineError> {
         let now = self.now;
+        self.touched.insert(doc);
         if !self.is_loaded(doc) {
             return Err(EngineError::NotLoaded { doc });
         }
@@ -448,6 +482,7 @@ impl Engine {
         let Some(doc) = self.persist_doc.remove(&id) else {
             return;
         };
+        self.touched.insert(doc);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -484,6 +519,7 @@ impl Engine {
         let Some(doc) = self.persist_doc.remove(&id) else {
             return;
         };
+        self.touched.insert(doc);
         if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
             for p in &ds.persists {
                 self.persist_doc.remove(&p.id);
@@ -501,8 +537,15 @@ impl Engine {
     /// Runs timers: folds that are due, peers to resync, documents to evict.
     pub fn tick(&mut self, now: Millis) {
         self.set_now(now);
-        let ids: Vec<DocId> = self.docs.keys().copied().collect();
-        for doc in ids {
+        self.refresh_timers();
+        let due: Vec<DocId> = self
+            .timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, d)| *d)
+            .collect();
+        for doc in due {
+            self.touched.insert(doc);
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
                 continue;
             };
@@ -538,24 +581,45 @@ impl Engine {
     }
 
     /// When `tick` should next be called, if anything is waiting on time.
-    pub fn next_wakeup(&self) -> Option<Millis> {
-        let mut next: Option<Millis> = None;
-        let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
-        for slot in self.docs.values() {
-            let Slot::Ready(ds) = slot else { continue };
-            if let Some(t) = ds.pending_since {
-                at(t + self.cfg.fold_delay);
+    pub fn next_wakeup(&mut self) -> Option<Millis> {
+        self.refresh_timers();
+        let next = self.timers.first().map(|(t, _)| *t);
+        #[cfg(test)]
+        assert_eq!(next, self.next_wakeup_scan(), "the timer index is stale");
+        next
+    }
+
+    /// Brings the timer index up to date for the documents touched since the last refresh.
+    fn refresh_timers(&mut self) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let touched = std::mem::take(&mut self.touched);
+        for doc in touched {
+            if let Some(old) = self.deadlines.remove(&doc) {
+                self.timers.remove(&(old, doc));
             }
-            for pd in ds.peers.values() {
-                if waiting(ds, pd) {
-                    at(pd.last_progress + self.cfg.retry_after);
-                }
-            }
-            if ds.peers.is_empty() && ds.persists.is_empty() {
-                at(ds.last_used + self.cfg.evict_after);
+            let due = match self.docs.get(&doc) {
+                Some(Slot::Ready(ds)) => doc_deadline(&self.cfg, ds),
+                _ => None,
+            };
+            if let Some(t) = due {
+                self.deadlines.insert(doc, t);
+                self.timers.insert((t, doc));
             }
         }
-        next
+    }
+
+    /// `next_wakeup` by scanning every document: what the index must agree with.
+    #[cfg(test)]
+    fn next_wakeup_scan(&self) -> Option<Millis> {
+        self.docs
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Ready(ds) => doc_deadline(&self.cfg, ds),
+                Slot::Loading(_) => None,
+            })
+            .min()
     }
 
     /// Number of documents in memory.
@@ -703,10 +767,9 @@ impl Engine {
         }
         let mut parsed = Vec::with_capacity(changes.len());
         for raw in &changes {
-            let change = parse_change(raw)?;
-            // Decoding every op catches malformed columns before the change is stored.
-            let _ = change.decode();
-            parsed.push(change);
+            // Parsing verifies every op column (automerge's `verify_ops`), so a malformed
+            // change is refused here, before it is stored.
+            parsed.push(parse_change(raw)?);
         }
         ds.last_used = now;
         let mut new = Vec::new();
@@ -872,6 +935,7 @@ impl Engine {
     /// recover after messages to it were dropped (a full queue).
     pub fn resync(&mut self, doc: DocId, conn: ConnId) {
         let now = self.now;
+        self.touched.insert(doc);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -1008,6 +1072,9 @@ impl Engine {
         ds.pending_hashes.clear();
         ds.pending_since = None;
         let applied = ds.doc.apply(batch);
+        if applied.is_ok() {
+            self.out.push_back(Output::Folded { doc });
+        }
         let actual = ds.doc.heads();
         if actual != ds.heads {
             let released = ds.doc.changes_since(&ds.heads);
@@ -1030,6 +1097,25 @@ impl Engine {
             }
         }
     }
+}
+
+/// When `tick` next has something to do for a document: a fold falling due, a waiting peer's
+/// retry, or an idle document's eviction.
+fn doc_deadline(cfg: &EngineConfig, ds: &DocState) -> Option<Millis> {
+    let mut next: Option<Millis> = None;
+    let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+    if let Some(t) = ds.pending_since {
+        at(t + cfg.fold_delay);
+    }
+    for pd in ds.peers.values() {
+        if waiting(ds, pd) {
+            at(pd.last_progress + cfg.retry_after);
+        }
+    }
+    if ds.peers.is_empty() && ds.persists.is_empty() {
+        at(ds.last_used + cfg.evict_after);
+    }
+    next
 }
 
 fn knows(ds: &DocState, hash: &ChangeHash) -> bool {

@@ -47,11 +47,16 @@ impl EngineConfig {
     }
 
     /// Settings for the relay: received changes are forwarded as bytes and folded in batches.
+    ///
+    /// While every peer of a document is live nothing needs the materialized document, and
+    /// applying changes is most of what a change costs the relay (Automerge's per-apply
+    /// overhead dominates for small changes), so folds are rare and large: every 512 pending
+    /// changes or 10 s after the first. A peer in sync mode folds at once.
     pub fn relay() -> Self {
         EngineConfig {
             retry_after: 5_000,
-            fold_batch: 256,
-            fold_delay: 1_000,
+            fold_batch: 512,
+            fold_delay: 10_000,
             evict_after: 60_000,
             max_changes_bytes: 1 << 20,
         }
@@ -190,6 +195,13 @@ pub enum Output {
         doc: DocId,
         /// The connections that had it open.
         conns: Vec<ConnId>,
+    },
+    /// Pending received changes were folded into the document: it now holds every change
+    /// persisted for it so far (a moment for the driver to compact its stored chunks into an
+    /// [`Engine::snapshot`](crate::engine::Engine::snapshot)).
+    Folded {
+        /// The document.
+        doc: DocId,
     },
     /// The document was evicted from memory (it stays in the store).
     Evicted {

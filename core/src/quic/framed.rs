@@ -274,6 +274,23 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes whole frames encoded earlier, concatenated in `frames`, as one stream write:
+    /// many small frames cost one write and quinn packs them into as few packets as fit.
+    pub async fn send_frames(&mut self, frames: Vec<u8>) -> Result<(), TransportError> {
+        let mut rest = &frames[..];
+        while !rest.is_empty() {
+            let len = wire::decode_header(rest, self.max_frame)?;
+            let end = len.map(|len| len + FRAME_HEADER_LEN);
+            debug_assert!(
+                end.is_some_and(|end| end <= rest.len()),
+                "send_frames takes whole frames"
+            );
+            rest = &rest[end.unwrap_or(rest.len()).min(rest.len())..];
+        }
+        self.stream.write_chunk(Bytes::from(frames)).await?;
+        Ok(())
+    }
+
     /// Refuses a pre-encoded frame the peer would refuse. A buffer that is not exactly one
     /// frame is a bug in the caller, not input from a peer.
     fn check_raw(&self, frame: &[u8]) -> Result<(), TransportError> {
