@@ -73,7 +73,7 @@ pub fn sync_message(data: &[u8]) {
         conn,
         Message::Changes {
             doc,
-            changes: vec![serde_bytes::ByteBuf::from(body.to_vec())],
+            changes: vec![bytes::Bytes::from(body.to_vec())],
         },
     );
     let mut ids = Vec::new();

@@ -203,8 +203,9 @@ pub enum Message {
     Changes {
         /// The document.
         doc: DocId,
-        /// Raw change bytes, in causal order.
-        changes: Vec<serde_bytes::ByteBuf>,
+        /// Raw change bytes, in causal order (shared buffers: the relay forwards the same
+        /// bytes to every subscriber without copying them).
+        changes: Vec<bytes::Bytes>,
     },
     /// The sender's heads after durably storing what it received.
     Ack {
@@ -491,7 +492,7 @@ mod tests {
             },
             Message::Changes {
                 doc: doc(),
-                changes: vec![serde_bytes::ByteBuf::from(vec![9; 100])],
+                changes: vec![bytes::Bytes::from(vec![9; 100])],
             },
             Message::Ack {
                 doc: doc(),
@@ -648,7 +649,7 @@ mod tests {
             )
                 .prop_map(|(doc, cs)| Message::Changes {
                     doc,
-                    changes: cs.into_iter().map(serde_bytes::ByteBuf::from).collect()
+                    changes: cs.into_iter().map(bytes::Bytes::from).collect()
                 }),
             (
                 doc.clone(),

@@ -158,7 +158,25 @@ struct Conn {
     relist: bool,
     /// Control replies that did not fit in the queue, in order (bounded).
     replies: VecDeque<Arc<Vec<u8>>>,
+    /// Reliable frames queued during this pass of the hub loop (see [`Hub::flush`]).
+    batch: Batch,
 }
+
+/// Frames for one connection, concatenated, that go on its queue as one entry.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    frames: u64,
+    /// Documents with sync frames (`Sync`, `Changes`, `Ack`) in the batch: resynced if it
+    /// is dropped.
+    docs: Vec<DocId>,
+    /// The batch holds a frame a resync cannot replace (`Subscribed`, `Error`, ...).
+    must_arrive: bool,
+}
+
+/// A connection's batch is put on its queue once it holds this many bytes, without waiting
+/// for the end of the pass.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 enum Done {
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
@@ -198,6 +216,8 @@ pub struct Hub {
     tasks: JoinSet<Done>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
+    /// Connections with a non-empty [`Batch`].
+    unflushed: Vec<ConnId>,
     start: Instant,
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
@@ -233,6 +253,7 @@ impl Hub {
             controls: HashMap::new(),
             tasks: JoinSet::new(),
             commits: VecDeque::new(),
+            unflushed: Vec::new(),
             start: Instant::now(),
             metrics,
             arrivals: HashMap::new(),
@@ -272,6 +293,7 @@ impl Hub {
         let mut moved = false;
         loop {
             self.pump_actions();
+            self.flush();
             let now = Instant::now();
             if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
                 wake = self
@@ -331,7 +353,9 @@ impl Hub {
                 break;
             }
             self.pump_actions();
+            self.flush();
         }
+        self.flush();
     }
 
     /// Waits for the oldest engine write in flight, then takes every later one that is also
@@ -401,6 +425,7 @@ impl Hub {
                         control_rate: RateLimit::new(self.cfg.control_burst, self.cfg.control_rate),
                         relist: false,
                         replies: VecDeque::new(),
+                        batch: Batch::default(),
                     },
                 );
                 self.host.engine().add_conn(conn);
@@ -892,6 +917,12 @@ impl Hub {
     /// the queue drains. Any other reliable frame (`Subscribed`, `Error`, `Docs`, `Reply`...)
     /// cannot be recovered that way, so a connection too far behind to take one is closed;
     /// the device reconnects and starts afresh.
+    ///
+    /// Reliable frames are gathered per connection during a pass of the hub loop and put on
+    /// the queue as one entry at its end ([`Hub::flush`]): a burst (a group commit releasing
+    /// hundreds of changes) takes one queue slot and one wake-up of the writer, not one per
+    /// frame. The queue's bound is then `queue_len` batches of at most `MAX_BATCH_BYTES` plus
+    /// one frame.
     fn push(&mut self, conn: ConnId, out: Outbound, resync: Option<DocId>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -899,28 +930,70 @@ impl Hub {
         if c.closing {
             return;
         }
-        // Best-effort frames never take the second half of a queue (it is kept for frames that
-        // must arrive), and dropping one needs no resync: a resync would not bring it back.
-        let reliable = !matches!(out, Outbound::Ephemeral(_));
-        if !reliable && c.out.capacity() * 2 < c.out.max_capacity() {
-            Metrics::inc(&self.metrics.queue_drops);
+        let frame = match out {
+            Outbound::Frame(frame) => frame,
+            // Best-effort frames never take the second half of a queue (it is kept for frames
+            // that must arrive), and dropping one needs no resync: a resync would not bring it
+            // back.
+            ephemeral @ Outbound::Ephemeral(_) => {
+                if c.out.capacity() * 2 < c.out.max_capacity() {
+                    Metrics::inc(&self.metrics.queue_drops);
+                    return;
+                }
+                match c.out.try_send(ephemeral) {
+                    Ok(()) => Metrics::inc(&self.metrics.messages_out),
+                    Err(_) => Metrics::inc(&self.metrics.queue_drops),
+                }
+                return;
+            }
+            close @ Outbound::Close { .. } => {
+                let _ = c.out.try_send(close);
+                return;
+            }
+        };
+        if c.batch.bytes.is_empty() {
+            self.unflushed.push(conn);
+        }
+        c.batch.bytes.extend_from_slice(&frame);
+        c.batch.frames += 1;
+        match resync {
+            Some(doc) => c.batch.docs.push(doc),
+            None => c.batch.must_arrive = true,
+        }
+        if c.batch.bytes.len() >= MAX_BATCH_BYTES {
+            self.flush_conn(conn);
+        }
+    }
+
+    /// Puts every connection's batch on its queue.
+    fn flush(&mut self) {
+        for conn in std::mem::take(&mut self.unflushed) {
+            self.flush_conn(conn);
+        }
+    }
+
+    /// Puts `conn`'s batch on its queue. On a full queue nothing blocks: the batch is dropped,
+    /// its documents are resynced from heads once the queue drains, and a connection that
+    /// lost a frame no resync replaces is closed (the device reconnects and starts afresh).
+    pub(super) fn flush_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.batch.bytes.is_empty() {
             return;
         }
-        match c.out.try_send(out) {
-            Ok(()) => Metrics::inc(&self.metrics.messages_out),
+        let batch = std::mem::take(&mut c.batch);
+        match c.out.try_send(Outbound::Frame(Arc::new(batch.bytes))) {
+            Ok(()) => Metrics::add(&self.metrics.messages_out, batch.frames),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                Metrics::inc(&self.metrics.queue_drops);
-                // Never block fan-out on one slow peer: drop, resync from heads later.
-                match (resync, reliable) {
-                    (Some(doc), true) => {
-                        c.lagging.insert(doc);
-                    }
-                    (None, true) => self.close(
+                Metrics::add(&self.metrics.queue_drops, batch.frames);
+                c.lagging.extend(batch.docs);
+                if batch.must_arrive {
+                    self.close(
                         conn,
                         ErrorCode::RATE_LIMITED,
                         "the connection fell too far behind".into(),
-                    ),
-                    (_, false) => {}
+                    );
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}

@@ -195,7 +195,7 @@ async fn alice_shares_through_a_token_grant_and_bob_reads_but_cannot_write() {
         .unwrap();
     bob.send(Message::Changes {
         doc,
-        changes: vec![serde_bytes::ByteBuf::from(raw)],
+        changes: vec![bytes::Bytes::from(raw)],
     })
     .await;
     bob.until(|d| d.errors.iter().any(|(c, _)| *c == ErrorCode::READ_ONLY))

@@ -129,7 +129,7 @@ impl Device {
             .unwrap();
         self.send(Message::Changes {
             doc,
-            changes: vec![serde_bytes::ByteBuf::from(raw)],
+            changes: vec![bytes::Bytes::from(raw)],
         })
         .await;
     }

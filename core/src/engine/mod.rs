@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Change, ChangeHash};
+use bytes::Bytes;
 
 use crate::doc::{parse_change, DocError, Document};
 use crate::wire::Message;
@@ -84,7 +85,7 @@ enum PersistEffect {
     /// New changes to announce once durable.
     Changes {
         origin: Origin,
-        raw: Vec<Vec<u8>>,
+        raw: Vec<Bytes>,
         via_fast_path: bool,
     },
     /// Nothing to do on completion.
@@ -422,7 +423,7 @@ impl Engine {
             return Ok((r, None));
         }
         ds.heads = ds.doc.heads();
-        let raw: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let raw: Vec<Bytes> = new.iter().map(|c| raw_of(c, None)).collect();
         let id = self.persist_changes(doc, Origin::Local, raw, false);
         Ok((r, Some(id)))
     }
@@ -499,6 +500,7 @@ impl Engine {
             ds.durable_heads = p.heads_after;
             effects.push(p.effect);
         }
+        let mut origins = Vec::new();
         for effect in effects {
             if let PersistEffect::Changes {
                 origin,
@@ -506,10 +508,27 @@ impl Engine {
                 via_fast_path,
             } = effect
             {
+                if let Origin::Remote(conn) = origin {
+                    origins.push(conn);
+                }
                 self.announce(doc, origin, raw, via_fast_path);
             }
         }
-        self.pump_all(doc);
+        // Peers in sync mode may have something to send now; a sender may now be synced.
+        // Other live peers were just sent the changes (`announce`) and stay unsynced until
+        // they ack: pumping them would only find that out again, per peer per change.
+        let conns: Vec<ConnId> = match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => ds
+                .peers
+                .iter()
+                .filter(|(c, pd)| !pd.live || origins.contains(c))
+                .map(|(c, _)| *c)
+                .collect(),
+            _ => Vec::new(),
+        };
+        for conn in conns {
+            self.pump(doc, conn);
+        }
         self.after_input(doc);
     }
 
@@ -721,11 +740,11 @@ impl Engine {
                 .peers
                 .iter()
                 .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
-            let raw: Vec<Vec<u8>> = if forward {
+            let raw: Vec<Bytes> = if forward {
                 ds.doc
                     .changes_since(&before)
                     .iter()
-                    .map(|c| c.raw_bytes().to_vec())
+                    .map(|c| raw_of(c, None))
                     .collect()
             } else {
                 Vec::new()
@@ -747,7 +766,7 @@ impl Engine {
         &mut self,
         conn: ConnId,
         doc: DocId,
-        changes: Vec<serde_bytes::ByteBuf>,
+        changes: Vec<Bytes>,
     ) -> Result<(), EngineError> {
         let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
@@ -766,16 +785,17 @@ impl Engine {
             return Ok(());
         }
         let mut parsed = Vec::with_capacity(changes.len());
-        for raw in &changes {
+        for raw in changes {
             // Parsing verifies every op column (automerge's `verify_ops`), so a malformed
             // change is refused here, before it is stored.
-            parsed.push(parse_change(raw)?);
+            let change = parse_change(&raw)?;
+            parsed.push((change, raw));
         }
         ds.last_used = now;
         let mut new = Vec::new();
         let mut batch_hashes = HashSet::new();
         let mut missing = false;
-        for change in parsed {
+        for (change, bytes) in parsed {
             let hash = change.hash();
             if knows(ds, &hash) || batch_hashes.contains(&hash) {
                 continue;
@@ -789,7 +809,7 @@ impl Engine {
                 break;
             }
             batch_hashes.insert(hash);
-            new.push(change);
+            new.push((change, bytes));
         }
         if missing {
             // Something was lost or reordered on the way: fall back to a sync round, which
@@ -806,17 +826,20 @@ impl Engine {
             });
             return Ok(());
         }
-        let raw: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
         if let Some(pd) = ds.peers.get_mut(&conn) {
             // The sender has what it sent: its heads advance like ours.
             if let Some(theirs) = pd.their_heads.as_mut() {
-                for change in &new {
+                for (change, _) in &new {
                     advance_heads(theirs, change);
                 }
                 pd.sync.shared_heads = theirs.clone();
             }
         }
-        for change in new {
+        let mut raw = Vec::with_capacity(new.len());
+        for (change, bytes) in new {
+            // The bytes as received are forwarded and stored, without a copy, when they are
+            // the change's canonical bytes.
+            raw.push(raw_of(&change, Some(bytes)));
             advance_heads(&mut ds.heads, &change);
             ds.pending_hashes.insert(change.hash());
             ds.pending.push(change);
@@ -869,7 +892,7 @@ impl Engine {
         &mut self,
         doc: DocId,
         origin: Origin,
-        raw: Vec<Vec<u8>>,
+        raw: Vec<Bytes>,
         via_fast_path: bool,
     ) -> PersistId {
         let chunk = raw.concat();
@@ -886,7 +909,7 @@ impl Engine {
 
     /// Durable changes go out: acked to the peer that sent them over the fast path, forwarded
     /// as the same bytes to every live peer, offered by sync to the others.
-    fn announce(&mut self, doc: DocId, origin: Origin, raw: Vec<Vec<u8>>, via_fast_path: bool) {
+    fn announce(&mut self, doc: DocId, origin: Origin, raw: Vec<Bytes>, via_fast_path: bool) {
         let now = self.now;
         let max = self.cfg.max_changes_bytes;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
@@ -949,16 +972,6 @@ impl Engine {
         pd.last_progress = now;
         pd.stalls = 0;
         self.pump(doc, conn);
-    }
-
-    fn pump_all(&mut self, doc: DocId) {
-        let conns: Vec<ConnId> = match self.docs.get(&doc) {
-            Some(Slot::Ready(ds)) => ds.peers.keys().copied().collect(),
-            _ => return,
-        };
-        for conn in conns {
-            self.pump(doc, conn);
-        }
     }
 
     /// Sends whatever the sync protocol has for a peer in sync mode.
@@ -1080,7 +1093,7 @@ impl Engine {
             let released = ds.doc.changes_since(&ds.heads);
             ds.heads = actual;
             if !released.is_empty() {
-                let raw = released.iter().map(|c| c.raw_bytes().to_vec()).collect();
+                let raw = released.iter().map(|c| raw_of(c, None)).collect();
                 self.persist_changes(doc, Origin::Released, raw, false);
             }
         }
@@ -1168,7 +1181,16 @@ fn waiting(ds: &DocState, pd: &PeerDoc) -> bool {
     !synced(ds, pd)
 }
 
-fn split_changes(doc: DocId, raw: &[Vec<u8>], max: usize) -> Vec<Message> {
+/// A change's bytes: `received` when they are exactly its canonical bytes (sharing the
+/// buffer), else a copy of them.
+fn raw_of(change: &Change, received: Option<Bytes>) -> Bytes {
+    match received {
+        Some(b) if b[..] == *change.raw_bytes() => b,
+        _ => Bytes::copy_from_slice(change.raw_bytes()),
+    }
+}
+
+fn split_changes(doc: DocId, raw: &[Bytes], max: usize) -> Vec<Message> {
     let mut msgs = Vec::new();
     let mut cur = Vec::new();
     let mut size = 0;
@@ -1181,7 +1203,7 @@ fn split_changes(doc: DocId, raw: &[Vec<u8>], max: usize) -> Vec<Message> {
             size = 0;
         }
         size += c.len();
-        cur.push(serde_bytes::ByteBuf::from(c.clone()));
+        cur.push(c.clone());
     }
     if !cur.is_empty() {
         msgs.push(Message::Changes { doc, changes: cur });

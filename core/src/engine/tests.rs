@@ -149,7 +149,7 @@ fn a_read_only_peer_changes_are_rejected_and_never_applied() {
         ConnId(2),
         Message::Changes {
             doc: DOC,
-            changes: vec![serde_bytes::ByteBuf::from(raw)],
+            changes: vec![bytes::Bytes::from(raw)],
         },
     )
     .unwrap();
@@ -190,7 +190,7 @@ fn garbage_from_a_peer_is_an_error_not_a_panic() {
             .is_err());
         let bad = Message::Changes {
             doc: DOC,
-            changes: vec![serde_bytes::ByteBuf::from(data)],
+            changes: vec![bytes::Bytes::from(data)],
         };
         assert!(b.handle(ConnId(2), bad).is_err());
     }

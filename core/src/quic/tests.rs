@@ -485,7 +485,7 @@ async fn the_relay_fans_out_one_encoding_to_every_subscriber() {
     let mut b = connect_device_to_relay().await;
     let changes = Message::Changes {
         doc: doc(),
-        changes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+        changes: vec![bytes::Bytes::from(vec![1, 2, 3])],
     };
     let frame = bytes::Bytes::from(crate::wire::frame(&changes, DEFAULT_MAX_FRAME).unwrap());
     bounded(a.relay_writer.send_shared(frame.clone()))

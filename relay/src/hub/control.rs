@@ -296,6 +296,8 @@ impl Hub {
     /// Sends `conn` the full listing of what its user may read, all of it or (when the queue
     /// lacks room, or the store fails) nothing yet: it is retried from housekeeping.
     pub(super) fn send_listing(&mut self, conn: ConnId) {
+        // Frames put on the queue directly must not overtake the connection's batch.
+        self.flush_conn(conn);
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -349,6 +351,7 @@ impl Hub {
 
     /// Sends a listing delta, unless a full listing is due anyway.
     fn send_delta(&mut self, conn: ConnId, added: Vec<DocEntry>, removed: Vec<DocId>) {
+        self.flush_conn(conn);
         for msg in discovery::delta_messages(added, removed, self.cfg.docs_per_message) {
             let Some(frame) = self.encode(&msg) else {
                 continue;
@@ -387,6 +390,7 @@ impl Hub {
         let Some(frame) = self.encode(&msg) else {
             return;
         };
+        self.flush_conn(request.conn);
         let Some(c) = self.conns.get_mut(&request.conn) else {
             return;
         };
@@ -422,6 +426,7 @@ impl Hub {
             .map(|(id, _)| *id)
             .collect();
         for conn in due {
+            self.flush_conn(conn);
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };

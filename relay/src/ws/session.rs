@@ -451,17 +451,27 @@ impl Socket<'_> {
                 })
             }
         };
-        let msg = match wire::decode_frame(&frame, usize::MAX) {
-            Ok(Some((msg, _))) => {
-                tracing::trace!(conn = self.conn.0, ?msg, "from the hub");
-                msg
-            }
-            // Invariant: the hub sends whole frames it encoded itself.
-            Ok(None) | Err(_) => {
-                tracing::error!(conn = self.conn.0, "the hub sent an undecodable frame");
-                return Ok(());
-            }
-        };
+        // The hub queues a batch of whole frames as one entry.
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            let msg = match wire::decode_frame(rest, usize::MAX) {
+                Ok(Some((msg, used))) => {
+                    rest = &rest[used..];
+                    tracing::trace!(conn = self.conn.0, ?msg, "from the hub");
+                    msg
+                }
+                // Invariant: the hub sends whole frames it encoded itself.
+                Ok(None) | Err(_) => {
+                    tracing::error!(conn = self.conn.0, "the hub sent an undecodable frame");
+                    return Ok(());
+                }
+            };
+            self.on_hub_message(msg).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_hub_message(&mut self, msg: Message) -> Result<(), SocketEnd> {
         match msg {
             Message::Subscribed { doc, .. } => {
                 if let Some(DocState::Pending(queue)) = self.docs.get_mut(&doc) {

@@ -214,7 +214,7 @@ pub async fn sync_all(
 pub fn changes_frame(doc: DocId, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
     let msg = Message::Changes {
         doc,
-        changes: vec![serde_bytes::ByteBuf::from(raw.to_vec())],
+        changes: vec![bytes::Bytes::from(raw.to_vec())],
     };
     Ok(wire::frame(&msg, wire::DEFAULT_MAX_FRAME)?)
 }

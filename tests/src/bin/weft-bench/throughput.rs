@@ -19,10 +19,10 @@ use crate::client::{self, Client};
 use crate::relay::relay_cpu;
 
 /// Changes a device may have sent and not yet had acknowledged.
-const ACK_WINDOW: u64 = 256;
+const ACK_WINDOW: u64 = 1024;
 /// Changes sent but not yet delivered to every receiver, across all devices: keeps each
 /// receiver's backlog at the relay well under its 1,024-frame queue.
-const DELIVERY_WINDOW: u64 = 800;
+const DELIVERY_WINDOW: u64 = 3000;
 /// How often a receiver acknowledges what it received.
 const ACK_EVERY: Duration = Duration::from_millis(500);
 

@@ -35,7 +35,7 @@ pub async fn run(relay: &Relay, changes: usize, chain: Arc<Chain>) -> anyhow::Re
         let up = wire::frame(
             &Message::Changes {
                 doc,
-                changes: vec![serde_bytes::ByteBuf::from(r.clone())],
+                changes: vec![bytes::Bytes::from(r.clone())],
             },
             wire::DEFAULT_MAX_FRAME,
         )?;
