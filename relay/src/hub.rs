@@ -8,8 +8,14 @@
 //! dropped and that peer's document is resynced from heads once its queue drains, which the
 //! CRDT makes lossless.
 //!
-//! Commit tickets and document loads run as tasks in the hub's `JoinSet`s and report back into
-//! the same loop, so the engine is only ever touched from this task.
+//! Frames for a connection are gathered during one pass of the hub loop and put on its queue
+//! as one entry at the end of the pass, so a burst (a group commit releasing hundreds of
+//! changes) costs one queue slot and one writer wake-up.
+//!
+//! The engine's commit tickets wait in one FIFO that the loop polls from the front (the
+//! group-commit writer completes them in submission order); document loads and subscription
+//! records run as tasks in the hub's `JoinSet`. Both report back into the same loop, so the
+//! engine is only ever touched from this task.
 //!
 //! Sharing, discovery and revocation live in `hub/control.rs`: control requests are checked
 //! ([`crate::sharing`]), committed, and only once durable applied to live connections (ended
@@ -38,7 +44,7 @@ use crate::{Claims, Verifier};
 mod control;
 
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
-const WAKE_RECHECK: Duration = Duration::from_millis(25);
+const WAKE_RECHECK: Duration = Duration::from_millis(100);
 
 use control::QueuedControl;
 
@@ -813,7 +819,7 @@ impl Hub {
                             self.metrics.observe_fanout(t.elapsed());
                         }
                         let frame = match &last {
-                            Some((m, f)) if *m == msg => f.clone(),
+                            Some((m, f)) if same_changes(m, &msg) => f.clone(),
                             _ => {
                                 let Some(f) = self.encode(&msg) else { continue };
                                 last = Some((msg, f.clone()));
@@ -1057,6 +1063,31 @@ fn resyncable(msg: &Message) -> Option<DocId> {
             Some(*doc)
         }
         _ => None,
+    }
+}
+
+/// Whether two `Changes` messages are clones of one (the engine sends the same message to
+/// every live peer): the same document and the same shared buffers, so no bytes are compared.
+fn same_changes(a: &Message, b: &Message) -> bool {
+    match (a, b) {
+        (
+            Message::Changes {
+                doc: d1,
+                changes: c1,
+            },
+            Message::Changes {
+                doc: d2,
+                changes: c2,
+            },
+        ) => {
+            d1 == d2
+                && c1.len() == c2.len()
+                && c1
+                    .iter()
+                    .zip(c2)
+                    .all(|(x, y)| x.as_ptr() == y.as_ptr() && x.len() == y.len())
+        }
+        _ => false,
     }
 }
 

@@ -12,7 +12,8 @@
 //! stream bookkeeping per (connection, document).
 //!
 //! Per connection, a reader task decodes frames and forwards them to the hub, and a writer task
-//! drains the connection's bounded outbound queue. A connection that sends garbage is closed
+//! drains the connection's bounded outbound queue, taking everything queued at once and
+//! writing it as one buffer. A connection that sends garbage is closed
 //! with an error code and one log line; nothing else is affected.
 //!
 //! Ephemeral traffic (`Ephemeral`, `Presence`) goes to a device as one QUIC datagram per frame

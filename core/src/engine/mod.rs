@@ -563,6 +563,7 @@ impl Engine {
             .take_while(|(t, _)| *t <= now)
             .map(|(_, d)| *d)
             .collect();
+        let mut folds = 0;
         for doc in due {
             self.touched.insert(doc);
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
@@ -571,7 +572,9 @@ impl Engine {
             if ds
                 .pending_since
                 .is_some_and(|t| t + self.cfg.fold_delay <= now)
+                && folds < self.cfg.max_folds_per_tick
             {
+                folds += 1;
                 self.fold_logged(doc);
             }
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {

@@ -28,6 +28,10 @@ pub struct EngineConfig {
     /// Fold pending received changes at most this long after the first arrived. `0` folds at
     /// the end of every input (what a device showing changes to a user wants).
     pub fold_delay: Millis,
+    /// Timed folds one `tick` performs at most; documents beyond it stay due and are folded by
+    /// the next ticks, so a driver that handles events between ticks is never stalled by
+    /// thousands of documents falling due at once.
+    pub max_folds_per_tick: usize,
     /// Evict a document with no open peers and nothing in flight after this long unused.
     pub evict_after: Millis,
     /// Most change bytes in one `Changes` message; more are split across messages.
@@ -41,6 +45,7 @@ impl EngineConfig {
             retry_after: 5_000,
             fold_batch: 1024,
             fold_delay: 0,
+            max_folds_per_tick: usize::MAX,
             evict_after: 300_000,
             max_changes_bytes: 1 << 20,
         }
@@ -57,6 +62,7 @@ impl EngineConfig {
             retry_after: 5_000,
             fold_batch: 512,
             fold_delay: 10_000,
+            max_folds_per_tick: 4,
             evict_after: 60_000,
             max_changes_bytes: 1 << 20,
         }
