@@ -27,9 +27,13 @@ use crate::{DocId, Document};
 #[derive(Clone, Debug)]
 pub struct HostConfig {
     /// Compact a document once it has this many chunks and its incremental chunks hold at
-    /// least half the bytes of its last snapshot (so a large document is not re-saved for
-    /// every few small changes: the cost of compaction stays proportional to what was written).
+    /// least `compact_growth` times the bytes of its last snapshot, so a large document is not
+    /// re-saved (or, when stale, reloaded) every few small changes: the cost of compaction
+    /// stays proportional to what was written.
     pub compact_after_chunks: usize,
+    /// See `compact_after_chunks`. Raw changes take ~30x the bytes they add to a compressed
+    /// snapshot, so 32 means roughly "as many new changes as the document holds".
+    pub compact_growth: usize,
     /// Compact a document once it has this many chunks whatever their size (a bound on the
     /// rows a load reads).
     pub compact_max_chunks: usize,
@@ -39,6 +43,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             compact_after_chunks: 64,
+            compact_growth: 32,
             compact_max_chunks: 4096,
         }
     }
@@ -220,18 +225,19 @@ impl Host {
     ) -> Result<(), DocStoreError> {
         match result {
             Ok(Some(l)) => {
-                self.chunks.insert(
-                    doc,
-                    Stored {
-                        chunks: l.chunks,
-                        ..Stored::default()
-                    },
-                );
+                // A reload of a stale document keeps what the host already knows (chunks
+                // written since the load read the store are not in `l.chunks`).
+                let stored = self.chunks.entry(doc).or_default();
+                let known: std::collections::HashSet<ChunkKey> =
+                    stored.chunks.iter().copied().collect();
+                stored
+                    .chunks
+                    .extend(l.chunks.into_iter().filter(|k| !known.contains(k)));
                 self.engine.loaded(doc, Some(l.doc));
                 Ok(())
             }
             Ok(None) => {
-                self.chunks.insert(doc, Stored::default());
+                self.chunks.entry(doc).or_default();
                 self.engine.loaded(doc, None);
                 Ok(())
             }
@@ -286,8 +292,13 @@ impl Host {
         let n = stored.chunks.len();
         let due = n >= self.cfg.compact_max_chunks
             || (n >= self.cfg.compact_after_chunks
-                && stored.incremental_bytes * 2 >= stored.snapshot_bytes);
+                && stored.incremental_bytes >= stored.snapshot_bytes * self.cfg.compact_growth);
         if !due {
+            return;
+        }
+        if self.engine.is_stale(doc) {
+            // Reloaded from the store; the fold after it reports `Folded`, which compacts.
+            self.engine.materialize(doc);
             return;
         }
         let Some(snapshot) = self.engine.snapshot(doc) else {
@@ -348,6 +359,7 @@ mod tests {
             group.clone(),
             HostConfig {
                 compact_after_chunks: 10,
+                compact_growth: 0,
                 ..HostConfig::default()
             },
         );

@@ -229,6 +229,11 @@ impl Sim {
             self.nodes[node].engine.load(doc);
             self.drain(node);
         }
+        // A relay's document may be stale (lazy folding): reading it reloads it first.
+        if self.nodes[node].engine.is_stale(doc) {
+            self.nodes[node].engine.materialize(doc);
+            self.drain(node);
+        }
     }
 
     fn fresh_doc(&mut self, node: usize, doc: DocId) -> Document {

@@ -79,6 +79,8 @@ struct PendingPersist {
     /// Heads once this write is durable.
     heads_after: Vec<ChangeHash>,
     effect: PersistEffect,
+    /// Received changes this write stores that wait in `pending` (fast path).
+    pending: Vec<ChangeHash>,
 }
 
 enum PersistEffect {
@@ -105,7 +107,27 @@ struct DocState {
     persists: VecDeque<PendingPersist>,
     peers: BTreeMap<ConnId, PeerDoc>,
     last_used: Millis,
+    /// Lazy folding (see [`EngineConfig::lazy_fold`]): `doc` lacks durable received changes
+    /// that were dropped from memory instead of folded; `heads` stays exact.
+    stale: bool,
+    /// Hashes of changes dropped from memory while stale (bounded), so `knows` still answers
+    /// for the recent history a peer's next change or ack names.
+    recent: HashSet<ChangeHash>,
+    /// A reload from the store is in flight to materialize a stale document.
+    reloading: bool,
+    /// Inputs that need the materialized document, waiting for the reload (bounded).
+    deferred: Vec<Deferred>,
 }
+
+/// An input deferred until a stale document is reloaded.
+enum Deferred {
+    Msg(ConnId, Message),
+    Pump(ConnId),
+}
+
+/// Most hashes `DocState::recent` keeps; past it the set starts afresh (an older hash named by
+/// a peer then costs a resync, which reloads the document).
+const MAX_RECENT: usize = 8192;
 
 enum Slot {
     Loading(Vec<Queued>),
@@ -202,6 +224,9 @@ impl Engine {
         self.touched.insert(doc);
         match self.docs.get_mut(&doc) {
             Some(Slot::Ready(ds)) => {
+                ds.deferred.retain(|d| match d {
+                    Deferred::Msg(c, _) | Deferred::Pump(c) => *c != conn,
+                });
                 if let Some(pd) = ds.peers.remove(&conn) {
                     if let Some(peer) = pd.opts.stable_peer.clone() {
                         let state = pd.sync.encode();
@@ -238,8 +263,23 @@ impl Engine {
         self.touched.insert(doc);
         let queue = match self.docs.remove(&doc) {
             Some(Slot::Loading(q)) => q,
-            Some(ready @ Slot::Ready(_)) => {
-                self.docs.insert(doc, ready);
+            Some(Slot::Ready(mut ds)) => {
+                if ds.reloading {
+                    match loaded {
+                        Some(d) => ds.doc = d,
+                        None => {
+                            tracing::error!(%doc, "a stale document reloaded empty; keeping what memory has")
+                        }
+                    }
+                    ds.reloading = false;
+                    ds.stale = false;
+                    ds.recent.clear();
+                    let deferred = std::mem::take(&mut ds.deferred);
+                    self.docs.insert(doc, Slot::Ready(ds));
+                    self.materialized(doc, deferred);
+                } else {
+                    self.docs.insert(doc, Slot::Ready(ds));
+                }
                 return;
             }
             None => Vec::new(),
@@ -258,6 +298,10 @@ impl Engine {
                 persists: VecDeque::new(),
                 peers: BTreeMap::new(),
                 last_used: self.now,
+                stale: false,
+                recent: HashSet::new(),
+                reloading: false,
+                deferred: Vec::new(),
             })),
         );
         for q in queue {
@@ -277,6 +321,24 @@ impl Engine {
     /// waiting on it are reported in `Output::Failed` (the driver tells them); a later `open`
     /// tries again.
     pub fn load_failed(&mut self, doc: DocId) {
+        if matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.reloading) {
+            // A stale document that cannot be read back is dropped like a failed write: its
+            // peers are closed and the next use loads it afresh.
+            self.touched.insert(doc);
+            if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
+                for p in &ds.persists {
+                    self.persist_doc.remove(&p.id);
+                }
+                let conns: Vec<ConnId> = ds.peers.keys().copied().collect();
+                for c in &conns {
+                    if let Some(docs) = self.conns.get_mut(c) {
+                        docs.remove(&doc);
+                    }
+                }
+                self.out.push_back(Output::Failed { doc, conns });
+            }
+            return;
+        }
         if let Some(Slot::Loading(queue)) = self.docs.remove(&doc) {
             let mut conns: Vec<ConnId> = queue
                 .iter()
@@ -391,6 +453,14 @@ impl Engine {
                 }
                 return Ok(());
             }
+            Some(Slot::Ready(ds)) if ds.stale && matches!(msg, Message::Sync { .. }) => {
+                // A sync round needs the materialized document.
+                if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
+                    ds.deferred.push(Deferred::Msg(conn, msg));
+                }
+                self.materialize_for(doc, "sync");
+                return Ok(());
+            }
             Some(Slot::Ready(_)) => {}
             None => return Err(EngineError::NotOpen { doc }),
         }
@@ -444,7 +514,9 @@ impl Engine {
     /// dependencies (a snapshot would leave them out).
     pub fn snapshot(&self, doc: DocId) -> Option<Vec<u8>> {
         match self.docs.get(&doc) {
-            Some(Slot::Ready(ds)) if !ds.doc.has_queued_changes() => Some(ds.doc.save()),
+            Some(Slot::Ready(ds)) if !ds.stale && !ds.doc.has_queued_changes() => {
+                Some(ds.doc.save())
+            }
             _ => None,
         }
     }
@@ -460,6 +532,9 @@ impl Engine {
         let now = self.now;
         self.touched.insert(doc);
         if !self.is_loaded(doc) {
+            return Err(EngineError::NotLoaded { doc });
+        }
+        if !self.materialize(doc) {
             return Err(EngineError::NotLoaded { doc });
         }
         self.fold(doc)?;
@@ -493,12 +568,18 @@ impl Engine {
         // Completions are applied in submission order: a write is announced only when it and
         // everything submitted before it are durable.
         let mut effects = Vec::new();
+        let mut durable_pending = Vec::new();
         while ds.persists.front().is_some_and(|p| p.done) {
             let Some(p) = ds.persists.pop_front() else {
                 break;
             };
             ds.durable_heads = p.heads_after;
             effects.push(p.effect);
+            durable_pending.extend(p.pending);
+        }
+        if ds.stale && !ds.reloading && !durable_pending.is_empty() {
+            // Durable now: the store has them for the reload, memory need not.
+            drop_from_memory(ds, &durable_pending.into_iter().collect());
         }
         let mut origins = Vec::new();
         for effect in effects {
@@ -573,9 +654,9 @@ impl Engine {
                 .pending_since
                 .is_some_and(|t| t + self.cfg.fold_delay <= now)
                 && folds < self.cfg.max_folds_per_tick
+                && self.fold_or_drop(doc)
             {
                 folds += 1;
-                self.fold_logged(doc);
             }
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
                 continue;
@@ -587,6 +668,7 @@ impl Engine {
                 .map(|(c, _)| *c)
                 .collect();
             for conn in stalled {
+                tracing::debug!(%doc, conn = conn.0, "no progress from a peer within retry_after: resync");
                 self.resync(doc, conn);
             }
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
@@ -848,7 +930,16 @@ impl Engine {
             ds.pending.push(change);
         }
         ds.pending_since.get_or_insert(now);
+        let hashes: Vec<ChangeHash> = ds.pending[ds.pending.len() - raw.len()..]
+            .iter()
+            .map(Change::hash)
+            .collect();
         self.persist_changes(doc, Origin::Remote(conn), raw, true);
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Some(p) = ds.persists.back_mut() {
+                p.pending = hashes;
+            }
+        }
         Ok(())
     }
 
@@ -884,6 +975,7 @@ impl Engine {
                 done: false,
                 heads_after: ds.heads.clone(),
                 effect,
+                pending: Vec::new(),
             });
         }
         self.persist_doc.insert(id, doc);
@@ -986,6 +1078,15 @@ impl Engine {
             self.check_synced(doc, conn);
             return;
         }
+        if ds.stale {
+            if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+                if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
+                    ds.deferred.push(Deferred::Pump(conn));
+                }
+            }
+            self.materialize_for(doc, "pump");
+            return;
+        }
         if !self.fold_logged(doc) {
             return;
         }
@@ -1068,7 +1169,94 @@ impl Engine {
             _ => false,
         };
         if due {
-            self.fold_logged(doc);
+            self.fold_or_drop(doc);
+        }
+    }
+
+    /// Pending received changes are due to leave memory: folded into the document, or, with
+    /// [`EngineConfig::lazy_fold`] while every peer of the document is live (nothing needs the
+    /// materialized document), dropped from memory once durable, the document going stale.
+    /// Returns whether it folded.
+    fn fold_or_drop(&mut self, doc: DocId) -> bool {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return false;
+        };
+        if ds.reloading {
+            // Pending changes are folded into the reloaded document.
+            return false;
+        }
+        if self.cfg.lazy_fold && ds.peers.values().all(|pd| pd.live) {
+            ds.stale = true;
+            let in_flight: HashSet<ChangeHash> = ds
+                .persists
+                .iter()
+                .flat_map(|p| p.pending.iter().copied())
+                .collect();
+            let durable: HashSet<ChangeHash> = ds
+                .pending
+                .iter()
+                .map(Change::hash)
+                .filter(|h| !in_flight.contains(h))
+                .collect();
+            drop_from_memory(ds, &durable);
+            ds.pending_since = if ds.pending.is_empty() {
+                None
+            } else {
+                Some(self.now)
+            };
+            return false;
+        }
+        self.fold_logged(doc);
+        true
+    }
+
+    /// Whether the document is materialized (loaded and not stale). A stale one is reloaded
+    /// from the store (an `Output::Load`); inputs that need it wait for [`Engine::loaded`].
+    pub fn materialize(&mut self, doc: DocId) -> bool {
+        self.materialize_for(doc, "api")
+    }
+
+    fn materialize_for(&mut self, doc: DocId, why: &str) -> bool {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return false;
+        };
+        if !ds.stale {
+            return true;
+        }
+        if !ds.reloading {
+            tracing::debug!(%doc, why, "reloading a stale document");
+            ds.reloading = true;
+            self.out.push_back(Output::Load { doc });
+        }
+        false
+    }
+
+    /// Whether the document is stale (see [`EngineConfig::lazy_fold`]).
+    pub fn is_stale(&self, doc: DocId) -> bool {
+        matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.stale)
+    }
+
+    /// A stale document was reloaded: fold what memory holds into it and run the inputs that
+    /// waited for it.
+    fn materialized(&mut self, doc: DocId, deferred: Vec<Deferred>) {
+        self.touched.insert(doc);
+        self.fold_logged(doc);
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            let actual = sorted(ds.doc.heads());
+            if actual != sorted(ds.heads.clone()) {
+                tracing::error!(%doc, "a reloaded document's heads differ from the engine's");
+            }
+        }
+        for d in deferred {
+            match d {
+                Deferred::Msg(conn, msg) => {
+                    if let Err(error) = self.handle(conn, msg) {
+                        self.out
+                            .push_back(Output::ProtocolError { conn, doc, error });
+                    }
+                }
+                Deferred::Pump(conn) => self.pump(doc, conn),
+            }
         }
     }
 
@@ -1081,7 +1269,7 @@ impl Engine {
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Ok(());
         };
-        if ds.pending.is_empty() {
+        if ds.pending.is_empty() || ds.stale {
             return Ok(());
         }
         let batch = std::mem::take(&mut ds.pending);
@@ -1134,9 +1322,26 @@ fn doc_deadline(cfg: &EngineConfig, ds: &DocState) -> Option<Millis> {
     next
 }
 
+/// Drops the pending changes in `durable` from memory (the store has them), remembering their
+/// hashes in `recent`.
+fn drop_from_memory(ds: &mut DocState, durable: &HashSet<ChangeHash>) {
+    if durable.is_empty() {
+        return;
+    }
+    if ds.recent.len() + durable.len() > MAX_RECENT {
+        ds.recent.clear();
+    }
+    ds.pending.retain(|c| !durable.contains(&c.hash()));
+    for h in durable {
+        ds.pending_hashes.remove(h);
+        ds.recent.insert(*h);
+    }
+}
+
 fn knows(ds: &DocState, hash: &ChangeHash) -> bool {
     ds.heads.binary_search(hash).is_ok()
         || ds.pending_hashes.contains(hash)
+        || ds.recent.contains(hash)
         || ds.doc.has_change(hash)
 }
 

@@ -450,3 +450,100 @@ fn the_timer_index_agrees_with_a_scan_of_every_document() {
         }
     }
 }
+
+/// A relay engine with lazy folding: while its only peer is live, received changes leave
+/// memory once durable (the document goes stale); a new peer in sync mode makes it reload the
+/// document from the store, and that peer receives every change.
+#[test]
+fn a_stale_relay_document_reloads_for_a_peer_in_sync_mode() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    dev.create(DOC, doc_with_actor(1));
+    let mut store: Vec<u8> = Vec::new();
+    // Runs the relay's outputs: persists land in `store` at once, loads read it.
+    fn run_relay(relay: &mut Engine, store: &mut Vec<u8>) -> Vec<(ConnId, Message)> {
+        let mut sends = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(o) = relay.poll_output() {
+                progressed = true;
+                match o {
+                    Output::Send { conn, msg } => sends.push((conn, msg)),
+                    Output::Persist { id, write, .. } => {
+                        if let Write::Changes(bytes) = write {
+                            store.extend_from_slice(&bytes);
+                        }
+                        relay.persisted(id);
+                    }
+                    Output::Load { doc } => {
+                        let d = (!store.is_empty()).then(|| Document::load(store).unwrap());
+                        relay.loaded(doc, d);
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                return sends;
+            }
+        }
+    }
+    relay.load(DOC);
+    run_relay(&mut relay, &mut store);
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    for i in 0..700 {
+        if i % 50 == 0 || i < 3 {
+            // Let the two sync (and go live).
+            for _ in 0..10 {
+                let to_relay = drain(&mut dev);
+                for (_, m) in to_relay {
+                    relay.handle(ConnId(2), m).unwrap();
+                }
+                let to_dev = run_relay(&mut relay, &mut store);
+                if to_dev.is_empty() {
+                    break;
+                }
+                for (_, m) in to_dev {
+                    dev.handle(ConnId(1), m).unwrap();
+                }
+            }
+        }
+        write(&mut dev, &format!("k{i}"));
+    }
+    for _ in 0..10 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in run_relay(&mut relay, &mut store) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert!(
+        relay.is_stale(DOC),
+        "700 fast-path changes with a live peer leave the document stale"
+    );
+    assert_eq!(relay.heads(DOC), dev.heads(DOC));
+    // A second device arrives empty: a sync round needs the materialized document.
+    let mut late = Engine::new(EngineConfig::device());
+    late.create(DOC, doc_with_actor(3));
+    late.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(3), DOC, OpenOptions::default());
+    for _ in 0..50 {
+        let mut quiet = true;
+        for (_, m) in drain(&mut late) {
+            quiet = false;
+            relay.handle(ConnId(3), m).unwrap();
+        }
+        for (c, m) in run_relay(&mut relay, &mut store) {
+            quiet = false;
+            if c == ConnId(3) {
+                late.handle(ConnId(1), m).unwrap();
+            }
+        }
+        if quiet {
+            break;
+        }
+    }
+    assert!(!relay.is_stale(DOC), "the sync round reloaded the document");
+    assert_eq!(late.heads(DOC), dev.heads(DOC));
+}
