@@ -29,7 +29,10 @@
 //! Received changes are not applied to the Automerge document one by one: they are checked,
 //! persisted and forwarded as raw bytes, and *folded* into the document in batches (when
 //! `fold_batch` are pending, after `fold_delay`, or when something needs the materialized
-//! document: a sync round, a local change, a read).
+//! document: a sync round, a local change, a read). With [`EngineConfig::lazy_fold`] (the
+//! relay) a document whose peers are all live is not folded at all: durable received changes
+//! leave memory and the document goes *stale* (exact heads, an in-memory document lacking only
+//! stored changes) until something needs it materialized, which reloads it from the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
