@@ -1243,7 +1243,13 @@ impl Engine {
     /// waited for it.
     fn materialized(&mut self, doc: DocId, deferred: Vec<Deferred>) {
         self.touched.insert(doc);
+        let nothing_pending = !self.has_pending(doc);
         self.fold_logged(doc);
+        if nothing_pending {
+            // The reload alone brought the document up to date: report it like a fold, so a
+            // driver that reloaded it to compact it does so now (before it goes stale again).
+            self.out.push_back(Output::Folded { doc });
+        }
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             let actual = sorted(ds.doc.heads());
             if actual != sorted(ds.heads.clone()) {
