@@ -61,18 +61,7 @@ fn a_watching_device_finds_the_relay_when_it_comes_up_and_after_a_restart() {
     let (a, b) = (Dev::new(), Dev::new());
     let doc = a.new_conversation("Trip");
     a.ok(&["msg", "send", &doc, "before the relay was up"]);
-    let watch = |d: &Dev| {
-        d.spawn(&[
-            "sync",
-            "--relay",
-            &listen,
-            "--relay-cert",
-            &cert,
-            "--token",
-            &alice,
-            "--watch",
-        ])
-    };
+    let watch = |d: &Dev| d.spawn(&common::watch_args(&listen, &cert, &alice));
     let _wa = watch(&a);
     let _wb = watch(&b);
 
@@ -116,32 +105,14 @@ fn a_device_killed_mid_sync_loses_nothing() {
         a.ok(&["msg", "send", &doc, &format!("message {i}")]);
     }
     // A is killed as it starts syncing; it still has every message it committed.
-    let mut sync = a.spawn(&[
-        "sync",
-        "--relay",
-        &addr,
-        "--relay-cert",
-        &cert,
-        "--token",
-        &alice,
-        "--watch",
-    ]);
+    let mut sync = a.spawn(&common::watch_args(&addr, &cert, &alice));
     std::thread::sleep(Duration::from_millis(30));
     sync.kill();
     assert_eq!(a.msg_count(&doc), 150);
     a.ok(&relay.sync_args(&addr, &cert, &alice));
 
     // B is killed while receiving; its store still opens and a later sync completes it.
-    let mut recv = b.spawn(&[
-        "sync",
-        "--relay",
-        &addr,
-        "--relay-cert",
-        &cert,
-        "--token",
-        &alice,
-        "--watch",
-    ]);
+    let mut recv = b.spawn(&common::watch_args(&addr, &cert, &alice));
     std::thread::sleep(Duration::from_millis(100));
     recv.kill();
     let partial = b.msg_count(&doc);

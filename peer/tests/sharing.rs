@@ -7,24 +7,8 @@ use std::time::Duration;
 
 use common::{wait_for, Dev, Relay};
 
-fn watch<'a>(
-    d: &Dev,
-    relay: &'a Relay,
-    addr: &'a str,
-    cert: &'a str,
-    token: &'a str,
-) -> common::Bg {
-    let _ = relay;
-    d.spawn(&[
-        "sync",
-        "--relay",
-        addr,
-        "--relay-cert",
-        cert,
-        "--token",
-        token,
-        "--watch",
-    ])
+fn watch<'a>(d: &Dev, addr: &'a str, cert: &'a str, token: &'a str) -> common::Bg {
+    d.spawn(&common::watch_args(addr, cert, token))
 }
 
 fn listed(d: &Dev, doc: &str) -> Option<serde_json::Value> {
@@ -44,7 +28,7 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
     // Sharing is queued offline and goes with the next sync, after the document itself.
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "ro"]);
 
-    let _bob_watch = watch(&bob, &relay, &addr, &cert, &bob_t);
+    let _bob_watch = watch(&bob, &addr, &cert, &bob_t);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
     // Bob's running device gets the conversation without asking for it.
     wait_for(
@@ -64,7 +48,7 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
     bob.fails(&["doc", "delete", &doc], 3);
 
     // Upgraded to rw, Bob's message reaches Alice.
-    let _alice_watch = watch(&alice, &relay, &addr, &cert, &alice_t);
+    let _alice_watch = watch(&alice, &addr, &cert, &alice_t);
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
     wait_for(Duration::from_secs(20), "Bob's role to become rw", || {
         listed(&bob, &doc).is_some_and(|e| e["role"] == "rw")

@@ -327,19 +327,7 @@ impl Engine {
         if matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.reloading) {
             // A stale document that cannot be read back is dropped like a failed write: its
             // peers are closed and the next use loads it afresh.
-            self.touched.insert(doc);
-            if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
-                for p in &ds.persists {
-                    self.persist_doc.remove(&p.id);
-                }
-                let conns: Vec<ConnId> = ds.peers.keys().copied().collect();
-                for c in &conns {
-                    if let Some(docs) = self.conns.get_mut(c) {
-                        docs.remove(&doc);
-                    }
-                }
-                self.out.push_back(Output::Failed { doc, conns });
-            }
+            self.drop_failed(doc);
             return;
         }
         if let Some(Slot::Loading(queue)) = self.docs.remove(&doc) {
@@ -622,6 +610,12 @@ impl Engine {
         let Some(doc) = self.persist_doc.remove(&id) else {
             return;
         };
+        self.drop_failed(doc);
+    }
+
+    /// Drops a ready document after a storage failure: its writes in flight complete without
+    /// effect, its peers are reported in `Output::Failed`, and the next use loads it afresh.
+    fn drop_failed(&mut self, doc: DocId) {
         self.touched.insert(doc);
         if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
             for p in &ds.persists {

@@ -247,16 +247,7 @@ impl Relay {
 
     /// `sync --once` arguments for this relay.
     pub fn sync_args<'a>(&'a self, addr: &'a str, cert: &'a str, token: &'a str) -> Vec<&'a str> {
-        vec![
-            "sync",
-            "--relay",
-            addr,
-            "--relay-cert",
-            cert,
-            "--token",
-            token,
-            "--once",
-        ]
+        sync_args(addr, cert, token, "--once")
     }
 }
 
@@ -280,4 +271,22 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `sync --watch` arguments for a relay at `addr`.
+pub fn watch_args<'a>(addr: &'a str, cert: &'a str, token: &'a str) -> Vec<&'a str> {
+    sync_args(addr, cert, token, "--watch")
+}
+
+fn sync_args<'a>(addr: &'a str, cert: &'a str, token: &'a str, mode: &'a str) -> Vec<&'a str> {
+    vec![
+        "sync",
+        "--relay",
+        addr,
+        "--relay-cert",
+        cert,
+        "--token",
+        token,
+        mode,
+    ]
 }
