@@ -31,6 +31,10 @@ mod throughput;
 mod wire_bytes;
 
 use chain::Chain;
+
+/// The same allocator as the `weft-relay` binary, since the relay runs in this process.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use relay::{Forwarder, Relay};
 
 const IMPLEMENTED: &[&str] = &[
