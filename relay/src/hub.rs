@@ -69,6 +69,12 @@ pub struct HubConfig {
     pub control_burst: u32,
     /// Control requests per second a connection may send once its burst is spent.
     pub control_rate: u32,
+    /// Document loads (store read and `Automerge::load`, each on a blocking thread) in flight
+    /// at once; more wait their turn in order. Unbounded, a burst of reloads (every document
+    /// of a busy relay reaching its compaction point together) ran hundreds of blocking
+    /// threads that starved the hub's own thread for seconds: no acks were read, and every
+    /// live peer was resynced for want of progress.
+    pub max_loads: usize,
 }
 
 impl Default for HubConfig {
@@ -83,6 +89,7 @@ impl Default for HubConfig {
             docs_per_message: 1_000,
             control_burst: 1_000,
             control_rate: 100,
+            max_loads: 2,
         }
     }
 }
@@ -220,6 +227,10 @@ pub struct Hub {
     /// Control requests per document: the first is being committed, the rest wait for it.
     controls: HashMap<DocId, VecDeque<QueuedControl>>,
     tasks: JoinSet<Done>,
+    /// Loads in flight (at most `cfg.max_loads`).
+    loads_running: usize,
+    /// Loads waiting for one in flight to finish, in the order the engine asked.
+    loads_waiting: VecDeque<DocId>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
     /// Connections with a non-empty [`Batch`].
@@ -258,6 +269,8 @@ impl Hub {
             users: HashMap::new(),
             controls: HashMap::new(),
             tasks: JoinSet::new(),
+            loads_running: 0,
+            loads_waiting: VecDeque::new(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),
             start: Instant::now(),
@@ -755,6 +768,8 @@ impl Hub {
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Loaded(doc, result) => {
+                self.loads_running = self.loads_running.saturating_sub(1);
+                self.start_loads();
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
                 }
@@ -833,21 +848,8 @@ impl Hub {
                 }
                 Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
                 Action::Load { doc } => {
-                    let store = self.host.store().clone();
-                    self.tasks.spawn(async move {
-                        let r =
-                            tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc))
-                                .await;
-                        let r = r.unwrap_or_else(|e| {
-                            Err(DocStoreError::Store {
-                                source: StoreError::Backend {
-                                    path: Default::default(),
-                                    message: format!("load task failed: {e}"),
-                                },
-                            })
-                        });
-                        Done::Loaded(doc, Box::new(r))
-                    });
+                    self.loads_waiting.push_back(doc);
+                    self.start_loads();
                 }
                 Action::Event(Output::Rejected {
                     conn,
@@ -885,6 +887,29 @@ impl Hub {
                 Action::Event(_) => {}
                 _ => {}
             }
+        }
+    }
+
+    /// Starts waiting loads while fewer than `max_loads` run.
+    fn start_loads(&mut self) {
+        while self.loads_running < self.cfg.max_loads.max(1) {
+            let Some(doc) = self.loads_waiting.pop_front() else {
+                return;
+            };
+            self.loads_running += 1;
+            let store = self.host.store().clone();
+            self.tasks.spawn(async move {
+                let r = tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc)).await;
+                let r = r.unwrap_or_else(|e| {
+                    Err(DocStoreError::Store {
+                        source: StoreError::Backend {
+                            path: Default::default(),
+                            message: format!("load task failed: {e}"),
+                        },
+                    })
+                });
+                Done::Loaded(doc, Box::new(r))
+            });
         }
     }
 

@@ -951,6 +951,7 @@ impl Engine {
         };
         pd.last_progress = now;
         if !all_known {
+            tracing::debug!(%doc, conn = conn.0, "an ack names changes we lack: resync");
             self.resync(doc, conn);
             return;
         }

@@ -5,6 +5,11 @@
 //! light QUIC devices on another runtime. Prints a table on stderr and one JSON object per
 //! workload on stdout, each with a `baseline` measured in the same run.
 //!
+//! `--pin` puts the relay on one core and the devices on another: the process (and so every
+//! thread it starts later: the relay's runtime, blocking pool and store writer, the baseline
+//! forwarder) is bound to CPU 0, the devices' runtime threads to CPU 1. Without it the kernel
+//! spreads every thread over all cores.
+//!
 //! Workloads: `fanout`, `throughput`, `wire-bytes` (all of them when none is named). Exit
 //! status 2 for an unknown workload or flag, 1 when a measurement fails.
 
@@ -46,10 +51,12 @@ const IMPLEMENTED: &[&str] = &[
     "initial-sync",
 ];
 const PLANNED: &[&str] = &["memory", "checkpoint"];
-const USAGE: &str = "usage: weft-bench [--quick] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync)";
+const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync)";
 
 struct Plan {
     quick: bool,
+    /// Relay on CPU 0, devices on CPU 1 (`--pin`).
+    pin: bool,
     /// (devices, measured changes, baseline changes, p99 target in ms)
     fanout: Vec<(usize, usize, usize, Option<f64>)>,
     fanout_warmup: usize,
@@ -66,6 +73,7 @@ impl Plan {
         if quick {
             Plan {
                 quick,
+                pin: false,
                 fanout: vec![
                     (2, 200, 200, None),
                     (10, 300, 100, Some(5.0)),
@@ -82,6 +90,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                pin: false,
                 fanout: vec![
                     (2, 1000, 1000, None),
                     (10, 1000, 300, Some(5.0)),
@@ -101,10 +110,12 @@ impl Plan {
 
 fn main() -> ExitCode {
     let mut quick = false;
+    let mut pin = false;
     let mut workloads: Vec<String> = Vec::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--pin" => pin = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -131,7 +142,11 @@ fn main() -> ExitCode {
     if workloads.is_empty() {
         workloads = IMPLEMENTED.iter().map(|s| s.to_string()).collect();
     }
-    match run(Plan::new(quick), &workloads) {
+    let plan = Plan {
+        pin,
+        ..Plan::new(quick)
+    };
+    match run(plan, &workloads) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-bench: {e:#}");
@@ -142,17 +157,44 @@ fn main() -> ExitCode {
 
 fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Diagnostics on demand (e.g. RUST_LOG=weft_core=debug names every resync); off by
+        // default, since logging would be measured too.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if plan.pin {
+        // Threads inherit their creator's affinity: everything this process starts from now
+        // on is on CPU 0, except the devices' threads, which move themselves to CPU 1.
+        pin_current_thread(0).context("--pin: cannot bind to CPU 0")?;
+        pin_current_thread(1).context("--pin: this machine needs a CPU 1")?;
+        pin_current_thread(0).context("--pin: cannot bind to CPU 0")?;
+    }
+    let pin = plan.pin;
     // The devices' runtime: one worker, so devices and relay each have one of this machine's
     // cores (the relay's runtime has its own thread).
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("weft-bench-dev")
+        .on_thread_start(move || {
+            if pin {
+                // Checked above that CPU 1 exists and may be used.
+                let _ = pin_current_thread(1);
+            }
+        })
         .enable_all()
         .build()
         .context("cannot start the devices' runtime")?;
     eprintln!(
-        "weft-bench: {} mode; generating {} chat changes; relay CPU from {}",
+        "weft-bench: {} mode{}; generating {} chat changes; relay CPU from {}",
         if plan.quick { "quick" } else { "full" },
+        if plan.pin {
+            ", relay on CPU 0 and devices on CPU 1"
+        } else {
+            ""
+        },
         plan.chain_len,
         relay::cpu_resolution()
     );
@@ -189,6 +231,22 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
 }
 
 /// A progress line on stderr when `WEFT_BENCH_VERBOSE` is set.
+/// Binds the calling thread to one CPU.
+fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO before use; CPU_SET checks the
+    // index against the set's size; sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of
+    // the set we pass and only changes the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn progress(args: std::fmt::Arguments<'_>) {
     if std::env::var_os("WEFT_BENCH_VERBOSE").is_some() {
         eprintln!("    .. {args}");
@@ -311,6 +369,7 @@ fn fanout_workload(
     Ok(json!({
         "workload": "fanout",
         "quick": plan.quick,
+        "pinned": plan.pin,
         "setup": "in-process weft-relay (QUIC, hub, engine, redb in a temp dir) on a tokio \
             runtime with 1 worker thread; devices on a 1-worker runtime; loopback; latency from \
             the writer handing a Changes frame to QUIC to a receiver decoding the forwarded \
