@@ -1372,25 +1372,40 @@ fn fresh_state(old: &sync::State) -> sync::State {
 
 /// Each side has what it can take from the other: with writes both ways, equal heads.
 fn synced(ds: &DocState, pd: &PeerDoc) -> bool {
+    synced_with(ds, pd, &ds.heads)
+}
+
+/// Whether the peer has everything of `ours` (our heads, or the durable ones) that it takes,
+/// and we everything of its that we take.
+fn synced_with(ds: &DocState, pd: &PeerDoc, ours: &[ChangeHash]) -> bool {
     let Some(theirs) = &pd.their_heads else {
         return false;
     };
     match (pd.opts.send_changes, pd.opts.accept_changes) {
-        (true, true) => *theirs == ds.heads,
+        (true, true) => theirs == ours,
         // The peer takes nothing from us: we are synced once we have all it has.
         (false, _) => theirs.iter().all(|h| knows(ds, h)),
         // We take nothing from the peer (its own changes may be unknown to us): synced once
         // every head of ours is one of its heads or a head both sides are known to share.
-        (true, false) => ds
-            .heads
+        (true, false) => ours
             .iter()
             .all(|h| theirs.contains(h) || pd.sync.shared_heads.contains(h)),
     }
 }
 
 /// Whether we expect the peer to make progress (so a lack of it triggers a resync).
+///
+/// A live peer is sent changes once they are durable ([`Engine::announce`], which also
+/// restarts its progress clock when it was idle), so it owes an ack for the durable heads
+/// only. Measured against every received head instead, a peer idle for longer than
+/// `retry_after` looked stalled the moment a new change arrived, if a tick ran before that
+/// change was durable: every live peer of the document was reset.
 fn waiting(ds: &DocState, pd: &PeerDoc) -> bool {
-    !synced(ds, pd)
+    if pd.live {
+        !synced_with(ds, pd, &ds.durable_heads)
+    } else {
+        !synced(ds, pd)
+    }
 }
 
 /// A change's bytes: `received` when they are exactly its canonical bytes (sharing the

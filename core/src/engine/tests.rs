@@ -547,3 +547,84 @@ fn a_stale_relay_document_reloads_for_a_peer_in_sync_mode() {
     assert!(!relay.is_stale(DOC), "the sync round reloaded the document");
     assert_eq!(late.heads(DOC), dev.heads(DOC));
 }
+
+/// A live peer is sent a received change only once it is durable, and owes an ack only from
+/// then: a document idle for longer than `retry_after` whose next change is still being
+/// written when a tick runs must not look stalled to its other peers.
+#[test]
+fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(9));
+    let mut devs = [
+        Engine::new(EngineConfig::device()),
+        Engine::new(EngineConfig::device()),
+    ];
+    for (i, d) in devs.iter_mut().enumerate() {
+        d.create(DOC, doc_with_actor(1 + i as u8));
+        d.open(ConnId(1), DOC, OpenOptions::default());
+        relay.open(ConnId(2 + i as u64), DOC, OpenOptions::default());
+    }
+    // Sync both devices with the relay until everyone is quiet (and live).
+    let exchange = |relay: &mut Engine, devs: &mut [Engine; 2]| {
+        for _ in 0..50 {
+            let mut quiet = true;
+            for (i, d) in devs.iter_mut().enumerate() {
+                for (_, m) in drain(d) {
+                    quiet = false;
+                    relay.handle(ConnId(2 + i as u64), m).unwrap();
+                }
+            }
+            for (c, m) in drain(relay) {
+                quiet = false;
+                devs[(c.0 - 2) as usize].handle(ConnId(1), m).unwrap();
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("never quiet");
+    };
+    write(&mut devs[0], "first");
+    exchange(&mut relay, &mut devs);
+    assert_eq!(relay.heads(DOC), devs[1].heads(DOC));
+
+    // Idle for longer than retry_after; then device 0 writes and the relay receives it.
+    let later = relay.cfg.retry_after * 3;
+    relay.set_now(later);
+    write(&mut devs[0], "second");
+    for (_, m) in drain(&mut devs[0]) {
+        relay.handle(ConnId(2), m).unwrap();
+    }
+    // The relay's write is in flight (not reported durable) when its timers run.
+    let mut writes = Vec::new();
+    let mut sent = Vec::new();
+    let mut drive = |relay: &mut Engine, writes: &mut Vec<PersistId>, sent: &mut Vec<_>| {
+        while let Some(o) = relay.poll_output() {
+            match o {
+                Output::Persist { id, .. } => writes.push(id),
+                Output::Send { conn, msg } => sent.push((conn, msg)),
+                _ => {}
+            }
+        }
+    };
+    drive(&mut relay, &mut writes, &mut sent);
+    assert!(!writes.is_empty(), "the change is being written");
+    relay.tick(later + 1);
+    drive(&mut relay, &mut writes, &mut sent);
+    assert!(
+        !sent
+            .iter()
+            .any(|(c, m)| *c == ConnId(3) && matches!(m, Message::Sync { .. })),
+        "the idle peer was resynced while the change was still being written: {sent:?}"
+    );
+    // Once durable, the idle peer gets the change over the fast path.
+    for id in writes {
+        relay.persisted(id);
+    }
+    drive(&mut relay, &mut Vec::new(), &mut sent);
+    assert!(
+        sent.iter()
+            .any(|(c, m)| *c == ConnId(3) && matches!(m, Message::Changes { .. })),
+        "{sent:?}"
+    );
+}
