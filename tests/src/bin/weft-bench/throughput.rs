@@ -184,11 +184,20 @@ async fn read(
                 }
             }
             _ = tick.tick() => {
-                for (doc, n) in dirty.drain() {
-                    if n <= chain.len() && acks.try_send((doc, n)).is_err() {
+                // Acks the writer has no room for yet wait for the next tick (dropping them
+                // would leave the relay waiting for an ack that never comes).
+                let mut due = std::mem::take(&mut dirty).into_iter();
+                for (doc, n) in due.by_ref() {
+                    if n > chain.len() {
+                        continue;
+                    }
+                    if let Err(e) = acks.try_send((doc, n)) {
+                        let (doc, n) = e.into_inner();
+                        dirty.insert(doc, n);
                         break;
                     }
                 }
+                dirty.extend(due);
             }
         }
     }
