@@ -5,13 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::hub::{open_store, spawn_hub, test_secret, HubConn};
+use common::hub::{decode_frames, open_store, spawn_hub, test_secret, HubConn};
 use common::{now, open_subscribed, RELAY};
 use tokio::sync::mpsc;
 use weft_core::automerge::transaction::Transactable;
 use weft_core::automerge::{ReadDoc, ROOT};
 use weft_core::engine::{ConnId, Engine, EngineConfig, Output};
-use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Document, Role};
 use weft_relay::{Claims, HubConfig, HubEvent, JwtSecret, Outbound};
 
@@ -46,12 +46,16 @@ impl Device {
     }
 
     async fn next(&mut self) -> Option<Message> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
         match tokio::time::timeout(Duration::from_secs(10), self.inbox.recv())
             .await
             .expect("relay went silent")
         {
             Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
-                Some(wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0)
+                self.pending.extend(decode_frames(&f));
+                self.pending.pop_front()
             }
             Some(Outbound::Close { code, .. }) => {
                 self.errors.push((code, None));
@@ -311,18 +315,22 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
     while let Ok(Some(out)) = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await {
         match out {
             Outbound::Frame(f) | Outbound::Ephemeral(f) => {
-                match wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0 {
-                    Message::Subscribed { doc, .. } => {
-                        subscribed.insert(doc);
+                for m in decode_frames(&f) {
+                    match m {
+                        Message::Subscribed { doc, .. } => {
+                            subscribed.insert(doc);
+                        }
+                        m @ (Message::Sync { .. }
+                        | Message::Changes { .. }
+                        | Message::Ack { .. }) => {
+                            let doc = m.doc().unwrap();
+                            assert!(
+                                subscribed.contains(&doc),
+                                "sync for {doc} before its Subscribed"
+                            );
+                        }
+                        _ => {}
                     }
-                    m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
-                        let doc = m.doc().unwrap();
-                        assert!(
-                            subscribed.contains(&doc),
-                            "sync for {doc} before its Subscribed"
-                        );
-                    }
-                    _ => {}
                 }
             }
             Outbound::Close { code, .. } => {
@@ -336,4 +344,46 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
         Some(ErrorCode::RATE_LIMITED),
         "the connection was never closed"
     );
+}
+
+/// Loads queue behind `max_loads`: with one at a time, forty documents subscribed at once all
+/// load (each waiting for the one before it) and sync, for their writer and a second device.
+#[tokio::test]
+async fn loads_beyond_max_loads_wait_their_turn_and_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig {
+        max_loads: 1,
+        ..HubConfig::default()
+    };
+    let events = spawn_hub(open_store(dir.path()), config);
+    let claims = || Claims::new("alice", now(), 3600).with_create(true);
+    let docs: Vec<DocId> = (0..40u8).map(|i| DocId::from_bytes([i + 1; 16])).collect();
+
+    let mut writer = Device::connect(&events, 1, claims()).await;
+    for (i, doc) in docs.iter().enumerate() {
+        writer.new_doc(*doc);
+        writer.write(*doc, &format!("message-{i}"));
+    }
+    for doc in &docs {
+        writer.send(Message::Subscribe { doc: *doc }).await;
+    }
+    writer
+        .until(|d| docs.iter().all(|doc| d.engine.is_synced(RELAY, *doc)))
+        .await;
+
+    let mut reader = Device::connect(&events, 2, claims()).await;
+    for doc in &docs {
+        reader.engine.load(*doc);
+    }
+    reader.flush().await;
+    for doc in &docs {
+        reader.send(Message::Subscribe { doc: *doc }).await;
+    }
+    reader
+        .until(|d| {
+            docs.iter()
+                .enumerate()
+                .all(|(i, doc)| d.keys(*doc) == vec![format!("message-{i}")])
+        })
+        .await;
 }

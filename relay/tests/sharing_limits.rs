@@ -7,10 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::hub::{open_store, spawn_hub, HubConn};
+use common::hub::{decode_frames, open_store, spawn_hub, HubConn};
 use common::now;
 use tokio::sync::mpsc;
-use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DocId, Role};
 use weft_relay::{Claims, HubConfig, HubEvent, Outbound};
 
@@ -33,12 +33,16 @@ impl Device {
     }
 
     async fn next(&mut self) -> Message {
+        if let Some(m) = self.pending.pop_front() {
+            return m;
+        }
         match tokio::time::timeout(Duration::from_secs(10), self.inbox.recv())
             .await
             .expect("relay went silent")
         {
             Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
-                wire::decode_frame(&f, usize::MAX).unwrap().unwrap().0
+                self.pending.extend(decode_frames(&f));
+                self.pending.pop_front().expect("an entry holds a frame")
             }
             other => panic!("unexpected {other:?}"),
         }

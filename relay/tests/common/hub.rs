@@ -1,13 +1,14 @@
 //! The hub in process, without the binary or QUIC: real redb in a directory of its own,
 //! tokens verified against a fixed test secret, events over a channel.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use weft_core::engine::ConnId;
 use weft_core::store::{GroupCommit, KvStore, RedbStore};
-use weft_core::wire::Message;
+use weft_core::wire::{self, Message};
 use weft_core::DeviceId;
 use weft_relay::{Claims, Hub, HubConfig, HubEvent, JwtSecret, Outbound, Verifier};
 
@@ -36,6 +37,22 @@ pub struct HubConn {
     pub conn: ConnId,
     pub events: mpsc::Sender<HubEvent>,
     pub inbox: mpsc::Receiver<Outbound>,
+    /// Messages decoded from an inbox entry and not read yet (see [`decode_frames`]).
+    pub pending: VecDeque<Message>,
+}
+
+/// Every message of one outbound entry: the hub queues all of a connection's frames from one
+/// pass of its loop as a single entry, so an entry holds one or more whole frames.
+pub fn decode_frames(mut buf: &[u8]) -> Vec<Message> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (msg, used) = wire::decode_frame(buf, usize::MAX)
+            .unwrap()
+            .expect("an outbound entry holds whole frames");
+        out.push(msg);
+        buf = &buf[used..];
+    }
+    out
 }
 
 impl HubConn {
@@ -61,6 +78,7 @@ impl HubConn {
             conn: ConnId(id),
             events: events.clone(),
             inbox,
+            pending: VecDeque::new(),
         }
     }
 
