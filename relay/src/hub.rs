@@ -229,8 +229,12 @@ pub struct Hub {
     tasks: JoinSet<Done>,
     /// Loads in flight (at most `cfg.max_loads`).
     loads_running: usize,
-    /// Loads waiting for one in flight to finish, in the order the engine asked.
+    /// First loads of documents waiting for a slot, in the order the engine asked: a device
+    /// is waiting for each.
     loads_waiting: VecDeque<DocId>,
+    /// Reloads of stale documents waiting for a slot (mostly for compaction); they go after
+    /// every first load.
+    reloads_waiting: VecDeque<DocId>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
     /// Connections with a non-empty [`Batch`].
@@ -271,6 +275,7 @@ impl Hub {
             tasks: JoinSet::new(),
             loads_running: 0,
             loads_waiting: VecDeque::new(),
+            reloads_waiting: VecDeque::new(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),
             start: Instant::now(),
@@ -848,7 +853,11 @@ impl Hub {
                 }
                 Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
                 Action::Load { doc } => {
-                    self.loads_waiting.push_back(doc);
+                    if self.host.engine().is_stale(doc) {
+                        self.reloads_waiting.push_back(doc);
+                    } else {
+                        self.loads_waiting.push_back(doc);
+                    }
                     self.start_loads();
                 }
                 Action::Event(Output::Rejected {
@@ -890,10 +899,14 @@ impl Hub {
         }
     }
 
-    /// Starts waiting loads while fewer than `max_loads` run.
+    /// Starts waiting loads (first loads before reloads) while fewer than `max_loads` run.
     fn start_loads(&mut self) {
         while self.loads_running < self.cfg.max_loads.max(1) {
-            let Some(doc) = self.loads_waiting.pop_front() else {
+            let Some(doc) = self
+                .loads_waiting
+                .pop_front()
+                .or_else(|| self.reloads_waiting.pop_front())
+            else {
                 return;
             };
             self.loads_running += 1;
