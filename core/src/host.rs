@@ -12,7 +12,7 @@
 //! after it was written, and the snapshot, saved from the engine's document after the chunk's
 //! changes entered it, contains them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::sync;
@@ -104,6 +104,9 @@ pub struct Loaded {
     pub doc: Document,
     /// The chunks it covers.
     pub chunks: Vec<ChunkKey>,
+    /// `doc` saved, from [`load_for_compaction`]: a snapshot holding exactly the changes of
+    /// `chunks`.
+    pub snapshot: Option<Vec<u8>>,
 }
 
 /// Loads a document from the store (blocking). `Ok(None)`: the store has no such document.
@@ -111,7 +114,22 @@ pub fn load(store: &dyn KvStore, doc: DocId) -> Result<Option<Loaded>, DocStoreE
     Ok(docs::load_document(store, doc)?.map(|(am, chunks)| Loaded {
         doc: Document::from_automerge(am),
         chunks,
+        snapshot: None,
     }))
+}
+
+/// [`load`], then saves the document too (blocking, and as costly as the load): for a load
+/// the host asked for to compact the document ([`Host::wants_snapshot`]). The host then
+/// compacts without saving on the driver's thread.
+pub fn load_for_compaction(
+    store: &dyn KvStore,
+    doc: DocId,
+) -> Result<Option<Loaded>, DocStoreError> {
+    let mut loaded = load(store, doc)?;
+    if let Some(l) = &mut loaded {
+        l.snapshot = Some(l.doc.save());
+    }
+    Ok(loaded)
 }
 
 /// The persisted sync state of `doc` with `peer`, in the form [`crate::engine::OpenOptions`]
@@ -133,6 +151,10 @@ pub struct Host {
     chunks: HashMap<DocId, Stored>,
     /// Documents with a compaction in flight.
     compacting: HashMap<DocId, usize>,
+    /// Stale documents reloaded to be compacted: their load should bring a snapshot.
+    snapshot_on_load: HashSet<DocId>,
+    /// Compactions written from a snapshot that a load brought.
+    compacted_from_loads: u64,
     actions: std::collections::VecDeque<Action>,
 }
 
@@ -145,6 +167,8 @@ impl Host {
             cfg,
             chunks: HashMap::new(),
             compacting: HashMap::new(),
+            snapshot_on_load: HashSet::new(),
+            compacted_from_loads: 0,
             actions: Default::default(),
         }
     }
@@ -225,23 +249,31 @@ impl Host {
     ) -> Result<(), DocStoreError> {
         match result {
             Ok(Some(l)) => {
+                let wanted = self.snapshot_on_load.remove(&doc);
                 // A reload of a stale document keeps what the host already knows (chunks
                 // written since the load read the store are not in `l.chunks`).
                 let stored = self.chunks.entry(doc).or_default();
-                let known: std::collections::HashSet<ChunkKey> =
-                    stored.chunks.iter().copied().collect();
+                let known: HashSet<ChunkKey> = stored.chunks.iter().copied().collect();
                 stored
                     .chunks
-                    .extend(l.chunks.into_iter().filter(|k| !known.contains(k)));
+                    .extend(l.chunks.iter().copied().filter(|k| !known.contains(k)));
+                if let (true, Some(snapshot)) = (wanted, l.snapshot) {
+                    if !self.compacting.contains_key(&doc) {
+                        self.compacted_from_loads += 1;
+                        self.compact(doc, snapshot, l.chunks);
+                    }
+                }
                 self.engine.loaded(doc, Some(l.doc));
                 Ok(())
             }
             Ok(None) => {
+                self.snapshot_on_load.remove(&doc);
                 self.chunks.entry(doc).or_default();
                 self.engine.loaded(doc, None);
                 Ok(())
             }
             Err(e) => {
+                self.snapshot_on_load.remove(&doc);
                 self.engine.load_failed(doc);
                 Err(e)
             }
@@ -297,15 +329,31 @@ impl Host {
             return;
         }
         if self.engine.is_stale(doc) {
-            // Reloaded from the store; the fold after it reports `Folded`, which compacts.
+            // Reloaded from the store, and saved by the load ([`load_for_compaction`], when
+            // the driver honours `wants_snapshot`) or else by the fold after it, which
+            // reports `Folded` and so comes back here.
+            self.snapshot_on_load.insert(doc);
             self.engine.materialize(doc);
             return;
         }
         let Some(snapshot) = self.engine.snapshot(doc) else {
             return;
         };
-        let stored = self.chunks.get_mut(&doc).expect("checked above");
-        let replaces = std::mem::take(&mut stored.chunks);
+        let replaces = self
+            .chunks
+            .get(&doc)
+            .map(|s| s.chunks.clone())
+            .unwrap_or_default();
+        self.compact(doc, snapshot, replaces);
+    }
+
+    /// Writes `snapshot` in place of the chunks `replaces`, which must hold no change the
+    /// snapshot lacks (see [`docs::compact`]); chunks the host knows beyond them stay.
+    fn compact(&mut self, doc: DocId, snapshot: Vec<u8>, replaces: Vec<ChunkKey>) {
+        let stored = self.chunks.entry(doc).or_default();
+        let replaced: HashSet<ChunkKey> = replaces.iter().copied().collect();
+        stored.chunks.retain(|k| !replaced.contains(k));
+        // Chunks that stay were written after the snapshot's source was read: a few at most.
         stored.incremental_bytes = 0;
         stored.snapshot_bytes = snapshot.len();
         let mut batch = WriteBatch::new();
@@ -317,6 +365,17 @@ impl Host {
             what: Waiting::Compaction(doc, replaces.len()),
             ticket,
         });
+    }
+
+    /// Whether the host asked for `doc`'s pending load in order to compact it: a driver
+    /// that can should load it with [`load_for_compaction`] rather than [`load`].
+    pub fn wants_snapshot(&self, doc: DocId) -> bool {
+        self.snapshot_on_load.contains(&doc)
+    }
+
+    /// Compactions written from a snapshot a load brought (for tests and metrics).
+    pub fn compacted_from_loads(&self) -> u64 {
+        self.compacted_from_loads
     }
 
     /// Chunks currently recorded for a loaded document (for tests and metrics).
@@ -386,5 +445,101 @@ mod tests {
         assert_eq!(reloaded.doc.heads(), heads);
         assert_eq!(reloaded.chunks.len(), host.chunk_count(doc));
         let _ = OpenOptions::default();
+    }
+
+    /// A relay (lazy folding) compacts a stale document from the reload itself: the load
+    /// brings the snapshot ([`load_for_compaction`]), and nothing is lost.
+    #[test]
+    fn a_stale_document_is_compacted_from_its_reload() {
+        let kv = Arc::new(MemStore::new());
+        let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+        let doc = DocId::from_bytes([6; 16]);
+        let mut relay = Host::new(
+            Engine::new(EngineConfig {
+                fold_batch: 4,
+                ..EngineConfig::relay()
+            }),
+            group.clone(),
+            HostConfig {
+                compact_after_chunks: 16,
+                ..HostConfig::default()
+            },
+        );
+        let mut snapshots_from_loads = 0;
+        // Runs the relay's actions; its sends are returned.
+        let mut run = |relay: &mut Host| {
+            let mut sends = Vec::new();
+            while let Some(a) = relay.poll_action() {
+                match a {
+                    Action::Wait { what, ticket } => relay.committed(what, ticket.wait()),
+                    Action::Load { doc } => {
+                        let r = if relay.wants_snapshot(doc) {
+                            snapshots_from_loads += 1;
+                            load_for_compaction(relay.store().as_ref(), doc)
+                        } else {
+                            load(relay.store().as_ref(), doc)
+                        };
+                        relay.loaded(doc, r).unwrap();
+                    }
+                    Action::Send { msg, .. } => sends.push(msg),
+                    _ => {}
+                }
+            }
+            sends
+        };
+        relay.engine().load(doc);
+        run(&mut relay);
+        let mut device = Engine::new(EngineConfig::device());
+        device.create(doc, Document::new());
+        device.open(ConnId(1), doc, OpenOptions::default());
+        relay.engine().open(ConnId(1), doc, OpenOptions::default());
+        for i in 0..300 {
+            device
+                .change(doc, |am| {
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, format!("k{i}"), i).unwrap();
+                    tx.commit();
+                })
+                .unwrap();
+            // Exchange until both are quiet.
+            for _ in 0..20 {
+                let mut to_relay = Vec::new();
+                while let Some(o) = device.poll_output() {
+                    match o {
+                        Output::Send { msg, .. } => to_relay.push(msg),
+                        Output::Persist { id, .. } => device.persisted(id),
+                        _ => {}
+                    }
+                }
+                for m in to_relay.drain(..) {
+                    relay.engine().handle(ConnId(1), m).unwrap();
+                }
+                let to_device = run(&mut relay);
+                if to_device.is_empty() && device.poll_output().is_none() {
+                    break;
+                }
+                for m in to_device {
+                    device.handle(ConnId(1), m).unwrap();
+                }
+            }
+        }
+        assert!(relay.engine().is_stale(doc), "the fast path left it stale");
+        assert!(
+            snapshots_from_loads > 0,
+            "no reload was asked for a snapshot"
+        );
+        assert!(
+            relay.compacted_from_loads() > 0,
+            "no compaction used a reload's snapshot"
+        );
+        assert!(
+            relay.chunk_count(doc) < 64,
+            "{} chunks: compaction is not keeping up",
+            relay.chunk_count(doc)
+        );
+        // Everything the device wrote is in the store.
+        let stored = load(kv.as_ref(), doc).unwrap().unwrap();
+        assert_eq!(stored.doc.heads(), device.heads(doc).unwrap());
+        assert_eq!(stored.chunks.len(), relay.chunk_count(doc));
     }
 }

@@ -911,8 +911,17 @@ impl Hub {
             };
             self.loads_running += 1;
             let store = self.host.store().clone();
+            // A reload for compaction also saves the document there, off the hub's thread.
+            let snapshot = self.host.wants_snapshot(doc);
             self.tasks.spawn(async move {
-                let r = tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc)).await;
+                let r = tokio::task::spawn_blocking(move || {
+                    if snapshot {
+                        host::load_for_compaction(store.as_ref(), doc)
+                    } else {
+                        host::load(store.as_ref(), doc)
+                    }
+                })
+                .await;
                 let r = r.unwrap_or_else(|e| {
                     Err(DocStoreError::Store {
                         source: StoreError::Backend {

@@ -598,7 +598,7 @@ fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
     // The relay's write is in flight (not reported durable) when its timers run.
     let mut writes = Vec::new();
     let mut sent = Vec::new();
-    let mut drive = |relay: &mut Engine, writes: &mut Vec<PersistId>, sent: &mut Vec<_>| {
+    let drive = |relay: &mut Engine, writes: &mut Vec<PersistId>, sent: &mut Vec<_>| {
         while let Some(o) = relay.poll_output() {
             match o {
                 Output::Persist { id, .. } => writes.push(id),
