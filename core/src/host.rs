@@ -54,9 +54,9 @@ impl Default for HostConfig {
 struct Stored {
     /// Every chunk, in write order.
     chunks: Vec<ChunkKey>,
-    /// Bytes written as incremental chunks since the last snapshot this host wrote.
+    /// Bytes in incremental chunks since the last snapshot (as loaded, then as written).
     incremental_bytes: usize,
-    /// Size of the last snapshot this host wrote (0 when it wrote none).
+    /// Size of the last snapshot (as loaded, or as this host wrote it; 0 when there is none).
     snapshot_bytes: usize,
 }
 
@@ -107,15 +107,20 @@ pub struct Loaded {
     /// `doc` saved, from [`load_for_compaction`]: a snapshot holding exactly the changes of
     /// `chunks`.
     pub snapshot: Option<Vec<u8>>,
+    /// Bytes of `chunks`, by kind: what the host's compaction policy starts from.
+    pub sizes: docs::ChunkBytes,
 }
 
 /// Loads a document from the store (blocking). `Ok(None)`: the store has no such document.
 pub fn load(store: &dyn KvStore, doc: DocId) -> Result<Option<Loaded>, DocStoreError> {
-    Ok(docs::load_document(store, doc)?.map(|(am, chunks)| Loaded {
-        doc: Document::from_automerge(am),
-        chunks,
-        snapshot: None,
-    }))
+    Ok(
+        docs::load_document_sized(store, doc)?.map(|(am, chunks, sizes)| Loaded {
+            doc: Document::from_automerge(am),
+            chunks,
+            snapshot: None,
+            sizes,
+        }),
+    )
 }
 
 /// [`load`], then saves the document too (blocking, and as costly as the load): for a load
@@ -250,9 +255,15 @@ impl Host {
         match result {
             Ok(Some(l)) => {
                 let wanted = self.snapshot_on_load.remove(&doc);
+                // A first load starts the compaction policy from what the store holds (a
+                // large snapshot is not redone after the first few new chunks).
+                let stored = self.chunks.entry(doc).or_insert_with(|| Stored {
+                    chunks: Vec::new(),
+                    incremental_bytes: l.sizes.incremental,
+                    snapshot_bytes: l.sizes.snapshot,
+                });
                 // A reload of a stale document keeps what the host already knows (chunks
                 // written since the load read the store are not in `l.chunks`).
-                let stored = self.chunks.entry(doc).or_default();
                 let known: HashSet<ChunkKey> = stored.chunks.iter().copied().collect();
                 stored
                     .chunks
@@ -541,5 +552,63 @@ mod tests {
         let stored = load(kv.as_ref(), doc).unwrap().unwrap();
         assert_eq!(stored.doc.heads(), device.heads(doc).unwrap());
         assert_eq!(stored.chunks.len(), relay.chunk_count(doc));
+    }
+
+    /// After a restart the compaction policy starts from the stored sizes: a document with a
+    /// snapshot is not compacted again after the first `compact_after_chunks` new chunks
+    /// unless they outgrow the snapshot.
+    #[test]
+    fn a_reopened_document_keeps_its_compaction_policy() {
+        let kv = Arc::new(MemStore::new());
+        let doc = DocId::from_bytes([7; 16]);
+        let cfg = HostConfig {
+            compact_after_chunks: 10,
+            compact_growth: 4,
+            ..HostConfig::default()
+        };
+        let write = |host: &mut Host, i: usize| {
+            host.engine()
+                .change(doc, |am| {
+                    let mut tx = am.transaction();
+                    // A long value that does not compress, so that the snapshot outweighs
+                    // a few small changes.
+                    let mut x: u32 = 1;
+                    let value: String = (0..if i == 0 { 4000 } else { 1 })
+                        .map(|_| {
+                            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                            char::from(b'a' + (x >> 16) as u8 % 26)
+                        })
+                        .collect();
+                    tx.put(ROOT, format!("k{i}"), value).unwrap();
+                    tx.commit();
+                })
+                .unwrap();
+            settle(host);
+        };
+        {
+            let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+            let mut host = Host::new(Engine::new(EngineConfig::device()), group, cfg.clone());
+            host.engine().load(doc);
+            settle(&mut host);
+            for i in 0..12 {
+                write(&mut host, i);
+            }
+            assert_eq!(host.chunk_count(doc), 3, "compacted once, two chunks after");
+        }
+        // A new host on the same store: 12 more small chunks are far less than 4x the snapshot.
+        let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+        let mut host = Host::new(Engine::new(EngineConfig::device()), group, cfg);
+        host.engine().load(doc);
+        settle(&mut host);
+        for i in 12..24 {
+            write(&mut host, i);
+        }
+        assert_eq!(
+            host.chunk_count(doc),
+            15,
+            "no compaction: the snapshot is large"
+        );
+        let stored = load(kv.as_ref(), doc).unwrap().unwrap();
+        assert_eq!(stored.doc.heads(), host.engine().heads(doc).unwrap());
     }
 }

@@ -377,6 +377,23 @@ pub fn load_document(
     store: &dyn KvStore,
     doc: DocId,
 ) -> Result<Option<(Automerge, Vec<ChunkKey>)>, DocStoreError> {
+    Ok(load_document_sized(store, doc)?.map(|(am, chunks, _)| (am, chunks)))
+}
+
+/// Bytes of a document's stored chunks, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkBytes {
+    /// Bytes in snapshot chunks.
+    pub snapshot: usize,
+    /// Bytes in incremental chunks.
+    pub incremental: usize,
+}
+
+/// [`load_document`], also telling how many bytes of each kind of chunk it read.
+pub fn load_document_sized(
+    store: &dyn KvStore,
+    doc: DocId,
+) -> Result<Option<(Automerge, Vec<ChunkKey>, ChunkBytes)>, DocStoreError> {
     let chunks = load_chunks(store, doc)?;
     if chunks.is_empty() {
         return Ok(None);
@@ -404,9 +421,17 @@ pub fn load_document(
         // Only possible if chunks were lost: changes waiting on them are left out.
         tracing::warn!(%doc, missing = missing.len(), "document loaded with missing dependencies");
     }
+    let mut sizes = ChunkBytes::default();
+    for (key, bytes) in &chunks {
+        match key.kind() {
+            ChunkKind::Snapshot => sizes.snapshot += bytes.len(),
+            ChunkKind::Incremental => sizes.incremental += bytes.len(),
+        }
+    }
     Ok(Some((
         document,
         chunks.into_iter().map(|(key, _)| key).collect(),
+        sizes,
     )))
 }
 
