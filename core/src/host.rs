@@ -350,10 +350,11 @@ impl Host {
         let Some(snapshot) = self.engine.snapshot(doc) else {
             return;
         };
+        // Every recorded chunk is in the snapshot: take them all.
         let replaces = self
             .chunks
-            .get(&doc)
-            .map(|s| s.chunks.clone())
+            .get_mut(&doc)
+            .map(|s| std::mem::take(&mut s.chunks))
             .unwrap_or_default();
         self.compact(doc, snapshot, replaces);
     }
@@ -362,8 +363,10 @@ impl Host {
     /// snapshot lacks (see [`docs::compact`]); chunks the host knows beyond them stay.
     fn compact(&mut self, doc: DocId, snapshot: Vec<u8>, replaces: Vec<ChunkKey>) {
         let stored = self.chunks.entry(doc).or_default();
-        let replaced: HashSet<ChunkKey> = replaces.iter().copied().collect();
-        stored.chunks.retain(|k| !replaced.contains(k));
+        if !stored.chunks.is_empty() {
+            let replaced: HashSet<ChunkKey> = replaces.iter().copied().collect();
+            stored.chunks.retain(|k| !replaced.contains(k));
+        }
         // Chunks that stay were written after the snapshot's source was read: a few at most.
         stored.incremental_bytes = 0;
         stored.snapshot_bytes = snapshot.len();
