@@ -356,11 +356,11 @@ async fn run_relay(
     identity: weft_relay::TlsIdentity,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
-    use weft_core::store::{GroupCommit, KvStore, RedbStore};
+    use weft_core::store::{GroupCommit, KvStore, RedbStore, StagingLimits};
 
     let store_path = args.data_dir.join("relay.redb");
     let kv: Arc<dyn KvStore> = Arc::new(
-        RedbStore::open(&store_path)
+        RedbStore::open_with(&store_path, StagingLimits::large())
             .with_context(|| format!("cannot open the store {}", store_path.display()))?,
     );
     let group = Arc::new(GroupCommit::new(kv).context("cannot start the store writer")?);

@@ -6,6 +6,8 @@
 //! - [`KvStore`]: get, prefix scan and one atomic, durable [`WriteBatch`] of puts and deletes
 //!   across named [`Table`]s. Everything above it speaks only this trait.
 //! - [`RedbStore`] (`redb.rs`): the real store, one redb file.
+//!   Small puts go to its staging log (`staging.rs`), appended in commit order, and reach
+//!   their tables later or never; reads merge them in, so the trait's semantics are unchanged.
 //! - [`MemStore`] (`memory.rs`): a `BTreeMap` store for tests, with injected faults and a model of
 //!   a crash ([`MemStore::crash_copy`]).
 //! - [`GroupCommit`] (`group.rs`): one writer thread that merges concurrently submitted batches
@@ -37,11 +39,13 @@ pub mod docs;
 mod group;
 mod memory;
 mod redb;
+mod staging;
 
 pub use self::docs::{ChunkKey, ChunkKind, DocMeta, DocStoreError};
 pub use self::group::{CommitTicket, GroupCommit, GroupLimits};
 pub use self::memory::MemStore;
 pub use self::redb::RedbStore;
+pub use self::staging::StagingLimits;
 
 /// A named table of byte keys to byte values.
 ///
