@@ -467,6 +467,20 @@ fn throughput_workload(
             per_cpu_s(run)
         );
     }
+    let split = r.relay_cpu_split;
+    let split_us = |d: Duration| {
+        if r.accepted == 0 {
+            0.0
+        } else {
+            us(d / r.accepted as u32)
+        }
+    };
+    eprintln!(
+        "  relay cpu us/change by thread: hub+QUIC {:.1}, store writer {:.1}, loads+compaction {:.1}",
+        split_us(split.worker),
+        split_us(split.store),
+        split_us(split.blocking)
+    );
     eprintln!("  targets: >= 20,000 accepted/s, >= 180,000 deliveries/s (relay on one core)");
     if r.sync_frames > 0 || drops > 0 || r.chain_exhausted {
         eprintln!(
@@ -493,6 +507,11 @@ fn throughput_workload(
         "targets_met": r.accepted_per_s >= 20000.0 && r.deliveries_per_s >= 180000.0,
         "relay_cpu_us_per_change": us(per_change(&r)),
         "relay_cpu_utilisation": (util(&r) * 100.0).round() / 100.0,
+        "relay_cpu_us_per_change_by_thread": {
+            "hub_and_quic": split_us(split.worker),
+            "store_writer": split_us(split.store),
+            "loads_and_compaction": split_us(split.blocking),
+        },
         "accepted_changes_per_relay_cpu_second": per_cpu_s(&r),
         "sync_frames": r.sync_frames,
         "queue_drops": drops,

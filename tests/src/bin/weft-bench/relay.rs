@@ -19,6 +19,10 @@ use weft_relay::{Claims, Metrics, Minter};
 const RELAY_THREAD: &str = "weft-relay-rt";
 const STORE_THREAD: &str = "weft-store-writ";
 
+/// The thread id of the relay runtime's one worker (the hub and QUIC), once a relay started:
+/// its other threads are the blocking pool (document loads and compaction saves).
+static WORKER_TID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A running relay.
 pub struct Relay {
     pub addr: SocketAddr,
@@ -40,6 +44,18 @@ impl Relay {
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
         let cert = identity.cert_chain.clone();
         let runtime = relay_runtime()?;
+        // With one worker every spawned task runs on it: ask the kernel which thread that is.
+        if let Ok(Ok(Ok(path))) = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::spawn(async { std::fs::read_link("/proc/thread-self") }),
+            )
+            .await
+        }) {
+            if let Some(tid) = path.file_name().and_then(|t| t.to_str()) {
+                let _ = WORKER_TID.set(tid.to_string());
+            }
+        }
         let store_path = dir.path().join("relay.redb");
         let kv: Arc<dyn KvStore> =
             Arc::new(RedbStore::open_with(&store_path, StagingLimits::large())?);
@@ -126,24 +142,64 @@ fn relay_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the relay's runtime")
 }
 
+/// CPU time used so far by the relay's threads, by kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayCpu {
+    /// The runtime's worker: the hub (engine, fan-out) and QUIC.
+    pub worker: Duration,
+    /// The group-commit store writer.
+    pub store: Duration,
+    /// The runtime's blocking pool: document loads, and the saves of compactions.
+    pub blocking: Duration,
+}
+
+impl RelayCpu {
+    pub fn total(&self) -> Duration {
+        self.worker + self.store + self.blocking
+    }
+
+    pub fn since(&self, earlier: &RelayCpu) -> RelayCpu {
+        RelayCpu {
+            worker: self.worker.saturating_sub(earlier.worker),
+            store: self.store.saturating_sub(earlier.store),
+            blocking: self.blocking.saturating_sub(earlier.blocking),
+        }
+    }
+}
+
 /// CPU time used so far by the relay's threads (runtime workers, blocking pool, store writer).
 pub fn relay_cpu() -> Duration {
-    let mut total = Duration::ZERO;
+    relay_cpu_split().total()
+}
+
+/// [`relay_cpu`] by kind of thread. Without a known worker thread, all runtime threads count
+/// as the worker.
+pub fn relay_cpu_split() -> RelayCpu {
+    let mut cpu = RelayCpu::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return total;
+        return cpu;
     };
+    let worker = WORKER_TID.get();
     for task in tasks.flatten() {
         let dir = task.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
             continue;
         };
-        let comm = comm.trim_end();
-        if comm != RELAY_THREAD && comm != STORE_THREAD {
-            continue;
+        let used = || thread_cpu(&dir).unwrap_or_default();
+        match comm.trim_end() {
+            STORE_THREAD => cpu.store += used(),
+            RELAY_THREAD => {
+                let tid = task.file_name();
+                if worker.is_none_or(|w| tid.to_str() == Some(w.as_str())) {
+                    cpu.worker += used();
+                } else {
+                    cpu.blocking += used();
+                }
+            }
+            _ => {}
         }
-        total += thread_cpu(&dir).unwrap_or_default();
     }
-    total
+    cpu
 }
 
 /// A thread's CPU time: nanoseconds from `schedstat`, else clock ticks from `stat`.

@@ -16,7 +16,7 @@ use weft_core::DocId;
 
 use crate::chain::Chain;
 use crate::client::{self, Client};
-use crate::relay::relay_cpu;
+use crate::relay::{relay_cpu_split, RelayCpu};
 
 /// Changes a device may have sent and not yet had acknowledged.
 const ACK_WINDOW: u64 = 1024;
@@ -40,6 +40,8 @@ pub struct Run {
     pub accepted_per_s: f64,
     pub deliveries_per_s: f64,
     pub relay_cpu: Duration,
+    /// `relay_cpu` by kind of thread.
+    pub relay_cpu_split: RelayCpu,
     pub accepted: u64,
     pub window: Duration,
     pub setup: Duration,
@@ -118,7 +120,7 @@ pub async fn run(
     let (a0, d0, cpu0, t0) = (
         counters.accepted.load(Relaxed),
         counters.delivered.load(Relaxed),
-        relay_cpu(),
+        relay_cpu_split(),
         Instant::now(),
     );
     let sync0 = counters.sync_frames.load(Relaxed);
@@ -126,7 +128,7 @@ pub async fn run(
     let (a1, d1, cpu1, elapsed) = (
         counters.accepted.load(Relaxed),
         counters.delivered.load(Relaxed),
-        relay_cpu(),
+        relay_cpu_split(),
         t0.elapsed(),
     );
     let sync_frames = counters.sync_frames.load(Relaxed) - sync0;
@@ -140,7 +142,8 @@ pub async fn run(
     Ok(Run {
         accepted_per_s: (a1 - a0) as f64 / secs,
         deliveries_per_s: (d1 - d0) as f64 / secs,
-        relay_cpu: cpu1.saturating_sub(cpu0),
+        relay_cpu: cpu1.since(&cpu0).total(),
+        relay_cpu_split: cpu1.since(&cpu0),
         accepted: a1 - a0,
         window: elapsed,
         setup,
