@@ -43,7 +43,7 @@ use ::redb::{
     TableError, TableHandle, WriteTransaction,
 };
 
-use super::staging::{Delta, Entry, Index, Layers, LogState, StagingLimits, View, LOG};
+use super::staging::{ikey, Delta, Entry, Index, Layers, LogState, StagingLimits, View, LOG};
 use super::{prefix_end, BatchOp, KvStore, StoreError, Table, WriteBatch};
 
 /// The newest schema this build reads and the one it writes. Version 2 added the staging log:
@@ -53,6 +53,9 @@ const SCHEMA_VERSION: u32 = 2;
 const VIEW_ATTEMPTS: usize = 64;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// The staging log in a read transaction.
+type LogTable = ::redb::ReadOnlyTable<u64, &'static [u8]>;
 
 /// Rows read back, key and value (empty when not asked for).
 type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
@@ -231,9 +234,13 @@ impl RedbStore {
         })
     }
 
-    /// The value of the staged put with sequence number `seq`, as `txn` sees it.
-    fn staged_value(&self, txn: &ReadTransaction, seq: u64) -> Result<Vec<u8>, StoreError> {
-        let log = txn.open_table(LOG).map_err(|e| self.error(e))?;
+    /// The staging log as `txn` sees it.
+    fn log_of(&self, txn: &ReadTransaction) -> Result<LogTable, StoreError> {
+        txn.open_table(LOG).map_err(|e| self.error(e))
+    }
+
+    /// The value of the staged put with sequence number `seq` in `log`.
+    fn staged_value(&self, log: &LogTable, seq: u64) -> Result<Vec<u8>, StoreError> {
         let Some(bytes) = log.get(seq).map_err(|e| self.error(e))? else {
             return Err(self.corrupt(format!("staged entry {seq} is missing from its log")));
         };
@@ -364,6 +371,7 @@ impl RedbStore {
             return Ok(home);
         }
         // Merge two key-ordered lists; a staged row is newer than a table row of the same key.
+        let log = self.log_of(&txn)?;
         let mut out = Vec::with_capacity(home.len() + staged.len());
         let mut home = home.into_iter().peekable();
         for (key, seq) in staged {
@@ -372,7 +380,7 @@ impl RedbStore {
             }
             home.next_if(|(k, _)| *k == key);
             let value = if values {
-                self.staged_value(&txn, seq)?
+                self.staged_value(&log, seq)?
             } else {
                 Vec::new()
             };
@@ -387,7 +395,7 @@ impl KvStore for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let (txn, staged) = self.view(|v| v.get(&Delta::new(), table, key))?;
         if let Some(seq) = staged {
-            return self.staged_value(&txn, seq).map(Some);
+            return self.staged_value(&self.log_of(&txn)?, seq).map(Some);
         }
         let rows = match txn.open_table(definition(table)) {
             Ok(rows) => rows,
@@ -442,7 +450,7 @@ impl KvStore for RedbStore {
             for op in batch.ops() {
                 match op {
                     BatchOp::Put { table, key, value } if self.limits.stages(key, value) => {
-                        delta.insert((*table, key.clone()), Some(next.next_seq));
+                        delta.insert(ikey(*table, key), Some(next.next_seq));
                         append(
                             Entry::Put {
                                 table: *table,
@@ -458,7 +466,7 @@ impl KvStore for RedbStore {
                             .insert(key.as_slice(), value.as_slice())
                             .map_err(|e| self.error(e))?;
                         if staged(&delta, *table, key).is_some() {
-                            delta.insert((*table, key.clone()), None);
+                            delta.insert(ikey(*table, key), None);
                             append(Entry::Delete { table: *table, key }, &mut next)?;
                         }
                     }
@@ -468,7 +476,7 @@ impl KvStore for RedbStore {
                             .remove(key.as_slice())
                             .map_err(|e| self.error(e))?;
                         if staged(&delta, *table, key).is_some() {
-                            delta.insert((*table, key.clone()), None);
+                            delta.insert(ikey(*table, key), None);
                             append(Entry::Delete { table: *table, key }, &mut next)?;
                         }
                     }
@@ -487,7 +495,7 @@ impl KvStore for RedbStore {
                             .staged_in(&delta, *table, prefix);
                         if !keys.is_empty() {
                             for (key, _) in keys {
-                                delta.insert((*table, key), None);
+                                delta.insert(ikey(*table, &key), None);
                             }
                             append(
                                 Entry::DeletePrefix {
@@ -549,7 +557,7 @@ impl RedbStore {
                 .map_err(|reason| self.corrupt(format!("staged entry {seq}: {reason}")))?;
             if let Entry::Put { table, key, value } = entry {
                 if read(&self.layers).latest().get(delta, table, key) == Some(seq) {
-                    delta.insert((table, key.to_vec()), None);
+                    delta.insert(ikey(table, key), None);
                     moves.push((table, key.to_vec(), value.to_vec()));
                 }
             }

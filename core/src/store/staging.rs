@@ -41,12 +41,41 @@ use super::Table;
 /// The log table: sequence number to encoded [`Entry`].
 pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("staged_log");
 
-/// Live staged keys: `(table, key)` to the sequence number of the put that holds the value.
-pub(super) type Index = BTreeMap<(Table, Vec<u8>), u64>;
+/// Live staged keys, as [`ikey`]s (table tag, then key), to the sequence number of the put that
+/// holds the value.
+pub(super) type Index = BTreeMap<Vec<u8>, u64>;
 
 /// One commit's changes to the index: a new sequence number, or `None` for a key no longer
 /// staged.
-pub(super) type Delta = BTreeMap<(Table, Vec<u8>), Option<u64>>;
+pub(super) type Delta = BTreeMap<Vec<u8>, Option<u64>>;
+
+/// A table's one-byte tag in index keys: its position in [`Table::ALL`].
+fn tag(table: Table) -> u8 {
+    // Invariant: every `Table` value is one of `Table::ALL` (its constructor is private to
+    // this module tree and only used there), and there are fewer than 256.
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
+}
+
+/// The index key of `(table, key)`: tag byte, then the key. Byte order sorts by table, then key.
+pub(super) fn ikey(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(tag(table));
+    k.extend_from_slice(key);
+    k
+}
+
+/// Calls `f` with the index key of `(table, key)`, built on the stack when it is short (chunk
+/// keys are 49 bytes): lookups are per op on the writer's thread.
+fn with_ikey<T>(table: Table, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    let mut buf = [0u8; 128];
+    if key.len() < buf.len() {
+        buf[0] = tag(table);
+        buf[1..=key.len()].copy_from_slice(key);
+        f(&buf[..=key.len()])
+    } else {
+        f(&ikey(table, key))
+    }
+}
 
 /// How large the staging log may grow, and which puts go to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,14 +215,14 @@ impl<'a> Entry<'a> {
     pub(super) fn replay(&self, seq: u64, index: &mut Index) {
         match *self {
             Entry::Put { table, key, .. } => {
-                index.insert((table, key.to_vec()), seq);
+                index.insert(ikey(table, key), seq);
             }
             Entry::Delete { table, key } => {
-                index.remove(&(table, key.to_vec()));
+                with_ikey(table, key, |k| index.remove(k));
             }
             Entry::DeletePrefix { table, prefix } => {
                 for key in staged_keys(index, table, prefix) {
-                    index.remove(&(table, key));
+                    index.remove(&ikey(table, &key));
                 }
             }
         }
@@ -202,11 +231,19 @@ impl<'a> Entry<'a> {
 
 /// The staged keys of `table` starting with `prefix`, in key order, with their sequence numbers.
 pub(super) fn staged_in(index: &Index, table: Table, prefix: &[u8]) -> Vec<(Vec<u8>, u64)> {
-    index
-        .range((table, prefix.to_vec())..)
-        .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
-        .map(|((_, k), seq)| (k.clone(), *seq))
+    range_of(index, &ikey(table, prefix))
+        .map(|(k, seq)| (k[1..].to_vec(), *seq))
         .collect()
+}
+
+/// The entries of `map` whose index keys start with `start` (an index key of a prefix).
+fn range_of<'m, V>(
+    map: &'m BTreeMap<Vec<u8>, V>,
+    start: &[u8],
+) -> impl Iterator<Item = (&'m Vec<u8>, &'m V)> {
+    let owned = start.to_vec();
+    map.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(&owned))
 }
 
 fn staged_keys(index: &Index, table: Table, prefix: &[u8]) -> Vec<Vec<u8>> {
@@ -299,16 +336,17 @@ impl View<'_> {
     /// The sequence number of `(table, key)`'s staged put, if it is staged; `delta` (the
     /// writer's own uncommitted changes) goes over the view.
     pub(super) fn get(&self, delta: &Delta, table: Table, key: &[u8]) -> Option<u64> {
-        let k = (table, key.to_vec());
-        if let Some(seq) = delta.get(&k) {
-            return *seq;
-        }
-        for d in self.deltas.iter().rev() {
-            if let Some(seq) = d.get(&k) {
+        with_ikey(table, key, |k| {
+            if let Some(seq) = delta.get(k) {
                 return *seq;
             }
-        }
-        self.base.get(&k).copied()
+            for d in self.deltas.iter().rev() {
+                if let Some(seq) = d.get(k) {
+                    return *seq;
+                }
+            }
+            self.base.get(k).copied()
+        })
     }
 
     /// The staged keys of `table` starting with `prefix`, in key order, with their sequence
@@ -321,14 +359,12 @@ impl View<'_> {
     ) -> Vec<(Vec<u8>, u64)> {
         let mut out: BTreeMap<Vec<u8>, u64> =
             staged_in(self.base, table, prefix).into_iter().collect();
+        let start = ikey(table, prefix);
         for d in self.deltas.iter().copied().chain(std::iter::once(delta)) {
-            for ((_, key), seq) in d
-                .range((table, prefix.to_vec())..)
-                .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
-            {
+            for (key, seq) in range_of(d, &start) {
                 match seq {
-                    Some(seq) => out.insert(key.clone(), *seq),
-                    None => out.remove(key),
+                    Some(seq) => out.insert(key[1..].to_vec(), *seq),
+                    None => out.remove(&key[1..]),
                 };
             }
         }
