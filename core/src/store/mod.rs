@@ -65,6 +65,9 @@ impl Table {
     pub const USER_DOCS: Table = Table("user_docs");
 
     /// Every table a store holds.
+    ///
+    /// Adding a table needs a new schema version (`redb.rs`): an older build would find the
+    /// new table's staged rows in the staging log, where it cannot tell them from damage.
     pub const ALL: [Table; 4] = [
         Table::CHUNKS,
         Table::SYNC_STATES,

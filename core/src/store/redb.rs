@@ -194,6 +194,10 @@ impl RedbStore {
         for entry in log.iter().map_err(|e| self.error(e))? {
             let (seq, bytes) = entry.map_err(|e| self.error(e))?;
             let (seq, bytes) = (seq.value(), bytes.value());
+            // Numbers start at 1 and never reach u64::MAX: anything else was not written here.
+            if seq == 0 || seq == u64::MAX {
+                return Err(self.corrupt(format!("its staging log has entry number {seq}")));
+            }
             if first.is_some() && seq != last + 1 {
                 return Err(
                     self.corrupt(format!("its staging log jumps from entry {last} to {seq}"))
@@ -449,7 +453,10 @@ impl KvStore for RedbStore {
             };
             for op in batch.ops() {
                 match op {
-                    BatchOp::Put { table, key, value } if self.limits.stages(key, value) => {
+                    BatchOp::Put { table, key, value }
+                        if self.limits.stages(key, value)
+                            && self.limits.batch_has_room(&state, &next) =>
+                    {
                         delta.insert(ikey(*table, key), Some(next.next_seq));
                         append(
                             Entry::Put {
@@ -841,8 +848,27 @@ mod tests {
         assert!(err.to_string().contains("staged entry 1"), "{err}");
     }
 
-    /// Readers running beside a writer see whole batches only: every batch moves all of its
-    /// keys to the same generation, so a read that mixes generations saw half a commit.
+    /// The rows generation `g` of `reads_beside_a_writer_see_whole_commits` leaves in `chunks`:
+    /// its keys, each with a value naming `g`, some small (staged, while the batch has room)
+    /// and some over `max_value` (written to the table directly).
+    fn generation_rows(g: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let keys = 3 + (g % 5);
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = (0..keys)
+            .map(|k| {
+                let n = (g + k) % 7;
+                let mut value = g.to_be_bytes().to_vec();
+                if n % 3 == 0 {
+                    value.resize(20_000, 0xab);
+                }
+                (format!("k{n}").into_bytes(), value)
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Readers running beside a writer see whole commits only: each generation replaces every
+    /// row, so a read must show exactly one generation's rows, or none before the first.
     #[test]
     fn reads_beside_a_writer_see_whole_commits() {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -862,13 +888,15 @@ mod tests {
                     let mut reads = 0u64;
                     while !done.load(Ordering::Relaxed) {
                         let rows = store.scan_prefix(Table::CHUNKS, b"").unwrap();
-                        let generations: std::collections::BTreeSet<&[u8]> =
-                            rows.iter().map(|(_, v)| &v[..]).collect();
-                        assert!(generations.len() <= 1, "a torn read: {rows:?}");
-                        assert!(rows.iter().all(|(_, v)| v.len() == 8), "{rows:?}");
+                        if let Some((_, v)) = rows.first() {
+                            let g = u64::from_be_bytes(v[..8].try_into().unwrap());
+                            assert_eq!(rows, generation_rows(g), "a torn read");
+                        }
+                        let keys = store.scan_keys(Table::CHUNKS, b"k").unwrap();
+                        assert!(keys.len() <= 7, "{keys:?}");
                         // A later commit may have deleted it; if not, it is a whole value.
                         if let Some(value) = store.get(Table::CHUNKS, b"k3").unwrap() {
-                            assert_eq!(value.len(), 8);
+                            assert!(value.len() == 8 || value.len() == 20_000);
                         }
                         reads += 1;
                     }
@@ -876,22 +904,101 @@ mod tests {
                 })
             })
             .collect();
-        for generation in 0u64..300 {
+        for g in 0u64..300 {
             let mut b = WriteBatch::new();
-            // Keys move between staged puts, tombstones, direct puts (large values go
-            // direct) and cleaning; the values of one batch all name its generation.
-            let keys = 3 + (generation % 5);
             b.delete_prefix(Table::CHUNKS, Vec::new());
-            for k in 0..keys {
-                let key = format!("k{}", (generation + k) % 7).into_bytes();
-                b.put(Table::CHUNKS, key, generation.to_be_bytes().to_vec());
+            for (key, value) in generation_rows(g) {
+                b.put(Table::CHUNKS, key, value);
             }
             store.write(&b).unwrap();
+            if g % 4 == 0 {
+                // A commit that appends nothing to the log: one large row in another table.
+                store
+                    .write(&put(Table::DOC_META, b"big", &[g as u8; 20_000]))
+                    .unwrap();
+            }
         }
         done.store(true, Ordering::Relaxed);
         for reader in readers {
             assert!(reader.join().unwrap() > 0);
         }
+        assert_eq!(
+            store.scan_prefix(Table::CHUNKS, b"").unwrap(),
+            generation_rows(299)
+        );
+    }
+
+    #[test]
+    fn a_staged_entry_numbered_out_of_range_is_corrupt_not_a_panic() {
+        for seq in [0, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.redb");
+            drop(RedbStore::open(&path).unwrap());
+            {
+                let db = Database::open(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                let entry = Entry::Put {
+                    table: Table::CHUNKS,
+                    key: b"k",
+                    value: b"v",
+                }
+                .encode();
+                txn.open_table(LOG)
+                    .unwrap()
+                    .insert(seq, entry.as_slice())
+                    .unwrap();
+                txn.commit().unwrap();
+            }
+            let err = RedbStore::open(&path).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{seq}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_as_large_as_the_log_stages_a_quarter_and_older_entries_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store =
+            RedbStore::open_with(&path, StagingLimits::with_capacity(100, 1 << 20)).unwrap();
+        for i in 0..80u32 {
+            store
+                .write(&put(Table::CHUNKS, format!("old {i:03}").as_bytes(), b"v"))
+                .unwrap();
+        }
+        assert_eq!(lock(&store.writer).entries, 80);
+        let mut big = WriteBatch::new();
+        for i in 0..95u32 {
+            big.put(
+                Table::CHUNKS,
+                format!("new {i:03}").into_bytes(),
+                b"w".to_vec(),
+            );
+        }
+        store.write(&big).unwrap();
+        let state = *lock(&store.writer);
+        // 25 of the new puts were staged; cleaning took the log back under 7/8 of 100 and
+        // no further: most of the older entries are still staged.
+        let staged = |prefix: &str, n: u32| {
+            let layers = read(&store.layers);
+            (0..n)
+                .filter(|i| {
+                    let key = format!("{prefix} {i:03}");
+                    layers
+                        .latest()
+                        .get(&Delta::new(), Table::CHUNKS, key.as_bytes())
+                        .is_some()
+                })
+                .count()
+        };
+        assert_eq!(staged("new", 95), 25);
+        assert!(staged("old", 80) >= 50, "{}", staged("old", 80));
+        assert!(state.entries <= 100, "{state:?}");
+        assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 175);
+        drop(store);
+        let store =
+            RedbStore::open_with(&path, StagingLimits::with_capacity(100, 1 << 20)).unwrap();
+        assert_eq!(lock(&store.writer).entries, state.entries);
+        assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 175);
     }
 
     /// Opening must give an error, or a store whose reads and writes give errors or data —
@@ -1050,8 +1157,9 @@ mod staging_equivalence {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
-            // Values over 64 bytes go direct; the log is cleaned past 6 entries or 400 bytes.
-            let limits = StagingLimits { max_value: 64, ..StagingLimits::with_capacity(6, 400) };
+            // Values over 64 bytes go direct, and so do puts beyond 4 entries or 300 bytes in
+            // one batch; the log is cleaned past 16 entries or 1,200 bytes.
+            let limits = StagingLimits { max_value: 64, ..StagingLimits::with_capacity(16, 1200) };
             let mut store = RedbStore::open_with(&path, limits).unwrap();
             let model = MemStore::new();
             for ops in batches {
@@ -1092,7 +1200,8 @@ mod staging_equivalence {
                     }
                 }
                 let state = *lock(&store.writer);
-                prop_assert!(state.entries <= 6 + 2 * 6 || state.bytes <= 400 + 2 * 6 * 100,
+                // A batch stages at most 4 puts plus its tombstones (at most 6 ops in all).
+                prop_assert!(state.entries <= 16 + 6 && state.bytes <= 1200 + 6 * 120,
                     "the log is not cleaned: {state:?}");
             }
         }

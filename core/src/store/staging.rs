@@ -129,6 +129,15 @@ impl StagingLimits {
     pub(super) fn stages(&self, key: &[u8], value: &[u8]) -> bool {
         value.len() <= self.max_value && key.len() <= usize::from(u16::MAX)
     }
+
+    /// Whether one batch may stage another put: a batch stages at most a quarter of the log's
+    /// limits, and writes the rest of its puts directly. Otherwise a batch as large as the log
+    /// would leave it over its limits by itself, and that commit and the next would clean every
+    /// older entry, live ones included.
+    pub(super) fn batch_has_room(&self, before: &LogState, now: &LogState) -> bool {
+        now.entries.saturating_sub(before.entries) < self.max_entries / 4
+            && now.bytes.saturating_sub(before.bytes) < self.max_bytes / 4
+    }
 }
 
 /// One log entry.
@@ -441,6 +450,57 @@ mod tests {
         assert!(Entry::decode(&bad_table)
             .unwrap_err()
             .contains("unknown table"));
+    }
+
+    #[test]
+    fn layers_answer_as_of_each_kept_commit_and_fold_the_rest() {
+        let key = |n: u8| vec![b'k', n];
+        let mut base = Index::new();
+        base.insert(ikey(Table::CHUNKS, &key(0)), 1);
+        let mut layers = Layers::new(1, base);
+        // Commit c (last sequence number c + 1) stages key c and unstages key c - 1.
+        for c in 1..=8u8 {
+            let mut delta = Delta::new();
+            delta.insert(ikey(Table::CHUNKS, &key(c)), Some(u64::from(c) + 1));
+            delta.insert(ikey(Table::CHUNKS, &key(c - 1)), None);
+            layers.push(u64::from(c) + 1, delta);
+            layers.fold();
+        }
+        let none = Delta::new();
+        let staged = |view: &View<'_>| view.staged_in(&none, Table::CHUNKS, b"k");
+        // The newest DELTAS_KEPT commits answer as of themselves.
+        for c in (8 - DELTAS_KEPT as u8)..=8 {
+            let view = layers.view(u64::from(c) + 1).expect("a kept layer");
+            assert_eq!(
+                staged(&view),
+                vec![(key(c), u64::from(c) + 1)],
+                "commit {c}"
+            );
+            assert_eq!(
+                view.get(&none, Table::CHUNKS, &key(c)),
+                Some(u64::from(c) + 1)
+            );
+            assert_eq!(view.get(&none, Table::SYNC_STATES, &key(c)), None);
+        }
+        // Older ones are folded away: their readers start again.
+        assert!(layers.view(2).is_none());
+        // A failed commit's layer is withdrawn; popping another number changes nothing.
+        let mut delta = Delta::new();
+        delta.insert(ikey(Table::CHUNKS, &key(9)), Some(10));
+        layers.push(10, delta);
+        layers.pop(11);
+        assert!(layers.view(10).is_some());
+        layers.pop(10);
+        assert!(layers.view(10).is_none());
+        assert_eq!(staged(&layers.latest()), vec![(key(8), 9)]);
+        // The writer's own delta goes over the view.
+        let mut mine = Delta::new();
+        mine.insert(ikey(Table::CHUNKS, &key(8)), None);
+        assert_eq!(layers.latest().get(&mine, Table::CHUNKS, &key(8)), None);
+        assert!(layers
+            .latest()
+            .staged_in(&mine, Table::CHUNKS, b"")
+            .is_empty());
     }
 
     #[test]
