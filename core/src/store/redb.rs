@@ -857,7 +857,7 @@ mod tests {
             .map(|k| {
                 let n = (g + k) % 7;
                 let mut value = g.to_be_bytes().to_vec();
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     value.resize(20_000, 0xab);
                 }
                 (format!("k{n}").into_bytes(), value)
@@ -911,7 +911,7 @@ mod tests {
                 b.put(Table::CHUNKS, key, value);
             }
             store.write(&b).unwrap();
-            if g % 4 == 0 {
+            if g.is_multiple_of(4) {
                 // A commit that appends nothing to the log: one large row in another table.
                 store
                     .write(&put(Table::DOC_META, b"big", &[g as u8; 20_000]))
