@@ -216,18 +216,19 @@ impl RedbStore {
         Ok((state, index))
     }
 
-    /// A read transaction, and `lookup` applied to the staging index of exactly the commit
-    /// the transaction sees.
-    fn view<T>(&self, lookup: impl Fn(&View<'_>) -> T) -> Result<(ReadTransaction, T), StoreError> {
+    /// A read transaction, the staging log as it sees it, and `lookup` applied to the staging
+    /// index of exactly the commit the transaction sees.
+    fn view<T>(
+        &self,
+        lookup: impl Fn(&View<'_>) -> T,
+    ) -> Result<(ReadTransaction, LogTable, T), StoreError> {
         for _ in 0..VIEW_ATTEMPTS {
             let txn = self.db.begin_read().map_err(|e| self.error(e))?;
-            let last = {
-                let log = txn.open_table(LOG).map_err(|e| self.error(e))?;
-                let last = log.last().map_err(|e| self.error(e))?;
-                last.map_or(0, |(seq, _)| seq.value())
-            };
+            let log = txn.open_table(LOG).map_err(|e| self.error(e))?;
+            let last = log.last().map_err(|e| self.error(e))?;
+            let last = last.map_or(0, |(seq, _)| seq.value());
             if let Some(found) = read(&self.layers).view(last).map(|view| lookup(&view)) {
-                return Ok((txn, found));
+                return Ok((txn, log, found));
             }
             // Commits moved on past the layers kept between starting the transaction and
             // looking up its index: start again.
@@ -236,11 +237,6 @@ impl RedbStore {
             path: self.path.clone(),
             message: "the staging log moved on faster than a read could start".to_string(),
         })
-    }
-
-    /// The staging log as `txn` sees it.
-    fn log_of(&self, txn: &ReadTransaction) -> Result<LogTable, StoreError> {
-        txn.open_table(LOG).map_err(|e| self.error(e))
     }
 
     /// The value of the staged put with sequence number `seq` in `log`.
@@ -349,7 +345,7 @@ impl RedbStore {
         prefix: &[u8],
         values: bool,
     ) -> Result<KeyValues, StoreError> {
-        let (txn, staged) = self.view(|v| v.staged_in(&Delta::new(), table, prefix))?;
+        let (txn, log, staged) = self.view(|v| v.staged_in(&Delta::new(), table, prefix))?;
         let mut home = Vec::new();
         match txn.open_table(definition(table)) {
             Ok(rows) => {
@@ -375,7 +371,6 @@ impl RedbStore {
             return Ok(home);
         }
         // Merge two key-ordered lists; a staged row is newer than a table row of the same key.
-        let log = self.log_of(&txn)?;
         let mut out = Vec::with_capacity(home.len() + staged.len());
         let mut home = home.into_iter().peekable();
         for (key, seq) in staged {
@@ -397,9 +392,9 @@ impl RedbStore {
 
 impl KvStore for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let (txn, staged) = self.view(|v| v.get(&Delta::new(), table, key))?;
+        let (txn, log, staged) = self.view(|v| v.get(&Delta::new(), table, key))?;
         if let Some(seq) = staged {
-            return self.staged_value(&self.log_of(&txn)?, seq).map(Some);
+            return self.staged_value(&log, seq).map(Some);
         }
         let rows = match txn.open_table(definition(table)) {
             Ok(rows) => rows,
@@ -695,27 +690,43 @@ mod tests {
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     }
 
+    /// Writes a schema version 1 file at `path` with `tables` and one `(table, key, value)` row.
+    fn write_version_1(path: &Path, tables: &[Table], row: (Table, &[u8], &[u8])) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes()[..])
+            .unwrap();
+        for table in tables {
+            txn.open_table(definition(*table)).unwrap();
+        }
+        txn.open_table(definition(row.0))
+            .unwrap()
+            .insert(row.1, row.2)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// Writes `bytes` as staging log entry `seq` of the closed store at `path`, bypassing
+    /// `RedbStore`.
+    fn put_log_entry(path: &Path, seq: u64, bytes: &[u8]) {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(LOG).unwrap().insert(seq, bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
     #[test]
     fn a_file_from_before_the_user_index_opens_with_the_index_table_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        {
-            // Schema version 1 as first shipped: three tables.
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes()[..])
-                .unwrap();
-            for table in [Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META] {
-                txn.open_table(definition(table)).unwrap();
-            }
-            txn.open_table(definition(Table::DOC_META))
-                .unwrap()
-                .insert(&b"doc"[..], &b"meta"[..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        // Schema version 1 as first shipped: three tables.
+        write_version_1(
+            &path,
+            &[Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META],
+            (Table::DOC_META, b"doc", b"meta"),
+        );
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             store.get(Table::DOC_META, b"doc").unwrap(),
@@ -792,22 +803,7 @@ mod tests {
     fn a_version_1_file_is_upgraded_and_stages_from_then_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes()[..])
-                .unwrap();
-            for table in Table::ALL {
-                txn.open_table(definition(table)).unwrap();
-            }
-            txn.open_table(definition(Table::CHUNKS))
-                .unwrap()
-                .insert(&b"old"[..], &b"row"[..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        write_version_1(&path, &Table::ALL, (Table::CHUNKS, b"old", b"row"));
         {
             let store = RedbStore::open(&path).unwrap();
             store.write(&put(Table::CHUNKS, b"new", b"staged")).unwrap();
@@ -834,15 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         drop(RedbStore::open(&path).unwrap());
-        {
-            let db = Database::open(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(LOG)
-                .unwrap()
-                .insert(1, &b"\x07garbage"[..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        put_log_entry(&path, 1, b"\x07garbage");
         let err = RedbStore::open(&path).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().contains("staged entry 1"), "{err}");
@@ -934,21 +922,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
             drop(RedbStore::open(&path).unwrap());
-            {
-                let db = Database::open(&path).unwrap();
-                let txn = db.begin_write().unwrap();
-                let entry = Entry::Put {
-                    table: Table::CHUNKS,
-                    key: b"k",
-                    value: b"v",
-                }
-                .encode();
-                txn.open_table(LOG)
-                    .unwrap()
-                    .insert(seq, entry.as_slice())
-                    .unwrap();
-                txn.commit().unwrap();
-            }
+            let entry = Entry::Put {
+                table: Table::CHUNKS,
+                key: b"k",
+                value: b"v",
+            };
+            put_log_entry(&path, seq, &entry.encode());
             let err = RedbStore::open(&path).unwrap_err();
             assert!(matches!(err, StoreError::Corrupt { .. }), "{seq}: {err:?}");
         }
