@@ -46,6 +46,11 @@ mod control;
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
 const WAKE_RECHECK: Duration = Duration::from_millis(100);
 
+/// Events the hub handles in one pass of its loop when they are already queued (see
+/// [`Hub::run`]). Bounds the delay a burst adds to the first event's output: a pass of this
+/// many frames takes well under a millisecond.
+const EVENTS_PER_PASS: usize = 32;
+
 use control::QueuedControl;
 
 /// Hub limits.
@@ -343,7 +348,23 @@ impl Hub {
             };
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => {
+                        self.on_event(ev);
+                        // Events already queued join this pass: under load the pass's fixed
+                        // costs (the `select!`, the clock, pumping and flushing) are paid per
+                        // burst instead of per frame, and each connection's frames of the
+                        // burst go out as one batch.
+                        for _ in 1..EVENTS_PER_PASS {
+                            let Ok(ev) = events.try_recv() else { break };
+                            if matches!(ev, HubEvent::Closed { .. }) {
+                                // Output already produced reaches the connection's queue
+                                // before it is forgotten, as it did one event per pass.
+                                self.pump_actions();
+                                self.flush();
+                            }
+                            self.on_event(ev);
+                        }
+                    }
                     None => break,
                 },
                 done = std::future::poll_fn(|cx| Self::poll_commits(&mut self.commits, cx)), if !self.commits.is_empty() => {
