@@ -123,6 +123,48 @@ pub fn transport_config() -> quinn::TransportConfig {
     config
 }
 
+/// The UDP buffer sizes [`bind_udp`] asks for. The Linux default (208 KiB) holds a few
+/// milliseconds of a busy relay's traffic: a burst from many devices arriving while the relay's
+/// thread is busy overflowed it and lost packets, and every loss holds up that connection's
+/// acknowledged data until the retransmission arrives. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max`; raise those for more.
+pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket for a QUIC endpoint bound to `addr`, with [`UDP_BUFFER`]-sized receive and send
+/// buffers where the OS allows (a refusal is logged at debug and the default kept), dual-stack
+/// when `addr` is an IPv6 wildcard.
+pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::debug!(error = %e, "UDP socket stays IPv6-only");
+        }
+    }
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "UDP receive buffer left at the OS default");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "UDP send buffer left at the OS default");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on [`bind_udp`]'s socket: a server when `server` is given, else a client
+/// only. Call within a tokio runtime.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        bind_udp(addr)?,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// Unread datagrams beyond this are dropped (oldest first): ephemeral data is best-effort.
 const DATAGRAM_RECEIVE_BUFFER: usize = 1024 * 1024;
 const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;

@@ -425,7 +425,7 @@ async fn connect_and_run(
             }
         }
     };
-    let endpoint = match quinn::Endpoint::client(unspecified_for(&addr)) {
+    let endpoint = match quic::endpoint(unspecified_for(&addr), None) {
         Ok(e) => e,
         Err(e) => {
             return Ended {
@@ -695,7 +695,7 @@ pub(crate) fn listen(
         ClientAuth::Allow(allow),
     )
     .map_err(|e| DeviceError::Connection(format!("TLS configuration: {e}")))?;
-    let endpoint = quinn::Endpoint::server(cfg, addr)
+    let endpoint = quic::endpoint(addr, Some(cfg))
         .map_err(|e| DeviceError::Connection(format!("cannot listen on {addr}: {e}")))?;
     let bound = endpoint
         .local_addr()

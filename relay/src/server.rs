@@ -433,7 +433,7 @@ pub fn bind(addr: SocketAddr, identity: &crate::TlsIdentity) -> Result<quinn::En
         quic::ClientAuth::RequireDeviceCert,
     )
     .map_err(|e| format!("TLS configuration: {e}"))?;
-    quinn::Endpoint::server(config, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    quic::endpoint(addr, Some(config)).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 #[cfg(test)]

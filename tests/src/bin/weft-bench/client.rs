@@ -32,7 +32,7 @@ impl Client {
         token: &str,
     ) -> anyhow::Result<Client> {
         let key = DeviceKey::generate()?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let mut endpoint = quic::endpoint("127.0.0.1:0".parse()?, None)?;
         endpoint.set_default_client_config(quic::client_config(
             &key,
             ServerTrust::PinnedCert(cert.to_vec()),
