@@ -56,7 +56,7 @@ fn peer_listener(device: &DeviceKey, allow: Vec<DeviceId>) -> (quinn::Endpoint, 
 }
 
 fn listen(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
     let addr = endpoint.local_addr().unwrap();
     (endpoint, addr)
 }
@@ -72,7 +72,7 @@ async fn dial(
     server_name: &str,
     expect_refusal: bool,
 ) -> Result<quinn::Connection, TransportError> {
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let connection = client.connect_with(config, addr, server_name)?.await?;
     if expect_refusal {
         return Err(connection.closed().await.into());
@@ -84,6 +84,30 @@ async fn dial(
 async fn accept(server: &quinn::Endpoint) -> Result<quinn::Connection, TransportError> {
     let incoming = server.accept().await.expect("the endpoint is open");
     Ok(incoming.await?)
+}
+
+/// `bind_udp` gets the buffers it asks for, up to the kernel's caps (Linux reports twice the
+/// size set, for its bookkeeping).
+#[cfg(target_os = "linux")]
+#[test]
+fn udp_sockets_get_large_buffers() {
+    let cap = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let socket = socket2::SockRef::from(&socket);
+    assert_eq!(
+        socket.recv_buffer_size().unwrap(),
+        2 * UDP_BUFFER.min(cap("rmem_max"))
+    );
+    assert_eq!(
+        socket.send_buffer_size().unwrap(),
+        2 * UDP_BUFFER.min(cap("wmem_max"))
+    );
 }
 
 fn doc() -> DocId {
