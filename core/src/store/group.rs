@@ -37,6 +37,25 @@ pub struct GroupLimits {
     pub max_bytes: usize,
     /// Batches that may wait in the queue before [`GroupCommit::submit`] blocks.
     pub queue: usize,
+    /// Once woken by a batch, the writer yields the CPU once before draining the queue (see
+    /// [`GroupLimits::yield_to_producers`]).
+    pub yield_to_producers: bool,
+}
+
+impl GroupLimits {
+    /// Whether the writer, woken by the first batch of a group, yields its CPU once
+    /// (`std::thread::yield_now`) before taking what else is queued.
+    ///
+    /// For a process whose producer may share a CPU with the writer under load (the relay,
+    /// whose hub submits a burst of writes per pass): the writer wakes at the burst's first
+    /// submit and, preempting the producer, would commit it alone; yielding lets the producer
+    /// finish the burst, so one commit and one fsync carry all of it. With nothing else
+    /// runnable the yield returns at once. Off by default: a device's lone writes gain nothing
+    /// and could wait behind an unrelated thread.
+    pub fn yield_to_producers(mut self, on: bool) -> Self {
+        self.yield_to_producers = on;
+        self
+    }
 }
 
 impl Default for GroupLimits {
@@ -45,6 +64,7 @@ impl Default for GroupLimits {
             max_ops: 16 * 1024,
             max_bytes: 16 * 1024 * 1024,
             queue: 1024,
+            yield_to_producers: false,
         }
     }
 }
@@ -164,6 +184,9 @@ fn run_writer(
     limits: GroupLimits,
 ) {
     while let Ok(first) = queue.recv() {
+        if limits.yield_to_producers {
+            thread::yield_now();
+        }
         let (mut ops, mut bytes) = (first.batch.len(), first.batch.size_bytes());
         let mut group = vec![first];
         while ops < limits.max_ops && bytes < limits.max_bytes {
@@ -308,12 +331,26 @@ mod tests {
         b
     }
 
+    /// The writer's two modes: the default, and the relay's (yields before draining).
+    fn both_modes() -> [GroupLimits; 2] {
+        [
+            GroupLimits::default(),
+            GroupLimits::default().yield_to_producers(true),
+        ]
+    }
+
     #[test]
     fn eight_writers_share_commits_and_every_batch_lands() {
+        for limits in both_modes() {
+            eight_writers(limits);
+        }
+    }
+
+    fn eight_writers(limits: GroupLimits) {
         const THREADS: usize = 8;
         const BATCHES: usize = 200;
         let store = Arc::new(MemStore::new());
-        let group = GroupCommit::new(store.clone()).unwrap();
+        let group = GroupCommit::with_limits(store.clone(), limits).unwrap();
         let start = Barrier::new(THREADS);
         thread::scope(|s| {
             for t in 0..THREADS {
@@ -362,18 +399,20 @@ mod tests {
 
     #[test]
     fn batches_apply_in_submission_order() {
-        let store = Arc::new(MemStore::new());
-        let group = GroupCommit::new(store.clone()).unwrap();
-        let mut tickets = Vec::new();
-        for i in 0..100u8 {
-            let mut b = WriteBatch::new();
-            b.put(Table::CHUNKS, b"k".to_vec(), vec![i]);
-            tickets.push(group.submit(b));
+        for limits in both_modes() {
+            let store = Arc::new(MemStore::new());
+            let group = GroupCommit::with_limits(store.clone(), limits).unwrap();
+            let mut tickets = Vec::new();
+            for i in 0..100u8 {
+                let mut b = WriteBatch::new();
+                b.put(Table::CHUNKS, b"k".to_vec(), vec![i]);
+                tickets.push(group.submit(b));
+            }
+            for ticket in tickets {
+                ticket.wait().unwrap();
+            }
+            assert_eq!(store.get(Table::CHUNKS, b"k").unwrap(), Some(vec![99]));
         }
-        for ticket in tickets {
-            ticket.wait().unwrap();
-        }
-        assert_eq!(store.get(Table::CHUNKS, b"k").unwrap(), Some(vec![99]));
     }
 
     /// A store whose first write blocks until released, and which refuses any batch that

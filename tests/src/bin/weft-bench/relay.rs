@@ -11,7 +11,7 @@ use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use weft_core::quic::{FrameReader, FrameWriter};
-use weft_core::store::{GroupCommit, KvStore, RedbStore, StagingLimits};
+use weft_core::store::{GroupCommit, GroupLimits, KvStore, RedbStore, StagingLimits};
 use weft_core::wire::{self, Message};
 use weft_relay::{Claims, Metrics, Minter};
 
@@ -59,7 +59,10 @@ impl Relay {
         let store_path = dir.path().join("relay.redb");
         let kv: Arc<dyn KvStore> =
             Arc::new(RedbStore::open_with(&store_path, StagingLimits::large())?);
-        let group = Arc::new(GroupCommit::new(kv)?);
+        let group = Arc::new(GroupCommit::with_limits(
+            kv,
+            GroupLimits::default().yield_to_producers(true),
+        )?);
         let metrics = Arc::new(Metrics::default());
         let verifier = weft_relay::Verifier::new(&secret);
         let (stop, stop_rx) = watch::channel(false);
