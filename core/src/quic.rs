@@ -151,16 +151,35 @@ pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSock
     Ok(socket.into())
 }
 
+/// The receive buffer `socket` was granted, in the bytes the caller asked for (Linux reports
+/// twice the size set, for its own bookkeeping); `None` if the OS does not say.
+pub fn recv_buffer(socket: &std::net::UdpSocket) -> Option<usize> {
+    let reported = socket2::SockRef::from(socket).recv_buffer_size().ok()?;
+    if cfg!(target_os = "linux") {
+        Some(reported / 2)
+    } else {
+        Some(reported)
+    }
+}
+
 /// A QUIC endpoint on [`bind_udp`]'s socket: a server when `server` is given, else a client
 /// only. Call within a tokio runtime.
 pub fn endpoint(
     addr: std::net::SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
+    endpoint_on(bind_udp(addr)?, server)
+}
+
+/// [`endpoint`] on a socket the caller bound (with [`bind_udp`], to inspect it first).
+pub fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         server,
-        bind_udp(addr)?,
+        socket,
         std::sync::Arc::new(quinn::TokioRuntime),
     )
 }

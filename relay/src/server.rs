@@ -433,7 +433,16 @@ pub fn bind(addr: SocketAddr, identity: &crate::TlsIdentity) -> Result<quinn::En
         quic::ClientAuth::RequireDeviceCert,
     )
     .map_err(|e| format!("TLS configuration: {e}"))?;
-    quic::endpoint(addr, Some(config)).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    let socket = quic::bind_udp(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if let Some(granted) = quic::recv_buffer(&socket).filter(|&g| g < quic::UDP_BUFFER) {
+        tracing::warn!(
+            granted,
+            wanted = quic::UDP_BUFFER,
+            "the kernel capped the UDP receive buffer: a busy relay may drop packets; \
+             raise net.core.rmem_max (and wmem_max)"
+        );
+    }
+    quic::endpoint_on(socket, Some(config)).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 #[cfg(test)]

@@ -99,6 +99,7 @@ fn udp_sockets_get_large_buffers() {
             .unwrap()
     };
     let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert_eq!(recv_buffer(&socket), Some(UDP_BUFFER.min(cap("rmem_max"))));
     let socket = socket2::SockRef::from(&socket);
     assert_eq!(
         socket.recv_buffer_size().unwrap(),
