@@ -70,3 +70,17 @@ pub use tls::{
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
 pub use ws::{bind_ws, ws_accept_loop, WsLimits};
+
+/// The relay's store settings, for `RedbStore::open_with` and `GroupCommit::with_limits`: a
+/// staging log large enough to hold a busy document's changes between compactions, and a
+/// writer that yields to the hub once before each group (see
+/// `GroupLimits::yield_to_producers`).
+pub fn store_limits() -> (
+    weft_core::store::StagingLimits,
+    weft_core::store::GroupLimits,
+) {
+    (
+        weft_core::store::StagingLimits::large(),
+        weft_core::store::GroupLimits::default().yield_to_producers(true),
+    )
+}

@@ -356,17 +356,16 @@ async fn run_relay(
     identity: weft_relay::TlsIdentity,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
-    use weft_core::store::{GroupCommit, GroupLimits, KvStore, RedbStore, StagingLimits};
+    use weft_core::store::{GroupCommit, KvStore, RedbStore};
 
     let store_path = args.data_dir.join("relay.redb");
+    let (staging, writer) = weft_relay::store_limits();
     let kv: Arc<dyn KvStore> = Arc::new(
-        RedbStore::open_with(&store_path, StagingLimits::large())
+        RedbStore::open_with(&store_path, staging)
             .with_context(|| format!("cannot open the store {}", store_path.display()))?,
     );
-    let group = Arc::new(
-        GroupCommit::with_limits(kv, GroupLimits::default().yield_to_producers(true))
-            .context("cannot start the store writer")?,
-    );
+    let group =
+        Arc::new(GroupCommit::with_limits(kv, writer).context("cannot start the store writer")?);
     let metrics = Arc::new(weft_relay::Metrics::default());
     let endpoint = weft_relay::bind_quic(args.listen, &identity).map_err(anyhow::Error::msg)?;
     let quic_addr = endpoint

@@ -11,7 +11,7 @@ use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use weft_core::quic::{FrameReader, FrameWriter};
-use weft_core::store::{GroupCommit, GroupLimits, KvStore, RedbStore, StagingLimits};
+use weft_core::store::{GroupCommit, KvStore, RedbStore};
 use weft_core::wire::{self, Message};
 use weft_relay::{Claims, Metrics, Minter};
 
@@ -57,12 +57,10 @@ impl Relay {
             }
         }
         let store_path = dir.path().join("relay.redb");
-        let kv: Arc<dyn KvStore> =
-            Arc::new(RedbStore::open_with(&store_path, StagingLimits::large())?);
-        let group = Arc::new(GroupCommit::with_limits(
-            kv,
-            GroupLimits::default().yield_to_producers(true),
-        )?);
+        // The relay binary's store settings, so the benchmark measures what operators run.
+        let (staging, writer) = weft_relay::store_limits();
+        let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open_with(&store_path, staging)?);
+        let group = Arc::new(GroupCommit::with_limits(kv, writer)?);
         let metrics = Arc::new(Metrics::default());
         let verifier = weft_relay::Verifier::new(&secret);
         let (stop, stop_rx) = watch::channel(false);
