@@ -12,7 +12,7 @@
 //! after it was written, and the snapshot, saved from the engine's document after the chunk's
 //! changes entered it, contains them.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::sync;
@@ -170,9 +170,9 @@ impl Host {
             engine,
             group,
             cfg,
-            chunks: HashMap::new(),
-            compacting: HashMap::new(),
-            snapshot_on_load: HashSet::new(),
+            chunks: HashMap::default(),
+            compacting: HashMap::default(),
+            snapshot_on_load: HashSet::default(),
             compacted_from_loads: 0,
             actions: Default::default(),
         }

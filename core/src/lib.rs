@@ -14,6 +14,7 @@ mod doc;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod hash;
 pub mod host;
 mod id;
 #[cfg(feature = "quic")]

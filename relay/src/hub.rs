@@ -22,13 +22,14 @@
 //! or re-opened subscriptions, `Docs` deltas to every connection of each affected user) and
 //! answered.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
+use weft_core::hash::{HashMap, HashSet};
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::{self as docstore, DocStoreError};
 use weft_core::store::{CommitTicket, DocMeta, GroupCommit, StoreError};
@@ -178,6 +179,9 @@ struct Conn {
     replies: VecDeque<Arc<Vec<u8>>>,
     /// Reliable frames queued during this pass of the hub loop (see [`Hub::flush`]).
     batch: Batch,
+    /// Bytes of the last batch flushed: the next one starts with that capacity, so a busy
+    /// connection's batch is not regrown (and recopied) by doubling on every pass.
+    last_batch_bytes: usize,
 }
 
 /// Frames for one connection, concatenated, that go on its queue as one entry.
@@ -274,11 +278,11 @@ impl Hub {
             host,
             group,
             verifier,
-            conns: HashMap::new(),
-            subscribers: HashMap::new(),
-            metas: HashMap::new(),
-            users: HashMap::new(),
-            controls: HashMap::new(),
+            conns: HashMap::default(),
+            subscribers: HashMap::default(),
+            metas: HashMap::default(),
+            users: HashMap::default(),
+            controls: HashMap::default(),
             tasks: JoinSet::new(),
             loads_running: 0,
             loads_waiting: VecDeque::new(),
@@ -287,7 +291,7 @@ impl Hub {
             unflushed: Vec::new(),
             start: Instant::now(),
             metrics,
-            arrivals: HashMap::new(),
+            arrivals: HashMap::default(),
             dirty: None,
         }
     }
@@ -466,13 +470,14 @@ impl Hub {
                         device,
                         claims,
                         out,
-                        docs: HashMap::new(),
-                        lagging: HashSet::new(),
+                        docs: HashMap::default(),
+                        lagging: HashSet::default(),
                         closing: false,
                         control_rate: RateLimit::new(self.cfg.control_burst, self.cfg.control_rate),
                         relist: false,
                         replies: VecDeque::new(),
                         batch: Batch::default(),
+                        last_batch_bytes: 0,
                     },
                 );
                 self.host.engine().add_conn(conn);
@@ -1033,6 +1038,9 @@ impl Hub {
         };
         if c.batch.bytes.is_empty() {
             self.unflushed.push(conn);
+            c.batch.bytes.reserve(
+                (c.last_batch_bytes + c.last_batch_bytes / 4).clamp(frame.len(), MAX_BATCH_BYTES),
+            );
         }
         c.batch.bytes.extend_from_slice(&frame);
         c.batch.frames += 1;
@@ -1063,6 +1071,7 @@ impl Hub {
             return;
         }
         let batch = std::mem::take(&mut c.batch);
+        c.last_batch_bytes = batch.bytes.len();
         match c.out.try_send(Outbound::Frame(Arc::new(batch.bytes))) {
             Ok(()) => Metrics::add(&self.metrics.messages_out, batch.frames),
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -237,6 +237,7 @@ enum LogFormat {
 struct UsageError(String);
 
 fn main() -> ExitCode {
+    weft_relay::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return clap_exit(&err),

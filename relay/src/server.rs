@@ -281,7 +281,13 @@ async fn serve_connection(
                 match out {
                     Outbound::Frame(frame) => {
                         Metrics::add(&metrics.bytes_out, frame.len() as u64);
-                        buf.extend_from_slice(&frame);
+                        // The hub's batches are this connection's alone: the first one in
+                        // becomes the buffer rather than being copied into it.
+                        if buf.is_empty() {
+                            buf = Arc::try_unwrap(frame).unwrap_or_else(|shared| shared.to_vec());
+                        } else {
+                            buf.extend_from_slice(&frame);
+                        }
                     }
                     Outbound::Ephemeral(frame) => {
                         Metrics::add(&metrics.bytes_out, frame.len() as u64);

@@ -34,7 +34,9 @@
 //! leave memory and the document goes *stale* (exact heads, an in-memory document lacking only
 //! stored changes) until something needs it materialized, which reloads it from the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::hash::{HashMap, HashSet};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Change, ChangeHash};
@@ -169,14 +171,14 @@ impl Engine {
         Engine {
             cfg,
             now: 0,
-            docs: HashMap::new(),
-            conns: HashMap::new(),
-            persist_doc: HashMap::new(),
+            docs: HashMap::default(),
+            conns: HashMap::default(),
+            persist_doc: HashMap::default(),
             next_persist: 0,
             out: VecDeque::new(),
-            sync_only: HashSet::new(),
-            touched: HashSet::new(),
-            deadlines: HashMap::new(),
+            sync_only: HashSet::default(),
+            touched: HashSet::default(),
+            deadlines: HashMap::default(),
             timers: BTreeSet::new(),
         }
     }
@@ -294,7 +296,7 @@ impl Engine {
             Slot::Ready(Box::new(DocState {
                 doc: d,
                 pending: Vec::new(),
-                pending_hashes: HashSet::new(),
+                pending_hashes: HashSet::default(),
                 pending_since: None,
                 durable_heads: heads.clone(),
                 heads,
@@ -302,7 +304,7 @@ impl Engine {
                 peers: BTreeMap::new(),
                 last_used: self.now,
                 stale: false,
-                recent: HashSet::new(),
+                recent: HashSet::default(),
                 reloading: false,
                 deferred: Vec::new(),
             })),
@@ -875,7 +877,7 @@ impl Engine {
         }
         ds.last_used = now;
         let mut new = Vec::new();
-        let mut batch_hashes = HashSet::new();
+        let mut batch_hashes = HashSet::default();
         let mut missing = false;
         for (change, bytes) in parsed {
             let hash = change.hash();

@@ -109,6 +109,7 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
+    weft_relay::tune_allocator();
     let mut quick = false;
     let mut pin = false;
     let mut workloads: Vec<String> = Vec::new();
