@@ -633,7 +633,7 @@ async fn serve_connection(
             _ = tokio::time::sleep_until(refresh_at), if token.is_some() => {
                 let handed = token_rx.borrow().clone();
                 if let Some((source, current)) = &mut token {
-                    if let Some(fresh) = handed.map_or_else(|| source.read(), Ok).ok() {
+                    if let Ok(fresh) = handed.map_or_else(|| source.read(), Ok) {
                         if fresh != *current && !fresh.is_empty() {
                             *current = fresh.clone();
                             let _ = out_tx.send(Outgoing::Msg(Message::Token { token: fresh })).await;
