@@ -12,12 +12,12 @@
 //! after it was written, and the snapshot, saved from the engine's document after the chunk's
 //! changes entered it, contains them.
 
-use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::sync;
 
 use crate::engine::{ConnId, Engine, Output, PersistId, Write};
+use crate::hash::{HashMap, HashSet};
 use crate::store::docs::{self, ChunkKey, ChunkKind, DocStoreError};
 use crate::store::{CommitTicket, GroupCommit, KvStore, StoreError, WriteBatch};
 use crate::wire::Message;
@@ -325,21 +325,31 @@ impl Host {
     /// enter the document at once, fast-path changes when folded. Chunks whose writes are still
     /// in flight may be replaced too: the compaction batch is submitted after them and the
     /// group-commit writer applies batches in order.
+    ///
+    /// A document with received changes still pending waits for a moment without any, except
+    /// a stale one past `compact_max_chunks`: its compaction snapshots what a reload reads
+    /// from the store, which pending changes do not affect, and a document written to
+    /// without pause would otherwise never compact and grow without bound.
     fn maybe_compact(&mut self, doc: DocId) {
-        if self.compacting.contains_key(&doc) || self.engine.has_pending(doc) {
+        if self.compacting.contains_key(&doc) {
             return;
         }
         let Some(stored) = self.chunks.get(&doc) else {
             return;
         };
         let n = stored.chunks.len();
-        let due = n >= self.cfg.compact_max_chunks
+        let over_bound = n >= self.cfg.compact_max_chunks;
+        let due = over_bound
             || (n >= self.cfg.compact_after_chunks
                 && stored.incremental_bytes >= stored.snapshot_bytes * self.cfg.compact_growth);
         if !due {
             return;
         }
-        if self.engine.is_stale(doc) {
+        let stale = self.engine.is_stale(doc);
+        if self.engine.has_pending(doc) && !(stale && over_bound) {
+            return;
+        }
+        if stale {
             // Reloaded from the store, and saved by the load ([`load_for_compaction`], when
             // the driver honours `wants_snapshot`) or else by the fold after it, which
             // reports `Folded` and so comes back here.
@@ -461,10 +471,47 @@ mod tests {
         let _ = OpenOptions::default();
     }
 
-    /// A relay (lazy folding) compacts a stale document from the reload itself: the load
-    /// brings the snapshot ([`load_for_compaction`]), and nothing is lost.
-    #[test]
-    fn a_stale_document_is_compacted_from_its_reload() {
+    /// Runs the relay's actions; its sends are returned. With `hold`, writes are left in
+    /// flight in `held` instead of completing.
+    fn drive(
+        relay: &mut Host,
+        held: &mut Vec<(Waiting, CommitTicket)>,
+        hold: bool,
+        snapshots_from_loads: &mut usize,
+    ) -> Vec<Message> {
+        let mut sends = Vec::new();
+        while let Some(a) = relay.poll_action() {
+            match a {
+                Action::Wait {
+                    what: what @ Waiting::Persist(_),
+                    ticket,
+                } if hold => held.push((what, ticket)),
+                Action::Wait { what, ticket } => relay.committed(what, ticket.wait()),
+                Action::Load { doc } => {
+                    let r = if relay.wants_snapshot(doc) {
+                        *snapshots_from_loads += 1;
+                        load_for_compaction(relay.store().as_ref(), doc)
+                    } else {
+                        load(relay.store().as_ref(), doc)
+                    };
+                    relay.loaded(doc, r).unwrap();
+                }
+                Action::Send { msg, .. } => sends.push(msg),
+                _ => {}
+            }
+        }
+        sends
+    }
+
+    /// A device writes 300 changes to a relay (lazy folding) over the fast path, one at a
+    /// time. With `no_pause`, the relay's writes complete only once the device's next change
+    /// has arrived, so a received change is always pending when a write completes: a
+    /// document written to without pause. Returns the relay, the device, the relay's store, how
+    /// many loads asked for a snapshot and the most chunks the document had after a change.
+    fn stale_relay_run(
+        cfg: HostConfig,
+        no_pause: bool,
+    ) -> (Host, Engine, Arc<MemStore>, usize, usize) {
         let kv = Arc::new(MemStore::new());
         let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
         let doc = DocId::from_bytes([6; 16]);
@@ -474,35 +521,13 @@ mod tests {
                 ..EngineConfig::relay()
             }),
             group.clone(),
-            HostConfig {
-                compact_after_chunks: 16,
-                ..HostConfig::default()
-            },
+            cfg,
         );
-        let mut snapshots_from_loads = 0;
-        // Runs the relay's actions; its sends are returned.
-        let mut run = |relay: &mut Host| {
-            let mut sends = Vec::new();
-            while let Some(a) = relay.poll_action() {
-                match a {
-                    Action::Wait { what, ticket } => relay.committed(what, ticket.wait()),
-                    Action::Load { doc } => {
-                        let r = if relay.wants_snapshot(doc) {
-                            snapshots_from_loads += 1;
-                            load_for_compaction(relay.store().as_ref(), doc)
-                        } else {
-                            load(relay.store().as_ref(), doc)
-                        };
-                        relay.loaded(doc, r).unwrap();
-                    }
-                    Action::Send { msg, .. } => sends.push(msg),
-                    _ => {}
-                }
-            }
-            sends
-        };
+        let mut snapshots = 0;
+        let mut most_chunks = 0;
+        let mut held = Vec::new();
         relay.engine().load(doc);
-        run(&mut relay);
+        drive(&mut relay, &mut held, false, &mut snapshots);
         let mut device = Engine::new(EngineConfig::device());
         device.create(doc, Document::new());
         device.open(ConnId(1), doc, OpenOptions::default());
@@ -515,6 +540,8 @@ mod tests {
                     tx.commit();
                 })
                 .unwrap();
+            // The first changes bring the peer live and the document stale (the fast path).
+            let hold = no_pause && i >= 20;
             // Exchange until both are quiet.
             for _ in 0..20 {
                 let mut to_relay = Vec::new();
@@ -525,10 +552,23 @@ mod tests {
                         _ => {}
                     }
                 }
+                let changes = to_relay
+                    .iter()
+                    .any(|m| matches!(m, Message::Changes { .. }));
                 for m in to_relay.drain(..) {
                     relay.engine().handle(ConnId(1), m).unwrap();
                 }
-                let to_device = run(&mut relay);
+                // Writes submitted before a change that is now pending complete only now.
+                let older = if changes || !hold {
+                    std::mem::take(&mut held)
+                } else {
+                    Vec::new()
+                };
+                let mut to_device = drive(&mut relay, &mut held, hold, &mut snapshots);
+                for (what, ticket) in older {
+                    relay.committed(what, ticket.wait());
+                }
+                to_device.extend(drive(&mut relay, &mut held, hold, &mut snapshots));
                 if to_device.is_empty() && device.poll_output().is_none() {
                     break;
                 }
@@ -536,7 +576,30 @@ mod tests {
                     device.handle(ConnId(1), m).unwrap();
                 }
             }
+            most_chunks = most_chunks.max(relay.chunk_count(doc));
         }
+        // The last writes complete.
+        while !held.is_empty() {
+            for (what, ticket) in std::mem::take(&mut held) {
+                relay.committed(what, ticket.wait());
+            }
+            drive(&mut relay, &mut held, false, &mut snapshots);
+        }
+        (relay, device, kv, snapshots, most_chunks)
+    }
+
+    /// A relay (lazy folding) compacts a stale document from the reload itself: the load
+    /// brings the snapshot ([`load_for_compaction`]), and nothing is lost.
+    #[test]
+    fn a_stale_document_is_compacted_from_its_reload() {
+        let doc = DocId::from_bytes([6; 16]);
+        let (mut relay, device, kv, snapshots_from_loads, _) = stale_relay_run(
+            HostConfig {
+                compact_after_chunks: 16,
+                ..HostConfig::default()
+            },
+            false,
+        );
         assert!(relay.engine().is_stale(doc), "the fast path left it stale");
         assert!(
             snapshots_from_loads > 0,
@@ -552,6 +615,34 @@ mod tests {
             relay.chunk_count(doc)
         );
         // Everything the device wrote is in the store.
+        let stored = load(kv.as_ref(), doc).unwrap().unwrap();
+        assert_eq!(stored.doc.heads(), device.heads(doc).unwrap());
+        assert_eq!(stored.chunks.len(), relay.chunk_count(doc));
+    }
+
+    /// A stale document whose received changes never stop being pending (a write always in
+    /// flight) waits for no quiet moment once it reaches `compact_max_chunks`, and loses
+    /// nothing.
+    #[test]
+    fn a_stale_document_written_without_pause_is_compacted_at_its_bound() {
+        let doc = DocId::from_bytes([6; 16]);
+        let (relay, device, kv, _, most_chunks) = stale_relay_run(
+            HostConfig {
+                compact_after_chunks: 16,
+                compact_max_chunks: 48,
+                ..HostConfig::default()
+            },
+            true,
+        );
+        // Without the exception for the bound, the document reached 286 chunks here.
+        assert!(
+            most_chunks <= 48,
+            "{most_chunks} chunks: past the bound of 48"
+        );
+        assert!(
+            relay.compacted_from_loads() > 2,
+            "compaction did not keep up"
+        );
         let stored = load(kv.as_ref(), doc).unwrap().unwrap();
         assert_eq!(stored.doc.heads(), device.heads(doc).unwrap());
         assert_eq!(stored.chunks.len(), relay.chunk_count(doc));
