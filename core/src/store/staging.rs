@@ -134,19 +134,6 @@ pub(super) fn ikey(table: Table, key: &[u8]) -> IKey {
     }
 }
 
-/// Calls `f` with the index key of `(table, key)`, built on the stack when it is short (chunk
-/// keys are 49 bytes): lookups are per op on the writer's thread.
-fn with_ikey<T>(table: Table, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
-    let mut buf = [0u8; 128];
-    if key.len() < buf.len() {
-        buf[0] = tag(table);
-        buf[1..=key.len()].copy_from_slice(key);
-        f(&buf[..=key.len()])
-    } else {
-        f(&ikey(table, key))
-    }
-}
-
 /// How large the staging log may grow, and which puts go to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -297,7 +284,7 @@ impl<'a> Entry<'a> {
                 index.insert(ikey(table, key), seq);
             }
             Entry::Delete { table, key } => {
-                with_ikey(table, key, |k| index.remove(k));
+                index.remove(&*ikey(table, key));
             }
             Entry::DeletePrefix { table, prefix } => {
                 for key in staged_keys(index, table, prefix) {
@@ -415,17 +402,16 @@ impl View<'_> {
     /// The sequence number of `(table, key)`'s staged put, if it is staged; `delta` (the
     /// writer's own uncommitted changes) goes over the view.
     pub(super) fn get(&self, delta: &Delta, table: Table, key: &[u8]) -> Option<u64> {
-        with_ikey(table, key, |k| {
-            if let Some(seq) = delta.get(k) {
+        let k = ikey(table, key);
+        if let Some(seq) = delta.get(&k) {
+            return *seq;
+        }
+        for d in self.deltas.iter().rev() {
+            if let Some(seq) = d.get(&k) {
                 return *seq;
             }
-            for d in self.deltas.iter().rev() {
-                if let Some(seq) = d.get(k) {
-                    return *seq;
-                }
-            }
-            self.base.get(k).copied()
-        })
+        }
+        self.base.get(&k).copied()
     }
 
     /// The staged keys of `table` starting with `prefix`, in key order, with their sequence
