@@ -2,6 +2,7 @@
 //!
 //! - [`id`]: document, device and content ids.
 //! - [`wire`]: protocol v1 frames and messages.
+//! - [`check`]: what a peer's changes must pass before anything of them is stored.
 //! - [`engine`]: the sans-IO sync engine that devices and the relay both drive.
 //! - [`host`]: the engine wired to a store (persist, load, compaction), shared by drivers.
 //! - `quic` (feature `quic`): the QUIC transport devices and the relay share: device keys,
@@ -10,6 +11,7 @@
 //!   document store. The engine never calls the store: drivers connect the two.
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod check;
 mod doc;
 pub mod engine;
 #[doc(hidden)]
