@@ -36,11 +36,24 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// What a relay takes from any member.
     fn default() -> Self {
         Limits {
             max_change_bytes: 1 << 20,
             max_change_ops: 100_000,
             max_inflated_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// What a device takes: anything a relay may have accepted under larger limits than the
+    /// defaults (a relay never forwards what it refused), still bounded against bombs.
+    pub fn device() -> Self {
+        Limits {
+            max_change_bytes: 64 << 20,
+            max_change_ops: usize::MAX,
+            max_inflated_bytes: 256 << 20,
         }
     }
 }

@@ -274,7 +274,12 @@ impl Host {
                         self.compact(doc, snapshot, l.chunks);
                     }
                 }
+                let stored_bytes = self
+                    .chunks
+                    .get(&doc)
+                    .map_or(0, |s| s.incremental_bytes + s.snapshot_bytes);
                 self.engine.loaded(doc, Some(l.doc));
+                self.engine.set_stored_bytes(doc, stored_bytes as u64);
                 Ok(())
             }
             Ok(None) => {
@@ -380,6 +385,11 @@ impl Host {
         // Chunks that stay were written after the snapshot's source was read: a few at most.
         stored.incremental_bytes = 0;
         stored.snapshot_bytes = snapshot.len();
+        // What stays: the snapshot and the chunks written after its source was read.
+        self.engine.set_stored_bytes(
+            doc,
+            (stored.snapshot_bytes + stored.incremental_bytes) as u64,
+        );
         let mut batch = WriteBatch::new();
         let key = docs::compact(&mut batch, doc, snapshot, &replaces);
         stored.chunks.push(key);

@@ -111,6 +111,10 @@ impl ErrorCode {
     /// A well-formed request that cannot be carried out as asked (for example an empty user id);
     /// unlike [`ErrorCode::MALFORMED`] the connection stays open.
     pub const INVALID: ErrorCode = ErrorCode(12);
+    /// Changes to the document were refused (over a size limit or a quota, or against a write
+    /// rule): nothing of them was stored or forwarded, and the document's subscription ended.
+    /// The message says which limit or rule, in a sentence.
+    pub const REFUSED: ErrorCode = ErrorCode(13);
 }
 
 /// One document in a discovery list.

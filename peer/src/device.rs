@@ -877,6 +877,12 @@ impl Driver {
     /// aside, empty the document in the store and take the relay's version again, so the
     /// device never diverges from the relay for good.
     fn reset_to_remote(&mut self, doc: DocId) {
+        self.reset_to_remote_as(doc, Some(Role::ReadOnly));
+    }
+
+    /// [`Self::reset_to_remote`], for any refusal: `role` is what the device now knows of its
+    /// role (`None`: unchanged).
+    fn reset_to_remote_as(&mut self, doc: DocId, role: Option<Role>) {
         if !self.resetting.insert(doc) {
             return;
         }
@@ -922,7 +928,9 @@ impl Driver {
         self.host.engine().forget(doc);
         self.announced.remove(&doc);
         let mut meta = self.metas.get(&doc).cloned().unwrap_or_default();
-        meta.role = Some(Role::ReadOnly);
+        if role.is_some() {
+            meta.role = role;
+        }
         meta.confirmed_heads.clear();
         self.metas.insert(doc, meta.clone());
         self.dirty_metas.remove(&doc);
@@ -932,7 +940,7 @@ impl Driver {
         let ticket = self.group.submit(batch);
         self.tasks
             .spawn(async move { Done::Reset(doc, ticket.await) });
-        tracing::warn!(%doc, kept = ?kept, "the relay refused local changes to a read-only document; kept them aside and taking the relay's version");
+        tracing::warn!(%doc, kept = ?kept, "the relay refused local changes; kept them aside and taking the relay's version");
         let _ = self.events.send(Event::Rejected { doc, kept });
     }
 
@@ -1150,6 +1158,21 @@ impl Driver {
                 ..
             } => {
                 let _ = self.events.send(Event::Rejected { doc, kept: None });
+            }
+            Output::Rejected { conn, doc, reason } => {
+                // A peer sent changes over this device's limits: nothing was stored. Tell it
+                // why and stop syncing the document with it.
+                tracing::warn!(%doc, %reason, "refused changes from a peer");
+                let message = format!("changes refused: {reason}");
+                self.send(
+                    conn,
+                    Message::Error {
+                        code: ErrorCode::REFUSED,
+                        doc: Some(doc),
+                        message: message.clone(),
+                    },
+                );
+                self.refuse(conn, doc, message);
             }
             Output::Unaccepted { conn, doc }
                 if self
@@ -1425,6 +1448,24 @@ impl Driver {
                         self.reset_to_remote(doc);
                     } else {
                         let _ = self.events.send(Event::Rejected { doc, kept: None });
+                    }
+                }
+                ErrorCode::REFUSED => {
+                    let reason = if message.is_empty() {
+                        "changes refused".to_string()
+                    } else {
+                        message
+                    };
+                    let link = self.conns.get(&conn).map(|c| c.link);
+                    if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                        l.change_refusals.push(format!("{doc}: {reason}"));
+                        self.status_dirty = true;
+                    }
+                    tracing::warn!(%doc, %reason, "the other side refused this device's changes");
+                    if kind == ConnKind::Relay {
+                        self.reset_to_remote_as(doc, None);
+                    } else {
+                        self.refuse(conn, doc, reason);
                     }
                 }
                 ErrorCode::FORBIDDEN | ErrorCode::DELETED

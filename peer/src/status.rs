@@ -61,6 +61,10 @@ pub struct LinkStatus {
     pub pending_controls: usize,
     /// Requests the relay refused, one sentence each.
     pub control_errors: Vec<String>,
+    /// Changes the other side refused (a limit, a quota or a write rule), one sentence each
+    /// naming the document. The refused version was kept aside and the document took the
+    /// other side's version.
+    pub change_refusals: Vec<String>,
     /// The documents on this link.
     pub docs: BTreeMap<DocId, DocStatus>,
 }
@@ -83,6 +87,7 @@ impl LinkStatus {
             discovered: false,
             pending_controls: 0,
             control_errors: Vec::new(),
+            change_refusals: Vec::new(),
             docs: BTreeMap::new(),
         }
     }

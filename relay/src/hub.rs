@@ -897,12 +897,27 @@ impl Hub {
                     doc,
                     reason: Rejection::ReadOnly,
                 }) => {
+                    Metrics::inc(&self.metrics.refused_read_only);
                     let msg = Message::Error {
                         code: ErrorCode::READ_ONLY,
                         doc: Some(doc),
                         message: "read-only: changes were not applied".into(),
                     };
                     self.send(conn, &msg);
+                }
+                Action::Event(Output::Rejected { conn, doc, reason }) => {
+                    // Nothing of the changes was stored or forwarded. The subscription ends, so
+                    // the sender does not offer them again and again: a device takes the
+                    // relay's version back, an automerge-repo client is told and closed.
+                    Metrics::inc(&self.metrics.refused_limit);
+                    tracing::info!(conn = conn.0, %doc, %reason, "refused changes");
+                    let msg = Message::Error {
+                        code: ErrorCode::REFUSED,
+                        doc: Some(doc),
+                        message: format!("changes refused: {reason}"),
+                    };
+                    self.send(conn, &msg);
+                    self.unsubscribe(conn, doc);
                 }
                 Action::Event(Output::ProtocolError { conn, doc, error }) => {
                     tracing::info!(conn = conn.0, %doc, %error, "closing a connection that sent an invalid message");

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Connections closed for sending invalid frames or messages.
     pub protocol_errors: AtomicU64,
+    /// Changes refused from a read-only connection.
+    pub refused_read_only: AtomicU64,
+    /// Changes refused for a size limit (per change, per message, per document).
+    pub refused_limit: AtomicU64,
     // Postgres checkpoints (begin)
     /// Age of the oldest change not yet checkpointed, in milliseconds.
     pub checkpoint_lag_ms: AtomicU64,
@@ -168,6 +172,15 @@ impl Metrics {
             "# HELP weft_checkpoint_lag_seconds Age of the oldest change not yet checkpointed.\n\
              # TYPE weft_checkpoint_lag_seconds gauge\nweft_checkpoint_lag_seconds {}",
             get(&self.checkpoint_lag_ms) as f64 / 1e3
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_changes_refused_total Messages whose changes were refused, by reason.\n\
+             # TYPE weft_changes_refused_total counter\n\
+             weft_changes_refused_total{{reason=\"read_only\"}} {}\n\
+             weft_changes_refused_total{{reason=\"limit\"}} {}",
+            get(&self.refused_read_only),
+            get(&self.refused_limit),
         );
         // Postgres checkpoints (end)
         let name = "weft_fanout_latency_seconds";

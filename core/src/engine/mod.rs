@@ -42,10 +42,11 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{Change, ChangeHash};
 use bytes::Bytes;
 
-use crate::doc::{parse_change, DocError, Document};
+use crate::doc::{DocError, Document};
 use crate::wire::Message;
 use crate::DocId;
 
+mod receive;
 mod types;
 pub use types::*;
 
@@ -122,6 +123,10 @@ struct DocState {
     reloading: bool,
     /// Inputs that need the materialized document, waiting for the reload (bounded).
     deferred: Vec<Deferred>,
+    /// Bytes the document takes in the store: as loaded (told by the driver, see
+    /// [`Engine::set_stored_bytes`]) plus every change written since. Checked against
+    /// [`EngineConfig::max_doc_bytes`] before a peer's changes are accepted.
+    stored_bytes: u64,
 }
 
 /// An input deferred until a stale document is reloaded.
@@ -307,6 +312,7 @@ impl Engine {
                 recent: HashSet::default(),
                 reloading: false,
                 deferred: Vec::new(),
+                stored_bytes: 0,
             })),
         );
         for q in queue {
@@ -546,6 +552,23 @@ impl Engine {
         }
     }
 
+    /// Tells the engine how many bytes `doc` takes in the store (after a load or a
+    /// compaction); the engine adds every change it writes from then on.
+    pub fn set_stored_bytes(&mut self, doc: DocId, bytes: u64) {
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            ds.stored_bytes = bytes;
+        }
+    }
+
+    /// Bytes `doc` takes in the store as far as the engine knows (see
+    /// [`Engine::set_stored_bytes`]).
+    pub fn stored_bytes(&self, doc: DocId) -> Option<u64> {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) => Some(ds.stored_bytes),
+            _ => None,
+        }
+    }
+
     /// Reports a persist request durable.
     pub fn persisted(&mut self, id: PersistId) {
         let Some(doc) = self.persist_doc.remove(&id) else {
@@ -748,200 +771,6 @@ impl Engine {
 
     // ---- message handlers ----
 
-    fn on_sync(
-        &mut self,
-        conn: ConnId,
-        doc: DocId,
-        reset: bool,
-        data: &[u8],
-    ) -> Result<(), EngineError> {
-        let msg = sync::Message::decode(data).map_err(|e| EngineError::BadSyncMessage {
-            reason: e.to_string(),
-        })?;
-        let now = self.now;
-        self.fold(doc)?;
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Ok(());
-        };
-        ds.last_used = now;
-        let Some(pd) = ds.peers.get_mut(&conn) else {
-            return Err(EngineError::NotOpen { doc });
-        };
-        if reset {
-            pd.sync = fresh_state(&pd.sync);
-        }
-        pd.live = false;
-        pd.save_state = true;
-        let rejected = !pd.opts.accept_changes && !msg.changes.is_empty();
-        let carried_changes = !msg.changes.is_empty();
-        // The message's change chunks are stored as they arrive, including changes Automerge
-        // holds back until their dependencies arrive: extracting the new changes back out of
-        // the document would cost milliseconds per thousand changes.
-        let chunk_bytes: Vec<u8> = msg.changes.iter().flatten().copied().collect();
-        let before = ds.doc.automerge().get_heads();
-        ds.doc
-            .automerge_mut()
-            .receive_sync_message(&mut pd.sync, msg)
-            .map_err(|source| {
-                EngineError::Doc(DocError::Apply {
-                    source: Box::new(source),
-                })
-            })?;
-        let their_heads = pd.sync.their_heads.clone().map(sorted);
-        if carried_changes || their_heads != pd.their_heads || reset {
-            pd.last_progress = now;
-            pd.stalls = 0;
-        } else {
-            pd.stalls += 1;
-        }
-        pd.their_heads = their_heads;
-        // A peer that takes nothing from us (read-only for us) and whose heads we all hold
-        // while ours differ will never converge with us: the driver decides what to do.
-        let unaccepted = !pd.reported_unaccepted
-            && pd.sync.is_peer_read_only()
-            && pd.their_heads.as_ref().is_some_and(|theirs| {
-                theirs.iter().all(|h| ds.doc.has_change(h)) && *theirs != sorted(ds.doc.heads())
-            });
-        if unaccepted {
-            pd.reported_unaccepted = true;
-            self.out.push_back(Output::Unaccepted { conn, doc });
-        }
-        if rejected {
-            self.out.push_back(Output::Rejected {
-                conn,
-                doc,
-                reason: Rejection::ReadOnly,
-            });
-        }
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Ok(());
-        };
-        let heads = ds.doc.heads();
-        if heads != ds.heads {
-            ds.heads = heads;
-            // Individual changes are needed only to forward them to live peers.
-            let forward = ds
-                .peers
-                .iter()
-                .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
-            let raw: Vec<Bytes> = if forward {
-                ds.doc
-                    .changes_since(&before)
-                    .iter()
-                    .map(|c| raw_of(c, None))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let effect = PersistEffect::Changes {
-                origin: Origin::Remote(conn),
-                raw,
-                via_fast_path: false,
-            };
-            self.persist_write(doc, Write::Changes(chunk_bytes), effect);
-        } else if !chunk_bytes.is_empty() {
-            self.persist_write(doc, Write::Changes(chunk_bytes), PersistEffect::None);
-        }
-        self.pump(doc, conn);
-        Ok(())
-    }
-
-    fn on_changes(
-        &mut self,
-        conn: ConnId,
-        doc: DocId,
-        changes: Vec<Bytes>,
-    ) -> Result<(), EngineError> {
-        let now = self.now;
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Ok(());
-        };
-        let Some(pd) = ds.peers.get_mut(&conn) else {
-            return Err(EngineError::NotOpen { doc });
-        };
-        pd.last_progress = now;
-        if !pd.opts.accept_changes {
-            self.out.push_back(Output::Rejected {
-                conn,
-                doc,
-                reason: Rejection::ReadOnly,
-            });
-            return Ok(());
-        }
-        let mut parsed = Vec::with_capacity(changes.len());
-        for raw in changes {
-            // Parsing verifies every op column (automerge's `verify_ops`), so a malformed
-            // change is refused here, before it is stored.
-            let change = parse_change(&raw)?;
-            parsed.push((change, raw));
-        }
-        ds.last_used = now;
-        let mut new = Vec::new();
-        let mut batch_hashes = HashSet::default();
-        let mut missing = false;
-        for (change, bytes) in parsed {
-            let hash = change.hash();
-            if knows(ds, &hash) || batch_hashes.contains(&hash) {
-                continue;
-            }
-            if !change
-                .deps()
-                .iter()
-                .all(|d| knows(ds, d) || batch_hashes.contains(d))
-            {
-                missing = true;
-                break;
-            }
-            batch_hashes.insert(hash);
-            new.push((change, bytes));
-        }
-        if missing {
-            // Something was lost or reordered on the way: fall back to a sync round, which
-            // brings these changes and whatever they depend on.
-            self.resync(doc, conn);
-            return Ok(());
-        }
-        if new.is_empty() {
-            // Duplicates only: the peer still deserves an ack so it knows we have them.
-            let heads = ds.durable_heads.clone();
-            self.out.push_back(Output::Send {
-                conn,
-                msg: Message::Ack { doc, heads },
-            });
-            return Ok(());
-        }
-        if let Some(pd) = ds.peers.get_mut(&conn) {
-            // The sender has what it sent: its heads advance like ours.
-            if let Some(theirs) = pd.their_heads.as_mut() {
-                for (change, _) in &new {
-                    advance_heads(theirs, change);
-                }
-                pd.sync.shared_heads = theirs.clone();
-            }
-        }
-        let mut raw = Vec::with_capacity(new.len());
-        for (change, bytes) in new {
-            // The bytes as received are forwarded and stored, without a copy, when they are
-            // the change's canonical bytes.
-            raw.push(raw_of(&change, Some(bytes)));
-            advance_heads(&mut ds.heads, &change);
-            ds.pending_hashes.insert(change.hash());
-            ds.pending.push(change);
-        }
-        ds.pending_since.get_or_insert(now);
-        let hashes: Vec<ChangeHash> = ds.pending[ds.pending.len() - raw.len()..]
-            .iter()
-            .map(Change::hash)
-            .collect();
-        self.persist_changes(doc, Origin::Remote(conn), raw, true);
-        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-            if let Some(p) = ds.persists.back_mut() {
-                p.pending = hashes;
-            }
-        }
-        Ok(())
-    }
-
     fn on_ack(&mut self, conn: ConnId, doc: DocId, heads: Vec<ChangeHash>) {
         let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
@@ -970,6 +799,9 @@ impl Engine {
         let id = PersistId(self.next_persist);
         self.next_persist += 1;
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Write::Changes(bytes) = &write {
+                ds.stored_bytes = ds.stored_bytes.saturating_add(bytes.len() as u64);
+            }
             ds.persists.push_back(PendingPersist {
                 id,
                 done: false,

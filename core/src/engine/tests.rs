@@ -628,3 +628,147 @@ fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
         "{sent:?}"
     );
 }
+
+/// A sync message from `from` (its first one to a fresh peer), with its changes replaced by
+/// `chunks`.
+fn sync_with_chunks(from: &automerge::Automerge, chunks: Vec<Vec<u8>>) -> Message {
+    let mut state = sync::State::new();
+    let mut msg = from.generate_sync_message(&mut state).unwrap();
+    msg.changes = chunks.into();
+    Message::Sync {
+        doc: DOC,
+        reset: false,
+        data: msg.encode(),
+    }
+}
+
+/// A change of `actor` putting `key` in a document of its own, as raw bytes.
+fn foreign_change(actor: u8, key: &str, value: &str) -> (automerge::Automerge, Vec<u8>) {
+    let mut am = automerge::Automerge::new().with_actor(ActorId::from(vec![actor; 16]));
+    let mut tx = am.transaction();
+    tx.put(ROOT, key, value).unwrap();
+    tx.commit();
+    let raw = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+    (am, raw)
+}
+
+fn outputs(e: &mut Engine) -> Vec<Output> {
+    let mut outs = Vec::new();
+    while let Some(o) = e.poll_output() {
+        outs.push(o);
+    }
+    outs
+}
+
+fn stored_changes(outs: &[Output]) -> usize {
+    outs.iter()
+        .filter(|o| matches!(o, Output::Persist { write: Write::Changes(c), .. } if !c.is_empty()))
+        .count()
+}
+
+#[test]
+fn a_read_only_peer_sync_message_stores_nothing() {
+    let (_, mut b) = pair(false);
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", "forged");
+    b.handle(ConnId(2), sync_with_chunks(&am, vec![raw]))
+        .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0, "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::ReadOnly,
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn garbage_inside_a_sync_message_is_refused_and_nothing_of_the_message_is_stored() {
+    let (_, mut b) = pair(true);
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", "ok");
+    let garbage: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(31)).collect();
+    for chunks in [
+        vec![garbage.clone()],
+        vec![raw.clone(), garbage.clone()],
+        vec![[raw.clone(), garbage].concat()],
+    ] {
+        let err = b
+            .handle(ConnId(2), sync_with_chunks(&am, chunks))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Check(_)), "{err}");
+        assert_eq!(stored_changes(&outputs(&mut b)), 0);
+        assert_eq!(b.heads(DOC), before);
+    }
+}
+
+#[test]
+fn a_change_over_a_limit_is_refused_on_both_paths() {
+    let (_, mut b) = pair(true);
+    b.cfg.limits.max_change_bytes = 64;
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", &"long ".repeat(40));
+    b.handle(ConnId(2), sync_with_chunks(&am, vec![raw.clone()]))
+        .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::Limit(_),
+            ..
+        }
+    )));
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(raw)],
+        },
+    )
+    .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::Limit(_),
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn a_document_is_not_grown_past_its_byte_limit() {
+    let (mut a, mut b) = pair(true);
+    b.cfg.max_doc_bytes = 300;
+    write(&mut a, "first");
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    let at_limit = b.stored_bytes(DOC).unwrap();
+    assert!(at_limit > 0 && at_limit <= 300, "{at_limit}");
+    let before = b.heads(DOC);
+    let (_, raw) = foreign_change(7, "big", &"x".repeat(400));
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(raw)],
+        },
+    )
+    .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::DocumentFull { limit: 300 },
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}

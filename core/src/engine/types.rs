@@ -2,6 +2,7 @@
 
 use automerge::ChangeHash;
 
+use crate::check::{CheckError, Limits};
 use crate::doc::DocError;
 use crate::wire::Message;
 use crate::DocId;
@@ -42,6 +43,11 @@ pub struct EngineConfig {
     pub evict_after: Millis,
     /// Most change bytes in one `Changes` message; more are split across messages.
     pub max_changes_bytes: usize,
+    /// What a peer's changes must fit to be parsed at all (see [`crate::check`]).
+    pub limits: Limits,
+    /// Most bytes one document may take in the store: a peer's changes that would take it
+    /// past this are refused.
+    pub max_doc_bytes: u64,
 }
 
 impl EngineConfig {
@@ -55,6 +61,8 @@ impl EngineConfig {
             lazy_fold: false,
             evict_after: 300_000,
             max_changes_bytes: 1 << 20,
+            limits: Limits::device(),
+            max_doc_bytes: u64::MAX,
         }
     }
 
@@ -73,6 +81,8 @@ impl EngineConfig {
             lazy_fold: true,
             evict_after: 60_000,
             max_changes_bytes: 1 << 20,
+            limits: Limits::default(),
+            max_doc_bytes: 64 << 20,
         }
     }
 }
@@ -127,10 +137,21 @@ pub enum Write {
 }
 
 /// Why changes from a peer were not applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejection {
     /// The peer may only read this document.
+    #[error("the document is read-only for this user")]
     ReadOnly,
+    /// A change was over a size limit.
+    #[error(transparent)]
+    Limit(CheckError),
+    /// The document would grow past the most bytes a document may take.
+    #[error("the document would grow past the limit of {limit} bytes")]
+    DocumentFull {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// What the engine asks of its driver, or tells it.
@@ -255,4 +276,7 @@ pub enum EngineError {
     /// A document or change was invalid.
     #[error(transparent)]
     Doc(#[from] DocError),
+    /// A peer's changes are malformed.
+    #[error(transparent)]
+    Check(CheckError),
 }

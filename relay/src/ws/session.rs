@@ -524,6 +524,14 @@ impl Socket<'_> {
                     tracing::debug!(conn = self.conn.0, %doc, "read-only client sent changes");
                     return Ok(());
                 }
+                if code == ErrorCode::REFUSED {
+                    // Changes were refused (a limit or a write rule); nothing was stored. A
+                    // stock client would offer them again forever: tell it why and close.
+                    return Err(SocketEnd::ClosedByRelay {
+                        code: CloseCode::Policy,
+                        reason: truncate(&format!("{doc}: {message}"), 120).to_string(),
+                    });
+                }
                 tracing::debug!(conn = self.conn.0, %doc, code = code.0, %message, "document refused");
                 // Refused (whether or not it exists), revoked, deleted or failed: the client
                 // may ask again later and is authorized afresh.
