@@ -145,36 +145,43 @@ pub fn split_chunks(bytes: &[u8]) -> Result<Vec<ChunkSpan>, CheckError> {
     let mut spans = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < FIXED_HEADER + 1 {
-            return Err(CheckError::malformed("a chunk header is cut short"));
-        }
-        if rest[..4] != MAGIC {
-            return Err(CheckError::malformed(
-                "a chunk does not start with Automerge's magic bytes",
-            ));
-        }
-        let kind = rest[8];
-        let (len, leb) = read_uleb(&rest[FIXED_HEADER..]).ok_or_else(|| {
-            CheckError::malformed("a chunk's length is not a valid LEB128 number")
-        })?;
-        let data = FIXED_HEADER + leb;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| data.checked_add(len))
-            .filter(|end| *end <= rest.len())
-            .ok_or_else(|| {
-                CheckError::malformed("a chunk is longer than the bytes that hold it")
-            })?;
+        let span = first_chunk(&bytes[at..])?;
         spans.push(ChunkSpan {
-            kind,
+            kind: span.kind,
             start: at,
-            data: at + data,
-            end: at + end,
+            data: at + span.data,
+            end: at + span.end,
         });
-        at += end;
+        at += span.end;
     }
     Ok(spans)
+}
+
+/// The first chunk of `bytes`, by its header.
+pub fn first_chunk(bytes: &[u8]) -> Result<ChunkSpan, CheckError> {
+    if bytes.len() < FIXED_HEADER + 1 {
+        return Err(CheckError::malformed("a chunk header is cut short"));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(CheckError::malformed(
+            "a chunk does not start with Automerge's magic bytes",
+        ));
+    }
+    let kind = bytes[8];
+    let (len, leb) = read_uleb(&bytes[FIXED_HEADER..])
+        .ok_or_else(|| CheckError::malformed("a chunk's length is not a valid LEB128 number"))?;
+    let data = FIXED_HEADER + leb;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| data.checked_add(len))
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| CheckError::malformed("a chunk is longer than the bytes that hold it"))?;
+    Ok(ChunkSpan {
+        kind,
+        start: 0,
+        data,
+        end,
+    })
 }
 
 /// Checks every chunk in `bytes` and appends the changes they hold to `out`. `inflated` counts

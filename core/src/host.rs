@@ -67,6 +67,8 @@ pub enum Waiting {
     Persist(PersistId),
     /// A compaction of a document that replaced this many chunks.
     Compaction(DocId, usize),
+    /// Unparsable chunks of a document set aside.
+    Quarantine(DocId),
 }
 
 /// Something for the driver to do.
@@ -109,18 +111,19 @@ pub struct Loaded {
     pub snapshot: Option<Vec<u8>>,
     /// Bytes of `chunks`, by kind: what the host's compaction policy starts from.
     pub sizes: docs::ChunkBytes,
+    /// Stored chunks that do not parse, left out of `doc`: the host sets them aside.
+    pub quarantine: Vec<docs::Quarantine>,
 }
 
 /// Loads a document from the store (blocking). `Ok(None)`: the store has no such document.
 pub fn load(store: &dyn KvStore, doc: DocId) -> Result<Option<Loaded>, DocStoreError> {
-    Ok(
-        docs::load_document_sized(store, doc)?.map(|(am, chunks, sizes)| Loaded {
-            doc: Document::from_automerge(am),
-            chunks,
-            snapshot: None,
-            sizes,
-        }),
-    )
+    Ok(docs::load_document_sized(store, doc)?.map(|l| Loaded {
+        doc: Document::from_automerge(l.doc),
+        chunks: l.chunks,
+        snapshot: None,
+        sizes: l.sizes,
+        quarantine: l.quarantine,
+    }))
 }
 
 /// [`load`], then saves the document too (blocking, and as costly as the load): for a load
@@ -160,6 +163,8 @@ pub struct Host {
     snapshot_on_load: HashSet<DocId>,
     /// Compactions written from a snapshot that a load brought.
     compacted_from_loads: u64,
+    /// Stored chunks set aside as unparsable.
+    quarantined: u64,
     actions: std::collections::VecDeque<Action>,
 }
 
@@ -174,6 +179,7 @@ impl Host {
             compacting: HashMap::default(),
             snapshot_on_load: HashSet::default(),
             compacted_from_loads: 0,
+            quarantined: 0,
             actions: Default::default(),
         }
     }
@@ -253,8 +259,9 @@ impl Host {
         result: Result<Option<Loaded>, DocStoreError>,
     ) -> Result<(), DocStoreError> {
         match result {
-            Ok(Some(l)) => {
+            Ok(Some(mut l)) => {
                 let wanted = self.snapshot_on_load.remove(&doc);
+                let quarantine = std::mem::take(&mut l.quarantine);
                 // A first load starts the compaction policy from what the store holds (a
                 // large snapshot is not redone after the first few new chunks).
                 let stored = self.chunks.entry(doc).or_insert_with(|| Stored {
@@ -268,6 +275,9 @@ impl Host {
                 stored
                     .chunks
                     .extend(l.chunks.iter().copied().filter(|k| !known.contains(k)));
+                if !quarantine.is_empty() {
+                    self.set_aside(doc, &quarantine);
+                }
                 if let (true, Some(snapshot)) = (wanted, l.snapshot) {
                     if !self.compacting.contains_key(&doc) {
                         self.compacted_from_loads += 1;
@@ -313,6 +323,12 @@ impl Host {
             (Waiting::Compaction(doc, replaced), Ok(())) => {
                 self.compacting.remove(&doc);
                 tracing::debug!(%doc, replaced, "compacted");
+            }
+            (Waiting::Quarantine(doc), result) => {
+                // Failed, the chunks stay where they were and are set aside at the next load.
+                if let Err(e) = result {
+                    tracing::warn!(%doc, error = %e, "setting unparsable chunks aside failed");
+                }
             }
             (Waiting::Compaction(doc, _), Err(e)) => {
                 // The old chunks are still there (the batch was atomic); try again later.
@@ -401,6 +417,30 @@ impl Host {
         });
     }
 
+    /// Moves chunks a load found unparsable out of the document's way, keeping what could be
+    /// salvaged from them as a new chunk (already in the loaded document).
+    fn set_aside(&mut self, doc: DocId, quarantine: &[docs::Quarantine]) {
+        let mut batch = WriteBatch::new();
+        let stored = self.chunks.entry(doc).or_default();
+        for q in quarantine {
+            stored.chunks.retain(|k| *k != q.key);
+            if let Some(key) = docs::quarantine(&mut batch, doc, q) {
+                stored.chunks.push(key);
+            }
+        }
+        self.quarantined += quarantine.len() as u64;
+        let ticket = self.group.submit(batch);
+        self.actions.push_back(Action::Wait {
+            what: Waiting::Quarantine(doc),
+            ticket,
+        });
+    }
+
+    /// Stored chunks set aside because they do not parse, since this host started.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
+    }
+
     /// Whether the host asked for `doc`'s pending load in order to compact it: a driver
     /// that can should load it with [`load_for_compaction`] rather than [`load`].
     pub fn wants_snapshot(&self, doc: DocId) -> bool {
@@ -440,6 +480,50 @@ mod tests {
             }
         }
         other
+    }
+
+    #[test]
+    fn a_document_with_a_garbage_chunk_loads_and_the_garbage_is_set_aside() {
+        let kv = Arc::new(MemStore::new());
+        let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+        let doc = DocId::from_bytes([6; 16]);
+        let mut host = Host::new(
+            Engine::new(EngineConfig::relay()),
+            group.clone(),
+            HostConfig::default(),
+        );
+        host.engine().load(doc);
+        settle(&mut host);
+        host.engine()
+            .change(doc, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, "title", "kept").unwrap();
+                tx.commit();
+            })
+            .unwrap();
+        settle(&mut host);
+        let heads = host.engine().heads(doc).unwrap();
+        // What an older relay stored from a member's sync message.
+        let garbage: Vec<u8> = (0..37u8)
+            .map(|i| i.wrapping_mul(29).wrapping_add(3))
+            .collect();
+        let mut batch = WriteBatch::new();
+        docs::put_chunk(&mut batch, doc, ChunkKind::Incremental, garbage);
+        kv.write(&batch).unwrap();
+
+        let mut fresh = Host::new(
+            Engine::new(EngineConfig::relay()),
+            group.clone(),
+            HostConfig::default(),
+        );
+        fresh.engine().load(doc);
+        settle(&mut fresh);
+        assert_eq!(fresh.engine().heads(doc).unwrap(), heads);
+        assert_eq!(fresh.quarantined(), 1);
+        // Set aside for good: the next load finds nothing to heal.
+        let again = load(kv.as_ref(), doc).unwrap().unwrap();
+        assert!(again.quarantine.is_empty());
+        assert_eq!(again.doc.heads(), heads);
     }
 
     #[test]

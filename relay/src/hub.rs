@@ -1127,6 +1127,10 @@ impl Hub {
         self.metrics
             .documents_loaded
             .store(loaded, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.chunks_quarantined.store(
+            self.host.quarantined(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let now = Self::unix_now();
         let leeway = self.verifier.leeway_secs();
         let expired: Vec<ConnId> = self

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub refused_read_only: AtomicU64,
     /// Changes refused for a size limit (per change, per message, per document).
     pub refused_limit: AtomicU64,
+    /// Stored chunks set aside because they do not parse (a store written before changes
+    /// were checked may hold some).
+    pub chunks_quarantined: AtomicU64,
     // Postgres checkpoints (begin)
     /// Age of the oldest change not yet checkpointed, in milliseconds.
     pub checkpoint_lag_ms: AtomicU64,
@@ -141,6 +144,12 @@ impl Metrics {
             "counter",
             "Refused tokens and devices.",
             get(&self.auth_failures),
+        );
+        one(
+            "weft_chunks_quarantined_total",
+            "counter",
+            "Stored chunks set aside on load because they do not parse.",
+            get(&self.chunks_quarantined),
         );
         one(
             "weft_protocol_errors_total",

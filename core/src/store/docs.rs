@@ -74,11 +74,15 @@ const SYNC_STATE_FORMAT: u8 = 0x01;
 
 /// What a stored chunk holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum ChunkKind {
     /// A whole document, from `Automerge::save`.
     Snapshot,
     /// Changes: one change's raw bytes, or `save_after` output.
     Incremental,
+    /// Bytes a load set aside because they do not parse (see `heal.rs`): kept for an operator
+    /// to look at, never loaded, deleted with the document.
+    Quarantined,
 }
 
 impl ChunkKind {
@@ -86,6 +90,7 @@ impl ChunkKind {
         match self {
             ChunkKind::Snapshot => 0,
             ChunkKind::Incremental => 1,
+            ChunkKind::Quarantined => 0x51,
         }
     }
 
@@ -93,6 +98,7 @@ impl ChunkKind {
         match tag {
             0 => Some(ChunkKind::Snapshot),
             1 => Some(ChunkKind::Incremental),
+            0x51 => Some(ChunkKind::Quarantined),
             _ => None,
         }
     }
@@ -158,6 +164,7 @@ impl fmt::Display for ChunkKey {
         let kind = match self.kind {
             ChunkKind::Snapshot => "snapshot",
             ChunkKind::Incremental => "incremental",
+            ChunkKind::Quarantined => "quarantined",
         };
         write!(f, "{}/{kind}/{}", self.doc, Hex(&self.hash.as_bytes()[..8]))
     }
@@ -350,7 +357,8 @@ pub fn delete_doc(batch: &mut WriteBatch, doc: DocId) {
         .delete(Table::DOC_META, doc.as_bytes().to_vec());
 }
 
-/// Every chunk of `doc`, snapshots first, each checked against the hash in its key.
+/// Every chunk of `doc` to load (quarantined ones left out), snapshots first, each checked
+/// against the hash in its key.
 pub fn load_chunks(
     store: &dyn KvStore,
     doc: DocId,
@@ -362,6 +370,9 @@ pub fn load_chunks(
             table: Table::CHUNKS,
             key: raw_key,
         })?;
+        if key.kind == ChunkKind::Quarantined {
+            continue;
+        }
         let actual = ContentHash::of(&bytes);
         if actual != key.hash {
             return Err(DocStoreError::CorruptChunk { key, actual });
@@ -372,12 +383,14 @@ pub fn load_chunks(
 }
 
 /// Load `doc` from its chunks, or `None` if it has none. Also returns the keys of the chunks
-/// loaded: pass them to [`compact`] as `replaces` with a snapshot of this document.
+/// loaded: pass them to [`compact`] as `replaces` with a snapshot of this document. Chunks
+/// that do not parse are left out (see [`load_document_sized`]); the caller that wants them
+/// set aside for good uses that.
 pub fn load_document(
     store: &dyn KvStore,
     doc: DocId,
 ) -> Result<Option<(Automerge, Vec<ChunkKey>)>, DocStoreError> {
-    Ok(load_document_sized(store, doc)?.map(|(am, chunks, _)| (am, chunks)))
+    Ok(load_document_sized(store, doc)?.map(|l| (l.doc, l.chunks)))
 }
 
 /// Bytes of a document's stored chunks, by kind.
@@ -389,11 +402,29 @@ pub struct ChunkBytes {
     pub incremental: usize,
 }
 
+/// A document as read from its chunks.
+#[derive(Debug)]
+pub struct StoredDocument {
+    /// The document.
+    pub doc: Automerge,
+    /// The chunks it was loaded from (not those quarantined).
+    pub chunks: Vec<ChunkKey>,
+    /// Bytes of `chunks`, by kind.
+    pub sizes: ChunkBytes,
+    /// Stored chunks that held bytes that do not parse, to set aside with [`quarantine`].
+    pub quarantine: Vec<Quarantine>,
+}
+
 /// [`load_document`], also telling how many bytes of each kind of chunk it read.
+///
+/// A chunk that does not parse no longer fails the whole document (a store written before
+/// every peer's change was checked may hold one): the load is retried piece by piece
+/// (`heal.rs`), the good Automerge chunks inside a bad stored chunk are kept, and the bad
+/// stored chunk is reported in [`StoredDocument::quarantine`].
 pub fn load_document_sized(
     store: &dyn KvStore,
     doc: DocId,
-) -> Result<Option<(Automerge, Vec<ChunkKey>, ChunkBytes)>, DocStoreError> {
+) -> Result<Option<StoredDocument>, DocStoreError> {
     let chunks = load_chunks(store, doc)?;
     if chunks.is_empty() {
         return Ok(None);
@@ -402,18 +433,13 @@ pub fn load_document_sized(
     for (_, bytes) in &chunks {
         all.extend_from_slice(bytes);
     }
-    // The chunks passed their hash check, so automerge wrote them; still, a panic in the
+    // The chunks passed their hash check, so this store wrote them; still, a panic in the
     // loader must cost this document, not the process.
-    let loaded = catch_unwind(|| crate::doc::load_automerge(&all))
-        .map_err(|_| DocStoreError::LoadPanicked { doc })?;
-    let document = match loaded {
-        Ok(document) => document,
-        Err(source) => {
-            return Err(DocStoreError::Load {
-                doc,
-                chunk: first_unparsable(&chunks),
-                source: Box::new(source),
-            })
+    let (document, chunks, quarantine) = match catch_unwind(|| crate::doc::load_automerge(&all)) {
+        Ok(Ok(document)) => (document, chunks, Vec::new()),
+        Ok(Err(_)) | Err(_) => {
+            drop(all);
+            super::heal::salvage(doc, chunks)?
         }
     };
     let missing = document.get_missing_deps(&[]);
@@ -425,19 +451,43 @@ pub fn load_document_sized(
     for (key, bytes) in &chunks {
         match key.kind() {
             ChunkKind::Snapshot => sizes.snapshot += bytes.len(),
-            ChunkKind::Incremental => sizes.incremental += bytes.len(),
+            _ => sizes.incremental += bytes.len(),
         }
     }
-    Ok(Some((
-        document,
-        chunks.into_iter().map(|(key, _)| key).collect(),
+    Ok(Some(StoredDocument {
+        doc: document,
+        chunks: chunks.into_iter().map(|(key, _)| key).collect(),
         sizes,
-    )))
+        quarantine,
+    }))
+}
+
+/// A stored chunk that holds bytes that do not parse.
+#[derive(Debug)]
+pub struct Quarantine {
+    /// The chunk.
+    pub key: ChunkKey,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The Automerge chunks inside it that do parse, concatenated (loaded with the document).
+    pub salvaged: Vec<u8>,
+    /// Why it was set aside.
+    pub reason: String,
+}
+
+/// Sets a chunk aside: its bytes move to a quarantined chunk of the same document (never
+/// loaded, deleted with the document) and what could be salvaged from it becomes an
+/// incremental chunk. Returns the salvaged chunk's key, if any.
+pub fn quarantine(batch: &mut WriteBatch, doc: DocId, q: &Quarantine) -> Option<ChunkKey> {
+    put_chunk(batch, doc, ChunkKind::Quarantined, q.bytes.as_slice());
+    batch.delete(Table::CHUNKS, q.key.to_bytes());
+    (!q.salvaged.is_empty())
+        .then(|| put_chunk(batch, doc, ChunkKind::Incremental, q.salvaged.as_slice()))
 }
 
 /// The first chunk automerge refuses on its own (slow; only used to explain a failure). A lone
 /// chunk may lack the changes it depends on; that alone is not the chunk's fault.
-fn first_unparsable(chunks: &[(ChunkKey, Vec<u8>)]) -> Option<ChunkKey> {
+pub(super) fn first_unparsable(chunks: &[(ChunkKey, Vec<u8>)]) -> Option<ChunkKey> {
     chunks
         .iter()
         .find(|(_, bytes)| match catch_unwind(|| Automerge::load(bytes)) {
@@ -885,28 +935,55 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_chunk_automerge_cannot_parse_is_named_in_the_error() {
+    fn chunks_that_do_not_parse_are_set_aside_and_the_rest_loads() {
         let store = MemStore::new();
         let mut doc = Automerge::new();
-        let (_, good) = append(&mut doc, "x");
-        let mut bad = None;
+        let (first, good) = append(&mut doc, "x");
+        let (second, also_good) = append(&mut doc, "y");
+        let garbage: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(31)).collect();
+        // Old relays stored a sync message's chunks as they came: a good change and garbage
+        // in one stored chunk, and garbage alone in another.
+        let mut mixed = also_good.clone();
+        mixed.extend_from_slice(&garbage);
+        let mut keys = Vec::new();
         commit(&store, |b| {
             put_chunk(b, DOC, ChunkKind::Incremental, good);
-            bad = Some(put_chunk(
-                b,
-                DOC,
-                ChunkKind::Incremental,
-                b"not automerge".to_vec(),
-            ));
+            keys.push(put_chunk(b, DOC, ChunkKind::Incremental, mixed));
+            keys.push(put_chunk(b, DOC, ChunkKind::Incremental, garbage.clone()));
         })
         .unwrap();
-        match load_document(&store, DOC) {
-            Err(DocStoreError::Load { doc, chunk, .. }) => {
-                assert_eq!(doc, DOC);
-                assert_eq!(chunk, bad);
+        let loaded = load_document_sized(&store, DOC).unwrap().unwrap();
+        assert!(loaded.doc.get_change_by_hash(&first).is_some());
+        assert!(loaded.doc.get_change_by_hash(&second).is_some(), "salvaged");
+        let mut bad: Vec<ChunkKey> = loaded.quarantine.iter().map(|q| q.key).collect();
+        bad.sort();
+        keys.sort();
+        assert_eq!(bad, keys);
+        assert!(loaded.chunks.iter().all(|k| !keys.contains(k)));
+        // Set aside, they are never read again; the salvaged change stays.
+        commit(&store, |b| {
+            for q in &loaded.quarantine {
+                quarantine(b, DOC, q);
             }
-            other => panic!("expected a load error, got {other:?}"),
-        }
+        })
+        .unwrap();
+        let again = load_document_sized(&store, DOC).unwrap().unwrap();
+        assert!(again.quarantine.is_empty());
+        assert!(again.doc.get_change_by_hash(&second).is_some());
+        let stored = store.scan_prefix(Table::CHUNKS, DOC.as_bytes()).unwrap();
+        let quarantined: Vec<Vec<u8>> = stored
+            .iter()
+            .filter(|(k, _)| ChunkKey::from_bytes(k).unwrap().kind() == ChunkKind::Quarantined)
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(quarantined.len(), 2);
+        assert!(quarantined.contains(&garbage));
+        // Deleting the document deletes them too.
+        commit(&store, |b| delete_doc(b, DOC)).unwrap();
+        assert!(store
+            .scan_prefix(Table::CHUNKS, DOC.as_bytes())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

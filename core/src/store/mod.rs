@@ -37,6 +37,7 @@ use std::sync::Arc;
 mod crash_model;
 pub mod docs;
 mod group;
+mod heal;
 mod memory;
 mod redb;
 mod staging;
