@@ -189,6 +189,14 @@ impl Host {
         &mut self.engine
     }
 
+    /// Drops `doc` from memory with whatever is in flight for it (see [`Engine::forget`]); its
+    /// next use loads it from the store.
+    pub fn forget(&mut self, doc: DocId) {
+        self.engine.forget(doc);
+        self.chunks.remove(&doc);
+        self.snapshot_on_load.remove(&doc);
+    }
+
     /// The store, for reads.
     pub fn store(&self) -> &Arc<dyn KvStore> {
         self.group.store()

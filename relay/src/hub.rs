@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output, Rejection};
+use weft_core::engine::{
+    ConnId, Engine, EngineConfig, EngineError, Inbound, OpenOptions, Output, Rejection,
+};
 use weft_core::hash::{HashMap, HashSet};
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::{self as docstore, DocStoreError};
@@ -137,6 +139,15 @@ pub enum HubEvent {
         conn: ConnId,
         /// The message.
         msg: Message,
+    },
+    /// A document message from the connection whose changes its task already checked
+    /// (`weft_core::engine::check_message`, with [`HubConfig::engine`]'s limits), so the hub
+    /// never parses a large upload itself.
+    Inbound {
+        /// The connection.
+        conn: ConnId,
+        /// The checked message.
+        inbound: Inbound,
     },
     /// The connection ended.
     Closed {
@@ -493,6 +504,13 @@ impl Hub {
                 }
                 self.on_frame(conn, msg)
             }
+            HubEvent::Inbound { conn, inbound } => {
+                Metrics::inc(&self.metrics.messages_in);
+                if matches!(inbound, Inbound::Changes { .. }) {
+                    self.arrivals.insert(inbound.doc(), Instant::now());
+                }
+                self.on_inbound(conn, inbound)
+            }
             // WebSocket hook (begin)
             HubEvent::SyncOnly { conn } => {
                 if self.conns.contains_key(&conn) {
@@ -523,18 +541,10 @@ impl Hub {
                 self.unsubscribe(conn, doc);
             }
             Message::Sync { doc, .. } | Message::Changes { doc, .. } | Message::Ack { doc, .. } => {
-                if !c.docs.contains_key(&doc) {
-                    self.send(conn, &forbidden(doc));
-                    return;
-                }
-                if let Err(e) = self.host.engine().handle(conn, msg) {
-                    tracing::info!(conn = conn.0, %doc, error = %e, "closing a connection that sent an invalid message");
-                    Metrics::inc(&self.metrics.protocol_errors);
-                    self.close(
-                        conn,
-                        ErrorCode::MALFORMED,
-                        format!("invalid message for document {doc}"),
-                    );
+                let limits = &self.cfg.engine.limits;
+                match weft_core::engine::check_message(msg, limits) {
+                    Ok(inbound) => self.on_inbound(conn, inbound),
+                    Err(e) => self.malformed(conn, doc, &e),
                 }
             }
             Message::Ephemeral { doc, data, .. } => {
@@ -593,6 +603,86 @@ impl Hub {
                 self.close(conn, ErrorCode::MALFORMED, "unexpected message".into());
             }
         }
+    }
+
+    /// A checked document message: handed to the engine if `conn` is subscribed to its
+    /// document. A panic inside Automerge on it costs that connection and reloads the
+    /// document, never the relay.
+    fn on_inbound(&mut self, conn: ConnId, inbound: Inbound) {
+        let doc = inbound.doc();
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        if !c.docs.contains_key(&doc) {
+            self.send(conn, &forbidden(doc));
+            return;
+        }
+        let engine = self.host.engine();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.handle_inbound(conn, inbound)
+        }));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.malformed(conn, doc, &e),
+            Err(_) => {
+                tracing::error!(conn = conn.0, %doc, "automerge panicked on a peer's message: closing that connection and reloading the document");
+                Metrics::inc(&self.metrics.protocol_errors);
+                self.close(
+                    conn,
+                    ErrorCode::MALFORMED,
+                    format!("the relay could not process a message for document {doc}"),
+                );
+                self.reload_after_panic(doc, conn);
+            }
+        }
+    }
+
+    fn malformed(&mut self, conn: ConnId, doc: DocId, e: &EngineError) {
+        tracing::info!(conn = conn.0, %doc, error = %e, "closing a connection that sent an invalid message");
+        Metrics::inc(&self.metrics.protocol_errors);
+        self.close(
+            conn,
+            ErrorCode::MALFORMED,
+            format!("invalid message for document {doc}"),
+        );
+    }
+
+    /// The engine's copy of `doc` may be half-changed after a panic: drop it and open it
+    /// again, from the store, for every subscriber but `culprit`.
+    fn reload_after_panic(&mut self, doc: DocId, culprit: ConnId) {
+        self.host.forget(doc);
+        let subscribers: Vec<(ConnId, Role)> = self
+            .subscribers
+            .get(&doc)
+            .map(|s| s.iter().map(|(c, r)| (*c, *r)).collect())
+            .unwrap_or_default();
+        for (conn, role) in subscribers {
+            if conn == culprit {
+                continue;
+            }
+            if let Some(opts) = self.open_options(conn, doc, role) {
+                self.host.engine().open(conn, doc, opts);
+            }
+        }
+    }
+
+    /// How the engine syncs `doc` with `conn`, which holds `role`.
+    fn open_options(&self, conn: ConnId, doc: DocId, role: Role) -> Option<OpenOptions> {
+        let device = self.conns.get(&conn)?.device;
+        let saved = host::saved_sync_state(self.host.store().as_ref(), doc, device.as_bytes())
+            .unwrap_or_else(|e| {
+                tracing::warn!(%doc, error = %e, "ignoring an unreadable sync state");
+                None
+            });
+        Some(OpenOptions {
+            accept_changes: role.can_write(),
+            send_changes: true,
+            stable_peer: Some(device.as_bytes().to_vec()),
+            saved_sync_state: saved,
+        })
     }
 
     fn on_subscribe(&mut self, conn: ConnId, doc: DocId) {
@@ -703,16 +793,8 @@ impl Hub {
         c.docs.insert(doc, role);
         let device = c.device;
         let user = c.claims.sub.clone();
-        let saved = host::saved_sync_state(self.host.store().as_ref(), doc, device.as_bytes())
-            .unwrap_or_else(|e| {
-                tracing::warn!(%doc, error = %e, "ignoring an unreadable sync state");
-                None
-            });
-        let opts = OpenOptions {
-            accept_changes: role.can_write(),
-            send_changes: true,
-            stable_peer: Some(device.as_bytes().to_vec()),
-            saved_sync_state: saved,
+        let Some(opts) = self.open_options(conn, doc, role) else {
+            return;
         };
         self.send(conn, &Message::Subscribed { doc, role });
         // Presence: the newcomer learns who is here; the others learn of the newcomer.

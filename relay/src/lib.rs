@@ -42,6 +42,7 @@ mod checkpoint;
 mod discovery;
 mod http;
 mod hub;
+mod inbound;
 mod metrics;
 mod secret;
 mod server;

@@ -148,6 +148,35 @@ struct ServeArgs {
     )]
     dev: bool,
 
+    /// Largest change a member may send (uncompressed); larger ones are refused.
+    #[arg(
+        long,
+        env = "WEFT_MAX_CHANGE_BYTES",
+        value_name = "SIZE",
+        default_value = "1MiB",
+        value_parser = parse_byte_size
+    )]
+    max_change_bytes: u64,
+
+    /// Most operations in one change (a character typed or pasted into a text is one).
+    #[arg(
+        long,
+        env = "WEFT_MAX_CHANGE_OPS",
+        value_name = "N",
+        default_value = "100000"
+    )]
+    max_change_ops: u64,
+
+    /// Most bytes one document may take in the relay's store; changes past it are refused.
+    #[arg(
+        long,
+        env = "WEFT_MAX_DOC_BYTES",
+        value_name = "SIZE",
+        default_value = "64MiB",
+        value_parser = parse_byte_size
+    )]
+    max_doc_bytes: u64,
+
     /// Evict a document with no subscribers from memory after this long unused (hidden: for
     /// tests and tuning).
     #[arg(
@@ -428,6 +457,15 @@ async fn run_relay(
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
     let mut hub_config = weft_relay::HubConfig::default();
     hub_config.engine.evict_after = u64::try_from(args.evict_after.as_millis()).unwrap_or(u64::MAX);
+    let check = weft_core::check::Limits {
+        max_change_bytes: usize::try_from(args.max_change_bytes).unwrap_or(usize::MAX),
+        max_change_ops: usize::try_from(args.max_change_ops).unwrap_or(usize::MAX),
+        // A document chunk inflates to about its own size in the store: no message may
+        // inflate past what a document may hold.
+        max_inflated_bytes: usize::try_from(args.max_doc_bytes).unwrap_or(usize::MAX),
+    };
+    hub_config.engine.limits = check.clone();
+    hub_config.engine.max_doc_bytes = args.max_doc_bytes;
     let hub = weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
         .with_checkpoints(dirty.clone()); // Postgres checkpoints
     let hub_task = tokio::spawn(hub.run(hub_rx));
@@ -440,6 +478,7 @@ async fn run_relay(
     let ws_task = ws_listener.map(|listener| {
         let limits = weft_relay::WsLimits {
             max_frame: usize::try_from(args.ws_max_frame).unwrap_or(usize::MAX),
+            check: check.clone(),
             ..Default::default()
         };
         tokio::spawn(weft_relay::ws_accept_loop(
@@ -455,7 +494,10 @@ async fn run_relay(
     let accept_task = tokio::spawn(weft_relay::accept_loop(
         endpoint.clone(),
         verifier,
-        weft_relay::ServerLimits::default(),
+        weft_relay::ServerLimits {
+            check,
+            ..Default::default()
+        },
         hub_tx,
         metrics,
         stopped(stop_rx.clone()),

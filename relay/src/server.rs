@@ -51,6 +51,9 @@ pub struct ServerLimits {
     pub burst: u32,
     /// Messages per second a connection may send once its burst is spent.
     pub rate: u32,
+    /// What a peer's changes must fit; the connection's task checks them (keep equal to the
+    /// hub's `HubConfig::engine.limits`).
+    pub check: weft_core::check::Limits,
 }
 
 /// A token bucket: `burst` messages at once, refilled at `rate` per second.
@@ -95,6 +98,7 @@ impl Default for ServerLimits {
             hello_timeout: Duration::from_secs(10),
             burst: 50_000,
             rate: 10_000,
+            check: weft_core::check::Limits::default(),
         }
     }
 }
@@ -356,7 +360,17 @@ async fn serve_connection(
                 connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
                 return "over its message rate".to_string();
             }
-            if hub.send(HubEvent::Frame { conn, msg }).await.is_err() {
+            let doc = msg.doc();
+            let event = match crate::inbound::to_hub(conn, msg, &limits.check).await {
+                Ok(event) => event,
+                Err(e) => {
+                    Metrics::inc(&metrics.protocol_errors);
+                    tracing::info!(conn = conn.0, ?doc, error = %e, "closing a connection that sent an invalid message");
+                    connection.close(close_code(ErrorCode::MALFORMED), b"invalid message");
+                    return format!("invalid message: {e}");
+                }
+            };
+            if hub.send(event).await.is_err() {
                 return "hub gone".to_string();
             }
         }

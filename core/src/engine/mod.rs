@@ -48,6 +48,7 @@ use crate::DocId;
 
 mod receive;
 mod types;
+pub use receive::{check_message, Inbound};
 pub use types::*;
 
 struct PeerDoc {
@@ -123,6 +124,9 @@ struct DocState {
     reloading: bool,
     /// Inputs that need the materialized document, waiting for the reload (bounded).
     deferred: Vec<Deferred>,
+    /// A reload is wanted but waits until received changes too large to apply here are
+    /// durable and out of memory (see [`EngineConfig::inline_apply_ops`]).
+    reload_wanted: bool,
     /// Bytes the document takes in the store: as loaded (told by the driver, see
     /// [`Engine::set_stored_bytes`]) plus every change written since. Checked against
     /// [`EngineConfig::max_doc_bytes`] before a peer's changes are accepted.
@@ -131,7 +135,10 @@ struct DocState {
 
 /// An input deferred until a stale document is reloaded.
 enum Deferred {
-    Msg(ConnId, Message),
+    Msg(ConnId, Inbound),
+    /// A sync message whose changes were stored without being applied (too many operations
+    /// to apply on the driver's thread): the rest of it runs once the reload brings them.
+    SyncAfterReload(ConnId, bool, Box<sync::Message>),
     Pump(ConnId),
 }
 
@@ -146,7 +153,7 @@ enum Slot {
 
 enum Queued {
     Open(ConnId, OpenOptions),
-    Msg(ConnId, Message),
+    Msg(ConnId, Inbound),
 }
 
 /// The sync engine. See the module docs.
@@ -235,7 +242,9 @@ impl Engine {
         match self.docs.get_mut(&doc) {
             Some(Slot::Ready(ds)) => {
                 ds.deferred.retain(|d| match d {
-                    Deferred::Msg(c, _) | Deferred::Pump(c) => *c != conn,
+                    Deferred::Msg(c, _) | Deferred::SyncAfterReload(c, ..) | Deferred::Pump(c) => {
+                        *c != conn
+                    }
                 });
                 if let Some(pd) = ds.peers.remove(&conn) {
                     if let Some(peer) = pd.opts.stable_peer.clone() {
@@ -312,6 +321,7 @@ impl Engine {
                 recent: HashSet::default(),
                 reloading: false,
                 deferred: Vec::new(),
+                reload_wanted: false,
                 stored_bytes: 0,
             })),
         );
@@ -319,7 +329,7 @@ impl Engine {
             match q {
                 Queued::Open(conn, opts) => self.open(conn, doc, opts),
                 Queued::Msg(conn, msg) => {
-                    if let Err(error) = self.handle(conn, msg) {
+                    if let Err(error) = self.handle_inbound(conn, msg) {
                         self.out
                             .push_back(Output::ProtocolError { conn, doc, error });
                     }
@@ -424,16 +434,22 @@ impl Engine {
         self.pump(doc, conn);
     }
 
-    /// Handles a document message (`Sync`, `Changes` or `Ack`) from `conn`.
+    /// Handles a document message (`Sync`, `Changes` or `Ack`) from `conn`: checks its changes
+    /// ([`check_message`]), then [`Engine::handle_inbound`].
     ///
     /// An `Err` means the peer misbehaved for this document; the driver should close it.
     pub fn handle(&mut self, conn: ConnId, msg: Message) -> Result<(), EngineError> {
-        let doc = match &msg {
-            Message::Sync { doc, .. } | Message::Changes { doc, .. } | Message::Ack { doc, .. } => {
-                *doc
-            }
-            _ => return Err(EngineError::NotSyncMessage),
-        };
+        let inbound = check_message(msg, &self.cfg.limits)?;
+        self.handle_inbound(conn, inbound)
+    }
+
+    /// Handles a document message whose changes were checked already ([`check_message`], with
+    /// this engine's [`EngineConfig::limits`]): a driver may check large messages off its
+    /// event loop.
+    ///
+    /// An `Err` means the peer misbehaved for this document; the driver should close it.
+    pub fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) -> Result<(), EngineError> {
+        let doc = msg.doc();
         self.touched.insert(doc);
         let open = self
             .conns
@@ -442,6 +458,9 @@ impl Engine {
             .contains(&doc);
         if !open {
             return Err(EngineError::NotOpen { doc });
+        }
+        if matches!(msg, Inbound::Sync { .. }) {
+            self.shed_heavy(doc);
         }
         match self.docs.get_mut(&doc) {
             Some(Slot::Loading(q)) => {
@@ -452,7 +471,7 @@ impl Engine {
                 }
                 return Ok(());
             }
-            Some(Slot::Ready(ds)) if ds.stale && matches!(msg, Message::Sync { .. }) => {
+            Some(Slot::Ready(ds)) if ds.stale && matches!(msg, Inbound::Sync { .. }) => {
                 // A sync round needs the materialized document.
                 if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
                     ds.deferred.push(Deferred::Msg(conn, msg));
@@ -464,13 +483,25 @@ impl Engine {
             None => return Err(EngineError::NotOpen { doc }),
         }
         let result = match msg {
-            Message::Sync { reset, data, .. } => self.on_sync(conn, doc, reset, &data),
-            Message::Changes { changes, .. } => self.on_changes(conn, doc, changes),
-            Message::Ack { heads, .. } => {
+            Inbound::Sync {
+                reset,
+                msg,
+                changes,
+                ..
+            } => self.on_sync(conn, doc, reset, msg, changes),
+            Inbound::Changes { changes, .. } => self.on_changes(conn, doc, changes),
+            Inbound::Ack { heads, .. } => {
                 self.on_ack(conn, doc, heads);
                 Ok(())
             }
-            _ => Ok(()),
+            Inbound::Refused { error, .. } => {
+                self.out.push_back(Output::Rejected {
+                    conn,
+                    doc,
+                    reason: Rejection::Limit(error),
+                });
+                Ok(())
+            }
         };
         self.after_input(doc);
         result
@@ -597,6 +628,10 @@ impl Engine {
             // Durable now: the store has them for the reload, memory need not.
             drop_from_memory(ds, &durable_pending.into_iter().collect());
         }
+        let reload = ds.stale
+            && ds.reload_wanted
+            && !ds.reloading
+            && pending_ops(ds) < self.cfg.inline_apply_ops;
         let mut origins = Vec::new();
         for effect in effects {
             if let PersistEffect::Changes {
@@ -610,6 +645,9 @@ impl Engine {
                 }
                 self.announce(doc, origin, raw, via_fast_path);
             }
+        }
+        if reload {
+            self.materialize_for(doc, "durable");
         }
         // Peers in sync mode may have something to send now; a sender may now be synced.
         // Other live peers were just sent the changes (`announce`) and stay unsynced until
@@ -910,6 +948,10 @@ impl Engine {
             self.check_synced(doc, conn);
             return;
         }
+        self.shed_heavy(doc);
+        let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+            return;
+        };
         if ds.stale {
             if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
                 if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
@@ -1017,7 +1059,10 @@ impl Engine {
             // Pending changes are folded into the reloaded document.
             return false;
         }
-        if self.cfg.lazy_fold && ds.peers.values().all(|pd| pd.live) {
+        // Too many operations to apply here: they leave memory once durable and a reload
+        // (off the driver's thread) applies them, whatever the peers' modes.
+        let heavy = pending_ops(ds) >= self.cfg.inline_apply_ops;
+        if self.cfg.lazy_fold && (heavy || ds.peers.values().all(|pd| pd.live)) {
             ds.stale = true;
             let in_flight: HashSet<ChangeHash> = ds
                 .persists
@@ -1042,6 +1087,18 @@ impl Engine {
         true
     }
 
+    /// With lazy folding, received changes waiting to be folded that hold too many operations
+    /// to apply here ([`EngineConfig::inline_apply_ops`]) are not folded by whatever needs the
+    /// materialized document: the document goes stale instead, and the reload applies them.
+    fn shed_heavy(&mut self, doc: DocId) {
+        let heavy = matches!(self.docs.get(&doc), Some(Slot::Ready(ds))
+            if self.cfg.lazy_fold && !ds.stale && !ds.reloading
+                && pending_ops(ds) >= self.cfg.inline_apply_ops);
+        if heavy {
+            self.fold_or_drop(doc);
+        }
+    }
+
     /// Whether the document is materialized (loaded and not stale). A stale one is reloaded
     /// from the store (an `Output::Load`); inputs that need it wait for [`Engine::loaded`].
     pub fn materialize(&mut self, doc: DocId) -> bool {
@@ -1056,8 +1113,15 @@ impl Engine {
             return true;
         }
         if !ds.reloading {
+            if pending_ops(ds) >= self.cfg.inline_apply_ops {
+                // Reloaded now, they would be folded in here; once durable they leave memory
+                // and the load (off the driver's thread) applies them. `persisted` reloads.
+                ds.reload_wanted = true;
+                return false;
+            }
             tracing::debug!(%doc, why, "reloading a stale document");
             ds.reloading = true;
+            ds.reload_wanted = false;
             self.out.push_back(Output::Load { doc });
         }
         false
@@ -1088,7 +1152,13 @@ impl Engine {
         for d in deferred {
             match d {
                 Deferred::Msg(conn, msg) => {
-                    if let Err(error) = self.handle(conn, msg) {
+                    if let Err(error) = self.handle_inbound(conn, msg) {
+                        self.out
+                            .push_back(Output::ProtocolError { conn, doc, error });
+                    }
+                }
+                Deferred::SyncAfterReload(conn, reset, msg) => {
+                    if let Err(error) = self.sync_after_reload(conn, doc, reset, *msg) {
                         self.out
                             .push_back(Output::ProtocolError { conn, doc, error });
                     }
@@ -1174,6 +1244,11 @@ fn drop_from_memory(ds: &mut DocState, durable: &HashSet<ChangeHash>) {
         ds.pending_hashes.remove(h);
         ds.recent.insert(*h);
     }
+}
+
+/// Operations in the received changes waiting to be folded.
+fn pending_ops(ds: &DocState) -> usize {
+    ds.pending.iter().map(Change::len).sum()
 }
 
 fn knows(ds: &DocState, hash: &ChangeHash) -> bool {

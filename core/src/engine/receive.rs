@@ -1,16 +1,135 @@
 //! Changes a peer sends: checked, filtered to what is new, refused or accepted, then stored.
 //!
 //! Both paths (`Changes` on the fast path, the changes inside a `Sync` message) go through
-//! [`crate::check`] before anything else sees them: what does not parse closes the peer
+//! [`check_message`] before anything else sees them: what does not parse closes the peer
 //! (`EngineError::Check`), what is over a limit is refused (`Output::Rejected`) and nothing
 //! of it is stored, applied or forwarded. What is stored is the checked changes' canonical
-//! bytes, never the bytes as received.
+//! bytes, never the bytes as received. Checking is pure, so a driver may run it off its event
+//! loop and hand the engine the result ([`Engine::handle_inbound`]).
+//!
+//! With lazy folding (the relay), received changes with at least
+//! [`EngineConfig::inline_apply_ops`] operations are never applied here: they are stored and
+//! forwarded like fast-path changes, the document goes stale, and the rest of the sync message
+//! runs once a reload (which the driver runs off its thread) has applied them.
 
 use automerge::sync::{self, SyncDoc};
+use automerge::ChangeHash;
 use bytes::Bytes;
 
 use super::*;
-use crate::check::{self, CheckError, CheckedChange};
+use crate::check::{self, CheckError, CheckedChange, Limits};
+
+/// A peer's document message, its changes checked (see [`check_message`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// A sync-protocol message.
+    Sync {
+        /// The document.
+        doc: DocId,
+        /// The sender restarted its sync state.
+        reset: bool,
+        /// The message, without its changes.
+        msg: Box<sync::Message>,
+        /// The changes it carried, checked.
+        changes: Vec<CheckedChange>,
+    },
+    /// Fast-path changes.
+    Changes {
+        /// The document.
+        doc: DocId,
+        /// The changes, checked.
+        changes: Vec<CheckedChange>,
+    },
+    /// The sender holds these heads.
+    Ack {
+        /// The document.
+        doc: DocId,
+        /// Its heads.
+        heads: Vec<ChangeHash>,
+    },
+    /// The message's changes are over a limit: refused, nothing of them kept.
+    Refused {
+        /// The document.
+        doc: DocId,
+        /// Which limit.
+        error: CheckError,
+    },
+}
+
+impl Inbound {
+    /// The document the message is about.
+    pub fn doc(&self) -> DocId {
+        match self {
+            Inbound::Sync { doc, .. }
+            | Inbound::Changes { doc, .. }
+            | Inbound::Ack { doc, .. }
+            | Inbound::Refused { doc, .. } => *doc,
+        }
+    }
+
+    /// Operations in the changes it carries.
+    pub fn ops(&self) -> usize {
+        match self {
+            Inbound::Sync { changes, .. } | Inbound::Changes { changes, .. } => {
+                changes.iter().map(CheckedChange::ops).sum()
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Checks the changes of a document message (`Sync`, `Changes` or `Ack`) against `limits`.
+/// Pure and as costly as parsing the changes (about 0.2 us per operation): a driver may run it
+/// off its event loop. `Err` for anything malformed (the peer misbehaved); a change over a
+/// limit is `Ok(Inbound::Refused)`.
+pub fn check_message(msg: Message, limits: &Limits) -> Result<Inbound, EngineError> {
+    match msg {
+        Message::Sync { doc, reset, data } => {
+            let mut msg =
+                sync::Message::decode(&data).map_err(|e| EngineError::BadSyncMessage {
+                    reason: e.to_string(),
+                })?;
+            let mut changes = Vec::new();
+            let mut inflated = 0;
+            for chunk in msg.changes.iter() {
+                if let Err(e) = check::check_chunks(chunk, limits, &mut inflated, &mut changes) {
+                    return refused(doc, e);
+                }
+            }
+            msg.changes = Vec::<Vec<u8>>::new().into();
+            Ok(Inbound::Sync {
+                doc,
+                reset,
+                msg: Box::new(msg),
+                changes,
+            })
+        }
+        Message::Changes { doc, changes } => {
+            let mut checked = Vec::with_capacity(changes.len());
+            for raw in changes {
+                match check::check_change(raw, limits) {
+                    Ok(c) => checked.push(c),
+                    Err(e) => return refused(doc, e),
+                }
+            }
+            Ok(Inbound::Changes {
+                doc,
+                changes: checked,
+            })
+        }
+        Message::Ack { doc, heads } => Ok(Inbound::Ack { doc, heads }),
+        _ => Err(EngineError::NotSyncMessage),
+    }
+}
+
+fn refused(doc: DocId, error: CheckError) -> Result<Inbound, EngineError> {
+    if error.is_limit() {
+        Ok(Inbound::Refused { doc, error })
+    } else {
+        Err(EngineError::Check(error))
+    }
+}
 
 impl Engine {
     pub(super) fn on_sync(
@@ -18,20 +137,130 @@ impl Engine {
         conn: ConnId,
         doc: DocId,
         reset: bool,
-        data: &[u8],
+        msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
     ) -> Result<(), EngineError> {
-        let mut msg = sync::Message::decode(data).map_err(|e| EngineError::BadSyncMessage {
-            reason: e.to_string(),
-        })?;
-        let mut checked = Vec::new();
-        let mut inflated = 0;
-        for chunk in msg.changes.iter() {
-            if let Err(e) =
-                check::check_chunks(chunk, &self.cfg.limits, &mut inflated, &mut checked)
-            {
-                return self.refuse_checked(conn, doc, e);
+        if self.cfg.lazy_fold
+            && checked.iter().map(CheckedChange::ops).sum::<usize>() >= self.cfg.inline_apply_ops
+        {
+            return self.on_heavy_sync(conn, doc, reset, msg, checked);
+        }
+        let carried = !checked.is_empty();
+        self.sync_round(conn, doc, reset, msg, checked, carried)
+    }
+
+    /// Runs the rest of a sync message whose changes [`Self::on_heavy_sync`] stored without
+    /// applying, once the reload has applied them.
+    pub(super) fn sync_after_reload(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: sync::Message,
+    ) -> Result<(), EngineError> {
+        self.sync_round(conn, doc, reset, Box::new(msg), Vec::new(), true)?;
+        // Told nothing new, Automerge takes equal heads for "we already said so" and would
+        // never answer: the sender still waits to hear that its changes arrived.
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Some(pd) = ds.peers.get_mut(&conn) {
+                pd.sync.last_sent_heads.clear();
             }
         }
+        self.pump(doc, conn);
+        Ok(())
+    }
+
+    /// A sync message whose changes hold too many operations to apply on the driver's thread:
+    /// they are handled like fast-path changes (refused, or stored and forwarded once durable),
+    /// the document goes stale, and the rest of the message waits for the reload that applies
+    /// them off the driver's thread.
+    fn on_heavy_sync(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
+    ) -> Result<(), EngineError> {
+        let now = self.now;
+        let max_doc_bytes = self.cfg.max_doc_bytes;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        ds.last_used = now;
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        pd.last_progress = now;
+        pd.live = false;
+        let accepts = pd.opts.accept_changes;
+        let mut seen = HashSet::default();
+        let new: Vec<CheckedChange> = checked
+            .into_iter()
+            .filter(|c| {
+                let h = c.change.hash();
+                !knows(ds, &h) && seen.insert(h)
+            })
+            .collect();
+        if !new.is_empty() {
+            let reason = if !accepts {
+                Some(Rejection::ReadOnly)
+            } else {
+                over_doc_bytes(ds.stored_bytes, &new, max_doc_bytes)
+            };
+            if let Some(reason) = reason {
+                // Nothing stored; the rest of the message is an ordinary sync round.
+                let read_only = reason == Rejection::ReadOnly;
+                self.out.push_back(Output::Rejected { conn, doc, reason });
+                if read_only {
+                    return self.sync_round(conn, doc, reset, msg, Vec::new(), true);
+                }
+                return Ok(());
+            }
+            let mut raw = Vec::with_capacity(new.len());
+            let mut hashes = Vec::with_capacity(new.len());
+            for CheckedChange { change, raw: bytes } in new {
+                raw.push(bytes);
+                // Heads move only for changes whose dependencies are here; the others wait in
+                // the store, as Automerge would hold them back, until the reload.
+                if change.deps().iter().all(|d| knows(ds, d)) {
+                    advance_heads(&mut ds.heads, &change);
+                }
+                let hash = change.hash();
+                ds.pending_hashes.insert(hash);
+                hashes.push(hash);
+                ds.pending.push(change);
+            }
+            ds.pending_since.get_or_insert(now);
+            ds.stale = true;
+            self.persist_changes(doc, Origin::Remote(conn), raw, false);
+            if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+                if let Some(p) = ds.persists.back_mut() {
+                    p.pending = hashes;
+                }
+            }
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
+            ds.deferred
+                .push(Deferred::SyncAfterReload(conn, reset, msg));
+        }
+        self.materialize_for(doc, "large changes");
+        Ok(())
+    }
+
+    /// One round of the sync protocol with `conn`: `checked` are the message's changes.
+    fn sync_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        mut msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
+        carried_changes: bool,
+    ) -> Result<(), EngineError> {
         let now = self.now;
         self.fold(doc)?;
         let max_doc_bytes = self.cfg.max_doc_bytes;
@@ -47,7 +276,6 @@ impl Engine {
         }
         pd.live = false;
         pd.save_state = true;
-        let carried_changes = !checked.is_empty();
         // Automerge is handed every checked change (the canonical bytes, not the received
         // ones), repeats included: whether a message carried changes steers its protocol. Only
         // what is new to us is stored.
@@ -86,7 +314,7 @@ impl Engine {
         let before = ds.doc.automerge().get_heads();
         ds.doc
             .automerge_mut()
-            .receive_sync_message(&mut pd.sync, msg)
+            .receive_sync_message(&mut pd.sync, *msg)
             .map_err(|source| {
                 EngineError::Doc(DocError::Apply {
                     source: Box::new(source),
@@ -154,7 +382,7 @@ impl Engine {
         &mut self,
         conn: ConnId,
         doc: DocId,
-        changes: Vec<Bytes>,
+        parsed: Vec<CheckedChange>,
     ) -> Result<(), EngineError> {
         let now = self.now;
         let max_doc_bytes = self.cfg.max_doc_bytes;
@@ -172,13 +400,6 @@ impl Engine {
                 reason: Rejection::ReadOnly,
             });
             return Ok(());
-        }
-        let mut parsed = Vec::with_capacity(changes.len());
-        for raw in changes {
-            match check::check_change(raw, &self.cfg.limits) {
-                Ok(c) => parsed.push(c),
-                Err(e) => return self.refuse_checked(conn, doc, e),
-            }
         }
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Ok(());
@@ -251,26 +472,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// A peer's changes failed their check: over a limit, they are refused (the peer may act
-    /// on the reason); malformed, the peer misbehaved and the driver closes it.
-    fn refuse_checked(
-        &mut self,
-        conn: ConnId,
-        doc: DocId,
-        error: CheckError,
-    ) -> Result<(), EngineError> {
-        if error.is_limit() {
-            self.out.push_back(Output::Rejected {
-                conn,
-                doc,
-                reason: Rejection::Limit(error),
-            });
-            Ok(())
-        } else {
-            Err(EngineError::Check(error))
-        }
     }
 }
 

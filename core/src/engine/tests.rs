@@ -772,3 +772,96 @@ fn a_document_is_not_grown_past_its_byte_limit() {
     )));
     assert_eq!(b.heads(DOC), before);
 }
+
+/// A change with more operations than the relay applies on its own thread is stored and
+/// forwarded, then applied by the reload (which drivers run elsewhere), never folded in place;
+/// the sender still hears that the relay has it.
+#[test]
+fn a_large_change_is_applied_by_a_reload_not_in_place() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.cfg.inline_apply_ops = 50;
+    dev.create(DOC, doc_with_actor(1));
+    relay.create(DOC, doc_with_actor(2));
+    relay.set_sync_only(ConnId(2));
+    // An automerge-repo client: sync messages only.
+    dev.set_sync_only(ConnId(1));
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    let mut store: Vec<u8> = Vec::new();
+    // Let the two meet over the empty document.
+    for _ in 0..5 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut relay) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    let (_, id) = dev
+        .change(DOC, |am| {
+            let mut tx = am.transaction();
+            let t = tx
+                .put_object(ROOT, "essay", automerge::ObjType::Text)
+                .unwrap();
+            tx.splice_text(&t, 0, 0, &"x".repeat(200)).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    dev.persisted(id.unwrap());
+    let big = dev.heads(DOC).unwrap();
+    let mut persisted = Vec::new();
+    for (_, m) in drain(&mut dev) {
+        relay.handle(ConnId(2), m).unwrap();
+    }
+    assert!(relay.is_stale(DOC), "the large change waits for a reload");
+    assert_eq!(relay.heads(DOC).unwrap(), big);
+    while let Some(o) = relay.poll_output() {
+        match o {
+            Output::Persist { id, write, .. } => {
+                if let Write::Changes(bytes) = write {
+                    store.extend_from_slice(&bytes);
+                }
+                persisted.push(id);
+            }
+            Output::Load { .. } => panic!("reloaded before the large change was durable"),
+            _ => {}
+        }
+    }
+    assert!(!persisted.is_empty());
+    for id in persisted {
+        relay.persisted(id);
+    }
+    let mut loads = 0;
+    let mut to_dev = Vec::new();
+    while let Some(o) = relay.poll_output() {
+        match o {
+            Output::Load { doc } => {
+                loads += 1;
+                relay.loaded(doc, Some(Document::load(&store).unwrap()));
+            }
+            Output::Send { msg, .. } => to_dev.push(msg),
+            Output::Persist { id, .. } => relay.persisted(id),
+            _ => {}
+        }
+    }
+    assert_eq!(loads, 1);
+    assert!(!relay.is_stale(DOC));
+    assert!(
+        !to_dev.is_empty(),
+        "the relay answers the sync message once the reload applied its change"
+    );
+    for m in to_dev {
+        dev.handle(ConnId(1), m).unwrap();
+    }
+    for _ in 0..5 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut relay) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert!(dev.is_synced(ConnId(1), DOC));
+    assert!(relay.is_synced(ConnId(2), DOC));
+}

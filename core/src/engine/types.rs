@@ -48,6 +48,11 @@ pub struct EngineConfig {
     /// Most bytes one document may take in the store: a peer's changes that would take it
     /// past this are refused.
     pub max_doc_bytes: u64,
+    /// With [`Self::lazy_fold`]: received changes with at least this many operations in all
+    /// are never applied on the driver's thread (applying costs about 2 us per operation, so
+    /// one large change would stall every other document): they are stored, forwarded, then
+    /// applied by the reload that materializes the document, which drivers run elsewhere.
+    pub inline_apply_ops: usize,
 }
 
 impl EngineConfig {
@@ -63,6 +68,7 @@ impl EngineConfig {
             max_changes_bytes: 1 << 20,
             limits: Limits::device(),
             max_doc_bytes: u64::MAX,
+            inline_apply_ops: usize::MAX,
         }
     }
 
@@ -83,6 +89,7 @@ impl EngineConfig {
             max_changes_bytes: 1 << 20,
             limits: Limits::default(),
             max_doc_bytes: 64 << 20,
+            inline_apply_ops: 4096,
         }
     }
 }

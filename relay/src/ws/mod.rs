@@ -88,6 +88,9 @@ pub struct WsLimits {
     pub burst: u32,
     /// Messages per second a socket may send once its burst is spent.
     pub rate: u32,
+    /// What a client's changes must fit; the socket's task checks them (keep equal to the
+    /// hub's `HubConfig::engine.limits`).
+    pub check: weft_core::check::Limits,
 }
 
 impl Default for WsLimits {
@@ -103,6 +106,7 @@ impl Default for WsLimits {
             max_docs: 10_000,
             burst: 50_000,
             rate: 10_000,
+            check: weft_core::check::Limits::default(),
         }
     }
 }

@@ -324,13 +324,11 @@ impl Socket<'_> {
     }
 
     async fn send_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
-        self.hub
-            .send(HubEvent::Frame {
-                conn: self.conn,
-                msg,
-            })
+        // Sync messages are checked here, off the hub (see `inbound.rs`).
+        let event = crate::inbound::to_hub(self.conn, msg, &self.shared.limits.check)
             .await
-            .map_err(|_| SocketEnd::Shutdown)
+            .map_err(|e| bad(CloseCode::Invalid, format!("invalid sync message: {e}")))?;
+        self.hub.send(event).await.map_err(|_| SocketEnd::Shutdown)
     }
 
     async fn send_client(&mut self, msg: ToClient<'_>) -> Result<(), SocketEnd> {
