@@ -975,10 +975,7 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
     if !l.change_refusals.is_empty() {
         return Err(Failure::new(
             exit::REFUSED,
-            format!(
-                "the relay refused changes to {} (this device's version was kept in the data directory's rejected/ folder)",
-                l.change_refusals.join("; ")
-            ),
+            format!("the relay refused {}", l.change_refusals.join("; ")),
         ));
     }
     if !l.control_errors.is_empty() {

@@ -1450,6 +1450,18 @@ impl Driver {
                         let _ = self.events.send(Event::Rejected { doc, kept: None });
                     }
                 }
+                ErrorCode::LIMIT_REACHED | ErrorCode::RATE_LIMITED
+                    if kind == ConnKind::Relay
+                        && self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc)) =>
+                {
+                    // A quota: the document stays as it is here, unsynced with the relay.
+                    let link = self.conns.get(&conn).map(|c| c.link);
+                    if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                        l.change_refusals.push(format!("{doc}: {message}"));
+                        self.status_dirty = true;
+                    }
+                    self.refuse(conn, doc, message);
+                }
                 ErrorCode::REFUSED => {
                     let reason = if message.is_empty() {
                         "changes refused".to_string()
@@ -1458,7 +1470,12 @@ impl Driver {
                     };
                     let link = self.conns.get(&conn).map(|c| c.link);
                     if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
-                        l.change_refusals.push(format!("{doc}: {reason}"));
+                        let kept = if kind == ConnKind::Relay {
+                            " (this device's version was kept in the data directory's rejected/ folder)"
+                        } else {
+                            ""
+                        };
+                        l.change_refusals.push(format!("{doc}: {reason}{kept}"));
                         self.status_dirty = true;
                     }
                     tracing::warn!(%doc, %reason, "the other side refused this device's changes");

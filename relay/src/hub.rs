@@ -45,6 +45,9 @@ use crate::sharing::{self, Change};
 use crate::{Claims, Verifier};
 
 mod control;
+mod quota;
+
+pub use quota::Quotas;
 
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
 const WAKE_RECHECK: Duration = Duration::from_millis(100);
@@ -83,6 +86,8 @@ pub struct HubConfig {
     /// threads that starved the hub's own thread for seconds: no acks were read, and every
     /// live peer was resynced for want of progress.
     pub max_loads: usize,
+    /// What one member may cost the relay (see `hub/quota.rs`).
+    pub quotas: Quotas,
 }
 
 impl Default for HubConfig {
@@ -98,6 +103,7 @@ impl Default for HubConfig {
             control_burst: 1_000,
             control_rate: 100,
             max_loads: 2,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -212,6 +218,8 @@ struct Batch {
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 enum Done {
+    /// A background write that needs nothing more.
+    Nothing,
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
     /// A subscription whose owner record (or nothing) is durable and may open now.
     Subscribe {
@@ -265,6 +273,10 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
     arrivals: HashMap<DocId, Instant>,
+    /// What the quotas count.
+    usage: quota::Usage,
+    /// Housekeeping passes since the recorded document sizes were last stored.
+    passes_since_sizes: u32,
     // Postgres checkpoints (begin)
     /// Where changed documents are marked for the checkpointer, when Postgres is configured.
     dirty: Option<Arc<crate::checkpoint::DirtyDocs>>,
@@ -303,6 +315,8 @@ impl Hub {
             start: Instant::now(),
             metrics,
             arrivals: HashMap::default(),
+            usage: quota::Usage::default(),
+            passes_since_sizes: 0,
             dirty: None,
         }
     }
@@ -327,6 +341,11 @@ impl Hub {
     /// write (acks are sent only after commits), but in-flight commits are not awaited.
     pub async fn run(mut self, mut events: mpsc::Receiver<HubEvent>) {
         self.index_upgrade().await;
+        let store = self.host.store().clone();
+        match tokio::task::spawn_blocking(move || quota::Usage::scan(store.as_ref())).await {
+            Ok(usage) => self.usage = usage,
+            Err(e) => tracing::error!(error = %e, "counting the store's usage failed"),
+        }
         let mut resync_timer = tokio::time::interval(Duration::from_millis(500));
         resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The engine keeps its timers indexed, but bringing the index up to date costs
@@ -416,6 +435,12 @@ impl Hub {
             }
             self.pump_actions();
             self.flush();
+        }
+        self.record_sizes();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(done) = done {
+                self.on_done(done);
+            }
         }
         self.flush();
     }
@@ -620,6 +645,9 @@ impl Hub {
             self.send(conn, &forbidden(doc));
             return;
         }
+        if !self.within_user_bytes(conn, &inbound) {
+            return;
+        }
         let engine = self.host.engine();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             engine.handle_inbound(conn, inbound)
@@ -723,6 +751,9 @@ impl Hub {
                 self.send(conn, &refusal(code, doc));
             }
             Decision::Allowed(_) => {
+                if !self.may_load(conn, doc) {
+                    return;
+                }
                 self.tasks.spawn(async move {
                     Done::Subscribe {
                         conn,
@@ -735,6 +766,9 @@ impl Hub {
             // WebSocket hook: a request never creates.
             Decision::Create if !may_create => self.send(conn, &forbidden(doc)),
             Decision::Create => {
+                if !self.may_create(conn, doc, &claims.sub) {
+                    return;
+                }
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
                 let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);
@@ -882,6 +916,7 @@ impl Hub {
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Nothing => {}
             Done::Loaded(doc, result) => {
                 self.loads_running = self.loads_running.saturating_sub(1);
                 self.start_loads();
@@ -898,6 +933,9 @@ impl Hub {
                 Ok(()) => {
                     if created {
                         self.mark_dirty(doc); // Postgres checkpoints: the owner record
+                        if let Some(owner) = self.metas.get(&doc).and_then(|m| m.owner.clone()) {
+                            self.count_created(&owner);
+                        }
                     }
                     self.open_subscription(conn, doc);
                     if created {
@@ -1021,7 +1059,10 @@ impl Hub {
                     }
                 }
                 // Postgres checkpoints: `Changed` is reported once the change is durable.
-                Action::Event(Output::Changed { doc, .. }) => self.mark_dirty(doc),
+                Action::Event(Output::Changed { doc, .. }) => {
+                    self.mark_dirty(doc);
+                    self.count_stored(doc);
+                }
                 Action::Event(_) => {}
                 _ => {}
             }
@@ -1209,6 +1250,12 @@ impl Hub {
         self.metrics
             .documents_loaded
             .store(loaded, std::sync::atomic::Ordering::Relaxed);
+        self.enforce_memory_budget();
+        self.passes_since_sizes += 1;
+        if self.passes_since_sizes >= 20 {
+            self.passes_since_sizes = 0;
+            self.record_sizes();
+        }
         self.metrics.chunks_quarantined.store(
             self.host.quarantined(),
             std::sync::atomic::Ordering::Relaxed,

@@ -58,7 +58,7 @@ pub use checkpoint::{
     CheckpointConfig, CheckpointError, Checkpointer, DirtyDocs, RestoreStats, RoundStats,
 };
 pub use http::serve as serve_http;
-pub use hub::{Hub, HubConfig, HubEvent, Outbound};
+pub use hub::{Hub, HubConfig, HubEvent, Outbound, Quotas};
 pub use metrics::Metrics;
 pub use secret::{
     ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,

@@ -177,6 +177,47 @@ struct ServeArgs {
     )]
     max_doc_bytes: u64,
 
+    /// Most documents one user may own.
+    #[arg(
+        long,
+        env = "WEFT_MAX_DOCS_PER_USER",
+        value_name = "N",
+        default_value = "10000"
+    )]
+    max_docs_per_user: usize,
+
+    /// Most bytes the documents one user owns may take in the relay's store.
+    #[arg(
+        long,
+        env = "WEFT_MAX_USER_BYTES",
+        value_name = "SIZE",
+        default_value = "1GiB",
+        value_parser = parse_byte_size
+    )]
+    max_user_bytes: u64,
+
+    /// Memory budget for loaded documents, counted as their stored bytes: past it idle ones
+    /// are evicted, then new loads refused until there is room.
+    #[arg(
+        long,
+        env = "WEFT_MAX_LOADED_BYTES",
+        value_name = "SIZE",
+        default_value = "1GiB",
+        value_parser = parse_byte_size
+    )]
+    max_loaded_bytes: u64,
+
+    /// Bytes per second one connection may send after a burst of four seconds' worth; the
+    /// relay reads a faster sender more slowly.
+    #[arg(
+        long,
+        env = "WEFT_MAX_BYTES_PER_SEC",
+        value_name = "SIZE",
+        default_value = "8MiB",
+        value_parser = parse_byte_size
+    )]
+    max_bytes_per_sec: u64,
+
     /// Evict a document with no subscribers from memory after this long unused (hidden: for
     /// tests and tuning).
     #[arg(
@@ -466,6 +507,11 @@ async fn run_relay(
     };
     hub_config.engine.limits = check.clone();
     hub_config.engine.max_doc_bytes = args.max_doc_bytes;
+    hub_config.quotas = weft_relay::Quotas {
+        max_docs_per_user: args.max_docs_per_user,
+        max_user_bytes: args.max_user_bytes,
+        max_loaded_bytes: args.max_loaded_bytes,
+    };
     let hub = weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
         .with_checkpoints(dirty.clone()); // Postgres checkpoints
     let hub_task = tokio::spawn(hub.run(hub_rx));
@@ -479,6 +525,7 @@ async fn run_relay(
         let limits = weft_relay::WsLimits {
             max_frame: usize::try_from(args.ws_max_frame).unwrap_or(usize::MAX),
             check: check.clone(),
+            bytes_per_sec: args.max_bytes_per_sec,
             ..Default::default()
         };
         tokio::spawn(weft_relay::ws_accept_loop(
@@ -496,6 +543,7 @@ async fn run_relay(
         verifier,
         weft_relay::ServerLimits {
             check,
+            bytes_per_sec: args.max_bytes_per_sec,
             ..Default::default()
         },
         hub_tx,

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub refused_read_only: AtomicU64,
     /// Changes refused for a size limit (per change, per message, per document).
     pub refused_limit: AtomicU64,
+    /// Times a connection's reads were slowed for sending more bytes per second than allowed.
+    pub throttled: AtomicU64,
+    /// Requests refused by a quota (documents per user, bytes per user, memory, creations at
+    /// once).
+    pub quota_refusals: AtomicU64,
+    /// Stored bytes of the documents loaded in memory.
+    pub documents_loaded_bytes: AtomicU64,
     /// Stored chunks set aside because they do not parse (a store written before changes
     /// were checked may hold some).
     pub chunks_quarantined: AtomicU64,
@@ -144,6 +151,24 @@ impl Metrics {
             "counter",
             "Refused tokens and devices.",
             get(&self.auth_failures),
+        );
+        one(
+            "weft_throttled_total",
+            "counter",
+            "Times a connection's reads were slowed for its bytes per second.",
+            get(&self.throttled),
+        );
+        one(
+            "weft_quota_refusals_total",
+            "counter",
+            "Requests refused by a quota (documents or bytes per user, memory, creation rate).",
+            get(&self.quota_refusals),
+        );
+        one(
+            "weft_documents_loaded_bytes",
+            "gauge",
+            "Stored bytes of the documents loaded in memory.",
+            get(&self.documents_loaded_bytes),
         );
         one(
             "weft_chunks_quarantined_total",

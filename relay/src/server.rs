@@ -54,6 +54,9 @@ pub struct ServerLimits {
     /// What a peer's changes must fit; the connection's task checks them (keep equal to the
     /// hub's `HubConfig::engine.limits`).
     pub check: weft_core::check::Limits,
+    /// Bytes per second a connection may send once its burst (four seconds' worth) is spent;
+    /// past it the relay reads more slowly.
+    pub bytes_per_sec: u64,
 }
 
 /// A token bucket: `burst` messages at once, refilled at `rate` per second.
@@ -89,6 +92,46 @@ impl RateLimit {
     }
 }
 
+/// A token bucket of bytes: `burst` bytes at once, refilled at `rate` per second. A reader
+/// that overdraws it waits (backpressure: QUIC's and TCP's flow control slow the sender), so
+/// one connection cannot take more than its share of the relay's reading and parsing.
+#[derive(Debug)]
+pub(crate) struct ByteRate {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: std::time::Instant,
+}
+
+impl ByteRate {
+    pub(crate) fn new(burst: u64, rate: u64) -> Self {
+        ByteRate {
+            tokens: burst as f64,
+            burst: burst as f64,
+            rate: (rate as f64).max(1.0),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes at `now`; how long the reader must wait before reading more, if at all.
+    pub(crate) fn take(&mut self, now: std::time::Instant, n: usize) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// Bytes a message takes on the wire, about (its payload; headers are small).
+pub(crate) fn payload_len(msg: &Message) -> usize {
+    match msg {
+        Message::Sync { data, .. } => data.len(),
+        Message::Changes { changes, .. } => changes.iter().map(|c| c.len()).sum(),
+        Message::Ephemeral { data, .. } => data.len(),
+        _ => 64,
+    }
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
@@ -99,6 +142,7 @@ impl Default for ServerLimits {
             burst: 50_000,
             rate: 10_000,
             check: weft_core::check::Limits::default(),
+            bytes_per_sec: 8 << 20,
         }
     }
 }
@@ -321,6 +365,7 @@ async fn serve_connection(
         }
     };
     let mut rate = RateLimit::new(limits.burst, limits.rate);
+    let mut bytes = ByteRate::new(limits.bytes_per_sec.saturating_mul(4), limits.bytes_per_sec);
     // One loop reads the stream and the datagrams, so both share the rate limit. Both reads
     // are cancel-safe, so losing the `select!` race loses nothing.
     let reader_task = async {
@@ -359,6 +404,10 @@ async fn serve_connection(
                 );
                 connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
                 return "over its message rate".to_string();
+            }
+            if let Some(wait) = bytes.take(std::time::Instant::now(), payload_len(&msg)) {
+                Metrics::inc(&metrics.throttled);
+                tokio::time::sleep(wait).await;
             }
             let doc = msg.doc();
             let event = match crate::inbound::to_hub(conn, msg, &limits.check).await {
@@ -468,6 +517,21 @@ pub fn bind(addr: SocketAddr, identity: &crate::TlsIdentity) -> Result<quinn::En
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_rate_lets_a_burst_through_then_asks_the_reader_to_wait() {
+        let start = std::time::Instant::now();
+        let mut b = ByteRate::new(1000, 100);
+        assert_eq!(b.take(start, 600), None);
+        assert_eq!(b.take(start, 400), None);
+        let wait = b.take(start, 50).expect("over the burst");
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // Half a second later the debt is paid.
+        assert_eq!(b.take(start + Duration::from_millis(500), 0), None);
+        // A refill never exceeds the burst.
+        assert_eq!(b.take(start + Duration::from_secs(100), 1000), None);
+        assert!(b.take(start + Duration::from_secs(100), 1).is_some());
+    }
 
     #[test]
     fn the_rate_limit_allows_a_burst_then_the_rate() {

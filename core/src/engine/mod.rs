@@ -791,6 +791,53 @@ impl Engine {
         self.docs.len()
     }
 
+    /// Stored bytes of every loaded document (see [`Engine::set_stored_bytes`]): what a
+    /// driver's memory budget for loaded documents counts. O(loaded documents).
+    pub fn loaded_bytes(&self) -> u64 {
+        self.docs
+            .values()
+            .map(|slot| match slot {
+                Slot::Ready(ds) => ds.stored_bytes,
+                Slot::Loading(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Evicts idle documents (no peer, nothing in flight), least recently used first, until
+    /// [`Engine::loaded_bytes`] is at most `target`. Each is reported as `Output::Evicted`.
+    /// Returns how many were evicted. O(loaded documents log loaded documents).
+    pub fn evict_idle(&mut self, target: u64) -> usize {
+        let mut total = self.loaded_bytes();
+        if total <= target {
+            return 0;
+        }
+        let mut idle: Vec<(Millis, DocId, u64)> = self
+            .docs
+            .iter()
+            .filter_map(|(doc, slot)| match slot {
+                Slot::Ready(ds)
+                    if ds.peers.is_empty() && ds.persists.is_empty() && !ds.reloading =>
+                {
+                    Some((ds.last_used, *doc, ds.stored_bytes))
+                }
+                _ => None,
+            })
+            .collect();
+        idle.sort_unstable();
+        let mut evicted = 0;
+        for (_, doc, bytes) in idle {
+            if total <= target {
+                break;
+            }
+            self.touched.insert(doc);
+            self.docs.remove(&doc);
+            self.out.push_back(Output::Evicted { doc });
+            total = total.saturating_sub(bytes);
+            evicted += 1;
+        }
+        evicted
+    }
+
     /// The persist requests not yet reported durable, for a document.
     pub fn persists_in_flight(&self, doc: DocId) -> usize {
         match self.docs.get(&doc) {

@@ -206,6 +206,9 @@ pub struct DocMeta {
     /// Device side: the relay no longer lets this device's user read the document (unshared or
     /// deleted); the local copy is kept, read-only.
     pub revoked: bool,
+    /// Relay side: bytes the document took in the store when last recorded (its owner's
+    /// storage quota counts them).
+    pub stored_bytes: u64,
 }
 
 /// Why a document-store read failed.

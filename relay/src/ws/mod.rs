@@ -91,6 +91,9 @@ pub struct WsLimits {
     /// What a client's changes must fit; the socket's task checks them (keep equal to the
     /// hub's `HubConfig::engine.limits`).
     pub check: weft_core::check::Limits,
+    /// Bytes per second a socket may send once its burst (four seconds' worth) is spent;
+    /// past it the relay reads more slowly.
+    pub bytes_per_sec: u64,
 }
 
 impl Default for WsLimits {
@@ -107,6 +110,7 @@ impl Default for WsLimits {
             burst: 50_000,
             rate: 10_000,
             check: weft_core::check::Limits::default(),
+            bytes_per_sec: 8 << 20,
         }
     }
 }

@@ -23,7 +23,7 @@ use super::codec::{self, FromClient, ToClient};
 use super::{WsLimits, PROTOCOL_VERSION};
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
-use crate::server::RateLimit;
+use crate::server::{ByteRate, RateLimit};
 use crate::Verifier;
 
 /// What every socket task shares.
@@ -174,6 +174,7 @@ pub(super) async fn serve_socket(
         pending_bytes: 0,
         ephemeral_count: 0,
         rate: RateLimit::new(limits.burst, limits.rate),
+        bytes: ByteRate::new(limits.bytes_per_sec.saturating_mul(4), limits.bytes_per_sec),
     };
     let end = socket.run(out_rx, &mut stop).await;
     match &end {
@@ -278,6 +279,7 @@ struct Socket<'a> {
     /// Increases with every ephemeral message sent to the client (it drops repeats).
     ephemeral_count: u64,
     rate: RateLimit,
+    bytes: ByteRate,
 }
 
 impl Socket<'_> {
@@ -342,8 +344,13 @@ impl Socket<'_> {
 
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), SocketEnd> {
         Metrics::add(&self.shared.metrics.bytes_in, frame.len() as u64);
-        if !self.rate.allow(std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !self.rate.allow(now) {
             return Err(bad(CloseCode::Again, "too many messages"));
+        }
+        if let Some(wait) = self.bytes.take(now, frame.len()) {
+            Metrics::inc(&self.shared.metrics.throttled);
+            tokio::time::sleep(wait).await;
         }
         let msg = codec::decode(frame).map_err(|e| bad(CloseCode::Invalid, e.to_string()))?;
         tracing::trace!(conn = self.conn.0, ?msg, "from the client");
