@@ -391,6 +391,16 @@ impl Host {
         });
     }
 
+    /// Drops `doc` from the engine ([`Engine::forget`]) and from the host's bookkeeping, for a
+    /// document deleted for good: its writes in flight complete without effect and no
+    /// compaction of it starts. A load of it already running must not be reported to
+    /// [`Host::loaded`] (it would bring the document back, and might compact it).
+    pub fn forget(&mut self, doc: DocId) {
+        self.engine.forget(doc);
+        self.chunks.remove(&doc);
+        self.snapshot_on_load.remove(&doc);
+    }
+
     /// Whether the host asked for `doc`'s pending load in order to compact it: a driver
     /// that can should load it with [`load_for_compaction`] rather than [`load`].
     pub fn wants_snapshot(&self, doc: DocId) -> bool {

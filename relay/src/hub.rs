@@ -217,6 +217,11 @@ enum Done {
         change: Box<Change>,
         result: Result<(), StoreError>,
     },
+    /// A deleted document's content was erased once more, after its writes in flight.
+    Erased {
+        doc: DocId,
+        result: Result<(), StoreError>,
+    },
 }
 
 /// The hub. Build it with [`Hub::new`], then [`Hub::run`] it.
@@ -246,6 +251,10 @@ pub struct Hub {
     /// Reloads of stale documents waiting for a slot (mostly for compaction); they go after
     /// every first load.
     reloads_waiting: VecDeque<DocId>,
+    /// Documents whose load is running.
+    loading: HashSet<DocId>,
+    /// Documents deleted while their load ran: its result is dropped (see `hub/control.rs`).
+    erased: HashSet<DocId>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
     /// Connections with a non-empty [`Batch`].
@@ -287,6 +296,8 @@ impl Hub {
             loads_running: 0,
             loads_waiting: VecDeque::new(),
             reloads_waiting: VecDeque::new(),
+            loading: HashSet::default(),
+            erased: HashSet::default(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),
             start: Instant::now(),
@@ -802,7 +813,12 @@ impl Hub {
         match done {
             Done::Loaded(doc, result) => {
                 self.loads_running = self.loads_running.saturating_sub(1);
+                self.loading.remove(&doc);
                 self.start_loads();
+                if self.erased.remove(&doc) {
+                    // Deleted while it loaded: it must not come back, nor be compacted.
+                    return;
+                }
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
                 }
@@ -840,6 +856,11 @@ impl Hub {
                     self.mark_dirty(doc); // Postgres checkpoints: access or deletion changed
                 }
                 self.control_committed(doc, request, *change, result)
+            }
+            Done::Erased { doc, result } => {
+                if let Err(e) = result {
+                    tracing::error!(%doc, error = %e, "erasing a deleted document's content failed; it is erased at the next start");
+                }
             }
         }
     }
@@ -942,6 +963,7 @@ impl Hub {
                 return;
             };
             self.loads_running += 1;
+            self.loading.insert(doc);
             let store = self.host.store().clone();
             // A reload for compaction also saves the document there, off the hub's thread.
             let snapshot = self.host.wants_snapshot(doc);
