@@ -1,0 +1,9 @@
+-- Hard delete: a deleted document's row keeps doc_id, kind, owner, created_at and deleted_at;
+-- its content, content_blake3, doc and content_bytes become null, its heads empty, and its
+-- weft_messages rows are deleted (in the checkpoint transaction that records the deletion).
+-- Its weft_access rows stay: they tell a relay restored from this database whom to answer
+-- "deleted" rather than "not permitted".
+alter table weft_documents
+    alter column content drop not null,
+    alter column content_blake3 drop not null,
+    alter column content_bytes drop not null;
