@@ -104,13 +104,14 @@ mod tests {
     const KEPT: DocId = DocId::from_bytes([8; 16]);
 
     fn meta(owner: &str, deleted: Option<u64>) -> DocMeta {
-        let mut m = DocMeta::default();
-        m.owner = Some(owner.into());
-        m.kind = Some("conversation".into());
-        m.created_at_ms = 5;
-        m.deleted_at_ms = deleted;
-        m.confirmed_heads = vec!["ab".into()];
-        m
+        DocMeta {
+            owner: Some(owner.into()),
+            kind: Some("conversation".into()),
+            created_at_ms: 5,
+            deleted_at_ms: deleted,
+            confirmed_heads: vec!["ab".into()],
+            ..DocMeta::default()
+        }
     }
 
     #[test]

@@ -289,11 +289,11 @@ mod tests {
         text.as_bytes().iter().copied().cycle().take(len).collect()
     }
 
+    type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// A store with rows of every kind: staged small puts, large direct puts, rows in two
-    /// tables; then the "secret" ones deleted with a scrub.
-    fn store_with_deleted_secrets(
-        path: &Path,
-    ) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>) {
+    /// tables; then the "secret" ones deleted with a scrub. Its `chunks` and `doc_meta` rows.
+    fn store_with_deleted_secrets(path: &Path) -> (Rows, Rows) {
         let store = RedbStore::open(path).unwrap();
         let mut b = WriteBatch::new();
         b.put(
