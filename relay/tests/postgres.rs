@@ -859,3 +859,69 @@ async fn a_relay_that_missed_a_deletion_never_puts_content_back_in_postgres() {
     assert!(row.get::<_, bool>(0));
     assert!(message_rows(&db, doc).await.is_empty());
 }
+
+/// A database written before hard delete (schema version 1) kept a deleted document's content
+/// and messages: the relay's migration erases them, and leaves other documents alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_database_from_before_hard_delete_erases_deleted_content() {
+    let Some(pg) = PgServer::start() else { return };
+    let db = pg::client(&pg).await;
+    db.batch_execute(
+        "create table weft_schema_migrations (version integer primary key, name text not null, \
+         applied_at timestamptz not null default now())",
+    )
+    .await
+    .unwrap();
+    db.batch_execute(weft_schema::MIGRATIONS[0].sql)
+        .await
+        .unwrap();
+    db.execute(
+        "insert into weft_schema_migrations (version, name) values (1, 'init')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (gone, kept) = (new_doc(), new_doc());
+    for (doc, deleted) in [(gone, true), (kept, false)] {
+        let id = doc.to_string();
+        db.execute(
+            "insert into weft_documents (doc_id, kind, owner, heads, content, content_blake3, \
+             doc, checkpointed_at, deleted_at, content_bytes) values ($1, 'conversation', \
+             'alice', '{ab}', 'secret bytes', 'hash', '{\"title\": \"t\"}', now(), \
+             case when $2 then now() end, 12)",
+            &[&id, &deleted],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "insert into weft_messages (doc_id, message_id, author, body, created_at, sort_key) \
+             values ($1, 'm1', 'alice', 'a secret message', now(), 'k')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+
+    let _relay = Relay::start(&pg, "1h");
+    let row = db
+        .query_one(
+            "select content is null and content_blake3 is null and doc is null \
+             and content_bytes is null and heads = '{}' and owner = 'alice' \
+             from weft_documents where doc_id = $1",
+            &[&gone.to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert!(message_rows(&db, gone).await.is_empty());
+    let content: Option<Vec<u8>> = db
+        .query_one(
+            "select content from weft_documents where doc_id = $1",
+            &[&kept.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(content.as_deref(), Some(&b"secret bytes"[..]));
+    assert_eq!(message_rows(&db, kept).await.len(), 1);
+}

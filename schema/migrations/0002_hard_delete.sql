@@ -7,3 +7,11 @@ alter table weft_documents
     alter column content drop not null,
     alter column content_blake3 drop not null,
     alter column content_bytes drop not null;
+
+-- Documents deleted before this migration kept their content: erase it now.
+update weft_documents
+set content = null, content_blake3 = null, doc = null, content_bytes = null, heads = '{}'
+where deleted_at is not null;
+delete from weft_messages m
+using weft_documents d
+where d.doc_id = m.doc_id and d.deleted_at is not null;
