@@ -49,13 +49,13 @@ pub fn tombstone(meta: &DocMeta, deleted_at_ms: u64) -> DocMeta {
 pub fn leftovers(store: &dyn KvStore) -> Result<(Vec<DocId>, WriteBatch), DocStoreError> {
     let mut found = Vec::new();
     let mut batch = WriteBatch::new();
-    for key in store.scan_keys(Table::DOC_META, &[])? {
+    for (key, value) in store.scan_prefix(Table::DOC_META, &[])? {
         let Ok(id) = <[u8; 16]>::try_from(key.as_slice()) else {
             continue;
         };
         let doc = DocId::from_bytes(id);
-        let deleted = match docs::load_meta(store, doc) {
-            Ok(meta) => meta.is_some_and(|m| m.deleted_at_ms.is_some()),
+        let deleted = match docs::decode_meta(doc, &value) {
+            Ok(meta) => meta.deleted_at_ms.is_some(),
             Err(err) => {
                 tracing::warn!(%doc, error = %err, "skipping unreadable metadata");
                 false
@@ -78,7 +78,8 @@ pub fn leftovers(store: &dyn KvStore) -> Result<(Vec<DocId>, WriteBatch), DocSto
 
 /// Opens the [`RedbStore`] at `path`, first erasing what deleted documents left behind
 /// ([`leftovers`]); the store is then opened again, which rewrites the file without the
-/// erased bytes. Opening a store with no leftovers costs one scan of `doc_meta`.
+/// erased bytes. Opening a store with no leftovers costs one scan of `doc_meta`, plus a
+/// prefix scan per deleted document.
 pub fn open_redb(path: &Path, limits: StagingLimits) -> Result<RedbStore, DocStoreError> {
     let store = RedbStore::open_with(path, limits)?;
     let (found, batch) = leftovers(&store)?;
