@@ -189,14 +189,6 @@ impl Host {
         &mut self.engine
     }
 
-    /// Drops `doc` from memory with whatever is in flight for it (see [`Engine::forget`]); its
-    /// next use loads it from the store.
-    pub fn forget(&mut self, doc: DocId) {
-        self.engine.forget(doc);
-        self.chunks.remove(&doc);
-        self.snapshot_on_load.remove(&doc);
-    }
-
     /// The store, for reads.
     pub fn store(&self) -> &Arc<dyn KvStore> {
         self.group.store()
@@ -447,6 +439,16 @@ impl Host {
     /// Stored chunks set aside because they do not parse, since this host started.
     pub fn quarantined(&self) -> u64 {
         self.quarantined
+    }
+
+    /// Drops `doc` from the engine ([`Engine::forget`]) and from the host's bookkeeping, for a
+    /// document deleted for good: its writes in flight complete without effect and no
+    /// compaction of it starts. A load of it already running must not be reported to
+    /// [`Host::loaded`] (it would bring the document back, and might compact it).
+    pub fn forget(&mut self, doc: DocId) {
+        self.engine.forget(doc);
+        self.chunks.remove(&doc);
+        self.snapshot_on_load.remove(&doc);
     }
 
     /// Whether the host asked for `doc`'s pending load in order to compact it: a driver

@@ -137,7 +137,8 @@ pub enum DocCmd {
         #[arg(long)]
         user: String,
     },
-    /// Delete the document for everyone (owner only). This device keeps its copy, read-only.
+    /// Delete the document for everyone (owner only). Once the relay has deleted it, every
+    /// member's device that syncs, this one included, erases its copy.
     Delete {
         /// The document.
         doc: DocId,
@@ -176,7 +177,8 @@ pub enum MsgCmd {
         /// The new text.
         text: String,
     },
-    /// Delete a message (it keeps its place, with an empty body).
+    /// Delete a message (it keeps its place, with an empty body; the text stays in the
+    /// document's history until history redaction exists).
     Delete {
         /// The document.
         doc: DocId,
@@ -329,7 +331,9 @@ impl Failure {
 impl From<DeviceError> for Failure {
     fn from(e: DeviceError) -> Self {
         let code = match &e {
-            DeviceError::ReadOnly(_) | DeviceError::Refused(_) => exit::REFUSED,
+            DeviceError::ReadOnly(_) | DeviceError::Refused(_) | DeviceError::Deleted(_) => {
+                exit::REFUSED
+            }
             DeviceError::Unreachable(_) => exit::UNREACHABLE,
             _ => exit::FAILURE,
         };
@@ -804,6 +808,9 @@ async fn watch(device: &Device, doc: DocId, sink: &Sink) -> Result<(), Failure> 
                     });
                     sink.out(format!("{line}\n")).await?;
                 }
+                Ok(Event::Deleted { doc: d }) if d == doc => {
+                    return Err(DeviceError::Deleted(doc).into());
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     sink.err(format!("watch fell {n} events behind; some changes were not printed")).await;
@@ -966,6 +973,9 @@ async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result<(), Failur
         if d.state == SyncState::Refused {
             if args.doc.contains(doc) {
                 refused_requested.push(*doc);
+            } else if matches!(device.info(*doc).await, Err(DeviceError::Deleted(_))) {
+                sink.err(format!("removed {doc}: its owner deleted it"))
+                    .await;
             } else {
                 sink.err(format!("skipped {doc}: the relay refused it"))
                     .await;

@@ -7,6 +7,12 @@
 //! driver the frames they read and carry out the frames it sends; the driver never awaits a
 //! connection (sends are `try_send` on bounded queues; a full queue marks the document lagging
 //! and it is resynced from heads once the queue has room).
+//!
+//! When the relay says a document was deleted (`DELETED`, or the answer to this device's own
+//! delete request), the driver erases it (`device/erasing.rs`): it leaves memory, its chunks and
+//! sync states leave the store (which then scrubs its file), its queued requests and any
+//! version kept aside in `rejected/` go, and only a tombstone stays, so that it is not listed,
+//! not synced again, and commands on it fail with [`DeviceError::Deleted`].
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,13 +27,15 @@ use weft_core::engine::{ConnId, Engine, EngineConfig, OpenOptions, Origin, Outpu
 use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
 use weft_core::quic::DeviceKey;
 use weft_core::store::docs::{self, DocMeta, DocStoreError};
-use weft_core::store::{GroupCommit, KvStore, RedbStore, StoreError, WriteBatch};
+use weft_core::store::{erase, GroupCommit, KvStore, StagingLimits, StoreError, WriteBatch};
 use weft_core::wire::{DocEntry, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Document, Role};
 
 use crate::net::{self, LinkHandle, Outgoing, PeerConfig, RelayConfig};
 use crate::status::{DocStatus, LinkState, LinkStatus, Status, SyncState};
 use crate::{unix_ms, DataDir, DeviceError};
+
+mod erasing;
 
 /// Commands queued to the driver at most.
 const CMD_QUEUE: usize = 1024;
@@ -105,6 +113,11 @@ pub enum Event {
         /// Why, in a sentence.
         reason: String,
     },
+    /// The document was deleted by its owner; this device erased its copy.
+    Deleted {
+        /// The document.
+        doc: DocId,
+    },
 }
 
 /// A document this device holds.
@@ -120,7 +133,7 @@ pub struct DocInfo {
     pub owner: Option<String>,
     /// Whether the relay no longer shares it with this user.
     pub revoked: bool,
-    /// Whether it was deleted (by this device's request).
+    /// Whether it was deleted (a deleted document is erased and no longer listed).
     pub deleted: bool,
     /// The heads a relay or peer last confirmed, lowercase hex.
     pub confirmed_heads: Vec<String>,
@@ -299,9 +312,18 @@ impl Device {
     pub async fn open(dir: DataDir) -> Result<Device, DeviceError> {
         let key = dir.init(None)?;
         let store_path = dir.store_path();
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(store_path))
-            .await
-            .map_err(|e| DeviceError::Connection(format!("store open task failed: {e}")))??;
+        // Content that deleted documents left behind is erased, and the file rewritten without
+        // it, before anything reads the store.
+        let store = tokio::task::spawn_blocking(move || {
+            erase::open_redb(&store_path, StagingLimits::default())
+        })
+        .await
+        .map_err(|e| DeviceError::Connection(format!("store open task failed: {e}")))?
+        .map_err(|e| match e {
+            // A store error stays one: `Locked` tells a busy directory.
+            DocStoreError::Store { source } => DeviceError::Store(source),
+            other => DeviceError::DocStore(other),
+        })?;
         let store: Arc<dyn KvStore> = Arc::new(store);
         let metas = {
             let store = store.clone();
@@ -458,11 +480,17 @@ impl Device {
         self.ask(Cmd::List).await
     }
 
-    /// What the device knows about one document.
+    /// What the device knows about one document. Fails with [`DeviceError::Deleted`] for a
+    /// document its owner deleted.
     pub async fn info(&self, doc: DocId) -> Result<DocInfo, DeviceError> {
-        self.ask(|r| Cmd::Info(doc, r))
+        let info = self
+            .ask(|r| Cmd::Info(doc, r))
             .await?
-            .ok_or(DeviceError::UnknownDoc(doc))
+            .ok_or(DeviceError::UnknownDoc(doc))?;
+        if info.deleted {
+            return Err(DeviceError::Deleted(doc));
+        }
+        Ok(info)
     }
 
     /// Every event from now on. A subscriber that falls more than a few thousand events
@@ -692,6 +720,7 @@ impl Driver {
                 let mut list: Vec<DocInfo> = self
                     .metas
                     .iter()
+                    .filter(|(_, m)| m.deleted_at_ms.is_none())
                     .map(|(id, m)| DocInfo::new(*id, m))
                     .collect();
                 list.sort_by_key(|d| d.id.to_string());
@@ -845,16 +874,7 @@ impl Driver {
             tracing::error!(error = %e, "cannot update the request queue");
         }
         let result = match code {
-            None => {
-                if let ControlOp::Delete { doc } = q.op {
-                    if let Some(m) = self.metas.get_mut(&doc) {
-                        m.deleted_at_ms = Some(unix_ms());
-                        m.revoked = true;
-                        self.dirty_metas.insert(doc);
-                    }
-                }
-                Ok(())
-            }
+            None => Ok(()),
             Some(code) => {
                 let why = if message.is_empty() {
                     format!("refused with code {}", code.0)
@@ -870,7 +890,14 @@ impl Driver {
         if let Some(w) = self.control_waiters.remove(&id) {
             let _ = w.send(result.clone());
         }
+        let deleted = match (&q.op, &result) {
+            (ControlOp::Delete { doc }, Ok(())) => Some(*doc),
+            _ => None,
+        };
         let _ = self.events.send(Event::Control { op: q.op, result });
+        if let Some(doc) = deleted {
+            self.erase(doc);
+        }
     }
 
     /// The relay refused this device's changes to `doc` (read-only): keep the local version
@@ -986,8 +1013,12 @@ impl Driver {
     }
 
     fn op(&mut self, doc: DocId, op: Op) {
-        if !self.metas.contains_key(&doc) {
-            let r = Err(DeviceError::UnknownDoc(doc));
+        let known = self.metas.get(&doc).map(|m| m.deleted_at_ms.is_some());
+        if known != Some(false) {
+            let r = Err(match known {
+                Some(true) => DeviceError::Deleted(doc),
+                _ => DeviceError::UnknownDoc(doc),
+            });
             match op {
                 Op::Change(_, reply) | Op::Read(_, reply) => {
                     let _ = reply.send(r);
@@ -1075,6 +1106,17 @@ impl Driver {
             }
             Done::Loaded(doc, result) => {
                 self.loading.remove(&doc);
+                if self.is_deleted(doc) {
+                    // Erased while it loaded: it must not come back.
+                    for op in self.pending.remove(&doc).unwrap_or_default() {
+                        match op {
+                            Op::Change(_, r) | Op::Read(_, r) => {
+                                let _ = r.send(Err(DeviceError::Deleted(doc)));
+                            }
+                        }
+                    }
+                    return;
+                }
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
                     for op in self.pending.remove(&doc).unwrap_or_default() {
@@ -1341,8 +1383,24 @@ impl Driver {
         }
     }
 
-    /// Sends `Subscribe` for `doc` on `conn` once.
+    /// Sends `Subscribe` for `doc` on `conn` once. A document known to be deleted is not asked
+    /// for; it shows as refused.
     fn ask_for(&mut self, conn: ConnId, doc: DocId) {
+        if self.is_deleted(doc) {
+            let link = self.conns.get(&conn).map(|c| c.link);
+            if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {
+                l.docs.insert(
+                    doc,
+                    DocStatus {
+                        state: SyncState::Refused,
+                        role: None,
+                        last_sync_ms: None,
+                    },
+                );
+                self.status_dirty = true;
+            }
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1374,6 +1432,16 @@ impl Driver {
         match msg {
             Message::Subscribed { doc, role } if kind != ConnKind::Listener => {
                 self.open(conn, doc, role)
+            }
+            Message::Subscribe { doc } if kind == ConnKind::Listener && self.is_deleted(doc) => {
+                self.send(
+                    conn,
+                    Message::Error {
+                        code: ErrorCode::DELETED,
+                        doc: Some(doc),
+                        message: "the document was deleted".into(),
+                    },
+                );
             }
             Message::Subscribe { doc } if kind == ConnKind::Listener => {
                 let role = self
@@ -1417,7 +1485,7 @@ impl Driver {
                 }
                 if kind == ConnKind::Relay {
                     for doc in removed {
-                        self.revoke(conn, doc, "no longer shared with this user".into());
+                        self.removed(conn, doc);
                     }
                 }
             }
@@ -1485,6 +1553,8 @@ impl Driver {
                         self.refuse(conn, doc, reason);
                     }
                 }
+                // The relay decides deletions: whether or not this connection asked.
+                ErrorCode::DELETED if kind == ConnKind::Relay && self.holds(doc) => self.erase(doc),
                 ErrorCode::FORBIDDEN | ErrorCode::DELETED
                     if !self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc)) =>
                 {
@@ -1547,8 +1617,13 @@ impl Driver {
         }
     }
 
-    /// The other side granted `doc` with `role`: open it in the engine.
+    /// The other side granted `doc` with `role`: open it in the engine (unless it was deleted
+    /// meanwhile).
     fn open(&mut self, conn: ConnId, doc: DocId, role: Role) {
+        if self.is_deleted(doc) {
+            self.send(conn, Message::Unsubscribe { doc });
+            return;
+        }
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -1609,6 +1684,21 @@ impl Driver {
             self.status_dirty = true;
         }
         let _ = self.events.send(Event::Refused { doc, reason });
+    }
+
+    /// The relay's listing dropped `doc`: unshared (the copy stays, read-only) or deleted
+    /// (the copy goes). A subscribed connection was told which with a refusal, which came
+    /// first; otherwise the device asks, and the refusal that answers says.
+    fn removed(&mut self, conn: ConnId, doc: DocId) {
+        if self.is_deleted(doc) {
+            return;
+        }
+        let asked = self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc));
+        let revoked = self.metas.get(&doc).is_some_and(|m| m.revoked);
+        self.revoke(conn, doc, "no longer shared with this user".into());
+        if !asked && !revoked && self.metas.contains_key(&doc) {
+            self.ask_for(conn, doc);
+        }
     }
 
     /// The relay stopped serving `doc` to this user: keep the copy, read-only.

@@ -33,6 +33,9 @@ pub enum DeviceError {
     /// This device has no such document.
     #[error("no document {0} on this device")]
     UnknownDoc(DocId),
+    /// The document's owner deleted it; this device erased its copy.
+    #[error("document {0} was deleted by its owner; this device no longer holds it")]
+    Deleted(DocId),
     /// This device's user may only read the document.
     #[error("document {0} is read-only for this device's user")]
     ReadOnly(DocId),

@@ -103,25 +103,123 @@ fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
         "Carol discovers the shared document"
     );
 
-    // Alice deletes it: it leaves Carol's discovery list and cannot be uploaded again.
+    // Alice deletes it: her device erases its copy once the relay has deleted it, it leaves
+    // Carol's discovery list and it cannot be uploaded again.
     alice.ok(&["doc", "delete", &doc]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
-    assert_eq!(listed(&alice, &doc).unwrap()["deleted"], true);
+    assert!(listed(&alice, &doc).is_none());
     let carol2 = Dev::new();
     carol2.ok(&relay.sync_args(&addr, &cert, &carol_t));
     assert!(listed(&carol2, &doc).is_none());
-    // Carol's device still holds a copy; syncing it again is refused and it is marked.
+    // Carol's device held a copy; syncing again tells it the document was deleted, and it
+    // erases the copy.
     let out = carol.run(&relay.sync_args(&addr, &cert, &carol_t));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(listed(&carol, &doc).unwrap()["shared"], false);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its owner deleted it"));
+    assert!(listed(&carol, &doc).is_none());
     // Asking for it by id is refused.
     let mut by_id = relay.sync_args(&addr, &cert, &carol_t);
     by_id.extend(["--doc", &doc]);
     Dev::new().fails(&by_id, 3);
+}
+
+/// Whether `text` occurs anywhere in the raw bytes of a device's store.
+fn store_holds(d: &Dev, text: &str) -> bool {
+    let bytes = std::fs::read(d.dir.path().join("weft.redb")).unwrap();
+    bytes.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// The sync state of `doc` on the first link of `d`'s running sync, as `weft status` shows it.
+fn link_state(d: &Dev, doc: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).ok()?;
+    let entry = v["docs"].as_array()?.iter().find(|e| e["doc"] == doc)?;
+    Some(entry["links"][0]["state"].as_str()?.to_owned())
+}
+
+/// Alice deletes a conversation she shares with Bob. Bob's laptop, syncing at that moment,
+/// erases its copy at once; his phone, offline then, erases it at its next sync; Alice's own
+/// devices erase theirs, and a share her tablet had queued is dropped with it. Each then
+/// refuses commands on it, lists it no more, and holds none of its text in `weft.redb`; Bob's
+/// own conversation is untouched.
+#[test]
+fn members_devices_erase_a_deleted_conversation_and_keep_the_rest() {
+    const SECRET: &str = "the surprise party is at Marguerite's on the 14th";
+    const BOBS: &str = "remember to water the ferns";
+    let relay = Relay::start();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let alice_t = relay.token("alice", &["--create"]);
+    let bob_t = relay.token("bob", &["--create"]);
+    let (alice, tablet, laptop, phone) = (Dev::new(), Dev::new(), Dev::new(), Dev::new());
+    let doc = alice.new_conversation("Party");
+    alice.ok(&["msg", "send", &doc, SECRET, "--author", "alice"]);
+    alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
+    alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
+    let notes = laptop.new_conversation("Notes");
+    laptop.ok(&["msg", "send", &notes, BOBS, "--author", "bob"]);
+    for (d, t) in [(&laptop, &bob_t), (&phone, &bob_t), (&tablet, &alice_t)] {
+        d.ok(&relay.sync_args(&addr, &cert, t));
+        assert_eq!(d.msg_count(&doc), 1);
+    }
+    assert_eq!(phone.msg_count(&notes), 1);
+    tablet.ok(&["doc", "share", &doc, "--user", "carol"]);
+
+    let _laptop_watch = watch(&laptop, &addr, &cert, &bob_t);
+    wait_for(Duration::from_secs(20), "Bob's laptop to sync", || {
+        link_state(&laptop, &doc).as_deref() == Some("synced")
+    });
+    alice.ok(&["doc", "delete", &doc]);
+    let out = alice.run(&relay.sync_args(&addr, &cert, &alice_t));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listed(&alice, &doc).is_none());
+    let err = alice.fails(&["msg", "list", &doc], 3);
+    assert!(err.contains("was deleted"), "{err}");
+
+    // Bob's laptop is told at once.
+    wait_for(
+        Duration::from_secs(20),
+        "Bob's laptop to erase its copy",
+        || listed(&laptop, &doc).is_none(),
+    );
+    let err = laptop.fails(&["msg", "send", &doc, "too late"], 3);
+    assert!(err.contains("was deleted"), "{err}");
+    assert_eq!(laptop.msg_count(&notes), 1);
+
+    // His phone still has it until its next sync.
+    assert_eq!(phone.msg_count(&doc), 1);
+    phone.ok(&relay.sync_args(&addr, &cert, &bob_t));
+    assert!(listed(&phone, &doc).is_none());
+    phone.fails(&["doc", "show", &doc], 3);
+    assert_eq!(phone.msg_count(&notes), 1);
+
+    // Alice's tablet erases it too, with the share it had queued: the sync has nothing to
+    // report as refused.
+    tablet.ok(&relay.sync_args(&addr, &cert, &alice_t));
+    assert!(listed(&tablet, &doc).is_none());
+    let outbox = std::fs::read_to_string(tablet.dir.path().join("outbox.json")).unwrap();
+    assert!(!outbox.contains(&doc), "{outbox}");
+
+    // Each store was rewritten when it was next opened: no copy of the text is left.
+    drop(_laptop_watch);
+    for d in [&alice, &tablet, &laptop, &phone] {
+        d.ok(&["doc", "list"]);
+        assert!(
+            !store_holds(d, SECRET),
+            "{:?} still holds the text",
+            d.dir.path()
+        );
+    }
+    assert!(
+        store_holds(&laptop, BOBS),
+        "a live message is not found in the file either"
+    );
 }
 
 /// Changes made offline to a document that turned read-only are refused by the relay, kept

@@ -80,6 +80,10 @@ pub struct HubConfig {
     pub control_burst: u32,
     /// Control requests per second a connection may send once its burst is spent.
     pub control_rate: u32,
+    /// Documents a connection may create in a burst.
+    pub create_burst: u32,
+    /// Documents per second a connection may create once its burst is spent.
+    pub create_rate: u32,
     /// Document loads (store read and `Automerge::load`, each on a blocking thread) in flight
     /// at once; more wait their turn in order. Unbounded, a burst of reloads (every document
     /// of a busy relay reaching its compaction point together) ran hundreds of blocking
@@ -102,6 +106,8 @@ impl Default for HubConfig {
             docs_per_message: 1_000,
             control_burst: 1_000,
             control_rate: 100,
+            create_burst: 1_000,
+            create_rate: 100,
             max_loads: 2,
             quotas: Quotas::default(),
         }
@@ -190,6 +196,8 @@ struct Conn {
     closing: bool,
     /// Control requests allowed from this connection.
     control_rate: RateLimit,
+    /// Document creations allowed from this connection.
+    create_rate: RateLimit,
     /// A discovery message was dropped on a full queue: list everything again once it drains.
     relist: bool,
     /// Control replies that did not fit in the queue, in order (bounded).
@@ -236,6 +244,11 @@ enum Done {
         change: Box<Change>,
         result: Result<(), StoreError>,
     },
+    /// A deleted document's content was erased once more, after its writes in flight.
+    Erased {
+        doc: DocId,
+        result: Result<(), StoreError>,
+    },
 }
 
 /// The hub. Build it with [`Hub::new`], then [`Hub::run`] it.
@@ -265,6 +278,10 @@ pub struct Hub {
     /// Reloads of stale documents waiting for a slot (mostly for compaction); they go after
     /// every first load.
     reloads_waiting: VecDeque<DocId>,
+    /// Documents whose load is running.
+    loading: HashSet<DocId>,
+    /// Documents deleted while their load ran: its result is dropped (see `hub/control.rs`).
+    erased: HashSet<DocId>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
     /// Connections with a non-empty [`Batch`].
@@ -310,6 +327,8 @@ impl Hub {
             loads_running: 0,
             loads_waiting: VecDeque::new(),
             reloads_waiting: VecDeque::new(),
+            loading: HashSet::default(),
+            erased: HashSet::default(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),
             start: Instant::now(),
@@ -510,6 +529,7 @@ impl Hub {
                         lagging: HashSet::default(),
                         closing: false,
                         control_rate: RateLimit::new(self.cfg.control_burst, self.cfg.control_rate),
+                        create_rate: RateLimit::new(self.cfg.create_burst, self.cfg.create_rate),
                         relist: false,
                         replies: VecDeque::new(),
                         batch: Batch::default(),
@@ -919,7 +939,12 @@ impl Hub {
             Done::Nothing => {}
             Done::Loaded(doc, result) => {
                 self.loads_running = self.loads_running.saturating_sub(1);
+                self.loading.remove(&doc);
                 self.start_loads();
+                if self.erased.remove(&doc) {
+                    // Deleted while it loaded: it must not come back, nor be compacted.
+                    return;
+                }
                 if let Err(e) = self.host.loaded(doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
                 }
@@ -960,6 +985,11 @@ impl Hub {
                     self.mark_dirty(doc); // Postgres checkpoints: access or deletion changed
                 }
                 self.control_committed(doc, request, *change, result)
+            }
+            Done::Erased { doc, result } => {
+                if let Err(e) = result {
+                    tracing::error!(%doc, error = %e, "erasing a deleted document's content failed; it is erased at the next start");
+                }
             }
         }
     }
@@ -1080,6 +1110,7 @@ impl Hub {
                 return;
             };
             self.loads_running += 1;
+            self.loading.insert(doc);
             let store = self.host.store().clone();
             // A reload for compaction also saves the document there, off the hub's thread.
             let snapshot = self.host.wants_snapshot(doc);

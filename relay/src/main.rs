@@ -427,14 +427,19 @@ async fn run_relay(
     identity: weft_relay::TlsIdentity,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
-    use weft_core::store::{GroupCommit, KvStore, RedbStore};
+    use weft_core::store::{erase, GroupCommit, KvStore};
 
     let store_path = args.data_dir.join("relay.redb");
     let (staging, writer) = weft_relay::store_limits();
-    let kv: Arc<dyn KvStore> = Arc::new(
-        RedbStore::open_with(&store_path, staging)
-            .with_context(|| format!("cannot open the store {}", store_path.display()))?,
-    );
+    // Deleted documents' content is erased, and the file rewritten without it, before
+    // anything is served (see `weft_core::store::erase`).
+    let store_path_for_open = store_path.clone();
+    let store =
+        tokio::task::spawn_blocking(move || erase::open_redb(&store_path_for_open, staging))
+            .await
+            .context("the store open task failed")?
+            .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let kv: Arc<dyn KvStore> = Arc::new(store);
     let group =
         Arc::new(GroupCommit::with_limits(kv, writer).context("cannot start the store writer")?);
     let metrics = Arc::new(weft_relay::Metrics::default());

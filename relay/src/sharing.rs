@@ -3,7 +3,7 @@
 //!
 //! [`apply`] is pure: it checks the caller against the document's [`DocMeta`] and returns the new
 //! metadata with the one [`WriteBatch`] that stores it together with the matching `user_docs`
-//! rows, or `None` when the request is already in effect (requests are idempotent: a device
+//! rows (and, for a deletion, erases the document's content), or `None` when the request is already in effect (requests are idempotent: a device
 //! resends what it queued offline). The hub commits the batch and, only once it is durable,
 //! applies it to live connections and answers.
 //!
@@ -11,7 +11,7 @@
 //! [`ControlError::Forbidden`] whether or not the document exists or was deleted.
 
 use weft_core::store::docs::{self as docstore, Holding};
-use weft_core::store::{DocMeta, WriteBatch};
+use weft_core::store::{erase, DocMeta, WriteBatch};
 use weft_core::wire::ErrorCode;
 use weft_core::{DocId, Role};
 
@@ -144,7 +144,8 @@ pub(crate) fn apply(
         Control::Delete => {
             new.deleted_at_ms = Some(now_ms);
             // Every index row of the document goes; the access list stays in the metadata as a
-            // record (checkpoints carry it with `deleted_at`).
+            // record (checkpoints carry it with `deleted_at`, and former members are told the
+            // document was deleted rather than that it is not theirs).
             let users: Vec<String> = docstore::user_docs_of(meta)
                 .into_iter()
                 .map(|(user, _)| user)
@@ -152,6 +153,9 @@ pub(crate) fn apply(
             for user in &users {
                 docstore::delete_user_doc(&mut batch, user, doc);
             }
+            // Its content goes in the same batch: chunks, sync states, and (by a scrub of the
+            // store's file) the bytes they occupied.
+            erase::erase_content(&mut batch, doc);
             users
         }
     };
@@ -325,14 +329,34 @@ mod tests {
             )
             .unwrap(),
         );
+        // Content and a sync state, as the hub's engine stores them.
+        let mut content = WriteBatch::new();
+        docstore::put_chunk(
+            &mut content,
+            DOC,
+            weft_core::ChunkKind::Incremental,
+            b"a change".to_vec(),
+        );
+        docstore::put_sync_state(
+            &mut content,
+            DOC,
+            b"device",
+            &weft_core::automerge::sync::State::new(),
+        );
+        store.write(&content).unwrap();
         let change = apply(&alice(), DOC, Some(&meta), &Control::Delete, 10, 77)
             .unwrap()
             .unwrap();
+        // The content goes in the batch that records the deletion, with a scrub of the file.
+        assert!(change.batch.wants_scrub());
         let mut users = change.users.clone();
         users.sort();
         assert_eq!(users, vec!["alice".to_string(), "bob".to_string()]);
         let meta = commit(&store, Some(change));
         assert_eq!(meta.deleted_at_ms, Some(77));
+        for table in [weft_core::Table::CHUNKS, weft_core::Table::SYNC_STATES] {
+            assert!(store.scan_keys(table, DOC.as_bytes()).unwrap().is_empty());
+        }
         assert_eq!(meta.access.get("bob"), Some(&Role::ReadOnly));
         assert!(docstore::load_user_docs(&store, "alice")
             .unwrap()

@@ -522,18 +522,21 @@ pub fn load_sync_state(
 
 /// The stored metadata of `doc`, if any.
 pub fn load_meta(store: &dyn KvStore, doc: DocId) -> Result<Option<DocMeta>, DocStoreError> {
-    const RECORD: &str = "metadata";
     let Some(value) = store.get(Table::DOC_META, doc.as_bytes())? else {
         return Ok(None);
     };
-    let body = versioned_body(doc, RECORD, META_FORMAT, &value)?;
-    rmp_serde::from_slice(body)
-        .map(Some)
-        .map_err(|err| DocStoreError::Decode {
-            doc,
-            record: RECORD,
-            source: Box::new(err),
-        })
+    decode_meta(doc, &value).map(Some)
+}
+
+/// Decodes `value`, the stored `doc_meta` row of `doc` (for readers that scan the table).
+pub fn decode_meta(doc: DocId, value: &[u8]) -> Result<DocMeta, DocStoreError> {
+    const RECORD: &str = "metadata";
+    let body = versioned_body(doc, RECORD, META_FORMAT, value)?;
+    rmp_serde::from_slice(body).map_err(|err| DocStoreError::Decode {
+        doc,
+        record: RECORD,
+        source: Box::new(err),
+    })
 }
 
 fn versioned_body<'v>(
@@ -1095,6 +1098,7 @@ pub(crate) mod tests {
             confirmed_heads: vec!["ab".into()],
             last_sync_ms: Some(4),
             revoked: true,
+            stored_bytes: 5,
         };
         commit(&store, |b| put_meta(b, DOC, &meta)).unwrap();
         assert_eq!(load_meta(&store, DOC).unwrap(), Some(meta));

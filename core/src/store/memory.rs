@@ -29,6 +29,8 @@ struct Inner {
     fault_once: bool,
     read_fault: bool,
     writes: u64,
+    /// Successful writes that asked for a scrub ([`BatchOp::Scrub`]).
+    scrubs: u64,
 }
 
 impl MemStore {
@@ -67,6 +69,12 @@ impl MemStore {
     /// The number of writes that succeeded.
     pub fn write_count(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// The number of successful writes that asked for a scrub. Memory holds no freed bytes, so
+    /// a scrub has nothing more to do here.
+    pub fn scrub_count(&self) -> u64 {
+        self.lock().scrubs
     }
 
     /// What a crash now would leave on disk: a new store holding every successful write and
@@ -172,6 +180,7 @@ impl KvStore for MemStore {
                         }
                     }
                 }
+                BatchOp::Scrub => inner.scrubs += 1,
             }
         }
         inner.writes += 1;

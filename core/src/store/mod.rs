@@ -14,6 +14,10 @@
 //!   into one durable write, so many callers share one fsync.
 //! - [`docs`] (`docs.rs`): how documents are laid out in tables: content-addressed automerge
 //!   chunks, per-peer sync states, document metadata and the relay's per-user index.
+//! - [`erase`] (`erase.rs`): hard deletion of a document's content, and finding content that
+//!   a deletion left behind.
+//!   `redb/scrub.rs` is how [`RedbStore`] makes deleted bytes unreadable in its file: a rewrite
+//!   into a fresh file on open, when a batch asked for it with [`WriteBatch::scrub`].
 //!
 //! The sync engine never calls any of this; the drivers read from the store, feed the engine,
 //! and submit the bytes it asks them to persist.
@@ -36,6 +40,7 @@ use std::sync::Arc;
 #[cfg(test)]
 mod crash_model;
 pub mod docs;
+pub mod erase;
 mod group;
 mod heal;
 mod memory;
@@ -121,6 +126,10 @@ pub enum BatchOp {
         /// The prefix; empty means the whole table.
         prefix: Vec<u8>,
     },
+    /// Make the bytes this batch and every earlier one removed unreadable in the store's
+    /// storage, not just unreachable. A store may do it later: [`RedbStore`] records the
+    /// request in the same transaction and rewrites its file on its next open. Changes no key.
+    Scrub,
 }
 
 impl fmt::Debug for BatchOp {
@@ -134,6 +143,7 @@ impl fmt::Debug for BatchOp {
             BatchOp::DeletePrefix { table, prefix } => {
                 write!(f, "DeletePrefix({table}, {})", Hex(prefix))
             }
+            BatchOp::Scrub => f.write_str("Scrub"),
         }
     }
 }
@@ -183,6 +193,19 @@ impl WriteBatch {
         self
     }
 
+    /// Ask the store to make what this batch (and every earlier one) removed unreadable in its
+    /// storage, not just unreachable (see [`BatchOp::Scrub`]): for deletions that must not
+    /// leave the deleted bytes in the file, such as a document's hard delete.
+    pub fn scrub(&mut self) -> &mut Self {
+        self.ops.push(BatchOp::Scrub);
+        self
+    }
+
+    /// Whether the batch asks for a scrub.
+    pub fn wants_scrub(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, BatchOp::Scrub))
+    }
+
     /// Append every operation of `other`, after this batch's own.
     pub fn extend(&mut self, other: WriteBatch) -> &mut Self {
         self.bytes += other.bytes;
@@ -217,6 +240,7 @@ impl WriteBatch {
                 BatchOp::Put { key, value, .. } => key.len() + value.len(),
                 BatchOp::Delete { key, .. } => key.len(),
                 BatchOp::DeletePrefix { prefix, .. } => prefix.len(),
+                BatchOp::Scrub => 0,
             })
             .sum();
         WriteBatch { ops, bytes }

@@ -7,6 +7,9 @@
 //! without it opens, which is its upgrade path. A `meta` table holds `schema_version` (4 bytes, big-endian), written together
 //! with the tables in the first transaction. An open refuses a newer version rather than guess
 //! at its layout, and refuses a redb file with tables but no version: it is not a weft store.
+//! `meta` may also hold `scrub_pending` (`0x01`), written by a batch with
+//! [`BatchOp::Scrub`](super::BatchOp::Scrub): the next open rewrites the file so that deleted
+//! bytes are gone from it (`redb/scrub.rs`); older builds ignore the key.
 //!
 //! # Staged puts
 //!
@@ -46,6 +49,8 @@ use ::redb::{
 use super::staging::{ikey, Delta, Entry, Index, Layers, LogState, StagingLimits, View, LOG};
 use super::{prefix_end, BatchOp, KvStore, StoreError, Table, WriteBatch};
 
+mod scrub;
+
 /// The newest schema this build reads and the one it writes. Version 2 added the staging log:
 /// a build that ignored it would miss staged rows, so version 1 builds must refuse the file.
 const SCHEMA_VERSION: u32 = 2;
@@ -53,6 +58,10 @@ const SCHEMA_VERSION: u32 = 2;
 const VIEW_ATTEMPTS: usize = 64;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// Present in `meta` while a scrub is pending (see `redb/scrub.rs`).
+const SCRUB_KEY: &str = "scrub_pending";
+/// The value of [`SCRUB_KEY`]: a format byte.
+const SCRUB_FORMAT: u8 = 0x01;
 
 /// The staging log in a read transaction.
 type LogTable = ::redb::ReadOnlyTable<u64, &'static [u8]>;
@@ -134,11 +143,49 @@ impl RedbStore {
     }
 
     /// [`RedbStore::open`] with the staging log's limits given.
+    ///
+    /// When a batch asked for a scrub ([`WriteBatch::scrub`]) since the file was last
+    /// rewritten, the open first copies every live row into a fresh file and renames it over
+    /// this one, so that nothing deleted stays readable in the file (`redb/scrub.rs`). A
+    /// failed rewrite is logged and the store opens as it is; the next open tries again.
     pub fn open_with(
         path: impl AsRef<Path>,
         limits: StagingLimits,
     ) -> Result<RedbStore, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        let store = RedbStore::open_file(path.as_ref(), limits)?;
+        if !store.scrub_pending()? {
+            return Ok(store);
+        }
+        let path = store.path.clone();
+        let started = std::time::Instant::now();
+        match store.rewrite() {
+            Ok(copied) => {
+                drop(store);
+                let store = RedbStore::open_file(&path, limits)?;
+                tracing::info!(
+                    path = %path.display(),
+                    rows = copied.rows,
+                    bytes = copied.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "rewrote the store so that deleted data is gone from its file"
+                );
+                Ok(store)
+            }
+            Err(e) => {
+                tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    "could not rewrite the store to erase deleted data; deleted data may stay \
+                     readable in the file until a later open succeeds"
+                );
+                Ok(store)
+            }
+        }
+    }
+
+    /// Opens the file as it is (no scrub).
+    fn open_file(path: &Path, limits: StagingLimits) -> Result<RedbStore, StoreError> {
+        let path = path.to_path_buf();
         let had_contents = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let db = Builder::new()
             .set_check_integrity_on_open(true)
@@ -431,6 +478,7 @@ impl KvStore for RedbStore {
             read(&self.layers).latest().get(delta, table, key)
         };
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut scrub = false;
         {
             let mut homes = Homes {
                 txn: &txn,
@@ -508,7 +556,15 @@ impl KvStore for RedbStore {
                             )?;
                         }
                     }
+                    BatchOp::Scrub => scrub = true,
                 }
+            }
+            if scrub {
+                // Durable with the deletions it is about: the next open rewrites the file.
+                txn.open_table(META)
+                    .map_err(|e| self.error(e))?
+                    .insert(SCRUB_KEY, &[SCRUB_FORMAT][..])
+                    .map_err(|e| self.error(e))?;
             }
             if next.next_seq > state.next_seq && next.over(&self.limits) {
                 self.clean(&mut log, &mut homes, &mut delta, &mut next, state.next_seq)?;
@@ -1086,8 +1142,9 @@ mod tests {
     }
 }
 
-/// Staging is invisible: any sequence of batches, with reopens between them and a log small
-/// enough to be cleaned often, reads back exactly as the in-memory model store does.
+/// Staging is invisible: any sequence of batches, with reopens between them (some of them
+/// rewriting the file after a scrub) and a log small enough to be cleaned often, reads back
+/// exactly as the in-memory model store does.
 #[cfg(test)]
 mod staging_equivalence {
     use proptest::prelude::*;
@@ -1100,6 +1157,8 @@ mod staging_equivalence {
         Put(usize, u8, usize, u8),
         Delete(usize, u8),
         DeletePrefix(usize, u8),
+        /// Ask for a scrub: the next reopen rewrites the file.
+        Scrub,
         Reopen,
     }
 
@@ -1116,6 +1175,7 @@ mod staging_equivalence {
                 .prop_map(|(t, k, len, fill)| Op::Put(t, k, len, fill)),
             2 => (0..2usize, any::<u8>()).prop_map(|(t, k)| Op::Delete(t, k)),
             1 => (0..2usize, any::<u8>()).prop_map(|(t, k)| Op::DeletePrefix(t, k)),
+            1 => Just(Op::Scrub),
             1 => Just(Op::Reopen),
         ]
     }
@@ -1153,6 +1213,9 @@ mod staging_equivalence {
                         }
                         Op::DeletePrefix(t, k) => {
                             batch.delete_prefix(TABLES[t], key(k)[..1].to_vec());
+                        }
+                        Op::Scrub => {
+                            batch.scrub();
                         }
                         Op::Reopen => {
                             drop(store);

@@ -23,6 +23,13 @@
 //!    deadline).
 //! 6. Start: migrations run in one transaction, then every checkpointed document the store
 //!    lacks is restored (content, owner, access list, deletion, index rows).
+//! 7. Deletion: a deleted document's checkpoint writes its row without content (`content`,
+//!    `content_blake3`, `doc` null, `heads` empty; `doc_id`, `owner`, `kind`, `deleted_at`
+//!    kept) and deletes its message rows, in the batch's one transaction; its access rows stay,
+//!    so a relay restored from Postgres still tells former members it was deleted. A row that
+//!    another relay marked deleted is never given content again. After a round that erased
+//!    documents, a plain `VACUUM` of `weft_documents` and `weft_messages` removes the dead row
+//!    versions holding the old content (best-effort).
 //!
 //! Limits, for now: connections are plain TCP (`NoTls`: put Postgres on a private network or
 //! a local socket); merged-in changes reach the relay's devices when the document is next
@@ -214,6 +221,8 @@ pub struct RoundStats {
     pub bytes: u64,
     /// Documents whose stored version had changes the relay lacked (merged).
     pub merged: u64,
+    /// Documents written as deleted: their content and message rows removed.
+    pub deleted: u64,
 }
 
 /// The checkpointer task. Build it with [`Checkpointer::start`] before the hub runs (it
@@ -396,6 +405,7 @@ impl Checkpointer {
                     stats.documents += s.documents;
                     stats.bytes += s.bytes;
                     stats.merged += s.merged;
+                    stats.deleted += s.deleted;
                     rest = tail;
                 }
                 Err(e) => {
@@ -411,6 +421,9 @@ impl Checkpointer {
             }
         }
         self.failures = 0;
+        if stats.deleted > 0 {
+            self.vacuum().await;
+        }
         self.update_gauges();
         Metrics::add(&self.metrics.checkpoint_documents, stats.documents);
         if stats.documents > 0 {
@@ -485,8 +498,10 @@ impl Checkpointer {
             .await?;
         for row in &rows {
             stats.documents += 1;
-            if let prepare::Body::Content { content, .. } = &row.body {
-                stats.bytes += content.len() as u64;
+            match &row.body {
+                prepare::Body::Content { content, .. } => stats.bytes += content.len() as u64,
+                prepare::Body::Deleted => stats.deleted += 1,
+                prepare::Body::Unchanged => {}
             }
         }
         tx.commit()
@@ -517,6 +532,34 @@ impl Checkpointer {
             }
         }
         Ok(stats)
+    }
+}
+
+impl Checkpointer {
+    /// After a round that erased deleted documents: `VACUUM` their tables, so the dead row
+    /// versions that still hold the deleted content leave the tables' pages now rather than
+    /// whenever autovacuum comes by. Best-effort: a failure is logged, and the next deletion's
+    /// vacuum (or autovacuum) covers what this one missed.
+    async fn vacuum(&mut self) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(self.cfg.batch_timeout, conn.vacuum_deleted()).await {
+            Ok(Ok(())) => tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "vacuumed after erasing deleted documents"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "VACUUM after erasing deleted documents failed; dead rows stay until autovacuum");
+                self.conn = None;
+            }
+            Err(_) => {
+                tracing::warn!("VACUUM after erasing deleted documents timed out; dead rows stay until autovacuum");
+                // The connection may still be running it: start afresh.
+                self.conn = None;
+            }
+        }
     }
 }
 

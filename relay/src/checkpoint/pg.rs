@@ -36,6 +36,7 @@ impl Drop for PgConn {
 struct Statements {
     upsert_doc: Statement,
     touch_doc: Statement,
+    erase_doc: Statement,
     delete_messages: Statement,
     upsert_messages: Statement,
     remove_messages: Statement,
@@ -167,6 +168,24 @@ impl PgConn {
                 )
                 .await
                 .map_err(pg)?,
+            // A deleted document's row: who owned it and when it was deleted; nothing of its
+            // content, its JSON view or its heads.
+            erase_doc: c
+                .prepare(
+                    "insert into weft_documents (doc_id, owner, heads, content, content_blake3, \
+                     doc, checkpointed_at, deleted_at, created_at, content_bytes) \
+                     values ($1, $2, '{}', null, null, null, now(), \
+                     coalesce(to_timestamp($3::int8 / 1000.0), now()), \
+                     to_timestamp($4::int8 / 1000.0), null) \
+                     on conflict (doc_id) do update set \
+                     owner = coalesce(weft_documents.owner, excluded.owner), \
+                     heads = '{}', content = null, content_blake3 = null, doc = null, \
+                     content_bytes = null, checkpointed_at = excluded.checkpointed_at, \
+                     deleted_at = coalesce(weft_documents.deleted_at, excluded.deleted_at), \
+                     created_at = coalesce(weft_documents.created_at, excluded.created_at)",
+                )
+                .await
+                .map_err(pg)?,
             delete_messages: c
                 .prepare("delete from weft_messages where doc_id = $1")
                 .await
@@ -214,7 +233,8 @@ pub(crate) async fn stored_content(
     let ids: Vec<String> = docs.iter().map(DocId::to_string).collect();
     let rows = tx
         .query(
-            "select doc_id, content from weft_documents where doc_id = any($1)",
+            "select doc_id, content from weft_documents \
+             where doc_id = any($1) and content is not null",
             &[&ids],
         )
         .await
@@ -223,7 +243,7 @@ pub(crate) async fn stored_content(
         .iter()
         .filter_map(|r| {
             let id: String = r.get(0);
-            Some((id.parse().ok()?, r.get(1)))
+            Some((id.parse().ok()?, r.get::<_, Option<Vec<u8>>>(1)?))
         })
         .collect())
 }
@@ -241,6 +261,15 @@ pub(crate) async fn write_row(
             tx.execute(&s.touch_doc, &[&id, &row.kind, &row.owner, &row.deleted_ms])
                 .await
                 .map_err(pg)?;
+        }
+        Body::Deleted => {
+            tx.execute(
+                &s.erase_doc,
+                &[&id, &row.owner, &row.deleted_ms, &row.created_ms],
+            )
+            .await
+            .map_err(pg)?;
+            tx.execute(&s.delete_messages, &[&id]).await.map_err(pg)?;
         }
         Body::Content {
             heads,
@@ -313,6 +342,19 @@ pub(crate) async fn write_row(
     Ok(())
 }
 
+impl PgConn {
+    /// A plain `VACUUM` of the tables a deletion changed, so that the dead row versions
+    /// holding the deleted content (and their index entries) are removed from the tables'
+    /// pages instead of waiting for autovacuum. Outside any transaction (VACUUM cannot run in
+    /// one); it takes no lock that blocks reads or writes.
+    pub(crate) async fn vacuum_deleted(&self) -> Result<(), CheckpointError> {
+        self.client
+            .batch_execute("vacuum weft_documents, weft_messages")
+            .await
+            .map_err(pg)
+    }
+}
+
 /// The prepared statements, borrowed apart from the client so a transaction can use them.
 pub(crate) struct StatementsRef<'a>(&'a Statements);
 
@@ -340,7 +382,8 @@ impl PgConn {
         .map_err(pg)?;
         let rows = tx
             .query(
-                "select doc_id, heads from weft_documents where doc_id = any($1)",
+                "select doc_id, heads, deleted_at is not null from weft_documents \
+                 where doc_id = any($1)",
                 &[&ids],
             )
             .await
@@ -354,6 +397,7 @@ impl PgConn {
                     Stored {
                         heads: r.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
                         content: None,
+                        deleted: r.get(2),
                     },
                 );
             }
@@ -462,22 +506,30 @@ pub(crate) async fn restore(
             let Ok(doc) = id.parse::<DocId>() else {
                 continue;
             };
-            let content: Vec<u8> = r.get(2);
-            let hash: Vec<u8> = r.get(3);
-            if blake3::hash(&content).as_bytes().as_slice() == hash.as_slice() {
-                if !content.is_empty() {
-                    docstore::put_chunk(&mut batch, doc, ChunkKind::Snapshot, content);
+            let content: Option<Vec<u8>> = r.get(2);
+            let hash: Option<Vec<u8>> = r.get(3);
+            let deleted_at: Option<i64> = r.get(5);
+            match (content, hash) {
+                // A deleted document has no content to restore: only its tombstone.
+                _ if deleted_at.is_some() => {}
+                (Some(content), Some(hash))
+                    if blake3::hash(&content).as_bytes().as_slice() == hash.as_slice() =>
+                {
+                    if !content.is_empty() {
+                        docstore::put_chunk(&mut batch, doc, ChunkKind::Snapshot, content);
+                    }
                 }
-            } else {
-                // The metadata is still restored: the document stays unclaimable.
-                tracing::error!(%doc, "checkpointed content does not match its blake3; not restored");
+                _ => {
+                    // The metadata is still restored: the document stays unclaimable.
+                    tracing::error!(%doc, "checkpointed content is missing or does not match its blake3; not restored");
+                }
             }
             let mut meta = DocMeta::default();
             meta.owner = r.get(1);
             let to_ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
             meta.created_at_ms = to_ms(r.get(4)).unwrap_or(0);
             meta.updated_at_ms = meta.created_at_ms;
-            meta.deleted_at_ms = to_ms(r.get(5));
+            meta.deleted_at_ms = to_ms(deleted_at);
             meta.access = access.remove(&id).unwrap_or_default().into_iter().collect();
             for (user, holding) in docstore::user_docs_of(&meta) {
                 docstore::put_user_doc(&mut batch, &user, doc, holding);

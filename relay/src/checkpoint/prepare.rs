@@ -21,6 +21,8 @@ pub(crate) struct Stored {
     pub(crate) heads: Vec<String>,
     /// `weft_documents.content`, fetched only when the relay lacks some of `heads`.
     pub(crate) content: Option<Vec<u8>>,
+    /// `weft_documents.deleted_at` is set (by this relay or another).
+    pub(crate) deleted: bool,
 }
 
 /// One document's checkpoint, ready to write.
@@ -45,6 +47,9 @@ pub(crate) struct Row {
 pub(crate) enum Body {
     /// Postgres already holds exactly these heads: only metadata and access are written.
     Unchanged,
+    /// The document was deleted: its row keeps only who owned it and when it was deleted
+    /// (content, JSON view and heads cleared), and its message rows go.
+    Deleted,
     /// New content.
     Content {
         heads: Vec<String>,
@@ -80,6 +85,35 @@ pub(crate) fn prepare(
     let Some(meta) = docstore::load_meta(store, doc).map_err(store_err)? else {
         return Ok(Prepared::Absent);
     };
+    let ms = |v: u64| i64::try_from(v).ok();
+    let access = meta
+        .access
+        .iter()
+        .map(|(user, role)| {
+            let role = match role {
+                Role::ReadWrite => "rw",
+                Role::ReadOnly => "ro",
+            };
+            (weft_schema::strip_nul(user), role)
+        })
+        .collect();
+    if meta.deleted_at_ms.is_some() || stored.is_some_and(|s| s.deleted) {
+        // Nothing of the content is read, let alone written: the row only records the
+        // deletion (and another relay's copy never brings content back).
+        return Ok(Prepared::Row(Box::new(Row {
+            doc,
+            kind: None,
+            owner: meta.owner.as_deref().map(weft_schema::strip_nul),
+            created_ms: (meta.created_at_ms > 0)
+                .then(|| ms(meta.created_at_ms))
+                .flatten(),
+            deleted_ms: meta.deleted_at_ms.and_then(ms),
+            access,
+            body: Body::Deleted,
+            merged_in: None,
+            cost: started.elapsed(),
+        })));
+    }
     let local = host::load(store, doc)
         .map_err(store_err)?
         .map(|l| l.doc)
@@ -102,17 +136,6 @@ pub(crate) fn prepare(
         }
     };
     let heads: Vec<String> = document.heads().iter().map(hash_hex).collect();
-    let access = meta
-        .access
-        .iter()
-        .map(|(user, role)| {
-            let role = match role {
-                Role::ReadWrite => "rw",
-                Role::ReadOnly => "ro",
-            };
-            (weft_schema::strip_nul(user), role)
-        })
-        .collect();
     let am = document.automerge();
     let body = if stored.is_some_and(|s| sorted(&s.heads) == heads) {
         Body::Unchanged
@@ -183,7 +206,6 @@ pub(crate) fn prepare(
             removed,
         }
     };
-    let ms = |v: u64| i64::try_from(v).ok();
     Ok(Prepared::Row(Box::new(Row {
         doc,
         kind: weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k)),

@@ -9,13 +9,16 @@
 //!   unsubscribed (engine closed, no more fan-out or presence) and told `FORBIDDEN` or
 //!   `DELETED`; ones whose role changed are re-opened with the new role and told
 //!   `Subscribed{role}`. Every connection of each affected user gets a `Docs` delta.
+//! - **Deletion** erases the document's content in the batch that records it (`sharing.rs`);
+//!   once durable, the document also leaves the hub's memory and its content is erased once
+//!   more, after any write for it that was in flight ([`Hub::erase`]).
 //! - **Discovery**: the full listing after `Welcome` ([`crate::discovery`]); a delta or listing
 //!   that does not fit a connection's queue is dropped and the whole listing is sent again once
 //!   the queue drains. Replies that do not fit wait in a small per-connection buffer.
 
 use std::collections::BTreeSet;
 
-use weft_core::store::WriteBatch;
+use weft_core::store::{erase, WriteBatch};
 use weft_core::wire::DocEntry;
 
 use super::*;
@@ -133,6 +136,11 @@ impl Hub {
                 if let Some(cached) = self.metas.get_mut(&doc) {
                     *cached = change.meta.clone();
                 }
+                if request.control == Control::Delete {
+                    self.count_deleted(&change.meta);
+                    // Before the subscriptions end: closing a peer persists its sync state.
+                    self.erase(doc);
+                }
                 self.apply_access_change(doc, &change.meta, &change.users);
                 self.reply(&request, doc, None, "");
             }
@@ -148,6 +156,31 @@ impl Hub {
         }
         let queue = self.controls.remove(&doc).unwrap_or_default();
         self.run_controls(doc, queue);
+    }
+
+    /// A deletion is durable: the document leaves memory (the engine, the host, waiting and
+    /// running loads), and its content is erased once more. Writes for it already on their way
+    /// to the store when the deletion committed (a change received meanwhile, a compaction)
+    /// land after the deletion; the group-commit writer applies batches in submission order, so
+    /// this erase, submitted once nothing more of the document can be written, lands after
+    /// them. A crash in between is caught at the next start (`erase::open_redb`).
+    fn erase(&mut self, doc: DocId) {
+        self.host.forget(doc);
+        self.loads_waiting.retain(|d| *d != doc);
+        self.reloads_waiting.retain(|d| *d != doc);
+        if self.loading.contains(&doc) {
+            self.erased.insert(doc);
+        }
+        self.arrivals.remove(&doc);
+        let mut batch = WriteBatch::new();
+        erase::erase_content(&mut batch, doc);
+        let ticket = self.group.submit(batch);
+        self.tasks.spawn(async move {
+            Done::Erased {
+                doc,
+                result: ticket.await,
+            }
+        });
     }
 
     /// Brings live connections in line with `doc`'s new metadata: subscriptions end or change

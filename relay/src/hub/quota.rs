@@ -1,8 +1,8 @@
 //! Quotas: what one member may cost the relay.
 //!
 //! - **Documents per user**: a user owns at most `max_docs_per_user` documents; creating one
-//!   more is refused (`LIMIT_REACHED`). Creations also take a token from the connection's
-//!   control rate limit, so one socket cannot create thousands in a burst.
+//!   more is refused (`LIMIT_REACHED`). Creations are also rate limited per connection
+//!   (`create_burst`, `create_rate`), so one socket cannot create thousands in a burst.
 //! - **Bytes per user**: the documents a user owns take at most `max_user_bytes` in the store
 //!   (whoever writes into them); a message that would take its document's owner past it is
 //!   refused (`REFUSED`). Counted from each document's stored size: recorded in its metadata
@@ -102,7 +102,7 @@ impl Hub {
         let allowed = self
             .conns
             .get_mut(&conn)
-            .is_some_and(|c| c.control_rate.allow(std::time::Instant::now()));
+            .is_some_and(|c| c.create_rate.allow(std::time::Instant::now()));
         if !allowed {
             Metrics::inc(&self.metrics.quota_refusals);
             self.send(
@@ -139,6 +139,19 @@ impl Hub {
     pub(super) fn count_created(&mut self, user: &str) {
         let owned = self.owned(user);
         self.usage.owned.insert(user.to_string(), owned + 1);
+    }
+
+    /// A document was deleted: it no longer counts against its owner.
+    pub(super) fn count_deleted(&mut self, meta: &weft_core::store::DocMeta) {
+        let Some(owner) = &meta.owner else {
+            return;
+        };
+        if let Some(n) = self.usage.owned.get_mut(owner) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(b) = self.usage.bytes.get_mut(owner) {
+            *b = b.saturating_sub(meta.stored_bytes);
+        }
     }
 
     fn owned(&mut self, user: &str) -> usize {
