@@ -71,7 +71,7 @@ pub enum CheckError {
     /// A size limit was exceeded.
     #[error("{what} is over the limit of {limit} {unit}")]
     TooLarge {
-        /// What was too large ("a change", "a change's operations", "the inflated chunks").
+        /// What was too large ("a change", "a change's operation count", ...).
         what: &'static str,
         /// The limit.
         limit: u64,
@@ -280,7 +280,7 @@ fn parse(chunk: &[u8]) -> Result<Change, CheckError> {
 fn check_ops(change: &Change, limits: &Limits) -> Result<(), CheckError> {
     if change.len() > limits.max_change_ops {
         return Err(CheckError::TooLarge {
-            what: "a change's operations",
+            what: "a change's operation count",
             limit: limits.max_change_ops as u64,
             unit: "operations",
         });

@@ -958,9 +958,6 @@ impl Hub {
                 Ok(()) => {
                     if created {
                         self.mark_dirty(doc); // Postgres checkpoints: the owner record
-                        if let Some(owner) = self.metas.get(&doc).and_then(|m| m.owner.clone()) {
-                            self.count_created(&owner);
-                        }
                     }
                     self.open_subscription(conn, doc);
                     if created {
@@ -969,6 +966,9 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::error!(%doc, error = %e, "recording a document's owner failed");
+                    if let Some(owner) = self.metas.get(&doc).and_then(|m| m.owner.clone()) {
+                        self.creation_failed(&owner);
+                    }
                     if !self.subscribers.contains_key(&doc) {
                         self.metas.remove(&doc);
                     }
@@ -1207,8 +1207,11 @@ impl Hub {
         };
         if c.batch.bytes.is_empty() {
             self.unflushed.push(conn);
+            // A frame larger than a whole batch (a large change) takes what it needs.
             c.batch.bytes.reserve(
-                (c.last_batch_bytes + c.last_batch_bytes / 4).clamp(frame.len(), MAX_BATCH_BYTES),
+                (c.last_batch_bytes + c.last_batch_bytes / 4)
+                    .min(MAX_BATCH_BYTES)
+                    .max(frame.len()),
             );
         }
         c.batch.bytes.extend_from_slice(&frame);

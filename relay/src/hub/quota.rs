@@ -92,7 +92,8 @@ fn carried_bytes(inbound: &Inbound) -> u64 {
 }
 
 impl Hub {
-    /// Whether `user` may create one more document; tells the connection why not.
+    /// Whether `user` may create one more document (counting it if so); tells the connection
+    /// why not.
     pub(super) fn may_create(
         &mut self,
         conn: weft_core::engine::ConnId,
@@ -132,13 +133,16 @@ impl Hub {
             );
             return false;
         }
+        // Counted now: creations decided before their owner records commit count too.
+        self.usage.owned.insert(user.to_string(), owned + 1);
         true
     }
 
-    /// A document was created for `user`.
-    pub(super) fn count_created(&mut self, user: &str) {
-        let owned = self.owned(user);
-        self.usage.owned.insert(user.to_string(), owned + 1);
+    /// A document's creation for `user` failed: it no longer counts.
+    pub(super) fn creation_failed(&mut self, user: &str) {
+        if let Some(n) = self.usage.owned.get_mut(user) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// A document was deleted: it no longer counts against its owner.

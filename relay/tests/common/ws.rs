@@ -49,6 +49,21 @@ impl Relay {
         Self::start_in(dir, &ws, extra)
     }
 
+    /// Kills the relay, runs `tamper` on its data directory (the relay is not running), and
+    /// starts it again as [`Relay::restart`] does.
+    pub fn restart_after(self, tamper: impl FnOnce(&std::path::Path)) -> Relay {
+        let ws = self.ws.to_string();
+        let extra = self.extra;
+        let dir = self.process.kill();
+        tamper(dir.path());
+        Self::start_in(dir, &ws, extra)
+    }
+
+    /// The relay process's id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Sends SIGTERM; returns a handle to the process to wait on.
     pub fn terminate(self) -> Child {
         self.process.terminate()
