@@ -113,16 +113,22 @@ pub struct Loaded {
     pub sizes: docs::ChunkBytes,
     /// Stored chunks that do not parse, left out of `doc`: the host sets them aside.
     pub quarantine: Vec<docs::Quarantine>,
+    /// What the engine's gate keeps with the document (see `engine::Gate`).
+    pub gate_records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Loads a document from the store (blocking). `Ok(None)`: the store has no such document.
 pub fn load(store: &dyn KvStore, doc: DocId) -> Result<Option<Loaded>, DocStoreError> {
-    Ok(docs::load_document_sized(store, doc)?.map(|l| Loaded {
+    let Some(l) = docs::load_document_sized(store, doc)? else {
+        return Ok(None);
+    };
+    Ok(Some(Loaded {
         doc: Document::from_automerge(l.doc),
         chunks: l.chunks,
         snapshot: None,
         sizes: l.sizes,
         quarantine: l.quarantine,
+        gate_records: docs::load_gate_records(store, doc)?,
     }))
 }
 
@@ -219,6 +225,9 @@ impl Host {
                         stored.chunks.push(key);
                         stored.incremental_bytes += len;
                     }
+                    Write::GateRecord { key, value } => {
+                        docs::put_gate_record(&mut batch, doc, &key, &value);
+                    }
                     Write::SyncState { peer, state } => {
                         // The engine produced these bytes with `encode`; they decode.
                         let state = sync::State::decode(&state).unwrap_or_default();
@@ -288,7 +297,7 @@ impl Host {
                     .chunks
                     .get(&doc)
                     .map_or(0, |s| s.incremental_bytes + s.snapshot_bytes);
-                self.engine.loaded(doc, Some(l.doc));
+                self.engine.loaded_with(doc, Some(l.doc), &l.gate_records);
                 self.engine.set_stored_bytes(doc, stored_bytes as u64);
                 Ok(())
             }

@@ -46,8 +46,10 @@ use crate::doc::{DocError, Document};
 use crate::wire::Message;
 use crate::DocId;
 
+mod gate;
 mod receive;
 mod types;
+pub use gate::{Accepted, Gate};
 pub use receive::{check_message, Inbound};
 pub use types::*;
 
@@ -175,6 +177,8 @@ pub struct Engine {
     touched: HashSet<DocId>,
     deadlines: HashMap<DocId, Millis>,
     timers: BTreeSet<(Millis, DocId)>,
+    /// Decides which of a peer's changes a document takes (see [`Gate`]).
+    gate: Option<Box<dyn Gate>>,
 }
 
 impl Engine {
@@ -192,7 +196,19 @@ impl Engine {
             touched: HashSet::default(),
             deadlines: HashMap::default(),
             timers: BTreeSet::new(),
+            gate: None,
         }
+    }
+
+    /// Installs the gate that decides which of a peer's changes documents take. Install it
+    /// before loading documents: it learns of those already loaded only from their next load.
+    pub fn set_gate(&mut self, gate: Box<dyn Gate>) {
+        self.gate = Some(gate);
+    }
+
+    /// The installed gate, to tell it what it needs (who is behind a connection, ...).
+    pub fn gate_mut(&mut self) -> Option<&mut (dyn Gate + 'static)> {
+        self.gate.as_deref_mut()
     }
 
     /// The next output for the driver, if any.
@@ -264,6 +280,12 @@ impl Engine {
         }
     }
 
+    fn gate_closed(&mut self, doc: DocId) {
+        if let Some(g) = self.gate.as_mut() {
+            g.closed(doc);
+        }
+    }
+
     /// Whether a document is loaded and ready.
     pub fn is_loaded(&self, doc: DocId) -> bool {
         matches!(self.docs.get(&doc), Some(Slot::Ready(_)))
@@ -279,6 +301,17 @@ impl Engine {
 
     /// Hands the engine a document it asked for (`None`: the store has none; it starts empty).
     pub fn loaded(&mut self, doc: DocId, loaded: Option<Document>) {
+        self.loaded_with(doc, loaded, &[]);
+    }
+
+    /// [`Engine::loaded`], with the records the gate asked to keep for the document (see
+    /// [`Accepted`]).
+    pub fn loaded_with(
+        &mut self,
+        doc: DocId,
+        loaded: Option<Document>,
+        records: &[(Vec<u8>, Vec<u8>)],
+    ) {
         self.touched.insert(doc);
         let queue = match self.docs.remove(&doc) {
             Some(Slot::Loading(q)) => q,
@@ -304,6 +337,9 @@ impl Engine {
             None => Vec::new(),
         };
         let d = loaded.unwrap_or_default();
+        if let Some(g) = self.gate.as_mut() {
+            g.opened(doc, &d, records);
+        }
         let heads = d.heads();
         self.docs.insert(
             doc,
@@ -349,6 +385,7 @@ impl Engine {
             return;
         }
         if let Some(Slot::Loading(queue)) = self.docs.remove(&doc) {
+            self.gate_closed(doc);
             let mut conns: Vec<ConnId> = queue
                 .iter()
                 .map(|q| match q {
@@ -374,7 +411,9 @@ impl Engine {
     /// Creates a document in memory (a new local document). Its first change is persisted like
     /// any other.
     pub fn create(&mut self, doc: DocId, d: Document) {
-        self.docs.remove(&doc);
+        if self.docs.remove(&doc).is_some() {
+            self.gate_closed(doc);
+        }
         self.docs.insert(doc, Slot::Loading(Vec::new()));
         self.loaded(doc, Some(d));
     }
@@ -386,6 +425,7 @@ impl Engine {
     pub fn forget(&mut self, doc: DocId) {
         self.touched.insert(doc);
         self.docs.remove(&doc);
+        self.gate_closed(doc);
         for docs in self.conns.values_mut() {
             docs.remove(&doc);
         }
@@ -524,6 +564,11 @@ impl Engine {
         }
         ds.heads = ds.doc.heads();
         let raw: Vec<Bytes> = new.iter().map(|c| raw_of(c, None)).collect();
+        if let Some(g) = self.gate.as_mut() {
+            for c in &new {
+                g.observe(doc, c);
+            }
+        }
         let id = self.persist_changes(doc, Origin::Local, raw, false);
         Ok((r, Some(id)))
     }
@@ -681,6 +726,7 @@ impl Engine {
     fn drop_failed(&mut self, doc: DocId) {
         self.touched.insert(doc);
         if let Some(Slot::Ready(ds)) = self.docs.remove(&doc) {
+            self.gate_closed(doc);
             for p in &ds.persists {
                 self.persist_doc.remove(&p.id);
             }
@@ -739,6 +785,7 @@ impl Engine {
                 && ds.last_used + self.cfg.evict_after <= now
             {
                 self.docs.remove(&doc);
+                self.gate_closed(doc);
                 self.out.push_back(Output::Evicted { doc });
             }
         }
@@ -831,6 +878,7 @@ impl Engine {
             }
             self.touched.insert(doc);
             self.docs.remove(&doc);
+            self.gate_closed(doc);
             self.out.push_back(Output::Evicted { doc });
             total = total.saturating_sub(bytes);
             evicted += 1;
@@ -1238,6 +1286,11 @@ impl Engine {
         if actual != ds.heads {
             let released = ds.doc.changes_since(&ds.heads);
             ds.heads = actual;
+            if let Some(g) = self.gate.as_mut() {
+                for c in &released {
+                    g.observe(doc, c);
+                }
+            }
             if !released.is_empty() {
                 let raw = released.iter().map(|c| raw_of(c, None)).collect();
                 self.persist_changes(doc, Origin::Released, raw, false);

@@ -217,6 +217,29 @@ impl Engine {
                 }
                 return Ok(());
             }
+            let checked_here = self.gate.as_ref().is_some_and(|g| g.checks(conn));
+            let mut gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
+            if !checked_here {
+                if let Some(g) = self.gate.as_mut() {
+                    for c in &gated.accepted {
+                        g.observe(doc, &c.change);
+                    }
+                }
+            }
+            if let Some(reason) = gated.refusal.take() {
+                self.out.push_back(Output::Rejected {
+                    conn,
+                    doc,
+                    reason: Rejection::Rule(reason),
+                });
+            }
+            for (key, value) in std::mem::take(&mut gated.records) {
+                self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+            }
+            let new = gated.accepted;
+            let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+                return Ok(());
+            };
             let mut raw = Vec::with_capacity(new.len());
             let mut hashes = Vec::with_capacity(new.len());
             for CheckedChange { change, raw: bytes } in new {
@@ -276,22 +299,23 @@ impl Engine {
         }
         pd.live = false;
         pd.save_state = true;
-        // Automerge is handed every checked change (the canonical bytes, not the received
+        let accepts = pd.opts.accept_changes;
+        // Automerge is handed every change it may take (the canonical bytes, not the received
         // ones), repeats included: whether a message carried changes steers its protocol. Only
-        // what is new to us is stored.
+        // what is new to us, and accepted, is stored.
         let mut seen = HashSet::default();
-        let new: Vec<&CheckedChange> = checked
-            .iter()
-            .filter(|c| {
-                let h = c.change.hash();
-                !ds.doc.has_change(&h) && seen.insert(h)
-            })
-            .collect();
+        let (known, new): (Vec<CheckedChange>, Vec<CheckedChange>) = checked
+            .into_iter()
+            .filter(|c| seen.insert(c.change.hash()))
+            .partition(|c| ds.doc.has_change(&c.change.hash()));
         let mut rejected = None;
+        let mut to_apply = known;
+        let mut gated = Gated::default();
         if !new.is_empty() {
-            if !pd.opts.accept_changes {
+            if !accepts {
                 // Automerge applies nothing for a read-only state; nothing is stored either.
                 rejected = Some(Rejection::ReadOnly);
+                to_apply.extend(new);
             } else if let Some(r) = over_doc_bytes(ds.stored_bytes, &new, max_doc_bytes) {
                 self.out.push_back(Output::Rejected {
                     conn,
@@ -299,14 +323,27 @@ impl Engine {
                     reason: r,
                 });
                 return Ok(());
+            } else {
+                gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
+                rejected = gated.refusal.take().map(Rejection::Rule);
+                to_apply.extend(gated.accepted.iter().cloned());
             }
         }
-        let chunk_bytes: Vec<u8> = if rejected.is_some() {
-            Vec::new()
-        } else {
-            new.iter().flat_map(|c| c.raw.iter().copied()).collect()
+        let chunk_bytes: Vec<u8> = gated
+            .accepted
+            .iter()
+            .flat_map(|c| c.raw.iter().copied())
+            .collect();
+        for (key, value) in std::mem::take(&mut gated.records) {
+            self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
         };
-        msg.changes = checked
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        msg.changes = to_apply
             .iter()
             .map(|c| c.raw.to_vec())
             .collect::<Vec<Vec<u8>>>()
@@ -348,17 +385,28 @@ impl Engine {
         let heads = ds.doc.heads();
         if heads != ds.heads {
             ds.heads = heads;
-            // Individual changes are needed only to forward them to live peers.
+            // Individual changes are needed only to forward them to live peers, and to show a
+            // gate what entered the document unchecked (Automerge may have released changes it
+            // held back).
             let forward = ds
                 .peers
                 .iter()
                 .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
+            let unchecked = self.gate.as_ref().is_some_and(|g| !g.checks(conn));
+            let entered = if forward || unchecked {
+                ds.doc.changes_since(&before)
+            } else {
+                Vec::new()
+            };
+            if unchecked {
+                if let Some(g) = self.gate.as_mut() {
+                    for c in &entered {
+                        g.observe(doc, c);
+                    }
+                }
+            }
             let raw: Vec<Bytes> = if forward {
-                ds.doc
-                    .changes_since(&before)
-                    .iter()
-                    .map(|c| raw_of(c, None))
-                    .collect()
+                entered.iter().map(|c| raw_of(c, None)).collect()
             } else {
                 Vec::new()
             };
@@ -444,6 +492,29 @@ impl Engine {
             self.out.push_back(Output::Rejected { conn, doc, reason });
             return Ok(());
         }
+        let checked_here = self.gate.as_ref().is_some_and(|g| g.checks(conn));
+        let mut gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
+        if !checked_here {
+            if let Some(g) = self.gate.as_mut() {
+                for c in &gated.accepted {
+                    g.observe(doc, &c.change);
+                }
+            }
+        }
+        let refusal = gated.refusal.take().map(Rejection::Rule);
+        let new = std::mem::take(&mut gated.accepted);
+        for (key, value) in std::mem::take(&mut gated.records) {
+            self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+        }
+        if let Some(reason) = refusal {
+            self.out.push_back(Output::Rejected { conn, doc, reason });
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
         if let Some(pd) = ds.peers.get_mut(&conn) {
             // The sender has what it sent: its heads advance like ours.
             if let Some(theirs) = pd.their_heads.as_mut() {
@@ -483,4 +554,75 @@ fn over_doc_bytes<C: std::borrow::Borrow<CheckedChange>>(
 ) -> Option<Rejection> {
     let adding: u64 = new.iter().map(|c| c.borrow().raw.len() as u64).sum();
     (stored.saturating_add(adding) > max).then_some(Rejection::DocumentFull { limit: max })
+}
+
+/// What a gate made of a peer's new changes.
+#[derive(Default)]
+struct Gated {
+    /// In causal order.
+    accepted: Vec<CheckedChange>,
+    /// Records the gate keeps, to write before the changes.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The first refusal, if any.
+    refusal: Option<String>,
+}
+
+/// Runs `gate` over `new` (changes from `conn` new to the document). Without a gate, or for a
+/// connection it does not check, every change is accepted as it is. Otherwise changes are
+/// taken in causal order: one whose dependencies are all in the document or accepted is put
+/// to the gate, one that depends on a refused change is refused with it, and one whose
+/// dependencies never arrive is dropped (not stored; the sync protocol asks again).
+fn gate_changes(
+    gate: Option<&mut (dyn Gate + 'static)>,
+    doc: DocId,
+    conn: ConnId,
+    ds: &DocState,
+    new: Vec<CheckedChange>,
+) -> Gated {
+    let Some(gate) = gate.filter(|g| g.checks(conn)) else {
+        return Gated {
+            accepted: new,
+            ..Default::default()
+        };
+    };
+    let mut out = Gated::default();
+    let mut accepted = HashSet::default();
+    let mut refused = HashSet::default();
+    let mut waiting = new;
+    loop {
+        let before = waiting.len();
+        let mut still = Vec::with_capacity(waiting.len());
+        for c in waiting {
+            let hash = c.change.hash();
+            let deps = c.change.deps();
+            if deps.iter().any(|d| refused.contains(d)) {
+                refused.insert(hash);
+                continue;
+            }
+            if !deps.iter().all(|d| accepted.contains(d) || knows(ds, d)) {
+                still.push(c);
+                continue;
+            }
+            match gate.check(doc, conn, &c.change) {
+                Ok(a) => {
+                    out.records.extend(a.records);
+                    accepted.insert(hash);
+                    out.accepted.push(c);
+                }
+                Err(reason) => {
+                    tracing::debug!(%doc, conn = conn.0, %reason, "a change was refused");
+                    refused.insert(hash);
+                    out.refusal.get_or_insert(reason);
+                }
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() || waiting.len() == before {
+            break;
+        }
+    }
+    if !waiting.is_empty() {
+        tracing::debug!(%doc, conn = conn.0, dropped = waiting.len(), "changes whose dependencies are missing were not taken");
+    }
+    out
 }

@@ -134,6 +134,14 @@ pub enum Origin {
 pub enum Write {
     /// Raw changes to store as one incremental chunk (concatenated change bytes).
     Changes(Vec<u8>),
+    /// A record the gate asked to keep with the document (see
+    /// [`Accepted`](crate::engine::Accepted)); written before the changes it came with.
+    GateRecord {
+        /// The gate's key.
+        key: Vec<u8>,
+        /// The gate's value.
+        value: Vec<u8>,
+    },
     /// A peer's sync state, `sync::State::encode()` bytes.
     SyncState {
         /// The stable peer id given in [`OpenOptions::stable_peer`].
@@ -153,6 +161,9 @@ pub enum Rejection {
     /// A change was over a size limit.
     #[error(transparent)]
     Limit(CheckError),
+    /// The gate refused a change: its writer may not make it.
+    #[error("{0}")]
+    Rule(String),
     /// The document would grow past the most bytes a document may take.
     #[error("the document would grow past the limit of {limit} bytes")]
     DocumentFull {

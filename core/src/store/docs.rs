@@ -357,7 +357,40 @@ pub fn delete_doc(batch: &mut WriteBatch, doc: DocId) {
     batch
         .delete_prefix(Table::CHUNKS, doc.as_bytes().to_vec())
         .delete_prefix(Table::SYNC_STATES, doc.as_bytes().to_vec())
+        .delete_prefix(Table::GATE_RECORDS, doc.as_bytes().to_vec())
         .delete(Table::DOC_META, doc.as_bytes().to_vec());
+}
+
+/// Format byte of a stored gate record.
+const GATE_RECORD_FORMAT: u8 = 0x01;
+
+/// Keeps a record of the engine's gate with `doc` (see `engine::Gate`).
+pub fn put_gate_record(batch: &mut WriteBatch, doc: DocId, key: &[u8], value: &[u8]) {
+    let mut v = Vec::with_capacity(1 + value.len());
+    v.push(GATE_RECORD_FORMAT);
+    v.extend_from_slice(value);
+    batch.put(
+        Table::GATE_RECORDS,
+        [doc.as_bytes().as_slice(), key].concat(),
+        v,
+    );
+}
+
+/// Every gate record kept with `doc`: the gate's key and value. A record in a format this
+/// build does not know is skipped with a warning.
+pub fn load_gate_records(
+    store: &dyn KvStore,
+    doc: DocId,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DocStoreError> {
+    let rows = store.scan_prefix(Table::GATE_RECORDS, doc.as_bytes())?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (key, value) in rows {
+        match value.split_first() {
+            Some((&GATE_RECORD_FORMAT, body)) => out.push((key[16..].to_vec(), body.to_vec())),
+            _ => tracing::warn!(%doc, "skipping a gate record in an unknown format"),
+        }
+    }
+    Ok(out)
 }
 
 /// Every chunk of `doc` to load (quarantined ones left out), snapshots first, each checked

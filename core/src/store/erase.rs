@@ -25,6 +25,7 @@ pub fn erase_content(batch: &mut WriteBatch, doc: DocId) {
     batch
         .delete_prefix(Table::CHUNKS, doc.as_bytes().to_vec())
         .delete_prefix(Table::SYNC_STATES, doc.as_bytes().to_vec())
+        .delete_prefix(Table::GATE_RECORDS, doc.as_bytes().to_vec())
         .scrub();
 }
 

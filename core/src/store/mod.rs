@@ -69,16 +69,20 @@ impl Table {
     /// The relay's per-user index of readable documents, keyed by user and document (see
     /// [`docs`]). Added after schema version 1 shipped: opening an older file creates it empty.
     pub const USER_DOCS: Table = Table("user_docs");
+    /// Records an engine's gate keeps with a document (see `engine::Gate`: which actor is
+    /// whose), keyed by document and the gate's key. Added in schema version 3.
+    pub const GATE_RECORDS: Table = Table("gate_records");
 
     /// Every table a store holds.
     ///
     /// Adding a table needs a new schema version (`redb.rs`): an older build would find the
     /// new table's staged rows in the staging log, where it cannot tell them from damage.
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::CHUNKS,
         Table::SYNC_STATES,
         Table::DOC_META,
         Table::USER_DOCS,
+        Table::GATE_RECORDS,
     ];
 
     /// The table's name, as stored.

@@ -53,7 +53,9 @@ mod scrub;
 
 /// The newest schema this build reads and the one it writes. Version 2 added the staging log:
 /// a build that ignored it would miss staged rows, so version 1 builds must refuse the file.
-const SCHEMA_VERSION: u32 = 2;
+/// Version 3 added the `gate_records` table (its staged rows would be unknown to version 2).
+/// Opening an older file upgrades it: missing tables are created empty.
+const SCHEMA_VERSION: u32 = 3;
 /// Read transactions a read may start before it finds the index version of one of them.
 const VIEW_ATTEMPTS: usize = 64;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -813,7 +815,7 @@ mod tests {
                 err,
                 StoreError::UnsupportedVersion {
                     found: 7,
-                    supported: 2,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),
@@ -856,6 +858,42 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_file_is_upgraded_with_an_empty_gate_records_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store.write(&put(Table::CHUNKS, b"kept", b"row")).unwrap();
+        }
+        {
+            // What a version 2 build wrote: no gate_records table.
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let gate: TableDefinition<&[u8], &[u8]> =
+                TableDefinition::new(Table::GATE_RECORDS.name());
+            assert!(txn.delete_table(gate).unwrap());
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, &2u32.to_be_bytes()[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store.scan_prefix(Table::CHUNKS, b"").unwrap(),
+            vec![(b"kept".to_vec(), b"row".to_vec())]
+        );
+        assert!(store
+            .scan_prefix(Table::GATE_RECORDS, b"")
+            .unwrap()
+            .is_empty());
+        store.write(&put(Table::GATE_RECORDS, b"g", b"v")).unwrap();
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.scan_keys(Table::GATE_RECORDS, b"").unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_version_1_file_is_upgraded_and_stages_from_then_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.redb");
@@ -877,7 +915,7 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let version = txn.open_table(META).unwrap();
         let version = version.get(SCHEMA_VERSION_KEY).unwrap().unwrap();
-        assert_eq!(version.value(), &2u32.to_be_bytes()[..]);
+        assert_eq!(version.value(), &SCHEMA_VERSION.to_be_bytes()[..]);
         assert_eq!(txn.open_table(LOG).unwrap().iter().unwrap().count(), 1);
     }
 
