@@ -45,6 +45,8 @@ pub struct Node {
     pub store: BTreeMap<DocId, Vec<Vec<u8>>>,
     /// Persisted sync states per (document, peer).
     pub sync_states: BTreeMap<(DocId, Vec<u8>), Vec<u8>>,
+    /// Records the node's gate keeps, per document.
+    pub gate_records: BTreeMap<DocId, Vec<(Vec<u8>, Vec<u8>)>>,
     pending_persists: Vec<(Millis, PersistId, DocId, Write)>,
     actor_seed: u64,
 }
@@ -101,6 +103,7 @@ impl Sim {
                 engine: Engine::new(cfg),
                 store: BTreeMap::new(),
                 sync_states: BTreeMap::new(),
+                gate_records: BTreeMap::new(),
                 pending_persists: Vec::new(),
                 actor_seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
             })
@@ -305,6 +308,9 @@ impl Sim {
                 Write::Changes(bytes) => n.store.entry(doc).or_default().push(bytes),
                 Write::SyncState { peer, state } => {
                     n.sync_states.insert((doc, peer), state);
+                }
+                Write::GateRecord { key, value } => {
+                    n.gate_records.entry(doc).or_default().push((key, value));
                 }
             }
             n.engine.set_now(now);
