@@ -359,6 +359,10 @@ async fn run_relay(
     use std::sync::Arc;
     use weft_core::store::{GroupCommit, KvStore, RedbStore};
 
+    // Before anything is opened or bound: a SIGINT or SIGTERM from here on is caught (a
+    // default SIGINT would kill the relay without draining), and one that arrives while the
+    // relay starts is answered once it is ready.
+    let mut signals = ShutdownSignals::install()?;
     let store_path = args.data_dir.join("relay.redb");
     let (staging, writer) = weft_relay::store_limits();
     let kv: Arc<dyn KvStore> = Arc::new(
@@ -410,10 +414,16 @@ async fn run_relay(
     let checkpointer = match &args.postgres {
         Some(url) => {
             let cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
-            let (checkpointer, restored) =
-                weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
-                    .await
-                    .context("cannot start Postgres checkpoints")?;
+            let start =
+                weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone());
+            // An empty relay waits for Postgres as long as it takes: a signal ends the wait.
+            let (checkpointer, restored) = tokio::select! {
+                started = start => started.context("cannot start Postgres checkpoints")?,
+                () = signals.recv() => {
+                    tracing::info!("stopped while waiting for Postgres; nothing was served");
+                    return Ok(());
+                }
+            };
             tracing::info!(
                 checkpointed = restored.checkpointed,
                 restored = restored.restored,
@@ -460,12 +470,11 @@ async fn run_relay(
         metrics,
         stopped(stop_rx.clone()),
     ));
-    let signal = shutdown_signal()?;
     println!("{ready}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    signal.await;
+    signals.recv().await;
     tracing::info!("shutting down: closing connections and flushing writes");
     let _ = stop_tx.send(true);
     let _ = accept_task.await;
@@ -487,22 +496,43 @@ async fn run_relay(
     Ok(())
 }
 
-/// Installs the SIGTERM and Ctrl-C handlers (before the ready line, so a signal sent the
-/// moment the relay says it is ready is not lost) and returns a future that resolves on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// The SIGTERM and SIGINT (Ctrl-C) handlers. Both are installed when this is built, unlike
+/// `tokio::signal::ctrl_c()`, which installs its handler only when first polled.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    Ok(async move {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> anyhow::Result<Self> {
         #[cfg(unix)]
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = ctrl_c => {}
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate())
+                    .context("cannot install the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt())
+                    .context("cannot install the SIGINT handler")?,
+            })
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-    })
+        Ok(ShutdownSignals {})
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT since installation (one that arrived earlier
+    /// resolves it at once). Cancel-safe: dropping the future loses no signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Creates the data directory (mode 0700: it holds the secret and the TLS key).
