@@ -133,25 +133,40 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     b.create(path)
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename), readable by the owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+/// Sets the Unix permission bits of `path` (nothing elsewhere).
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
     }
+}
+
+/// Writes `bytes` to `path` atomically, readable by the owner only (mode 0600): a temporary
+/// file of its own in the same directory, fsynced, renamed over `path`, then the directory
+/// fsynced. Each write has a unique temporary name, so writers of different files (or of one
+/// file) never write into each other's temporary file.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // tempfile creates the file with mode 0600 on Unix; set it anyway, whatever that default.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".weft-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    set_mode(tmp.path(), 0o600)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
@@ -173,6 +188,39 @@ mod tests {
             let mode = fs::metadata(dir.key_path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         }
+    }
+
+    #[test]
+    fn two_writers_of_different_files_never_swap_contents() {
+        use std::sync::{Arc, Barrier};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        // `device.pem` and `device.json` once shared the temporary name `device.tmp`.
+        let (pem, json) = (dir.key_path(), dir.info_path());
+        let barrier = Arc::new(Barrier::new(2));
+        let writer = |path: PathBuf, tag: &'static str| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    barrier.wait();
+                    write_private(&path, format!("{tag} {i}").as_bytes()).unwrap();
+                    barrier.wait();
+                    let text = fs::read_to_string(&path).unwrap();
+                    assert_eq!(text, format!("{tag} {i}"), "{}", path.display());
+                }
+            })
+        };
+        let a = writer(pem.clone(), "key");
+        let b = writer(json.clone(), "info");
+        a.join().unwrap();
+        b.join().unwrap();
+        // No temporary file is left behind.
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["device.json", "device.pem"]);
     }
 
     #[test]
