@@ -8,6 +8,10 @@
 //! | `weft.sock`   | while a long-running command holds the store: its socket    |
 //! | `outbox.json` | share/unshare/delete requests queued for the relay          |
 //! | `rejected/`   | local versions the relay refused (read-only), kept aside    |
+//!
+//! The directory and `rejected/` are mode 0700 and every file in them 0600 (Unix): the key,
+//! the documents and the request queue are this user's alone. The modes are set again on
+//! every start, so a directory made by hand or copied with looser modes is tightened.
 
 use std::fs;
 use std::io::Write;
@@ -82,10 +86,12 @@ impl DataDir {
         }
     }
 
-    /// Creates the directory and the device key if missing, and returns the key. A name, when
-    /// given, replaces the stored one.
+    /// Creates the directory and the device key if missing, makes the directory and its files
+    /// private (see the module docs), and returns the key. A name, when given, replaces the
+    /// stored one.
     pub fn init(&self, name: Option<&str>) -> Result<DeviceKey, DeviceError> {
         create_private_dir(&self.path).map_err(|e| self.err(format!("cannot create it: {e}")))?;
+        self.make_private()?;
         let key = match self.read_key()? {
             Some(k) => k,
             None => {
@@ -115,6 +121,45 @@ impl DataDir {
         }
     }
 
+    /// Sets mode 0700 on the directory and `rejected/`, and 0600 on the files this device
+    /// keeps in them, where they exist.
+    fn make_private(&self) -> Result<(), DeviceError> {
+        let fail = |path: &Path, e: std::io::Error| {
+            self.err(format!("cannot make {} private: {e}", path.display()))
+        };
+        set_mode(&self.path, 0o700).map_err(|e| fail(&self.path, e))?;
+        for file in [
+            self.store_path(),
+            self.key_path(),
+            self.info_path(),
+            self.outbox_path(),
+        ] {
+            set_mode_if_present(&file, 0o600).map_err(|e| fail(&file, e))?;
+        }
+        let rejected = self.rejected_path();
+        match fs::read_dir(&rejected) {
+            Ok(entries) => {
+                set_mode(&rejected, 0o700).map_err(|e| fail(&rejected, e))?;
+                for entry in entries {
+                    let path = entry.map_err(|e| fail(&rejected, e))?.path();
+                    if path.is_file() {
+                        set_mode_if_present(&path, 0o600).map_err(|e| fail(&path, e))?;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(&rejected, e)),
+        }
+        Ok(())
+    }
+
+    /// Sets mode 0600 on the store file, which the store creates with the default mode.
+    pub(crate) fn make_store_private(&self) -> Result<(), DeviceError> {
+        let path = self.store_path();
+        set_mode_if_present(&path, 0o600)
+            .map_err(|e| self.err(format!("cannot make {} private: {e}", path.display())))
+    }
+
     /// The device's display name, if one was set.
     pub fn name(&self) -> Option<String> {
         let text = fs::read(self.info_path()).ok()?;
@@ -122,7 +167,9 @@ impl DataDir {
     }
 }
 
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
+/// Creates `path` and its missing parents with mode 0700, and sets 0700 on `path` if it
+/// already existed.
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -130,7 +177,8 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(path)
+    b.create(path)?;
+    set_mode(path, 0o700)
 }
 
 /// Sets the Unix permission bits of `path` (nothing elsewhere).
@@ -144,6 +192,13 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     {
         let _ = (path, mode);
         Ok(())
+    }
+}
+
+fn set_mode_if_present(path: &Path, mode: u32) -> std::io::Result<()> {
+    match set_mode(path, mode) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -221,6 +276,42 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["device.json", "device.pem"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn init_makes_an_existing_directory_and_its_files_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let open_up = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("d"));
+        dir.init(Some("laptop")).unwrap();
+        // Someone loosens everything: the store, the queue and a rejected version too.
+        fs::write(dir.store_path(), b"").unwrap();
+        fs::write(dir.outbox_path(), b"[]").unwrap();
+        fs::create_dir(dir.rejected_path()).unwrap();
+        let rejected = dir.rejected_path().join("doc.automerge");
+        fs::write(&rejected, b"").unwrap();
+        let files = [
+            dir.store_path(),
+            dir.key_path(),
+            dir.info_path(),
+            dir.outbox_path(),
+            rejected,
+        ];
+        for file in &files {
+            open_up(file, 0o644).unwrap();
+        }
+        open_up(&dir.rejected_path(), 0o755).unwrap();
+        open_up(dir.path(), 0o755).unwrap();
+
+        dir.init(None).unwrap();
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&dir.rejected_path()), 0o700);
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -302,7 +302,8 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    create_data_dir(&args.data_dir)?;
+    // Created, or tightened if it exists: mode 0700, its secret, key and store 0600.
+    weft_relay::prepare_data_dir(&args.data_dir)?;
 
     let secret = match (&args.jwt_secret_file, args.dev) {
         (Some(path), _) => load_secret(path)?,
@@ -363,12 +364,14 @@ async fn run_relay(
     // default SIGINT would kill the relay without draining), and one that arrives while the
     // relay starts is answered once it is ready.
     let mut signals = ShutdownSignals::install()?;
-    let store_path = args.data_dir.join("relay.redb");
+    let store_path = args.data_dir.join(weft_relay::STORE_FILE);
     let (staging, writer) = weft_relay::store_limits();
     let kv: Arc<dyn KvStore> = Arc::new(
         RedbStore::open_with(&store_path, staging)
             .with_context(|| format!("cannot open the store {}", store_path.display()))?,
     );
+    // The store creates its file with the default mode.
+    weft_relay::make_file_private(&store_path)?;
     let group =
         Arc::new(GroupCommit::with_limits(kv, writer).context("cannot start the store writer")?);
     let metrics = Arc::new(weft_relay::Metrics::default());
@@ -533,17 +536,6 @@ impl ShutdownSignals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Creates the data directory (mode 0700: it holds the secret and the TLS key).
-fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

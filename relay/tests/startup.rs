@@ -1,4 +1,5 @@
-//! The `weft-relay serve` process around its start: signals that arrive early.
+//! The `weft-relay serve` process around its start: signals that arrive early, and what it
+//! leaves in its data directory.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -96,4 +97,57 @@ fn sigint_while_an_empty_relay_waits_for_postgres_exits_0() {
     drain(stderr);
     let status = exit_status(child);
     assert!(status.success(), "exit status {status}");
+}
+
+/// Starts the relay on `dir`, waits for its ready line and stops it with SIGTERM (exit 0).
+fn start_and_stop(dir: &std::path::Path) {
+    let mut child = spawn_relay(dir, &[]);
+    drain(BufReader::new(child.stderr.take().unwrap()));
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("weft-relay ready"), "{ready:?}");
+    send_signal(&child, "-TERM");
+    assert!(exit_status(child).success());
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_is_made_private_on_every_start() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("relay-data");
+    let (cert, key) = weft_relay::dev_cert_paths(&dir);
+    let tls = key.parent().unwrap().to_owned();
+    let store = dir.join(weft_relay::STORE_FILE);
+    let secret = dir.join(weft_relay::DEV_SECRET_FILE);
+    let check = || {
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tls), 0o700);
+        for file in [&store, &secret, &key] {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+    };
+
+    // The directory exists already, with the usual 0755: the store is created in it.
+    std::fs::create_dir(&dir).unwrap();
+    set(&dir, 0o755);
+    start_and_stop(&dir);
+    check();
+
+    // Everything loosened between two starts is tightened again.
+    for file in [&store, &secret, &key, &cert] {
+        set(file, 0o644);
+    }
+    set(&tls, 0o755);
+    set(&dir, 0o755);
+    start_and_stop(&dir);
+    check();
+    assert_eq!(mode(&cert), 0o644, "the certificate is public");
 }
