@@ -98,6 +98,16 @@ struct ServeArgs {
     )]
     postgres: Option<String>,
 
+    /// PEM certificates trusted to sign Postgres' certificate, for `sslmode=verify-ca` or
+    /// `verify-full` in the URL (the system's roots without it).
+    #[arg(
+        long,
+        env = "WEFT_POSTGRES_CA",
+        value_name = "FILE",
+        requires = "postgres"
+    )]
+    postgres_ca: Option<PathBuf>,
+
     /// How often to checkpoint into Postgres.
     #[arg(
         long,
@@ -416,7 +426,8 @@ async fn run_relay(
     let dirty = weft_relay::DirtyDocs::new();
     let checkpointer = match &args.postgres {
         Some(url) => {
-            let cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
+            let mut cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
+            cfg.postgres_ca = args.postgres_ca.clone();
             let start =
                 weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone());
             // An empty relay waits for Postgres as long as it takes: a signal ends the wait.

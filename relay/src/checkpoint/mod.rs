@@ -24,8 +24,11 @@
 //! 6. Start: migrations run in one transaction, then every checkpointed document the store
 //!    lacks is restored (content, owner, access list, deletion, index rows).
 //!
-//! Limits, for now: connections are plain TCP (`NoTls`: put Postgres on a private network or
-//! a local socket); merged-in changes reach the relay's devices when the document is next
+//! Connections use TLS as the URL's `sslmode` says (`disable`, `prefer`, `require`,
+//! `verify-ca`, `verify-full`; see `tls.rs`), trusting `--postgres-ca` or the system's roots.
+//! Every failure is logged once with its whole cause chain.
+//!
+//! Limits, for now: merged-in changes reach the relay's devices when the document is next
 //! loaded (after its eviction), not at once; a restore fills in documents the store lacks and
 //! leaves the ones it has alone.
 //!
@@ -35,7 +38,9 @@
 //! document however often it changes.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,10 +54,12 @@ use crate::metrics::Metrics;
 
 mod pg;
 mod prepare;
+mod tls;
 
 use pg::PgConn;
 pub use pg::RestoreStats;
 use prepare::{Prepared, Row};
+use tls::PgTarget;
 
 /// A document is not checkpointed again before this many times its last preparation time.
 const HOT_FACTOR: u32 = 10;
@@ -67,6 +74,26 @@ pub enum CheckpointError {
         /// The parser's reason.
         #[source]
         source: tokio_postgres::Error,
+    },
+    /// The URL's `sslmode` is not one of those supported.
+    #[error("sslmode {value:?} is not one of disable, prefer, require, verify-ca, verify-full")]
+    BadSslMode {
+        /// The value given (shortened).
+        value: String,
+    },
+    /// The `--postgres-ca` file cannot be read or holds no usable certificate.
+    #[error("cannot use {} as the Postgres CA: {reason}", path.display())]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TLS configuration for Postgres cannot be built.
+    #[error("cannot set up TLS for Postgres: {reason}")]
+    Tls {
+        /// What was wrong.
+        reason: String,
     },
     /// Postgres refused or failed a request, or the connection broke.
     #[error("Postgres failed")]
@@ -174,8 +201,11 @@ impl DirtyDocs {
 /// Checkpoint settings.
 #[derive(Clone, Debug)]
 pub struct CheckpointConfig {
-    /// The Postgres URL (`postgres://user@host:port/db` or key=value form).
+    /// The Postgres URL (`postgres://user@host:port/db` or key=value form), `sslmode` included.
     pub url: String,
+    /// PEM file of the roots trusted to sign Postgres' certificate (`sslmode=verify-ca` or
+    /// `verify-full`); the system's roots when `None`.
+    pub postgres_ca: Option<PathBuf>,
     /// How often dirty documents are written.
     pub interval: Duration,
     /// Documents per transaction.
@@ -195,6 +225,7 @@ impl CheckpointConfig {
     pub fn new(url: impl Into<String>, interval: Duration) -> Self {
         CheckpointConfig {
             url: url.into(),
+            postgres_ca: None,
             interval,
             batch_docs: 64,
             connect_timeout: Duration::from_secs(10),
@@ -220,6 +251,8 @@ pub struct RoundStats {
 /// migrates and restores), then [`Checkpointer::run`] it.
 pub struct Checkpointer {
     cfg: CheckpointConfig,
+    /// The parsed URL and its TLS connector.
+    target: PgTarget,
     group: Arc<GroupCommit>,
     dirty: Arc<DirtyDocs>,
     metrics: Arc<Metrics>,
@@ -239,15 +272,18 @@ impl Checkpointer {
     /// serving them; migrations and checkpoints follow when Postgres returns, and documents
     /// only Postgres has are not restored). A relay whose store is empty waits, retrying with
     /// backoff, since serving before the restore would make every checkpointed document
-    /// claimable. A bad URL or a newer schema fails at once.
+    /// claimable. A bad URL, `sslmode` or CA file, or a newer schema, fails at once.
     pub async fn start(
         cfg: CheckpointConfig,
         group: Arc<GroupCommit>,
         dirty: Arc<DirtyDocs>,
         metrics: Arc<Metrics>,
     ) -> Result<(Checkpointer, RestoreStats), CheckpointError> {
+        let target = PgTarget::new(&cfg.url, cfg.postgres_ca.as_deref())?;
+        tracing::info!(sslmode = ?target.mode, "connecting to Postgres");
         let mut cp = Checkpointer {
             cfg,
+            target,
             group,
             dirty,
             metrics,
@@ -273,12 +309,12 @@ impl Checkpointer {
                     .await?
                     .map_err(|source| CheckpointError::StoreWrite { source })?;
                     if !empty {
-                        tracing::warn!(error = %e, "Postgres is unreachable: serving from the relay's store; migrations and checkpoints follow when it returns");
+                        tracing::warn!(error = %Chain(&e), "Postgres is unreachable: serving from the relay's store; migrations and checkpoints follow when it returns");
                         Metrics::inc(&cp.metrics.checkpoint_failures);
                         return Ok((cp, RestoreStats::default()));
                     }
                     cp.failures = cp.failures.saturating_add(1);
-                    tracing::warn!(error = %e, "Postgres is unreachable and the relay's store is empty: waiting for it, to restore from it");
+                    tracing::warn!(error = %Chain(&e), retry_in = ?cp.backoff(), "Postgres is unreachable and the relay's store is empty: waiting for it, to restore from it");
                     tokio::time::sleep(cp.backoff()).await;
                 }
                 Err(e) => return Err(e),
@@ -287,7 +323,7 @@ impl Checkpointer {
     }
 
     async fn setup(&mut self) -> Result<RestoreStats, CheckpointError> {
-        let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+        let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
         self.migrate(&mut conn).await?;
         let stats = pg::restore(&mut conn, &self.group).await?;
         self.conn = Some(conn);
@@ -341,7 +377,7 @@ impl Checkpointer {
                 }
                 Err(e) => {
                     tracing::error!(
-                        error = %e,
+                        error = %Chain(&e),
                         dirty = self.dirty.len(),
                         "giving up on the final checkpoint; the changes stay in the relay's store"
                     );
@@ -401,7 +437,7 @@ impl Checkpointer {
                 Err(e) => {
                     self.failures = self.failures.saturating_add(1);
                     Metrics::inc(&self.metrics.checkpoint_failures);
-                    tracing::warn!(error = %e, failures = self.failures, pending = rest.len(), "checkpoint failed; will retry");
+                    tracing::warn!(error = %Chain(&e), failures = self.failures, pending = rest.len(), retry_in = ?self.backoff(), "checkpoint failed; will retry");
                     self.dirty.put_back(rest.iter().copied());
                     // The connection may be broken or mid-transaction: start afresh.
                     self.conn = None;
@@ -429,7 +465,7 @@ impl Checkpointer {
         batch: &[(DocId, Instant)],
     ) -> Result<RoundStats, CheckpointError> {
         if self.conn.as_ref().is_none_or(PgConn::is_closed) {
-            let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+            let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
             if !self.migrated {
                 self.migrate(&mut conn).await?;
             }
@@ -452,7 +488,7 @@ impl Checkpointer {
                 Err(e) => {
                     // One unreadable document must not hold up the others: it is retried
                     // after the longest backoff.
-                    tracing::error!(%doc, error = %e, "cannot checkpoint a document");
+                    tracing::error!(%doc, error = %Chain(&e), "cannot checkpoint a document");
                     Metrics::inc(&self.metrics.checkpoint_failures);
                     self.not_before
                         .insert(*doc, Instant::now() + self.cfg.max_backoff);
@@ -513,10 +549,31 @@ impl Checkpointer {
         }
         if !feed.is_empty() {
             if let Err(e) = self.group.submit(feed).await {
-                tracing::warn!(error = %e, "could not store merged checkpoint content");
+                tracing::warn!(error = %Chain(&e), "could not store merged checkpoint content");
             }
         }
         Ok(stats)
+    }
+}
+
+/// An error and its sources, `: `-separated, for one log line. A source whose text the
+/// previous one already ends with (a wrapper that prints its cause) is not repeated.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut next = self.0.source();
+        while let Some(err) = next {
+            let text = err.to_string();
+            if !last.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            next = err.source();
+        }
+        Ok(())
     }
 }
 
@@ -590,8 +647,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let kv: Arc<dyn weft_core::store::KvStore> = Arc::new(weft_core::store::MemStore::new());
         let group = Arc::new(GroupCommit::new(kv).unwrap());
+        let cfg = CheckpointConfig::new("postgres://localhost", Duration::from_secs(5));
         let mut cp = Checkpointer {
-            cfg: CheckpointConfig::new("postgres://localhost", Duration::from_secs(5)),
+            target: PgTarget::new(&cfg.url, None).unwrap(),
+            cfg,
             group,
             dirty: DirtyDocs::new(),
             metrics,
@@ -605,5 +664,29 @@ mod tests {
         assert_eq!(cp.backoff(), Duration::from_secs(2));
         cp.failures = 40;
         assert_eq!(cp.backoff(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_logged_error_names_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("the handshake failed: invalid peer certificate: UnknownIssuer")]
+        struct Printing(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("invalid peer certificate: UnknownIssuer")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("error performing TLS handshake")]
+        struct Silent(#[source] Inner);
+
+        let e = CheckpointError::Tls { reason: "x".into() };
+        assert_eq!(Chain(&e).to_string(), "cannot set up TLS for Postgres: x");
+        assert_eq!(
+            Chain(&Silent(Inner)).to_string(),
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(
+            Chain(&Printing(Inner)).to_string(),
+            "the handshake failed: invalid peer certificate: UnknownIssuer"
+        );
     }
 }
