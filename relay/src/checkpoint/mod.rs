@@ -38,24 +38,27 @@
 //! document however often it changes.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_core::store::docs::DocStoreError;
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{GroupCommit, StoreError, WriteBatch};
+use weft_core::store::{GroupCommit, WriteBatch};
 use weft_core::DocId;
 
 use crate::metrics::Metrics;
 
+mod dirty;
+mod error;
 mod pg;
 mod prepare;
 mod tls;
 
+pub use dirty::DirtyDocs;
+pub(crate) use error::Chain;
+pub use error::CheckpointError;
 use pg::PgConn;
 pub use pg::RestoreStats;
 use prepare::{Prepared, Row};
@@ -63,140 +66,6 @@ use tls::PgTarget;
 
 /// A document is not checkpointed again before this many times its last preparation time.
 const HOT_FACTOR: u32 = 10;
-
-/// Why a checkpoint (or the start of checkpointing) failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CheckpointError {
-    /// The Postgres URL does not parse.
-    #[error("invalid Postgres URL")]
-    BadUrl {
-        /// The parser's reason.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// The URL's `sslmode` is not one of those supported.
-    #[error("sslmode {value:?} is not one of disable, prefer, require, verify-ca, verify-full")]
-    BadSslMode {
-        /// The value given (shortened).
-        value: String,
-    },
-    /// The `--postgres-ca` file cannot be read or holds no usable certificate.
-    #[error("cannot use {} as the Postgres CA: {reason}", path.display())]
-    BadCa {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The TLS configuration for Postgres cannot be built.
-    #[error("cannot set up TLS for Postgres: {reason}")]
-    Tls {
-        /// What was wrong.
-        reason: String,
-    },
-    /// Postgres refused or failed a request, or the connection broke.
-    #[error("Postgres failed")]
-    Postgres {
-        /// The client's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// Postgres did not answer in time.
-    #[error("Postgres did not answer in time")]
-    Timeout,
-    /// The database was migrated by a newer relay.
-    #[error("the database has schema version {found}; this relay knows up to {known}")]
-    NewerSchema {
-        /// The newest version applied.
-        found: i64,
-        /// The newest this build knows.
-        known: u32,
-    },
-    /// Reading a document from the relay's store failed.
-    #[error("cannot read document {doc} from the relay's store")]
-    Store {
-        /// The document.
-        doc: DocId,
-        /// The store's error.
-        #[source]
-        source: DocStoreError,
-    },
-    /// Writing to the relay's store failed.
-    #[error("cannot write to the relay's store")]
-    StoreWrite {
-        /// The store's error.
-        #[source]
-        source: StoreError,
-    },
-    /// The relay's and Postgres' versions of a document do not merge.
-    #[error("document {doc}: the checkpointed content does not merge with the relay's")]
-    Merge {
-        /// The document.
-        doc: DocId,
-        /// Automerge's reason.
-        #[source]
-        source: weft_core::DocError,
-    },
-    /// A blocking task panicked or was cancelled.
-    #[error("a checkpoint task failed")]
-    TaskFailed,
-}
-
-/// The documents changed since their last checkpoint, each with when it first became dirty.
-/// Shared by the hub (which marks) and the checkpointer (which takes).
-#[derive(Debug, Default)]
-pub struct DirtyDocs {
-    inner: Mutex<HashMap<DocId, Instant>>,
-}
-
-impl DirtyDocs {
-    /// An empty set.
-    pub fn new() -> Arc<DirtyDocs> {
-        Arc::new(DirtyDocs::default())
-    }
-
-    /// Marks `doc` changed (keeping the earliest time if it already is). One map insert under
-    /// a mutex never held across an await: cheap enough for the hub's loop.
-    pub fn mark(&self, doc: DocId) {
-        self.lock().entry(doc).or_insert_with(Instant::now);
-    }
-
-    /// How many documents wait for a checkpoint.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none does.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocId, Instant>> {
-        // The map stays consistent whatever panicked while holding it: a plain insert/remove.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn take(&self, ready: impl Fn(&DocId) -> bool) -> Vec<(DocId, Instant)> {
-        let mut map = self.lock();
-        let docs: Vec<DocId> = map.keys().filter(|d| ready(d)).copied().collect();
-        docs.into_iter()
-            .filter_map(|d| map.remove(&d).map(|t| (d, t)))
-            .collect()
-    }
-
-    fn put_back(&self, docs: impl IntoIterator<Item = (DocId, Instant)>) {
-        let mut map = self.lock();
-        for (doc, since) in docs {
-            let t = map.entry(doc).or_insert(since);
-            *t = (*t).min(since);
-        }
-    }
-
-    fn oldest(&self) -> Option<Instant> {
-        self.lock().values().min().copied()
-    }
-}
 
 /// Checkpoint settings.
 #[derive(Clone, Debug)]
@@ -556,27 +425,6 @@ impl Checkpointer {
     }
 }
 
-/// An error and its sources, `: `-separated, for one log line. A source whose text the
-/// previous one already ends with (a wrapper that prints its cause) is not repeated.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut last = self.0.to_string();
-        f.write_str(&last)?;
-        let mut next = self.0.source();
-        while let Some(err) = next {
-            let text = err.to_string();
-            if !last.ends_with(&text) {
-                write!(f, ": {text}")?;
-            }
-            last = text;
-            next = err.source();
-        }
-        Ok(())
-    }
-}
-
 /// Blocking threads preparing one batch's rows at once.
 const PREPARE_WORKERS: usize = 2;
 
@@ -618,30 +466,6 @@ async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
 
-    const A: DocId = DocId::from_bytes([1; 16]);
-    const B: DocId = DocId::from_bytes([2; 16]);
-
-    #[test]
-    fn a_document_marked_twice_keeps_its_first_time_and_a_failed_take_is_put_back() {
-        let dirty = DirtyDocs::default();
-        dirty.mark(A);
-        let first = dirty.oldest().unwrap();
-        dirty.mark(A);
-        dirty.mark(B);
-        assert_eq!(dirty.len(), 2);
-        assert_eq!(dirty.oldest(), Some(first));
-
-        let taken = dirty.take(|d| *d == A);
-        assert_eq!(taken.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [A]);
-        assert_eq!(dirty.len(), 1);
-        // A changes again while its checkpoint fails: the earlier time wins when it goes back.
-        dirty.mark(A);
-        dirty.put_back(taken);
-        assert_eq!(dirty.oldest(), Some(first));
-        assert_eq!(dirty.take(|_| true).len(), 2);
-        assert!(dirty.is_empty());
-    }
-
     #[test]
     fn backoff_doubles_up_to_its_cap() {
         let metrics = Arc::new(Metrics::default());
@@ -664,29 +488,5 @@ mod tests {
         assert_eq!(cp.backoff(), Duration::from_secs(2));
         cp.failures = 40;
         assert_eq!(cp.backoff(), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn a_logged_error_names_every_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("the handshake failed: invalid peer certificate: UnknownIssuer")]
-        struct Printing(#[source] Inner);
-        #[derive(Debug, thiserror::Error)]
-        #[error("invalid peer certificate: UnknownIssuer")]
-        struct Inner;
-        #[derive(Debug, thiserror::Error)]
-        #[error("error performing TLS handshake")]
-        struct Silent(#[source] Inner);
-
-        let e = CheckpointError::Tls { reason: "x".into() };
-        assert_eq!(Chain(&e).to_string(), "cannot set up TLS for Postgres: x");
-        assert_eq!(
-            Chain(&Silent(Inner)).to_string(),
-            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
-        );
-        assert_eq!(
-            Chain(&Printing(Inner)).to_string(),
-            "the handshake failed: invalid peer certificate: UnknownIssuer"
-        );
     }
 }
