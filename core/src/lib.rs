@@ -7,10 +7,13 @@
 //! - [`host`]: the engine wired to a store (persist, load, compaction), shared by drivers.
 //! - `quic` (feature `quic`): the QUIC transport devices and the relay share: device keys,
 //!   TLS configuration, framed streams and datagrams.
+//! - [`AcceptBackoff`]: how the relay's and the device's accept loops wait after a failed
+//!   accept (out of file descriptors and the like).
 //! - [`store`]: the storage trait, its redb and in-memory implementations, group commit and the
 //!   document store. The engine never calls the store: drivers connect the two.
 #![deny(missing_docs, unreachable_pub)]
 
+mod accept;
 pub mod check;
 mod doc;
 pub mod engine;
@@ -25,6 +28,7 @@ mod role;
 pub mod store;
 pub mod wire;
 
+pub use accept::{AcceptBackoff, AcceptPause, ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX};
 /// Automerge, re-exported so every crate uses the version weft-core chose.
 pub use automerge;
 pub use doc::{hash_hex, parse_change, DocError, Document};

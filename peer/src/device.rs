@@ -324,6 +324,8 @@ impl Device {
             DocStoreError::Store { source } => DeviceError::Store(source),
             other => DeviceError::DocStore(other),
         })?;
+        // The store creates its file with the default mode.
+        dir.make_store_private()?;
         let store: Arc<dyn KvStore> = Arc::new(store);
         let metas = {
             let store = store.clone();
@@ -917,7 +919,7 @@ impl Driver {
         let kept = saved.and_then(|bytes| {
             let dir = self.dir.rejected_path();
             let path = dir.join(format!("{doc}-{}.automerge", unix_ms()));
-            let r = std::fs::create_dir_all(&dir)
+            let r = crate::dir::create_private_dir(&dir)
                 .and_then(|()| crate::dir::write_private(&path, &bytes));
             match r {
                 Ok(()) => Some(path),

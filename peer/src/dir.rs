@@ -8,6 +8,10 @@
 //! | `weft.sock`   | while a long-running command holds the store: its socket    |
 //! | `outbox.json` | share/unshare/delete requests queued for the relay          |
 //! | `rejected/`   | local versions the relay refused (read-only), kept aside    |
+//!
+//! The directory and `rejected/` are mode 0700 and every file in them 0600 (Unix): the key,
+//! the documents and the request queue are this user's alone. The modes are set again on
+//! every start, so a directory made by hand or copied with looser modes is tightened.
 
 use std::fs;
 use std::io::Write;
@@ -82,10 +86,12 @@ impl DataDir {
         }
     }
 
-    /// Creates the directory and the device key if missing, and returns the key. A name, when
-    /// given, replaces the stored one.
+    /// Creates the directory and the device key if missing, makes the directory and its files
+    /// private (see the module docs), and returns the key. A name, when given, replaces the
+    /// stored one.
     pub fn init(&self, name: Option<&str>) -> Result<DeviceKey, DeviceError> {
         create_private_dir(&self.path).map_err(|e| self.err(format!("cannot create it: {e}")))?;
+        self.make_private()?;
         let key = match self.read_key()? {
             Some(k) => k,
             None => {
@@ -115,6 +121,45 @@ impl DataDir {
         }
     }
 
+    /// Sets mode 0700 on the directory and `rejected/`, and 0600 on the files this device
+    /// keeps in them, where they exist.
+    fn make_private(&self) -> Result<(), DeviceError> {
+        let fail = |path: &Path, e: std::io::Error| {
+            self.err(format!("cannot make {} private: {e}", path.display()))
+        };
+        set_mode(&self.path, 0o700).map_err(|e| fail(&self.path, e))?;
+        for file in [
+            self.store_path(),
+            self.key_path(),
+            self.info_path(),
+            self.outbox_path(),
+        ] {
+            set_mode_if_present(&file, 0o600).map_err(|e| fail(&file, e))?;
+        }
+        let rejected = self.rejected_path();
+        match fs::read_dir(&rejected) {
+            Ok(entries) => {
+                set_mode(&rejected, 0o700).map_err(|e| fail(&rejected, e))?;
+                for entry in entries {
+                    let path = entry.map_err(|e| fail(&rejected, e))?.path();
+                    if path.is_file() {
+                        set_mode_if_present(&path, 0o600).map_err(|e| fail(&path, e))?;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(&rejected, e)),
+        }
+        Ok(())
+    }
+
+    /// Sets mode 0600 on the store file, which the store creates with the default mode.
+    pub(crate) fn make_store_private(&self) -> Result<(), DeviceError> {
+        let path = self.store_path();
+        set_mode_if_present(&path, 0o600)
+            .map_err(|e| self.err(format!("cannot make {} private: {e}", path.display())))
+    }
+
     /// The device's display name, if one was set.
     pub fn name(&self) -> Option<String> {
         let text = fs::read(self.info_path()).ok()?;
@@ -122,7 +167,9 @@ impl DataDir {
     }
 }
 
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
+/// Creates `path` and its missing parents with mode 0700, and sets 0700 on `path` if it
+/// already existed.
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -130,28 +177,51 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(path)
+    b.create(path)?;
+    set_mode(path, 0o700)
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename), readable by the owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+/// Sets the Unix permission bits of `path` (nothing elsewhere).
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
     }
+}
+
+fn set_mode_if_present(path: &Path, mode: u32) -> std::io::Result<()> {
+    match set_mode(path, mode) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes `bytes` to `path` atomically, readable by the owner only (mode 0600): a temporary
+/// file of its own in the same directory, fsynced, renamed over `path`, then the directory
+/// fsynced. Each write has a unique temporary name, so writers of different files (or of one
+/// file) never write into each other's temporary file.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // tempfile creates the file with mode 0600 on Unix; set it anyway, whatever that default.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".weft-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    set_mode(tmp.path(), 0o600)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
@@ -172,6 +242,75 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(dir.key_path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn two_writers_of_different_files_never_swap_contents() {
+        use std::sync::{Arc, Barrier};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        // `device.pem` and `device.json` once shared the temporary name `device.tmp`.
+        let (pem, json) = (dir.key_path(), dir.info_path());
+        let barrier = Arc::new(Barrier::new(2));
+        let writer = |path: PathBuf, tag: &'static str| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    barrier.wait();
+                    write_private(&path, format!("{tag} {i}").as_bytes()).unwrap();
+                    barrier.wait();
+                    let text = fs::read_to_string(&path).unwrap();
+                    assert_eq!(text, format!("{tag} {i}"), "{}", path.display());
+                }
+            })
+        };
+        let a = writer(pem.clone(), "key");
+        let b = writer(json.clone(), "info");
+        a.join().unwrap();
+        b.join().unwrap();
+        // No temporary file is left behind.
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["device.json", "device.pem"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn init_makes_an_existing_directory_and_its_files_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let open_up = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("d"));
+        dir.init(Some("laptop")).unwrap();
+        // Someone loosens everything: the store, the queue and a rejected version too.
+        fs::write(dir.store_path(), b"").unwrap();
+        fs::write(dir.outbox_path(), b"[]").unwrap();
+        fs::create_dir(dir.rejected_path()).unwrap();
+        let rejected = dir.rejected_path().join("doc.automerge");
+        fs::write(&rejected, b"").unwrap();
+        let files = [
+            dir.store_path(),
+            dir.key_path(),
+            dir.info_path(),
+            dir.outbox_path(),
+            rejected,
+        ];
+        for file in &files {
+            open_up(file, 0o644).unwrap();
+        }
+        open_up(&dir.rejected_path(), 0o755).unwrap();
+        open_up(dir.path(), 0o755).unwrap();
+
+        dir.init(None).unwrap();
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&dir.rejected_path()), 0o700);
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
         }
     }
 

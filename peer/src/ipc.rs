@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use weft_core::AcceptBackoff;
 
 use crate::cli::{self, exit, Command, Failure, Out, Sink};
 use crate::Device;
@@ -65,10 +66,28 @@ pub fn serve(
     let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
     Ok(tokio::spawn(async move {
         let mut clients = tokio::task::JoinSet::new();
+        let mut backoff = AcceptBackoff::new();
         loop {
             tokio::select! {
                 r = listener.accept() => {
-                    let Ok((stream, _)) = r else { continue };
+                    let stream = match r {
+                        Ok((stream, _)) => {
+                            backoff.succeeded();
+                            stream
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: the next accept would
+                            // fail the same way at once, so wait.
+                            let pause = backoff.failed(&e);
+                            if pause.log {
+                                tracing::warn!(error = %e, wait = ?pause.wait, failures = pause.failures, "accepting a local socket connection failed");
+                            }
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                _ = tokio::time::sleep(pause.wait) => continue,
+                            }
+                        }
+                    };
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         drop(stream);
                         continue;

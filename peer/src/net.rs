@@ -342,7 +342,12 @@ fn unix_secs() -> u64 {
     crate::unix_ms() / 1000
 }
 
-/// When to look for a fresh token: a minute before `exp`, or halfway there for short tokens.
+/// The longest wait before looking at the token again: a token may say `exp` is u64::MAX
+/// seconds away, and an `Instant` that far ahead overflows.
+const MAX_REFRESH_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// When to look for a fresh token: a minute before `exp`, or halfway there for short tokens,
+/// and at most [`MAX_REFRESH_DELAY`] from now.
 fn refresh_delay(exp: Option<u64>) -> Duration {
     let Some(exp) = exp else {
         return Duration::from_secs(3600);
@@ -350,7 +355,7 @@ fn refresh_delay(exp: Option<u64>) -> Duration {
     let now = unix_secs();
     let left = exp.saturating_sub(now);
     let early = if left > 120 { left - 60 } else { left / 2 };
-    Duration::from_secs(early.max(1))
+    Duration::from_secs(early.max(1)).min(MAX_REFRESH_DELAY)
 }
 
 async fn connect_and_run(
@@ -824,5 +829,19 @@ mod tests {
         assert_eq!(token_exp("garbage"), None);
         assert!(refresh_delay(Some(unix_secs() + 3600)) >= Duration::from_secs(3000));
         assert!(refresh_delay(Some(unix_secs() + 10)) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_token_that_never_expires_is_looked_at_again_within_the_cap() {
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"sub":"a","exp":{}}}"#, u64::MAX));
+        let exp = token_exp(&format!("x.{body}.y"));
+        assert_eq!(exp, Some(u64::MAX));
+        let delay = refresh_delay(exp);
+        assert_eq!(delay, MAX_REFRESH_DELAY);
+        // What the link does with it: an instant that far ahead must not overflow.
+        let _ = tokio::time::Instant::now() + delay;
+        let _ = tokio::time::Instant::now() + refresh_delay(exp).min(Duration::from_secs(10));
     }
 }

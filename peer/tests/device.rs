@@ -314,3 +314,18 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
     a.close().await;
     b.close().await;
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_private_even_in_a_directory_that_already_existed() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = DataDir::new(tmp.path());
+    let device = Device::open(dir.clone()).await.unwrap();
+    assert_eq!(mode(dir.path()), 0o700);
+    assert_eq!(mode(&dir.store_path()), 0o600);
+    assert_eq!(mode(&dir.key_path()), 0o600);
+    device.close().await;
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use weft_core::AcceptBackoff;
 
 use crate::metrics::Metrics;
 
@@ -24,12 +25,30 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut conns = JoinSet::new();
+    let mut backoff = AcceptBackoff::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Ok((mut sock, _)) = accepted else { continue };
+                let mut sock = match accepted {
+                    Ok((sock, _)) => {
+                        backoff.succeeded();
+                        sock
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: the next accept would fail
+                        // the same way at once, so wait.
+                        let pause = backoff.failed(&e);
+                        if pause.log {
+                            tracing::warn!(error = %e, wait = ?pause.wait, failures = pause.failures, "accepting an HTTP connection failed");
+                        }
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(pause.wait) => continue,
+                        }
+                    }
+                };
                 if conns.len() >= MAX_CONNECTIONS {
                     continue;
                 }

@@ -1299,7 +1299,8 @@ impl Hub {
         let expired: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.claims.exp + leeway < now)
+            // An issuer may write any `exp` up to u64::MAX: saturate rather than overflow.
+            .filter(|(_, c)| c.claims.exp.saturating_add(leeway) < now)
             .map(|(id, _)| *id)
             .collect();
         for conn in expired {

@@ -39,6 +39,7 @@
 mod access;
 mod auth;
 mod checkpoint;
+mod datadir;
 mod discovery;
 mod http;
 mod hub;
@@ -57,6 +58,7 @@ pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN
 pub use checkpoint::{
     CheckpointConfig, CheckpointError, Checkpointer, DirtyDocs, RestoreStats, RoundStats,
 };
+pub use datadir::{make_file_private, prepare_data_dir, DataDirError, STORE_FILE};
 pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound, Quotas};
 pub use metrics::Metrics;

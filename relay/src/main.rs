@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,6 +97,16 @@ struct ServeArgs {
         hide_env_values = true
     )]
     postgres: Option<String>,
+
+    /// PEM certificates trusted to sign Postgres' certificate, for `sslmode=verify-ca` or
+    /// `verify-full` in the URL (the system's roots without it).
+    #[arg(
+        long,
+        env = "WEFT_POSTGRES_CA",
+        value_name = "FILE",
+        requires = "postgres"
+    )]
+    postgres_ca: Option<PathBuf>,
 
     /// How often to checkpoint into Postgres.
     #[arg(
@@ -372,7 +382,8 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    create_data_dir(&args.data_dir)?;
+    // Created, or tightened if it exists: mode 0700, its secret, key and store 0600.
+    weft_relay::prepare_data_dir(&args.data_dir)?;
 
     let secret = match (&args.jwt_secret_file, args.dev) {
         (Some(path), _) => load_secret(path)?,
@@ -429,7 +440,11 @@ async fn run_relay(
     use std::sync::Arc;
     use weft_core::store::{erase, GroupCommit, KvStore};
 
-    let store_path = args.data_dir.join("relay.redb");
+    // Before anything is opened or bound: a SIGINT or SIGTERM from here on is caught (a
+    // default SIGINT would kill the relay without draining), and one that arrives while the
+    // relay starts is answered once it is ready.
+    let mut signals = ShutdownSignals::install()?;
+    let store_path = args.data_dir.join(weft_relay::STORE_FILE);
     let (staging, writer) = weft_relay::store_limits();
     // Deleted documents' content is erased, and the file rewritten without it, before
     // anything is served (see `weft_core::store::erase`).
@@ -440,6 +455,8 @@ async fn run_relay(
             .context("the store open task failed")?
             .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     let kv: Arc<dyn KvStore> = Arc::new(store);
+    // The store creates its file with the default mode.
+    weft_relay::make_file_private(&store_path)?;
     let group =
         Arc::new(GroupCommit::with_limits(kv, writer).context("cannot start the store writer")?);
     let metrics = Arc::new(weft_relay::Metrics::default());
@@ -484,11 +501,18 @@ async fn run_relay(
     let dirty = weft_relay::DirtyDocs::new();
     let checkpointer = match &args.postgres {
         Some(url) => {
-            let cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
-            let (checkpointer, restored) =
-                weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
-                    .await
-                    .context("cannot start Postgres checkpoints")?;
+            let mut cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
+            cfg.postgres_ca = args.postgres_ca.clone();
+            let start =
+                weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone());
+            // An empty relay waits for Postgres as long as it takes: a signal ends the wait.
+            let (checkpointer, restored) = tokio::select! {
+                started = start => started.context("cannot start Postgres checkpoints")?,
+                () = signals.recv() => {
+                    tracing::info!("stopped while waiting for Postgres; nothing was served");
+                    return Ok(());
+                }
+            };
             tracing::info!(
                 checkpointed = restored.checkpointed,
                 restored = restored.restored,
@@ -555,12 +579,11 @@ async fn run_relay(
         metrics,
         stopped(stop_rx.clone()),
     ));
-    let signal = shutdown_signal()?;
     println!("{ready}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    signal.await;
+    signals.recv().await;
     tracing::info!("shutting down: closing connections and flushing writes");
     let _ = stop_tx.send(true);
     let _ = accept_task.await;
@@ -582,33 +605,43 @@ async fn run_relay(
     Ok(())
 }
 
-/// Installs the SIGTERM and Ctrl-C handlers (before the ready line, so a signal sent the
-/// moment the relay says it is ready is not lost) and returns a future that resolves on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// The SIGTERM and SIGINT (Ctrl-C) handlers. Both are installed when this is built, unlike
+/// `tokio::signal::ctrl_c()`, which installs its handler only when first polled.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    Ok(async move {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = ctrl_c => {}
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-    })
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-/// Creates the data directory (mode 0700: it holds the secret and the TLS key).
-fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+impl ShutdownSignals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate())
+                    .context("cannot install the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt())
+                    .context("cannot install the SIGINT handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT since installation (one that arrived earlier
+    /// resolves it at once). Cancel-safe: dropping the future loses no signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -238,6 +238,10 @@ async fn serve_connection(
     let hello = tokio::time::timeout(limits.hello_timeout, reader.recv())
         .await
         .map_err(|_| "no hello in time".to_string())?;
+    // Received bytes are counted as they are read: stream frames from the reader's running
+    // total, datagrams by their length (as the WebSocket side counts its frames).
+    let mut counted = reader.frame_bytes();
+    Metrics::add(&metrics.bytes_in, counted);
     let token = match hello {
         Ok(Some(Message::Hello {
             protocol,
@@ -372,7 +376,12 @@ async fn serve_connection(
         loop {
             let (msg, via) = tokio::select! {
                 r = reader.recv() => match r {
-                    Ok(Some(msg)) => (msg, "stream"),
+                    Ok(Some(msg)) => {
+                        let total = reader.frame_bytes();
+                        Metrics::add(&metrics.bytes_in, total - counted);
+                        counted = total;
+                        (msg, "stream")
+                    }
                     Ok(None) => return "stream finished".to_string(),
                     Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
                     Err(e) => {
@@ -383,15 +392,18 @@ async fn serve_connection(
                     }
                 },
                 d = connection.read_datagram() => match d {
-                    Ok(datagram) => match decode_datagram(&datagram, limits.max_frame) {
-                        Ok(msg) => (msg, "datagram"),
-                        Err(e) => {
-                            Metrics::inc(&metrics.protocol_errors);
-                            tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid datagram");
-                            connection.close(close_code(ErrorCode::MALFORMED), b"invalid datagram");
-                            return format!("invalid datagram: {e}");
+                    Ok(datagram) => {
+                        Metrics::add(&metrics.bytes_in, datagram.len() as u64);
+                        match decode_datagram(&datagram, limits.max_frame) {
+                            Ok(msg) => (msg, "datagram"),
+                            Err(e) => {
+                                Metrics::inc(&metrics.protocol_errors);
+                                tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid datagram");
+                                connection.close(close_code(ErrorCode::MALFORMED), b"invalid datagram");
+                                return format!("invalid datagram: {e}");
+                            }
                         }
-                    },
+                    }
                     Err(e) => return format!("connection lost: {e}"),
                 },
             };

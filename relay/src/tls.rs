@@ -210,6 +210,13 @@ pub fn ensure_dev_cert(data_dir: &Path) -> Result<TlsIdentity, TlsError> {
         .prefix(".tls.")
         .tempdir_in(data_dir)
         .map_err(write_err(data_dir))?;
+    // The directory holds the private key: the relay's alone (the umask decides otherwise).
+    #[cfg(unix)]
+    fs::set_permissions(
+        staging.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(write_err(staging.path()))?;
     write_new_file(
         &staging.path().join(KEY_FILE),
         generated.signing_key.serialize_pem().as_bytes(),

@@ -387,3 +387,25 @@ async fn loads_beyond_max_loads_wait_their_turn_and_all_complete() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_token_whose_exp_is_the_largest_number_survives_the_expiry_sweep() {
+    let relay = start_relay();
+    let doc = DocId::from_bytes([44; 16]);
+    // Alice's issuer wrote the largest `exp` a token can carry.
+    let mut forever = Claims::new("alice", now(), 3600).with_create(true);
+    forever.exp = u64::MAX;
+    let mut alice = Device::connect(&relay.events, 1, forever).await;
+    // Bob's token expired long ago: the sweep closing his connection shows that it ran over
+    // every connection, Alice's included, without overflowing.
+    let mut bob = Device::connect(&relay.events, 2, Claims::new("bob", 0, 0)).await;
+    while bob.next().await.is_some() {}
+    assert_eq!(bob.errors, [(ErrorCode::UNAUTHENTICATED, None)]);
+
+    // Alice is still served.
+    alice.new_doc(doc);
+    alice.write(doc, "still-here");
+    alice.send(Message::Subscribe { doc }).await;
+    alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    assert!(!alice.closed);
+}

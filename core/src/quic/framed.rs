@@ -85,6 +85,8 @@ pub struct FrameReader {
     body_len: Option<usize>,
     body: Vec<u8>,
     state: ReaderState,
+    /// Bytes (headers and bodies) of the whole frames read so far.
+    frame_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,7 @@ impl FrameReader {
             body_len: None,
             body: Vec::new(),
             state: ReaderState::Open,
+            frame_bytes: 0,
         }
     }
 
@@ -195,6 +198,8 @@ impl FrameReader {
     /// Decodes the completed frame (from `whole` or the buffer) and resets for the next one.
     fn take_message(&mut self, whole: Option<&[u8]>) -> Result<Message, TransportError> {
         let message = wire::decode_body(whole.unwrap_or(&self.body));
+        let body_len = self.body_len.unwrap_or(0);
+        self.frame_bytes += (FRAME_HEADER_LEN + body_len) as u64;
         self.header_len = 0;
         self.body_len = None;
         if self.body.capacity() > RETAINED_BODY_CAPACITY {
@@ -208,6 +213,12 @@ impl FrameReader {
     /// The largest body accepted.
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// Bytes (headers included) of every whole frame read so far, valid or not: what a
+    /// metric of received bytes counts.
+    pub fn frame_bytes(&self) -> u64 {
+        self.frame_bytes
     }
 
     /// The underlying stream (to `stop` it, read its id, ...). Reading from it directly breaks

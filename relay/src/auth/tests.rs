@@ -1,6 +1,24 @@
-use jsonwebtoken::crypto::sign;
-
 use super::*;
+
+/// The HMAC algorithms a crafted token may be signed with.
+#[derive(Clone, Copy)]
+#[allow(clippy::upper_case_acronyms)]
+enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+}
+
+/// The base64url HMAC of `message` under the relay's secret with `alg`.
+fn sign(message: &str, alg: Algorithm) -> String {
+    let alg = match alg {
+        Algorithm::HS256 => ring::hmac::HMAC_SHA256,
+        Algorithm::HS384 => ring::hmac::HMAC_SHA384,
+        Algorithm::HS512 => ring::hmac::HMAC_SHA512,
+    };
+    let key = ring::hmac::Key::new(alg, secret().as_bytes());
+    URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, message.as_bytes()))
+}
 
 const NOW: u64 = 1_700_000_000;
 
@@ -32,9 +50,8 @@ fn b64(json: &str) -> String {
 /// (or with an empty signature when `alg` is `None`).
 fn craft(header: &str, payload: &str, alg: Option<Algorithm>) -> String {
     let message = format!("{}.{}", b64(header), b64(payload));
-    let key = EncodingKey::from_secret(secret().as_bytes());
     let signature = match alg {
-        Some(alg) => sign(message.as_bytes(), &key, alg).unwrap(),
+        Some(alg) => sign(&message, alg),
         None => String::new(),
     };
     format!("{message}.{signature}")
@@ -42,8 +59,7 @@ fn craft(header: &str, payload: &str, alg: Option<Algorithm>) -> String {
 
 /// `message` with a valid HS256 signature under the relay's secret appended.
 fn signed(message: &str) -> String {
-    let key = EncodingKey::from_secret(secret().as_bytes());
-    let signature = sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    let signature = sign(message, Algorithm::HS256);
     format!("{message}.{signature}")
 }
 
@@ -540,4 +556,25 @@ fn doc_grants_default_to_rw_and_accept_urls() {
     assert!(grant(format!("{id}:admin")).is_err());
     assert!(grant("nope:ro".to_owned()).is_err());
     assert!(grant(String::new()).is_err());
+}
+
+/// A token minted by the relay before its HMAC moved to ring (with the `jsonwebtoken` crate,
+/// under `secret()`): alice, iat `NOW`, a day long, `docs` {doc(1): rw, doc(2): ro}, `create`,
+/// `aud` weft-relay, `iss` https://auth.example.
+const MINTED_BY_JSONWEBTOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDg2NDAwLCJkb2NzIjp7IjJkNm85blBqSnRoa2VqWFF0TFdKSkdzZnRvNCI6InJvIiwicDN1NVBoTjl3ck5wc0dDd2ZrZWVmMkx6RjkiOiJydyJ9LCJjcmVhdGUiOnRydWUsImFkbWluIjpmYWxzZSwiYXVkIjoid2VmdC1yZWxheSIsImlzcyI6Imh0dHBzOi8vYXV0aC5leGFtcGxlIn0.YhPpwLcqftfIjX-tXf7fu4nx14Z1oISNMyCJ2EZurgY";
+
+#[test]
+fn a_token_minted_before_verifies_and_is_minted_the_same_today() {
+    let claims = Claims::new("alice", NOW, 86_400)
+        .with_doc(doc(1), Role::ReadWrite)
+        .with_doc(doc(2), Role::ReadOnly)
+        .with_create(true)
+        .with_audience("weft-relay")
+        .with_issuer("https://auth.example");
+    let strict = Verifier::new(&secret())
+        .with_audience("weft-relay")
+        .with_issuer("https://auth.example");
+    assert_eq!(strict.verify(MINTED_BY_JSONWEBTOKEN, NOW).unwrap(), claims);
+    // Same header, same claims JSON, same signature: byte for byte.
+    assert_eq!(mint(&claims), MINTED_BY_JSONWEBTOKEN);
 }

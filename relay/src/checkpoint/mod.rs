@@ -31,8 +31,11 @@
 //!    documents, a plain `VACUUM` of `weft_documents` and `weft_messages` removes the dead row
 //!    versions holding the old content (best-effort).
 //!
-//! Limits, for now: connections are plain TCP (`NoTls`: put Postgres on a private network or
-//! a local socket); merged-in changes reach the relay's devices when the document is next
+//! Connections use TLS as the URL's `sslmode` says (`disable`, `prefer`, `require`,
+//! `verify-ca`, `verify-full`; see `tls.rs`), trusting `--postgres-ca` or the system's roots.
+//! Every failure is logged once with its whole cause chain.
+//!
+//! Limits, for now: merged-in changes reach the relay's devices when the document is next
 //! loaded (after its eviction), not at once; a restore fills in documents the store lacks and
 //! leaves the ones it has alone.
 //!
@@ -43,146 +46,42 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_core::store::docs::DocStoreError;
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{GroupCommit, StoreError, WriteBatch};
+use weft_core::store::{GroupCommit, WriteBatch};
 use weft_core::DocId;
 
 use crate::metrics::Metrics;
 
+mod dirty;
+mod error;
 mod pg;
 mod prepare;
+mod tls;
 
+pub use dirty::DirtyDocs;
+pub(crate) use error::Chain;
+pub use error::CheckpointError;
 use pg::PgConn;
 pub use pg::RestoreStats;
 use prepare::{Prepared, Row};
+use tls::PgTarget;
 
 /// A document is not checkpointed again before this many times its last preparation time.
 const HOT_FACTOR: u32 = 10;
 
-/// Why a checkpoint (or the start of checkpointing) failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CheckpointError {
-    /// The Postgres URL does not parse.
-    #[error("invalid Postgres URL")]
-    BadUrl {
-        /// The parser's reason.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// Postgres refused or failed a request, or the connection broke.
-    #[error("Postgres failed")]
-    Postgres {
-        /// The client's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// Postgres did not answer in time.
-    #[error("Postgres did not answer in time")]
-    Timeout,
-    /// The database was migrated by a newer relay.
-    #[error("the database has schema version {found}; this relay knows up to {known}")]
-    NewerSchema {
-        /// The newest version applied.
-        found: i64,
-        /// The newest this build knows.
-        known: u32,
-    },
-    /// Reading a document from the relay's store failed.
-    #[error("cannot read document {doc} from the relay's store")]
-    Store {
-        /// The document.
-        doc: DocId,
-        /// The store's error.
-        #[source]
-        source: DocStoreError,
-    },
-    /// Writing to the relay's store failed.
-    #[error("cannot write to the relay's store")]
-    StoreWrite {
-        /// The store's error.
-        #[source]
-        source: StoreError,
-    },
-    /// The relay's and Postgres' versions of a document do not merge.
-    #[error("document {doc}: the checkpointed content does not merge with the relay's")]
-    Merge {
-        /// The document.
-        doc: DocId,
-        /// Automerge's reason.
-        #[source]
-        source: weft_core::DocError,
-    },
-    /// A blocking task panicked or was cancelled.
-    #[error("a checkpoint task failed")]
-    TaskFailed,
-}
-
-/// The documents changed since their last checkpoint, each with when it first became dirty.
-/// Shared by the hub (which marks) and the checkpointer (which takes).
-#[derive(Debug, Default)]
-pub struct DirtyDocs {
-    inner: Mutex<HashMap<DocId, Instant>>,
-}
-
-impl DirtyDocs {
-    /// An empty set.
-    pub fn new() -> Arc<DirtyDocs> {
-        Arc::new(DirtyDocs::default())
-    }
-
-    /// Marks `doc` changed (keeping the earliest time if it already is). One map insert under
-    /// a mutex never held across an await: cheap enough for the hub's loop.
-    pub fn mark(&self, doc: DocId) {
-        self.lock().entry(doc).or_insert_with(Instant::now);
-    }
-
-    /// How many documents wait for a checkpoint.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none does.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocId, Instant>> {
-        // The map stays consistent whatever panicked while holding it: a plain insert/remove.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn take(&self, ready: impl Fn(&DocId) -> bool) -> Vec<(DocId, Instant)> {
-        let mut map = self.lock();
-        let docs: Vec<DocId> = map.keys().filter(|d| ready(d)).copied().collect();
-        docs.into_iter()
-            .filter_map(|d| map.remove(&d).map(|t| (d, t)))
-            .collect()
-    }
-
-    fn put_back(&self, docs: impl IntoIterator<Item = (DocId, Instant)>) {
-        let mut map = self.lock();
-        for (doc, since) in docs {
-            let t = map.entry(doc).or_insert(since);
-            *t = (*t).min(since);
-        }
-    }
-
-    fn oldest(&self) -> Option<Instant> {
-        self.lock().values().min().copied()
-    }
-}
-
 /// Checkpoint settings.
 #[derive(Clone, Debug)]
 pub struct CheckpointConfig {
-    /// The Postgres URL (`postgres://user@host:port/db` or key=value form).
+    /// The Postgres URL (`postgres://user@host:port/db` or key=value form), `sslmode` included.
     pub url: String,
+    /// PEM file of the roots trusted to sign Postgres' certificate (`sslmode=verify-ca` or
+    /// `verify-full`); the system's roots when `None`.
+    pub postgres_ca: Option<PathBuf>,
     /// How often dirty documents are written.
     pub interval: Duration,
     /// Documents per transaction.
@@ -202,6 +101,7 @@ impl CheckpointConfig {
     pub fn new(url: impl Into<String>, interval: Duration) -> Self {
         CheckpointConfig {
             url: url.into(),
+            postgres_ca: None,
             interval,
             batch_docs: 64,
             connect_timeout: Duration::from_secs(10),
@@ -229,6 +129,8 @@ pub struct RoundStats {
 /// migrates and restores), then [`Checkpointer::run`] it.
 pub struct Checkpointer {
     cfg: CheckpointConfig,
+    /// The parsed URL and its TLS connector.
+    target: PgTarget,
     group: Arc<GroupCommit>,
     dirty: Arc<DirtyDocs>,
     metrics: Arc<Metrics>,
@@ -248,15 +150,18 @@ impl Checkpointer {
     /// serving them; migrations and checkpoints follow when Postgres returns, and documents
     /// only Postgres has are not restored). A relay whose store is empty waits, retrying with
     /// backoff, since serving before the restore would make every checkpointed document
-    /// claimable. A bad URL or a newer schema fails at once.
+    /// claimable. A bad URL, `sslmode` or CA file, or a newer schema, fails at once.
     pub async fn start(
         cfg: CheckpointConfig,
         group: Arc<GroupCommit>,
         dirty: Arc<DirtyDocs>,
         metrics: Arc<Metrics>,
     ) -> Result<(Checkpointer, RestoreStats), CheckpointError> {
+        let target = PgTarget::new(&cfg.url, cfg.postgres_ca.as_deref())?;
+        tracing::info!(sslmode = ?target.mode, "connecting to Postgres");
         let mut cp = Checkpointer {
             cfg,
+            target,
             group,
             dirty,
             metrics,
@@ -282,12 +187,12 @@ impl Checkpointer {
                     .await?
                     .map_err(|source| CheckpointError::StoreWrite { source })?;
                     if !empty {
-                        tracing::warn!(error = %e, "Postgres is unreachable: serving from the relay's store; migrations and checkpoints follow when it returns");
+                        tracing::warn!(error = %Chain(&e), "Postgres is unreachable: serving from the relay's store; migrations and checkpoints follow when it returns");
                         Metrics::inc(&cp.metrics.checkpoint_failures);
                         return Ok((cp, RestoreStats::default()));
                     }
                     cp.failures = cp.failures.saturating_add(1);
-                    tracing::warn!(error = %e, "Postgres is unreachable and the relay's store is empty: waiting for it, to restore from it");
+                    tracing::warn!(error = %Chain(&e), retry_in = ?cp.backoff(), "Postgres is unreachable and the relay's store is empty: waiting for it, to restore from it");
                     tokio::time::sleep(cp.backoff()).await;
                 }
                 Err(e) => return Err(e),
@@ -296,7 +201,7 @@ impl Checkpointer {
     }
 
     async fn setup(&mut self) -> Result<RestoreStats, CheckpointError> {
-        let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+        let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
         self.migrate(&mut conn).await?;
         let stats = pg::restore(&mut conn, &self.group).await?;
         self.conn = Some(conn);
@@ -350,7 +255,7 @@ impl Checkpointer {
                 }
                 Err(e) => {
                     tracing::error!(
-                        error = %e,
+                        error = %Chain(&e),
                         dirty = self.dirty.len(),
                         "giving up on the final checkpoint; the changes stay in the relay's store"
                     );
@@ -411,7 +316,7 @@ impl Checkpointer {
                 Err(e) => {
                     self.failures = self.failures.saturating_add(1);
                     Metrics::inc(&self.metrics.checkpoint_failures);
-                    tracing::warn!(error = %e, failures = self.failures, pending = rest.len(), "checkpoint failed; will retry");
+                    tracing::warn!(error = %Chain(&e), failures = self.failures, pending = rest.len(), retry_in = ?self.backoff(), "checkpoint failed; will retry");
                     self.dirty.put_back(rest.iter().copied());
                     // The connection may be broken or mid-transaction: start afresh.
                     self.conn = None;
@@ -442,7 +347,7 @@ impl Checkpointer {
         batch: &[(DocId, Instant)],
     ) -> Result<RoundStats, CheckpointError> {
         if self.conn.as_ref().is_none_or(PgConn::is_closed) {
-            let mut conn = PgConn::connect(&self.cfg.url, self.cfg.connect_timeout).await?;
+            let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
             if !self.migrated {
                 self.migrate(&mut conn).await?;
             }
@@ -465,7 +370,7 @@ impl Checkpointer {
                 Err(e) => {
                     // One unreadable document must not hold up the others: it is retried
                     // after the longest backoff.
-                    tracing::error!(%doc, error = %e, "cannot checkpoint a document");
+                    tracing::error!(%doc, error = %Chain(&e), "cannot checkpoint a document");
                     Metrics::inc(&self.metrics.checkpoint_failures);
                     self.not_before
                         .insert(*doc, Instant::now() + self.cfg.max_backoff);
@@ -528,7 +433,7 @@ impl Checkpointer {
         }
         if !feed.is_empty() {
             if let Err(e) = self.group.submit(feed).await {
-                tracing::warn!(error = %e, "could not store merged checkpoint content");
+                tracing::warn!(error = %Chain(&e), "could not store merged checkpoint content");
             }
         }
         Ok(stats)
@@ -604,37 +509,15 @@ async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
 
-    const A: DocId = DocId::from_bytes([1; 16]);
-    const B: DocId = DocId::from_bytes([2; 16]);
-
-    #[test]
-    fn a_document_marked_twice_keeps_its_first_time_and_a_failed_take_is_put_back() {
-        let dirty = DirtyDocs::default();
-        dirty.mark(A);
-        let first = dirty.oldest().unwrap();
-        dirty.mark(A);
-        dirty.mark(B);
-        assert_eq!(dirty.len(), 2);
-        assert_eq!(dirty.oldest(), Some(first));
-
-        let taken = dirty.take(|d| *d == A);
-        assert_eq!(taken.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [A]);
-        assert_eq!(dirty.len(), 1);
-        // A changes again while its checkpoint fails: the earlier time wins when it goes back.
-        dirty.mark(A);
-        dirty.put_back(taken);
-        assert_eq!(dirty.oldest(), Some(first));
-        assert_eq!(dirty.take(|_| true).len(), 2);
-        assert!(dirty.is_empty());
-    }
-
     #[test]
     fn backoff_doubles_up_to_its_cap() {
         let metrics = Arc::new(Metrics::default());
         let kv: Arc<dyn weft_core::store::KvStore> = Arc::new(weft_core::store::MemStore::new());
         let group = Arc::new(GroupCommit::new(kv).unwrap());
+        let cfg = CheckpointConfig::new("postgres://localhost", Duration::from_secs(5));
         let mut cp = Checkpointer {
-            cfg: CheckpointConfig::new("postgres://localhost", Duration::from_secs(5)),
+            target: PgTarget::new(&cfg.url, None).unwrap(),
+            cfg,
             group,
             dirty: DirtyDocs::new(),
             metrics,

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{DocMeta, GroupCommit, WriteBatch};
 use weft_core::{DocId, Role};
 
 use super::prepare::{Body, Row, Stored};
-use super::CheckpointError;
+use super::tls::PgTarget;
+use super::{Chain, CheckpointError};
 
 /// Lock key serializing migrations across relays sharing one database.
 const MIGRATION_LOCK: i64 = 0x7765_6674_6d69_6772; // "weftmigr"
@@ -49,22 +50,24 @@ fn pg(source: tokio_postgres::Error) -> CheckpointError {
 }
 
 impl PgConn {
-    /// Connects, giving up after `timeout`.
-    pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<PgConn, CheckpointError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|source| CheckpointError::BadUrl { source })?;
+    /// Connects to `target` (TLS as its `sslmode` says), giving up after `timeout`.
+    pub(crate) async fn connect(
+        target: &PgTarget,
+        timeout: Duration,
+    ) -> Result<PgConn, CheckpointError> {
+        let mut config = target.config.clone();
         config.connect_timeout(timeout);
         if config.get_application_name().is_none() {
             config.application_name("weft-relay");
         }
-        let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
-            .await
-            .map_err(|_| CheckpointError::Timeout)?
-            .map_err(pg)?;
+        let (client, connection) =
+            tokio::time::timeout(timeout, config.connect(target.tls.clone()))
+                .await
+                .map_err(|_| CheckpointError::Timeout)?
+                .map_err(pg)?;
         let io = tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "Postgres connection ended");
+                tracing::warn!(error = %Chain(&e), "Postgres connection ended");
             }
         });
         Ok(PgConn {

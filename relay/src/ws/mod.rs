@@ -52,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use weft_core::engine::ConnId;
+use weft_core::AcceptBackoff;
 
 use crate::hub::HubEvent;
 use crate::metrics::Metrics;
@@ -142,17 +143,28 @@ pub async fn ws_accept_loop(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sockets = JoinSet::new();
     let mut next_conn = FIRST_CONN_ID;
+    let mut backoff = AcceptBackoff::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        backoff.succeeded();
+                        a
+                    }
                     Err(e) => {
-                        // Out of file descriptors and the like: keep serving the others.
-                        tracing::warn!(error = %e, "accepting a WebSocket connection failed");
-                        continue;
+                        // Out of file descriptors and the like: keep serving the others, and
+                        // wait before the next accept, which would fail the same way at once.
+                        let pause = backoff.failed(&e);
+                        if pause.log {
+                            tracing::warn!(error = %e, wait = ?pause.wait, failures = pause.failures, "accepting a WebSocket connection failed");
+                        }
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(pause.wait) => continue,
+                        }
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {

@@ -579,28 +579,25 @@ fn token_from_query(query: Option<&str>) -> Option<String> {
     percent_decode(raw).filter(|t| !t.is_empty())
 }
 
+/// Decodes a form-encoded query value (`+` is a space, `%XX` a byte), or `None` when an escape
+/// is not `%` and two hex digits or the bytes are not UTF-8. The `percent-encoding` crate does
+/// the decoding; it passes a malformed escape through unchanged, so escapes are checked first.
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let escapes_valid = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// The device id the hub knows a WebSocket peer by (see the module docs of `ws`).
@@ -632,6 +629,27 @@ mod tests {
         assert_eq!(token_from_query(Some("token=")), None);
         assert_eq!(token_from_query(Some("token=%zz")), None);
         assert_eq!(token_from_query(None), None);
+    }
+
+    #[test]
+    fn a_malformed_escape_or_invalid_utf8_refuses_the_token() {
+        // A sign is not a hex digit: `%+5` is not the byte 0x05.
+        assert_eq!(token_from_query(Some("token=a%+5b")), None);
+        assert_eq!(token_from_query(Some("token=a%-5b")), None);
+        // Cut short, at the end or before the next parameter.
+        assert_eq!(token_from_query(Some("token=abc%4")), None);
+        assert_eq!(token_from_query(Some("token=abc%")), None);
+        assert_eq!(token_from_query(Some("token=abc%4&x=1")), None);
+        // Bytes that are not UTF-8.
+        assert_eq!(token_from_query(Some("token=a%FFb")), None);
+        assert_eq!(token_from_query(Some("token=%C3%28")), None);
+        // Well-formed escapes of either case, UTF-8 and `+` decode.
+        assert_eq!(
+            token_from_query(Some("token=a%2eb%2Ec")),
+            Some("a.b.c".into())
+        );
+        assert_eq!(token_from_query(Some("token=%C3%A9")), Some("é".into()));
+        assert_eq!(token_from_query(Some("token=a+b%2B")), Some("a b+".into()));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Binaries are looked up in `WEFT_PG_BIN`, then `/usr/lib/postgresql/*/bin` (newest first),
 //! then `PATH`. Without them a test skips with a loud message, except under `CI=true`, where
 //! it fails: CI must run these tests (`.ci/run` installs Postgres).
+//!
+//! [`PgServer::start_tls`] starts one with `ssl=on` and a given certificate that accepts TCP
+//! clients over TLS only (`hostssl`); tests reach it in plaintext through its Unix socket
+//! ([`socket_client`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,12 +18,24 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     pub port: u16,
     as_postgres: bool,
+    /// Server options beyond the port, socket and durability ones (`-c ssl=on ...`).
+    extra_opts: String,
 }
 
 impl PgServer {
     /// Starts a fresh server, or `None` (after saying why on stderr) when Postgres is not
     /// installed outside CI.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(None)
+    }
+
+    /// Like [`PgServer::start`], with TLS on: `cert_pem` (the server's chain, leaf first) and
+    /// `key_pem` are its identity, and TCP clients must use TLS (the Unix socket stays plain).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<PgServer> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
         let Some(bin) = find_bin() else {
             let msg = "Postgres binaries not found (set WEFT_PG_BIN or install postgresql)";
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
@@ -33,6 +49,21 @@ impl PgServer {
             .prefix("weft-pg")
             .tempdir()
             .unwrap();
+        let mut extra_opts = String::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (cert_file, key_file) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert_file, cert).unwrap();
+            std::fs::write(&key_file, key).unwrap();
+            // Postgres refuses a key that others may read.
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            extra_opts = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            );
+        }
         if as_postgres {
             run(Command::new("chown")
                 .args(["-R", "postgres:"])
@@ -44,6 +75,7 @@ impl PgServer {
             dir,
             port,
             as_postgres,
+            extra_opts,
         };
         server.cmd(
             "initdb",
@@ -59,6 +91,16 @@ impl PgServer {
                 "--locale=C",
             ],
         );
+        if tls.is_some() {
+            // Over TCP, TLS or nothing: a client that connects at all used TLS.
+            std::fs::write(
+                server.data().join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostssl all all ::1/128 trust\n",
+            )
+            .unwrap();
+        }
         server.start_again();
         Some(server)
     }
@@ -75,12 +117,23 @@ impl PgServer {
         )
     }
 
+    /// A key=value connection string for the server's Unix socket (plaintext, even with TLS
+    /// on).
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
     /// Starts the (stopped) server again on the same port and data.
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra_opts
         );
         let log = self.dir.path().join("log");
         self.cmd(
@@ -206,7 +259,16 @@ fn free_port() -> u16 {
 
 /// A client connected to `server` (its connection task runs on the current runtime).
 pub async fn client(server: &PgServer) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+    connect(&server.url()).await
+}
+
+/// A client connected to `server` through its Unix socket, which needs no TLS.
+pub async fn socket_client(server: &PgServer) -> tokio_postgres::Client {
+    connect(&server.socket_url()).await
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(async move {
