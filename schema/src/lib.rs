@@ -127,6 +127,7 @@ mod message;
 mod migrate;
 mod pg;
 mod profile;
+pub mod rules;
 mod time;
 mod trip;
 mod value;

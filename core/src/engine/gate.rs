@@ -37,9 +37,22 @@ pub trait Gate: Send {
     /// the gate asked to keep for it (see [`Accepted`]).
     fn opened(&mut self, doc: DocId, document: &Document, records: &[(Vec<u8>, Vec<u8>)]);
 
-    /// `change` from `conn`, whose dependencies are all in the document. `Ok`: accepted, and the
-    /// gate counts it in; `Err`: refused, with a sentence naming the rule.
-    fn check(&mut self, doc: DocId, conn: ConnId, change: &Change) -> Result<Accepted, String>;
+    /// `change` from `conn`, whose dependencies are all in the document or were accepted by
+    /// this gate. `document` is the engine's copy, which may lack changes the gate accepted or
+    /// observed since it last saw it materialized ([`Gate::materialized`]). `Ok`: accepted, and
+    /// the gate counts it in; `Err`: refused, with a sentence naming the rule.
+    fn check(
+        &mut self,
+        doc: DocId,
+        conn: ConnId,
+        change: &Change,
+        document: &Document,
+    ) -> Result<Accepted, String>;
+
+    /// The engine's copy of `doc` now holds every change the gate accepted or observed.
+    fn materialized(&mut self, doc: DocId, document: &Document) {
+        let _ = (doc, document);
+    }
 
     /// `change` entered the document unchecked (made here, or from a connection not checked).
     fn observe(&mut self, doc: DocId, change: &Change);

@@ -1243,6 +1243,9 @@ impl Engine {
             if actual != sorted(ds.heads.clone()) {
                 tracing::error!(%doc, "a reloaded document's heads differ from the engine's");
             }
+            if let Some(g) = self.gate.as_mut() {
+                g.materialized(doc, &ds.doc);
+            }
         }
         for d in deferred {
             match d {
@@ -1281,6 +1284,9 @@ impl Engine {
         let applied = ds.doc.apply(batch);
         if applied.is_ok() {
             self.out.push_back(Output::Folded { doc });
+            if let Some(g) = self.gate.as_mut() {
+                g.materialized(doc, &ds.doc);
+            }
         }
         let actual = ds.doc.heads();
         if actual != ds.heads {

@@ -603,7 +603,7 @@ fn gate_changes(
                 still.push(c);
                 continue;
             }
-            match gate.check(doc, conn, &c.change) {
+            match gate.check(doc, conn, &c.change, &ds.doc) {
                 Ok(a) => {
                     out.records.extend(a.records);
                     accepted.insert(hash);

@@ -883,7 +883,13 @@ impl Gate for ToyGate {
             .unwrap()
             .push(format!("opened with {} records", records.len()));
     }
-    fn check(&mut self, _doc: DocId, _conn: ConnId, change: &Change) -> Result<Accepted, String> {
+    fn check(
+        &mut self,
+        _doc: DocId,
+        _conn: ConnId,
+        change: &Change,
+        _document: &Document,
+    ) -> Result<Accepted, String> {
         let sets_forbidden = change.decode().operations.iter().any(
             |op| matches!(&op.key, automerge::legacy::Key::Map(k) if k.as_str() == "forbidden"),
         );

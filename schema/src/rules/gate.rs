@@ -1,0 +1,185 @@
+//! [`RulesGate`]: the engine's gate that enforces identities and write rules.
+//!
+//! **Identity.** Each Automerge actor writes for one user: the first change a connection
+//! sends from an actor binds the actor to the connection's user (a record the engine keeps with
+//! the document, written before the change), and a change from an actor bound to another user
+//! is refused. Devices use one actor per document (see the device runtime), so a user's
+//! changes are attributable and nobody can write in another's name.
+//!
+//! **Write rules.** A change to a document of a known kind is checked against the kind
+//! (`spec.rs`, `eval.rs`) with its writer's user, whether the writer holds an `admin` token,
+//! and the document's owner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use automerge::{ActorId, Change};
+use weft_core::engine::{Accepted, ConnId, Gate};
+use weft_core::{DocId, Document};
+
+use super::eval::{self, DocRules, Writer};
+use super::spec::Kinds;
+
+/// Who is behind a connection, as the driver authenticated it.
+#[derive(Clone, Debug)]
+struct Conn {
+    user: String,
+    admin: bool,
+    /// Its changes are checked (else only followed).
+    checked: bool,
+    /// An actor already bound to another user is taken as that user's (a device's own peers,
+    /// which forward what the relay accepted); else such a change is refused.
+    trusts_bindings: bool,
+}
+
+/// Enforces identities and write rules. See the module docs.
+pub struct RulesGate {
+    kinds: Arc<Kinds>,
+    conns: HashMap<ConnId, Conn>,
+    docs: HashMap<DocId, DocRules>,
+    owners: HashMap<DocId, String>,
+}
+
+impl RulesGate {
+    /// A gate that knows `kinds`.
+    pub fn new(kinds: Arc<Kinds>) -> RulesGate {
+        RulesGate {
+            kinds,
+            conns: HashMap::new(),
+            docs: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// The kinds it checks against (declared kinds may change while it runs).
+    pub fn set_kinds(&mut self, kinds: Arc<Kinds>) {
+        self.kinds = kinds;
+    }
+
+    /// A connection whose changes are checked, written for `user` (`admin`: its token may
+    /// moderate). `trusts_bindings`: see the type.
+    pub fn connect(&mut self, conn: ConnId, user: &str, admin: bool, trusts_bindings: bool) {
+        self.conns.insert(
+            conn,
+            Conn {
+                user: user.to_string(),
+                admin,
+                checked: true,
+                trusts_bindings,
+            },
+        );
+    }
+
+    /// The connection is gone (or its changes are no longer checked).
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// `doc` is owned by `owner` (whoever first uploaded it).
+    pub fn set_owner(&mut self, doc: DocId, owner: &str) {
+        self.owners.insert(doc, owner.to_string());
+        if let Some(st) = self.docs.get_mut(&doc) {
+            st.owner = Some(owner.to_string());
+        }
+    }
+
+    /// `actor` writes for `user` in `doc` (learned from the relay): a device's gate takes
+    /// changes its peers forward from that actor as that user's.
+    pub fn learn_binding(&mut self, doc: DocId, actor: ActorId, user: &str) {
+        if let Some(st) = self.docs.get_mut(&doc) {
+            st.bindings.entry(actor).or_insert_with(|| user.to_string());
+        }
+    }
+
+    /// Which user `actor` writes for in a loaded `doc`, as far as the gate knows.
+    pub fn binding(&self, doc: DocId, actor: &ActorId) -> Option<&str> {
+        self.docs.get(&doc)?.bindings.get(actor).map(String::as_str)
+    }
+}
+
+/// The record of a binding: key = the actor's bytes, value = the user.
+fn binding_record(actor: &ActorId, user: &str) -> (Vec<u8>, Vec<u8>) {
+    (actor.to_bytes().to_vec(), user.as_bytes().to_vec())
+}
+
+impl Gate for RulesGate {
+    fn checks(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.checked)
+    }
+
+    fn opened(&mut self, doc: DocId, document: &Document, records: &[(Vec<u8>, Vec<u8>)]) {
+        let mut st = DocRules::default();
+        for (actor, user) in records {
+            if let Ok(user) = std::str::from_utf8(user) {
+                st.bindings
+                    .insert(ActorId::from(actor.as_slice()), user.to_string());
+            }
+        }
+        st.owner = self.owners.get(&doc).cloned();
+        st.materialized(document.automerge());
+        self.docs.insert(doc, st);
+    }
+
+    fn check(
+        &mut self,
+        doc: DocId,
+        conn: ConnId,
+        change: &Change,
+        document: &Document,
+    ) -> Result<Accepted, String> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err("the connection is not known".into());
+        };
+        let st = self.docs.entry(doc).or_default();
+        let actor = change.actor_id();
+        let (user, new_binding) = match st.bindings.get(actor) {
+            Some(u) if *u == c.user => (c.user.clone(), false),
+            Some(u) if c.trusts_bindings => (u.clone(), false),
+            Some(_) => {
+                return Err(format!(
+                    "identity: actor {} writes for another user, not {}",
+                    actor, c.user
+                ))
+            }
+            None => (c.user.clone(), true),
+        };
+        if new_binding {
+            st.bindings.insert(actor.clone(), user.clone());
+        }
+        let writer = Writer {
+            user: &user,
+            admin: c.admin,
+        };
+        match eval::check(&self.kinds, st, document.automerge(), change, writer) {
+            Ok(()) => Ok(Accepted {
+                records: if new_binding {
+                    vec![binding_record(actor, &user)]
+                } else {
+                    Vec::new()
+                },
+            }),
+            Err(rule) => {
+                if new_binding {
+                    st.bindings.remove(actor);
+                }
+                Err(rule)
+            }
+        }
+    }
+
+    fn materialized(&mut self, doc: DocId, document: &Document) {
+        if let Some(st) = self.docs.get_mut(&doc) {
+            st.materialized(document.automerge());
+        }
+    }
+
+    fn observe(&mut self, doc: DocId, change: &Change) {
+        if let Some(st) = self.docs.get_mut(&doc) {
+            st.follow(change);
+        }
+    }
+
+    fn closed(&mut self, doc: DocId) {
+        self.docs.remove(&doc);
+    }
+}

@@ -1,0 +1,20 @@
+//! Write rules: who may write what in a document of a known kind, enforced by the relay on
+//! every change it receives and by devices on changes their peers send (through the engine's
+//! gate, [`RulesGate`]).
+//!
+//! - `spec.rs`: [`Kinds`], the built-in kinds and those declared in TOML.
+//! - `eval.rs`: checking one change against its document's kind.
+//! - `gate.rs`: [`RulesGate`], identities (each actor writes for one user) and the rules, as
+//!   a `weft_core::engine::Gate`.
+
+mod eval;
+mod gate;
+mod spec;
+
+pub use gate::RulesGate;
+pub use spec::{
+    Collection, Entry, FieldSpec, FieldType, KeyRule, KindSpec, Kinds, KindsError, Transition, Who,
+};
+
+#[cfg(test)]
+mod tests;
