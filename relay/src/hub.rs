@@ -789,6 +789,9 @@ impl Hub {
                 if !self.may_create(conn, doc, &claims.sub) {
                     return;
                 }
+                // Counted now, not once durable: a burst of creations must not all pass the
+                // quota while the first ones are in flight.
+                self.count_created(&claims.sub);
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
                 let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);
@@ -958,9 +961,6 @@ impl Hub {
                 Ok(()) => {
                     if created {
                         self.mark_dirty(doc); // Postgres checkpoints: the owner record
-                        if let Some(owner) = self.metas.get(&doc).and_then(|m| m.owner.clone()) {
-                            self.count_created(&owner);
-                        }
                     }
                     self.open_subscription(conn, doc);
                     if created {
@@ -969,6 +969,10 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::error!(%doc, error = %e, "recording a document's owner failed");
+                    if let (true, Some(meta)) = (created, self.metas.get(&doc).cloned()) {
+                        // The creation counted against its owner's quota did not happen.
+                        self.count_deleted(&meta);
+                    }
                     if !self.subscribers.contains_key(&doc) {
                         self.metas.remove(&doc);
                     }
