@@ -40,6 +40,8 @@ mod access;
 mod auth;
 mod checkpoint;
 mod discovery;
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod http;
 mod hub;
 mod inbound;
