@@ -1,4 +1,5 @@
-//! The logic of every fuzz target, as plain functions.
+//! The logic of the fuzz targets, as plain functions (`ws_decode`, which needs the relay's
+//! private modules, is in `weft_relay::fuzz_targets`).
 //!
 //! `fuzz/` (cargo-fuzz, nightly) calls these from its targets; a stable test in `tests/` replays
 //! every committed corpus file and every crash ever found through the same functions, so CI
@@ -7,7 +8,8 @@
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ObjType, ROOT};
 
-use crate::engine::{ConnId, Engine, EngineConfig, OpenOptions, Output};
+use crate::check::{self, CheckedChange, Limits};
+use crate::engine::{check_message, ConnId, Engine, EngineConfig, Inbound, OpenOptions, Output};
 use crate::wire::{self, Message};
 use crate::{DocId, Document};
 
@@ -100,4 +102,90 @@ pub fn load_document(data: &[u8]) {
         let again = Document::load(&d.save()).expect("a loaded document's save reloads");
         assert_eq!(again.heads(), d.heads(), "save/load changed the heads");
     }
+}
+
+/// The limits `check_changes` checks against: small, so that inputs reach every limit.
+fn fuzz_limits() -> Limits {
+    Limits {
+        max_change_bytes: 64 << 10,
+        max_change_ops: 1_000,
+        max_inflated_bytes: 1 << 20,
+    }
+}
+
+/// Target `check_changes`: arbitrary bytes through what a peer's changes must pass before
+/// anything is stored (`check::check_chunks`, `check::check_change`, and `check_message` on a
+/// `Sync` and a `Changes` message). Refusals must be limits, never anything else
+/// (garbage is an error); whatever passes re-parses into the same change, its bytes are the
+/// change's canonical (uncompressed) bytes, within the limits, and pass the check again
+/// unchanged.
+pub fn check_changes(data: &[u8]) {
+    let limits = fuzz_limits();
+    let mut inflated = 0;
+    let mut out = Vec::new();
+    if check::check_chunks(data, &limits, &mut inflated, &mut out).is_ok() {
+        assert!(
+            inflated <= limits.max_inflated_bytes,
+            "inflated past the cap"
+        );
+        out.iter().for_each(|c| assert_canonical(c, &limits));
+    }
+    if let Ok(c) = check::check_change(bytes::Bytes::copy_from_slice(data), &limits) {
+        assert_canonical(&c, &limits);
+    }
+
+    let doc = DocId::from_bytes([1; 16]);
+    let sync = Message::Sync {
+        doc,
+        reset: false,
+        data: data.to_vec(),
+    };
+    match check_message(sync, &limits) {
+        Ok(Inbound::Sync { changes, msg, .. }) => {
+            assert!(
+                msg.changes.is_empty(),
+                "checked changes left in the message"
+            );
+            changes.iter().for_each(|c| assert_canonical(c, &limits));
+        }
+        Ok(Inbound::Refused { error, .. }) => assert!(error.is_limit(), "{error}"),
+        Ok(other) => panic!("a Sync message was checked into {other:?}"),
+        Err(_) => {}
+    }
+    let changes = Message::Changes {
+        doc,
+        changes: vec![bytes::Bytes::copy_from_slice(data)],
+    };
+    match check_message(changes, &limits) {
+        Ok(Inbound::Changes { changes, .. }) => {
+            assert_eq!(changes.len(), 1, "one entry, one change");
+            assert_canonical(&changes[0], &limits);
+        }
+        Ok(Inbound::Refused { error, .. }) => assert!(error.is_limit(), "{error}"),
+        Ok(other) => panic!("a Changes message was checked into {other:?}"),
+        Err(_) => {}
+    }
+}
+
+fn assert_canonical(c: &CheckedChange, limits: &Limits) {
+    assert_eq!(
+        &c.raw[..],
+        c.change.raw_bytes(),
+        "stored bytes are not the change's"
+    );
+    assert!(
+        c.raw.len() <= limits.max_change_bytes,
+        "a change past the byte limit"
+    );
+    assert!(
+        c.ops() <= limits.max_change_ops,
+        "a change past the ops limit"
+    );
+    let again = automerge::Change::try_from(&c.raw[..]).expect("checked bytes re-parse");
+    assert_eq!(again.hash(), c.change.hash(), "re-parsing changed the hash");
+    let rechecked = check::check_change(c.raw.clone(), limits).expect("checked bytes pass again");
+    assert_eq!(
+        rechecked.raw, c.raw,
+        "checking canonical bytes changed them"
+    );
 }

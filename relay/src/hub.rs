@@ -789,6 +789,9 @@ impl Hub {
                 if !self.may_create(conn, doc, &claims.sub) {
                     return;
                 }
+                // Counted now, not once durable: a burst of creations must not all pass the
+                // quota while the first ones are in flight.
+                self.count_created(&claims.sub);
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
                 let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);

@@ -41,6 +41,8 @@ mod auth;
 mod checkpoint;
 mod datadir;
 mod discovery;
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod http;
 mod hub;
 mod inbound;

@@ -3,141 +3,23 @@
 //! `tests/js/driver.mjs`, against the real `weft-relay` binary and QUIC devices.
 //!
 //! The npm packages are installed once into `tests/js/node_modules` (`npm install` of the
-//! locked versions). Without node or
-//! npm these tests fail when `CI` is set and are skipped (with a note on stderr) otherwise.
+//! locked versions; see `common/js.rs`). Without node or npm these tests fail when `CI` is set
+//! and are skipped (with a note on stderr) otherwise.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use ciborium::Value as Cbor;
+use common::js::{npm_ready, Node};
 use common::ws::{now, Device, Relay, RELAY};
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use serde_json::json;
 use weft_core::wire::Message;
 use weft_core::{DocId, Document, Role};
 use weft_relay::Claims;
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// Installs the npm packages once per test run; `false` when node or npm is missing outside CI.
-fn npm_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = READY.get_or_init(|| {
-        let dir = js_dir();
-        for tool in ["node", "npm"] {
-            let found = std::process::Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !found {
-                return Err(format!("{tool} is not installed"));
-            }
-        }
-        let installed = dir
-            .join("node_modules/@automerge/automerge-repo-network-websocket/package.json")
-            .exists();
-        if !installed {
-            // `install` keeps the lock file's versions; `ci` refuses a lock file without the
-            // optional per-platform packages some registries omit.
-            let status = std::process::Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--no-save"])
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .status()
-                .map_err(|e| format!("npm install: {e}"))?;
-            if !status.success() {
-                return Err(format!("npm install in {} failed: {status}", dir.display()));
-            }
-        }
-        Ok(())
-    });
-    match result {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("the WebSocket interop tests need node and npm: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping the WebSocket interop test: {why}");
-            false
-        }
-    }
-}
-
-/// One automerge-repo client in a Node process, scripted over stdin/stdout.
-struct Js {
-    _child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-    events: Vec<Value>,
-}
-
-impl Js {
-    fn start(url: &str) -> Js {
-        let mut child = Command::new("node")
-            .arg(js_dir().join("driver.mjs"))
-            .arg(url)
-            .arg("200") // reconnect interval, ms
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cannot start node");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Js {
-            _child: child,
-            stdin,
-            lines,
-            next_id: 0,
-            events: Vec::new(),
-        }
-    }
-
-    async fn line(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
-            .await
-            .expect("the JavaScript client went silent")
-            .unwrap()
-            .expect("the JavaScript client exited");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Sends a command and waits for its answer (events seen meanwhile are kept).
-    async fn call(&mut self, mut cmd: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        cmd["id"] = json!(id);
-        let mut line = cmd.to_string();
-        line.push('\n');
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        loop {
-            let v = self.line().await;
-            if v.get("event").is_some() {
-                self.events.push(v);
-            } else if v["id"] == json!(id) {
-                assert!(v.get("error").is_none(), "{cmd}: {v}");
-                return v;
-            }
-        }
-    }
-
-    async fn event(&mut self) -> Value {
-        if !self.events.is_empty() {
-            return self.events.remove(0);
-        }
-        self.line().await
-    }
+/// The scripted automerge-repo client (`tests/js/driver.mjs`) connected to `url`.
+fn driver(url: &str) -> Node {
+    // 200: the client's reconnect interval, ms.
+    Node::start("driver.mjs", &[url, "200"])
 }
 
 fn cbor(value: &Cbor) -> Vec<u8> {
@@ -171,7 +53,7 @@ async fn a_document_created_in_javascript_is_read_by_a_quic_device() {
     }
     let relay = Relay::start(&[]);
     let token = relay.token(&Claims::new("alice", now(), 3600).with_create(true));
-    let mut js = Js::start(&relay.url(&token));
+    let mut js = driver(&relay.url(&token));
     let created = js
         .call(json!({"cmd": "create", "value": {"title": "from the web"}}))
         .await;
@@ -198,7 +80,7 @@ async fn a_quic_devices_document_is_found_in_javascript_and_changes_flow_both_wa
 
     // Bob's browser, granted the document by his token, finds it.
     let bob = relay.token(&Claims::new("bob", now(), 3600).with_doc(doc, Role::ReadWrite));
-    let mut js = Js::start(&relay.url(&bob));
+    let mut js = driver(&relay.url(&bob));
     let found = js
         .call(json!({"cmd": "find", "doc": doc.to_string()}))
         .await;
@@ -229,7 +111,7 @@ async fn ephemeral_messages_cross_between_javascript_and_a_quic_device() {
     let doc = new_doc();
     let mut phone = device_with_doc(&relay, "alice", doc, "title", "trip").await;
     let token = relay.token(&Claims::new("alice", now(), 3600));
-    let mut js = Js::start(&relay.url(&token));
+    let mut js = driver(&relay.url(&token));
     js.call(json!({"cmd": "find", "doc": doc.to_string()}))
         .await;
 
@@ -274,7 +156,7 @@ async fn a_javascript_client_without_a_grant_gets_doc_unavailable() {
     let doc = new_doc();
     let _phone = device_with_doc(&relay, "alice", doc, "secret", "plans").await;
     let mallory = relay.token(&Claims::new("mallory", now(), 3600));
-    let mut js = Js::start(&relay.url(&mallory));
+    let mut js = driver(&relay.url(&mallory));
     // The same answer whether the document exists or not.
     for d in [doc, new_doc()] {
         let found = js.call(json!({"cmd": "find", "doc": d.to_string()})).await;
@@ -289,7 +171,7 @@ async fn a_javascript_client_reconnects_after_a_relay_restart_and_catches_up() {
     }
     let relay = Relay::start(&[]);
     let token = relay.token(&Claims::new("alice", now(), 3600).with_create(true));
-    let mut js = Js::start(&relay.url(&token));
+    let mut js = driver(&relay.url(&token));
     let created = js.call(json!({"cmd": "create", "value": {"v": "1"}})).await;
     let doc: DocId = created["doc"].as_str().unwrap().parse().unwrap();
     {

@@ -5,12 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write as _;
+
 use weft_core::automerge::sync::{self, SyncDoc};
 use weft_core::automerge::transaction::Transactable;
 use weft_core::automerge::{Automerge, ObjType, ROOT};
 use weft_core::fuzz_targets;
 use weft_core::wire::{self, DocEntry, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
+use weft_relay::fuzz_targets as relay_fuzz_targets;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -119,10 +122,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ));
     b.receive_sync_message(&mut sb, m1).unwrap();
     let m2 = b.generate_sync_message(&mut sb).unwrap();
+    let m2_bytes = m2.encode();
     out.push((
         "sync_message",
         "seed-with-changes".into(),
-        [vec![1], m2.encode()].concat(),
+        [vec![1], m2_bytes.clone()].concat(),
     ));
     let change = b.get_last_local_change().unwrap();
     out.push((
@@ -130,6 +134,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "seed-raw-change".into(),
         [vec![0], change.raw_bytes().to_vec()].concat(),
     ));
+
+    check_changes_seeds(&mut out, &a, &b, m2_bytes.clone());
+    for (name, bytes) in relay_fuzz_targets::ws_decode_seeds() {
+        out.push(("ws_decode", name.into(), bytes));
+    }
 
     out.push(("load_document", "seed-chat".into(), chat(20, 3).save()));
     out.push((
@@ -143,6 +152,86 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         Automerge::new().save(),
     ));
     out
+}
+
+/// An Automerge chunk of `kind` around `data`, its checksum zeros (checked after the bounds).
+fn chunk(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, kind];
+    uleb(data.len() as u64, &mut out);
+    out.extend(data);
+    out
+}
+
+fn uleb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// 1 MiB of zeros, deflated (about 1 KB): past every limit `check_changes` checks against.
+fn zeros_bomb() -> Vec<u8> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&vec![0u8; 1 << 20]).unwrap();
+    e.finish().unwrap()
+}
+
+/// Seeds for `check_changes`: each kind of chunk a peer may send, valid, over a limit, or not
+/// a chunk at all.
+fn check_changes_seeds(
+    out: &mut Vec<(&'static str, String, Vec<u8>)>,
+    a: &Automerge,
+    b: &Automerge,
+    sync_message: Vec<u8>,
+) {
+    let mut seed = |name: &str, bytes: Vec<u8>| out.push(("check_changes", name.into(), bytes));
+    let change = b.get_last_local_change().unwrap().clone();
+    seed("seed-change", change.raw_bytes().to_vec());
+    let mut long = Automerge::new().with_actor(vec![4; 16].into());
+    {
+        let mut tx = long.transaction();
+        tx.put(ROOT, "note", "a long note ".repeat(50)).unwrap();
+        tx.commit();
+    }
+    let mut compressed = long.get_last_local_change().unwrap().clone();
+    let compressed = compressed.bytes().to_vec();
+    assert_eq!(compressed[8], 2, "a long change compresses");
+    seed("seed-compressed-change", compressed);
+    seed("seed-document", a.save());
+    seed("seed-sync-message", sync_message);
+    let garbage: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(97) ^ 0x5a).collect();
+    seed("seed-garbage", garbage.clone());
+    seed(
+        "seed-valid-then-garbage",
+        [change.raw_bytes().to_vec(), garbage].concat(),
+    );
+    let bomb = zeros_bomb();
+    seed("seed-compressed-bomb", chunk(2, &bomb));
+    // A document chunk's layout: no actors, no heads, one deflated change column, no op
+    // columns, then the column.
+    let mut layout = Vec::new();
+    for v in [0, 0, 1, (1 << 4) | 0b1000, bomb.len() as u64, 0] {
+        uleb(v, &mut layout);
+    }
+    seed("seed-document-bomb", chunk(0, &[layout, bomb].concat()));
+    seed("seed-bundle", chunk(3, &[0, 0, 0]));
+}
+
+/// The logic of each fuzz target, by name.
+fn target(name: &str) -> fn(&[u8]) {
+    match name {
+        "frame_decode" => fuzz_targets::frame_decode,
+        "sync_message" => fuzz_targets::sync_message,
+        "load_document" => fuzz_targets::load_document,
+        "check_changes" => fuzz_targets::check_changes,
+        "ws_decode" => relay_fuzz_targets::ws_decode,
+        other => panic!("no fuzz target {other}"),
+    }
 }
 
 #[test]
@@ -179,6 +268,16 @@ fn load_document_corpus() {
 }
 
 #[test]
+fn check_changes_corpus() {
+    replay("check_changes", fuzz_targets::check_changes);
+}
+
+#[test]
+fn ws_decode_corpus() {
+    replay("ws_decode", relay_fuzz_targets::ws_decode);
+}
+
+#[test]
 fn mutated_seeds_never_panic() {
     // A cheap stand-in for fuzzing on stable: flip, truncate and splice every seed.
     use rand::{Rng, SeedableRng};
@@ -187,12 +286,8 @@ fn mutated_seeds_never_panic() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    for (target, _, bytes) in seeds() {
-        let f: fn(&[u8]) = match target {
-            "frame_decode" => fuzz_targets::frame_decode,
-            "sync_message" => fuzz_targets::sync_message,
-            _ => fuzz_targets::load_document,
-        };
+    for (target_name, _, bytes) in seeds() {
+        let f = target(target_name);
         for _ in 0..rounds {
             let mut m = bytes.clone();
             match rng.random_range(0..3) {
@@ -210,13 +305,12 @@ fn mutated_seeds_never_panic() {
             }
             let r = std::panic::catch_unwind(|| f(&m));
             if r.is_err() {
-                let path = fuzz_dir()
-                    .join("regressions")
-                    .join(target)
-                    .join(format!("crash-{}", blake3_hex(&m)));
+                let dir = fuzz_dir().join("regressions").join(target_name);
+                let path = dir.join(format!("crash-{}", blake3_hex(&m)));
+                std::fs::create_dir_all(&dir).ok();
                 std::fs::write(&path, &m).ok();
                 panic!(
-                    "{target} panicked on a mutated seed, saved to {}",
+                    "{target_name} panicked on a mutated seed, saved to {}",
                     path.display()
                 );
             }

@@ -41,7 +41,7 @@
 //! field types, sync data that is not an Automerge sync message, and a frame larger than the
 //! maximum close that socket (with a close frame saying why); nothing else is affected.
 
-mod codec;
+pub(crate) mod codec; // also read by `crate::fuzz_targets`
 mod session;
 
 use std::net::SocketAddr;

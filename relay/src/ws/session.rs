@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, error::CapacityError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
-use weft_core::engine::ConnId;
+use weft_core::engine::{ConnId, Inbound};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId};
 
@@ -67,10 +67,22 @@ fn bad(code: CloseCode, reason: impl Into<String>) -> SocketEnd {
 
 /// A document as this socket sees it.
 enum DocState {
-    /// `Subscribe` was sent; sync messages wait (bounded) for the hub's answer.
-    Pending(VecDeque<Vec<u8>>),
+    /// `Subscribe` was sent; sync messages, already checked, wait (bounded) for the hub's
+    /// answer.
+    Pending(VecDeque<Held>),
     /// Subscribed: sync messages and ephemeral data flow.
     Open,
+}
+
+/// A checked sync message held until its document's subscription is answered.
+struct Held {
+    event: HubEvent,
+    /// Its size as received, counted in `Socket::pending_bytes`.
+    bytes: usize,
+}
+
+fn held_bytes(queue: &VecDeque<Held>) -> usize {
+    queue.iter().map(|h| h.bytes).sum()
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -326,11 +338,16 @@ impl Socket<'_> {
     }
 
     async fn send_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
-        // Sync messages are checked here, off the hub (see `inbound.rs`).
-        let event = crate::inbound::to_hub(self.conn, msg, &self.shared.limits.check)
-            .await
-            .map_err(|e| bad(CloseCode::Invalid, format!("invalid sync message: {e}")))?;
+        let event = self.check(msg).await?;
         self.hub.send(event).await.map_err(|_| SocketEnd::Shutdown)
+    }
+
+    /// The hub event for `msg`: sync messages are checked here, off the hub (see
+    /// `inbound.rs`); a malformed one ends the socket.
+    async fn check(&self, msg: Message) -> Result<HubEvent, SocketEnd> {
+        crate::inbound::to_hub(self.conn, msg, &self.shared.limits.check)
+            .await
+            .map_err(|e| bad(CloseCode::Invalid, format!("invalid sync message: {e}")))
     }
 
     async fn send_client(&mut self, msg: ToClient<'_>) -> Result<(), SocketEnd> {
@@ -396,53 +413,70 @@ impl Socket<'_> {
 
     /// A `sync` (or, with `request`, a `request`: the client lacks the document, so the relay
     /// must not create it) for `doc`.
+    ///
+    /// A message for a document not yet subscribed is checked before the subscription is
+    /// asked for, not when it is handed over: a malformed message or a change over a limit
+    /// must not first create the document (an owner record and a place in the user's quota).
     async fn on_sync(&mut self, doc: DocId, data: Vec<u8>, request: bool) -> Result<(), SocketEnd> {
         let limits = &self.shared.limits;
-        match self.docs.get_mut(&doc) {
-            Some(DocState::Open) => {
-                self.send_hub(Message::Sync {
-                    doc,
-                    reset: false,
-                    data,
-                })
-                .await
-            }
+        let bytes = data.len();
+        let msg = Message::Sync {
+            doc,
+            reset: false,
+            data,
+        };
+        match self.docs.get(&doc) {
+            Some(DocState::Open) => return self.send_hub(msg).await,
             Some(DocState::Pending(queue)) => {
                 if queue.len() >= limits.max_pending_per_doc
-                    || self.pending_bytes + data.len() > limits.max_pending_bytes
+                    || self.pending_bytes + bytes > limits.max_pending_bytes
                 {
                     return Err(bad(
                         CloseCode::Policy,
                         format!("too many sync messages for {doc} before its subscription"),
                     ));
                 }
-                self.pending_bytes += data.len();
-                queue.push_back(data);
-                Ok(())
             }
             None => {
                 if self.docs.len() >= limits.max_docs {
                     return self.send_client(ToClient::DocUnavailable { doc }).await;
                 }
-                if self.pending_bytes + data.len() > limits.max_pending_bytes {
+                if self.pending_bytes + bytes > limits.max_pending_bytes {
                     return Err(bad(
                         CloseCode::Policy,
                         "too many sync bytes waiting for subscriptions",
                     ));
                 }
-                self.pending_bytes += data.len();
-                self.docs
-                    .insert(doc, DocState::Pending(VecDeque::from([data])));
-                if request {
-                    let conn = self.conn;
-                    self.hub
-                        .send(HubEvent::SubscribeExisting { conn, doc })
-                        .await
-                        .map_err(|_| SocketEnd::Shutdown)
-                } else {
-                    self.send_hub(Message::Subscribe { doc }).await
-                }
             }
+        }
+        let event = self.check(msg).await?;
+        if let HubEvent::Inbound {
+            inbound: Inbound::Refused { error, .. },
+            ..
+        } = &event
+        {
+            // What the hub would answer once subscribed (`REFUSED`), without subscribing.
+            return Err(SocketEnd::ClosedByRelay {
+                code: CloseCode::Policy,
+                reason: format!("{doc}: changes refused: {error}"),
+            });
+        }
+        self.pending_bytes += bytes;
+        let held = Held { event, bytes };
+        if let Some(DocState::Pending(queue)) = self.docs.get_mut(&doc) {
+            queue.push_back(held);
+            return Ok(());
+        }
+        self.docs
+            .insert(doc, DocState::Pending(VecDeque::from([held])));
+        if request {
+            let conn = self.conn;
+            self.hub
+                .send(HubEvent::SubscribeExisting { conn, doc })
+                .await
+                .map_err(|_| SocketEnd::Shutdown)
+        } else {
+            self.send_hub(Message::Subscribe { doc }).await
         }
     }
 
@@ -481,15 +515,13 @@ impl Socket<'_> {
             Message::Subscribed { doc, .. } => {
                 if let Some(DocState::Pending(queue)) = self.docs.get_mut(&doc) {
                     let queue = std::mem::take(queue);
-                    self.pending_bytes -= queue.iter().map(Vec::len).sum::<usize>();
+                    self.pending_bytes -= held_bytes(&queue);
                     self.docs.insert(doc, DocState::Open);
-                    for data in queue {
-                        self.send_hub(Message::Sync {
-                            doc,
-                            reset: false,
-                            data,
-                        })
-                        .await?;
+                    for held in queue {
+                        self.hub
+                            .send(held.event)
+                            .await
+                            .map_err(|_| SocketEnd::Shutdown)?;
                     }
                 }
                 Ok(())
@@ -532,16 +564,18 @@ impl Socket<'_> {
                 if code == ErrorCode::REFUSED {
                     // Changes were refused (a limit or a write rule); nothing was stored. A
                     // stock client would offer them again forever: tell it why and close.
+                    // (`close` cuts the reason to fit a close frame; the `error` message
+                    // carries it whole.)
                     return Err(SocketEnd::ClosedByRelay {
                         code: CloseCode::Policy,
-                        reason: truncate(&format!("{doc}: {message}"), 120).to_string(),
+                        reason: format!("{doc}: {message}"),
                     });
                 }
                 tracing::debug!(conn = self.conn.0, %doc, code = code.0, %message, "document refused");
                 // Refused (whether or not it exists), revoked, deleted or failed: the client
                 // may ask again later and is authorized afresh.
                 if let Some(DocState::Pending(queue)) = self.docs.remove(&doc) {
-                    self.pending_bytes -= queue.iter().map(Vec::len).sum::<usize>();
+                    self.pending_bytes -= held_bytes(&queue);
                 }
                 self.send_client(ToClient::DocUnavailable { doc }).await
             }

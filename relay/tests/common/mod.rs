@@ -1,10 +1,11 @@
 //! What the relay's integration tests share: the real `weft-relay` binary and its ready line,
-//! tokens and the dev certificate (`relay`), a light QUIC device link (`device`), and a
-//! throwaway Postgres (`pg`). Each test binary uses part of it.
+//! tokens and the dev certificate (`relay`), a light QUIC device link (`device`), a
+//! throwaway Postgres (`pg`) and Node clients (`js`). Each test binary uses part of it.
 #![allow(dead_code)]
 
 pub mod device;
 pub mod hub;
+pub mod js;
 pub mod pg;
 pub mod relay;
 pub mod session;
