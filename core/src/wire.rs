@@ -280,6 +280,12 @@ pub enum Message {
         /// The document.
         doc: DocId,
     },
+    /// The kinds of document declared to the relay (`weft-relay serve --kinds`), as TOML: sent
+    /// after `Welcome` when there are any, so a device checks its writes against them offline.
+    Kinds {
+        /// The declared kinds' TOML.
+        toml: String,
+    },
     /// The answer to `Share`, `Unshare` or `Delete`: done (the change is durable and in force on
     /// every live connection), or why not.
     Reply {
@@ -304,6 +310,7 @@ impl Message {
             | Message::Welcome { .. }
             | Message::Token { .. }
             | Message::Docs { .. }
+            | Message::Kinds { .. }
             | Message::DocsEnd { .. } => None,
             Message::Error { doc, .. } => *doc,
             Message::Subscribe { doc }

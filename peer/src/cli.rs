@@ -59,8 +59,9 @@ pub struct Cli {
 pub enum Command {
     /// Create this device's key and store (if missing) and print its id.
     Init {
-        /// A display name for this device (used as the default message author).
-        #[arg(long)]
+        /// The user this device acts for (the author of its messages). Without it, the
+        /// device takes the user of the first token it syncs with.
+        #[arg(long, value_name = "USER")]
         name: Option<String>,
     },
     /// Documents.
@@ -163,9 +164,6 @@ pub enum MsgCmd {
         doc: DocId,
         /// The text.
         text: String,
-        /// The author (default: this device's name).
-        #[arg(long)]
-        author: Option<String>,
     },
     /// Edit a message's text.
     Edit {
@@ -405,11 +403,14 @@ pub async fn execute(device: &Device, cmd: Command, sink: &Sink) -> Result<(), F
     }
 }
 
-fn author_default(device: &Device) -> String {
-    device
-        .dir()
-        .name()
-        .unwrap_or_else(|| device.id().to_string())
+/// The user this device acts for: the author of its messages.
+fn device_user(device: &Device) -> Result<String, Failure> {
+    device.dir().name().ok_or_else(|| {
+        Failure::new(
+            exit::FAILURE,
+            "this device does not know which user it acts for yet: run `weft init --name USER`, or sync once with a token",
+        )
+    })
 }
 
 fn new_id() -> schema::Id {
@@ -593,9 +594,9 @@ fn title_of(am: &Automerge) -> Option<String> {
 
 async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result<(), Failure> {
     match cmd {
-        MsgCmd::Send { doc, text, author } => {
+        MsgCmd::Send { doc, text } => {
             check_exists(device, doc).await?;
-            let author = author.unwrap_or_else(|| author_default(device));
+            let author = device_user(device)?;
             let id = new_id();
             let now = unix_ms();
             let msg = schema::NewMessage::text(author, text);

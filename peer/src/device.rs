@@ -374,6 +374,10 @@ impl Device {
             status_dirty: false,
             dirty_metas: HashSet::new(),
             device: key.device_id(),
+            actor_secret: blake3::derive_key(
+                "weft device actor secret v1",
+                key.to_pem().as_bytes(),
+            ),
             dir: dir.clone(),
             resetting: HashSet::new(),
             outbox,
@@ -632,6 +636,9 @@ struct Driver {
     status_dirty: bool,
     dirty_metas: HashSet<DocId>,
     device: DeviceId,
+    /// Derived from the device key: the actor ids this device writes with (see
+    /// [`Driver::actor_for`]).
+    actor_secret: [u8; 32],
     dir: DataDir,
     /// Documents being reset to the relay's version.
     resetting: HashSet<DocId>,
@@ -961,6 +968,7 @@ impl Driver {
             meta.role = role;
         }
         meta.confirmed_heads.clear();
+        meta.actor_epoch = meta.actor_epoch.wrapping_add(1);
         self.metas.insert(doc, meta.clone());
         self.dirty_metas.remove(&doc);
         let mut batch = WriteBatch::new();
@@ -1053,6 +1061,14 @@ impl Driver {
                     let _ = reply.send(Err(DeviceError::ReadOnly(doc)));
                     return;
                 }
+                // One actor per document and device (a new one after the relay refused this
+                // device's changes): the relay binds it to this device's user, and nobody can
+                // predict it to claim it first.
+                let actor = self.actor_for(doc);
+                let f: ChangeFn = Box::new(move |am: &mut weft_core::automerge::Automerge| {
+                    am.set_actor(actor);
+                    f(am)
+                });
                 match self.host.engine().change(doc, f) {
                     Ok((r, None)) => {
                         let _ = reply.send(Ok(r));
@@ -1070,6 +1086,17 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The actor this device writes `doc` with: a keyed hash of the document and its epoch
+    /// (which a reset to the relay's version moves on, so refused changes' sequence numbers are
+    /// never reused).
+    fn actor_for(&self, doc: DocId) -> weft_core::automerge::ActorId {
+        let epoch = self.metas.get(&doc).map_or(0, |m| m.actor_epoch);
+        let mut h = blake3::Hasher::new_keyed(&self.actor_secret);
+        h.update(doc.as_bytes());
+        h.update(&epoch.to_be_bytes());
+        weft_core::automerge::ActorId::from(&h.finalize().as_bytes()[..16])
     }
 
     fn on_done(&mut self, done: Done) {

@@ -87,8 +87,8 @@ impl DataDir {
     }
 
     /// Creates the directory and the device key if missing, makes the directory and its files
-    /// private (see the module docs), and returns the key. A name, when given, replaces the
-    /// stored one.
+    /// private (see the module docs), and returns the key. A name, when given, becomes the
+    /// user the device acts for; a device that already acts for another user refuses it.
     pub fn init(&self, name: Option<&str>) -> Result<DeviceKey, DeviceError> {
         create_private_dir(&self.path).map_err(|e| self.err(format!("cannot create it: {e}")))?;
         self.make_private()?;
@@ -102,12 +102,13 @@ impl DataDir {
             }
         };
         if let Some(name) = name {
-            let info = Info {
-                name: Some(name.to_owned()),
-            };
-            let text = serde_json::to_vec_pretty(&info).map_err(|e| self.err(e))?;
-            write_private(&self.info_path(), &text)
-                .map_err(|e| self.err(format!("cannot write device.json: {e}")))?;
+            // A device acts for one user, for good: its actors are bound to that user.
+            self.claim_user(name).map_err(|e| match e {
+                ClaimError::OtherUser(current) => {
+                    DeviceError::Refused(format!("this device acts for {current}, not {name}"))
+                }
+                ClaimError::Write(w) => self.err(w),
+            })?;
         }
         Ok(key)
     }
@@ -160,10 +161,29 @@ impl DataDir {
             .map_err(|e| self.err(format!("cannot make {} private: {e}", path.display())))
     }
 
-    /// The device's display name, if one was set.
+    /// The user this device acts for (`weft init --name`, or the user of the first token it
+    /// synced with), if known.
     pub fn name(&self) -> Option<String> {
         let text = fs::read(self.info_path()).ok()?;
         serde_json::from_slice::<Info>(&text).ok()?.name
+    }
+
+    /// The relay authenticated this device as `user`: it becomes the device's user if it has
+    /// none. `Err(current)` when the device already acts for another user.
+    pub fn claim_user(&self, user: &str) -> Result<(), ClaimError> {
+        match self.name() {
+            Some(current) if current == user => Ok(()),
+            Some(current) => Err(ClaimError::OtherUser(current)),
+            None => {
+                let info = Info {
+                    name: Some(user.to_owned()),
+                };
+                let text = serde_json::to_vec_pretty(&info)
+                    .map_err(|e| ClaimError::Write(e.to_string()))?;
+                write_private(&self.info_path(), &text)
+                    .map_err(|e| ClaimError::Write(format!("cannot write device.json: {e}")))
+            }
+        }
     }
 }
 
@@ -321,4 +341,15 @@ mod tests {
         fs::write(dir.key_path(), "not a key").unwrap();
         assert!(matches!(dir.init(None), Err(DeviceError::Key(_))));
     }
+}
+
+/// Why a device could not take on a user.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// It acts for another user.
+    #[error("this device acts for {0}")]
+    OtherUser(String),
+    /// Recording the user failed.
+    #[error("{0}")]
+    Write(String),
 }

@@ -492,6 +492,20 @@ async fn connect_and_run(
                 }
             }
             writer.set_max_frame((max_frame as usize).min(wire::DEFAULT_MAX_FRAME));
+            if let Target::Relay(_) = target {
+                // A device acts for one user: the first token's, unless `init --name` chose.
+                if let Err(e) = device.dir().claim_user(&user) {
+                    conn.close(
+                        quinn::VarInt::from_u32(u32::from(ErrorCode::UNAUTHENTICATED.0)),
+                        b"token for another user",
+                    );
+                    return Ended {
+                        error: Some(format!("{e}; the token is for {user}")),
+                        refused: true,
+                        fatal: true,
+                    };
+                }
+            }
             user
         }
         Some(Message::Error { code, message, .. }) => {

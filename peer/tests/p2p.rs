@@ -10,7 +10,7 @@ use common::{wait_for, Dev};
 /// 100 messages, byte for byte, and equal heads.
 #[test]
 fn two_devices_converge_peer_to_peer_after_editing_offline() {
-    let (a, b) = (Dev::new(), Dev::new());
+    let (a, b) = (Dev::user("me"), Dev::user("me"));
     let (ida, idb) = (a.init(), b.init());
     let doc = a.new_conversation("Weekend");
 
@@ -31,8 +31,8 @@ fn two_devices_converge_peer_to_peer_after_editing_offline() {
 
     // Offline on both sides.
     for i in 0..50 {
-        a.ok(&["msg", "send", &doc, &format!("a{i}"), "--author", "me"]);
-        b.ok(&["msg", "send", &doc, &format!("b{i}"), "--author", "me"]);
+        a.ok(&["msg", "send", &doc, &format!("a{i}")]);
+        b.ok(&["msg", "send", &doc, &format!("b{i}")]);
     }
     let mut listen = b.spawn(&["p2p", "listen", "--listen", &addr, "--allow", &ida]);
     assert_eq!(listen.first_line(), idb);
@@ -58,7 +58,7 @@ fn two_devices_converge_peer_to_peer_after_editing_offline() {
 /// A device not on `--allow`, and a dialer pinning the wrong key, are refused with 3.
 #[test]
 fn unknown_devices_and_wrong_keys_are_refused() {
-    let (a, b, stranger) = (Dev::new(), Dev::new(), Dev::new());
+    let (a, b, stranger) = (Dev::user("me"), Dev::user("me"), Dev::user("stranger"));
     let (ida, idb) = (a.init(), b.init());
     let ids = stranger.init();
     let addr = format!("127.0.0.1:{}", common::free_port());
@@ -79,7 +79,7 @@ fn unknown_devices_and_wrong_keys_are_refused() {
 #[test]
 fn watch_streams_local_and_remote_changes_and_edits_travel() {
     use std::io::BufRead;
-    let (a, b) = (Dev::new(), Dev::new());
+    let (a, b) = (Dev::user("me"), Dev::user("me"));
     let (ida, idb) = (a.init(), b.init());
     let doc = a.new_conversation("Watched");
     let addr = format!("127.0.0.1:{}", common::free_port());
@@ -95,10 +95,7 @@ fn watch_streams_local_and_remote_changes_and_edits_travel() {
         "the watch to hold the directory",
         || a.dir.path().join("weft.sock").exists(),
     );
-    let id = a
-        .ok(&["msg", "send", &doc, "first", "--author", "me"])
-        .trim()
-        .to_owned();
+    let id = a.ok(&["msg", "send", &doc, "first"]).trim().to_owned();
     let local: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(local["origin"], "local");
     assert_eq!(local["doc"], doc);
@@ -106,7 +103,7 @@ fn watch_streams_local_and_remote_changes_and_edits_travel() {
     assert!(!local["patches"].as_array().unwrap().is_empty());
 
     // B edits and deletes; a sync handed to the watch brings them in as remote changes.
-    b.ok(&["msg", "send", &doc, "second", "--author", "me"]);
+    b.ok(&["msg", "send", &doc, "second"]);
     a.ok(&["sync", "--peer", &addr, "--peer-key", &idb, "--once"]);
     b.ok(&["msg", "edit", &doc, &id, "first, edited"]);
     let remote: serde_json::Value = loop {

@@ -13,7 +13,7 @@ fn two_devices_converge_through_a_relay_after_editing_offline() {
     let relay = Relay::start();
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice = relay.token("alice", &["--create"]);
-    let (a, b) = (Dev::new(), Dev::new());
+    let (a, b) = (Dev::user("alice"), Dev::user("alice"));
     let doc = a.new_conversation("Lunch");
     a.ok(&relay.sync_args(&addr, &cert, &alice));
     // Alice's second device has only a token: discovery brings the conversation.
@@ -22,15 +22,8 @@ fn two_devices_converge_through_a_relay_after_editing_offline() {
     assert_eq!(a.heads(&doc), b.heads(&doc));
 
     for i in 0..50 {
-        a.ok(&["msg", "send", &doc, &format!("a{i}"), "--author", "alice"]);
-        b.ok(&[
-            "msg",
-            "send",
-            &doc,
-            &format!("b{i}"),
-            "--author",
-            "alice-phone",
-        ]);
+        a.ok(&["msg", "send", &doc, &format!("a{i}")]);
+        b.ok(&["msg", "send", &doc, &format!("b{i}")]);
     }
     a.ok(&relay.sync_args(&addr, &cert, &alice));
     b.ok(&relay.sync_args(&addr, &cert, &alice));
@@ -58,7 +51,7 @@ fn a_watching_device_finds_the_relay_when_it_comes_up_and_after_a_restart() {
     let (cert, alice) = (first.cert(), first.token("alice", &["--create"]));
     drop(first);
 
-    let (a, b) = (Dev::new(), Dev::new());
+    let (a, b) = (Dev::user("alice"), Dev::user("alice"));
     let doc = a.new_conversation("Trip");
     a.ok(&["msg", "send", &doc, "before the relay was up"]);
     let watch = |d: &Dev| d.spawn(&common::watch_args(&listen, &cert, &alice));
@@ -99,7 +92,7 @@ fn a_device_killed_mid_sync_loses_nothing() {
     let relay = Relay::start();
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice = relay.token("alice", &["--create"]);
-    let (a, b) = (Dev::new(), Dev::new());
+    let (a, b) = (Dev::user("alice"), Dev::user("alice"));
     let doc = a.new_conversation("Big");
     for i in 0..150 {
         a.ok(&["msg", "send", &doc, &format!("message {i}")]);
@@ -128,7 +121,7 @@ fn refusals_and_failures_have_the_contract_exit_statuses() {
     let relay = Relay::start();
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice = relay.token("alice", &["--create"]);
-    let a = Dev::new();
+    let a = Dev::user("alice");
     let doc = a.new_conversation("Private");
     a.ok(&["msg", "send", &doc, "hi"]);
     a.ok(&relay.sync_args(&addr, &cert, &alice));
@@ -185,4 +178,31 @@ fn refusals_and_failures_have_the_contract_exit_statuses() {
     let other = Dev::new().new_conversation("elsewhere");
     a.fails(&["doc", "show", &other], 1);
     a.fails(&["msg", "send", &other, "x"], 1);
+}
+
+/// A device acts for one user: the user of the first token it syncs with (or `init --name`);
+/// a token for another user is refused, and its messages are that user's.
+#[test]
+fn a_device_acts_for_one_user() {
+    let relay = Relay::start();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let alice = relay.token("alice", &["--create"]);
+    let bob = relay.token("bob", &["--create"]);
+    let d = Dev::new();
+    d.init();
+    let doc = d.new_conversation("Mine");
+    // Not knowing its user yet, it cannot post.
+    d.fails(&["msg", "send", &doc, "hello"], 1);
+    d.ok(&relay.sync_args(&addr, &cert, &alice));
+    let id = d.ok(&["msg", "send", &doc, "hello"]).trim().to_owned();
+    let list = d.msgs_json(&doc);
+    assert!(
+        list.contains(&id) && list.contains("\"author\":\"alice\""),
+        "{list}"
+    );
+    d.fails(&relay.sync_args(&addr, &cert, &bob), 3);
+    d.fails(&["init", "--name", "bob"], 3);
+    // `init --name` chooses up front.
+    let e = Dev::user("erin");
+    e.fails(&relay.sync_args(&addr, &cert, &alice), 3);
 }

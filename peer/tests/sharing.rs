@@ -22,9 +22,9 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice_t = relay.token("alice", &["--create"]);
     let bob_t = relay.token("bob", &["--create"]);
-    let (alice, bob) = (Dev::new(), Dev::new());
+    let (alice, bob) = (Dev::user("alice"), Dev::user("bob"));
     let doc = alice.new_conversation("Plans");
-    alice.ok(&["msg", "send", &doc, "hello bob", "--author", "alice"]);
+    alice.ok(&["msg", "send", &doc, "hello bob"]);
     // Sharing is queued offline and goes with the next sync, after the document itself.
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "ro"]);
 
@@ -53,7 +53,7 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
     wait_for(Duration::from_secs(20), "Bob's role to become rw", || {
         listed(&bob, &doc).is_some_and(|e| e["role"] == "rw")
     });
-    bob.ok(&["msg", "send", &doc, "thanks", "--author", "bob"]);
+    bob.ok(&["msg", "send", &doc, "thanks"]);
     wait_for(
         Duration::from_secs(20),
         "Bob's message to reach Alice",
@@ -67,11 +67,11 @@ fn sharing_reaches_a_connected_device_and_revocation_takes_effect_at_once() {
         "Bob's copy to be marked no longer shared",
         || listed(&bob, &doc).is_some_and(|e| e["shared"] == false),
     );
-    alice.ok(&["msg", "send", &doc, "secret", "--author", "alice"]);
+    alice.ok(&["msg", "send", &doc, "secret"]);
     bob.fails(&["msg", "send", &doc, "still here?"], 3);
     // A round trip through the relay later, Bob still has only the first two messages.
-    alice.ok(&["msg", "send", &doc, "another secret", "--author", "alice"]);
-    let bob_only = Dev::new();
+    alice.ok(&["msg", "send", &doc, "another secret"]);
+    let bob_only = Dev::user("bob");
     bob_only.ok(&relay.sync_args(&addr, &cert, &bob_t));
     assert!(
         listed(&bob_only, &doc).is_none(),
@@ -87,7 +87,7 @@ fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
     let alice_t = relay.token("alice", &["--create"]);
     let admin_t = relay.token("backend", &["--admin"]);
     let carol_t = relay.token("carol", &["--create"]);
-    let (alice, admin, carol) = (Dev::new(), Dev::new(), Dev::new());
+    let (alice, admin, carol) = (Dev::user("alice"), Dev::user("backend"), Dev::user("carol"));
     let doc = alice.new_conversation("Support");
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
 
@@ -108,7 +108,7 @@ fn an_admin_shares_for_the_owner_and_a_deleted_document_is_gone_for_good() {
     alice.ok(&["doc", "delete", &doc]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
     assert!(listed(&alice, &doc).is_none());
-    let carol2 = Dev::new();
+    let carol2 = Dev::user("carol");
     carol2.ok(&relay.sync_args(&addr, &cert, &carol_t));
     assert!(listed(&carol2, &doc).is_none());
     // Carol's device held a copy; syncing again tells it the document was deleted, and it
@@ -153,13 +153,18 @@ fn members_devices_erase_a_deleted_conversation_and_keep_the_rest() {
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice_t = relay.token("alice", &["--create"]);
     let bob_t = relay.token("bob", &["--create"]);
-    let (alice, tablet, laptop, phone) = (Dev::new(), Dev::new(), Dev::new(), Dev::new());
+    let (alice, tablet, laptop, phone) = (
+        Dev::user("alice"),
+        Dev::user("alice"),
+        Dev::user("bob"),
+        Dev::user("bob"),
+    );
     let doc = alice.new_conversation("Party");
-    alice.ok(&["msg", "send", &doc, SECRET, "--author", "alice"]);
+    alice.ok(&["msg", "send", &doc, SECRET]);
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
     let notes = laptop.new_conversation("Notes");
-    laptop.ok(&["msg", "send", &notes, BOBS, "--author", "bob"]);
+    laptop.ok(&["msg", "send", &notes, BOBS]);
     for (d, t) in [(&laptop, &bob_t), (&phone, &bob_t), (&tablet, &alice_t)] {
         d.ok(&relay.sync_args(&addr, &cert, t));
         assert_eq!(d.msg_count(&doc), 1);
@@ -230,7 +235,7 @@ fn offline_changes_to_a_document_that_became_read_only_are_kept_aside() {
     let (addr, cert) = (relay.addr(), relay.cert());
     let alice_t = relay.token("alice", &["--create"]);
     let bob_t = relay.token("bob", &[]);
-    let (alice, bob) = (Dev::new(), Dev::new());
+    let (alice, bob) = (Dev::user("alice"), Dev::user("bob"));
     let doc = alice.new_conversation("Board");
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
@@ -238,9 +243,9 @@ fn offline_changes_to_a_document_that_became_read_only_are_kept_aside() {
     assert_eq!(listed(&bob, &doc).unwrap()["role"], "rw");
 
     // Bob writes offline while Alice makes him read-only.
-    bob.ok(&["msg", "send", &doc, "offline draft", "--author", "bob"]);
+    bob.ok(&["msg", "send", &doc, "offline draft"]);
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "ro"]);
-    alice.ok(&["msg", "send", &doc, "from alice", "--author", "alice"]);
+    alice.ok(&["msg", "send", &doc, "from alice"]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
 
     bob.ok(&relay.sync_args(&addr, &cert, &bob_t));

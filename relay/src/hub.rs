@@ -92,6 +92,8 @@ pub struct HubConfig {
     pub max_loads: usize,
     /// What one member may cost the relay (see `hub/quota.rs`).
     pub quotas: Quotas,
+    /// The kinds of document whose write rules the relay enforces (built-in and declared).
+    pub kinds: Arc<weft_schema::rules::Kinds>,
 }
 
 impl Default for HubConfig {
@@ -110,6 +112,7 @@ impl Default for HubConfig {
             create_rate: 100,
             max_loads: 2,
             quotas: Quotas::default(),
+            kinds: Arc::new(weft_schema::rules::Kinds::builtin()),
         }
     }
 }
@@ -308,11 +311,12 @@ impl Hub {
         verifier: Verifier,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let host = Host::new(
-            Engine::new(cfg.engine.clone()),
-            group.clone(),
-            cfg.host.clone(),
-        );
+        let mut engine = Engine::new(cfg.engine.clone());
+        // Every connection's changes are checked: identities and the kinds' write rules.
+        engine.set_gate(Box::new(weft_schema::rules::RulesGate::new(
+            cfg.kinds.clone(),
+        )));
+        let host = Host::new(engine, group.clone(), cfg.host.clone());
         Hub {
             cfg,
             host,
@@ -537,7 +541,20 @@ impl Hub {
                     },
                 );
                 self.host.engine().add_conn(conn);
+                if let Some(c) = self.conns.get(&conn) {
+                    let (user, admin) = (c.claims.sub.clone(), c.claims.admin);
+                    if let Some(rules) = self.rules() {
+                        rules.connect(conn, &user, admin, false);
+                    }
+                }
                 self.send(conn, &welcome);
+                let declared = self.cfg.kinds.declared_toml();
+                if !declared.is_empty() {
+                    let kinds = Message::Kinds {
+                        toml: declared.to_string(),
+                    };
+                    self.send(conn, &kinds);
+                }
                 self.send_listing(conn);
             }
             HubEvent::Frame { conn, msg } => {
@@ -607,8 +624,13 @@ impl Hub {
             }
             Message::Token { token } => match self.verifier.verify(&token, Self::unix_now()) {
                 Ok(claims) if claims.sub == c.claims.sub => {
+                    let admin = claims.admin;
+                    let user = claims.sub.clone();
                     if let Some(c) = self.conns.get_mut(&conn) {
                         let old = std::mem::replace(&mut c.claims, claims);
+                        if let Some(rules) = self.rules() {
+                            rules.connect(conn, &user, admin, false);
+                        }
                         self.recheck_access(conn, &old);
                     }
                 }
@@ -648,6 +670,15 @@ impl Hub {
                 self.close(conn, ErrorCode::MALFORMED, "unexpected message".into());
             }
         }
+    }
+
+    /// The engine's gate: identities and write rules.
+    fn rules(&mut self) -> Option<&mut weft_schema::rules::RulesGate> {
+        self.host
+            .engine()
+            .gate_mut()?
+            .as_any_mut()
+            .downcast_mut::<weft_schema::rules::RulesGate>()
     }
 
     /// A checked document message: handed to the engine if `conn` is subscribed to its
@@ -786,12 +817,11 @@ impl Hub {
             // WebSocket hook: a request never creates.
             Decision::Create if !may_create => self.send(conn, &forbidden(doc)),
             Decision::Create => {
+                // Counted now (by `may_create`), not once durable: a burst of creations must
+                // not all pass the quota while the first ones are in flight.
                 if !self.may_create(conn, doc, &claims.sub) {
                     return;
                 }
-                // Counted now, not once durable: a burst of creations must not all pass the
-                // quota while the first ones are in flight.
-                self.count_created(&claims.sub);
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
                 let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);
@@ -839,6 +869,9 @@ impl Hub {
             return;
         };
         if let Some(m) = meta {
+            if let (Some(owner), Some(rules)) = (m.owner.clone(), self.rules()) {
+                rules.set_owner(doc, &owner);
+            }
             self.metas.entry(doc).or_insert(m);
         }
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -927,6 +960,9 @@ impl Hub {
             self.unsubscribe(conn, doc);
         }
         self.host.engine().remove_conn(conn);
+        if let Some(rules) = self.rules() {
+            rules.disconnect(conn);
+        }
         if let Some(c) = self.conns.remove(&conn) {
             if let Some(set) = self.users.get_mut(&c.claims.sub) {
                 set.remove(&conn);

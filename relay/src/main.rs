@@ -187,6 +187,10 @@ struct ServeArgs {
     )]
     max_doc_bytes: u64,
 
+    /// App-defined document kinds and their write rules (TOML; see the README).
+    #[arg(long, env = "WEFT_KINDS", value_name = "FILE")]
+    kinds: Option<PathBuf>,
+
     /// Most documents one user may own.
     #[arg(
         long,
@@ -536,6 +540,13 @@ async fn run_relay(
     };
     hub_config.engine.limits = check.clone();
     hub_config.engine.max_doc_bytes = args.max_doc_bytes;
+    if let Some(path) = &args.kinds {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the kinds file {}", path.display()))?;
+        let kinds = weft_schema::rules::Kinds::with_declared(&text)
+            .with_context(|| format!("the kinds file {} is not valid", path.display()))?;
+        hub_config.kinds = Arc::new(kinds);
+    }
     hub_config.quotas = weft_relay::Quotas {
         max_docs_per_user: args.max_docs_per_user,
         max_user_bytes: args.max_user_bytes,

@@ -59,4 +59,8 @@ pub trait Gate: Send {
 
     /// `doc` left memory.
     fn closed(&mut self, doc: DocId);
+
+    /// The gate itself, for a driver that installed it to tell it things (who is behind a
+    /// connection) through its own type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }

@@ -907,6 +907,9 @@ impl Gate for ToyGate {
     fn closed(&mut self, _doc: DocId) {
         self.log.lock().unwrap().push("closed".into());
     }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 #[test]

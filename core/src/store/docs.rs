@@ -209,6 +209,9 @@ pub struct DocMeta {
     /// Relay side: bytes the document took in the store when last recorded (its owner's
     /// storage quota counts them).
     pub stored_bytes: u64,
+    /// Device side: moved on each time the relay refuses this device's changes and the
+    /// document returns to the relay's version; the device writes with a new actor from then.
+    pub actor_epoch: u32,
 }
 
 /// Why a document-store read failed.
@@ -1132,6 +1135,7 @@ pub(crate) mod tests {
             last_sync_ms: Some(4),
             revoked: true,
             stored_bytes: 5,
+            actor_epoch: 6,
         };
         commit(&store, |b| put_meta(b, DOC, &meta)).unwrap();
         assert_eq!(load_meta(&store, DOC).unwrap(), Some(meta));

@@ -44,6 +44,13 @@ impl Dev {
         }
     }
 
+    /// A device that acts for `user` (`weft init --name USER`).
+    pub fn user(user: &str) -> Dev {
+        let d = Dev::new();
+        d.ok(&["init", "--name", user]);
+        d
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(weft_bin());
         c.arg("--data-dir").arg(self.dir.path()).args(args);

@@ -76,11 +76,6 @@ impl Relay {
     pub fn url(&self, token: &str) -> String {
         format!("ws://{}/?token={token}", self.ws)
     }
-
-    /// The relay process's id (to read its `/proc/PID/status`).
-    pub fn pid(&self) -> u32 {
-        self.process.child.id()
-    }
 }
 
 /// A QUIC device: its engine, driven over the relay stream.

@@ -182,4 +182,8 @@ impl Gate for RulesGate {
     fn closed(&mut self, doc: DocId) {
         self.docs.remove(&doc);
     }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
