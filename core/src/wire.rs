@@ -117,6 +117,16 @@ impl ErrorCode {
     pub const REFUSED: ErrorCode = ErrorCode(13);
 }
 
+/// One actor of a document and the user it writes for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorEntry {
+    /// The actor id's bytes.
+    #[serde(with = "serde_bytes")]
+    pub actor: Vec<u8>,
+    /// The user.
+    pub user: String,
+}
+
 /// One document in a discovery list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocEntry {
@@ -280,6 +290,15 @@ pub enum Message {
         /// The document.
         doc: DocId,
     },
+    /// Which user actors of a document write for, as the relay bound them (see
+    /// `weft_schema::rules`): sent after `Subscribed` and whenever the relay binds a new actor, so
+    /// a device checks what its own peers forward as the right user's.
+    Actors {
+        /// The document.
+        doc: DocId,
+        /// Actor id bytes and the user each writes for.
+        actors: Vec<ActorEntry>,
+    },
     /// The kinds of document declared to the relay (`weft-relay serve --kinds`), as TOML: sent
     /// after `Welcome` when there are any, so a device checks its writes against them offline.
     Kinds {
@@ -324,6 +343,7 @@ impl Message {
             | Message::Share { doc, .. }
             | Message::Unshare { doc, .. }
             | Message::Delete { doc, .. }
+            | Message::Actors { doc, .. }
             | Message::Reply { doc, .. } => Some(*doc),
         }
     }

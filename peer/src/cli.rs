@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use weft_core::automerge::{Automerge, Patch, PatchAction, Prop, ReadDoc};
@@ -67,6 +67,9 @@ pub enum Command {
     /// Documents.
     #[command(subcommand)]
     Doc(DocCmd),
+    /// Documents of the kinds the relay declared, as records.
+    #[command(subcommand)]
+    Rec(rec::RecCmd),
     /// Chat messages of a conversation or trip.
     #[command(subcommand)]
     Msg(MsgCmd),
@@ -93,12 +96,15 @@ pub enum Command {
 pub enum DocCmd {
     /// Create a document and print its id.
     New {
-        /// Its kind.
-        #[arg(long, value_enum)]
-        kind: DocKind,
-        /// Its title.
+        /// Its kind: conversation, trip, or a kind the relay declared.
+        #[arg(long)]
+        kind: String,
+        /// Its title (conversations and trips).
         #[arg(long)]
         title: Option<String>,
+        /// A field of a declared kind, FIELD=VALUE (repeatable).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
     },
     /// List the documents on this device.
     List {
@@ -146,8 +152,8 @@ pub enum DocCmd {
     },
 }
 
-/// Kinds `weft doc new` creates.
-#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+/// The built-in kinds `weft doc new` creates.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum DocKind {
     /// A chat.
     Conversation,
@@ -258,6 +264,8 @@ pub struct SyncArgs {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
+
+mod rec;
 
 mod id_str {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
@@ -393,6 +401,7 @@ pub async fn execute(device: &Device, cmd: Command, sink: &Sink) -> Result<(), F
     match cmd {
         Command::Init { .. } => sink.out(format!("{}\n", device.id())).await,
         Command::Doc(c) => doc_cmd(device, c, sink).await,
+        Command::Rec(c) => rec::rec_cmd(device, c, sink).await,
         Command::Msg(c) => msg_cmd(device, c, sink).await,
         Command::Status { json } => status(device, json, sink).await,
         Command::Watch { doc } => watch(device, doc, sink).await,
@@ -425,7 +434,18 @@ async fn check_exists(device: &Device, doc: DocId) -> Result<(), Failure> {
 
 async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failure> {
     match cmd {
-        DocCmd::New { kind, title } => {
+        DocCmd::New { kind, title, set } => {
+            let kind = match kind.as_str() {
+                "conversation" => DocKind::Conversation,
+                "trip" => DocKind::Trip,
+                other => return rec::new_record(device, other, &set, sink).await,
+            };
+            if !set.is_empty() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "--set is for kinds the relay declared; conversations and trips take --title",
+                ));
+            }
             let title = title.unwrap_or_default();
             let now = unix_ms();
             let (kind_name, result) = match kind {

@@ -350,11 +350,17 @@ impl Device {
         let (cmd_tx, cmd_rx) = mpsc::channel(CMD_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
-        let host = Host::new(
-            Engine::new(EngineConfig::device()),
-            group.clone(),
-            HostConfig::default(),
-        );
+        let mut engine = Engine::new(EngineConfig::device());
+        // Changes from this device's own peers are checked (identities and write rules); the
+        // relay's were checked by the relay.
+        let mut gate = weft_schema::rules::RulesGate::new(Arc::new(dir.kinds()));
+        for (doc, m) in &metas {
+            if let Some(owner) = &m.owner {
+                gate.set_owner(*doc, owner);
+            }
+        }
+        engine.set_gate(Box::new(gate));
+        let host = Host::new(engine, group.clone(), HostConfig::default());
         let driver = Driver {
             host,
             group,
@@ -780,6 +786,9 @@ impl Driver {
             }
             Cmd::Inbound(conn, msg) => self.inbound(conn, msg),
             Cmd::Closed(conn) => {
+                if let Some(rules) = self.rules() {
+                    rules.disconnect(conn);
+                }
                 if let Some(c) = self.conns.remove(&conn) {
                     self.host.engine().remove_conn(conn);
                     if let Some(l) = self.links.get_mut(&c.link) {
@@ -988,6 +997,13 @@ impl Driver {
         meta.kind = kind;
         meta.created_at_ms = now;
         meta.updated_at_ms = now;
+        // The creator owns it (the relay records the first uploader as the owner).
+        meta.owner = self.dir.name();
+        if let Some(owner) = meta.owner.clone() {
+            if let Some(rules) = self.rules() {
+                rules.set_owner(doc, &owner);
+            }
+        }
         let mut batch = WriteBatch::new();
         docs::put_meta(&mut batch, doc, &meta);
         // The metadata batch is submitted before the first change's: the group-commit writer
@@ -1328,8 +1344,26 @@ impl Driver {
         }
     }
 
+    /// The engine's gate: identities and write rules for what peers send.
+    fn rules(&mut self) -> Option<&mut weft_schema::rules::RulesGate> {
+        self.host
+            .engine()
+            .gate_mut()?
+            .as_any_mut()
+            .downcast_mut::<weft_schema::rules::RulesGate>()
+    }
+
     fn add_conn(&mut self, conn: ConnId, reg: Registration) {
         self.host.engine().add_conn(conn);
+        if reg.kind != ConnKind::Relay {
+            // A peer is a device of this device's user: its changes are this user's, except
+            // those of actors the relay bound to others (which it forwards).
+            if let Some(user) = self.dir.name() {
+                if let Some(rules) = self.rules() {
+                    rules.connect(conn, &user, false, true);
+                }
+            }
+        }
         if let Some(l) = self.links.get_mut(&reg.link) {
             l.state = LinkState::Online;
             l.user = reg.user.clone();
@@ -1521,6 +1555,33 @@ impl Driver {
             Message::Reply {
                 id, code, message, ..
             } if kind == ConnKind::Relay => self.on_reply(conn, id, code, message),
+            Message::Kinds { toml } if kind == ConnKind::Relay => {
+                match weft_schema::rules::Kinds::with_declared(&toml) {
+                    Ok(kinds) => {
+                        if let Err(e) = self.dir.write_kinds(&toml) {
+                            tracing::warn!(error = %e, "cannot keep the relay's kinds");
+                        }
+                        if let Some(rules) = self.rules() {
+                            rules.set_kinds(Arc::new(kinds));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the relay's kinds do not parse"),
+                }
+            }
+            Message::Actors { doc, actors } if kind == ConnKind::Relay => {
+                let mut batch = WriteBatch::new();
+                for a in &actors {
+                    docs::put_gate_record(&mut batch, doc, &a.actor, a.user.as_bytes());
+                }
+                if let Some(rules) = self.rules() {
+                    for a in actors {
+                        let actor = weft_core::automerge::ActorId::from(a.actor.as_slice());
+                        rules.learn_binding(doc, actor, &a.user);
+                    }
+                }
+                let ticket = self.group.submit(batch);
+                self.tasks.spawn(async move { Done::Meta(ticket.await) });
+            }
             Message::DocsEnd { truncated, .. } => {
                 if truncated {
                     tracing::warn!("the relay listed only part of this user's documents");

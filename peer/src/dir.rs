@@ -70,6 +70,30 @@ impl DataDir {
         self.path.join("rejected")
     }
 
+    /// The kinds of document the relay declared (TOML), as it last sent them.
+    pub fn kinds_path(&self) -> PathBuf {
+        self.path.join("kinds.toml")
+    }
+
+    /// The kinds this device knows: the built-in ones and those its relay declared (the
+    /// built-in ones alone when the relay declared none or the file does not parse).
+    pub fn kinds(&self) -> weft_schema::rules::Kinds {
+        use weft_schema::rules::Kinds;
+        match fs::read_to_string(self.kinds_path()) {
+            Ok(text) => Kinds::with_declared(&text).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring the kinds file");
+                Kinds::builtin()
+            }),
+            Err(_) => Kinds::builtin(),
+        }
+    }
+
+    /// Keeps the kinds the relay declared (TOML).
+    pub fn write_kinds(&self, toml: &str) -> Result<(), DeviceError> {
+        write_private(&self.kinds_path(), toml.as_bytes())
+            .map_err(|e| self.err(format!("cannot write kinds.toml: {e}")))
+    }
+
     /// The queue of sharing and deletion requests not yet answered by a relay.
     pub fn outbox_path(&self) -> PathBuf {
         self.path.join("outbox.json")

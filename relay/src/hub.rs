@@ -672,6 +672,29 @@ impl Hub {
         }
     }
 
+    /// Tells `conn` which user each actor of `doc` writes for, as far as the store knows.
+    fn send_actors(&mut self, conn: ConnId, doc: DocId) {
+        let records = match docstore::load_gate_records(self.host.store().as_ref(), doc) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%doc, error = %e, "reading a document's actors failed");
+                return;
+            }
+        };
+        let actors: Vec<wire::ActorEntry> = records
+            .into_iter()
+            .filter_map(|(actor, user)| {
+                Some(wire::ActorEntry {
+                    actor,
+                    user: String::from_utf8(user).ok()?,
+                })
+            })
+            .collect();
+        if !actors.is_empty() {
+            self.send(conn, &Message::Actors { doc, actors });
+        }
+    }
+
     /// The engine's gate: identities and write rules.
     fn rules(&mut self) -> Option<&mut weft_schema::rules::RulesGate> {
         self.host
@@ -887,6 +910,7 @@ impl Hub {
             return;
         };
         self.send(conn, &Message::Subscribed { doc, role });
+        self.send_actors(conn, doc);
         // Presence: the newcomer learns who is here; the others learn of the newcomer.
         let here: Vec<(String, DeviceId)> = self
             .subscribers
@@ -1125,6 +1149,17 @@ impl Hub {
                             s.remove(&conn);
                         }
                         self.send(conn, &internal(doc));
+                    }
+                }
+                Action::Event(Output::GateRecord { doc, key, value }) => {
+                    // A new actor binding: every device of the document learns which user it
+                    // writes for (a device checks what its own peers forward by it).
+                    if let Ok(user) = String::from_utf8(value) {
+                        let msg = Message::Actors {
+                            doc,
+                            actors: vec![wire::ActorEntry { actor: key, user }],
+                        };
+                        self.broadcast(doc, None, &msg);
                     }
                 }
                 // Postgres checkpoints: `Changed` is reported once the change is durable.

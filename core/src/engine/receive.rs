@@ -132,6 +132,16 @@ fn refused(doc: DocId, error: CheckError) -> Result<Inbound, EngineError> {
 }
 
 impl Engine {
+    /// Writes a gate record (before the changes it came with) and tells the driver.
+    fn record(&mut self, doc: DocId, key: Vec<u8>, value: Vec<u8>) {
+        self.out.push_back(Output::GateRecord {
+            doc,
+            key: key.clone(),
+            value: value.clone(),
+        });
+        self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+    }
+
     pub(super) fn on_sync(
         &mut self,
         conn: ConnId,
@@ -234,7 +244,7 @@ impl Engine {
                 });
             }
             for (key, value) in std::mem::take(&mut gated.records) {
-                self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+                self.record(doc, key, value);
             }
             let new = gated.accepted;
             let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
@@ -335,7 +345,7 @@ impl Engine {
             .flat_map(|c| c.raw.iter().copied())
             .collect();
         for (key, value) in std::mem::take(&mut gated.records) {
-            self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+            self.record(doc, key, value);
         }
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Ok(());
@@ -504,7 +514,7 @@ impl Engine {
         let refusal = gated.refusal.take().map(Rejection::Rule);
         let new = std::mem::take(&mut gated.accepted);
         for (key, value) in std::mem::take(&mut gated.records) {
-            self.persist_write(doc, Write::GateRecord { key, value }, PersistEffect::None);
+            self.record(doc, key, value);
         }
         if let Some(reason) = refusal {
             self.out.push_back(Output::Rejected { conn, doc, reason });

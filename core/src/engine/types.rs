@@ -256,6 +256,17 @@ pub enum Output {
         /// The document.
         doc: DocId,
     },
+    /// The gate asked to keep a record with the document (see
+    /// [`Accepted`](crate::engine::Accepted)); it is being written with the next changes. For a
+    /// driver that tells others (a relay telling devices which user an actor writes for).
+    GateRecord {
+        /// The document.
+        doc: DocId,
+        /// The gate's key.
+        key: Vec<u8>,
+        /// The gate's value.
+        value: Vec<u8>,
+    },
     /// The document was evicted from memory (it stays in the store).
     Evicted {
         /// The document.

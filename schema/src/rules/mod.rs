@@ -6,9 +6,12 @@
 //! - `eval.rs`: checking one change against its document's kind.
 //! - `gate.rs`: [`RulesGate`], identities (each actor writes for one user) and the rules, as
 //!   a `weft_core::engine::Gate`.
+//! - [`record`]: documents of declared kinds as records (create, set a field, read as JSON),
+//!   with a write checked against the rules before it is made.
 
 mod eval;
 mod gate;
+pub mod record;
 mod spec;
 
 pub use gate::RulesGate;
