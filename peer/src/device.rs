@@ -354,6 +354,9 @@ impl Device {
         // Changes from this device's own peers are checked (identities and write rules); the
         // relay's were checked by the relay.
         let mut gate = weft_schema::rules::RulesGate::new(Arc::new(dir.kinds()));
+        if let Some(user) = dir.name() {
+            gate.set_local_user(&user);
+        }
         for (doc, m) in &metas {
             if let Some(owner) = &m.owner {
                 gate.set_owner(*doc, owner);
@@ -1355,6 +1358,12 @@ impl Driver {
 
     fn add_conn(&mut self, conn: ConnId, reg: Registration) {
         self.host.engine().add_conn(conn);
+        // The user may have been learned just now, from the relay's welcome.
+        if let Some(user) = self.dir.name() {
+            if let Some(rules) = self.rules() {
+                rules.set_local_user(&user);
+            }
+        }
         if reg.kind != ConnKind::Relay {
             // A peer is a device of this device's user: its changes are this user's, except
             // those of actors the relay bound to others (which it forwards).

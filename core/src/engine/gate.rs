@@ -54,8 +54,9 @@ pub trait Gate: Send {
         let _ = (doc, document);
     }
 
-    /// `change` entered the document unchecked (made here, or from a connection not checked).
-    fn observe(&mut self, doc: DocId, change: &Change);
+    /// `change` entered the document unchecked: made here (`from` is `None`), or from a
+    /// connection not checked (or released by Automerge once its dependencies arrived).
+    fn observe(&mut self, doc: DocId, change: &Change, from: Option<ConnId>);
 
     /// `doc` left memory.
     fn closed(&mut self, doc: DocId);

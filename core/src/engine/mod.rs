@@ -566,7 +566,7 @@ impl Engine {
         let raw: Vec<Bytes> = new.iter().map(|c| raw_of(c, None)).collect();
         if let Some(g) = self.gate.as_mut() {
             for c in &new {
-                g.observe(doc, c);
+                g.observe(doc, c, None);
             }
         }
         let id = self.persist_changes(doc, Origin::Local, raw, false);
@@ -1294,7 +1294,7 @@ impl Engine {
             ds.heads = actual;
             if let Some(g) = self.gate.as_mut() {
                 for c in &released {
-                    g.observe(doc, c);
+                    g.observe(doc, c, Some(ConnId(u64::MAX)));
                 }
             }
             if !released.is_empty() {

@@ -232,7 +232,7 @@ impl Engine {
             if !checked_here {
                 if let Some(g) = self.gate.as_mut() {
                     for c in &gated.accepted {
-                        g.observe(doc, &c.change);
+                        g.observe(doc, &c.change, Some(conn));
                     }
                 }
             }
@@ -411,7 +411,7 @@ impl Engine {
             if unchecked {
                 if let Some(g) = self.gate.as_mut() {
                     for c in &entered {
-                        g.observe(doc, c);
+                        g.observe(doc, c, Some(conn));
                     }
                 }
             }
@@ -507,7 +507,7 @@ impl Engine {
         if !checked_here {
             if let Some(g) = self.gate.as_mut() {
                 for c in &gated.accepted {
-                    g.observe(doc, &c.change);
+                    g.observe(doc, &c.change, Some(conn));
                 }
             }
         }

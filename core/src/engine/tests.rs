@@ -901,7 +901,7 @@ impl Gate for ToyGate {
             records: vec![(change.actor_id().to_bytes().to_vec(), b"writer".to_vec())],
         })
     }
-    fn observe(&mut self, _doc: DocId, _change: &Change) {
+    fn observe(&mut self, _doc: DocId, _change: &Change, _from: Option<ConnId>) {
         self.log.lock().unwrap().push("observed".into());
     }
     fn closed(&mut self, _doc: DocId) {

@@ -477,7 +477,11 @@ fn collection(
                         Ok(())
                     }
                     OpType::Delete => {
-                        let by = record_author(st, &entry_seg.id);
+                        let by = record_author(st, &entry_seg.id).or_else(|| {
+                            author
+                                .as_deref()
+                                .and_then(|a| field_of(ctx.doc, &entry_seg.id, a))
+                        });
                         if allowed(ctx, st, delete, by.as_deref()) {
                             Ok(())
                         } else {
@@ -496,7 +500,11 @@ fn collection(
             let Some(f) = fields.get(&field) else {
                 return Err(format!("{field} is not a field of {name}"));
             };
-            let rec_author = record_author(st, &entry_seg.id);
+            let rec_author = record_author(st, &entry_seg.id).or_else(|| {
+                author
+                    .as_deref()
+                    .and_then(|a| field_of(ctx.doc, &entry_seg.id, a))
+            });
             if rest.len() == 2 && !in_object {
                 // The field itself.
                 if !matches!(op.action, OpType::Delete) {
@@ -546,6 +554,23 @@ fn collection(
                 entry_created_here || rest.get(1).is_some_and(|s| ctx.created.contains(&s.id));
             inside_field(ctx, st, f, &field, created_here, rec_author.as_deref(), op)
         }
+    }
+}
+
+/// The string in field `field` of the object `id` has in `doc`: a record's author field, for a
+/// record whose creating actor has no binding (written before bindings existed, or by an actor
+/// of this device's user that the gate never saw).
+fn field_of(doc: &Automerge, id: &OpId, field: &str) -> Option<String> {
+    let (exid, _) = doc
+        .import(&format!("{}@{}", id.0, id.1.to_hex_string()))
+        .ok()?;
+    match doc.get(&exid, field).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        (Value::Object(ObjType::Text), t) => doc.text(&t).ok(),
+        _ => None,
     }
 }
 

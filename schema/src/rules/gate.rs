@@ -38,6 +38,8 @@ pub struct RulesGate {
     conns: HashMap<ConnId, Conn>,
     docs: HashMap<DocId, DocRules>,
     owners: HashMap<DocId, String>,
+    /// The user changes made here write for (a device's user).
+    local_user: Option<String>,
 }
 
 impl RulesGate {
@@ -48,7 +50,14 @@ impl RulesGate {
             conns: HashMap::new(),
             docs: HashMap::new(),
             owners: HashMap::new(),
+            local_user: None,
         }
+    }
+
+    /// The user changes made on this node write for (a device's user): its own actors are
+    /// bound to it.
+    pub fn set_local_user(&mut self, user: &str) {
+        self.local_user = Some(user.to_string());
     }
 
     /// The kinds it checks against (declared kinds may change while it runs).
@@ -173,8 +182,14 @@ impl Gate for RulesGate {
         }
     }
 
-    fn observe(&mut self, doc: DocId, change: &Change) {
+    fn observe(&mut self, doc: DocId, change: &Change, from: Option<ConnId>) {
         if let Some(st) = self.docs.get_mut(&doc) {
+            // This device's own writes: its actors write for its user.
+            if let (None, Some(user)) = (from, &self.local_user) {
+                st.bindings
+                    .entry(change.actor_id().clone())
+                    .or_insert_with(|| user.clone());
+            }
             st.follow(change);
         }
     }
