@@ -33,7 +33,8 @@ by = ["buyer"]
 "#;
 
 fn status(d: &Dev, doc: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["rec", "show", doc, "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["rec", "show", doc, "--json"])).unwrap();
     assert_eq!(v["kind"], "escrow");
     v["fields"]["status"].as_str().unwrap().to_owned()
 }
@@ -64,8 +65,16 @@ fn an_escrow_between_two_cli_users() {
     );
     let doc = alice
         .ok(&[
-            "doc", "new", "--kind", "escrow", "--set", "buyer=bob", "--set", "seller=alice",
-            "--set", "amount=250",
+            "doc",
+            "new",
+            "--kind",
+            "escrow",
+            "--set",
+            "buyer=bob",
+            "--set",
+            "seller=alice",
+            "--set",
+            "amount=250",
         ])
         .trim()
         .to_owned();
@@ -106,7 +115,10 @@ fn a_forbidden_change_made_offline_is_refused_on_reconnect_and_the_rest_lands() 
     let bob_t = relay.token("bob", &[]);
     let (alice, bob) = (Dev::user("alice"), Dev::user("bob"));
     let doc = alice.new_conversation("Weekend");
-    let hers = alice.ok(&["msg", "send", &doc, "hike on saturday?"]).trim().to_owned();
+    let hers = alice
+        .ok(&["msg", "send", &doc, "hike on saturday?"])
+        .trim()
+        .to_owned();
     alice.ok(&["doc", "share", &doc, "--user", "bob", "--role", "rw"]);
     alice.ok(&relay.sync_args(&addr, &cert, &alice_t));
     bob.ok(&relay.sync_args(&addr, &cert, &bob_t));

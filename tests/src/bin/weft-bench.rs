@@ -488,6 +488,10 @@ fn throughput_workload(
          limits); Automerge's parse alone, which the engine did before: {:.2} us",
         check.checked_us, check.parse_us
     );
+    eprintln!(
+        "  checking a change against the write rules (identity, the conversation's rules): {:.2} us",
+        check.rules_us
+    );
     eprintln!("  targets: >= 20,000 accepted/s, >= 180,000 deliveries/s (relay on one core)");
     if r.sync_frames > 0 || drops > 0 || r.chain_exhausted {
         eprintln!(
@@ -522,6 +526,7 @@ fn throughput_workload(
         "accepted_changes_per_relay_cpu_second": per_cpu_s(&r),
         "check_us_per_change": (check.checked_us * 100.0).round() / 100.0,
         "parse_only_us_per_change": (check.parse_us * 100.0).round() / 100.0,
+        "rules_us_per_change": (check.rules_us * 100.0).round() / 100.0,
         "sync_frames": r.sync_frames,
         "queue_drops": drops,
         "chain_exhausted": r.chain_exhausted,
@@ -546,6 +551,9 @@ fn throughput_workload(
 struct CheckCost {
     checked_us: f64,
     parse_us: f64,
+    /// The write rules' check of one change by the relay's gate (identity and the
+    /// conversation's rules), after its parse.
+    rules_us: f64,
 }
 
 fn check_cost(chain: &Chain) -> CheckCost {
@@ -579,9 +587,32 @@ fn check_cost(chain: &Chain) -> CheckCost {
         let r = weft_core::automerge::Change::try_from(&b[..]);
         assert!(r.is_ok());
     });
+    let changes: Vec<weft_core::automerge::Change> = chain.raw[..n]
+        .iter()
+        .map(|r| weft_core::automerge::Change::try_from(&r[..]).expect("the chain parses"))
+        .collect();
+    let empty = weft_core::Document::new();
+    let rules_us = (0..3)
+        .map(|_| {
+            use weft_core::engine::Gate;
+            let mut gate = weft_schema::rules::RulesGate::new(std::sync::Arc::new(
+                weft_schema::rules::Kinds::builtin(),
+            ));
+            let conn = weft_core::engine::ConnId(1);
+            gate.connect(conn, crate::chain::USER, false, false);
+            gate.opened(doc, &empty, &[]);
+            let t = Instant::now();
+            for c in &changes {
+                let r = gate.check(doc, conn, c, &empty);
+                assert!(r.is_ok(), "the chain passes the rules: {r:?}");
+            }
+            t.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64
+        })
+        .fold(f64::INFINITY, f64::min);
     CheckCost {
         checked_us,
         parse_us,
+        rules_us,
     }
 }
 

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use weft_core::automerge::transaction::Transactable;
 use weft_core::automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT};
 
-/// A linear chain of changes (each depends on the one before): change 0 creates a `messages`
-/// map, every later one appends a chat message of about 170 bytes as a raw change.
+/// A linear chain of changes (each depends on the one before): change 0 creates a
+/// conversation (its header and empty `messages`, `read`, `reactions`), every later one appends
+/// a chat message of about 200 bytes as a raw change, written by the user `bench` in the
+/// schema's shape (key `{created_at}_{id}`, author, a one-line body), so the relay's write
+/// rules check each one as they would a real message.
 pub struct Chain {
     /// Raw change bytes, in order.
     pub raw: Vec<Vec<u8>>,
@@ -15,6 +18,9 @@ pub struct Chain {
     pub hashes: Vec<ChangeHash>,
     index: HashMap<ChangeHash, usize>,
 }
+
+/// The user the bench's devices write for (their token's `sub`).
+pub const USER: &str = "bench";
 
 impl Chain {
     /// `len` changes made by one fresh actor.
@@ -27,19 +33,35 @@ impl Chain {
             let mut tx = am.transaction();
             match &messages {
                 None => {
-                    // Invariant: a put on a fresh transaction of a local document cannot fail.
+                    // Invariant: puts on a fresh transaction of a local document cannot fail.
+                    tx.put(ROOT, "kind", "conversation")
+                        .expect("put on a fresh document");
+                    tx.put(ROOT, "schema_version", 2)
+                        .expect("put on a fresh document");
+                    tx.put(ROOT, "title", "bench")
+                        .expect("put on a fresh document");
                     let m = tx
                         .put_object(ROOT, "messages", ObjType::Map)
+                        .expect("put on a fresh document");
+                    tx.put_object(ROOT, "read", ObjType::Map)
+                        .expect("put on a fresh document");
+                    tx.put_object(ROOT, "reactions", ObjType::Map)
                         .expect("put on a fresh document");
                     messages = Some(m);
                 }
                 Some(m) => {
-                    let key = format!("{:016}_{:012x}", 1_700_000_000_000u64 + i as u64, i);
+                    let ms = 1_700_000_000_000u64 + i as u64;
+                    let created_at = weft_schema::Hlc::new(ms, 0, 7)
+                        .expect("a time before year 9999")
+                        .to_string();
+                    let id = weft_schema::Id::from_bytes((i as u128).to_be_bytes());
+                    let key = format!("{created_at}_{id}");
                     let msg = tx
                         .put_object(m, key.as_str(), ObjType::Map)
                         .expect("put on a local document");
-                    tx.put(&msg, "author", "alice").expect("put on a local map");
-                    tx.put(&msg, "created_at", 1_700_000_000_000i64 + i as i64)
+                    tx.put(&msg, "id", id.as_str()).expect("put on a local map");
+                    tx.put(&msg, "author", USER).expect("put on a local map");
+                    tx.put(&msg, "created_at", created_at.as_str())
                         .expect("put on a local map");
                     tx.put(
                         &msg,

@@ -106,7 +106,7 @@ impl Relay {
     /// A token for user `bench` that may create documents.
     pub fn token(&self) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let claims = Claims::new("bench", now, 3600).with_create(true);
+        let claims = Claims::new(crate::chain::USER, now, 3600).with_create(true);
         Ok(Minter::new(&self.minter_secret).mint(&claims)?)
     }
 
