@@ -189,6 +189,8 @@ struct Ctx<'a> {
     created: HashSet<OpId>,
     /// Records this change creates whose author field must be the writer: (record, field).
     authors_due: Vec<(OpId, String)>,
+    /// Author fields this change writes as text: the characters so far, and what to call them.
+    author_texts: HashMap<OpId, (String, String)>,
 }
 
 /// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
@@ -225,6 +227,7 @@ pub(crate) fn check(
             writer,
             created: HashSet::new(),
             authors_due: Vec::new(),
+            author_texts: HashMap::new(),
         };
         let creating_doc = st.kind.is_none();
         for (i, op) in ops.iter().enumerate() {
@@ -233,6 +236,11 @@ pub(crate) fn check(
             st.follow_op(&id, &op.obj, &op.key, &op.action);
             if matches!(op.action, OpType::Make(_)) {
                 ctx.created.insert(id);
+            }
+        }
+        for (text, what) in ctx.author_texts.values() {
+            if text != ctx.writer.user {
+                return Err(format!("{what} is its writer ({})", ctx.writer.user));
             }
         }
         for (record, field) in &ctx.authors_due {
@@ -511,6 +519,15 @@ fn collection(
                     type_check(f, &field, &op.action)?;
                 }
                 if author.as_deref() == Some(field.as_str()) {
+                    // Written as text (what JavaScript makes of a string), its characters
+                    // follow in this change: they must spell the writer, checked at its end.
+                    if entry_created_here && matches!(op.action, OpType::Make(ObjType::Text)) {
+                        ctx.author_texts.insert(
+                            id_of_slot(rest),
+                            (String::new(), format!("{field} of a record in {name}")),
+                        );
+                        return Ok(());
+                    }
                     let ok = entry_created_here
                         && matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s.as_str() == ctx.writer.user);
                     return if ok {
@@ -550,6 +567,20 @@ fn collection(
                 };
             }
             // Inside the field's object.
+            if let Some(field_obj) = rest.get(1) {
+                if let Some((text, _)) = ctx.author_texts.get_mut(&field_obj.id) {
+                    // The characters of an author field written as text.
+                    match &op.action {
+                        OpType::Put(ScalarValue::Str(c)) if op.insert => text.push_str(c),
+                        _ => {
+                            return Err(format!(
+                                "{field} is written once, when its record is created"
+                            ))
+                        }
+                    }
+                    return Ok(());
+                }
+            }
             let created_here =
                 entry_created_here || rest.get(1).is_some_and(|s| ctx.created.contains(&s.id));
             inside_field(ctx, st, f, &field, created_here, rec_author.as_deref(), op)
@@ -609,7 +640,9 @@ fn type_check(f: &FieldSpec, name: &str, action: &OpType) -> Result<(), String> 
         (FieldType::Any, _) => true,
         (FieldType::String | FieldType::User, OpType::Put(ScalarValue::Str(_))) => true,
         // What a JavaScript client makes of a string.
-        (FieldType::String | FieldType::Text, OpType::Make(ObjType::Text)) => true,
+        (FieldType::String | FieldType::Text | FieldType::User, OpType::Make(ObjType::Text)) => {
+            true
+        }
         (FieldType::Text, OpType::Put(ScalarValue::Str(_))) => true,
         (FieldType::Int, OpType::Put(ScalarValue::Int(_) | ScalarValue::Uint(_))) => true,
         (FieldType::Bool, OpType::Put(ScalarValue::Boolean(_))) => true,
@@ -663,4 +696,10 @@ fn names(who: &[Who]) -> String {
         })
         .collect();
     v.join(" or ")
+}
+
+/// The id of the object a slot creates: the operation writing it (the last segment's id).
+fn id_of_slot(rest: &[Seg]) -> OpId {
+    rest.last()
+        .map_or(OpId(0, ActorId::from(&[][..])), |s| s.id.clone())
 }

@@ -346,3 +346,43 @@ fn a_title_written_from_javascript_as_a_string_is_taken() {
         "the relay's copy still reads"
     );
 }
+
+#[test]
+fn a_message_written_from_javascript_with_text_strings_is_taken_when_its_author_is_the_writer() {
+    let (alice, _) = conversation();
+    let mut w = World::new(&alice);
+    // What automerge-js makes of `d.messages[key] = {id, author: "bob", ...}`: every string a
+    // text object.
+    let js_message = |author: &str| {
+        let mut bob = w.device();
+        let messages = bob.get(ROOT, "messages").unwrap().unwrap().1;
+        let key = format!(
+            "{}_{}",
+            crate::Hlc::new(T + 5, 0, 1).unwrap(),
+            Id::from_bytes([7; 16])
+        );
+        let mut tx = bob.transaction();
+        let m = tx
+            .put_object(&messages, key.as_str(), ObjType::Map)
+            .unwrap();
+        for (field, value) in [
+            ("id", Id::from_bytes([7; 16]).to_string()),
+            ("author", author.to_string()),
+            (
+                "created_at",
+                crate::Hlc::new(T + 5, 0, 1).unwrap().to_string(),
+            ),
+            ("body", "from the browser".to_string()),
+        ] {
+            let t = tx.put_object(&m, field, ObjType::Text).unwrap();
+            tx.splice_text(&t, 0, 0, &value).unwrap();
+        }
+        tx.put(&m, "deleted", false).unwrap();
+        tx.commit();
+        last(&bob)
+    };
+    let forged = js_message("alice");
+    let honest = js_message("bob");
+    refused(w.offer(BOB, &forged), "writer");
+    w.offer(BOB, &honest).unwrap();
+}
