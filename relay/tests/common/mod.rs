@@ -10,6 +10,7 @@ pub mod pg;
 pub mod relay;
 pub mod session;
 pub mod ws;
+pub mod wsclient;
 
 // Re-exports: each test binary uses some of them.
 #[allow(unused_imports)]
