@@ -82,6 +82,9 @@ pub struct Sim {
     pub delivered_bytes: u64,
     /// Print every delivered message on stderr.
     pub trace: bool,
+    /// The user each node's device acts for: a node whose engine has a `RulesGate` checks
+    /// what its peers send as their users' (see [`Sim::connect`]).
+    pub users: HashMap<usize, String>,
 }
 
 fn describe(msg: &Message) -> String {
@@ -122,6 +125,7 @@ impl Sim {
             delivered: 0,
             delivered_bytes: 0,
             trace: false,
+            users: HashMap::new(),
         }
     }
 
@@ -149,10 +153,73 @@ impl Sim {
             connected: true,
             partitioned: false,
         });
+        self.tell_gate(a, b, conn_a);
+        self.tell_gate(b, a, conn_b);
         for doc in self.docs.clone() {
             self.open_side(a, b, conn_a, doc);
             self.open_side(b, a, conn_b, doc);
         }
+    }
+
+    /// A node whose engine runs a `RulesGate` learns who is behind a new connection: the
+    /// peer's user, as a relay authenticates it.
+    fn tell_gate(&mut self, me: usize, peer: usize, conn: ConnId) {
+        let Some(user) = self.users.get(&peer).cloned() else {
+            return;
+        };
+        let gate = self.nodes[me].engine.gate_mut().and_then(|g| {
+            g.as_any_mut()
+                .downcast_mut::<weft_schema::rules::RulesGate>()
+        });
+        if let Some(gate) = gate {
+            gate.connect(conn, &user, false, false);
+        }
+    }
+
+    /// Makes a change on `node` with `f` (loading the document first); whether it changed it.
+    pub fn change(&mut self, node: usize, doc: DocId, f: impl FnOnce(&mut Automerge)) -> bool {
+        self.ensure_loaded(node, doc);
+        let engine = &mut self.nodes[node].engine;
+        engine.set_now(self.now);
+        matches!(engine.change(doc, f), Ok((_, Some(_))))
+    }
+
+    /// Reads `doc` on `node`.
+    pub fn read<R>(&mut self, node: usize, doc: DocId, f: impl FnOnce(&Automerge) -> R) -> R {
+        self.ensure_loaded(node, doc);
+        self.nodes[node]
+            .engine
+            .read(doc, |d| f(d.automerge()))
+            .expect("a loaded document reads")
+    }
+
+    /// What a relay's driver and a device do when the relay refuses the device's changes: the
+    /// relay ends the subscription, the device drops its copy (kept aside by a real device) and
+    /// takes the relay's version again.
+    fn reset_peer(&mut self, node: usize, conn: ConnId, doc: DocId) {
+        let Some(l) = self
+            .links
+            .iter()
+            .find(|l| l.conn_a == conn || l.conn_b == conn)
+            .copied()
+        else {
+            return;
+        };
+        let (peer, peer_conn) = if l.conn_a == conn {
+            (l.b, l.conn_b)
+        } else {
+            (l.a, l.conn_a)
+        };
+        self.nodes[node].engine.close(conn, doc);
+        let p = &mut self.nodes[peer];
+        p.engine.forget(doc);
+        p.store.remove(&doc);
+        p.sync_states.retain(|(d, _), _| *d != doc);
+        p.pending_persists.retain(|(_, _, d, _)| *d != doc);
+        self.packets
+            .retain(|pk| !(pk.msg.doc() == Some(doc) && (pk.conn == conn || pk.conn == peer_conn)));
+        self.open_side(peer, node, peer_conn, doc);
+        self.open_side(node, peer, conn, doc);
     }
 
     fn open_side(&mut self, me: usize, peer: usize, conn: ConnId, doc: DocId) {
@@ -268,7 +335,17 @@ impl Sim {
                 }
                 Output::Load { doc } => {
                     let d = self.fresh_doc(node, doc);
-                    self.nodes[node].engine.loaded(doc, Some(d));
+                    let records = self.nodes[node]
+                        .gate_records
+                        .get(&doc)
+                        .cloned()
+                        .unwrap_or_default();
+                    self.nodes[node].engine.loaded_with(doc, Some(d), &records);
+                }
+                Output::Rejected { conn, doc, reason }
+                    if reason != weft_core::engine::Rejection::ReadOnly =>
+                {
+                    self.reset_peer(node, conn, doc);
                 }
                 Output::ProtocolError { conn, .. } => {
                     if let Some(l) = self

@@ -213,6 +213,9 @@ pub(crate) fn check(
                 if st.kind.is_some() {
                     return Err("the document's kind is fixed once set".into());
                 }
+                if st.owner.as_deref().is_some_and(|o| o != writer.user) {
+                    return Err("only the document's owner sets its kind".into());
+                }
                 match v {
                     ScalarValue::Str(s) => kind = Some(s.to_string()),
                     _ => return Err("kind must be a string".into()),
