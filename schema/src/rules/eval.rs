@@ -28,7 +28,14 @@ pub(crate) struct DocRules {
     root: HashMap<String, (OpId, Option<ScalarValue>)>,
     /// The document's kind, once known.
     pub(crate) kind: Option<String>,
+    /// Places of older objects found through the document (an object never moves), so the
+    /// container every change writes into (`messages`) is looked up once, not per change.
+    /// Bounded: emptied when full.
+    placed: HashMap<OpId, Vec<Seg>>,
 }
+
+/// Most places [`DocRules::placed`] keeps.
+const MAX_PLACED: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct ObjInfo {
@@ -105,7 +112,7 @@ impl DocRules {
     }
 
     /// Where object `id` sits, root first; `None` if neither the gate nor the document knows it.
-    fn place(&self, doc: &Automerge, id: &OpId) -> Option<Vec<Seg>> {
+    fn place(&mut self, doc: &Automerge, id: &OpId) -> Option<Vec<Seg>> {
         let mut segs = Vec::new();
         let mut at = id.clone();
         loop {
@@ -123,6 +130,10 @@ impl DocRules {
                 }
                 continue;
             }
+            if let Some(known) = self.placed.get(&at) {
+                segs.extend(known.iter().rev().cloned());
+                break;
+            }
             // Older: the document knows where it is.
             let (exid, _) = doc
                 .import(&format!("{}@{}", at.0, at.1.to_hex_string()))
@@ -137,15 +148,22 @@ impl DocRules {
                 })
                 .collect();
             ids.push(at.clone());
-            for ((_, prop), id) in path.iter().zip(ids).rev() {
-                segs.push(Seg {
+            let found: Vec<Seg> = path
+                .iter()
+                .zip(ids)
+                .map(|((_, prop), id)| Seg {
                     key: match prop {
                         Prop::Map(k) => Some(k.to_string()),
                         Prop::Seq(_) => None,
                     },
                     id,
-                });
+                })
+                .collect();
+            segs.extend(found.iter().rev().cloned());
+            if self.placed.len() >= MAX_PLACED {
+                self.placed.clear();
             }
+            self.placed.insert(at.clone(), found);
             break;
         }
         segs.reverse();
@@ -269,7 +287,7 @@ pub(crate) fn check(
 
 fn judge(
     ctx: &mut Ctx<'_>,
-    st: &DocRules,
+    st: &mut DocRules,
     spec: &KindSpec,
     creating_doc: bool,
     id: &OpId,
