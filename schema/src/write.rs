@@ -1,10 +1,10 @@
 //! The frame of every typed write: check the header, migrate an older document first, then
 //! make the write in one transaction, committed on success and rolled back on error.
 
-use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{Automerge, ReadDoc, ROOT};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
-use crate::error::WriteError;
+use crate::error::{At, WriteError};
 use crate::kind::{kind_in, version_in};
 use crate::{migrate, Hlc, Kind, ReadError, SCHEMA_VERSION};
 
@@ -87,6 +87,23 @@ pub(crate) fn check_empty(doc: &Automerge) -> Result<(), WriteError> {
         Some(_) => Err(WriteError::AlreadyInitialized {
             kind: crate::raw_kind(doc).unwrap_or_else(|| "(not a string)".into()),
         }),
+    }
+}
+
+/// The winning map at `obj[key]`, created when absent (or null).
+pub(crate) fn ensure_map(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    key: &str,
+    at: At<'_>,
+) -> Result<ObjId, WriteError> {
+    match tx.get(obj, key)? {
+        Some((Value::Object(ObjType::Map | ObjType::Table), id)) => Ok(id),
+        None => Ok(tx.put_object(obj, key, ObjType::Map)?),
+        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Null) => {
+            Ok(tx.put_object(obj, key, ObjType::Map)?)
+        }
+        Some((v, _)) => Err(at.invalid("a map", crate::value::describe(&v)).into()),
     }
 }
 

@@ -154,23 +154,35 @@ pub(crate) fn prepare(
         };
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
-        // Incremental when Postgres' rows follow heads this document contains.
+        // Incremental when Postgres' rows follow heads this document contains. Entries of
+        // `messages` that don't read as messages (another writer's malformed data) get no
+        // row, and a message that stopped reading loses its row.
         let (full, messages, removed) = if stored.is_some() {
             match weft_schema::messages_changed_since(am, &stored_heads) {
-                Ok(ch) => (
-                    false,
-                    dedup(ch.changed.iter().map(MessageRow::from_message)),
-                    ch.removed
-                        .iter()
-                        .map(|k| weft_schema::strip_nul(k.id.as_ref()))
-                        .collect(),
-                ),
+                Ok(ch) => {
+                    log_skipped(doc, &ch.skipped);
+                    let unreadable = ch.skipped.iter().filter_map(|s| s.message_key());
+                    (
+                        false,
+                        dedup(ch.value.changed.iter().map(MessageRow::from_message)),
+                        ch.value
+                            .removed
+                            .iter()
+                            .cloned()
+                            .chain(unreadable)
+                            .map(|k| weft_schema::strip_nul(k.id.as_ref()))
+                            .collect(),
+                    )
+                }
                 Err(e) => match weft_schema::messages(am) {
-                    Ok(all) => (
-                        true,
-                        dedup(all.iter().map(MessageRow::from_message)),
-                        Vec::new(),
-                    ),
+                    Ok(all) => {
+                        log_skipped(doc, &all.skipped);
+                        (
+                            true,
+                            dedup(all.value.iter().map(MessageRow::from_message)),
+                            Vec::new(),
+                        )
+                    }
                     // A chat whose messages do not read keeps its rows as they were.
                     Err(_) if weft_schema::kind(am).is_ok_and(|k| k.has_chat()) => {
                         tracing::warn!(%doc, error = %e, "messages unreadable; rows left as they were");
@@ -181,7 +193,13 @@ pub(crate) fn prepare(
                 },
             }
         } else {
-            let all = weft_schema::messages(am).unwrap_or_default();
+            let all = match weft_schema::messages(am) {
+                Ok(all) => {
+                    log_skipped(doc, &all.skipped);
+                    all.value
+                }
+                Err(_) => Vec::new(),
+            };
             (
                 true,
                 dedup(all.iter().map(MessageRow::from_message)),
@@ -219,6 +237,18 @@ pub(crate) fn prepare(
         merged_in,
         cost: started.elapsed(),
     })))
+}
+
+/// Logs the message entries a checkpoint left without a row: a warning with the first, each
+/// one at debug (a hostile writer can make many, and every checkpoint meets them again).
+fn log_skipped(doc: DocId, skipped: &[weft_schema::Skipped]) {
+    let Some(first) = skipped.first() else {
+        return;
+    };
+    tracing::warn!(%doc, count = skipped.len(), %first, "message entries that don't read were skipped");
+    for s in skipped {
+        tracing::debug!(%doc, skipped = %s, "message entry skipped");
+    }
 }
 
 fn sorted(heads: &[String]) -> Vec<String> {
