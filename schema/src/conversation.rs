@@ -140,13 +140,18 @@ impl Conversation {
                 ObjType::List,
                 "a list of user ids",
             )?;
-            let hits: Vec<usize> = tx
-                .list_range(&list, ..)
-                .filter(|item| {
-                    matches!(&item.value, automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) if s == user)
-                })
-                .map(|item| item.index)
-                .collect();
+            // An entry is a string, or Text as JavaScript writes strings.
+            let mut hits = Vec::new();
+            for item in tx.list_range(&list, ..) {
+                let hit = match &item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => s == user,
+                    automerge::ValueRef::Object(ObjType::Text) => tx.text(item.id())? == user,
+                    _ => false,
+                };
+                if hit {
+                    hits.push(item.index);
+                }
+            }
             for i in hits.into_iter().rev() {
                 tx.delete(&list, i)?;
             }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::error::{At, ReadError};
 use crate::partial::{Partial, Skips};
@@ -66,18 +66,20 @@ impl FromStr for Kind {
 }
 
 /// The `kind` string at the root, whatever it says (for listing untyped documents and the
-/// checkpoint's `kind` column); `None` when absent or not a string.
+/// checkpoint's `kind` column); `None` when absent or not a string (or Text, as JavaScript
+/// writes strings).
 pub fn raw_kind(doc: &Automerge) -> Option<String> {
     kind_str(doc).ok()?
 }
 
-/// The root's `kind` as a string.
+/// The root's `kind` as a string: a string scalar or Text.
 fn kind_str<D: ReadDoc>(doc: &D) -> Result<Option<String>, ReadError> {
     Ok(match get(doc, &ROOT, "kind")? {
         Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
             _ => None,
         },
+        Some((Value::Object(ObjType::Text), id)) => Some(doc.text(&id)?),
         _ => None,
     })
 }

@@ -83,7 +83,9 @@
 //! ```
 //! Timestamps are [`Hlc`] strings, ids [`Id`]s. Members and participants are for display:
 //! access is decided by the relay's access list, never by document content. Fields this build
-//! doesn't know are ignored by typed reads and kept in the document.
+//! doesn't know are ignored by typed reads and kept in the document. Wherever the schema has
+//! a string, Text holding that string reads the same (JavaScript's Automerge writes strings
+//! as Text unless told otherwise).
 //!
 //! # Ordering
 //! Display order is `(created_at, id)`, the same on every device. `created_at` comes from a

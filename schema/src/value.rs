@@ -99,7 +99,7 @@ pub(crate) fn f_obj(
     }
 }
 
-/// A non-empty string scalar; absent or null is `None`.
+/// A non-empty string (a string scalar, or Text: see [`as_str`]); absent or null is `None`.
 pub(crate) fn f_str<D: ReadDoc>(
     doc: &D,
     f: &Field,
@@ -125,21 +125,14 @@ pub(crate) fn f_text<D: ReadDoc>(
     at: At<'_>,
     max: usize,
 ) -> Result<Option<String>, ReadError> {
-    match f {
-        Some((Value::Object(ObjType::Text), id)) => {
-            let s = doc.text(id)?;
-            check_str(&s, at, max, false)?;
-            Ok(Some(s))
-        }
-        f => as_str(
-            doc,
-            f.as_ref().map(|(v, id)| (v, id)),
-            at,
-            max,
-            false,
-            "text or a string",
-        ),
-    }
+    as_str(
+        doc,
+        f.as_ref().map(|(v, id)| (v, id)),
+        at,
+        max,
+        false,
+        "text or a string",
+    )
 }
 
 /// A boolean; absent or null is `None`.
@@ -227,9 +220,12 @@ fn check_str(s: &str, at: At<'_>, max: usize, non_empty: bool) -> Result<(), Rea
     Ok(())
 }
 
-/// A string scalar from a value already fetched (with its object id).
+/// A string from a value already fetched (with its object id, for Text): a string scalar,
+/// or a Text object read as its string. JavaScript's Automerge writes every string as Text
+/// unless told otherwise, so a document written there has Text wherever the schema has a
+/// string, and reads the same as one written here.
 pub(crate) fn as_str<D: ReadDoc>(
-    _doc: &D,
+    doc: &D,
     v: Option<(&Value<'_>, &ObjId)>,
     at: At<'_>,
     max: usize,
@@ -238,6 +234,11 @@ pub(crate) fn as_str<D: ReadDoc>(
 ) -> Result<Option<String>, ReadError> {
     match v {
         None => Ok(None),
+        Some((Value::Object(ObjType::Text), id)) => {
+            let s = doc.text(id)?;
+            check_str(&s, at, max, non_empty)?;
+            Ok(Some(s))
+        }
         Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Null => Ok(None),
             ScalarValue::Str(s) => {
