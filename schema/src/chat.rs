@@ -315,8 +315,7 @@ pub fn mark_read(
         {
             return Ok(false);
         }
-        let root = At::Root;
-        let read = ensure_map(tx, &ROOT, "read", root.key("read"))?;
+        let read = ensure_map(tx, &ROOT, "read")?;
         tx.put(&read, user, k)?;
         Ok(true)
     })

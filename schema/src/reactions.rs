@@ -122,7 +122,7 @@ fn reactions_in<D: ReadDoc>(doc: &D, id: &Id, skips: &mut Skips) -> Result<React
 
 /// Adds `user`'s reaction `emoji` to the message `id`. The message is not looked up (a
 /// reaction may arrive before its message), only the id's form is checked. Malformed
-/// reactions elsewhere don't stop it; a non-map where this reaction goes does.
+/// reactions don't stop it: a value that isn't a map where this reaction goes is replaced.
 pub fn react(
     doc: &mut Automerge,
     id: &Id,
@@ -137,12 +137,9 @@ pub fn react(
         if r.get(emoji).is_some_and(|u| u.contains(user)) {
             return Ok(());
         }
-        let root = At::Root;
-        let at = root.key("reactions");
-        let all = ensure_map(tx, &ROOT, "reactions", at)?;
-        let at = at.key(id.as_str());
-        let per_msg = ensure_map(tx, &all, id.as_str(), at)?;
-        let users = ensure_map(tx, &per_msg, emoji, at.key(emoji))?;
+        let all = ensure_map(tx, &ROOT, "reactions")?;
+        let per_msg = ensure_map(tx, &all, id.as_str())?;
+        let users = ensure_map(tx, &per_msg, emoji)?;
         tx.put(&users, user, true)?;
         Ok(())
     })

@@ -2,9 +2,9 @@
 //! make the write in one transaction, committed on success and rolled back on error.
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
-use crate::error::{At, WriteError};
+use crate::error::WriteError;
 use crate::kind::{kind_in, version_in};
 use crate::{migrate, Hlc, Kind, ReadError, SCHEMA_VERSION};
 
@@ -90,20 +90,21 @@ pub(crate) fn check_empty(doc: &Automerge) -> Result<(), WriteError> {
     }
 }
 
-/// The winning map at `obj[key]`, created when absent (or null).
+/// A map at `obj[key]` to write into: the winning value when it is a map, else a map among
+/// the conflicting values (reads take the union of them all), else a new map, which
+/// replaces whatever isn't one there (reads skip such a value anyway).
 pub(crate) fn ensure_map(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
     key: &str,
-    at: At<'_>,
 ) -> Result<ObjId, WriteError> {
-    match tx.get(obj, key)? {
-        Some((Value::Object(ObjType::Map | ObjType::Table), id)) => Ok(id),
+    // Automerge lists the winner last.
+    let existing = tx.get_all(obj, key)?.into_iter().rev().find_map(|(v, id)| {
+        matches!(v, Value::Object(ObjType::Map | ObjType::Table)).then_some(id)
+    });
+    match existing {
+        Some(id) => Ok(id),
         None => Ok(tx.put_object(obj, key, ObjType::Map)?),
-        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Null) => {
-            Ok(tx.put_object(obj, key, ObjType::Map)?)
-        }
-        Some((v, _)) => Err(at.invalid("a map", crate::value::describe(&v)).into()),
     }
 }
 
