@@ -263,3 +263,92 @@ fn dedup(rows: impl Iterator<Item = MessageRow>) -> Vec<MessageRow> {
     let by_id: BTreeMap<String, MessageRow> = rows.map(|r| (r.message_id.clone(), r)).collect();
     by_id.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_core::automerge::transaction::Transactable;
+    use weft_core::automerge::{Automerge, ReadDoc, ROOT};
+    use weft_core::store::docs::{ChunkKind, DocMeta};
+    use weft_core::store::{MemStore, WriteBatch};
+    use weft_schema::{Conversation, Id, NewConversation, NewMessage};
+
+    use super::*;
+
+    const DOC: DocId = DocId::from_bytes([4; 16]);
+    const T0: u64 = 1_700_000_000_000;
+
+    /// Stores `am` as the relay would (its metadata and a snapshot chunk).
+    fn store(kv: &MemStore, am: &Automerge) {
+        let mut batch = WriteBatch::new();
+        let mut meta = DocMeta::default();
+        meta.owner = Some("alice".into());
+        meta.created_at_ms = T0;
+        docstore::put_meta(&mut batch, DOC, &meta);
+        docstore::put_chunk(&mut batch, DOC, ChunkKind::Snapshot, am.save());
+        kv.write(&batch).unwrap();
+    }
+
+    fn content(p: Prepared) -> (bool, Vec<String>, Vec<String>) {
+        let Prepared::Row(row) = p else {
+            panic!("no row: {p:?}")
+        };
+        match row.body {
+            Body::Content {
+                full,
+                messages,
+                removed,
+                ..
+            } => (
+                full,
+                messages.into_iter().map(|m| m.message_id).collect(),
+                removed,
+            ),
+            other => panic!("no content: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_that_dont_read_get_no_row_and_lose_the_one_they_had() {
+        let mut am = Automerge::new();
+        let new = NewConversation {
+            title: "Lunch".into(),
+            participants: vec!["alice".into()],
+        };
+        Conversation::create(&mut am, &new, T0).unwrap();
+        let (a, b) = (Id::from_bytes([1; 16]), Id::from_bytes([2; 16]));
+        let noon = NewMessage::text("alice", "Noon?");
+        weft_schema::send_message(&mut am, &noon, a.clone(), T0).unwrap();
+        let yes = NewMessage::text("bob", "Yes");
+        let yes = weft_schema::send_message(&mut am, &yes, b.clone(), T0 + 1).unwrap();
+        let kv = MemStore::new();
+        store(&kv, &am);
+        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        assert!(full);
+        assert_eq!(rows, [a.to_string(), b.to_string()]);
+        let stored = Stored {
+            heads: am.get_heads().iter().map(hash_hex).collect(),
+            content: None,
+            deleted: false,
+        };
+
+        // A malformed client breaks Bob's message and adds a key that isn't a message's.
+        let mut tx = am.transaction();
+        let (_, msgs) = tx.get(ROOT, "messages").unwrap().unwrap();
+        let key = yes.key().to_string();
+        let (_, m) = tx.get(&msgs, key.as_str()).unwrap().unwrap();
+        tx.put(&m, "author", 42).unwrap();
+        tx.put(&msgs, "zzz", 1).unwrap();
+        tx.commit();
+        store(&kv, &am);
+
+        // Incrementally: nothing to write, and Bob's row goes.
+        let (full, rows, removed) = content(prepare(&kv, DOC, Some(&stored)).unwrap());
+        assert!(!full);
+        assert!(rows.is_empty(), "{rows:?}");
+        assert_eq!(removed, [b.to_string()]);
+        // From scratch: only the message that reads has a row.
+        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        assert!(full);
+        assert_eq!(rows, [a.to_string()]);
+    }
+}
