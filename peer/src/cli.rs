@@ -525,7 +525,9 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
         DocCmd::Show { doc, json } => {
             check_exists(device, doc).await?;
             let (value, typed) = device
-                .read(doc, |am| (schema::to_json(am), schema::read_typed(am)))
+                .read(doc, |am| {
+                    (schema::to_json(am), schema::read_typed(am).map(|r| r.value))
+                })
                 .await?;
             let value = value.map_err(read_failure)?;
             if json {
@@ -534,7 +536,7 @@ async fn doc_cmd(device: &Device, cmd: DocCmd, sink: &Sink) -> Result<(), Failur
             let text = match typed {
                 Ok(schema::TypedDoc::Conversation(c)) => {
                     let n = device
-                        .read(doc, |am| schema::messages(am).map(|m| m.len()))
+                        .read(doc, |am| schema::messages(am).map(|m| m.value.len()))
                         .await?;
                     format!(
                         "conversation {doc}\ntitle: {}\nparticipants: {}\nmessages: {}\n",
@@ -605,7 +607,7 @@ async fn control(device: &Device, op: ControlOp, sink: &Sink) -> Result<(), Fail
 }
 
 fn title_of(am: &Automerge) -> Option<String> {
-    match schema::read_typed(am).ok()? {
+    match schema::read_typed(am).ok()?.value {
         schema::TypedDoc::Conversation(c) => Some(c.title),
         schema::TypedDoc::Trip(t) => Some(t.title),
         _ => None,
@@ -645,16 +647,19 @@ async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result<(), Failur
         MsgCmd::List { doc, json } => {
             check_exists(device, doc).await?;
             if json {
-                let text = device
+                let read = device
                     .read(doc, schema::messages_json)
                     .await?
                     .map_err(read_failure)?;
-                return sink.out(text + "\n").await;
+                report_skipped(&read.skipped, sink).await;
+                return sink.out(read.value + "\n").await;
             }
-            let msgs = device
+            let read = device
                 .read(doc, schema::messages)
                 .await?
                 .map_err(read_failure)?;
+            report_skipped(&read.skipped, sink).await;
+            let msgs = read.value;
             let mut text = String::new();
             for m in msgs {
                 let flag = if m.deleted {
@@ -671,6 +676,14 @@ async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result<(), Failur
             }
             sink.out(text).await
         }
+    }
+}
+
+/// Entries a read left out (another writer's malformed data): one line each on stderr, so
+/// the valid rest still prints and the command succeeds.
+async fn report_skipped(skipped: &[schema::Skipped], sink: &Sink) {
+    for s in skipped {
+        sink.err(s.to_string()).await;
     }
 }
 

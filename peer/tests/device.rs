@@ -107,7 +107,12 @@ async fn local_writes_are_durable_typed_and_announced_with_patches() {
 
     // Everything is there after reopening.
     let device = Device::open(DataDir::new(tmp.path())).await.unwrap();
-    let msgs = device.read(doc, schema::messages).await.unwrap().unwrap();
+    let msgs = device
+        .read(doc, schema::messages)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].id, sent.id);
     let list = device.list().await.unwrap();

@@ -70,13 +70,18 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context("no such document in the checkpoint")?;
     let (content, hash): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
-    match weft_schema::decode_content(&content, Some(&hash))? {
+    let read = weft_schema::decode_content(&content, Some(&hash))?;
+    // Entries another writer malformed are left out of the typed view, and named here.
+    for s in &read.skipped {
+        eprintln!("  {s}");
+    }
+    match read.value {
         TypedDoc::Conversation(c) => eprintln!("conversation {:?}", c.title),
         TypedDoc::Trip(t) => eprintln!("trip {:?}", t.title),
         _ => bail!("not a chat document"),
     }
     let am = weft_schema::load_content(&content, Some(&hash))?;
-    for m in weft_schema::last_messages(&am, 5)? {
+    for m in weft_schema::last_messages(&am, 5)?.value {
         eprintln!("  {}: {}", m.author, m.body);
     }
     io.abort();

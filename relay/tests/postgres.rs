@@ -205,7 +205,7 @@ impl Device {
 
     fn messages(&mut self, doc: DocId) -> Vec<weft_schema::Message> {
         self.engine
-            .read(doc, |d| weft_schema::messages(d.automerge()).unwrap())
+            .read(doc, |d| weft_schema::messages(d.automerge()).unwrap().value)
             .unwrap()
     }
 }
@@ -365,7 +365,10 @@ async fn a_backend_job_reads_the_conversation_and_its_rows_follow_edits_and_dele
     assert_eq!(json["title"], "Trip to Lyon");
     assert!(row.get::<_, bool>(5));
     // The typed decoding API reads the same conversation.
-    match weft_schema::decode_content(&content, Some(&hash)).unwrap() {
+    match weft_schema::decode_content(&content, Some(&hash))
+        .unwrap()
+        .value
+    {
         weft_schema::TypedDoc::Conversation(c) => assert_eq!(c.title, "Trip to Lyon"),
         other => panic!("not a conversation: {other:?}"),
     }
@@ -621,7 +624,7 @@ async fn two_relays_checkpointing_one_document_end_with_the_merged_union() {
     assert_eq!(rows.len(), 7);
     assert_eq!(
         rows,
-        expected_rows(&weft_schema::messages(union.automerge()).unwrap())
+        expected_rows(&weft_schema::messages(union.automerge()).unwrap().value)
     );
     let content: Vec<u8> = db
         .query_one(
@@ -632,7 +635,10 @@ async fn two_relays_checkpointing_one_document_end_with_the_merged_union() {
         .unwrap()
         .get(0);
     assert_eq!(
-        weft_schema::messages(&load_plain(&content)).unwrap().len(),
+        weft_schema::messages(&load_plain(&content))
+            .unwrap()
+            .value
+            .len(),
         7
     );
 }

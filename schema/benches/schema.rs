@@ -70,7 +70,7 @@ fn build(n: u64) -> Automerge {
         }
         tx.commit();
     }
-    assert_eq!(last_messages(&doc, 1).unwrap()[0].id, id(n - 1));
+    assert_eq!(last_messages(&doc, 1).unwrap().value[0].id, id(n - 1));
     doc
 }
 

@@ -1,26 +1,24 @@
-//! The chat of a conversation or a trip: sending, editing and deleting messages, reactions and
-//! read positions. Their merge semantics are in the crate docs.
+//! The chat of a conversation or a trip: sending, editing and deleting messages, and read
+//! positions (reactions are in [`crate::reactions`]). Their merge semantics are in the crate
+//! docs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use automerge::transaction::{Transactable, Transaction};
-use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{At, ReadError, WriteError};
-use crate::message::{find_key, messages_obj, read_all, read_message, tail_above};
-use crate::value::{describe, truncate};
-use crate::write::{check_arg, write, Ctx};
+use crate::message::{check_chat, find_key, messages_obj, read_all, read_message, tail_above};
+use crate::partial::{entry, skip, Partial, Skips};
+use crate::reactions::all_reactions_in;
+use crate::value::{as_str, maps_at, truncate};
+use crate::write::{check_arg, ensure_map, write, Ctx};
 use crate::{
-    Attachment, Hlc, Id, Kind, Message, MessageKey, MAX_BODY_LEN, MAX_NAME_LEN, MAX_URL_LEN,
+    Attachment, Hlc, Id, Kind, Message, MessageKey, Reactions, MAX_BODY_LEN, MAX_NAME_LEN,
+    MAX_URL_LEN,
 };
 
-const CHAT_KINDS: &[Kind] = &[Kind::Conversation, Kind::Trip];
-
-/// The longest reaction (an emoji or a short code), in bytes.
-pub const MAX_REACTION_LEN: usize = 64;
-
-/// Who reacted with what to one message: emoji -> users.
-pub type Reactions = BTreeMap<String, BTreeSet<String>>;
+pub(crate) const CHAT_KINDS: &[Kind] = &[Kind::Conversation, Kind::Trip];
 
 /// A chat's whole state: what a conversation and a trip share.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,54 +57,45 @@ impl NewMessage {
 }
 
 impl Chat {
-    pub(crate) fn read_in<D: ReadDoc>(doc: &D) -> Result<Chat, ReadError> {
+    pub(crate) fn read_in<D: ReadDoc>(doc: &D, skips: &mut Skips) -> Result<Chat, ReadError> {
         Ok(Chat {
-            messages: read_all(doc)?,
-            read: read_positions_in(doc)?,
-            reactions: all_reactions_in(doc)?,
+            messages: read_all(doc, skips)?,
+            read: read_positions_in(doc, skips)?,
+            reactions: all_reactions_in(doc, skips)?,
         })
     }
 }
 
-/// Every map at `obj[key]`: the winner and the conflicting losers, in Automerge's order.
-/// Null is skipped; any other value is an error.
-fn maps_at<D: ReadDoc>(
+/// Per user, the greatest position any replica wrote; a position that isn't a message key
+/// (or a user id that isn't one) is skipped.
+fn read_positions_in<D: ReadDoc>(
     doc: &D,
-    obj: &ObjId,
-    key: &str,
-    at: At<'_>,
-    expected: &'static str,
-) -> Result<Vec<ObjId>, ReadError> {
-    let mut out = Vec::new();
-    for (v, id) in doc.get_all(obj, key)? {
-        match v {
-            Value::Object(ObjType::Map | ObjType::Table) => out.push(id),
-            Value::Scalar(s) if matches!(s.as_ref(), ScalarValue::Null) => {}
-            v => return Err(at.invalid(expected, describe(&v))),
-        }
-    }
-    Ok(out)
-}
-
-fn read_positions_in<D: ReadDoc>(doc: &D) -> Result<BTreeMap<String, MessageKey>, ReadError> {
+    skips: &mut Skips,
+) -> Result<BTreeMap<String, MessageKey>, ReadError> {
     let root = At::Root;
     let at = root.key("read");
     let mut out: BTreeMap<String, MessageKey> = BTreeMap::new();
-    for read in maps_at(doc, &ROOT, "read", at, "a map of read positions")? {
+    for read in maps_at(doc, &ROOT, "read", at, "a map of read positions", skips)? {
         for user in doc.keys(&read) {
             let at = at.key(&user);
             if user.is_empty() || user.len() > MAX_NAME_LEN {
-                return Err(at.invalid("a user id", format!("{:?}", truncate(&user))));
+                let why = at.invalid("a user id", format!("{:?}", truncate(&user)));
+                skip(at, why, skips);
+                continue;
             }
-            for (v, _) in doc.get_all(&read, user.as_str())? {
-                let key = match &v {
-                    Value::Scalar(s) => match s.as_ref() {
-                        ScalarValue::Str(s) => s.parse::<MessageKey>().ok(),
-                        _ => None,
-                    },
-                    _ => None,
-                }
-                .ok_or_else(|| at.invalid("a message key", describe(&v)))?;
+            for (v, id) in doc.get_all(&read, user.as_str())? {
+                let key =
+                    as_str(doc, Some((&v, &id)), at, 256, true, "a message key").and_then(|s| {
+                        s.map(|s| {
+                            s.parse::<MessageKey>().map_err(|_| {
+                                at.invalid("a message key", format!("{:?}", truncate(&s)))
+                            })
+                        })
+                        .transpose()
+                    });
+                let Some(Some(key)) = entry(key, at, skips)? else {
+                    continue;
+                };
                 let e = out.entry(user.clone()).or_insert_with(|| key.clone());
                 if key > *e {
                     *e = key;
@@ -117,88 +106,13 @@ fn read_positions_in<D: ReadDoc>(doc: &D) -> Result<BTreeMap<String, MessageKey>
     Ok(out)
 }
 
-/// Per user, the message read up to (the greatest position any replica wrote).
-pub fn read_positions(doc: &Automerge) -> Result<BTreeMap<String, MessageKey>, ReadError> {
-    messages_obj(doc)?;
-    read_positions_in(doc)
-}
-
-fn reactions_of<D: ReadDoc>(
-    doc: &D,
-    containers: &[ObjId],
-    id: &str,
-    at: At<'_>,
-    out: &mut Reactions,
-) -> Result<(), ReadError> {
-    let at = at.key(id);
-    for per_msg in containers {
-        for per_msg in maps_at(doc, per_msg, id, at, "a map of reactions")? {
-            for emoji in doc.keys(&per_msg) {
-                let at = at.key(&emoji);
-                if emoji.is_empty() || emoji.len() > MAX_REACTION_LEN {
-                    return Err(at.invalid("a reaction", format!("{:?}", truncate(&emoji))));
-                }
-                for users in maps_at(doc, &per_msg, &emoji, at, "a map of users")? {
-                    for item in doc.map_range(&users, ..) {
-                        let at = at.key(&item.key);
-                        if item.key.is_empty() || item.key.len() > MAX_NAME_LEN {
-                            return Err(
-                                at.invalid("a user id", format!("{:?}", truncate(&item.key)))
-                            );
-                        }
-                        match item.value {
-                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Boolean(
-                                true,
-                            )) => {
-                                out.entry(emoji.clone())
-                                    .or_default()
-                                    .insert(item.key.to_string());
-                            }
-                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Boolean(
-                                false,
-                            )) => {}
-                            v => return Err(at.invalid("true", describe(&v.into()))),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn all_reactions_in<D: ReadDoc>(doc: &D) -> Result<BTreeMap<Id, Reactions>, ReadError> {
-    let root = At::Root;
-    let at = root.key("reactions");
-    let containers = maps_at(doc, &ROOT, "reactions", at, "a map of reactions")?;
-    let mut ids = BTreeSet::new();
-    for c in &containers {
-        ids.extend(doc.keys(c));
-    }
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let parsed: Id = id.parse().map_err(|_| {
-            at.key(&id)
-                .invalid("a message id", format!("{:?}", truncate(&id)))
-        })?;
-        let mut r = Reactions::new();
-        reactions_of(doc, &containers, &id, at, &mut r)?;
-        if !r.is_empty() {
-            out.insert(parsed, r);
-        }
-    }
-    Ok(out)
-}
-
-/// The reactions to one message.
-pub fn reactions(doc: &Automerge, id: &Id) -> Result<Reactions, ReadError> {
-    messages_obj(doc)?;
-    let root = At::Root;
-    let at = root.key("reactions");
-    let containers = maps_at(doc, &ROOT, "reactions", at, "a map of reactions")?;
-    let mut r = Reactions::new();
-    reactions_of(doc, &containers, id.as_str(), at, &mut r)?;
-    Ok(r)
+/// Per user, the message read up to (the greatest position any replica wrote), and the
+/// positions that don't read (skipped).
+pub fn read_positions(doc: &Automerge) -> Result<Partial<BTreeMap<String, MessageKey>>, ReadError> {
+    check_chat(doc)?;
+    let mut skips = Skips::new();
+    let r = read_positions_in(doc, &mut skips)?;
+    Ok(Partial::new(r, skips))
 }
 
 fn check_new_message(msg: &NewMessage) -> Result<(), WriteError> {
@@ -231,28 +145,19 @@ pub fn send_message(
         // older than the wall clock, which one probe shows; otherwise the few newer keys are
         // read, and only a pathological pile of them costs a binary search.
         const SCAN: usize = 256;
-        let mut newer: Vec<String> = tx
+        let newer: Vec<String> = tx
             .map_range(&obj, Hlc::prefix(ctx.wall_ms, 0)..)
             .take(SCAN)
             .map(|item| item.key.to_string())
             .collect();
-        let newest = if newer.len() == SCAN {
-            tail_above(tx, &obj, 1, ctx.wall_ms)
-                .pop()
-                .map(|(k, _, _)| k)
+        // Keys that aren't message keys (another writer's junk) say nothing about time.
+        let last = if newer.len() == SCAN {
+            newest_key(tx, &obj, ctx.wall_ms)
         } else {
-            newer.pop()
-        };
-        let last = match newest {
-            Some(key) => Some(key.parse::<MessageKey>().map_err(|_| {
-                let root = At::Root;
-                let at = root.key("messages");
-                at.key(&key).invalid(
-                    "a message key ({created_at}_{id})",
-                    format!("{:?}", truncate(&key)),
-                )
-            })?),
-            None => None,
+            newer
+                .iter()
+                .rev()
+                .find_map(|k| k.parse::<MessageKey>().ok())
         };
         let created_at = ctx.now(last.map(|k| k.created_at));
         let key = MessageKey {
@@ -296,6 +201,22 @@ pub fn send_message(
             attachment: msg.attachment.clone(),
         })
     })
+}
+
+/// The greatest well-formed message key at or after `floor_ms`, or else anywhere: the tail
+/// is searched for one, looking twice as far back each time it holds only malformed keys.
+fn newest_key<D: ReadDoc>(doc: &D, obj: &ObjId, floor_ms: u64) -> Option<MessageKey> {
+    let mut n = 1;
+    loop {
+        let window = tail_above(doc, obj, n, floor_ms);
+        if let Some(k) = window.iter().rev().find_map(|(k, _, _)| k.parse().ok()) {
+            return Some(k);
+        }
+        if window.len() < n {
+            return None;
+        }
+        n = n.saturating_mul(2);
+    }
 }
 
 /// The message with `id`, read inside a write: its object and its typed value.
@@ -370,83 +291,6 @@ pub fn delete_message(doc: &mut Automerge, id: &Id, wall_ms: u64) -> Result<(), 
     })
 }
 
-/// The winning map at `obj[key]`, created when absent.
-fn ensure_map(
-    tx: &mut Transaction<'_>,
-    obj: &ObjId,
-    key: &str,
-    at: At<'_>,
-) -> Result<ObjId, WriteError> {
-    match tx.get(obj, key)? {
-        Some((Value::Object(ObjType::Map | ObjType::Table), id)) => Ok(id),
-        None => Ok(tx.put_object(obj, key, ObjType::Map)?),
-        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Null) => {
-            Ok(tx.put_object(obj, key, ObjType::Map)?)
-        }
-        Some((v, _)) => Err(at.invalid("a map", describe(&v)).into()),
-    }
-}
-
-/// Adds `user`'s reaction `emoji` to the message `id`. The message is not looked up (a
-/// reaction may arrive before its message), only the id's form is checked.
-pub fn react(
-    doc: &mut Automerge,
-    id: &Id,
-    emoji: &str,
-    user: &str,
-    wall_ms: u64,
-) -> Result<(), WriteError> {
-    check_arg("reaction", emoji, MAX_REACTION_LEN, true)?;
-    check_arg("user", user, MAX_NAME_LEN, true)?;
-    write(doc, CHAT_KINDS, wall_ms, |tx, _ctx| {
-        let root = At::Root;
-        let at = root.key("reactions");
-        let mut r = Reactions::new();
-        let containers = maps_at(tx, &ROOT, "reactions", at, "a map of reactions")?;
-        reactions_of(tx, &containers, id.as_str(), at, &mut r)?;
-        if r.get(emoji).is_some_and(|u| u.contains(user)) {
-            return Ok(());
-        }
-        let all = ensure_map(tx, &ROOT, "reactions", at)?;
-        let at = at.key(id.as_str());
-        let per_msg = ensure_map(tx, &all, id.as_str(), at)?;
-        let users = ensure_map(tx, &per_msg, emoji, at.key(emoji))?;
-        tx.put(&users, user, true)?;
-        Ok(())
-    })
-}
-
-/// Removes `user`'s reaction `emoji` from the message `id`, from every concurrent copy of the
-/// containers. Removing an absent reaction makes no change.
-pub fn unreact(
-    doc: &mut Automerge,
-    id: &Id,
-    emoji: &str,
-    user: &str,
-    wall_ms: u64,
-) -> Result<(), WriteError> {
-    write(doc, CHAT_KINDS, wall_ms, |tx, _ctx| {
-        let root = At::Root;
-        let at = root.key("reactions");
-        let at_msg = at.key(id.as_str());
-        let at_emoji = at_msg.key(emoji);
-        let mut targets = Vec::new();
-        for all in maps_at(tx, &ROOT, "reactions", at, "a map of reactions")? {
-            for per_msg in maps_at(tx, &all, id.as_str(), at_msg, "a map of reactions")? {
-                for users in maps_at(tx, &per_msg, emoji, at_emoji, "a map of users")? {
-                    if tx.get(&users, user)?.is_some() {
-                        targets.push(users);
-                    }
-                }
-            }
-        }
-        for users in targets {
-            tx.delete(&users, user)?;
-        }
-        Ok(())
-    })
-}
-
 /// Records that `user` has read up to the message at `key` (which must exist). Positions only
 /// move forward: returns `false`, making no change, when `user` had already read as far.
 pub fn mark_read(
@@ -465,20 +309,20 @@ pub fn mark_read(
                 id: key.id.clone(),
             });
         }
-        if read_positions_in(tx)?
+        if read_positions_in(tx, &mut Skips::new())?
             .get(user)
             .is_some_and(|cur| cur >= key)
         {
             return Ok(false);
         }
-        let root = At::Root;
-        let read = ensure_map(tx, &ROOT, "read", root.key("read"))?;
+        let read = ensure_map(tx, &ROOT, "read")?;
         tx.put(&read, user, k)?;
         Ok(true)
     })
 }
 
-/// The last message of a chat, if any (for an app's conversation list).
+/// The last message of a chat, if any, for an app's conversation list: entries that don't
+/// read are passed over (see [`last_messages`](crate::last_messages) to have them reported).
 pub fn last_message(doc: &Automerge) -> Result<Option<Message>, ReadError> {
-    Ok(crate::last_messages(doc, 1)?.pop())
+    Ok(crate::last_messages(doc, 1)?.value.pop())
 }

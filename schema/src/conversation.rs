@@ -11,7 +11,8 @@ use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
 use crate::chat::Chat;
 use crate::error::{At, ReadError, WriteError};
 use crate::kind::expect_kind;
-use crate::value::{describe, req_obj, req_text, str_list};
+use crate::partial::{entry, Partial, Skips};
+use crate::value::{req_obj, req_text, str_list};
 use crate::write::{check_arg, check_empty, transact, write};
 use crate::{Kind, MAX_NAME_LEN, MAX_TITLE_LEN, SCHEMA_VERSION};
 
@@ -76,14 +77,20 @@ impl Conversation {
     }
 
     /// Reads the whole conversation, every message included (see
-    /// [`last_messages`](crate::last_messages) for a partial read). Reading never writes.
-    pub fn read(doc: &Automerge) -> Result<Conversation, ReadError> {
+    /// [`last_messages`](crate::last_messages) for a partial read), and what doesn't fit the
+    /// schema (skipped; see [`Partial`]). Reading never writes.
+    pub fn read(doc: &Automerge) -> Result<Partial<Conversation>, ReadError> {
+        let mut skips = Skips::new();
+        let c = Conversation::read_in(doc, &mut skips)?;
+        Ok(Partial::new(c, skips))
+    }
+
+    pub(crate) fn read_in(doc: &Automerge, skips: &mut Skips) -> Result<Conversation, ReadError> {
         expect_kind(doc, Kind::Conversation)?;
-        let root = At::Root;
         Ok(Conversation {
-            title: req_text(doc, &ROOT, "title", root.key("title"), MAX_TITLE_LEN)?,
-            participants: participants_in(doc)?,
-            chat: Chat::read_in(doc)?,
+            title: title_in(doc, skips)?,
+            participants: participants_in(doc, skips)?,
+            chat: Chat::read_in(doc, skips)?,
         })
     }
 
@@ -105,7 +112,10 @@ impl Conversation {
                 ObjType::List,
                 "a list of user ids",
             )?;
-            if participants_in(tx)?.iter().any(|p| p == user) {
+            if participants_in(tx, &mut Skips::new())?
+                .iter()
+                .any(|p| p == user)
+            {
                 return Ok(());
             }
             let n = tx.length(&list);
@@ -130,13 +140,18 @@ impl Conversation {
                 ObjType::List,
                 "a list of user ids",
             )?;
-            let hits: Vec<usize> = tx
-                .list_range(&list, ..)
-                .filter(|item| {
-                    matches!(&item.value, automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) if s == user)
-                })
-                .map(|item| item.index)
-                .collect();
+            // An entry is a string, or Text as JavaScript writes strings.
+            let mut hits = Vec::new();
+            for item in tx.list_range(&list, ..) {
+                let hit = match &item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => s == user,
+                    automerge::ValueRef::Object(ObjType::Text) => tx.text(item.id())? == user,
+                    _ => false,
+                };
+                if hit {
+                    hits.push(item.index);
+                }
+            }
             for i in hits.into_iter().rev() {
                 tx.delete(&list, i)?;
             }
@@ -145,7 +160,16 @@ impl Conversation {
     }
 }
 
-fn participants_in<D: ReadDoc>(doc: &D) -> Result<Vec<String>, ReadError> {
+/// The title of a conversation or a trip: empty (and skipped) when it isn't text.
+pub(crate) fn title_in<D: ReadDoc>(doc: &D, skips: &mut Skips) -> Result<String, ReadError> {
+    let root = At::Root;
+    let at = root.key("title");
+    let title = req_text(doc, &ROOT, "title", at, MAX_TITLE_LEN);
+    Ok(entry(title, at, skips)?.unwrap_or_default())
+}
+
+/// The participants, each once; entries that aren't user ids are skipped.
+fn participants_in<D: ReadDoc>(doc: &D, skips: &mut Skips) -> Result<Vec<String>, ReadError> {
     let root = At::Root;
     let at = root.key("participants");
     let list = req_obj(
@@ -155,27 +179,26 @@ fn participants_in<D: ReadDoc>(doc: &D) -> Result<Vec<String>, ReadError> {
         at,
         ObjType::List,
         "a list of user ids",
-    )?;
+    );
+    let Some(list) = entry(list, at, skips)? else {
+        return Ok(Vec::new());
+    };
     let mut seen = std::collections::BTreeSet::new();
-    let mut out = str_list(doc, &list, at, MAX_NAME_LEN, "a user id")?;
+    let mut out = str_list(doc, &list, at, MAX_NAME_LEN, "a user id", skips)?;
     out.retain(|p| seen.insert(p.clone()));
     Ok(out)
 }
 
 /// Changes the title of a conversation or a trip by a minimal text splice, so concurrent edits
-/// merge as text.
+/// merge as text. A title that isn't text (it reads as empty) is replaced by text.
 pub fn set_title(doc: &mut Automerge, title: &str, wall_ms: u64) -> Result<(), WriteError> {
     check_arg("title", title, MAX_TITLE_LEN, false)?;
     write(doc, &[Kind::Conversation, Kind::Trip], wall_ms, |tx, _| {
         match tx.get(ROOT, "title")? {
             Some((Value::Object(ObjType::Text), t)) => tx.update_text(&t, title)?,
-            None => {
+            _ => {
                 let t = tx.put_object(ROOT, "title", ObjType::Text)?;
                 tx.splice_text(&t, 0, 0, title)?;
-            }
-            Some((v, _)) => {
-                let root = At::Root;
-                return Err(root.key("title").invalid("text", describe(&v)).into());
             }
         }
         Ok(())

@@ -6,6 +6,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{At, ReadError};
 use crate::message::read_all;
+use crate::partial::{Partial, Skips};
 use crate::time::format_rfc3339_ms;
 use crate::value::describe;
 use crate::Message;
@@ -163,11 +164,15 @@ impl<'a> From<&'a Message> for MessageJson<'a> {
 /// order, with keys in that order, compact (no whitespace): the same heads give the same bytes
 /// on every device. `created_at` and `edited_at` are the physical part of the timestamp as
 /// RFC 3339 UTC with milliseconds (`edited_at` `null` when never edited); a deleted message
-/// has `"body": ""`. Nothing device-specific appears.
+/// has `"body": ""`. Nothing device-specific appears. Entries of `messages` that aren't
+/// messages are left out of the array and returned as skipped (see
+/// [`messages`](crate::messages)).
 ///
 /// Reading never writes.
-pub fn messages_json(doc: &Automerge) -> Result<String, ReadError> {
-    Ok(messages_to_json(&read_all(doc)?))
+pub fn messages_json(doc: &Automerge) -> Result<Partial<String>, ReadError> {
+    let mut skips = Skips::new();
+    let all = read_all(doc, &mut skips)?;
+    Ok(Partial::new(messages_to_json(&all), skips))
 }
 
 /// Some messages (a tail, a page) in the form of [`messages_json`].

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::error::{At, ReadError};
+use crate::partial::{Partial, Skips};
 use crate::value::{describe, get, opt_u64};
 use crate::{Conversation, Profile, Trip};
 
@@ -65,15 +66,22 @@ impl FromStr for Kind {
 }
 
 /// The `kind` string at the root, whatever it says (for listing untyped documents and the
-/// checkpoint's `kind` column); `None` when absent or not a string.
+/// checkpoint's `kind` column); `None` when absent or not a string (or Text, as JavaScript
+/// writes strings).
 pub fn raw_kind(doc: &Automerge) -> Option<String> {
-    match doc.get(ROOT, "kind").ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
+    kind_str(doc).ok()?
+}
+
+/// The root's `kind` as a string: a string scalar or Text.
+fn kind_str<D: ReadDoc>(doc: &D) -> Result<Option<String>, ReadError> {
+    Ok(match get(doc, &ROOT, "kind")? {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
             _ => None,
         },
+        Some((Value::Object(ObjType::Text), id)) => Some(doc.text(&id)?),
         _ => None,
-    }
+    })
 }
 
 /// The document's kind. A document with no `kind`, a non-string one or one this build doesn't
@@ -83,13 +91,7 @@ pub fn kind(doc: &Automerge) -> Result<Kind, ReadError> {
 }
 
 pub(crate) fn kind_in<D: ReadDoc>(doc: &D) -> Result<Kind, ReadError> {
-    let found = match get(doc, &ROOT, "kind")? {
-        Some((Value::Scalar(s), _)) => match s.as_ref() {
-            ScalarValue::Str(s) => Some(s.to_string()),
-            _ => None,
-        },
-        _ => None,
-    };
+    let found = kind_str(doc)?;
     match found.as_deref().map(str::parse::<Kind>) {
         Some(Ok(k)) => Ok(k),
         _ => Err(ReadError::Untyped { found }),
@@ -137,12 +139,15 @@ pub enum TypedDoc {
     Profile(Profile),
 }
 
-/// Reads a document as whatever kind it says it is. Reading never writes. An untyped
-/// document is [`ReadError::Untyped`].
-pub fn read_typed(doc: &Automerge) -> Result<TypedDoc, ReadError> {
-    Ok(match kind(doc)? {
-        Kind::Conversation => TypedDoc::Conversation(Conversation::read(doc)?),
-        Kind::Trip => TypedDoc::Trip(Trip::read(doc)?),
-        Kind::Profile => TypedDoc::Profile(Profile::read(doc)?),
-    })
+/// Reads a document as whatever kind it says it is, with what doesn't fit the schema
+/// (skipped; see [`Partial`]). Reading never writes. An untyped document is
+/// [`ReadError::Untyped`].
+pub fn read_typed(doc: &Automerge) -> Result<Partial<TypedDoc>, ReadError> {
+    let mut skips = Skips::new();
+    let typed = match kind(doc)? {
+        Kind::Conversation => TypedDoc::Conversation(Conversation::read_in(doc, &mut skips)?),
+        Kind::Trip => TypedDoc::Trip(Trip::read_in(doc, &mut skips)?),
+        Kind::Profile => TypedDoc::Profile(crate::profile::read_in(doc, &mut skips)?),
+    };
+    Ok(Partial::new(typed, skips))
 }

@@ -8,6 +8,12 @@
 //!
 //! # How to use it
 //! Reads take `&Automerge` (what `weft_core::Document::automerge` gives) and never write.
+//! Documents come from peers, so a read never fails whole because of one bad entry: it
+//! returns a [`Partial`], the entries that fit the schema (`value`) and each one that doesn't
+//! (`skipped`, a [`Skipped`] with its [`Path`] and the reason). Only the header fails a read:
+//! no or an unknown `kind`, another kind than the one asked for, a bad `schema_version`.
+//! Writes work on a document holding malformed entries, as long as they don't need the
+//! malformed entry itself (editing a message that doesn't read is refused).
 //! Writes take `&mut Automerge` (what the closure of `weft_core::engine::Engine::change` gets),
 //! make one Automerge change per call, and take the caller's wall clock (`wall_ms`, Unix
 //! milliseconds) and, for new records, an [`Id`] from the caller's RNG: the library reads no
@@ -34,9 +40,14 @@
 //! alice.merge(&mut bob)?;
 //! bob.merge(&mut alice)?;
 //! let last = weft_schema::last_messages(&alice, 10)?;
-//! assert_eq!(last.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["Noon?", "Yes!"]);
+//! assert!(last.skipped.is_empty()); // every entry read
+//! let bodies: Vec<&str> = last.value.iter().map(|m| m.body.as_str()).collect();
+//! assert_eq!(bodies, ["Noon?", "Yes!"]);
 //! // Same heads, same bytes, on every device.
-//! assert_eq!(weft_schema::messages_json(&alice)?, weft_schema::messages_json(&bob)?);
+//! assert_eq!(
+//!     weft_schema::messages_json(&alice)?.value,
+//!     weft_schema::messages_json(&bob)?.value,
+//! );
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -52,6 +63,7 @@
 //! - [`migrate`]: schema versions and the migration from version 1.
 //! - [`MIGRATIONS`], [`MessageRow`], [`decode_content`]: the Postgres checkpoint tables, and
 //!   decoding a `weft_documents` row back into a typed document.
+//! - [`Partial`], [`Skipped`]: what reads return, and the entries they left out.
 //! - [`ReadError`], [`WriteError`]: typed errors naming the [`Path`] that is wrong.
 //!
 //! # Layout of a document (schema version 2)
@@ -71,7 +83,9 @@
 //! ```
 //! Timestamps are [`Hlc`] strings, ids [`Id`]s. Members and participants are for display:
 //! access is decided by the relay's access list, never by document content. Fields this build
-//! doesn't know are ignored by typed reads and kept in the document.
+//! doesn't know are ignored by typed reads and kept in the document. Wherever the schema has
+//! a string, Text holding that string reads the same (JavaScript's Automerge writes strings
+//! as Text unless told otherwise).
 //!
 //! # Ordering
 //! Display order is `(created_at, id)`, the same on every device. `created_at` comes from a
@@ -125,8 +139,10 @@ mod json;
 mod kind;
 mod message;
 mod migrate;
+mod partial;
 mod pg;
 mod profile;
+mod reactions;
 pub mod rules;
 mod time;
 mod trip;
@@ -137,8 +153,8 @@ mod write;
 pub use weft_core::automerge;
 
 pub use chat::{
-    delete_message, edit_message, last_message, mark_read, react, reactions, read_positions,
-    send_message, unreact, Chat, NewMessage, Reactions, MAX_REACTION_LEN,
+    delete_message, edit_message, last_message, mark_read, read_positions, send_message, Chat,
+    NewMessage,
 };
 pub use conversation::{set_title, Conversation, NewConversation};
 pub use error::{Path, ReadError, Segment, WriteError};
@@ -153,11 +169,13 @@ pub use message::{
     MessageChanges,
 };
 pub use migrate::migrate;
+pub use partial::{Partial, Skipped};
 pub use pg::{
     decode_content, load_content, strip_nul, strip_nul_json, MessageRow, Migration, RowError,
     MIGRATIONS,
 };
 pub use profile::Profile;
+pub use reactions::{react, reactions, unreact, Reactions, MAX_REACTION_LEN};
 pub use trip::{Broadcast, ItineraryItem, NewBroadcast, NewTask, NewTrip, Priority, Task, Trip};
 
 /// Proptest cases for unit tests: 64, or `WEFT_PROPTEST_CASES`.

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use automerge::{ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{At, ReadError};
+use crate::partial::{entry, Partial, Skips};
 use crate::value::{f_bool, f_obj, f_parsed, f_str, f_text, f_u64, fields, req_obj};
 use crate::{kind::kind_in, Hlc, Id, Kind, MessageKey, MAX_BODY_LEN, MAX_NAME_LEN, MAX_URL_LEN};
 
@@ -54,8 +55,8 @@ pub struct Attachment {
     pub name: Option<String>,
 }
 
-/// The `messages` map of a chat document (a conversation or a trip).
-pub(crate) fn messages_obj<D: ReadDoc>(doc: &D) -> Result<ObjId, ReadError> {
+/// Fails unless the document is a chat document (a conversation or a trip).
+pub(crate) fn check_chat<D: ReadDoc>(doc: &D) -> Result<(), ReadError> {
     let kind = kind_in(doc)?;
     if !kind.has_chat() {
         return Err(ReadError::WrongKind {
@@ -63,6 +64,12 @@ pub(crate) fn messages_obj<D: ReadDoc>(doc: &D) -> Result<ObjId, ReadError> {
             found: kind,
         });
     }
+    Ok(())
+}
+
+/// The `messages` map of a chat document, which a write needs.
+pub(crate) fn messages_obj<D: ReadDoc>(doc: &D) -> Result<ObjId, ReadError> {
+    check_chat(doc)?;
     let root = At::Root;
     req_obj(
         doc,
@@ -71,6 +78,29 @@ pub(crate) fn messages_obj<D: ReadDoc>(doc: &D) -> Result<ObjId, ReadError> {
         root.key("messages"),
         ObjType::Map,
         "a map of messages",
+    )
+}
+
+/// The `messages` map of a chat document, for a read: `None` (skipped) when there is no map
+/// there, which reads as no messages.
+pub(crate) fn messages_in<D: ReadDoc>(
+    doc: &D,
+    skips: &mut Skips,
+) -> Result<Option<ObjId>, ReadError> {
+    check_chat(doc)?;
+    let root = At::Root;
+    let at = root.key("messages");
+    entry(
+        req_obj(
+            doc,
+            &ROOT,
+            "messages",
+            at,
+            ObjType::Map,
+            "a map of messages",
+        ),
+        at,
+        skips,
     )
 }
 
@@ -105,14 +135,14 @@ pub(crate) fn read_message<D: ReadDoc>(
             "attachment",
         ],
     );
-    let id: Id = f_parsed(&id_f, at.key("id"), "an id", |s| s.parse().ok())?
+    let id: Id = f_parsed(doc, &id_f, at.key("id"), "an id", |s| s.parse().ok())?
         .ok_or_else(|| at.key("id").missing("an id"))?;
     if id != parsed.id {
         return Err(at
             .key("id")
             .invalid("the id in the message's key", format!("{id}")));
     }
-    let created_at: Hlc = f_parsed(&created_f, at.key("created_at"), "a timestamp", |s| {
+    let created_at: Hlc = f_parsed(doc, &created_f, at.key("created_at"), "a timestamp", |s| {
         s.parse().ok()
     })?
     .ok_or_else(|| at.key("created_at").missing("a timestamp"))?;
@@ -121,15 +151,17 @@ pub(crate) fn read_message<D: ReadDoc>(
             .key("created_at")
             .invalid("the timestamp in the message's key", created_at.to_string()));
     }
-    let author = f_str(&author_f, at.key("author"), MAX_NAME_LEN, "a user id")?
+    let author = f_str(doc, &author_f, at.key("author"), MAX_NAME_LEN, "a user id")?
         .ok_or_else(|| at.key("author").missing("a user id"))?;
     let deleted = f_bool(&deleted_f, at.key("deleted"))?.unwrap_or(false);
     let body = f_text(doc, &body_f, at.key("body"), MAX_BODY_LEN)?
         .ok_or_else(|| at.key("body").missing("text or a string"))?;
-    let edited_at = f_parsed(&edited_f, at.key("edited_at"), "a timestamp", |s| {
+    let edited_at = f_parsed(doc, &edited_f, at.key("edited_at"), "a timestamp", |s| {
         s.parse().ok()
     })?;
-    let reply_to = f_parsed(&reply_f, at.key("reply_to"), "an id", |s| s.parse().ok())?;
+    let reply_to = f_parsed(doc, &reply_f, at.key("reply_to"), "an id", |s| {
+        s.parse().ok()
+    })?;
     let attachment = match f_obj(
         &attach_f,
         at.key("attachment"),
@@ -154,36 +186,42 @@ pub(crate) fn read_message<D: ReadDoc>(
 fn read_attachment<D: ReadDoc>(doc: &D, obj: &ObjId, at: At<'_>) -> Result<Attachment, ReadError> {
     let [url, mime, size, name] = fields(doc, obj, ["url", "mime_type", "size", "name"]);
     Ok(Attachment {
-        url: f_str(&url, at.key("url"), MAX_URL_LEN, "a URL")?
+        url: f_str(doc, &url, at.key("url"), MAX_URL_LEN, "a URL")?
             .ok_or_else(|| at.key("url").missing("a URL"))?,
-        mime_type: f_str(&mime, at.key("mime_type"), MAX_NAME_LEN, "a media type")?
-            .ok_or_else(|| at.key("mime_type").missing("a media type"))?,
+        mime_type: f_str(
+            doc,
+            &mime,
+            at.key("mime_type"),
+            MAX_NAME_LEN,
+            "a media type",
+        )?
+        .ok_or_else(|| at.key("mime_type").missing("a media type"))?,
         size: f_u64(&size, at.key("size"))?
             .ok_or_else(|| at.key("size").missing("a size in bytes"))?,
-        name: f_str(&name, at.key("name"), MAX_NAME_LEN, "a file name")?,
+        name: f_str(doc, &name, at.key("name"), MAX_NAME_LEN, "a file name")?,
     })
 }
 
-/// Every message of a chat (a conversation's or a trip's), in display order. Reading never
-/// writes.
-pub fn messages(doc: &automerge::Automerge) -> Result<Vec<Message>, ReadError> {
-    read_all(doc)
+/// Every message of a chat (a conversation's or a trip's), in display order, and the entries
+/// of `messages` that aren't messages (skipped). Reading never writes.
+pub fn messages(doc: &automerge::Automerge) -> Result<Partial<Vec<Message>>, ReadError> {
+    let mut skips = Skips::new();
+    let all = read_all(doc, &mut skips)?;
+    Ok(Partial::new(all, skips))
 }
 
-pub(crate) fn read_all<D: ReadDoc>(doc: &D) -> Result<Vec<Message>, ReadError> {
-    let obj = messages_obj(doc)?;
+pub(crate) fn read_all<D: ReadDoc>(doc: &D, skips: &mut Skips) -> Result<Vec<Message>, ReadError> {
+    let Some(obj) = messages_in(doc, skips)? else {
+        return Ok(Vec::new());
+    };
     let root = At::Root;
-    let at = root.key("messages");
+    let base = root.key("messages");
     let mut out = Vec::new();
     for item in doc.map_range(&obj, ..) {
         let v: Value<'_> = item.value.clone().into();
-        out.push(read_message(
-            doc,
-            &item.key,
-            &v,
-            &item.id(),
-            at.key(&item.key),
-        )?);
+        let at = base.key(&item.key);
+        let m = read_message(doc, &item.key, &v, &item.id(), at);
+        out.extend(entry(m, at, skips)?);
     }
     Ok(out)
 }
@@ -191,32 +229,82 @@ pub(crate) fn read_all<D: ReadDoc>(doc: &D) -> Result<Vec<Message>, ReadError> {
 /// The last `n` messages of a chat in display order, reading only those `n` messages (and at
 /// most 64 x `n` keys), however long the chat is: about 2 ms for 50 of 100k messages.
 ///
-/// Validation covers what is read: a malformed message further back is not noticed here
-/// (it is by [`messages`]).
-pub fn last_messages(doc: &automerge::Automerge, n: usize) -> Result<Vec<Message>, ReadError> {
-    let obj = messages_obj(doc)?;
+/// Validation covers what is read: entries among (or after) the last `n` messages that aren't
+/// messages are skipped and reported, and the read reaches further back to still return `n`
+/// messages when there are that many. A malformed entry further back is not noticed here (it
+/// is by [`messages`]).
+pub fn last_messages(
+    doc: &automerge::Automerge,
+    n: usize,
+) -> Result<Partial<Vec<Message>>, ReadError> {
+    let mut skips = Skips::new();
+    let Some(obj) = messages_in(doc, &mut skips)? else {
+        return Ok(Partial::new(Vec::new(), skips));
+    };
+    if n == 0 {
+        return Ok(Partial::new(Vec::new(), skips));
+    }
     let root = At::Root;
-    let at = root.key("messages");
-    tail(doc, &obj, n)
-        .into_iter()
-        .map(|(key, v, id)| read_message(doc, &key, &v, &id, at.key(&key)))
-        .collect()
-}
-
-/// The message with this id, or `None`. Costs a scan of the keys (not the messages): about
-/// 10 ms at 100k messages. [`edit_message`](crate::edit_message) and
-/// [`delete_message`](crate::delete_message) find their message the same way.
-pub fn find_message(doc: &automerge::Automerge, id: &Id) -> Result<Option<Message>, ReadError> {
-    let obj = messages_obj(doc)?;
-    let root = At::Root;
-    let at = root.key("messages");
-    match find_key(doc, &obj, id) {
-        Some((key, v, mid)) => read_message(doc, &key, &v, &mid, at.key(&key)).map(Some),
-        None => Ok(None),
+    let base = root.key("messages");
+    let mut want = n;
+    loop {
+        let window = tail(doc, &obj, want);
+        let exhausted = window.len() < want;
+        // Each message with its place in the window, and each skipped entry with its place.
+        let mut good: Vec<(usize, Message)> = Vec::new();
+        let mut bad: Vec<(usize, crate::Skipped)> = Vec::new();
+        for (i, (key, v, id)) in window.iter().enumerate() {
+            let at = base.key(key);
+            let mut one = Skips::new();
+            match entry(read_message(doc, key, v, id, at), at, &mut one)? {
+                Some(m) => good.push((i, m)),
+                None => bad.extend(one.into_iter().map(|s| (i, s))),
+            }
+        }
+        if good.len() >= n || exhausted {
+            let first = good.len().saturating_sub(n);
+            // Skipped entries older than every returned message are not reported, unless
+            // the window holds all there is.
+            let from = match good.get(first) {
+                Some((i, _)) if good.len() >= n => *i,
+                _ => 0,
+            };
+            skips.extend(bad.into_iter().filter(|(i, _)| *i >= from).map(|(_, s)| s));
+            let msgs = good.into_iter().skip(first).map(|(_, m)| m).collect();
+            return Ok(Partial::new(msgs, skips));
+        }
+        // Some entries didn't read: look twice as far back (a geometric growth keeps a tail of
+        // many bad entries to a few searches).
+        want = want.saturating_add(want.max(n - good.len()));
     }
 }
 
-/// The entry of the message with this id: its key, value and object id.
+/// The message with this id, or `None`; an entry with this id that isn't a message is
+/// skipped (and the result is `None`). Costs a scan of the keys (not the messages): about
+/// 10 ms at 100k messages. [`edit_message`](crate::edit_message) and
+/// [`delete_message`](crate::delete_message) find their message the same way.
+pub fn find_message(
+    doc: &automerge::Automerge,
+    id: &Id,
+) -> Result<Partial<Option<Message>>, ReadError> {
+    let mut skips = Skips::new();
+    let Some(obj) = messages_in(doc, &mut skips)? else {
+        return Ok(Partial::new(None, skips));
+    };
+    let root = At::Root;
+    let base = root.key("messages");
+    let found = match find_key(doc, &obj, id) {
+        Some((key, v, mid)) => {
+            let at = base.key(&key);
+            entry(read_message(doc, &key, &v, &mid, at), at, &mut skips)?
+        }
+        None => None,
+    };
+    Ok(Partial::new(found, skips))
+}
+
+/// The entry of the message with this id: its key, value and object id. Only well-formed keys
+/// count, so a malformed key that happens to end with the id doesn't hide the message.
 pub(crate) fn find_key<D: ReadDoc>(
     doc: &D,
     obj: &ObjId,
@@ -227,7 +315,8 @@ pub(crate) fn find_key<D: ReadDoc>(
         let k: &str = &item.key;
         let hit = k.len() == crate::hlc::HLC_STR_LEN + 1 + suffix.len()
             && k.ends_with(suffix)
-            && k.as_bytes()[crate::hlc::HLC_STR_LEN] == b'_';
+            && k.as_bytes()[crate::hlc::HLC_STR_LEN] == b'_'
+            && k.parse::<MessageKey>().is_ok();
         hit.then(|| (k.to_owned(), item.value.clone().into(), item.id()))
     })
 }
@@ -293,6 +382,8 @@ pub(crate) fn tail_above<D: ReadDoc>(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageChanges {
     /// Messages added or modified (body, tombstone, anything inside them), in display order.
+    /// A touched entry that no longer reads as a message is not here but among the read's
+    /// skipped entries ([`Skipped::message_key`](crate::Skipped::message_key) gives its key).
     pub changed: Vec<Message>,
     /// Keys whose entry is gone from `messages` (weft never removes one; another writer might).
     pub removed: Vec<MessageKey>,
@@ -305,10 +396,13 @@ pub struct MessageChanges {
 pub fn messages_changed_since(
     doc: &automerge::Automerge,
     since: &[automerge::ChangeHash],
-) -> Result<MessageChanges, ReadError> {
+) -> Result<Partial<MessageChanges>, ReadError> {
     use std::collections::{BTreeMap, BTreeSet};
 
-    let obj = messages_obj(doc)?;
+    let mut skips = Skips::new();
+    let Some(obj) = messages_in(doc, &mut skips)? else {
+        return Ok(Partial::new(MessageChanges::default(), skips));
+    };
     let known: Vec<_> = since
         .iter()
         .copied()
@@ -350,9 +444,11 @@ pub fn messages_changed_since(
     let mut out = MessageChanges::default();
     for key in keys {
         match doc.get(&obj, key.as_str())? {
-            Some((v, m)) => out
-                .changed
-                .push(read_message(doc, &key, &v, &m, at.key(&key))?),
+            Some((v, m)) => {
+                let at = at.key(&key);
+                out.changed
+                    .extend(entry(read_message(doc, &key, &v, &m, at), at, &mut skips)?);
+            }
             None => {
                 if let Ok(k) = key.parse() {
                     out.removed.push(k);
@@ -360,5 +456,5 @@ pub fn messages_changed_since(
             }
         }
     }
-    Ok(out)
+    Ok(Partial::new(out, skips))
 }

@@ -18,15 +18,16 @@
 //! // What a backend job reads from `weft_documents.content` and `content_blake3`.
 //! let content = doc.save();
 //! let hash = blake3::hash(&content);
-//! let TypedDoc::Conversation(c) = weft_schema::decode_content(&content, Some(hash.as_bytes()))?
-//! else { unreachable!() };
+//! let read = weft_schema::decode_content(&content, Some(hash.as_bytes()))?;
+//! assert!(read.skipped.is_empty()); // every entry fits the schema
+//! let TypedDoc::Conversation(c) = read.value else { unreachable!() };
 //! assert_eq!(c.title, "Support");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use weft_core::Document;
 
-use crate::{Message, ReadError, TypedDoc};
+use crate::{Message, Partial, ReadError, TypedDoc};
 
 /// One schema migration: applied in `version` order, each once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub enum RowError {
         #[source]
         source: weft_core::DocError,
     },
-    /// The document loads but is not a valid typed document (no known kind, or a bad field).
+    /// The document loads but is not a typed document (no known kind, or a bad header).
     #[error("content is not a valid weft document: {source}")]
     Read {
         /// Where and why.
@@ -92,8 +93,12 @@ pub fn load_content(
     Ok(doc.automerge().clone())
 }
 
-/// Decodes a `weft_documents.content` into the typed document (see [`load_content`]).
-pub fn decode_content(content: &[u8], content_blake3: Option<&[u8]>) -> Result<TypedDoc, RowError> {
+/// Decodes a `weft_documents.content` into the typed document (see [`load_content`]), with
+/// the entries that don't fit the schema (skipped, see [`read_typed`](crate::read_typed)).
+pub fn decode_content(
+    content: &[u8],
+    content_blake3: Option<&[u8]>,
+) -> Result<Partial<TypedDoc>, RowError> {
     let doc = load_content(content, content_blake3)?;
     crate::read_typed(&doc).map_err(|source| RowError::Read { source })
 }
@@ -200,7 +205,9 @@ mod tests {
         let content = doc.save();
         let hash = blake3::hash(&content);
         assert!(matches!(
-            decode_content(&content, Some(hash.as_bytes())).unwrap(),
+            decode_content(&content, Some(hash.as_bytes()))
+                .unwrap()
+                .value,
             TypedDoc::Conversation(_)
         ));
         assert!(matches!(

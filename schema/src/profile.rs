@@ -9,6 +9,7 @@ use automerge::{Automerge, ReadDoc, ROOT};
 
 use crate::error::{At, ReadError, WriteError};
 use crate::kind::expect_kind;
+use crate::partial::{entry, Partial, Skips};
 use crate::value::{opt_str, req_str};
 use crate::write::{check_arg, check_empty, transact, write};
 use crate::{Kind, MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN, SCHEMA_VERSION};
@@ -50,57 +51,42 @@ impl Profile {
         })
     }
 
-    /// Reads the profile. Reading never writes.
-    pub fn read(doc: &Automerge) -> Result<Profile, ReadError> {
-        read_in(doc)
+    /// Reads the profile, and the fields that don't fit the schema (skipped: a required one
+    /// reads as empty, an optional one as absent). Reading never writes.
+    pub fn read(doc: &Automerge) -> Result<Partial<Profile>, ReadError> {
+        let mut skips = Skips::new();
+        let p = read_in(doc, &mut skips)?;
+        Ok(Partial::new(p, skips))
     }
 
-    /// Writes the fields of `profile` that differ from the document's.
+    /// Writes the fields of `profile` that differ from the document's; a field that doesn't
+    /// read is written over.
     pub fn update(doc: &mut Automerge, profile: &Profile, wall_ms: u64) -> Result<(), WriteError> {
         profile.check()?;
         write(doc, &[Kind::Profile], wall_ms, |tx, _| {
-            let old = read_in(tx)?;
+            let old = read_in(tx, &mut Skips::new())?;
             put_fields(tx, &old, profile)
         })
     }
 }
 
-fn read_in<D: ReadDoc>(doc: &D) -> Result<Profile, ReadError> {
+pub(crate) fn read_in<D: ReadDoc>(doc: &D, skips: &mut Skips) -> Result<Profile, ReadError> {
     expect_kind(doc, Kind::Profile)?;
     let root = At::Root;
+    let mut field = |key: &'static str, max: usize, expected: &'static str, required: bool| {
+        let at = root.key(key);
+        let v = if required {
+            req_str(doc, &ROOT, key, at, max, expected).map(Some)
+        } else {
+            opt_str(doc, &ROOT, key, at, max, expected)
+        };
+        entry(v, at, skips).map(Option::flatten)
+    };
     Ok(Profile {
-        user: req_str(
-            doc,
-            &ROOT,
-            "user",
-            root.key("user"),
-            MAX_NAME_LEN,
-            "a user id",
-        )?,
-        display_name: req_str(
-            doc,
-            &ROOT,
-            "display_name",
-            root.key("display_name"),
-            MAX_NAME_LEN,
-            "a name",
-        )?,
-        avatar_url: opt_str(
-            doc,
-            &ROOT,
-            "avatar_url",
-            root.key("avatar_url"),
-            MAX_URL_LEN,
-            "a URL",
-        )?,
-        status: opt_str(
-            doc,
-            &ROOT,
-            "status",
-            root.key("status"),
-            MAX_TITLE_LEN,
-            "a status line",
-        )?,
+        user: field("user", MAX_NAME_LEN, "a user id", true)?.unwrap_or_default(),
+        display_name: field("display_name", MAX_NAME_LEN, "a name", true)?.unwrap_or_default(),
+        avatar_url: field("avatar_url", MAX_URL_LEN, "a URL", false)?,
+        status: field("status", MAX_TITLE_LEN, "a status line", false)?,
     })
 }
 

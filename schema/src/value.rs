@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::error::{At, ReadError};
+use crate::partial::{entry, skip, Skips};
 
 /// The winning value at `obj[prop]`.
 pub(crate) fn get<'d, D: ReadDoc>(
@@ -98,14 +99,22 @@ pub(crate) fn f_obj(
     }
 }
 
-/// A non-empty string scalar; absent or null is `None`.
-pub(crate) fn f_str(
+/// A non-empty string (a string scalar, or Text: see [`as_str`]); absent or null is `None`.
+pub(crate) fn f_str<D: ReadDoc>(
+    doc: &D,
     f: &Field,
     at: At<'_>,
     max: usize,
     expected: &'static str,
 ) -> Result<Option<String>, ReadError> {
-    as_str(f.as_ref().map(|(v, _)| v), at, max, true, expected)
+    as_str(
+        doc,
+        f.as_ref().map(|(v, id)| (v, id)),
+        at,
+        max,
+        true,
+        expected,
+    )
 }
 
 /// Collaborative text: a Text object, or a plain string (as schema v1 wrote titles and
@@ -116,20 +125,14 @@ pub(crate) fn f_text<D: ReadDoc>(
     at: At<'_>,
     max: usize,
 ) -> Result<Option<String>, ReadError> {
-    match f {
-        Some((Value::Object(ObjType::Text), id)) => {
-            let s = doc.text(id)?;
-            check_str(&s, at, max, false)?;
-            Ok(Some(s))
-        }
-        f => as_str(
-            f.as_ref().map(|(v, _)| v),
-            at,
-            max,
-            false,
-            "text or a string",
-        ),
-    }
+    as_str(
+        doc,
+        f.as_ref().map(|(v, id)| (v, id)),
+        at,
+        max,
+        false,
+        "text or a string",
+    )
 }
 
 /// A boolean; absent or null is `None`.
@@ -163,13 +166,14 @@ pub(crate) fn f_u64(f: &Field, at: At<'_>) -> Result<Option<u64>, ReadError> {
 }
 
 /// A string parsed with `parse`; `expected` names the form in errors.
-pub(crate) fn f_parsed<T>(
+pub(crate) fn f_parsed<D: ReadDoc, T>(
+    doc: &D,
     f: &Field,
     at: At<'_>,
     expected: &'static str,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Result<Option<T>, ReadError> {
-    let Some(s) = f_str(f, at, 256, expected)? else {
+    let Some(s) = f_str(doc, f, at, 256, expected)? else {
         return Ok(None);
     };
     parse(&s)
@@ -216,9 +220,13 @@ fn check_str(s: &str, at: At<'_>, max: usize, non_empty: bool) -> Result<(), Rea
     Ok(())
 }
 
-/// A string scalar from a value already fetched.
-pub(crate) fn as_str(
-    v: Option<&Value<'_>>,
+/// A string from a value already fetched (with its object id, for Text): a string scalar,
+/// or a Text object read as its string. JavaScript's Automerge writes every string as Text
+/// unless told otherwise, so a document written there has Text wherever the schema has a
+/// string, and reads the same as one written here.
+pub(crate) fn as_str<D: ReadDoc>(
+    doc: &D,
+    v: Option<(&Value<'_>, &ObjId)>,
     at: At<'_>,
     max: usize,
     non_empty: bool,
@@ -226,7 +234,12 @@ pub(crate) fn as_str(
 ) -> Result<Option<String>, ReadError> {
     match v {
         None => Ok(None),
-        Some(Value::Scalar(s)) => match s.as_ref() {
+        Some((Value::Object(ObjType::Text), id)) => {
+            let s = doc.text(id)?;
+            check_str(&s, at, max, non_empty)?;
+            Ok(Some(s))
+        }
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Null => Ok(None),
             ScalarValue::Str(s) => {
                 check_str(s, at, max, non_empty)?;
@@ -234,7 +247,7 @@ pub(crate) fn as_str(
             }
             _ => Err(at.invalid(expected, describe_scalar(s))),
         },
-        Some(v) => Err(at.invalid(expected, describe(v))),
+        Some((v, _)) => Err(at.invalid(expected, describe(v))),
     }
 }
 
@@ -259,7 +272,7 @@ pub(crate) fn opt_str<D: ReadDoc>(
     max: usize,
     expected: &'static str,
 ) -> Result<Option<String>, ReadError> {
-    f_str(&get_field(doc, obj, key)?, at, max, expected)
+    f_str(doc, &get_field(doc, obj, key)?, at, max, expected)
 }
 
 /// Optional collaborative text (see [`f_text`]).
@@ -313,7 +326,7 @@ pub(crate) fn opt_parsed<D: ReadDoc, T>(
     expected: &'static str,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Result<Option<T>, ReadError> {
-    f_parsed(&get_field(doc, obj, key)?, at, expected, parse)
+    f_parsed(doc, &get_field(doc, obj, key)?, at, expected, parse)
 }
 
 /// A required string field parsed with `parse`.
@@ -336,21 +349,48 @@ pub(crate) fn truncate(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// The strings of a list, each validated; `at` names the list.
+/// The strings of a list, each validated; `at` names the list. An item that isn't one is
+/// skipped.
 pub(crate) fn str_list<D: ReadDoc>(
     doc: &D,
     list: &ObjId,
     at: At<'_>,
     max: usize,
     expected: &'static str,
+    skips: &mut Skips,
 ) -> Result<Vec<String>, ReadError> {
     let mut out = Vec::new();
     for item in doc.list_range(list, ..) {
         let at = at.index(item.index);
+        let id = match item.value {
+            automerge::ValueRef::Object(_) => item.id(),
+            automerge::ValueRef::Scalar(_) => ROOT,
+        };
         let v: Value<'_> = item.value.into();
-        let s = as_str(Some(&v), at, max, true, expected)?
-            .ok_or_else(|| at.invalid(expected, "null"))?;
-        out.push(s);
+        let s = as_str(doc, Some((&v, &id)), at, max, true, expected)
+            .and_then(|s| s.ok_or_else(|| at.invalid(expected, "null")));
+        out.extend(entry(s, at, skips)?);
+    }
+    Ok(out)
+}
+
+/// Every map at `obj[key]`: the winner and the conflicting losers, in Automerge's order.
+/// Null is nothing; any other value is skipped.
+pub(crate) fn maps_at<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    key: &str,
+    at: At<'_>,
+    expected: &'static str,
+    skips: &mut Skips,
+) -> Result<Vec<ObjId>, ReadError> {
+    let mut out = Vec::new();
+    for (v, id) in doc.get_all(obj, key)? {
+        match v {
+            Value::Object(ObjType::Map | ObjType::Table) => out.push(id),
+            Value::Scalar(s) if matches!(s.as_ref(), ScalarValue::Null) => {}
+            v => skip(at, at.invalid(expected, describe(&v)), skips),
+        }
     }
     Ok(out)
 }

@@ -1,8 +1,8 @@
 //! The frame of every typed write: check the header, migrate an older document first, then
 //! make the write in one transaction, committed on success and rolled back on error.
 
-use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{Automerge, ReadDoc, ROOT};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::WriteError;
 use crate::kind::{kind_in, version_in};
@@ -87,6 +87,24 @@ pub(crate) fn check_empty(doc: &Automerge) -> Result<(), WriteError> {
         Some(_) => Err(WriteError::AlreadyInitialized {
             kind: crate::raw_kind(doc).unwrap_or_else(|| "(not a string)".into()),
         }),
+    }
+}
+
+/// A map at `obj[key]` to write into: the winning value when it is a map, else a map among
+/// the conflicting values (reads take the union of them all), else a new map, which
+/// replaces whatever isn't one there (reads skip such a value anyway).
+pub(crate) fn ensure_map(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    key: &str,
+) -> Result<ObjId, WriteError> {
+    // Automerge lists the winner last.
+    let existing = tx.get_all(obj, key)?.into_iter().rev().find_map(|(v, id)| {
+        matches!(v, Value::Object(ObjType::Map | ObjType::Table)).then_some(id)
+    });
+    match existing {
+        Some(id) => Ok(id),
+        None => Ok(tx.put_object(obj, key, ObjType::Map)?),
     }
 }
 

@@ -39,8 +39,11 @@ fn the_message_list_has_exactly_the_contract_fields_in_display_order() {
         id(2),
         id(3)
     );
-    assert_eq!(messages_json(&doc).unwrap(), expected);
-    assert_eq!(messages_to_json(&last_messages(&doc, 3).unwrap()), expected);
+    assert_eq!(complete(messages_json(&doc)), expected);
+    assert_eq!(
+        messages_to_json(&complete(last_messages(&doc, 3))),
+        expected
+    );
     assert_eq!(messages_to_json(&[]), "[]");
 }
 

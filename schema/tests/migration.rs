@@ -99,7 +99,7 @@ fn a_version_1_document_reads_without_being_written() {
     let doc = fixture();
     let before = heads(&doc);
     assert_eq!(schema_version(&doc).unwrap(), 1);
-    let c = Conversation::read(&doc).unwrap();
+    let c = complete(Conversation::read(&doc));
     assert_eq!(c.title, "Weekend plans");
     let bodies: Vec<&str> = c.chat.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(
@@ -109,21 +109,21 @@ fn a_version_1_document_reads_without_being_written() {
     assert!(c.chat.messages[2].deleted);
     assert!(c.chat.messages[1].edited_at.is_some());
     assert!(c.chat.read.is_empty() && c.chat.reactions.is_empty());
-    messages_json(&doc).unwrap();
+    complete(messages_json(&doc));
     to_json(&doc).unwrap();
-    last_messages(&doc, 2).unwrap();
+    complete(last_messages(&doc, 2));
     assert_eq!(heads(&doc), before, "reading never writes");
     // The committed bytes still describe what the generator writes.
-    assert_eq!(Conversation::read(&v1_conversation()).unwrap(), c);
+    assert_eq!(complete(Conversation::read(&v1_conversation())), c);
 }
 
 #[test]
 fn migration_keeps_the_content_and_makes_text_collaborative() {
     let mut doc = fixture().with_actor(device(7));
-    let before = Conversation::read(&doc).unwrap();
+    let before = complete(Conversation::read(&doc));
     assert!(migrate(&mut doc).unwrap());
     assert_eq!(schema_version(&doc).unwrap(), SCHEMA_VERSION);
-    let after = Conversation::read(&doc).unwrap();
+    let after = complete(Conversation::read(&doc));
     assert_eq!(after, before);
     assert!(after.chat.messages.iter().all(|m| body_is_text(&doc, m)));
     assert!(matches!(
@@ -187,8 +187,8 @@ fn devices_migrating_different_heads_converge_without_duplicates() {
     let mut docs = [alice, bob];
     merge_all(&mut docs);
     let (x, y) = (
-        Conversation::read(&docs[0]).unwrap(),
-        Conversation::read(&docs[1]).unwrap(),
+        complete(Conversation::read(&docs[0])),
+        complete(Conversation::read(&docs[1])),
     );
     assert_eq!(x, y);
     assert_eq!(
@@ -200,8 +200,8 @@ fn devices_migrating_different_heads_converge_without_duplicates() {
     assert_eq!(x.title, "Weekend plans");
     assert_eq!(schema_version(&docs[0]).unwrap(), SCHEMA_VERSION);
     assert_eq!(
-        messages_json(&docs[0]).unwrap(),
-        messages_json(&docs[1]).unwrap()
+        complete(messages_json(&docs[0])),
+        complete(messages_json(&docs[1]))
     );
     // Both wrote the first body; whichever wins, it is one of the two, the same everywhere.
     let first = &x.chat.messages[0].body;
@@ -210,8 +210,7 @@ fn devices_migrating_different_heads_converge_without_duplicates() {
     edit_message(&mut docs[0], &x.chat.messages[0].id, "Hike on Sunday", T0).unwrap();
     merge_all(&mut docs);
     assert_eq!(
-        find_message(&docs[1], &x.chat.messages[0].id)
-            .unwrap()
+        complete(find_message(&docs[1], &x.chat.messages[0].id))
             .unwrap()
             .body,
         "Hike on Sunday"
@@ -226,7 +225,7 @@ fn a_newer_document_is_read_but_not_written() {
     tx.put(ROOT, "schema_version", 3).unwrap();
     tx.put(ROOT, "pinned", "a field from the future").unwrap();
     tx.commit();
-    assert_eq!(Conversation::read(&doc).unwrap().chat.messages.len(), 1);
+    assert_eq!(complete(Conversation::read(&doc)).chat.messages.len(), 1);
     assert!(matches!(
         send_message(&mut doc, &NewMessage::text("alice", "hi"), id(2), T0),
         Err(WriteError::TooNew {

@@ -35,7 +35,7 @@ fn a_conversation_round_trips() {
     Conversation::add_participant(&mut doc, "carol", T0).unwrap();
     Conversation::remove_participant(&mut doc, "bob", T0).unwrap();
 
-    let c = Conversation::read(&doc).unwrap();
+    let c = complete(Conversation::read(&doc));
     assert_eq!(
         c,
         Conversation {
@@ -51,11 +51,11 @@ fn a_conversation_round_trips() {
             },
         }
     );
-    assert_eq!(read_typed(&doc).unwrap(), TypedDoc::Conversation(c));
+    assert_eq!(complete(read_typed(&doc)), TypedDoc::Conversation(c));
     assert_eq!(kind(&doc).unwrap(), Kind::Conversation);
     assert_eq!(schema_version(&doc).unwrap(), SCHEMA_VERSION);
-    assert_eq!(find_message(&doc, &m2.id).unwrap(), Some(m2.clone()));
-    assert_eq!(find_message(&doc, &id(99)).unwrap(), None);
+    assert_eq!(complete(find_message(&doc, &m2.id)), Some(m2.clone()));
+    assert_eq!(complete(find_message(&doc, &id(99))), None);
     assert_eq!(last_message(&doc).unwrap(), Some(m2));
 }
 
@@ -152,7 +152,7 @@ fn a_trip_round_trips() {
     Trip::set_dates(&mut doc, Some("2024-06-01"), None, T0).unwrap();
     set_title(&mut doc, "Lisbon & Sintra", T0).unwrap();
 
-    let t = Trip::read(&doc).unwrap();
+    let t = complete(Trip::read(&doc));
     assert_eq!(
         t,
         Trip {
@@ -172,7 +172,7 @@ fn a_trip_round_trips() {
             },
         }
     );
-    assert_eq!(read_typed(&doc).unwrap(), TypedDoc::Trip(t));
+    assert_eq!(complete(read_typed(&doc)), TypedDoc::Trip(t));
 }
 
 #[test]
@@ -185,11 +185,11 @@ fn a_profile_round_trips() {
         status: None,
     };
     Profile::create(&mut doc, &p, T0).unwrap();
-    assert_eq!(Profile::read(&doc).unwrap(), p);
+    assert_eq!(complete(Profile::read(&doc)), p);
     p.status = Some("In Lisbon".into());
     p.avatar_url = None;
     Profile::update(&mut doc, &p, T0).unwrap();
-    assert_eq!(read_typed(&doc).unwrap(), TypedDoc::Profile(p.clone()));
+    assert_eq!(complete(read_typed(&doc)), TypedDoc::Profile(p.clone()));
     // An update that changes nothing makes no change.
     let before = heads(&doc);
     Profile::update(&mut doc, &p, T0).unwrap();
@@ -332,8 +332,7 @@ fn bob_replies_after_alice_even_with_his_clock_an_hour_behind() {
     let reply = send_message(&mut bob, &NewMessage::text("bob", "Sure"), id(0), T0).unwrap();
     assert!(reply.created_at > question.created_at);
     alice.merge(&mut bob).unwrap();
-    let bodies: Vec<String> = messages(&alice)
-        .unwrap()
+    let bodies: Vec<String> = complete(messages(&alice))
         .into_iter()
         .map(|m| m.body)
         .collect();
@@ -365,7 +364,7 @@ fn alice_and_bob_write_offline_and_see_every_message_in_one_order() {
     }
     let mut docs = [alice, bob];
     merge_all(&mut docs);
-    let all = messages(&docs[0]).unwrap();
+    let all = complete(messages(&docs[0]));
     assert_eq!(all.len(), 40);
     let bodies: Vec<&str> = all.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(
@@ -374,10 +373,10 @@ fn alice_and_bob_write_offline_and_see_every_message_in_one_order() {
         "interleaved by time, not by device"
     );
     assert_eq!(
-        messages_json(&docs[0]).unwrap(),
-        messages_json(&docs[1]).unwrap()
+        complete(messages_json(&docs[0])),
+        complete(messages_json(&docs[1]))
     );
-    assert_eq!(last_messages(&docs[1], 3).unwrap(), all[37..].to_vec());
+    assert_eq!(complete(last_messages(&docs[1], 3)), all[37..].to_vec());
 }
 
 #[test]
@@ -396,13 +395,13 @@ fn concurrent_edits_of_one_message_merge_as_text() {
     let mut docs = [alice, bob];
     merge_all(&mut docs);
     for d in &docs {
-        let got = find_message(d, &m.id).unwrap().unwrap();
+        let got = complete(find_message(d, &m.id)).unwrap();
         assert_eq!(got.body, "let's meet at noon tomorrow");
         assert!(got.edited_at.is_some_and(|e| e > m.created_at));
     }
     assert_eq!(
-        messages_json(&docs[0]).unwrap(),
-        messages_json(&docs[1]).unwrap()
+        complete(messages_json(&docs[0])),
+        complete(messages_json(&docs[1]))
     );
 }
 
@@ -422,13 +421,13 @@ fn a_delete_concurrent_with_an_edit_ends_deleted_everywhere() {
     let mut docs = [alice, bob];
     merge_all(&mut docs);
     for d in &docs {
-        let got = find_message(d, &m.id).unwrap().unwrap();
+        let got = complete(find_message(d, &m.id)).unwrap();
         assert!(got.deleted);
         assert_eq!(got.body, "");
     }
     assert_eq!(
-        messages_json(&docs[0]).unwrap(),
-        messages_json(&docs[1]).unwrap()
+        complete(messages_json(&docs[0])),
+        complete(messages_json(&docs[1]))
     );
     assert!(matches!(
         edit_message(&mut docs[0], &m.id, "again", T0),
@@ -463,7 +462,10 @@ fn concurrent_task_toggles_resolve_alike_and_the_conflict_is_visible() {
     Trip::rename_task(&mut bob, &id(1), "Book hostel", T0).unwrap();
     let mut docs = [alice, bob];
     merge_all(&mut docs);
-    let (a, b) = (Trip::read(&docs[0]).unwrap(), Trip::read(&docs[1]).unwrap());
+    let (a, b) = (
+        complete(Trip::read(&docs[0])),
+        complete(Trip::read(&docs[1])),
+    );
     assert_eq!(a, b);
     let done: [Prop; 3] = ["tasks".into(), id(1).as_str().into(), "done".into()];
     let title: [Prop; 3] = ["tasks".into(), id(1).as_str().into(), "title".into()];
@@ -494,9 +496,9 @@ fn concurrent_title_edits_merge_and_a_trip_title_conflict_shows() {
     set_title(&mut bob, "Lunch on Friday", T0).unwrap();
     let mut docs = [alice, bob];
     merge_all(&mut docs);
-    let t = Conversation::read(&docs[0]).unwrap().title;
+    let t = complete(Conversation::read(&docs[0])).title;
     assert_eq!(t, "Team lunch on Friday");
-    assert_eq!(t, Conversation::read(&docs[1]).unwrap().title);
+    assert_eq!(t, complete(Conversation::read(&docs[1])).title);
 }
 
 #[test]
@@ -525,18 +527,18 @@ fn reactions_from_two_devices_both_count() {
         ("❤️".to_owned(), BTreeSet::from(["carol".to_owned()])),
     ]);
     for d in &docs {
-        assert_eq!(reactions(d, &m.id).unwrap(), expected);
+        assert_eq!(complete(reactions(d, &m.id)), expected);
     }
     // Un-reacting removes it from whichever container holds it.
     unreact(&mut docs[0], &m.id, "🎉", "carol", T0).unwrap();
     unreact(&mut docs[0], &m.id, "🎉", "bob", T0).unwrap();
-    let left = reactions(&docs[0], &m.id).unwrap();
+    let left = complete(reactions(&docs[0], &m.id));
     assert_eq!(
         left,
         BTreeMap::from([("❤️".to_owned(), BTreeSet::from(["carol".to_owned()]))])
     );
     assert_eq!(
-        Conversation::read(&docs[0]).unwrap().chat.reactions.len(),
+        complete(Conversation::read(&docs[0])).chat.reactions.len(),
         1
     );
 }
@@ -553,7 +555,7 @@ fn read_positions_only_move_forward() {
     let mut docs = [alice, phone];
     merge_all(&mut docs);
     for d in &docs {
-        assert_eq!(read_positions(d).unwrap()["bob"], m2.key());
+        assert_eq!(complete(read_positions(d))["bob"], m2.key());
     }
 }
 
@@ -583,9 +585,9 @@ fn last_messages_of_a_long_chat_with_merged_histories() {
     }
     let mut docs = [a, b];
     merge_all(&mut docs);
-    let all = messages(&docs[0]).unwrap();
+    let all = complete(messages(&docs[0]));
     for n in [0, 1, 7, 50, 399, 400, 1000] {
-        let tail = last_messages(&docs[0], n).unwrap();
+        let tail = complete(last_messages(&docs[0], n));
         assert_eq!(tail, all[all.len().saturating_sub(n)..].to_vec(), "n = {n}");
     }
     let mut sorted = all.clone();
@@ -642,7 +644,7 @@ fn a_checkpoint_learns_which_messages_changed() {
     .unwrap();
     let checkpoint = relay.get_heads();
     assert_eq!(
-        messages_changed_since(&relay, &checkpoint).unwrap(),
+        complete(messages_changed_since(&relay, &checkpoint)),
         MessageChanges::default()
     );
 
@@ -653,7 +655,7 @@ fn a_checkpoint_learns_which_messages_changed() {
     let d = send_message(&mut bob, &NewMessage::text("bob", "four"), id(4), T0 + 13).unwrap();
     relay.merge(&mut bob).unwrap();
 
-    let changes = messages_changed_since(&relay, &checkpoint).unwrap();
+    let changes = complete(messages_changed_since(&relay, &checkpoint));
     let ids: Vec<&Id> = changes.changed.iter().map(|m| &m.id).collect();
     assert_eq!(
         ids,
@@ -665,8 +667,7 @@ fn a_checkpoint_learns_which_messages_changed() {
     // Heads it never had: everything is reported.
     let unknown = [weft_schema::automerge::ChangeHash([7; 32])];
     assert_eq!(
-        messages_changed_since(&relay, &unknown)
-            .unwrap()
+        complete(messages_changed_since(&relay, &unknown))
             .changed
             .len(),
         4

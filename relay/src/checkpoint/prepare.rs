@@ -154,23 +154,35 @@ pub(crate) fn prepare(
         };
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
-        // Incremental when Postgres' rows follow heads this document contains.
+        // Incremental when Postgres' rows follow heads this document contains. Entries of
+        // `messages` that don't read as messages (another writer's malformed data) get no
+        // row, and a message that stopped reading loses its row.
         let (full, messages, removed) = if stored.is_some() {
             match weft_schema::messages_changed_since(am, &stored_heads) {
-                Ok(ch) => (
-                    false,
-                    dedup(ch.changed.iter().map(MessageRow::from_message)),
-                    ch.removed
-                        .iter()
-                        .map(|k| weft_schema::strip_nul(k.id.as_ref()))
-                        .collect(),
-                ),
+                Ok(ch) => {
+                    log_skipped(doc, &ch.skipped);
+                    let unreadable = ch.skipped.iter().filter_map(|s| s.message_key());
+                    (
+                        false,
+                        dedup(ch.value.changed.iter().map(MessageRow::from_message)),
+                        ch.value
+                            .removed
+                            .iter()
+                            .cloned()
+                            .chain(unreadable)
+                            .map(|k| weft_schema::strip_nul(k.id.as_ref()))
+                            .collect(),
+                    )
+                }
                 Err(e) => match weft_schema::messages(am) {
-                    Ok(all) => (
-                        true,
-                        dedup(all.iter().map(MessageRow::from_message)),
-                        Vec::new(),
-                    ),
+                    Ok(all) => {
+                        log_skipped(doc, &all.skipped);
+                        (
+                            true,
+                            dedup(all.value.iter().map(MessageRow::from_message)),
+                            Vec::new(),
+                        )
+                    }
                     // A chat whose messages do not read keeps its rows as they were.
                     Err(_) if weft_schema::kind(am).is_ok_and(|k| k.has_chat()) => {
                         tracing::warn!(%doc, error = %e, "messages unreadable; rows left as they were");
@@ -181,7 +193,13 @@ pub(crate) fn prepare(
                 },
             }
         } else {
-            let all = weft_schema::messages(am).unwrap_or_default();
+            let all = match weft_schema::messages(am) {
+                Ok(all) => {
+                    log_skipped(doc, &all.skipped);
+                    all.value
+                }
+                Err(_) => Vec::new(),
+            };
             (
                 true,
                 dedup(all.iter().map(MessageRow::from_message)),
@@ -221,6 +239,18 @@ pub(crate) fn prepare(
     })))
 }
 
+/// Logs the message entries a checkpoint left without a row: a warning with the first, each
+/// one at debug (a hostile writer can make many, and every checkpoint meets them again).
+fn log_skipped(doc: DocId, skipped: &[weft_schema::Skipped]) {
+    let Some(first) = skipped.first() else {
+        return;
+    };
+    tracing::warn!(%doc, count = skipped.len(), %first, "message entries that don't read were skipped");
+    for s in skipped {
+        tracing::debug!(%doc, skipped = %s, "message entry skipped");
+    }
+}
+
 fn sorted(heads: &[String]) -> Vec<String> {
     let mut h: Vec<String> = heads.iter().map(|s| s.to_ascii_lowercase()).collect();
     h.sort_unstable();
@@ -232,4 +262,93 @@ fn sorted(heads: &[String]) -> Vec<String> {
 fn dedup(rows: impl Iterator<Item = MessageRow>) -> Vec<MessageRow> {
     let by_id: BTreeMap<String, MessageRow> = rows.map(|r| (r.message_id.clone(), r)).collect();
     by_id.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_core::automerge::transaction::Transactable;
+    use weft_core::automerge::{Automerge, ReadDoc, ROOT};
+    use weft_core::store::docs::{ChunkKind, DocMeta};
+    use weft_core::store::{MemStore, WriteBatch};
+    use weft_schema::{Conversation, Id, NewConversation, NewMessage};
+
+    use super::*;
+
+    const DOC: DocId = DocId::from_bytes([4; 16]);
+    const T0: u64 = 1_700_000_000_000;
+
+    /// Stores `am` as the relay would (its metadata and a snapshot chunk).
+    fn store(kv: &MemStore, am: &Automerge) {
+        let mut batch = WriteBatch::new();
+        let mut meta = DocMeta::default();
+        meta.owner = Some("alice".into());
+        meta.created_at_ms = T0;
+        docstore::put_meta(&mut batch, DOC, &meta);
+        docstore::put_chunk(&mut batch, DOC, ChunkKind::Snapshot, am.save());
+        kv.write(&batch).unwrap();
+    }
+
+    fn content(p: Prepared) -> (bool, Vec<String>, Vec<String>) {
+        let Prepared::Row(row) = p else {
+            panic!("no row: {p:?}")
+        };
+        match row.body {
+            Body::Content {
+                full,
+                messages,
+                removed,
+                ..
+            } => (
+                full,
+                messages.into_iter().map(|m| m.message_id).collect(),
+                removed,
+            ),
+            other => panic!("no content: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_that_dont_read_get_no_row_and_lose_the_one_they_had() {
+        let mut am = Automerge::new();
+        let new = NewConversation {
+            title: "Lunch".into(),
+            participants: vec!["alice".into()],
+        };
+        Conversation::create(&mut am, &new, T0).unwrap();
+        let (a, b) = (Id::from_bytes([1; 16]), Id::from_bytes([2; 16]));
+        let noon = NewMessage::text("alice", "Noon?");
+        weft_schema::send_message(&mut am, &noon, a.clone(), T0).unwrap();
+        let yes = NewMessage::text("bob", "Yes");
+        let yes = weft_schema::send_message(&mut am, &yes, b.clone(), T0 + 1).unwrap();
+        let kv = MemStore::new();
+        store(&kv, &am);
+        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        assert!(full);
+        assert_eq!(rows, [a.to_string(), b.to_string()]);
+        let stored = Stored {
+            heads: am.get_heads().iter().map(hash_hex).collect(),
+            content: None,
+            deleted: false,
+        };
+
+        // A malformed client breaks Bob's message and adds a key that isn't a message's.
+        let mut tx = am.transaction();
+        let (_, msgs) = tx.get(ROOT, "messages").unwrap().unwrap();
+        let key = yes.key().to_string();
+        let (_, m) = tx.get(&msgs, key.as_str()).unwrap().unwrap();
+        tx.put(&m, "author", 42).unwrap();
+        tx.put(&msgs, "zzz", 1).unwrap();
+        tx.commit();
+        store(&kv, &am);
+
+        // Incrementally: nothing to write, and Bob's row goes.
+        let (full, rows, removed) = content(prepare(&kv, DOC, Some(&stored)).unwrap());
+        assert!(!full);
+        assert!(rows.is_empty(), "{rows:?}");
+        assert_eq!(removed, [b.to_string()]);
+        // From scratch: only the message that reads has a row.
+        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        assert!(full);
+        assert_eq!(rows, [a.to_string()]);
+    }
 }

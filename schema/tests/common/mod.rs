@@ -78,3 +78,10 @@ pub fn heads(doc: &Automerge) -> Vec<ChangeHash> {
     h.sort();
     h
 }
+
+/// The value of a read that must have skipped nothing.
+pub fn complete<T>(r: Result<weft_schema::Partial<T>, weft_schema::ReadError>) -> T {
+    let r = r.expect("the read fails");
+    assert!(r.skipped.is_empty(), "skipped: {:?}", r.skipped);
+    r.value
+}

@@ -1,153 +1,19 @@
-//! [`Trip`]: a shared trip.
-//!
-//! Root fields (schema version 2): `kind: "trip"`, `schema_version: 2`, `title` (Text),
-//! optional `start_date` / `end_date` (`YYYY-MM-DD`), `members` (map user id -> role, for
-//! display only: access is decided by the relay's access list), `itinerary`, `tasks` and
-//! `broadcasts` (maps keyed by [`Id`]), and a chat (`messages`, `read`, `reactions`, the same
-//! as a conversation's).
-//!
-//! Records are maps keyed by id, so concurrent additions never collide and each field of a
-//! record is its own register: a task's `done` flag or `title` written concurrently on two
-//! devices resolves to one value, the same everywhere, and the other stays visible through
-//! [`conflicts`](crate::conflicts) until the next write.
-
-use std::collections::BTreeMap;
-use std::fmt;
+//! The writes of a [`Trip`]: its dates, members, itinerary, tasks and broadcasts. Each is one
+//! change; a record (task, item, broadcast) is found by id, so malformed records elsewhere in
+//! the trip don't stop it.
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
-use crate::chat::Chat;
+use super::read;
+use super::{Broadcast, ItineraryItem, NewBroadcast, NewTask, NewTrip, Task, Trip};
 use crate::conversation::init_chat;
-use crate::error::{At, ReadError, WriteError};
-use crate::kind::expect_kind;
+use crate::error::{At, WriteError};
+use crate::partial::Skips;
 use crate::time::{is_iso_date, is_iso_date_time};
-use crate::value::{
-    describe, opt_bool, opt_parsed, opt_str, req_obj, req_parsed, req_str, req_text, truncate,
-};
+use crate::value::{describe, req_obj, truncate};
 use crate::write::{check_arg, check_empty, transact, write, Ctx};
 use crate::{Hlc, Id, Kind, MAX_BODY_LEN, MAX_NAME_LEN, MAX_TITLE_LEN};
-
-/// A trip, read whole.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Trip {
-    /// Its title (collaborative text).
-    pub title: String,
-    /// First day, `YYYY-MM-DD`.
-    pub start_date: Option<String>,
-    /// Last day, `YYYY-MM-DD`.
-    pub end_date: Option<String>,
-    /// Members and their roles ("organizer", "member", ...), for display.
-    pub members: BTreeMap<String, String>,
-    /// Itinerary, ordered by (`starts_at`, id).
-    pub itinerary: Vec<ItineraryItem>,
-    /// Tasks, ordered by (`created_at`, id).
-    pub tasks: Vec<Task>,
-    /// Broadcasts to all members, ordered by (`created_at`, id).
-    pub broadcasts: Vec<Broadcast>,
-    /// The trip's chat.
-    pub chat: Chat,
-}
-
-/// What a new trip starts with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NewTrip {
-    /// Its title.
-    pub title: String,
-    /// First day, `YYYY-MM-DD`.
-    pub start_date: Option<String>,
-    /// Last day, `YYYY-MM-DD`.
-    pub end_date: Option<String>,
-}
-
-/// One stop of the itinerary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ItineraryItem {
-    /// Its id.
-    pub id: Id,
-    /// What happens.
-    pub title: String,
-    /// When: `YYYY-MM-DD`, optionally with a local time `THH:MM[:SS]`.
-    pub starts_at: String,
-    /// Where.
-    pub location: Option<String>,
-    /// Free notes.
-    pub notes: Option<String>,
-}
-
-/// A task.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Task {
-    /// Its id.
-    pub id: Id,
-    /// What to do.
-    pub title: String,
-    /// Who does it.
-    pub assignee: Option<String>,
-    /// Whether it is done.
-    pub done: bool,
-    /// When it was added.
-    pub created_at: Hlc,
-}
-
-/// A message to every member, with a priority the app may use to notify.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Broadcast {
-    /// Its id.
-    pub id: Id,
-    /// Who sent it.
-    pub author: String,
-    /// The text.
-    pub body: String,
-    /// How urgent it is.
-    pub priority: Priority,
-    /// When it was sent.
-    pub created_at: Hlc,
-}
-
-/// The priority of a [`Broadcast`]. Values written by newer builds are kept as `Other`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// `"low"`
-    Low,
-    /// `"normal"`
-    Normal,
-    /// `"high"`
-    High,
-    /// `"urgent"`
-    Urgent,
-    /// Any other string.
-    Other(String),
-}
-
-impl Priority {
-    /// The stored string.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-            Priority::Urgent => "urgent",
-            Priority::Other(s) => s,
-        }
-    }
-
-    fn parse(s: &str) -> Priority {
-        match s {
-            "low" => Priority::Low,
-            "normal" => Priority::Normal,
-            "high" => Priority::High,
-            "urgent" => Priority::Urgent,
-            s => Priority::Other(s.to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 const TRIP: &[Kind] = &[Kind::Trip];
 
@@ -173,165 +39,6 @@ fn put_opt(
         None => {}
     }
     Ok(())
-}
-
-/// Each entry of the record map `root[field]`, keyed by an [`Id`], as (id, object, path).
-fn records<D: ReadDoc>(
-    doc: &D,
-    field: &'static str,
-    expected: &'static str,
-) -> Result<Vec<(Id, ObjId, String)>, ReadError> {
-    let root = At::Root;
-    let at = root.key(field);
-    let obj = req_obj(doc, &ROOT, field, at, ObjType::Map, expected)?;
-    let mut out = Vec::new();
-    for item in doc.map_range(&obj, ..) {
-        let at = at.key(&item.key);
-        let id: Id = item
-            .key
-            .parse()
-            .map_err(|_| at.invalid("an id", format!("{:?}", truncate(&item.key))))?;
-        match item.value {
-            automerge::ValueRef::Object(ObjType::Map | ObjType::Table) => {
-                out.push((id, item.id(), item.key.to_string()))
-            }
-            v => return Err(at.invalid("a map", describe(&v.into()))),
-        }
-    }
-    Ok(out)
-}
-
-fn read_tasks<D: ReadDoc>(doc: &D) -> Result<Vec<Task>, ReadError> {
-    let root = At::Root;
-    let base = root.key("tasks");
-    let mut out = Vec::new();
-    for (id, obj, key) in records(doc, "tasks", "a map of tasks")? {
-        let at = base.key(&key);
-        out.push(Task {
-            title: req_str(
-                doc,
-                &obj,
-                "title",
-                at.key("title"),
-                MAX_TITLE_LEN,
-                "a title",
-            )?,
-            assignee: opt_str(
-                doc,
-                &obj,
-                "assignee",
-                at.key("assignee"),
-                MAX_NAME_LEN,
-                "a user id",
-            )?,
-            done: opt_bool(doc, &obj, "done", at.key("done"))?.unwrap_or(false),
-            created_at: req_parsed(
-                doc,
-                &obj,
-                "created_at",
-                at.key("created_at"),
-                "a timestamp",
-                |s| s.parse().ok(),
-            )?,
-            id,
-        });
-    }
-    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(out)
-}
-
-fn read_broadcasts<D: ReadDoc>(doc: &D) -> Result<Vec<Broadcast>, ReadError> {
-    let root = At::Root;
-    let base = root.key("broadcasts");
-    let mut out = Vec::new();
-    for (id, obj, key) in records(doc, "broadcasts", "a map of broadcasts")? {
-        let at = base.key(&key);
-        out.push(Broadcast {
-            author: req_str(
-                doc,
-                &obj,
-                "author",
-                at.key("author"),
-                MAX_NAME_LEN,
-                "a user id",
-            )?,
-            body: req_text(doc, &obj, "body", at.key("body"), MAX_BODY_LEN)?,
-            priority: Priority::parse(&req_str(
-                doc,
-                &obj,
-                "priority",
-                at.key("priority"),
-                MAX_NAME_LEN,
-                "a priority",
-            )?),
-            created_at: req_parsed(
-                doc,
-                &obj,
-                "created_at",
-                at.key("created_at"),
-                "a timestamp",
-                |s| s.parse().ok(),
-            )?,
-            id,
-        });
-    }
-    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(out)
-}
-
-fn read_itinerary<D: ReadDoc>(doc: &D) -> Result<Vec<ItineraryItem>, ReadError> {
-    let root = At::Root;
-    let base = root.key("itinerary");
-    let mut out = Vec::new();
-    for (id, obj, key) in records(doc, "itinerary", "a map of itinerary items")? {
-        let at = base.key(&key);
-        out.push(ItineraryItem {
-            title: req_str(
-                doc,
-                &obj,
-                "title",
-                at.key("title"),
-                MAX_TITLE_LEN,
-                "a title",
-            )?,
-            starts_at: req_parsed(
-                doc,
-                &obj,
-                "starts_at",
-                at.key("starts_at"),
-                "a date (YYYY-MM-DD[THH:MM[:SS]])",
-                |s| is_iso_date_time(s).then(|| s.to_owned()),
-            )?,
-            location: opt_str(
-                doc,
-                &obj,
-                "location",
-                at.key("location"),
-                MAX_TITLE_LEN,
-                "a place",
-            )?,
-            notes: crate::value::opt_text(doc, &obj, "notes", at.key("notes"), MAX_BODY_LEN)?,
-            id,
-        });
-    }
-    out.sort_by(|a, b| (&a.starts_at, &a.id).cmp(&(&b.starts_at, &b.id)));
-    Ok(out)
-}
-
-fn read_members<D: ReadDoc>(doc: &D) -> Result<BTreeMap<String, String>, ReadError> {
-    let root = At::Root;
-    let at = root.key("members");
-    let obj = req_obj(doc, &ROOT, "members", at, ObjType::Map, "a map of members")?;
-    let mut out = BTreeMap::new();
-    for user in doc.keys(&obj) {
-        let at = at.key(&user);
-        if user.is_empty() || user.len() > MAX_NAME_LEN {
-            return Err(at.invalid("a user id", format!("{:?}", truncate(&user))));
-        }
-        let role = req_str(doc, &obj, &user, at, MAX_NAME_LEN, "a role")?;
-        out.insert(user, role);
-    }
-    Ok(out)
 }
 
 /// The record `root[field][id]`, inside a write.
@@ -377,31 +84,8 @@ fn new_record(
 
 /// A timestamp later than every `created_at` in `root[field]`.
 fn stamp(tx: &Transaction<'_>, ctx: &Ctx, field: &'static str) -> Result<Hlc, WriteError> {
-    let last = match field {
-        "tasks" => read_tasks(tx)?.into_iter().map(|t| t.created_at).max(),
-        _ => read_broadcasts(tx)?.into_iter().map(|b| b.created_at).max(),
-    };
+    let last = read::created_ats(tx, field)?.into_iter().max();
     Ok(ctx.now(last))
-}
-
-/// A task to add.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewTask {
-    /// What to do.
-    pub title: String,
-    /// Who does it.
-    pub assignee: Option<String>,
-}
-
-/// A broadcast to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewBroadcast {
-    /// Who sends it.
-    pub author: String,
-    /// The text.
-    pub body: String,
-    /// How urgent it is.
-    pub priority: Priority,
 }
 
 impl Trip {
@@ -419,27 +103,6 @@ impl Trip {
                 tx.put_object(ROOT, field, ObjType::Map)?;
             }
             Ok(())
-        })
-    }
-
-    /// Reads the whole trip. Reading never writes.
-    pub fn read(doc: &Automerge) -> Result<Trip, ReadError> {
-        expect_kind(doc, Kind::Trip)?;
-        let root = At::Root;
-        let date = |key: &'static str| {
-            opt_parsed(doc, &ROOT, key, root.key(key), "a date (YYYY-MM-DD)", |s| {
-                is_iso_date(s).then(|| s.to_owned())
-            })
-        };
-        Ok(Trip {
-            title: req_text(doc, &ROOT, "title", root.key("title"), MAX_TITLE_LEN)?,
-            start_date: date("start_date")?,
-            end_date: date("end_date")?,
-            members: read_members(doc)?,
-            itinerary: read_itinerary(doc)?,
-            tasks: read_tasks(doc)?,
-            broadcasts: read_broadcasts(doc)?,
-            chat: Chat::read_in(doc)?,
         })
     }
 
@@ -525,10 +188,16 @@ impl Trip {
             check_arg("notes", n, MAX_BODY_LEN, false)?;
         }
         write(doc, TRIP, wall_ms, |tx, _| {
-            let old = read_itinerary(tx)?.into_iter().find(|i| i.id == item.id);
-            let obj = match &old {
-                Some(_) => record(tx, "itinerary", "itinerary item", &item.id)?,
-                None => new_record(tx, "itinerary", "itinerary item", &item.id)?,
+            // An item that doesn't read counts as absent: every field is written, repairing it.
+            let old = read::itinerary(tx, &mut Skips::new())?
+                .into_iter()
+                .find(|i| i.id == item.id);
+            let obj = match record(tx, "itinerary", "itinerary item", &item.id) {
+                Ok(obj) => obj,
+                Err(WriteError::NotFound { .. }) => {
+                    new_record(tx, "itinerary", "itinerary item", &item.id)?
+                }
+                Err(e) => return Err(e),
             };
             if old.as_ref().map(|o| &o.title) != Some(&item.title) {
                 tx.put(&obj, "title", item.title.as_str())?;
