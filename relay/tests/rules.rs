@@ -194,7 +194,7 @@ async fn nobody_posts_edits_or_deletes_in_anothers_name_and_the_owner_moderates(
                     &msg_id(3)
                 )
                 .ok()
-                .flatten()
+                .and_then(|p| p.value)
                 .is_some())
                 .unwrap_or(false))
             .await
@@ -209,7 +209,7 @@ async fn nobody_posts_edits_or_deletes_in_anothers_name_and_the_owner_moderates(
     let mut fresh = fetched(&relay, doc, &heads).await;
     let msgs = fresh
         .engine
-        .read(doc, |d| weft_schema::messages(d.automerge()).unwrap())
+        .read(doc, |d| weft_schema::messages(d.automerge()).unwrap().value)
         .unwrap();
     let shown: Vec<(String, String, bool)> = msgs
         .iter()

@@ -171,7 +171,7 @@ async fn a_browser_member_cannot_write_in_anothers_name() {
         d.engine
             .read(doc, |x| {
                 weft_schema::messages(x.automerge())
-                    .map(|m| m.len())
+                    .map(|m| m.value.len())
                     .unwrap_or(0)
             })
             .unwrap_or(0)
@@ -187,7 +187,7 @@ async fn a_browser_member_cannot_write_in_anothers_name() {
     assert_eq!(fresh.engine.heads(doc).unwrap(), heads);
     let msgs = fresh
         .engine
-        .read(doc, |d| weft_schema::messages(d.automerge()).unwrap())
+        .read(doc, |d| weft_schema::messages(d.automerge()).unwrap().value)
         .unwrap();
     let shown: Vec<(&str, &str)> = msgs
         .iter()

@@ -80,7 +80,7 @@ fn cases() -> u32 {
 fn message_ids(sim: &mut Sim, dev: usize) -> Vec<Id> {
     sim.read(dev, DOC, |am| {
         weft_schema::messages(am)
-            .map(|m| m.into_iter().map(|m| m.id).collect())
+            .map(|m| m.value.into_iter().map(|m| m.id).collect())
             .unwrap_or_default()
     })
 }
