@@ -66,7 +66,7 @@ impl AcceptBackoff {
         } else {
             self.wait.saturating_mul(2).min(ACCEPT_BACKOFF_MAX)
         };
-        let log = next != self.wait || self.failures % LOG_EVERY_AT_MAX == 0;
+        let log = next != self.wait || self.failures.is_multiple_of(LOG_EVERY_AT_MAX);
         self.wait = next;
         AcceptPause {
             wait: next,

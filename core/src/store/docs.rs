@@ -379,12 +379,15 @@ pub fn put_gate_record(batch: &mut WriteBatch, doc: DocId, key: &[u8], value: &[
     );
 }
 
-/// Every gate record kept with `doc`: the gate's key and value. A record in a format this
-/// build does not know is skipped with a warning.
+/// A gate record: the gate's key and value.
+pub type GateRecord = (Vec<u8>, Vec<u8>);
+
+/// Every gate record kept with `doc`. A record in a format this build does not know is skipped
+/// with a warning.
 pub fn load_gate_records(
     store: &dyn KvStore,
     doc: DocId,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DocStoreError> {
+) -> Result<Vec<GateRecord>, DocStoreError> {
     let rows = store.scan_prefix(Table::GATE_RECORDS, doc.as_bytes())?;
     let mut out = Vec::with_capacity(rows.len());
     for (key, value) in rows {

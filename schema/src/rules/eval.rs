@@ -28,6 +28,9 @@ pub(crate) struct DocRules {
     root: HashMap<String, (OpId, Option<ScalarValue>)>,
     /// The document's kind, once known.
     pub(crate) kind: Option<String>,
+    /// The text object holding the kind, when it was written as text (as JavaScript writes
+    /// strings): nothing may write into it once the kind is set.
+    kind_text: Option<OpId>,
     /// Places of older objects found through the document (an object never moves), so the
     /// container every change writes into (`messages`) is looked up once, not per change.
     /// Bounded: emptied when full.
@@ -72,12 +75,22 @@ impl DocRules {
             Ok(Some((Value::Object(ObjType::Text), id))) => doc.text(&id).ok(),
             _ => None,
         };
+        self.kind_text = match doc.get(ROOT, "kind") {
+            Ok(Some((Value::Object(ObjType::Text), automerge::ObjId::Id(c, a, _)))) => {
+                Some(OpId(c, a))
+            }
+            _ => None,
+        };
     }
 
     /// Follows a change that entered the document (accepted or unchecked).
     pub(crate) fn follow(&mut self, change: &Change) {
         let start = change.start_op().get();
-        for (i, op) in change.decode().operations.into_iter().enumerate() {
+        let ops = change.decode().operations;
+        if let Some(Ok(k)) = kind_written(&ops, start, change.actor_id()) {
+            self.kind.get_or_insert(k);
+        }
+        for (i, op) in ops.into_iter().enumerate() {
             let id = OpId(start + i as u64, change.actor_id().clone());
             self.follow_op(&id, &op.obj, &op.key, &op.action);
         }
@@ -88,6 +101,11 @@ impl DocRules {
             Key::Map(k) => Some(k.to_string()),
             Key::Seq(_) => None,
         };
+        if let (ObjectId::Root, Some("kind"), OpType::Make(ObjType::Text)) =
+            (obj, map_key.as_deref(), action)
+        {
+            self.kind_text = Some(id.clone());
+        }
         if let OpType::Make(_) = action {
             self.objects.insert(
                 id.clone(),
@@ -225,20 +243,22 @@ pub(crate) fn check(
     let actor = change.actor_id().clone();
     // The kind this change is judged by: the document's, or the one it sets.
     let mut kind = st.kind.clone();
-    for op in &ops {
-        if let (ObjectId::Root, Key::Map(k), OpType::Put(v)) = (&op.obj, &op.key, &op.action) {
-            if k.as_str() == "kind" {
-                if st.kind.is_some() {
-                    return Err("the document's kind is fixed once set".into());
-                }
-                if st.owner.as_deref().is_some_and(|o| o != writer.user) {
-                    return Err("only the document's owner sets its kind".into());
-                }
-                match v {
-                    ScalarValue::Str(s) => kind = Some(s.to_string()),
-                    _ => return Err("kind must be a string".into()),
-                }
-            }
+    if let Some(written) = kind_written(&ops, start, &actor) {
+        if st.kind.is_some() || st.kind_text.is_some() {
+            return Err("the document's kind is fixed once set".into());
+        }
+        if st.owner.as_deref().is_some_and(|o| o != writer.user) {
+            return Err("only the document's owner sets its kind".into());
+        }
+        kind = Some(written?);
+    }
+    // Characters typed into a kind written as text change the kind.
+    if let Some(text) = &st.kind_text {
+        if ops
+            .iter()
+            .any(|op| matches!(&op.obj, ObjectId::Id(o) if o == text))
+        {
+            return Err("the document's kind is fixed once set".into());
         }
     }
     let spec = kind.as_deref().and_then(|k| kinds.get(k));
@@ -282,7 +302,76 @@ pub(crate) fn check(
             st.follow_op(&id, &op.obj, &op.key, &op.action);
         }
     }
+    if st.kind.is_none() {
+        st.kind = kind;
+    }
     Ok(())
+}
+
+/// Longest kind name a change may write.
+const MAX_KIND_LEN: usize = 64;
+
+/// The kind `ops` write at the root: `None` when they don't touch it, else the string they
+/// set (a string scalar, or a text object created and filled in the same change, as JavaScript
+/// writes strings) or why it is not one.
+fn kind_written(
+    ops: &[automerge::legacy::Op],
+    start: u64,
+    actor: &ActorId,
+) -> Option<Result<String, String>> {
+    let mut written = None;
+    for (i, op) in ops.iter().enumerate() {
+        if !matches!((&op.obj, &op.key), (ObjectId::Root, Key::Map(k)) if k.as_str() == "kind") {
+            continue;
+        }
+        written = Some(match &op.action {
+            OpType::Put(ScalarValue::Str(s)) => Ok(s.to_string()),
+            OpType::Make(ObjType::Text) => {
+                text_written(ops, start, actor, &OpId(start + i as u64, actor.clone()))
+            }
+            _ => Err("kind must be a string".into()),
+        });
+    }
+    written
+}
+
+/// The characters `ops` (a change starting at op `start` of `actor`) insert into the new text
+/// object `text`, in order. Every insertion of one change has a higher counter than the ones
+/// before it, so inserting each right after the element it names gives the text's order.
+fn text_written(
+    ops: &[automerge::legacy::Op],
+    start: u64,
+    actor: &ActorId,
+    text: &OpId,
+) -> Result<String, String> {
+    use automerge::legacy::ElementId;
+    let plain = || "kind must be a plain string".to_string();
+    let mut chars: Vec<(u64, String)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if !matches!(&op.obj, ObjectId::Id(o) if o == text) {
+            continue;
+        }
+        let (OpType::Put(ScalarValue::Str(c)), true, Key::Seq(after)) =
+            (&op.action, op.insert, &op.key)
+        else {
+            return Err(plain());
+        };
+        let at = match after {
+            ElementId::Head => 0,
+            ElementId::Id(OpId(counter, a)) if a == actor => {
+                match chars.iter().position(|(id, _)| id == counter) {
+                    Some(p) => p + 1,
+                    None => return Err(plain()),
+                }
+            }
+            ElementId::Id(_) => return Err(plain()),
+        };
+        if chars.len() >= MAX_KIND_LEN {
+            return Err(format!("kind is at most {MAX_KIND_LEN} characters"));
+        }
+        chars.insert(at, (start + i as u64, c.to_string()));
+    }
+    Ok(chars.into_iter().map(|(_, c)| c).collect())
 }
 
 fn judge(
@@ -316,6 +405,14 @@ fn judge(
     };
     if path.len() == 1 && !in_object {
         return root_field(ctx, st, spec, creating_doc, &first, op);
+    }
+    if first == "kind" {
+        // The characters of a kind this change writes as text (`kind_written` read them).
+        return if ctx.created.contains(&path[0].id) {
+            Ok(())
+        } else {
+            Err("the document's kind is fixed once set".into())
+        };
     }
     if let Some(f) = spec.fields.get(&first) {
         // Inside a root field's object (a title's text, a list's items).
@@ -395,7 +492,7 @@ fn root_field(
         let t = f
             .transitions
             .iter()
-            .find(|t| t.from.iter().any(|x| *x == from) && t.to == to)
+            .find(|t| t.from.contains(&from) && t.to == to)
             .ok_or_else(|| format!("{name} may not go from {from:?} to {to:?}"))?;
         if !allowed(ctx, st, &t.by, None) {
             return Err(format!(
