@@ -7,7 +7,7 @@
 //! one through the document (`Automerge::parents`). A record's author is the user its creating
 //! actor is bound to, which the creating change must also have written into its author field.
 
-use std::collections::{HashMap, HashSet};
+use weft_core::hash::{HashMap, HashSet};
 
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::{ActorId, Automerge, Change, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
@@ -266,9 +266,9 @@ pub(crate) fn check(
         let mut ctx = Ctx {
             doc,
             writer,
-            created: HashSet::new(),
+            created: HashSet::default(),
             authors_due: Vec::new(),
-            author_texts: HashMap::new(),
+            author_texts: HashMap::default(),
         };
         let creating_doc = st.kind.is_none();
         for (i, op) in ops.iter().enumerate() {

@@ -10,7 +10,7 @@
 //! (`spec.rs`, `eval.rs`) with its writer's user, whether the writer holds an `admin` token,
 //! and the document's owner.
 
-use std::collections::HashMap;
+use weft_core::hash::HashMap;
 use std::sync::Arc;
 
 use automerge::{ActorId, Change};
@@ -47,9 +47,9 @@ impl RulesGate {
     pub fn new(kinds: Arc<Kinds>) -> RulesGate {
         RulesGate {
             kinds,
-            conns: HashMap::new(),
-            docs: HashMap::new(),
-            owners: HashMap::new(),
+            conns: HashMap::default(),
+            docs: HashMap::default(),
+            owners: HashMap::default(),
             local_user: None,
         }
     }
