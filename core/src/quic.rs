@@ -185,6 +185,15 @@ pub fn endpoint_on(
 }
 
 /// Unread datagrams beyond this are dropped (oldest first): ephemeral data is best-effort.
+/// ring, the one crypto provider weft uses (quinn 0.11's default; no aws-lc-rs).
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    use std::sync::{Arc, OnceLock};
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
 const DATAGRAM_RECEIVE_BUFFER: usize = 1024 * 1024;
 const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;
 

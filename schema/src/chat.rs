@@ -8,17 +8,15 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::{At, ReadError, WriteError};
+use crate::kind::CHAT_KINDS;
 use crate::message::{check_chat, find_key, messages_obj, read_all, read_message, tail_above};
 use crate::partial::{entry, skip, Partial, Skips};
 use crate::reactions::all_reactions_in;
 use crate::value::{as_str, maps_at, truncate};
 use crate::write::{check_arg, ensure_map, write, Ctx};
 use crate::{
-    Attachment, Hlc, Id, Kind, Message, MessageKey, Reactions, MAX_BODY_LEN, MAX_NAME_LEN,
-    MAX_URL_LEN,
+    Attachment, Hlc, Id, Message, MessageKey, Reactions, MAX_BODY_LEN, MAX_NAME_LEN, MAX_URL_LEN,
 };
-
-pub(crate) const CHAT_KINDS: &[Kind] = &[Kind::Conversation, Kind::Trip];
 
 /// A chat's whole state: what a conversation and a trip share.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

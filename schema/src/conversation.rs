@@ -12,8 +12,9 @@ use crate::chat::Chat;
 use crate::error::{At, ReadError, WriteError};
 use crate::kind::expect_kind;
 use crate::partial::{entry, Partial, Skips};
+use crate::tx::transact;
 use crate::value::{req_obj, req_text, str_list};
-use crate::write::{check_arg, check_empty, transact, write};
+use crate::write::{check_arg, check_empty, write};
 use crate::{Kind, MAX_NAME_LEN, MAX_TITLE_LEN, SCHEMA_VERSION};
 
 /// A conversation, read whole.

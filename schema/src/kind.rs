@@ -7,9 +7,7 @@ use std::str::FromStr;
 use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::error::{At, ReadError};
-use crate::partial::{Partial, Skips};
 use crate::value::{describe, get, opt_u64};
-use crate::{Conversation, Profile, Trip};
 
 /// The schema version this build writes. See [`migrate`](crate::migrate) for what changed.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -127,27 +125,5 @@ pub(crate) fn expect_kind<D: ReadDoc>(doc: &D, expected: Kind) -> Result<u64, Re
     version_in(doc)
 }
 
-/// A typed document of any kind.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum TypedDoc {
-    /// A conversation.
-    Conversation(Conversation),
-    /// A trip.
-    Trip(Trip),
-    /// A profile.
-    Profile(Profile),
-}
-
-/// Reads a document as whatever kind it says it is, with what doesn't fit the schema
-/// (skipped; see [`Partial`]). Reading never writes. An untyped document is
-/// [`ReadError::Untyped`].
-pub fn read_typed(doc: &Automerge) -> Result<Partial<TypedDoc>, ReadError> {
-    let mut skips = Skips::new();
-    let typed = match kind(doc)? {
-        Kind::Conversation => TypedDoc::Conversation(Conversation::read_in(doc, &mut skips)?),
-        Kind::Trip => TypedDoc::Trip(Trip::read_in(doc, &mut skips)?),
-        Kind::Profile => TypedDoc::Profile(crate::profile::read_in(doc, &mut skips)?),
-    };
-    Ok(Partial::new(typed, skips))
-}
+/// The kinds that hold a chat (messages, reactions, read markers).
+pub(crate) const CHAT_KINDS: &[Kind] = &[Kind::Conversation, Kind::Trip];

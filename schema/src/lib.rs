@@ -146,6 +146,8 @@ mod reactions;
 pub mod rules;
 mod time;
 mod trip;
+mod tx;
+mod typed;
 mod value;
 mod write;
 
@@ -161,9 +163,7 @@ pub use error::{Path, ReadError, Segment, WriteError};
 pub use hlc::{Hlc, ParseHlcError, MAX_HLC_MS};
 pub use id::{Id, MessageKey, ParseIdError, ParseMessageKeyError, MAX_ID_LEN};
 pub use json::{conflicts, messages_json, messages_to_json, to_json, MAX_JSON_DEPTH};
-pub use kind::{
-    kind, raw_kind, read_typed, schema_version, Kind, ParseKindError, TypedDoc, SCHEMA_VERSION,
-};
+pub use kind::{kind, raw_kind, schema_version, Kind, ParseKindError, SCHEMA_VERSION};
 pub use message::{
     find_message, last_messages, messages, messages_changed_since, Attachment, Message,
     MessageChanges,
@@ -177,6 +177,7 @@ pub use pg::{
 pub use profile::Profile;
 pub use reactions::{react, reactions, unreact, Reactions, MAX_REACTION_LEN};
 pub use trip::{Broadcast, ItineraryItem, NewBroadcast, NewTask, NewTrip, Priority, Task, Trip};
+pub use typed::{read_typed, TypedDoc};
 
 /// Proptest cases for unit tests: 64, or `WEFT_PROPTEST_CASES`.
 #[cfg(test)]

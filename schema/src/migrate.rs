@@ -9,7 +9,7 @@ use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value,
 
 use crate::error::{ReadError, WriteError};
 use crate::kind::{kind_in, version_in};
-use crate::write::transact;
+use crate::tx::transact;
 use crate::{Kind, SCHEMA_VERSION};
 
 /// Mixed into the migration actor id; change it whenever the migration's output changes.

@@ -10,8 +10,9 @@ use automerge::{Automerge, ReadDoc, ROOT};
 use crate::error::{At, ReadError, WriteError};
 use crate::kind::expect_kind;
 use crate::partial::{entry, Partial, Skips};
+use crate::tx::transact;
 use crate::value::{opt_str, req_str};
-use crate::write::{check_arg, check_empty, transact, write};
+use crate::write::{check_arg, check_empty, write};
 use crate::{Kind, MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN, SCHEMA_VERSION};
 
 /// A user's profile.

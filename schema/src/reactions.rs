@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjId, ReadDoc, ROOT};
 
-use crate::chat::CHAT_KINDS;
 use crate::error::{At, ReadError, WriteError};
+use crate::kind::CHAT_KINDS;
 use crate::message::check_chat;
 use crate::partial::{skip, Partial, Skips};
 use crate::value::{describe, maps_at, truncate};

@@ -1,11 +1,12 @@
 //! The frame of every typed write: check the header, migrate an older document first, then
 //! make the write in one transaction, committed on success and rolled back on error.
 
-use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
 
 use crate::error::WriteError;
 use crate::kind::{kind_in, version_in};
+use crate::tx::transact;
 use crate::{migrate, Hlc, Kind, ReadError, SCHEMA_VERSION};
 
 /// What a write knows about its writer.
@@ -52,32 +53,6 @@ pub(crate) fn write<R>(
         node: Hlc::node_for_actor(doc.get_actor()),
     };
     transact(doc, wall_ms, None, |tx| f(tx, &ctx))
-}
-
-/// Runs `f` in a transaction stamped with `wall_ms`: committed when it returns `Ok` (a
-/// transaction that made no operation creates no change), rolled back otherwise.
-pub(crate) fn transact<R>(
-    doc: &mut Automerge,
-    wall_ms: u64,
-    message: Option<&str>,
-    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, WriteError>,
-) -> Result<R, WriteError> {
-    let mut tx = doc.transaction();
-    match f(&mut tx) {
-        Ok(r) => {
-            // Automerge's change time is advisory, in seconds.
-            let mut opts = CommitOptions::default().with_time((wall_ms / 1000) as i64);
-            if let Some(m) = message {
-                opts = opts.with_message(m);
-            }
-            tx.commit_with(opts);
-            Ok(r)
-        }
-        Err(e) => {
-            tx.rollback();
-            Err(e)
-        }
-    }
 }
 
 /// Refuses to create a document over one that already has a kind.

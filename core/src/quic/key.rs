@@ -7,8 +7,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::tls::provider;
-use super::DEVICE_SERVER_NAME;
+use super::{provider, DEVICE_SERVER_NAME};
 use crate::DeviceId;
 
 /// Why a device key could not be generated or loaded.

@@ -5,16 +5,16 @@
 //! (`verify_tls13_signature` with ring's algorithms), so accepting a certificate means the peer
 //! proved it holds that certificate's private key.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::key::{cert_device_id, DeviceKey};
-use super::{transport_config, ALPN};
+use super::{provider, transport_config, ALPN};
 use crate::DeviceId;
 
 /// Which client certificates a server accepts.
@@ -178,14 +178,6 @@ pub fn peer_device_id(connection: &quinn::Connection) -> Option<DeviceId> {
     let identity = connection.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     cert_device_id(certs.first()?).ok()
-}
-
-/// ring, the one crypto provider weft uses (quinn 0.11's default; no aws-lc-rs).
-pub(super) fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
 }
 
 /// Checks a device certificate: self-signed, within its validity period, usable for `usage`.

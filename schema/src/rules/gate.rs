@@ -10,8 +10,8 @@
 //! (`spec.rs`, `eval.rs`) with its writer's user, whether the writer holds an `admin` token,
 //! and the document's owner.
 
-use weft_core::hash::HashMap;
 use std::sync::Arc;
+use weft_core::hash::HashMap;
 
 use automerge::{ActorId, Change};
 use weft_core::engine::{Accepted, ConnId, Gate};

@@ -11,8 +11,9 @@ use crate::conversation::init_chat;
 use crate::error::{At, WriteError};
 use crate::partial::Skips;
 use crate::time::{is_iso_date, is_iso_date_time};
+use crate::tx::transact;
 use crate::value::{describe, req_obj, truncate};
-use crate::write::{check_arg, check_empty, transact, write, Ctx};
+use crate::write::{check_arg, check_empty, write, Ctx};
 use crate::{Hlc, Id, Kind, MAX_BODY_LEN, MAX_NAME_LEN, MAX_TITLE_LEN};
 
 const TRIP: &[Kind] = &[Kind::Trip];
