@@ -19,6 +19,8 @@
 //!   most 500), 1 s interval, the checkpointer running as in the relay: p50/p99 of the lag
 //!   gauge sampled every 100 ms.
 
+// The bench uses part of the tests' Postgres helper.
+#[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
 mod pg;
 

@@ -40,7 +40,7 @@ use weft_core::{DeviceId, DocId, Role};
 
 use crate::access::{decide, refusal_code, Decision};
 use crate::metrics::Metrics;
-use crate::server::RateLimit;
+use crate::rate::RateLimit;
 use crate::sharing::{self, Change};
 use crate::{Claims, Verifier};
 

@@ -47,6 +47,7 @@ mod http;
 mod hub;
 mod inbound;
 mod metrics;
+mod rate;
 mod secret;
 mod server;
 mod sharing;

@@ -23,7 +23,7 @@ use super::codec::{self, FromClient, ToClient};
 use super::{WsLimits, PROTOCOL_VERSION};
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
-use crate::server::{ByteRate, RateLimit};
+use crate::rate::{ByteRate, RateLimit};
 use crate::Verifier;
 
 /// What every socket task shares.
