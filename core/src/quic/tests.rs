@@ -293,7 +293,7 @@ async fn a_client_without_a_device_certificate_is_refused() {
     let (server, addr) = relay(&cert);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.clone()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -603,7 +603,7 @@ async fn a_closed_connection_is_not_a_refusal() {
 #[test]
 fn configs_need_no_runtime_and_share_one_provider() {
     let device = DeviceKey::generate().unwrap();
-    assert!(Arc::ptr_eq(&tls::provider(), &tls::provider()));
+    assert!(Arc::ptr_eq(&super::provider(), &super::provider()));
     client_config(&device, ServerTrust::PinnedDevice(device.device_id())).unwrap();
     server_config(
         device.cert_chain(),
@@ -647,7 +647,7 @@ async fn a_device_certificate_without_its_private_key_is_refused() {
     let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
 
     // The thief copied the phone's certificate (it is public) but holds only its own key.
-    let signing_key = tls::provider()
+    let signing_key = super::provider()
         .key_provider
         .load_private_key(thief.private_key())
         .unwrap();

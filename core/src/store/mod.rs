@@ -42,7 +42,6 @@ mod crash_model;
 pub mod docs;
 pub mod erase;
 mod group;
-mod heal;
 mod memory;
 mod redb;
 mod staging;

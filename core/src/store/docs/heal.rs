@@ -5,17 +5,54 @@
 //! refuses to load a concatenation that contains any. [`salvage`] goes through the stored
 //! chunks one Automerge chunk at a time, keeps every piece that parses, and names the stored
 //! chunks that held something that does not, so the caller sets them aside
-//! ([`super::docs::quarantine`]) and the document is served again.
+//! ([`quarantine`]) and the document is served again.
 
 use std::panic::catch_unwind;
 
-use automerge::Automerge;
+use automerge::{Automerge, AutomergeError};
 
-use super::docs::{first_unparsable, ChunkKey, DocStoreError, Quarantine};
+use super::chunks::{put_chunk, ChunkKey, ChunkKind};
+use super::error::DocStoreError;
 use crate::check::{self, Limits};
+use crate::store::{Table, WriteBatch};
 use crate::DocId;
 
 type Chunks = Vec<(ChunkKey, Vec<u8>)>;
+
+/// A stored chunk that holds bytes that do not parse.
+#[derive(Debug)]
+pub struct Quarantine {
+    /// The chunk.
+    pub key: ChunkKey,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The Automerge chunks inside it that do parse, concatenated (loaded with the document).
+    pub salvaged: Vec<u8>,
+    /// Why it was set aside.
+    pub reason: String,
+}
+
+/// Sets a chunk aside: its bytes move to a quarantined chunk of the same document (never
+/// loaded, deleted with the document) and what could be salvaged from it becomes an
+/// incremental chunk. Returns the salvaged chunk's key, if any.
+pub fn quarantine(batch: &mut WriteBatch, doc: DocId, q: &Quarantine) -> Option<ChunkKey> {
+    put_chunk(batch, doc, ChunkKind::Quarantined, q.bytes.as_slice());
+    batch.delete(Table::CHUNKS, q.key.to_bytes());
+    (!q.salvaged.is_empty())
+        .then(|| put_chunk(batch, doc, ChunkKind::Incremental, q.salvaged.as_slice()))
+}
+
+/// The first chunk automerge refuses on its own (slow; only used to explain a failure). A lone
+/// chunk may lack the changes it depends on; that alone is not the chunk's fault.
+pub(super) fn first_unparsable(chunks: &[(ChunkKey, Vec<u8>)]) -> Option<ChunkKey> {
+    chunks
+        .iter()
+        .find(|(_, bytes)| match catch_unwind(|| Automerge::load(bytes)) {
+            Ok(Ok(_)) | Ok(Err(AutomergeError::MissingDeps)) => false,
+            Ok(Err(_)) | Err(_) => true,
+        })
+        .map(|(key, _)| *key)
+}
 
 /// Loads `doc` from the pieces of `chunks` that parse. Returns the document, the chunks kept
 /// whole, and the chunks to set aside (with what was salvaged from each).
