@@ -666,7 +666,6 @@ impl Driver {
             self.publish_status();
             let wake = self
                 .host
-                .engine()
                 .next_wakeup()
                 .map(|ms| self.start + Duration::from_millis(ms));
             let sleep = async {
@@ -687,7 +686,7 @@ impl Driver {
                 },
                 _ = sleep => {
                     let now = self.now_ms();
-                    self.host.engine().tick(now);
+                    self.host.tick(now);
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
             }
@@ -729,8 +728,6 @@ impl Driver {
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
-        let now = self.now_ms();
-        self.host.engine().set_now(now);
         match cmd {
             Cmd::Create { kind, init, reply } => self.create(kind, init, reply),
             Cmd::Op(doc, op) => self.op(doc, op),
@@ -793,7 +790,7 @@ impl Driver {
                     rules.disconnect(conn);
                 }
                 if let Some(c) = self.conns.remove(&conn) {
-                    self.host.engine().remove_conn(conn);
+                    self.host.remove_conn(self.now_ms(), conn);
                     if let Some(l) = self.links.get_mut(&c.link) {
                         l.discovered = false;
                         l.pending_controls = 0;
@@ -934,7 +931,7 @@ impl Driver {
         if !self.resetting.insert(doc) {
             return;
         }
-        let saved = self.host.engine().read(doc, |d| d.save()).ok();
+        let saved = self.host.read(doc, |d| d.save()).ok();
         let kept = saved.and_then(|bytes| {
             let dir = self.dir.rejected_path();
             let path = dir.join(format!("{doc}-{}.automerge", unix_ms()));
@@ -973,7 +970,7 @@ impl Driver {
                 self.status_dirty = true;
             }
         }
-        self.host.engine().forget(doc);
+        self.host.forget(doc);
         self.announced.remove(&doc);
         let mut meta = self.metas.get(&doc).cloned().unwrap_or_default();
         if role.is_some() {
@@ -1014,7 +1011,7 @@ impl Driver {
         let ticket = self.group.submit(batch);
         self.tasks.spawn(async move { Done::Meta(ticket.await) });
         self.metas.insert(doc, meta);
-        self.host.engine().create(doc, Document::new());
+        self.host.create(self.now_ms(), doc, Document::new());
         let (tx, rx) = oneshot::channel::<Result<Box<dyn Any + Send>, DeviceError>>();
         self.run_op(doc, Op::Change(init, tx));
         tokio::spawn(async move {
@@ -1055,12 +1052,12 @@ impl Driver {
             }
             return;
         }
-        if self.host.engine().is_loaded(doc) {
+        if self.host.is_loaded(doc) {
             self.run_op(doc, op);
         } else {
             self.pending.entry(doc).or_default().push(op);
             self.loading.insert(doc);
-            self.host.engine().load(doc);
+            self.host.load(self.now_ms(), doc);
         }
     }
 
@@ -1069,7 +1066,6 @@ impl Driver {
             Op::Read(f, reply) => {
                 let r = self
                     .host
-                    .engine()
                     .read(doc, f)
                     .map_err(|e| DeviceError::Connection(e.to_string()));
                 let _ = reply.send(r);
@@ -1088,7 +1084,7 @@ impl Driver {
                     am.set_actor(actor);
                     f(am)
                 });
-                match self.host.engine().change(doc, f) {
+                match self.host.change(self.now_ms(), doc, f) {
                     Ok((r, None)) => {
                         let _ = reply.send(Ok(r));
                     }
@@ -1226,7 +1222,7 @@ impl Driver {
                 };
                 let link = c.link;
                 let now = unix_ms();
-                let current = self.host.engine().heads(doc);
+                let current = self.host.heads(doc);
                 if current.as_ref() == Some(&heads) {
                     if let Some(l) = self.links.get_mut(&link) {
                         if let Some(d) = l.docs.get_mut(&doc) {
@@ -1291,7 +1287,6 @@ impl Driver {
             if m.kind.is_none() {
                 let kind = self
                     .host
-                    .engine()
                     .read(doc, |d| weft_schema::raw_kind(d.automerge()))
                     .ok()
                     .flatten();
@@ -1310,7 +1305,6 @@ impl Driver {
         let before = before.unwrap_or_default();
         let patches = self
             .host
-            .engine()
             .read(doc, |d| d.automerge().diff(&before, &heads))
             .unwrap_or_default();
         let _ = self.events.send(Event::Changed {
@@ -1350,14 +1344,13 @@ impl Driver {
     /// The engine's gate: identities and write rules for what peers send.
     fn rules(&mut self) -> Option<&mut weft_schema::rules::RulesGate> {
         self.host
-            .engine()
             .gate_mut()?
             .as_any_mut()
             .downcast_mut::<weft_schema::rules::RulesGate>()
     }
 
     fn add_conn(&mut self, conn: ConnId, reg: Registration) {
-        self.host.engine().add_conn(conn);
+        self.host.add_conn(self.now_ms(), conn);
         // The user may have been learned just now, from the relay's welcome.
         if let Some(user) = self.dir.name() {
             if let Some(rules) = self.rules() {
@@ -1682,7 +1675,7 @@ impl Driver {
             }
             m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
                 let doc = m.doc();
-                if let Err(e) = self.host.engine().handle(conn, m) {
+                if let Err(e) = self.host.handle(self.now_ms(), conn, m) {
                     tracing::debug!(?doc, error = %e, "ignored a message for a document not open");
                 }
             }
@@ -1761,7 +1754,7 @@ impl Driver {
             stable_peer: Some(peer_key),
             saved_sync_state: saved,
         };
-        self.host.engine().open(conn, doc, opts);
+        self.host.open(self.now_ms(), conn, doc, opts);
     }
 
     fn refuse(&mut self, conn: ConnId, doc: DocId, reason: String) {
@@ -1770,7 +1763,7 @@ impl Driver {
         };
         c.docs.remove(&doc);
         let link = c.link;
-        self.host.engine().close(conn, doc);
+        self.host.close(self.now_ms(), conn, doc);
         if let Some(l) = self.links.get_mut(&link) {
             l.docs
                 .entry(doc)
@@ -1840,7 +1833,7 @@ impl Driver {
             }
         }
         for (conn, doc) in resync {
-            self.host.engine().resync(doc, conn);
+            self.host.resync(self.now_ms(), doc, conn);
         }
     }
 

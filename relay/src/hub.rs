@@ -386,7 +386,6 @@ impl Hub {
             if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
                 wake = self
                     .host
-                    .engine()
                     .next_wakeup()
                     .map(|ms| self.start + Duration::from_millis(ms));
                 checked_at = Some(now);
@@ -436,7 +435,7 @@ impl Hub {
                 _ = sleep => {
                     if wake.is_some_and(|w| Instant::now() >= w) {
                         let now = self.now_ms();
-                        self.host.engine().tick(now);
+                        self.host.tick(now);
                     }
                     checked_at = None;
                 }
@@ -504,8 +503,6 @@ impl Hub {
     }
 
     fn on_event(&mut self, ev: HubEvent) {
-        let now = self.now_ms();
-        self.host.engine().set_now(now);
         match ev {
             HubEvent::Open {
                 conn,
@@ -540,7 +537,7 @@ impl Hub {
                         last_batch_bytes: 0,
                     },
                 );
-                self.host.engine().add_conn(conn);
+                self.host.add_conn(self.now_ms(), conn);
                 if let Some(c) = self.conns.get(&conn) {
                     let (user, admin) = (c.claims.sub.clone(), c.claims.admin);
                     if let Some(rules) = self.rules() {
@@ -576,7 +573,7 @@ impl Hub {
             // WebSocket hook (begin)
             HubEvent::SyncOnly { conn } => {
                 if self.conns.contains_key(&conn) {
-                    self.host.engine().set_sync_only(conn);
+                    self.host.set_sync_only(self.now_ms(), conn);
                 }
             }
             HubEvent::SubscribeExisting { conn, doc } => {
@@ -698,7 +695,6 @@ impl Hub {
     /// The engine's gate: identities and write rules.
     fn rules(&mut self) -> Option<&mut weft_schema::rules::RulesGate> {
         self.host
-            .engine()
             .gate_mut()?
             .as_any_mut()
             .downcast_mut::<weft_schema::rules::RulesGate>()
@@ -722,9 +718,10 @@ impl Hub {
         if !self.within_user_bytes(conn, &inbound) {
             return;
         }
-        let engine = self.host.engine();
+        let now = self.now_ms();
+        let host = &mut self.host;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine.handle_inbound(conn, inbound)
+            host.handle_inbound(now, conn, inbound)
         }));
         match result {
             Ok(Ok(())) => {}
@@ -766,7 +763,7 @@ impl Hub {
                 continue;
             }
             if let Some(opts) = self.open_options(conn, doc, role) {
-                self.host.engine().open(conn, doc, opts);
+                self.host.open(self.now_ms(), conn, doc, opts);
             }
         }
     }
@@ -941,7 +938,7 @@ impl Hub {
             },
         );
         self.subscribers.entry(doc).or_default().insert(conn, role);
-        self.host.engine().open(conn, doc, opts);
+        self.host.open(self.now_ms(), conn, doc, opts);
     }
 
     fn unsubscribe(&mut self, conn: ConnId, doc: DocId) -> bool {
@@ -960,7 +957,7 @@ impl Hub {
                 self.metas.remove(&doc);
             }
         }
-        self.host.engine().close(conn, doc);
+        self.host.close(self.now_ms(), conn, doc);
         self.broadcast(
             doc,
             Some(conn),
@@ -983,7 +980,7 @@ impl Hub {
         for doc in docs {
             self.unsubscribe(conn, doc);
         }
-        self.host.engine().remove_conn(conn);
+        self.host.remove_conn(self.now_ms(), conn);
         if let Some(rules) = self.rules() {
             rules.disconnect(conn);
         }
@@ -1098,7 +1095,7 @@ impl Hub {
                 }
                 Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
                 Action::Load { doc } => {
-                    if self.host.engine().is_stale(doc) {
+                    if self.host.is_stale(doc) {
                         self.reloads_waiting.push_back(doc);
                     } else {
                         self.loads_waiting.push_back(doc);
@@ -1354,7 +1351,7 @@ impl Hub {
     fn housekeeping(&mut self) {
         self.arrivals
             .retain(|_, t| t.elapsed() < Duration::from_secs(10));
-        let loaded = self.host.engine().loaded_docs() as u64;
+        let loaded = self.host.loaded_docs() as u64;
         self.metrics
             .documents_loaded
             .store(loaded, std::sync::atomic::Ordering::Relaxed);
@@ -1388,7 +1385,7 @@ impl Hub {
             .collect();
         for (conn, docs) in ready {
             for doc in docs {
-                self.host.engine().resync(doc, conn);
+                self.host.resync(self.now_ms(), doc, conn);
             }
         }
         self.retry_discovery();

@@ -261,7 +261,7 @@ impl Hub {
         if let Some(s) = self.subscribers.get_mut(&doc) {
             s.insert(conn, role);
         }
-        self.host.engine().close(conn, doc);
+        self.host.close(self.now_ms(), conn, doc);
         self.send(conn, &Message::Subscribed { doc, role });
         let opts = OpenOptions {
             accept_changes: role.can_write(),
@@ -271,7 +271,7 @@ impl Hub {
             // costs one sync round.
             saved_sync_state: None,
         };
-        self.host.engine().open(conn, doc, opts);
+        self.host.open(self.now_ms(), conn, doc, opts);
     }
 
     /// After a token refresh (`old` was the previous token): subscriptions the new token no

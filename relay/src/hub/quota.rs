@@ -211,7 +211,7 @@ impl Hub {
 
     /// A change to `doc` became durable: its owner's usage follows the document's size.
     pub(super) fn count_stored(&mut self, doc: DocId) {
-        let Some(size) = self.host.engine().stored_bytes(doc) else {
+        let Some(size) = self.host.stored_bytes(doc) else {
             return;
         };
         let Some(meta) = self.metas.get_mut(&doc) else {
@@ -243,7 +243,7 @@ impl Hub {
             } else if let Ok(Some(mut stored)) =
                 docstore::load_meta(self.host.store().as_ref(), doc)
             {
-                if let Some(size) = self.host.engine().stored_bytes(doc) {
+                if let Some(size) = self.host.stored_bytes(doc) {
                     stored.stored_bytes = size;
                     docstore::put_meta(&mut batch, doc, &stored);
                 }
@@ -264,9 +264,8 @@ impl Hub {
     /// still over, new loads are refused ([`Hub::may_load`]).
     pub(super) fn enforce_memory_budget(&mut self) {
         let max = self.cfg.quotas.max_loaded_bytes;
-        let engine = self.host.engine();
-        engine.evict_idle(max);
-        let loaded = engine.loaded_bytes();
+        self.host.evict_idle(max);
+        let loaded = self.host.loaded_bytes();
         self.metrics
             .documents_loaded_bytes
             .store(loaded, std::sync::atomic::Ordering::Relaxed);
@@ -284,7 +283,7 @@ impl Hub {
     /// Whether `doc` may be opened for `conn` without going over the memory budget; tells the
     /// connection when not.
     pub(super) fn may_load(&mut self, conn: weft_core::engine::ConnId, doc: DocId) -> bool {
-        if !self.usage.over_memory || self.host.engine().is_loaded(doc) {
+        if !self.usage.over_memory || self.host.is_loaded(doc) {
             return true;
         }
         Metrics::inc(&self.metrics.quota_refusals);
