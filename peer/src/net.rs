@@ -18,9 +18,9 @@ use weft_core::quic::{self, ClientAuth, FrameReader, FrameWriter, ServerTrust, T
 use weft_core::wire::{self, ErrorCode, Message, PROTOCOL_VERSION};
 use weft_core::{DeviceId, DocId};
 
-use crate::device::{Cmd, ConnKind, Registration};
+use crate::device::cmd::{Cmd, ConnKind, DriverHandle, Outgoing, Registration};
 use crate::status::LinkState;
-use crate::{Device, DeviceError};
+use crate::DeviceError;
 
 /// Frames queued to one connection's writer at most.
 const OUT_QUEUE: usize = 4096;
@@ -28,13 +28,6 @@ const OUT_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry delay.
 const BACKOFF_START: Duration = Duration::from_millis(200);
-
-/// What the driver hands a connection's writer.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Msg(Message),
-    Close,
-}
 
 /// Where the token for a relay comes from.
 #[derive(Clone, Debug)]
@@ -200,15 +193,15 @@ impl Target {
     }
 }
 
-pub(crate) fn spawn_relay_link(device: Device, link: u64, cfg: RelayConfig) -> LinkHandle {
+pub(crate) fn spawn_relay_link(device: DriverHandle, link: u64, cfg: RelayConfig) -> LinkHandle {
     spawn_link(device, link, Target::Relay(cfg))
 }
 
-pub(crate) fn spawn_peer_link(device: Device, link: u64, cfg: PeerConfig) -> LinkHandle {
+pub(crate) fn spawn_peer_link(device: DriverHandle, link: u64, cfg: PeerConfig) -> LinkHandle {
     spawn_link(device, link, Target::Peer(cfg))
 }
 
-fn spawn_link(device: Device, link: u64, target: Target) -> LinkHandle {
+fn spawn_link(device: DriverHandle, link: u64, target: Target) -> LinkHandle {
     let cancel = device.cancel_token().child_token();
     let retry = Arc::new(Notify::new());
     let (token, token_rx) = watch::channel(None);
@@ -230,7 +223,7 @@ fn spawn_link(device: Device, link: u64, target: Target) -> LinkHandle {
 }
 
 async fn set_state(
-    device: &Device,
+    device: &DriverHandle,
     link: u64,
     state: LinkState,
     error: Option<String>,
@@ -247,7 +240,7 @@ async fn set_state(
 }
 
 async fn run_link(
-    device: Device,
+    device: DriverHandle,
     link: u64,
     target: Target,
     cancel: CancellationToken,
@@ -359,7 +352,7 @@ fn refresh_delay(exp: Option<u64>) -> Duration {
 }
 
 async fn connect_and_run(
-    device: &Device,
+    device: &DriverHandle,
     link: u64,
     target: &Target,
     cancel: &CancellationToken,
@@ -569,7 +562,7 @@ async fn connect_and_run(
 /// writer, reads frames and datagrams into the driver, and refreshes the token.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    device: &Device,
+    device: &DriverHandle,
     link: u64,
     kind: ConnKind,
     conn: quinn::Connection,
@@ -703,7 +696,7 @@ async fn write_loop(
 
 /// Binds a peer-to-peer listener and starts accepting `allow`ed devices.
 pub(crate) fn listen(
-    device: Device,
+    device: DriverHandle,
     addr: SocketAddr,
     allow: Vec<DeviceId>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), DeviceError> {
@@ -745,7 +738,7 @@ pub(crate) fn listen(
 }
 
 async fn accept_peer(
-    device: &Device,
+    device: &DriverHandle,
     incoming: quinn::Incoming,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
