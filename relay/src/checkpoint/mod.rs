@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{GroupCommit, WriteBatch};
 use weft_core::DocId;
+use weft_schema::rules::Kinds;
 
 use crate::metrics::Metrics;
 
@@ -94,6 +95,9 @@ pub struct CheckpointConfig {
     pub max_backoff: Duration,
     /// How long shutdown keeps trying to write the final checkpoint.
     pub shutdown_deadline: Duration,
+    /// The kinds whose documents get a `weft_records` row: the declared ones (the same
+    /// `Kinds` the hub enforces).
+    pub kinds: Arc<Kinds>,
 }
 
 impl CheckpointConfig {
@@ -108,6 +112,7 @@ impl CheckpointConfig {
             batch_timeout: Duration::from_secs(120),
             max_backoff: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(60),
+            kinds: Arc::new(Kinds::builtin()),
         }
     }
 }
@@ -359,7 +364,8 @@ impl Checkpointer {
 
         let store = self.group.store().clone();
         let t_prepare = Instant::now();
-        let first = prepare_all(&store, &ids, Arc::new(stored.clone())).await?;
+        let kinds = self.cfg.kinds.clone();
+        let first = prepare_all(&store, &kinds, &ids, Arc::new(stored.clone())).await?;
         let mut rows: Vec<Box<Row>> = Vec::with_capacity(first.len());
         let mut again = Vec::new();
         for (doc, prepared) in ids.iter().zip(first) {
@@ -385,7 +391,7 @@ impl Checkpointer {
                     s.content = Some(content);
                 }
             }
-            let merged = prepare_all(&store, &again, Arc::new(stored)).await?;
+            let merged = prepare_all(&store, &kinds, &again, Arc::new(stored)).await?;
             for prepared in merged {
                 match prepared? {
                     Prepared::Row(row) => rows.push(row),
@@ -474,6 +480,7 @@ const PREPARE_WORKERS: usize = 2;
 /// Prepares `docs` on up to [`PREPARE_WORKERS`] blocking threads; results in `docs` order.
 async fn prepare_all(
     store: &Arc<dyn weft_core::store::KvStore>,
+    kinds: &Arc<Kinds>,
     docs: &[DocId],
     stored: Arc<HashMap<DocId, prepare::Stored>>,
 ) -> Result<Vec<Result<Prepared, CheckpointError>>, CheckpointError> {
@@ -481,11 +488,12 @@ async fn prepare_all(
     let tasks: Vec<_> = docs
         .chunks(per)
         .map(|chunk| {
-            let (store, stored, chunk) = (store.clone(), stored.clone(), chunk.to_vec());
+            let (store, kinds, stored, chunk) =
+                (store.clone(), kinds.clone(), stored.clone(), chunk.to_vec());
             blocking(move || {
                 chunk
                     .iter()
-                    .map(|d| prepare::prepare(store.as_ref(), *d, stored.get(d)))
+                    .map(|d| prepare::prepare(store.as_ref(), &kinds, *d, stored.get(d)))
                     .collect::<Vec<_>>()
             })
         })
