@@ -63,7 +63,7 @@ pub(crate) enum Body {
         messages: Vec<MessageRow>,
         removed: Vec<String>,
         /// Its `weft_records` row when it is of a declared kind; `None` removes the row.
-        record: Option<Record>,
+        record: Option<Box<Record>>,
     },
 }
 
@@ -256,17 +256,17 @@ pub(crate) fn prepare(
 }
 
 /// The `weft_records` row of `am` when it is of a declared kind, NULs removed.
-fn record_of(kinds: &Kinds, am: &Automerge) -> Option<Record> {
+fn record_of(kinds: &Kinds, am: &Automerge) -> Option<Box<Record>> {
     let spec = record::kind_of(kinds, am)?;
     let mut json = record::to_json(kinds, am)?;
     let fields = match json.get_mut("fields") {
         Some(f) => f.take(),
         None => serde_json::Value::Object(serde_json::Map::new()),
     };
-    Some(Record {
+    Some(Box::new(Record {
         kind: weft_schema::strip_nul(&spec.name),
         fields: weft_schema::strip_nul_json(fields),
-    })
+    }))
 }
 
 /// Logs the message entries a checkpoint left without a row: a warning with the first, each
@@ -352,7 +352,7 @@ author = "author"
 text = { type = "string" }
 "#;
 
-    fn record(p: Prepared) -> Option<Record> {
+    fn record(p: Prepared) -> Option<Box<Record>> {
         let Prepared::Row(row) = p else {
             panic!("no row: {p:?}")
         };
