@@ -9,8 +9,12 @@
 //!    one transaction: it takes each document's advisory lock (sorted, so two relays never
 //!    deadlock), reads the heads Postgres holds, prepares the rows from the relay's redb store
 //!    in `spawn_blocking` (Automerge `save()`, sorted hex heads, blake3, the JSON view, the
-//!    message rows that changed since the stored heads, the access list), and writes all three
-//!    tables of every document in that one transaction.
+//!    message rows that changed since the stored heads, the access list, and for a document
+//!    of a kind declared with `--kinds` its record: the declared fields as JSON), and writes
+//!    `weft_documents`, `weft_messages`, `weft_access` and `weft_records` for every document
+//!    in that one transaction. A record row is rewritten only when its kind or fields
+//!    changed (so `updated_at` is when the record last changed), and removed when its
+//!    document is no longer of a declared kind.
 //! 3. Never newer replaced by older: if Postgres holds heads the relay lacks (another relay
 //!    wrote them, or a restore), the stored content is fetched under the lock, merged with the
 //!    relay's, and the union is written; the stored bytes are also added to the relay's store
@@ -25,11 +29,11 @@
 //!    lacks is restored (content, owner, access list, deletion, index rows).
 //! 7. Deletion: a deleted document's checkpoint writes its row without content (`content`,
 //!    `content_blake3`, `doc` null, `heads` empty; `doc_id`, `owner`, `kind`, `deleted_at`
-//!    kept) and deletes its message rows, in the batch's one transaction; its access rows stay,
-//!    so a relay restored from Postgres still tells former members it was deleted. A row that
-//!    another relay marked deleted is never given content again. After a round that erased
-//!    documents, a plain `VACUUM` of `weft_documents` and `weft_messages` removes the dead row
-//!    versions holding the old content (best-effort).
+//!    kept) and deletes its message rows and its record row, in the batch's one transaction;
+//!    its access rows stay, so a relay restored from Postgres still tells former members it
+//!    was deleted. A row that another relay marked deleted is never given content again. After a round that erased
+//!    documents, a plain `VACUUM` of `weft_documents`, `weft_messages` and `weft_records`
+//!    removes the dead row versions holding the old content (best-effort).
 //!
 //! Connections use TLS as the URL's `sslmode` says (`disable`, `prefer`, `require`,
 //! `verify-ca`, `verify-full`; see `tls.rs`), trusting `--postgres-ca` or the system's roots.
