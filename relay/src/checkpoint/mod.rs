@@ -31,9 +31,10 @@
 //!    `content_blake3`, `doc` null, `heads` empty; `doc_id`, `owner`, `kind`, `deleted_at`
 //!    kept) and deletes its message rows and its record row, in the batch's one transaction;
 //!    its access rows stay, so a relay restored from Postgres still tells former members it
-//!    was deleted. A row that another relay marked deleted is never given content again. After a round that erased
-//!    documents, a plain `VACUUM` of `weft_documents`, `weft_messages` and `weft_records`
-//!    removes the dead row versions holding the old content (best-effort).
+//!    was deleted. A row that another relay marked deleted is never given content again.
+//!    After a round that erased documents, a plain `VACUUM` of `weft_documents`,
+//!    `weft_messages` and `weft_records` removes the dead row versions holding the old
+//!    content (best-effort).
 //!
 //! Connections use TLS as the URL's `sslmode` says (`disable`, `prefer`, `require`,
 //! `verify-ca`, `verify-full`; see `tls.rs`), trusting `--postgres-ca` or the system's roots.

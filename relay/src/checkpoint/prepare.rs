@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weft_core::automerge::Automerge;
-use weft_core::automerge::ChangeHash;
+use weft_core::automerge::{Automerge, ChangeHash};
 use weft_core::host;
 use weft_core::store::docs as docstore;
 use weft_core::store::KvStore;
