@@ -448,6 +448,18 @@ async fn run_relay(
     // default SIGINT would kill the relay without draining), and one that arrives while the
     // relay starts is answered once it is ready.
     let mut signals = ShutdownSignals::install()?;
+    // The kinds the hub enforces and the checkpoints write as records; a bad file fails
+    // before the store is opened.
+    let kinds = match &args.kinds {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the kinds file {}", path.display()))?;
+            let kinds = weft_schema::rules::Kinds::with_declared(&text)
+                .with_context(|| format!("the kinds file {} is not valid", path.display()))?;
+            Arc::new(kinds)
+        }
+        None => Arc::new(weft_schema::rules::Kinds::builtin()),
+    };
     let store_path = args.data_dir.join(weft_relay::STORE_FILE);
     let (staging, writer) = weft_relay::store_limits();
     // Deleted documents' content is erased, and the file rewritten without it, before
@@ -507,6 +519,7 @@ async fn run_relay(
         Some(url) => {
             let mut cfg = weft_relay::CheckpointConfig::new(url.clone(), args.checkpoint_interval);
             cfg.postgres_ca = args.postgres_ca.clone();
+            cfg.kinds = kinds.clone();
             let start =
                 weft_relay::Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone());
             // An empty relay waits for Postgres as long as it takes: a signal ends the wait.
@@ -540,13 +553,7 @@ async fn run_relay(
     };
     hub_config.engine.limits = check.clone();
     hub_config.engine.max_doc_bytes = args.max_doc_bytes;
-    if let Some(path) = &args.kinds {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the kinds file {}", path.display()))?;
-        let kinds = weft_schema::rules::Kinds::with_declared(&text)
-            .with_context(|| format!("the kinds file {} is not valid", path.display()))?;
-        hub_config.kinds = Arc::new(kinds);
-    }
+    hub_config.kinds = kinds.clone();
     hub_config.quotas = weft_relay::Quotas {
         max_docs_per_user: args.max_docs_per_user,
         max_user_bytes: args.max_user_bytes,

@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "hard delete",
         sql: include_str!("../migrations/0002_hard_delete.sql"),
     },
+    Migration {
+        version: 3,
+        name: "records",
+        sql: include_str!("../migrations/0003_records.sql"),
+    },
 ];
 
 /// Why a `weft_documents` row does not decode.

@@ -9,8 +9,12 @@
 //!    one transaction: it takes each document's advisory lock (sorted, so two relays never
 //!    deadlock), reads the heads Postgres holds, prepares the rows from the relay's redb store
 //!    in `spawn_blocking` (Automerge `save()`, sorted hex heads, blake3, the JSON view, the
-//!    message rows that changed since the stored heads, the access list), and writes all three
-//!    tables of every document in that one transaction.
+//!    message rows that changed since the stored heads, the access list, and for a document
+//!    of a kind declared with `--kinds` its record: the declared fields as JSON), and writes
+//!    `weft_documents`, `weft_messages`, `weft_access` and `weft_records` for every document
+//!    in that one transaction. A record row is rewritten only when its kind or fields
+//!    changed (so `updated_at` is when the record last changed), and removed when its
+//!    document is no longer of a declared kind.
 //! 3. Never newer replaced by older: if Postgres holds heads the relay lacks (another relay
 //!    wrote them, or a restore), the stored content is fetched under the lock, merged with the
 //!    relay's, and the union is written; the stored bytes are also added to the relay's store
@@ -25,11 +29,12 @@
 //!    lacks is restored (content, owner, access list, deletion, index rows).
 //! 7. Deletion: a deleted document's checkpoint writes its row without content (`content`,
 //!    `content_blake3`, `doc` null, `heads` empty; `doc_id`, `owner`, `kind`, `deleted_at`
-//!    kept) and deletes its message rows, in the batch's one transaction; its access rows stay,
-//!    so a relay restored from Postgres still tells former members it was deleted. A row that
-//!    another relay marked deleted is never given content again. After a round that erased
-//!    documents, a plain `VACUUM` of `weft_documents` and `weft_messages` removes the dead row
-//!    versions holding the old content (best-effort).
+//!    kept) and deletes its message rows and its record row, in the batch's one transaction;
+//!    its access rows stay, so a relay restored from Postgres still tells former members it
+//!    was deleted. A row that another relay marked deleted is never given content again.
+//!    After a round that erased documents, a plain `VACUUM` of `weft_documents`,
+//!    `weft_messages` and `weft_records` removes the dead row versions holding the old
+//!    content (best-effort).
 //!
 //! Connections use TLS as the URL's `sslmode` says (`disable`, `prefer`, `require`,
 //! `verify-ca`, `verify-full`; see `tls.rs`), trusting `--postgres-ca` or the system's roots.
@@ -54,6 +59,7 @@ use std::time::{Duration, Instant};
 use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{GroupCommit, WriteBatch};
 use weft_core::DocId;
+use weft_schema::rules::Kinds;
 
 use crate::metrics::Metrics;
 
@@ -94,6 +100,9 @@ pub struct CheckpointConfig {
     pub max_backoff: Duration,
     /// How long shutdown keeps trying to write the final checkpoint.
     pub shutdown_deadline: Duration,
+    /// The kinds whose documents get a `weft_records` row: the declared ones (the same
+    /// `Kinds` the hub enforces).
+    pub kinds: Arc<Kinds>,
 }
 
 impl CheckpointConfig {
@@ -108,6 +117,7 @@ impl CheckpointConfig {
             batch_timeout: Duration::from_secs(120),
             max_backoff: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(60),
+            kinds: Arc::new(Kinds::builtin()),
         }
     }
 }
@@ -359,7 +369,8 @@ impl Checkpointer {
 
         let store = self.group.store().clone();
         let t_prepare = Instant::now();
-        let first = prepare_all(&store, &ids, Arc::new(stored.clone())).await?;
+        let kinds = self.cfg.kinds.clone();
+        let first = prepare_all(&store, &kinds, &ids, Arc::new(stored.clone())).await?;
         let mut rows: Vec<Box<Row>> = Vec::with_capacity(first.len());
         let mut again = Vec::new();
         for (doc, prepared) in ids.iter().zip(first) {
@@ -385,7 +396,7 @@ impl Checkpointer {
                     s.content = Some(content);
                 }
             }
-            let merged = prepare_all(&store, &again, Arc::new(stored)).await?;
+            let merged = prepare_all(&store, &kinds, &again, Arc::new(stored)).await?;
             for prepared in merged {
                 match prepared? {
                     Prepared::Row(row) => rows.push(row),
@@ -474,6 +485,7 @@ const PREPARE_WORKERS: usize = 2;
 /// Prepares `docs` on up to [`PREPARE_WORKERS`] blocking threads; results in `docs` order.
 async fn prepare_all(
     store: &Arc<dyn weft_core::store::KvStore>,
+    kinds: &Arc<Kinds>,
     docs: &[DocId],
     stored: Arc<HashMap<DocId, prepare::Stored>>,
 ) -> Result<Vec<Result<Prepared, CheckpointError>>, CheckpointError> {
@@ -481,11 +493,12 @@ async fn prepare_all(
     let tasks: Vec<_> = docs
         .chunks(per)
         .map(|chunk| {
-            let (store, stored, chunk) = (store.clone(), stored.clone(), chunk.to_vec());
+            let (store, kinds, stored, chunk) =
+                (store.clone(), kinds.clone(), stored.clone(), chunk.to_vec());
             blocking(move || {
                 chunk
                     .iter()
-                    .map(|d| prepare::prepare(store.as_ref(), *d, stored.get(d)))
+                    .map(|d| prepare::prepare(store.as_ref(), &kinds, *d, stored.get(d)))
                     .collect::<Vec<_>>()
             })
         })

@@ -43,6 +43,8 @@ struct Statements {
     remove_messages: Statement,
     delete_access: Statement,
     insert_access: Statement,
+    upsert_record: Statement,
+    delete_record: Statement,
 }
 
 fn pg(source: tokio_postgres::Error) -> CheckpointError {
@@ -222,6 +224,23 @@ impl PgConn {
                 )
                 .await
                 .map_err(pg)?,
+            // A row whose kind and fields are as they were is left alone, so `updated_at`
+            // says when the record last changed, not when its document last did.
+            upsert_record: c
+                .prepare(
+                    "insert into weft_records (doc_id, kind, fields, updated_at) \
+                     values ($1, $2, $3, now()) \
+                     on conflict (doc_id) do update set kind = excluded.kind, \
+                     fields = excluded.fields, updated_at = excluded.updated_at \
+                     where (weft_records.kind, weft_records.fields) \
+                     is distinct from (excluded.kind, excluded.fields)",
+                )
+                .await
+                .map_err(pg)?,
+            delete_record: c
+                .prepare("delete from weft_records where doc_id = $1")
+                .await
+                .map_err(pg)?,
         };
         self.stmts = Some(stmts);
         Ok(())
@@ -251,7 +270,7 @@ pub(crate) async fn stored_content(
         .collect())
 }
 
-/// Writes one document's rows in all three tables (inside the caller's transaction).
+/// Writes one document's rows in all four tables (inside the caller's transaction).
 pub(crate) async fn write_row(
     conn_stmts: &StatementsRef<'_>,
     tx: &Transaction<'_>,
@@ -273,6 +292,7 @@ pub(crate) async fn write_row(
             .await
             .map_err(pg)?;
             tx.execute(&s.delete_messages, &[&id]).await.map_err(pg)?;
+            tx.execute(&s.delete_record, &[&id]).await.map_err(pg)?;
         }
         Body::Content {
             heads,
@@ -282,6 +302,7 @@ pub(crate) async fn write_row(
             full,
             messages,
             removed,
+            record,
         } => {
             let len = i64::try_from(content.len()).unwrap_or(i64::MAX);
             tx.execute(
@@ -332,6 +353,14 @@ pub(crate) async fn write_row(
                 .await
                 .map_err(pg)?;
             }
+            match record {
+                Some(r) => tx
+                    .execute(&s.upsert_record, &[&id, &r.kind, &r.fields])
+                    .await
+                    .map_err(pg)?,
+                // Not (or no longer) of a declared kind.
+                None => tx.execute(&s.delete_record, &[&id]).await.map_err(pg)?,
+            };
         }
     }
     tx.execute(&s.delete_access, &[&id]).await.map_err(pg)?;
@@ -352,7 +381,7 @@ impl PgConn {
     /// one); it takes no lock that blocks reads or writes.
     pub(crate) async fn vacuum_deleted(&self) -> Result<(), CheckpointError> {
         self.client
-            .batch_execute("vacuum weft_documents, weft_messages")
+            .batch_execute("vacuum weft_documents, weft_messages, weft_records")
             .await
             .map_err(pg)
     }

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weft_core::automerge::ChangeHash;
+use weft_core::automerge::{Automerge, ChangeHash};
 use weft_core::host;
 use weft_core::store::docs as docstore;
 use weft_core::store::KvStore;
 use weft_core::{hash_hex, DocId, Document, Role};
+use weft_schema::rules::{record, Kinds};
 use weft_schema::MessageRow;
 
 use super::CheckpointError;
@@ -60,7 +61,17 @@ pub(crate) enum Body {
         full: bool,
         messages: Vec<MessageRow>,
         removed: Vec<String>,
+        /// Its `weft_records` row when it is of a declared kind; `None` removes the row.
+        record: Option<Box<Record>>,
     },
+}
+
+/// A `weft_records` row: the declared kind and the `fields` object of
+/// [`record::to_json`] (root fields and collections; fields that don't read are left out).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Record {
+    pub(crate) kind: String,
+    pub(crate) fields: serde_json::Value,
 }
 
 /// The outcome of preparing a document.
@@ -74,9 +85,11 @@ pub(crate) enum Prepared {
     Absent,
 }
 
-/// Prepares `doc`'s rows given what Postgres holds (`stored`, `None` when it has no row).
+/// Prepares `doc`'s rows given what Postgres holds (`stored`, `None` when it has no row);
+/// `kinds` says which documents are records.
 pub(crate) fn prepare(
     store: &dyn KvStore,
+    kinds: &Kinds,
     doc: DocId,
     stored: Option<&Stored>,
 ) -> Result<Prepared, CheckpointError> {
@@ -152,6 +165,7 @@ pub(crate) fn prepare(
                 None
             }
         };
+        let record = record_of(kinds, am);
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
         // Incremental when Postgres' rows follow heads this document contains. Entries of
@@ -222,6 +236,7 @@ pub(crate) fn prepare(
             full,
             messages,
             removed,
+            record,
         }
     };
     Ok(Prepared::Row(Box::new(Row {
@@ -237,6 +252,20 @@ pub(crate) fn prepare(
         merged_in,
         cost: started.elapsed(),
     })))
+}
+
+/// The `weft_records` row of `am` when it is of a declared kind, NULs removed.
+fn record_of(kinds: &Kinds, am: &Automerge) -> Option<Box<Record>> {
+    let spec = record::kind_of(kinds, am)?;
+    let mut json = record::to_json(kinds, am)?;
+    let fields = match json.get_mut("fields") {
+        Some(f) => f.take(),
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    Some(Box::new(Record {
+        kind: weft_schema::strip_nul(&spec.name),
+        fields: weft_schema::strip_nul_json(fields),
+    }))
 }
 
 /// Logs the message entries a checkpoint left without a row: a warning with the first, each
@@ -307,6 +336,90 @@ mod tests {
         }
     }
 
+    const ESCROW: &str = r#"
+[escrow.fields]
+buyer  = { type = "user", fixed = true }
+seller = { type = "user", fixed = true }
+amount = { type = "int", fixed = true }
+note   = { type = "string" }
+status = { type = "enum", values = ["pending", "funded"], initial = "pending" }
+
+[escrow.collections.notes]
+key = "id"
+author = "author"
+[escrow.collections.notes.fields]
+text = { type = "string" }
+"#;
+
+    fn record(p: Prepared) -> Option<Box<Record>> {
+        let Prepared::Row(row) = p else {
+            panic!("no row: {p:?}")
+        };
+        match row.body {
+            Body::Content { record, .. } => record,
+            other => panic!("no content: {other:?}"),
+        }
+    }
+
+    /// Bob buys from Carol through an escrow: its row holds the fields and notes that read,
+    /// NULs removed; a conversation gets no record.
+    #[test]
+    fn a_document_of_a_declared_kind_gets_a_record_and_a_conversation_does_not() {
+        let kinds = Kinds::with_declared(ESCROW).unwrap();
+        let spec = kinds.get("escrow").unwrap();
+        let mut am = Automerge::new();
+        let sets = [
+            ("buyer", "bob"),
+            ("seller", "carol"),
+            ("amount", "100"),
+            ("note", "by\0 friday"),
+        ]
+        .map(|(f, v)| (f.to_string(), record::parse_value(spec, f, v).unwrap()));
+        record::create(&mut am, spec, &sets).unwrap();
+        // A note, and a malformed writer's map where the amount was (it has no place in the
+        // row; the others keep theirs).
+        let mut tx = am.transaction();
+        let (_, notes) = tx.get(ROOT, "notes").unwrap().unwrap();
+        let n = tx
+            .put_object(&notes, "n1", weft_core::automerge::ObjType::Map)
+            .unwrap();
+        tx.put(&n, "author", "bob").unwrap();
+        tx.put(&n, "text", "paid").unwrap();
+        tx.put_object(ROOT, "amount", weft_core::automerge::ObjType::Map)
+            .unwrap();
+        tx.commit();
+        let kv = MemStore::new();
+        store(&kv, &am);
+
+        let row = record(prepare(&kv, &kinds, DOC, None).unwrap()).expect("a record");
+        assert_eq!(row.kind, "escrow");
+        assert_eq!(
+            row.fields,
+            serde_json::json!({
+                "buyer": "bob",
+                "seller": "carol",
+                "note": "by friday",
+                "status": "pending",
+                "notes": { "n1": { "author": "bob", "text": "paid" } },
+            })
+        );
+        // A relay that doesn't declare escrow keeps no record of it.
+        assert_eq!(
+            record(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap()),
+            None
+        );
+
+        let mut am = Automerge::new();
+        let new = NewConversation {
+            title: "Lunch".into(),
+            participants: vec!["alice".into()],
+        };
+        Conversation::create(&mut am, &new, T0).unwrap();
+        let kv = MemStore::new();
+        store(&kv, &am);
+        assert_eq!(record(prepare(&kv, &kinds, DOC, None).unwrap()), None);
+    }
+
     #[test]
     fn messages_that_dont_read_get_no_row_and_lose_the_one_they_had() {
         let mut am = Automerge::new();
@@ -322,7 +435,7 @@ mod tests {
         let yes = weft_schema::send_message(&mut am, &yes, b.clone(), T0 + 1).unwrap();
         let kv = MemStore::new();
         store(&kv, &am);
-        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        let (full, rows, _) = content(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap());
         assert!(full);
         assert_eq!(rows, [a.to_string(), b.to_string()]);
         let stored = Stored {
@@ -342,12 +455,13 @@ mod tests {
         store(&kv, &am);
 
         // Incrementally: nothing to write, and Bob's row goes.
-        let (full, rows, removed) = content(prepare(&kv, DOC, Some(&stored)).unwrap());
+        let (full, rows, removed) =
+            content(prepare(&kv, &Kinds::builtin(), DOC, Some(&stored)).unwrap());
         assert!(!full);
         assert!(rows.is_empty(), "{rows:?}");
         assert_eq!(removed, [b.to_string()]);
         // From scratch: only the message that reads has a row.
-        let (full, rows, _) = content(prepare(&kv, DOC, None).unwrap());
+        let (full, rows, _) = content(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap());
         assert!(full);
         assert_eq!(rows, [a.to_string()]);
     }

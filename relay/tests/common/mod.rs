@@ -1,6 +1,7 @@
 //! What the relay's integration tests share: the real `weft-relay` binary and its ready line,
 //! tokens and the dev certificate (`relay`), a light QUIC device link (`device`), a
-//! throwaway Postgres (`pg`) and Node clients (`js`). Each test binary uses part of it.
+//! throwaway Postgres (`pg`), Node clients (`js`) and the `weft` command line (`weft`). Each
+//! test binary uses part of it.
 #![allow(dead_code)]
 
 pub mod device;
@@ -9,6 +10,7 @@ pub mod js;
 pub mod pg;
 pub mod relay;
 pub mod session;
+pub mod weft;
 pub mod ws;
 pub mod wsclient;
 
