@@ -1066,7 +1066,7 @@ impl Hub {
                     // the document's subscribers, not the connection's documents: the engine
                     // sends one document's output to its peers one after another, so the one
                     // small map stays in cache where a connection's thousands of documents
-                    // missed it once per send (~4% of the hub's time).
+                    // missed it once per send.
                     let subscribed = msg.doc().is_none_or(|doc| {
                         self.subscribers
                             .get(&doc)

@@ -1,8 +1,8 @@
 //! Checking a connection's document messages in its own task, before the hub sees them.
 //!
-//! Parsing a peer's changes ([`weft_core::engine::check_message`]) costs about 0.2 us per
-//! operation: negligible for a chat message, hundreds of milliseconds for a change of a million
-//! operations. Done by the hub, one member's large upload would stall every other document.
+//! Parsing a peer's changes ([`weft_core::engine::check_message`]) costs time per operation:
+//! negligible for a chat message, a long stall for a change of a million operations. Done by
+//! the hub, one member's large upload would stall every other document.
 //! So connection tasks (QUIC and WebSocket alike) check each `Sync` and `Changes` message
 //! themselves, on a blocking thread when it is large, and hand the hub the result
 //! ([`HubEvent::Inbound`]); the hub only decides and stores.

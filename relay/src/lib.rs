@@ -102,9 +102,9 @@ pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10_000;
 /// Tunes mimalloc, the relay binary's global allocator, for a busy relay: freed memory is
 /// returned to the OS after [`ALLOCATOR_PURGE_DELAY_MS`] instead of mimalloc's default second.
 /// Under load the relay frees and reuses pages continuously; with a one-second delay a
-/// purged page was faulted back in (and zeroed, as a 2 MiB huge page) soon after: 131,000 page
-/// faults and ~5% of the relay's CPU in the throughput benchmark, against 12,000 with this
-/// delay. Memory the relay stops using still goes back to the OS, ten seconds later.
+/// purged page was faulted back in (and zeroed, as a 2 MiB huge page) soon after, so the
+/// relay spent CPU faulting in memory it was about to reuse anyway. Memory the relay stops
+/// using still goes back to the OS, ten seconds later.
 ///
 /// Call it first thing in `main`, in a binary whose global allocator is `mimalloc::MiMalloc`
 /// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`

@@ -21,7 +21,8 @@ use anyhow::{bail, Context};
 use clap::builder::{BoolishValueParser, NonEmptyStringValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 /// mimalloc rather than glibc malloc: the hub allocates and frees a frame or buffer per
-/// message, and glibc's allocator was about a fifth of the relay's CPU under load.
+/// message, and under load glibc's allocator took a large share of the relay's CPU
+/// (docs/decisions/0007-mimalloc-for-the-relay.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

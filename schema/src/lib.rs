@@ -98,8 +98,7 @@
 //! last N messages are found by a binary search over key prefixes without reading the others.
 //! A list was measured and rejected: after concurrent appends a list is ordered by Automerge's
 //! op ids, not by time, so its tail is not the display tail, and finding that means reading
-//! every element's timestamp (1.2 s at 100k messages); appending to it was also slower (0.87 ms
-//! against 0.29 ms at 100k, raw Automerge operations).
+//! every element's timestamp; appending to it was also slower (figures in BENCHMARKS.md).
 //!
 //! # Merge semantics
 //! - Concurrent messages are all kept: each is a new key.

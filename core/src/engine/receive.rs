@@ -80,7 +80,7 @@ impl Inbound {
 }
 
 /// Checks the changes of a document message (`Sync`, `Changes` or `Ack`) against `limits`.
-/// Pure and as costly as parsing the changes (about 0.2 us per operation): a driver may run it
+/// Pure and as costly as parsing the changes (linear in their operations): a driver may run it
 /// off its event loop. `Err` for anything malformed (the peer misbehaved); a change over a
 /// limit is `Ok(Inbound::Refused)`.
 pub fn check_message(msg: Message, limits: &Limits) -> Result<Inbound, EngineError> {

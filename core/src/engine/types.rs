@@ -31,9 +31,9 @@ pub struct EngineConfig {
     pub fold_delay: Millis,
     /// While every peer of a document is live, drop received changes from memory once durable
     /// instead of folding them (the document goes *stale*), and reload it from the store when
-    /// something needs it materialized (a sync round, a compaction). Folding costs ~30-50 us
-    /// per change even in batches (Automerge 0.12); a relay whose subscribers are caught up
-    /// never needs the result.
+    /// something needs it materialized (a sync round, a compaction). Folding is costly even
+    /// in batches (Automerge 0.12); a relay whose subscribers are caught up never needs the
+    /// result.
     pub lazy_fold: bool,
     /// Timed folds one `tick` performs at most; documents beyond it stay due and are folded by
     /// the next ticks, so a driver that handles events between ticks is never stalled by
@@ -49,8 +49,8 @@ pub struct EngineConfig {
     /// past this are refused.
     pub max_doc_bytes: u64,
     /// With [`Self::lazy_fold`]: received changes with at least this many operations in all
-    /// are never applied on the driver's thread (applying costs about 2 us per operation, so
-    /// one large change would stall every other document): they are stored, forwarded, then
+    /// are never applied on the driver's thread (applying costs time per operation, so one
+    /// large change would stall every other document): they are stored, forwarded, then
     /// applied by the reload that materializes the document, which drivers run elsewhere.
     pub inline_apply_ops: usize,
 }

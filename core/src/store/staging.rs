@@ -4,11 +4,11 @@
 //! # Why
 //!
 //! A put into a B-tree keyed by document copies the leaf page it lands in (redb is
-//! copy-on-write), checksums it and writes it: ~4 KiB of I/O and ~20 µs of CPU for a 200-byte
-//! change, because concurrent writes to many documents touch a different leaf each. Appending
-//! to a log keyed by a sequence number touches only the rightmost leaf, so a commit of hundreds
-//! of changes writes a handful of pages (measured, session 5: 19–24 µs per random-leaf insert
-//! against 3–6 µs per append, commits of 100–400).
+//! copy-on-write), checksums it and writes it: a whole page of I/O and its checksum for a
+//! 200-byte change, because concurrent writes to many documents touch a different leaf each.
+//! Appending to a log keyed by a sequence number touches only the rightmost leaf, so a commit
+//! of hundreds of changes writes a handful of pages (BENCHMARKS.md has the measured costs of
+//! both).
 //!
 //! # How
 //!
@@ -26,7 +26,7 @@
 //!   commit in flight (whose layer is published before it commits). Older layers are folded
 //!   into the base; a reader whose transaction is older than the base starts a new one.
 //!   (A persistent map with one version per commit, tried first, cost a copied 64-entry node
-//!   per insert: ~5 µs per change, more than the layers' lookups.)
+//!   per insert, more than the layers' lookups.)
 //! - When the log outgrows its [`StagingLimits`], the commit that grew it also cleans its
 //!   oldest entries: a put still live is written into its table, everything else (dead puts,
 //!   tombstones) is dropped, and the range is deleted from the log. Puts that die young (chunks
@@ -62,8 +62,8 @@ const INLINE_KEY: usize = 62;
 /// An index key: the table's tag byte, then the key; ordered, compared and looked up as those
 /// bytes. Short keys (all that weft writes) live inside the value, so the index's B-tree nodes
 /// hold the bytes they compare instead of pointers to them, and making one allocates nothing:
-/// with `Vec<u8>` keys the writer's index updates were ~8% of the relay's core under load,
-/// most of it chasing pointers in comparisons.
+/// with `Vec<u8>` keys the writer's index updates were a visible share of the relay's CPU
+/// under load, most of it chasing pointers in comparisons.
 #[derive(Clone)]
 pub(super) enum IKey {
     /// `bytes[..len]`.
@@ -162,9 +162,8 @@ impl StagingLimits {
     /// Sized for a relay: 524,288 entries or 256 MiB, an index of up to ~60 MiB. A change
     /// stays in the log until a compaction replaces it or it is cleaned into its table; the
     /// log must hold the changes written between a busy document's compactions, or cleaning
-    /// moves most entries and staging costs more than it saves (measured, session 5: with
-    /// 131,072 entries, 25–100% of cleaned entries were still live and the relay used more CPU
-    /// per change than writing directly; with 524,288, none needed cleaning in the benchmark).
+    /// moves most entries and staging costs more than it saves (a quarter of these entries
+    /// was too few for the relay's throughput benchmark; see BENCHMARKS.md).
     pub fn large() -> StagingLimits {
         StagingLimits {
             max_value: 16 * 1024,

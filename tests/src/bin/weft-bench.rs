@@ -10,8 +10,9 @@
 //! forwarder) is bound to CPU 0, the devices' runtime threads to CPU 1. Without it the kernel
 //! spreads every thread over all cores.
 //!
-//! Workloads: `fanout`, `throughput`, `wire-bytes` (all of them when none is named). Exit
-//! status 2 for an unknown workload or flag, 1 when a measurement fails.
+//! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
+//! `initial-sync` (all of them when none is named). Exit status 2 for an unknown workload or
+//! flag, 1 when a measurement fails. What each measures and its latest figures: BENCHMARKS.md.
 
 use std::process::ExitCode;
 use std::sync::Arc;
