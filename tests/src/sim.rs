@@ -1,22 +1,35 @@
-//! An in-memory network that drives several `weft_core` engines deterministically.
+//! An in-memory network that drives several nodes of the real stack deterministically.
 //!
-//! Every node is an [`Engine`] with a trivial driver: persist requests are written to an
-//! in-memory per-document chunk list (optionally after a delay, always in order), loads come
-//! from that list, and sent messages become packets on the network. The network can lose,
+//! Every node is what a device or relay runs: core's [`Host`] (the engine behind its one
+//! facade) over a real document store ([`MemStore`] behind a [`GroupCommit`] writer), with
+//! compaction tuned to happen often. The simulator is the driver: it carries out the host's
+//! actions, waits on every store write at once (so the store is the same whatever the writer
+//! thread's timing) and reports it durable to the host after a virtual delay, always in order;
+//! loads read the store; sent messages become packets on the network. The network can lose,
 //! duplicate, delay and reorder packets, partition links (packets silently dropped) and
-//! disconnect them (both ends see the connection close, like a QUIC connection ending). Time is
-//! virtual: the simulator jumps to the next packet or engine wake-up.
+//! disconnect them (both ends see the connection close, like a QUIC connection ending); the
+//! store can fail writes. Time is virtual: the simulator jumps to the next packet, durable
+//! write or engine wake-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weft_core::automerge::{ActorId, Automerge, ChangeHash};
-use weft_core::engine::{
-    ConnId, Engine, EngineConfig, Millis, OpenOptions, Output, PersistId, Write,
-};
+use weft_core::engine::{ConnId, Engine, EngineConfig, Gate, Millis, OpenOptions, Output};
+use weft_core::host::{self, Action, Host, HostConfig, Loaded, Waiting};
+use weft_core::store::docs::{self as docstore, DocStoreError};
+use weft_core::store::{GroupCommit, KvStore, MemStore, StoreError, WriteBatch};
 use weft_core::wire::Message;
 use weft_core::{DocId, Document};
+
+/// Compaction as often as it can come: every few chunks, whatever their size.
+const SIM_HOST: HostConfig = HostConfig {
+    compact_after_chunks: 4,
+    compact_growth: 0,
+    compact_max_chunks: 16,
+};
 
 /// What the network does to packets.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +40,8 @@ pub struct Faults {
     pub duplicate: f64,
     /// Largest extra delay of a packet in ms (delays differ, so packets reorder).
     pub max_delay: Millis,
+    /// Probability a store write fails (the disk refused it: nothing of it is stored).
+    pub store_failure: f64,
 }
 
 struct Packet {
@@ -37,17 +52,14 @@ struct Packet {
     msg: Message,
 }
 
-/// One simulated node: an engine and its durable store.
+/// One simulated node: the host (engine and store) a device or relay runs.
 pub struct Node {
-    /// The engine.
-    pub engine: Engine,
-    /// Durable chunks per document, in write order.
-    pub store: BTreeMap<DocId, Vec<Vec<u8>>>,
-    /// Persisted sync states per (document, peer).
-    pub sync_states: BTreeMap<(DocId, Vec<u8>), Vec<u8>>,
-    /// Records the node's gate keeps, per document.
-    pub gate_records: BTreeMap<DocId, Vec<(Vec<u8>, Vec<u8>)>>,
-    pending_persists: Vec<(Millis, PersistId, DocId, Write)>,
+    /// The engine behind its facade.
+    pub host: Host,
+    /// The store under the host's group-commit writer.
+    pub store: Arc<MemStore>,
+    /// Writes done, reported durable to the host at their time, in order.
+    durable: VecDeque<(Millis, Waiting, Result<(), StoreError>)>,
     actor_seed: u64,
 }
 
@@ -80,6 +92,8 @@ pub struct Sim {
     pub delivered: u64,
     /// Bytes of message frames delivered so far.
     pub delivered_bytes: u64,
+    /// Store writes that failed (injected by [`Faults::store_failure`]).
+    pub failed_writes: u64,
     /// Print every delivered message on stderr.
     pub trace: bool,
     /// The user each node's device acts for: a node whose engine has a `RulesGate` checks
@@ -102,13 +116,16 @@ impl Sim {
         let nodes = configs
             .into_iter()
             .enumerate()
-            .map(|(i, cfg)| Node {
-                engine: Engine::new(cfg),
-                store: BTreeMap::new(),
-                sync_states: BTreeMap::new(),
-                gate_records: BTreeMap::new(),
-                pending_persists: Vec::new(),
-                actor_seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
+            .map(|(i, cfg)| {
+                let store = Arc::new(MemStore::new());
+                let kv: Arc<dyn KvStore> = store.clone();
+                let group = GroupCommit::new(kv).expect("the group-commit writer starts");
+                Node {
+                    host: Host::new(Engine::new(cfg), Arc::new(group), SIM_HOST),
+                    store,
+                    durable: VecDeque::new(),
+                    actor_seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
+                }
             })
             .collect();
         Sim {
@@ -124,6 +141,7 @@ impl Sim {
             next_seq: 0,
             delivered: 0,
             delivered_bytes: 0,
+            failed_writes: 0,
             trace: false,
             users: HashMap::new(),
         }
@@ -167,7 +185,7 @@ impl Sim {
         let Some(user) = self.users.get(&peer).cloned() else {
             return;
         };
-        let gate = self.nodes[me].engine.gate_mut().and_then(|g| {
+        let gate = self.nodes[me].host.gate_mut().and_then(|g| {
             g.as_any_mut()
                 .downcast_mut::<weft_schema::rules::RulesGate>()
         });
@@ -176,19 +194,23 @@ impl Sim {
         }
     }
 
+    /// Installs `gate` in `node`'s engine.
+    pub fn set_gate(&mut self, node: usize, gate: Box<dyn Gate>) {
+        self.nodes[node].host.set_gate(gate);
+    }
+
     /// Makes a change on `node` with `f` (loading the document first); whether it changed it.
     pub fn change(&mut self, node: usize, doc: DocId, f: impl FnOnce(&mut Automerge)) -> bool {
         self.ensure_loaded(node, doc);
-        let engine = &mut self.nodes[node].engine;
-        engine.set_now(self.now);
-        matches!(engine.change(doc, f), Ok((_, Some(_))))
+        let now = self.now;
+        matches!(self.nodes[node].host.change(now, doc, f), Ok((_, Some(_))))
     }
 
     /// Reads `doc` on `node`.
     pub fn read<R>(&mut self, node: usize, doc: DocId, f: impl FnOnce(&Automerge) -> R) -> R {
         self.ensure_loaded(node, doc);
         self.nodes[node]
-            .engine
+            .host
             .read(doc, |d| f(d.automerge()))
             .expect("a loaded document reads")
     }
@@ -210,12 +232,15 @@ impl Sim {
         } else {
             (l.a, l.conn_a)
         };
-        self.nodes[node].engine.close(conn, doc);
+        let now = self.now;
+        self.nodes[node].host.close(now, conn, doc);
         let p = &mut self.nodes[peer];
-        p.engine.forget(doc);
-        p.store.remove(&doc);
-        p.sync_states.retain(|(d, _), _| *d != doc);
-        p.pending_persists.retain(|(_, _, d, _)| *d != doc);
+        p.host.forget(doc);
+        let mut batch = WriteBatch::new();
+        docstore::delete_doc(&mut batch, doc);
+        p.store
+            .write(&batch)
+            .expect("the simulator empties a document it took back");
         self.packets
             .retain(|pk| !(pk.msg.doc() == Some(doc) && (pk.conn == conn || pk.conn == peer_conn)));
         self.open_side(peer, node, peer_conn, doc);
@@ -224,14 +249,16 @@ impl Sim {
 
     fn open_side(&mut self, me: usize, peer: usize, conn: ConnId, doc: DocId) {
         let key = format!("node-{peer}").into_bytes();
-        let saved = self.nodes[me].sync_states.get(&(doc, key.clone())).cloned();
+        let saved = host::saved_sync_state(self.nodes[me].store.as_ref(), doc, &key)
+            .ok()
+            .flatten();
         let opts = OpenOptions {
             stable_peer: Some(key),
             saved_sync_state: saved,
             ..Default::default()
         };
-        self.nodes[me].engine.set_now(self.now);
-        self.nodes[me].engine.open(conn, doc, opts);
+        let now = self.now;
+        self.nodes[me].host.open(now, conn, doc, opts);
     }
 
     /// Closes the connection between `a` and `b` (both ends notice).
@@ -240,8 +267,9 @@ impl Sim {
             let l = self.links[i];
             if l.connected {
                 self.links[i].connected = false;
-                self.nodes[l.a].engine.remove_conn(l.conn_a);
-                self.nodes[l.b].engine.remove_conn(l.conn_b);
+                let now = self.now;
+                self.nodes[l.a].host.remove_conn(now, l.conn_a);
+                self.nodes[l.b].host.remove_conn(now, l.conn_b);
                 self.packets
                     .retain(|p| p.conn != l.conn_a && p.conn != l.conn_b);
             }
@@ -275,125 +303,157 @@ impl Sim {
     /// Writes key `value` (and `last = value`) at the root of `doc` on `node`; returns whether
     /// it was written.
     pub fn edit(&mut self, node: usize, doc: DocId, value: &str) -> bool {
-        use weft_core::automerge::transaction::Transactable;
+        use weft_core::automerge::transaction::{CommitOptions, Transactable};
         use weft_core::automerge::ROOT;
         self.ensure_loaded(node, doc);
         let value = value.to_string();
-        let engine = &mut self.nodes[node].engine;
-        engine.set_now(self.now);
-        let r = engine.change(doc, |am: &mut Automerge| {
-            // Every edit writes its own root key (so concurrent edits are all kept) and the
-            // shared key "last" (so concurrent edits also conflict).
-            let mut tx = am.transaction();
-            tx.put(ROOT, value.as_str(), true)
-                .expect("put a scalar at the root");
-            tx.put(ROOT, "last", value.as_str())
-                .expect("put a scalar at the root");
-            tx.commit();
-        });
+        let now = self.now;
+        let r = self.nodes[node]
+            .host
+            .change(now, doc, |am: &mut Automerge| {
+                // Every edit writes its own root key (so concurrent edits are all kept) and the
+                // shared key "last" (so concurrent edits also conflict).
+                let mut tx = am.transaction();
+                tx.put(ROOT, value.as_str(), true)
+                    .expect("put a scalar at the root");
+                tx.put(ROOT, "last", value.as_str())
+                    .expect("put a scalar at the root");
+                // No wall-clock time in the change: a seed replays the same hashes.
+                tx.commit_with(CommitOptions::default().with_time(0));
+            });
         r.is_ok()
     }
 
     fn ensure_loaded(&mut self, node: usize, doc: DocId) {
-        if !self.nodes[node].engine.is_loaded(doc) {
-            self.nodes[node].engine.load(doc);
+        let now = self.now;
+        if !self.nodes[node].host.is_loaded(doc) {
+            self.nodes[node].host.load(now, doc);
             self.drain(node);
         }
         // A relay's document may be stale (lazy folding): reading it reloads it first.
-        if self.nodes[node].engine.is_stale(doc) {
-            self.nodes[node].engine.materialize(doc);
+        if self.nodes[node].host.is_stale(doc) {
+            self.nodes[node].host.materialize(now, doc);
             self.drain(node);
         }
     }
 
-    fn fresh_doc(&mut self, node: usize, doc: DocId) -> Document {
+    /// A load as the drivers do it, with an actor of the simulator's choosing (a reloaded
+    /// document writes with a new actor, and the run stays reproducible).
+    fn load(&mut self, node: usize, doc: DocId) -> Result<Option<Loaded>, DocStoreError> {
         let n = &mut self.nodes[node];
         n.actor_seed = n.actor_seed.wrapping_add(7919);
         let mut actor = [0u8; 16];
         actor[..8].copy_from_slice(&n.actor_seed.to_be_bytes());
         actor[8..].copy_from_slice(&doc.as_bytes()[..8]);
-        let bytes: Vec<u8> = n.store.get(&doc).map(|c| c.concat()).unwrap_or_default();
-        let am = if bytes.is_empty() {
-            Automerge::new()
+        let store = n.store.as_ref();
+        let loaded = if n.host.wants_snapshot(doc) {
+            host::load_for_compaction(store, doc)
         } else {
-            Document::load(&bytes)
-                .expect("the simulator's store holds only valid chunks")
-                .automerge()
-                .clone()
-        };
-        Document::from_automerge(am.with_actor(ActorId::from(actor.to_vec())))
+            host::load(store, doc)
+        }?;
+        let actor = ActorId::from(actor.to_vec());
+        Ok(Some(match loaded {
+            Some(mut l) => {
+                let am = l.doc.automerge().clone();
+                l.doc = Document::from_automerge(am.with_actor(actor));
+                l
+            }
+            // A document new to this node starts empty, with the simulator's actor too.
+            None => Loaded {
+                doc: Document::from_automerge(Automerge::new().with_actor(actor)),
+                chunks: Vec::new(),
+                snapshot: None,
+                sizes: Default::default(),
+                quarantine: Vec::new(),
+                gate_records: Vec::new(),
+            },
+        }))
     }
 
-    /// Processes every output node `node` has queued.
+    /// Carries out every action node `node`'s host has queued.
     fn drain(&mut self, node: usize) {
-        while let Some(out) = self.nodes[node].engine.poll_output() {
-            match out {
-                Output::Send { conn, msg } => self.send(node, conn, msg),
-                Output::Persist { id, doc, write } => {
-                    let at = self.now + self.persist_delay;
-                    self.nodes[node].pending_persists.push((at, id, doc, write));
-                }
-                Output::Load { doc } => {
-                    let d = self.fresh_doc(node, doc);
-                    let records = self.nodes[node]
-                        .gate_records
-                        .get(&doc)
-                        .cloned()
-                        .unwrap_or_default();
-                    self.nodes[node].engine.loaded_with(doc, Some(d), &records);
-                }
-                Output::Rejected { conn, doc, reason }
-                    if reason != weft_core::engine::Rejection::ReadOnly =>
-                {
-                    self.reset_peer(node, conn, doc);
-                }
-                Output::ProtocolError { conn, .. } => {
-                    if let Some(l) = self
-                        .links
-                        .iter()
-                        .find(|l| l.conn_a == conn || l.conn_b == conn)
-                        .copied()
-                    {
-                        self.disconnect(l.a, l.b);
-                    }
-                }
-                Output::Failed { .. }
-                | Output::Changed { .. }
-                | Output::Synced { .. }
-                | Output::Rejected { .. }
-                | Output::Evicted { .. } => {}
-                _ => {}
+        loop {
+            // A store fault is armed for the one write a step of the host may submit, and
+            // disarmed once that write is done.
+            let fail =
+                self.faults.store_failure > 0.0 && self.rng.random_bool(self.faults.store_failure);
+            if fail {
+                self.nodes[node].store.fail_next_write();
             }
+            let Some(action) = self.nodes[node].host.poll_action() else {
+                self.nodes[node].store.clear_faults();
+                break;
+            };
+            match action {
+                Action::Wait { what, ticket } => {
+                    let result = ticket.wait();
+                    self.failed_writes += u64::from(result.is_err());
+                    let at = self.now + self.persist_delay;
+                    let n = &mut self.nodes[node];
+                    n.store.clear_faults();
+                    n.durable.push_back((at, what, result));
+                }
+                Action::Send { conn, msg } => {
+                    self.nodes[node].store.clear_faults();
+                    self.send(node, conn, msg);
+                }
+                Action::Load { doc } => {
+                    self.nodes[node].store.clear_faults();
+                    let result = self.load(node, doc);
+                    // A load that fails is reported to the document's waiters by the host.
+                    let _ = self.nodes[node].host.loaded(doc, result);
+                }
+                Action::Event(out) => {
+                    self.nodes[node].store.clear_faults();
+                    self.on_event(node, out);
+                }
+                _ => self.nodes[node].store.clear_faults(),
+            }
+        }
+    }
+
+    fn on_event(&mut self, node: usize, out: Output) {
+        match out {
+            Output::Rejected { conn, doc, reason }
+                if reason != weft_core::engine::Rejection::ReadOnly =>
+            {
+                self.reset_peer(node, conn, doc);
+            }
+            Output::ProtocolError { conn, .. } => self.disconnect_conn(conn),
+            // A document whose write failed left memory; its peers reconnect and sync again.
+            Output::Failed { conns, .. } => {
+                for conn in conns {
+                    self.disconnect_conn(conn);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn disconnect_conn(&mut self, conn: ConnId) {
+        if let Some(l) = self
+            .links
+            .iter()
+            .find(|l| l.conn_a == conn || l.conn_b == conn)
+            .copied()
+        {
+            self.disconnect(l.a, l.b);
         }
     }
 
     fn complete_persists(&mut self, node: usize) -> bool {
         let now = self.now;
         let n = &mut self.nodes[node];
-        // In order: a persist completes only after every earlier one.
-        let ready = n
-            .pending_persists
-            .iter()
-            .take_while(|(at, ..)| *at <= now)
-            .count();
-        if ready == 0 {
-            return false;
+        let mut any = false;
+        // In order: a write is reported only after every earlier one.
+        while n.durable.front().is_some_and(|(at, ..)| *at <= now) {
+            let Some((_, what, result)) = n.durable.pop_front() else {
+                break;
+            };
+            n.host.committed(what, result);
+            any = true;
         }
-        let done: Vec<_> = n.pending_persists.drain(..ready).collect();
-        for (_, id, doc, write) in done {
-            match write {
-                Write::Changes(bytes) => n.store.entry(doc).or_default().push(bytes),
-                Write::SyncState { peer, state } => {
-                    n.sync_states.insert((doc, peer), state);
-                }
-                Write::GateRecord { key, value } => {
-                    n.gate_records.entry(doc).or_default().push((key, value));
-                }
-            }
-            n.engine.set_now(now);
-            n.engine.persisted(id);
-        }
-        true
+        any
     }
 
     fn send(&mut self, from: usize, conn: ConnId, msg: Message) {
@@ -445,12 +505,12 @@ impl Sim {
         let next_persist = self
             .nodes
             .iter()
-            .filter_map(|n| n.pending_persists.first().map(|p| p.0))
+            .filter_map(|n| n.durable.front().map(|p| p.0))
             .min();
         let next_wake = self
             .nodes
             .iter_mut()
-            .filter_map(|n| n.engine.next_wakeup())
+            .filter_map(|n| n.host.next_wakeup())
             .min();
         [next_packet, next_persist, next_wake]
             .into_iter()
@@ -477,7 +537,7 @@ impl Sim {
             let next_wake = self
                 .nodes
                 .iter_mut()
-                .filter_map(|n| n.engine.next_wakeup())
+                .filter_map(|n| n.host.next_wakeup())
                 .min();
             let next = self.next_event();
             let Some(t) = next else { return true };
@@ -502,28 +562,21 @@ impl Sim {
                 self.delivered += 1;
                 self.delivered_bytes +=
                     weft_core::wire::frame(&p.msg, usize::MAX).map_or(0, |f| f.len() as u64);
-                let engine = &mut self.nodes[p.to].engine;
-                engine.set_now(self.now);
-                if engine.handle(p.conn, p.msg).is_err() {
+                let now = self.now;
+                if self.nodes[p.to].host.handle(now, p.conn, p.msg).is_err() {
                     // A misbehaving or stale message closes the link, as a real driver would.
-                    if let Some(l) = self
-                        .links
-                        .iter()
-                        .find(|l| l.conn_a == p.conn || l.conn_b == p.conn)
-                        .copied()
-                    {
-                        self.disconnect(l.a, l.b);
-                    }
+                    self.disconnect_conn(p.conn);
                 }
                 self.drain(p.to);
             } else if next_wake.is_some_and(|w| w <= self.now) {
                 for i in 0..self.nodes.len() {
                     if self.nodes[i]
-                        .engine
+                        .host
                         .next_wakeup()
                         .is_some_and(|w| w <= self.now)
                     {
-                        self.nodes[i].engine.tick(self.now);
+                        let now = self.now;
+                        self.nodes[i].host.tick(now);
                         self.drain(i);
                     }
                 }
@@ -553,21 +606,20 @@ impl Sim {
         // One bounded slice of `run_until_quiet`.
         let before = (self.delivered, self.now);
         self.run_until_quiet(1);
-        (self.delivered, self.now) != before
-            || self.nodes.iter().any(|n| !n.pending_persists.is_empty())
+        (self.delivered, self.now) != before || self.nodes.iter().any(|n| !n.durable.is_empty())
     }
 
     /// The heads of `doc` on `node` (loading it if needed).
     pub fn heads(&mut self, node: usize, doc: DocId) -> Vec<ChangeHash> {
         self.ensure_loaded(node, doc);
-        self.nodes[node].engine.heads(doc).unwrap_or_default()
+        self.nodes[node].host.heads(doc).unwrap_or_default()
     }
 
     /// The whole document as JSON on `node`.
     pub fn json(&mut self, node: usize, doc: DocId) -> serde_json::Value {
         self.ensure_loaded(node, doc);
         self.nodes[node]
-            .engine
+            .host
             .read(doc, |d| {
                 serde_json::to_value(weft_core::automerge::AutoSerde::from(d.automerge()))
             })
@@ -577,14 +629,20 @@ impl Sim {
 
     /// The document as reloaded from `node`'s durable store alone.
     pub fn stored_heads(&self, node: usize, doc: DocId) -> Vec<ChangeHash> {
-        let bytes: Vec<u8> = self.nodes[node]
-            .store
-            .get(&doc)
-            .map(|c| c.concat())
+        let mut h = host::load(self.nodes[node].store.as_ref(), doc)
+            .expect("stored chunks load")
+            .map(|l| l.doc.heads())
             .unwrap_or_default();
-        let mut h = Document::load(&bytes).expect("stored chunks load").heads();
         h.sort_unstable();
         h
+    }
+
+    /// Chunks `doc` takes in `node`'s store (compaction keeps it small).
+    pub fn stored_chunks(&self, node: usize, doc: DocId) -> usize {
+        self.nodes[node]
+            .store
+            .scan_keys(weft_core::store::Table::CHUNKS, doc.as_bytes())
+            .map_or(0, |k| k.len())
     }
 
     /// Packets waiting in the network.
@@ -612,7 +670,7 @@ impl Sim {
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (i, n.pending_persists.len()))
+            .map(|(i, n)| (i, n.durable.len()))
             .collect()
     }
 }

@@ -1,5 +1,6 @@
-//! Devices edit offline and across a faulty network; once the network heals, every device shows
-//! the same document.
+//! Devices edit offline and across a faulty network, with stores that fail writes and compact
+//! often; once the network heals, every device shows the same document, in memory and in its
+//! store.
 //!
 //! `WEFT_PROPTEST_CASES` raises the number of cases for long runs (default 200).
 
@@ -36,7 +37,8 @@ struct Scenario {
     docs: usize,
     /// Node 0 is a relay every device talks through (star), or every pair is linked (mesh).
     star: bool,
-    faults: (f64, f64, u64),
+    /// Loss, duplication, largest delay, store write failures.
+    faults: (f64, f64, u64, f64),
     persist_delay: u64,
     ops: Vec<Op>,
     seed: u64,
@@ -45,7 +47,9 @@ struct Scenario {
 fn scenario() -> impl Strategy<Value = Scenario> {
     (3usize..=7, 1usize..=2, any::<bool>(), 0u64..5, any::<u64>()).prop_flat_map(
         |(nodes, docs, star, pd, seed)| {
-            let faults = (0.0..0.3f64, 0.0..0.2f64, 0u64..50);
+            // Store failures in a third of the scenarios.
+            let store = prop_oneof![2 => Just(0.0), 1 => 0.0..0.05f64];
+            let faults = (0.0..0.3f64, 0.0..0.2f64, 0u64..50, store);
             (faults, proptest::collection::vec(op(nodes, docs), 1..60)).prop_map(
                 move |(faults, ops)| Scenario {
                     nodes,
@@ -88,6 +92,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         loss: s.faults.0,
         duplicate: s.faults.1,
         max_delay: s.faults.2,
+        store_failure: s.faults.3,
     };
     let mut n = 0;
     for op in &s.ops {
@@ -196,6 +201,91 @@ fn alice_and_bob_edit_offline_then_meet_through_a_relay() {
     );
 }
 
+#[test]
+fn stores_that_fail_writes_and_compact_often_still_converge() {
+    let doc = DocId::from_bytes([5; 16]);
+    let (mut failed, mut compacted) = (0, 0);
+    for seed in 0..10 {
+        let mut configs = vec![EngineConfig::relay()];
+        configs.extend((0..3).map(|_| EngineConfig::device()));
+        let mut sim = Sim::new(configs, vec![doc], seed);
+        sim.faults = Faults {
+            store_failure: 0.05,
+            ..Faults::default()
+        };
+        for d in 1..=3 {
+            sim.connect(0, d);
+        }
+        for i in 0..40 {
+            assert!(sim.edit(1 + i % 3, doc, &format!("e{i}")));
+            sim.run_for(5, 1_000);
+        }
+        sim.faults = Faults::default();
+        sim.heal_all();
+        assert!(sim.run_until_quiet(200_000), "seed {seed}: never quiet");
+        let heads = sim.heads(0, doc);
+        for n in 0..=3 {
+            assert_eq!(sim.heads(n, doc), heads, "seed {seed}: node {n} differs");
+            assert_eq!(
+                sim.stored_heads(n, doc),
+                heads,
+                "seed {seed}: node {n}'s store differs"
+            );
+        }
+        failed += sim.failed_writes;
+        // 40 changes, each its own chunk unless compacted.
+        compacted += u64::from(sim.stored_chunks(1, doc) < 10);
+    }
+    assert!(
+        failed > 0,
+        "no store write failed: the fault is not exercised"
+    );
+    assert!(
+        compacted > 0,
+        "no store was compacted: compaction is not exercised"
+    );
+}
+
+#[test]
+fn a_seed_replays_the_same_run() {
+    let replay = |seed: u64| {
+        let doc = DocId::from_bytes([6; 16]);
+        let mut configs = vec![EngineConfig::relay()];
+        configs.extend((0..3).map(|_| EngineConfig::device()));
+        let mut sim = Sim::new(configs, vec![doc], seed);
+        sim.faults = Faults {
+            loss: 0.1,
+            duplicate: 0.05,
+            max_delay: 20,
+            store_failure: 0.03,
+        };
+        sim.persist_delay = 2;
+        for d in 1..=3 {
+            sim.connect(0, d);
+        }
+        for i in 0..30 {
+            assert!(sim.edit(1 + i % 3, doc, &format!("e{i}")));
+            sim.run_for(7, 1_000);
+        }
+        sim.faults = Faults::default();
+        sim.heal_all();
+        assert!(sim.run_until_quiet(200_000));
+        (
+            sim.heads(0, doc),
+            sim.delivered,
+            sim.now(),
+            sim.failed_writes,
+        )
+    };
+    for seed in [3, 11] {
+        assert_eq!(
+            replay(seed),
+            replay(seed),
+            "seed {seed} ran differently twice"
+        );
+    }
+}
+
 fn shrink_iters() -> u32 {
     std::env::var("WEFT_PROPTEST_SHRINK")
         .ok()
@@ -210,7 +300,7 @@ fn regression_lossy_mesh_livelock() {
         nodes: 5,
         docs: 2,
         star: false,
-        faults: (0.22009614962150711, 0.0074182757103252225, 23),
+        faults: (0.22009614962150711, 0.0074182757103252225, 23, 0.0),
         persist_delay: 1,
         ops: vec![
             Op::Run { ms: 2548 },

@@ -176,7 +176,7 @@ fn rules_hold(sim: &mut Sim) -> Result<(), String> {
         return Err(format!("the kind became {kind}"));
     }
     let gate = sim.nodes[0]
-        .engine
+        .host
         .gate_mut()
         .and_then(|g| g.as_any_mut().downcast_mut::<RulesGate>())
         .ok_or("the relay has no gate")?;
@@ -207,10 +207,10 @@ proptest! {
         let mut configs = vec![EngineConfig::relay()];
         configs.extend((0..USERS.len()).map(|_| EngineConfig::device()));
         let mut sim = Sim::new(configs, vec![DOC], seed);
-        sim.faults = Faults { loss, duplicate: 0.05, max_delay: 30 };
+        sim.faults = Faults { loss, duplicate: 0.05, max_delay: 30, store_failure: 0.0 };
         let mut gate = RulesGate::new(std::sync::Arc::new(Kinds::builtin()));
         gate.set_owner(DOC, "alice");
-        sim.nodes[0].engine.set_gate(Box::new(gate));
+        sim.set_gate(0, Box::new(gate));
         for (i, u) in USERS.iter().enumerate() {
             sim.users.insert(i + 1, u.to_string());
         }

@@ -89,6 +89,13 @@ impl Host {
         self.engine.resync(doc, conn);
     }
 
+    /// Whether `doc` is materialized (loaded and not stale); a stale one is reloaded from the
+    /// store (a [`super::Action::Load`] follows).
+    pub fn materialize(&mut self, now: Millis, doc: DocId) -> bool {
+        self.engine.set_now(now);
+        self.engine.materialize(doc)
+    }
+
     /// Time passed: timers due by `now` fire.
     pub fn tick(&mut self, now: Millis) {
         self.engine.set_now(now);
@@ -142,6 +149,11 @@ impl Host {
     /// Bytes the loaded documents take, about.
     pub fn loaded_bytes(&self) -> u64 {
         self.engine.loaded_bytes()
+    }
+
+    /// Installs the gate the engine checks what peers send with (identities, write rules).
+    pub fn set_gate(&mut self, gate: Box<dyn Gate>) {
+        self.engine.set_gate(gate);
     }
 
     /// The engine's gate, to tell it what it needs (who is behind a connection, ...).
