@@ -5,32 +5,7 @@ mod common;
 
 use common::{Dev, Relay};
 
-const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-note   = { type = "string" }
-status = { type = "enum", values = ["pending", "funded", "shipped", "released", "refunded"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["funded"]
-to = "shipped"
-by = ["seller"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["shipped"]
-to = "released"
-by = ["buyer"]
-"#;
+const ESCROW: &str = include_str!("../../schema/tests/fixtures/escrow.toml");
 
 fn status(d: &Dev, doc: &str) -> String {
     let v: serde_json::Value =

@@ -19,20 +19,7 @@ use weft_core::DocId;
 use weft_relay::{CheckpointConfig, Checkpointer, Claims, DirtyDocs, Metrics};
 use weft_schema::rules::{record, Kinds};
 
-const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-note   = { type = "string" }
-status = { type = "enum", values = ["pending", "funded", "shipped", "released", "refunded"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-"#;
+const ESCROW: &str = include_str!("../../schema/tests/fixtures/escrow.toml");
 
 /// How long a test waits for a checkpoint to show in Postgres.
 const PATIENCE: Duration = Duration::from_secs(60);

@@ -18,31 +18,7 @@ use weft_schema::{Conversation, Id, NewConversation, NewMessage};
 
 const T: u64 = 1_700_000_000_000;
 
-const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-status = { type = "enum", values = ["pending", "funded", "shipped", "released", "refunded"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["funded"]
-to = "shipped"
-by = ["seller"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["shipped"]
-to = "released"
-by = ["buyer"]
-"#;
+const ESCROW: &str = include_str!("../../schema/tests/fixtures/escrow.toml");
 
 fn relay() -> (Relay, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

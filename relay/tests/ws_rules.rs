@@ -18,18 +18,7 @@ use weft_schema::{Conversation, Id, NewConversation, NewMessage};
 
 const T: u64 = 1_700_000_000_000;
 
-const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-status = { type = "enum", values = ["pending", "funded", "shipped"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-"#;
+const ESCROW: &str = include_str!("../../schema/tests/fixtures/escrow.toml");
 
 fn alice_claims() -> Claims {
     Claims::new("alice", now(), 3600).with_create(true)

@@ -672,27 +672,14 @@ fn profile() -> KindSpec {
 mod tests {
     use super::*;
 
-    const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-note   = { type = "string" }
-status = { type = "enum", values = ["pending", "funded", "shipped", "released", "refunded"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-"#;
+    const ESCROW: &str = include_str!("../../tests/fixtures/escrow.toml");
 
     #[test]
     fn the_contract_form_parses() {
         let kinds = Kinds::with_declared(ESCROW).unwrap();
         let escrow = kinds.get("escrow").unwrap();
         assert!(escrow.fields["buyer"].fixed);
-        assert_eq!(escrow.fields["status"].transitions.len(), 1);
+        assert_eq!(escrow.fields["status"].transitions.len(), 4);
         assert_eq!(
             escrow.fields["status"].transitions[0].by,
             vec![Who::Field("buyer".into())]

@@ -17,38 +17,7 @@ const BOB: ConnId = ConnId(2);
 const ADMIN: ConnId = ConnId(3);
 const T: u64 = 1_700_000_000_000;
 
-const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-note   = { type = "string" }
-status = { type = "enum", values = ["pending", "funded", "shipped", "released", "refunded"], initial = "pending" }
-
-[[escrow.transitions]]
-field = "status"
-from = ["pending"]
-to = "funded"
-by = ["buyer"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["funded"]
-to = "shipped"
-by = ["seller"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["shipped"]
-to = "released"
-by = ["buyer"]
-
-[[escrow.transitions]]
-field = "status"
-from = ["funded", "shipped"]
-to = "refunded"
-by = ["seller", "admin"]
-"#;
+const ESCROW: &str = include_str!("../../tests/fixtures/escrow.toml");
 
 /// The relay's view: its copy of the document, the gate, and each user's device (an actor of
 /// their own on a copy of the document).
