@@ -16,6 +16,8 @@ use automerge::sync::{self, SyncDoc};
 use automerge::ChangeHash;
 use bytes::Bytes;
 
+use super::docs::{knows, sorted};
+use super::peer::fresh_state;
 use super::*;
 use crate::check::{self, CheckError, CheckedChange, Limits};
 
