@@ -38,24 +38,26 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::hash::{HashMap, HashSet};
 
-use automerge::sync::{self, SyncDoc};
+use automerge::sync;
 use automerge::{Change, ChangeHash};
 use bytes::Bytes;
 
-use crate::doc::{DocError, Document};
+use crate::doc::Document;
 use crate::wire::Message;
 use crate::DocId;
 
 mod docs;
 mod fold;
 mod gate;
+mod inbound;
 mod peer;
 mod persist;
 mod receive;
+mod sync_path;
 mod timers;
 mod types;
 pub use gate::{Accepted, Gate};
-pub use receive::{check_message, Inbound};
+pub use inbound::{check_message, Inbound};
 pub use types::*;
 
 struct PeerDoc {
@@ -278,70 +280,6 @@ impl Engine {
         self.handle_inbound(conn, inbound)
     }
 
-    /// Handles a document message whose changes were checked already ([`check_message`], with
-    /// this engine's [`EngineConfig::limits`]): a driver may check large messages off its
-    /// event loop.
-    ///
-    /// An `Err` means the peer misbehaved for this document; the driver should close it.
-    pub fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) -> Result<(), EngineError> {
-        let doc = msg.doc();
-        self.touched.insert(doc);
-        let open = self
-            .conns
-            .get(&conn)
-            .ok_or(EngineError::UnknownConn(conn))?
-            .contains(&doc);
-        if !open {
-            return Err(EngineError::NotOpen { doc });
-        }
-        if matches!(msg, Inbound::Sync { .. }) {
-            self.shed_heavy(doc);
-        }
-        match self.docs.get_mut(&doc) {
-            Some(Slot::Loading(q)) => {
-                // Bounded: past the cap a message is dropped, which the protocol repairs (a
-                // missing change is asked for again once the document is loaded).
-                if q.len() < MAX_QUEUED_WHILE_LOADING {
-                    q.push(Queued::Msg(conn, msg));
-                }
-                return Ok(());
-            }
-            Some(Slot::Ready(ds)) if ds.stale && matches!(msg, Inbound::Sync { .. }) => {
-                // A sync round needs the materialized document.
-                if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
-                    ds.deferred.push(Deferred::Msg(conn, msg));
-                }
-                self.materialize_for(doc, "sync");
-                return Ok(());
-            }
-            Some(Slot::Ready(_)) => {}
-            None => return Err(EngineError::NotOpen { doc }),
-        }
-        let result = match msg {
-            Inbound::Sync {
-                reset,
-                msg,
-                changes,
-                ..
-            } => self.on_sync(conn, doc, reset, msg, changes),
-            Inbound::Changes { changes, .. } => self.on_changes(conn, doc, changes),
-            Inbound::Ack { heads, .. } => {
-                self.on_ack(conn, doc, heads);
-                Ok(())
-            }
-            Inbound::Refused { error, .. } => {
-                self.out.push_back(Output::Rejected {
-                    conn,
-                    doc,
-                    reason: Rejection::Limit(error),
-                });
-                Ok(())
-            }
-        };
-        self.after_input(doc);
-        result
-    }
-
     /// Makes a local change: runs `f` on the document, then persists and sends the new changes.
     /// Returns `f`'s result and the persist request the write is durable with (`None` when `f`
     /// changed nothing).
@@ -445,14 +383,6 @@ impl Engine {
             Some(Slot::Ready(ds)) => ds.persists.len(),
             _ => 0,
         }
-    }
-}
-
-fn advance_heads(heads: &mut Vec<ChangeHash>, change: &Change) {
-    heads.retain(|h| !change.deps().contains(h));
-    let hash = change.hash();
-    if let Err(at) = heads.binary_search(&hash) {
-        heads.insert(at, hash);
     }
 }
 

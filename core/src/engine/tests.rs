@@ -1,6 +1,7 @@
 //! Engine unit tests: two engines wired by hand.
 
 use super::*;
+use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, ROOT};
 
