@@ -25,7 +25,7 @@ impl Engine {
     }
 
     /// [`Engine::loaded`], with the records the gate asked to keep for the document (see
-    /// [`Accepted`]).
+    /// [`Accepted`](super::Accepted)).
     pub fn loaded_with(
         &mut self,
         doc: DocId,

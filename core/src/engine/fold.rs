@@ -233,7 +233,7 @@ impl Engine {
         }
     }
 
-    /// Whether the document is stale (see [`EngineConfig::lazy_fold`]).
+    /// Whether the document is stale (see [`EngineConfig::lazy_fold`](super::EngineConfig::lazy_fold)).
     pub fn is_stale(&self, doc: DocId) -> bool {
         matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.stale)
     }

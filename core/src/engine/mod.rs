@@ -33,6 +33,21 @@
 //! relay) a document whose peers are all live is not folded at all: durable received changes
 //! leave memory and the document goes *stale* (exact heads, an in-memory document lacking only
 //! stored changes) until something needs it materialized, which reloads it from the store.
+//!
+//! # Layout
+//!
+//! This file holds what the engine holds, from the [`Engine`] down to a document's slot and
+//! state, a peer's state per document and a write in flight, with the small public inputs and
+//! queries. What acts on each part has a file of its own:
+//!
+//! - `docs.rs`: a document's slot: loading, loaded, failed, created, forgotten, evicted.
+//! - `fold.rs`: received changes waiting in memory: folding, lazy folding, the reload.
+//! - `peer.rs`: a peer's state per document: sync rounds, the fast path, resync.
+//! - `persist.rs`: persist requests and their completion.
+//! - `timers.rs`: `tick`, `next_wakeup` and the timer index.
+//! - `inbound.rs` checks a peer's message; `receive.rs` routes it and runs the fast path;
+//!   `sync_path.rs` the sync path.
+//! - `gate.rs` the [`Gate`]; `types.rs` the public inputs, outputs, config and errors.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -60,51 +75,46 @@ pub use gate::{Accepted, Gate};
 pub use inbound::{check_message, Inbound};
 pub use types::*;
 
-struct PeerDoc {
-    sync: sync::State,
-    opts: OpenOptions,
-    /// Everything we have was sent to the peer on a stream it had our earlier heads on.
-    live: bool,
-    /// The next `Sync` we send tells the peer to reset its state too.
-    send_reset: bool,
-    /// The peer's heads as last confirmed (sync message or ack).
-    their_heads: Option<Vec<ChangeHash>>,
-    /// Whether we reported `Synced` for the current heads.
-    reported_synced: bool,
-    /// Last time the peer made progress (or we started waiting).
-    last_progress: Millis,
-    /// A sync exchange happened since the state was last persisted.
-    save_state: bool,
-    /// Consecutive sync messages that changed nothing on either side.
-    stalls: u32,
-    /// `Output::Unaccepted` was reported for this peer.
-    reported_unaccepted: bool,
+/// The sync engine. See the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    now: Millis,
+    docs: HashMap<DocId, Slot>,
+    conns: HashMap<ConnId, HashSet<DocId>>,
+    persist_doc: HashMap<PersistId, DocId>,
+    next_persist: u64,
+    out: VecDeque<Output>,
+    /// Connections that never go live (see [`Engine::set_sync_only`]).
+    sync_only: HashSet<ConnId>,
+    /// The timer index: when each document's timers next fall due (`deadlines`), the same
+    /// ordered by time (`timers`), and the documents whose deadline may have moved since the
+    /// index was brought up to date (`touched`). Invariant: after [`Engine::refresh_timers`],
+    /// `timers` holds `(doc_deadline(d), d)` for exactly the documents that have one, so
+    /// `next_wakeup` and `tick` cost O(due documents), not O(loaded documents).
+    touched: HashSet<DocId>,
+    deadlines: HashMap<DocId, Millis>,
+    timers: BTreeSet<(Millis, DocId)>,
+    /// Decides which of a peer's changes a document takes (see [`Gate`]).
+    gate: Option<Box<dyn Gate>>,
+}
+
+/// A document in memory: loading (inputs for it wait, bounded) or ready.
+enum Slot {
+    Loading(Vec<Queued>),
+    Ready(Box<DocState>),
+}
+
+/// An input that waits for its document to load.
+enum Queued {
+    Open(ConnId, OpenOptions),
+    Msg(ConnId, Inbound),
 }
 
 /// Messages kept per document while it loads.
 const MAX_QUEUED_WHILE_LOADING: usize = 1024;
 
-struct PendingPersist {
-    id: PersistId,
-    done: bool,
-    /// Heads once this write is durable.
-    heads_after: Vec<ChangeHash>,
-    effect: PersistEffect,
-    /// Received changes this write stores that wait in `pending` (fast path).
-    pending: Vec<ChangeHash>,
-}
-
-enum PersistEffect {
-    /// New changes to announce once durable.
-    Changes {
-        origin: Origin,
-        raw: Vec<Bytes>,
-        via_fast_path: bool,
-    },
-    /// Nothing to do on completion.
-    None,
-}
-
+/// A loaded document: its Automerge document, the received changes not yet folded into it,
+/// its peers and its writes in flight.
 struct DocState {
     doc: Document,
     /// Received changes not yet folded into `doc`, in causal order.
@@ -150,37 +160,49 @@ enum Deferred {
 /// a peer then costs a resync, which reloads the document).
 const MAX_RECENT: usize = 8192;
 
-enum Slot {
-    Loading(Vec<Queued>),
-    Ready(Box<DocState>),
+/// A peer's state for one document: its sync state, its mode (sync or live) and progress.
+struct PeerDoc {
+    sync: sync::State,
+    opts: OpenOptions,
+    /// Everything we have was sent to the peer on a stream it had our earlier heads on.
+    live: bool,
+    /// The next `Sync` we send tells the peer to reset its state too.
+    send_reset: bool,
+    /// The peer's heads as last confirmed (sync message or ack).
+    their_heads: Option<Vec<ChangeHash>>,
+    /// Whether we reported `Synced` for the current heads.
+    reported_synced: bool,
+    /// Last time the peer made progress (or we started waiting).
+    last_progress: Millis,
+    /// A sync exchange happened since the state was last persisted.
+    save_state: bool,
+    /// Consecutive sync messages that changed nothing on either side.
+    stalls: u32,
+    /// `Output::Unaccepted` was reported for this peer.
+    reported_unaccepted: bool,
 }
 
-enum Queued {
-    Open(ConnId, OpenOptions),
-    Msg(ConnId, Inbound),
+/// A write of the document in flight, until the driver reports it durable.
+struct PendingPersist {
+    id: PersistId,
+    done: bool,
+    /// Heads once this write is durable.
+    heads_after: Vec<ChangeHash>,
+    effect: PersistEffect,
+    /// Received changes this write stores that wait in `pending` (fast path).
+    pending: Vec<ChangeHash>,
 }
 
-/// The sync engine. See the module docs.
-pub struct Engine {
-    cfg: EngineConfig,
-    now: Millis,
-    docs: HashMap<DocId, Slot>,
-    conns: HashMap<ConnId, HashSet<DocId>>,
-    persist_doc: HashMap<PersistId, DocId>,
-    next_persist: u64,
-    out: VecDeque<Output>,
-    /// Connections that never go live (see [`Engine::set_sync_only`]).
-    sync_only: HashSet<ConnId>,
-    /// The timer index: when each document's timers next fall due (`deadlines`), the same
-    /// ordered by time (`timers`), and the documents whose deadline may have moved since the
-    /// index was brought up to date (`touched`). Invariant: after [`Engine::refresh_timers`],
-    /// `timers` holds `(doc_deadline(d), d)` for exactly the documents that have one, so
-    /// `next_wakeup` and `tick` cost O(due documents), not O(loaded documents).
-    touched: HashSet<DocId>,
-    deadlines: HashMap<DocId, Millis>,
-    timers: BTreeSet<(Millis, DocId)>,
-    /// Decides which of a peer's changes a document takes (see [`Gate`]).
-    gate: Option<Box<dyn Gate>>,
+/// What a write does once it and every write before it are durable.
+enum PersistEffect {
+    /// New changes to announce once durable.
+    Changes {
+        origin: Origin,
+        raw: Vec<Bytes>,
+        via_fast_path: bool,
+    },
+    /// Nothing to do on completion.
+    None,
 }
 
 impl Engine {

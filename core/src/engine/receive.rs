@@ -20,9 +20,10 @@ use crate::hash::HashSet;
 use crate::DocId;
 
 impl Engine {
-    /// Handles a document message whose changes were checked already ([`check_message`], with
-    /// this engine's [`EngineConfig::limits`]): a driver may check large messages off its
-    /// event loop.
+    /// Handles a document message whose changes were checked already
+    /// ([`check_message`](super::check_message), with this engine's
+    /// [`EngineConfig::limits`](super::EngineConfig::limits)): a driver may check large messages
+    /// off its event loop.
     ///
     /// An `Err` means the peer misbehaved for this document; the driver should close it.
     pub fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) -> Result<(), EngineError> {
@@ -121,32 +122,12 @@ impl Engine {
             return Ok(());
         };
         ds.last_used = now;
-        let mut new = Vec::new();
-        let mut batch_hashes = HashSet::default();
-        let mut missing = false;
-        for c in parsed {
-            let hash = c.change.hash();
-            if knows(ds, &hash) || batch_hashes.contains(&hash) {
-                continue;
-            }
-            if !c
-                .change
-                .deps()
-                .iter()
-                .all(|d| knows(ds, d) || batch_hashes.contains(d))
-            {
-                missing = true;
-                break;
-            }
-            batch_hashes.insert(hash);
-            new.push(c);
-        }
-        if missing {
+        let Some(new) = new_changes(ds, parsed) else {
             // Something was lost or reordered on the way: fall back to a sync round, which
             // brings these changes and whatever they depend on.
             self.resync(doc, conn);
             return Ok(());
-        }
+        };
         if new.is_empty() {
             // Duplicates only: the peer still deserves an ack so it knows we have them.
             let heads = ds.durable_heads.clone();
@@ -160,15 +141,7 @@ impl Engine {
             self.out.push_back(Output::Rejected { conn, doc, reason });
             return Ok(());
         }
-        let checked_here = self.gate.as_ref().is_some_and(|g| g.checks(conn));
-        let mut gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
-        if !checked_here {
-            if let Some(g) = self.gate.as_mut() {
-                for c in &gated.accepted {
-                    g.observe(doc, &c.change, Some(conn));
-                }
-            }
-        }
+        let mut gated = gate_and_observe(self.gate.as_deref_mut(), doc, conn, ds, new);
         let refusal = gated.refusal.take().map(Rejection::Rule);
         let new = std::mem::take(&mut gated.accepted);
         for (key, value) in std::mem::take(&mut gated.records) {
@@ -180,8 +153,16 @@ impl Engine {
         if new.is_empty() {
             return Ok(());
         }
+        self.store_fast_path(conn, doc, new);
+        Ok(())
+    }
+
+    /// Accepted fast-path changes: the sender's heads advance with them, and they wait in
+    /// memory (`pending`) to be folded while they are persisted.
+    fn store_fast_path(&mut self, conn: ConnId, doc: DocId, new: Vec<CheckedChange>) {
+        let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Ok(());
+            return;
         };
         if let Some(pd) = ds.peers.get_mut(&conn) {
             // The sender has what it sent: its heads advance like ours.
@@ -210,7 +191,6 @@ impl Engine {
                 p.pending = hashes;
             }
         }
-        Ok(())
     }
 }
 
@@ -224,6 +204,30 @@ pub(super) fn over_doc_bytes<C: std::borrow::Borrow<CheckedChange>>(
     (stored.saturating_add(adding) > max).then_some(Rejection::DocumentFull { limit: max })
 }
 
+/// The changes of a fast-path message new to the document, in the order sent; `None` when one
+/// depends on a change that neither the document nor the message holds.
+fn new_changes(ds: &DocState, parsed: Vec<CheckedChange>) -> Option<Vec<CheckedChange>> {
+    let mut new = Vec::new();
+    let mut batch_hashes = HashSet::default();
+    for c in parsed {
+        let hash = c.change.hash();
+        if knows(ds, &hash) || batch_hashes.contains(&hash) {
+            continue;
+        }
+        if !c
+            .change
+            .deps()
+            .iter()
+            .all(|d| knows(ds, d) || batch_hashes.contains(d))
+        {
+            return None;
+        }
+        batch_hashes.insert(hash);
+        new.push(c);
+    }
+    Some(new)
+}
+
 /// What a gate made of a peer's new changes.
 #[derive(Default)]
 pub(super) struct Gated {
@@ -233,6 +237,27 @@ pub(super) struct Gated {
     pub(super) records: Vec<(Vec<u8>, Vec<u8>)>,
     /// The first refusal, if any.
     pub(super) refusal: Option<String>,
+}
+
+/// [`gate_changes`], then a gate that does not check `conn` is shown the changes accepted
+/// from it, so that it still follows every change that enters the document.
+pub(super) fn gate_and_observe(
+    mut gate: Option<&mut (dyn Gate + 'static)>,
+    doc: DocId,
+    conn: ConnId,
+    ds: &DocState,
+    new: Vec<CheckedChange>,
+) -> Gated {
+    let checked_here = gate.as_ref().is_some_and(|g| g.checks(conn));
+    let gated = gate_changes(gate.as_deref_mut(), doc, conn, ds, new);
+    if !checked_here {
+        if let Some(g) = gate {
+            for c in &gated.accepted {
+                g.observe(doc, &c.change, Some(conn));
+            }
+        }
+    }
+    gated
 }
 
 /// Runs `gate` over `new` (changes from `conn` new to the document). Without a gate, or for a

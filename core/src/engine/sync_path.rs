@@ -2,16 +2,18 @@
 //! sync protocol with that peer.
 //!
 //! With lazy folding (the relay), received changes with at least
-//! [`EngineConfig::inline_apply_ops`](super::EngineConfig::inline_apply_ops) operations are never applied here: they are stored and
-//! forwarded like fast-path changes, the document goes stale, and the rest of the sync message
-//! runs once a reload (which the driver runs off its thread) has applied them.
+//! [`EngineConfig::inline_apply_ops`](super::EngineConfig::inline_apply_ops) operations are
+//! never applied here: they are stored and forwarded like fast-path changes, the document goes
+//! stale, and the rest of the sync message runs once a reload (which the driver runs off its
+//! thread) has applied them.
 
 use automerge::sync::{self, SyncDoc};
+use automerge::ChangeHash;
 use bytes::Bytes;
 
 use super::docs::{knows, sorted};
 use super::peer::fresh_state;
-use super::receive::{advance_heads, gate_changes, over_doc_bytes, Gated};
+use super::receive::{advance_heads, gate_and_observe, gate_changes, over_doc_bytes, Gated};
 use super::{
     raw_of, ConnId, Deferred, Engine, EngineError, Origin, Output, PersistEffect, Rejection, Slot,
     Write, MAX_QUEUED_WHILE_LOADING,
@@ -107,15 +109,7 @@ impl Engine {
                 }
                 return Ok(());
             }
-            let checked_here = self.gate.as_ref().is_some_and(|g| g.checks(conn));
-            let mut gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
-            if !checked_here {
-                if let Some(g) = self.gate.as_mut() {
-                    for c in &gated.accepted {
-                        g.observe(doc, &c.change, Some(conn));
-                    }
-                }
-            }
+            let mut gated = gate_and_observe(self.gate.as_deref_mut(), doc, conn, ds, new);
             if let Some(reason) = gated.refusal.take() {
                 self.out.push_back(Output::Rejected {
                     conn,
@@ -126,32 +120,7 @@ impl Engine {
             for (key, value) in std::mem::take(&mut gated.records) {
                 self.record(doc, key, value);
             }
-            let new = gated.accepted;
-            let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-                return Ok(());
-            };
-            let mut raw = Vec::with_capacity(new.len());
-            let mut hashes = Vec::with_capacity(new.len());
-            for CheckedChange { change, raw: bytes } in new {
-                raw.push(bytes);
-                // Heads move only for changes whose dependencies are here; the others wait in
-                // the store, as Automerge would hold them back, until the reload.
-                if change.deps().iter().all(|d| knows(ds, d)) {
-                    advance_heads(&mut ds.heads, &change);
-                }
-                let hash = change.hash();
-                ds.pending_hashes.insert(hash);
-                hashes.push(hash);
-                ds.pending.push(change);
-            }
-            ds.pending_since.get_or_insert(now);
-            ds.stale = true;
-            self.persist_changes(doc, Origin::Remote(conn), raw, false);
-            if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-                if let Some(p) = ds.persists.back_mut() {
-                    p.pending = hashes;
-                }
-            }
+            self.store_unapplied(conn, doc, gated.accepted);
         }
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Ok(());
@@ -164,13 +133,44 @@ impl Engine {
         Ok(())
     }
 
+    /// Accepted changes too heavy to apply here wait in memory like fast-path changes while
+    /// they are persisted, and the document goes stale: the reload applies them.
+    fn store_unapplied(&mut self, conn: ConnId, doc: DocId, new: Vec<CheckedChange>) {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let mut raw = Vec::with_capacity(new.len());
+        let mut hashes = Vec::with_capacity(new.len());
+        for CheckedChange { change, raw: bytes } in new {
+            raw.push(bytes);
+            // Heads move only for changes whose dependencies are here; the others wait in
+            // the store, as Automerge would hold them back, until the reload.
+            if change.deps().iter().all(|d| knows(ds, d)) {
+                advance_heads(&mut ds.heads, &change);
+            }
+            let hash = change.hash();
+            ds.pending_hashes.insert(hash);
+            hashes.push(hash);
+            ds.pending.push(change);
+        }
+        ds.pending_since.get_or_insert(now);
+        ds.stale = true;
+        self.persist_changes(doc, Origin::Remote(conn), raw, false);
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Some(p) = ds.persists.back_mut() {
+                p.pending = hashes;
+            }
+        }
+    }
+
     /// One round of the sync protocol with `conn`: `checked` are the message's changes.
     fn sync_round(
         &mut self,
         conn: ConnId,
         doc: DocId,
         reset: bool,
-        mut msg: Box<sync::Message>,
+        msg: Box<sync::Message>,
         checked: Vec<CheckedChange>,
         carried_changes: bool,
     ) -> Result<(), EngineError> {
@@ -227,8 +227,33 @@ impl Engine {
         for (key, value) in std::mem::take(&mut gated.records) {
             self.record(doc, key, value);
         }
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+        let Some(before) = self.receive_round(conn, doc, reset, msg, to_apply, carried_changes)?
+        else {
             return Ok(());
+        };
+        if let Some(reason) = rejected {
+            self.out.push_back(Output::Rejected { conn, doc, reason });
+        }
+        self.store_round(conn, doc, &before, chunk_bytes);
+        self.pump(doc, conn);
+        Ok(())
+    }
+
+    /// Automerge receives the message with the changes it may take (`to_apply`); the peer's
+    /// progress (or a stall) is recorded. Returns the document's heads from before, `None` when
+    /// the document is not in memory.
+    fn receive_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        mut msg: Box<sync::Message>,
+        to_apply: Vec<CheckedChange>,
+        carried_changes: bool,
+    ) -> Result<Option<Vec<ChangeHash>>, EngineError> {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(None);
         };
         let Some(pd) = ds.peers.get_mut(&conn) else {
             return Err(EngineError::NotOpen { doc });
@@ -266,11 +291,21 @@ impl Engine {
             pd.reported_unaccepted = true;
             self.out.push_back(Output::Unaccepted { conn, doc });
         }
-        if let Some(reason) = rejected {
-            self.out.push_back(Output::Rejected { conn, doc, reason });
-        }
+        Ok(Some(before))
+    }
+
+    /// What the round brought is stored: `chunk_bytes`, the accepted changes as they arrived,
+    /// and, when the document's heads moved, what entered it since `before`, to forward to
+    /// live peers once durable.
+    fn store_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        before: &[ChangeHash],
+        chunk_bytes: Vec<u8>,
+    ) {
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return Ok(());
+            return;
         };
         let heads = ds.doc.heads();
         if heads != ds.heads {
@@ -284,7 +319,7 @@ impl Engine {
                 .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
             let unchecked = self.gate.as_ref().is_some_and(|g| !g.checks(conn));
             let entered = if forward || unchecked {
-                ds.doc.changes_since(&before)
+                ds.doc.changes_since(before)
             } else {
                 Vec::new()
             };
@@ -312,7 +347,5 @@ impl Engine {
         } else if !chunk_bytes.is_empty() {
             self.persist_write(doc, Write::Changes(chunk_bytes), PersistEffect::None);
         }
-        self.pump(doc, conn);
-        Ok(())
     }
 }
