@@ -13,6 +13,8 @@ use crate::hash::HashSet;
 use crate::DocId;
 
 impl Engine {
+    /// After an input, pending received changes leave memory at once when folding is not
+    /// delayed or a batch is full.
     pub(super) fn after_input(&mut self, doc: DocId) {
         let due = match self.docs.get(&doc) {
             Some(Slot::Ready(ds)) => {
@@ -233,7 +235,8 @@ impl Engine {
         }
     }
 
-    /// Whether the document is stale (see [`EngineConfig::lazy_fold`](super::EngineConfig::lazy_fold)).
+    /// Whether the document is stale (see
+    /// [`EngineConfig::lazy_fold`](super::EngineConfig::lazy_fold)).
     pub fn is_stale(&self, doc: DocId) -> bool {
         matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.stale)
     }
