@@ -16,7 +16,7 @@
 
 use automerge::Change;
 
-use super::ConnId;
+use super::types::ConnId;
 use crate::{DocId, Document};
 
 /// A gate's verdict on an accepted change: records it wants kept with the document (written

@@ -1,0 +1,351 @@
+//! The sync path: the changes inside a peer's `Sync` message, and one round of Automerge's
+//! sync protocol with that peer.
+//!
+//! With lazy folding (the relay), received changes with at least
+//! [`EngineConfig::inline_apply_ops`](super::EngineConfig::inline_apply_ops) operations are
+//! never applied here: they are stored and forwarded like fast-path changes, the document goes
+//! stale, and the rest of the sync message runs once a reload (which the driver runs off its
+//! thread) has applied them.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::ChangeHash;
+use bytes::Bytes;
+
+use super::docs::{knows, sorted};
+use super::peer::fresh_state;
+use super::receive::{advance_heads, gate_and_observe, gate_changes, over_doc_bytes, Gated};
+use super::{
+    raw_of, ConnId, Deferred, Engine, EngineError, Origin, Output, PersistEffect, Rejection, Slot,
+    Write, MAX_QUEUED_WHILE_LOADING,
+};
+use crate::check::CheckedChange;
+use crate::doc::DocError;
+use crate::hash::HashSet;
+use crate::DocId;
+
+impl Engine {
+    pub(super) fn on_sync(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
+    ) -> Result<(), EngineError> {
+        if self.cfg.lazy_fold
+            && checked.iter().map(CheckedChange::ops).sum::<usize>() >= self.cfg.inline_apply_ops
+        {
+            return self.on_heavy_sync(conn, doc, reset, msg, checked);
+        }
+        let carried = !checked.is_empty();
+        self.sync_round(conn, doc, reset, msg, checked, carried)
+    }
+
+    /// Runs the rest of a sync message whose changes [`Self::on_heavy_sync`] stored without
+    /// applying, once the reload has applied them.
+    pub(super) fn sync_after_reload(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: sync::Message,
+    ) -> Result<(), EngineError> {
+        self.sync_round(conn, doc, reset, Box::new(msg), Vec::new(), true)?;
+        // Told nothing new, Automerge takes equal heads for "we already said so" and would
+        // never answer: the sender still waits to hear that its changes arrived.
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Some(pd) = ds.peers.get_mut(&conn) {
+                pd.sync.last_sent_heads.clear();
+            }
+        }
+        self.pump(doc, conn);
+        Ok(())
+    }
+
+    /// A sync message whose changes hold too many operations to apply on the driver's thread:
+    /// they are handled like fast-path changes (refused, or stored and forwarded once durable),
+    /// the document goes stale, and the rest of the message waits for the reload that applies
+    /// them off the driver's thread.
+    fn on_heavy_sync(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
+    ) -> Result<(), EngineError> {
+        let now = self.now;
+        let max_doc_bytes = self.cfg.max_doc_bytes;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        ds.last_used = now;
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        pd.last_progress = now;
+        pd.live = false;
+        let accepts = pd.opts.accept_changes;
+        let mut seen = HashSet::default();
+        let new: Vec<CheckedChange> = checked
+            .into_iter()
+            .filter(|c| {
+                let h = c.change.hash();
+                !knows(ds, &h) && seen.insert(h)
+            })
+            .collect();
+        if !new.is_empty() {
+            let reason = if !accepts {
+                Some(Rejection::ReadOnly)
+            } else {
+                over_doc_bytes(ds.stored_bytes, &new, max_doc_bytes)
+            };
+            if let Some(reason) = reason {
+                // Nothing stored; the rest of the message is an ordinary sync round.
+                let read_only = reason == Rejection::ReadOnly;
+                self.out.push_back(Output::Rejected { conn, doc, reason });
+                if read_only {
+                    return self.sync_round(conn, doc, reset, msg, Vec::new(), true);
+                }
+                return Ok(());
+            }
+            let mut gated = gate_and_observe(self.gate.as_deref_mut(), doc, conn, ds, new);
+            if let Some(reason) = gated.refusal.take() {
+                self.out.push_back(Output::Rejected {
+                    conn,
+                    doc,
+                    reason: Rejection::Rule(reason),
+                });
+            }
+            for (key, value) in std::mem::take(&mut gated.records) {
+                self.record(doc, key, value);
+            }
+            self.store_unapplied(conn, doc, gated.accepted);
+        }
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        if ds.deferred.len() < MAX_QUEUED_WHILE_LOADING {
+            ds.deferred
+                .push(Deferred::SyncAfterReload(conn, reset, msg));
+        }
+        self.materialize_for(doc, "large changes");
+        Ok(())
+    }
+
+    /// Accepted changes too heavy to apply here wait in memory like fast-path changes while
+    /// they are persisted, and the document goes stale: the reload applies them.
+    fn store_unapplied(&mut self, conn: ConnId, doc: DocId, new: Vec<CheckedChange>) {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let mut raw = Vec::with_capacity(new.len());
+        let mut hashes = Vec::with_capacity(new.len());
+        for CheckedChange { change, raw: bytes } in new {
+            raw.push(bytes);
+            // Heads move only for changes whose dependencies are here; the others wait in
+            // the store, as Automerge would hold them back, until the reload.
+            if change.deps().iter().all(|d| knows(ds, d)) {
+                advance_heads(&mut ds.heads, &change);
+            }
+            let hash = change.hash();
+            ds.pending_hashes.insert(hash);
+            hashes.push(hash);
+            ds.pending.push(change);
+        }
+        ds.pending_since.get_or_insert(now);
+        ds.stale = true;
+        self.persist_changes(doc, Origin::Remote(conn), raw, false);
+        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+            if let Some(p) = ds.persists.back_mut() {
+                p.pending = hashes;
+            }
+        }
+    }
+
+    /// One round of the sync protocol with `conn`: `checked` are the message's changes.
+    fn sync_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        msg: Box<sync::Message>,
+        checked: Vec<CheckedChange>,
+        carried_changes: bool,
+    ) -> Result<(), EngineError> {
+        let now = self.now;
+        self.fold(doc)?;
+        let max_doc_bytes = self.cfg.max_doc_bytes;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(());
+        };
+        ds.last_used = now;
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        if reset {
+            pd.sync = fresh_state(&pd.sync);
+        }
+        pd.live = false;
+        pd.save_state = true;
+        let accepts = pd.opts.accept_changes;
+        // Automerge is handed every change it may take (the canonical bytes, not the received
+        // ones), repeats included: whether a message carried changes steers its protocol. Only
+        // what is new to us, and accepted, is stored.
+        let mut seen = HashSet::default();
+        let (known, new): (Vec<CheckedChange>, Vec<CheckedChange>) = checked
+            .into_iter()
+            .filter(|c| seen.insert(c.change.hash()))
+            .partition(|c| ds.doc.has_change(&c.change.hash()));
+        let mut rejected = None;
+        let mut to_apply = known;
+        let mut gated = Gated::default();
+        if !new.is_empty() {
+            if !accepts {
+                // Automerge applies nothing for a read-only state; nothing is stored either.
+                rejected = Some(Rejection::ReadOnly);
+                to_apply.extend(new);
+            } else if let Some(r) = over_doc_bytes(ds.stored_bytes, &new, max_doc_bytes) {
+                self.out.push_back(Output::Rejected {
+                    conn,
+                    doc,
+                    reason: r,
+                });
+                return Ok(());
+            } else {
+                gated = gate_changes(self.gate.as_deref_mut(), doc, conn, ds, new);
+                rejected = gated.refusal.take().map(Rejection::Rule);
+                to_apply.extend(gated.accepted.iter().cloned());
+            }
+        }
+        let chunk_bytes: Vec<u8> = gated
+            .accepted
+            .iter()
+            .flat_map(|c| c.raw.iter().copied())
+            .collect();
+        for (key, value) in std::mem::take(&mut gated.records) {
+            self.record(doc, key, value);
+        }
+        let Some(before) = self.receive_round(conn, doc, reset, msg, to_apply, carried_changes)?
+        else {
+            return Ok(());
+        };
+        if let Some(reason) = rejected {
+            self.out.push_back(Output::Rejected { conn, doc, reason });
+        }
+        self.store_round(conn, doc, &before, chunk_bytes);
+        self.pump(doc, conn);
+        Ok(())
+    }
+
+    /// Automerge receives the message with the changes it may take (`to_apply`); the peer's
+    /// progress (or a stall) is recorded. Returns the document's heads from before, `None` when
+    /// the document is not in memory.
+    fn receive_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        reset: bool,
+        mut msg: Box<sync::Message>,
+        to_apply: Vec<CheckedChange>,
+        carried_changes: bool,
+    ) -> Result<Option<Vec<ChangeHash>>, EngineError> {
+        let now = self.now;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Ok(None);
+        };
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Err(EngineError::NotOpen { doc });
+        };
+        msg.changes = to_apply
+            .iter()
+            .map(|c| c.raw.to_vec())
+            .collect::<Vec<Vec<u8>>>()
+            .into();
+        let before = ds.doc.automerge().get_heads();
+        ds.doc
+            .automerge_mut()
+            .receive_sync_message(&mut pd.sync, *msg)
+            .map_err(|source| {
+                EngineError::Doc(DocError::Apply {
+                    source: Box::new(source),
+                })
+            })?;
+        let their_heads = pd.sync.their_heads.clone().map(sorted);
+        if carried_changes || their_heads != pd.their_heads || reset {
+            pd.last_progress = now;
+            pd.stalls = 0;
+        } else {
+            pd.stalls += 1;
+        }
+        pd.their_heads = their_heads;
+        // A peer that takes nothing from us (read-only for us) and whose heads we all hold
+        // while ours differ will never converge with us: the driver decides what to do.
+        let unaccepted = !pd.reported_unaccepted
+            && pd.sync.is_peer_read_only()
+            && pd.their_heads.as_ref().is_some_and(|theirs| {
+                theirs.iter().all(|h| ds.doc.has_change(h)) && *theirs != sorted(ds.doc.heads())
+            });
+        if unaccepted {
+            pd.reported_unaccepted = true;
+            self.out.push_back(Output::Unaccepted { conn, doc });
+        }
+        Ok(Some(before))
+    }
+
+    /// What the round brought is stored: `chunk_bytes`, the accepted changes as they arrived,
+    /// and, when the document's heads moved, what entered it since `before`, to forward to
+    /// live peers once durable.
+    fn store_round(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        before: &[ChangeHash],
+        chunk_bytes: Vec<u8>,
+    ) {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let heads = ds.doc.heads();
+        if heads != ds.heads {
+            ds.heads = heads;
+            // Individual changes are needed only to forward them to live peers, and to show a
+            // gate what entered the document unchecked (Automerge may have released changes it
+            // held back).
+            let forward = ds
+                .peers
+                .iter()
+                .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
+            let unchecked = self.gate.as_ref().is_some_and(|g| !g.checks(conn));
+            let entered = if forward || unchecked {
+                ds.doc.changes_since(before)
+            } else {
+                Vec::new()
+            };
+            if unchecked {
+                if let Some(g) = self.gate.as_mut() {
+                    for c in &entered {
+                        g.observe(doc, c, Some(conn));
+                    }
+                }
+            }
+            let raw: Vec<Bytes> = if forward {
+                entered.iter().map(|c| raw_of(c, None)).collect()
+            } else {
+                Vec::new()
+            };
+            let effect = PersistEffect::Changes {
+                origin: Origin::Remote(conn),
+                raw,
+                via_fast_path: false,
+            };
+            // The checked changes are stored as they arrive, including changes Automerge holds
+            // back until their dependencies arrive: extracting the new changes back out of the
+            // document would cost milliseconds per thousand changes.
+            self.persist_write(doc, Write::Changes(chunk_bytes), effect);
+        } else if !chunk_bytes.is_empty() {
+            self.persist_write(doc, Write::Changes(chunk_bytes), PersistEffect::None);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Lazy folding: a stale document reloaded for a peer in sync mode, a large change applied by
+//! the reload.
+
+use super::*;
+
+/// A relay engine with lazy folding: while its only peer is live, received changes leave
+/// memory once durable (the document goes stale); a new peer in sync mode makes it reload the
+/// document from the store, and that peer receives every change.
+#[test]
+fn a_stale_relay_document_reloads_for_a_peer_in_sync_mode() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    dev.create(DOC, doc_with_actor(1));
+    let mut store: Vec<u8> = Vec::new();
+    // Runs the relay's outputs: persists land in `store` at once, loads read it.
+    fn run_relay(relay: &mut Engine, store: &mut Vec<u8>) -> Vec<(ConnId, Message)> {
+        let mut sends = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(o) = relay.poll_output() {
+                progressed = true;
+                match o {
+                    Output::Send { conn, msg } => sends.push((conn, msg)),
+                    Output::Persist { id, write, .. } => {
+                        if let Write::Changes(bytes) = write {
+                            store.extend_from_slice(&bytes);
+                        }
+                        relay.persisted(id);
+                    }
+                    Output::Load { doc } => {
+                        let d = (!store.is_empty()).then(|| Document::load(store).unwrap());
+                        relay.loaded(doc, d);
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                return sends;
+            }
+        }
+    }
+    relay.load(DOC);
+    run_relay(&mut relay, &mut store);
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    for i in 0..700 {
+        if i % 50 == 0 || i < 3 {
+            // Let the two sync (and go live).
+            for _ in 0..10 {
+                let to_relay = drain(&mut dev);
+                for (_, m) in to_relay {
+                    relay.handle(ConnId(2), m).unwrap();
+                }
+                let to_dev = run_relay(&mut relay, &mut store);
+                if to_dev.is_empty() {
+                    break;
+                }
+                for (_, m) in to_dev {
+                    dev.handle(ConnId(1), m).unwrap();
+                }
+            }
+        }
+        write(&mut dev, &format!("k{i}"));
+    }
+    for _ in 0..10 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in run_relay(&mut relay, &mut store) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert!(
+        relay.is_stale(DOC),
+        "700 fast-path changes with a live peer leave the document stale"
+    );
+    assert_eq!(relay.heads(DOC), dev.heads(DOC));
+    // A second device arrives empty: a sync round needs the materialized document.
+    let mut late = Engine::new(EngineConfig::device());
+    late.create(DOC, doc_with_actor(3));
+    late.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(3), DOC, OpenOptions::default());
+    for _ in 0..50 {
+        let mut quiet = true;
+        for (_, m) in drain(&mut late) {
+            quiet = false;
+            relay.handle(ConnId(3), m).unwrap();
+        }
+        for (c, m) in run_relay(&mut relay, &mut store) {
+            quiet = false;
+            if c == ConnId(3) {
+                late.handle(ConnId(1), m).unwrap();
+            }
+        }
+        if quiet {
+            break;
+        }
+    }
+    assert!(!relay.is_stale(DOC), "the sync round reloaded the document");
+    assert_eq!(late.heads(DOC), dev.heads(DOC));
+}
+
+/// A change with more operations than the relay applies on its own thread is stored and
+/// forwarded, then applied by the reload (which drivers run elsewhere), never folded in place;
+/// the sender still hears that the relay has it.
+#[test]
+fn a_large_change_is_applied_by_a_reload_not_in_place() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.cfg.inline_apply_ops = 50;
+    dev.create(DOC, doc_with_actor(1));
+    relay.create(DOC, doc_with_actor(2));
+    relay.set_sync_only(ConnId(2));
+    // An automerge-repo client: sync messages only.
+    dev.set_sync_only(ConnId(1));
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    let mut store: Vec<u8> = Vec::new();
+    // Let the two meet over the empty document.
+    for _ in 0..5 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut relay) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    let (_, id) = dev
+        .change(DOC, |am| {
+            let mut tx = am.transaction();
+            let t = tx
+                .put_object(ROOT, "essay", automerge::ObjType::Text)
+                .unwrap();
+            tx.splice_text(&t, 0, 0, &"x".repeat(200)).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    dev.persisted(id.unwrap());
+    let big = dev.heads(DOC).unwrap();
+    let mut persisted = Vec::new();
+    for (_, m) in drain(&mut dev) {
+        relay.handle(ConnId(2), m).unwrap();
+    }
+    assert!(relay.is_stale(DOC), "the large change waits for a reload");
+    assert_eq!(relay.heads(DOC).unwrap(), big);
+    while let Some(o) = relay.poll_output() {
+        match o {
+            Output::Persist { id, write, .. } => {
+                if let Write::Changes(bytes) = write {
+                    store.extend_from_slice(&bytes);
+                }
+                persisted.push(id);
+            }
+            Output::Load { .. } => panic!("reloaded before the large change was durable"),
+            _ => {}
+        }
+    }
+    assert!(!persisted.is_empty());
+    for id in persisted {
+        relay.persisted(id);
+    }
+    let mut loads = 0;
+    let mut to_dev = Vec::new();
+    while let Some(o) = relay.poll_output() {
+        match o {
+            Output::Load { doc } => {
+                loads += 1;
+                relay.loaded(doc, Some(Document::load(&store).unwrap()));
+            }
+            Output::Send { msg, .. } => to_dev.push(msg),
+            Output::Persist { id, .. } => relay.persisted(id),
+            _ => {}
+        }
+    }
+    assert_eq!(loads, 1);
+    assert!(!relay.is_stale(DOC));
+    assert!(
+        !to_dev.is_empty(),
+        "the relay answers the sync message once the reload applied its change"
+    );
+    for m in to_dev {
+        dev.handle(ConnId(1), m).unwrap();
+    }
+    for _ in 0..5 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut relay) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert!(dev.is_synced(ConnId(1), DOC));
+    assert!(relay.is_synced(ConnId(2), DOC));
+}

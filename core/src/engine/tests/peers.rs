@@ -1,0 +1,197 @@
+//! Syncing with peers: a change leaves only once durable, reconnect state, sync-only peers,
+//! and the stall check.
+
+use super::*;
+
+#[test]
+fn a_change_leaves_only_after_it_is_durable() {
+    let (mut a, mut b) = pair(true);
+    assert!(a.is_synced(ConnId(1), DOC) && b.is_synced(ConnId(2), DOC));
+    let id = write(&mut a, "typing");
+    let mut outs = Vec::new();
+    while let Some(o) = a.poll_output() {
+        outs.push(o);
+    }
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Send { .. })),
+        "sent before durable: {outs:?}"
+    );
+    a.persisted(id);
+    let sends = drain(&mut a);
+    assert!(
+        matches!(sends.as_slice(), [(_, Message::Changes { .. })]),
+        "{sends:?}"
+    );
+    for (_, m) in sends {
+        b.handle(ConnId(2), m).unwrap();
+    }
+    // The relay side persists before acking.
+    let mut b_out = Vec::new();
+    while let Some(o) = b.poll_output() {
+        b_out.push(o);
+    }
+    let [Output::Persist { id, .. }] = b_out.as_slice() else {
+        panic!("expected one persist: {b_out:?}")
+    };
+    b.persisted(*id);
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    assert!(a.is_synced(ConnId(1), DOC));
+}
+
+#[test]
+fn synced_stable_peers_persist_their_reconnect_state() {
+    let mut a = Engine::new(EngineConfig::device());
+    let mut b = Engine::new(EngineConfig::relay());
+    a.create(DOC, doc_with_actor(1));
+    b.create(DOC, doc_with_actor(2));
+    write(&mut a, "x");
+    drain(&mut a);
+    let opts = OpenOptions {
+        stable_peer: Some(b"relay".to_vec()),
+        ..Default::default()
+    };
+    a.open(ConnId(1), DOC, opts);
+    b.open(ConnId(2), DOC, OpenOptions::default());
+    let mut saved = None;
+    for _ in 0..20 {
+        let mut persisted = Vec::new();
+        let mut to_b = Vec::new();
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Persist {
+                    id,
+                    write: Write::SyncState { state, .. },
+                    ..
+                } => {
+                    saved = Some(state);
+                    persisted.push(id);
+                }
+                Output::Persist { id, .. } => persisted.push(id),
+                Output::Send { msg, .. } => to_b.push(msg),
+                _ => {}
+            }
+        }
+        for id in persisted {
+            a.persisted(id);
+        }
+        for m in to_b {
+            b.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut b) {
+            a.handle(ConnId(1), m).unwrap();
+        }
+    }
+    let state = sync::State::decode(&saved.expect("sync state persisted once synced")).unwrap();
+    assert_eq!(Some(state.shared_heads), a.heads(DOC));
+}
+
+#[test]
+fn a_sync_only_peer_gets_new_changes_as_sync_messages_never_the_fast_path() {
+    // The relay (b) keeps its WebSocket client (a) in sync mode: the client speaks only
+    // Automerge's sync protocol and never acknowledges `Changes`.
+    let mut a = Engine::new(EngineConfig::device());
+    let mut b = Engine::new(EngineConfig::relay());
+    a.create(DOC, doc_with_actor(1));
+    b.create(DOC, doc_with_actor(2));
+    b.add_conn(ConnId(2));
+    b.set_sync_only(ConnId(2));
+    a.set_sync_only(ConnId(1));
+    a.open(ConnId(1), DOC, OpenOptions::default());
+    b.open(ConnId(2), DOC, OpenOptions::default());
+    pump(&mut a, &mut b);
+    assert!(b.is_synced(ConnId(2), DOC));
+    let id = write(&mut b, "from the relay side");
+    b.persisted(id);
+    let sends = drain(&mut b);
+    assert!(
+        !sends.is_empty() && sends.iter().all(|(_, m)| matches!(m, Message::Sync { .. })),
+        "{sends:?}"
+    );
+    for (_, m) in sends {
+        a.handle(ConnId(1), m).unwrap();
+    }
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+}
+
+/// A live peer is sent a received change only once it is durable, and owes an ack only from
+/// then: a document idle for longer than `retry_after` whose next change is still being
+/// written when a tick runs must not look stalled to its other peers.
+#[test]
+fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(9));
+    let mut devs = [
+        Engine::new(EngineConfig::device()),
+        Engine::new(EngineConfig::device()),
+    ];
+    for (i, d) in devs.iter_mut().enumerate() {
+        d.create(DOC, doc_with_actor(1 + i as u8));
+        d.open(ConnId(1), DOC, OpenOptions::default());
+        relay.open(ConnId(2 + i as u64), DOC, OpenOptions::default());
+    }
+    // Sync both devices with the relay until everyone is quiet (and live).
+    let exchange = |relay: &mut Engine, devs: &mut [Engine; 2]| {
+        for _ in 0..50 {
+            let mut quiet = true;
+            for (i, d) in devs.iter_mut().enumerate() {
+                for (_, m) in drain(d) {
+                    quiet = false;
+                    relay.handle(ConnId(2 + i as u64), m).unwrap();
+                }
+            }
+            for (c, m) in drain(relay) {
+                quiet = false;
+                devs[(c.0 - 2) as usize].handle(ConnId(1), m).unwrap();
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("never quiet");
+    };
+    write(&mut devs[0], "first");
+    exchange(&mut relay, &mut devs);
+    assert_eq!(relay.heads(DOC), devs[1].heads(DOC));
+
+    // Idle for longer than retry_after; then device 0 writes and the relay receives it.
+    let later = relay.cfg.retry_after * 3;
+    relay.set_now(later);
+    write(&mut devs[0], "second");
+    for (_, m) in drain(&mut devs[0]) {
+        relay.handle(ConnId(2), m).unwrap();
+    }
+    // The relay's write is in flight (not reported durable) when its timers run.
+    let mut writes = Vec::new();
+    let mut sent = Vec::new();
+    let drive = |relay: &mut Engine, writes: &mut Vec<PersistId>, sent: &mut Vec<_>| {
+        while let Some(o) = relay.poll_output() {
+            match o {
+                Output::Persist { id, .. } => writes.push(id),
+                Output::Send { conn, msg } => sent.push((conn, msg)),
+                _ => {}
+            }
+        }
+    };
+    drive(&mut relay, &mut writes, &mut sent);
+    assert!(!writes.is_empty(), "the change is being written");
+    relay.tick(later + 1);
+    drive(&mut relay, &mut writes, &mut sent);
+    assert!(
+        !sent
+            .iter()
+            .any(|(c, m)| *c == ConnId(3) && matches!(m, Message::Sync { .. })),
+        "the idle peer was resynced while the change was still being written: {sent:?}"
+    );
+    // Once durable, the idle peer gets the change over the fast path.
+    for id in writes {
+        relay.persisted(id);
+    }
+    drive(&mut relay, &mut Vec::new(), &mut sent);
+    assert!(
+        sent.iter()
+            .any(|(c, m)| *c == ConnId(3) && matches!(m, Message::Changes { .. })),
+        "{sent:?}"
+    );
+}

@@ -1,0 +1,206 @@
+//! What peers send: checked, refused over a limit, read-only or past the byte limit, and
+//! nothing of a refused message stored.
+
+use super::*;
+
+#[test]
+fn a_read_only_peer_changes_are_rejected_and_never_applied() {
+    let (mut a, mut b) = pair(false);
+    let before = b.heads(DOC);
+    let id = write(&mut a, "not allowed");
+    a.persisted(id);
+    let sends = drain(&mut a);
+    assert!(
+        sends
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::Changes { .. })),
+        "read-only device pushed changes"
+    );
+    // A misbehaving client pushes its change anyway.
+    let raw = a
+        .read(DOC, |d| {
+            d.automerge()
+                .get_last_local_change()
+                .unwrap()
+                .raw_bytes()
+                .to_vec()
+        })
+        .unwrap();
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(raw)],
+        },
+    )
+    .unwrap();
+    let mut outs = Vec::new();
+    while let Some(o) = b.poll_output() {
+        outs.push(o);
+    }
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::ReadOnly,
+            ..
+        }
+    )));
+    assert!(!outs.iter().any(|o| matches!(
+        o,
+        Output::Persist {
+            write: Write::Changes(_),
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn garbage_from_a_peer_is_an_error_not_a_panic() {
+    let (_, mut b) = pair(true);
+    for data in [vec![], vec![0x42], vec![0x43, 0xff, 0xff], vec![7; 64]] {
+        assert!(b
+            .handle(
+                ConnId(2),
+                Message::Sync {
+                    doc: DOC,
+                    reset: false,
+                    data: data.clone()
+                }
+            )
+            .is_err());
+        let bad = Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(data)],
+        };
+        assert!(b.handle(ConnId(2), bad).is_err());
+    }
+    let other = DocId::from_bytes([9; 16]);
+    assert!(matches!(
+        b.handle(
+            ConnId(2),
+            Message::Ack {
+                doc: other,
+                heads: vec![]
+            }
+        ),
+        Err(EngineError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        b.handle(
+            ConnId(77),
+            Message::Ack {
+                doc: DOC,
+                heads: vec![]
+            }
+        ),
+        Err(EngineError::UnknownConn(_))
+    ));
+}
+
+#[test]
+fn a_read_only_peer_sync_message_stores_nothing() {
+    let (_, mut b) = pair(false);
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", "forged");
+    b.handle(ConnId(2), sync_with_chunks(&am, vec![raw]))
+        .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0, "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::ReadOnly,
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn garbage_inside_a_sync_message_is_refused_and_nothing_of_the_message_is_stored() {
+    let (_, mut b) = pair(true);
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", "ok");
+    let garbage: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(31)).collect();
+    for chunks in [
+        vec![garbage.clone()],
+        vec![raw.clone(), garbage.clone()],
+        vec![[raw.clone(), garbage].concat()],
+    ] {
+        let err = b
+            .handle(ConnId(2), sync_with_chunks(&am, chunks))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Check(_)), "{err}");
+        assert_eq!(stored_changes(&outputs(&mut b)), 0);
+        assert_eq!(b.heads(DOC), before);
+    }
+}
+
+#[test]
+fn a_change_over_a_limit_is_refused_on_both_paths() {
+    let (_, mut b) = pair(true);
+    b.cfg.limits.max_change_bytes = 64;
+    let before = b.heads(DOC);
+    let (am, raw) = foreign_change(7, "title", &"long ".repeat(40));
+    b.handle(ConnId(2), sync_with_chunks(&am, vec![raw.clone()]))
+        .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::Limit(_),
+            ..
+        }
+    )));
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(raw)],
+        },
+    )
+    .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::Limit(_),
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
+
+#[test]
+fn a_document_is_not_grown_past_its_byte_limit() {
+    let (mut a, mut b) = pair(true);
+    b.cfg.max_doc_bytes = 300;
+    write(&mut a, "first");
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    let at_limit = b.stored_bytes(DOC).unwrap();
+    assert!(at_limit > 0 && at_limit <= 300, "{at_limit}");
+    let before = b.heads(DOC);
+    let (_, raw) = foreign_change(7, "big", &"x".repeat(400));
+    b.handle(
+        ConnId(2),
+        Message::Changes {
+            doc: DOC,
+            changes: vec![bytes::Bytes::from(raw)],
+        },
+    )
+    .unwrap();
+    let outs = outputs(&mut b);
+    assert_eq!(stored_changes(&outs), 0);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::DocumentFull { limit: 300 },
+            ..
+        }
+    )));
+    assert_eq!(b.heads(DOC), before);
+}
