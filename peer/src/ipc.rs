@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use weft_core::AcceptBackoff;
 
 use crate::cli::{self, exit, Command, Failure, Out, Sink};
-use crate::Device;
+use weft_peer::Device;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 1 << 20;

@@ -6,8 +6,12 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use weft_core::store::StoreError;
-use weft_peer::cli::{self, exit, Cli, Command, Failure, Out, Sink};
-use weft_peer::{ipc, DataDir, Device, DeviceError};
+use weft_peer::{DataDir, Device, DeviceError};
+
+use cli::{exit, Cli, Command, Failure, Out, Sink};
+
+mod cli;
+mod ipc;
 
 /// How long a command waits for a data directory another short command holds.
 const BUSY_WAIT: Duration = Duration::from_secs(15);

@@ -12,7 +12,7 @@ use weft_core::DocId;
 use weft_schema::rules::record::{self, RecordError};
 
 use super::{device_user, exit, Failure, Sink};
-use crate::Device;
+use weft_peer::Device;
 
 /// `weft rec ...`
 #[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]

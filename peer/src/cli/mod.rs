@@ -15,16 +15,13 @@ use weft_core::automerge::{Automerge, Patch, PatchAction, Prop, ReadDoc};
 use weft_core::{DeviceId, DocId};
 use weft_schema as schema;
 
-use crate::status::{LinkState, SyncState};
-use crate::{
-    unix_ms, ControlOp, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig,
-    TokenSource,
+use weft_peer::{
+    ControlOp, Device, DeviceError, Event, EventOrigin, LinkState, LinkStatus, PeerConfig,
+    RelayConfig, SyncState, TokenSource,
 };
 
-/// Exit statuses (the contract's).
+/// Exit statuses (the contract's; success is 0).
 pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
     /// Any other failure.
     pub const FAILURE: i32 = 1;
     /// Usage error: bad flag, malformed id.
@@ -420,6 +417,13 @@ fn device_user(device: &Device) -> Result<String, Failure> {
             "this device does not know which user it acts for yet: run `weft init --name USER`, or sync once with a token",
         )
     })
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn new_id() -> schema::Id {
@@ -1056,7 +1060,7 @@ struct Progress {
 impl Progress {
     const MIN_DOCS: usize = 20;
 
-    fn update(&mut self, l: &crate::LinkStatus) -> Option<String> {
+    fn update(&mut self, l: &LinkStatus) -> Option<String> {
         let total = l.docs.len();
         let done = l
             .docs
@@ -1085,7 +1089,7 @@ impl Progress {
     }
 }
 
-fn describe_link(l: &crate::LinkStatus) -> String {
+fn describe_link(l: &LinkStatus) -> String {
     let synced = l
         .docs
         .values()
