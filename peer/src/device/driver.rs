@@ -20,6 +20,7 @@ use super::{Cmd, ConnKind, DocInfo, Event, Op, Queued, Waiter};
 use crate::status::{LinkState, LinkStatus, Status, SyncState};
 use crate::{unix_ms, DataDir, DeviceError};
 
+/// How often dirty metadata is written and lagging documents are resynced.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 pub(super) enum Done {

@@ -51,8 +51,6 @@ pub use event::{DocInfo, Event, EventOrigin};
 const CMD_QUEUE: usize = 1024;
 /// Events buffered for slow subscribers (older ones are skipped, see [`Device::events`]).
 const EVENT_BUFFER: usize = 4096;
-/// How often dirty metadata is written and lagging documents are resynced.
-
 struct Shared {
     handle: DriverHandle,
     events: broadcast::Sender<Event>,
