@@ -1,5 +1,6 @@
 //! The device runtime's errors.
 
+use weft_core::engine::EngineError;
 use weft_core::store::{DocStoreError, StoreError};
 use weft_core::DocId;
 
@@ -27,6 +28,10 @@ pub enum DeviceError {
     /// A document could not be read from the store.
     #[error(transparent)]
     DocStore(#[from] DocStoreError),
+    /// The sync engine could not read or change a document: it was not loaded, or folding the
+    /// changes received for it failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The device key could not be read or made.
     #[error("device key: {0}")]
     Key(#[from] weft_core::quic::KeyError),
@@ -52,4 +57,22 @@ pub enum DeviceError {
     /// The device was closed.
     #[error("the device is shut down")]
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_error_keeps_its_type_and_its_sentence() {
+        let doc = DocId::random(&mut rand::rng());
+        let engine = EngineError::NotLoaded { doc };
+        let sentence = engine.to_string();
+        let e = DeviceError::from(engine);
+        assert!(matches!(
+            e,
+            DeviceError::Engine(EngineError::NotLoaded { .. })
+        ));
+        assert_eq!(e.to_string(), sentence);
+    }
 }

@@ -20,9 +20,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use weft_core::AcceptBackoff;
+use weft_peer::Device;
 
 use crate::cli::{self, exit, Command, Failure, Out, Sink};
-use crate::Device;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 1 << 20;

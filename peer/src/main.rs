@@ -1,13 +1,17 @@
 //! `weft`: one device's documents on the command line (see `weft --help` and the contract).
 
+mod cli;
+mod ipc;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use weft_core::store::StoreError;
-use weft_peer::cli::{self, exit, Cli, Command, Failure, Out, Sink};
-use weft_peer::{ipc, DataDir, Device, DeviceError};
+use weft_peer::{DataDir, Device, DeviceError};
+
+use crate::cli::{exit, Cli, Command, Failure, Out, Sink};
 
 /// How long a command waits for a data directory another short command holds.
 const BUSY_WAIT: Duration = Duration::from_secs(15);

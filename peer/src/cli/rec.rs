@@ -5,37 +5,13 @@
 
 use std::sync::Arc;
 
-use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 use weft_core::automerge::Automerge;
-use weft_core::DocId;
+use weft_peer::Device;
 use weft_schema::rules::record::{self, RecordError};
 
-use super::{device_user, exit, Failure, Sink};
-use crate::Device;
-
-/// `weft rec ...`
-#[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
-pub enum RecCmd {
-    /// Show the fields of a document of a declared kind.
-    Show {
-        /// The document.
-        doc: DocId,
-        /// JSON output: {"kind": ..., "fields": {...}}.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Set a field of a document of a declared kind (exit 3 when a write rule forbids it;
-    /// nothing changes).
-    Set {
-        /// The document.
-        doc: DocId,
-        /// The field.
-        field: String,
-        /// Its new value (an integer, true/false, or a string, as the field's type says).
-        value: String,
-    },
-}
+use super::args::RecCmd;
+use super::context::device_user;
+use super::output::{exit, Failure, Sink};
 
 fn record_failure(e: RecordError) -> Failure {
     match e {

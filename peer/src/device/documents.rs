@@ -164,10 +164,7 @@ impl Driver {
     pub(super) fn run_op(&mut self, doc: DocId, op: Op) {
         match op {
             Op::Read(f, reply) => {
-                let r = self
-                    .host
-                    .read(doc, f)
-                    .map_err(|e| DeviceError::Connection(e.to_string()));
+                let r = self.host.read(doc, f).map_err(DeviceError::from);
                 let _ = reply.send(r);
             }
             Op::Change(f, reply) => {
@@ -196,7 +193,7 @@ impl Driver {
                         self.mark_all_syncing(doc, None);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(DeviceError::Connection(e.to_string())));
+                        let _ = reply.send(Err(e.into()));
                     }
                 }
             }

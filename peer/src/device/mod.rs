@@ -204,7 +204,9 @@ impl Device {
         kind: Option<&str>,
         init: impl FnOnce(&mut Automerge) -> R + Send + 'static,
     ) -> Result<(DocId, R), DeviceError> {
-        let (rtx, rrx) = std::sync::mpsc::channel();
+        // The driver answers with the id alone; `init`'s own result comes back beside it, sent
+        // before that answer.
+        let (rtx, rrx) = oneshot::channel();
         let init: ChangeFn = Box::new(move |am| {
             let _ = rtx.send(init(am));
             Box::new(())
@@ -216,7 +218,7 @@ impl Device {
                 reply,
             })
             .await??;
-        let r = rrx.recv().map_err(|_| DeviceError::Closed)?;
+        let r = rrx.await.map_err(|_| DeviceError::Closed)?;
         Ok((doc, r))
     }
 
