@@ -252,7 +252,7 @@ pub struct Hub {
     erased: HashSet<DocId>,
     /// Engine writes in flight, in submission order.
     commits: VecDeque<(Waiting, CommitTicket)>,
-    /// Connections with a non-empty [`conns::Batch`].
+    /// Connections whose batch (see `conns.rs`) is not empty.
     unflushed: Vec<ConnId>,
     start: Instant,
     metrics: Arc<Metrics>,
