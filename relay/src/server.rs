@@ -29,13 +29,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use weft_core::engine::ConnId;
-use weft_core::quic::{self, FrameReader, FrameWriter};
+use weft_core::quic::{self, FrameReader, FrameWriter, TransportError};
 use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::DeviceId;
 
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
 use crate::rate::{ByteRate, RateLimit};
-use crate::Verifier;
+use crate::{Claims, Verifier};
 
 /// Connection limits.
 #[derive(Clone, Debug)]
@@ -144,6 +145,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Serves one connection from its QUIC handshake to its end: the handshake and hello, then a
+/// reader (frames and datagrams to the hub) and a writer (the hub's queue to the peer) until
+/// either ends. `Err` says why it ended.
 async fn serve_connection(
     incoming: quinn::Incoming,
     conn: ConnId,
@@ -152,6 +156,69 @@ async fn serve_connection(
     hub: mpsc::Sender<HubEvent>,
     metrics: &Metrics,
 ) -> Result<(), String> {
+    let Greeted {
+        connection,
+        device,
+        claims,
+        reader,
+        writer,
+        counted,
+    } = handshake(incoming, verifier, limits, metrics).await?;
+    tracing::info!(conn = conn.0, %device, user = %claims.sub, "device connected");
+    Metrics::inc(&metrics.connections_total);
+    metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    let (out_tx, out_rx) = mpsc::channel(limits.queue_len);
+    if hub
+        .send(HubEvent::Open {
+            conn,
+            device,
+            claims,
+            out: out_tx,
+        })
+        .await
+        .is_err()
+    {
+        connection.close(close_code(ErrorCode::INTERNAL), b"relay shutting down");
+        metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        return Err("hub gone".into());
+    }
+    let reason = tokio::select! {
+        r = read_frames(conn, &connection, reader, counted, limits, &hub, metrics) => r,
+        _ = write_frames(connection.clone(), writer, out_rx, metrics) => "closed by the relay".to_string(),
+    };
+    let _ = hub.send(HubEvent::Closed { conn }).await;
+    metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    Err(reason)
+}
+
+/// A connection that completed its handshake and said hello with a valid token.
+struct Greeted {
+    connection: quinn::Connection,
+    /// The device, from its TLS certificate (the hello named the same one).
+    device: DeviceId,
+    claims: Claims,
+    reader: FrameReader,
+    writer: FrameWriter,
+    /// Bytes of the stream already counted in `bytes_in`.
+    counted: u64,
+}
+
+/// The QUIC handshake, the stream, and the hello: a device certificate, the protocol version,
+/// the hello's device the TLS device, and the token verified. A refused connection is told why
+/// and closed.
+async fn handshake(
+    incoming: quinn::Incoming,
+    verifier: &Verifier,
+    limits: &ServerLimits,
+    metrics: &Metrics,
+) -> Result<Greeted, String> {
     let connection = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -178,8 +245,29 @@ async fn serve_connection(
         .map_err(|_| "no hello in time".to_string())?;
     // Received bytes are counted as they are read: stream frames from the reader's running
     // total, datagrams by their length (as the WebSocket side counts its frames).
-    let mut counted = reader.frame_bytes();
+    let counted = reader.frame_bytes();
     Metrics::add(&metrics.bytes_in, counted);
+    let claims = check_hello(&connection, &mut writer, hello, device, verifier, metrics).await?;
+    Ok(Greeted {
+        connection,
+        device,
+        claims,
+        reader,
+        writer,
+        counted,
+    })
+}
+
+/// Checks the first frame: a `Hello` in this protocol version, naming the TLS device, with a
+/// token the verifier accepts. Anything else is refused (told why, and closed).
+async fn check_hello(
+    connection: &quinn::Connection,
+    writer: &mut FrameWriter,
+    hello: Result<Option<Message>, TransportError>,
+    device: DeviceId,
+    verifier: &Verifier,
+    metrics: &Metrics,
+) -> Result<Claims, String> {
     let token = match hello {
         Ok(Some(Message::Hello {
             protocol,
@@ -189,8 +277,8 @@ async fn serve_connection(
         })) => {
             if protocol != wire::PROTOCOL_VERSION {
                 refuse(
-                    &connection,
-                    &mut writer,
+                    connection,
+                    writer,
                     ErrorCode::UNSUPPORTED_VERSION,
                     "unsupported protocol version",
                 )
@@ -200,8 +288,8 @@ async fn serve_connection(
             if claimed != device {
                 Metrics::inc(&metrics.auth_failures);
                 refuse(
-                    &connection,
-                    &mut writer,
+                    connection,
+                    writer,
                     ErrorCode::DEVICE_NOT_ALLOWED,
                     "the hello's device is not the TLS device",
                 )
@@ -212,177 +300,155 @@ async fn serve_connection(
         }
         Ok(_) | Err(_) => {
             Metrics::inc(&metrics.protocol_errors);
-            refuse(
-                &connection,
-                &mut writer,
-                ErrorCode::MALFORMED,
-                "expected hello",
-            )
-            .await;
+            refuse(connection, writer, ErrorCode::MALFORMED, "expected hello").await;
             return Err("did not start with hello".into());
         }
     };
-    let claims = match verifier.verify(&token, unix_now()) {
-        Ok(c) => c,
+    match verifier.verify(&token, unix_now()) {
+        Ok(c) => Ok(c),
         Err(e) => {
             Metrics::inc(&metrics.auth_failures);
             refuse(
-                &connection,
-                &mut writer,
+                connection,
+                writer,
                 ErrorCode::UNAUTHENTICATED,
                 "the token was refused",
             )
             .await;
-            return Err(format!("token refused: {e}"));
+            Err(format!("token refused: {e}"))
         }
-    };
-    tracing::info!(conn = conn.0, %device, user = %claims.sub, "device connected");
-    Metrics::inc(&metrics.connections_total);
-    metrics
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-
-    let (out_tx, mut out_rx) = mpsc::channel(limits.queue_len);
-    if hub
-        .send(HubEvent::Open {
-            conn,
-            device,
-            claims,
-            out: out_tx,
-        })
-        .await
-        .is_err()
-    {
-        connection.close(close_code(ErrorCode::INTERNAL), b"relay shutting down");
-        metrics
-            .connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        return Err("hub gone".into());
     }
-    let writer_conn = connection.clone();
-    // The writer takes every frame already queued at once and writes them as one buffer: a
-    // wake-up and a stream write per batch instead of per frame, which is what lets one core
-    // keep up with fan-out to many connections.
-    let writer_task = async move {
-        let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
-        let mut buf: Vec<u8> = Vec::new();
-        while out_rx.recv_many(&mut batch, WRITE_BATCH_FRAMES).await > 0 {
-            for out in batch.drain(..) {
-                match out {
-                    Outbound::Frame(frame) => {
-                        Metrics::add(&metrics.bytes_out, frame.len() as u64);
-                        // The hub's batches are this connection's alone: the first one in
-                        // becomes the buffer rather than being copied into it.
-                        if buf.is_empty() {
-                            buf = Arc::try_unwrap(frame).unwrap_or_else(|shared| shared.to_vec());
-                        } else {
-                            buf.extend_from_slice(&frame);
-                        }
-                    }
-                    Outbound::Ephemeral(frame) => {
-                        Metrics::add(&metrics.bytes_out, frame.len() as u64);
-                        match send_ephemeral(&writer_conn, &frame) {
-                            Ok(true) => {}
-                            Ok(false) => buf.extend_from_slice(&frame),
-                            Err(()) => return,
-                        }
-                    }
-                    Outbound::Close { code, reason } => {
-                        if !buf.is_empty() {
-                            let _ = writer.send_frames(std::mem::take(&mut buf)).await;
-                        }
-                        refuse(&writer_conn, &mut writer, code, &reason).await;
-                        return;
+}
+
+/// The connection's writer: takes every frame already queued at once and writes them as one
+/// buffer, a wake-up and a stream write per batch instead of per frame, which is what lets one
+/// core keep up with fan-out to many connections. Ephemeral frames go as datagrams when they
+/// fit. Returns when the queue closes, the hub orders a close, or the stream fails.
+async fn write_frames(
+    connection: quinn::Connection,
+    mut writer: FrameWriter,
+    mut out_rx: mpsc::Receiver<Outbound>,
+    metrics: &Metrics,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    let mut buf: Vec<u8> = Vec::new();
+    while out_rx.recv_many(&mut batch, WRITE_BATCH_FRAMES).await > 0 {
+        for out in batch.drain(..) {
+            match out {
+                Outbound::Frame(frame) => {
+                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                    // The hub's batches are this connection's alone: the first one in
+                    // becomes the buffer rather than being copied into it.
+                    if buf.is_empty() {
+                        buf = Arc::try_unwrap(frame).unwrap_or_else(|shared| shared.to_vec());
+                    } else {
+                        buf.extend_from_slice(&frame);
                     }
                 }
-                if buf.len() >= WRITE_BATCH_BYTES
-                    && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
-                {
+                Outbound::Ephemeral(frame) => {
+                    Metrics::add(&metrics.bytes_out, frame.len() as u64);
+                    match send_ephemeral(&connection, &frame) {
+                        Ok(true) => {}
+                        Ok(false) => buf.extend_from_slice(&frame),
+                        Err(()) => return,
+                    }
+                }
+                Outbound::Close { code, reason } => {
+                    if !buf.is_empty() {
+                        let _ = writer.send_frames(std::mem::take(&mut buf)).await;
+                    }
+                    refuse(&connection, &mut writer, code, &reason).await;
                     return;
                 }
             }
-            if !buf.is_empty() && writer.send_frames(std::mem::take(&mut buf)).await.is_err() {
+            if buf.len() >= WRITE_BATCH_BYTES
+                && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
+            {
                 return;
             }
         }
-    };
+        if !buf.is_empty() && writer.send_frames(std::mem::take(&mut buf)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The connection's reader: one loop reads the stream and the datagrams, so both share the
+/// rate limit, and forwards each message to the hub (document messages checked first). Both
+/// reads are cancel-safe, so losing the `select!` race loses nothing. Returns why it stopped.
+async fn read_frames(
+    conn: ConnId,
+    connection: &quinn::Connection,
+    mut reader: FrameReader,
+    mut counted: u64,
+    limits: &ServerLimits,
+    hub: &mpsc::Sender<HubEvent>,
+    metrics: &Metrics,
+) -> String {
     let mut rate = RateLimit::new(limits.burst, limits.rate);
     let mut bytes = ByteRate::new(limits.bytes_per_sec.saturating_mul(4), limits.bytes_per_sec);
-    // One loop reads the stream and the datagrams, so both share the rate limit. Both reads
-    // are cancel-safe, so losing the `select!` race loses nothing.
-    let reader_task = async {
-        loop {
-            let (msg, via) = tokio::select! {
-                r = reader.recv() => match r {
-                    Ok(Some(msg)) => {
-                        let total = reader.frame_bytes();
-                        Metrics::add(&metrics.bytes_in, total - counted);
-                        counted = total;
-                        (msg, "stream")
-                    }
-                    Ok(None) => return "stream finished".to_string(),
-                    Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
-                    Err(e) => {
-                        Metrics::inc(&metrics.protocol_errors);
-                        tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid frame");
-                        connection.close(close_code(ErrorCode::MALFORMED), b"invalid frame");
-                        return format!("invalid frame: {e}");
-                    }
-                },
-                d = connection.read_datagram() => match d {
-                    Ok(datagram) => {
-                        Metrics::add(&metrics.bytes_in, datagram.len() as u64);
-                        match decode_datagram(&datagram, limits.max_frame) {
-                            Ok(msg) => (msg, "datagram"),
-                            Err(e) => {
-                                Metrics::inc(&metrics.protocol_errors);
-                                tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid datagram");
-                                connection.close(close_code(ErrorCode::MALFORMED), b"invalid datagram");
-                                return format!("invalid datagram: {e}");
-                            }
-                        }
-                    }
-                    Err(e) => return format!("connection lost: {e}"),
-                },
-            };
-            if !rate.allow(std::time::Instant::now()) {
-                Metrics::inc(&metrics.protocol_errors);
-                tracing::info!(
-                    conn = conn.0,
-                    via,
-                    "closing a connection over its message rate"
-                );
-                connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
-                return "over its message rate".to_string();
-            }
-            if let Some(wait) = bytes.take(std::time::Instant::now(), payload_len(&msg)) {
-                Metrics::inc(&metrics.throttled);
-                tokio::time::sleep(wait).await;
-            }
-            let doc = msg.doc();
-            let event = match crate::inbound::to_hub(conn, msg, &limits.check).await {
-                Ok(event) => event,
+    loop {
+        let (msg, via) = tokio::select! {
+            r = reader.recv() => match r {
+                Ok(Some(msg)) => {
+                    let total = reader.frame_bytes();
+                    Metrics::add(&metrics.bytes_in, total - counted);
+                    counted = total;
+                    (msg, "stream")
+                }
+                Ok(None) => return "stream finished".to_string(),
+                Err(e) if e.connection_error().is_some() => return format!("connection lost: {e}"),
                 Err(e) => {
                     Metrics::inc(&metrics.protocol_errors);
-                    tracing::info!(conn = conn.0, ?doc, error = %e, "closing a connection that sent an invalid message");
-                    connection.close(close_code(ErrorCode::MALFORMED), b"invalid message");
-                    return format!("invalid message: {e}");
+                    tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid frame");
+                    connection.close(close_code(ErrorCode::MALFORMED), b"invalid frame");
+                    return format!("invalid frame: {e}");
                 }
-            };
-            if hub.send(event).await.is_err() {
-                return "hub gone".to_string();
-            }
+            },
+            d = connection.read_datagram() => match d {
+                Ok(datagram) => {
+                    Metrics::add(&metrics.bytes_in, datagram.len() as u64);
+                    match decode_datagram(&datagram, limits.max_frame) {
+                        Ok(msg) => (msg, "datagram"),
+                        Err(e) => {
+                            Metrics::inc(&metrics.protocol_errors);
+                            tracing::info!(conn = conn.0, error = %e, "closing a connection that sent an invalid datagram");
+                            connection.close(close_code(ErrorCode::MALFORMED), b"invalid datagram");
+                            return format!("invalid datagram: {e}");
+                        }
+                    }
+                }
+                Err(e) => return format!("connection lost: {e}"),
+            },
+        };
+        if !rate.allow(std::time::Instant::now()) {
+            Metrics::inc(&metrics.protocol_errors);
+            tracing::info!(
+                conn = conn.0,
+                via,
+                "closing a connection over its message rate"
+            );
+            connection.close(close_code(ErrorCode::RATE_LIMITED), b"too many messages");
+            return "over its message rate".to_string();
         }
-    };
-    let reason = tokio::select! {
-        r = reader_task => r,
-        _ = writer_task => "closed by the relay".to_string(),
-    };
-    let _ = hub.send(HubEvent::Closed { conn }).await;
-    metrics
-        .connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    Err(reason)
+        if let Some(wait) = bytes.take(std::time::Instant::now(), payload_len(&msg)) {
+            Metrics::inc(&metrics.throttled);
+            tokio::time::sleep(wait).await;
+        }
+        let doc = msg.doc();
+        let event = match crate::inbound::to_hub(conn, msg, &limits.check).await {
+            Ok(event) => event,
+            Err(e) => {
+                Metrics::inc(&metrics.protocol_errors);
+                tracing::info!(conn = conn.0, ?doc, error = %e, "closing a connection that sent an invalid message");
+                connection.close(close_code(ErrorCode::MALFORMED), b"invalid message");
+                return format!("invalid message: {e}");
+            }
+        };
+        if hub.send(event).await.is_err() {
+            return "hub gone".to_string();
+        }
+    }
 }
 
 /// Sends an ephemeral frame as one datagram. `Ok(false)`: it does not fit (or the peer takes

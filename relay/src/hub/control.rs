@@ -16,15 +16,24 @@
 //!   that does not fit a connection's queue is dropped and the whole listing is sent again once
 //!   the queue drains. Replies that do not fit wait in a small per-connection buffer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use weft_core::store::{erase, WriteBatch};
-use weft_core::wire::DocEntry;
+use tokio::sync::mpsc;
+use weft_core::engine::{ConnId, OpenOptions};
+use weft_core::store::docs as docstore;
+use weft_core::store::{erase, DocMeta, StoreError, WriteBatch};
+use weft_core::wire::{DocEntry, ErrorCode, Message};
+use weft_core::{DocId, Role};
 
-use super::*;
-use crate::access::readable_role;
+use super::docs::refusal;
+use super::{Done, Hub, Outbound};
+use crate::access::{readable_role, refusal_code};
 use crate::discovery;
-use crate::sharing::{Control, ControlError};
+use crate::metrics::Metrics;
+use crate::sharing::{self, Change, Control, ControlError};
+use crate::Claims;
 
 /// A control request waiting to be (or being) committed.
 #[derive(Debug)]

@@ -1,0 +1,76 @@
+//! Document loads: the engine asks for a document; the store read and `Automerge::load` run on
+//! a blocking thread, at most `HubConfig::max_loads` at once, so a burst of loads cannot
+//! starve the hub's own thread. First loads (a device is waiting for each) go before reloads
+//! of stale documents (mostly for compaction). A document deleted while its load ran does not
+//! come back (see `control.rs`).
+
+use weft_core::host::{self, Loaded};
+use weft_core::store::docs::DocStoreError;
+use weft_core::store::StoreError;
+use weft_core::DocId;
+
+use super::{Done, Hub};
+
+impl Hub {
+    /// The engine needs `doc` loaded: it waits its turn, first loads before reloads.
+    pub(super) fn queue_load(&mut self, doc: DocId) {
+        if self.host.is_stale(doc) {
+            self.reloads_waiting.push_back(doc);
+        } else {
+            self.loads_waiting.push_back(doc);
+        }
+        self.start_loads();
+    }
+
+    /// Starts waiting loads (first loads before reloads) while fewer than `max_loads` run.
+    fn start_loads(&mut self) {
+        while self.loads_running < self.cfg.max_loads.max(1) {
+            let Some(doc) = self
+                .loads_waiting
+                .pop_front()
+                .or_else(|| self.reloads_waiting.pop_front())
+            else {
+                return;
+            };
+            self.loads_running += 1;
+            self.loading.insert(doc);
+            let store = self.host.store().clone();
+            // A reload for compaction also saves the document there, off the hub's thread.
+            let snapshot = self.host.wants_snapshot(doc);
+            self.tasks.spawn(async move {
+                let r = tokio::task::spawn_blocking(move || {
+                    if snapshot {
+                        host::load_for_compaction(store.as_ref(), doc)
+                    } else {
+                        host::load(store.as_ref(), doc)
+                    }
+                })
+                .await;
+                let r = r.unwrap_or_else(|e| {
+                    Err(DocStoreError::Store {
+                        source: StoreError::Backend {
+                            path: Default::default(),
+                            message: format!("load task failed: {e}"),
+                        },
+                    })
+                });
+                Done::Loaded(doc, Box::new(r))
+            });
+        }
+    }
+
+    /// A load finished: the next one starts, and the engine gets the document unless it was
+    /// deleted meanwhile.
+    pub(super) fn loaded(&mut self, doc: DocId, result: Result<Option<Loaded>, DocStoreError>) {
+        self.loads_running = self.loads_running.saturating_sub(1);
+        self.loading.remove(&doc);
+        self.start_loads();
+        if self.erased.remove(&doc) {
+            // Deleted while it loaded: it must not come back, nor be compacted.
+            return;
+        }
+        if let Err(e) = self.host.loaded(doc, result) {
+            tracing::error!(%doc, error = %e, "loading a document failed");
+        }
+    }
+}
