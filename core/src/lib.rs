@@ -15,7 +15,11 @@
 
 mod accept;
 pub mod check;
+#[cfg(feature = "quic")]
+pub mod clock;
 mod doc;
+#[cfg(feature = "quic")]
+pub mod driver;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz_targets;

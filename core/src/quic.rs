@@ -82,10 +82,12 @@
 use std::time::Duration;
 
 mod framed;
+mod hello;
 mod key;
 mod tls;
 
 pub use framed::{recv_datagram, send_datagram, FrameReader, FrameWriter, TransportError};
+pub use hello::{accept_hello, close_code, refuse, Greeted, HelloRefused};
 pub use key::{DeviceKey, KeyError};
 pub use tls::{client_config, peer_device_id, server_config, ClientAuth, ConfigError, ServerTrust};
 

@@ -40,8 +40,4 @@ pub use weft_core::{automerge, DeviceId, DocId, Role};
 pub use weft_schema as schema;
 
 /// Milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use weft_core::clock::unix_ms;

@@ -744,31 +744,10 @@ async fn accept_peer(
 ) -> Result<(), String> {
     let setup = async {
         let conn = incoming.await.map_err(|e| e.to_string())?;
-        let peer = quic::peer_device_id(&conn).ok_or("no device certificate")?;
-        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let mut writer = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME);
-        let mut reader = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME);
-        match reader.recv().await.map_err(|e| e.to_string())? {
-            Some(Message::Hello {
-                device: claimed,
-                protocol,
-                ..
-            }) if claimed == peer && protocol == PROTOCOL_VERSION => {}
-            _ => {
-                let _ = writer
-                    .send(&Message::Error {
-                        code: ErrorCode::MALFORMED,
-                        doc: None,
-                        message: "expected a hello from the certificate's device".into(),
-                    })
-                    .await;
-                conn.close(
-                    quinn::VarInt::from_u32(u32::from(ErrorCode::MALFORMED.0)),
-                    b"bad hello",
-                );
-                return Err("a peer sent a bad hello".to_owned());
-            }
-        }
+        let greeted = quic::accept_hello(&conn, wire::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| format!("a peer's hello was refused: {e}"))?;
+        let (peer, reader, mut writer) = (greeted.device, greeted.reader, greeted.writer);
         writer
             .send(&Message::Welcome {
                 protocol: PROTOCOL_VERSION,

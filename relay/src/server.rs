@@ -24,12 +24,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use weft_core::engine::ConnId;
-use weft_core::quic::{self, FrameReader, FrameWriter, TransportError};
+use weft_core::quic::{self, close_code, FrameReader, FrameWriter, HelloRefused};
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::DeviceId;
 
@@ -92,9 +92,6 @@ const WRITE_BATCH_FRAMES: usize = 256;
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// QUIC application close codes (the wire `ErrorCode` numbers).
-fn close_code(code: ErrorCode) -> quinn::VarInt {
-    quinn::VarInt::from_u32(u32::from(code.0))
-}
 
 /// Accepts connections on `endpoint` until `shutdown` resolves, then closes every connection
 /// and waits for their tasks. Cancel safety: dropping the future drops the tasks.
@@ -137,12 +134,6 @@ pub async fn accept_loop(
     // Stop accepting; tell every device we are going away; let the tasks report `Closed`.
     endpoint.close(quinn::VarInt::from_u32(0), b"relay shutting down");
     while conns.join_next().await.is_some() {}
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Serves one connection from its QUIC handshake to its end: the handshake and hello, then a
@@ -210,9 +201,9 @@ struct Greeted {
     counted: u64,
 }
 
-/// The QUIC handshake, the stream, and the hello: a device certificate, the protocol version,
-/// the hello's device the TLS device, and the token verified. A refused connection is told why
-/// and closed.
+/// The QUIC handshake, the stream, and the hello (`weft_core::quic::accept_hello`: a device
+/// certificate, the protocol version, the hello's device the TLS device), then the token
+/// verified. A refused connection is told why and closed.
 async fn handshake(
     incoming: quinn::Incoming,
     verifier: &Verifier,
@@ -226,98 +217,47 @@ async fn handshake(
             return Err(format!("handshake failed: {e}"));
         }
     };
-    let Some(device) = quic::peer_device_id(&connection) else {
-        Metrics::inc(&metrics.auth_failures);
-        connection.close(
-            close_code(ErrorCode::DEVICE_NOT_ALLOWED),
-            b"no device certificate",
-        );
-        return Err("no device certificate".into());
+    let hello = quic::accept_hello(&connection, limits.max_frame, limits.hello_timeout).await;
+    let mut greeted = match hello {
+        Ok(g) => g,
+        Err(refused) => {
+            match refused {
+                HelloRefused::NotHello => Metrics::inc(&metrics.protocol_errors),
+                HelloRefused::NoCertificate
+                | HelloRefused::Version(_)
+                | HelloRefused::WrongDevice => Metrics::inc(&metrics.auth_failures),
+                _ => {}
+            }
+            return Err(refused.to_string());
+        }
     };
-    let (send, recv) = tokio::time::timeout(limits.hello_timeout, connection.accept_bi())
-        .await
-        .map_err(|_| "no stream opened in time".to_string())?
-        .map_err(|e| format!("no stream: {e}"))?;
-    let mut reader = FrameReader::new(recv, limits.max_frame);
-    let mut writer = FrameWriter::new(send, limits.max_frame);
-    let hello = tokio::time::timeout(limits.hello_timeout, reader.recv())
-        .await
-        .map_err(|_| "no hello in time".to_string())?;
     // Received bytes are counted as they are read: stream frames from the reader's running
     // total, datagrams by their length (as the WebSocket side counts its frames).
-    let counted = reader.frame_bytes();
+    let counted = greeted.reader.frame_bytes();
     Metrics::add(&metrics.bytes_in, counted);
-    let claims = check_hello(&connection, &mut writer, hello, device, verifier, metrics).await?;
-    Ok(Greeted {
-        connection,
-        device,
-        claims,
-        reader,
-        writer,
-        counted,
-    })
-}
-
-/// Checks the first frame: a `Hello` in this protocol version, naming the TLS device, with a
-/// token the verifier accepts. Anything else is refused (told why, and closed).
-async fn check_hello(
-    connection: &quinn::Connection,
-    writer: &mut FrameWriter,
-    hello: Result<Option<Message>, TransportError>,
-    device: DeviceId,
-    verifier: &Verifier,
-    metrics: &Metrics,
-) -> Result<Claims, String> {
-    let token = match hello {
-        Ok(Some(Message::Hello {
-            protocol,
-            device: claimed,
-            token,
-            ..
-        })) => {
-            if protocol != wire::PROTOCOL_VERSION {
-                refuse(
-                    connection,
-                    writer,
-                    ErrorCode::UNSUPPORTED_VERSION,
-                    "unsupported protocol version",
-                )
-                .await;
-                return Err(format!("protocol version {protocol}"));
-            }
-            if claimed != device {
-                Metrics::inc(&metrics.auth_failures);
-                refuse(
-                    connection,
-                    writer,
-                    ErrorCode::DEVICE_NOT_ALLOWED,
-                    "the hello's device is not the TLS device",
-                )
-                .await;
-                return Err("device mismatch".into());
-            }
-            token
-        }
-        Ok(_) | Err(_) => {
-            Metrics::inc(&metrics.protocol_errors);
-            refuse(connection, writer, ErrorCode::MALFORMED, "expected hello").await;
-            return Err("did not start with hello".into());
-        }
-    };
-    match verifier.verify(&token, unix_now()) {
-        Ok(c) => Ok(c),
+    let claims = match verifier.verify(&greeted.token, weft_core::clock::unix_secs()) {
+        Ok(c) => c,
         Err(e) => {
             Metrics::inc(&metrics.auth_failures);
-            refuse(
-                connection,
-                writer,
+            let why = "the token was refused";
+            quic::refuse(
+                &connection,
+                &mut greeted.writer,
                 ErrorCode::UNAUTHENTICATED,
-                "the token was refused",
+                why,
             )
             .await;
-            Err(format!("token refused: {e}"))
+            return Err(format!("token refused: {e}"));
         }
-    }
+    };
+    Ok(Greeted {
+        connection,
+        device: greeted.device,
+        claims,
+        reader: greeted.reader,
+        writer: greeted.writer,
+        counted,
+    })
 }
 
 /// The connection's writer: takes every frame already queued at once and writes them as one
@@ -357,7 +297,7 @@ async fn write_frames(
                     if !buf.is_empty() {
                         let _ = writer.send_frames(std::mem::take(&mut buf)).await;
                     }
-                    refuse(&connection, &mut writer, code, &reason).await;
+                    quic::refuse(&connection, &mut writer, code, &reason).await;
                     return;
                 }
             }
@@ -488,25 +428,6 @@ fn decode_datagram(datagram: &[u8], max_frame: usize) -> Result<Message, Datagra
         },
         _ => Err(DatagramError::NotOneFrame),
     }
-}
-
-async fn refuse(
-    connection: &quinn::Connection,
-    writer: &mut FrameWriter,
-    code: ErrorCode,
-    reason: &str,
-) {
-    let _ = writer
-        .send(&Message::Error {
-            code,
-            doc: None,
-            message: reason.to_string(),
-        })
-        .await;
-    let _ = writer.finish();
-    // Give the error frame a moment to leave before the close overtakes it.
-    let _ = tokio::time::timeout(Duration::from_millis(500), writer.get_mut().stopped()).await;
-    connection.close(close_code(code), reason.as_bytes());
 }
 
 /// Binds a QUIC endpoint for the relay on `addr` with its certificate, requiring device

@@ -23,8 +23,4 @@ pub(super) async fn check_exists(device: &Device, doc: DocId) -> Result<(), Fail
 }
 
 /// Milliseconds since the Unix epoch.
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(super) use weft_core::clock::unix_ms;

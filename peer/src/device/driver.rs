@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use weft_core::automerge::ChangeHash;
+use weft_core::clock::Monotonic;
 use weft_core::engine::{ConnId, Output, Rejection};
-use weft_core::host::{self, Action, Host, Loaded, Waiting};
+use weft_core::host::{Action, Host, Loaded, Waiting};
 use weft_core::store::docs::{self, DocMeta, DocStoreError};
 use weft_core::store::{GroupCommit, StoreError, WriteBatch};
 use weft_core::wire::{ErrorCode, Message};
@@ -56,7 +57,7 @@ pub(super) struct Driver {
     pub(super) pending: HashMap<DocId, Vec<Op>>,
     pub(super) loading: HashSet<DocId>,
     pub(super) tasks: JoinSet<Done>,
-    pub(super) start: Instant,
+    pub(super) clock: Monotonic,
     pub(super) events: broadcast::Sender<Event>,
     /// The heads of each document's last `Changed` event (patches are computed from there).
     pub(super) announced: HashMap<DocId, Vec<ChangeHash>>,
@@ -83,10 +84,7 @@ impl Driver {
         loop {
             self.pump();
             self.publish_status();
-            let wake = self
-                .host
-                .next_wakeup()
-                .map(|ms| self.start + Duration::from_millis(ms));
+            let wake = self.host.next_wakeup().map(|ms| self.clock.instant(ms));
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -143,7 +141,7 @@ impl Driver {
     }
 
     pub(super) fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now()
     }
 
     pub(super) fn on_cmd(&mut self, cmd: Cmd) {
@@ -321,19 +319,10 @@ impl Driver {
                 }
                 Action::Load { doc } => {
                     let store = self.host.store().clone();
+                    let for_compaction = self.host.wants_snapshot(doc);
                     self.loading.insert(doc);
                     self.tasks.spawn(async move {
-                        let r =
-                            tokio::task::spawn_blocking(move || host::load(store.as_ref(), doc))
-                                .await
-                                .unwrap_or_else(|e| {
-                                    Err(DocStoreError::Store {
-                                        source: StoreError::Backend {
-                                            path: Default::default(),
-                                            message: format!("load task failed: {e}"),
-                                        },
-                                    })
-                                });
+                        let r = weft_core::driver::load(store, doc, for_compaction).await;
                         Done::Loaded(doc, Box::new(r))
                     });
                 }

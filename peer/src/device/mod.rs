@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -148,7 +147,7 @@ impl Device {
             pending: HashMap::new(),
             loading: HashSet::new(),
             tasks: JoinSet::new(),
-            start: Instant::now(),
+            clock: weft_core::clock::Monotonic::start(),
             events: events.clone(),
             announced: HashMap::new(),
             status_tx,

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use weft_core::engine::{ConnId, OpenOptions};
@@ -102,7 +102,7 @@ impl Hub {
                 meta.as_ref(),
                 &request.control,
                 self.cfg.max_access_list,
-                unix_now_ms(),
+                weft_core::clock::unix_ms(),
             );
             match applied {
                 Err(e) => {
@@ -517,10 +517,4 @@ impl Hub {
             Err(e) => tracing::error!(error = %e, "storing the per-user document index failed"),
         }
     }
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -4,9 +4,8 @@
 //! of stale documents (mostly for compaction). A document deleted while its load ran does not
 //! come back (see `control.rs`).
 
-use weft_core::host::{self, Loaded};
+use weft_core::host::Loaded;
 use weft_core::store::docs::DocStoreError;
-use weft_core::store::StoreError;
 use weft_core::DocId;
 
 use super::{Done, Hub};
@@ -38,22 +37,7 @@ impl Hub {
             // A reload for compaction also saves the document there, off the hub's thread.
             let snapshot = self.host.wants_snapshot(doc);
             self.tasks.spawn(async move {
-                let r = tokio::task::spawn_blocking(move || {
-                    if snapshot {
-                        host::load_for_compaction(store.as_ref(), doc)
-                    } else {
-                        host::load(store.as_ref(), doc)
-                    }
-                })
-                .await;
-                let r = r.unwrap_or_else(|e| {
-                    Err(DocStoreError::Store {
-                        source: StoreError::Backend {
-                            path: Default::default(),
-                            message: format!("load task failed: {e}"),
-                        },
-                    })
-                });
+                let r = weft_core::driver::load(store, doc, snapshot).await;
                 Done::Loaded(doc, Box::new(r))
             });
         }

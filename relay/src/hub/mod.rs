@@ -36,10 +36,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use weft_core::clock::Monotonic;
 use weft_core::engine::{ConnId, Engine, EngineConfig, Inbound};
 use weft_core::hash::{HashMap, HashSet};
 use weft_core::host::{Host, HostConfig, Loaded, Waiting};
@@ -254,7 +255,7 @@ pub struct Hub {
     commits: VecDeque<(Waiting, CommitTicket)>,
     /// Connections whose batch (see `conns.rs`) is not empty.
     unflushed: Vec<ConnId>,
-    start: Instant,
+    clock: Monotonic,
     metrics: Arc<Metrics>,
     /// When the latest fast-path change of a document arrived, for the fan-out histogram.
     arrivals: HashMap<DocId, Instant>,
@@ -300,7 +301,7 @@ impl Hub {
             erased: HashSet::default(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),
-            start: Instant::now(),
+            clock: Monotonic::start(),
             metrics,
             arrivals: HashMap::default(),
             usage: quota::Usage::default(),
@@ -325,13 +326,11 @@ impl Hub {
     // Postgres checkpoints (end)
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now()
     }
 
     fn unix_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        weft_core::clock::unix_secs()
     }
 
     /// The engine's gate: identities and write rules.

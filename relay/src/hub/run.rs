@@ -44,10 +44,7 @@ impl Hub {
             self.flush();
             let now = Instant::now();
             if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
-                wake = self
-                    .host
-                    .next_wakeup()
-                    .map(|ms| self.start + Duration::from_millis(ms));
+                wake = self.host.next_wakeup().map(|ms| self.clock.instant(ms));
                 checked_at = Some(now);
                 moved = false;
             }

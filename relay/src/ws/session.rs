@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -105,8 +105,12 @@ pub(super) async fn serve_socket(
     // The callback's signature is tungstenite's (its error type is an HTTP response).
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let verified = token_from_query(req.uri().query())
-            .and_then(|t| shared.verifier.verify(&t, unix_now()).ok());
+        let verified = token_from_query(req.uri().query()).and_then(|t| {
+            shared
+                .verifier
+                .verify(&t, weft_core::clock::unix_secs())
+                .ok()
+        });
         match verified {
             Some(c) => {
                 claims = Some(c);
@@ -641,12 +645,6 @@ pub(super) fn device_for(user: &str, peer: &str) -> DeviceId {
     h.update(user.as_bytes());
     h.update(peer.as_bytes());
     DeviceId::from_bytes(*h.finalize().as_bytes())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
