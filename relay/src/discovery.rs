@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use weft_core::store::docs::{self as docstore, DocStoreError};
+use weft_core::store::docs::DocStoreError;
 use weft_core::store::{DocMeta, KvStore};
 use weft_core::wire::{DocEntry, Message};
 use weft_core::{DocId, Role};
 
 use crate::access::readable_role;
+use crate::index;
 use crate::Claims;
 
 /// The documents one connection's user may read.
@@ -35,7 +36,7 @@ pub(crate) fn listing(
     mut meta: impl FnMut(DocId) -> Result<Option<DocMeta>, DocStoreError>,
 ) -> Result<Listing, DocStoreError> {
     let mut docs: BTreeMap<DocId, Role> = BTreeMap::new();
-    for (doc, holding) in docstore::load_user_docs(store, &claims.sub)? {
+    for (doc, holding) in index::load_user_docs(store, &claims.sub)? {
         let role = match (claims.admin, claims.role_for(&doc)) {
             (true, _) => Role::ReadWrite,
             (false, Some(granted)) => holding.role().max(granted),
@@ -126,6 +127,7 @@ fn chunks<T>(items: Vec<T>, per_message: usize) -> Vec<Vec<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_core::store::docs as docstore;
     use weft_core::store::MemStore;
 
     const NOW: u64 = 1_700_000_000;
@@ -143,8 +145,8 @@ mod tests {
         let mut batch = weft_core::store::WriteBatch::new();
         for (doc, meta) in metas {
             docstore::put_meta(&mut batch, *doc, meta);
-            for (user, holding) in docstore::user_docs_of(meta) {
-                docstore::put_user_doc(&mut batch, &user, *doc, holding);
+            for (user, holding) in index::user_docs_of(meta) {
+                index::put_user_doc(&mut batch, &user, *doc, holding);
             }
         }
         store.write(&batch).unwrap();

@@ -46,6 +46,7 @@ pub mod fuzz_targets;
 mod http;
 mod hub;
 mod inbound;
+mod index;
 mod metrics;
 mod rate;
 mod secret;

@@ -10,7 +10,9 @@
 //! Only the owner or an `admin` token may change a document. Every other caller gets
 //! [`ControlError::Forbidden`] whether or not the document exists or was deleted.
 
-use weft_core::store::docs::{self as docstore, Holding};
+use weft_core::store::docs as docstore;
+
+use crate::index::{self, Holding};
 use weft_core::store::{erase, DocMeta, WriteBatch};
 use weft_core::wire::ErrorCode;
 use weft_core::{DocId, Role};
@@ -79,7 +81,7 @@ pub(crate) fn create(owner: &str, doc: DocId, now_ms: u64) -> Change {
     meta.updated_at_ms = now_ms;
     let mut batch = WriteBatch::new();
     docstore::put_meta(&mut batch, doc, &meta);
-    docstore::put_user_doc(&mut batch, owner, doc, Holding::Owner);
+    index::put_user_doc(&mut batch, owner, doc, Holding::Owner);
     Change {
         meta,
         batch,
@@ -125,11 +127,11 @@ pub(crate) fn apply(
                 });
             }
             new.access.insert(user.clone(), *role);
-            docstore::put_user_doc(&mut batch, user, doc, Holding::Shared(*role));
+            index::put_user_doc(&mut batch, user, doc, Holding::Shared(*role));
             if let Some(owner) = owner {
                 // Idempotent; it keeps the batch whole even if the owner record it follows
                 // (committed just before, possibly in the same group) was lost.
-                docstore::put_user_doc(&mut batch, owner, doc, Holding::Owner);
+                index::put_user_doc(&mut batch, owner, doc, Holding::Owner);
             }
             vec![user.clone()]
         }
@@ -138,7 +140,7 @@ pub(crate) fn apply(
             if new.access.remove(user).is_none() {
                 return Ok(None);
             }
-            docstore::delete_user_doc(&mut batch, user, doc);
+            index::delete_user_doc(&mut batch, user, doc);
             vec![user.clone()]
         }
         Control::Delete => {
@@ -146,12 +148,12 @@ pub(crate) fn apply(
             // Every index row of the document goes; the access list stays in the metadata as a
             // record (checkpoints carry it with `deleted_at`, and former members are told the
             // document was deleted rather than that it is not theirs).
-            let users: Vec<String> = docstore::user_docs_of(meta)
+            let users: Vec<String> = index::user_docs_of(meta)
                 .into_iter()
                 .map(|(user, _)| user)
                 .collect();
             for user in &users {
-                docstore::delete_user_doc(&mut batch, user, doc);
+                index::delete_user_doc(&mut batch, user, doc);
             }
             // Its content goes in the same batch: chunks, sync states, and (by a scrub of the
             // store's file) the bytes they occupied.
@@ -224,7 +226,7 @@ mod tests {
         );
         assert_eq!(meta.access.get("bob"), Some(&Role::ReadOnly));
         assert_eq!(
-            docstore::load_user_docs(&store, "bob").unwrap(),
+            index::load_user_docs(&store, "bob").unwrap(),
             vec![(DOC, Holding::Shared(Role::ReadOnly))]
         );
         // The same share again is already in effect; an upgrade is a change.
@@ -251,7 +253,7 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(
-            docstore::load_user_docs(&store, "bob").unwrap(),
+            index::load_user_docs(&store, "bob").unwrap(),
             vec![(DOC, Holding::Shared(Role::ReadWrite))]
         );
         let unshare = Control::Unshare { user: "bob".into() };
@@ -259,7 +261,7 @@ mod tests {
         assert_eq!(change.as_ref().unwrap().users, vec!["bob".to_string()]);
         let meta = commit(&store, change);
         assert!(meta.access.is_empty());
-        assert!(docstore::load_user_docs(&store, "bob").unwrap().is_empty());
+        assert!(index::load_user_docs(&store, "bob").unwrap().is_empty());
         // Unsharing someone not listed is already in effect.
         assert!(apply(&alice(), DOC, Some(&meta), &unshare, 10, 5)
             .unwrap()
@@ -358,10 +360,8 @@ mod tests {
             assert!(store.scan_keys(table, DOC.as_bytes()).unwrap().is_empty());
         }
         assert_eq!(meta.access.get("bob"), Some(&Role::ReadOnly));
-        assert!(docstore::load_user_docs(&store, "alice")
-            .unwrap()
-            .is_empty());
-        assert!(docstore::load_user_docs(&store, "bob").unwrap().is_empty());
+        assert!(index::load_user_docs(&store, "alice").unwrap().is_empty());
+        assert!(index::load_user_docs(&store, "bob").unwrap().is_empty());
         assert_eq!(
             docstore::load_meta(&store, DOC).unwrap(),
             Some(meta.clone())

@@ -65,8 +65,9 @@ impl Table {
     pub const SYNC_STATES: Table = Table("sync_states");
     /// Document metadata, keyed by document.
     pub const DOC_META: Table = Table("doc_meta");
-    /// The relay's per-user index of readable documents, keyed by user and document (see
-    /// [`docs`]). Added after schema version 1 shipped: opening an older file creates it empty.
+    /// A table for the store's user's per-user index (the relay keeps who may read which
+    /// document here; core never reads it). Added after schema version 1 shipped: opening an
+    /// older file creates it empty.
     pub const USER_DOCS: Table = Table("user_docs");
     /// Records an engine's gate keeps with a document (see `engine::Gate`: which actor is
     /// whose), keyed by document and the gate's key. Added in schema version 3.

@@ -14,6 +14,8 @@ use super::prepare::{Body, Row, Stored};
 use super::tls::PgTarget;
 use super::{Chain, CheckpointError};
 
+use crate::index;
+
 /// Lock key serializing migrations across relays sharing one database.
 const MIGRATION_LOCK: i64 = 0x7765_6674_6d69_6772; // "weftmigr"
 
@@ -563,8 +565,8 @@ pub(crate) async fn restore(
             meta.updated_at_ms = meta.created_at_ms;
             meta.deleted_at_ms = to_ms(deleted_at);
             meta.access = access.remove(&id).unwrap_or_default().into_iter().collect();
-            for (user, holding) in docstore::user_docs_of(&meta) {
-                docstore::put_user_doc(&mut batch, &user, doc, holding);
+            for (user, holding) in index::user_docs_of(&meta) {
+                index::put_user_doc(&mut batch, &user, doc, holding);
             }
             docstore::put_meta(&mut batch, doc, &meta);
             stats.restored += 1;

@@ -31,6 +31,7 @@ use super::docs::refusal;
 use super::{Done, Hub, Outbound};
 use crate::access::{readable_role, refusal_code};
 use crate::discovery;
+use crate::index;
 use crate::metrics::Metrics;
 use crate::sharing::{self, Change, Control, ControlError};
 use crate::Claims;
@@ -493,10 +494,10 @@ impl Hub {
     pub(super) async fn index_upgrade(&mut self) {
         let store = self.host.store().clone();
         let rebuilt = tokio::task::spawn_blocking(move || {
-            if docstore::user_index_built(store.as_ref())? {
+            if index::user_index_built(store.as_ref())? {
                 return Ok(None);
             }
-            docstore::rebuild_user_index(store.as_ref()).map(Some)
+            index::rebuild_user_index(store.as_ref()).map(Some)
         })
         .await;
         let batch: WriteBatch = match rebuilt {

@@ -16,7 +16,9 @@
 
 use weft_core::engine::Inbound;
 use weft_core::hash::{HashMap, HashSet};
-use weft_core::store::docs::{self as docstore, Holding};
+use weft_core::store::docs as docstore;
+
+use crate::index::{self, Holding};
 use weft_core::store::WriteBatch;
 use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DocId, KvStore};
@@ -162,7 +164,7 @@ impl Hub {
         if let Some(n) = self.usage.owned.get(user) {
             return *n;
         }
-        let n = match docstore::load_user_docs(self.host.store().as_ref(), user) {
+        let n = match index::load_user_docs(self.host.store().as_ref(), user) {
             Ok(rows) => rows.iter().filter(|(_, h)| *h == Holding::Owner).count(),
             Err(e) => {
                 tracing::error!(user, error = %e, "counting a user's documents failed");

@@ -7,12 +7,9 @@
 //! | `chunks`      | doc id (16) ++ kind (1) ++ blake3(value) (32) | automerge bytes                |
 //! | `sync_states` | doc id (16) ++ peer key                       | `0x01` ++ `sync::State::encode` |
 //! | `doc_meta`    | doc id (16)                                   | `0x01` ++ msgpack [`DocMeta`]  |
-//! | `user_docs`   | user length (u32 BE) ++ user ++ doc id (16)   | `0x01` ++ [`Holding`] tag (1)  |
 //!
-//! `user_docs` is the relay's index of who may read what: one row per (user, document) for the
-//! owner and every access-list entry of each document not deleted. Writers change it in the
-//! same batch as the [`DocMeta`] it mirrors, so the two never disagree after a crash; a
-//! user's documents are one prefix scan (`users::load_user_docs`).
+//! The store's other tables belong to its users: `user_docs` to the relay's per-user index
+//! (kept by the relay), `gate_records` to the engine's gate (`meta.rs` reads and writes them).
 //!
 //! A chunk is anything `Automerge::load` accepts: a snapshot (`save()`, kind 0) or incremental
 //! data (one change's raw bytes, or `save_after` output; kind 1). Chunks are keyed by the hash
@@ -62,7 +59,6 @@ mod load;
 mod meta;
 #[cfg(test)]
 pub(crate) mod tests;
-mod users;
 
 pub use chunks::{compact, put_chunk, ChunkKey, ChunkKind};
 pub use error::DocStoreError;
@@ -71,8 +67,4 @@ pub use load::{load_chunks, load_document, load_document_sized, ChunkBytes, Stor
 pub use meta::{
     decode_meta, delete_doc, delete_sync_states, list_docs, load_gate_records, load_meta,
     load_sync_state, put_gate_record, put_meta, put_sync_state, DocMeta, GateRecord,
-};
-pub use users::{
-    delete_user_doc, load_user_docs, put_user_doc, rebuild_user_index, user_docs_of,
-    user_index_built, Holding,
 };

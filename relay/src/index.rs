@@ -1,16 +1,22 @@
-//! The relay's per-user index of readable documents (`user_docs`).
+//! The relay's per-user index of readable documents, in the store's `user_docs` table: one
+//! row per (user, document) for the owner and every access-list entry of each document not
+//! deleted. Writers change it in the same batch as the `DocMeta` it mirrors, so the two never
+//! disagree after a crash; a user's documents are one prefix scan ([`load_user_docs`]).
+//!
+//! | key                                         | value                          |
+//! |---------------------------------------------|--------------------------------|
+//! | user length (u32 BE) ++ user ++ doc id (16) | `0x01` ++ [`Holding`] tag (1)  |
 
-use super::error::DocStoreError;
-use super::meta::{load_meta, DocMeta};
-use crate::store::{Hex, KvStore, Table, WriteBatch};
-use crate::{DocId, Role};
+use weft_core::store::docs::{load_meta, DocMeta, DocStoreError};
+use weft_core::store::{KvStore, Table, WriteBatch};
+use weft_core::{DocId, Role};
 
 /// Format byte of a `user_docs` value.
 const USER_DOC_FORMAT: u8 = 0x01;
 
 /// How a user holds a document, as the `user_docs` index records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Holding {
+pub(crate) enum Holding {
     /// The user owns the document.
     Owner,
     /// The document's access list gives the user this role.
@@ -19,7 +25,7 @@ pub enum Holding {
 
 impl Holding {
     /// The role the holding gives (an owner reads and writes).
-    pub fn role(self) -> Role {
+    pub(crate) fn role(self) -> Role {
         match self {
             Holding::Owner => Role::ReadWrite,
             Holding::Shared(role) => role,
@@ -62,7 +68,7 @@ fn user_doc_key(user: &str, doc: DocId) -> Vec<u8> {
 }
 
 /// Record in the per-user index that `user` holds `doc` (replacing an earlier holding).
-pub fn put_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId, holding: Holding) {
+pub(crate) fn put_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId, holding: Holding) {
     batch.put(
         Table::USER_DOCS,
         user_doc_key(user, doc),
@@ -71,12 +77,12 @@ pub fn put_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId, holding: Hol
 }
 
 /// Remove `doc` from `user`'s index rows, if it is there.
-pub fn delete_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId) {
+pub(crate) fn delete_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId) {
     batch.delete(Table::USER_DOCS, user_doc_key(user, doc));
 }
 
 /// The index rows `meta` implies: its owner and every access-list entry, none if it is deleted.
-pub fn user_docs_of(meta: &DocMeta) -> Vec<(String, Holding)> {
+pub(crate) fn user_docs_of(meta: &DocMeta) -> Vec<(String, Holding)> {
     if meta.deleted_at_ms.is_some() {
         return Vec::new();
     }
@@ -96,7 +102,7 @@ pub fn user_docs_of(meta: &DocMeta) -> Vec<(String, Holding)> {
 ///
 /// A row this build cannot read (a malformed key, an unknown format) is skipped with a
 /// warning, so one damaged row does not hide the user's other documents.
-pub fn load_user_docs(
+pub(crate) fn load_user_docs(
     store: &dyn KvStore,
     user: &str,
 ) -> Result<Vec<(DocId, Holding)>, DocStoreError> {
@@ -114,7 +120,7 @@ pub fn load_user_docs(
         };
         match (doc, holding) {
             (Some(doc), Some(holding)) => docs.push((doc, holding)),
-            _ => tracing::warn!(key = %Hex(&key), "skipping an unreadable user_docs row"),
+            _ => tracing::warn!(key = ?key, "skipping an unreadable user_docs row"),
         }
     }
     Ok(docs)
@@ -126,14 +132,14 @@ const USER_INDEX_BUILT: [u8; 4] = [0; 4];
 
 /// Whether the `user_docs` index was built (by [`rebuild_user_index`]); a store written before
 /// the index existed has metadata but no index rows.
-pub fn user_index_built(store: &dyn KvStore) -> Result<bool, DocStoreError> {
+pub(crate) fn user_index_built(store: &dyn KvStore) -> Result<bool, DocStoreError> {
     Ok(store.get(Table::USER_DOCS, &USER_INDEX_BUILT)?.is_some())
 }
 
 /// A batch that writes the index rows of every stored document's metadata and marks the index
 /// built: the upgrade path for a store written before the index existed. Idempotent. Writers
 /// must not change metadata between the read and the commit of this batch.
-pub fn rebuild_user_index(store: &dyn KvStore) -> Result<WriteBatch, DocStoreError> {
+pub(crate) fn rebuild_user_index(store: &dyn KvStore) -> Result<WriteBatch, DocStoreError> {
     let mut batch = WriteBatch::new();
     batch.put(Table::USER_DOCS, USER_INDEX_BUILT, vec![USER_DOC_FORMAT]);
     for key in store.scan_keys(Table::DOC_META, &[])? {
@@ -158,10 +164,19 @@ pub fn rebuild_user_index(store: &dyn KvStore) -> Result<WriteBatch, DocStoreErr
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::meta::put_meta;
+    use weft_core::store::docs::put_meta;
+    use weft_core::store::{MemStore, StoreError};
+
     use super::*;
-    use crate::store::docs::tests::{commit, DOC, OTHER};
-    use crate::store::MemStore;
+
+    const DOC: DocId = DocId::from_bytes([1; 16]);
+    const OTHER: DocId = DocId::from_bytes([2; 16]);
+
+    fn commit(store: &MemStore, build: impl FnOnce(&mut WriteBatch)) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        build(&mut batch);
+        store.write(&batch)
+    }
 
     #[test]
     fn the_user_index_lists_a_users_documents_and_no_one_elses() {
@@ -219,14 +234,12 @@ mod tests {
     #[test]
     fn the_index_is_rebuilt_from_metadata_leaving_deleted_documents_out() {
         let store = MemStore::new();
-        let shared = DocMeta {
-            owner: Some("alice".into()),
-            access: BTreeMap::from([
-                ("bob".into(), Role::ReadOnly),
-                ("alice".into(), Role::ReadOnly),
-            ]),
-            ..DocMeta::default()
-        };
+        let mut shared = DocMeta::default();
+        shared.owner = Some("alice".into());
+        shared.access = BTreeMap::from([
+            ("bob".into(), Role::ReadOnly),
+            ("alice".into(), Role::ReadOnly),
+        ]);
         let mut deleted = shared.clone();
         deleted.deleted_at_ms = Some(5);
         commit(&store, |b| {
