@@ -7,7 +7,7 @@
 //! changes are attributable and nobody can write in another's name.
 //!
 //! **Write rules.** A change to a document of a known kind is checked against the kind
-//! (`spec.rs`, `eval.rs`) with its writer's user, whether the writer holds an `admin` token,
+//! (`spec/`, `eval/`) with its writer's user, whether the writer holds an `admin` token,
 //! and the document's owner.
 
 use std::sync::Arc;
