@@ -4,7 +4,7 @@ use automerge::legacy::OpType;
 use automerge::{ObjType, ScalarValue};
 
 use super::state::{Ctx, DocRules};
-use crate::rules::spec::{FieldSpec, FieldType, Who};
+use crate::rules::kinds::{FieldSpec, FieldType, Who};
 
 pub(super) fn type_check(f: &FieldSpec, name: &str, action: &OpType) -> Result<(), String> {
     let ok = match (&f.ty, action) {

@@ -9,7 +9,7 @@ use super::collection::collection;
 use super::kind::kind_written;
 use super::root::{inside_field, root_field};
 use super::state::{Ctx, DocRules, Seg, Writer};
-use crate::rules::spec::{KindSpec, Kinds};
+use crate::rules::kinds::{KindSpec, Kinds};
 
 /// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
 /// naming the rule it breaks.

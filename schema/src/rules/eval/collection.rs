@@ -8,7 +8,7 @@ use automerge::{ActorId, Automerge, ObjType, ReadDoc, ScalarValue, Value};
 use super::allow::{allowed, names, type_check};
 use super::root::inside_field;
 use super::state::{Ctx, DocRules, Seg};
-use crate::rules::spec::{Collection, Entry, FieldSpec, KeyRule, Who};
+use crate::rules::kinds::{Collection, Entry, FieldSpec, KeyRule, Who};
 use crate::MessageKey;
 
 /// An operation at `rest` inside collection `col` (named `name`): `rest[0]` is the entry.

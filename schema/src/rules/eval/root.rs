@@ -5,7 +5,7 @@ use automerge::{ObjType, ReadDoc, ScalarValue, ROOT};
 
 use super::allow::{allowed, names, type_check};
 use super::state::{Ctx, DocRules};
-use crate::rules::spec::{FieldSpec, KindSpec};
+use crate::rules::kinds::{FieldSpec, KindSpec};
 
 pub(super) fn root_field(
     ctx: &mut Ctx<'_>,
