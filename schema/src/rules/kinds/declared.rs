@@ -162,115 +162,150 @@ impl FieldToml {
 
 impl KindToml {
     fn into_spec(self, name: &str) -> Result<KindSpec, KindsError> {
-        let invalid = |problem: String| KindsError::Invalid {
-            kind: name.to_string(),
-            problem,
-        };
         if name.is_empty() || name.len() > 64 {
-            return Err(invalid("a kind's name has 1 to 64 bytes".into()));
+            return Err(invalid(name, "a kind's name has 1 to 64 bytes".into()));
         }
         let mut fields = BTreeMap::new();
         for (f, spec) in self.fields {
             if RESERVED.contains(&f.as_str()) {
-                return Err(invalid(format!("{f} is reserved")));
+                return Err(invalid(name, format!("{f} is reserved")));
             }
             let spec = spec.into_spec(name, &f)?;
             fields.insert(f, spec);
         }
         for t in self.transitions {
-            let Some(field) = fields.get_mut(&t.field) else {
-                return Err(invalid(format!(
-                    "a transition names unknown field {}",
-                    t.field
-                )));
-            };
-            let FieldType::Enum(values) = &field.ty else {
-                return Err(invalid(format!(
-                    "transitions of {} need an enum field",
-                    t.field
-                )));
-            };
-            for v in t.from.iter().chain([&t.to]) {
-                if !values.contains(v) {
-                    return Err(invalid(format!(
-                        "a transition of {} names {v:?}, not one of its values",
-                        t.field
-                    )));
-                }
-            }
-            field.transitions.push(Transition {
-                from: t.from,
-                to: t.to,
-                by: t.by.iter().map(|s| Who::parse(s)).collect(),
-            });
+            add_transition(&mut fields, t, name)?;
         }
         let mut collections = BTreeMap::new();
         for (c, col) in self.collections {
             if RESERVED.contains(&c.as_str()) || fields.contains_key(&c) {
-                return Err(invalid(format!("collection {c} clashes with a field")));
+                return Err(invalid(
+                    name,
+                    format!("collection {c} clashes with a field"),
+                ));
             }
-            let key = match col.key.as_str() {
-                "any" => KeyRule::Any,
-                "id" => KeyRule::Id,
-                "message_key" => KeyRule::MessageKey,
-                "writer" => KeyRule::Writer,
-                other => {
-                    return Err(invalid(format!(
-                        "collection {c}: unknown key rule {other:?}"
-                    )))
-                }
-            };
-            let mut entry_fields = BTreeMap::new();
-            for (f, spec) in col.fields {
-                let spec = spec.into_spec(name, &f)?;
-                entry_fields.insert(f, spec);
-            }
-            if let Some(a) = &col.author {
-                entry_fields
-                    .entry(a.clone())
-                    .or_insert_with(|| FieldSpec::new(FieldType::User).fixed());
-            }
-            collections.insert(
-                c,
-                Collection {
-                    key,
-                    entry: Entry::Record {
-                        fields: entry_fields,
-                        author: col.author,
-                        create: col
-                            .create
-                            .map(|v| v.iter().map(|s| Who::parse(s)).collect())
-                            .unwrap_or_else(|| vec![Who::Member]),
-                        delete: col
-                            .delete
-                            .map(|v| v.iter().map(|s| Who::parse(s)).collect())
-                            .unwrap_or_else(|| vec![Who::Author, Who::Owner, Who::Admin]),
-                    },
-                },
-            );
+            let col = col.into_spec(name, &c)?;
+            collections.insert(c, col);
         }
-        // Fields named in `by` must be user fields.
-        for (f, spec) in &fields {
-            let named = spec
-                .by
-                .iter()
-                .chain(spec.transitions.iter().flat_map(|t| t.by.iter()));
-            for who in named {
-                if let Who::Field(u) = who {
-                    if !matches!(fields.get(u).map(|s| &s.ty), Some(FieldType::User)) {
-                        return Err(invalid(format!(
-                            "field {f} names {u:?} as a writer, which is not a user field"
-                        )));
-                    }
-                }
-            }
-        }
+        writers_are_user_fields(&fields, name)?;
         Ok(KindSpec {
             name: name.to_string(),
             fields,
             collections,
         })
     }
+}
+
+/// Why kind `kind` was refused.
+fn invalid(kind: &str, problem: String) -> KindsError {
+    KindsError::Invalid {
+        kind: kind.to_string(),
+        problem,
+    }
+}
+
+/// Adds transition `t` to its enum field, every value it names being one of the field's.
+fn add_transition(
+    fields: &mut BTreeMap<String, FieldSpec>,
+    t: TransitionToml,
+    kind: &str,
+) -> Result<(), KindsError> {
+    let Some(field) = fields.get_mut(&t.field) else {
+        return Err(invalid(
+            kind,
+            format!("a transition names unknown field {}", t.field),
+        ));
+    };
+    let FieldType::Enum(values) = &field.ty else {
+        return Err(invalid(
+            kind,
+            format!("transitions of {} need an enum field", t.field),
+        ));
+    };
+    for v in t.from.iter().chain([&t.to]) {
+        if !values.contains(v) {
+            return Err(invalid(
+                kind,
+                format!(
+                    "a transition of {} names {v:?}, not one of its values",
+                    t.field
+                ),
+            ));
+        }
+    }
+    field.transitions.push(Transition {
+        from: t.from,
+        to: t.to,
+        by: t.by.iter().map(|s| Who::parse(s)).collect(),
+    });
+    Ok(())
+}
+
+impl CollectionToml {
+    /// Collection `name` of kind `kind`: a collection of records.
+    fn into_spec(self, kind: &str, name: &str) -> Result<Collection, KindsError> {
+        let key = match self.key.as_str() {
+            "any" => KeyRule::Any,
+            "id" => KeyRule::Id,
+            "message_key" => KeyRule::MessageKey,
+            "writer" => KeyRule::Writer,
+            other => {
+                return Err(invalid(
+                    kind,
+                    format!("collection {name}: unknown key rule {other:?}"),
+                ))
+            }
+        };
+        let mut entry_fields = BTreeMap::new();
+        for (f, spec) in self.fields {
+            let spec = spec.into_spec(kind, &f)?;
+            entry_fields.insert(f, spec);
+        }
+        if let Some(a) = &self.author {
+            entry_fields
+                .entry(a.clone())
+                .or_insert_with(|| FieldSpec::new(FieldType::User).fixed());
+        }
+        Ok(Collection {
+            key,
+            entry: Entry::Record {
+                fields: entry_fields,
+                author: self.author,
+                create: self
+                    .create
+                    .map(|v| v.iter().map(|s| Who::parse(s)).collect())
+                    .unwrap_or_else(|| vec![Who::Member]),
+                delete: self
+                    .delete
+                    .map(|v| v.iter().map(|s| Who::parse(s)).collect())
+                    .unwrap_or_else(|| vec![Who::Author, Who::Owner, Who::Admin]),
+            },
+        })
+    }
+}
+
+/// Fields named in `by` (of a field or a transition) must be user fields.
+fn writers_are_user_fields(
+    fields: &BTreeMap<String, FieldSpec>,
+    kind: &str,
+) -> Result<(), KindsError> {
+    for (f, spec) in fields {
+        let named = spec
+            .by
+            .iter()
+            .chain(spec.transitions.iter().flat_map(|t| t.by.iter()));
+        for who in named {
+            if let Who::Field(u) = who {
+                if !matches!(fields.get(u).map(|s| &s.ty), Some(FieldType::User)) {
+                    return Err(invalid(
+                        kind,
+                        format!("field {f} names {u:?} as a writer, which is not a user field"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
