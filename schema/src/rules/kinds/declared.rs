@@ -116,10 +116,6 @@ const RESERVED: [&str; 2] = ["kind", "schema_version"];
 
 impl FieldToml {
     fn into_spec(self, kind: &str, name: &str) -> Result<FieldSpec, KindsError> {
-        let invalid = |problem: String| KindsError::Invalid {
-            kind: kind.to_string(),
-            problem,
-        };
         let ty = match self.ty.as_str() {
             "string" => FieldType::String,
             "text" => FieldType::Text,
@@ -128,20 +124,26 @@ impl FieldToml {
             "user" => FieldType::User,
             "enum" => {
                 if self.values.is_empty() {
-                    return Err(invalid(format!("enum field {name} lists no values")));
+                    return Err(invalid(kind, format!("enum field {name} lists no values")));
                 }
                 FieldType::Enum(self.values.clone())
             }
             "map" => FieldType::Map,
             "list" => FieldType::List,
             "any" => FieldType::Any,
-            other => return Err(invalid(format!("field {name} has unknown type {other:?}"))),
+            other => {
+                return Err(invalid(
+                    kind,
+                    format!("field {name} has unknown type {other:?}"),
+                ))
+            }
         };
         if let (Some(init), FieldType::Enum(values)) = (&self.initial, &ty) {
             if !values.contains(init) {
-                return Err(invalid(format!(
-                    "field {name}: initial value {init:?} is not one of its values"
-                )));
+                return Err(invalid(
+                    kind,
+                    format!("field {name}: initial value {init:?} is not one of its values"),
+                ));
             }
         }
         let by = self
