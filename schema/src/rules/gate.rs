@@ -7,7 +7,7 @@
 //! changes are attributable and nobody can write in another's name.
 //!
 //! **Write rules.** A change to a document of a known kind is checked against the kind
-//! (`spec.rs`, `eval.rs`) with its writer's user, whether the writer holds an `admin` token,
+//! (`kinds/`, `eval/`) with its writer's user, whether the writer holds an `admin` token,
 //! and the document's owner.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use weft_core::engine::{Accepted, ConnId, Gate};
 use weft_core::{DocId, Document};
 
 use super::eval::{self, DocRules, Writer};
-use super::spec::Kinds;
+use super::kinds::Kinds;
 
 /// Who is behind a connection, as the driver authenticated it.
 #[derive(Clone, Debug)]

@@ -2,8 +2,9 @@
 //! every change it receives and by devices on changes their peers send (through the engine's
 //! gate, [`RulesGate`]).
 //!
-//! - `spec.rs`: [`Kinds`], the built-in kinds and those declared in TOML.
-//! - `eval.rs`: checking one change against its document's kind.
+//! - `kinds/`: [`Kinds`], the types of a kind's rules (`mod.rs`), the built-in kinds
+//!   (`builtin.rs`) and those declared in TOML (`declared.rs`).
+//! - `eval/`: checking one change against its document's kind.
 //! - `gate.rs`: [`RulesGate`], identities (each actor writes for one user) and the rules, as
 //!   a `weft_core::engine::Gate`.
 //! - [`record`]: documents of declared kinds as records (create, set a field, read as JSON),
@@ -11,11 +12,11 @@
 
 mod eval;
 mod gate;
+mod kinds;
 pub mod record;
-mod spec;
 
 pub use gate::RulesGate;
-pub use spec::{
+pub use kinds::{
     Collection, Entry, FieldSpec, FieldType, KeyRule, KindSpec, Kinds, KindsError, Transition, Who,
 };
 

@@ -10,7 +10,7 @@ use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 use serde_json::{json, Map};
 
 use super::eval::{self, DocRules, Writer};
-use super::spec::{Entry, FieldSpec, FieldType, KindSpec, Kinds};
+use super::kinds::{Entry, FieldSpec, FieldType, KindSpec, Kinds};
 
 /// Why a record write was refused before it was made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,142 @@
+//! One change checked: the kind it is judged by, each operation placed and judged.
+
+use weft_core::hash::{HashMap, HashSet};
+
+use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::{Automerge, Change};
+
+use super::collection::collection;
+use super::kind::kind_written;
+use super::root::{inside_field, root_field};
+use super::state::{Ctx, DocRules, Seg, Writer};
+use crate::rules::kinds::{KindSpec, Kinds};
+
+/// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
+/// naming the rule it breaks.
+pub(crate) fn check(
+    kinds: &Kinds,
+    st: &mut DocRules,
+    doc: &Automerge,
+    change: &Change,
+    writer: Writer<'_>,
+) -> Result<(), String> {
+    let ops = change.decode().operations;
+    let start = change.start_op().get();
+    let actor = change.actor_id().clone();
+    // The kind this change is judged by: the document's, or the one it sets.
+    let mut kind = st.kind.clone();
+    if let Some(written) = kind_written(&ops, start, &actor) {
+        if st.kind.is_some() || st.kind_text.is_some() {
+            return Err("the document's kind is fixed once set".into());
+        }
+        if st.owner.as_deref().is_some_and(|o| o != writer.user) {
+            return Err("only the document's owner sets its kind".into());
+        }
+        kind = Some(written?);
+    }
+    // Characters typed into a kind written as text change the kind.
+    if let Some(text) = &st.kind_text {
+        if ops
+            .iter()
+            .any(|op| matches!(&op.obj, ObjectId::Id(o) if o == text))
+        {
+            return Err("the document's kind is fixed once set".into());
+        }
+    }
+    let spec = kind.as_deref().and_then(|k| kinds.get(k));
+    if let Some(spec) = spec {
+        let mut ctx = Ctx {
+            doc,
+            writer,
+            created: HashSet::default(),
+            authors_due: Vec::new(),
+            author_texts: HashMap::default(),
+        };
+        let creating_doc = st.kind.is_none();
+        for (i, op) in ops.iter().enumerate() {
+            let id = OpId(start + i as u64, actor.clone());
+            judge(&mut ctx, st, spec, creating_doc, &id, op)?;
+            st.follow_op(&id, &op.obj, &op.key, &op.action);
+            if matches!(op.action, OpType::Make(_)) {
+                ctx.created.insert(id);
+            }
+        }
+        for (text, what) in ctx.author_texts.values() {
+            if text != ctx.writer.user {
+                return Err(format!("{what} is its writer ({})", ctx.writer.user));
+            }
+        }
+        for (record, field) in &ctx.authors_due {
+            let set = ops.iter().any(|op| {
+                matches!(&op.obj, ObjectId::Id(o) if o == record)
+                    && matches!(&op.key, Key::Map(k) if k.as_str() == field)
+            });
+            if !set {
+                return Err(format!(
+                    "a new record must name its writer ({}) in {field}",
+                    ctx.writer.user
+                ));
+            }
+        }
+    } else {
+        for (i, op) in ops.iter().enumerate() {
+            let id = OpId(start + i as u64, actor.clone());
+            st.follow_op(&id, &op.obj, &op.key, &op.action);
+        }
+    }
+    if st.kind.is_none() {
+        st.kind = kind;
+    }
+    Ok(())
+}
+
+fn judge(
+    ctx: &mut Ctx<'_>,
+    st: &mut DocRules,
+    spec: &KindSpec,
+    creating_doc: bool,
+    id: &OpId,
+    op: &automerge::legacy::Op,
+) -> Result<(), String> {
+    let mut path = match &op.obj {
+        ObjectId::Root => Vec::new(),
+        ObjectId::Id(o) => st
+            .place(ctx.doc, o)
+            .ok_or_else(|| "it writes to an object the document does not have".to_string())?,
+    };
+    let leaf_key = match &op.key {
+        Key::Map(k) => Some(k.to_string()),
+        Key::Seq(_) => None,
+    };
+    // The slot written: the map key, or (in a list or text) the object itself.
+    let in_object = leaf_key.is_none();
+    if let Some(k) = &leaf_key {
+        path.push(Seg {
+            key: Some(k.clone()),
+            id: id.clone(),
+        });
+    }
+    let Some(first) = path.first().and_then(|s| s.key.clone()) else {
+        return Err("it writes outside any field".into());
+    };
+    if path.len() == 1 && !in_object {
+        return root_field(ctx, st, spec, creating_doc, &first, op);
+    }
+    if first == "kind" {
+        // The characters of a kind this change writes as text (`kind_written` read them).
+        return if ctx.created.contains(&path[0].id) {
+            Ok(())
+        } else {
+            Err("the document's kind is fixed once set".into())
+        };
+    }
+    if let Some(f) = spec.fields.get(&first) {
+        // Inside a root field's object (a title's text, a list's items).
+        let created_here = ctx.created.contains(&path[0].id);
+        return inside_field(ctx, st, f, &first, created_here, None, op);
+    }
+    let Some(col) = spec.collections.get(&first) else {
+        return Err(format!("{first} is not a field of a {}", spec.name));
+    };
+    collection(ctx, st, col, &first, &path[1..], in_object, op)
+}
