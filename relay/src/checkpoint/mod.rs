@@ -65,16 +65,18 @@ use crate::metrics::Metrics;
 
 mod dirty;
 mod error;
+mod migrate;
 mod pg;
 mod prepare;
+mod restore;
 mod tls;
 
 pub use dirty::DirtyDocs;
 pub(crate) use error::Chain;
 pub use error::CheckpointError;
 use pg::PgConn;
-pub use pg::RestoreStats;
 use prepare::{Prepared, Row};
+pub use restore::RestoreStats;
 use tls::PgTarget;
 
 /// A document is not checkpointed again before this many times its last preparation time.
@@ -213,7 +215,7 @@ impl Checkpointer {
     async fn setup(&mut self) -> Result<RestoreStats, CheckpointError> {
         let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
         self.migrate(&mut conn).await?;
-        let stats = pg::restore(&mut conn, &self.group).await?;
+        let stats = restore::restore(&mut conn, &self.group).await?;
         self.conn = Some(conn);
         Ok(stats)
     }

@@ -1,31 +1,20 @@
-//! The Postgres side: connecting (bounded), migrating, writing a batch of prepared rows in one
-//! transaction, and restoring an empty store from the last checkpoint.
+//! The Postgres side: connecting (bounded) and writing a batch of prepared rows in one
+//! transaction. The migrations runner is in `migrate.rs`, the restore in `restore.rs`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::{Client, Statement, Transaction};
-use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{DocMeta, GroupCommit, WriteBatch};
-use weft_core::{DocId, Role};
+use weft_core::DocId;
 
 use super::prepare::{Body, Row, Stored};
 use super::tls::PgTarget;
 use super::{Chain, CheckpointError};
 
-use crate::index;
-
-/// Lock key serializing migrations across relays sharing one database.
-const MIGRATION_LOCK: i64 = 0x7765_6674_6d69_6772; // "weftmigr"
-
-/// Documents restored per page.
-const RESTORE_PAGE: i64 = 500;
-
 /// One Postgres connection and its statements. The connection's IO runs in a task aborted
 /// when this is dropped.
 pub(crate) struct PgConn {
-    client: Client,
+    pub(super) client: Client,
     io: tokio::task::JoinHandle<()>,
     stmts: Option<Statements>,
 }
@@ -49,7 +38,8 @@ struct Statements {
     delete_record: Statement,
 }
 
-fn pg(source: tokio_postgres::Error) -> CheckpointError {
+/// A Postgres error as a checkpoint error.
+pub(super) fn pg(source: tokio_postgres::Error) -> CheckpointError {
     CheckpointError::Postgres { source }
 }
 
@@ -84,63 +74,6 @@ impl PgConn {
     /// Whether the connection is gone (the next use needs a new one).
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
-    }
-
-    /// Applies every migration this database lacks, in one transaction, under an advisory lock
-    /// so relays starting together don't race.
-    pub(crate) async fn migrate(&mut self) -> Result<Vec<u32>, CheckpointError> {
-        let tx = self.client.transaction().await.map_err(pg)?;
-        tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(pg)?;
-        let exists: bool = tx
-            .query_one(
-                "select to_regclass('weft_schema_migrations') is not null",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        if !exists {
-            tx.batch_execute(
-                "create table weft_schema_migrations (
-                 version integer primary key,
-                 name text not null,
-                 applied_at timestamptz not null default now())",
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let done: Vec<i32> = tx
-            .query("select version from weft_schema_migrations", &[])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let newest_known = weft_schema::MIGRATIONS.last().map_or(0, |m| m.version);
-        if let Some(newer) = done.iter().find(|v| **v as i64 > newest_known as i64) {
-            return Err(CheckpointError::NewerSchema {
-                found: *newer as i64,
-                known: newest_known,
-            });
-        }
-        let mut applied = Vec::new();
-        for m in weft_schema::MIGRATIONS {
-            if done.contains(&(m.version as i32)) {
-                continue;
-            }
-            tx.batch_execute(m.sql).await.map_err(pg)?;
-            tx.execute(
-                "insert into weft_schema_migrations (version, name) values ($1, $2)",
-                &[&(m.version as i32), &m.name],
-            )
-            .await
-            .map_err(pg)?;
-            applied.push(m.version);
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(applied)
     }
 
     async fn statements(&mut self) -> Result<(), CheckpointError> {
@@ -438,143 +371,4 @@ impl PgConn {
         }
         Ok((StatementsRef(stmts), tx, stored))
     }
-}
-
-/// What a restore did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RestoreStats {
-    /// Documents in Postgres.
-    pub checkpointed: u64,
-    /// Documents the relay's store lacked and got from Postgres.
-    pub restored: u64,
-}
-
-/// Copies into the relay's store every checkpointed document it lacks: content (one snapshot
-/// chunk), owner, access list, deletion and the `user_docs` rows, page by page. A document the
-/// store already has is left alone (its metadata is the newer one). So a relay whose data
-/// directory was lost serves every document, with exactly its access, and none is claimable.
-pub(crate) async fn restore(
-    conn: &mut PgConn,
-    group: &Arc<GroupCommit>,
-) -> Result<RestoreStats, CheckpointError> {
-    let mut stats = RestoreStats::default();
-    let mut after = String::new();
-    loop {
-        let ids: Vec<String> = conn
-            .client
-            .query(
-                "select doc_id from weft_documents where doc_id > $1 order by doc_id limit $2",
-                &[&after, &RESTORE_PAGE],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let Some(last) = ids.last() else {
-            break;
-        };
-        after = last.clone();
-        stats.checkpointed += ids.len() as u64;
-        let parsed: Vec<DocId> = ids
-            .iter()
-            .filter_map(|id| match id.parse() {
-                Ok(doc) => Some(doc),
-                Err(_) => {
-                    tracing::warn!(doc_id = %id, "skipping a checkpoint row with a malformed id");
-                    None
-                }
-            })
-            .collect();
-        let store = group.store().clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            parsed
-                .into_iter()
-                .filter_map(|doc| match docstore::load_meta(store.as_ref(), doc) {
-                    Ok(None) => Some(Ok(doc)),
-                    Ok(Some(_)) => None,
-                    Err(source) => Some(Err(CheckpointError::Store { doc, source })),
-                })
-                .collect::<Result<Vec<DocId>, _>>()
-        })
-        .await
-        .map_err(|_| CheckpointError::TaskFailed)??;
-        if missing.is_empty() {
-            continue;
-        }
-        let ids: Vec<String> = missing.iter().map(DocId::to_string).collect();
-        let rows = conn
-            .client
-            .query(
-                "select doc_id, owner, content, content_blake3, \
-                 (extract(epoch from created_at) * 1000)::int8, \
-                 (extract(epoch from deleted_at) * 1000)::int8 \
-                 from weft_documents where doc_id = any($1)",
-                &[&ids],
-            )
-            .await
-            .map_err(pg)?;
-        let access_rows = conn
-            .client
-            .query(
-                "select doc_id, user_id, role from weft_access where doc_id = any($1)",
-                &[&ids],
-            )
-            .await
-            .map_err(pg)?;
-        let mut access: HashMap<String, Vec<(String, Role)>> = HashMap::new();
-        for r in &access_rows {
-            let role = match r.get::<_, &str>(2) {
-                "rw" => Role::ReadWrite,
-                "ro" => Role::ReadOnly,
-                other => {
-                    tracing::warn!(role = other, "skipping an access row with an unknown role");
-                    continue;
-                }
-            };
-            access.entry(r.get(0)).or_default().push((r.get(1), role));
-        }
-        let mut batch = WriteBatch::new();
-        for r in &rows {
-            let id: String = r.get(0);
-            let Ok(doc) = id.parse::<DocId>() else {
-                continue;
-            };
-            let content: Option<Vec<u8>> = r.get(2);
-            let hash: Option<Vec<u8>> = r.get(3);
-            let deleted_at: Option<i64> = r.get(5);
-            match (content, hash) {
-                // A deleted document has no content to restore: only its tombstone.
-                _ if deleted_at.is_some() => {}
-                (Some(content), Some(hash))
-                    if blake3::hash(&content).as_bytes().as_slice() == hash.as_slice() =>
-                {
-                    if !content.is_empty() {
-                        docstore::put_chunk(&mut batch, doc, ChunkKind::Snapshot, content);
-                    }
-                }
-                _ => {
-                    // The metadata is still restored: the document stays unclaimable.
-                    tracing::error!(%doc, "checkpointed content is missing or does not match its blake3; not restored");
-                }
-            }
-            let mut meta = DocMeta::default();
-            meta.owner = r.get(1);
-            let to_ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-            meta.created_at_ms = to_ms(r.get(4)).unwrap_or(0);
-            meta.updated_at_ms = meta.created_at_ms;
-            meta.deleted_at_ms = to_ms(deleted_at);
-            meta.access = access.remove(&id).unwrap_or_default().into_iter().collect();
-            for (user, holding) in index::user_docs_of(&meta) {
-                index::put_user_doc(&mut batch, &user, doc, holding);
-            }
-            docstore::put_meta(&mut batch, doc, &meta);
-            stats.restored += 1;
-        }
-        group
-            .submit(batch)
-            .await
-            .map_err(|source| CheckpointError::StoreWrite { source })?;
-    }
-    Ok(stats)
 }

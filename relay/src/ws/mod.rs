@@ -42,7 +42,10 @@
 //! maximum close that socket (with a close frame saying why); nothing else is affected.
 
 pub(crate) mod codec; // also read by `crate::fuzz_targets`
+mod frames;
+mod handshake;
 mod session;
+mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +67,15 @@ const PROTOCOL_VERSION: &str = "1";
 /// WebSocket connection ids start here, far above the QUIC acceptor's (which count up from 1),
 /// so both kinds share the hub's id space without coordination.
 const FIRST_CONN_ID: u64 = 1 << 62;
+
+/// What every socket task shares.
+struct Shared {
+    verifier: Verifier,
+    limits: WsLimits,
+    metrics: Arc<Metrics>,
+    /// The relay's automerge-repo peer id.
+    relay_peer: Arc<str>,
+}
 
 /// Limits of the WebSocket endpoint.
 #[derive(Clone, Debug)]
@@ -134,7 +146,7 @@ pub async fn ws_accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let relay_peer: Arc<str> = Arc::from(relay_peer_id());
-    let shared = Arc::new(session::Shared {
+    let shared = Arc::new(Shared {
         verifier,
         limits,
         metrics,
