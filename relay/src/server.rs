@@ -91,8 +91,6 @@ const WRITE_BATCH_FRAMES: usize = 256;
 /// A writer's buffer is written out once it holds this many bytes.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
-/// QUIC application close codes (the wire `ErrorCode` numbers).
-
 /// Accepts connections on `endpoint` until `shutdown` resolves, then closes every connection
 /// and waits for their tasks. Cancel safety: dropping the future drops the tasks.
 pub async fn accept_loop(
