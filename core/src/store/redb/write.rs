@@ -47,102 +47,8 @@ impl RedbStore {
         // This batch's changes to the staging index; lookups go through it to the latest
         // commit's index (this thread is the only writer, so that does not change meanwhile).
         let mut delta = Delta::new();
-        let staged = |delta: &Delta, table: Table, key: &[u8]| {
-            read(&self.layers).latest().get(delta, table, key)
-        };
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        let mut scrub = false;
-        {
-            let mut homes = Homes {
-                txn: &txn,
-                open: Vec::new(),
-            };
-            let mut log = txn.open_table(LOG).map_err(|e| self.error(e))?;
-            let mut append = |entry: Entry<'_>, next: &mut LogState| {
-                let bytes = entry.encode();
-                log.insert(next.next_seq, bytes.as_slice())
-                    .map_err(|e| self.error(e))?;
-                next.next_seq += 1;
-                next.entries += 1;
-                next.bytes += bytes.len() as u64;
-                Ok::<(), StoreError>(())
-            };
-            for op in batch.ops() {
-                match op {
-                    BatchOp::Put { table, key, value }
-                        if self.limits.stages(key, value)
-                            && self.limits.batch_has_room(&state, &next) =>
-                    {
-                        delta.insert(ikey(*table, key), Some(next.next_seq));
-                        append(
-                            Entry::Put {
-                                table: *table,
-                                key,
-                                value,
-                            },
-                            &mut next,
-                        )?;
-                    }
-                    BatchOp::Put { table, key, value } => {
-                        homes
-                            .get(self, *table)?
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(|e| self.error(e))?;
-                        if staged(&delta, *table, key).is_some() {
-                            delta.insert(ikey(*table, key), None);
-                            append(Entry::Delete { table: *table, key }, &mut next)?;
-                        }
-                    }
-                    BatchOp::Delete { table, key } => {
-                        homes
-                            .get(self, *table)?
-                            .remove(key.as_slice())
-                            .map_err(|e| self.error(e))?;
-                        if staged(&delta, *table, key).is_some() {
-                            delta.insert(ikey(*table, key), None);
-                            append(Entry::Delete { table: *table, key }, &mut next)?;
-                        }
-                    }
-                    BatchOp::DeletePrefix { table, prefix } => {
-                        let end = prefix_end(prefix);
-                        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                        homes
-                            .get(self, *table)?
-                            .retain_in::<&[u8], _>(
-                                (Bound::Included(prefix.as_slice()), upper),
-                                |_, _| false,
-                            )
-                            .map_err(|e| self.error(e))?;
-                        let keys = read(&self.layers)
-                            .latest()
-                            .staged_in(&delta, *table, prefix);
-                        if !keys.is_empty() {
-                            for (key, _) in keys {
-                                delta.insert(ikey(*table, &key), None);
-                            }
-                            append(
-                                Entry::DeletePrefix {
-                                    table: *table,
-                                    prefix,
-                                },
-                                &mut next,
-                            )?;
-                        }
-                    }
-                    BatchOp::Scrub => scrub = true,
-                }
-            }
-            if scrub {
-                // Durable with the deletions it is about: the next open rewrites the file.
-                txn.open_table(META)
-                    .map_err(|e| self.error(e))?
-                    .insert(SCRUB_KEY, &[SCRUB_FORMAT][..])
-                    .map_err(|e| self.error(e))?;
-            }
-            if next.next_seq > state.next_seq && next.over(&self.limits) {
-                self.clean(&mut log, &mut homes, &mut delta, &mut next, state.next_seq)?;
-            }
-        }
+        self.apply(&txn, batch, &state, &mut next, &mut delta)?;
         let appended = next.next_seq > state.next_seq;
         let last = next.next_seq - 1;
         if appended {
@@ -164,6 +70,111 @@ impl RedbStore {
                 Err(self.error(err))
             }
         }
+    }
+
+    /// Every op of `batch` into `txn`: small puts staged (their changes to the index in
+    /// `delta`, the log's extent in `next`), the rest into their tables, then the log cleaned
+    /// if it outgrew its limits. `state` is the log as the last commit left it.
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        batch: &WriteBatch,
+        state: &LogState,
+        next: &mut LogState,
+        delta: &mut Delta,
+    ) -> Result<(), StoreError> {
+        let staged = |delta: &Delta, table: Table, key: &[u8]| {
+            read(&self.layers).latest().get(delta, table, key)
+        };
+        let mut scrub = false;
+        let mut homes = Homes {
+            txn,
+            open: Vec::new(),
+        };
+        let mut log = txn.open_table(LOG).map_err(|e| self.error(e))?;
+        let mut append = |entry: Entry<'_>, next: &mut LogState| {
+            let bytes = entry.encode();
+            log.insert(next.next_seq, bytes.as_slice())
+                .map_err(|e| self.error(e))?;
+            next.next_seq += 1;
+            next.entries += 1;
+            next.bytes += bytes.len() as u64;
+            Ok::<(), StoreError>(())
+        };
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { table, key, value }
+                    if self.limits.stages(key, value)
+                        && self.limits.batch_has_room(state, next) =>
+                {
+                    delta.insert(ikey(*table, key), Some(next.next_seq));
+                    append(
+                        Entry::Put {
+                            table: *table,
+                            key,
+                            value,
+                        },
+                        next,
+                    )?;
+                }
+                BatchOp::Put { table, key, value } => {
+                    homes
+                        .get(self, *table)?
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(|e| self.error(e))?;
+                    if staged(delta, *table, key).is_some() {
+                        delta.insert(ikey(*table, key), None);
+                        append(Entry::Delete { table: *table, key }, next)?;
+                    }
+                }
+                BatchOp::Delete { table, key } => {
+                    homes
+                        .get(self, *table)?
+                        .remove(key.as_slice())
+                        .map_err(|e| self.error(e))?;
+                    if staged(delta, *table, key).is_some() {
+                        delta.insert(ikey(*table, key), None);
+                        append(Entry::Delete { table: *table, key }, next)?;
+                    }
+                }
+                BatchOp::DeletePrefix { table, prefix } => {
+                    let end = prefix_end(prefix);
+                    let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    homes
+                        .get(self, *table)?
+                        .retain_in::<&[u8], _>(
+                            (Bound::Included(prefix.as_slice()), upper),
+                            |_, _| false,
+                        )
+                        .map_err(|e| self.error(e))?;
+                    let keys = read(&self.layers).latest().staged_in(delta, *table, prefix);
+                    if !keys.is_empty() {
+                        for (key, _) in keys {
+                            delta.insert(ikey(*table, &key), None);
+                        }
+                        append(
+                            Entry::DeletePrefix {
+                                table: *table,
+                                prefix,
+                            },
+                            next,
+                        )?;
+                    }
+                }
+                BatchOp::Scrub => scrub = true,
+            }
+        }
+        if scrub {
+            // Durable with the deletions it is about: the next open rewrites the file.
+            txn.open_table(META)
+                .map_err(|e| self.error(e))?
+                .insert(SCRUB_KEY, &[SCRUB_FORMAT][..])
+                .map_err(|e| self.error(e))?;
+        }
+        if next.next_seq > state.next_seq && next.over(&self.limits) {
+            self.clean(&mut log, &mut homes, delta, next, state.next_seq)?;
+        }
+        Ok(())
     }
 }
 
