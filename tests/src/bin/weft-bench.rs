@@ -11,8 +11,9 @@
 //! spreads every thread over all cores.
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
-//! `initial-sync` (all of them when none is named). Exit status 2 for an unknown workload or
-//! flag, 1 when a measurement fails. What each measures and its latest figures: BENCHMARKS.md.
+//! `initial-sync`, `large-change` (all of them when none is named). Exit status 2 for an unknown
+//! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
+//! BENCHMARKS.md.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ mod client;
 mod device;
 #[path = "weft-bench/fanout.rs"]
 mod fanout;
+#[path = "weft-bench/large_change.rs"]
+mod large_change;
 #[path = "weft-bench/relay.rs"]
 mod relay;
 #[path = "weft-bench/throughput.rs"]
@@ -50,9 +53,12 @@ const IMPLEMENTED: &[&str] = &[
     "reconnect",
     "durable-writes",
     "initial-sync",
+    "large-change",
 ];
 const PLANNED: &[&str] = &["memory", "checkpoint"];
-const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync)";
+const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change)";
+/// The workloads as the usage line and errors name them.
+const AVAILABLE: &str = "fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change";
 
 struct Plan {
     quick: bool,
@@ -128,7 +134,7 @@ fn main() -> ExitCode {
                 }
             }
             w if PLANNED.contains(&w) => {
-                eprintln!("weft-bench: the workload {w} is not implemented yet (available: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync).");
+                eprintln!("weft-bench: the workload {w} is not implemented yet (available: {AVAILABLE}).");
                 return ExitCode::from(2);
             }
             w if w.starts_with('-') => {
@@ -136,7 +142,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             w => {
-                eprintln!("weft-bench: unknown workload {w} (available: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync).");
+                eprintln!("weft-bench: unknown workload {w} (available: {AVAILABLE}).");
                 return ExitCode::from(2);
             }
         }
@@ -214,6 +220,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
                 relay.stop();
                 out
             }
+            "large-change" => large_change_workload(&plan, &clients, &chain)?,
             "reconnect" => {
                 let relay = Relay::start()?;
                 let out = clients.block_on(device::reconnect(&relay, plan.quick))?;
@@ -645,4 +652,271 @@ fn wire_bytes_workload(
         f.sync_bytes, f.sync_messages, f.sync_frames
     );
     Ok(f.json())
+}
+
+fn large_change_workload(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+) -> anyhow::Result<Value> {
+    use large_change::{Path, Settings};
+    let own_kib = large_change::status_kib("VmRSS").unwrap_or(0);
+    let t = Instant::now();
+    let big = Arc::new(large_change::Big::generate(large_change::CHARS)?);
+    let generated = t.elapsed();
+    let settings = if plan.quick {
+        Settings {
+            window: Duration::from_secs(4),
+            pace: Duration::from_millis(20),
+            warmup: 20,
+            first_at: Duration::from_millis(500),
+            every: Duration::from_secs(2),
+        }
+    } else {
+        Settings {
+            window: Duration::from_secs(12),
+            pace: Duration::from_millis(20),
+            warmup: 20,
+            first_at: Duration::from_millis(500),
+            every: Duration::from_secs(2),
+        }
+    };
+    eprintln!(
+        "large-change: document A, 1 writer and {} receivers, one change in flight, one every {} ms \
+         for {:.0} s; meanwhile {} large changes, {:.1} s apart, each into its own document with \
+         a second subscriber",
+        3,
+        settings.pace.as_millis(),
+        settings.window.as_secs_f64(),
+        settings.large_changes(),
+        settings.every.as_secs_f64()
+    );
+    eprintln!(
+        "  the large change: {} characters, {} operations, {:.2} MB; local commit {:.0} ms; \
+         check (parse, on a connection task's blocking thread) {:.0} ms; Change::decode (the \
+         write rules, on the hub) {:.0} ms; in a sync message as a {} of {:.2} MB \
+         (prepared in {:.1} s)",
+        large_change::CHARS,
+        big.ops,
+        big.raw.len() as f64 / 1e6,
+        ms(big.commit),
+        ms(big.check),
+        ms(big.decode),
+        big.sync_chunk,
+        big.sync_data.len() as f64 / 1e6,
+        generated.as_secs_f64()
+    );
+    let pin = plan.pin;
+    // The large side's own runtime, so megabytes sent and received there do not hold up
+    // document A's devices.
+    let big_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weft-bench-big")
+        .on_thread_start(move || {
+            if pin {
+                let _ = pin_current_thread(1);
+            }
+        })
+        .enable_all()
+        .build()
+        .context("cannot start the large side's runtime")?;
+    let bench_kib = large_change::status_kib("VmRSS").unwrap_or(0);
+    eprintln!(
+        "  {:<7} {:<13} | {:>7} {:>8} {:>8} {:>6} {:>6} | {:<22} | {:>10} {:>10} | {:>9} {:>9} | {:>5} {:>5} {:>5}",
+        "caps",
+        "large via",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "xp99",
+        "xmax",
+        "large: acc/dlv/refused",
+        "accept ms",
+        "deliver ms",
+        "RSS0 MiB",
+        "peak MiB",
+        "hub s",
+        "blk s",
+        "store"
+    );
+    let caps = [
+        ("default", None),
+        ("raised", Some(large_change::raised_limits())),
+    ];
+    let mut runs = Vec::new();
+    for (caps_name, limits) in caps {
+        let relay = Relay::start_with(limits.clone())?;
+        // Document A's p99 and max in the relay's first phase, without large changes.
+        let mut base: Option<(f64, f64)> = None;
+        let mut phases = Vec::new();
+        for path in [None, Some(Path::Changes), Some(Path::Sync)] {
+            let r = rt.block_on(large_change::phase(
+                &relay,
+                chain.clone(),
+                big.clone(),
+                path,
+                big_rt.handle().clone(),
+                &settings,
+            ));
+            let mut r = r.with_context(|| {
+                format!(
+                    "large-change, {caps_name} caps, {}",
+                    path.map_or("baseline", Path::name)
+                )
+            })?;
+            let (p50, p99, max) = percentiles(&mut r.latencies);
+            let (s50, s99, smax) = percentiles(&mut r.from_schedule);
+            let (p50, p99, max) = (ms(p50), ms(p99), ms(max));
+            let (b99, bmax) = *base.get_or_insert((p99, max));
+            let ratio = |x: f64, b: f64| if b > 0.0 { (x / b * 10.0).round() / 10.0 } else { 0.0 };
+            let accepted = r.large.iter().filter(|o| o.accepted.is_some()).count();
+            let delivered = r.large.iter().filter(|o| o.delivered.is_some()).count();
+            let refused = r.large.iter().filter(|o| o.refused.is_some()).count();
+            let span = |f: &dyn Fn(&large_change::Outcome) -> Option<Duration>| {
+                let mut v: Vec<f64> = r.large.iter().filter_map(f).map(ms).collect();
+                v.sort_by(f64::total_cmp);
+                match (v.first(), v.last()) {
+                    (Some(lo), Some(hi)) => format!("{lo:.0}-{hi:.0}"),
+                    _ => "-".into(),
+                }
+            };
+            let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+            eprintln!(
+                "  {:<7} {:<13} | {:>7.2} {:>8.2} {:>8.1} {:>6} {:>6} | {:<22} | {:>10} {:>10} | {:>9.0} {:>9.0} | {:>5.2} {:>5.2} {:>5.2}",
+                caps_name,
+                path.map_or("(baseline)", Path::name),
+                p50,
+                p99,
+                max,
+                if path.is_some() { format!("{:.1}", ratio(p99, b99)) } else { "-".into() },
+                if path.is_some() { format!("{:.1}", ratio(max, bmax)) } else { "-".into() },
+                if path.is_some() {
+                    format!("{accepted}/{delivered}/{refused} of {}", r.large.len())
+                } else {
+                    "-".into()
+                },
+                span(&|o| o.accepted),
+                span(&|o| o.delivered),
+                mib(r.rss.start_kib),
+                mib(r.rss.peak_kib),
+                r.cpu.worker.as_secs_f64(),
+                r.cpu.blocking.as_secs_f64(),
+                r.cpu.store.as_secs_f64(),
+            );
+            if let Some(why) = r.large.iter().find_map(|o| o.refused.as_deref()) {
+                eprintln!("      the sender was told: {why}");
+            }
+            if r.lost > 0 || r.sync_frames > 0 || r.large_sync_frames > 0 || r.queue_drops > 0 {
+                eprintln!(
+                    "      note: {} document A receipts lost; {} sync frames on A, {} on the large documents; {} queue drops",
+                    r.lost, r.sync_frames, r.large_sync_frames, r.queue_drops
+                );
+            }
+            let large: Vec<Value> = r
+                .large
+                .iter()
+                .map(|o| {
+                    json!({
+                        "sent_at_s": (o.sent_at.as_secs_f64() * 100.0).round() / 100.0,
+                        "accepted_ms": o.accepted.map(ms),
+                        "delivered_ms": o.delivered.map(ms),
+                        "refused": o.refused,
+                    })
+                })
+                .collect();
+            phases.push(json!({
+                "large_change_via": path.map(|p| match p {
+                    Path::Changes => "changes",
+                    Path::Sync => "sync",
+                }),
+                "a_changes": r.changes,
+                "a_samples": r.latencies.len(),
+                "a_lost": r.lost,
+                "a_sync_frames": r.sync_frames,
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "max_ms": max,
+                "from_schedule_p50_ms": ms(s50),
+                "from_schedule_p99_ms": ms(s99),
+                "from_schedule_max_ms": ms(smax),
+                "p99_ratio_to_baseline": ratio(p99, b99),
+                "max_ratio_to_baseline": ratio(max, bmax),
+                "extra_p99_ms": ((p99 - b99) * 1000.0).round() / 1000.0,
+                "extra_max_ms": ((max - bmax) * 1000.0).round() / 1000.0,
+                "large_changes": large,
+                "large_accepted": accepted,
+                "large_delivered": delivered,
+                "large_refused": refused,
+                "large_sync_frames": r.large_sync_frames,
+                "relay_refused_limit": r.refused_limit,
+                "relay_queue_drops": r.queue_drops,
+                "rss_start_mib": mib(r.rss.start_kib),
+                "rss_peak_mib": mib(r.rss.peak_kib),
+                "rss_peak_from": if r.rss.hwm_reset { "VmHWM reset at the window's start" } else { "VmRSS sampled every 10 ms" },
+                "rss_sampled_peak_mib": mib(r.rss.sampled_peak_kib),
+                "rss_sampled_peak_at_s": (r.rss.sampled_peak_at.as_secs_f64() * 10.0).round() / 10.0,
+                "rss_end_mib": mib(r.rss.end_kib),
+                "relay_cpu_s": {
+                    "hub_and_quic": (r.cpu.worker.as_secs_f64() * 1000.0).round() / 1000.0,
+                    "blocking_pool": (r.cpu.blocking.as_secs_f64() * 1000.0).round() / 1000.0,
+                    "store_writer": (r.cpu.store.as_secs_f64() * 1000.0).round() / 1000.0,
+                },
+                "span_s": (r.span.as_secs_f64() * 10.0).round() / 10.0,
+            }));
+        }
+        relay.stop();
+        runs.push(json!({
+            "caps": caps_name,
+            "limits": limits.as_ref().map_or_else(
+                || json!("weft-relay defaults (--max-change-bytes 1MiB --max-change-ops 100000)"),
+                |l| json!({
+                    "max_change_bytes": l.max_change_bytes,
+                    "max_change_ops": l.max_change_ops,
+                    "max_inflated_bytes": l.max_inflated_bytes,
+                }),
+            ),
+            "phases": phases,
+        }));
+    }
+    drop(big_rt);
+    let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+    eprintln!(
+        "  RSS: {:.0} MiB before this workload, {:.0} MiB with the large change prepared (the bench's own share; the relay's is the rest)",
+        mib(own_kib),
+        mib(bench_kib)
+    );
+    Ok(json!({
+        "workload": "large-change",
+        "quick": plan.quick,
+        "pinned": plan.pin,
+        "setup": "in-process weft-relay (QUIC, hub, engine, redb in a temp dir) on a 1-worker \
+            runtime; document A: 1 writer and 3 receivers on a 1-worker runtime, one change in \
+            flight, at most one every pace_ms, latency from the writer handing its Changes frame \
+            to QUIC to a receiver decoding the forwarded frame; the large side (a sender and a \
+            second subscriber of each large document) on a 1-worker runtime of its own; each \
+            large change goes into its own document, which holds a 3-change seed; RSS is the \
+            whole process's (relay and bench)",
+        "pace_ms": settings.pace.as_millis() as u64,
+        "window_s": settings.window.as_secs_f64(),
+        "large_every_s": settings.every.as_secs_f64(),
+        "large_change": {
+            "characters": large_change::CHARS,
+            "operations": big.ops,
+            "bytes": big.raw.len(),
+            "local_commit_ms": ms(big.commit),
+            "check_ms": ms(big.check),
+            "decode_ms": ms(big.decode),
+            "sync_message_bytes": big.sync_data.len(),
+            "sync_message_carries": big.sync_chunk,
+        },
+        "bench_rss_mib": mib(own_kib),
+        "bench_rss_with_large_change_mib": mib(bench_kib),
+        "runs": runs,
+        "baseline": {
+            "name": "same-relay-no-large-changes",
+            "description": "the first phase on each relay: document A's fan-out with the same \
+                devices, pace and window and nothing else going on; the other phases' ratios \
+                and extra_*_ms are against it",
+        },
+    }))
 }

@@ -39,6 +39,13 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay on loopback with a fresh data directory.
     pub fn start() -> anyhow::Result<Relay> {
+        Relay::start_with(None)
+    }
+
+    /// Like [`Relay::start`], with what a member's changes must fit set as the `weft-relay`
+    /// binary sets it from `--max-change-bytes` and `--max-change-ops` (the connection tasks'
+    /// check and the engine's alike); `None` keeps the defaults.
+    pub fn start_with(check: Option<weft_core::check::Limits>) -> anyhow::Result<Relay> {
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
@@ -69,8 +76,14 @@ impl Relay {
             let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity)
                 .map_err(anyhow::Error::msg)?;
             let (hub_tx, hub_rx) = mpsc::channel(4096);
+            let mut hub_config = weft_relay::HubConfig::default();
+            let mut server_limits = weft_relay::ServerLimits::default();
+            if let Some(check) = check {
+                hub_config.engine.limits = check.clone();
+                server_limits.check = check;
+            }
             let hub = weft_relay::Hub::new(
-                weft_relay::HubConfig::default(),
+                hub_config,
                 group.clone(),
                 verifier.clone(),
                 metrics.clone(),
@@ -80,7 +93,7 @@ impl Relay {
             let accept_task = runtime.spawn(weft_relay::accept_loop(
                 endpoint.clone(),
                 verifier,
-                weft_relay::ServerLimits::default(),
+                server_limits,
                 hub_tx,
                 metrics.clone(),
                 async move {
