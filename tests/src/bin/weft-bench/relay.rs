@@ -19,9 +19,10 @@ use weft_relay::{Claims, Metrics, Minter};
 const RELAY_THREAD: &str = "weft-relay-rt";
 const STORE_THREAD: &str = "weft-store-writ";
 
-/// The thread id of the relay runtime's one worker (the hub and QUIC), once a relay started:
-/// its other threads are the blocking pool (document loads and compaction saves).
-static WORKER_TID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The thread id of the latest relay runtime's one worker (the hub and QUIC): its other threads
+/// are the blocking pool (document loads and compaction saves). Set by every start, since a
+/// run starts a relay per workload (or per phase) and each has a worker of its own.
+static WORKER_TID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// A running relay.
 pub struct Relay {
@@ -51,6 +52,9 @@ impl Relay {
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
         let cert = identity.cert_chain.clone();
         let runtime = relay_runtime()?;
+        if let Ok(mut w) = WORKER_TID.lock() {
+            *w = None;
+        }
         // With one worker every spawned task runs on it: ask the kernel which thread that is.
         if let Ok(Ok(Ok(path))) = runtime.block_on(async {
             tokio::time::timeout(
@@ -60,7 +64,9 @@ impl Relay {
             .await
         }) {
             if let Some(tid) = path.file_name().and_then(|t| t.to_str()) {
-                let _ = WORKER_TID.set(tid.to_string());
+                if let Ok(mut w) = WORKER_TID.lock() {
+                    *w = Some(tid.to_string());
+                }
             }
         }
         let store_path = dir.path().join("relay.redb");
@@ -193,7 +199,7 @@ pub fn relay_cpu_split() -> RelayCpu {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return cpu;
     };
-    let worker = WORKER_TID.get();
+    let worker = WORKER_TID.lock().ok().and_then(|w| w.clone());
     for task in tasks.flatten() {
         let dir = task.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
@@ -204,7 +210,7 @@ pub fn relay_cpu_split() -> RelayCpu {
             STORE_THREAD => cpu.store += used(),
             RELAY_THREAD => {
                 let tid = task.file_name();
-                if worker.is_none_or(|w| tid.to_str() == Some(w.as_str())) {
+                if worker.as_deref().is_none_or(|w| tid.to_str() == Some(w)) {
                     cpu.worker += used();
                 } else {
                     cpu.blocking += used();
