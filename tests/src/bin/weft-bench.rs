@@ -58,7 +58,8 @@ const IMPLEMENTED: &[&str] = &[
 const PLANNED: &[&str] = &["memory", "checkpoint"];
 const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change)";
 /// The workloads as the usage line and errors name them.
-const AVAILABLE: &str = "fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change";
+const AVAILABLE: &str =
+    "fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change";
 
 struct Plan {
     quick: bool,
@@ -116,6 +117,15 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
+    if let Some(dir) = std::env::var_os(large_change::MAKE_ENV) {
+        return match large_change::Big::write_for_parent(std::path::Path::new(&dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-bench: making the large change: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     weft_relay::tune_allocator();
     let mut quick = false;
     let mut pin = false;
@@ -134,7 +144,9 @@ fn main() -> ExitCode {
                 }
             }
             w if PLANNED.contains(&w) => {
-                eprintln!("weft-bench: the workload {w} is not implemented yet (available: {AVAILABLE}).");
+                eprintln!(
+                    "weft-bench: the workload {w} is not implemented yet (available: {AVAILABLE})."
+                );
                 return ExitCode::from(2);
             }
             w if w.starts_with('-') => {
@@ -220,7 +232,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
                 relay.stop();
                 out
             }
-            "large-change" => large_change_workload(&plan, &clients, &chain)?,
+            "large-change" => large_change_workload(&plan, &clients)?,
             "reconnect" => {
                 let relay = Relay::start()?;
                 let out = clients.block_on(device::reconnect(&relay, plan.quick))?;
@@ -654,48 +666,39 @@ fn wire_bytes_workload(
     Ok(f.json())
 }
 
-fn large_change_workload(
-    plan: &Plan,
-    rt: &tokio::runtime::Runtime,
-    chain: &Arc<Chain>,
-) -> anyhow::Result<Value> {
+fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::Result<Value> {
     use large_change::{Path, Settings};
     let own_kib = large_change::status_kib("VmRSS").unwrap_or(0);
     let t = Instant::now();
-    let big = Arc::new(large_change::Big::generate(large_change::CHARS)?);
+    let big = Arc::new(large_change::Big::generate_in_child()?);
     let generated = t.elapsed();
-    let settings = if plan.quick {
-        Settings {
-            window: Duration::from_secs(4),
-            pace: Duration::from_millis(20),
-            warmup: 20,
-            first_at: Duration::from_millis(500),
-            every: Duration::from_secs(2),
-        }
-    } else {
-        Settings {
-            window: Duration::from_secs(12),
-            pace: Duration::from_millis(20),
-            warmup: 20,
-            first_at: Duration::from_millis(500),
-            every: Duration::from_secs(2),
-        }
+    let settings = Settings {
+        pace: Duration::from_millis(20),
+        warmup: 20,
+        large: if plan.quick { 2 } else { 5 },
+        first_at: Duration::from_millis(500),
+        every: Duration::from_secs(2),
+        min_window: Duration::from_secs(if plan.quick { 3 } else { 10 }),
+        tail: Duration::from_secs(1),
+        max_window: Duration::from_secs(if plan.quick { 25 } else { 40 }),
     };
+    // Document A's own chain: a window with large changes lasts until they are handled.
+    let chain = Arc::new(Chain::generate(settings.chain_len()));
     eprintln!(
-        "large-change: document A, 1 writer and {} receivers, one change in flight, one every {} ms \
-         for {:.0} s; meanwhile {} large changes, {:.1} s apart, each into its own document with \
-         a second subscriber",
-        3,
+        "large-change: document A, 1 writer and 3 receivers, one change in flight, one every {} ms \
+         for {:.0} s, or with large changes until each is handled and {:.0} s more; {} large \
+         changes {:.0} s apart, each into its own document with a second subscriber",
         settings.pace.as_millis(),
-        settings.window.as_secs_f64(),
-        settings.large_changes(),
+        settings.min_window.as_secs_f64(),
+        settings.tail.as_secs_f64(),
+        settings.large,
         settings.every.as_secs_f64()
     );
     eprintln!(
         "  the large change: {} characters, {} operations, {:.2} MB; local commit {:.0} ms; \
-         check (parse, on a connection task's blocking thread) {:.0} ms; Change::decode (the \
-         write rules, on the hub) {:.0} ms; in a sync message as a {} of {:.2} MB \
-         (prepared in {:.1} s)",
+         check (parse, done on a connection task's blocking thread) {:.0} ms; Change::decode \
+         (done by the write rules) {:.0} ms; a sync message carries it as a {} ({:.2} MB); \
+         made in a child process in {:.1} s",
         large_change::CHARS,
         big.ops,
         big.raw.len() as f64 / 1e6,
@@ -714,6 +717,7 @@ fn large_change_workload(
         .thread_name("weft-bench-big")
         .on_thread_start(move || {
             if pin {
+                // Checked at the start of the run that CPU 1 exists and may be used.
                 let _ = pin_current_thread(1);
             }
         })
@@ -722,7 +726,7 @@ fn large_change_workload(
         .context("cannot start the large side's runtime")?;
     let bench_kib = large_change::status_kib("VmRSS").unwrap_or(0);
     eprintln!(
-        "  {:<7} {:<13} | {:>7} {:>8} {:>8} {:>6} {:>6} | {:<22} | {:>10} {:>10} | {:>9} {:>9} | {:>5} {:>5} {:>5}",
+        "  {:<7} {:<13} | {:>6} {:>7} {:>8} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6} {:>6} | {:>5} {:>5}",
         "caps",
         "large via",
         "p50 ms",
@@ -730,26 +734,33 @@ fn large_change_workload(
         "max ms",
         "xp99",
         "xmax",
-        "large: acc/dlv/refused",
-        "accept ms",
+        "acc/dlv/refused",
+        "accepted ms",
         "deliver ms",
-        "RSS0 MiB",
-        "peak MiB",
+        "RSS0",
+        "peak",
         "hub s",
         "blk s",
-        "store"
     );
-    let caps = [
-        ("default", None),
-        ("raised", Some(large_change::raised_limits())),
+    // A relay per path with the raised caps, so the work one path leaves behind (a reload,
+    // memory) does not land in the other's figures; with the defaults nothing is kept.
+    let relays: [(&str, Option<weft_core::check::Limits>, &[Path]); 3] = [
+        ("default", None, &[Path::Changes, Path::Sync]),
+        (
+            "raised",
+            Some(large_change::raised_limits()),
+            &[Path::Changes],
+        ),
+        ("raised", Some(large_change::raised_limits()), &[Path::Sync]),
     ];
+    let mib = |kib: u64| (kib as f64 / 1024.0).round();
     let mut runs = Vec::new();
-    for (caps_name, limits) in caps {
+    for (caps_name, limits, paths) in relays {
         let relay = Relay::start_with(limits.clone())?;
         // Document A's p99 and max in the relay's first phase, without large changes.
         let mut base: Option<(f64, f64)> = None;
         let mut phases = Vec::new();
-        for path in [None, Some(Path::Changes), Some(Path::Sync)] {
+        for path in std::iter::once(None).chain(paths.iter().copied().map(Some)) {
             let r = rt.block_on(large_change::phase(
                 &relay,
                 chain.clone(),
@@ -768,11 +779,17 @@ fn large_change_workload(
             let (s50, s99, smax) = percentiles(&mut r.from_schedule);
             let (p50, p99, max) = (ms(p50), ms(p99), ms(max));
             let (b99, bmax) = *base.get_or_insert((p99, max));
-            let ratio = |x: f64, b: f64| if b > 0.0 { (x / b * 10.0).round() / 10.0 } else { 0.0 };
+            let ratio = |x: f64, b: f64| {
+                if b > 0.0 {
+                    (x / b * 10.0).round() / 10.0
+                } else {
+                    0.0
+                }
+            };
             let accepted = r.large.iter().filter(|o| o.accepted.is_some()).count();
             let delivered = r.large.iter().filter(|o| o.delivered.is_some()).count();
             let refused = r.large.iter().filter(|o| o.refused.is_some()).count();
-            let span = |f: &dyn Fn(&large_change::Outcome) -> Option<Duration>| {
+            let range = |f: &dyn Fn(&large_change::Outcome) -> Option<Duration>| {
                 let mut v: Vec<f64> = r.large.iter().filter_map(f).map(ms).collect();
                 v.sort_by(f64::total_cmp);
                 match (v.first(), v.last()) {
@@ -780,36 +797,33 @@ fn large_change_workload(
                     _ => "-".into(),
                 }
             };
-            let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+            let loaded = |v: String| if path.is_some() { v } else { "-".into() };
             eprintln!(
-                "  {:<7} {:<13} | {:>7.2} {:>8.2} {:>8.1} {:>6} {:>6} | {:<22} | {:>10} {:>10} | {:>9.0} {:>9.0} | {:>5.2} {:>5.2} {:>5.2}",
+                "  {:<7} {:<13} | {:>6.2} {:>7.2} {:>8.1} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6.0} {:>6.0} | {:>5.2} {:>5.2}",
                 caps_name,
                 path.map_or("(baseline)", Path::name),
                 p50,
                 p99,
                 max,
-                if path.is_some() { format!("{:.1}", ratio(p99, b99)) } else { "-".into() },
-                if path.is_some() { format!("{:.1}", ratio(max, bmax)) } else { "-".into() },
-                if path.is_some() {
-                    format!("{accepted}/{delivered}/{refused} of {}", r.large.len())
-                } else {
-                    "-".into()
-                },
-                span(&|o| o.accepted),
-                span(&|o| o.delivered),
+                loaded(format!("{:.1}", ratio(p99, b99))),
+                loaded(format!("{:.0}", ratio(max, bmax))),
+                loaded(format!("{accepted}/{delivered}/{refused} of {}", r.large.len())),
+                range(&|o| o.accepted),
+                range(&|o| o.delivered),
                 mib(r.rss.start_kib),
                 mib(r.rss.peak_kib),
                 r.cpu.worker.as_secs_f64(),
                 r.cpu.blocking.as_secs_f64(),
-                r.cpu.store.as_secs_f64(),
             );
             if let Some(why) = r.large.iter().find_map(|o| o.refused.as_deref()) {
                 eprintln!("      the sender was told: {why}");
             }
-            if r.lost > 0 || r.sync_frames > 0 || r.large_sync_frames > 0 || r.queue_drops > 0 {
+            if r.lost > 0 || r.sync_frames > 0 {
                 eprintln!(
-                    "      note: {} document A receipts lost; {} sync frames on A, {} on the large documents; {} queue drops",
-                    r.lost, r.sync_frames, r.large_sync_frames, r.queue_drops
+                    "      note: {} receipts on document A missed the {} s deadline; {} sync frames on A",
+                    r.lost,
+                    large_change::RECEIPT_DEADLINE.as_secs(),
+                    r.sync_frames
                 );
             }
             let large: Vec<Value> = r
@@ -824,11 +838,13 @@ fn large_change_workload(
                     })
                 })
                 .collect();
+            let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
             phases.push(json!({
                 "large_change_via": path.map(|p| match p {
                     Path::Changes => "changes",
                     Path::Sync => "sync",
                 }),
+                "window_s": (r.span.as_secs_f64() * 10.0).round() / 10.0,
                 "a_changes": r.changes,
                 "a_samples": r.latencies.len(),
                 "a_lost": r.lost,
@@ -852,23 +868,26 @@ fn large_change_workload(
                 "relay_queue_drops": r.queue_drops,
                 "rss_start_mib": mib(r.rss.start_kib),
                 "rss_peak_mib": mib(r.rss.peak_kib),
-                "rss_peak_from": if r.rss.hwm_reset { "VmHWM reset at the window's start" } else { "VmRSS sampled every 10 ms" },
+                "rss_peak_from": if r.rss.hwm_reset {
+                    "VmHWM, reset at the window's start"
+                } else {
+                    "VmRSS sampled every 10 ms"
+                },
                 "rss_sampled_peak_mib": mib(r.rss.sampled_peak_kib),
                 "rss_sampled_peak_at_s": (r.rss.sampled_peak_at.as_secs_f64() * 10.0).round() / 10.0,
                 "rss_end_mib": mib(r.rss.end_kib),
                 "relay_cpu_s": {
-                    "hub_and_quic": (r.cpu.worker.as_secs_f64() * 1000.0).round() / 1000.0,
-                    "blocking_pool": (r.cpu.blocking.as_secs_f64() * 1000.0).round() / 1000.0,
-                    "store_writer": (r.cpu.store.as_secs_f64() * 1000.0).round() / 1000.0,
+                    "hub_and_quic": secs(r.cpu.worker),
+                    "blocking_pool": secs(r.cpu.blocking),
+                    "store_writer": secs(r.cpu.store),
                 },
-                "span_s": (r.span.as_secs_f64() * 10.0).round() / 10.0,
             }));
         }
         relay.stop();
         runs.push(json!({
             "caps": caps_name,
             "limits": limits.as_ref().map_or_else(
-                || json!("weft-relay defaults (--max-change-bytes 1MiB --max-change-ops 100000)"),
+                || json!("weft-relay's defaults (--max-change-bytes 1MiB --max-change-ops 100000)"),
                 |l| json!({
                     "max_change_bytes": l.max_change_bytes,
                     "max_change_ops": l.max_change_ops,
@@ -879,9 +898,11 @@ fn large_change_workload(
         }));
     }
     drop(big_rt);
-    let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
     eprintln!(
-        "  RSS: {:.0} MiB before this workload, {:.0} MiB with the large change prepared (the bench's own share; the relay's is the rest)",
+        "  xp99, xmax: against the same relay's baseline; RSS0, peak: the process's MiB at the \
+         window's start and its peak (VmHWM) in the window; the bench's own share: {:.0} MiB \
+         before this workload, {:.0} MiB with the large change in hand; hub s, blk s: the relay's \
+         CPU seconds on its runtime's worker (hub and QUIC) and its blocking pool",
         mib(own_kib),
         mib(bench_kib)
     );
@@ -892,12 +913,13 @@ fn large_change_workload(
         "setup": "in-process weft-relay (QUIC, hub, engine, redb in a temp dir) on a 1-worker \
             runtime; document A: 1 writer and 3 receivers on a 1-worker runtime, one change in \
             flight, at most one every pace_ms, latency from the writer handing its Changes frame \
-            to QUIC to a receiver decoding the forwarded frame; the large side (a sender and a \
+            to QUIC to a receiver decoding the forwarded frame; the large side (the sender and a \
             second subscriber of each large document) on a 1-worker runtime of its own; each \
-            large change goes into its own document, which holds a 3-change seed; RSS is the \
-            whole process's (relay and bench)",
+            large change goes into its own document, which holds a 3-change seed; a relay per \
+            path with raised caps; RSS is the whole process's (relay and bench)",
         "pace_ms": settings.pace.as_millis() as u64,
-        "window_s": settings.window.as_secs_f64(),
+        "min_window_s": settings.min_window.as_secs_f64(),
+        "large_changes_per_phase": settings.large,
         "large_every_s": settings.every.as_secs_f64(),
         "large_change": {
             "characters": large_change::CHARS,
@@ -915,8 +937,8 @@ fn large_change_workload(
         "baseline": {
             "name": "same-relay-no-large-changes",
             "description": "the first phase on each relay: document A's fan-out with the same \
-                devices, pace and window and nothing else going on; the other phases' ratios \
-                and extra_*_ms are against it",
+                devices and pace for min_window_s with nothing else going on; the other phases' \
+                ratios and extra_*_ms are against it",
         },
     }))
 }

@@ -39,9 +39,7 @@ pub const CHARS: usize = 2_000_000;
 const RECEIVERS: usize = 3;
 /// A receipt later than this counts as lost; long enough that a stall of seconds shows as
 /// latency rather than loss.
-const RECEIPT_DEADLINE: Duration = Duration::from_secs(20);
-/// How long a large change's outcome (delivered, refused) is awaited after the last was sent.
-const OUTCOME_DEADLINE: Duration = Duration::from_secs(40);
+pub const RECEIPT_DEADLINE: Duration = Duration::from_secs(20);
 /// Setting up a phase's devices and documents at most.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Bytes above which a `Changes` entry is taken for the large change (a chat change is ~200).
@@ -60,7 +58,7 @@ pub struct Big {
     /// holding the seed (what a device in sync mode sends right after making it).
     pub sync_data: Vec<u8>,
     /// What the sync message carries the change as ("change chunk", "document chunk").
-    pub sync_chunk: &'static str,
+    pub sync_chunk: String,
     /// Local commit of the large change.
     pub commit: Duration,
     /// `check_change` of it under the raised limits: what a relay's connection task does
@@ -122,7 +120,8 @@ impl Big {
             Some(1) => "change chunk",
             Some(2) => "compressed change chunk",
             _ => "no changes",
-        };
+        }
+        .to_string();
         let sync_data = msg.encode();
         drop(am);
 
@@ -147,6 +146,87 @@ impl Big {
             check,
             decode,
         })
+    }
+}
+
+/// The environment variable that makes this binary a child that writes the large change into
+/// the directory it names, then exits.
+pub const MAKE_ENV: &str = "WEFT_BENCH_MAKE_LARGE_CHANGE";
+
+impl Big {
+    /// Makes the large change in a child process (this binary again, with [`MAKE_ENV`] set) and
+    /// reads it back. Making it takes Automerge 0.12 about a gigabyte, which this process's
+    /// allocator would keep for a while and the relay's RSS would then seem to include.
+    pub fn generate_in_child() -> anyhow::Result<Big> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let exe = std::env::current_exe().context("cannot find this binary")?;
+        let mut child = std::process::Command::new(exe)
+            .env(MAKE_ENV, dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start the child that makes the large change")?;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("making the large change took over 300 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        anyhow::ensure!(
+            status.success(),
+            "the child making the large change failed: {status}"
+        );
+        let read = |name: &str| {
+            std::fs::read(dir.path().join(name))
+                .with_context(|| format!("reading the child's {name}"))
+        };
+        let meta: serde_json::Value = serde_json::from_slice(&read("meta.json")?)?;
+        let field = |k: &str| {
+            meta[k]
+                .as_u64()
+                .with_context(|| format!("no {k} in meta.json"))
+        };
+        let hash = meta["hash"]
+            .as_str()
+            .context("no hash in meta.json")?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("a bad hash in meta.json: {e:?}"))?;
+        Ok(Big {
+            raw: Bytes::from(read("raw")?),
+            hash,
+            ops: usize::try_from(field("ops")?)?,
+            seed: Automerge::load(&read("seed")?)?,
+            sync_data: read("sync")?,
+            sync_chunk: meta["sync_chunk"].as_str().unwrap_or("?").to_string(),
+            commit: Duration::from_micros(field("commit_us")?),
+            check: Duration::from_micros(field("check_us")?),
+            decode: Duration::from_micros(field("decode_us")?),
+        })
+    }
+
+    /// The child's side of [`Big::generate_in_child`]: makes the large change and writes it
+    /// into `dir`.
+    pub fn write_for_parent(dir: &std::path::Path) -> anyhow::Result<()> {
+        let big = Big::generate(CHARS)?;
+        std::fs::write(dir.join("raw"), &big.raw)?;
+        std::fs::write(dir.join("seed"), big.seed.save())?;
+        std::fs::write(dir.join("sync"), &big.sync_data)?;
+        let us = |d: Duration| d.as_micros() as u64;
+        let meta = serde_json::json!({
+            "hash": big.hash.to_string(),
+            "ops": big.ops,
+            "sync_chunk": big.sync_chunk,
+            "commit_us": us(big.commit),
+            "check_us": us(big.check),
+            "decode_us": us(big.decode),
+        });
+        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta)?)?;
+        Ok(())
     }
 }
 
@@ -204,24 +284,26 @@ impl Path {
 /// Timing of a phase.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Document A's measured window.
-    pub window: Duration,
     /// A new change on document A at most this often (one in flight).
     pub pace: Duration,
     /// Unmeasured changes on document A before the window.
     pub warmup: usize,
-    /// The first large change this far into the window, the next ones `every` apart.
+    /// Large changes in a phase that has them: the first this far into the window, the next
+    /// ones `every` apart.
+    pub large: usize,
     pub first_at: Duration,
     pub every: Duration,
+    /// Document A's window lasts at least this long, and with large changes until every one's
+    /// outcome is known and `tail` more, `max_window` at most.
+    pub min_window: Duration,
+    pub tail: Duration,
+    pub max_window: Duration,
 }
 
 impl Settings {
-    /// Large changes sent within the window.
-    pub fn large_changes(&self) -> usize {
-        if self.window <= self.first_at {
-            return 0;
-        }
-        ((self.window - self.first_at).as_secs_f64() / self.every.as_secs_f64()).ceil() as usize
+    /// Changes document A needs at most: the chain's length.
+    pub fn chain_len(&self) -> usize {
+        self.warmup + (self.max_window.as_secs_f64() / self.pace.as_secs_f64()).ceil() as usize + 1
     }
 }
 
@@ -279,8 +361,8 @@ pub struct Phase {
     pub queue_drops: u64,
 }
 
-/// One phase: document A's fan-out for `settings.window`, with large changes on `path` when
-/// given. Document A's devices run on the caller's runtime, the large side on `big_rt`.
+/// One phase: document A's fan-out, with large changes on `path` when given (see
+/// [`Settings`] for how long). Document A's devices run on the caller's runtime, the large side on `big_rt`.
 pub async fn phase(
     relay: &Relay,
     chain: Arc<Chain>,
@@ -291,19 +373,18 @@ pub async fn phase(
 ) -> anyhow::Result<Phase> {
     let token = relay.token()?;
     let doc = DocId::from_bytes(rand::random());
-    let total = (settings.warmup
-        + (settings.window.as_secs_f64() / settings.pace.as_secs_f64()).ceil() as usize)
-        .min(chain.len());
+    let total = settings.chain_len().min(chain.len());
     anyhow::ensure!(total > settings.warmup, "the change chain is too short");
 
     let clients = client::connect_many(RECEIVERS + 1, relay.addr, &relay.cert, &token).await?;
     let mut clients = client::sync_all(clients, &[doc], SETUP_DEADLINE).await?;
     let mut large_side = match path {
         Some(path) => {
-            let n = settings.large_changes();
-            let (addr, cert, token, big) = (relay.addr, relay.cert.clone(), token.clone(), big.clone());
-            let side = big_rt
-                .spawn(async move { LargeSide::prepare(addr, &cert, &token, &big, n).await });
+            let n = settings.large;
+            let (addr, cert, token, big) =
+                (relay.addr, relay.cert.clone(), token.clone(), big.clone());
+            let side =
+                big_rt.spawn(async move { LargeSide::prepare(addr, &cert, &token, &big, n).await });
             let side = tokio::time::timeout(SETUP_DEADLINE, side)
                 .await
                 .context("setting up the large side timed out")?
@@ -338,7 +419,9 @@ pub async fn phase(
     let mut from_schedule = Vec::new();
     let mut lost = 0;
     let mut measured = 0;
-    let mut window = None;
+    let mut window: Option<Window> = None;
+    // When the large side had every outcome (seen once the minimum window is over).
+    let mut large_done: Option<Instant> = None;
     let drops0 = relay.metrics.queue_drops.load(Ordering::Relaxed);
     let refused0 = relay.metrics.refused_limit.load(Ordering::Relaxed);
     for i in 0..total {
@@ -348,8 +431,19 @@ pub async fn phase(
         let due = match &window {
             Some(w) => {
                 let due = w.t0 + settings.pace * (i - settings.warmup) as u32;
-                if due.saturating_duration_since(w.t0) >= settings.window {
+                let elapsed = due.saturating_duration_since(w.t0);
+                if elapsed >= settings.max_window {
                     break;
+                }
+                if elapsed >= settings.min_window {
+                    match (&w.large, large_done) {
+                        (None, _) => break,
+                        (Some(_), Some(done)) if due >= done + settings.tail => break,
+                        (Some(task), None) if task.is_finished() => {
+                            large_done = Some(Instant::now());
+                        }
+                        _ => {}
+                    }
                 }
                 tokio::time::sleep_until(due.into()).await;
                 Some(due)
@@ -385,13 +479,10 @@ pub async fn phase(
     }
     let mut window = window.context("the window never started")?;
     let (large, large_sync_frames) = match window.large.take() {
-        Some(task) => tokio::time::timeout(
-            settings.window + OUTCOME_DEADLINE + Duration::from_secs(10),
-            task,
-        )
-        .await
-        .context("the large side did not finish")?
-        .context("the large side panicked")??,
+        Some(task) => tokio::time::timeout(settings.max_window + Duration::from_secs(10), task)
+            .await
+            .context("the large side did not finish")?
+            .context("the large side panicked")??,
         None => (Vec::new(), 0),
     };
     let cpu = relay_cpu_split().since(&window.cpu0);
@@ -593,8 +684,10 @@ impl LargeSide {
                 .await
                 .with_context(|| format!("sending large change {k}"))?;
         }
-        let deadline = tokio::time::Instant::now() + OUTCOME_DEADLINE;
-        let done = |o: &Outcome| o.refused.is_some() || o.delivered.is_some();
+        // Outcomes are awaited until document A's window ends at the latest.
+        let deadline = tokio::time::Instant::from_std(t0 + settings.max_window);
+        let done =
+            |o: &Outcome| o.refused.is_some() || (o.delivered.is_some() && o.accepted.is_some());
         while !outcomes.iter().all(done) {
             let Ok(Some((doc, ev, at))) = tokio::time::timeout_at(deadline, events.recv()).await
             else {
@@ -603,34 +696,29 @@ impl LargeSide {
             let Some(k) = docs.iter().position(|d| *d == doc) else {
                 continue;
             };
-            let since = |s: Option<Instant>| s.map(|s| at.saturating_duration_since(s));
-            let o = &mut outcomes[k];
-            match ev {
-                Event::Accepted => {
-                    o.accepted = o.accepted.or(since(sent[k]));
-                }
-                Event::Delivered => o.delivered = o.delivered.or(since(sent[k])),
-                Event::Refused(why) => o.refused = o.refused.clone().or(Some(why)),
-            }
-        }
-        // An `Ack` may trail the delivery; a short grace for it.
-        let grace = tokio::time::Instant::now() + Duration::from_millis(500);
-        while outcomes
-            .iter()
-            .any(|o| o.delivered.is_some() && o.accepted.is_none())
-        {
-            let Ok(Some((doc, Event::Accepted, at))) =
-                tokio::time::timeout_at(grace, events.recv()).await
-            else {
-                break;
+            let Some(since) = sent[k].map(|s| at.saturating_duration_since(s)) else {
+                continue;
             };
-            if let Some(k) = docs.iter().position(|d| *d == doc) {
-                if let Some(s) = sent[k] {
-                    outcomes[k].accepted = outcomes[k]
-                        .accepted
-                        .or(Some(at.saturating_duration_since(s)));
+            let o = &mut outcomes[k];
+            let what = match ev {
+                Event::Accepted => {
+                    o.accepted = o.accepted.or(Some(since));
+                    "accepted".to_string()
                 }
-            }
+                Event::Delivered => {
+                    o.delivered = o.delivered.or(Some(since));
+                    "delivered".to_string()
+                }
+                Event::Refused(why) => {
+                    let what = format!("refused ({why})");
+                    o.refused = o.refused.clone().or(Some(why));
+                    what
+                }
+            };
+            crate::progress(format_args!(
+                "large change {k} {what} after {:.0} ms",
+                crate::ms(since)
+            ));
         }
         sconn.close(quinn::VarInt::from_u32(0), b"done");
         rconn.close(quinn::VarInt::from_u32(0), b"done");
@@ -705,6 +793,7 @@ struct Sampler {
 
 impl Sampler {
     fn start() -> Sampler {
+        release_freed_memory();
         // "5" resets the peak resident set size (proc(5), /proc/pid/clear_refs).
         let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         let start_kib = status_kib("VmRSS").unwrap_or(0);
@@ -758,6 +847,20 @@ impl Sampler {
             end_kib: status_kib("VmRSS").unwrap_or(0),
         }
     }
+}
+
+extern "C" {
+    /// mimalloc's own collection (the global allocator's C library is linked into this
+    /// binary): `force` returns freed memory to the system at once rather than after the purge
+    /// delay (10 s in the relay, `weft_relay::tune_allocator`).
+    fn mi_collect(force: bool);
+}
+
+/// Returns the memory freed so far to the system, so one phase's freed memory does not count
+/// in the next one's resident set.
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe { mi_collect(true) };
 }
 
 /// A `kB` field of `/proc/self/status`.

@@ -88,12 +88,8 @@ impl Relay {
                 hub_config.engine.limits = check.clone();
                 server_limits.check = check;
             }
-            let hub = weft_relay::Hub::new(
-                hub_config,
-                group.clone(),
-                verifier.clone(),
-                metrics.clone(),
-            );
+            let hub =
+                weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone());
             let hub_task = runtime.spawn(hub.run(hub_rx));
             let mut rx = stop_rx.clone();
             let accept_task = runtime.spawn(weft_relay::accept_loop(
