@@ -670,7 +670,12 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
     use large_change::{Path, Settings};
     let own_kib = large_change::status_kib("VmRSS").unwrap_or(0);
     let t = Instant::now();
-    let big = Arc::new(large_change::Big::generate_in_child()?);
+    let mut made = large_change::Big::generate_in_child()?
+        .into_iter()
+        .map(Arc::new);
+    let (Some(big), Some(at_cap)) = (made.next(), made.next()) else {
+        anyhow::bail!("the child made fewer changes than asked");
+    };
     let generated = t.elapsed();
     let settings = Settings {
         pace: Duration::from_millis(20),
@@ -694,19 +699,23 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
         settings.large,
         settings.every.as_secs_f64()
     );
+    for b in [&big, &at_cap] {
+        eprintln!(
+            "  {} characters: {} operations, {:.3} MB; local commit {:.0} ms; check (parse, done \
+             on a connection task's blocking thread) {:.0} ms; Change::decode (done by the \
+             write rules) {:.0} ms; a sync message carries it as a {} ({:.3} MB)",
+            b.chars,
+            b.ops,
+            b.raw.len() as f64 / 1e6,
+            ms(b.commit),
+            ms(b.check),
+            ms(b.decode),
+            b.sync_chunk,
+            b.sync_data.len() as f64 / 1e6,
+        );
+    }
     eprintln!(
-        "  the large change: {} characters, {} operations, {:.2} MB; local commit {:.0} ms; \
-         check (parse, done on a connection task's blocking thread) {:.0} ms; Change::decode \
-         (done by the write rules) {:.0} ms; a sync message carries it as a {} ({:.2} MB); \
-         made in a child process in {:.1} s",
-        large_change::CHARS,
-        big.ops,
-        big.raw.len() as f64 / 1e6,
-        ms(big.commit),
-        ms(big.check),
-        ms(big.decode),
-        big.sync_chunk,
-        big.sync_data.len() as f64 / 1e6,
+        "  (made in a child process in {:.1} s)",
         generated.as_secs_f64()
     );
     let pin = plan.pin;
@@ -726,7 +735,7 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
         .context("cannot start the large side's runtime")?;
     let bench_kib = large_change::status_kib("VmRSS").unwrap_or(0);
     eprintln!(
-        "  {:<7} {:<13} | {:>6} {:>7} {:>8} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6} {:>6} | {:>5} {:>5}",
+        "  {:<7} {:<16} | {:>6} {:>7} {:>8} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6} {:>6} | {:>5} {:>5}",
         "caps",
         "large via",
         "p50 ms",
@@ -744,37 +753,57 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
     );
     // A relay per path with the raised caps, so the work one path leaves behind (a reload,
     // memory) does not land in the other's figures; with the defaults nothing is kept.
-    let relays: [(&str, Option<weft_core::check::Limits>, &[Path]); 3] = [
-        ("default", None, &[Path::Changes, Path::Sync]),
+    // With the defaults, the 2M change is refused and the largest change they take goes in
+    // last.
+    type Phases<'a> = Vec<(&'a Arc<large_change::Big>, Path)>;
+    let relays: [(&str, Option<weft_core::check::Limits>, Phases<'_>); 3] = [
+        (
+            "default",
+            None,
+            vec![
+                (&big, Path::Changes),
+                (&big, Path::Sync),
+                (&at_cap, Path::Changes),
+                (&at_cap, Path::Sync),
+            ],
+        ),
         (
             "raised",
             Some(large_change::raised_limits()),
-            &[Path::Changes],
+            vec![(&big, Path::Changes)],
         ),
-        ("raised", Some(large_change::raised_limits()), &[Path::Sync]),
+        (
+            "raised",
+            Some(large_change::raised_limits()),
+            vec![(&big, Path::Sync)],
+        ),
     ];
     let mib = |kib: u64| (kib as f64 / 1024.0).round();
     let mut runs = Vec::new();
-    for (caps_name, limits, paths) in relays {
+    for (caps_name, limits, paths) in &relays {
         let relay = Relay::start_with(limits.clone())?;
+        let caps_name = *caps_name;
         // Document A's p99 and max in the relay's first phase, without large changes.
         let mut base: Option<(f64, f64)> = None;
         let mut phases = Vec::new();
-        for path in std::iter::once(None).chain(paths.iter().copied().map(Some)) {
+        for large in std::iter::once(None).chain(paths.iter().map(Some)) {
+            let (which, path) = match large {
+                Some((b, p)) => ((*b).clone(), Some(*p)),
+                None => (big.clone(), None),
+            };
+            let label = match path {
+                Some(p) => format!("{} {}", which.label(), p.name()),
+                None => "(baseline)".to_string(),
+            };
             let r = rt.block_on(large_change::phase(
                 &relay,
                 chain.clone(),
-                big.clone(),
+                which.clone(),
                 path,
                 big_rt.handle().clone(),
                 &settings,
             ));
-            let mut r = r.with_context(|| {
-                format!(
-                    "large-change, {caps_name} caps, {}",
-                    path.map_or("baseline", Path::name)
-                )
-            })?;
+            let mut r = r.with_context(|| format!("large-change, {caps_name} caps, {label}"))?;
             let (p50, p99, max) = percentiles(&mut r.latencies);
             let (s50, s99, smax) = percentiles(&mut r.from_schedule);
             let (p50, p99, max) = (ms(p50), ms(p99), ms(max));
@@ -799,9 +828,9 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
             };
             let loaded = |v: String| if path.is_some() { v } else { "-".into() };
             eprintln!(
-                "  {:<7} {:<13} | {:>6.2} {:>7.2} {:>8.1} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6.0} {:>6.0} | {:>5.2} {:>5.2}",
+                "  {:<7} {:<16} | {:>6.2} {:>7.2} {:>8.1} {:>6} {:>6} | {:<16} | {:>11} {:>11} | {:>6.0} {:>6.0} | {:>5.2} {:>5.2}",
                 caps_name,
-                path.map_or("(baseline)", Path::name),
+                label,
                 p50,
                 p99,
                 max,
@@ -840,6 +869,7 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
                 .collect();
             let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
             phases.push(json!({
+                "large_change_characters": path.map(|_| which.chars),
                 "large_change_via": path.map(|p| match p {
                     Path::Changes => "changes",
                     Path::Sync => "sync",
@@ -906,6 +936,21 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
         mib(own_kib),
         mib(bench_kib)
     );
+    let made_json: Vec<Value> = [&big, &at_cap]
+        .iter()
+        .map(|b| {
+            json!({
+                "characters": b.chars,
+                "operations": b.ops,
+                "bytes": b.raw.len(),
+                "local_commit_ms": ms(b.commit),
+                "check_ms": ms(b.check),
+                "decode_ms": ms(b.decode),
+                "sync_message_bytes": b.sync_data.len(),
+                "sync_message_carries": b.sync_chunk,
+            })
+        })
+        .collect();
     Ok(json!({
         "workload": "large-change",
         "quick": plan.quick,
@@ -921,16 +966,7 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
         "min_window_s": settings.min_window.as_secs_f64(),
         "large_changes_per_phase": settings.large,
         "large_every_s": settings.every.as_secs_f64(),
-        "large_change": {
-            "characters": large_change::CHARS,
-            "operations": big.ops,
-            "bytes": big.raw.len(),
-            "local_commit_ms": ms(big.commit),
-            "check_ms": ms(big.check),
-            "decode_ms": ms(big.decode),
-            "sync_message_bytes": big.sync_data.len(),
-            "sync_message_carries": big.sync_chunk,
-        },
+        "large_changes": made_json,
         "bench_rss_mib": mib(own_kib),
         "bench_rss_with_large_change_mib": mib(bench_kib),
         "runs": runs,

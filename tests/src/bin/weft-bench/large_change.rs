@@ -34,6 +34,11 @@ use crate::relay::{relay_cpu_split, Relay, RelayCpu};
 
 /// Characters the large change inserts.
 pub const CHARS: usize = 2_000_000;
+/// Characters of the largest such change the relay's default caps take (100,000 operations,
+/// one per character; the seed's operations are in changes of their own).
+pub const AT_CAP_CHARS: usize = 99_000;
+/// The changes made for the workload.
+const SIZES: [usize; 2] = [CHARS, AT_CAP_CHARS];
 
 /// Receivers of document A's changes (the writer is a fourth device).
 const RECEIVERS: usize = 3;
@@ -47,6 +52,8 @@ const LARGE_BYTES: usize = 64 * 1024;
 
 /// The large change and what it takes to send it both ways, made before anything is timed.
 pub struct Big {
+    /// Characters it inserts.
+    pub chars: usize,
     /// The change's bytes.
     pub raw: Bytes,
     pub hash: ChangeHash,
@@ -136,6 +143,7 @@ impl Big {
         anyhow::ensure!(decoded.operations.len() == ops, "decode lost operations");
         drop(decoded);
         Ok(Big {
+            chars,
             raw,
             hash,
             ops,
@@ -154,10 +162,11 @@ impl Big {
 pub const MAKE_ENV: &str = "WEFT_BENCH_MAKE_LARGE_CHANGE";
 
 impl Big {
-    /// Makes the large change in a child process (this binary again, with [`MAKE_ENV`] set) and
-    /// reads it back. Making it takes Automerge 0.12 about a gigabyte, which this process's
-    /// allocator would keep for a while and the relay's RSS would then seem to include.
-    pub fn generate_in_child() -> anyhow::Result<Big> {
+    /// Makes the large changes ([`CHARS`], [`AT_CAP_CHARS`]) in a child process (this binary
+    /// again, with [`MAKE_ENV`] set) and reads them back. Making the large one takes Automerge
+    /// 0.12 about a gigabyte, which this process's allocator would keep for a while and the
+    /// relay's RSS would then seem to include.
+    pub fn generate_in_child() -> anyhow::Result<Vec<Big>> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let exe = std::env::current_exe().context("cannot find this binary")?;
         let mut child = std::process::Command::new(exe)
@@ -181,9 +190,16 @@ impl Big {
             status.success(),
             "the child making the large change failed: {status}"
         );
+        SIZES
+            .iter()
+            .map(|chars| Big::read(&dir.path().join(chars.to_string())))
+            .collect()
+    }
+
+    /// A change [`Big::write`] wrote into `dir`.
+    fn read(dir: &std::path::Path) -> anyhow::Result<Big> {
         let read = |name: &str| {
-            std::fs::read(dir.path().join(name))
-                .with_context(|| format!("reading the child's {name}"))
+            std::fs::read(dir.join(name)).with_context(|| format!("reading the child's {name}"))
         };
         let meta: serde_json::Value = serde_json::from_slice(&read("meta.json")?)?;
         let field = |k: &str| {
@@ -197,6 +213,7 @@ impl Big {
             .parse()
             .map_err(|e| anyhow::anyhow!("a bad hash in meta.json: {e:?}"))?;
         Ok(Big {
+            chars: usize::try_from(field("chars")?)?,
             raw: Bytes::from(read("raw")?),
             hash,
             ops: usize::try_from(field("ops")?)?,
@@ -209,24 +226,44 @@ impl Big {
         })
     }
 
-    /// The child's side of [`Big::generate_in_child`]: makes the large change and writes it
-    /// into `dir`.
+    /// The child's side of [`Big::generate_in_child`]: makes each change and writes it into a
+    /// directory of `dir` named by its number of characters.
     pub fn write_for_parent(dir: &std::path::Path) -> anyhow::Result<()> {
-        let big = Big::generate(CHARS)?;
-        std::fs::write(dir.join("raw"), &big.raw)?;
-        std::fs::write(dir.join("seed"), big.seed.save())?;
-        std::fs::write(dir.join("sync"), &big.sync_data)?;
+        for chars in SIZES {
+            let sub = dir.join(chars.to_string());
+            std::fs::create_dir(&sub)?;
+            Big::generate(chars)?.write(&sub)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("raw"), &self.raw)?;
+        std::fs::write(dir.join("seed"), self.seed.save())?;
+        std::fs::write(dir.join("sync"), &self.sync_data)?;
         let us = |d: Duration| d.as_micros() as u64;
         let meta = serde_json::json!({
-            "hash": big.hash.to_string(),
-            "ops": big.ops,
-            "sync_chunk": big.sync_chunk,
-            "commit_us": us(big.commit),
-            "check_us": us(big.check),
-            "decode_us": us(big.decode),
+            "chars": self.chars,
+            "hash": self.hash.to_string(),
+            "ops": self.ops,
+            "sync_chunk": self.sync_chunk,
+            "commit_us": us(self.commit),
+            "check_us": us(self.check),
+            "decode_us": us(self.decode),
         });
         std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta)?)?;
         Ok(())
+    }
+
+    /// A short name: "2M", "99k".
+    pub fn label(&self) -> String {
+        if self.chars >= 1_000_000 && self.chars % 1_000_000 == 0 {
+            format!("{}M", self.chars / 1_000_000)
+        } else if self.chars >= 1_000 {
+            format!("{}k", self.chars / 1_000)
+        } else {
+            self.chars.to_string()
+        }
     }
 }
 
