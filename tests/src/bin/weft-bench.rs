@@ -680,7 +680,7 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
     let settings = Settings {
         pace: Duration::from_millis(20),
         warmup: 20,
-        large: if plan.quick { 2 } else { 5 },
+        large: if plan.quick { 1 } else { 5 },
         first_at: Duration::from_millis(500),
         every: Duration::from_secs(2),
         min_window: Duration::from_secs(if plan.quick { 3 } else { 10 }),
