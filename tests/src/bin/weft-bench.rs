@@ -683,7 +683,7 @@ fn large_change_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::R
         large: if plan.quick { 1 } else { 5 },
         first_at: Duration::from_millis(500),
         every: Duration::from_secs(2),
-        min_window: Duration::from_secs(if plan.quick { 3 } else { 10 }),
+        min_window: Duration::from_secs(if plan.quick { 2 } else { 10 }),
         tail: Duration::from_secs(1),
         max_window: Duration::from_secs(if plan.quick { 25 } else { 40 }),
     };
