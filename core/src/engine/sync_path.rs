@@ -52,10 +52,13 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.sync_round(conn, doc, reset, Box::new(msg), Vec::new(), true)?;
         // Told nothing new, Automerge takes equal heads for "we already said so" and would
-        // never answer: the sender still waits to hear that its changes arrived.
+        // never answer: the sender still waits to hear that its changes arrived. The round
+        // may have found the peer synced and made it live, and a pump sends a live peer
+        // nothing: it is not live until it has heard this answer.
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             if let Some(pd) = ds.peers.get_mut(&conn) {
                 pd.sync.last_sent_heads.clear();
+                pd.live = false;
             }
         }
         self.pump(doc, conn);

@@ -105,13 +105,27 @@ fn a_stale_relay_document_reloads_for_a_peer_in_sync_mode() {
 /// the sender still hears that the relay has it.
 #[test]
 fn a_large_change_is_applied_by_a_reload_not_in_place() {
+    // An automerge-repo client: sync messages only.
+    large_change_in_a_sync_message(true);
+}
+
+/// The same from a device the relay holds live once synced (as it does a QUIC device that
+/// catches up by sync messages): the reload's round finds it synced, and it must still be
+/// answered rather than left waiting for its retry.
+#[test]
+fn a_device_that_sent_a_large_change_by_sync_message_hears_back() {
+    large_change_in_a_sync_message(false);
+}
+
+fn large_change_in_a_sync_message(sync_only_on_the_relay: bool) {
     let mut dev = Engine::new(EngineConfig::device());
     let mut relay = Engine::new(EngineConfig::relay());
     relay.cfg.inline_apply_ops = 50;
     dev.create(DOC, doc_with_actor(1));
     relay.create(DOC, doc_with_actor(2));
-    relay.set_sync_only(ConnId(2));
-    // An automerge-repo client: sync messages only.
+    if sync_only_on_the_relay {
+        relay.set_sync_only(ConnId(2));
+    }
     dev.set_sync_only(ConnId(1));
     dev.open(ConnId(1), DOC, OpenOptions::default());
     relay.open(ConnId(2), DOC, OpenOptions::default());

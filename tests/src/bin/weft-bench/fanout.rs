@@ -160,7 +160,7 @@ fn udp_bytes(c: &quinn::Connection) -> u64 {
 /// A light receiver: timestamps each forwarded change, acknowledges it (its heads are the
 /// change it just got: one writer, a linear chain) and never applies it. Returns how many
 /// non-`Changes` document frames it saw.
-async fn receive(
+pub async fn receive(
     c: Client,
     doc: DocId,
     chain: Arc<Chain>,

@@ -19,9 +19,10 @@ use weft_relay::{Claims, Metrics, Minter};
 const RELAY_THREAD: &str = "weft-relay-rt";
 const STORE_THREAD: &str = "weft-store-writ";
 
-/// The thread id of the relay runtime's one worker (the hub and QUIC), once a relay started:
-/// its other threads are the blocking pool (document loads and compaction saves).
-static WORKER_TID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The thread id of the latest relay runtime's one worker (the hub and QUIC): its other threads
+/// are the blocking pool (document loads and compaction saves). Set by every start, since a
+/// run starts a relay per workload (or per phase) and each has a worker of its own.
+static WORKER_TID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// A running relay.
 pub struct Relay {
@@ -39,11 +40,21 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay on loopback with a fresh data directory.
     pub fn start() -> anyhow::Result<Relay> {
+        Relay::start_with(None)
+    }
+
+    /// Like [`Relay::start`], with what a member's changes must fit set as the `weft-relay`
+    /// binary sets it from `--max-change-bytes` and `--max-change-ops` (the connection tasks'
+    /// check and the engine's alike); `None` keeps the defaults.
+    pub fn start_with(check: Option<weft_core::check::Limits>) -> anyhow::Result<Relay> {
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
         let cert = identity.cert_chain.clone();
         let runtime = relay_runtime()?;
+        if let Ok(mut w) = WORKER_TID.lock() {
+            *w = None;
+        }
         // With one worker every spawned task runs on it: ask the kernel which thread that is.
         if let Ok(Ok(Ok(path))) = runtime.block_on(async {
             tokio::time::timeout(
@@ -53,7 +64,9 @@ impl Relay {
             .await
         }) {
             if let Some(tid) = path.file_name().and_then(|t| t.to_str()) {
-                let _ = WORKER_TID.set(tid.to_string());
+                if let Ok(mut w) = WORKER_TID.lock() {
+                    *w = Some(tid.to_string());
+                }
             }
         }
         let store_path = dir.path().join("relay.redb");
@@ -69,18 +82,20 @@ impl Relay {
             let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity)
                 .map_err(anyhow::Error::msg)?;
             let (hub_tx, hub_rx) = mpsc::channel(4096);
-            let hub = weft_relay::Hub::new(
-                weft_relay::HubConfig::default(),
-                group.clone(),
-                verifier.clone(),
-                metrics.clone(),
-            );
+            let mut hub_config = weft_relay::HubConfig::default();
+            let mut server_limits = weft_relay::ServerLimits::default();
+            if let Some(check) = check {
+                hub_config.engine.limits = check.clone();
+                server_limits.check = check;
+            }
+            let hub =
+                weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone());
             let hub_task = runtime.spawn(hub.run(hub_rx));
             let mut rx = stop_rx.clone();
             let accept_task = runtime.spawn(weft_relay::accept_loop(
                 endpoint.clone(),
                 verifier,
-                weft_relay::ServerLimits::default(),
+                server_limits,
                 hub_tx,
                 metrics.clone(),
                 async move {
@@ -180,7 +195,7 @@ pub fn relay_cpu_split() -> RelayCpu {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return cpu;
     };
-    let worker = WORKER_TID.get();
+    let worker = WORKER_TID.lock().ok().and_then(|w| w.clone());
     for task in tasks.flatten() {
         let dir = task.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
@@ -191,7 +206,7 @@ pub fn relay_cpu_split() -> RelayCpu {
             STORE_THREAD => cpu.store += used(),
             RELAY_THREAD => {
                 let tid = task.file_name();
-                if worker.is_none_or(|w| tid.to_str() == Some(w.as_str())) {
+                if worker.as_deref().is_none_or(|w| tid.to_str() == Some(w)) {
                     cpu.worker += used();
                 } else {
                     cpu.blocking += used();
