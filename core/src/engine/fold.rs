@@ -170,6 +170,8 @@ impl Engine {
             tracing::debug!(%doc, why, "reloading a stale document");
             ds.reloading = true;
             ds.reload_wanted = false;
+            // A reloading document's folds are not due (`doc_deadline`).
+            self.touched.insert(doc);
             self.out.push_back(Output::Load { doc });
         }
         false

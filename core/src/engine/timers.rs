@@ -109,8 +109,13 @@ impl Engine {
 fn doc_deadline(cfg: &EngineConfig, ds: &DocState) -> Option<Millis> {
     let mut next: Option<Millis> = None;
     let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+    // Only changes still in memory fall due, and not while a reload runs (it folds them):
+    // `tick` could do nothing about them, and a deadline in the past wakes the driver at once,
+    // again and again, until something else changes the document.
     if let Some(t) = ds.pending_since {
-        at(t + cfg.fold_delay);
+        if !ds.pending.is_empty() && !ds.reloading {
+            at(t + cfg.fold_delay);
+        }
     }
     for pd in ds.peers.values() {
         if waiting(ds, pd) {

@@ -80,3 +80,73 @@ fn the_timer_index_agrees_with_a_scan_of_every_document() {
         }
     }
 }
+
+/// A document whose large change waits for its reload asks its driver for no tick it has
+/// nothing to do at, during the reload or after it: a fold deadline in the past would wake the
+/// driver again and again until the document changed otherwise.
+#[test]
+fn a_document_reloading_for_a_large_change_does_not_keep_waking_its_driver() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.cfg.inline_apply_ops = 50;
+    dev.create(DOC, doc_with_actor(1));
+    relay.create(DOC, doc_with_actor(2));
+    dev.set_sync_only(ConnId(1));
+    relay.set_sync_only(ConnId(2));
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    for _ in 0..5 {
+        for (_, m) in drain(&mut dev) {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in drain(&mut relay) {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    let (_, id) = dev
+        .change(DOC, |am| {
+            let mut tx = am.transaction();
+            let t = tx
+                .put_object(ROOT, "essay", automerge::ObjType::Text)
+                .unwrap();
+            tx.splice_text(&t, 0, 0, &"x".repeat(200)).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    dev.persisted(id.unwrap());
+    for (_, m) in drain(&mut dev) {
+        relay.handle(ConnId(2), m).unwrap();
+    }
+    let mut store: Vec<u8> = Vec::new();
+    let mut loads = Vec::new();
+    // Durable, so the reload starts; it is not answered yet.
+    for _ in 0..3 {
+        while let Some(o) = relay.poll_output() {
+            match o {
+                Output::Persist { id, write, .. } => {
+                    if let Write::Changes(bytes) = write {
+                        store.extend_from_slice(&bytes);
+                    }
+                    relay.persisted(id);
+                }
+                Output::Load { doc } => loads.push(doc),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(loads, vec![DOC]);
+    let later = relay.cfg.fold_delay + 1;
+    relay.tick(later);
+    assert!(
+        relay.next_wakeup().is_none_or(|t| t > later),
+        "nothing to do while the reload runs"
+    );
+    relay.loaded(DOC, Some(Document::load(&store).unwrap()));
+    outputs(&mut relay);
+    let after = later + 1;
+    relay.tick(after);
+    assert!(
+        relay.next_wakeup().is_none_or(|t| t > after),
+        "nothing to fold once the reload folded it"
+    );
+}
