@@ -37,6 +37,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 mod access;
+mod allocator;
 mod auth;
 mod checkpoint;
 mod datadir;
@@ -57,6 +58,7 @@ mod units;
 mod ws;
 
 pub use access::{decide, readable_role, refusal_code, Decision};
+pub use allocator::{tune_allocator, ALLOCATOR_PURGE_DELAY_MS};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN};
 pub use checkpoint::{
@@ -90,31 +92,4 @@ pub fn store_limits() -> (
         weft_core::store::StagingLimits::large(),
         weft_core::store::GroupLimits::default().yield_to_producers(true),
     )
-}
-
-/// mimalloc's `purge_delay` option (its position in `mi_option_e`, the same in mimalloc v2 and
-/// v3; the Rust bindings name no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long mimalloc keeps freed memory before returning it to the OS, unless the operator set
-/// `MIMALLOC_PURGE_DELAY`.
-pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10_000;
-
-/// Tunes mimalloc, the relay binary's global allocator, for a busy relay: freed memory is
-/// returned to the OS after [`ALLOCATOR_PURGE_DELAY_MS`] instead of mimalloc's default second.
-/// Under load the relay frees and reuses pages continuously; with a one-second delay a
-/// purged page was faulted back in (and zeroed, as a 2 MiB huge page) soon after, so the
-/// relay spent CPU faulting in memory it was about to reuse anyway. Memory the relay stops
-/// using still goes back to the OS, ten seconds later.
-///
-/// Call it first thing in `main`, in a binary whose global allocator is `mimalloc::MiMalloc`
-/// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`
-/// wins.
-pub fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: mi_option_set takes any option id and value; options are atomics that mimalloc
-    // reads on each purge decision, so setting one while other threads allocate is allowed.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS as _) };
 }

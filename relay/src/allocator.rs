@@ -1,0 +1,84 @@
+//! Tuning of mimalloc, the relay binary's global allocator.
+
+/// mimalloc's `purge_delay` option. The Rust bindings name no constant for it, so it is
+/// derived from its named successor: in mimalloc's `mi_option_e` (v2 and v3 alike)
+/// `mi_option_purge_delay` comes right before `mi_option_use_numa_nodes`. The tests check the
+/// id against mimalloc itself, through the option's environment variable.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
+    libmimalloc_sys::mi_option_use_numa_nodes - 1;
+
+/// How long mimalloc keeps freed memory before returning it to the OS, unless the operator set
+/// `MIMALLOC_PURGE_DELAY`.
+pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10_000;
+
+/// Tunes mimalloc, the relay binary's global allocator, for a busy relay: freed memory is
+/// returned to the OS after [`ALLOCATOR_PURGE_DELAY_MS`] instead of mimalloc's default second.
+/// Under load the relay frees and reuses pages continuously; with a one-second delay a
+/// purged page was faulted back in (and zeroed, as a 2 MiB huge page) soon after, so the
+/// relay spent CPU faulting in memory it was about to reuse anyway. Memory the relay stops
+/// using still goes back to the OS, ten seconds later.
+///
+/// Call it first thing in `main`, in a binary whose global allocator is `mimalloc::MiMalloc`
+/// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`
+/// wins.
+pub fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: mi_option_set takes any option id and value; options are atomics that mimalloc
+    // reads on each purge decision, so setting one while other threads allocate is allowed.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS as _) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child process of `the_option_id_is_mimallocs_purge_delay`.
+    const CHILD: &str = "WEFT_TEST_MIMALLOC_CHILD";
+    /// A purge delay no default has, given to the child through mimalloc's own variable.
+    const FROM_ENV: i64 = 4_321;
+
+    fn option() -> i64 {
+        // SAFETY: mi_option_get takes any option id; it only reads the option's atomic.
+        i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
+    }
+
+    /// mimalloc reads each option from `MIMALLOC_<name>` once per process, so the test runs
+    /// itself again in a child whose environment sets `MIMALLOC_PURGE_DELAY`: the option our
+    /// id names has that value exactly when the id is `purge_delay`.
+    #[test]
+    fn the_option_id_is_mimallocs_purge_delay() {
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(option(), FROM_ENV, "option {MI_OPTION_PURGE_DELAY}");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "allocator::tests::the_option_id_is_mimallocs_purge_delay",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("MIMALLOC_PURGE_DELAY", FROM_ENV.to_string())
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn tuning_sets_the_purge_delay_unless_the_operator_did() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        tune_allocator();
+        assert_eq!(option(), ALLOCATOR_PURGE_DELAY_MS);
+    }
+}
