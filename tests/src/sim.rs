@@ -401,7 +401,7 @@ impl Sim {
                     self.nodes[node].store.clear_faults();
                     let result = self.load(node, doc);
                     // A load that fails is reported to the document's waiters by the host.
-                    let _ = self.nodes[node].host.loaded(doc, result);
+                    let _ = self.nodes[node].host.loaded(self.now, doc, result);
                 }
                 Action::Event(out) => {
                     self.nodes[node].store.clear_faults();
@@ -450,7 +450,7 @@ impl Sim {
             let Some((_, what, result)) = n.durable.pop_front() else {
                 break;
             };
-            n.host.committed(what, result);
+            n.host.committed(now, what, result);
             any = true;
         }
         any

@@ -1,14 +1,16 @@
 //! Durable writes coming back, and compaction: a document's chunks replaced by one snapshot.
 
 use super::{Action, Host, Waiting};
+use crate::engine::Millis;
 use crate::hash::HashSet;
 use crate::store::docs::{self, ChunkKey};
 use crate::store::{StoreError, WriteBatch};
 use crate::DocId;
 
 impl Host {
-    /// Reports a commit ticket's result.
-    pub fn committed(&mut self, what: Waiting, result: Result<(), StoreError>) {
+    /// Reports a commit ticket's result, at `now`.
+    pub fn committed(&mut self, now: Millis, what: Waiting, result: Result<(), StoreError>) {
+        self.engine.set_now(now);
         match (what, result) {
             (Waiting::Persist(id), Ok(())) => {
                 let doc = self.engine.persist_doc(id);

@@ -1,6 +1,7 @@
 //! Loading a document from the store for the host, and taking a load's result.
 
 use super::{Host, Stored};
+use crate::engine::Millis;
 use crate::hash::HashSet;
 use crate::store::docs::{self, ChunkKey, DocStoreError};
 use crate::store::KvStore;
@@ -64,14 +65,16 @@ pub fn saved_sync_state(
 }
 
 impl Host {
-    /// Reports a load's result. A load error is reported as an empty document being
+    /// Reports a load's result, at `now`. A load error is reported as an empty document being
     /// unavailable: the engine drops the document's queued inputs and the error is returned for
     /// the driver to report.
     pub fn loaded(
         &mut self,
+        now: Millis,
         doc: DocId,
         result: Result<Option<Loaded>, DocStoreError>,
     ) -> Result<(), DocStoreError> {
+        self.engine.set_now(now);
         match result {
             Ok(Some(mut l)) => {
                 let wanted = self.snapshot_on_load.remove(&doc);

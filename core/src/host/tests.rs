@@ -12,10 +12,10 @@ fn settle(host: &mut Host) -> Vec<Action> {
     let mut other = Vec::new();
     while let Some(a) = host.poll_action() {
         match a {
-            Action::Wait { what, ticket } => host.committed(what, ticket.wait()),
+            Action::Wait { what, ticket } => host.committed(0, what, ticket.wait()),
             Action::Load { doc } => {
                 let r = load(host.store().as_ref(), doc);
-                host.loaded(doc, r).unwrap();
+                host.loaded(0, doc, r).unwrap();
             }
             a => other.push(a),
         }
@@ -119,7 +119,7 @@ fn drive(
                 what: what @ Waiting::Persist(_),
                 ticket,
             } if hold => held.push((what, ticket)),
-            Action::Wait { what, ticket } => relay.committed(what, ticket.wait()),
+            Action::Wait { what, ticket } => relay.committed(0, what, ticket.wait()),
             Action::Load { doc } => {
                 let r = if relay.wants_snapshot(doc) {
                     *snapshots_from_loads += 1;
@@ -127,7 +127,7 @@ fn drive(
                 } else {
                     load(relay.store().as_ref(), doc)
                 };
-                relay.loaded(doc, r).unwrap();
+                relay.loaded(0, doc, r).unwrap();
             }
             Action::Send { msg, .. } => sends.push(msg),
             _ => {}
@@ -196,7 +196,7 @@ fn stale_relay_run(cfg: HostConfig, no_pause: bool) -> (Host, Engine, Arc<MemSto
             };
             let mut to_device = drive(&mut relay, &mut held, hold, &mut snapshots);
             for (what, ticket) in older {
-                relay.committed(what, ticket.wait());
+                relay.committed(0, what, ticket.wait());
             }
             to_device.extend(drive(&mut relay, &mut held, hold, &mut snapshots));
             if to_device.is_empty() && device.poll_output().is_none() {
@@ -211,7 +211,7 @@ fn stale_relay_run(cfg: HostConfig, no_pause: bool) -> (Host, Engine, Arc<MemSto
     // The last writes complete.
     while !held.is_empty() {
         for (what, ticket) in std::mem::take(&mut held) {
-            relay.committed(what, ticket.wait());
+            relay.committed(0, what, ticket.wait());
         }
         drive(&mut relay, &mut held, false, &mut snapshots);
     }

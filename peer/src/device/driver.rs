@@ -271,7 +271,7 @@ impl Driver {
                         let _ = reply.send(Err(DeviceError::Store(e.clone())));
                     }
                 }
-                self.host.committed(what, result);
+                self.host.committed(self.now_ms(), what, result);
                 if let Waiting::Persist(id) = what {
                     if let Some((reply, r)) = self.waiters.remove(&id) {
                         let _ = reply.send(Ok(r));
@@ -291,7 +291,7 @@ impl Driver {
                     }
                     return;
                 }
-                if let Err(e) = self.host.loaded(doc, *result) {
+                if let Err(e) = self.host.loaded(self.now_ms(), doc, *result) {
                     tracing::error!(%doc, error = %e, "loading a document failed");
                     for op in self.pending.remove(&doc).unwrap_or_default() {
                         match op {

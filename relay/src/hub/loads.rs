@@ -53,7 +53,7 @@ impl Hub {
             // Deleted while it loaded: it must not come back, nor be compacted.
             return;
         }
-        if let Err(e) = self.host.loaded(doc, result) {
+        if let Err(e) = self.host.loaded(self.now_ms(), doc, result) {
             tracing::error!(%doc, error = %e, "loading a document failed");
         }
     }

@@ -66,7 +66,7 @@ impl Hub {
                 },
                 done = std::future::poll_fn(|cx| Self::poll_commits(&mut self.commits, cx)), if !self.commits.is_empty() => {
                     for (what, result) in done {
-                        self.host.committed(what, result);
+                        self.host.committed(self.now_ms(), what, result);
                     }
                 }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
@@ -120,7 +120,7 @@ impl Hub {
         loop {
             if let Some((what, ticket)) = self.commits.pop_front() {
                 let result = ticket.await;
-                self.host.committed(what, result);
+                self.host.committed(self.now_ms(), what, result);
             } else if let Some(done) = self.tasks.join_next().await {
                 if let Ok(done) = done {
                     self.on_done(done);
