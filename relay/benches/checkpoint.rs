@@ -110,8 +110,14 @@ fn main() {
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
-    let kv: Arc<dyn KvStore> =
-        Arc::new(RedbStore::open(dir.path().join("relay.redb")).expect("a store"));
+    let kv: Arc<dyn KvStore> = Arc::new(
+        RedbStore::open_with_tables(
+            dir.path().join("relay.redb"),
+            &weft_relay::TABLES,
+            Default::default(),
+        )
+        .expect("a store"),
+    );
     let group = Arc::new(GroupCommit::new(kv).expect("a writer"));
 
     eprintln!("building {docs} conversations of {per_doc} messages...");

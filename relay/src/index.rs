@@ -11,6 +11,10 @@ use weft_core::store::docs::{load_meta, DocMeta, DocStoreError};
 use weft_core::store::{KvStore, Table, WriteBatch};
 use weft_core::{DocId, Role};
 
+/// The per-user index's table. Its name is the one core created in every store before its
+/// users registered their own tables, so existing stores keep their rows.
+pub(crate) const USER_DOCS: Table = Table::new("user_docs");
+
 /// Format byte of a `user_docs` value.
 const USER_DOC_FORMAT: u8 = 0x01;
 
@@ -70,7 +74,7 @@ fn user_doc_key(user: &str, doc: DocId) -> Vec<u8> {
 /// Record in the per-user index that `user` holds `doc` (replacing an earlier holding).
 pub(crate) fn put_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId, holding: Holding) {
     batch.put(
-        Table::USER_DOCS,
+        USER_DOCS,
         user_doc_key(user, doc),
         vec![USER_DOC_FORMAT, holding.tag()],
     );
@@ -78,7 +82,7 @@ pub(crate) fn put_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId, holdi
 
 /// Remove `doc` from `user`'s index rows, if it is there.
 pub(crate) fn delete_user_doc(batch: &mut WriteBatch, user: &str, doc: DocId) {
-    batch.delete(Table::USER_DOCS, user_doc_key(user, doc));
+    batch.delete(USER_DOCS, user_doc_key(user, doc));
 }
 
 /// The index rows `meta` implies: its owner and every access-list entry, none if it is deleted.
@@ -107,7 +111,7 @@ pub(crate) fn load_user_docs(
     user: &str,
 ) -> Result<Vec<(DocId, Holding)>, DocStoreError> {
     let prefix = user_prefix(user);
-    let rows = store.scan_prefix(Table::USER_DOCS, &prefix)?;
+    let rows = store.scan_prefix(USER_DOCS, &prefix)?;
     let mut docs = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         let doc = key
@@ -133,7 +137,7 @@ const USER_INDEX_BUILT: [u8; 4] = [0; 4];
 /// Whether the `user_docs` index was built (by [`rebuild_user_index`]); a store written before
 /// the index existed has metadata but no index rows.
 pub(crate) fn user_index_built(store: &dyn KvStore) -> Result<bool, DocStoreError> {
-    Ok(store.get(Table::USER_DOCS, &USER_INDEX_BUILT)?.is_some())
+    Ok(store.get(USER_DOCS, &USER_INDEX_BUILT)?.is_some())
 }
 
 /// A batch that writes the index rows of every stored document's metadata and marks the index
@@ -141,7 +145,7 @@ pub(crate) fn user_index_built(store: &dyn KvStore) -> Result<bool, DocStoreErro
 /// must not change metadata between the read and the commit of this batch.
 pub(crate) fn rebuild_user_index(store: &dyn KvStore) -> Result<WriteBatch, DocStoreError> {
     let mut batch = WriteBatch::new();
-    batch.put(Table::USER_DOCS, USER_INDEX_BUILT, vec![USER_DOC_FORMAT]);
+    batch.put(USER_DOCS, USER_INDEX_BUILT, vec![USER_DOC_FORMAT]);
     for key in store.scan_keys(Table::DOC_META, &[])? {
         let Ok(id) = <[u8; 16]>::try_from(key.as_slice()) else {
             continue;
@@ -217,9 +221,9 @@ mod tests {
         let store = MemStore::new();
         commit(&store, |b| {
             put_user_doc(b, "bob", DOC, Holding::Owner);
-            b.put(Table::USER_DOCS, user_doc_key("bob", OTHER), vec![0x02, 0]);
+            b.put(USER_DOCS, user_doc_key("bob", OTHER), vec![0x02, 0]);
             b.put(
-                Table::USER_DOCS,
+                USER_DOCS,
                 [user_prefix("bob"), b"short".to_vec()].concat(),
                 vec![USER_DOC_FORMAT, 0],
             );

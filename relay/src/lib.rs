@@ -80,6 +80,10 @@ pub use tls::{
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
 pub use ws::{bind_ws, ws_accept_loop, WsLimits};
 
+/// The relay's own tables, next to core's: open the relay's store with them
+/// (`RedbStore::open_with_tables`, `erase::open_redb`).
+pub const TABLES: [weft_core::store::Table; 1] = [index::USER_DOCS];
+
 /// The relay's store settings, for `RedbStore::open_with` and `GroupCommit::with_limits`: a
 /// staging log large enough to hold a busy document's changes between compactions, and a
 /// writer that yields to the hub once before each group (see

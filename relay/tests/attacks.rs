@@ -434,7 +434,12 @@ async fn a_store_poisoned_before_checks_existed_serves_its_documents_again() {
     let (_alice, doc, heads) = alice_with_doc(&relay).await;
     // What an older relay stored from a member's sync message: garbage as a change chunk.
     let relay = relay.restart_after(|dir| {
-        let store = RedbStore::open(dir.join("relay.redb")).unwrap();
+        let store = RedbStore::open_with_tables(
+            dir.join("relay.redb"),
+            &weft_relay::TABLES,
+            Default::default(),
+        )
+        .unwrap();
         let garbage: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(13) ^ 0xa5).collect();
         let mut batch = WriteBatch::new();
         weft_core::store::docs::put_chunk(&mut batch, doc, ChunkKind::Incremental, garbage);

@@ -191,7 +191,9 @@ fn file_holds(path: &std::path::Path, text: &str) -> bool {
 async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
-    let store = Arc::new(RedbStore::open(&path).unwrap());
+    let store = Arc::new(
+        RedbStore::open_with_tables(&path, &weft_relay::TABLES, Default::default()).unwrap(),
+    );
     let gate = Arc::new(Gate {
         inner: store.clone(),
         hold: Mutex::new(None),
@@ -307,7 +309,7 @@ async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
         file_holds(&path, "secret-before-delete"),
         "the deleted text is not in the file before the rewrite: this test shows nothing"
     );
-    let store = erase::open_redb(&path, StagingLimits::default()).unwrap();
+    let store = erase::open_redb(&path, &weft_relay::TABLES, StagingLimits::default()).unwrap();
     for text in ["secret-before-delete", "written-while-deleting"] {
         assert!(!file_holds(&path, text), "{text:?} is still in relay.redb");
     }

@@ -60,7 +60,14 @@ impl Pki {
 /// A relay store holding one document, so the checkpointer starts without waiting for
 /// Postgres and has something to write.
 fn store_with_a_document(dir: &Path, doc: DocId) -> Arc<GroupCommit> {
-    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(dir.join("relay.redb")).unwrap());
+    let kv: Arc<dyn KvStore> = Arc::new(
+        RedbStore::open_with_tables(
+            dir.join("relay.redb"),
+            &weft_relay::TABLES,
+            Default::default(),
+        )
+        .unwrap(),
+    );
     let group = Arc::new(GroupCommit::new(kv).unwrap());
     let mut meta = DocMeta::default();
     meta.owner = Some("alice".into());

@@ -80,9 +80,14 @@ pub fn leftovers(store: &dyn KvStore) -> Result<(Vec<DocId>, WriteBatch), DocSto
 /// Opens the [`RedbStore`] at `path`, first erasing what deleted documents left behind
 /// ([`leftovers`]); the store is then opened again, which rewrites the file without the
 /// erased bytes. Opening a store with no leftovers costs one scan of `doc_meta`, plus a
-/// prefix scan per deleted document.
-pub fn open_redb(path: &Path, limits: StagingLimits) -> Result<RedbStore, DocStoreError> {
-    let store = RedbStore::open_with(path, limits)?;
+/// prefix scan per deleted document. `tables` are the user's own, registered as with
+/// [`RedbStore::open_with_tables`].
+pub fn open_redb(
+    path: &Path,
+    tables: &[Table],
+    limits: StagingLimits,
+) -> Result<RedbStore, DocStoreError> {
+    let store = RedbStore::open_with_tables(path, tables, limits)?;
     let (found, batch) = leftovers(&store)?;
     if found.is_empty() {
         return Ok(store);
@@ -93,7 +98,7 @@ pub fn open_redb(path: &Path, limits: StagingLimits) -> Result<RedbStore, DocSto
     );
     store.write(&batch)?;
     drop(store);
-    Ok(RedbStore::open_with(path, limits)?)
+    Ok(RedbStore::open_with_tables(path, tables, limits)?)
 }
 
 #[cfg(test)]

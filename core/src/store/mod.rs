@@ -54,52 +54,81 @@ pub use self::staging::StagingLimits;
 
 /// A named table of byte keys to byte values.
 ///
-/// The set of tables is fixed here, so every store knows all of them when it opens.
+/// Core's own tables are [`Table::CORE`]; a user of the store declares its own with
+/// [`Table::new`] and registers them when it opens the store
+/// ([`RedbStore::open_with_tables`]), so every store knows all its tables when it opens.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Table(&'static str);
+pub struct Table {
+    name: &'static str,
+    /// The table's tag in the staging index's in-memory keys (never stored): a hash of the
+    /// name, unique among a store's tables (checked when the store opens).
+    tag: u8,
+}
 
 impl Table {
     /// Automerge chunks, keyed by document, kind and content hash (see [`docs`]).
-    pub const CHUNKS: Table = Table("chunks");
+    pub const CHUNKS: Table = Table::new("chunks");
     /// Encoded automerge sync states, keyed by document and peer.
-    pub const SYNC_STATES: Table = Table("sync_states");
+    pub const SYNC_STATES: Table = Table::new("sync_states");
     /// Document metadata, keyed by document.
-    pub const DOC_META: Table = Table("doc_meta");
-    /// A table for the store's user's per-user index (the relay keeps who may read which
-    /// document here; core never reads it). Added after schema version 1 shipped: opening an
-    /// older file creates it empty.
-    pub const USER_DOCS: Table = Table("user_docs");
+    pub const DOC_META: Table = Table::new("doc_meta");
     /// Records an engine's gate keeps with a document (see `engine::Gate`: which actor is
     /// whose), keyed by document and the gate's key. Added in schema version 3.
-    pub const GATE_RECORDS: Table = Table("gate_records");
+    pub const GATE_RECORDS: Table = Table::new("gate_records");
 
-    /// Every table a store holds.
+    /// Core's own tables, which every store holds.
     ///
-    /// Adding a table needs a new schema version (`redb.rs`): an older build would find the
-    /// new table's staged rows in the staging log, where it cannot tell them from damage.
-    pub const ALL: [Table; 5] = [
+    /// Adding a table to a store that has shipped needs a new schema version (`redb.rs`): an
+    /// older build would find the new table's staged rows in the staging log and refuse them
+    /// ([`StoreError::UnknownTable`]).
+    pub const CORE: [Table; 4] = [
         Table::CHUNKS,
         Table::SYNC_STATES,
         Table::DOC_META,
-        Table::USER_DOCS,
         Table::GATE_RECORDS,
     ];
 
+    /// A table named `name`, as stored: 1 to 255 bytes, distinct from every other table of
+    /// the store it is registered with (checked when the store opens).
+    pub const fn new(name: &'static str) -> Table {
+        Table {
+            name,
+            tag: name_tag(name),
+        }
+    }
+
     /// The table's name, as stored.
     pub const fn name(self) -> &'static str {
-        self.0
+        self.name
     }
+
+    /// The table's tag in the staging index (see the field).
+    pub(crate) const fn tag(self) -> u8 {
+        self.tag
+    }
+}
+
+/// FNV-1a of `name`, folded to a byte.
+const fn name_tag(name: &str) -> u8 {
+    let bytes = name.as_bytes();
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        h = (h ^ bytes[i] as u32).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    (h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) as u8
 }
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.name)
     }
 }
 
 impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Table({})", self.0)
+        write!(f, "Table({})", self.name)
     }
 }
 
@@ -310,6 +339,23 @@ pub enum StoreError {
         path: PathBuf,
         /// The engine's description of the failure.
         message: String,
+    },
+    /// The store was asked about a table it was not opened with, or its file holds rows of
+    /// one (a table the opener did not register).
+    #[error("store file {}: table {table:?} is not one of the tables it was opened with", path.display())]
+    UnknownTable {
+        /// The store file.
+        path: PathBuf,
+        /// The table's name.
+        table: String,
+    },
+    /// The tables a store was opened with cannot all be told apart, or a name is unusable.
+    #[error("store file {}: {reason}", path.display())]
+    BadTables {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong with them.
+        reason: String,
     },
     /// A fault injected by a test store.
     #[error("injected {op} fault")]

@@ -2,9 +2,12 @@
 //!
 //! # Layout
 //!
-//! Each [`Table`] is a redb table of `&[u8]` keys to `&[u8]` values, all created when the file
-//! is created; a table added in a later build (`user_docs`) is created empty when a file
-//! without it opens, which is its upgrade path. A `meta` table holds `schema_version` (4 bytes, big-endian), written together
+//! Each [`Table`] the store is opened with (core's and the user's,
+//! [`RedbStore::open_with_tables`]) is a redb table of `&[u8]` keys to `&[u8]` values, created
+//! when the file is created; a table added in a later build (the relay's `user_docs`) is
+//! created empty when a file without it opens, which is its upgrade path. A table in the file
+//! that the opener did not register is left alone (and dropped by a scrub's rewrite only if
+//! empty). A `meta` table holds `schema_version` (4 bytes, big-endian), written together
 //! with the tables in the first transaction. An open refuses a newer version rather than guess
 //! at its layout, and refuses a redb file with tables but no version: it is not a weft store.
 //! `meta` may also hold `scrub_pending` (`0x01`), written by a batch with
@@ -41,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use ::redb::{Database, TableDefinition, TableError};
 
-use super::staging::{Layers, LogState, StagingLimits};
+use super::staging::{DecodeError, Layers, LogState, StagingLimits};
 use super::{StoreError, Table};
 
 mod open;
@@ -77,6 +80,8 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     limits: StagingLimits,
+    /// The tables it was opened with: core's, then the user's.
+    tables: Box<[Table]>,
     /// The staging index, by commit, for readers and the writer.
     layers: RwLock<Layers>,
     /// The log's extent; held for the whole of a write, so writes are serialized.
@@ -113,6 +118,30 @@ impl RedbStore {
 
     fn error(&self, err: impl Into<::redb::Error>) -> StoreError {
         classify(&self.path, err.into())
+    }
+
+    /// `table` unless the store was not opened with it.
+    fn known(&self, table: Table) -> Result<Table, StoreError> {
+        if self.tables.contains(&table) {
+            Ok(table)
+        } else {
+            Err(self.unknown(table.name()))
+        }
+    }
+
+    fn unknown(&self, table: &str) -> StoreError {
+        StoreError::UnknownTable {
+            path: self.path.clone(),
+            table: table.to_string(),
+        }
+    }
+
+    /// A staged entry `seq` that does not decode.
+    fn undecodable(&self, seq: u64, err: DecodeError) -> StoreError {
+        match err {
+            DecodeError::UnknownTable(table) => self.unknown(&table),
+            DecodeError::Damaged(reason) => self.corrupt(format!("staged entry {seq}: {reason}")),
+        }
     }
 
     fn corrupt(&self, reason: String) -> StoreError {

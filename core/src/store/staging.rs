@@ -38,7 +38,7 @@ use super::Table;
 
 mod log;
 
-pub(super) use self::log::{Entry, LOG};
+pub(super) use self::log::{DecodeError, Entry, LOG};
 
 /// Live staged keys, as [`ikey`]s (table tag, then key), to the sequence number of the put that
 /// holds the value.
@@ -48,11 +48,9 @@ pub(super) type Index = BTreeMap<IKey, u64>;
 /// staged.
 pub(super) type Delta = BTreeMap<IKey, Option<u64>>;
 
-/// A table's one-byte tag in index keys: its position in [`Table::ALL`].
+/// A table's one-byte tag in index keys ([`Table::tag`]; a store's tables have distinct tags).
 fn tag(table: Table) -> u8 {
-    // Invariant: every `Table` value is one of `Table::ALL` (its constructor is private to
-    // this module tree and only used there), and there are fewer than 256.
-    Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
+    table.tag()
 }
 
 /// Bytes an [`IKey`] holds inline: chunk keys take 50 with their tag, sync-state keys fewer.

@@ -86,7 +86,7 @@ impl Device {
         // Content that deleted documents left behind is erased, and the file rewritten without
         // it, before anything reads the store.
         let store = tokio::task::spawn_blocking(move || {
-            erase::open_redb(&store_path, StagingLimits::default())
+            erase::open_redb(&store_path, &[], StagingLimits::default())
         })
         .await
         .map_err(|e| DeviceError::Connection(format!("store open task failed: {e}")))?

@@ -204,11 +204,12 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<GroupCommit>> {
     // Deleted documents' content is erased, and the file rewritten without it, before
     // anything is served (see `weft_core::store::erase`).
     let store_path_for_open = store_path.clone();
-    let store =
-        tokio::task::spawn_blocking(move || erase::open_redb(&store_path_for_open, staging))
-            .await
-            .context("the store open task failed")?
-            .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let store = tokio::task::spawn_blocking(move || {
+        erase::open_redb(&store_path_for_open, &weft_relay::TABLES, staging)
+    })
+    .await
+    .context("the store open task failed")?
+    .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     let kv: Arc<dyn KvStore> = Arc::new(store);
     // The store creates its file with the default mode.
     weft_relay::make_file_private(&store_path)?;

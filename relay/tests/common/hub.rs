@@ -19,7 +19,14 @@ pub fn test_secret() -> JwtSecret {
 
 /// The relay's redb store in `dir`.
 pub fn open_store(dir: &Path) -> Arc<dyn KvStore> {
-    Arc::new(RedbStore::open(dir.join("relay.redb")).unwrap())
+    Arc::new(
+        RedbStore::open_with_tables(
+            dir.join("relay.redb"),
+            &weft_relay::TABLES,
+            Default::default(),
+        )
+        .unwrap(),
+    )
 }
 
 /// Runs a hub on `kv` with `config` on the current runtime; the sender of its events.

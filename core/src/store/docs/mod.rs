@@ -8,8 +8,8 @@
 //! | `sync_states` | doc id (16) ++ peer key                       | `0x01` ++ `sync::State::encode` |
 //! | `doc_meta`    | doc id (16)                                   | `0x01` ++ msgpack [`DocMeta`]  |
 //!
-//! The store's other tables belong to its users: `user_docs` to the relay's per-user index
-//! (kept by the relay), `gate_records` to the engine's gate (`meta.rs` reads and writes them).
+//! `gate_records` belong to the engine's gate (`meta.rs` reads and writes them). A user of the
+//! store registers its own tables when it opens it (the relay's per-user index, `user_docs`).
 //!
 //! A chunk is anything `Automerge::load` accepts: a snapshot (`save()`, kind 0) or incremental
 //! data (one change's raw bytes, or `save_after` output; kind 1). Chunks are keyed by the hash

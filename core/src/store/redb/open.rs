@@ -24,16 +24,30 @@ impl RedbStore {
     }
 
     /// [`RedbStore::open`] with the staging log's limits given.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        limits: StagingLimits,
+    ) -> Result<RedbStore, StoreError> {
+        RedbStore::open_with_tables(path, &[], limits)
+    }
+
+    /// Opens the store with core's tables ([`Table::CORE`]) and the user's `extra` ones, and
+    /// the staging log's limits given. Only these tables can be read or written
+    /// ([`StoreError::UnknownTable`] otherwise), and a staging log holding rows of any other
+    /// table is refused the same way. Table names must be distinct and 1 to 255 bytes
+    /// ([`StoreError::BadTables`]).
     ///
     /// When a batch asked for a scrub ([`WriteBatch::scrub`]) since the file was last
     /// rewritten, the open first copies every live row into a fresh file and renames it over
     /// this one, so that nothing deleted stays readable in the file (`redb/scrub.rs`). A
     /// failed rewrite is logged and the store opens as it is; the next open tries again.
-    pub fn open_with(
+    pub fn open_with_tables(
         path: impl AsRef<Path>,
+        extra: &[Table],
         limits: StagingLimits,
     ) -> Result<RedbStore, StoreError> {
-        let store = RedbStore::open_file(path.as_ref(), limits)?;
+        let tables = check_tables(path.as_ref(), extra)?;
+        let store = RedbStore::open_file(path.as_ref(), tables.clone(), limits)?;
         if !store.scrub_pending()? {
             return Ok(store);
         }
@@ -42,7 +56,7 @@ impl RedbStore {
         match store.rewrite() {
             Ok(copied) => {
                 drop(store);
-                let store = RedbStore::open_file(&path, limits)?;
+                let store = RedbStore::open_file(&path, tables, limits)?;
                 tracing::info!(
                     path = %path.display(),
                     rows = copied.rows,
@@ -65,7 +79,11 @@ impl RedbStore {
     }
 
     /// Opens the file as it is (no scrub).
-    fn open_file(path: &Path, limits: StagingLimits) -> Result<RedbStore, StoreError> {
+    fn open_file(
+        path: &Path,
+        tables: Box<[Table]>,
+        limits: StagingLimits,
+    ) -> Result<RedbStore, StoreError> {
         let path = path.to_path_buf();
         let had_contents = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let db = Builder::new()
@@ -95,6 +113,7 @@ impl RedbStore {
             db,
             path,
             limits,
+            tables,
             layers: RwLock::new(Layers::default()),
             writer: Mutex::new(LogState::default()),
         };
@@ -133,8 +152,8 @@ impl RedbStore {
             }
             first.get_or_insert(seq);
             last = seq;
-            Entry::decode(bytes)
-                .map_err(|reason| self.corrupt(format!("staged entry {seq}: {reason}")))?
+            Entry::decode(bytes, &self.tables)
+                .map_err(|e| self.undecodable(seq, e))?
                 .replay(seq, &mut index);
             state.entries += 1;
             state.bytes += bytes.len() as u64;
@@ -194,10 +213,41 @@ impl RedbStore {
             }
         }
         txn.open_table(LOG).map_err(|e| self.not_ours(e))?;
-        for table in Table::ALL {
+        for &table in self.tables.iter() {
             txn.open_table(definition(table))
                 .map_err(|e| self.not_ours(e))?;
         }
         txn.commit().map_err(|e| self.error(e))
     }
+}
+
+/// Core's tables then `extra`, once each checked: names of 1 to 255 bytes (the staging log
+/// stores a name's length in a byte), none of the store's own (`meta`, `staged_log`), all
+/// distinct, and distinct tags (the staging index tells tables apart by them).
+fn check_tables(path: &Path, extra: &[Table]) -> Result<Box<[Table]>, StoreError> {
+    let bad = |reason: String| StoreError::BadTables {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut tables: Vec<Table> = Table::CORE.to_vec();
+    for &table in extra {
+        let name = table.name();
+        if name.is_empty() || name.len() > 255 {
+            return Err(bad(format!("table name {name:?} is not 1 to 255 bytes")));
+        }
+        if name == META.name() || name == LOG.name() {
+            return Err(bad(format!("table name {name:?} is the store's own")));
+        }
+        if let Some(other) = tables.iter().find(|t| t.tag() == table.tag()) {
+            if other.name() == name {
+                return Err(bad(format!("table {name:?} is registered twice")));
+            }
+            return Err(bad(format!(
+                "tables {:?} and {name:?} cannot be told apart by the staging index; rename one",
+                other.name()
+            )));
+        }
+        tables.push(table);
+    }
+    Ok(tables.into_boxed_slice())
 }

@@ -44,12 +44,12 @@ impl RedbStore {
         let Some(bytes) = log.get(seq).map_err(|e| self.error(e))? else {
             return Err(self.corrupt(format!("staged entry {seq} is missing from its log")));
         };
-        match Entry::decode(bytes.value()) {
+        match Entry::decode(bytes.value(), &self.tables) {
             Ok(Entry::Put { value, .. }) => Ok(value.to_vec()),
             Ok(other) => Err(self.corrupt(format!(
                 "staged entry {seq} should be a put but is {other:?}"
             ))),
-            Err(reason) => Err(self.corrupt(format!("staged entry {seq}: {reason}"))),
+            Err(err) => Err(self.undecodable(seq, err)),
         }
     }
 
@@ -60,6 +60,7 @@ impl RedbStore {
         prefix: &[u8],
         values: bool,
     ) -> Result<KeyValues, StoreError> {
+        let table = self.known(table)?;
         let (txn, log, staged) = self.view(|v| v.staged_in(&Delta::new(), table, prefix))?;
         let mut home = Vec::new();
         match txn.open_table(definition(table)) {
@@ -107,6 +108,7 @@ impl RedbStore {
 
 impl KvStore for RedbStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.known(table)?;
         let (txn, log, staged) = self.view(|v| v.get(&Delta::new(), table, key))?;
         if let Some(seq) = staged {
             return self.staged_value(&log, seq).map(Some);

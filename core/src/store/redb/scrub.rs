@@ -40,7 +40,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ::redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
+use ::redb::{
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle,
+};
 
 use super::{classify, definition, RedbStore, META, SCRUB_KEY};
 use crate::store::staging::{Delta, LOG};
@@ -102,19 +105,26 @@ impl RedbStore {
             Err(e) => return Err(io_err(e)),
         }
         // The rows as of one commit, the staged ones with the index of exactly that commit.
-        let (txn, log, staged) =
-            self.view(|v| Table::ALL.map(|table| v.staged_in(&Delta::new(), table, b"")))?;
-        let known: Vec<&str> = Table::ALL
-            .iter()
-            .map(|t| t.name())
-            .chain([META.name(), LOG.name()])
-            .collect();
+        let tables = self.tables.clone();
+        let (txn, log, staged) = self.view(|v| {
+            tables
+                .iter()
+                .map(|&table| v.staged_in(&Delta::new(), table, b""))
+                .collect::<Vec<_>>()
+        })?;
         for table in txn.list_tables().map_err(|e| self.error(e))? {
-            if !known.contains(&table.name()) {
-                return Err(self.corrupt(format!(
-                    "it holds a table {:?} this build does not know, so it cannot be rewritten",
-                    table.name()
-                )));
+            let name = table.name();
+            if name == META.name() || name == LOG.name() || tables.iter().any(|t| t.name() == name)
+            {
+                continue;
+            }
+            // A table the opener did not register is copied only if empty (that is, dropped):
+            // a file written when core named its user's tables has an empty `user_docs`.
+            let rows = txn
+                .open_table(TableDefinition::<&[u8], &[u8]>::new(name))
+                .map_err(|e| self.error(e))?;
+            if !rows.is_empty().map_err(|e| self.error(e))? {
+                return Err(self.unknown(name));
             }
         }
         let new = Builder::new()
@@ -135,7 +145,7 @@ impl RedbStore {
             }
         }
         out.txn()?.open_table(LOG).map_err(|e| out.error(e))?;
-        for (table, staged) in Table::ALL.into_iter().zip(staged) {
+        for (&table, staged) in tables.iter().zip(staged) {
             out.create(table)?;
             let rows = match txn.open_table(definition(table)) {
                 Ok(rows) => Some(rows),
@@ -425,7 +435,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let limits = StagingLimits::with_capacity(64, 1 << 20);
-        let store = RedbStore::open_with(&path, limits).unwrap();
+        let user_docs = Table::new("user_docs");
+        let tables: Vec<Table> = Table::CORE.into_iter().chain([user_docs]).collect();
+        let store = RedbStore::open_with_tables(&path, &[user_docs], limits).unwrap();
         for i in 0..300u32 {
             let mut b = WriteBatch::new();
             // Some keys are written twice, so that staged rows replace table rows.
@@ -435,20 +447,20 @@ mod tests {
                 vec![i as u8; 100 + i as usize % 50],
             );
             if i % 7 == 0 {
-                b.put(Table::USER_DOCS, format!("u{i}").into_bytes(), vec![1, 2]);
+                b.put(user_docs, format!("u{i}").into_bytes(), vec![1, 2]);
             }
             store.write(&b).unwrap();
         }
         let mut b = WriteBatch::new();
         b.delete(Table::CHUNKS, b"k0003".to_vec()).scrub();
         store.write(&b).unwrap();
-        let before: Vec<_> = Table::ALL
+        let before: Vec<_> = tables
             .iter()
             .map(|t| store.scan_prefix(*t, b"").unwrap())
             .collect();
         drop(store);
-        let store = RedbStore::open_with(&path, limits).unwrap();
-        let after: Vec<_> = Table::ALL
+        let store = RedbStore::open_with_tables(&path, &[user_docs], limits).unwrap();
+        let after: Vec<_> = tables
             .iter()
             .map(|t| store.scan_prefix(*t, b"").unwrap())
             .collect();

@@ -9,6 +9,19 @@ use crate::store::staging::{Delta, Entry, LOG};
 use crate::store::{KvStore, WriteBatch};
 
 mod damage;
+mod layout;
+
+/// A table of the store's user, as the relay registers its per-user index.
+const USER_DOCS: Table = Table::new("user_docs");
+
+/// The tables core created in every file before its users registered their own.
+const PREVIOUS_LAYOUT: [Table; 5] = [
+    Table::CHUNKS,
+    Table::SYNC_STATES,
+    Table::DOC_META,
+    USER_DOCS,
+    Table::GATE_RECORDS,
+];
 
 fn put(table: Table, key: &[u8], value: &[u8]) -> WriteBatch {
     let mut b = WriteBatch::new();
@@ -114,14 +127,14 @@ fn a_file_from_before_the_user_index_opens_with_the_index_table_empty() {
         &[Table::CHUNKS, Table::SYNC_STATES, Table::DOC_META],
         (Table::DOC_META, b"doc", b"meta"),
     );
-    let store = RedbStore::open(&path).unwrap();
+    let store = RedbStore::open_with_tables(&path, &[USER_DOCS], StagingLimits::default()).unwrap();
     assert_eq!(
         store.get(Table::DOC_META, b"doc").unwrap(),
         Some(b"meta".to_vec())
     );
-    assert!(store.scan_prefix(Table::USER_DOCS, b"").unwrap().is_empty());
-    store.write(&put(Table::USER_DOCS, b"row", b"v")).unwrap();
-    assert_eq!(store.scan_keys(Table::USER_DOCS, b"").unwrap().len(), 1);
+    assert!(store.scan_prefix(USER_DOCS, b"").unwrap().is_empty());
+    store.write(&put(USER_DOCS, b"row", b"v")).unwrap();
+    assert_eq!(store.scan_keys(USER_DOCS, b"").unwrap().len(), 1);
 }
 
 #[test]
@@ -225,7 +238,7 @@ fn a_version_2_file_is_upgraded_with_an_empty_gate_records_table() {
 fn a_version_1_file_is_upgraded_and_stages_from_then_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.redb");
-    write_version_1(&path, &Table::ALL, (Table::CHUNKS, b"old", b"row"));
+    write_version_1(&path, &PREVIOUS_LAYOUT, (Table::CHUNKS, b"old", b"row"));
     {
         let store = RedbStore::open(&path).unwrap();
         store.write(&put(Table::CHUNKS, b"new", b"staged")).unwrap();

@@ -42,6 +42,16 @@ impl RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { table, .. }
+                | BatchOp::Delete { table, .. }
+                | BatchOp::DeletePrefix { table, .. } => {
+                    self.known(*table)?;
+                }
+                BatchOp::Scrub => {}
+            }
+        }
         let mut state = lock(&self.writer);
         let mut next = *state;
         // This batch's changes to the staging index; lookups go through it to the latest
@@ -195,8 +205,7 @@ impl RedbStore {
         for entry in log.range(start..before).map_err(|e| self.error(e))? {
             let (seq, bytes) = entry.map_err(|e| self.error(e))?;
             let (seq, bytes) = (seq.value(), bytes.value());
-            let entry = Entry::decode(bytes)
-                .map_err(|reason| self.corrupt(format!("staged entry {seq}: {reason}")))?;
+            let entry = Entry::decode(bytes, &self.tables).map_err(|e| self.undecodable(seq, e))?;
             if let Entry::Put { table, key, value } = entry {
                 if read(&self.layers).latest().get(delta, table, key) == Some(seq) {
                     delta.insert(ikey(table, key), None);

@@ -27,6 +27,38 @@ pub(in crate::store) enum Entry<'a> {
     },
 }
 
+/// Why a staged entry does not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub(in crate::store) enum DecodeError {
+    /// It names a table the store was not opened with.
+    UnknownTable(String),
+    /// Its bytes are damaged; what is wrong.
+    Damaged(String),
+}
+
+impl From<&str> for DecodeError {
+    fn from(reason: &str) -> Self {
+        DecodeError::Damaged(reason.to_string())
+    }
+}
+
+impl From<String> for DecodeError {
+    fn from(reason: String) -> Self {
+        DecodeError::Damaged(reason)
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::UnknownTable(name) => {
+                write!(f, "a staged entry names an unknown table {name:?}")
+            }
+            DecodeError::Damaged(reason) => f.write_str(reason),
+        }
+    }
+}
+
 const TAG_PUT: u8 = 0;
 const TAG_DELETE: u8 = 1;
 const TAG_DELETE_PREFIX: u8 = 2;
@@ -43,7 +75,7 @@ impl<'a> Entry<'a> {
         let name = table.name().as_bytes();
         let mut out = Vec::with_capacity(4 + name.len() + key.len() + value.len());
         out.push(tag);
-        // Invariants: table names are short literals (`Table::ALL`); a put's key passed
+        // Invariants: table names are 1 to 255 bytes (checked when the store opens); a put's key passed
         // `StagingLimits::stages`, and a tombstone is only written for a key (or a prefix of
         // one) that is staged, so every key here fits a u16.
         out.push(name.len() as u8);
@@ -55,37 +87,37 @@ impl<'a> Entry<'a> {
     }
 
     /// The inverse of [`Entry::encode`]; an error names what is wrong.
-    pub(in crate::store) fn decode(bytes: &'a [u8]) -> Result<Entry<'a>, String> {
+    /// Only `tables` are known: an entry of any other table is [`DecodeError::UnknownTable`].
+    pub(in crate::store) fn decode(
+        bytes: &'a [u8],
+        tables: &[Table],
+    ) -> Result<Entry<'a>, DecodeError> {
         let (&tag, rest) = bytes.split_first().ok_or("an empty staged entry")?;
         let (&name_len, rest) = rest.split_first().ok_or("a staged entry cut short")?;
         let name_len = usize::from(name_len);
         if rest.len() < name_len + 2 {
-            return Err("a staged entry cut short".to_string());
+            return Err("a staged entry cut short".into());
         }
         let (name, rest) = rest.split_at(name_len);
-        let table = Table::ALL
-            .into_iter()
+        let table = tables
+            .iter()
+            .copied()
             .find(|t| t.name().as_bytes() == name)
-            .ok_or_else(|| {
-                format!(
-                    "a staged entry names an unknown table {:?}",
-                    String::from_utf8_lossy(name)
-                )
-            })?;
+            .ok_or_else(|| DecodeError::UnknownTable(String::from_utf8_lossy(name).into_owned()))?;
         let key_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let rest = &rest[2..];
         if rest.len() < key_len {
-            return Err("a staged entry's key is cut short".to_string());
+            return Err("a staged entry's key is cut short".into());
         }
         let (key, value) = rest.split_at(key_len);
         match tag {
             TAG_PUT => Ok(Entry::Put { table, key, value }),
             TAG_DELETE | TAG_DELETE_PREFIX if !value.is_empty() => {
-                Err("a staged tombstone carries a value".to_string())
+                Err("a staged tombstone carries a value".into())
             }
             TAG_DELETE => Ok(Entry::Delete { table, key }),
             TAG_DELETE_PREFIX => Ok(Entry::DeletePrefix { table, prefix: key }),
-            other => Err(format!("a staged entry has unknown tag {other}")),
+            other => Err(format!("a staged entry has unknown tag {other}").into()),
         }
     }
 

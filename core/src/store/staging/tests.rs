@@ -1,5 +1,15 @@
 use super::*;
 
+/// A table of the store's user, next to core's.
+const EXTRA: Table = Table::new("extra");
+const TABLES: [Table; 5] = [
+    Table::CHUNKS,
+    Table::SYNC_STATES,
+    Table::DOC_META,
+    Table::GATE_RECORDS,
+    EXTRA,
+];
+
 #[test]
 fn entries_round_trip_and_damaged_ones_are_errors() {
     let entries = [
@@ -18,15 +28,15 @@ fn entries_round_trip_and_damaged_ones_are_errors() {
             key: b"k2",
         },
         Entry::DeletePrefix {
-            table: Table::USER_DOCS,
+            table: EXTRA,
             prefix: b"",
         },
     ];
     for entry in &entries {
         let bytes = entry.encode();
-        assert_eq!(&Entry::decode(&bytes).unwrap(), entry);
+        assert_eq!(&Entry::decode(&bytes, &TABLES).unwrap(), entry);
         for cut in 0..bytes.len().min(12) {
-            if let Ok(e) = Entry::decode(&bytes[..cut]) {
+            if let Ok(e) = Entry::decode(&bytes[..cut], &TABLES) {
                 // A put cut inside its value is still a put, of a shorter value.
                 assert!(matches!(e, Entry::Put { .. }), "{e:?}");
             }
@@ -34,12 +44,21 @@ fn entries_round_trip_and_damaged_ones_are_errors() {
     }
     let mut unknown = entries[0].encode();
     unknown[0] = 9;
-    assert!(Entry::decode(&unknown).unwrap_err().contains("tag 9"));
+    assert!(Entry::decode(&unknown, &TABLES)
+        .unwrap_err()
+        .to_string()
+        .contains("tag 9"));
     let mut bad_table = entries[0].encode();
     bad_table[2] = b'X';
-    assert!(Entry::decode(&bad_table)
-        .unwrap_err()
-        .contains("unknown table"));
+    assert!(matches!(
+        Entry::decode(&bad_table, &TABLES),
+        Err(DecodeError::UnknownTable(_))
+    ));
+    // A table the store was not opened with is unknown, however well formed the entry.
+    assert_eq!(
+        Entry::decode(&entries[3].encode(), &Table::CORE),
+        Err(DecodeError::UnknownTable("extra".to_string()))
+    );
 }
 
 #[test]

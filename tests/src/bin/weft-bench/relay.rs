@@ -72,7 +72,11 @@ impl Relay {
         let store_path = dir.path().join("relay.redb");
         // The relay binary's store settings, so the benchmark measures what operators run.
         let (staging, writer) = weft_relay::store_limits();
-        let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open_with(&store_path, staging)?);
+        let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open_with_tables(
+            &store_path,
+            &weft_relay::TABLES,
+            staging,
+        )?);
         let group = Arc::new(GroupCommit::with_limits(kv, writer)?);
         let metrics = Arc::new(Metrics::default());
         let verifier = weft_relay::Verifier::new(&secret);
