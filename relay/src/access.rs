@@ -11,7 +11,7 @@
 //! Every refusal is the same [`Decision::Refused`], whether or not the document exists. Only
 //! [`refusal_code`] tells a deleted document's former members that it was deleted.
 
-use weft_core::store::DocMeta;
+use crate::meta::DocMeta;
 use weft_core::wire::ErrorCode;
 use weft_core::{DocId, Role};
 

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use weft_core::store::docs::DocStoreError;
-use weft_core::store::{DocMeta, KvStore};
+use weft_core::store::KvStore;
+
+use crate::meta::DocMeta;
 use weft_core::wire::{DocEntry, Message};
 use weft_core::{DocId, Role};
 

@@ -7,7 +7,9 @@
 //! |---------------------------------------------|--------------------------------|
 //! | user length (u32 BE) ++ user ++ doc id (16) | `0x01` ++ [`Holding`] tag (1)  |
 
-use weft_core::store::docs::{load_meta, DocMeta, DocStoreError};
+use weft_core::store::docs::{load_meta, DocStoreError};
+
+use crate::meta::DocMeta;
 use weft_core::store::{KvStore, Table, WriteBatch};
 use weft_core::{DocId, Role};
 

@@ -48,6 +48,7 @@ mod http;
 mod hub;
 mod inbound;
 mod index;
+mod meta;
 mod metrics;
 mod rate;
 mod secret;
@@ -67,6 +68,7 @@ pub use checkpoint::{
 pub use datadir::{make_file_private, prepare_data_dir, DataDirError, STORE_FILE};
 pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound, Quotas};
+pub use meta::{DocMeta as RelayDocMeta, RelayMeta};
 pub use metrics::Metrics;
 pub use secret::{
     ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,

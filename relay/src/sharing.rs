@@ -13,7 +13,9 @@
 use weft_core::store::docs as docstore;
 
 use crate::index::{self, Holding};
-use weft_core::store::{erase, DocMeta, WriteBatch};
+use weft_core::store::{erase, WriteBatch};
+
+use crate::meta::DocMeta;
 use weft_core::wire::ErrorCode;
 use weft_core::{DocId, Role};
 

@@ -297,7 +297,7 @@ async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
             "{table} still holds the deleted document"
         );
     }
-    let meta = docstore::load_meta(store.as_ref(), doc).unwrap().unwrap();
+    let meta: weft_relay::RelayDocMeta = docstore::load_meta(store.as_ref(), doc).unwrap().unwrap();
     assert!(meta.deleted_at_ms.is_some());
     assert_eq!(meta.owner.as_deref(), Some("alice"));
     assert!(erase::leftovers(store.as_ref()).unwrap().0.is_empty());

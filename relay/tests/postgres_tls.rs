@@ -14,8 +14,9 @@ use std::time::Duration;
 use common::pg::{self, PgServer};
 use weft_core::automerge::Automerge;
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{DocMeta, GroupCommit, KvStore, RedbStore, WriteBatch};
+use weft_core::store::{GroupCommit, KvStore, RedbStore, WriteBatch};
 use weft_core::DocId;
+use weft_relay::RelayDocMeta as DocMeta;
 use weft_relay::{CheckpointConfig, Checkpointer, DirtyDocs, Metrics};
 
 /// A CA of the test's own and a server certificate it signed.

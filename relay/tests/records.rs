@@ -14,8 +14,9 @@ use common::{now, RelayProcess};
 use serde_json::json;
 use weft_core::automerge::{Automerge, ScalarValue};
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{DocMeta, GroupCommit, KvStore, MemStore, WriteBatch};
+use weft_core::store::{GroupCommit, KvStore, MemStore, WriteBatch};
 use weft_core::DocId;
+use weft_relay::RelayDocMeta as DocMeta;
 use weft_relay::{CheckpointConfig, Checkpointer, Claims, DirtyDocs, Metrics};
 use weft_schema::rules::{record, Kinds};
 

@@ -180,7 +180,8 @@ async fn lists_access_lists_and_control_requests_are_bounded() {
 #[tokio::test]
 async fn a_store_written_before_the_user_index_existed_is_indexed_at_start() {
     use weft_core::store::docs as docstore;
-    use weft_core::store::{DocMeta, WriteBatch};
+    use weft_core::store::WriteBatch;
+    use weft_relay::RelayDocMeta as DocMeta;
 
     let dir = tempfile::tempdir().unwrap();
     let kv = open_store(dir.path());

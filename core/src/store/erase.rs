@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use super::docs::{self, DocMeta, DocStoreError};
+use super::docs::{self, DocMeta, DocStoreError, MetaExt, NoExt};
 use super::{KvStore, RedbStore, StagingLimits, Table, WriteBatch};
 use crate::DocId;
 
@@ -32,15 +32,15 @@ pub fn erase_content(batch: &mut WriteBatch, doc: DocId) {
 /// The tombstone of a document whose metadata was `meta`, deleted at `deleted_at_ms` (an
 /// earlier deletion time in `meta` is kept): who owned it, who could read it, its kind and
 /// when, and nothing about its content.
-pub fn tombstone(meta: &DocMeta, deleted_at_ms: u64) -> DocMeta {
-    let mut t = DocMeta::default();
+pub fn tombstone<X: MetaExt>(meta: &DocMeta<X>, deleted_at_ms: u64) -> DocMeta<X> {
+    let mut t = DocMeta::<X>::default();
     t.kind = meta.kind.clone();
     t.owner = meta.owner.clone();
     t.access = meta.access.clone();
     t.created_at_ms = meta.created_at_ms;
     t.deleted_at_ms = Some(meta.deleted_at_ms.unwrap_or(deleted_at_ms));
     t.updated_at_ms = t.deleted_at_ms.unwrap_or(deleted_at_ms);
-    t.revoked = true;
+    t.ext = meta.ext.tombstone();
     t
 }
 
@@ -55,7 +55,7 @@ pub fn leftovers(store: &dyn KvStore) -> Result<(Vec<DocId>, WriteBatch), DocSto
             continue;
         };
         let doc = DocId::from_bytes(id);
-        let deleted = match docs::decode_meta(doc, &value) {
+        let deleted = match docs::decode_meta::<NoExt>(doc, &value) {
             Ok(meta) => meta.deleted_at_ms.is_some(),
             Err(err) => {
                 tracing::warn!(%doc, error = %err, "skipping unreadable metadata");
@@ -104,19 +104,23 @@ pub fn open_redb(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::docs::tests::TestExt;
     use crate::store::docs::{put_chunk, put_meta, put_sync_state};
     use crate::store::{ChunkKind, MemStore};
 
     const GONE: DocId = DocId::from_bytes([7; 16]);
     const KEPT: DocId = DocId::from_bytes([8; 16]);
 
-    fn meta(owner: &str, deleted: Option<u64>) -> DocMeta {
+    fn meta(owner: &str, deleted: Option<u64>) -> DocMeta<TestExt> {
         DocMeta {
             owner: Some(owner.into()),
             kind: Some("conversation".into()),
             created_at_ms: 5,
             deleted_at_ms: deleted,
-            confirmed_heads: vec!["ab".into()],
+            ext: TestExt {
+                confirmed_heads: vec!["ab".into()],
+                ..TestExt::default()
+            },
             ..DocMeta::default()
         }
     }
@@ -129,7 +133,7 @@ mod tests {
         assert_eq!(t.owner.as_deref(), Some("alice"));
         assert_eq!(t.access, m.access);
         assert_eq!((t.created_at_ms, t.deleted_at_ms), (5, Some(99)));
-        assert!(t.confirmed_heads.is_empty() && t.revoked);
+        assert!(t.ext.confirmed_heads.is_empty() && t.ext.revoked);
         // An earlier deletion time wins.
         assert_eq!(tombstone(&meta("a", Some(3)), 99).deleted_at_ms, Some(3));
     }
@@ -165,7 +169,7 @@ mod tests {
                 .len(),
             1
         );
-        assert!(docs::load_meta(&store, GONE).unwrap().is_some());
+        assert!(docs::load_meta::<NoExt>(&store, GONE).unwrap().is_some());
         // Nothing is left the second time.
         assert!(leftovers(&store).unwrap().0.is_empty());
     }

@@ -46,7 +46,7 @@ mod memory;
 mod redb;
 mod staging;
 
-pub use self::docs::{ChunkKey, ChunkKind, DocMeta, DocStoreError};
+pub use self::docs::{ChunkKey, ChunkKind, DocMeta, DocStoreError, MetaExt, NoExt};
 pub use self::group::{CommitTicket, GroupCommit, GroupLimits};
 pub use self::memory::MemStore;
 pub use self::redb::RedbStore;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use weft_core::engine::{ConnId, OpenOptions};
 use weft_core::host::{self};
-use weft_core::store::docs::{self, DocMeta};
+use weft_core::store::docs;
+
+use super::meta::DocMeta;
 use weft_core::store::WriteBatch;
 use weft_core::wire::{DocEntry, ErrorCode, Message};
 use weft_core::{DocId, Role};
@@ -56,7 +58,7 @@ impl Driver {
                 let mut want: Vec<DocId> = self
                     .metas
                     .iter()
-                    .filter(|(_, m)| !m.revoked && m.deleted_at_ms.is_none())
+                    .filter(|(_, m)| !m.ext.revoked && m.deleted_at_ms.is_none())
                     .map(|(d, _)| *d)
                     .collect();
                 want.sort_by_key(|d| *d.as_bytes());
@@ -141,7 +143,7 @@ impl Driver {
         let link = c.link;
         if let Some(l) = self.links.get_mut(&link) {
             let role = self.metas.get(&doc).and_then(|m| m.role);
-            let last_sync_ms = self.metas.get(&doc).and_then(|m| m.last_sync_ms);
+            let last_sync_ms = self.metas.get(&doc).and_then(|m| m.ext.last_sync_ms);
             l.docs.insert(
                 doc,
                 DocStatus {
@@ -205,9 +207,9 @@ impl Driver {
                 for e in added {
                     if kind == ConnKind::Relay {
                         if let Some(m) = self.metas.get_mut(&e.doc) {
-                            if m.role != Some(e.role) || m.revoked {
+                            if m.role != Some(e.role) || m.ext.revoked {
                                 m.role = Some(e.role);
-                                m.revoked = false;
+                                m.ext.revoked = false;
                                 self.dirty_metas.insert(e.doc);
                             }
                         }
@@ -393,9 +395,9 @@ impl Driver {
             m.created_at_ms = now;
             m
         });
-        if kind == ConnKind::Relay && (meta.role != Some(role) || meta.revoked) {
+        if kind == ConnKind::Relay && (meta.role != Some(role) || meta.ext.revoked) {
             meta.role = Some(role);
-            meta.revoked = false;
+            meta.ext.revoked = false;
             changed = true;
         }
         if changed {
@@ -452,7 +454,7 @@ impl Driver {
             return;
         }
         let asked = self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc));
-        let revoked = self.metas.get(&doc).is_some_and(|m| m.revoked);
+        let revoked = self.metas.get(&doc).is_some_and(|m| m.ext.revoked);
         self.revoke(conn, doc, "no longer shared with this user".into());
         if !asked && !revoked && self.metas.contains_key(&doc) {
             self.ask_for(conn, doc);
@@ -464,8 +466,8 @@ impl Driver {
         if let Some(m) = self.metas.get_mut(&doc) {
             // Only a document the relay had granted before is marked revoked; one it never
             // granted (never uploaded, or not permitted) stays as it is.
-            if m.role.is_some() && !m.revoked {
-                m.revoked = true;
+            if m.role.is_some() && !m.ext.revoked {
+                m.ext.revoked = true;
                 self.dirty_metas.insert(doc);
             }
         }

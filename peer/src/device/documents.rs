@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use weft_core::automerge::ChangeHash;
 use weft_core::engine::{ConnId, Origin};
-use weft_core::store::docs::{self, DocMeta};
+use weft_core::store::docs;
+
+use super::meta::DocMeta;
 use weft_core::store::WriteBatch;
 use weft_core::wire::Message;
 use weft_core::{DocId, Document, Role};
@@ -76,8 +78,8 @@ impl Driver {
         if role.is_some() {
             meta.role = role;
         }
-        meta.confirmed_heads.clear();
-        meta.actor_epoch = meta.actor_epoch.wrapping_add(1);
+        meta.ext.confirmed_heads.clear();
+        meta.ext.actor_epoch = meta.ext.actor_epoch.wrapping_add(1);
         self.metas.insert(doc, meta.clone());
         self.dirty_metas.remove(&doc);
         let mut batch = WriteBatch::new();
@@ -169,7 +171,7 @@ impl Driver {
             }
             Op::Change(f, reply) => {
                 let meta = self.metas.get(&doc);
-                if meta.is_some_and(|m| m.role == Some(Role::ReadOnly) || m.revoked) {
+                if meta.is_some_and(|m| m.role == Some(Role::ReadOnly) || m.ext.revoked) {
                     let _ = reply.send(Err(DeviceError::ReadOnly(doc)));
                     return;
                 }
@@ -204,7 +206,7 @@ impl Driver {
     /// (which a reset to the relay's version moves on, so refused changes' sequence numbers are
     /// never reused).
     pub(super) fn actor_for(&self, doc: DocId) -> weft_core::automerge::ActorId {
-        let epoch = self.metas.get(&doc).map_or(0, |m| m.actor_epoch);
+        let epoch = self.metas.get(&doc).map_or(0, |m| m.ext.actor_epoch);
         let mut h = blake3::Hasher::new_keyed(&self.actor_secret);
         h.update(doc.as_bytes());
         h.update(&epoch.to_be_bytes());

@@ -11,7 +11,9 @@ use weft_core::automerge::ChangeHash;
 use weft_core::clock::Monotonic;
 use weft_core::engine::{ConnId, Output, Rejection};
 use weft_core::host::{Action, Host, Loaded, Waiting};
-use weft_core::store::docs::{self, DocMeta, DocStoreError};
+use weft_core::store::docs::{self, DocStoreError};
+
+use super::meta::DocMeta;
 use weft_core::store::{GroupCommit, StoreError, WriteBatch};
 use weft_core::wire::{ErrorCode, Message};
 use weft_core::{DeviceId, DocId};
@@ -352,8 +354,8 @@ impl Driver {
                         }
                     }
                     if let Some(m) = self.metas.get_mut(&doc) {
-                        m.confirmed_heads = hex_sorted(&heads);
-                        m.last_sync_ms = Some(now);
+                        m.ext.confirmed_heads = hex_sorted(&heads);
+                        m.ext.last_sync_ms = Some(now);
                         self.dirty_metas.insert(doc);
                     }
                     self.status_dirty = true;

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use super::meta::DocMeta;
 use weft_core::automerge::{ChangeHash, Patch};
-use weft_core::store::docs::DocMeta;
 use weft_core::{DeviceId, DocId, Role};
 
 use super::ControlOp;
@@ -112,10 +112,10 @@ impl DocInfo {
             kind: m.kind.clone(),
             role: m.role,
             owner: m.owner.clone(),
-            revoked: m.revoked,
+            revoked: m.ext.revoked,
             deleted: m.deleted_at_ms.is_some(),
-            confirmed_heads: m.confirmed_heads.clone(),
-            last_sync_ms: m.last_sync_ms,
+            confirmed_heads: m.ext.confirmed_heads.clone(),
+            last_sync_ms: m.ext.last_sync_ms,
         }
     }
 }

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use weft_core::automerge::Automerge;
 use weft_core::engine::{Engine, EngineConfig};
 use weft_core::host::{Host, HostConfig};
-use weft_core::store::docs::{self, DocMeta, DocStoreError};
+use weft_core::store::docs::{self, DocStoreError};
+
+use self::meta::DocMeta;
 use weft_core::store::{erase, GroupCommit, KvStore, StagingLimits};
 use weft_core::{DeviceId, DocId};
 
@@ -38,6 +40,7 @@ mod documents;
 mod driver;
 mod erasing;
 mod event;
+mod meta;
 
 use cmd::{ChangeFn, Op, ReadFn, Reply, Waiter};
 pub(crate) use cmd::{Cmd, ConnKind, DriverHandle, Registration};

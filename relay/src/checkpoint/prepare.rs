@@ -95,7 +95,9 @@ pub(crate) fn prepare(
 ) -> Result<Prepared, CheckpointError> {
     let started = std::time::Instant::now();
     let store_err = |source| CheckpointError::Store { doc, source };
-    let Some(meta) = docstore::load_meta(store, doc).map_err(store_err)? else {
+    let Some(meta) =
+        docstore::load_meta::<crate::meta::RelayMeta>(store, doc).map_err(store_err)?
+    else {
         return Ok(Prepared::Absent);
     };
     let ms = |v: u64| i64::try_from(v).ok();
@@ -295,9 +297,10 @@ fn dedup(rows: impl Iterator<Item = MessageRow>) -> Vec<MessageRow> {
 
 #[cfg(test)]
 mod tests {
+    use crate::meta::DocMeta;
     use weft_core::automerge::transaction::Transactable;
     use weft_core::automerge::{Automerge, ReadDoc, ROOT};
-    use weft_core::store::docs::{ChunkKind, DocMeta};
+    use weft_core::store::docs::ChunkKind;
     use weft_core::store::{MemStore, WriteBatch};
     use weft_schema::{Conversation, Id, NewConversation, NewMessage};
 

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{DocMeta, GroupCommit, WriteBatch};
+use weft_core::store::{GroupCommit, WriteBatch};
+
+use crate::meta::DocMeta;
 use weft_core::{DocId, Role};
 
 use super::pg::{pg, PgConn};
@@ -65,10 +67,12 @@ pub(crate) async fn restore(
         let missing = tokio::task::spawn_blocking(move || {
             parsed
                 .into_iter()
-                .filter_map(|doc| match docstore::load_meta(store.as_ref(), doc) {
-                    Ok(None) => Some(Ok(doc)),
-                    Ok(Some(_)) => None,
-                    Err(source) => Some(Err(CheckpointError::Store { doc, source })),
+                .filter_map(|doc| {
+                    match docstore::load_meta::<crate::meta::RelayMeta>(store.as_ref(), doc) {
+                        Ok(None) => Some(Ok(doc)),
+                        Ok(Some(_)) => None,
+                        Err(source) => Some(Err(CheckpointError::Store { doc, source })),
+                    }
                 })
                 .collect::<Result<Vec<DocId>, _>>()
         })

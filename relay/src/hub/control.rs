@@ -23,7 +23,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use weft_core::engine::{ConnId, OpenOptions};
 use weft_core::store::docs as docstore;
-use weft_core::store::{erase, DocMeta, StoreError, WriteBatch};
+use weft_core::store::{erase, StoreError, WriteBatch};
+
+use crate::meta::DocMeta;
 use weft_core::wire::{DocEntry, ErrorCode, Message};
 use weft_core::{DocId, Role};
 

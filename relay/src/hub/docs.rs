@@ -11,7 +11,9 @@ use std::sync::Arc;
 use weft_core::engine::{ConnId, OpenOptions, Output, Rejection};
 use weft_core::host;
 use weft_core::store::docs::{self as docstore, DocStoreError};
-use weft_core::store::{DocMeta, StoreError};
+use weft_core::store::StoreError;
+
+use crate::meta::DocMeta;
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 

@@ -45,7 +45,9 @@ use weft_core::engine::{ConnId, Engine, EngineConfig, Inbound};
 use weft_core::hash::{HashMap, HashSet};
 use weft_core::host::{Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::DocStoreError;
-use weft_core::store::{CommitTicket, DocMeta, GroupCommit, StoreError};
+use weft_core::store::{CommitTicket, GroupCommit, StoreError};
+
+use crate::meta::DocMeta;
 use weft_core::wire::{self, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 

@@ -73,9 +73,9 @@ impl Usage {
             }
         };
         for doc in docs {
-            if let Ok(Some(meta)) = docstore::load_meta(store, doc) {
+            if let Ok(Some(meta)) = docstore::load_meta::<crate::meta::RelayMeta>(store, doc) {
                 if let (Some(owner), None) = (&meta.owner, meta.deleted_at_ms) {
-                    *usage.bytes.entry(owner.clone()).or_default() += meta.stored_bytes;
+                    *usage.bytes.entry(owner.clone()).or_default() += meta.ext.stored_bytes;
                 }
             }
         }
@@ -148,7 +148,7 @@ impl Hub {
     }
 
     /// A document was deleted: it no longer counts against its owner.
-    pub(super) fn count_deleted(&mut self, meta: &weft_core::store::DocMeta) {
+    pub(super) fn count_deleted(&mut self, meta: &crate::meta::DocMeta) {
         let Some(owner) = &meta.owner else {
             return;
         };
@@ -156,7 +156,7 @@ impl Hub {
             *n = n.saturating_sub(1);
         }
         if let Some(b) = self.usage.bytes.get_mut(owner) {
-            *b = b.saturating_sub(meta.stored_bytes);
+            *b = b.saturating_sub(meta.ext.stored_bytes);
         }
     }
 
@@ -222,12 +222,14 @@ impl Hub {
         let Some(owner) = meta.owner.clone() else {
             return;
         };
-        if size == meta.stored_bytes {
+        if size == meta.ext.stored_bytes {
             return;
         }
         let used = self.usage.bytes.entry(owner).or_default();
-        *used = used.saturating_add(size).saturating_sub(meta.stored_bytes);
-        meta.stored_bytes = size;
+        *used = used
+            .saturating_add(size)
+            .saturating_sub(meta.ext.stored_bytes);
+        meta.ext.stored_bytes = size;
         self.usage.sizes_to_record.insert(doc);
     }
 
@@ -243,10 +245,10 @@ impl Hub {
             if let Some(meta) = self.metas.get(&doc) {
                 docstore::put_meta(&mut batch, doc, meta);
             } else if let Ok(Some(mut stored)) =
-                docstore::load_meta(self.host.store().as_ref(), doc)
+                docstore::load_meta::<crate::meta::RelayMeta>(self.host.store().as_ref(), doc)
             {
                 if let Some(size) = self.host.stored_bytes(doc) {
-                    stored.stored_bytes = size;
+                    stored.ext.stored_bytes = size;
                     docstore::put_meta(&mut batch, doc, &stored);
                 }
             }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::chunks::ChunkKey;
@@ -16,14 +17,18 @@ const META_FORMAT: u8 = 0x01;
 /// Format byte of a stored sync state.
 const SYNC_STATE_FORMAT: u8 = 0x01;
 
-/// What weft knows about a document besides its content.
+/// What weft knows about a document besides its content: the fields the device and the
+/// relay share, and `ext`, what only one of them keeps (`DeviceMeta` in `weft-peer`,
+/// `RelayMeta` in `weft-relay`).
 ///
+/// Stored as one msgpack map: `ext`'s fields sit beside the shared ones (flattened), as they
+/// did when this was one struct of every field, so rows of either shape read as the other.
 /// Every field defaults when absent, and unknown fields are ignored, so records written by
 /// older and newer builds stay readable.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
-pub struct DocMeta {
+pub struct DocMeta<X> {
     /// The application's document type.
     pub kind: Option<String>,
     /// The owning user.
@@ -38,20 +43,26 @@ pub struct DocMeta {
     pub updated_at_ms: u64,
     /// When the document was deleted, if it was (ms since the Unix epoch).
     pub deleted_at_ms: Option<u64>,
-    /// Device side: the heads the relay or a peer last confirmed holding (lowercase hex).
-    pub confirmed_heads: Vec<String>,
-    /// Device side: when a relay or peer last confirmed this document in sync (ms since the
-    /// Unix epoch).
-    pub last_sync_ms: Option<u64>,
-    /// Device side: the relay no longer lets this device's user read the document (unshared or
-    /// deleted); the local copy is kept, read-only.
-    pub revoked: bool,
-    /// Relay side: bytes the document took in the store when last recorded (its owner's
-    /// storage quota counts them).
-    pub stored_bytes: u64,
-    /// Device side: moved on each time the relay refuses this device's changes and the
-    /// document returns to the relay's version; the device writes with a new actor from then.
-    pub actor_epoch: u32,
+    /// What only the device or only the relay keeps.
+    #[serde(flatten)]
+    pub ext: X,
+}
+
+/// The part of [`DocMeta`] only one side keeps: fields stored beside the shared ones.
+pub trait MetaExt: Serialize + DeserializeOwned + Default {
+    /// What a deleted document's tombstone keeps of it ([`crate::store::erase::tombstone`]).
+    fn tombstone(&self) -> Self;
+}
+
+/// No extension: the shared fields only, for readers that need nothing else (a row read this
+/// way must not be written back, which would drop the other fields).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoExt {}
+
+impl MetaExt for NoExt {
+    fn tombstone(&self) -> Self {
+        NoExt {}
+    }
 }
 
 pub(super) fn sync_state_key(doc: DocId, peer: &[u8]) -> Vec<u8> {
@@ -73,10 +84,10 @@ pub fn delete_sync_states(batch: &mut WriteBatch, doc: DocId) {
 }
 
 /// Store the metadata of `doc`.
-pub fn put_meta(batch: &mut WriteBatch, doc: DocId, meta: &DocMeta) {
+pub fn put_meta<X: Serialize>(batch: &mut WriteBatch, doc: DocId, meta: &DocMeta<X>) {
     let mut value = vec![META_FORMAT];
     rmp_serde::encode::write_named(&mut value, meta)
-        .expect("DocMeta encodes: strings, integers and a map of known length into a Vec");
+        .expect("DocMeta encodes into a Vec: strings, integers, maps, and an extension that is a struct of such fields");
     batch.put(Table::DOC_META, doc.as_bytes().to_vec(), value);
 }
 
@@ -145,7 +156,10 @@ pub fn load_sync_state(
 }
 
 /// The stored metadata of `doc`, if any.
-pub fn load_meta(store: &dyn KvStore, doc: DocId) -> Result<Option<DocMeta>, DocStoreError> {
+pub fn load_meta<X: DeserializeOwned + Default>(
+    store: &dyn KvStore,
+    doc: DocId,
+) -> Result<Option<DocMeta<X>>, DocStoreError> {
     let Some(value) = store.get(Table::DOC_META, doc.as_bytes())? else {
         return Ok(None);
     };
@@ -153,7 +167,10 @@ pub fn load_meta(store: &dyn KvStore, doc: DocId) -> Result<Option<DocMeta>, Doc
 }
 
 /// Decodes `value`, the stored `doc_meta` row of `doc` (for readers that scan the table).
-pub fn decode_meta(doc: DocId, value: &[u8]) -> Result<DocMeta, DocStoreError> {
+pub fn decode_meta<X: DeserializeOwned + Default>(
+    doc: DocId,
+    value: &[u8],
+) -> Result<DocMeta<X>, DocStoreError> {
     const RECORD: &str = "metadata";
     let body = versioned_body(doc, RECORD, META_FORMAT, value)?;
     rmp_serde::from_slice(body).map_err(|err| DocStoreError::Decode {

@@ -66,5 +66,6 @@ pub use heal::{quarantine, Quarantine};
 pub use load::{load_chunks, load_document, load_document_sized, ChunkBytes, StoredDocument};
 pub use meta::{
     decode_meta, delete_doc, delete_sync_states, list_docs, load_gate_records, load_meta,
-    load_sync_state, put_gate_record, put_meta, put_sync_state, DocMeta, GateRecord,
+    load_sync_state, put_gate_record, put_meta, put_sync_state, DocMeta, GateRecord, MetaExt,
+    NoExt,
 };

@@ -298,7 +298,7 @@ fn read_faults_surface_as_store_errors() {
             source: StoreError::Injected { .. }
         })
     ));
-    assert!(load_meta(&store, DOC).is_err());
+    assert!(load_meta::<NoExt>(&store, DOC).is_err());
     assert!(list_docs(&store).is_err());
 }
 
@@ -362,6 +362,26 @@ fn sync_states_with_an_unknown_format_byte_are_refused() {
     ));
 }
 
+/// An extension as a device or a relay keeps one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct TestExt {
+    pub(crate) confirmed_heads: Vec<String>,
+    pub(crate) last_sync_ms: Option<u64>,
+    pub(crate) revoked: bool,
+    pub(crate) stored_bytes: u64,
+    pub(crate) actor_epoch: u32,
+}
+
+impl MetaExt for TestExt {
+    fn tombstone(&self) -> Self {
+        TestExt {
+            revoked: true,
+            ..TestExt::default()
+        }
+    }
+}
+
 #[test]
 fn metadata_round_trips() {
     let store = MemStore::new();
@@ -373,15 +393,23 @@ fn metadata_round_trips() {
         created_at_ms: 1,
         updated_at_ms: 2,
         deleted_at_ms: Some(3),
-        confirmed_heads: vec!["ab".into()],
-        last_sync_ms: Some(4),
-        revoked: true,
-        stored_bytes: 5,
-        actor_epoch: 6,
+        ext: TestExt {
+            confirmed_heads: vec!["ab".into()],
+            last_sync_ms: Some(4),
+            revoked: true,
+            stored_bytes: 5,
+            actor_epoch: 6,
+        },
     };
     commit(&store, |b| put_meta(b, DOC, &meta)).unwrap();
-    assert_eq!(load_meta(&store, DOC).unwrap(), Some(meta));
-    assert_eq!(load_meta(&store, OTHER).unwrap(), None);
+    assert_eq!(load_meta(&store, DOC).unwrap(), Some(meta.clone()));
+    assert_eq!(load_meta::<TestExt>(&store, OTHER).unwrap(), None);
+    // The shared fields alone read from the same row.
+    let shared: DocMeta<NoExt> = load_meta(&store, DOC).unwrap().unwrap();
+    assert_eq!(
+        (shared.owner, shared.deleted_at_ms),
+        (meta.owner, meta.deleted_at_ms)
+    );
 }
 
 #[test]
@@ -394,7 +422,7 @@ fn metadata_format_1_reads_with_missing_and_unknown_fields() {
         b.put(Table::DOC_META, DOC.as_bytes().to_vec(), stored.to_vec());
     })
     .unwrap();
-    let meta = load_meta(&store, DOC).unwrap().unwrap();
+    let meta: DocMeta<TestExt> = load_meta(&store, DOC).unwrap().unwrap();
     let expected = DocMeta {
         kind: Some("chat".into()),
         role: Some(Role::ReadWrite),
@@ -413,7 +441,7 @@ fn metadata_format_1_reads_with_missing_and_unknown_fields() {
             b.put(Table::DOC_META, DOC.as_bytes().to_vec(), value);
         })
         .unwrap();
-        let err = load_meta(&store, DOC).unwrap_err();
+        let err = load_meta::<TestExt>(&store, DOC).unwrap_err();
         assert_eq!(
             matches!(err, DocStoreError::UnknownFormat { .. }),
             expect_unknown,
@@ -431,18 +459,18 @@ fn deleting_a_document_removes_all_of_it_and_only_it() {
         commit(&store, |b| {
             put_chunk(b, id, ChunkKind::Snapshot, doc.save());
             put_sync_state(b, id, &[1; 32], &sync::State::new());
-            put_meta(b, id, &DocMeta::default());
+            put_meta(b, id, &DocMeta::<NoExt>::default());
         })
         .unwrap();
     }
     // A document known only by its metadata is listed too.
     let third = DocId::from_bytes([3; 16]);
-    commit(&store, |b| put_meta(b, third, &DocMeta::default())).unwrap();
+    commit(&store, |b| put_meta(b, third, &DocMeta::<NoExt>::default())).unwrap();
     assert_eq!(list_docs(&store).unwrap(), vec![DOC, OTHER, third]);
 
     commit(&store, |b| delete_doc(b, DOC)).unwrap();
     assert!(load_document(&store, DOC).unwrap().is_none());
-    assert!(load_meta(&store, DOC).unwrap().is_none());
+    assert!(load_meta::<NoExt>(&store, DOC).unwrap().is_none());
     assert!(load_sync_state(&store, DOC, &[1; 32]).unwrap().is_none());
     assert!(load_document(&store, OTHER).unwrap().is_some());
     assert!(load_sync_state(&store, OTHER, &[1; 32]).unwrap().is_some());
