@@ -3,7 +3,7 @@
 //!
 //! Every request is a message to the driver over a bounded channel. Writes are answered when
 //! their store batch is durable (the engine's persist request for the change completed), so a
-//! caller never sees a change that a crash could lose. Connection tasks (`net.rs`) feed the
+//! caller never sees a change that a crash could lose. Connection tasks (`net/`) feed the
 //! driver the frames they read and carry out the frames it sends; the driver never awaits a
 //! connection (sends are `try_send` on bounded queues; a full queue marks the document lagging
 //! and it is resynced from heads once the queue has room).
