@@ -27,7 +27,6 @@ use weft_core::store::docs::{self, DocMeta, DocStoreError};
 use weft_core::store::{erase, GroupCommit, KvStore, StagingLimits};
 use weft_core::{DeviceId, DocId};
 
-use crate::net::{self, LinkHandle, PeerConfig, RelayConfig};
 use crate::status::Status;
 use crate::{DataDir, DeviceError};
 
@@ -291,33 +290,9 @@ impl Device {
         self.ask(|r| Cmd::Control(op, r)).await?
     }
 
-    /// Keeps a connection to a relay, reconnecting with backoff until the handle is dropped or
-    /// stopped.
-    pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self
-            .ask(|r| Cmd::NewLink(format!("relay {}", cfg.addr), r))
-            .await?;
-        Ok(net::spawn_relay_link(self.shared.handle.clone(), link, cfg))
-    }
-
-    /// Keeps a direct connection to a peer device, reconnecting until stopped.
-    pub async fn connect_peer(&self, cfg: PeerConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self
-            .ask(|r| Cmd::NewLink(format!("peer {}", cfg.addr), r))
-            .await?;
-        Ok(net::spawn_peer_link(self.shared.handle.clone(), link, cfg))
-    }
-
-    /// Accepts peer devices in `allow` on `addr`; returns the bound address. Runs until the
-    /// device closes.
-    pub async fn listen_p2p(
-        &self,
-        addr: std::net::SocketAddr,
-        allow: Vec<DeviceId>,
-    ) -> Result<std::net::SocketAddr, DeviceError> {
-        let (bound, task) = net::listen(self.shared.handle.clone(), addr, allow)?;
-        self.track(task);
-        Ok(bound)
+    /// What the device's connection tasks hold of it.
+    pub(crate) fn driver_handle(&self) -> &DriverHandle {
+        &self.shared.handle
     }
 
     pub(crate) fn track(&self, task: tokio::task::JoinHandle<()>) {

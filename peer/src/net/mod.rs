@@ -21,10 +21,10 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use weft_core::{DeviceId, DocId};
 
-use crate::DeviceError;
+use crate::{Device, DeviceError};
 
-pub(crate) use link::{spawn_peer_link, spawn_relay_link};
-pub(crate) use listen::listen;
+use link::{spawn_peer_link, spawn_relay_link};
+use listen::listen;
 
 /// Frames queued to one connection's writer at most.
 const OUT_QUEUE: usize = 4096;
@@ -139,5 +139,35 @@ impl Drop for LinkHandle {
         // A dropped handle stops its link: a CLI command or a handed-off request that ends
         // takes its connection with it.
         self.cancel.cancel();
+    }
+}
+
+/// Starting links: the device's side of `net`.
+impl Device {
+    /// Keeps a connection to a relay, reconnecting with backoff until the handle is dropped or
+    /// stopped.
+    pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
+        let handle = self.driver_handle();
+        let link = handle.new_link(format!("relay {}", cfg.addr)).await?;
+        Ok(spawn_relay_link(handle.clone(), link, cfg))
+    }
+
+    /// Keeps a direct connection to a peer device, reconnecting until stopped.
+    pub async fn connect_peer(&self, cfg: PeerConfig) -> Result<LinkHandle, DeviceError> {
+        let handle = self.driver_handle();
+        let link = handle.new_link(format!("peer {}", cfg.addr)).await?;
+        Ok(spawn_peer_link(handle.clone(), link, cfg))
+    }
+
+    /// Accepts peer devices in `allow` on `addr`; returns the bound address. Runs until the
+    /// device closes.
+    pub async fn listen_p2p(
+        &self,
+        addr: std::net::SocketAddr,
+        allow: Vec<DeviceId>,
+    ) -> Result<std::net::SocketAddr, DeviceError> {
+        let (bound, task) = listen(self.driver_handle().clone(), addr, allow)?;
+        self.track(task);
+        Ok(bound)
     }
 }
