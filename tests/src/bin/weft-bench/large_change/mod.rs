@@ -22,6 +22,10 @@
 //! The large side (its sender and the second subscriber) runs on a runtime of its own, so
 //! sending and receiving megabytes does not delay document A's devices in this process.
 
+mod workload;
+
+pub(crate) use workload::large_change_workload;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
