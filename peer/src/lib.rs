@@ -13,7 +13,7 @@
 //! - `dir.rs`: the data directory (store, device key, name, socket path).
 //! - `device/`: [`Device`], the handle, and its driver task, which alone owns the engine and
 //!   the store writer.
-//! - `net.rs`: QUIC links to a relay or a peer (dial, handshake, reconnect, token refresh) and the
+//! - `net/`: QUIC links to a relay or a peer (dial, handshake, reconnect, token refresh) and the
 //!   peer-to-peer listener; each connection is a reader and a writer task talking to the driver.
 //! - `status.rs`: sync status types.
 //! - `error.rs`: [`DeviceError`].

@@ -90,117 +90,130 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+        for (name, kind, help, value) in self.plain() {
+            let v = value.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
-        };
-        one(
-            "weft_connections",
-            "gauge",
-            "Open device connections.",
-            get(&self.connections),
-        );
-        one(
-            "weft_connections_total",
-            "counter",
-            "Connections accepted.",
-            get(&self.connections_total),
-        );
-        one(
-            "weft_documents_loaded",
-            "gauge",
-            "Documents loaded in memory.",
-            get(&self.documents_loaded),
-        );
-        one(
-            "weft_sync_messages_in_total",
-            "counter",
-            "Document messages received.",
-            get(&self.messages_in),
-        );
-        one(
-            "weft_sync_messages_out_total",
-            "counter",
-            "Messages sent.",
-            get(&self.messages_out),
-        );
-        one(
-            "weft_sync_bytes_in_total",
-            "counter",
-            "Frame bytes received.",
-            get(&self.bytes_in),
-        );
-        one(
-            "weft_sync_bytes_out_total",
-            "counter",
-            "Frame bytes sent.",
-            get(&self.bytes_out),
-        );
-        one(
-            "weft_queue_drops_total",
-            "counter",
-            "Messages dropped on a full connection queue.",
-            get(&self.queue_drops),
-        );
-        one(
-            "weft_auth_failures_total",
-            "counter",
-            "Refused tokens and devices.",
-            get(&self.auth_failures),
-        );
-        one(
-            "weft_throttled_total",
-            "counter",
-            "Times a connection's reads were slowed for its bytes per second.",
-            get(&self.throttled),
-        );
-        one(
-            "weft_quota_refusals_total",
-            "counter",
-            "Requests refused by a quota (documents or bytes per user, memory, creation rate).",
-            get(&self.quota_refusals),
-        );
-        one(
-            "weft_documents_loaded_bytes",
-            "gauge",
-            "Stored bytes of the documents loaded in memory.",
-            get(&self.documents_loaded_bytes),
-        );
-        one(
-            "weft_chunks_quarantined_total",
-            "counter",
-            "Stored chunks set aside on load because they do not parse.",
-            get(&self.chunks_quarantined),
-        );
-        one(
-            "weft_protocol_errors_total",
-            "counter",
-            "Connections closed for invalid input.",
-            get(&self.protocol_errors),
-        );
-        // Postgres checkpoints (begin)
-        one(
-            "weft_checkpoint_dirty_documents",
-            "gauge",
-            "Documents waiting for a checkpoint.",
-            get(&self.checkpoint_dirty),
-        );
-        one(
-            "weft_checkpoint_failures_total",
-            "counter",
-            "Failed checkpoint batches and documents.",
-            get(&self.checkpoint_failures),
-        );
-        one(
-            "weft_checkpoint_documents_total",
-            "counter",
-            "Documents checkpointed to Postgres.",
-            get(&self.checkpoint_documents),
-        );
+        }
+        self.render_checkpoint_lag_and_refusals(&mut out);
+        self.render_fanout_latency(&mut out);
+        out
+    }
+
+    /// The counters and gauges rendered as they are: name, type, help and value, in order.
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 17] {
+        [
+            (
+                "weft_connections",
+                "gauge",
+                "Open device connections.",
+                &self.connections,
+            ),
+            (
+                "weft_connections_total",
+                "counter",
+                "Connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "weft_documents_loaded",
+                "gauge",
+                "Documents loaded in memory.",
+                &self.documents_loaded,
+            ),
+            (
+                "weft_sync_messages_in_total",
+                "counter",
+                "Document messages received.",
+                &self.messages_in,
+            ),
+            (
+                "weft_sync_messages_out_total",
+                "counter",
+                "Messages sent.",
+                &self.messages_out,
+            ),
+            (
+                "weft_sync_bytes_in_total",
+                "counter",
+                "Frame bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "weft_sync_bytes_out_total",
+                "counter",
+                "Frame bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "weft_queue_drops_total",
+                "counter",
+                "Messages dropped on a full connection queue.",
+                &self.queue_drops,
+            ),
+            (
+                "weft_auth_failures_total",
+                "counter",
+                "Refused tokens and devices.",
+                &self.auth_failures,
+            ),
+            (
+                "weft_throttled_total",
+                "counter",
+                "Times a connection's reads were slowed for its bytes per second.",
+                &self.throttled,
+            ),
+            (
+                "weft_quota_refusals_total",
+                "counter",
+                "Requests refused by a quota (documents or bytes per user, memory, creation rate).",
+                &self.quota_refusals,
+            ),
+            (
+                "weft_documents_loaded_bytes",
+                "gauge",
+                "Stored bytes of the documents loaded in memory.",
+                &self.documents_loaded_bytes,
+            ),
+            (
+                "weft_chunks_quarantined_total",
+                "counter",
+                "Stored chunks set aside on load because they do not parse.",
+                &self.chunks_quarantined,
+            ),
+            (
+                "weft_protocol_errors_total",
+                "counter",
+                "Connections closed for invalid input.",
+                &self.protocol_errors,
+            ),
+            (
+                "weft_checkpoint_dirty_documents",
+                "gauge",
+                "Documents waiting for a checkpoint.",
+                &self.checkpoint_dirty,
+            ),
+            (
+                "weft_checkpoint_failures_total",
+                "counter",
+                "Failed checkpoint batches and documents.",
+                &self.checkpoint_failures,
+            ),
+            (
+                "weft_checkpoint_documents_total",
+                "counter",
+                "Documents checkpointed to Postgres.",
+                &self.checkpoint_documents,
+            ),
+        ]
+    }
+
+    /// The checkpoint lag in seconds and the refused changes by reason.
+    fn render_checkpoint_lag_and_refusals(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP weft_checkpoint_lag_seconds Age of the oldest change not yet checkpointed.\n\
@@ -216,7 +229,11 @@ impl Metrics {
             get(&self.refused_read_only),
             get(&self.refused_limit),
         );
-        // Postgres checkpoints (end)
+    }
+
+    /// The fan-out latency histogram (cumulative buckets, sum and count).
+    fn render_fanout_latency(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let name = "weft_fanout_latency_seconds";
         let _ = writeln!(
             out,
@@ -230,7 +247,6 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {}", get(&self.latency_sum_us) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {count}");
-        out
     }
 }
 

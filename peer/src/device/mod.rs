@@ -3,7 +3,7 @@
 //!
 //! Every request is a message to the driver over a bounded channel. Writes are answered when
 //! their store batch is durable (the engine's persist request for the change completed), so a
-//! caller never sees a change that a crash could lose. Connection tasks (`net.rs`) feed the
+//! caller never sees a change that a crash could lose. Connection tasks (`net/`) feed the
 //! driver the frames they read and carry out the frames it sends; the driver never awaits a
 //! connection (sends are `try_send` on bounded queues; a full queue marks the document lagging
 //! and it is resynced from heads once the queue has room).
@@ -29,7 +29,6 @@ use self::meta::DocMeta;
 use weft_core::store::{erase, GroupCommit, KvStore, StagingLimits};
 use weft_core::{DeviceId, DocId};
 
-use crate::net::{self, LinkHandle, PeerConfig, RelayConfig};
 use crate::status::Status;
 use crate::{DataDir, DeviceError};
 
@@ -294,33 +293,9 @@ impl Device {
         self.ask(|r| Cmd::Control(op, r)).await?
     }
 
-    /// Keeps a connection to a relay, reconnecting with backoff until the handle is dropped or
-    /// stopped.
-    pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self
-            .ask(|r| Cmd::NewLink(format!("relay {}", cfg.addr), r))
-            .await?;
-        Ok(net::spawn_relay_link(self.shared.handle.clone(), link, cfg))
-    }
-
-    /// Keeps a direct connection to a peer device, reconnecting until stopped.
-    pub async fn connect_peer(&self, cfg: PeerConfig) -> Result<LinkHandle, DeviceError> {
-        let link = self
-            .ask(|r| Cmd::NewLink(format!("peer {}", cfg.addr), r))
-            .await?;
-        Ok(net::spawn_peer_link(self.shared.handle.clone(), link, cfg))
-    }
-
-    /// Accepts peer devices in `allow` on `addr`; returns the bound address. Runs until the
-    /// device closes.
-    pub async fn listen_p2p(
-        &self,
-        addr: std::net::SocketAddr,
-        allow: Vec<DeviceId>,
-    ) -> Result<std::net::SocketAddr, DeviceError> {
-        let (bound, task) = net::listen(self.shared.handle.clone(), addr, allow)?;
-        self.track(task);
-        Ok(bound)
+    /// What the device's connection tasks hold of it.
+    pub(crate) fn driver_handle(&self) -> &DriverHandle {
+        &self.shared.handle
     }
 
     pub(crate) fn track(&self, task: tokio::task::JoinHandle<()>) {

@@ -1,4 +1,7 @@
 use super::*;
+use crate::secret::JwtSecret;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 /// The HMAC algorithms a crafted token may be signed with.
 #[derive(Clone, Copy)]

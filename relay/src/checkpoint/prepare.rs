@@ -170,58 +170,7 @@ pub(crate) fn prepare(
         let record = record_of(kinds, am);
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
-        // Incremental when Postgres' rows follow heads this document contains. Entries of
-        // `messages` that don't read as messages (another writer's malformed data) get no
-        // row, and a message that stopped reading loses its row.
-        let (full, messages, removed) = if stored.is_some() {
-            match weft_schema::messages_changed_since(am, &stored_heads) {
-                Ok(ch) => {
-                    log_skipped(doc, &ch.skipped);
-                    let unreadable = ch.skipped.iter().filter_map(|s| s.message_key());
-                    (
-                        false,
-                        dedup(ch.value.changed.iter().map(MessageRow::from_message)),
-                        ch.value
-                            .removed
-                            .iter()
-                            .cloned()
-                            .chain(unreadable)
-                            .map(|k| weft_schema::strip_nul(k.id.as_ref()))
-                            .collect(),
-                    )
-                }
-                Err(e) => match weft_schema::messages(am) {
-                    Ok(all) => {
-                        log_skipped(doc, &all.skipped);
-                        (
-                            true,
-                            dedup(all.value.iter().map(MessageRow::from_message)),
-                            Vec::new(),
-                        )
-                    }
-                    // A chat whose messages do not read keeps its rows as they were.
-                    Err(_) if weft_schema::kind(am).is_ok_and(|k| k.has_chat()) => {
-                        tracing::warn!(%doc, error = %e, "messages unreadable; rows left as they were");
-                        (false, Vec::new(), Vec::new())
-                    }
-                    // Not a chat (any more): no message rows.
-                    Err(_) => (true, Vec::new(), Vec::new()),
-                },
-            }
-        } else {
-            let all = match weft_schema::messages(am) {
-                Ok(all) => {
-                    log_skipped(doc, &all.skipped);
-                    all.value
-                }
-                Err(_) => Vec::new(),
-            };
-            (
-                true,
-                dedup(all.iter().map(MessageRow::from_message)),
-                Vec::new(),
-            )
-        };
+        let (full, messages, removed) = message_rows(doc, am, stored.is_some(), &stored_heads);
         tracing::trace!(
             %doc,
             load_ms = loaded_in.as_millis() as u64,
@@ -254,6 +203,68 @@ pub(crate) fn prepare(
         merged_in,
         cost: started.elapsed(),
     })))
+}
+
+/// `doc`'s message rows: whether every row is replaced, the rows to write, and the message ids
+/// whose rows go.
+fn message_rows(
+    doc: DocId,
+    am: &Automerge,
+    stored_present: bool,
+    stored_heads: &[ChangeHash],
+) -> (bool, Vec<MessageRow>, Vec<String>) {
+    // Incremental when Postgres' rows follow heads this document contains. Entries of
+    // `messages` that don't read as messages (another writer's malformed data) get no
+    // row, and a message that stopped reading loses its row.
+    if stored_present {
+        match weft_schema::messages_changed_since(am, stored_heads) {
+            Ok(ch) => {
+                log_skipped(doc, &ch.skipped);
+                let unreadable = ch.skipped.iter().filter_map(|s| s.message_key());
+                (
+                    false,
+                    dedup(ch.value.changed.iter().map(MessageRow::from_message)),
+                    ch.value
+                        .removed
+                        .iter()
+                        .cloned()
+                        .chain(unreadable)
+                        .map(|k| weft_schema::strip_nul(k.id.as_ref()))
+                        .collect(),
+                )
+            }
+            Err(e) => match weft_schema::messages(am) {
+                Ok(all) => {
+                    log_skipped(doc, &all.skipped);
+                    (
+                        true,
+                        dedup(all.value.iter().map(MessageRow::from_message)),
+                        Vec::new(),
+                    )
+                }
+                // A chat whose messages do not read keeps its rows as they were.
+                Err(_) if weft_schema::kind(am).is_ok_and(|k| k.has_chat()) => {
+                    tracing::warn!(%doc, error = %e, "messages unreadable; rows left as they were");
+                    (false, Vec::new(), Vec::new())
+                }
+                // Not a chat (any more): no message rows.
+                Err(_) => (true, Vec::new(), Vec::new()),
+            },
+        }
+    } else {
+        let all = match weft_schema::messages(am) {
+            Ok(all) => {
+                log_skipped(doc, &all.skipped);
+                all.value
+            }
+            Err(_) => Vec::new(),
+        };
+        (
+            true,
+            dedup(all.iter().map(MessageRow::from_message)),
+            Vec::new(),
+        )
+    }
 }
 
 /// The `weft_records` row of `am` when it is of a declared kind, NULs removed.

@@ -59,6 +59,7 @@ mod conns;
 mod control;
 mod docs;
 mod inbound;
+mod listing;
 mod loads;
 mod quota;
 mod run;

@@ -1,0 +1,277 @@
+use super::*;
+use crate::{DeviceId, DocId, Role};
+use automerge::ChangeHash;
+use proptest::prelude::*;
+
+fn doc() -> DocId {
+    DocId::from_bytes([3; 16])
+}
+
+fn samples() -> Vec<Message> {
+    vec![
+        Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            device: DeviceId::from_bytes([1; 32]),
+            token: "t.o.k".into(),
+            agent: "weft/0.1".into(),
+        },
+        Message::Error {
+            code: ErrorCode::FORBIDDEN,
+            doc: Some(doc()),
+            message: "no".into(),
+        },
+        Message::Docs {
+            full: true,
+            added: vec![DocEntry {
+                doc: doc(),
+                role: Role::ReadOnly,
+            }],
+            removed: vec![],
+        },
+        Message::Sync {
+            doc: doc(),
+            reset: true,
+            data: vec![0x42, 1, 2],
+        },
+        Message::Changes {
+            doc: doc(),
+            changes: vec![bytes::Bytes::from(vec![9; 100])],
+        },
+        Message::Ack {
+            doc: doc(),
+            heads: vec![ChangeHash([5; 32]), ChangeHash([6; 32])],
+        },
+        Message::DocsEnd {
+            total: 12_000,
+            truncated: false,
+        },
+        Message::Share {
+            id: 7,
+            doc: doc(),
+            user: "bob".into(),
+            role: Role::ReadWrite,
+        },
+        Message::Unshare {
+            id: u64::MAX,
+            doc: doc(),
+            user: "bob".into(),
+        },
+        Message::Delete { id: 0, doc: doc() },
+        Message::Reply {
+            id: 7,
+            doc: doc(),
+            code: None,
+            message: String::new(),
+        },
+        Message::Reply {
+            id: 8,
+            doc: doc(),
+            code: Some(ErrorCode::FORBIDDEN),
+            message: "not permitted".into(),
+        },
+    ]
+}
+
+#[test]
+fn frames_round_trip() {
+    for msg in samples() {
+        let f = frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(f[0], PROTOCOL_V1);
+        let (back, used) = decode_frame(&f, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(used, f.len());
+    }
+}
+
+#[test]
+fn control_messages_and_replies_name_their_document() {
+    for msg in samples() {
+        match msg {
+            Message::Share { .. }
+            | Message::Unshare { .. }
+            | Message::Delete { .. }
+            | Message::Reply { .. } => assert_eq!(msg.doc(), Some(doc()), "{msg:?}"),
+            Message::DocsEnd { .. } | Message::Docs { .. } => assert_eq!(msg.doc(), None),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn short_input_needs_more_bytes() {
+    let f = frame(&samples()[0], DEFAULT_MAX_FRAME).unwrap();
+    for cut in 0..f.len() {
+        assert!(
+            decode_frame(&f[..cut], DEFAULT_MAX_FRAME)
+                .unwrap()
+                .is_none(),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_allocating() {
+    let buf = [PROTOCOL_V1, 0xff, 0xff, 0xff, 0xff];
+    assert!(matches!(
+        decode_frame(&buf, DEFAULT_MAX_FRAME),
+        Err(FrameError::TooLarge {
+            len: 0xffff_ffff,
+            ..
+        })
+    ));
+    let big = Message::Sync {
+        doc: doc(),
+        reset: false,
+        data: vec![0; 2000],
+    };
+    assert!(matches!(
+        frame(&big, 1000),
+        Err(FrameError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn wrong_version_byte_is_refused() {
+    let mut f = frame(&samples()[0], DEFAULT_MAX_FRAME).unwrap();
+    f[0] = 0x02;
+    assert!(matches!(
+        decode_frame(&f, DEFAULT_MAX_FRAME),
+        Err(FrameError::UnsupportedVersion { got: 2 })
+    ));
+}
+
+#[test]
+fn garbage_bodies_are_malformed() {
+    for body in [
+        &b""[..],
+        b"\xc1",
+        b"\x81\xa4Sync\x80",
+        b"\x92\x01\x02",
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        let mut f = vec![PROTOCOL_V1];
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        assert!(
+            matches!(
+                decode_frame(&f, DEFAULT_MAX_FRAME),
+                Err(FrameError::Malformed { .. })
+            ),
+            "{body:?}"
+        );
+    }
+    // Heads whose length is not a multiple of 32.
+    let mut f = frame(
+        &Message::Ack {
+            doc: doc(),
+            heads: vec![ChangeHash([1; 32])],
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let n = f.len();
+    f[n - 33] = 31; // bin8 length byte of the heads
+    f.truncate(n - 1);
+    f[1..5].copy_from_slice(&((n - 1 - FRAME_HEADER_LEN) as u32).to_be_bytes());
+    assert!(decode_frame(&f, DEFAULT_MAX_FRAME).is_err());
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    let doc = any::<[u8; 16]>().prop_map(DocId::from_bytes);
+    prop_oneof![
+        (
+            doc.clone(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(doc, reset, data)| Message::Sync { doc, reset, data }),
+        (
+            doc.clone(),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)
+        )
+            .prop_map(|(doc, cs)| Message::Changes {
+                doc,
+                changes: cs.into_iter().map(bytes::Bytes::from).collect()
+            }),
+        (
+            doc.clone(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4)
+        )
+            .prop_map(|(doc, hs)| Message::Ack {
+                doc,
+                heads: hs.into_iter().map(ChangeHash).collect()
+            }),
+        (any::<u16>(), proptest::option::of(doc.clone()), ".{0,40}").prop_map(
+            |(c, doc, message)| Message::Error {
+                code: ErrorCode(c),
+                doc,
+                message
+            }
+        ),
+        (any::<u64>(), doc.clone(), ".{0,20}", any::<bool>(), 0..3u8).prop_map(
+            |(id, doc, user, rw, kind)| {
+                let role = if rw { Role::ReadWrite } else { Role::ReadOnly };
+                match kind {
+                    0 => Message::Share {
+                        id,
+                        doc,
+                        user,
+                        role,
+                    },
+                    1 => Message::Unshare { id, doc, user },
+                    _ => Message::Delete { id, doc },
+                }
+            }
+        ),
+        (
+            any::<u64>(),
+            doc.clone(),
+            proptest::option::of(any::<u16>()),
+            ".{0,40}"
+        )
+            .prop_map(|(id, doc, code, message)| Message::Reply {
+                id,
+                doc,
+                code: code.map(ErrorCode),
+                message
+            }),
+        (
+            doc,
+            proptest::option::of(".{0,10}"),
+            proptest::collection::vec(any::<u8>(), 0..50)
+        )
+            .prop_map(|(doc, user, data)| Message::Ephemeral {
+                doc,
+                user,
+                device: None,
+                data
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_message_round_trips_through_a_stream(msgs in proptest::collection::vec(arb_message(), 1..6)) {
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode_frame(m, DEFAULT_MAX_FRAME, &mut stream).unwrap();
+        }
+        let mut at = 0;
+        let mut back = Vec::new();
+        while let Some((m, used)) = decode_frame(&stream[at..], DEFAULT_MAX_FRAME).unwrap() {
+            back.push(m);
+            at += used;
+        }
+        prop_assert_eq!(at, stream.len());
+        prop_assert_eq!(back, msgs);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_frame(&bytes, 4096);
+        let _ = decode_body(&bytes);
+    }
+}

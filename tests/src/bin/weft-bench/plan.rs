@@ -1,0 +1,72 @@
+//! What to run: the workloads, `--quick` and `--pin`.
+
+use std::time::Duration;
+pub(crate) const IMPLEMENTED: &[&str] = &[
+    "fanout",
+    "throughput",
+    "wire-bytes",
+    "reconnect",
+    "durable-writes",
+    "initial-sync",
+    "large-change",
+];
+pub(crate) const PLANNED: &[&str] = &["memory", "checkpoint"];
+pub(crate) const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change)";
+/// The workloads as the usage line and errors name them.
+pub(crate) const AVAILABLE: &str =
+    "fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change";
+
+pub(crate) struct Plan {
+    pub(crate) quick: bool,
+    /// Relay on CPU 0, devices on CPU 1 (`--pin`).
+    pub(crate) pin: bool,
+    /// (devices, measured changes, baseline changes, p99 target in ms)
+    pub(crate) fanout: Vec<(usize, usize, usize, Option<f64>)>,
+    pub(crate) fanout_warmup: usize,
+    pub(crate) docs: usize,
+    pub(crate) devices: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) window: Duration,
+    pub(crate) wire_changes: usize,
+    pub(crate) chain_len: usize,
+}
+
+impl Plan {
+    pub(crate) fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                pin: false,
+                fanout: vec![
+                    (2, 200, 200, None),
+                    (10, 300, 100, Some(5.0)),
+                    (100, 150, 30, Some(20.0)),
+                ],
+                fanout_warmup: 20,
+                docs: 1000,
+                devices: 10,
+                warmup: Duration::from_secs(2),
+                window: Duration::from_secs(5),
+                wire_changes: 200,
+                chain_len: 400,
+            }
+        } else {
+            Plan {
+                quick,
+                pin: false,
+                fanout: vec![
+                    (2, 1000, 1000, None),
+                    (10, 1000, 300, Some(5.0)),
+                    (100, 500, 100, Some(20.0)),
+                ],
+                fanout_warmup: 20,
+                docs: 1000,
+                devices: 10,
+                warmup: Duration::from_secs(3),
+                window: Duration::from_secs(15),
+                wire_changes: 500,
+                chain_len: 1500,
+            }
+        }
+    }
+}
