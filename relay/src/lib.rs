@@ -76,7 +76,10 @@ pub use tls::{
     DEV_SUBJECT_ALT_NAMES,
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
-pub use ws::{bind_ws, ws_accept_loop, WsLimits};
+pub use ws::{
+    bind_ws, load_or_create_storage_id, ws_accept_loop, StorageIdError, WsContext, WsLimits,
+    STORAGE_ID_FILE,
+};
 
 /// The relay's store settings, for `RedbStore::open_with` and `GroupCommit::with_limits`: a
 /// staging log large enough to hold a busy document's changes between compactions, and a

@@ -11,14 +11,16 @@
 //! browser (automerge-repo)                  relay (socket task)              hub
 //!   GET /?token=JWT  (upgrade) ----------->  verify token; 401 if refused
 //!   join{senderId, versions ["1"]} ------->  bind peer id ------------------> Open + SyncOnly
-//!   <-------------------- peer{selected "1"}
+//!   <-------- peer{selected "1", storageId}
 //!   request|sync{documentId, data} ------->  first time: Subscribe --------> authorize
 //!                                            (queued until the answer)  <--- Subscribed | Error
 //!                                            Sync{doc, data} ---------------> engine
 //!   <---------------------- sync{data}      <------------------------------- Sync{doc, data}
 //!   <------------ doc-unavailable{documentId} <----- Error{FORBIDDEN|DELETED, doc}
 //!   ephemeral{data} <----------------------> Ephemeral{doc, data} <---------> other subscribers
-//!   remote-subscription-change, remote-heads-changed, doc-unavailable, leave: checked, ignored
+//!   remote-subscription-change{add: [storageId]}  (heads read from the relay's sync messages)
+//!   <---- remote-heads-changed{documentId, newHeads: {storageId: {heads, timestamp}}}
+//!   remote-heads-changed, doc-unavailable, leave: checked, ignored
 //! ```
 //!
 //! The hub keeps WebSocket peers in sync mode (`Engine::set_sync_only`): automerge-repo speaks
@@ -44,8 +46,12 @@
 pub(crate) mod codec; // also read by `crate::fuzz_targets`
 mod frames;
 mod handshake;
+mod heads;
 mod session;
+mod storage_id;
 mod translate;
+
+pub use storage_id::{load_or_create_storage_id, StorageIdError, STORAGE_ID_FILE};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +81,15 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The relay's automerge-repo peer id.
     relay_peer: Arc<str>,
+    /// The relay's automerge-repo storage id (stable across restarts).
+    storage_id: String,
+}
+
+/// What the WebSocket endpoint is besides its limits.
+#[derive(Clone, Debug)]
+pub struct WsContext {
+    /// The relay's automerge-repo storage id ([`load_or_create_storage_id`]).
+    pub storage_id: String,
 }
 
 /// Limits of the WebSocket endpoint.
@@ -140,6 +155,7 @@ pub async fn ws_accept_loop(
     listener: TcpListener,
     verifier: Verifier,
     limits: WsLimits,
+    context: WsContext,
     hub: mpsc::Sender<HubEvent>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -151,6 +167,7 @@ pub async fn ws_accept_loop(
         limits,
         metrics,
         relay_peer,
+        storage_id: context.storage_id,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sockets = JoinSet::new();

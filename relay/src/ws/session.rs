@@ -32,7 +32,13 @@ pub(super) async fn serve_socket(
     let peer = handshake::join(&mut ws, shared, deadline).await?;
     let device = device_for(&claims.sub, &peer);
     tracing::info!(conn = conn.0, %device, user = %claims.sub, "WebSocket client joined");
-    let peer_msg = codec::encode(&ToClient::Peer, &shared.relay_peer, &peer);
+    let peer_msg = codec::encode(
+        &ToClient::Peer {
+            storage_id: &shared.storage_id,
+        },
+        &shared.relay_peer,
+        &peer,
+    );
     if let Err(e) = ws.send(WsMessage::Binary(peer_msg.into())).await {
         return Err(SocketEnd::Lost(e));
     }

@@ -14,6 +14,7 @@ use weft_core::DocId;
 
 use super::codec::{self, FromClient, ToClient};
 use super::frames::{bad, next_binary, SocketEnd, Ws};
+use super::heads::{now_ms, RemoteHeads};
 use super::Shared;
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
@@ -54,6 +55,7 @@ pub(super) struct Socket<'a> {
     ephemeral_count: u64,
     rate: RateLimit,
     bytes: ByteRate,
+    remote_heads: RemoteHeads,
 }
 
 impl<'a> Socket<'a> {
@@ -77,6 +79,7 @@ impl<'a> Socket<'a> {
             ephemeral_count: 0,
             rate: RateLimit::new(limits.burst, limits.rate),
             bytes: ByteRate::new(limits.bytes_per_sec.saturating_mul(4), limits.bytes_per_sec),
+            remote_heads: RemoteHeads::default(),
         }
     }
 
@@ -146,6 +149,30 @@ impl<'a> Socket<'a> {
             .map_err(SocketEnd::Lost)
     }
 
+    async fn send_remote_heads(
+        &mut self,
+        doc: DocId,
+        heads: &[String],
+        timestamp: u64,
+    ) -> Result<(), SocketEnd> {
+        let storage_id = &self.shared.storage_id;
+        let frame = codec::encode(
+            &ToClient::RemoteHeads {
+                doc,
+                storage_id,
+                heads,
+                timestamp,
+            },
+            &self.shared.relay_peer,
+            &self.peer,
+        );
+        Metrics::add(&self.shared.metrics.bytes_out, frame.len() as u64);
+        self.ws
+            .send(WsMessage::Binary(frame.into()))
+            .await
+            .map_err(SocketEnd::Lost)
+    }
+
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), SocketEnd> {
         Metrics::add(&self.shared.metrics.bytes_in, frame.len() as u64);
         let now = std::time::Instant::now();
@@ -190,6 +217,20 @@ impl<'a> Socket<'a> {
                     // Not subscribed (yet): ephemeral data is best-effort.
                     Ok(())
                 }
+            }
+            FromClient::RemoteSubscription { add, remove, .. } => {
+                let storage_id = &self.shared.storage_id;
+                if !self
+                    .remote_heads
+                    .change_subscription(storage_id, &add, &remove)
+                {
+                    return Ok(());
+                }
+                let timestamp = now_ms();
+                for (doc, heads) in self.remote_heads.known() {
+                    self.send_remote_heads(doc, &heads, timestamp).await?;
+                }
+                Ok(())
             }
             FromClient::Ignored { kind, .. } => {
                 tracing::trace!(conn = self.conn.0, kind, "ignored a client message");
@@ -314,10 +355,15 @@ impl<'a> Socket<'a> {
                 Ok(())
             }
             Message::Sync { doc, data, .. } => {
-                if matches!(self.docs.get(&doc), Some(DocState::Open)) {
-                    self.send_client(ToClient::Sync { doc, data: &data }).await
-                } else {
-                    Ok(())
+                if !matches!(self.docs.get(&doc), Some(DocState::Open)) {
+                    return Ok(());
+                }
+                self.send_client(ToClient::Sync { doc, data: &data })
+                    .await?;
+                // After the sync message, so the client knows the document when told its heads.
+                match self.remote_heads.observe(doc, &data) {
+                    Some(heads) => self.send_remote_heads(doc, &heads, now_ms()).await,
+                    None => Ok(()),
                 }
             }
             Message::Ephemeral {
@@ -364,6 +410,7 @@ impl<'a> Socket<'a> {
                 if let Some(DocState::Pending(queue)) = self.docs.remove(&doc) {
                     self.pending_bytes -= held_bytes(&queue);
                 }
+                self.remote_heads.forget(doc);
                 self.send_client(ToClient::DocUnavailable { doc }).await
             }
             // Discovery, presence, welcome: automerge-repo has no equivalent. `Changes` and

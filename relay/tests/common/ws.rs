@@ -59,6 +59,11 @@ impl Relay {
         Self::start_in(dir, &ws, extra)
     }
 
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.process.dir.path()
+    }
+
     /// The relay process's id.
     pub fn pid(&self) -> u32 {
         self.process.child.id()

@@ -89,11 +89,12 @@ pub(crate) fn decode(frame: &[u8]) -> Result<FromClient, CodecError> {
             })
         }
         "remote-subscription-change" => {
-            map.text_array("add")?;
-            map.text_array("remove")?;
-            Ok(FromClient::Ignored {
+            let add = map.text_array("add")?;
+            let remove = map.text_array("remove")?;
+            Ok(FromClient::RemoteSubscription {
                 sender,
-                kind: "remote-subscription-change",
+                add,
+                remove,
             })
         }
         "remote-heads-changed" => {
@@ -180,17 +181,22 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// An optional array of strings.
-    pub(super) fn text_array(&self, field: &'static str) -> Result<(), CodecError> {
+    /// An optional array of strings (absent is empty).
+    pub(super) fn text_array(&self, field: &'static str) -> Result<Vec<String>, CodecError> {
+        let wrong = CodecError::WrongType {
+            field,
+            expected: "an array of strings",
+        };
         match self.get(field) {
-            None => Ok(()),
-            Some(Value::Array(items)) if items.iter().all(|v| matches!(v, Value::Text(_))) => {
-                Ok(())
-            }
-            Some(_) => Err(CodecError::WrongType {
-                field,
-                expected: "an array of strings",
-            }),
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Text(t) => Ok(t.clone()),
+                    _ => Err(wrong.clone()),
+                })
+                .collect(),
+            Some(_) => Err(wrong),
         }
     }
 

@@ -12,8 +12,12 @@ pub(crate) fn encode(msg: &ToClient<'_>, sender: &str, target: &str) -> Vec<u8> 
         (text("targetId"), text(target)),
     ];
     let kind = match msg {
-        ToClient::Peer => {
-            fields.push((text("peerMetadata"), Value::Map(Vec::new())));
+        ToClient::Peer { storage_id } => {
+            let metadata = vec![
+                (text("storageId"), text(storage_id)),
+                (text("isEphemeral"), Value::Bool(false)),
+            ];
+            fields.push((text("peerMetadata"), Value::Map(metadata)));
             fields.push((
                 text("selectedProtocolVersion"),
                 text(crate::ws::PROTOCOL_VERSION),
@@ -40,6 +44,24 @@ pub(crate) fn encode(msg: &ToClient<'_>, sender: &str, target: &str) -> Vec<u8> 
             fields.push((text("sessionId"), text(session)));
             fields.push((text("count"), Value::Integer((*count).into())));
             "ephemeral"
+        }
+        ToClient::RemoteHeads {
+            doc,
+            storage_id,
+            heads,
+            timestamp,
+        } => {
+            fields.push((text("documentId"), text(&doc.to_string())));
+            let heads = Value::Array(heads.iter().map(|h| text(h)).collect());
+            let entry = vec![
+                (text("heads"), heads),
+                (text("timestamp"), Value::Integer((*timestamp).into())),
+            ];
+            fields.push((
+                text("newHeads"),
+                Value::Map(vec![(text(storage_id), Value::Map(entry))]),
+            ));
+            "remote-heads-changed"
         }
         ToClient::Error { message } => {
             fields.push((text("message"), text(message)));

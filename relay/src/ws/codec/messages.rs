@@ -27,8 +27,14 @@ pub(crate) enum FromClient {
         doc: DocId,
         data: Vec<u8>,
     },
-    /// `doc-unavailable`, `remote-subscription-change`, `remote-heads-changed`, `leave`:
-    /// checked, then ignored.
+    /// `remote-subscription-change`: the storage ids whose heads the client wants to hear
+    /// about (`add`) or no longer (`remove`); the relay answers for its own.
+    RemoteSubscription {
+        sender: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+    /// `doc-unavailable`, `remote-heads-changed`, `leave`: checked, then ignored.
     Ignored { sender: String, kind: &'static str },
 }
 
@@ -39,13 +45,14 @@ impl FromClient {
             FromClient::Join { sender, .. }
             | FromClient::Sync { sender, .. }
             | FromClient::Ephemeral { sender, .. }
+            | FromClient::RemoteSubscription { sender, .. }
             | FromClient::Ignored { sender, .. } => sender,
         }
     }
 }
 
 /// Why a client's frame is not a valid message.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub(crate) enum CodecError {
     #[error("not CBOR: {reason}")]
     NotCbor { reason: String },
@@ -71,8 +78,9 @@ pub(crate) enum CodecError {
 /// A message for a client. `sender` is the relay's peer id, `target` the client's.
 #[derive(Debug)]
 pub(crate) enum ToClient<'a> {
-    /// The answer to `join`.
-    Peer,
+    /// The answer to `join`, with the relay's storage id (`peerMetadata`: `storageId`,
+    /// `isEphemeral: false`): clients keep sync state and remote heads under it.
+    Peer { storage_id: &'a str },
     /// An Automerge sync message.
     Sync { doc: DocId, data: &'a [u8] },
     /// The relay will not serve the document (refused, whether or not it exists).
@@ -84,6 +92,14 @@ pub(crate) enum ToClient<'a> {
         data: &'a [u8],
         session: &'a str,
         count: u64,
+    },
+    /// `remote-heads-changed`: the relay's heads of `doc` (bs58check-encoded hashes, as
+    /// automerge-repo writes them) under its storage id, at `timestamp` (ms since the epoch).
+    RemoteHeads {
+        doc: DocId,
+        storage_id: &'a str,
+        heads: &'a [String],
+        timestamp: u64,
     },
     /// Sent just before the relay closes the socket.
     Error { message: &'a str },
