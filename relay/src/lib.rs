@@ -77,8 +77,8 @@ pub use tls::{
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
 pub use ws::{
-    bind_ws, load_or_create_storage_id, ws_accept_loop, StorageIdError, WsContext, WsLimits,
-    STORAGE_ID_FILE,
+    bind_ws, load_or_create_storage_id, ws_accept_loop, StorageIdError, TicketError, Tickets,
+    WsContext, WsLimits, MAX_TICKETS, STORAGE_ID_FILE, TICKET_TTL,
 };
 
 /// The relay's store settings, for `RedbStore::open_with` and `GroupCommit::with_limits`: a

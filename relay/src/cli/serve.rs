@@ -101,14 +101,24 @@ async fn run_relay(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ready = format!("weft-relay ready quic={quic_addr}");
-    let http_task = start_http(&args, &mut ready, &metrics, &stop_rx).await?;
+    // With `--ws`, tickets for the upgrade are issued on the HTTP address.
+    let tickets = args.ws.map(|_| {
+        Arc::new(weft_relay::Tickets::with_limits(
+            verifier.clone(),
+            args.ws_ticket_origin.clone(),
+            args.ws_ticket_ttl,
+            weft_relay::MAX_TICKETS,
+        ))
+    });
+    let http_task = start_http(&args, &mut ready, &metrics, &tickets, &stop_rx).await?;
     let ws_listener = bind_ws(&args, &mut ready).await?;
     // Only a relay that serves WebSocket clients has (and keeps) a storage id.
-    let ws_context = match &ws_listener {
-        Some(_) => Some(weft_relay::WsContext {
+    let ws_context = match (&ws_listener, &tickets) {
+        (Some(_), Some(tickets)) => Some(weft_relay::WsContext {
             storage_id: weft_relay::load_or_create_storage_id(&args.data_dir)?,
+            tickets: tickets.clone(),
         }),
-        None => None,
+        _ => None,
     };
     // Migrations and the restore of documents the store lacks run before anything is served.
     let dirty = DirtyDocs::new();
@@ -230,6 +240,7 @@ async fn start_http(
     args: &ServeArgs,
     ready: &mut String,
     metrics: &Arc<Metrics>,
+    tickets: &Option<Arc<weft_relay::Tickets>>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let HttpListen::On(addr) = args.http else {
@@ -242,6 +253,7 @@ async fn start_http(
     Ok(Some(tokio::spawn(weft_relay::serve_http(
         listener,
         metrics.clone(),
+        tickets.clone(),
         stopped(stop.clone()),
     ))))
 }

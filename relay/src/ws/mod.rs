@@ -29,8 +29,9 @@
 //!
 //! # Identity
 //!
-//! The token comes as `?token=` in the URL (what a browser can send) and is checked before the
-//! upgrade; it is never logged. A socket's peer id is bound at `join`: every later message must
+//! The token comes as `?token=` in the URL (what a browser can send, kept for stock clients), or
+//! as a one-time `?ticket=` exchanged for it over HTTP (`tickets.rs`), and is checked before the
+//! upgrade; neither is ever logged. A socket's peer id is bound at `join`: every later message must
 //! name it as `senderId`. The hub needs a [`DeviceId`](weft_core::DeviceId) per connection (it
 //! keys presence and saved sync states by it); a WebSocket peer's is
 //! `blake3::derive_key("weft-relay websocket device v1", len(user) ‖ user ‖ peer id)`: stable
@@ -49,9 +50,11 @@ mod handshake;
 mod heads;
 mod session;
 mod storage_id;
+pub(crate) mod tickets; // also answered by `crate::http`
 mod translate;
 
 pub use storage_id::{load_or_create_storage_id, StorageIdError, STORAGE_ID_FILE};
+pub use tickets::{TicketError, Tickets, MAX_TICKETS, TICKET_TTL};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,13 +86,17 @@ struct Shared {
     relay_peer: Arc<str>,
     /// The relay's automerge-repo storage id (stable across restarts).
     storage_id: String,
+    /// One-time tickets, issued over HTTP and redeemed at the upgrade.
+    tickets: Arc<Tickets>,
 }
 
 /// What the WebSocket endpoint is besides its limits.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WsContext {
     /// The relay's automerge-repo storage id ([`load_or_create_storage_id`]).
     pub storage_id: String,
+    /// The tickets `POST /ws-ticket` issues (shared with [`crate::serve_http`]).
+    pub tickets: Arc<Tickets>,
 }
 
 /// Limits of the WebSocket endpoint.
@@ -168,6 +175,7 @@ pub async fn ws_accept_loop(
         metrics,
         relay_peer,
         storage_id: context.storage_id,
+        tickets: context.tickets,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sockets = JoinSet::new();
