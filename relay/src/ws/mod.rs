@@ -52,6 +52,7 @@ mod session;
 mod storage_id;
 pub(crate) mod tickets; // also answered by `crate::http`
 mod translate;
+mod weft;
 
 pub use storage_id::{load_or_create_storage_id, StorageIdError, STORAGE_ID_FILE};
 pub use tickets::{TicketError, Tickets, MAX_TICKETS, TICKET_TTL};

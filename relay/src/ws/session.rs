@@ -43,6 +43,7 @@ pub(super) async fn serve_socket(
         return Err(SocketEnd::Lost(e));
     }
 
+    let user = claims.sub.clone();
     let (out_tx, out_rx) = mpsc::channel(limits.queue_len);
     let opened = hub
         .send(HubEvent::Open {
@@ -61,7 +62,7 @@ pub(super) async fn serve_socket(
     Metrics::inc(&shared.metrics.connections_total);
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
 
-    let mut socket = Socket::new(ws, conn, peer, shared, hub.clone());
+    let mut socket = Socket::new(ws, conn, (peer, user, device), shared, hub.clone());
     let end = socket.run(out_rx, &mut stop).await;
     say_why(&mut socket, shared, &end).await;
     let _ = hub.send(HubEvent::Closed { conn }).await;

@@ -6,6 +6,7 @@ use ciborium::Value;
 use weft_core::DocId;
 
 use super::messages::{CodecError, FromClient, MAX_PEER_ID_LEN};
+use super::weft::decode_weft;
 
 /// Decodes one binary frame from a client.
 pub(crate) fn decode(frame: &[u8]) -> Result<FromClient, CodecError> {
@@ -130,6 +131,15 @@ pub(crate) fn decode(frame: &[u8]) -> Result<FromClient, CodecError> {
             sender,
             kind: "leave",
         }),
+        other if other.starts_with("weft-") => match decode_weft(other, &map) {
+            Some(request) => Ok(FromClient::Weft {
+                sender,
+                request: request?,
+            }),
+            None => Err(CodecError::UnknownType {
+                kind: other.chars().take(64).collect(),
+            }),
+        },
         other => Err(CodecError::UnknownType {
             kind: other.chars().take(64).collect(),
         }),

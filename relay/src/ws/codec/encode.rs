@@ -63,6 +63,12 @@ pub(crate) fn encode(msg: &ToClient<'_>, sender: &str, target: &str) -> Vec<u8> 
             ));
             "remote-heads-changed"
         }
+        ToClient::Weft { kind, fields: more } => {
+            for (name, value) in more {
+                fields.push((text(name), value.clone()));
+            }
+            *kind
+        }
         ToClient::Error { message } => {
             fields.push((text("message"), text(message)));
             "error"

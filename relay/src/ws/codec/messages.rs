@@ -1,6 +1,9 @@
 //! The messages both ways and what makes a client's frame invalid.
 
+use ciborium::Value;
 use weft_core::DocId;
+
+use super::weft::WeftRequest;
 
 /// Longest peer id accepted (automerge-repo's are UUIDs or short names).
 pub(crate) const MAX_PEER_ID_LEN: usize = 256;
@@ -34,6 +37,11 @@ pub(crate) enum FromClient {
         add: Vec<String>,
         remove: Vec<String>,
     },
+    /// A `weft-…` request (`weft.rs`).
+    Weft {
+        sender: String,
+        request: WeftRequest,
+    },
     /// `doc-unavailable`, `remote-heads-changed`, `leave`: checked, then ignored.
     Ignored { sender: String, kind: &'static str },
 }
@@ -46,6 +54,7 @@ impl FromClient {
             | FromClient::Sync { sender, .. }
             | FromClient::Ephemeral { sender, .. }
             | FromClient::RemoteSubscription { sender, .. }
+            | FromClient::Weft { sender, .. }
             | FromClient::Ignored { sender, .. } => sender,
         }
     }
@@ -100,6 +109,11 @@ pub(crate) enum ToClient<'a> {
         storage_id: &'a str,
         heads: &'a [String],
         timestamp: u64,
+    },
+    /// A `weft-…` message (`weft.rs`): its type and fields.
+    Weft {
+        kind: &'static str,
+        fields: Vec<(&'static str, Value)>,
     },
     /// Sent just before the relay closes the socket.
     Error { message: &'a str },

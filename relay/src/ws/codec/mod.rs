@@ -13,10 +13,12 @@
 mod decode;
 mod encode;
 mod messages;
+mod weft;
 
 pub(crate) use decode::decode;
 pub(crate) use encode::encode;
 pub(crate) use messages::{FromClient, ToClient, MAX_PEER_ID_LEN};
+pub(crate) use weft::{WeftRequest, MAX_STATUS_LEN};
 
 #[cfg(test)]
 mod tests;
