@@ -148,7 +148,7 @@ impl<'a> Socket<'a> {
     }
 
     /// Sends the hub a message that needs no subscription held back (control, ephemeral).
-    pub(super) async fn to_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
+    pub(super) async fn tell_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
         self.send_hub(msg).await
     }
 

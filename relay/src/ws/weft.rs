@@ -133,7 +133,7 @@ impl Socket<'_> {
                     return Ok(());
                 }
                 let data = status_payload(&status);
-                self.to_hub(Message::Ephemeral {
+                self.tell_hub(Message::Ephemeral {
                     doc,
                     user: None,
                     device: None,
@@ -147,7 +147,7 @@ impl Socket<'_> {
                 user,
                 role,
             } => {
-                self.to_hub(Message::Share {
+                self.tell_hub(Message::Share {
                     id,
                     doc,
                     user,
@@ -156,9 +156,9 @@ impl Socket<'_> {
                 .await
             }
             WeftRequest::Unshare { id, doc, user } => {
-                self.to_hub(Message::Unshare { id, doc, user }).await
+                self.tell_hub(Message::Unshare { id, doc, user }).await
             }
-            WeftRequest::Delete { id, doc } => self.to_hub(Message::Delete { id, doc }).await,
+            WeftRequest::Delete { id, doc } => self.tell_hub(Message::Delete { id, doc }).await,
             WeftRequest::Token { id, token } => {
                 // The hub decides (and closes the socket on a refused token, as for QUIC
                 // devices); this check only lets the client hear "ok" or why not first.
@@ -173,7 +173,7 @@ impl Socket<'_> {
                 };
                 let error = verdict.map(|m| (ErrorCode::UNAUTHENTICATED, m));
                 self.reply(id, None, error).await?;
-                self.to_hub(Message::Token { token }).await
+                self.tell_hub(Message::Token { token }).await
             }
         }
     }
