@@ -68,6 +68,11 @@ impl Relay {
         Self::start_in(dir, &ws, extra)
     }
 
+    /// The relay process (for the `weft` CLI helpers).
+    pub fn process(&self) -> &RelayProcess {
+        &self.process
+    }
+
     /// The relay's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.process.dir.path()

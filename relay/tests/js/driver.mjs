@@ -9,6 +9,8 @@
 //   {"id", "cmd": "create", "value": {...}}         -> {"id", "doc": DOC_ID}
 //   {"id", "cmd": "find", "doc": DOC_ID}            -> {"id", "value": {...}} | {"id", "unavailable": true}
 //   {"id", "cmd": "set", "doc", "key", "value"}     -> {"id", "ok": true}
+//   {"id", "cmd": "set-in", "doc", "path": [...], "value"} -> {"id", "ok": true} (sets at the path;
+//                                                      plain JS strings, as an app writes them)
 //   {"id", "cmd": "wait", "doc", "key"}             -> {"id", "value": {...}} once the key is there
 //   {"id", "cmd": "broadcast", "doc", "message"}    -> {"id", "ok": true}
 //   {"id", "cmd": "subscribe-remotes", "storageIds": [...]} -> {"id", "ok": true}
@@ -59,6 +61,14 @@ async function run(cmd) {
     case "set": {
       handles.get(cmd.doc).change(d => {
         d[cmd.key] = cmd.value
+      })
+      return { ok: true }
+    }
+    case "set-in": {
+      handles.get(cmd.doc).change(d => {
+        let at = d
+        for (const step of cmd.path.slice(0, -1)) at = at[step]
+        at[cmd.path[cmd.path.length - 1]] = cmd.value
       })
       return { ok: true }
     }
