@@ -21,7 +21,9 @@
 
 use std::io::Read;
 
-use automerge::{Automerge, Change};
+use std::sync::Arc;
+
+use automerge::{Automerge, Change, ExpandedChange};
 use bytes::Bytes;
 
 /// What a peer may make this node parse and inflate.
@@ -107,12 +109,43 @@ pub struct CheckedChange {
     pub change: Change,
     /// Its canonical (uncompressed) bytes: what is stored and forwarded.
     pub raw: Bytes,
+    /// Its operations expanded (Automerge's `Change::decode`), for a change of at least
+    /// [`EXPAND_AHEAD_OPS`] operations: what a gate reads, made where the change is checked
+    /// (off the driver's loop for a large message) rather than by the gate on the loop.
+    expanded: Option<Arc<ExpandedChange>>,
 }
 
+/// Changes with at least this many operations are expanded as they are checked (see
+/// [`CheckedChange`]); smaller ones cost the gate less to expand than they would to keep.
+pub const EXPAND_AHEAD_OPS: usize = 1024;
+
 impl CheckedChange {
+    /// A checked change; expanded ahead when large. `Err`: Automerge panicked expanding it.
+    pub fn new(change: Change, raw: Bytes) -> Result<CheckedChange, CheckError> {
+        let expanded = if change.len() >= EXPAND_AHEAD_OPS {
+            // Automerge has panicked on crafted input before; this costs the message only.
+            match std::panic::catch_unwind(|| change.decode()) {
+                Ok(e) => Some(Arc::new(e)),
+                Err(_) => return Err(CheckError::malformed("automerge panicked expanding it")),
+            }
+        } else {
+            None
+        };
+        Ok(CheckedChange {
+            change,
+            raw,
+            expanded,
+        })
+    }
+
     /// Operations in the change.
     pub fn ops(&self) -> usize {
         self.change.len()
+    }
+
+    /// The change expanded, when [`CheckedChange::new`] did it ahead.
+    pub fn expanded(&self) -> Option<&ExpandedChange> {
+        self.expanded.as_deref()
     }
 }
 
@@ -232,7 +265,7 @@ pub fn check_change(bytes: Bytes, limits: &Limits) -> Result<CheckedChange, Chec
             } else {
                 Bytes::copy_from_slice(change.raw_bytes())
             };
-            Ok(CheckedChange { change, raw })
+            CheckedChange::new(change, raw)
         }
         _ => {
             let mut inflated = 0;
@@ -298,7 +331,7 @@ fn check_change_chunk(chunk: &[u8], limits: &Limits) -> Result<CheckedChange, Ch
     }
     check_ops(&change, limits)?;
     let raw = Bytes::copy_from_slice(change.raw_bytes());
-    Ok(CheckedChange { change, raw })
+    CheckedChange::new(change, raw)
 }
 
 /// A document chunk: its deflated columns are inflated into a counter first (the sum must fit
@@ -341,7 +374,7 @@ fn check_document_chunk(
         }
         check_ops(&change, limits)?;
         let raw = Bytes::copy_from_slice(change.raw_bytes());
-        out.push(CheckedChange { change, raw });
+        out.push(CheckedChange::new(change, raw)?);
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 use automerge::Change;
 
 use super::types::ConnId;
+use crate::check::CheckedChange;
 use crate::{DocId, Document};
 
 /// A gate's verdict on an accepted change: records it wants kept with the document (written
@@ -38,14 +39,14 @@ pub trait Gate: Send {
     fn opened(&mut self, doc: DocId, document: &Document, records: &[(Vec<u8>, Vec<u8>)]);
 
     /// `change` from `conn`, whose dependencies are all in the document or were accepted by
-    /// this gate. `document` is the engine's copy, which may lack changes the gate accepted or
+    /// this gate (expanded ahead when large: [`CheckedChange::expanded`]). `document` is the engine's copy, which may lack changes the gate accepted or
     /// observed since it last saw it materialized ([`Gate::materialized`]). `Ok`: accepted, and
     /// the gate counts it in; `Err`: refused, with a sentence naming the rule.
     fn check(
         &mut self,
         doc: DocId,
         conn: ConnId,
-        change: &Change,
+        change: &CheckedChange,
         document: &Document,
     ) -> Result<Accepted, String>;
 

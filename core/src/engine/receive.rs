@@ -175,7 +175,10 @@ impl Engine {
         }
         let mut raw = Vec::with_capacity(new.len());
         let mut hashes = Vec::with_capacity(new.len());
-        for CheckedChange { change, raw: bytes } in new {
+        for CheckedChange {
+            change, raw: bytes, ..
+        } in new
+        {
             // The checked bytes are forwarded and stored without a copy.
             raw.push(bytes);
             advance_heads(&mut ds.heads, &change);
@@ -296,7 +299,7 @@ pub(super) fn gate_changes(
                 still.push(c);
                 continue;
             }
-            match gate.check(doc, conn, &c.change, &ds.doc) {
+            match gate.check(doc, conn, &c, &ds.doc) {
                 Ok(a) => {
                     out.records.extend(a.records);
                     accepted.insert(hash);

@@ -145,7 +145,10 @@ impl Engine {
         };
         let mut raw = Vec::with_capacity(new.len());
         let mut hashes = Vec::with_capacity(new.len());
-        for CheckedChange { change, raw: bytes } in new {
+        for CheckedChange {
+            change, raw: bytes, ..
+        } in new
+        {
             raw.push(bytes);
             // Heads move only for changes whose dependencies are here; the others wait in
             // the store, as Automerge would hold them back, until the reload.

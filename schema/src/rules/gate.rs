@@ -14,6 +14,7 @@ use std::sync::Arc;
 use weft_core::hash::HashMap;
 
 use automerge::{ActorId, Change};
+use weft_core::check::CheckedChange;
 use weft_core::engine::{Accepted, ConnId, Gate};
 use weft_core::{DocId, Document};
 
@@ -133,9 +134,10 @@ impl Gate for RulesGate {
         &mut self,
         doc: DocId,
         conn: ConnId,
-        change: &Change,
+        checked: &CheckedChange,
         document: &Document,
     ) -> Result<Accepted, String> {
+        let change = &checked.change;
         let Some(c) = self.conns.get(&conn) else {
             return Err("the connection is not known".into());
         };
@@ -159,7 +161,14 @@ impl Gate for RulesGate {
             user: &user,
             admin: c.admin,
         };
-        match eval::check(&self.kinds, st, document.automerge(), change, writer) {
+        match eval::check(
+            &self.kinds,
+            st,
+            document.automerge(),
+            change,
+            checked.expanded(),
+            writer,
+        ) {
             Ok(()) => Ok(Accepted {
                 records: if new_binding {
                     vec![binding_record(actor, &user)]

@@ -211,8 +211,15 @@ pub fn check_write(
         .insert(fork.get_actor().clone(), user.to_string());
     st.materialized(doc);
     for change in fork.get_changes(&before) {
-        eval::check(kinds, &mut st, doc, &change, Writer { user, admin: false })
-            .map_err(RecordError::Forbidden)?;
+        eval::check(
+            kinds,
+            &mut st,
+            doc,
+            &change,
+            None,
+            Writer { user, admin: false },
+        )
+        .map_err(RecordError::Forbidden)?;
     }
     Ok(())
 }

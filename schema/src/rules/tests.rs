@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ObjType, ReadDoc, ROOT};
+use weft_core::check::CheckedChange;
 use weft_core::engine::{ConnId, Gate};
 use weft_core::{DocId, Document};
 
@@ -49,7 +50,8 @@ impl World {
     /// `conn` sends `change`: the gate's verdict; accepted, it enters the relay's copy.
     fn offer(&mut self, conn: ConnId, change: &Change) -> Result<(), String> {
         let document = Document::from_automerge(self.relay.clone());
-        self.gate.check(DOC, conn, change, &document)?;
+        self.gate
+            .check(DOC, conn, &checked(change.clone()), &document)?;
         self.relay.apply_changes([change.clone()]).unwrap();
         Ok(())
     }
@@ -58,6 +60,12 @@ impl World {
     fn device(&self) -> Automerge {
         self.relay.fork().with_actor(ActorId::random())
     }
+}
+
+/// `change` as the engine hands it to a gate.
+fn checked(change: Change) -> CheckedChange {
+    let raw = bytes::Bytes::copy_from_slice(change.raw_bytes());
+    CheckedChange::new(change, raw).unwrap()
 }
 
 fn last(doc: &Automerge) -> Change {
@@ -295,7 +303,7 @@ fn an_escrow_must_start_pending() {
     let mut gate = RulesGate::new(kinds);
     gate.connect(ALICE, "alice", false, false);
     gate.opened(DOC, &Document::new(), &[]);
-    let r = gate.check(DOC, ALICE, &last(&d), &Document::new());
+    let r = gate.check(DOC, ALICE, &checked(last(&d)), &Document::new());
     assert!(r.unwrap_err().contains("starts as"));
 }
 
@@ -372,7 +380,7 @@ fn a_kind_written_as_text_is_a_kind_and_stays_fixed() {
     gate.opened(DOC, &Document::new(), &[]);
     // Judged as the escrow it names.
     refused(
-        gate.check(DOC, ALICE, &last(&d), &Document::new())
+        gate.check(DOC, ALICE, &checked(last(&d)), &Document::new())
             .map(|_| ()),
         "starts as",
     );
@@ -418,4 +426,57 @@ fn a_kind_is_a_string_or_nothing() {
     tx.put_object(ROOT, "kind", ObjType::Map).unwrap();
     tx.commit();
     refused(w.offer(ALICE, &last(&alice)), "must be a string");
+}
+
+/// A message from JavaScript whose body is text, then `chars` characters typed into that body
+/// by `typist`'s device in one change (expanded ahead when that is over
+/// [`weft_core::check::EXPAND_AHEAD_OPS`] operations).
+fn typed_into_a_text_body(w: &mut World, typist: ConnId, chars: usize) -> Result<(), String> {
+    let mut bob = w.device();
+    let messages = bob.get(ROOT, "messages").unwrap().unwrap().1;
+    let key = format!(
+        "{}_{}",
+        crate::Hlc::new(T + 5, 0, 1).unwrap(),
+        Id::from_bytes([8; 16])
+    );
+    let mut tx = bob.transaction();
+    let m = tx
+        .put_object(&messages, key.as_str(), ObjType::Map)
+        .unwrap();
+    tx.put(&m, "id", Id::from_bytes([8; 16]).to_string())
+        .unwrap();
+    tx.put(&m, "author", "bob").unwrap();
+    tx.put(
+        &m,
+        "created_at",
+        crate::Hlc::new(T + 5, 0, 1).unwrap().to_string(),
+    )
+    .unwrap();
+    let body = tx.put_object(&m, "body", ObjType::Text).unwrap();
+    tx.splice_text(&body, 0, 0, "hi").unwrap();
+    tx.put(&m, "deleted", false).unwrap();
+    tx.commit();
+    w.offer(BOB, &last(&bob)).unwrap();
+    let mut dev = w.device();
+    let long: String = "x".repeat(chars);
+    dev.transact(|tx| {
+        tx.splice_text(&body, 2, 0, &long)?;
+        tx.splice_text(&body, 0, 1, "")
+    })
+    .unwrap();
+    let change = last(&dev);
+    assert!(change.len() > chars, "one operation per character");
+    w.offer(typist, &change)
+}
+
+#[test]
+fn long_runs_of_typing_are_judged_like_short_ones() {
+    for chars in [10, weft_core::check::EXPAND_AHEAD_OPS * 3] {
+        let (alice, _) = conversation();
+        let mut w = World::new(&alice);
+        typed_into_a_text_body(&mut w, BOB, chars).unwrap();
+        let (alice, _) = conversation();
+        let mut w = World::new(&alice);
+        refused(typed_into_a_text_body(&mut w, ALICE, chars), "body");
+    }
 }

@@ -607,9 +607,12 @@ fn check_cost(chain: &Chain) -> CheckCost {
         let r = weft_core::automerge::Change::try_from(&b[..]);
         assert!(r.is_ok());
     });
-    let changes: Vec<weft_core::automerge::Change> = chain.raw[..n]
+    let changes: Vec<weft_core::check::CheckedChange> = chain.raw[..n]
         .iter()
-        .map(|r| weft_core::automerge::Change::try_from(&r[..]).expect("the chain parses"))
+        .map(|r| {
+            let change = weft_core::automerge::Change::try_from(&r[..]).expect("the chain parses");
+            weft_core::check::CheckedChange::new(change, r.clone().into()).expect("it expands")
+        })
         .collect();
     let empty = weft_core::Document::new();
     let rules_us = (0..3)

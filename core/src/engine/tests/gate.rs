@@ -23,9 +23,10 @@ impl Gate for ToyGate {
         &mut self,
         _doc: DocId,
         _conn: ConnId,
-        change: &Change,
+        change: &crate::check::CheckedChange,
         _document: &Document,
     ) -> Result<Accepted, String> {
+        let change = &change.change;
         let sets_forbidden = change.decode().operations.iter().any(
             |op| matches!(&op.key, automerge::legacy::Key::Map(k) if k.as_str() == "forbidden"),
         );

@@ -2,8 +2,8 @@
 
 use weft_core::hash::{HashMap, HashSet};
 
-use automerge::legacy::{Key, ObjectId, OpId, OpType};
-use automerge::{Automerge, Change};
+use automerge::legacy::{Key, ObjectId, Op, OpId, OpType};
+use automerge::{Automerge, Change, ExpandedChange};
 
 use super::collection::collection;
 use super::kind::kind_written;
@@ -12,20 +12,28 @@ use super::state::{Ctx, DocRules, Seg, Writer};
 use crate::rules::kinds::{KindSpec, Kinds};
 
 /// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
-/// naming the rule it breaks.
+/// naming the rule it breaks. `expanded`: the change already expanded, when the caller has it.
 pub(crate) fn check(
     kinds: &Kinds,
     st: &mut DocRules,
     doc: &Automerge,
     change: &Change,
+    expanded: Option<&ExpandedChange>,
     writer: Writer<'_>,
 ) -> Result<(), String> {
-    let ops = change.decode().operations;
+    let decoded;
+    let ops: &[Op] = match expanded {
+        Some(e) => &e.operations,
+        None => {
+            decoded = change.decode();
+            &decoded.operations
+        }
+    };
     let start = change.start_op().get();
     let actor = change.actor_id().clone();
     // The kind this change is judged by: the document's, or the one it sets.
     let mut kind = st.kind.clone();
-    if let Some(written) = kind_written(&ops, start, &actor) {
+    if let Some(written) = kind_written(ops, start, &actor) {
         if st.kind.is_some() || st.kind_text.is_some() {
             return Err("the document's kind is fixed once set".into());
         }
@@ -53,13 +61,19 @@ pub(crate) fn check(
             author_texts: HashMap::default(),
         };
         let creating_doc = st.kind.is_none();
+        let mut prev: Option<&Op> = None;
         for (i, op) in ops.iter().enumerate() {
+            if prev.is_some_and(|p| same_verdict(&ctx, p, op)) {
+                // Judged, and followed, exactly as the operation before it.
+                continue;
+            }
             let id = OpId(start + i as u64, actor.clone());
             judge(&mut ctx, st, spec, creating_doc, &id, op)?;
             st.follow_op(&id, &op.obj, &op.key, &op.action);
             if matches!(op.action, OpType::Make(_)) {
                 ctx.created.insert(id);
             }
+            prev = Some(op);
         }
         for (text, what) in ctx.author_texts.values() {
             if text != ctx.writer.user {
@@ -88,6 +102,28 @@ pub(crate) fn check(
         st.kind = kind;
     }
     Ok(())
+}
+
+/// Whether `op` is judged as `prev`, the operation before it, was (accepted), and following
+/// it changes nothing: both insert or delete in the same list or text object (typing: one
+/// operation per character) with values of the same type, outside an author field written as
+/// text (whose characters are collected one by one). Such runs are judged once, so a change of
+/// a million characters costs one judgement, not a million.
+fn same_verdict(ctx: &Ctx<'_>, prev: &Op, op: &Op) -> bool {
+    let ObjectId::Id(obj) = &op.obj else {
+        return false;
+    };
+    if prev.obj != op.obj || ctx.author_texts.contains_key(obj) {
+        return false;
+    }
+    if !matches!((&prev.key, &op.key), (Key::Seq(_), Key::Seq(_))) || prev.insert != op.insert {
+        return false;
+    }
+    match (&prev.action, &op.action) {
+        (OpType::Put(a), OpType::Put(b)) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        (OpType::Delete, OpType::Delete) => true,
+        _ => false,
+    }
 }
 
 fn judge(
