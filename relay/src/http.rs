@@ -1,4 +1,5 @@
-//! The operations endpoint: `GET /healthz` and `GET /metrics` over plain HTTP/1.1.
+//! The operations endpoint: `GET /healthz` and `GET /metrics` over plain HTTP/1.1, and with
+//! `--ws` the WebSocket tickets: `POST /ws-ticket` (see `ws/tickets.rs`; 404 without `--ws`).
 //!
 //! Two fixed routes on a loopback-by-default port do not justify an HTTP framework: each
 //! request is read up to its header end (bounded), answered, and the connection closed.
@@ -12,6 +13,7 @@ use tokio::task::JoinSet;
 use weft_core::AcceptBackoff;
 
 use crate::metrics::Metrics;
+use crate::ws::Tickets;
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -22,6 +24,7 @@ const MAX_CONNECTIONS: usize = 64;
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    tickets: Option<Arc<Tickets>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut conns = JoinSet::new();
@@ -53,9 +56,9 @@ pub async fn serve(
                     continue;
                 }
                 let _ = sock.set_nodelay(true);
-                let metrics = metrics.clone();
+                let (metrics, tickets) = (metrics.clone(), tickets.clone());
                 conns.spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), answer(&mut sock, &metrics)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), answer(&mut sock, &metrics, tickets.as_deref())).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -64,7 +67,11 @@ pub async fn serve(
     conns.shutdown().await;
 }
 
-async fn answer(sock: &mut tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer(
+    sock: &mut tokio::net::TcpStream,
+    metrics: &Metrics,
+    tickets: Option<&Tickets>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -80,17 +87,36 @@ async fn answer(sock: &mut tokio::net::TcpStream, metrics: &Metrics) -> std::io:
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    let mut extra = String::new();
+    let ticket_route = match (path, tickets) {
+        (b"/ws-ticket", Some(tickets)) => {
+            extra = crate::ws::tickets::cors_headers(tickets, &buf);
+            Some(match method {
+                b"POST" => crate::ws::tickets::answer(tickets, &buf),
+                b"OPTIONS" => ("204 No Content", "text/plain", String::new()),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "method not allowed\n".to_string(),
+                ),
+            })
+        }
+        _ => None,
+    };
     let (status, ctype, body) = match (method, path) {
+        _ if ticket_route.is_some() => ticket_route.unwrap_or_default(),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        (b"GET", _) | (_, b"/ws-ticket") => {
+            ("404 Not Found", "text/plain", "not found\n".to_string())
+        }
         _ => (
             "405 Method Not Allowed",
             "text/plain",
             "method not allowed\n".to_string(),
         ),
     };
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
@@ -115,7 +141,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), async {
+        let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), None, async {
             let _ = rx.await;
         }));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200 OK"));

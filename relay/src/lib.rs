@@ -80,7 +80,10 @@ pub use tls::{
     DEV_SUBJECT_ALT_NAMES,
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
-pub use ws::{bind_ws, ws_accept_loop, WsLimits};
+pub use ws::{
+    bind_ws, load_or_create_storage_id, ws_accept_loop, StorageIdError, TicketError, Tickets,
+    WsContext, WsLimits, MAX_TICKETS, STORAGE_ID_FILE, TICKET_TTL,
+};
 
 /// The relay's own tables, next to core's: open the relay's store with them
 /// (`RedbStore::open_with_tables`, `erase::open_redb`).

@@ -69,6 +69,21 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) ws_max_frame: u64,
 
+    /// The browser origin (e.g. `https://app.example`, or `*`) allowed to call
+    /// `POST /ws-ticket` across origins; none unless given.
+    #[arg(long, env = "WEFT_WS_TICKET_ORIGIN", value_name = "ORIGIN")]
+    pub(crate) ws_ticket_origin: Option<String>,
+
+    /// How long a ticket from `POST /ws-ticket` is good for (one upgrade within it).
+    #[arg(
+        long,
+        env = "WEFT_WS_TICKET_TTL",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_ticket_ttl
+    )]
+    pub(crate) ws_ticket_ttl: Duration,
+
     /// Postgres to checkpoint into (the embedded store alone when absent).
     #[arg(
         long = "postgres",
@@ -299,6 +314,13 @@ pub(crate) enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
+
+/// A ticket's life: any duration, zero included (a zero life makes every ticket expired, which
+/// the tests use).
+fn parse_ticket_ttl(input: &str) -> Result<Duration, String> {
+    humantime::parse_duration(input.trim())
+        .map_err(|_| format!("{input:?} is not a duration such as 30s"))
+}
 
 /// A leeway of 0s to 60s, in whole seconds.
 fn parse_leeway(input: &str) -> Result<u64, String> {

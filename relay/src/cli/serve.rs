@@ -101,8 +101,25 @@ async fn run_relay(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ready = format!("weft-relay ready quic={quic_addr}");
-    let http_task = start_http(&args, &mut ready, &metrics, &stop_rx).await?;
+    // With `--ws`, tickets for the upgrade are issued on the HTTP address.
+    let tickets = args.ws.map(|_| {
+        Arc::new(weft_relay::Tickets::with_limits(
+            verifier.clone(),
+            args.ws_ticket_origin.clone(),
+            args.ws_ticket_ttl,
+            weft_relay::MAX_TICKETS,
+        ))
+    });
+    let http_task = start_http(&args, &mut ready, &metrics, &tickets, &stop_rx).await?;
     let ws_listener = bind_ws(&args, &mut ready).await?;
+    // Only a relay that serves WebSocket clients has (and keeps) a storage id.
+    let ws_context = match (&ws_listener, &tickets) {
+        (Some(_), Some(tickets)) => Some(weft_relay::WsContext {
+            storage_id: weft_relay::load_or_create_storage_id(&args.data_dir)?,
+            tickets: tickets.clone(),
+        }),
+        _ => None,
+    };
     // Migrations and the restore of documents the store lacks run before anything is served.
     let dirty = DirtyDocs::new();
     let checkpointer = match &args.postgres {
@@ -127,7 +144,7 @@ async fn run_relay(
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
     let checkpoint_task = checkpointer.map(|c| tokio::spawn(c.run(stopped(checkpoint_stop_rx))));
-    let ws_task = ws_listener.map(|listener| {
+    let ws_task = ws_listener.zip(ws_context).map(|(listener, ws_context)| {
         let limits = weft_relay::WsLimits {
             max_frame: usize::try_from(args.ws_max_frame).unwrap_or(usize::MAX),
             check: check.clone(),
@@ -138,6 +155,7 @@ async fn run_relay(
             listener,
             verifier.clone(),
             limits,
+            ws_context,
             hub_tx.clone(),
             metrics.clone(),
             stopped(stop_rx.clone()),
@@ -223,6 +241,7 @@ async fn start_http(
     args: &ServeArgs,
     ready: &mut String,
     metrics: &Arc<Metrics>,
+    tickets: &Option<Arc<weft_relay::Tickets>>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let HttpListen::On(addr) = args.http else {
@@ -235,6 +254,7 @@ async fn start_http(
     Ok(Some(tokio::spawn(weft_relay::serve_http(
         listener,
         metrics.clone(),
+        tickets.clone(),
         stopped(stop.clone()),
     ))))
 }

@@ -1,5 +1,5 @@
-//! A socket's opening: the upgrade, allowed only with a valid token in the URL (`?token=`,
-//! never logged), then `join` within the same deadline, which binds the client's peer id and so
+//! A socket's opening: the upgrade, allowed only with a valid token in the URL (`?token=`) or
+//! a one-time ticket issued for one (`?ticket=`; never logged), then `join` within the same deadline, which binds the client's peer id and so
 //! its device id (see the module docs of `ws`).
 
 use tokio::net::TcpStream;
@@ -32,12 +32,17 @@ pub(super) async fn upgrade(
     // The callback's signature is tungstenite's (its error type is an HTTP response).
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let verified = token_from_query(req.uri().query()).and_then(|t| {
-            shared
-                .verifier
-                .verify(&t, weft_core::clock::unix_secs())
-                .ok()
-        });
+        let query = req.uri().query();
+        // A ticket, when present, is the only credential looked at (and is used up).
+        let verified = match query_param(query, "ticket") {
+            Some(ticket) => shared.tickets.redeem(&ticket),
+            None => token_from_query(query).and_then(|t| {
+                shared
+                    .verifier
+                    .verify(&t, weft_core::clock::unix_secs())
+                    .ok()
+            }),
+        };
         match verified {
             Some(c) => {
                 claims = Some(c);
@@ -113,9 +118,15 @@ async fn wait_for_join(ws: &mut Ws) -> Result<String, SocketEnd> {
 
 /// The `token` query parameter, percent-decoded.
 fn token_from_query(query: Option<&str>) -> Option<String> {
-    let raw = query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))?;
+    query_param(query, "token")
+}
+
+/// The query parameter `name`, percent-decoded and not empty.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let raw = query?.split('&').find_map(|pair| {
+        pair.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+    })?;
     percent_decode(raw).filter(|t| !t.is_empty())
 }
 

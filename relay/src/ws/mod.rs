@@ -11,14 +11,16 @@
 //! browser (automerge-repo)                  relay (socket task)              hub
 //!   GET /?token=JWT  (upgrade) ----------->  verify token; 401 if refused
 //!   join{senderId, versions ["1"]} ------->  bind peer id ------------------> Open + SyncOnly
-//!   <-------------------- peer{selected "1"}
+//!   <-------- peer{selected "1", storageId}
 //!   request|sync{documentId, data} ------->  first time: Subscribe --------> authorize
 //!                                            (queued until the answer)  <--- Subscribed | Error
 //!                                            Sync{doc, data} ---------------> engine
 //!   <---------------------- sync{data}      <------------------------------- Sync{doc, data}
 //!   <------------ doc-unavailable{documentId} <----- Error{FORBIDDEN|DELETED, doc}
 //!   ephemeral{data} <----------------------> Ephemeral{doc, data} <---------> other subscribers
-//!   remote-subscription-change, remote-heads-changed, doc-unavailable, leave: checked, ignored
+//!   remote-subscription-change{add: [storageId]}  (heads read from the relay's sync messages)
+//!   <---- remote-heads-changed{documentId, newHeads: {storageId: {heads, timestamp}}}
+//!   remote-heads-changed, doc-unavailable, leave: checked, ignored
 //! ```
 //!
 //! The hub keeps WebSocket peers in sync mode (`Engine::set_sync_only`): automerge-repo speaks
@@ -27,8 +29,9 @@
 //!
 //! # Identity
 //!
-//! The token comes as `?token=` in the URL (what a browser can send) and is checked before the
-//! upgrade; it is never logged. A socket's peer id is bound at `join`: every later message must
+//! The token comes as `?token=` in the URL (what a browser can send, kept for stock clients), or
+//! as a one-time `?ticket=` exchanged for it over HTTP (`tickets.rs`), and is checked before the
+//! upgrade; neither is ever logged. A socket's peer id is bound at `join`: every later message must
 //! name it as `senderId`. The hub needs a [`DeviceId`](weft_core::DeviceId) per connection (it
 //! keys presence and saved sync states by it); a WebSocket peer's is
 //! `blake3::derive_key("weft-relay websocket device v1", len(user) ‖ user ‖ peer id)`: stable
@@ -44,8 +47,15 @@
 pub(crate) mod codec; // also read by `crate::fuzz_targets`
 mod frames;
 mod handshake;
+mod heads;
 mod session;
+mod storage_id;
+pub(crate) mod tickets; // also answered by `crate::http`
 mod translate;
+mod weft;
+
+pub use storage_id::{load_or_create_storage_id, StorageIdError, STORAGE_ID_FILE};
+pub use tickets::{TicketError, Tickets, MAX_TICKETS, TICKET_TTL};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +85,19 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The relay's automerge-repo peer id.
     relay_peer: Arc<str>,
+    /// The relay's automerge-repo storage id (stable across restarts).
+    storage_id: String,
+    /// One-time tickets, issued over HTTP and redeemed at the upgrade.
+    tickets: Arc<Tickets>,
+}
+
+/// What the WebSocket endpoint is besides its limits.
+#[derive(Clone)]
+pub struct WsContext {
+    /// The relay's automerge-repo storage id ([`load_or_create_storage_id`]).
+    pub storage_id: String,
+    /// The tickets `POST /ws-ticket` issues (shared with [`crate::serve_http`]).
+    pub tickets: Arc<Tickets>,
 }
 
 /// Limits of the WebSocket endpoint.
@@ -140,6 +163,7 @@ pub async fn ws_accept_loop(
     listener: TcpListener,
     verifier: Verifier,
     limits: WsLimits,
+    context: WsContext,
     hub: mpsc::Sender<HubEvent>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -151,6 +175,8 @@ pub async fn ws_accept_loop(
         limits,
         metrics,
         relay_peer,
+        storage_id: context.storage_id,
+        tickets: context.tickets,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sockets = JoinSet::new();

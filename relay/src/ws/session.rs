@@ -32,11 +32,18 @@ pub(super) async fn serve_socket(
     let peer = handshake::join(&mut ws, shared, deadline).await?;
     let device = device_for(&claims.sub, &peer);
     tracing::info!(conn = conn.0, %device, user = %claims.sub, "WebSocket client joined");
-    let peer_msg = codec::encode(&ToClient::Peer, &shared.relay_peer, &peer);
+    let peer_msg = codec::encode(
+        &ToClient::Peer {
+            storage_id: &shared.storage_id,
+        },
+        &shared.relay_peer,
+        &peer,
+    );
     if let Err(e) = ws.send(WsMessage::Binary(peer_msg.into())).await {
         return Err(SocketEnd::Lost(e));
     }
 
+    let user = claims.sub.clone();
     let (out_tx, out_rx) = mpsc::channel(limits.queue_len);
     let opened = hub
         .send(HubEvent::Open {
@@ -55,7 +62,7 @@ pub(super) async fn serve_socket(
     Metrics::inc(&shared.metrics.connections_total);
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
 
-    let mut socket = Socket::new(ws, conn, peer, shared, hub.clone());
+    let mut socket = Socket::new(ws, conn, (peer, user, device), shared, hub.clone());
     let end = socket.run(out_rx, &mut stop).await;
     say_why(&mut socket, shared, &end).await;
     let _ = hub.send(HubEvent::Closed { conn }).await;

@@ -10,10 +10,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use weft_core::engine::{ConnId, Inbound};
 use weft_core::wire::{self, ErrorCode, Message};
-use weft_core::DocId;
+use weft_core::{DeviceId, DocId};
 
 use super::codec::{self, FromClient, ToClient};
 use super::frames::{bad, next_binary, SocketEnd, Ws};
+use super::heads::{now_ms, RemoteHeads};
+use super::weft::WeftState;
 use super::Shared;
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
@@ -45,7 +47,11 @@ pub(super) struct Socket<'a> {
     conn: ConnId,
     /// The peer id bound at `join`.
     pub(super) peer: String,
-    shared: &'a Shared,
+    /// The user of the token the socket opened with.
+    pub(super) user: String,
+    /// The device id the hub knows the socket by.
+    pub(super) device: DeviceId,
+    pub(super) shared: &'a Shared,
     hub: mpsc::Sender<HubEvent>,
     docs: HashMap<DocId, DocState>,
     /// Bytes held in `DocState::Pending` queues.
@@ -54,14 +60,17 @@ pub(super) struct Socket<'a> {
     ephemeral_count: u64,
     rate: RateLimit,
     bytes: ByteRate,
+    remote_heads: RemoteHeads,
+    pub(super) weft: WeftState,
 }
 
 impl<'a> Socket<'a> {
-    /// The socket of connection `conn`, joined as `peer`, with nothing subscribed.
+    /// The socket of connection `conn`, joined as `peer` (`device` of `user`), with nothing
+    /// subscribed.
     pub(super) fn new(
         ws: Ws,
         conn: ConnId,
-        peer: String,
+        (peer, user, device): (String, String, DeviceId),
         shared: &'a Shared,
         hub: mpsc::Sender<HubEvent>,
     ) -> Self {
@@ -70,6 +79,8 @@ impl<'a> Socket<'a> {
             ws,
             conn,
             peer,
+            user,
+            device,
             shared,
             hub,
             docs: HashMap::new(),
@@ -77,6 +88,8 @@ impl<'a> Socket<'a> {
             ephemeral_count: 0,
             rate: RateLimit::new(limits.burst, limits.rate),
             bytes: ByteRate::new(limits.bytes_per_sec.saturating_mul(4), limits.bytes_per_sec),
+            remote_heads: RemoteHeads::default(),
+            weft: WeftState::default(),
         }
     }
 
@@ -124,6 +137,21 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// Whether `doc` is subscribed on this socket (sync and ephemeral data flow).
+    pub(super) fn is_open(&self, doc: DocId) -> bool {
+        matches!(self.docs.get(&doc), Some(DocState::Open))
+    }
+
+    /// Whether `doc` is subscribed or being subscribed on this socket.
+    pub(super) fn is_known(&self, doc: DocId) -> bool {
+        self.docs.contains_key(&doc)
+    }
+
+    /// Sends the hub a message that needs no subscription held back (control, ephemeral).
+    pub(super) async fn tell_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
+        self.send_hub(msg).await
+    }
+
     async fn send_hub(&mut self, msg: Message) -> Result<(), SocketEnd> {
         let event = self.check(msg).await?;
         self.hub.send(event).await.map_err(|_| SocketEnd::Shutdown)
@@ -137,8 +165,32 @@ impl<'a> Socket<'a> {
             .map_err(|e| bad(CloseCode::Invalid, format!("invalid sync message: {e}")))
     }
 
-    async fn send_client(&mut self, msg: ToClient<'_>) -> Result<(), SocketEnd> {
+    pub(super) async fn send_client(&mut self, msg: ToClient<'_>) -> Result<(), SocketEnd> {
         let frame = codec::encode(&msg, &self.shared.relay_peer, &self.peer);
+        Metrics::add(&self.shared.metrics.bytes_out, frame.len() as u64);
+        self.ws
+            .send(WsMessage::Binary(frame.into()))
+            .await
+            .map_err(SocketEnd::Lost)
+    }
+
+    async fn send_remote_heads(
+        &mut self,
+        doc: DocId,
+        heads: &[String],
+        timestamp: u64,
+    ) -> Result<(), SocketEnd> {
+        let storage_id = &self.shared.storage_id;
+        let frame = codec::encode(
+            &ToClient::RemoteHeads {
+                doc,
+                storage_id,
+                heads,
+                timestamp,
+            },
+            &self.shared.relay_peer,
+            &self.peer,
+        );
         Metrics::add(&self.shared.metrics.bytes_out, frame.len() as u64);
         self.ws
             .send(WsMessage::Binary(frame.into()))
@@ -191,6 +243,21 @@ impl<'a> Socket<'a> {
                     Ok(())
                 }
             }
+            FromClient::RemoteSubscription { add, remove, .. } => {
+                let storage_id = &self.shared.storage_id;
+                if !self
+                    .remote_heads
+                    .change_subscription(storage_id, &add, &remove)
+                {
+                    return Ok(());
+                }
+                let timestamp = now_ms();
+                for (doc, heads) in self.remote_heads.known() {
+                    self.send_remote_heads(doc, &heads, timestamp).await?;
+                }
+                Ok(())
+            }
+            FromClient::Weft { request, .. } => self.on_weft(request).await,
             FromClient::Ignored { kind, .. } => {
                 tracing::trace!(conn = self.conn.0, kind, "ignored a client message");
                 Ok(())
@@ -298,6 +365,9 @@ impl<'a> Socket<'a> {
     }
 
     async fn on_hub_message(&mut self, msg: Message) -> Result<(), SocketEnd> {
+        if self.on_hub_weft(&msg).await? {
+            return Ok(());
+        }
         match msg {
             Message::Subscribed { doc, .. } => {
                 if let Some(DocState::Pending(queue)) = self.docs.get_mut(&doc) {
@@ -314,10 +384,15 @@ impl<'a> Socket<'a> {
                 Ok(())
             }
             Message::Sync { doc, data, .. } => {
-                if matches!(self.docs.get(&doc), Some(DocState::Open)) {
-                    self.send_client(ToClient::Sync { doc, data: &data }).await
-                } else {
-                    Ok(())
+                if !matches!(self.docs.get(&doc), Some(DocState::Open)) {
+                    return Ok(());
+                }
+                self.send_client(ToClient::Sync { doc, data: &data })
+                    .await?;
+                // After the sync message, so the client knows the document when told its heads.
+                match self.remote_heads.observe(doc, &data) {
+                    Some(heads) => self.send_remote_heads(doc, &heads, now_ms()).await,
+                    None => Ok(()),
                 }
             }
             Message::Ephemeral {
@@ -364,10 +439,12 @@ impl<'a> Socket<'a> {
                 if let Some(DocState::Pending(queue)) = self.docs.remove(&doc) {
                     self.pending_bytes -= held_bytes(&queue);
                 }
+                self.remote_heads.forget(doc);
                 self.send_client(ToClient::DocUnavailable { doc }).await
             }
-            // Discovery, presence, welcome: automerge-repo has no equivalent. `Changes` and
-            // `Ack` never come (the hub keeps this connection in sync mode).
+            // Welcome and the like: automerge-repo has no equivalent (discovery, presence and
+            // replies are `weft.rs`'s). `Changes` and `Ack` never come (the hub keeps this
+            // connection in sync mode).
             _ => Ok(()),
         }
     }

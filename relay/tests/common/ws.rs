@@ -18,6 +18,8 @@ pub struct Relay {
     process: RelayProcess,
     pub quic: SocketAddr,
     pub ws: SocketAddr,
+    /// The HTTP address, when `extra` asked for one (`--http ADDR`).
+    pub http: Option<SocketAddr>,
     extra: Vec<String>,
 }
 
@@ -29,12 +31,19 @@ impl Relay {
     }
 
     fn start_in(dir: tempfile::TempDir, ws: &str, extra: Vec<String>) -> Relay {
-        let mut args = vec!["--http", "off", "--ws", ws];
+        let mut args = vec!["--ws", ws];
+        if !extra.iter().any(|a| a == "--http") {
+            args.extend(["--http", "off"]);
+        }
         args.extend(extra.iter().map(String::as_str));
         let process = RelayProcess::start(dir, &args, &[]);
         Relay {
             quic: process.addr("quic="),
             ws: process.addr("ws="),
+            http: process
+                .ready
+                .contains(" http=")
+                .then(|| process.addr("http=")),
             process,
             extra,
         }
@@ -59,6 +68,16 @@ impl Relay {
         Self::start_in(dir, &ws, extra)
     }
 
+    /// The relay process (for the `weft` CLI helpers).
+    pub fn process(&self) -> &RelayProcess {
+        &self.process
+    }
+
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.process.dir.path()
+    }
+
     /// The relay process's id.
     pub fn pid(&self) -> u32 {
         self.process.child.id()
@@ -75,6 +94,11 @@ impl Relay {
 
     pub fn url(&self, token: &str) -> String {
         format!("ws://{}/?token={token}", self.ws)
+    }
+
+    /// The upgrade URL with a one-time ticket instead of a token.
+    pub fn ticket_url(&self, ticket: &str) -> String {
+        format!("ws://{}/?ticket={ticket}", self.ws)
     }
 }
 

@@ -20,9 +20,14 @@ pub type Client = WebSocketStream<TcpStream>;
 
 /// A raw client: connects with `token` in the URL.
 pub async fn connect(relay: &Relay, token: &str) -> Result<Client, u16> {
+    connect_url(relay, &relay.url(token)).await
+}
+
+/// A raw client connected to `url` (the relay's WebSocket address with a query).
+pub async fn connect_url(relay: &Relay, url: &str) -> Result<Client, u16> {
     let tcp = TcpStream::connect(relay.ws).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    match tokio_tungstenite::client_async(relay.url(token), tcp).await {
+    match tokio_tungstenite::client_async(url, tcp).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("handshake failed: {e}"),
