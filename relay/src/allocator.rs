@@ -9,14 +9,16 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
 
 /// How long mimalloc keeps freed memory before returning it to the OS, unless the operator set
 /// `MIMALLOC_PURGE_DELAY`.
-pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10_000;
+pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 60_000;
 
 /// Tunes mimalloc, the relay binary's global allocator, for a busy relay: freed memory is
 /// returned to the OS after [`ALLOCATOR_PURGE_DELAY_MS`] instead of mimalloc's default second.
 /// Under load the relay frees and reuses pages continuously; with a one-second delay a
 /// purged page was faulted back in (and zeroed, as a 2 MiB huge page) soon after, so the
-/// relay spent CPU faulting in memory it was about to reuse anyway. Memory the relay stops
-/// using still goes back to the OS, ten seconds later.
+/// relay spent CPU faulting in memory it was about to reuse anyway. A minute, not less: a
+/// document's buffers are rebuilt at each of its compactions, which are further apart than
+/// seconds (decision 0007 has the measurements). Memory the relay stops using still goes back
+/// to the OS, a minute later.
 ///
 /// Call it first thing in `main`, in a binary whose global allocator is `mimalloc::MiMalloc`
 /// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`

@@ -31,8 +31,20 @@ pub(crate) struct Plan {
     pub(crate) chain_len: usize,
 }
 
+/// Overrides the throughput window, in seconds, to watch the relay past the standard window
+/// (steady state, allocator purges); the chain is long enough for about a minute.
+pub(crate) const WINDOW_ENV: &str = "WEFT_BENCH_WINDOW_S";
+
 impl Plan {
     pub(crate) fn new(quick: bool) -> Plan {
+        let mut plan = Plan::standard(quick);
+        if let Some(s) = std::env::var(WINDOW_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+            plan.window = Duration::from_secs(s.clamp(1, 60));
+        }
+        plan
+    }
+
+    fn standard(quick: bool) -> Plan {
         if quick {
             Plan {
                 quick,

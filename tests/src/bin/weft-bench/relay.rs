@@ -153,10 +153,19 @@ impl Drop for Relay {
     }
 }
 
+/// CPU time of the relay runtime's threads that have exited, in nanoseconds: tokio ends a
+/// blocking-pool thread after 10 s idle, and its time would otherwise leave the sums with it.
+static EXITED_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn relay_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(RELAY_THREAD)
+        .on_thread_stop(|| {
+            let used = thread_cpu(std::path::Path::new("/proc/thread-self")).unwrap_or_default();
+            let ns = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
+            EXITED_NS.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        })
         .enable_all()
         .build()
         .context("cannot start the relay's runtime")
@@ -195,7 +204,11 @@ pub fn relay_cpu() -> Duration {
 /// [`relay_cpu`] by kind of thread. Without a known worker thread, all runtime threads count
 /// as the worker.
 pub fn relay_cpu_split() -> RelayCpu {
-    let mut cpu = RelayCpu::default();
+    let mut cpu = RelayCpu {
+        // The worker lives as long as its runtime: exited threads were the blocking pool's.
+        blocking: Duration::from_nanos(EXITED_NS.load(std::sync::atomic::Ordering::Relaxed)),
+        ..RelayCpu::default()
+    };
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return cpu;
     };
