@@ -110,8 +110,12 @@ async fn run_relay(
             weft_relay::MAX_TICKETS,
         ))
     });
-    let http_task = start_http(&args, &mut ready, &metrics, &tickets, &stop_rx).await?;
-    let ws_listener = bind_ws(&args, &mut ready).await?;
+    // The WebSocket address is bound first (the demo page is told its port) and listed last.
+    let mut ws_ready = String::new();
+    let ws_listener = bind_ws(&args, &mut ws_ready).await?;
+    let web = web_routes(&args, &kinds, &verifier, ws_listener.as_ref())?;
+    let http_task = start_http(&args, &mut ready, &metrics, &tickets, web, &stop_rx).await?;
+    ready.push_str(&ws_ready);
     // Only a relay that serves WebSocket clients has (and keeps) a storage id.
     let ws_context = match (&ws_listener, &tickets) {
         (Some(_), Some(tickets)) => Some(weft_relay::WsContext {
@@ -242,6 +246,7 @@ async fn start_http(
     ready: &mut String,
     metrics: &Arc<Metrics>,
     tickets: &Option<Arc<weft_relay::Tickets>>,
+    web: Arc<weft_relay::Web>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let HttpListen::On(addr) = args.http else {
@@ -255,8 +260,24 @@ async fn start_http(
         listener,
         metrics.clone(),
         tickets.clone(),
+        Some(web),
         stopped(stop.clone()),
     ))))
+}
+
+/// The web routes: `/kinds` with `--ws`, the demo with `--web` (which requires `--ws`).
+fn web_routes(
+    args: &ServeArgs,
+    kinds: &Arc<Kinds>,
+    verifier: &Verifier,
+    ws: Option<&TcpListener>,
+) -> anyhow::Result<Arc<weft_relay::Web>> {
+    let ws_addr = ws.map(TcpListener::local_addr).transpose()?;
+    Ok(Arc::new(weft_relay::Web {
+        kinds: kinds.clone(),
+        verifier: ws_addr.map(|_| verifier.clone()),
+        demo_ws: ws_addr.filter(|_| args.web),
+    }))
 }
 
 /// Binds `--ws`, adding its address to the ready line; it is served once the hub runs.
