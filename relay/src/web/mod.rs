@@ -4,7 +4,8 @@
 //! - `GET /kinds` (with `--ws`): the kinds the relay enforces as JSON (`kinds.rs`), for a bearer
 //!   token the relay accepts (`Authorization: Bearer JWT`); 401 otherwise.
 //! - With `--web`, the demo chat (`relay/web/`, built from `peer/web/demo/`): `/` (the page),
-//!   `/app.js`, `/style.css`, `/automerge.wasm`, embedded in the binary, and `/config.json`,
+//!   `/app.js`, `/style.css`, `/sw.js` (keeps the page's files for offline reloads),
+//!   `/automerge.wasm`, embedded in the binary, and `/config.json`,
 //!   which tells the page the WebSocket port. The page takes its token from the URL fragment
 //!   (`#token=JWT`), which browsers never send, and trades it for a ticket at `/ws-ticket`.
 
@@ -20,7 +21,7 @@ use weft_schema::rules::Kinds;
 use crate::Verifier;
 
 /// The embedded demo: path, content type, bytes.
-const ASSETS: [(&str, &str, &[u8]); 4] = [
+const ASSETS: [(&str, &str, &[u8]); 5] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -35,6 +36,11 @@ const ASSETS: [(&str, &str, &[u8]); 4] = [
         "/style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../web/style.css"),
+    ),
+    (
+        "/sw.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/sw.js"),
     ),
     (
         "/automerge.wasm",
