@@ -214,6 +214,12 @@ function wireForms(state: State): void {
   })
 }
 
+async function toastNew(state: State, id: DocumentId): Promise<void> {
+  const handle = await state.client.repo.find<AnyDoc>(id)
+  const kind = kindOf(handle.doc())
+  if (kind === "conversation" || kind === "trip") toast(`New in your list: ${titleOf(handle.doc()) || "(untitled)"}`)
+}
+
 function watchDocs(state: State): void {
   state.client.onDocs(docs => {
     const known = new Set(state.docs.map(d => d.documentId))
@@ -221,7 +227,7 @@ function watchDocs(state: State): void {
     // Conversations created in this tab stay listed until the relay lists them too.
     const pending = state.docs.filter(d => state.created.has(d.documentId) && !listed.has(d.documentId))
     if (state.listed) {
-      for (const d of docs) if (!known.has(d.documentId)) toast("A conversation was shared with you")
+      for (const d of docs) if (!known.has(d.documentId)) void toastNew(state, d.documentId)
     }
     state.listed = true
     state.docs = [...docs, ...pending]
