@@ -59,7 +59,10 @@ fn the_demo_chat_in_a_real_browser() {
         return;
     }
     let dir = web_dir();
-    if !dir.join("node_modules/puppeteer-core/package.json").exists() {
+    if !dir
+        .join("node_modules/puppeteer-core/package.json")
+        .exists()
+    {
         // `install` keeps the lock file's versions (see .ci/run for why not `ci`).
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--no-save"])
