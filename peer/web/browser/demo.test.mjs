@@ -112,6 +112,8 @@ test("two pages and a weft device chat in one conversation, online and offline",
   await send(bob, "sent offline 2")
   const all = [...talk, "sent offline 1", "sent offline 2"]
   await shows(bob, all)
+  // His socket closed before he wrote them: nobody else can have them yet.
+  assert.deepEqual(await bodies(alice), talk)
   await bob.setOfflineMode(false)
   await badge(bob, "connected")
   await shows(alice, all)

@@ -96,6 +96,8 @@ export class WeftClient {
     if (options.offline) this.#connection.attachLater(this.repo)
     this.#listed = new Promise(resolve => (this.#resolveListed = resolve))
     this.#adapter.on("peer-candidate", () => this.#send({ type: "weft-hello" }))
+    // Without a socket nobody is known to be here; the relay tells again on reconnection.
+    this.#adapter.on("peer-disconnected", () => this.#forgetPresence())
     this.#adapter.on("message", message => this.#receive(message as unknown as WeftMessage))
   }
 
@@ -269,6 +271,12 @@ export class WeftClient {
         break
       }
     }
+  }
+
+  #forgetPresence(): void {
+    const docs = [...this.#presence.keys()]
+    this.#presence.clear()
+    for (const doc of docs) for (const listener of this.#presenceListeners) listener(doc, [])
   }
 
   #docsChanged(): void {

@@ -272,6 +272,9 @@ fn web_routes(
     verifier: &Verifier,
     ws: Option<&TcpListener>,
 ) -> anyhow::Result<Arc<weft_relay::Web>> {
+    if args.web && args.http == HttpListen::Off {
+        bail!("--web serves the demo on the --http address, which is off");
+    }
     let ws_addr = ws.map(TcpListener::local_addr).transpose()?;
     Ok(Arc::new(weft_relay::Web {
         kinds: kinds.clone(),
