@@ -121,6 +121,22 @@ test("two pages and a weft device chat in one conversation, online and offline",
   cli.sync(relay, relay.token("alice"))
   assert.deepEqual(JSON.parse(cli.messages(doc)).map(m => m.body), all)
 
+  // Alice starts a second conversation from the page, then goes back to the first: what she
+  // writes in either still reaches the others.
+  await alice.type("#new-conversation input", "Second")
+  await alice.keyboard.press("Enter")
+  await until(alice, () => document.querySelector("#title").textContent === "Second")
+  await send(alice, "in the second one")
+  await shows(alice, ["in the second one"])
+  const second = await alice.$eval("#conversations li[aria-current=true]", li => li.dataset.doc)
+  await alice.click(item)
+  await shows(alice, all)
+  await send(alice, "back in the first")
+  await shows(bob, [...all, "back in the first"])
+  cli.sync(relay, relay.token("alice"))
+  assert.deepEqual(JSON.parse(cli.messages(second)).map(m => m.body), ["in the second one"])
+  all.push("back in the first")
+
   // With the relay gone and the page offline, a reload still shows the conversation
   // (the page's files from its service worker, the documents from IndexedDB).
   await bob.evaluate(() => navigator.serviceWorker.ready.then(() => true))

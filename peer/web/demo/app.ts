@@ -24,6 +24,8 @@ interface State {
   /** Whether the relay's first listing came (later additions make a toast). */
   listed: boolean
   typingTimer?: ReturnType<typeof setTimeout>
+  /** The open document's listener. */
+  onChange?: () => void
 }
 
 function toast(text: string): void {
@@ -161,7 +163,8 @@ async function openConversation(state: State, id: DocumentId): Promise<void> {
   }
   const previous = state.open
   if (previous !== undefined) {
-    previous.removeAllListeners("change")
+    // Only this page's listener: the repo's own (which syncs the document) stay.
+    if (state.onChange !== undefined) previous.off("change", state.onChange)
     state.client.setStatus(previous.documentId as DocumentId, "")
   }
   state.open = handle
@@ -170,7 +173,8 @@ async function openConversation(state: State, id: DocumentId): Promise<void> {
   for (const el of $("composer").querySelectorAll<HTMLInputElement | HTMLButtonElement>("input, button")) {
     el.disabled = false
   }
-  handle.on("change", () => renderMessages(state, handle))
+  state.onChange = () => renderMessages(state, handle)
+  handle.on("change", state.onChange)
   renderMessages(state, handle)
   renderPresence(state)
   renderConversations(state)
