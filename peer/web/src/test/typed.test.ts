@@ -8,6 +8,8 @@ import {
   hlcNow, markRead, messages, messagesJson, parseHlc, react, reactions, sendMessage, tasks, userOfToken,
   type AnyDoc,
 } from "../index.js"
+import { writeFileSync } from "node:fs"
+import { join } from "node:path"
 import { RelayProcess, WeftCli, when } from "./helpers.js"
 
 const relay = new RelayProcess()
@@ -116,4 +118,31 @@ test("the relay's kinds are available to the package", async () => {
   assert.equal(message.key, "message_key")
   assert.ok("record" in message.entry && message.entry.record.fields.body.type === "text")
   await assert.rejects(fetchKinds(relay.http, "not-a-token"), /HTTP 401/)
+})
+
+test("kinds declared to the relay are available to the package", async () => {
+  const declared = new RelayProcess()
+  const file = join(declared.dir, "kinds.toml")
+  writeFileSync(file, [
+    "[escrow.fields]",
+    'buyer = { type = "user", fixed = true }',
+    'status = { type = "enum", values = ["pending", "funded"], initial = "pending" }',
+    "[[escrow.transitions]]",
+    'field = "status"',
+    'from = ["pending"]',
+    'to = "funded"',
+    'by = ["buyer"]',
+    "",
+  ].join("\n"))
+  await declared.start(["--kinds", file])
+  try {
+    const { kinds } = await fetchKinds(declared.http, declared.token("alice"))
+    assert.equal(kinds.escrow.declared, true)
+    assert.equal(kinds.conversation.declared, false)
+    assert.deepEqual(kinds.escrow.fields.buyer.type, "user")
+    assert.deepEqual(kinds.escrow.fields.status.values, ["pending", "funded"])
+    assert.deepEqual(kinds.escrow.fields.status.transitions, [{ from: ["pending"], to: "funded", by: ["buyer"] }])
+  } finally {
+    declared.stop()
+  }
 })
