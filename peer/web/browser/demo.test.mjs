@@ -117,7 +117,6 @@ test("two pages and a weft device chat in one conversation, online and offline",
   await bob.setOfflineMode(false)
   await badge(bob, "connected")
   await shows(alice, all)
-  await alice.screenshot({ path: process.env.WEFT_SCREENSHOT ?? "../../target/web-demo.png" })
   cli.sync(relay, relay.token("alice"))
   assert.deepEqual(JSON.parse(cli.messages(doc)).map(m => m.body), all)
 
@@ -133,6 +132,11 @@ test("two pages and a weft device chat in one conversation, online and offline",
   await shows(alice, all)
   await send(alice, "back in the first")
   await shows(bob, [...all, "back in the first"])
+  // The README's picture: Bob's page while Alice types.
+  await alice.type("#composer input", "one more thing")
+  await until(bob, () => document.querySelector("#typing").textContent === "alice is typing…")
+  await until(bob, () => /^saved \d+ s ago$/.test(document.querySelector("#saved").textContent))
+  await bob.screenshot({ path: process.env.WEFT_SCREENSHOT ?? "../../target/web-demo.png" })
   cli.sync(relay, relay.token("alice"))
   assert.deepEqual(JSON.parse(cli.messages(second)).map(m => m.body), ["in the second one"])
   all.push("back in the first")

@@ -24,8 +24,9 @@ interface State {
   /** Whether the relay's first listing came (later additions make a toast). */
   listed: boolean
   typingTimer?: ReturnType<typeof setTimeout>
-  /** The open document's listener. */
+  /** The open document's listeners. */
   onChange?: () => void
+  onHeads?: () => void
 }
 
 function toast(text: string): void {
@@ -165,6 +166,7 @@ async function openConversation(state: State, id: DocumentId): Promise<void> {
   if (previous !== undefined) {
     // Only this page's listener: the repo's own (which syncs the document) stay.
     if (state.onChange !== undefined) previous.off("change", state.onChange)
+    if (state.onHeads !== undefined) previous.off("remote-heads", state.onHeads)
     state.client.setStatus(previous.documentId as DocumentId, "")
   }
   state.open = handle
@@ -173,8 +175,14 @@ async function openConversation(state: State, id: DocumentId): Promise<void> {
   for (const el of $("composer").querySelectorAll<HTMLInputElement | HTMLButtonElement>("input, button")) {
     el.disabled = false
   }
-  state.onChange = () => renderMessages(state, handle)
+  state.onChange = () => {
+    renderMessages(state, handle)
+    void renderSaved(state)
+  }
   handle.on("change", state.onChange)
+  // The relay's heads: "saved" as soon as it has everything.
+  state.onHeads = () => void renderSaved(state)
+  handle.on("remote-heads", state.onHeads)
   renderMessages(state, handle)
   renderPresence(state)
   renderConversations(state)
