@@ -38,6 +38,8 @@ async function open(user) {
   page.on("pageerror", e => console.error(`[${user}] page error: ${e.message}`))
   await page.goto(`${relay.http}#token=${relay.token(user)}`)
   await ready(page)
+  // The token left the address bar (and so the history) once the page read it.
+  assert.equal(new URL(page.url()).hash, "")
   return page
 }
 

@@ -16,8 +16,8 @@ interface State {
   client: WeftClient
   user: string
   open?: DocHandle<AnyDoc>
-  /** Messages already shown per document: only those after it make a toast. */
-  seen: Map<string, Set<string>>
+  /** Messages already shown per document (id -> body, deleted): what changes after makes a toast. */
+  seen: Map<string, Map<string, { body: string; deleted: boolean }>>
   docs: DocEntry[]
   /** Documents created in this tab. */
   created: Set<string>
@@ -113,10 +113,17 @@ function renderMessages(state: State, handle: DocHandle<AnyDoc>): void {
   ul.scrollTop = ul.scrollHeight
   if (seen !== undefined) {
     for (const m of list) {
-      if (!seen.has(m.id) && m.author !== state.user) toast(`${m.author}: ${m.body}`)
+      const before = seen.get(m.id)
+      if (before === undefined) {
+        if (m.author !== state.user) toast(`${m.author}: ${m.body}`)
+      } else if (m.deleted && !before.deleted) {
+        toast(`A message of ${m.author}'s was deleted`)
+      } else if (m.body !== before.body && m.author !== state.user) {
+        toast(`${m.author} edited: ${m.body}`)
+      }
     }
   }
-  state.seen.set(handle.documentId, new Set(list.map(m => m.id)))
+  state.seen.set(handle.documentId, new Map(list.map(m => [m.id, { body: m.body, deleted: m.deleted }])))
 }
 
 function messageItem(state: State, m: Message): HTMLLIElement {
@@ -248,8 +255,22 @@ function watchDocs(state: State): void {
   })
 }
 
+/**
+ * The token from `#token=JWT`, kept for this tab (reloads included) in sessionStorage and taken
+ * out of the address bar, so it stays out of the browser's history too.
+ */
+function takeToken(): string | null {
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token")
+  if (fromUrl !== null) {
+    sessionStorage.setItem("weft-demo-token", fromUrl)
+    history.replaceState(null, "", location.pathname + location.search)
+    return fromUrl
+  }
+  return sessionStorage.getItem("weft-demo-token")
+}
+
 async function main(): Promise<void> {
-  const token = new URLSearchParams(location.hash.slice(1)).get("token")
+  const token = takeToken()
   const user = token === null ? undefined : userOfToken(token)
   if (token === null || user === undefined) {
     $("signin").hidden = false
