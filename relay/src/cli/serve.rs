@@ -102,7 +102,7 @@ async fn run_relay(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ready = format!("weft-relay ready quic={quic_addr}");
     // With `--ws`, tickets for the upgrade are issued on the HTTP address.
-    let tickets = args.ws.map(|_| {
+    let tickets = ws_addr(&args).map(|_| {
         Arc::new(weft_relay::Tickets::with_limits(
             verifier.clone(),
             args.ws_ticket_origin.clone(),
@@ -265,7 +265,7 @@ async fn start_http(
     ))))
 }
 
-/// The web routes: `/kinds` with `--ws`, the demo with `--web` (which requires `--ws`).
+/// The web routes: `/kinds` with a WebSocket endpoint, the demo with `--web`.
 fn web_routes(
     args: &ServeArgs,
     kinds: &Arc<Kinds>,
@@ -283,9 +283,19 @@ fn web_routes(
     }))
 }
 
-/// Binds `--ws`, adding its address to the ready line; it is served once the hub runs.
+/// The WebSocket address: `--ws`, or with `--web` alone an ephemeral port on the `--http`
+/// address's host (the demo page needs a socket; `/config.json` tells it the port).
+fn ws_addr(args: &ServeArgs) -> Option<std::net::SocketAddr> {
+    match (args.ws, args.web, args.http) {
+        (Some(addr), _, _) => Some(addr),
+        (None, true, HttpListen::On(http)) => Some(std::net::SocketAddr::new(http.ip(), 0)),
+        _ => None,
+    }
+}
+
+/// Binds the WebSocket address, adding it to the ready line; it is served once the hub runs.
 async fn bind_ws(args: &ServeArgs, ready: &mut String) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = args.ws else {
+    let Some(addr) = ws_addr(args) else {
         return Ok(None);
     };
     let listener = weft_relay::bind_ws(addr)

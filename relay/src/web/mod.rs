@@ -1,7 +1,7 @@
 //! What the relay serves to web apps on its `--http` address, beside `/healthz`, `/metrics` and
 //! `/ws-ticket`:
 //!
-//! - `GET /kinds` (with `--ws`): the kinds the relay enforces as JSON (`kinds.rs`), for a bearer
+//! - `GET /kinds` (with a WebSocket endpoint): the kinds the relay enforces as JSON (`kinds.rs`), for a bearer
 //!   token the relay accepts (`Authorization: Bearer JWT`); 401 otherwise.
 //! - With `--web`, the demo chat (`relay/web/`, built from `peer/web/demo/`): `/` (the page),
 //!   `/app.js`, `/style.css`, `/sw.js` (keeps the page's files for offline reloads),
