@@ -83,5 +83,11 @@ fn the_demo_chat_in_a_real_browser() {
         .env("WEFT_BIN", common::weft::weft_bin())
         .env("WEFT_CHROMIUM", &chromium));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("# pass 1"), "{report}");
+    // Every test ran and passed (none skipped, none left out).
+    assert!(
+        report.contains("# fail 0")
+            && report.contains("# skipped 0")
+            && !report.contains("# pass 0"),
+        "{report}"
+    );
 }

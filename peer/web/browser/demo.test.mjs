@@ -65,6 +65,17 @@ async function send(page, text) {
   await page.keyboard.press("Enter")
 }
 
+test("a page with a token the relay refuses says so", async () => {
+  const context = await browser.createBrowserContext()
+  const page = await context.newPage()
+  // A well-formed token (user "mallory") that no relay signed.
+  const forged = ["e30", Buffer.from('{"sub":"mallory"}').toString("base64url"), "c2ln"].join(".")
+  await page.goto(`${relay.http}#token=${forged}`)
+  await ready(page)
+  await badge(page, "refused")
+  await context.close()
+})
+
 test("two pages and a weft device chat in one conversation, online and offline", async () => {
   pages.alice = await open("alice")
   pages.bob = await open("bob")

@@ -283,7 +283,10 @@ async function main(): Promise<void> {
   const client = await connect(token, user)
   const state: State = { client, user, seen: new Map(), docs: cachedDocs(user), created: new Set(), listed: false }
   setBadge(client.connection === "connecting" ? "reconnecting" : client.connection)
-  client.onConnection(setBadge)
+  client.onConnection(state => {
+    setBadge(state)
+    if (state === "refused") toast("The relay refused the token: open the page with a new #token=")
+  })
   client.onPresence(() => renderPresence(state))
   addEventListener("offline", () => client.pause())
   addEventListener("online", () => client.resume())

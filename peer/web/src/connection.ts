@@ -7,8 +7,11 @@
 import type { Repo } from "@automerge/automerge-repo"
 import type { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 
-/** What the socket is doing. */
-export type ConnectionState = "connecting" | "connected" | "reconnecting" | "offline"
+/** What the socket is doing; "refused": the relay refused the token, so no more tries. */
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "offline" | "refused"
+
+/** How long a socket may take to open before it is given up and tried again. */
+export const CONNECT_TIMEOUT_MS = 5000
 
 /** Long enough that the adapter never retries on its own (below setTimeout's 2^31 ms limit). */
 export const ADAPTER_RETRY_NEVER_MS = 2_000_000_000
@@ -88,12 +91,13 @@ export class Connection {
     this.#timer = setTimeout(() => void this.#attempt(), this.#retryMs)
   }
 
-  /** Tries again after a while unless the socket is up by then. */
+  /** Tries again unless the socket is up within the connect timeout (a slow machine's socket
+   * is not cut off while it opens; a closed one is retried sooner, on its close). */
   #watch(): void {
     this.#clearTimer()
     this.#timer = setTimeout(() => {
       if (!this.#paused && this.state !== "connected") void this.#attempt()
-    }, this.#retryMs)
+    }, Math.max(this.#retryMs, CONNECT_TIMEOUT_MS))
   }
 
   #closeSocket(): void {
@@ -112,7 +116,13 @@ export class Connection {
       try {
         // `url` is read-only in the adapter's types, but every connect reads it afresh.
         ;(this.#adapter as { url: string }).url = await this.#reconnectUrl()
-      } catch {
+      } catch (e) {
+        if ((e as { code?: unknown }).code === 401) {
+          // Another try would be refused too: the app needs a new token.
+          this.#paused = true
+          this.#set("refused")
+          return
+        }
         // No ticket (the relay or the network is down): try again later.
         if (!this.#paused) this.#schedule()
         return

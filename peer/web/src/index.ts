@@ -132,7 +132,8 @@ export class WeftClient {
     return this.#user
   }
 
-  /** The socket's state: connecting, connected, reconnecting, or offline (paused). */
+  /** The socket's state: connecting, connected, reconnecting, offline (paused), or refused
+   * (the relay refused the token when asked for a ticket). */
   get connection(): ConnectionState {
     return this.#connection.state
   }

@@ -51,3 +51,10 @@ test("a paused client writes offline and catches up on resume with a new ticket"
   assert.deepEqual(messages(seen.doc()).map(m => m.body), ["before", "while offline"])
   assert.deepEqual(states, ["offline", "reconnecting", "connected"])
 })
+
+test("a token the relay refuses stops the retries", async () => {
+  const client = await WeftClient.withTicket(relay.http, relay.ws, "not-a-token", { offline: true, retryMs: 100 })
+  clients.push(client)
+  client.resume()
+  await when(f => client.onConnection(f), () => client.connection === "refused")
+})
