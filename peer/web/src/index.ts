@@ -87,7 +87,7 @@ export class WeftClient {
     this.#adapter = new WebSocketClientAdapter(url, ADAPTER_RETRY_NEVER_MS)
     const retryMs = options.retryMs ?? 5000
     this.#connection = new Connection(this.#adapter, options.reconnectUrl, options.offline ?? false, retryMs)
-    // Offline from the start: the repo gets the adapter, which connects on `resume()`.
+    // Offline from the start: the repo meets the adapter (which then connects) on `resume()`.
     this.repo = new Repo({
       network: options.offline ? [] : [this.#adapter],
       storage: options.storage,
@@ -102,7 +102,8 @@ export class WeftClient {
   }
 
   /** Exchanges `token` for a one-time ticket at the relay's HTTP address, then connects; a
-   * fresh ticket is fetched for every reconnection too. */
+   * fresh ticket is fetched for every reconnection too (pass a function to have reconnections
+   * use the token given to `refresh` since). */
   static async withTicket(
     httpUrl: string,
     wsUrl: string,
