@@ -5,12 +5,14 @@
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb"
 import { initializeWasm, type DocHandle, type DocumentId } from "@automerge/automerge-repo/slim"
 import {
-  WeftClient, createConversation, kindOf, messages, sendMessage, titleOf, userOfToken,
+  WeftClient, createConversation, kindOf, lastMessages, sendMessage, titleOf, userOfToken,
   type AnyDoc, type DocEntry, type Message,
 } from "../src/index.js"
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T
 const TYPING_IDLE_MS = 3000
+/** The most messages a conversation shows (its tail). */
+const SHOWN_MESSAGES = 500
 
 interface State {
   client: WeftClient
@@ -106,7 +108,7 @@ function renderConversations(state: State): void {
 }
 
 function renderMessages(state: State, handle: DocHandle<AnyDoc>): void {
-  const list = messages(handle.doc())
+  const list = lastMessages(handle.doc(), SHOWN_MESSAGES)
   const seen = state.seen.get(handle.documentId)
   const ul = $("messages")
   ul.replaceChildren(...list.map(m => messageItem(state, m)))

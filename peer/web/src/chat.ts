@@ -122,6 +122,19 @@ export function messages(doc: AnyDoc): Message[] {
   return out
 }
 
+/** The last `n` messages in display order (reading only those entries, from the end). */
+export function lastMessages(doc: AnyDoc, n: number): Message[] {
+  const map = doc.messages
+  if (!isMap(map) || n <= 0) return []
+  const keys = Object.keys(map).sort()
+  const out: Message[] = []
+  for (let i = keys.length - 1; i >= 0 && out.length < n; i--) {
+    const m = readMessage(keys[i], map[keys[i]])
+    if (m !== undefined) out.push(m)
+  }
+  return out.reverse()
+}
+
 /** The messages as `weft msg list --json` prints them (same fields, same order). */
 export function messagesJson(doc: AnyDoc): MessageJson[] {
   return messages(doc).map(m => ({

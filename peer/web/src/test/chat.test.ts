@@ -4,7 +4,7 @@ import { test } from "node:test"
 import assert from "node:assert/strict"
 import { ImmutableString, Repo } from "@automerge/automerge-repo"
 import {
-  TypedWriteError, createConversation, createTrip, deleteMessage, editMessage, markRead, messages,
+  TypedWriteError, createConversation, createTrip, deleteMessage, editMessage, lastMessages, markRead, messages,
   messagesJson, parseMessageKey, react, reactions, sendMessage, unreact, type AnyDoc,
 } from "../index.js"
 
@@ -31,6 +31,8 @@ test("messages sort by key and entries that are not messages are left out", () =
     ["bob", "second"],
     ["carol", "text fields"],
   ])
+  assert.deepEqual(lastMessages(handle.doc(), 2).map(m => m.author), ["bob", "carol"])
+  assert.deepEqual(lastMessages(handle.doc(), 10), messages(handle.doc()))
   assert.deepEqual(messagesJson(handle.doc())[0], {
     id: a.id,
     author: "alice",
