@@ -1,5 +1,6 @@
 //! The operations endpoint: `GET /healthz` and `GET /metrics` over plain HTTP/1.1, and with
-//! `--ws` the WebSocket tickets: `POST /ws-ticket` (see `ws/tickets.rs`; 404 without `--ws`).
+//! `--ws` the WebSocket tickets: `POST /ws-ticket` (see `ws/tickets.rs`; 404 without `--ws`),
+//! and the web routes (`GET /kinds`, and the demo with `--web`; see `web/`).
 //!
 //! Two fixed routes on a loopback-by-default port do not justify an HTTP framework: each
 //! request is read up to its header end (bounded), answered, and the connection closed.
@@ -13,6 +14,7 @@ use tokio::task::JoinSet;
 use weft_core::AcceptBackoff;
 
 use crate::metrics::Metrics;
+use crate::web::Web;
 use crate::ws::Tickets;
 
 /// Largest request head read.
@@ -25,6 +27,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     tickets: Option<Arc<Tickets>>,
+    web: Option<Arc<Web>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut conns = JoinSet::new();
@@ -56,9 +59,9 @@ pub async fn serve(
                     continue;
                 }
                 let _ = sock.set_nodelay(true);
-                let (metrics, tickets) = (metrics.clone(), tickets.clone());
+                let (metrics, tickets, web) = (metrics.clone(), tickets.clone(), web.clone());
                 conns.spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), answer(&mut sock, &metrics, tickets.as_deref())).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), answer(&mut sock, &metrics, tickets.as_deref(), web.as_deref())).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -71,6 +74,7 @@ async fn answer(
     sock: &mut tokio::net::TcpStream,
     metrics: &Metrics,
     tickets: Option<&Tickets>,
+    web: Option<&Web>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -87,6 +91,9 @@ async fn answer(
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    if let Some(response) = web.and_then(|web| crate::web::answer(web, method, path, &buf)) {
+        return response.send(sock).await;
+    }
     let mut extra = String::new();
     let ticket_route = match (path, tickets) {
         (b"/ws-ticket", Some(tickets)) => {
@@ -141,9 +148,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), None, async {
-            let _ = rx.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            None,
+            None,
+            async {
+                let _ = rx.await;
+            },
+        ));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200 OK"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("weft_connections 0"), "{m}");

@@ -56,6 +56,7 @@ mod server;
 mod sharing;
 mod tls;
 mod units;
+mod web;
 mod ws;
 
 pub use access::{decide, readable_role, refusal_code, Decision};
@@ -80,6 +81,7 @@ pub use tls::{
     DEV_SUBJECT_ALT_NAMES,
 };
 pub use units::{parse_byte_size, parse_duration, ParseUnitError};
+pub use web::Web;
 pub use ws::{
     bind_ws, load_or_create_storage_id, ws_accept_loop, StorageIdError, TicketError, Tickets,
     WsContext, WsLimits, MAX_TICKETS, STORAGE_ID_FILE, TICKET_TTL,

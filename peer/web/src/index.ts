@@ -5,8 +5,26 @@
 // (`docs()`), presence with an app-defined status (`presence(doc)`, `setStatus`), sharing
 // (`share`, `unshare`, `remove`), token refresh (`refresh`) and "saved on the relay"
 // (`status(doc)`, from automerge-repo's remote heads under the relay's storage id).
-import { Repo, type DocumentId, type PeerId } from "@automerge/automerge-repo"
+import { Repo, type DocumentId, type PeerId, type StorageAdapterInterface } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
+import { ADAPTER_RETRY_NEVER_MS, Connection, type ConnectionState } from "./connection.js"
+
+export * from "./chat.js"
+export * from "./hlc.js"
+export * from "./kinds.js"
+export type { ConnectionState } from "./connection.js"
+
+/** How a client is set up. */
+export interface ClientOptions {
+  /** How long between reconnection attempts (ms); 5000 by default. */
+  retryMs?: number
+  /** Where documents are kept between page loads, e.g. `IndexedDBStorageAdapter`. */
+  storage?: StorageAdapterInterface
+  /** A fresh socket URL for each reconnection (a ticket URL is good for one socket only). */
+  reconnectUrl?: () => Promise<string>
+  /** Start offline: no socket until `resume()`. */
+  offline?: boolean
+}
 
 /** A role on a document. */
 export type Role = "rw" | "ro"
@@ -61,18 +79,44 @@ export class WeftClient {
   #nextId = 1
   #docListeners = new Set<(docs: DocEntry[]) => void>()
   #presenceListeners = new Set<(doc: DocumentId, here: Presence[]) => void>()
+  #user: string | undefined
+  readonly #connection: Connection
 
   /** Connects to `url` (`ws://HOST/?ticket=…` or `?token=…`). */
-  constructor(url: string, options: { retryMs?: number } = {}) {
-    this.#adapter = new WebSocketClientAdapter(url, options.retryMs ?? 5000)
-    this.repo = new Repo({ network: [this.#adapter], sharePolicy: async () => true })
+  constructor(url: string, options: ClientOptions = {}) {
+    this.#adapter = new WebSocketClientAdapter(url, ADAPTER_RETRY_NEVER_MS)
+    const retryMs = options.retryMs ?? 5000
+    this.#connection = new Connection(this.#adapter, options.reconnectUrl, options.offline ?? false, retryMs)
+    // Offline from the start: the repo meets the adapter (which then connects) on `resume()`.
+    this.repo = new Repo({
+      network: options.offline ? [] : [this.#adapter],
+      storage: options.storage,
+      sharePolicy: async () => true,
+    })
+    if (options.offline) this.#connection.attachLater(this.repo)
     this.#listed = new Promise(resolve => (this.#resolveListed = resolve))
     this.#adapter.on("peer-candidate", () => this.#send({ type: "weft-hello" }))
+    // Without a socket nobody is known to be here; the relay tells again on reconnection.
+    this.#adapter.on("peer-disconnected", () => this.#forgetPresence())
     this.#adapter.on("message", message => this.#receive(message as unknown as WeftMessage))
   }
 
-  /** Exchanges `token` for a one-time ticket at the relay's HTTP address, then connects. */
-  static async withTicket(httpUrl: string, wsUrl: string, token: string): Promise<WeftClient> {
+  /** Exchanges `token` for a one-time ticket at the relay's HTTP address, then connects; a
+   * fresh ticket is fetched for every reconnection too (pass a function to have reconnections
+   * use the token given to `refresh` since). */
+  static async withTicket(
+    httpUrl: string,
+    wsUrl: string,
+    token: string | (() => string),
+    options: ClientOptions = {},
+  ): Promise<WeftClient> {
+    const ticketUrl = () => WeftClient.ticketUrl(httpUrl, wsUrl, typeof token === "string" ? token : token())
+    const first = options.offline ? wsUrl : await ticketUrl()
+    return new WeftClient(first, { reconnectUrl: ticketUrl, ...options })
+  }
+
+  /** `wsUrl` with a one-time ticket for `token`, from the relay's HTTP address. */
+  static async ticketUrl(httpUrl: string, wsUrl: string, token: string): Promise<string> {
     const response = await fetch(new URL("/ws-ticket", httpUrl), {
       method: "POST",
       headers: { Authorization: `Bearer ${token}` },
@@ -81,7 +125,33 @@ export class WeftClient {
     const { ticket } = (await response.json()) as { ticket: string }
     const url = new URL(wsUrl)
     url.searchParams.set("ticket", ticket)
-    return new WeftClient(url.toString())
+    return url.toString()
+  }
+
+  /** The connection's user, once the relay has welcomed it. */
+  get user(): string | undefined {
+    return this.#user
+  }
+
+  /** The socket's state: connecting, connected, reconnecting, offline (paused), or refused
+   * (the relay refused the token when asked for a ticket). */
+  get connection(): ConnectionState {
+    return this.#connection.state
+  }
+
+  /** Calls `listener` whenever the socket's state changes. */
+  onConnection(listener: (state: ConnectionState) => void): () => void {
+    return this.#connection.on(listener)
+  }
+
+  /** Closes the socket and stays offline (changes keep being made and stored locally). */
+  pause(): void {
+    this.#connection.pause()
+  }
+
+  /** Reconnects after `pause()` (or an offline start); what was written meanwhile syncs. */
+  resume(): void {
+    this.#connection.resume()
   }
 
   /** The user's readable documents (after the relay's first listing). */
@@ -146,7 +216,7 @@ export class WeftClient {
 
   /** Closes the socket. */
   close(): void {
-    this.#adapter.disconnect()
+    this.#connection.pause()
   }
 
   #send(fields: WeftMessage): void {
@@ -168,6 +238,7 @@ export class WeftClient {
     switch (message.type) {
       case "weft-welcome":
         this.#storageId = message.storageId as string
+        this.#user = message.user as string
         break
       case "weft-docs": {
         if (message.full) this.#listing.clear()
@@ -202,6 +273,12 @@ export class WeftClient {
         break
       }
     }
+  }
+
+  #forgetPresence(): void {
+    const docs = [...this.#presence.keys()]
+    this.#presence.clear()
+    for (const doc of docs) for (const listener of this.#presenceListeners) listener(doc, [])
   }
 
   #docsChanged(): void {

@@ -186,6 +186,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "WEFT_KINDS", value_name = "FILE")]
     pub(crate) kinds: Option<PathBuf>,
 
+    /// Serve the demo web app on the --http address (its WebSocket endpoint is --ws, or else
+    /// an ephemeral port on the --http host).
+    #[arg(
+        long,
+        env = "WEFT_WEB",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub(crate) web: bool,
+
     /// Most documents one user may own.
     #[arg(
         long,

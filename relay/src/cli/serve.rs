@@ -102,7 +102,7 @@ async fn run_relay(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ready = format!("weft-relay ready quic={quic_addr}");
     // With `--ws`, tickets for the upgrade are issued on the HTTP address.
-    let tickets = args.ws.map(|_| {
+    let tickets = ws_addr(&args).map(|_| {
         Arc::new(weft_relay::Tickets::with_limits(
             verifier.clone(),
             args.ws_ticket_origin.clone(),
@@ -110,8 +110,12 @@ async fn run_relay(
             weft_relay::MAX_TICKETS,
         ))
     });
-    let http_task = start_http(&args, &mut ready, &metrics, &tickets, &stop_rx).await?;
-    let ws_listener = bind_ws(&args, &mut ready).await?;
+    // The WebSocket address is bound first (the demo page is told its port) and listed last.
+    let mut ws_ready = String::new();
+    let ws_listener = bind_ws(&args, &mut ws_ready).await?;
+    let web = web_routes(&args, &kinds, &verifier, ws_listener.as_ref())?;
+    let http_task = start_http(&args, &mut ready, &metrics, &tickets, web, &stop_rx).await?;
+    ready.push_str(&ws_ready);
     // Only a relay that serves WebSocket clients has (and keeps) a storage id.
     let ws_context = match (&ws_listener, &tickets) {
         (Some(_), Some(tickets)) => Some(weft_relay::WsContext {
@@ -242,6 +246,7 @@ async fn start_http(
     ready: &mut String,
     metrics: &Arc<Metrics>,
     tickets: &Option<Arc<weft_relay::Tickets>>,
+    web: Arc<weft_relay::Web>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let HttpListen::On(addr) = args.http else {
@@ -255,13 +260,42 @@ async fn start_http(
         listener,
         metrics.clone(),
         tickets.clone(),
+        Some(web),
         stopped(stop.clone()),
     ))))
 }
 
-/// Binds `--ws`, adding its address to the ready line; it is served once the hub runs.
+/// The web routes: `/kinds` with a WebSocket endpoint, the demo with `--web`.
+fn web_routes(
+    args: &ServeArgs,
+    kinds: &Arc<Kinds>,
+    verifier: &Verifier,
+    ws: Option<&TcpListener>,
+) -> anyhow::Result<Arc<weft_relay::Web>> {
+    if args.web && args.http == HttpListen::Off {
+        bail!("--web serves the demo on the --http address, which is off");
+    }
+    let ws_addr = ws.map(TcpListener::local_addr).transpose()?;
+    Ok(Arc::new(weft_relay::Web {
+        kinds: kinds.clone(),
+        verifier: ws_addr.map(|_| verifier.clone()),
+        demo_ws: ws_addr.filter(|_| args.web),
+    }))
+}
+
+/// The WebSocket address: `--ws`, or with `--web` alone an ephemeral port on the `--http`
+/// address's host (the demo page needs a socket; `/config.json` tells it the port).
+fn ws_addr(args: &ServeArgs) -> Option<std::net::SocketAddr> {
+    match (args.ws, args.web, args.http) {
+        (Some(addr), _, _) => Some(addr),
+        (None, true, HttpListen::On(http)) => Some(std::net::SocketAddr::new(http.ip(), 0)),
+        _ => None,
+    }
+}
+
+/// Binds the WebSocket address, adding it to the ready line; it is served once the hub runs.
 async fn bind_ws(args: &ServeArgs, ready: &mut String) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = args.ws else {
+    let Some(addr) = ws_addr(args) else {
         return Ok(None);
     };
     let listener = weft_relay::bind_ws(addr)

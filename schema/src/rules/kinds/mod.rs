@@ -218,6 +218,11 @@ impl Kinds {
         self.kinds.get(name)
     }
 
+    /// Every kind, built-in and declared, by name.
+    pub fn specs(&self) -> impl Iterator<Item = &KindSpec> {
+        self.kinds.values()
+    }
+
     /// The declared (not built-in) kinds' TOML, as given.
     pub fn declared_toml(&self) -> &str {
         &self.declared
