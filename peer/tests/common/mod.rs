@@ -1,6 +1,8 @@
 //! Driving the `weft` and `weft-relay` binaries as a user would.
 #![allow(dead_code)]
 
+pub mod in_process;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
