@@ -294,6 +294,7 @@ async fn checkpointed(db: &tokio_postgres::Client, doc: DocId, heads: &[String])
             "{doc} was never checkpointed with heads {heads:?} (stored {:?})",
             stored_heads(db, doc).await
         );
+        // Polling Postgres (or the relay binary's metrics): they give no event to await.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -463,6 +464,7 @@ async fn a_backend_job_reads_the_conversation_and_its_rows_follow_edits_and_dele
             tokio::time::Instant::now() < deadline,
             "deletion never checkpointed"
         );
+        // Polling Postgres (or the relay binary's metrics): they give no event to await.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -494,6 +496,7 @@ async fn with_postgres_down_the_relay_keeps_serving_and_catches_up_when_it_retur
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while relay.metric("weft_checkpoint_failures_total") < 1.0 {
         assert!(tokio::time::Instant::now() < deadline, "no failure counted");
+        // Polling Postgres (or the relay binary's metrics): they give no event to await.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(relay.metric("weft_checkpoint_dirty_documents") >= 1.0);
@@ -694,6 +697,7 @@ async fn until_row(db: &tokio_postgres::Client, doc: DocId, what: &str, query: &
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        // Polling Postgres (or the relay binary's metrics): they give no event to await.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -852,6 +856,7 @@ async fn a_relay_that_missed_a_deletion_never_puts_content_back_in_postgres() {
             tokio::time::Instant::now() < deadline,
             "west never checkpointed"
         );
+        // Polling Postgres (or the relay binary's metrics): they give no event to await.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let row = db
