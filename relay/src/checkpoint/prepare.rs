@@ -101,33 +101,23 @@ pub(crate) fn prepare(
         return Ok(Prepared::Absent);
     };
     let ms = |v: u64| i64::try_from(v).ok();
-    let access = meta
-        .access
-        .iter()
-        .map(|(user, role)| {
-            let role = match role {
-                Role::ReadWrite => "rw",
-                Role::ReadOnly => "ro",
-            };
-            (weft_schema::strip_nul(user), role)
-        })
-        .collect();
+    let row = |kind, body, merged_in| Row {
+        doc,
+        kind,
+        owner: meta.owner.as_deref().map(weft_schema::strip_nul),
+        created_ms: (meta.created_at_ms > 0)
+            .then(|| ms(meta.created_at_ms))
+            .flatten(),
+        deleted_ms: meta.deleted_at_ms.and_then(ms),
+        access: access_rows(&meta),
+        body,
+        merged_in,
+        cost: started.elapsed(),
+    };
     if meta.deleted_at_ms.is_some() || stored.is_some_and(|s| s.deleted) {
         // Nothing of the content is read, let alone written: the row only records the
         // deletion (and another relay's copy never brings content back).
-        return Ok(Prepared::Row(Box::new(Row {
-            doc,
-            kind: None,
-            owner: meta.owner.as_deref().map(weft_schema::strip_nul),
-            created_ms: (meta.created_at_ms > 0)
-                .then(|| ms(meta.created_at_ms))
-                .flatten(),
-            deleted_ms: meta.deleted_at_ms.and_then(ms),
-            access,
-            body: Body::Deleted,
-            merged_in: None,
-            cost: started.elapsed(),
-        })));
+        return Ok(Prepared::Row(Box::new(row(None, Body::Deleted, None))));
     }
     let local = host::load(store, doc)
         .map_err(store_err)?
@@ -155,8 +145,51 @@ pub(crate) fn prepare(
     let body = if stored.is_some_and(|s| sorted(&s.heads) == heads) {
         Body::Unchanged
     } else {
+        let content = Content {
+            doc,
+            document: &document,
+            stored: stored.is_some(),
+            stored_heads: &stored_heads,
+            loaded_in,
+        };
+        content.body(kinds, heads)
+    };
+    let kind = weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k));
+    Ok(Prepared::Row(Box::new(row(kind, body, merged_in))))
+}
+
+/// A document's access list as `weft_access` rows: user (without NUL) and `rw` or `ro`.
+fn access_rows(meta: &crate::meta::DocMeta) -> Vec<(String, &'static str)> {
+    meta.access
+        .iter()
+        .map(|(user, role)| {
+            let role = match role {
+                Role::ReadWrite => "rw",
+                Role::ReadOnly => "ro",
+            };
+            (weft_schema::strip_nul(user), role)
+        })
+        .collect()
+}
+
+/// A document whose content Postgres lacks, and what preparing it needs to know.
+struct Content<'a> {
+    doc: DocId,
+    document: &'a Document,
+    /// Postgres has a row for it, with these heads.
+    stored: bool,
+    stored_heads: &'a [ChangeHash],
+    /// How long loading it took (traced).
+    loaded_in: Duration,
+}
+
+impl Content<'_> {
+    /// The new content: saved bytes and their hash, the JSON view, the message rows and the
+    /// record.
+    fn body(&self, kinds: &Kinds, heads: Vec<String>) -> Body {
+        let (doc, am) = (self.doc, self.document.automerge());
         let t = std::time::Instant::now();
-        let content = document.save();
+        let content = self.document.save();
         let saved_in = t.elapsed();
         let blake3 = blake3::hash(&content).as_bytes().to_vec();
         let t = std::time::Instant::now();
@@ -170,10 +203,10 @@ pub(crate) fn prepare(
         let record = record_of(kinds, am);
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
-        let (full, messages, removed) = message_rows(doc, am, stored.is_some(), &stored_heads);
+        let (full, messages, removed) = message_rows(doc, am, self.stored, self.stored_heads);
         tracing::trace!(
             %doc,
-            load_ms = loaded_in.as_millis() as u64,
+            load_ms = self.loaded_in.as_millis() as u64,
             save_ms = saved_in.as_millis() as u64,
             json_ms = json_in.as_millis() as u64,
             messages_ms = t.elapsed().as_millis() as u64,
@@ -189,20 +222,7 @@ pub(crate) fn prepare(
             removed,
             record,
         }
-    };
-    Ok(Prepared::Row(Box::new(Row {
-        doc,
-        kind: weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k)),
-        owner: meta.owner.as_deref().map(weft_schema::strip_nul),
-        created_ms: (meta.created_at_ms > 0)
-            .then(|| ms(meta.created_at_ms))
-            .flatten(),
-        deleted_ms: meta.deleted_at_ms.and_then(ms),
-        access,
-        body,
-        merged_in,
-        cost: started.elapsed(),
-    })))
+    }
 }
 
 /// `doc`'s message rows: whether every row is replaced, the rows to write, and the message ids
