@@ -59,13 +59,9 @@ fn a_conversation_round_trips() {
     assert_eq!(last_message(&doc).unwrap(), Some(m2));
 }
 
-#[test]
-fn a_trip_round_trips() {
-    let mut doc = trip("Lisbon");
-    Trip::set_member(&mut doc, "alice", "organizer", T0).unwrap();
-    Trip::set_member(&mut doc, "bob", "member", T0).unwrap();
-    Trip::set_member(&mut doc, "eve", "member", T0).unwrap();
-    Trip::remove_member(&mut doc, "eve", T0).unwrap();
+/// Two itinerary items (`day1`, `day2`) as the trip ends up with them: one added and removed,
+/// one updated.
+fn plan_itinerary(doc: &mut Automerge) -> (ItineraryItem, ItineraryItem) {
     let day2 = ItineraryItem {
         id: id(10),
         title: "Sintra".into(),
@@ -80,23 +76,28 @@ fn a_trip_round_trips() {
         location: None,
         notes: None,
     };
-    Trip::put_itinerary_item(&mut doc, &day2, T0).unwrap();
-    Trip::put_itinerary_item(&mut doc, &day1, T0).unwrap();
+    Trip::put_itinerary_item(doc, &day2, T0).unwrap();
+    Trip::put_itinerary_item(doc, &day1, T0).unwrap();
     let gone = ItineraryItem {
         id: id(12),
         ..day1.clone()
     };
-    Trip::put_itinerary_item(&mut doc, &gone, T0).unwrap();
-    Trip::remove_itinerary_item(&mut doc, &gone.id, T0).unwrap();
+    Trip::put_itinerary_item(doc, &gone, T0).unwrap();
+    Trip::remove_itinerary_item(doc, &gone.id, T0).unwrap();
     // Updating an item rewrites only what changed.
     let day2 = ItineraryItem {
         notes: Some("Train from Rossio, 9:11".into()),
         ..day2
     };
-    Trip::put_itinerary_item(&mut doc, &day2, T0).unwrap();
+    Trip::put_itinerary_item(doc, &day2, T0).unwrap();
+    (day1, day2)
+}
 
+/// Two tasks (`hotel`, `tickets`) as the trip ends up with them: the second done, reassigned
+/// and renamed; a third one added and removed.
+fn plan_tasks(doc: &mut Automerge) -> (Task, Task) {
     let hotel = Trip::add_task(
-        &mut doc,
+        doc,
         id(20),
         &NewTask {
             title: "Book hotel".into(),
@@ -106,7 +107,7 @@ fn a_trip_round_trips() {
     )
     .unwrap();
     let mut tickets = Trip::add_task(
-        &mut doc,
+        doc,
         id(21),
         &NewTask {
             title: "Tickets".into(),
@@ -119,14 +120,14 @@ fn a_trip_round_trips() {
         tickets.created_at > hotel.created_at,
         "tasks added in one millisecond stay ordered"
     );
-    Trip::set_task_done(&mut doc, &tickets.id, true, T0).unwrap();
-    Trip::assign_task(&mut doc, &tickets.id, Some("bob"), T0).unwrap();
-    Trip::rename_task(&mut doc, &tickets.id, "Train tickets", T0).unwrap();
+    Trip::set_task_done(doc, &tickets.id, true, T0).unwrap();
+    Trip::assign_task(doc, &tickets.id, Some("bob"), T0).unwrap();
+    Trip::rename_task(doc, &tickets.id, "Train tickets", T0).unwrap();
     tickets.done = true;
     tickets.assignee = Some("bob".into());
     tickets.title = "Train tickets".into();
     let t3 = Trip::add_task(
-        &mut doc,
+        doc,
         id(22),
         &NewTask {
             title: "x".into(),
@@ -135,7 +136,19 @@ fn a_trip_round_trips() {
         T0,
     )
     .unwrap();
-    Trip::remove_task(&mut doc, &t3.id, T0).unwrap();
+    Trip::remove_task(doc, &t3.id, T0).unwrap();
+    (hotel, tickets)
+}
+
+#[test]
+fn a_trip_round_trips() {
+    let mut doc = trip("Lisbon");
+    Trip::set_member(&mut doc, "alice", "organizer", T0).unwrap();
+    Trip::set_member(&mut doc, "bob", "member", T0).unwrap();
+    Trip::set_member(&mut doc, "eve", "member", T0).unwrap();
+    Trip::remove_member(&mut doc, "eve", T0).unwrap();
+    let (day1, day2) = plan_itinerary(&mut doc);
+    let (hotel, tickets) = plan_tasks(&mut doc);
 
     let b = Trip::broadcast(
         &mut doc,
