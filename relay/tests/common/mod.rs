@@ -4,6 +4,7 @@
 //! test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod checkpoints;
 pub mod device;
 pub mod hub;
 pub mod js;
