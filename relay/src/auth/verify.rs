@@ -179,3 +179,6 @@ impl fmt::Debug for Verifier {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
