@@ -9,6 +9,7 @@ pub mod device;
 pub mod hub;
 pub mod js;
 pub mod pg;
+pub mod quic;
 pub mod relay;
 pub mod session;
 pub mod weft;
