@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::in_process::InProcessRelay;
 use common::Relay;
 use tokio::sync::broadcast;
+use weft_core::clock::ManualClock;
 use weft_peer::schema::{self, NewConversation, NewMessage};
 use weft_peer::{
     DataDir, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, SyncState,
@@ -255,52 +257,66 @@ async fn ephemeral_messages_cross_peer_to_peer() {
 /// A fresh token handed to a live link keeps it open past the old token's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
-    let relay = tokio::task::spawn_blocking(Relay::start_strict)
-        .await
-        .unwrap();
-    let certs = relay_certs(&relay);
-    let short = relay.token("alice", &["--create", "--ttl", "3s"]);
-    let long = relay.token("alice", &["--create"]);
-    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Device::open(DataDir::new(ta.path())).await.unwrap();
-    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    // The relay reads a clock the test moves, and allows nothing past `exp`.
+    let clock = ManualClock::at(now_ms());
+    let mut relay = InProcessRelay::start(clock.wall(), 0);
+    let short = relay.token("alice", 3);
+    let long = relay.token("alice", 3600);
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let [a, b, c] = [0, 1, 2].map(|i| Device::open(DataDir::new(dirs[i].path())));
+    let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
     let doc = conversation(&b, "Live").await;
-    let cfg = |token: &str, docs| RelayConfig {
-        addr: relay.addr(),
+    let cfg = |token: &str, docs, reconnect| RelayConfig {
+        addr: relay.addr.to_string(),
         token: TokenSource::Static(token.to_owned()),
-        pinned_cert: Some(certs.clone()),
+        pinned_cert: Some(relay.cert.clone()),
         docs,
-        reconnect: true,
+        reconnect,
         max_backoff: Duration::from_secs(10),
     };
-    let _lb = b.connect_relay(cfg(&long, vec![])).await.unwrap();
-    let mut ea = a.events();
-    let la = a.connect_relay(cfg(&short, vec![doc])).await.unwrap();
-    next_event(&mut ea, |e| match e {
-        Event::Changed { doc: d, .. } if d == doc => Some(()),
+    // B writes with a long token; A and C read with short ones, and only A will refresh.
+    let _lb = b.connect_relay(cfg(&long, vec![], true)).await.unwrap();
+    let (mut ea, mut eb, mut ec) = (a.events(), b.events(), c.events());
+    let la = a.connect_relay(cfg(&short, vec![doc], true)).await.unwrap();
+    let lc = c
+        .connect_relay(cfg(&short, vec![doc], false))
+        .await
+        .unwrap();
+    for events in [&mut ea, &mut ec] {
+        next_event(events, |e| match e {
+            Event::Changed { doc: d, .. } if d == doc => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let a_went_offline = went_offline(&a, la.id());
+    let c_went_offline = went_offline(&c, lc.id());
+
+    // A presents the long token before the short one expires. Once the relay has it, a
+    // message A sends afterwards reaching B means the relay has taken the refresh.
+    la.set_token(long.clone());
+    tokio::time::timeout(Duration::from_secs(20), relay.refreshes.recv())
+        .await
+        .expect("the refresh never reached the relay")
+        .unwrap();
+    send(&a, doc, "refreshed").await;
+    next_event(&mut eb, |e| match e {
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Remote,
+            ..
+        } if d == doc => Some(()),
         _ => None,
     })
     .await;
-    // Record every state A's link goes through from now on.
-    let mut status = a.status();
-    let link = la.id();
-    let went_offline = tokio::spawn(async move {
-        loop {
-            if status.changed().await.is_err() {
-                return false;
-            }
-            let s = status.borrow_and_update();
-            if s.links
-                .get(&link)
-                .is_some_and(|l| l.state != weft_peer::LinkState::Online)
-            {
-                return true;
-            }
-        }
-    });
-    la.set_token(long.clone());
-    // Past the short token's expiry (the relay allows no leeway here).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Past the short token's expiry: the relay closes C, which kept its expired token, in
+    // the same sweep that finds A's token fresh.
+    clock.advance(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(20), c_went_offline)
+        .await
+        .expect("the connection with an expired token stayed open")
+        .unwrap();
     send(&b, doc, "after expiry").await;
     next_event(&mut ea, |e| match e {
         Event::Changed {
@@ -312,12 +328,32 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
     })
     .await;
     assert!(
-        !went_offline.is_finished(),
+        !a_went_offline.is_finished(),
         "the connection dropped at the old token's expiry"
     );
-    went_offline.abort();
-    a.close().await;
-    b.close().await;
+    a_went_offline.abort();
+    for device in [a, b, c] {
+        device.close().await;
+    }
+}
+
+/// Resolves once the device's link `link` is in any state but online.
+fn went_offline(device: &Device, link: u64) -> tokio::task::JoinHandle<()> {
+    let mut status = device.status();
+    tokio::spawn(async move {
+        loop {
+            if status.changed().await.is_err() {
+                return;
+            }
+            let s = status.borrow_and_update();
+            if s.links
+                .get(&link)
+                .is_some_and(|l| l.state != weft_peer::LinkState::Online)
+            {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(unix)]

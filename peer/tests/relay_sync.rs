@@ -99,6 +99,7 @@ fn a_device_killed_mid_sync_loses_nothing() {
     }
     // A is killed as it starts syncing; it still has every message it committed.
     let mut sync = a.spawn(&common::watch_args(&addr, &cert, &alice));
+    // Not waiting for anything: a pause so the kill lands early in the other process's sync.
     std::thread::sleep(Duration::from_millis(30));
     sync.kill();
     assert_eq!(a.msg_count(&doc), 150);
@@ -106,6 +107,7 @@ fn a_device_killed_mid_sync_loses_nothing() {
 
     // B is killed while receiving; its store still opens and a later sync completes it.
     let mut recv = b.spawn(&common::watch_args(&addr, &cert, &alice));
+    // As above: a pause so the kill lands while the other process receives.
     std::thread::sleep(Duration::from_millis(100));
     recv.kill();
     let partial = b.msg_count(&doc);

@@ -32,7 +32,7 @@ use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{GroupCommit, KvStore, RedbStore, WriteBatch};
 use weft_core::DocId;
 use weft_relay::RelayDocMeta as DocMeta;
-use weft_relay::{CheckpointConfig, Checkpointer, DirtyDocs, Metrics};
+use weft_relay::{CheckpointConfig, Checkpointer, DirtyDocs, Metrics, RoundStats};
 use weft_schema::{Conversation, Id, NewConversation, NewMessage};
 
 const T0: u64 = 1_700_000_000_000;
@@ -91,6 +91,26 @@ fn meta() -> DocMeta {
     m
 }
 
+/// The workloads' sizes, from the environment and `--quick`.
+struct Sizes {
+    quick: bool,
+    docs: usize,
+    per_doc: usize,
+    hot_messages: usize,
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        let quick = std::env::args().any(|a| a == "--quick");
+        Sizes {
+            quick,
+            docs: env("WEFT_BENCH_DOCS", if quick { 1_000 } else { 10_000 }),
+            per_doc: env("WEFT_BENCH_MESSAGES", 100),
+            hot_messages: env("WEFT_BENCH_HOT", if quick { 10_000 } else { 100_000 }),
+        }
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -99,10 +119,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let quick = std::env::args().any(|a| a == "--quick");
-    let docs = env("WEFT_BENCH_DOCS", if quick { 1_000 } else { 10_000 });
-    let per_doc = env("WEFT_BENCH_MESSAGES", 100);
-    let hot_messages = env("WEFT_BENCH_HOT", if quick { 10_000 } else { 100_000 });
+    let sizes = Sizes::from_env();
     let Some(server) = pg::PgServer::start() else {
         return;
     };
@@ -120,7 +137,7 @@ fn main() {
         .expect("a store"),
     );
     let group = Arc::new(GroupCommit::new(kv).expect("a writer"));
-
+    let (docs, per_doc) = (sizes.docs, sizes.per_doc);
     eprintln!("building {docs} conversations of {per_doc} messages...");
     let template = conversation(per_doc, 1);
     let bytes = template.save();
@@ -132,18 +149,72 @@ fn main() {
         }
         group.submit(batch).wait().expect("stored");
     }
+    let bench = Bench {
+        sizes,
+        server,
+        group,
+        dirty: DirtyDocs::new(),
+        template,
+        bytes,
+    };
+    rt.block_on(bench.run());
+}
 
-    rt.block_on(async {
-        let dirty = DirtyDocs::new();
+/// What the workloads share: the relay's store holding the conversations, and Postgres.
+struct Bench {
+    sizes: Sizes,
+    server: pg::PgServer,
+    group: Arc<GroupCommit>,
+    dirty: Arc<DirtyDocs>,
+    /// The conversation every stored one is a copy of, and its saved bytes.
+    template: Automerge,
+    bytes: Vec<u8>,
+}
+
+impl Bench {
+    /// Every workload in turn, then the JSON report on stdout.
+    async fn run(&self) {
         let metrics = Arc::new(Metrics::default());
-        let cfg = CheckpointConfig::new(server.url(), Duration::from_secs(5));
-        let (mut cp, _) = Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics)
+        let cfg = CheckpointConfig::new(self.server.url(), Duration::from_secs(5));
+        let (mut cp, _) = Checkpointer::start(cfg, self.group.clone(), self.dirty.clone(), metrics)
             .await
             .expect("checkpointer");
+        let (stats, docs_s, mb_s) = self.throughput(&mut cp).await;
+        let (base_docs_s, base_mb_s) = self.baseline().await;
+        let inc_docs_s = self.incremental(&mut cp).await;
+        let (hot_mb, median) = self.hot(&mut cp).await;
+        drop(cp);
+        let lag = self.lag().await;
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "checkpoint",
+                "lag_changes_per_s": lag.rate,
+                "lag_documents": lag.docs,
+                "lag_p50_s": lag.p50,
+                "lag_p99_s": lag.p99,
+                "documents": stats.documents,
+                "messages_per_document": self.sizes.per_doc,
+                "docs_per_s": docs_s,
+                "mb_per_s": mb_s,
+                "incremental_docs_per_s": inc_docs_s,
+                "hot_messages": self.sizes.hot_messages,
+                "hot_content_mb": hot_mb,
+                "hot_checkpoint_s": median.as_secs_f64(),
+                "hot_min_gap_s": (median * 10).as_secs_f64().max(5.0),
+                "baseline": {
+                    "what": "raw bytea inserts of the same content, same batching",
+                    "docs_per_s": base_docs_s,
+                    "mb_per_s": base_mb_s,
+                },
+            })
+        );
+    }
 
-        // Throughput: every conversation new to Postgres.
-        for i in 0..docs {
-            dirty.mark(doc_id(i));
+    /// Throughput: every conversation new to Postgres, one round. Its stats, docs/s, MB/s.
+    async fn throughput(&self, cp: &mut Checkpointer) -> (RoundStats, f64, f64) {
+        for i in 0..self.sizes.docs {
+            self.dirty.mark(doc_id(i));
         }
         let t = Instant::now();
         let stats = cp.round(true).await.expect("a round");
@@ -154,9 +225,14 @@ fn main() {
             "checkpoint: {} docs, {:.1} MB content in {secs:.2}s: {docs_s:.0} docs/s, {mb_s:.2} MB/s",
             stats.documents, mb
         );
+        (stats, docs_s, mb_s)
+    }
 
-        // Baseline: the same bytes, plain inserts, same batch size, no Automerge work.
-        let db = pg::client(&server).await;
+    /// Baseline: the same bytes, plain inserts, same batch size, no Automerge work. Docs/s
+    /// and MB/s.
+    async fn baseline(&self) -> (f64, f64) {
+        let (docs, bytes) = (self.sizes.docs, &self.bytes);
+        let db = pg::client(&self.server).await;
         db.batch_execute("create table bench_raw (id text primary key, content bytea)")
             .await
             .expect("table");
@@ -169,7 +245,7 @@ fn main() {
         for start in (0..docs).step_by(64) {
             let tx = db.transaction().await.expect("tx");
             for i in start..(start + 64).min(docs) {
-                tx.execute(&stmt, &[&doc_id(i).to_string(), &bytes])
+                tx.execute(&stmt, &[&doc_id(i).to_string(), bytes])
                     .await
                     .expect("insert");
             }
@@ -179,20 +255,28 @@ fn main() {
         let base_docs_s = docs as f64 / base_secs;
         let base_mb_s = (bytes.len() * docs) as f64 / 1e6 / base_secs;
         eprintln!("baseline (raw bytea inserts): {base_docs_s:.0} docs/s, {base_mb_s:.2} MB/s");
+        (base_docs_s, base_mb_s)
+    }
 
-        // Incremental: one new message in a tenth of them.
-        let touched = (docs / 10).max(1);
-        let mut am = template.clone();
+    /// Incremental: one new message in a tenth of them, one round. Docs/s.
+    async fn incremental(&self, cp: &mut Checkpointer) -> f64 {
+        let touched = (self.sizes.docs / 10).max(1);
+        let mut am = self.template.clone();
         let before = am.get_heads();
-        say(&mut am, per_doc, 2);
+        say(&mut am, self.sizes.per_doc, 2);
         let change = am.save_after(&before);
         let mut batch = WriteBatch::new();
         for i in 0..touched {
-            docstore::put_chunk(&mut batch, doc_id(i), ChunkKind::Incremental, change.clone());
+            docstore::put_chunk(
+                &mut batch,
+                doc_id(i),
+                ChunkKind::Incremental,
+                change.clone(),
+            );
         }
-        group.submit(batch).await.expect("stored");
+        self.group.submit(batch).await.expect("stored");
         for i in 0..touched {
-            dirty.mark(doc_id(i));
+            self.dirty.mark(doc_id(i));
         }
         let t = Instant::now();
         let inc = cp.round(true).await.expect("a round");
@@ -202,16 +286,21 @@ fn main() {
             inc.documents,
             inc.documents as f64 / inc_secs
         );
+        inc.documents as f64 / inc_secs
+    }
 
-        // Hot: one large conversation, one message per round.
+    /// Hot: one large conversation, one message per round. Its content in MB and the median
+    /// cost of a round.
+    async fn hot(&self, cp: &mut Checkpointer) -> (f64, Duration) {
+        let hot_messages = self.sizes.hot_messages;
         eprintln!("building a {hot_messages}-message conversation...");
         let mut hot = conversation(hot_messages, 3);
         let hot_doc = DocId::from_bytes([0xee; 16]);
         let mut batch = WriteBatch::new();
         docstore::put_chunk(&mut batch, hot_doc, ChunkKind::Snapshot, hot.save());
         docstore::put_meta(&mut batch, hot_doc, &meta());
-        group.submit(batch).await.expect("stored");
-        dirty.mark(hot_doc);
+        self.group.submit(batch).await.expect("stored");
+        self.dirty.mark(hot_doc);
         let t = Instant::now();
         let first = cp.round(true).await.expect("a round");
         let hot_first = t.elapsed();
@@ -220,9 +309,14 @@ fn main() {
             let before = hot.get_heads();
             say(&mut hot, hot_messages + i, 3);
             let mut batch = WriteBatch::new();
-            docstore::put_chunk(&mut batch, hot_doc, ChunkKind::Incremental, hot.save_after(&before));
-            group.submit(batch).await.expect("stored");
-            dirty.mark(hot_doc);
+            docstore::put_chunk(
+                &mut batch,
+                hot_doc,
+                ChunkKind::Incremental,
+                hot.save_after(&before),
+            );
+            self.group.submit(batch).await.expect("stored");
+            self.dirty.mark(hot_doc);
             let t = Instant::now();
             cp.round(true).await.expect("a round");
             costs.push(t.elapsed());
@@ -237,32 +331,31 @@ fn main() {
             median.as_secs_f64(),
             (median * 10).as_secs_f64().max(5.0),
         );
-        // Lag under a steady load: `rate` changes per second spread over `lag_docs`
-        // conversations, a 1 s interval, the checkpointer running as in the relay; the lag
-        // gauge (age of the oldest change not yet checkpointed) sampled every 100 ms.
-        let lag_docs = (docs / 10).clamp(1, 500);
+        (first.bytes as f64 / 1e6, median)
+    }
+
+    /// Lag under a steady load: `rate` changes per second spread over `lag_docs`
+    /// conversations, a 1 s interval, the checkpointer running as in the relay; the lag
+    /// gauge (age of the oldest change not yet checkpointed) sampled every 100 ms.
+    async fn lag(&self) -> Lag {
+        let lag_docs = (self.sizes.docs / 10).clamp(1, 500);
         let rate = env("WEFT_BENCH_RATE", 50);
-        let lag_secs = env("WEFT_BENCH_LAG_SECS", if quick { 10 } else { 30 });
-        let steps = rate * lag_secs / lag_docs + 2;
-        let mut chain = Vec::with_capacity(steps);
-        let mut am = template.clone();
-        say(&mut am, per_doc, 2); // what the incremental round added
-        for j in 0..steps {
-            let before = am.get_heads();
-            say(&mut am, per_doc + 1 + j, 4);
-            chain.push(am.save_after(&before));
-        }
+        let lag_secs = env(
+            "WEFT_BENCH_LAG_SECS",
+            if self.sizes.quick { 10 } else { 30 },
+        );
+        let chain = self.lag_chain(rate * lag_secs / lag_docs + 2);
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(tokio::sync::Notify::new());
         let runner = {
             let stop = stop.clone();
-            let cfg = CheckpointConfig::new(server.url(), Duration::from_secs(1));
-            let (cp, _) = Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
-                .await
-                .expect("checkpointer");
+            let cfg = CheckpointConfig::new(self.server.url(), Duration::from_secs(1));
+            let (cp, _) =
+                Checkpointer::start(cfg, self.group.clone(), self.dirty.clone(), metrics.clone())
+                    .await
+                    .expect("checkpointer");
             tokio::spawn(cp.run(async move { stop.notified().await }))
         };
-        drop(cp);
         let mut samples = Vec::new();
         let t = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
@@ -275,8 +368,8 @@ fn main() {
                     if step < chain.len() {
                         let mut batch = WriteBatch::new();
                         docstore::put_chunk(&mut batch, doc_id(doc), ChunkKind::Incremental, chain[step].clone());
-                        group.submit(batch).await.expect("stored");
-                        dirty.mark(doc_id(doc));
+                        self.group.submit(batch).await.expect("stored");
+                        self.dirty.mark(doc_id(doc));
                         written += 1;
                     }
                 }
@@ -294,29 +387,33 @@ fn main() {
             "lag: {written} changes over {lag_docs} conversations in {lag_secs}s, 1s interval: \
              p50 {lag_p50:.2}s, p99 {lag_p99:.2}s"
         );
-        println!(
-            "{}",
-            serde_json::json!({
-                "workload": "checkpoint",
-                "lag_changes_per_s": rate,
-                "lag_documents": lag_docs,
-                "lag_p50_s": lag_p50,
-                "lag_p99_s": lag_p99,
-                "documents": stats.documents,
-                "messages_per_document": per_doc,
-                "docs_per_s": docs_s,
-                "mb_per_s": mb_s,
-                "incremental_docs_per_s": inc.documents as f64 / inc_secs,
-                "hot_messages": hot_messages,
-                "hot_content_mb": first.bytes as f64 / 1e6,
-                "hot_checkpoint_s": median.as_secs_f64(),
-                "hot_min_gap_s": (median * 10).as_secs_f64().max(5.0),
-                "baseline": {
-                    "what": "raw bytea inserts of the same content, same batching",
-                    "docs_per_s": base_docs_s,
-                    "mb_per_s": base_mb_s,
-                },
-            })
-        );
-    });
+        Lag {
+            rate,
+            docs: lag_docs,
+            p50: lag_p50,
+            p99: lag_p99,
+        }
+    }
+
+    /// `steps` successive one-message changes after what the incremental round added.
+    fn lag_chain(&self, steps: usize) -> Vec<Vec<u8>> {
+        let per_doc = self.sizes.per_doc;
+        let mut chain = Vec::with_capacity(steps);
+        let mut am = self.template.clone();
+        say(&mut am, per_doc, 2); // what the incremental round added
+        for j in 0..steps {
+            let before = am.get_heads();
+            say(&mut am, per_doc + 1 + j, 4);
+            chain.push(am.save_after(&before));
+        }
+        chain
+    }
+}
+
+/// What the lag workload measured.
+struct Lag {
+    rate: usize,
+    docs: usize,
+    p50: f64,
+    p99: f64,
 }

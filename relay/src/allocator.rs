@@ -41,6 +41,8 @@ mod tests {
     /// A purge delay no default has, given to the child through mimalloc's own variable.
     const FROM_ENV: i64 = 4_321;
 
+    // `c_long` is `i64` here but `i32` on some targets, where the conversion is not useless.
+    #[allow(clippy::useless_conversion)]
     fn option() -> i64 {
         // SAFETY: mi_option_get takes any option id; it only reads the option's atomic.
         i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })

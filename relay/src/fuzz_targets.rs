@@ -69,33 +69,7 @@ pub fn ws_decode(frame: &[u8]) {
 /// `cbor-x` encoder writes them (text keys, byte strings, `undefined` absent), by name.
 pub fn ws_decode_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let doc = Value::Text(DocId::from_bytes([1; 16]).to_string());
-    let text = |s: &str| Value::Text(s.into());
-    let common = |kind: &str| {
-        vec![
-            ("type", text(kind)),
-            ("senderId", text("client-peer")),
-            ("targetId", text("weft-relay")),
-        ]
-    };
-    let with = |kind: &str, more: Vec<(&'static str, Value)>| {
-        let mut fields = common(kind);
-        fields.extend(more);
-        cbor(fields)
-    };
-    // A real Automerge sync message: the first one of a peer holding one change.
-    let sync_data = {
-        use weft_core::automerge::sync::SyncDoc;
-        use weft_core::automerge::transaction::Transactable;
-        let mut am = weft_core::automerge::Automerge::new().with_actor(vec![5; 16].into());
-        let mut tx = am.transaction();
-        tx.put(weft_core::automerge::ROOT, "title", "seed")
-            .expect("a fresh transaction takes a put");
-        tx.commit();
-        let mut state = weft_core::automerge::sync::State::new();
-        am.generate_sync_message(&mut state)
-            .expect("a fresh sync state has something to say")
-            .encode()
-    };
+    let sync_data = seed_sync_data();
     vec![
         (
             "seed-join",
@@ -173,6 +147,36 @@ pub fn ws_decode_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("seed-leave", with("leave", vec![])),
     ]
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+/// A client's message of type `kind` with the envelope's fields and `more`.
+fn with(kind: &str, more: Vec<(&'static str, Value)>) -> Vec<u8> {
+    let mut fields = vec![
+        ("type", text(kind)),
+        ("senderId", text("client-peer")),
+        ("targetId", text("weft-relay")),
+    ];
+    fields.extend(more);
+    cbor(fields)
+}
+
+/// A real Automerge sync message: the first one of a peer holding one change.
+fn seed_sync_data() -> Vec<u8> {
+    use weft_core::automerge::sync::SyncDoc;
+    use weft_core::automerge::transaction::Transactable;
+    let mut am = weft_core::automerge::Automerge::new().with_actor(vec![5; 16].into());
+    let mut tx = am.transaction();
+    tx.put(weft_core::automerge::ROOT, "title", "seed")
+        .expect("a fresh transaction takes a put");
+    tx.commit();
+    let mut state = weft_core::automerge::sync::State::new();
+    am.generate_sync_message(&mut state)
+        .expect("a fresh sync state has something to say")
+        .encode()
 }
 
 fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             init_tracing(args.log_format, "info");
-            cli::serve(args)
+            cli::serve(*args)
         }
         Command::Token(args) => {
             init_tracing(LogFormat::Human, "warn");

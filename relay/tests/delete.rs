@@ -182,17 +182,18 @@ fn file_holds(path: &std::path::Path, text: &str) -> bool {
     bytes.windows(text.len()).any(|w| w == text.as_bytes())
 }
 
-/// Alice deletes a conversation while a change of hers to it is still on its way to the
-/// store (its write queued behind the deletion's), and while Bob is subscribed (closing his
-/// subscription would persist his sync state). Once the deletion is durable, nothing of the
-/// document is left in the store but its tombstone, her other document is intact, and after
-/// a reopen the file's bytes hold none of the deleted text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
+/// A hub over a redb store at `path` behind a [`Gate`]: the store, the gate, the hub's
+/// events and its task.
+fn gated_hub(
+    path: &std::path::Path,
+) -> (
+    Arc<RedbStore>,
+    Arc<Gate>,
+    mpsc::Sender<HubEvent>,
+    tokio::task::JoinHandle<()>,
+) {
     let store = Arc::new(
-        RedbStore::open_with_tables(&path, &weft_relay::TABLES, Default::default()).unwrap(),
+        RedbStore::open_with_tables(path, &weft_relay::TABLES, Default::default()).unwrap(),
     );
     let gate = Arc::new(Gate {
         inner: store.clone(),
@@ -208,7 +209,45 @@ async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
         Default::default(),
     );
     let (events, rx) = mpsc::channel(1024);
-    let hub = tokio::spawn(hub.run(rx));
+    (store, gate, events, tokio::spawn(hub.run(rx)))
+}
+
+/// The race happened (a write of `doc` landed after its deletion), and nothing of `doc` is
+/// left in `store` but its tombstone.
+fn assert_late_write_left_only_a_tombstone(gate: &Gate, store: &RedbStore, doc: DocId) {
+    // The race happened: the in-flight change was written after the deletion.
+    let late_chunk = gate.after_delete.lock().unwrap().iter().any(|op| {
+        matches!(op, BatchOp::Put { table, key, .. }
+            if *table == Table::CHUNKS && key.starts_with(doc.as_bytes()))
+    });
+    assert!(
+        late_chunk,
+        "no write of the document landed after its deletion"
+    );
+    // And nothing of the document is left but its tombstone.
+    for table in [Table::CHUNKS, Table::SYNC_STATES] {
+        assert_eq!(
+            store.scan_keys(table, doc.as_bytes()).unwrap(),
+            Vec::<Vec<u8>>::new(),
+            "{table} still holds the deleted document"
+        );
+    }
+    let meta: weft_relay::RelayDocMeta = docstore::load_meta(store, doc).unwrap().unwrap();
+    assert!(meta.deleted_at_ms.is_some());
+    assert_eq!(meta.owner.as_deref(), Some("alice"));
+    assert!(erase::leftovers(store).unwrap().0.is_empty());
+}
+
+/// Alice deletes a conversation while a change of hers to it is still on its way to the
+/// store (its write queued behind the deletion's), and while Bob is subscribed (closing his
+/// subscription would persist his sync state). Once the deletion is durable, nothing of the
+/// document is left in the store but its tombstone, her other document is intact, and after
+/// a reopen the file's bytes hold none of the deleted text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let (store, gate, events, hub) = gated_hub(&path);
 
     let (doc, other, stranger) = (
         DocId::from_bytes([1; 16]),
@@ -280,27 +319,7 @@ async fn a_write_in_flight_when_a_deletion_commits_leaves_nothing_behind() {
         .expect("the hub never stopped")
         .unwrap();
 
-    // The race happened: the in-flight change was written after the deletion.
-    let late_chunk = gate.after_delete.lock().unwrap().iter().any(|op| {
-        matches!(op, BatchOp::Put { table, key, .. }
-            if *table == Table::CHUNKS && key.starts_with(doc.as_bytes()))
-    });
-    assert!(
-        late_chunk,
-        "no write of the document landed after its deletion"
-    );
-    // And nothing of the document is left but its tombstone.
-    for table in [Table::CHUNKS, Table::SYNC_STATES] {
-        assert_eq!(
-            store.scan_keys(table, doc.as_bytes()).unwrap(),
-            Vec::<Vec<u8>>::new(),
-            "{table} still holds the deleted document"
-        );
-    }
-    let meta: weft_relay::RelayDocMeta = docstore::load_meta(store.as_ref(), doc).unwrap().unwrap();
-    assert!(meta.deleted_at_ms.is_some());
-    assert_eq!(meta.owner.as_deref(), Some("alice"));
-    assert!(erase::leftovers(store.as_ref()).unwrap().0.is_empty());
+    assert_late_write_left_only_a_tombstone(&gate, &store, doc);
 
     // The file still holds the deleted text until the store is opened again.
     drop(gate);

@@ -108,6 +108,9 @@ fn msg_id(n: u8) -> Id {
     Id::from_bytes([n; 16])
 }
 
+/// A write that breaks the rules, made to a document by the attacker.
+type Attack<'a> = Box<dyn FnOnce(&mut Automerge) + 'a>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_posts_edits_or_deletes_in_anothers_name_and_the_owner_moderates() {
     let (relay, _kinds) = relay();
@@ -115,7 +118,7 @@ async fn nobody_posts_edits_or_deletes_in_anothers_name_and_the_owner_moderates(
 
     // Bob posts as Alice; edits and deletes her message; writes a key that breaks the schema;
     // changes the kind. Each from a fresh device, since a refusal ends the subscription.
-    let attacks: Vec<(&str, Box<dyn FnOnce(&mut Automerge)>)> = vec![
+    let attacks: Vec<(&str, Attack<'_>)> = vec![
         (
             "author",
             Box::new(|am| {

@@ -32,6 +32,26 @@ async fn each_bad_frame_closes_only_its_own_socket() {
     send(&mut ws, sync_msg("sync", "early", doc(2), empty_sync())).await;
     assert_eq!(close_code(&recv(&mut ws).await), Some(CloseCode::Policy));
 
+    // Each bad frame, on a socket of its own.
+    for (what, frame, code) in bad_frames() {
+        let mut ws = joined(&relay, &token, "bad").await;
+        ws.send(frame).await.unwrap();
+        let got = recv_skipping_errors(&mut ws).await;
+        assert_eq!(close_code(&got), Some(code), "{what}: {got:?}");
+    }
+
+    // Gossip and legacy messages are accepted (and ignored): the socket stays open.
+    for frame in ignored_messages() {
+        send(&mut good, frame).await;
+    }
+
+    // The well-behaved client never noticed.
+    let later = upload(&mut good, "good", doc(3)).await;
+    assert_eq!((later.kind(), later.doc()), (Some("sync"), Some(doc(3))));
+}
+
+/// Frames that close the socket that sent them, each with what it is and the close code.
+fn bad_frames() -> Vec<(&'static str, WsMessage, CloseCode)> {
     let not_automerge = sync_msg("sync", "bad", doc(2), vec![1, 2, 3]);
     let data_as_text = cbor(vec![
         ("type", text("sync")),
@@ -39,7 +59,7 @@ async fn each_bad_frame_closes_only_its_own_socket() {
         ("documentId", text(&doc(2).to_string())),
         ("data", text("AAEC")),
     ]);
-    let cases: Vec<(&str, WsMessage, CloseCode)> = vec![
+    vec![
         (
             "a text frame",
             WsMessage::Text("{}".into()),
@@ -80,15 +100,11 @@ async fn each_bad_frame_closes_only_its_own_socket() {
             WsMessage::Binary(join_msg("bad").into()),
             CloseCode::Policy,
         ),
-    ];
-    for (what, frame, code) in cases {
-        let mut ws = joined(&relay, &token, "bad").await;
-        ws.send(frame).await.unwrap();
-        let got = recv_skipping_errors(&mut ws).await;
-        assert_eq!(close_code(&got), Some(code), "{what}: {got:?}");
-    }
+    ]
+}
 
-    // Gossip and legacy messages are accepted (and ignored): the socket stays open.
+/// Gossip and legacy messages the relay accepts and ignores.
+fn ignored_messages() -> [Vec<u8>; 4] {
     let heads = Value::Map(vec![(
         text("storage-1"),
         Value::Map(vec![
@@ -96,7 +112,7 @@ async fn each_bad_frame_closes_only_its_own_socket() {
             (text("timestamp"), Value::Float(1.7e12)),
         ]),
     )]);
-    let accepted = [
+    [
         cbor(vec![
             ("type", text("remote-subscription-change")),
             ("senderId", text("good")),
@@ -118,14 +134,7 @@ async fn each_bad_frame_closes_only_its_own_socket() {
             ("documentId", text(&doc(1).to_string())),
         ]),
         cbor(vec![("type", text("leave")), ("senderId", text("good"))]),
-    ];
-    for frame in accepted {
-        send(&mut good, frame).await;
-    }
-
-    // The well-behaved client never noticed.
-    let later = upload(&mut good, "good", doc(3)).await;
-    assert_eq!((later.kind(), later.doc()), (Some("sync"), Some(doc(3))));
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,13 +92,16 @@ fn lunch(am: &mut Automerge) {
     .unwrap();
 }
 
+/// A write that breaks the rules, made to a document by the attacker.
+type Attack<'a> = Box<dyn FnOnce(&mut Automerge) + 'a>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_member_cannot_write_in_anothers_name() {
     let relay = Relay::start(&[]);
     let (mut alice, doc) = alice_creates(&relay, lunch).await;
     let saved = alice.engine.read(doc, |d| d.save()).unwrap();
     let first = Id::from_bytes([1; 16]);
-    let attacks: Vec<(&str, Box<dyn FnOnce(&mut Automerge)>)> = vec![
+    let attacks: Vec<(&str, Attack<'_>)> = vec![
         (
             "author",
             Box::new(|am| {

@@ -192,10 +192,18 @@ pub enum ReadError {
     /// Automerge refused a read (an object id that isn't in this document).
     #[error("automerge: {source}")]
     Automerge {
-        /// Automerge's reason.
-        #[from]
-        source: automerge::AutomergeError,
+        /// Automerge's reason (boxed: it is larger than every other variant).
+        #[source]
+        source: Box<automerge::AutomergeError>,
     },
+}
+
+impl From<automerge::AutomergeError> for ReadError {
+    fn from(source: automerge::AutomergeError) -> Self {
+        ReadError::Automerge {
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Why a typed write failed. A failed write changes nothing: its transaction is rolled back
@@ -258,10 +266,18 @@ pub enum WriteError {
     /// Automerge refused an operation.
     #[error("automerge: {source}")]
     Automerge {
-        /// Automerge's reason.
-        #[from]
-        source: automerge::AutomergeError,
+        /// Automerge's reason (boxed: it is larger than every other variant).
+        #[source]
+        source: Box<automerge::AutomergeError>,
     },
+}
+
+impl From<automerge::AutomergeError> for WriteError {
+    fn from(source: automerge::AutomergeError) -> Self {
+        WriteError::Automerge {
+            source: Box::new(source),
+        }
+    }
 }
 
 #[cfg(test)]

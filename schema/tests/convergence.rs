@@ -90,7 +90,6 @@ fn apply(devices: &mut [Device], d: usize, op: &Op) -> Option<Id> {
         Vec::new()
     };
     let pick_msg = |i: &usize| (!msgs.is_empty()).then(|| &msgs[i % msgs.len()]);
-    let pick_task = |i: &usize| (!tasks.is_empty()).then(|| &tasks[i % tasks.len()]);
     match op {
         Op::Send(body) => {
             let id = dev.fresh_id();
@@ -133,6 +132,27 @@ fn apply(devices: &mut [Device], d: usize, op: &Op) -> Option<Id> {
             }
         }
         Op::AddTask if !is_trip => {}
+        Op::AddTask | Op::SetDone(..) | Op::RenameTask(..) => apply_task_op(dev, op, &tasks, wall),
+        Op::SetTitle(t) => set_title(&mut dev.doc, t, wall).unwrap(),
+        Op::AddParticipant(u) | Op::RemoveParticipant(u) if is_trip => {
+            Trip::set_member(&mut dev.doc, USERS[*u], "member", wall).unwrap();
+        }
+        Op::AddParticipant(u) => {
+            Conversation::add_participant(&mut dev.doc, USERS[*u], wall).unwrap()
+        }
+        Op::RemoveParticipant(u) => {
+            Conversation::remove_participant(&mut dev.doc, USERS[*u], wall).unwrap()
+        }
+        Op::Clock(delta) => dev.wall = dev.wall.saturating_add_signed(*delta),
+        Op::SyncFrom(_) => unreachable!("handled above"),
+    }
+    None
+}
+
+/// A task op on device `dev`'s trip, whose tasks are `tasks`.
+fn apply_task_op(dev: &mut Device, op: &Op, tasks: &[Task], wall: u64) {
+    let pick_task = |i: &usize| (!tasks.is_empty()).then(|| &tasks[i % tasks.len()]);
+    match op {
         Op::AddTask => {
             let id = dev.fresh_id();
             Trip::add_task(
@@ -156,20 +176,8 @@ fn apply(devices: &mut [Device], d: usize, op: &Op) -> Option<Id> {
                 Trip::rename_task(&mut dev.doc, &t.id, title, wall).unwrap();
             }
         }
-        Op::SetTitle(t) => set_title(&mut dev.doc, t, wall).unwrap(),
-        Op::AddParticipant(u) | Op::RemoveParticipant(u) if is_trip => {
-            Trip::set_member(&mut dev.doc, USERS[*u], "member", wall).unwrap();
-        }
-        Op::AddParticipant(u) => {
-            Conversation::add_participant(&mut dev.doc, USERS[*u], wall).unwrap()
-        }
-        Op::RemoveParticipant(u) => {
-            Conversation::remove_participant(&mut dev.doc, USERS[*u], wall).unwrap()
-        }
-        Op::Clock(delta) => dev.wall = dev.wall.saturating_add_signed(*delta),
-        Op::SyncFrom(_) => unreachable!("handled above"),
+        _ => unreachable!("not a task op"),
     }
-    None
 }
 
 fn scenario() -> impl Strategy<Value = (bool, Vec<i64>, Vec<(usize, Op)>)> {

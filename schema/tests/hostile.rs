@@ -43,6 +43,31 @@ fn paths<T>(p: &Partial<T>) -> Vec<String> {
     p.skipped.iter().map(|s| s.path.to_string()).collect()
 }
 
+/// The last messages, a lookup by id and a message's reactions read around Eve's junk
+/// (`bad` is the path of her message) and name what they skipped.
+fn lookups_reach_past_the_junk(alice: &Automerge, noon: &Message, yes: &Message, bad: &str) {
+    // The tail still holds two messages, reaching past the junk at its end.
+    let last = last_messages(alice, 2).unwrap();
+    assert_eq!(last.value, [noon.clone(), yes.clone()]);
+    assert_eq!(paths(&last), [bad.to_string(), "messages.zzz".into()]);
+    let last = last_messages(alice, 1).unwrap();
+    assert_eq!(last.value, std::slice::from_ref(yes));
+    assert_eq!(
+        paths(&last),
+        [bad.to_string(), "messages.zzz".into()],
+        "both newer than it"
+    );
+    // Looking Eve's message up finds it malformed rather than failing.
+    let found = find_message(alice, &id(66)).unwrap();
+    assert_eq!(paths(&found), [bad.to_string()]);
+    assert_eq!(found.value, None);
+    assert_eq!(complete(find_message(alice, &noon.id)), Some(noon.clone()));
+    // Reactions to the message whose reactions Eve broke: none, and why.
+    let r = reactions(alice, &id(1)).unwrap();
+    assert!(r.value.is_empty());
+    assert_eq!(paths(&r), [format!("reactions[\"{}\"]", id(1))]);
+}
+
 #[test]
 fn everyone_reads_around_a_hostile_clients_junk_and_keeps_writing() {
     let mut alice = conversation("Lunch");
@@ -91,26 +116,7 @@ fn everyone_reads_around_a_hostile_clients_junk_and_keeps_writing() {
     assert_eq!(paths(&a), paths(&b));
     assert_eq!(paths(&a), [bad.clone(), "messages.zzz".into()]);
 
-    // The tail still holds two messages, reaching past the junk at its end.
-    let last = last_messages(alice, 2).unwrap();
-    assert_eq!(last.value, [noon.clone(), yes.clone()]);
-    assert_eq!(paths(&last), [bad.clone(), "messages.zzz".into()]);
-    let last = last_messages(alice, 1).unwrap();
-    assert_eq!(last.value, std::slice::from_ref(&yes));
-    assert_eq!(
-        paths(&last),
-        [bad.clone(), "messages.zzz".into()],
-        "both newer than it"
-    );
-    // Looking Eve's message up finds it malformed rather than failing.
-    let found = find_message(alice, &id(66)).unwrap();
-    assert_eq!(paths(&found), std::slice::from_ref(&bad));
-    assert_eq!(found.value, None);
-    assert_eq!(complete(find_message(alice, &noon.id)), Some(noon.clone()));
-    // Reactions to the message whose reactions Eve broke: none, and why.
-    let r = reactions(alice, &id(1)).unwrap();
-    assert!(r.value.is_empty());
-    assert_eq!(paths(&r), [format!("reactions[\"{}\"]", id(1))]);
+    lookups_reach_past_the_junk(alice, &noon, &yes, &bad);
 
     // What a checkpoint sees since before Eve: no message rows to write, and the key of the
     // one that doesn't read (so its row, if it had one, can go).

@@ -145,6 +145,13 @@ fn a_broken_message_is_skipped_with_its_path_and_the_rest_reads() {
 
 #[test]
 fn broken_entries_of_the_chat_are_skipped_with_their_paths() {
+    broken_messages_are_skipped();
+    broken_participants_and_title_are_skipped();
+    broken_read_positions_and_reactions_are_skipped();
+}
+
+/// A message entry whose key is not a message key; messages that are not a map.
+fn broken_messages_are_skipped() {
     let mut doc = conversation("x");
     send_message(&mut doc, &NewMessage::text("alice", "hi"), id(1), T0).unwrap();
     edit(&mut doc, |tx| {
@@ -175,7 +182,10 @@ fn broken_entries_of_the_chat_are_skipped_with_their_paths() {
             "at messages: expected a map of messages, found a list".into()
         )]
     );
+}
 
+/// A participant that is not a user id; a title that is not text.
+fn broken_participants_and_title_are_skipped() {
     let mut doc = conversation("x");
     edit(&mut doc, |tx| {
         let p = tx.put_object(ROOT, "participants", ObjType::List).unwrap();
@@ -209,7 +219,10 @@ fn broken_entries_of_the_chat_are_skipped_with_their_paths() {
     );
     set_title(&mut doc, "fixed", T0).unwrap();
     assert_eq!(complete(Conversation::read(&doc)).title, "fixed");
+}
 
+/// A read position that is not a message key; a reaction that is not `true`.
+fn broken_read_positions_and_reactions_are_skipped() {
     let mut doc = conversation("x");
     let m = send_message(&mut doc, &NewMessage::text("alice", "hi"), id(1), T0).unwrap();
     mark_read(&mut doc, "alice", &m.key(), T0).unwrap();

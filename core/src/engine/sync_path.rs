@@ -38,7 +38,7 @@ impl Engine {
             return self.on_heavy_sync(conn, doc, reset, msg, checked);
         }
         let carried = !checked.is_empty();
-        self.sync_round(conn, doc, reset, msg, checked, carried)
+        self.sync_round(conn, doc, reset, *msg, checked, carried)
     }
 
     /// Runs the rest of a sync message whose changes [`Self::on_heavy_sync`] stored without
@@ -50,7 +50,7 @@ impl Engine {
         reset: bool,
         msg: sync::Message,
     ) -> Result<(), EngineError> {
-        self.sync_round(conn, doc, reset, Box::new(msg), Vec::new(), true)?;
+        self.sync_round(conn, doc, reset, msg, Vec::new(), true)?;
         // Told nothing new, Automerge takes equal heads for "we already said so" and would
         // never answer: the sender still waits to hear that its changes arrived. The round
         // may have found the peer synced and made it live, and a pump sends a live peer
@@ -108,7 +108,7 @@ impl Engine {
                 let read_only = reason == Rejection::ReadOnly;
                 self.out.push_back(Output::Rejected { conn, doc, reason });
                 if read_only {
-                    return self.sync_round(conn, doc, reset, msg, Vec::new(), true);
+                    return self.sync_round(conn, doc, reset, *msg, Vec::new(), true);
                 }
                 return Ok(());
             }
@@ -176,7 +176,7 @@ impl Engine {
         conn: ConnId,
         doc: DocId,
         reset: bool,
-        msg: Box<sync::Message>,
+        msg: sync::Message,
         checked: Vec<CheckedChange>,
         carried_changes: bool,
     ) -> Result<(), EngineError> {
@@ -253,7 +253,7 @@ impl Engine {
         conn: ConnId,
         doc: DocId,
         reset: bool,
-        mut msg: Box<sync::Message>,
+        mut msg: sync::Message,
         to_apply: Vec<CheckedChange>,
         carried_changes: bool,
     ) -> Result<Option<Vec<ChangeHash>>, EngineError> {
@@ -272,7 +272,7 @@ impl Engine {
         let before = ds.doc.automerge().get_heads();
         ds.doc
             .automerge_mut()
-            .receive_sync_message(&mut pd.sync, *msg)
+            .receive_sync_message(&mut pd.sync, msg)
             .map_err(|source| {
                 EngineError::Doc(DocError::Apply {
                     source: Box::new(source),

@@ -376,3 +376,6 @@ pub async fn recv_datagram(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

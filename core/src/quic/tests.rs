@@ -15,19 +15,19 @@ use crate::{DeviceId, DocId};
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// Fails the test instead of hanging when `fut` takes longer than [`LIMIT`].
-async fn bounded<F: Future>(fut: F) -> F::Output {
+pub(super) async fn bounded<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(LIMIT, fut)
         .await
         .expect("the test step finished within its time limit")
 }
 
 /// A relay's `--dev` identity: a self-signed certificate for localhost.
-struct RelayCert {
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+pub(super) struct RelayCert {
+    pub(super) cert: CertificateDer<'static>,
+    pub(super) key: PrivateKeyDer<'static>,
 }
 
-fn relay_cert() -> RelayCert {
+pub(super) fn relay_cert() -> RelayCert {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     RelayCert {
         cert: generated.cert.der().clone(),
@@ -35,7 +35,7 @@ fn relay_cert() -> RelayCert {
     }
 }
 
-fn relay(cert: &RelayCert) -> (quinn::Endpoint, SocketAddr) {
+pub(super) fn relay(cert: &RelayCert) -> (quinn::Endpoint, SocketAddr) {
     let config = server_config(
         vec![cert.cert.clone()],
         cert.key.clone_key(),
@@ -45,7 +45,10 @@ fn relay(cert: &RelayCert) -> (quinn::Endpoint, SocketAddr) {
     listen(config)
 }
 
-fn peer_listener(device: &DeviceKey, allow: Vec<DeviceId>) -> (quinn::Endpoint, SocketAddr) {
+pub(super) fn peer_listener(
+    device: &DeviceKey,
+    allow: Vec<DeviceId>,
+) -> (quinn::Endpoint, SocketAddr) {
     let config = server_config(
         device.cert_chain(),
         device.private_key(),
@@ -55,7 +58,7 @@ fn peer_listener(device: &DeviceKey, allow: Vec<DeviceId>) -> (quinn::Endpoint, 
     listen(config)
 }
 
-fn listen(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
+pub(super) fn listen(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
     let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap();
     let addr = endpoint.local_addr().unwrap();
     (endpoint, addr)
@@ -66,7 +69,7 @@ fn listen(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
 /// A TLS 1.3 client finishes its handshake before the server has checked the client's
 /// certificate, so a refusal by the server may only show once the connection is used: the
 /// dialer then waits for the connection to close (a refused one closes at once).
-async fn dial(
+pub(super) async fn dial(
     config: quinn::ClientConfig,
     addr: SocketAddr,
     server_name: &str,
@@ -81,7 +84,7 @@ async fn dial(
 }
 
 /// The server's side of the next handshake.
-async fn accept(server: &quinn::Endpoint) -> Result<quinn::Connection, TransportError> {
+pub(super) async fn accept(server: &quinn::Endpoint) -> Result<quinn::Connection, TransportError> {
     let incoming = server.accept().await.expect("the endpoint is open");
     Ok(incoming.await?)
 }
@@ -111,11 +114,11 @@ fn udp_sockets_get_large_buffers() {
     );
 }
 
-fn doc() -> DocId {
+pub(super) fn doc() -> DocId {
     DocId::from_bytes([7; 16])
 }
 
-fn hello(device: DeviceId) -> Message {
+pub(super) fn hello(device: DeviceId) -> Message {
     Message::Hello {
         protocol: PROTOCOL_VERSION,
         device,
@@ -125,18 +128,18 @@ fn hello(device: DeviceId) -> Message {
 }
 
 /// A device and a relay connected, with the dialer's control stream opened and announced.
-struct Connected {
-    device: DeviceKey,
-    device_conn: quinn::Connection,
-    relay_conn: quinn::Connection,
-    device_writer: FrameWriter,
-    device_reader: FrameReader,
-    relay_writer: FrameWriter,
-    relay_reader: FrameReader,
-    _endpoint: quinn::Endpoint,
+pub(super) struct Connected {
+    pub(super) device: DeviceKey,
+    pub(super) device_conn: quinn::Connection,
+    pub(super) relay_conn: quinn::Connection,
+    pub(super) device_writer: FrameWriter,
+    pub(super) device_reader: FrameReader,
+    pub(super) relay_writer: FrameWriter,
+    pub(super) relay_reader: FrameReader,
+    pub(super) _endpoint: quinn::Endpoint,
 }
 
-async fn connect_device_to_relay() -> Connected {
+pub(super) async fn connect_device_to_relay() -> Connected {
     let cert = relay_cert();
     let (server, addr) = relay(&cert);
     let device = DeviceKey::generate().unwrap();
@@ -216,292 +219,6 @@ async fn a_device_syncs_with_a_relay_that_learns_its_id_from_the_handshake() {
     assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), None);
     assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), None);
     drop(c.device_conn);
-}
-
-#[tokio::test]
-async fn a_pinned_relay_certificate_is_trusted_whatever_name_is_dialed() {
-    let cert = relay_cert();
-    let (server, addr) = relay(&cert);
-    let device = DeviceKey::generate().unwrap();
-    let config = client_config(&device, ServerTrust::PinnedCert(vec![cert.cert.clone()])).unwrap();
-    let (accepted, dialed) = bounded(async {
-        tokio::join!(
-            accept(&server),
-            dial(config, addr, "relay.example.org", false)
-        )
-    })
-    .await;
-    accepted.unwrap();
-    dialed.unwrap();
-}
-
-#[tokio::test]
-async fn a_relay_whose_certificate_is_not_the_pinned_one_is_refused() {
-    let (server, addr) = relay(&relay_cert());
-    let device = DeviceKey::generate().unwrap();
-    let other = relay_cert();
-    let config = client_config(&device, ServerTrust::PinnedCert(vec![other.cert])).unwrap();
-    let (accepted, dialed) =
-        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", false)) })
-            .await;
-    let err = dialed.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-    assert!(accepted.is_err());
-}
-
-#[tokio::test]
-async fn system_roots_do_not_trust_a_self_signed_relay() {
-    let (server, addr) = relay(&relay_cert());
-    let device = DeviceKey::generate().unwrap();
-    let config = match client_config(&device, ServerTrust::SystemRoots) {
-        Ok(config) => config,
-        // A machine without a certificate store cannot run this test.
-        Err(ConfigError::NoSystemRoots { .. }) => return,
-        Err(e) => panic!("{e:?}"),
-    };
-    let (accepted, dialed) =
-        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", false)) })
-            .await;
-    let err = dialed.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-    assert!(accepted.is_err());
-}
-
-#[tokio::test]
-async fn a_client_speaking_another_protocol_is_refused() {
-    let cert = relay_cert();
-    let (server, addr) = relay(&cert);
-    let device = DeviceKey::generate().unwrap();
-    for alpn in [vec![b"weft/2".to_vec()], vec![]] {
-        let mut tls =
-            client_tls(&device, ServerTrust::PinnedCert(vec![cert.cert.clone()])).unwrap();
-        tls.alpn_protocols = alpn.clone();
-        let config = quic_client_config(tls).unwrap();
-        let (accepted, dialed) = bounded(async {
-            tokio::join!(accept(&server), dial(config, addr, "localhost", false))
-        })
-        .await;
-        let err = dialed.unwrap_err();
-        assert!(err.is_refused(), "ALPN {alpn:?}: {err:?}");
-        assert!(accepted.is_err(), "ALPN {alpn:?}");
-    }
-}
-
-#[tokio::test]
-async fn a_client_without_a_device_certificate_is_refused() {
-    let cert = relay_cert();
-    let (server, addr) = relay(&cert);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.clone()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(super::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let config = quic_client_config(tls).unwrap();
-    let (accepted, dialed) =
-        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", true)) })
-            .await;
-    let err = dialed.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-    assert!(accepted.is_err());
-}
-
-#[tokio::test]
-async fn an_expired_device_certificate_is_refused() {
-    let cert = relay_cert();
-    let (server, addr) = relay(&cert);
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![DEVICE_SERVER_NAME.to_owned()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2001, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2002, 1, 1);
-    let expired = DeviceKey::from_der(
-        params.self_signed(&key_pair).unwrap().der().clone(),
-        PrivatePkcs8KeyDer::from(key_pair.serialize_der()).into(),
-    )
-    .unwrap();
-    let config = client_config(&expired, ServerTrust::PinnedCert(vec![cert.cert])).unwrap();
-    let (accepted, dialed) =
-        bounded(async { tokio::join!(accept(&server), dial(config, addr, "localhost", true)) })
-            .await;
-    assert!(dialed.unwrap_err().is_refused());
-    assert!(accepted.is_err());
-}
-
-#[tokio::test]
-async fn two_devices_of_one_user_connect_peer_to_peer() {
-    let laptop = DeviceKey::generate().unwrap();
-    let phone = DeviceKey::generate().unwrap();
-    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
-    let config = client_config(&phone, ServerTrust::PinnedDevice(laptop.device_id())).unwrap();
-    let (accepted, dialed) = bounded(async {
-        tokio::join!(
-            accept(&listener),
-            dial(config, addr, DEVICE_SERVER_NAME, false)
-        )
-    })
-    .await;
-    let (accepted, dialed) = (accepted.unwrap(), dialed.unwrap());
-    assert_eq!(peer_device_id(&accepted), Some(phone.device_id()));
-    assert_eq!(peer_device_id(&dialed), Some(laptop.device_id()));
-
-    // The connection carries frames: the listener's refusal would have closed it.
-    let (send, _recv) = bounded(dialed.open_bi()).await.unwrap();
-    let mut writer = FrameWriter::new(send, DEFAULT_MAX_FRAME);
-    bounded(writer.send(&hello(phone.device_id())))
-        .await
-        .unwrap();
-    let (_send, recv) = bounded(accepted.accept_bi()).await.unwrap();
-    let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
-    assert_eq!(
-        bounded(reader.recv()).await.unwrap(),
-        Some(hello(phone.device_id()))
-    );
-}
-
-#[tokio::test]
-async fn a_dialer_pinning_another_device_refuses_the_listener() {
-    let laptop = DeviceKey::generate().unwrap();
-    let phone = DeviceKey::generate().unwrap();
-    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
-    let expected = DeviceKey::generate().unwrap().device_id();
-    let config = client_config(&phone, ServerTrust::PinnedDevice(expected)).unwrap();
-    let (accepted, dialed) = bounded(async {
-        tokio::join!(
-            accept(&listener),
-            dial(config, addr, DEVICE_SERVER_NAME, false)
-        )
-    })
-    .await;
-    let err = dialed.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-    assert!(accepted.is_err());
-}
-
-#[tokio::test]
-async fn a_listener_refuses_a_device_it_does_not_allow() {
-    let laptop = DeviceKey::generate().unwrap();
-    let phone = DeviceKey::generate().unwrap();
-    let stranger = DeviceKey::generate().unwrap();
-    let (listener, addr) = peer_listener(&laptop, vec![phone.device_id()]);
-    let config = client_config(&stranger, ServerTrust::PinnedDevice(laptop.device_id())).unwrap();
-    let (accepted, dialed) = bounded(async {
-        tokio::join!(
-            accept(&listener),
-            dial(config, addr, DEVICE_SERVER_NAME, true)
-        )
-    })
-    .await;
-    let err = dialed.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-    let err = accepted.unwrap_err();
-    assert!(err.is_refused(), "{err:?}");
-}
-
-#[tokio::test]
-async fn an_oversized_frame_header_is_refused_before_its_body_arrives() {
-    let mut c = connect_device_to_relay().await;
-    // A header announcing 4 GiB, and no body: the stream stays open.
-    bounded(c.device_writer.get_mut().write_all(&[
-        crate::wire::PROTOCOL_V1,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-    ]))
-    .await
-    .unwrap();
-    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::Frame(FrameError::TooLarge {
-                len: 0xffff_ffff,
-                max: DEFAULT_MAX_FRAME
-            })
-        ),
-        "{err:?}"
-    );
-    assert_eq!(c.relay_reader.buffered().1, 0, "nothing was allocated");
-    assert!(matches!(
-        bounded(c.relay_reader.recv()).await,
-        Err(TransportError::Poisoned)
-    ));
-}
-
-#[tokio::test]
-async fn a_frame_of_another_protocol_version_is_refused_at_its_first_byte() {
-    let mut c = connect_device_to_relay().await;
-    bounded(c.device_writer.get_mut().write_all(&[0x02]))
-        .await
-        .unwrap();
-    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::Frame(FrameError::UnsupportedVersion { got: 0x02 })
-        ),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_stream_ending_inside_a_frame_is_truncated_not_finished() {
-    let mut c = connect_device_to_relay().await;
-    let frame = crate::wire::frame(&hello(c.device.device_id()), DEFAULT_MAX_FRAME).unwrap();
-    bounded(
-        c.device_writer
-            .get_mut()
-            .write_all(&frame[..frame.len() - 1]),
-    )
-    .await
-    .unwrap();
-    c.device_writer.finish().unwrap();
-    let err = bounded(c.relay_reader.recv()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::Truncated { received, expected }
-                if received == frame.len() - 1 && expected == frame.len()
-        ),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
-async fn recv_cancelled_mid_frame_resumes_without_losing_bytes() {
-    let mut c = connect_device_to_relay().await;
-    let message = Message::Sync {
-        doc: doc(),
-        reset: false,
-        data: vec![0x5a; 100_000],
-    };
-    let frame = crate::wire::frame(&message, DEFAULT_MAX_FRAME).unwrap();
-    let half = frame.len() / 2;
-    bounded(c.device_writer.get_mut().write_all(&frame[..half]))
-        .await
-        .unwrap();
-
-    // A select! loop whose other branch keeps winning: each round drops a pending `recv`.
-    bounded(async {
-        loop {
-            tokio::select! {
-                biased;
-                received = c.relay_reader.recv() => panic!("half a frame decoded: {received:?}"),
-                () = tokio::task::yield_now() => {}
-            }
-            if c.relay_reader.buffered().0 == half {
-                break;
-            }
-        }
-    })
-    .await;
-
-    bounded(c.device_writer.get_mut().write_all(&frame[half..]))
-        .await
-        .unwrap();
-    assert_eq!(bounded(c.relay_reader.recv()).await.unwrap(), Some(message));
 }
 
 #[tokio::test]

@@ -333,3 +333,6 @@ impl ServerCertVerifier for PinnedCertVerifier {
 
     handshake_signatures!();
 }
+
+#[cfg(test)]
+mod tests;

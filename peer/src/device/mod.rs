@@ -39,6 +39,7 @@ mod documents;
 mod driver;
 mod erasing;
 mod event;
+mod inbound;
 mod meta;
 
 use cmd::{ChangeFn, Op, ReadFn, Reply, Waiter};

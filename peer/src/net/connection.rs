@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use weft_core::engine::ConnId;
 use weft_core::quic::{self, FrameReader, FrameWriter};
 use weft_core::wire::{ErrorCode, Message};
 use weft_core::DocId;
 
-use super::dial::classify;
-use super::link::Ended;
+use super::target::{classify, Ended};
 use super::token::{refresh_delay, token_exp};
 use super::{TokenSource, OUT_QUEUE};
 use crate::device::cmd::{Cmd, ConnKind, DriverHandle, Outgoing, Registration};
@@ -28,13 +28,12 @@ pub(super) async fn serve_connection(
     user: Option<String>,
     peer_key: Vec<u8>,
     extra_docs: Vec<DocId>,
-    mut token: Option<(TokenSource, String)>,
-    mut token_rx: watch::Receiver<Option<String>>,
+    token: Option<(TokenSource, String)>,
+    token_rx: watch::Receiver<Option<String>>,
     cancel: &CancellationToken,
 ) -> Ended {
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let writer_task = tokio::spawn(write_loop(conn.clone(), writer, out_rx));
-    let (tx, rx) = oneshot::channel();
     let reg = Registration {
         link,
         kind,
@@ -43,24 +42,18 @@ pub(super) async fn serve_connection(
         user,
         extra_docs,
     };
-    if device.cmd(Cmd::AddConn(reg, tx)).await.is_err() {
-        return Ended {
-            error: Some("the device is shut down".into()),
-            refused: false,
-            fatal: true,
-        };
-    }
-    let Ok(conn_id) = rx.await else {
-        return Ended {
-            error: Some("the device is shut down".into()),
-            refused: false,
-            fatal: true,
-        };
+    let conn_id = match register(device, reg).await {
+        Ok(id) => id,
+        Err(ended) => return ended,
     };
     let max_frame = reader.max_frame();
-    let mut refresh_at =
-        tokio::time::Instant::now() + refresh_delay(token.as_ref().and_then(|(_, t)| token_exp(t)));
-    let mut handed_open = true;
+    let mut refresh = Refresh {
+        refresh_at: tokio::time::Instant::now()
+            + refresh_delay(token.as_ref().and_then(|(_, t)| token_exp(t))),
+        token,
+        token_rx,
+        handed_open: true,
+    };
     let ended = loop {
         tokio::select! {
             r = reader.recv() => match r {
@@ -86,33 +79,11 @@ pub(super) async fn serve_connection(
                 Err(e) if e.connection_error().is_some() => break classify(&e),
                 Err(_) => {}
             },
-            r = token_rx.changed(), if token.is_some() && handed_open => {
-                let handed = token_rx.borrow_and_update().clone();
-                if r.is_err() {
-                    // The handle is gone; keep the configured source.
-                    handed_open = false;
-                } else if let (Some(fresh), Some((_, current))) = (handed, &mut token) {
-                    if fresh != *current && !fresh.is_empty() {
-                        *current = fresh.clone();
-                        let _ = out_tx.send(Outgoing::Msg(Message::Token { token: fresh })).await;
-                        refresh_at = tokio::time::Instant::now() + refresh_delay(token_exp(current));
-                    }
-                }
+            r = refresh.token_rx.changed(), if refresh.token.is_some() && refresh.handed_open => {
+                refresh.handed(r.is_ok(), &out_tx).await;
             }
-            _ = tokio::time::sleep_until(refresh_at), if token.is_some() => {
-                let handed = token_rx.borrow().clone();
-                if let Some((source, current)) = &mut token {
-                    if let Ok(fresh) = handed.map_or_else(|| source.read(), Ok) {
-                        if fresh != *current && !fresh.is_empty() {
-                            *current = fresh.clone();
-                            let _ = out_tx.send(Outgoing::Msg(Message::Token { token: fresh })).await;
-                        }
-                    }
-                    let exp = token_exp(current);
-                    // An unchanged token near its end is looked at again every few seconds.
-                    let delay = refresh_delay(exp).min(Duration::from_secs(10));
-                    refresh_at = tokio::time::Instant::now() + delay;
-                }
+            _ = tokio::time::sleep_until(refresh.refresh_at), if refresh.token.is_some() => {
+                refresh.due(&out_tx).await;
             }
             _ = cancel.cancelled() => break Ended { error: None, refused: false, fatal: true },
         }
@@ -123,6 +94,69 @@ pub(super) async fn serve_connection(
     let _ = writer_task.await;
     conn.close(quinn::VarInt::from_u32(0), b"bye");
     ended
+}
+
+/// Registers the connection with the driver; its id there, or the end of the connection when
+/// the device is shut down.
+async fn register(device: &DriverHandle, reg: Registration) -> Result<ConnId, Ended> {
+    let shut_down = || Ended {
+        error: Some("the device is shut down".into()),
+        refused: false,
+        fatal: true,
+    };
+    let (tx, rx) = oneshot::channel();
+    if device.cmd(Cmd::AddConn(reg, tx)).await.is_err() {
+        return Err(shut_down());
+    }
+    rx.await.map_err(|_| shut_down())
+}
+
+/// A connection's token refresh: the token in use and where fresh ones come from (the link's
+/// handle, else the configured source), and when to look again.
+struct Refresh {
+    token: Option<(TokenSource, String)>,
+    token_rx: watch::Receiver<Option<String>>,
+    /// The handle still exists (else only the configured source is read).
+    handed_open: bool,
+    refresh_at: tokio::time::Instant,
+}
+
+impl Refresh {
+    /// The handle's token changed (`open` false: the handle is gone): a new one is sent at once.
+    async fn handed(&mut self, open: bool, out_tx: &mpsc::Sender<Outgoing>) {
+        let handed = self.token_rx.borrow_and_update().clone();
+        if !open {
+            // The handle is gone; keep the configured source.
+            self.handed_open = false;
+        } else if let (Some(fresh), Some((_, current))) = (handed, &mut self.token) {
+            if fresh != *current && !fresh.is_empty() {
+                *current = fresh.clone();
+                let _ = out_tx
+                    .send(Outgoing::Msg(Message::Token { token: fresh }))
+                    .await;
+                self.refresh_at = tokio::time::Instant::now() + refresh_delay(token_exp(current));
+            }
+        }
+    }
+
+    /// Time to look for a fresh token: the handle's, else the source's; sent if new.
+    async fn due(&mut self, out_tx: &mpsc::Sender<Outgoing>) {
+        let handed = self.token_rx.borrow().clone();
+        if let Some((source, current)) = &mut self.token {
+            if let Ok(fresh) = handed.map_or_else(|| source.read(), Ok) {
+                if fresh != *current && !fresh.is_empty() {
+                    *current = fresh.clone();
+                    let _ = out_tx
+                        .send(Outgoing::Msg(Message::Token { token: fresh }))
+                        .await;
+                }
+            }
+            let exp = token_exp(current);
+            // An unchanged token near its end is looked at again every few seconds.
+            let delay = refresh_delay(exp).min(Duration::from_secs(10));
+            self.refresh_at = tokio::time::Instant::now() + delay;
+        }
+    }
 }
 
 async fn write_loop(

@@ -10,7 +10,7 @@ use weft_core::wire::{self, ErrorCode, Message, PROTOCOL_VERSION};
 use weft_core::DocId;
 
 use super::connection::serve_connection;
-use super::link::{Ended, Target};
+use super::target::{classify, Ended, Target};
 use super::CONNECT_TIMEOUT;
 use crate::device::cmd::{ConnKind, DriverHandle};
 
@@ -19,29 +19,6 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
         SocketAddr::from(([0u16; 8], 0))
     } else {
         SocketAddr::from(([0u8; 4], 0))
-    }
-}
-
-pub(super) fn classify(e: &TransportError) -> Ended {
-    Ended {
-        error: Some(describe(e)),
-        refused: e.is_refused(),
-        fatal: false,
-    }
-}
-
-fn describe(e: &TransportError) -> String {
-    if e.is_refused() {
-        return match e.connection_error() {
-            Some(quinn::ConnectionError::TransportError(t)) => {
-                format!("refused: the other side's certificate is not the one expected ({t})")
-            }
-            _ => "refused: the other side does not accept this device's key".to_owned(),
-        };
-    }
-    match e.connection_error() {
-        Some(quinn::ConnectionError::TimedOut) => "timed out".to_owned(),
-        _ => e.to_string(),
     }
 }
 

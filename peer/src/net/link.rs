@@ -7,6 +7,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::dial::connect_and_run;
+use super::target::{Ended, Target};
 use super::{LinkHandle, PeerConfig, RelayConfig, BACKOFF_START};
 use crate::device::cmd::{Cmd, DriverHandle};
 use crate::status::LinkState;
@@ -35,34 +36,6 @@ impl Backoff {
         let ms = cap.as_millis().max(1) as u64;
         // Half fixed, half random: spreads reconnecting devices without ever retrying at once.
         Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
-    }
-}
-
-/// How one connection ended.
-pub(super) struct Ended {
-    pub(super) error: Option<String>,
-    pub(super) refused: bool,
-    /// The link should not retry (the token was refused and cannot change, ...).
-    pub(super) fatal: bool,
-}
-
-pub(super) enum Target {
-    Relay(RelayConfig),
-    Peer(PeerConfig),
-}
-
-impl Target {
-    fn reconnect(&self) -> bool {
-        match self {
-            Target::Relay(c) => c.reconnect,
-            Target::Peer(c) => c.reconnect,
-        }
-    }
-    fn max_backoff(&self) -> Duration {
-        match self {
-            Target::Relay(c) => c.max_backoff,
-            Target::Peer(c) => c.max_backoff,
-        }
     }
 }
 

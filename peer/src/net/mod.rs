@@ -10,6 +10,7 @@ mod connection;
 mod dial;
 mod link;
 mod listen;
+mod target;
 mod token;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Driving the `weft` and `weft-relay` binaries as a user would.
 #![allow(dead_code)]
 
+pub mod in_process;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -258,7 +260,8 @@ impl Relay {
     }
 }
 
-/// Polls `cond` until it holds or `limit` passes.
+/// Polls `cond` until it holds or `limit` passes: for what other processes (the `weft` and
+/// `weft-relay` binaries) do, which gives the test no event to await.
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {

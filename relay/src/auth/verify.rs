@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 use std::str::FromStr;
+use weft_core::clock::WallClock;
 use weft_core::{DocId, Role};
 
 use super::jwt::{
@@ -16,12 +17,17 @@ use super::{AuthError, Claims, DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_L
 use crate::secret::JwtSecret;
 
 /// Checks tokens against the relay's secret. Cheap to clone; `Debug` never shows the secret.
+///
+/// It holds the relay's wall clock ([`Verifier::with_clock`], the system clock by default):
+/// the QUIC handshake, the hub's refresh and its expiry sweep read the time through it, so a
+/// test can move the relay past a token's `exp` without waiting.
 #[derive(Clone)]
 pub struct Verifier {
     key: hmac::Key,
     audience: Option<String>,
     issuer: Option<String>,
     leeway: u64,
+    clock: WallClock,
 }
 
 impl Verifier {
@@ -33,7 +39,24 @@ impl Verifier {
             audience: None,
             issuer: None,
             leeway: DEFAULT_LEEWAY_SECS,
+            clock: WallClock::system(),
         }
+    }
+
+    /// Reads the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: WallClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The wall clock this verifier reads.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
+    /// Verifies `token` now, on this verifier's clock (see [`Verifier::verify`]).
+    pub fn verify_now(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify(token, self.clock.unix_secs())
     }
 
     /// Sets the clock-skew leeway for `exp` and `nbf`, clamped to [`MAX_LEEWAY_SECS`].
@@ -156,3 +179,6 @@ impl fmt::Debug for Verifier {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

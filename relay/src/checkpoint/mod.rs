@@ -69,6 +69,7 @@ mod pg;
 mod prepare;
 mod restore;
 mod round;
+mod statements;
 mod tls;
 
 pub use dirty::DirtyDocs;

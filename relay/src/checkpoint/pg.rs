@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Transaction};
 use weft_core::DocId;
+use weft_schema::MessageRow;
 
 use super::prepare::{Body, Row, Stored};
+use super::statements::Statements;
 use super::tls::PgTarget;
 use super::{Chain, CheckpointError};
 
@@ -23,19 +25,6 @@ impl Drop for PgConn {
     fn drop(&mut self) {
         self.io.abort();
     }
-}
-
-struct Statements {
-    upsert_doc: Statement,
-    touch_doc: Statement,
-    erase_doc: Statement,
-    delete_messages: Statement,
-    upsert_messages: Statement,
-    remove_messages: Statement,
-    delete_access: Statement,
-    insert_access: Statement,
-    upsert_record: Statement,
-    delete_record: Statement,
 }
 
 /// A Postgres error as a checkpoint error.
@@ -77,107 +66,9 @@ impl PgConn {
     }
 
     async fn statements(&mut self) -> Result<(), CheckpointError> {
-        if self.stmts.is_some() {
-            return Ok(());
+        if self.stmts.is_none() {
+            self.stmts = Some(Statements::prepare(&self.client).await?);
         }
-        let c = &self.client;
-        let stmts = Statements {
-            upsert_doc: c
-                .prepare(
-                    "insert into weft_documents (doc_id, kind, owner, heads, content, \
-                     content_blake3, doc, checkpointed_at, deleted_at, created_at, content_bytes) \
-                     values ($1, $2, $3, $4, $5, $6, $7, now(), \
-                     to_timestamp($8::int8 / 1000.0), to_timestamp($9::int8 / 1000.0), $10) \
-                     on conflict (doc_id) do update set kind = excluded.kind, \
-                     owner = coalesce(weft_documents.owner, excluded.owner), \
-                     heads = excluded.heads, content = excluded.content, \
-                     content_blake3 = excluded.content_blake3, doc = excluded.doc, \
-                     checkpointed_at = excluded.checkpointed_at, \
-                     deleted_at = coalesce(weft_documents.deleted_at, excluded.deleted_at), \
-                     created_at = coalesce(weft_documents.created_at, excluded.created_at), \
-                     content_bytes = excluded.content_bytes",
-                )
-                .await
-                .map_err(pg)?,
-            touch_doc: c
-                .prepare(
-                    "update weft_documents set kind = coalesce($2, kind), \
-                     owner = coalesce(owner, $3), checkpointed_at = now(), \
-                     deleted_at = coalesce(deleted_at, to_timestamp($4::int8 / 1000.0)) \
-                     where doc_id = $1",
-                )
-                .await
-                .map_err(pg)?,
-            // A deleted document's row: who owned it and when it was deleted; nothing of its
-            // content, its JSON view or its heads.
-            erase_doc: c
-                .prepare(
-                    "insert into weft_documents (doc_id, owner, heads, content, content_blake3, \
-                     doc, checkpointed_at, deleted_at, created_at, content_bytes) \
-                     values ($1, $2, '{}', null, null, null, now(), \
-                     coalesce(to_timestamp($3::int8 / 1000.0), now()), \
-                     to_timestamp($4::int8 / 1000.0), null) \
-                     on conflict (doc_id) do update set \
-                     owner = coalesce(weft_documents.owner, excluded.owner), \
-                     heads = '{}', content = null, content_blake3 = null, doc = null, \
-                     content_bytes = null, checkpointed_at = excluded.checkpointed_at, \
-                     deleted_at = coalesce(weft_documents.deleted_at, excluded.deleted_at), \
-                     created_at = coalesce(weft_documents.created_at, excluded.created_at)",
-                )
-                .await
-                .map_err(pg)?,
-            delete_messages: c
-                .prepare("delete from weft_messages where doc_id = $1")
-                .await
-                .map_err(pg)?,
-            upsert_messages: c
-                .prepare(
-                    "insert into weft_messages (doc_id, message_id, author, body, created_at, \
-                     edited_at, deleted, sort_key) \
-                     select $1, m, a, b, to_timestamp(c / 1000.0), to_timestamp(e / 1000.0), d, s \
-                     from unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
-                     $7::bool[], $8::text[]) as t(m, a, b, c, e, d, s) \
-                     on conflict (doc_id, message_id) do update set author = excluded.author, \
-                     body = excluded.body, created_at = excluded.created_at, \
-                     edited_at = excluded.edited_at, deleted = excluded.deleted, \
-                     sort_key = excluded.sort_key",
-                )
-                .await
-                .map_err(pg)?,
-            remove_messages: c
-                .prepare("delete from weft_messages where doc_id = $1 and message_id = any($2)")
-                .await
-                .map_err(pg)?,
-            delete_access: c
-                .prepare("delete from weft_access where doc_id = $1")
-                .await
-                .map_err(pg)?,
-            insert_access: c
-                .prepare(
-                    "insert into weft_access (doc_id, user_id, role) \
-                     select $1, u, r from unnest($2::text[], $3::text[]) as t(u, r)",
-                )
-                .await
-                .map_err(pg)?,
-            // A row whose kind and fields are as they were is left alone, so `updated_at`
-            // says when the record last changed, not when its document last did.
-            upsert_record: c
-                .prepare(
-                    "insert into weft_records (doc_id, kind, fields, updated_at) \
-                     values ($1, $2, $3, now()) \
-                     on conflict (doc_id) do update set kind = excluded.kind, \
-                     fields = excluded.fields, updated_at = excluded.updated_at \
-                     where (weft_records.kind, weft_records.fields) \
-                     is distinct from (excluded.kind, excluded.fields)",
-                )
-                .await
-                .map_err(pg)?,
-            delete_record: c
-                .prepare("delete from weft_records where doc_id = $1")
-                .await
-                .map_err(pg)?,
-        };
-        self.stmts = Some(stmts);
         Ok(())
     }
 }
@@ -257,37 +148,7 @@ pub(crate) async fn write_row(
             )
             .await
             .map_err(pg)?;
-            if *full {
-                tx.execute(&s.delete_messages, &[&id]).await.map_err(pg)?;
-            }
-            if !removed.is_empty() {
-                tx.execute(&s.remove_messages, &[&id, removed])
-                    .await
-                    .map_err(pg)?;
-            }
-            for chunk in messages.chunks(5_000) {
-                let ids: Vec<&str> = chunk.iter().map(|m| m.message_id.as_str()).collect();
-                let authors: Vec<&str> = chunk.iter().map(|m| m.author.as_str()).collect();
-                let bodies: Vec<&str> = chunk.iter().map(|m| m.body.as_str()).collect();
-                let created: Vec<i64> = chunk
-                    .iter()
-                    .map(|m| i64::try_from(m.created_at_ms).unwrap_or(i64::MAX))
-                    .collect();
-                let edited: Vec<Option<i64>> = chunk
-                    .iter()
-                    .map(|m| m.edited_at_ms.and_then(|v| i64::try_from(v).ok()))
-                    .collect();
-                let deleted: Vec<bool> = chunk.iter().map(|m| m.deleted).collect();
-                let keys: Vec<&str> = chunk.iter().map(|m| m.sort_key.as_str()).collect();
-                tx.execute(
-                    &s.upsert_messages,
-                    &[
-                        &id, &ids, &authors, &bodies, &created, &edited, &deleted, &keys,
-                    ],
-                )
-                .await
-                .map_err(pg)?;
-            }
+            write_messages(s, tx, &id, *full, messages, removed).await?;
             match record {
                 Some(r) => tx
                     .execute(&s.upsert_record, &[&id, &r.kind, &r.fields])
@@ -305,6 +166,50 @@ pub(crate) async fn write_row(
         tx.execute(&s.insert_access, &[&id, &users, &roles])
             .await
             .map_err(pg)?;
+    }
+    Ok(())
+}
+
+/// Document `id`'s message rows: all replaced when `full`, else `removed` deleted; then
+/// `messages` upserted, 5,000 per statement.
+async fn write_messages(
+    s: &Statements,
+    tx: &Transaction<'_>,
+    id: &str,
+    full: bool,
+    messages: &[MessageRow],
+    removed: &[String],
+) -> Result<(), CheckpointError> {
+    if full {
+        tx.execute(&s.delete_messages, &[&id]).await.map_err(pg)?;
+    }
+    if !removed.is_empty() {
+        tx.execute(&s.remove_messages, &[&id, &removed])
+            .await
+            .map_err(pg)?;
+    }
+    for chunk in messages.chunks(5_000) {
+        let ids: Vec<&str> = chunk.iter().map(|m| m.message_id.as_str()).collect();
+        let authors: Vec<&str> = chunk.iter().map(|m| m.author.as_str()).collect();
+        let bodies: Vec<&str> = chunk.iter().map(|m| m.body.as_str()).collect();
+        let created: Vec<i64> = chunk
+            .iter()
+            .map(|m| i64::try_from(m.created_at_ms).unwrap_or(i64::MAX))
+            .collect();
+        let edited: Vec<Option<i64>> = chunk
+            .iter()
+            .map(|m| m.edited_at_ms.and_then(|v| i64::try_from(v).ok()))
+            .collect();
+        let deleted: Vec<bool> = chunk.iter().map(|m| m.deleted).collect();
+        let keys: Vec<&str> = chunk.iter().map(|m| m.sort_key.as_str()).collect();
+        tx.execute(
+            &s.upsert_messages,
+            &[
+                &id, &ids, &authors, &bodies, &created, &edited, &deleted, &keys,
+            ],
+        )
+        .await
+        .map_err(pg)?;
     }
     Ok(())
 }

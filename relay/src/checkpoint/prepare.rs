@@ -101,33 +101,23 @@ pub(crate) fn prepare(
         return Ok(Prepared::Absent);
     };
     let ms = |v: u64| i64::try_from(v).ok();
-    let access = meta
-        .access
-        .iter()
-        .map(|(user, role)| {
-            let role = match role {
-                Role::ReadWrite => "rw",
-                Role::ReadOnly => "ro",
-            };
-            (weft_schema::strip_nul(user), role)
-        })
-        .collect();
+    let row = |kind, body, merged_in| Row {
+        doc,
+        kind,
+        owner: meta.owner.as_deref().map(weft_schema::strip_nul),
+        created_ms: (meta.created_at_ms > 0)
+            .then(|| ms(meta.created_at_ms))
+            .flatten(),
+        deleted_ms: meta.deleted_at_ms.and_then(ms),
+        access: access_rows(&meta),
+        body,
+        merged_in,
+        cost: started.elapsed(),
+    };
     if meta.deleted_at_ms.is_some() || stored.is_some_and(|s| s.deleted) {
         // Nothing of the content is read, let alone written: the row only records the
         // deletion (and another relay's copy never brings content back).
-        return Ok(Prepared::Row(Box::new(Row {
-            doc,
-            kind: None,
-            owner: meta.owner.as_deref().map(weft_schema::strip_nul),
-            created_ms: (meta.created_at_ms > 0)
-                .then(|| ms(meta.created_at_ms))
-                .flatten(),
-            deleted_ms: meta.deleted_at_ms.and_then(ms),
-            access,
-            body: Body::Deleted,
-            merged_in: None,
-            cost: started.elapsed(),
-        })));
+        return Ok(Prepared::Row(Box::new(row(None, Body::Deleted, None))));
     }
     let local = host::load(store, doc)
         .map_err(store_err)?
@@ -155,8 +145,51 @@ pub(crate) fn prepare(
     let body = if stored.is_some_and(|s| sorted(&s.heads) == heads) {
         Body::Unchanged
     } else {
+        let content = Content {
+            doc,
+            document: &document,
+            stored: stored.is_some(),
+            stored_heads: &stored_heads,
+            loaded_in,
+        };
+        content.body(kinds, heads)
+    };
+    let kind = weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k));
+    Ok(Prepared::Row(Box::new(row(kind, body, merged_in))))
+}
+
+/// A document's access list as `weft_access` rows: user (without NUL) and `rw` or `ro`.
+fn access_rows(meta: &crate::meta::DocMeta) -> Vec<(String, &'static str)> {
+    meta.access
+        .iter()
+        .map(|(user, role)| {
+            let role = match role {
+                Role::ReadWrite => "rw",
+                Role::ReadOnly => "ro",
+            };
+            (weft_schema::strip_nul(user), role)
+        })
+        .collect()
+}
+
+/// A document whose content Postgres lacks, and what preparing it needs to know.
+struct Content<'a> {
+    doc: DocId,
+    document: &'a Document,
+    /// Postgres has a row for it, with these heads.
+    stored: bool,
+    stored_heads: &'a [ChangeHash],
+    /// How long loading it took (traced).
+    loaded_in: Duration,
+}
+
+impl Content<'_> {
+    /// The new content: saved bytes and their hash, the JSON view, the message rows and the
+    /// record.
+    fn body(&self, kinds: &Kinds, heads: Vec<String>) -> Body {
+        let (doc, am) = (self.doc, self.document.automerge());
         let t = std::time::Instant::now();
-        let content = document.save();
+        let content = self.document.save();
         let saved_in = t.elapsed();
         let blake3 = blake3::hash(&content).as_bytes().to_vec();
         let t = std::time::Instant::now();
@@ -170,10 +203,10 @@ pub(crate) fn prepare(
         let record = record_of(kinds, am);
         let json_in = t.elapsed();
         let t = std::time::Instant::now();
-        let (full, messages, removed) = message_rows(doc, am, stored.is_some(), &stored_heads);
+        let (full, messages, removed) = message_rows(doc, am, self.stored, self.stored_heads);
         tracing::trace!(
             %doc,
-            load_ms = loaded_in.as_millis() as u64,
+            load_ms = self.loaded_in.as_millis() as u64,
             save_ms = saved_in.as_millis() as u64,
             json_ms = json_in.as_millis() as u64,
             messages_ms = t.elapsed().as_millis() as u64,
@@ -189,20 +222,7 @@ pub(crate) fn prepare(
             removed,
             record,
         }
-    };
-    Ok(Prepared::Row(Box::new(Row {
-        doc,
-        kind: weft_schema::raw_kind(am).map(|k| weft_schema::strip_nul(&k)),
-        owner: meta.owner.as_deref().map(weft_schema::strip_nul),
-        created_ms: (meta.created_at_ms > 0)
-            .then(|| ms(meta.created_at_ms))
-            .flatten(),
-        deleted_ms: meta.deleted_at_ms.and_then(ms),
-        access,
-        body,
-        merged_in,
-        cost: started.elapsed(),
-    })))
+    }
 }
 
 /// `doc`'s message rows: whether every row is replaced, the rows to write, and the message ids
@@ -307,176 +327,4 @@ fn dedup(rows: impl Iterator<Item = MessageRow>) -> Vec<MessageRow> {
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::meta::DocMeta;
-    use weft_core::automerge::transaction::Transactable;
-    use weft_core::automerge::{Automerge, ReadDoc, ROOT};
-    use weft_core::store::docs::ChunkKind;
-    use weft_core::store::{MemStore, WriteBatch};
-    use weft_schema::{Conversation, Id, NewConversation, NewMessage};
-
-    use super::*;
-
-    const DOC: DocId = DocId::from_bytes([4; 16]);
-    const T0: u64 = 1_700_000_000_000;
-
-    /// Stores `am` as the relay would (its metadata and a snapshot chunk).
-    fn store(kv: &MemStore, am: &Automerge) {
-        let mut batch = WriteBatch::new();
-        let mut meta = DocMeta::default();
-        meta.owner = Some("alice".into());
-        meta.created_at_ms = T0;
-        docstore::put_meta(&mut batch, DOC, &meta);
-        docstore::put_chunk(&mut batch, DOC, ChunkKind::Snapshot, am.save());
-        kv.write(&batch).unwrap();
-    }
-
-    fn content(p: Prepared) -> (bool, Vec<String>, Vec<String>) {
-        let Prepared::Row(row) = p else {
-            panic!("no row: {p:?}")
-        };
-        match row.body {
-            Body::Content {
-                full,
-                messages,
-                removed,
-                ..
-            } => (
-                full,
-                messages.into_iter().map(|m| m.message_id).collect(),
-                removed,
-            ),
-            other => panic!("no content: {other:?}"),
-        }
-    }
-
-    const ESCROW: &str = r#"
-[escrow.fields]
-buyer  = { type = "user", fixed = true }
-seller = { type = "user", fixed = true }
-amount = { type = "int", fixed = true }
-note   = { type = "string" }
-status = { type = "enum", values = ["pending", "funded"], initial = "pending" }
-
-[escrow.collections.notes]
-key = "id"
-author = "author"
-[escrow.collections.notes.fields]
-text = { type = "string" }
-"#;
-
-    fn record(p: Prepared) -> Option<Box<Record>> {
-        let Prepared::Row(row) = p else {
-            panic!("no row: {p:?}")
-        };
-        match row.body {
-            Body::Content { record, .. } => record,
-            other => panic!("no content: {other:?}"),
-        }
-    }
-
-    /// Bob buys from Carol through an escrow: its row holds the fields and notes that read,
-    /// NULs removed; a conversation gets no record.
-    #[test]
-    fn a_document_of_a_declared_kind_gets_a_record_and_a_conversation_does_not() {
-        let kinds = Kinds::with_declared(ESCROW).unwrap();
-        let spec = kinds.get("escrow").unwrap();
-        let mut am = Automerge::new();
-        let sets = [
-            ("buyer", "bob"),
-            ("seller", "carol"),
-            ("amount", "100"),
-            ("note", "by\0 friday"),
-        ]
-        .map(|(f, v)| (f.to_string(), record::parse_value(spec, f, v).unwrap()));
-        record::create(&mut am, spec, &sets).unwrap();
-        // A note, and a malformed writer's map where the amount was (it has no place in the
-        // row; the others keep theirs).
-        let mut tx = am.transaction();
-        let (_, notes) = tx.get(ROOT, "notes").unwrap().unwrap();
-        let n = tx
-            .put_object(&notes, "n1", weft_core::automerge::ObjType::Map)
-            .unwrap();
-        tx.put(&n, "author", "bob").unwrap();
-        tx.put(&n, "text", "paid").unwrap();
-        tx.put_object(ROOT, "amount", weft_core::automerge::ObjType::Map)
-            .unwrap();
-        tx.commit();
-        let kv = MemStore::new();
-        store(&kv, &am);
-
-        let row = record(prepare(&kv, &kinds, DOC, None).unwrap()).expect("a record");
-        assert_eq!(row.kind, "escrow");
-        assert_eq!(
-            row.fields,
-            serde_json::json!({
-                "buyer": "bob",
-                "seller": "carol",
-                "note": "by friday",
-                "status": "pending",
-                "notes": { "n1": { "author": "bob", "text": "paid" } },
-            })
-        );
-        // A relay that doesn't declare escrow keeps no record of it.
-        assert_eq!(
-            record(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap()),
-            None
-        );
-
-        let mut am = Automerge::new();
-        let new = NewConversation {
-            title: "Lunch".into(),
-            participants: vec!["alice".into()],
-        };
-        Conversation::create(&mut am, &new, T0).unwrap();
-        let kv = MemStore::new();
-        store(&kv, &am);
-        assert_eq!(record(prepare(&kv, &kinds, DOC, None).unwrap()), None);
-    }
-
-    #[test]
-    fn messages_that_dont_read_get_no_row_and_lose_the_one_they_had() {
-        let mut am = Automerge::new();
-        let new = NewConversation {
-            title: "Lunch".into(),
-            participants: vec!["alice".into()],
-        };
-        Conversation::create(&mut am, &new, T0).unwrap();
-        let (a, b) = (Id::from_bytes([1; 16]), Id::from_bytes([2; 16]));
-        let noon = NewMessage::text("alice", "Noon?");
-        weft_schema::send_message(&mut am, &noon, a.clone(), T0).unwrap();
-        let yes = NewMessage::text("bob", "Yes");
-        let yes = weft_schema::send_message(&mut am, &yes, b.clone(), T0 + 1).unwrap();
-        let kv = MemStore::new();
-        store(&kv, &am);
-        let (full, rows, _) = content(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap());
-        assert!(full);
-        assert_eq!(rows, [a.to_string(), b.to_string()]);
-        let stored = Stored {
-            heads: am.get_heads().iter().map(hash_hex).collect(),
-            content: None,
-            deleted: false,
-        };
-
-        // A malformed client breaks Bob's message and adds a key that isn't a message's.
-        let mut tx = am.transaction();
-        let (_, msgs) = tx.get(ROOT, "messages").unwrap().unwrap();
-        let key = yes.key().to_string();
-        let (_, m) = tx.get(&msgs, key.as_str()).unwrap().unwrap();
-        tx.put(&m, "author", 42).unwrap();
-        tx.put(&msgs, "zzz", 1).unwrap();
-        tx.commit();
-        store(&kv, &am);
-
-        // Incrementally: nothing to write, and Bob's row goes.
-        let (full, rows, removed) =
-            content(prepare(&kv, &Kinds::builtin(), DOC, Some(&stored)).unwrap());
-        assert!(!full);
-        assert!(rows.is_empty(), "{rows:?}");
-        assert_eq!(removed, [b.to_string()]);
-        // From scratch: only the message that reads has a row.
-        let (full, rows, _) = content(prepare(&kv, &Kinds::builtin(), DOC, None).unwrap());
-        assert!(full);
-        assert_eq!(rows, [a.to_string()]);
-    }
-}
+mod tests;

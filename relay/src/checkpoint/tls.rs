@@ -311,7 +311,7 @@ pub(crate) fn take_sslmode(url: &str) -> (String, Option<String>) {
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| match pair.split_once('=') {
-                Some((key, value)) if key == "sslmode" => {
+                Some(("sslmode", value)) => {
                     mode = Some(
                         percent_encoding::percent_decode_str(value)
                             .decode_utf8_lossy()

@@ -101,27 +101,16 @@ async fn run_relay(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ready = format!("weft-relay ready quic={quic_addr}");
-    // With `--ws`, tickets for the upgrade are issued on the HTTP address.
-    let tickets = ws_addr(&args).map(|_| {
-        Arc::new(weft_relay::Tickets::with_limits(
-            verifier.clone(),
-            args.ws_ticket_origin.clone(),
-            args.ws_ticket_ttl,
-            weft_relay::MAX_TICKETS,
-        ))
-    });
+    // With `--ws` (or `--web`), tickets for the upgrade are issued on the HTTP address.
+    let tickets = ws_tickets(&args, &verifier);
     // The WebSocket address is bound first (the demo page is told its port) and listed last.
     let mut ws_ready = String::new();
     let ws_listener = bind_ws(&args, &mut ws_ready).await?;
     let web = web_routes(&args, &kinds, &verifier, ws_listener.as_ref())?;
     let http_task = start_http(&args, &mut ready, &metrics, &tickets, web, &stop_rx).await?;
     ready.push_str(&ws_ready);
-    // Only a relay that serves WebSocket clients has (and keeps) a storage id.
     let ws_context = match (&ws_listener, &tickets) {
-        (Some(_), Some(tickets)) => Some(weft_relay::WsContext {
-            storage_id: weft_relay::load_or_create_storage_id(&args.data_dir)?,
-            tickets: tickets.clone(),
-        }),
+        (Some(_), Some(tickets)) => Some(ws_context(&args, tickets)?),
         _ => None,
     };
     // Migrations and the restore of documents the store lacks run before anything is served.
@@ -183,23 +172,72 @@ async fn run_relay(
     signals.recv().await;
     tracing::info!("shutting down: closing connections and flushing writes");
     let _ = stop_tx.send(true);
-    let _ = accept_task.await;
-    if let Some(t) = ws_task {
-        let _ = t.await;
-    }
-    // Every connection task has ended and dropped its hub sender: the hub drains and returns.
-    let _ = hub_task.await;
-    // Every write is durable now; the final checkpoint takes them all.
-    if let Some(t) = checkpoint_task {
-        let _ = checkpoint_stop.send(true);
-        let _ = t.await;
-    }
-    if let Some(t) = http_task {
-        let _ = t.await;
-    }
+    let running = Running {
+        accept: accept_task,
+        ws: ws_task,
+        hub: hub_task,
+        checkpoint: checkpoint_task.map(|t| (checkpoint_stop, t)),
+        http: http_task,
+    };
+    running.drain().await;
     endpoint.wait_idle().await;
     drop(group);
     Ok(())
+}
+
+/// With `--ws`, tickets for the upgrade, issued on the HTTP address.
+fn ws_tickets(args: &ServeArgs, verifier: &Verifier) -> Option<Arc<weft_relay::Tickets>> {
+    ws_addr(args).map(|_| {
+        Arc::new(weft_relay::Tickets::with_limits(
+            verifier.clone(),
+            args.ws_ticket_origin.clone(),
+            args.ws_ticket_ttl,
+            weft_relay::MAX_TICKETS,
+        ))
+    })
+}
+
+/// What the WebSocket endpoint needs besides its listener. Only a relay that serves
+/// WebSocket clients has (and keeps) a storage id.
+fn ws_context(
+    args: &ServeArgs,
+    tickets: &Arc<weft_relay::Tickets>,
+) -> anyhow::Result<weft_relay::WsContext> {
+    Ok(weft_relay::WsContext {
+        storage_id: weft_relay::load_or_create_storage_id(&args.data_dir)?,
+        tickets: tickets.clone(),
+    })
+}
+
+/// The relay's tasks, once told to stop accepting.
+struct Running {
+    accept: tokio::task::JoinHandle<()>,
+    ws: Option<tokio::task::JoinHandle<()>>,
+    hub: tokio::task::JoinHandle<()>,
+    /// The checkpointer and the order to make its final round.
+    checkpoint: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    http: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for the connections to close, the hub to finish its writes, the final
+    /// checkpoint and the HTTP server, in that order.
+    async fn drain(self) {
+        let _ = self.accept.await;
+        if let Some(t) = self.ws {
+            let _ = t.await;
+        }
+        // Every connection task has ended and dropped its hub sender: the hub drains and returns.
+        let _ = self.hub.await;
+        // Every write is durable now; the final checkpoint takes them all.
+        if let Some((stop, t)) = self.checkpoint {
+            let _ = stop.send(true);
+            let _ = t.await;
+        }
+        if let Some(t) = self.http {
+            let _ = t.await;
+        }
+    }
 }
 
 /// Resolves once `rx` says stop (or its sender is gone).

@@ -122,7 +122,7 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        match self.verifier.verify(&token, Self::unix_now()) {
+        match self.verifier.verify_now(&token) {
             Ok(claims) if claims.sub == c.claims.sub => {
                 let admin = claims.admin;
                 let user = claims.sub.clone();
@@ -317,7 +317,7 @@ impl Hub {
 
     /// Closes connections whose token expired.
     pub(super) fn close_expired(&mut self) {
-        let now = Self::unix_now();
+        let now = self.unix_now();
         let leeway = self.verifier.leeway_secs();
         let expired: Vec<ConnId> = self
             .conns

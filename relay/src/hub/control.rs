@@ -101,7 +101,7 @@ impl Hub {
                 meta.as_ref(),
                 &request.control,
                 self.cfg.max_access_list,
-                weft_core::clock::unix_ms(),
+                self.verifier.clock().unix_ms(),
             );
             match applied {
                 Err(e) => {

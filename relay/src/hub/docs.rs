@@ -83,7 +83,7 @@ impl Hub {
                 }
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
-                let change = sharing::create(&claims.sub, doc, Self::unix_now() * 1000);
+                let change = sharing::create(&claims.sub, doc, self.unix_now() * 1000);
                 self.metas.insert(doc, change.meta);
                 let ticket = self.group.submit(change.batch);
                 self.tasks.spawn(async move {

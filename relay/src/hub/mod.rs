@@ -332,8 +332,9 @@ impl Hub {
         self.clock.now()
     }
 
-    fn unix_now() -> u64 {
-        weft_core::clock::unix_secs()
+    /// Unix seconds on the relay's wall clock (its verifier's, which tests may move).
+    fn unix_now(&self) -> u64 {
+        self.verifier.clock().unix_secs()
     }
 
     /// The engine's gate: identities and write rules.

@@ -4,10 +4,12 @@
 //! test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod checkpoints;
 pub mod device;
 pub mod hub;
 pub mod js;
 pub mod pg;
+pub mod quic;
 pub mod relay;
 pub mod session;
 pub mod weft;

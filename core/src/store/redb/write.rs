@@ -148,15 +148,7 @@ impl RedbStore {
                     }
                 }
                 BatchOp::DeletePrefix { table, prefix } => {
-                    let end = prefix_end(prefix);
-                    let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                    homes
-                        .get(self, *table)?
-                        .retain_in::<&[u8], _>(
-                            (Bound::Included(prefix.as_slice()), upper),
-                            |_, _| false,
-                        )
-                        .map_err(|e| self.error(e))?;
+                    self.remove_prefix(homes.get(self, *table)?, prefix)?;
                     let keys = read(&self.layers).latest().staged_in(delta, *table, prefix);
                     if !keys.is_empty() {
                         for (key, _) in keys {
@@ -175,15 +167,29 @@ impl RedbStore {
             }
         }
         if scrub {
-            // Durable with the deletions it is about: the next open rewrites the file.
-            txn.open_table(META)
-                .map_err(|e| self.error(e))?
-                .insert(SCRUB_KEY, &[SCRUB_FORMAT][..])
-                .map_err(|e| self.error(e))?;
+            self.request_scrub(txn)?;
         }
         if next.next_seq > state.next_seq && next.over(&self.limits) {
             self.clean(&mut log, &mut homes, delta, next, state.next_seq)?;
         }
+        Ok(())
+    }
+
+    /// Removes every row under `prefix` from its table (`rows`).
+    fn remove_prefix(&self, rows: &mut Rows<'_>, prefix: &[u8]) -> Result<(), StoreError> {
+        let end = prefix_end(prefix);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        rows.retain_in::<&[u8], _>((Bound::Included(prefix), upper), |_, _| false)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Records in `txn` that the next open must scrub the file: durable with the deletions it
+    /// is about, so the next open rewrites the file.
+    fn request_scrub(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        txn.open_table(META)
+            .map_err(|e| self.error(e))?
+            .insert(SCRUB_KEY, &[SCRUB_FORMAT][..])
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 }

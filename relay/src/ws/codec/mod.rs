@@ -7,11 +7,13 @@
 //! field, an unknown `type`, trailing bytes or a document id that is not a bs58check id is an
 //! error, and the socket that sent it is closed.
 //!
-//! `messages.rs` holds the message types and the error, `decode.rs` reads a client's frame,
-//! `encode.rs` writes the relay's.
+//! `messages.rs` holds the message types and the error, `decode.rs` reads a client's frame
+//! (its fields through `fields.rs`, weft's own messages through `weft.rs`), `encode.rs` writes
+//! the relay's.
 
 mod decode;
 mod encode;
+mod fields;
 mod messages;
 mod weft;
 

@@ -3,7 +3,7 @@
 use ciborium::Value;
 use weft_core::DocId;
 
-use super::decode::Fields;
+use super::fields::Fields;
 use super::messages::CodecError;
 use super::*;
 

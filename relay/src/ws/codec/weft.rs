@@ -6,7 +6,7 @@
 use ciborium::Value;
 use weft_core::{DocId, Role};
 
-use super::decode::Fields;
+use super::fields::Fields;
 use super::messages::CodecError;
 
 /// Longest presence status, in bytes (an app-defined word such as "typing" or "viewing").

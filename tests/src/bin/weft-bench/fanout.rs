@@ -50,19 +50,8 @@ pub async fn run(
         chain.len() >= warmup + changes,
         "the change chain is too short"
     );
-    let token = relay.token()?;
     let doc = DocId::from_bytes(rand::random());
-    let t = Instant::now();
-    let clients = client::connect_many(devices, relay.addr, &relay.cert, &token).await?;
-    crate::progress(format_args!(
-        "{devices} devices connected in {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
-    let mut clients = client::sync_all(clients, &[doc], Duration::from_secs(120)).await?;
-    crate::progress(format_args!(
-        "{devices} devices synced in {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
+    let mut clients = connect_synced(relay, devices, doc).await?;
     let writer = clients.remove(0);
 
     let (tx, mut rx) = mpsc::channel::<(usize, Instant)>(65_536);
@@ -83,9 +72,13 @@ pub async fn run(
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.recv().await {} });
 
     let total = warmup + changes;
-    let mut sent_at: Vec<Option<Instant>> = vec![None; total];
-    let mut got = vec![0usize; total];
-    let mut latencies = Vec::with_capacity(changes * (devices - 1));
+    let mut receipts = Receipts {
+        sent_at: vec![None; total],
+        got: vec![0usize; total],
+        latencies: Vec::with_capacity(changes * (devices - 1)),
+        receivers: devices - 1,
+        warmup,
+    };
     let mut lost = 0;
     let (mut cpu0, mut wall0) = (relay_cpu(), Instant::now());
     let (mut w_udp0, mut r_udp0) = (0, 0);
@@ -105,25 +98,11 @@ pub async fn run(
             r_udp0 = conns.iter().map(udp_bytes).sum();
         }
         let frame = client::changes_frame(doc, &chain.raw[i])?;
-        sent_at[i] = Some(Instant::now());
+        receipts.sent_at[i] = Some(Instant::now());
         wstream.send_raw(&frame).await?;
-        let deadline = tokio::time::Instant::now() + PER_CHANGE_DEADLINE;
-        while got[i] < devices - 1 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((pos, at))) => {
-                    got[pos] += 1;
-                    if pos >= warmup {
-                        if let Some(t0) = sent_at[pos] {
-                            latencies.push(at.saturating_duration_since(t0));
-                        }
-                    }
-                }
-                Ok(None) => anyhow::bail!("every receiver stopped"),
-                Err(_) => break,
-            }
-        }
+        receipts.wait(i, &mut rx).await?;
         if i >= warmup {
-            lost += devices - 1 - got[i];
+            lost += devices - 1 - receipts.got[i];
             measured += 1;
         }
     }
@@ -142,7 +121,7 @@ pub async fn run(
     }
     Ok(Run {
         changes: measured,
-        latencies,
+        latencies: receipts.latencies,
         lost,
         sync_frames,
         relay_cpu,
@@ -150,6 +129,59 @@ pub async fn run(
         writer_udp_bytes,
         receivers_udp_bytes,
     })
+}
+
+/// Connects `devices` devices to `relay` and syncs them all on `doc`.
+async fn connect_synced(relay: &Relay, devices: usize, doc: DocId) -> anyhow::Result<Vec<Client>> {
+    let token = relay.token()?;
+    let t = Instant::now();
+    let clients = client::connect_many(devices, relay.addr, &relay.cert, &token).await?;
+    crate::progress(format_args!(
+        "{devices} devices connected in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let clients = client::sync_all(clients, &[doc], Duration::from_secs(120)).await?;
+    crate::progress(format_args!(
+        "{devices} devices synced in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(clients)
+}
+
+/// When each change was sent, how many receivers got it, and the measured latencies.
+struct Receipts {
+    sent_at: Vec<Option<Instant>>,
+    got: Vec<usize>,
+    latencies: Vec<Duration>,
+    receivers: usize,
+    warmup: usize,
+}
+
+impl Receipts {
+    /// Records receipts from `rx` until every receiver got change `i` or
+    /// [`PER_CHANGE_DEADLINE`] passed; those after the warmup are measured.
+    async fn wait(
+        &mut self,
+        i: usize,
+        rx: &mut mpsc::Receiver<(usize, Instant)>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PER_CHANGE_DEADLINE;
+        while self.got[i] < self.receivers {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((pos, at))) => {
+                    self.got[pos] += 1;
+                    if pos >= self.warmup {
+                        if let Some(t0) = self.sent_at[pos] {
+                            self.latencies.push(at.saturating_duration_since(t0));
+                        }
+                    }
+                }
+                Ok(None) => anyhow::bail!("every receiver stopped"),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 fn udp_bytes(c: &quinn::Connection) -> u64 {

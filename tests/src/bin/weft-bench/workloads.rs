@@ -37,69 +37,9 @@ pub(crate) fn fanout_workload(
     let mut runs = Vec::new();
     let mut base_runs = Vec::new();
     for &(devices, changes, base_changes, target) in &plan.fanout {
-        let relay = Relay::start()?;
-        let r = rt.block_on(fanout::run(
-            &relay,
-            devices,
-            plan.fanout_warmup,
-            changes,
-            chain.clone(),
-        ));
-        relay.stop();
-        let mut r = r.with_context(|| format!("fanout with {devices} devices"))?;
-        let (p50, p99, max) = percentiles(&mut r.latencies);
-        let cpu_per_change = r.relay_cpu / r.changes.max(1) as u32;
-        let cpu_per_delivery = r.relay_cpu / (r.changes * (devices - 1)).max(1) as u32;
-
-        let t = Instant::now();
-        let mut base = fanout::baseline(devices, base_changes.min(chain.len()), chain)?;
-        let base_cpu = t.elapsed() / base_changes.max(1) as u32;
-        let (b50, b99, bmax) = percentiles(&mut base);
-        eprintln!(
-            "  {:>7} {:>7} | {:>8.3} {:>8.3} {:>8.3} {:>6} | {:>12.1} {:>12.1} | {:>8.3} {:>8.3} {:>8.3} {:>12.1}",
-            devices,
-            changes,
-            ms(p50),
-            ms(p99),
-            ms(max),
-            target.map_or("-".into(), |t| format!("<{t}")),
-            us(cpu_per_change),
-            us(cpu_per_delivery),
-            ms(b50),
-            ms(b99),
-            ms(bmax),
-            us(base_cpu),
-        );
-        if r.lost > 0 || r.sync_frames > 0 {
-            eprintln!(
-                "    note: {} receipts missed the 5 s deadline; {} sync frames (fallbacks from the fast path)",
-                r.lost, r.sync_frames
-            );
-        }
-        runs.push(json!({
-            "devices": devices,
-            "subscribers": devices - 1,
-            "changes": r.changes,
-            "samples": r.latencies.len(),
-            "lost": r.lost,
-            "sync_frames": r.sync_frames,
-            "p50_ms": ms(p50),
-            "p99_ms": ms(p99),
-            "max_ms": ms(max),
-            "target_p99_ms": target,
-            "target_met": target.map(|t| ms(p99) < t),
-            "wall_s": (r.wall.as_secs_f64() * 100.0).round() / 100.0,
-            "relay_cpu_us_per_change": us(cpu_per_change),
-            "relay_cpu_us_per_delivery": us(cpu_per_delivery),
-        }));
-        base_runs.push(json!({
-            "devices": devices,
-            "changes": base_changes,
-            "p50_ms": ms(b50),
-            "p99_ms": ms(b99),
-            "max_ms": ms(bmax),
-            "cpu_us_per_change": us(base_cpu),
-        }));
+        let (run, base_run) = fanout_size(plan, rt, chain, devices, changes, base_changes, target)?;
+        runs.push(run);
+        base_runs.push(base_run);
     }
     Ok(json!({
         "workload": "fanout",
@@ -122,6 +62,83 @@ pub(crate) fn fanout_workload(
     }))
 }
 
+/// One row of the fan-out table: `devices` devices through a fresh relay, then the baseline;
+/// printed, and returned as the run's and the baseline's reports.
+fn fanout_size(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+    devices: usize,
+    changes: usize,
+    base_changes: usize,
+    target: Option<f64>,
+) -> anyhow::Result<(Value, Value)> {
+    let relay = Relay::start()?;
+    let r = rt.block_on(fanout::run(
+        &relay,
+        devices,
+        plan.fanout_warmup,
+        changes,
+        chain.clone(),
+    ));
+    relay.stop();
+    let mut r = r.with_context(|| format!("fanout with {devices} devices"))?;
+    let (p50, p99, max) = percentiles(&mut r.latencies);
+    let cpu_per_change = r.relay_cpu / r.changes.max(1) as u32;
+    let cpu_per_delivery = r.relay_cpu / (r.changes * (devices - 1)).max(1) as u32;
+
+    let t = Instant::now();
+    let mut base = fanout::baseline(devices, base_changes.min(chain.len()), chain)?;
+    let base_cpu = t.elapsed() / base_changes.max(1) as u32;
+    let (b50, b99, bmax) = percentiles(&mut base);
+    eprintln!(
+        "  {:>7} {:>7} | {:>8.3} {:>8.3} {:>8.3} {:>6} | {:>12.1} {:>12.1} | {:>8.3} {:>8.3} {:>8.3} {:>12.1}",
+        devices,
+        changes,
+        ms(p50),
+        ms(p99),
+        ms(max),
+        target.map_or("-".into(), |t| format!("<{t}")),
+        us(cpu_per_change),
+        us(cpu_per_delivery),
+        ms(b50),
+        ms(b99),
+        ms(bmax),
+        us(base_cpu),
+    );
+    if r.lost > 0 || r.sync_frames > 0 {
+        eprintln!(
+            "    note: {} receipts missed the 5 s deadline; {} sync frames (fallbacks from the fast path)",
+            r.lost, r.sync_frames
+        );
+    }
+    let run = json!({
+        "devices": devices,
+        "subscribers": devices - 1,
+        "changes": r.changes,
+        "samples": r.latencies.len(),
+        "lost": r.lost,
+        "sync_frames": r.sync_frames,
+        "p50_ms": ms(p50),
+        "p99_ms": ms(p99),
+        "max_ms": ms(max),
+        "target_p99_ms": target,
+        "target_met": target.map(|t| ms(p99) < t),
+        "wall_s": (r.wall.as_secs_f64() * 100.0).round() / 100.0,
+        "relay_cpu_us_per_change": us(cpu_per_change),
+        "relay_cpu_us_per_delivery": us(cpu_per_delivery),
+    });
+    let base_run = json!({
+        "devices": devices,
+        "changes": base_changes,
+        "p50_ms": ms(b50),
+        "p99_ms": ms(b99),
+        "max_ms": ms(bmax),
+        "cpu_us_per_change": us(base_cpu),
+    });
+    Ok((run, base_run))
+}
+
 pub(crate) fn throughput_workload(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
@@ -138,14 +155,7 @@ pub(crate) fn throughput_workload(
         token: relay.token()?,
         relay: true,
     };
-    let r = rt.block_on(throughput::run(
-        target,
-        plan.docs,
-        plan.devices,
-        plan.warmup,
-        plan.window,
-        chain.clone(),
-    ));
+    let r = run_throughput(plan, rt, chain, target);
     let drops = relay
         .metrics
         .queue_drops
@@ -160,38 +170,76 @@ pub(crate) fn throughput_workload(
         token: String::new(),
         relay: false,
     };
-    let b = rt.block_on(throughput::run(
+    let b = run_throughput(plan, rt, chain, target);
+    fwd.stop();
+    let b = b.context("throughput through the baseline forwarder")?;
+    let check = print_throughput(&r, &b, drops, chain);
+    Ok(throughput_report(plan, &r, &b, drops, &check))
+}
+
+/// The throughput run with `plan`'s documents, devices and window against `target`.
+fn run_throughput(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+    target: throughput::Target<'_>,
+) -> anyhow::Result<throughput::Run> {
+    rt.block_on(throughput::run(
         target,
         plan.docs,
         plan.devices,
         plan.warmup,
         plan.window,
         chain.clone(),
-    ));
-    fwd.stop();
-    let b = b.context("throughput through the baseline forwarder")?;
+    ))
+}
 
-    let per_change = |run: &throughput::Run| {
-        if run.accepted == 0 {
-            Duration::ZERO
-        } else {
-            run.relay_cpu / run.accepted as u32
-        }
-    };
-    let util = |run: &throughput::Run| run.relay_cpu.as_secs_f64() / run.window.as_secs_f64();
-    let per_cpu_s = |run: &throughput::Run| {
-        let cpu = run.relay_cpu.as_secs_f64();
-        if cpu == 0.0 {
-            0.0
-        } else {
-            (run.accepted as f64 / cpu).round()
-        }
-    };
+/// The relay's CPU per accepted change.
+fn per_change(run: &throughput::Run) -> Duration {
+    if run.accepted == 0 {
+        Duration::ZERO
+    } else {
+        run.relay_cpu / run.accepted as u32
+    }
+}
+
+/// The relay's CPU time over the window's.
+fn util(run: &throughput::Run) -> f64 {
+    run.relay_cpu.as_secs_f64() / run.window.as_secs_f64()
+}
+
+/// Accepted changes per second of the relay's CPU.
+fn per_cpu_s(run: &throughput::Run) -> f64 {
+    let cpu = run.relay_cpu.as_secs_f64();
+    if cpu == 0.0 {
+        0.0
+    } else {
+        (run.accepted as f64 / cpu).round()
+    }
+}
+
+/// `d` of the relay's CPU per accepted change of `r`, in us.
+fn split_us(r: &throughput::Run, d: Duration) -> f64 {
+    if r.accepted == 0 {
+        0.0
+    } else {
+        us(d / r.accepted as u32)
+    }
+}
+
+/// Prints the relay's (`r`) and the forwarder's (`b`) figures, and measures and prints what
+/// checking a change costs.
+fn print_throughput(
+    r: &throughput::Run,
+    b: &throughput::Run,
+    drops: u64,
+    chain: &Chain,
+) -> CheckCost {
     eprintln!(
         "  {:<10} {:>12} {:>14} {:>14} {:>10} {:>16}",
         "", "accepted/s", "deliveries/s", "cpu us/change", "cpu util", "accepted/cpu-s"
     );
-    for (name, run) in [("relay", &r), ("forwarder", &b)] {
+    for (name, run) in [("relay", r), ("forwarder", b)] {
         eprintln!(
             "  {:<10} {:>12.0} {:>14.0} {:>14.1} {:>9.0}% {:>16.0}",
             name,
@@ -203,18 +251,11 @@ pub(crate) fn throughput_workload(
         );
     }
     let split = r.relay_cpu_split;
-    let split_us = |d: Duration| {
-        if r.accepted == 0 {
-            0.0
-        } else {
-            us(d / r.accepted as u32)
-        }
-    };
     eprintln!(
         "  relay cpu us/change by thread: hub+QUIC {:.1}, store writer {:.1}, loads+compaction {:.1}",
-        split_us(split.worker),
-        split_us(split.store),
-        split_us(split.blocking)
+        split_us(r, split.worker),
+        split_us(r, split.store),
+        split_us(r, split.blocking)
     );
     let check = check_cost(chain);
     eprintln!(
@@ -233,7 +274,19 @@ pub(crate) fn throughput_workload(
             r.sync_frames, drops, r.chain_exhausted
         );
     }
-    Ok(json!({
+    check
+}
+
+/// The throughput workload's report.
+fn throughput_report(
+    plan: &Plan,
+    r: &throughput::Run,
+    b: &throughput::Run,
+    drops: u64,
+    check: &CheckCost,
+) -> Value {
+    let split = r.relay_cpu_split;
+    json!({
         "workload": "throughput",
         "quick": plan.quick,
         "documents": plan.docs,
@@ -250,14 +303,14 @@ pub(crate) fn throughput_workload(
         "target_accepted_changes_per_s": 20000,
         "target_deliveries_per_s": 180000,
         "targets_met": r.accepted_per_s >= 20000.0 && r.deliveries_per_s >= 180000.0,
-        "relay_cpu_us_per_change": us(per_change(&r)),
-        "relay_cpu_utilisation": (util(&r) * 100.0).round() / 100.0,
+        "relay_cpu_us_per_change": us(per_change(r)),
+        "relay_cpu_utilisation": (util(r) * 100.0).round() / 100.0,
         "relay_cpu_us_per_change_by_thread": {
-            "hub_and_quic": split_us(split.worker),
-            "store_writer": split_us(split.store),
-            "loads_and_compaction": split_us(split.blocking),
+            "hub_and_quic": split_us(r, split.worker),
+            "store_writer": split_us(r, split.store),
+            "loads_and_compaction": split_us(r, split.blocking),
         },
-        "accepted_changes_per_relay_cpu_second": per_cpu_s(&r),
+        "accepted_changes_per_relay_cpu_second": per_cpu_s(r),
         "check_us_per_change": (check.checked_us * 100.0).round() / 100.0,
         "parse_only_us_per_change": (check.parse_us * 100.0).round() / 100.0,
         "rules_us_per_change": (check.rules_us * 100.0).round() / 100.0,
@@ -272,11 +325,11 @@ pub(crate) fn throughput_workload(
                 engine, authorization or store",
             "accepted_changes_per_s": b.accepted_per_s.round(),
             "deliveries_per_s": b.deliveries_per_s.round(),
-            "cpu_us_per_change": us(per_change(&b)),
-            "cpu_utilisation": (util(&b) * 100.0).round() / 100.0,
-            "accepted_changes_per_cpu_second": per_cpu_s(&b),
+            "cpu_us_per_change": us(per_change(b)),
+            "cpu_utilisation": (util(b) * 100.0).round() / 100.0,
+            "accepted_changes_per_cpu_second": per_cpu_s(b),
         },
-    }))
+    })
 }
 
 /// What checking one of the chain's changes costs (`check_message` on a one-change `Changes`

@@ -216,18 +216,10 @@ pub async fn phase(
     let clients = client::connect_many(RECEIVERS + 1, relay.addr, &relay.cert, &token).await?;
     let mut clients = client::sync_all(clients, &[doc], SETUP_DEADLINE).await?;
     let mut large_side = match path {
-        Some(path) => {
-            let n = settings.large;
-            let (addr, cert, token, big) =
-                (relay.addr, relay.cert.clone(), token.clone(), big.clone());
-            let side =
-                big_rt.spawn(async move { LargeSide::prepare(addr, &cert, &token, &big, n).await });
-            let side = tokio::time::timeout(SETUP_DEADLINE, side)
-                .await
-                .context("setting up the large side timed out")?
-                .context("the large side's setup panicked")??;
-            Some((side, path))
-        }
+        Some(path) => Some((
+            prepare_large_side(relay, &token, &big, settings.large, &big_rt).await?,
+            path,
+        )),
         None => None,
     };
     crate::progress(format_args!("phase set up"));
@@ -249,13 +241,7 @@ pub async fn phase(
     } = writer;
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.recv().await {} });
 
-    let mut sent_at: Vec<Option<Instant>> = vec![None; total];
-    let mut due_at: Vec<Option<Instant>> = vec![None; total];
-    let mut got = vec![0usize; total];
-    let mut latencies = Vec::new();
-    let mut from_schedule = Vec::new();
-    let mut lost = 0;
-    let mut measured = 0;
+    let mut receipts = Receipts::new(total);
     let mut window: Option<Window> = None;
     // When the large side had every outcome (seen once the minimum window is over).
     let mut large_done: Option<Instant> = None;
@@ -267,64 +253,22 @@ pub async fn phase(
         }
         let due = match &window {
             Some(w) => {
-                let due = w.t0 + settings.pace * (i - settings.warmup) as u32;
-                let elapsed = due.saturating_duration_since(w.t0);
-                if elapsed >= settings.max_window {
+                let Some(due) = w.due(i, settings, &mut large_done) else {
                     break;
-                }
-                if elapsed >= settings.min_window {
-                    match (&w.large, large_done) {
-                        (None, _) => break,
-                        (Some(_), Some(done)) if due >= done + settings.tail => break,
-                        (Some(task), None) if task.is_finished() => {
-                            large_done = Some(Instant::now());
-                        }
-                        _ => {}
-                    }
-                }
+                };
                 tokio::time::sleep_until(due.into()).await;
                 Some(due)
             }
             None => None,
         };
         let frame = client::changes_frame(doc, &chain.raw[i])?;
-        sent_at[i] = Some(Instant::now());
-        due_at[i] = due;
+        receipts.sent_at[i] = Some(Instant::now());
+        receipts.due_at[i] = due;
         wstream.send_raw(&frame).await?;
-        let deadline = tokio::time::Instant::now() + RECEIPT_DEADLINE;
-        while got[i] < RECEIVERS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((pos, at))) => {
-                    got[pos] += 1;
-                    if pos >= settings.warmup {
-                        if let Some(t0) = sent_at[pos] {
-                            latencies.push(at.saturating_duration_since(t0));
-                        }
-                        if let Some(d) = due_at[pos] {
-                            from_schedule.push(at.saturating_duration_since(d));
-                        }
-                    }
-                }
-                Ok(None) => bail!("every receiver of document A stopped"),
-                Err(_) => break,
-            }
-        }
-        if i >= settings.warmup {
-            lost += RECEIVERS - got[i];
-            measured += 1;
-        }
+        receipts.wait(i, &mut rx, settings.warmup).await?;
     }
-    let mut window = window.context("the window never started")?;
-    let (large, large_sync_frames) = match window.large.take() {
-        Some(task) => tokio::time::timeout(settings.max_window + Duration::from_secs(10), task)
-            .await
-            .context("the large side did not finish")?
-            .context("the large side panicked")??,
-        None => (Vec::new(), 0),
-    };
-    let cpu = relay_cpu_split().since(&window.cpu0);
-    let span = window.t0.elapsed();
-    let rss = window.sampler.finish();
+    let window = window.context("the window never started")?;
+    let ended = window.finish(settings).await?;
     wconn.close(quinn::VarInt::from_u32(0), b"done");
     for c in &conns {
         c.close(quinn::VarInt::from_u32(0), b"done");
@@ -335,19 +279,99 @@ pub async fn phase(
         sync_frames += r.context("a receiver panicked")?;
     }
     Ok(Phase {
-        latencies,
-        from_schedule,
-        changes: measured,
-        lost,
+        latencies: receipts.latencies,
+        from_schedule: receipts.from_schedule,
+        changes: receipts.measured,
+        lost: receipts.lost,
         sync_frames,
-        large,
-        large_sync_frames,
-        rss,
-        cpu,
-        span,
+        large: ended.large,
+        large_sync_frames: ended.large_sync_frames,
+        rss: ended.rss,
+        cpu: ended.cpu,
+        span: ended.span,
         refused_limit: relay.metrics.refused_limit.load(Ordering::Relaxed) - refused0,
         queue_drops: relay.metrics.queue_drops.load(Ordering::Relaxed) - drops0,
     })
+}
+
+/// Sets up the large side (its `n` documents and two devices) on `big_rt`.
+async fn prepare_large_side(
+    relay: &Relay,
+    token: &str,
+    big: &Arc<Big>,
+    n: usize,
+    big_rt: &tokio::runtime::Handle,
+) -> anyhow::Result<LargeSide> {
+    let (addr, cert, token, big) = (
+        relay.addr,
+        relay.cert.clone(),
+        token.to_string(),
+        big.clone(),
+    );
+    let side = big_rt.spawn(async move { LargeSide::prepare(addr, &cert, &token, &big, n).await });
+    tokio::time::timeout(SETUP_DEADLINE, side)
+        .await
+        .context("setting up the large side timed out")?
+        .context("the large side's setup panicked")?
+}
+
+/// Document A's receipts: when each change was sent and due, how many receivers got it, and
+/// the measured latencies.
+struct Receipts {
+    sent_at: Vec<Option<Instant>>,
+    due_at: Vec<Option<Instant>>,
+    got: Vec<usize>,
+    latencies: Vec<Duration>,
+    from_schedule: Vec<Duration>,
+    lost: usize,
+    measured: usize,
+}
+
+impl Receipts {
+    fn new(total: usize) -> Receipts {
+        Receipts {
+            sent_at: vec![None; total],
+            due_at: vec![None; total],
+            got: vec![0usize; total],
+            latencies: Vec::new(),
+            from_schedule: Vec::new(),
+            lost: 0,
+            measured: 0,
+        }
+    }
+
+    /// Records receipts from `rx` until every receiver got change `i` or
+    /// [`RECEIPT_DEADLINE`] passed; those after the warmup are measured.
+    async fn wait(
+        &mut self,
+        i: usize,
+        rx: &mut mpsc::Receiver<(usize, Instant)>,
+        warmup: usize,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + RECEIPT_DEADLINE;
+        while self.got[i] < RECEIVERS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((pos, at))) => {
+                    self.got[pos] += 1;
+                    if pos >= warmup {
+                        if let Some(t0) = self.sent_at[pos] {
+                            self.latencies.push(at.saturating_duration_since(t0));
+                        }
+                        if let Some(d) = self.due_at[pos] {
+                            self.from_schedule.push(at.saturating_duration_since(d));
+                        }
+                    }
+                }
+                Ok(None) => bail!("every receiver of document A stopped"),
+                Err(_) => break,
+            }
+        }
+        if i >= warmup {
+            self.lost += RECEIVERS - self.got[i];
+            self.measured += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The large side's outcomes, and the sync frames its second subscriber got.
@@ -360,6 +384,15 @@ struct Window {
     cpu0: RelayCpu,
     sampler: Sampler,
     large: Option<tokio::task::JoinHandle<anyhow::Result<LargeResult>>>,
+}
+
+/// What a window measured once it ended.
+struct WindowEnd {
+    large: Vec<Outcome>,
+    large_sync_frames: u64,
+    cpu: RelayCpu,
+    span: Duration,
+    rss: Rss,
 }
 
 impl Window {
@@ -382,5 +415,53 @@ impl Window {
             sampler,
             large,
         }
+    }
+
+    /// When change `i` (after the warmup) is due, or `None` when the window is over: at
+    /// `max_window`, or past `min_window` without large changes, or `tail` after the large
+    /// side had every outcome (noted in `large_done` when first seen).
+    fn due(
+        &self,
+        i: usize,
+        settings: &Settings,
+        large_done: &mut Option<Instant>,
+    ) -> Option<Instant> {
+        let due = self.t0 + settings.pace * (i - settings.warmup) as u32;
+        let elapsed = due.saturating_duration_since(self.t0);
+        if elapsed >= settings.max_window {
+            return None;
+        }
+        if elapsed >= settings.min_window {
+            match (&self.large, *large_done) {
+                (None, _) => return None,
+                (Some(_), Some(done)) if due >= done + settings.tail => return None,
+                (Some(task), None) if task.is_finished() => {
+                    *large_done = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+        Some(due)
+    }
+
+    /// Waits for the large side's outcomes, then reads the relay's CPU, the span and memory.
+    async fn finish(mut self, settings: &Settings) -> anyhow::Result<WindowEnd> {
+        let (large, large_sync_frames) = match self.large.take() {
+            Some(task) => tokio::time::timeout(settings.max_window + Duration::from_secs(10), task)
+                .await
+                .context("the large side did not finish")?
+                .context("the large side panicked")??,
+            None => (Vec::new(), 0),
+        };
+        let cpu = relay_cpu_split().since(&self.cpu0);
+        let span = self.t0.elapsed();
+        let rss = self.sampler.finish();
+        Ok(WindowEnd {
+            large,
+            large_sync_frames,
+            cpu,
+            span,
+            rss,
+        })
     }
 }

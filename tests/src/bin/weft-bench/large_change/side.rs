@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 use weft_core::automerge::sync::{self, SyncDoc};
-use weft_core::automerge::Automerge;
+use weft_core::automerge::{Automerge, ChangeHash};
+use weft_core::quic::{FrameReader, FrameWriter};
 use weft_core::wire::{self, Message};
 use weft_core::DocId;
 
@@ -59,85 +60,22 @@ impl LargeSide {
             receiver,
             docs,
         } = self;
-        let frames = docs
-            .iter()
-            .map(|&doc| {
-                let msg = match path {
-                    Path::Changes => Message::Changes {
-                        doc,
-                        changes: vec![big.raw.clone()],
-                    },
-                    Path::Sync => Message::Sync {
-                        doc,
-                        reset: false,
-                        data: big.sync_data.clone(),
-                    },
-                };
-                wire::frame(&msg, wire::DEFAULT_MAX_FRAME)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let frames = frames(&docs, &big, path)?;
         let (ev_tx, mut events) = mpsc::channel::<(DocId, Event, Instant)>(1024);
         let Client {
             conn: sconn,
-            reader: mut sreader,
+            reader: sreader,
             writer: mut swriter,
             endpoint: _sendpoint,
         } = sender;
-        let hash = big.hash;
-        let tx = ev_tx.clone();
-        let sender_reader = tokio::spawn(async move {
-            while let Ok(Some(msg)) = sreader.recv().await {
-                let at = Instant::now();
-                let ev = match msg {
-                    Message::Ack { doc, heads } if heads.contains(&hash) => (doc, Event::Accepted),
-                    Message::Sync { doc, data, .. } => match sync::Message::decode(&data) {
-                        Ok(m) if m.heads.contains(&hash) => (doc, Event::Accepted),
-                        _ => continue,
-                    },
-                    Message::Error {
-                        code,
-                        doc: Some(doc),
-                        message,
-                    } => (doc, Event::Refused(format!("{code:?}: {message}"))),
-                    _ => continue,
-                };
-                if tx.send((ev.0, ev.1, at)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let sender_reader = tokio::spawn(hear_sender(sreader, big.hash, ev_tx.clone()));
         let Client {
             conn: rconn,
-            reader: mut rreader,
-            writer: mut rwriter,
+            reader: rreader,
+            writer: rwriter,
             endpoint: _rendpoint,
         } = receiver;
-        let tx = ev_tx;
-        let receiver_task = tokio::spawn(async move {
-            let mut sync_frames = 0;
-            while let Ok(Some(msg)) = rreader.recv().await {
-                let at = Instant::now();
-                match msg {
-                    // Not parsed: the change is known, and parsing two million operations
-                    // here would take this runtime's thread for most of a second.
-                    Message::Changes { doc, changes }
-                        if changes.iter().any(|c| c.len() > LARGE_BYTES) =>
-                    {
-                        let _ = tx.send((doc, Event::Delivered, at)).await;
-                        let ack = Message::Ack {
-                            doc,
-                            heads: vec![hash],
-                        };
-                        if rwriter.send(&ack).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Sync { .. } => sync_frames += 1,
-                    _ => {}
-                }
-            }
-            sync_frames
-        });
+        let receiver_task = tokio::spawn(receive(rreader, rwriter, big.hash, ev_tx));
 
         let mut outcomes = vec![Outcome::default(); docs.len()];
         let mut sent = vec![None; docs.len()];
@@ -155,40 +93,7 @@ impl LargeSide {
         }
         // Outcomes are awaited until document A's window ends at the latest.
         let deadline = tokio::time::Instant::from_std(t0 + settings.max_window);
-        let done =
-            |o: &Outcome| o.refused.is_some() || (o.delivered.is_some() && o.accepted.is_some());
-        while !outcomes.iter().all(done) {
-            let Ok(Some((doc, ev, at))) = tokio::time::timeout_at(deadline, events.recv()).await
-            else {
-                break;
-            };
-            let Some(k) = docs.iter().position(|d| *d == doc) else {
-                continue;
-            };
-            let Some(since) = sent[k].map(|s| at.saturating_duration_since(s)) else {
-                continue;
-            };
-            let o = &mut outcomes[k];
-            let what = match ev {
-                Event::Accepted => {
-                    o.accepted = o.accepted.or(Some(since));
-                    "accepted".to_string()
-                }
-                Event::Delivered => {
-                    o.delivered = o.delivered.or(Some(since));
-                    "delivered".to_string()
-                }
-                Event::Refused(why) => {
-                    let what = format!("refused ({why})");
-                    o.refused = o.refused.clone().or(Some(why));
-                    what
-                }
-            };
-            crate::progress(format_args!(
-                "large change {k} {what} after {:.0} ms",
-                crate::ms(since)
-            ));
-        }
+        await_outcomes(&docs, &sent, &mut outcomes, &mut events, deadline).await;
         sconn.close(quinn::VarInt::from_u32(0), b"done");
         rconn.close(quinn::VarInt::from_u32(0), b"done");
         sender_reader.abort();
@@ -198,6 +103,129 @@ impl LargeSide {
             .and_then(Result::ok)
             .unwrap_or(0);
         Ok((outcomes, sync_frames))
+    }
+}
+
+/// The frame that carries the large change into each of `docs` on `path`.
+fn frames(docs: &[DocId], big: &Big, path: Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let frames = docs
+        .iter()
+        .map(|&doc| {
+            let msg = match path {
+                Path::Changes => Message::Changes {
+                    doc,
+                    changes: vec![big.raw.clone()],
+                },
+                Path::Sync => Message::Sync {
+                    doc,
+                    reset: false,
+                    data: big.sync_data.clone(),
+                },
+            };
+            wire::frame(&msg, wire::DEFAULT_MAX_FRAME)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(frames)
+}
+
+/// The sender's reader: the relay's `Ack` (or sync reply) naming the change `hash`, or its
+/// refusal, as events.
+async fn hear_sender(
+    mut reader: FrameReader,
+    hash: ChangeHash,
+    tx: mpsc::Sender<(DocId, Event, Instant)>,
+) {
+    while let Ok(Some(msg)) = reader.recv().await {
+        let at = Instant::now();
+        let ev = match msg {
+            Message::Ack { doc, heads } if heads.contains(&hash) => (doc, Event::Accepted),
+            Message::Sync { doc, data, .. } => match sync::Message::decode(&data) {
+                Ok(m) if m.heads.contains(&hash) => (doc, Event::Accepted),
+                _ => continue,
+            },
+            Message::Error {
+                code,
+                doc: Some(doc),
+                message,
+            } => (doc, Event::Refused(format!("{code:?}: {message}"))),
+            _ => continue,
+        };
+        if tx.send((ev.0, ev.1, at)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The second subscriber: each large change it receives is an event, and acknowledged.
+/// Returns the sync frames it got.
+async fn receive(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    hash: ChangeHash,
+    tx: mpsc::Sender<(DocId, Event, Instant)>,
+) -> u64 {
+    let mut sync_frames = 0;
+    while let Ok(Some(msg)) = reader.recv().await {
+        let at = Instant::now();
+        match msg {
+            // Not parsed: the change is known, and parsing two million operations
+            // here would take this runtime's thread for most of a second.
+            Message::Changes { doc, changes } if changes.iter().any(|c| c.len() > LARGE_BYTES) => {
+                let _ = tx.send((doc, Event::Delivered, at)).await;
+                let ack = Message::Ack {
+                    doc,
+                    heads: vec![hash],
+                };
+                if writer.send(&ack).await.is_err() {
+                    break;
+                }
+            }
+            Message::Sync { .. } => sync_frames += 1,
+            _ => {}
+        }
+    }
+    sync_frames
+}
+
+/// Records each event in its document's outcome until every outcome is known or `deadline`.
+async fn await_outcomes(
+    docs: &[DocId],
+    sent: &[Option<Instant>],
+    outcomes: &mut [Outcome],
+    events: &mut mpsc::Receiver<(DocId, Event, Instant)>,
+    deadline: tokio::time::Instant,
+) {
+    let done = |o: &Outcome| o.refused.is_some() || (o.delivered.is_some() && o.accepted.is_some());
+    while !outcomes.iter().all(done) {
+        let Ok(Some((doc, ev, at))) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            break;
+        };
+        let Some(k) = docs.iter().position(|d| *d == doc) else {
+            continue;
+        };
+        let Some(since) = sent[k].map(|s| at.saturating_duration_since(s)) else {
+            continue;
+        };
+        let o = &mut outcomes[k];
+        let what = match ev {
+            Event::Accepted => {
+                o.accepted = o.accepted.or(Some(since));
+                "accepted".to_string()
+            }
+            Event::Delivered => {
+                o.delivered = o.delivered.or(Some(since));
+                "delivered".to_string()
+            }
+            Event::Refused(why) => {
+                let what = format!("refused ({why})");
+                o.refused = o.refused.clone().or(Some(why));
+                what
+            }
+        };
+        crate::progress(format_args!(
+            "large change {k} {what} after {:.0} ms",
+            crate::ms(since)
+        ));
     }
 }
 

@@ -1,0 +1,216 @@
+//! The group-commit writer: shared commits, submission order, failures, shutdown, barriers and
+//! tickets, in both modes.
+
+use std::sync::Barrier;
+
+use super::*;
+use crate::store::{MemStore, Table};
+
+fn put(key: &[u8]) -> WriteBatch {
+    let mut b = WriteBatch::new();
+    b.put(Table::CHUNKS, key.to_vec(), b"v".to_vec());
+    b
+}
+
+/// The writer's two modes: the default, and the relay's (yields before draining).
+fn both_modes() -> [GroupLimits; 2] {
+    [
+        GroupLimits::default(),
+        GroupLimits::default().yield_to_producers(true),
+    ]
+}
+
+#[test]
+fn eight_writers_share_commits_and_every_batch_lands() {
+    for limits in both_modes() {
+        eight_writers(limits);
+    }
+}
+
+fn eight_writers(limits: GroupLimits) {
+    const THREADS: usize = 8;
+    const BATCHES: usize = 200;
+    let store = Arc::new(MemStore::new());
+    let group = GroupCommit::with_limits(store.clone(), limits).unwrap();
+    let start = Barrier::new(THREADS);
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (group, start) = (&group, &start);
+            s.spawn(move || {
+                start.wait();
+                // Keep several batches in flight, as a driver serving many documents does.
+                let mut tickets = Vec::new();
+                for i in 0..BATCHES {
+                    let mut b = put(format!("t{t}-{i:03}").as_bytes());
+                    b.put(
+                        Table::DOC_META,
+                        format!("t{t}-{i:03}").into_bytes(),
+                        vec![1],
+                    );
+                    tickets.push(group.submit(b));
+                    if tickets.len() == 8 {
+                        for ticket in tickets.drain(..) {
+                            ticket.wait().unwrap();
+                        }
+                    }
+                }
+                for ticket in tickets {
+                    ticket.wait().unwrap();
+                }
+            });
+        }
+    });
+    let submitted = (THREADS * BATCHES) as u64;
+    let commits = group.commits();
+    group.shutdown();
+    assert_eq!(
+        store.scan_keys(Table::CHUNKS, b"").unwrap().len(),
+        THREADS * BATCHES
+    );
+    assert_eq!(
+        store.scan_keys(Table::DOC_META, b"").unwrap().len(),
+        THREADS * BATCHES
+    );
+    assert_eq!(store.write_count(), commits);
+    assert!(
+        commits < submitted,
+        "{commits} commits for {submitted} batches: no grouping"
+    );
+}
+
+#[test]
+fn batches_apply_in_submission_order() {
+    for limits in both_modes() {
+        let store = Arc::new(MemStore::new());
+        let group = GroupCommit::with_limits(store.clone(), limits).unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..100u8 {
+            let mut b = WriteBatch::new();
+            b.put(Table::CHUNKS, b"k".to_vec(), vec![i]);
+            tickets.push(group.submit(b));
+        }
+        for ticket in tickets {
+            ticket.wait().unwrap();
+        }
+        assert_eq!(store.get(Table::CHUNKS, b"k").unwrap(), Some(vec![99]));
+    }
+}
+
+/// A store whose first write blocks until released, and which refuses any batch that
+/// touches the key `poison`: lets a test line up a group deterministically.
+struct GatedStore {
+    inner: MemStore,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl KvStore for GatedStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(table, prefix)
+    }
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if let Some(gate) = self.gate.lock().unwrap().take() {
+            gate.recv().unwrap();
+        }
+        let poisoned = batch
+            .ops()
+            .iter()
+            .any(|op| matches!(op, crate::store::BatchOp::Put { key, .. } if key == b"poison"));
+        if poisoned {
+            return Err(StoreError::Injected { op: "write" });
+        }
+        self.inner.write(batch)
+    }
+}
+
+#[test]
+fn one_bad_batch_fails_only_its_own_caller() {
+    let (release, gate) = std::sync::mpsc::channel();
+    let store = Arc::new(GatedStore {
+        inner: MemStore::new(),
+        gate: std::sync::Mutex::new(Some(gate)),
+    });
+    let group = GroupCommit::new(store.clone()).unwrap();
+    let first = group.submit(put(b"first"));
+    // The writer is now stuck in the first write; these three queue up behind it.
+    let tickets: Vec<_> = [&b"a"[..], b"poison", b"c"]
+        .iter()
+        .map(|k| group.submit(put(k)))
+        .collect();
+    release.send(()).unwrap();
+    first.wait().unwrap();
+    let results: Vec<_> = tickets.into_iter().map(CommitTicket::wait).collect();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(StoreError::Injected { .. })));
+    assert_eq!(
+        store.scan_keys(Table::CHUNKS, b"").unwrap(),
+        vec![b"a".to_vec(), b"c".to_vec(), b"first".to_vec()]
+    );
+    // first, then a and c alone after the merged write failed.
+    assert_eq!(group.commits(), 3);
+}
+
+#[test]
+fn a_dead_disk_fails_every_later_ticket() {
+    let store = Arc::new(MemStore::new());
+    let group = GroupCommit::new(store.clone()).unwrap();
+    store.fail_writes_after(1);
+    group.submit(put(b"first")).wait().unwrap();
+    let tickets: Vec<_> = [&b"a"[..], b"b"]
+        .iter()
+        .map(|k| group.submit(put(k)))
+        .collect();
+    for ticket in tickets {
+        assert!(matches!(ticket.wait(), Err(StoreError::Injected { .. })));
+    }
+    assert_eq!(
+        store.scan_keys(Table::CHUNKS, b"").unwrap(),
+        vec![b"first".to_vec()]
+    );
+}
+
+#[test]
+fn shutdown_writes_everything_already_submitted() {
+    let store = Arc::new(MemStore::new());
+    let group = GroupCommit::new(store.clone()).unwrap();
+    let tickets: Vec<_> = (0..50u8).map(|i| group.submit(put(&[i]))).collect();
+    group.shutdown();
+    assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 50);
+    for ticket in tickets {
+        ticket.wait().unwrap();
+    }
+}
+
+#[test]
+fn an_empty_batch_is_a_barrier_that_writes_nothing() {
+    let store = Arc::new(MemStore::new());
+    let group = GroupCommit::new(store.clone()).unwrap();
+    let write = group.submit(put(b"k"));
+    group.submit(WriteBatch::new()).wait().unwrap();
+    assert!(store.get(Table::CHUNKS, b"k").unwrap().is_some());
+    write.wait().unwrap();
+    drop(group);
+    assert_eq!(store.write_count(), 1);
+}
+
+#[test]
+fn tickets_can_be_awaited_and_dropped() {
+    let store = Arc::new(MemStore::new());
+    let group = GroupCommit::new(store.clone()).unwrap();
+    // Awaited through a future, then waited after the first poll.
+    let mut ticket = group.submit(put(b"a"));
+    let waker = Waker::noop();
+    let _ = Pin::new(&mut ticket).poll(&mut Context::from_waker(waker));
+    ticket.wait().unwrap();
+    block_on(group.submit(put(b"b"))).unwrap();
+    // A dropped ticket still writes.
+    drop(group.submit(put(b"c")));
+    group.shutdown();
+    assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 3);
+}
