@@ -22,12 +22,29 @@ pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10_000;
 /// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`
 /// wins.
 pub fn tune_allocator() {
+    disable_thp();
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
     // SAFETY: mi_option_set takes any option id and value; options are atomics that mimalloc
     // reads on each purge decision, so setting one while other threads allocate is allowed.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS as _) };
+}
+
+/// Transparent huge pages off for this process, unless the operator set
+/// `MIMALLOC_ALLOW_THP`: mimalloc asks for them on its arenas, so each thread's first touch
+/// of its heap faulted in a whole 2 MiB page; an idle relay's five threads held 14 MiB that
+/// way, more than half of its 25 MiB RSS (1.7 MiB of heap without). mimalloc's own
+/// `allow_thp=0` does the same but is read before `main`, so the call is made here; it applies
+/// to every later fault, in the arenas already reserved too. The `throughput` workload
+/// measured no difference.
+fn disable_thp() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes an integer flag and only sets this process's
+        // huge-page policy; it touches no memory of ours.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
 }
 
 #[cfg(test)]

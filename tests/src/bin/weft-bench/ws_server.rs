@@ -95,21 +95,14 @@ impl Server {
         })
     }
 
-    /// The process's resident set and its peak, in KiB (`VmRSS`, `VmHWM`).
-    pub(crate) fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .context("reading the server's /proc status")?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        match (field("VmRSS:"), field("VmHWM:")) {
-            (Some(rss), Some(hwm)) => Ok((rss, hwm)),
-            _ => bail!("no VmRSS/VmHWM in the server's /proc status"),
-        }
+    /// The process's resident set, its peak, and its anonymous part, in KiB (`VmRSS`,
+    /// `VmHWM`, `RssAnon`: the rest of the resident set is mapped files, mostly its binary).
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<(u64, u64, u64)> {
+        status_kib(self.child.id())
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The process's CPU time (user + system) so far.
@@ -128,6 +121,23 @@ impl Server {
         // SAFETY: sysconf only reads a configuration value.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Duration::from_micros(total * 1_000_000 / hz)
+    }
+}
+
+/// `VmRSS`, `VmHWM` and `RssAnon` of process `pid`, in KiB.
+pub(crate) fn status_kib(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading the server's /proc status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (field("VmRSS:"), field("VmHWM:"), field("RssAnon:")) {
+        (Some(rss), Some(hwm), Some(anon)) => Ok((rss, hwm, anon)),
+        _ => bail!("no VmRSS/VmHWM/RssAnon in the server's /proc status"),
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::plan::Plan;
 use crate::report::{ms, percentiles};
-use crate::ws_server::{Kind, Server};
+use crate::ws_server::{status_kib, Kind, Server};
 
 /// Unmeasured changes before each run's measured ones.
 const WARMUP: usize = 10;
@@ -26,6 +28,10 @@ struct Sample {
     idle_rss: u64,
     rss: u64,
     peak_rss: u64,
+    /// KiB of anonymous memory (heap, stacks): right after the ready line, and the peak
+    /// sampled every 10 ms during the run.
+    idle_anon: u64,
+    peak_anon: u64,
     cpu: Duration,
     changes: usize,
 }
@@ -77,8 +83,8 @@ fn workload(
     let reps = if plan.quick { 1 } else { 3 };
     eprintln!("{name}: {who}; one writer, every other client sees the change; weft-relay --ws vs samod's server");
     eprintln!(
-        "  {:>7} {:>10} | {:>6} {:>15} {:>6} {:>15} | {:>9} {:>9} {:>9} | {:>7}",
-        "clients", "server", "p50 ms", "(range)", "p99 ms", "(range)", "idle MiB", "end MiB", "peak MiB", "cpu ms/c"
+        "  {:>7} {:>10} | {:>6} {:>15} {:>6} {:>15} | {:>9} {:>9} {:>9} {:>9} | {:>7}",
+        "clients", "server", "p50 ms", "(range)", "p99 ms", "(range)", "idle MiB", "end MiB", "peak MiB", "peak anon", "cpu ms/c"
     );
     let mut runs = Vec::new();
     let mut base_runs = Vec::new();
@@ -116,6 +122,7 @@ fn workload(
             "p50": met("p50_ms"),
             "p99": met("p99_ms"),
             "peak_rss": met("peak_rss_mib"),
+            "peak_anon": met("peak_anon_mib"),
         });
         runs.push(w);
         base_runs.push(b);
@@ -128,7 +135,8 @@ fn workload(
             0.16 on a default multi-thread tokio runtime, filesystem storage in a temp dir); \
             {reps} repetition(s) per size alternating weft/samod; p50/p99 over the pooled \
             samples of the repetitions, ranges over the repetitions' own; RSS from /proc \
-            (VmRSS after the ready line and at the end, VmHWM peak), in MiB; cpu = server \
+            (VmRSS after the ready line and at the end, VmHWM peak; RssAnon, the heap and stacks \
+            without the mapped binary, sampled every 10 ms for its peak), in MiB; cpu = server \
             user+system time per measured change"),
         "latency": "from just before the writer's change (set n = i) to a reader's change \
             notification after which it reads n = i; per reader, one change in flight",
@@ -151,14 +159,17 @@ fn measure(
     changes: usize,
 ) -> anyhow::Result<Sample> {
     let server = Server::start(kind)?;
-    let (idle_rss, _) = server.rss_kib()?;
+    let (idle_rss, _, idle_anon) = server.rss_kib()?;
     let cpu0 = server.cpu();
-    let (latencies, lost) = match clients {
-        Clients::Native => native(rt, &server.url, n, changes)?,
-        Clients::Npm => npm(&server.url, n, changes)?,
+    let sampler = AnonSampler::start(server.pid());
+    let result = match clients {
+        Clients::Native => native(rt, &server.url, n, changes),
+        Clients::Npm => npm(&server.url, n, changes),
     };
+    let peak_anon = sampler.stop();
+    let (latencies, lost) = result?;
     let cpu = server.cpu().saturating_sub(cpu0);
-    let (rss, peak_rss) = server.rss_kib()?;
+    let (rss, peak_rss, anon) = server.rss_kib()?;
     drop(server);
     Ok(Sample {
         latencies,
@@ -166,9 +177,41 @@ fn measure(
         idle_rss,
         rss,
         peak_rss,
+        idle_anon,
+        peak_anon: peak_anon.max(anon),
         cpu,
         changes,
     })
+}
+
+/// Samples a process's `RssAnon` every 10 ms on a thread of its own: the kernel keeps a peak
+/// of the whole resident set only.
+struct AnonSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl AnonSampler {
+    fn start(pid: u32) -> AnonSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, _, anon)) = status_kib(pid) {
+                    peak = peak.max(anon);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        AnonSampler { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 #[cfg(feature = "samod-bench")]
@@ -252,6 +295,7 @@ fn summary(kind: Kind, n: usize, samples: &mut [Sample]) -> Value {
             "samples": s.latencies.len(), "lost": s.lost,
             "idle_rss_mib": mib(s.idle_rss), "end_rss_mib": mib(s.rss),
             "peak_rss_mib": mib(s.peak_rss),
+            "idle_anon_mib": mib(s.idle_anon), "peak_anon_mib": mib(s.peak_anon),
             "cpu_ms_per_change": ms(s.cpu / s.changes.max(1) as u32),
         }));
     }
@@ -263,12 +307,13 @@ fn summary(kind: Kind, n: usize, samples: &mut [Sample]) -> Value {
     let peak = samples.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let idle = samples.iter().map(|s| s.idle_rss).max().unwrap_or(0);
     let end = samples.iter().map(|s| s.rss).max().unwrap_or(0);
+    let peak_anon = samples.iter().map(|s| s.peak_anon).max().unwrap_or(0);
     let cpu: Duration = samples.iter().map(|s| s.cpu).sum();
     let changes: usize = samples.iter().map(|s| s.changes).sum();
     let lost: usize = samples.iter().map(|s| s.lost).sum();
     let (r50, r99) = (range(&p50s), range(&p99s));
     eprintln!(
-        "  {:>7} {:>10} | {:>6.2} {:>15} {:>6.2} {:>15} | {:>9.1} {:>9.1} {:>9.1} | {:>7.3}{}",
+        "  {:>7} {:>10} | {:>6.2} {:>15} {:>6.2} {:>15} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>7.3}{}",
         n,
         kind.name(),
         ms(p50),
@@ -278,6 +323,7 @@ fn summary(kind: Kind, n: usize, samples: &mut [Sample]) -> Value {
         mib(idle),
         mib(end),
         mib(peak),
+        mib(peak_anon),
         ms(cpu / changes.max(1) as u32),
         if lost > 0 { format!("  ({lost} receipts lost)") } else { String::new() }
     );
@@ -294,6 +340,7 @@ fn summary(kind: Kind, n: usize, samples: &mut [Sample]) -> Value {
         "idle_rss_mib": mib(idle),
         "end_rss_mib": mib(end),
         "peak_rss_mib": mib(peak),
+        "peak_anon_mib": mib(peak_anon),
         "cpu_ms_per_change": ms(cpu / changes.max(1) as u32),
         "repetitions": reps,
     })
