@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -65,6 +66,15 @@ impl Server {
                 c
             }
         };
+        // weft-bench turns transparent huge pages off for itself (`tune_allocator`), which a
+        // child would inherit: each server starts as from a shell, with the system's policy.
+        // SAFETY: only prctl, async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
