@@ -6,7 +6,8 @@
 //
 // Latency, as weft-bench's native clients define it: the writer sets `n = i`; a reader sees
 // round i on the first "change" event of its handle after which `doc().n === i`; from just
-// before the writer's `change` call to that event. One round in flight at a time.
+// before the writer's `change` call to that event. One round in flight at a time, rounds paced
+// (PACE_MS below).
 import { Repo } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 
@@ -19,9 +20,16 @@ const n = Number(clientsArg)
 const rounds = Number(roundsArg)
 const warmup = Number(warmupArg)
 const ROUND_DEADLINE_MS = 5000
+// Rounds start at least this far apart. The client sends a document's sync messages at most
+// once per 100 ms (automerge-repo's DocSynchronizer throttle): with rounds back to back, a
+// change made less than 100 ms after the writer's previous send waits out the rest, and the
+// figures measure that phase (and reward a server that makes one reader lag, which spaces the
+// rounds), not the server.
+const PACE_MS = 150
 
 const repos = Array.from({ length: n }, () =>
   new Repo({ network: [new WebSocketClientAdapter(url, 1000)], sharePolicy: async () => true }))
+const sleep = ms => new Promise(r => setTimeout(r, ms))
 const writer = repos[0].create({ n: -1 })
 // The others find the document once the server has it: until then it is unavailable, and a
 // repo remembers that, so a throwaway repo probes (bounded).
@@ -36,8 +44,24 @@ if (!found) {
   console.error("the server never had the writer's document")
   process.exit(1)
 }
+// A reader finds the document once its socket has joined (a repo still connecting answers
+// "unavailable"); a handle found unavailable may still become ready when the server's sync
+// message arrives. Both waits are bounded.
+async function findReady(repo) {
+  for (let i = 0; i < 1000 && repo.peers.length === 0; i++) await sleep(10)
+  const h = await repo.find(writer.url, { allowableStates: ["ready", "unavailable"] })
+  if (!h.isReady()) {
+    let timer
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("a reader never got the document")), 10000)
+    })
+    await Promise.race([h.whenReady(["ready"]), timeout])
+    clearTimeout(timer)
+  }
+  return h
+}
 const readers = []
-for (const repo of repos.slice(1)) readers.push(await repo.find(writer.url))
+for (const repo of repos.slice(1)) readers.push(await findReady(repo))
 const samples = []
 let lost = 0
 for (let i = 0; i < warmup + rounds; i++) {
@@ -59,6 +83,8 @@ for (let i = 0; i < warmup + rounds; i++) {
     if (t === null) lost++
     else samples.push(t)
   }
+  const elapsed = performance.now() - start
+  if (elapsed < PACE_MS) await sleep(PACE_MS - elapsed)
 }
 for (const repo of repos) await repo.shutdown()
 process.stdout.write(JSON.stringify({ samples, lost }) + "\n")
