@@ -2,7 +2,8 @@
 // unmodified npm client: weft-bench's `ws-npm` workload runs this once per (server, size).
 //
 // Usage: node bench-clients.mjs WS_URL CLIENTS ROUNDS [WARMUP=5]
-// stdout: one JSON line {"samples": [ms...], "lost": N} (measured rounds only).
+// stdout: `measuring` once the warm-up rounds are done, then one JSON line
+// {"samples": [ms...], "lost": N} (measured rounds only).
 //
 // Latency, as weft-bench's native clients define it: the writer sets `n = i`; a reader sees
 // round i on the first "change" event of its handle after which `doc().n === i`; from just
@@ -65,6 +66,7 @@ for (const repo of repos.slice(1)) readers.push(await findReady(repo))
 const samples = []
 let lost = 0
 for (let i = 0; i < warmup + rounds; i++) {
+  if (i === warmup) process.stdout.write("measuring\n")
   const start = performance.now()
   const seen = readers.map(h => new Promise(resolve => {
     const timer = setTimeout(() => { h.off("change", check); resolve(null) }, ROUND_DEADLINE_MS)

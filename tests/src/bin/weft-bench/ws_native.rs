@@ -110,7 +110,13 @@ async fn watch(handle: samod::DocHandle, reader: usize, tx: mpsc::UnboundedSende
 
 /// Connects `clients` repos to `url`, has the first create the document and the others find
 /// it, then runs `warmup` unmeasured and `changes` measured changes.
-pub(crate) async fn run(url: &str, clients: usize, warmup: usize, changes: usize) -> anyhow::Result<Run> {
+/// `measuring` is called once the warm-up changes are done, right before the measured ones.
+pub(crate) async fn run(
+    url: &str,
+    clients: usize,
+    (warmup, changes): (usize, usize),
+    mut measuring: impl FnMut(),
+) -> anyhow::Result<Run> {
     anyhow::ensure!(clients >= 2, "a writer and at least one reader");
     let url = samod::Url::parse(url).context("server url")?;
     let mut repos = Vec::with_capacity(clients);
@@ -153,6 +159,9 @@ pub(crate) async fn run(url: &str, clients: usize, warmup: usize, changes: usize
     // Per reader, the highest `n` it has reported.
     let mut seen = vec![-1i64; clients];
     for i in 0..(warmup + changes) as i64 {
+        if i == warmup as i64 {
+            measuring();
+        }
         let t0 = Instant::now();
         writer.with_document(|d| set_n(d, i))?;
         let until = tokio::time::Instant::now() + PER_CHANGE_DEADLINE;

@@ -4,6 +4,7 @@
 //! bench-clients.mjs`). Each (size, repetition) starts a fresh server process; runs alternate
 //! weft/samod, the first of each pair swapping every repetition, since the machine is shared.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,7 +138,8 @@ fn workload(
             samples of the repetitions, ranges over the repetitions' own; RSS from /proc \
             (VmRSS after the ready line and at the end, VmHWM peak; RssAnon, the heap and stacks \
             without the mapped binary, sampled every 10 ms for its peak), in MiB; cpu = server \
-            user+system time per measured change"),
+            user+system time during the measured changes (after connecting, the initial sync and \
+            the warm-up), per change"),
         "latency": "from just before the writer's change (set n = i) to a reader's change \
             notification after which it reads n = i; per reader, one change in flight",
         "runs": runs,
@@ -160,15 +162,18 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let server = Server::start(kind)?;
     let (idle_rss, _, idle_anon) = server.rss_kib()?;
-    let cpu0 = server.cpu();
     let sampler = AnonSampler::start(server.pid());
+    // The server's CPU time when the measured changes start (after connections, the initial
+    // sync and the warm-up).
+    let mut cpu0 = None;
+    let measuring = || cpu0 = Some(server.cpu());
     let result = match clients {
-        Clients::Native => native(rt, &server.url, n, changes),
-        Clients::Npm => npm(&server.url, n, changes),
+        Clients::Native => native(rt, &server.url, (n, changes), measuring),
+        Clients::Npm => npm(&server.url, (n, changes), measuring),
     };
     let peak_anon = sampler.stop();
     let (latencies, lost) = result?;
-    let cpu = server.cpu().saturating_sub(cpu0);
+    let cpu = server.cpu().saturating_sub(cpu0.unwrap_or_default());
     let (rss, peak_rss, anon) = server.rss_kib()?;
     drop(server);
     Ok(Sample {
@@ -218,10 +223,10 @@ impl AnonSampler {
 fn native(
     rt: &tokio::runtime::Runtime,
     url: &str,
-    n: usize,
-    changes: usize,
+    (n, changes): (usize, usize),
+    measuring: impl FnMut(),
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let run = rt.block_on(crate::ws_native::run(url, n, WARMUP, changes))?;
+    let run = rt.block_on(crate::ws_native::run(url, n, (WARMUP, changes), measuring))?;
     Ok((run.latencies, run.lost))
 }
 
@@ -229,8 +234,8 @@ fn native(
 fn native(
     _rt: &tokio::runtime::Runtime,
     _url: &str,
-    _n: usize,
-    _changes: usize,
+    _sizes: (usize, usize),
+    _measuring: impl FnMut(),
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
     bail!("weft-bench was built without the samod-bench feature; {}", crate::ws_server::BUILD_HINT)
 }
@@ -253,18 +258,37 @@ fn js_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn npm(url: &str, n: usize, changes: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
+/// Runs `bench-clients.mjs`: it prints `measuring` once the warm-up rounds are done, then its
+/// result as one JSON line.
+fn npm(
+    url: &str,
+    (n, changes): (usize, usize),
+    mut measuring: impl FnMut(),
+) -> anyhow::Result<(Vec<Duration>, usize)> {
     let dir = js_dir()?;
-    let out = Command::new("node")
+    let mut child = Command::new("node")
         .arg(dir.join("bench-clients.mjs"))
         .args([url, &n.to_string(), &changes.to_string(), &WARMUP.to_string()])
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .context("running node bench-clients.mjs (is node installed?)")?;
-    if !out.status.success() {
-        bail!("bench-clients.mjs failed ({})", out.status);
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut result = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading bench-clients.mjs")?;
+        if line == "measuring" {
+            measuring();
+        } else if line.starts_with('{') {
+            result = Some(line);
+        }
     }
-    let v: Value = serde_json::from_slice(&out.stdout).context("bench-clients.mjs output")?;
+    let status = child.wait().context("waiting for node")?;
+    if !status.success() {
+        bail!("bench-clients.mjs failed ({status})");
+    }
+    let line = result.context("bench-clients.mjs printed no result")?;
+    let v: Value = serde_json::from_str(&line).context("bench-clients.mjs output")?;
     let samples = v["samples"]
         .as_array()
         .context("no samples")?
