@@ -46,6 +46,12 @@ impl Engine {
             && ds.reload_wanted
             && !ds.reloading
             && pending_ops(ds) < self.cfg.inline_apply_ops;
+        // Only changes made durable give the sync-mode peers something new: a completed sync
+        // state or gate record (one per peer per exchange) must not pump every peer, which cost
+        // a generate_sync_message per peer per acknowledgement, quadratic in the subscribers.
+        let announced = effects
+            .iter()
+            .any(|e| !matches!(e, PersistEffect::None));
         let mut origins = Vec::new();
         for effect in effects {
             if let PersistEffect::Changes {
@@ -67,7 +73,7 @@ impl Engine {
         // Other live peers were just sent the changes (`announce`) and stay unsynced until
         // they ack: pumping them would only find that out again, per peer per change.
         let conns: Vec<ConnId> = match self.docs.get(&doc) {
-            Some(Slot::Ready(ds)) => ds
+            Some(Slot::Ready(ds)) if announced || reload => ds
                 .peers
                 .iter()
                 .filter(|(c, pd)| !pd.live || origins.contains(c))
