@@ -49,9 +49,7 @@ impl Engine {
         // Only changes made durable give the sync-mode peers something new: a completed sync
         // state or gate record (one per peer per exchange) must not pump every peer, which cost
         // a generate_sync_message per peer per acknowledgement, quadratic in the subscribers.
-        let announced = effects
-            .iter()
-            .any(|e| !matches!(e, PersistEffect::None));
+        let announced = effects.iter().any(|e| !matches!(e, PersistEffect::None));
         let mut origins = Vec::new();
         for effect in effects {
             if let PersistEffect::Changes {

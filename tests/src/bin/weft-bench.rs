@@ -38,15 +38,15 @@ mod plan;
 mod relay;
 #[path = "weft-bench/report.rs"]
 mod report;
+#[cfg(feature = "samod-bench")]
+#[path = "weft-bench/samod_ws.rs"]
+mod samod_ws;
 #[path = "weft-bench/throughput.rs"]
 mod throughput;
 #[path = "weft-bench/wire_bytes.rs"]
 mod wire_bytes;
 #[path = "weft-bench/workloads.rs"]
 mod workloads;
-#[cfg(feature = "samod-bench")]
-#[path = "weft-bench/samod_ws.rs"]
-mod samod_ws;
 #[cfg(feature = "samod-bench")]
 #[path = "weft-bench/ws_native.rs"]
 mod ws_native;

@@ -42,7 +42,9 @@ impl samod::Dialer for WsDialer {
         self.url.clone()
     }
 
-    fn connect(&self) -> BoxFuture<'static, Result<samod::Transport, samod::DialError<Self::Error>>> {
+    fn connect(
+        &self,
+    ) -> BoxFuture<'static, Result<samod::Transport, samod::DialError<Self::Error>>> {
         let url = self.url.clone();
         Box::pin(async move {
             let transient = |e: String| samod::DialError::transient(std::io::Error::other(e));
@@ -51,7 +53,8 @@ impl samod::Dialer for WsDialer {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|e| transient(e.to_string()))?;
-            tcp.set_nodelay(true).map_err(|e| transient(e.to_string()))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| transient(e.to_string()))?;
             let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
                 .await
                 .map_err(|e| transient(e.to_string()))?;
@@ -93,7 +96,11 @@ fn set_n(doc: &mut Automerge, n: i64) -> anyhow::Result<()> {
 }
 
 /// Reports every new `n` this reader's document reaches, with when it saw it.
-async fn watch(handle: samod::DocHandle, reader: usize, tx: mpsc::UnboundedSender<(usize, i64, Instant)>) {
+async fn watch(
+    handle: samod::DocHandle,
+    reader: usize,
+    tx: mpsc::UnboundedSender<(usize, i64, Instant)>,
+) {
     let mut changes = handle.changes();
     let mut last = handle.with_document(|d| read_n(d)).unwrap_or(-1);
     while changes.next().await.is_some() {
@@ -133,7 +140,11 @@ pub(crate) async fn run(
     // The server has the document once one reader finds it (until then it is unavailable).
     let deadline = Instant::now() + CONNECT_DEADLINE;
     let first = loop {
-        if let Some(h) = repos[1].find(id.clone()).await.map_err(|_| anyhow::anyhow!("stopped"))? {
+        if let Some(h) = repos[1]
+            .find(id.clone())
+            .await
+            .map_err(|_| anyhow::anyhow!("stopped"))?
+        {
             break h;
         }
         if Instant::now() > deadline {

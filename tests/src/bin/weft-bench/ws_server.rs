@@ -4,8 +4,8 @@
 //! directory). Both binaries are looked for beside `weft-bench`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

@@ -85,7 +85,17 @@ fn workload(
     eprintln!("{name}: {who}; one writer, every other client sees the change; weft-relay --ws vs samod's server");
     eprintln!(
         "  {:>7} {:>10} | {:>6} {:>15} {:>6} {:>15} | {:>9} {:>9} {:>9} {:>9} | {:>7}",
-        "clients", "server", "p50 ms", "(range)", "p99 ms", "(range)", "idle MiB", "end MiB", "peak MiB", "peak anon", "cpu ms/c"
+        "clients",
+        "server",
+        "p50 ms",
+        "(range)",
+        "p99 ms",
+        "(range)",
+        "idle MiB",
+        "end MiB",
+        "peak MiB",
+        "peak anon",
+        "cpu ms/c"
     );
     let mut runs = Vec::new();
     let mut base_runs = Vec::new();
@@ -237,7 +247,10 @@ fn native(
     _sizes: (usize, usize),
     _measuring: impl FnMut(),
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
-    bail!("weft-bench was built without the samod-bench feature; {}", crate::ws_server::BUILD_HINT)
+    bail!(
+        "weft-bench was built without the samod-bench feature; {}",
+        crate::ws_server::BUILD_HINT
+    )
 }
 
 /// The npm clients' package (`relay/tests/js`), installed from its lock file when needed.
@@ -268,7 +281,12 @@ fn npm(
     let dir = js_dir()?;
     let mut child = Command::new("node")
         .arg(dir.join("bench-clients.mjs"))
-        .args([url, &n.to_string(), &changes.to_string(), &WARMUP.to_string()])
+        .args([
+            url,
+            &n.to_string(),
+            &changes.to_string(),
+            &WARMUP.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
