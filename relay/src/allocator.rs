@@ -24,12 +24,33 @@ pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 60_000;
 /// (elsewhere it configures an allocator nothing uses). An operator's `MIMALLOC_PURGE_DELAY`
 /// wins.
 pub fn tune_allocator() {
+    disable_thp();
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
     // SAFETY: mi_option_set takes any option id and value; options are atomics that mimalloc
     // reads on each purge decision, so setting one while other threads allocate is allowed.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS as _) };
+}
+
+/// Transparent huge pages off for this process, unless the operator set
+/// `MIMALLOC_ALLOW_THP`: mimalloc asks for them on its arenas, so each thread's first touch
+/// of its heap faulted in a whole 2 MiB page; an idle relay's five threads held 14 MiB that
+/// way, more than half of its 25 MiB RSS (1.7 MiB of heap without). mimalloc's own
+/// `allow_thp=0` does the same but is read at its initialisation, so the `weft-relay` binary
+/// calls this from a constructor, before anything is allocated ([`tune_allocator`] calls it
+/// too, for binaries without one); it applies to every later fault. It allocates nothing. The
+/// `throughput` workload measured no difference in CPU per change.
+pub fn disable_thp() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getenv reads the environment with a NUL-terminated name (no allocation, which
+    // matters before main); PR_SET_THP_DISABLE takes an integer flag and only sets this
+    // process's huge-page policy. Nothing else runs yet when the constructor calls it.
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr()).is_null() {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ mod web;
 mod ws;
 
 pub use access::{decide, readable_role, refusal_code, Decision};
-pub use allocator::{tune_allocator, ALLOCATOR_PURGE_DELAY_MS};
+pub use allocator::{disable_thp, tune_allocator, ALLOCATOR_PURGE_DELAY_MS};
 pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantError, Verifier};
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN};
 pub use checkpoint::{

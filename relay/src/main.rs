@@ -26,6 +26,19 @@ use crate::cli::{Cli, Command, LogFormat, UsageError};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off before the first allocation (`weft_relay::disable_thp`): a
+/// constructor runs before the runtime's own start-up allocates, which in `main` would be
+/// too late for the first 2 MiB pages.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static DISABLE_THP: extern "C" fn() = {
+    extern "C" fn disable_thp() {
+        weft_relay::disable_thp();
+    }
+    disable_thp
+};
+
 fn main() -> ExitCode {
     weft_relay::tune_allocator();
     let cli = match Cli::try_parse() {

@@ -46,6 +46,12 @@ impl Engine {
             && ds.reload_wanted
             && !ds.reloading
             && pending_ops(ds) < self.cfg.inline_apply_ops;
+        // Only changes made durable give sync-only peers (WebSocket clients) something new: a
+        // completed sync state (one per peer per exchange) must not pump every one of them,
+        // which cost a generate_sync_message per peer per acknowledgement, quadratic in the
+        // subscribers. Other peers keep being pumped: a pump also folds and resumes resyncs,
+        // and skipping it for them cost the `throughput` workload ~20% more CPU per change.
+        let announced = effects.iter().any(|e| !matches!(e, PersistEffect::None));
         let mut origins = Vec::new();
         for effect in effects {
             if let PersistEffect::Changes {
@@ -66,11 +72,15 @@ impl Engine {
         // Peers in sync mode may have something to send now; a sender may now be synced.
         // Other live peers were just sent the changes (`announce`) and stay unsynced until
         // they ack: pumping them would only find that out again, per peer per change.
+        let sync_only = &self.sync_only;
         let conns: Vec<ConnId> = match self.docs.get(&doc) {
             Some(Slot::Ready(ds)) => ds
                 .peers
                 .iter()
-                .filter(|(c, pd)| !pd.live || origins.contains(c))
+                .filter(|(c, pd)| {
+                    let sync_mode = !pd.live && (announced || reload || !sync_only.contains(c));
+                    sync_mode || origins.contains(c)
+                })
                 .map(|(c, _)| *c)
                 .collect(),
             _ => Vec::new(),

@@ -11,7 +11,8 @@
 //! spreads every thread over all cores.
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
-//! `initial-sync`, `large-change` (all of them when none is named). Exit status 2 for an unknown
+//! `initial-sync`, `large-change`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
 
@@ -37,12 +38,22 @@ mod plan;
 mod relay;
 #[path = "weft-bench/report.rs"]
 mod report;
+#[cfg(feature = "samod-bench")]
+#[path = "weft-bench/samod_ws.rs"]
+mod samod_ws;
 #[path = "weft-bench/throughput.rs"]
 mod throughput;
 #[path = "weft-bench/wire_bytes.rs"]
 mod wire_bytes;
 #[path = "weft-bench/workloads.rs"]
 mod workloads;
+#[cfg(feature = "samod-bench")]
+#[path = "weft-bench/ws_native.rs"]
+mod ws_native;
+#[path = "weft-bench/ws_server.rs"]
+mod ws_server;
+#[path = "weft-bench/ws_workloads.rs"]
+mod ws_workloads;
 
 use chain::Chain;
 
@@ -100,7 +111,11 @@ fn main() -> ExitCode {
         }
     }
     if workloads.is_empty() {
-        workloads = IMPLEMENTED.iter().map(|s| s.to_string()).collect();
+        workloads = IMPLEMENTED
+            .iter()
+            .filter(|w| cfg!(feature = "samod-bench") || !plan::NEEDS_SAMOD.contains(w))
+            .map(|s| s.to_string())
+            .collect();
     }
     let plan = Plan {
         pin,
@@ -173,6 +188,8 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
                 out
             }
             "large-change" => large_change_workload(&plan, &clients)?,
+            "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
+            "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => {
                 let relay = Relay::start()?;
                 let out = clients.block_on(device::reconnect(&relay, plan.quick))?;
