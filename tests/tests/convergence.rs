@@ -2,7 +2,8 @@
 //! often; once the network heals, every device shows the same document, in memory and in its
 //! store.
 //!
-//! `WEFT_PROPTEST_CASES` raises the number of cases for long runs (default 200).
+//! `WEFT_PROPTEST_CASES` raises the number of cases for long runs (default 200); `WEFT_SIM_TRACE`
+//! prints every message delivered once the network heals, `WEFT_SIM_TRACE_ALL` from the start.
 
 use proptest::prelude::*;
 use weft_core::engine::EngineConfig;
@@ -79,6 +80,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         })
         .collect();
     let mut sim = Sim::new(configs, docs.clone(), s.seed);
+    sim.trace = std::env::var("WEFT_SIM_TRACE_ALL").is_ok();
     sim.persist_delay = s.persist_delay;
     let linked = |a: usize, b: usize| !s.star || a == 0 || b == 0;
     for a in 0..s.nodes {
@@ -378,4 +380,72 @@ fn ten_devices_meeting_at_a_relay_converge_without_waiting_for_a_retry() {
             sim.now()
         );
     }
+}
+
+/// Found by CI: after partitions in a seven-node mesh, one node's heads stayed behind.
+#[test]
+fn regression_mesh_partitions_heads_differ() {
+    let s = Scenario {
+        nodes: 7,
+        docs: 2,
+        star: false,
+        faults: (
+            0.1813630863438397,
+            0.024203146876545362,
+            41,
+            0.04323389789579647,
+        ),
+        persist_delay: 1,
+        ops: vec![
+            Op::Edit { node: 0, doc: 0 },
+            Op::Connect { a: 2, b: 5 },
+            Op::Run { ms: 1059 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Edit { node: 2, doc: 0 },
+            Op::Edit { node: 4, doc: 1 },
+            Op::Edit { node: 1, doc: 1 },
+            Op::Heal { a: 1, b: 2 },
+            Op::Partition { a: 4, b: 0 },
+            Op::Run { ms: 1634 },
+            Op::Heal { a: 3, b: 5 },
+            Op::Edit { node: 1, doc: 0 },
+            Op::Run { ms: 1771 },
+            Op::Edit { node: 0, doc: 0 },
+            Op::Edit { node: 6, doc: 1 },
+            Op::Partition { a: 2, b: 5 },
+            Op::Run { ms: 2236 },
+            Op::Edit { node: 2, doc: 1 },
+            Op::Edit { node: 5, doc: 0 },
+            Op::Partition { a: 6, b: 3 },
+            Op::Edit { node: 3, doc: 0 },
+            Op::Edit { node: 5, doc: 0 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Edit { node: 2, doc: 1 },
+            Op::Run { ms: 253 },
+            Op::Connect { a: 2, b: 3 },
+            Op::Edit { node: 3, doc: 1 },
+            Op::Edit { node: 0, doc: 0 },
+            Op::Connect { a: 5, b: 2 },
+            Op::Connect { a: 2, b: 3 },
+            Op::Edit { node: 2, doc: 0 },
+            Op::Connect { a: 0, b: 4 },
+            Op::Edit { node: 5, doc: 1 },
+            Op::Edit { node: 4, doc: 0 },
+            Op::Edit { node: 5, doc: 0 },
+            Op::Edit { node: 0, doc: 0 },
+            Op::Edit { node: 3, doc: 0 },
+            Op::Partition { a: 6, b: 5 },
+            Op::Connect { a: 1, b: 6 },
+            Op::Edit { node: 1, doc: 1 },
+            Op::Connect { a: 6, b: 2 },
+            Op::Edit { node: 4, doc: 0 },
+            Op::Disconnect { a: 0, b: 5 },
+            Op::Partition { a: 5, b: 4 },
+            Op::Partition { a: 6, b: 5 },
+            Op::Edit { node: 6, doc: 1 },
+            Op::Disconnect { a: 4, b: 2 },
+        ],
+        seed: 18120230842203310403,
+    };
+    run(&s).unwrap();
 }

@@ -109,6 +109,12 @@ fn describe(msg: &Message) -> String {
     }
 }
 
+/// An engine output, cut short for a trace line.
+pub(crate) fn short(out: &weft_core::engine::Output) -> String {
+    let s = format!("{out:?}");
+    s.chars().take(200).collect()
+}
+
 mod network;
 mod node;
 mod run;

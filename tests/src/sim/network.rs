@@ -197,4 +197,22 @@ impl Sim {
             self.disconnect(l.a, l.b);
         }
     }
+
+    /// Closes the link that `conn` belongs to, then opens it again (every document reopened,
+    /// a partition kept).
+    pub(super) fn reconnect_conn(&mut self, conn: ConnId) {
+        if let Some(l) = self
+            .links
+            .iter()
+            .find(|l| l.conn_a == conn || l.conn_b == conn)
+            .copied()
+        {
+            self.disconnect(l.a, l.b);
+            self.connect(l.a, l.b);
+            // A partition outlasts the connections made across it.
+            if let Some(i) = self.link_index(l.a, l.b) {
+                self.links[i].partitioned = l.partitioned;
+            }
+        }
+    }
 }

@@ -79,6 +79,9 @@ impl Sim {
                 Action::Wait { what, ticket } => {
                     let result = ticket.wait();
                     self.failed_writes += u64::from(result.is_err());
+                    if self.trace && result.is_err() {
+                        eprintln!("t={} node {node} write failed {what:?}", self.now);
+                    }
                     let at = self.now + self.persist_delay;
                     let n = &mut self.nodes[node];
                     n.store.clear_faults();
@@ -104,6 +107,13 @@ impl Sim {
     }
 
     pub(super) fn on_event(&mut self, node: usize, out: Output) {
+        if self.trace {
+            eprintln!(
+                "t={} node {node} event {:?}",
+                self.now,
+                crate::sim::short(&out)
+            );
+        }
         match out {
             Output::Rejected { conn, doc, reason }
                 if reason != weft_core::engine::Rejection::ReadOnly =>
@@ -111,10 +121,11 @@ impl Sim {
                 self.reset_peer(node, conn, doc);
             }
             Output::ProtocolError { conn, .. } => self.disconnect_conn(conn),
-            // A document whose write failed left memory; its peers reconnect and sync again.
+            // A document whose write failed left memory: its connections close and its peers
+            // reconnect and sync again, as a device does after its backoff.
             Output::Failed { conns, .. } => {
                 for conn in conns {
-                    self.disconnect_conn(conn);
+                    self.reconnect_conn(conn);
                 }
             }
             _ => {}

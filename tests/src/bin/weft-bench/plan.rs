@@ -44,7 +44,10 @@ pub(crate) const WINDOW_ENV: &str = "WEFT_BENCH_WINDOW_S";
 impl Plan {
     pub(crate) fn new(quick: bool) -> Plan {
         let mut plan = Plan::standard(quick);
-        if let Some(s) = std::env::var(WINDOW_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(s) = std::env::var(WINDOW_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             plan.window = Duration::from_secs(s.clamp(1, 60));
         }
         plan
