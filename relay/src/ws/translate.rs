@@ -15,7 +15,7 @@ use weft_core::{DeviceId, DocId};
 use super::codec::{self, FromClient, ToClient};
 use super::frames::{bad, next_binary, SocketEnd, Ws};
 use super::heads::{now_ms, RemoteHeads};
-use super::weft::WeftState;
+use super::weft::{Here, WeftOut, WeftState};
 use super::Shared;
 use crate::hub::{HubEvent, Outbound};
 use crate::metrics::Metrics;
@@ -137,14 +137,36 @@ impl<'a> Socket<'a> {
         }
     }
 
-    /// Whether `doc` is subscribed on this socket (sync and ephemeral data flow).
-    pub(super) fn is_open(&self, doc: DocId) -> bool {
-        matches!(self.docs.get(&doc), Some(DocState::Open))
+    /// Runs one `weft-…` exchange on this socket's [`WeftState`]: its result and what to send.
+    fn with_weft<R>(
+        &mut self,
+        exchange: impl FnOnce(&mut WeftState, &Here<'_>, &mut Vec<WeftOut>) -> R,
+    ) -> (R, Vec<WeftOut>) {
+        let docs = &self.docs;
+        let subscription = |d: DocId| docs.get(&d).map(|s| matches!(s, DocState::Open));
+        let here = Here {
+            user: &self.user,
+            device: self.device,
+            storage_id: &self.shared.storage_id,
+            verifier: &self.shared.verifier,
+            subscription: &subscription,
+        };
+        let mut out = Vec::new();
+        let result = exchange(&mut self.weft, &here, &mut out);
+        (result, out)
     }
 
-    /// Whether `doc` is subscribed or being subscribed on this socket.
-    pub(super) fn is_known(&self, doc: DocId) -> bool {
-        self.docs.contains_key(&doc)
+    /// Sends, in order, what a `weft-…` exchange produced.
+    async fn send_weft(&mut self, out: Vec<WeftOut>) -> Result<(), SocketEnd> {
+        for item in out {
+            match item {
+                WeftOut::Client { kind, fields } => {
+                    self.send_client(ToClient::Weft { kind, fields }).await?
+                }
+                WeftOut::Hub(msg) => self.tell_hub(msg).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Sends the hub a message that needs no subscription held back (control, ephemeral).
@@ -257,7 +279,10 @@ impl<'a> Socket<'a> {
                 }
                 Ok(())
             }
-            FromClient::Weft { request, .. } => self.on_weft(request).await,
+            FromClient::Weft { request, .. } => {
+                let ((), out) = self.with_weft(|w, here, out| w.on_request(request, here, out));
+                self.send_weft(out).await
+            }
             FromClient::Ignored { kind, .. } => {
                 tracing::trace!(conn = self.conn.0, kind, "ignored a client message");
                 Ok(())
@@ -365,8 +390,9 @@ impl<'a> Socket<'a> {
     }
 
     async fn on_hub_message(&mut self, msg: Message) -> Result<(), SocketEnd> {
-        if self.on_hub_weft(&msg).await? {
-            return Ok(());
+        let (handled, out) = self.with_weft(|w, here, out| w.on_hub(&msg, here, out));
+        if handled {
+            return self.send_weft(out).await;
         }
         match msg {
             Message::Subscribed { doc, .. } => {

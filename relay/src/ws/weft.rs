@@ -1,7 +1,8 @@
 //! A socket's `weft-…` messages (see `codec/weft.rs` and decision 0014): the hub already does
 //! discovery, presence, sharing and token refresh for every connection; this file turns a
 //! client's `weft-…` requests into the hub's messages and the hub's answers into `weft-…`
-//! messages. No rule lives here: share, unshare, delete and refresh are the hub's decisions,
+//! messages. It does no I/O: [`WeftState`] returns what to send, and the socket
+//! (`translate.rs`) sends it in order. No rule lives here: share, unshare, delete and refresh are the hub's decisions,
 //! exactly as for QUIC devices.
 //!
 //! The hub sends the discovery listing right after the connection opens, before the client can
@@ -16,9 +17,8 @@ use ciborium::Value;
 use weft_core::wire::{DocEntry, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
-use super::codec::{ToClient, WeftRequest, MAX_STATUS_LEN};
-use super::frames::SocketEnd;
-use super::translate::Socket;
+use super::codec::{WeftRequest, MAX_STATUS_LEN};
+use crate::auth::Verifier;
 
 /// The ephemeral payload key of a presence status.
 const STATUS_KEY: &str = "weft-status";
@@ -81,123 +81,165 @@ fn status_of(data: &[u8]) -> Option<String> {
     }
 }
 
-impl Socket<'_> {
-    async fn send_weft(
-        &mut self,
+/// What the socket sends on behalf of a `weft-…` exchange, in order.
+#[derive(Debug)]
+pub(super) enum WeftOut {
+    /// A `weft-…` message to the client.
+    Client {
         kind: &'static str,
         fields: Vec<(&'static str, Value)>,
-    ) -> Result<(), SocketEnd> {
-        self.send_client(ToClient::Weft { kind, fields }).await
+    },
+    /// A message to the hub.
+    Hub(Message),
+}
+
+/// What a `weft-…` exchange needs to know of its socket.
+pub(super) struct Here<'a> {
+    pub(super) user: &'a str,
+    pub(super) device: DeviceId,
+    pub(super) storage_id: &'a str,
+    pub(super) verifier: &'a Verifier,
+    /// A document's subscription on this socket: `None` when unknown, `Some(true)` when open,
+    /// `Some(false)` while being subscribed.
+    pub(super) subscription: &'a dyn Fn(DocId) -> Option<bool>,
+}
+
+impl Here<'_> {
+    fn is_open(&self, doc: DocId) -> bool {
+        (self.subscription)(doc) == Some(true)
     }
 
-    async fn reply(
-        &mut self,
-        id: u64,
-        doc: Option<DocId>,
-        error: Option<(ErrorCode, String)>,
-    ) -> Result<(), SocketEnd> {
-        let mut fields = vec![
-            ("id", Value::Integer(id.into())),
-            ("ok", Value::Bool(error.is_none())),
-        ];
-        if let Some(doc) = doc {
-            fields.push(doc_field(doc));
-        }
-        if let Some((code, message)) = error {
-            fields.push(("code", Value::Integer(code.0.into())));
-            fields.push(("message", text(&message)));
-        }
-        self.send_weft("weft-reply", fields).await
+    fn is_known(&self, doc: DocId) -> bool {
+        (self.subscription)(doc).is_some()
     }
+}
 
+fn weft(out: &mut Vec<WeftOut>, kind: &'static str, fields: Vec<(&'static str, Value)>) {
+    out.push(WeftOut::Client { kind, fields });
+}
+
+fn reply(out: &mut Vec<WeftOut>, id: u64, doc: Option<DocId>, error: Option<(ErrorCode, String)>) {
+    let mut fields = vec![
+        ("id", Value::Integer(id.into())),
+        ("ok", Value::Bool(error.is_none())),
+    ];
+    if let Some(doc) = doc {
+        fields.push(doc_field(doc));
+    }
+    if let Some((code, message)) = error {
+        fields.push(("code", Value::Integer(code.0.into())));
+        fields.push(("message", text(&message)));
+    }
+    weft(out, "weft-reply", fields);
+}
+
+fn presence(
+    out: &mut Vec<WeftOut>,
+    doc: DocId,
+    (user, device): (&str, DeviceId),
+    online: bool,
+    status: Option<&str>,
+) {
+    let mut fields = vec![
+        doc_field(doc),
+        ("user", text(user)),
+        ("device", text(&device.to_string())),
+        ("online", Value::Bool(online)),
+    ];
+    if let Some(status) = status {
+        fields.push(("status", text(status)));
+    }
+    weft(out, "weft-presence", fields);
+}
+
+impl WeftState {
     /// A client's `weft-…` request.
-    pub(super) async fn on_weft(&mut self, request: WeftRequest) -> Result<(), SocketEnd> {
+    pub(super) fn on_request(
+        &mut self,
+        request: WeftRequest,
+        here: &Here<'_>,
+        out: &mut Vec<WeftOut>,
+    ) {
         match request {
             WeftRequest::Hello => {
-                self.weft.hello = true;
+                self.hello = true;
                 let welcome = vec![
-                    ("user", text(&self.user)),
-                    ("device", text(&self.device.to_string())),
-                    ("storageId", text(&self.shared.storage_id)),
+                    ("user", text(here.user)),
+                    ("device", text(&here.device.to_string())),
+                    ("storageId", text(here.storage_id)),
                 ];
-                self.send_weft("weft-welcome", welcome).await?;
+                weft(out, "weft-welcome", welcome);
                 // A listing still arriving from the hub is told whole once it ends.
-                match self.weft.listing_end {
-                    Some(_) => self.send_listing().await,
-                    None => Ok(()),
+                if self.listing_end.is_some() {
+                    self.listing(out);
                 }
             }
             WeftRequest::Presence { doc, status } => {
-                if !self.is_open(doc) {
-                    // Presence is best-effort, like ephemeral data.
-                    return Ok(());
+                // Presence is best-effort, like ephemeral data.
+                if here.is_open(doc) {
+                    out.push(WeftOut::Hub(Message::Ephemeral {
+                        doc,
+                        user: None,
+                        device: None,
+                        data: status_payload(&status),
+                    }));
                 }
-                let data = status_payload(&status);
-                self.tell_hub(Message::Ephemeral {
-                    doc,
-                    user: None,
-                    device: None,
-                    data,
-                })
-                .await
             }
             WeftRequest::Share {
                 id,
                 doc,
                 user,
                 role,
-            } => {
-                self.tell_hub(Message::Share {
-                    id,
-                    doc,
-                    user,
-                    role,
-                })
-                .await
-            }
+            } => out.push(WeftOut::Hub(Message::Share {
+                id,
+                doc,
+                user,
+                role,
+            })),
             WeftRequest::Unshare { id, doc, user } => {
-                self.tell_hub(Message::Unshare { id, doc, user }).await
+                out.push(WeftOut::Hub(Message::Unshare { id, doc, user }))
             }
-            WeftRequest::Delete { id, doc } => self.tell_hub(Message::Delete { id, doc }).await,
+            WeftRequest::Delete { id, doc } => out.push(WeftOut::Hub(Message::Delete { id, doc })),
             WeftRequest::Token { id, token } => {
                 // The hub decides (and closes the socket on a refused token, as for QUIC
                 // devices); this check only lets the client hear "ok" or why not first.
-                let verdict = match self
-                    .shared
-                    .verifier
-                    .verify(&token, weft_core::clock::unix_secs())
-                {
-                    Ok(claims) if claims.sub == self.user => None,
+                let verdict = match here.verifier.verify(&token, weft_core::clock::unix_secs()) {
+                    Ok(claims) if claims.sub == here.user => None,
                     Ok(_) => Some("a refreshed token must be for the same user".to_owned()),
                     Err(e) => Some(format!("the refreshed token was refused: {e}")),
                 };
                 let error = verdict.map(|m| (ErrorCode::UNAUTHENTICATED, m));
-                self.reply(id, None, error).await?;
-                self.tell_hub(Message::Token { token }).await
+                reply(out, id, None, error);
+                out.push(WeftOut::Hub(Message::Token { token }));
             }
         }
     }
 
     /// The whole listing as one `weft-docs {full: true}`, then `weft-docs-end`.
-    async fn send_listing(&mut self) -> Result<(), SocketEnd> {
-        let listing = entries(self.weft.listing.iter().map(|(d, r)| (*d, *r)));
+    fn listing(&self, out: &mut Vec<WeftOut>) {
+        let listing = entries(self.listing.iter().map(|(d, r)| (*d, *r)));
         let docs = vec![
             ("full", Value::Bool(true)),
             ("docs", listing),
             ("removed", Value::Array(Vec::new())),
         ];
-        self.send_weft("weft-docs", docs).await?;
-        let (total, truncated) = self.weft.listing_end.unwrap_or_default();
+        weft(out, "weft-docs", docs);
+        let (total, truncated) = self.listing_end.unwrap_or_default();
         let end = vec![
             ("total", Value::Integer(total.into())),
             ("truncated", Value::Bool(truncated)),
         ];
-        self.send_weft("weft-docs-end", end).await
+        weft(out, "weft-docs-end", end);
     }
 
-    /// A hub message of weft's own (discovery, presence, replies, statuses): `Ok(true)` when
-    /// it was handled here, `Ok(false)` when it is not one.
-    pub(super) async fn on_hub_weft(&mut self, msg: &Message) -> Result<bool, SocketEnd> {
+    /// A hub message of weft's own (discovery, presence, replies, statuses): `true` when it
+    /// was handled here, `false` when it is not one.
+    pub(super) fn on_hub(
+        &mut self,
+        msg: &Message,
+        here: &Here<'_>,
+        out: &mut Vec<WeftOut>,
+    ) -> bool {
         match msg {
             Message::Docs {
                 full,
@@ -205,30 +247,30 @@ impl Socket<'_> {
                 removed,
             } => {
                 if *full {
-                    self.weft.listing.clear();
-                    self.weft.listing_end = None;
+                    self.listing.clear();
+                    self.listing_end = None;
                 }
                 for DocEntry { doc, role } in added {
-                    self.weft.listing.insert(*doc, *role);
+                    self.listing.insert(*doc, *role);
                 }
                 for doc in removed {
-                    self.weft.listing.remove(doc);
+                    self.listing.remove(doc);
                 }
                 // Pieces of a full listing wait for its end; later deltas go out as they come.
-                if self.weft.hello && self.weft.listing_end.is_some() {
+                if self.hello && self.listing_end.is_some() {
                     let removed = removed.iter().map(|d| text(&d.to_string())).collect();
                     let fields = vec![
                         ("full", Value::Bool(*full)),
                         ("docs", entries(added.iter().map(|e| (e.doc, e.role)))),
                         ("removed", Value::Array(removed)),
                     ];
-                    self.send_weft("weft-docs", fields).await?;
+                    weft(out, "weft-docs", fields);
                 }
             }
             Message::DocsEnd { total, truncated } => {
-                self.weft.listing_end = Some((*total, *truncated));
-                if self.weft.hello {
-                    self.send_listing().await?;
+                self.listing_end = Some((*total, *truncated));
+                if self.hello {
+                    self.listing(out);
                 }
             }
             Message::Presence {
@@ -238,9 +280,8 @@ impl Socket<'_> {
                 online,
             } => {
                 // The hub tells a newcomer who is here just before it answers the subscription.
-                if self.weft.hello && self.is_known(*doc) {
-                    self.send_presence(*doc, user, *device, *online, None)
-                        .await?;
+                if self.hello && here.is_known(*doc) {
+                    presence(out, *doc, (user, *device), *online, None);
                 }
             }
             Message::Reply {
@@ -250,44 +291,23 @@ impl Socket<'_> {
                 message,
             } => {
                 let error = code.map(|c| (c, message.clone()));
-                self.reply(*id, Some(*doc), error).await?;
+                reply(out, *id, Some(*doc), error);
             }
             Message::Ephemeral {
                 doc,
                 user: Some(user),
                 device: Some(device),
                 data,
-            } if self.weft.hello => {
+            } if self.hello => {
                 let Some(status) = status_of(data) else {
-                    return Ok(false);
+                    return false;
                 };
-                if self.is_open(*doc) {
-                    self.send_presence(*doc, user, *device, true, Some(&status))
-                        .await?;
+                if here.is_open(*doc) {
+                    presence(out, *doc, (user, *device), true, Some(&status));
                 }
             }
-            _ => return Ok(false),
+            _ => return false,
         }
-        Ok(true)
-    }
-
-    async fn send_presence(
-        &mut self,
-        doc: DocId,
-        user: &str,
-        device: DeviceId,
-        online: bool,
-        status: Option<&str>,
-    ) -> Result<(), SocketEnd> {
-        let mut fields = vec![
-            doc_field(doc),
-            ("user", text(user)),
-            ("device", text(&device.to_string())),
-            ("online", Value::Bool(online)),
-        ];
-        if let Some(status) = status {
-            fields.push(("status", text(status)));
-        }
-        self.send_weft("weft-presence", fields).await
+        true
     }
 }

@@ -4,8 +4,9 @@ use std::io::Cursor;
 
 use ciborium::Value;
 
+use super::error::{CodecError, MAX_PEER_ID_LEN};
 use super::fields::Fields;
-use super::messages::{CodecError, FromClient, MAX_PEER_ID_LEN};
+use super::messages::FromClient;
 use super::weft::decode_weft;
 
 /// Decodes one binary frame from a client.

@@ -3,7 +3,7 @@
 use ciborium::Value;
 use weft_core::DocId;
 
-use super::messages::CodecError;
+use super::error::CodecError;
 
 /// A message's fields; `null` and `undefined` (both decoded as `Null`) count as absent.
 pub(super) struct Fields<'a>(pub(super) &'a [(Value, Value)]);

@@ -7,19 +7,21 @@
 //! field, an unknown `type`, trailing bytes or a document id that is not a bs58check id is an
 //! error, and the socket that sent it is closed.
 //!
-//! `messages.rs` holds the message types and the error, `decode.rs` reads a client's frame
+//! `messages.rs` holds the message types, `error.rs` the error, `decode.rs` reads a client's frame
 //! (its fields through `fields.rs`, weft's own messages through `weft.rs`), `encode.rs` writes
 //! the relay's.
 
 mod decode;
 mod encode;
+mod error;
 mod fields;
 mod messages;
 mod weft;
 
 pub(crate) use decode::decode;
 pub(crate) use encode::encode;
-pub(crate) use messages::{FromClient, ToClient, MAX_PEER_ID_LEN};
+pub(crate) use error::MAX_PEER_ID_LEN;
+pub(crate) use messages::{FromClient, ToClient};
 pub(crate) use weft::{WeftRequest, MAX_STATUS_LEN};
 
 #[cfg(test)]

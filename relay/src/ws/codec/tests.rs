@@ -3,8 +3,8 @@
 use ciborium::Value;
 use weft_core::DocId;
 
+use super::error::CodecError;
 use super::fields::Fields;
-use super::messages::CodecError;
 use super::*;
 
 const DOC: DocId = DocId::from_bytes([9; 16]);

@@ -6,8 +6,8 @@
 use ciborium::Value;
 use weft_core::{DocId, Role};
 
+use super::error::CodecError;
 use super::fields::Fields;
-use super::messages::CodecError;
 
 /// Longest presence status, in bytes (an app-defined word such as "typing" or "viewing").
 pub(crate) const MAX_STATUS_LEN: usize = 64;
