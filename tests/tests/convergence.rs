@@ -449,3 +449,31 @@ fn regression_mesh_partitions_heads_differ() {
     };
     run(&s).unwrap();
 }
+
+/// A write that fails once the network has healed drops the document from memory and closes
+/// its connections; they reconnect, and the node catches up instead of staying cut off.
+#[test]
+fn a_write_failing_after_the_network_healed_does_not_cut_a_node_off() {
+    let doc = DocId::from_bytes([5; 16]);
+    let configs = (0..3).map(|_| EngineConfig::device()).collect();
+    let mut sim = Sim::new(configs, vec![doc], 7);
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        sim.connect(a, b);
+    }
+    assert!(sim.edit(0, doc, "before"));
+    assert!(sim.run_until_quiet(10_000));
+    sim.nodes[2].store.fail_next_write();
+    assert!(sim.edit(2, doc, "lost on disk"));
+    assert!(sim.edit(0, doc, "after"));
+    assert!(sim.run_until_quiet(50_000), "network never went quiet");
+    assert_eq!(sim.failed_writes, 1, "the armed fault hit one write");
+    let heads = sim.heads(0, doc);
+    for node in 1..3 {
+        assert_eq!(sim.heads(node, doc), heads, "heads differ on node {node}");
+        assert_eq!(
+            sim.stored_heads(node, doc),
+            heads,
+            "store differs on node {node}"
+        );
+    }
+}

@@ -146,6 +146,13 @@ impl Host {
         self.group.store()
     }
 
+    /// Whether actions are queued for the driver. When none are, every write this host
+    /// submitted has been handed to the driver as an [`Action::Wait`] (a simulator that injects
+    /// store faults arms them only then, so a fault hits exactly the next poll's writes).
+    pub fn has_queued_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
         loop {

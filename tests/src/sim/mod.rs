@@ -122,6 +122,8 @@ mod run;
 impl Sim {
     /// `n` nodes with the given configs (index = node), sharing documents `docs`.
     pub fn new(configs: Vec<EngineConfig>, docs: Vec<DocId>, seed: u64) -> Self {
+        // The engines' maps iterate alike in every run, so a seed replays the same run.
+        weft_core::hash::deterministic_on_this_thread();
         let nodes = configs
             .into_iter()
             .enumerate()

@@ -64,10 +64,13 @@ impl Sim {
     /// Carries out every action node `node`'s host has queued.
     pub(super) fn drain(&mut self, node: usize) {
         loop {
-            // A store fault is armed for the one write a step of the host may submit, and
-            // disarmed once that write is done.
-            let fail =
-                self.faults.store_failure > 0.0 && self.rng.random_bool(self.faults.store_failure);
+            // A store fault is armed for the writes the next step of the host submits, and
+            // disarmed once they are done. It is armed only when no earlier write can still be
+            // in the writer thread (the driver has waited on all of them), so whether a write
+            // fails never depends on that thread's timing.
+            let fail = self.faults.store_failure > 0.0
+                && !self.nodes[node].host.has_queued_actions()
+                && self.rng.random_bool(self.faults.store_failure);
             if fail {
                 self.nodes[node].store.fail_next_write();
             }
