@@ -162,6 +162,20 @@ fn usage_errors_exit_2_with_one_line() {
     assert_fails(&relay(&[]), 2);
     assert_fails(&relay(&["serve", "--listen", "nowhere"]), 2);
     assert_fails(&relay(&["serve", "--cert", "only-a-cert.pem"]), 2);
+    let data = dir.path().join("relay-data");
+    let web_without_http = [
+        "serve",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--web",
+        "--http",
+        "off",
+    ];
+    let err = assert_fails(&relay(&web_without_http), 2);
+    assert!(err.contains("--http"), "{err}");
 }
 
 #[test]

@@ -19,12 +19,16 @@ use weft_relay::{
 };
 use weft_schema::rules::Kinds;
 
-use super::args::{HttpListen, ServeArgs};
+use super::args::{HttpListen, ServeArgs, UsageError};
 use super::signals::ShutdownSignals;
 
 /// Checks the secret and the TLS identity (creating them with `--dev`), then runs the relay
 /// on a runtime of its own until a signal stops it.
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.web && args.http == HttpListen::Off {
+        let why = "--web serves the demo on the --http address, which is off";
+        return Err(UsageError(why.into()).into());
+    }
     // Created, or tightened if it exists: mode 0700, its secret, key and store 0600.
     weft_relay::prepare_data_dir(&args.data_dir)?;
     let verifier = verifier(&args)?;
@@ -310,9 +314,6 @@ fn web_routes(
     verifier: &Verifier,
     ws: Option<&TcpListener>,
 ) -> anyhow::Result<Arc<weft_relay::Web>> {
-    if args.web && args.http == HttpListen::Off {
-        bail!("--web serves the demo on the --http address, which is off");
-    }
     let ws_addr = ws.map(TcpListener::local_addr).transpose()?;
     Ok(Arc::new(weft_relay::Web {
         kinds: kinds.clone(),
