@@ -131,7 +131,7 @@ impl Engine {
             self.resync(doc, conn);
             return;
         }
-        if let Some(m) = ds.doc.automerge().generate_sync_message(&mut pd.sync) {
+        if let Some(m) = generate(ds.doc.automerge(), &mut pd.sync) {
             let reset = std::mem::take(&mut pd.send_reset);
             self.out.push_back(Output::Send {
                 conn,
@@ -286,6 +286,29 @@ impl Engine {
             _ => false,
         }
     }
+}
+
+/// The next sync message for a peer, never a whole-document snapshot for a peer that already
+/// holds part of the document.
+///
+/// Automerge sends a peer that speaks its "v2" messages the whole document, compressed, as soon
+/// as it lacks more than a third of the changes: the sender saves (deflates) the document and
+/// the receiver loads it twice (checked, then applied) and merges it change by change with what
+/// it has. For a reconnect after offline writes on both sides that is most of the exchange's
+/// cost. Hiding the capability while the message is built makes Automerge list only the changes
+/// the peer lacks; the message keeps its flags (read-only, sync reset), and a peer that has
+/// nothing still gets the snapshot, which is the cheap way for it.
+fn generate(am: &automerge::Automerge, state: &mut sync::State) -> Option<sync::Message> {
+    let has_something = state.their_heads.as_ref().is_some_and(|h| !h.is_empty());
+    let caps = state.their_capabilities.clone();
+    if has_something {
+        if let Some(c) = state.their_capabilities.as_mut() {
+            c.retain(|c| *c != sync::Capability::MessageV2);
+        }
+    }
+    let msg = am.generate_sync_message(state);
+    state.their_capabilities = caps;
+    msg
 }
 
 /// A state that remembers only what survives a reconnect, keeping the read-only setting.

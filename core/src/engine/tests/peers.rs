@@ -195,3 +195,54 @@ fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn a_reconnect_after_writes_on_both_sides_sends_changes_not_the_whole_document() {
+    // Both sides share one change, then each writes more offline than a third of the document:
+    // Automerge on its own would send each side the whole document.
+    let (mut a, mut b) = pair(true);
+    write(&mut a, "shared");
+    pump(&mut a, &mut b);
+    a.remove_conn(ConnId(1));
+    b.remove_conn(ConnId(2));
+    drain(&mut a);
+    drain(&mut b);
+    for i in 0..10 {
+        write(&mut a, &format!("a{i}"));
+        write(&mut b, &format!("b{i}"));
+    }
+    drain(&mut a);
+    drain(&mut b);
+    a.open(ConnId(1), DOC, OpenOptions::default());
+    b.open(ConnId(2), DOC, OpenOptions::default());
+    let mut chunks = 0;
+    for _ in 0..100 {
+        let to_b = drain(&mut a);
+        let to_a = drain(&mut b);
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        for (_, m) in to_b.iter().chain(&to_a) {
+            if let Message::Sync { data, .. } = m {
+                for c in sync::Message::decode(data).unwrap().changes.iter() {
+                    // A chunk's type follows its magic bytes and checksum: 1 is a change.
+                    assert_eq!(
+                        c.get(8),
+                        Some(&1),
+                        "a sync message carried a document chunk"
+                    );
+                    chunks += 1;
+                }
+            }
+        }
+        for (_, m) in to_b {
+            b.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in to_a {
+            a.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert_eq!(chunks, 20, "each side's ten changes, sent once");
+    assert_eq!(a.heads(DOC), b.heads(DOC));
+    assert!(b.is_synced(ConnId(2), DOC) && a.is_synced(ConnId(1), DOC));
+}

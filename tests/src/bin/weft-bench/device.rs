@@ -193,6 +193,7 @@ pub async fn reconnect(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
             .map(|b| Automerge::load(&b))??;
         base_times.push(automerge_sync(&mut am_a, &mut am_b)?);
 
+        crate::report::perf_control("enable");
         let t = Instant::now();
         let _la = a.connect_relay(cfg(vec![])?).await?;
         let _lb = b.connect_relay(cfg(vec![doc])?).await?;
@@ -209,6 +210,7 @@ pub async fn reconnect(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
             synced(&a, doc, Duration::from_secs(60)).await?;
         }
         times.push(t.elapsed());
+        crate::report::perf_control("disable");
         a.close().await;
         b.close().await;
     }

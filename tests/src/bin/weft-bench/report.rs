@@ -32,3 +32,13 @@ pub(crate) fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Dura
         samples.last().copied().unwrap_or_default(),
     )
 }
+
+/// Profiles only a measured phase: with `WEFT_PERF_CTL` naming the control FIFO of
+/// `perf record -D -1 --control=fifo:PATH`, writes `enable` or `disable` to it (BENCHMARKS.md,
+/// "Profiling a phase"). Without it, does nothing.
+pub(crate) fn perf_control(cmd: &str) {
+    if let Some(path) = std::env::var_os("WEFT_PERF_CTL") {
+        // Best effort: a profile is diagnostics, never a reason to fail the measurement.
+        let _ = std::fs::write(path, format!("{cmd}\n"));
+    }
+}
