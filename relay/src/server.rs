@@ -152,6 +152,7 @@ async fn serve_connection(
         reader,
         writer,
         counted,
+        protocol,
     } = handshake(incoming, verifier, limits, metrics).await?;
     tracing::info!(conn = conn.0, %device, user = %claims.sub, "device connected");
     Metrics::inc(&metrics.connections_total);
@@ -165,6 +166,7 @@ async fn serve_connection(
             conn,
             device,
             claims,
+            protocol,
             out: out_tx,
         })
         .await
@@ -197,6 +199,8 @@ struct Greeted {
     writer: FrameWriter,
     /// Bytes of the stream already counted in `bytes_in`.
     counted: u64,
+    /// The protocol version to answer in and encode for.
+    protocol: u16,
 }
 
 /// The QUIC handshake, the stream, and the hello (`weft_core::quic::accept_hello`: a device
@@ -255,6 +259,7 @@ async fn handshake(
         reader: greeted.reader,
         writer: greeted.writer,
         counted,
+        protocol: greeted.protocol,
     })
 }
 

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::hub::{decode_frames, open_store, spawn_hub, test_secret, HubConn};
+use common::hub::{
+    decode_frames, decode_frames_with_bodies, open_store, spawn_hub, test_secret, HubConn,
+};
 use common::{now, open_subscribed, RELAY};
 use tokio::sync::mpsc;
 use weft_core::automerge::transaction::Transactable;
@@ -22,13 +24,24 @@ struct Device {
     presence: Vec<(String, bool)>,
     ephemeral: Vec<Vec<u8>>,
     closed: bool,
+    /// The first body byte of every `Changes` and `Ack` frame received.
+    live_bodies: Vec<u8>,
 }
 
 crate::extends!(Device, hub: HubConn);
 
 impl Device {
     async fn connect(events: &mpsc::Sender<HubEvent>, id: u64, claims: Claims) -> Device {
-        let hub = HubConn::open(events, id, claims, 256).await;
+        Self::connect_speaking(events, id, claims, weft_core::wire::PROTOCOL_VERSION).await
+    }
+
+    async fn connect_speaking(
+        events: &mpsc::Sender<HubEvent>,
+        id: u64,
+        claims: Claims,
+        protocol: u16,
+    ) -> Device {
+        let hub = HubConn::open_speaking(events, id, claims, 256, protocol).await;
         let mut d = Device {
             hub,
             engine: Engine::new(EngineConfig::device()),
@@ -36,6 +49,7 @@ impl Device {
             presence: Vec::new(),
             ephemeral: Vec::new(),
             closed: false,
+            live_bodies: Vec::new(),
         };
         d.engine.add_conn(RELAY);
         match d.next().await {
@@ -54,7 +68,12 @@ impl Device {
             .expect("relay went silent")
         {
             Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
-                self.pending.extend(decode_frames(&f));
+                for (m, body) in decode_frames_with_bodies(&f) {
+                    if matches!(m, Message::Changes { .. } | Message::Ack { .. }) {
+                        self.live_bodies.push(body);
+                    }
+                    self.pending.push_back(m);
+                }
                 self.pending.pop_front()
             }
             Some(Outbound::Close { code, .. }) => {
@@ -294,6 +313,7 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
             conn: ConnId(9),
             device: DeviceId::from_bytes([9; 32]),
             claims: Claims::new("alice", now(), 3600).with_create(true),
+            protocol: weft_core::wire::PROTOCOL_VERSION,
             out: tx,
         })
         .await
@@ -408,4 +428,50 @@ async fn a_token_whose_exp_is_the_largest_number_survives_the_expiry_sweep() {
     alice.send(Message::Subscribe { doc }).await;
     alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
     assert!(!alice.closed);
+}
+
+#[tokio::test]
+async fn live_frames_are_compact_only_for_devices_that_announced_protocol_2() {
+    let relay = start_relay();
+    let doc = DocId::from_bytes([43; 16]);
+    let claims = |user: &str| Claims::new(user, now(), 3600).with_doc(doc, Role::ReadWrite);
+    let mut new = Device::connect_speaking(
+        &relay.events,
+        1,
+        claims("alice").with_create(true),
+        weft_core::wire::PROTOCOL_VERSION,
+    )
+    .await;
+    let mut old = Device::connect_speaking(&relay.events, 2, claims("bob"), 1).await;
+    new.new_doc(doc);
+    new.write(doc, "first");
+    new.send(Message::Subscribe { doc }).await;
+    new.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    old.engine.load(doc);
+    old.flush().await;
+    old.send(Message::Subscribe { doc }).await;
+    old.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    // Both live now: each one's change reaches the other as `Changes` and is acknowledged.
+    for i in 0..3 {
+        new.write(doc, &format!("alice-{i}"));
+        old.write(doc, &format!("bob-{i}"));
+        new.flush().await;
+        old.flush().await;
+    }
+    new.until(|d| d.keys(doc).len() == 7).await;
+    old.until(|d| d.keys(doc).len() == 7).await;
+    new.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    old.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    assert!(!new.live_bodies.is_empty() && !old.live_bodies.is_empty());
+    // A compact body starts with its tag (0x01, 0x02); MessagePack's named map with 0x81.
+    assert!(
+        new.live_bodies.iter().all(|b| *b == 0x01 || *b == 0x02),
+        "{:?}",
+        new.live_bodies
+    );
+    assert!(
+        old.live_bodies.iter().all(|b| *b == 0x81),
+        "{:?}",
+        old.live_bodies
+    );
 }

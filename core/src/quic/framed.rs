@@ -251,19 +251,24 @@ impl FrameReader {
 pub struct FrameWriter {
     stream: quinn::SendStream,
     max_frame: usize,
+    encoding: wire::Encoding,
 }
 
 impl FrameWriter {
     /// Writes frames to `stream`, refusing to encode bodies longer than `max_frame` bytes (the
     /// peer's limit: [`wire::DEFAULT_MAX_FRAME`] until its `Welcome` says otherwise).
     pub fn new(stream: quinn::SendStream, max_frame: usize) -> Self {
-        FrameWriter { stream, max_frame }
+        FrameWriter {
+            stream,
+            max_frame,
+            encoding: wire::Encoding::Named,
+        }
     }
 
     /// Encodes `message` and writes its frame. A message too large for the peer fails with
     /// [`TransportError::Frame`] before anything is written; the stream stays usable.
     pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
-        let frame = wire::frame(message, self.max_frame)?;
+        let frame = wire::frame_as(message, self.encoding, self.max_frame)?;
         // `write_chunk` hands the buffer to quinn without copying it.
         self.stream.write_chunk(Bytes::from(frame)).await?;
         Ok(())
@@ -312,6 +317,13 @@ impl FrameWriter {
             "send_raw takes exactly one whole frame"
         );
         Ok(())
+    }
+
+    /// Encodes for a peer that announced `protocol` (in its `Hello` or `Welcome`): compact
+    /// `Changes` and `Ack` bodies from protocol 2 on. Until then, every body is named
+    /// MessagePack, which any version decodes.
+    pub fn set_peer_protocol(&mut self, protocol: u16) {
+        self.encoding = wire::Encoding::for_protocol(protocol);
     }
 
     /// Changes the largest body this writer encodes (after the peer's `Welcome{max_frame}`).

@@ -1,13 +1,13 @@
 //! The first exchange on a connection, as the accepting side sees it (the relay's server and a
 //! device's p2p listener alike): the dialer's device certificate, its stream, and its `Hello`
-//! in this protocol version naming that same device. What is wrong is refused: the dialer is
+//! in a protocol version this side speaks, naming that same device. What is wrong is refused: the dialer is
 //! told why in an `Error` frame and the connection is closed with the same code.
 
 use std::time::Duration;
 
 use super::framed::{FrameReader, FrameWriter};
 use super::tls::peer_device_id;
-use crate::wire::{ErrorCode, Message, PROTOCOL_VERSION};
+use crate::wire::{ErrorCode, Message, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use crate::DeviceId;
 
 /// A connection whose dialer said a valid hello.
@@ -17,6 +17,9 @@ pub struct Greeted {
     pub device: DeviceId,
     /// The token the hello carried (empty when there was none).
     pub token: String,
+    /// The protocol version to announce in the answer: the lower of the dialer's and ours.
+    /// The writer already encodes for it.
+    pub protocol: u16,
     /// The connection's stream, after the hello.
     pub reader: FrameReader,
     /// The connection's stream, to answer on.
@@ -76,14 +79,14 @@ pub async fn accept_hello(
     let hello = tokio::time::timeout(deadline, reader.recv())
         .await
         .map_err(|_| HelloRefused::Timeout)?;
-    let token = match hello {
+    let (token, protocol) = match hello {
         Ok(Some(Message::Hello {
             protocol,
             device: claimed,
             token,
             ..
         })) => {
-            if protocol != PROTOCOL_VERSION {
+            if !(MIN_PROTOCOL_VERSION..).contains(&protocol) {
                 let why = "unsupported protocol version";
                 refuse(connection, &mut writer, ErrorCode::UNSUPPORTED_VERSION, why).await;
                 return Err(HelloRefused::Version(protocol));
@@ -93,7 +96,7 @@ pub async fn accept_hello(
                 refuse(connection, &mut writer, ErrorCode::DEVICE_NOT_ALLOWED, why).await;
                 return Err(HelloRefused::WrongDevice);
             }
-            token
+            (token, protocol.min(PROTOCOL_VERSION))
         }
         Ok(_) | Err(_) => {
             refuse(
@@ -106,9 +109,11 @@ pub async fn accept_hello(
             return Err(HelloRefused::NotHello);
         }
     };
+    writer.set_peer_protocol(protocol);
     Ok(Greeted {
         device,
         token,
+        protocol,
         reader,
         writer,
     })

@@ -14,6 +14,11 @@
 //! allocated; a short buffer is "need more bytes" (`Ok(None)`), never an error. Struct fields are
 //! encoded by name, so a later version may add optional fields that v1 decoders skip.
 //!
+//! Protocol 2 keeps the frame layout and adds compact bodies for the two messages of the live
+//! path, `Changes` and `Ack` (see `compact.rs`: a tag byte, the document id and length-prefixed
+//! fields: about 40 bytes less for a change and its acknowledgement). They are sent only to a peer
+//! that announced protocol 2 ([`Encoding::for_protocol`]) and decoded from anyone.
+//!
 //! # Message flow
 //!
 //! ```text
@@ -65,16 +70,26 @@
 //! are durable. A `Changes` whose dependencies the receiver lacks, or an `Ack` naming heads the
 //! sender lacks, drops that document back to `Sync` with `reset: true`.
 
+mod compact;
 mod frame;
 mod message;
 
-pub use frame::{decode_body, decode_frame, decode_header, encode_frame, frame, FrameError};
+pub use compact::CompactError;
+pub use frame::{
+    decode_body, decode_frame, decode_header, encode_frame, encode_frame_as, frame, frame_as,
+    Encoding, FrameError,
+};
 pub use message::{ActorEntry, DocEntry, ErrorCode, Message};
 
 /// The first byte of every v1 frame.
 pub const PROTOCOL_V1: u8 = 0x01;
-/// The protocol version a v1 peer announces in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this side announces in `Hello` and `Welcome`. The side that answers
+/// announces the lower of the two versions; each side then encodes for the other's version.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version a peer may announce and still be served.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The first version whose peers decode compact `Changes` and `Ack` bodies ([`Encoding`]).
+pub const COMPACT_SINCE: u16 = 2;
 /// Bytes before the body: the version byte and the u32 length.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// The default maximum body length of a frame (16 MiB).

@@ -177,6 +177,50 @@ fn garbage_bodies_are_malformed() {
     assert!(decode_frame(&f, DEFAULT_MAX_FRAME).is_err());
 }
 
+#[test]
+fn compact_bodies_round_trip_and_are_smaller() {
+    for msg in samples() {
+        let named = frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+        let compact = frame_as(&msg, Encoding::Compact, DEFAULT_MAX_FRAME).unwrap();
+        let (back, used) = decode_frame(&compact, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!((back, used), (msg.clone(), compact.len()));
+        match msg {
+            // No names or map markers: 18 bytes and more saved.
+            Message::Changes { .. } | Message::Ack { .. } => {
+                assert!(compact.len() + 18 <= named.len(), "{msg:?}")
+            }
+            _ => assert_eq!(compact, named, "{msg:?}"),
+        }
+    }
+    assert_eq!(Encoding::for_protocol(1), Encoding::Named);
+    assert_eq!(Encoding::for_protocol(PROTOCOL_VERSION), Encoding::Compact);
+}
+
+#[test]
+fn malformed_compact_bodies_are_errors_and_allocate_nothing_large() {
+    let changes = frame_as(&samples()[4], Encoding::Compact, DEFAULT_MAX_FRAME).unwrap();
+    let body = &changes[FRAME_HEADER_LEN..];
+    // Every truncation of a valid body, a count of changes or heads far beyond the body, a
+    // length that never ends, an unknown document id length.
+    let mut bodies: Vec<Vec<u8>> = (1..body.len()).map(|n| body[..n].to_vec()).collect();
+    let mut huge = vec![0x01];
+    huge.extend_from_slice(&[3; 16]);
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+    bodies.push(huge.clone());
+    huge[0] = 0x02;
+    bodies.push(huge);
+    let mut endless = vec![0x01];
+    endless.extend_from_slice(&[3; 16]);
+    endless.extend_from_slice(&[0xff; 8]);
+    bodies.push(endless);
+    for b in bodies {
+        assert!(
+            matches!(decode_body(&b), Err(FrameError::Compact(_))),
+            "{b:?}"
+        );
+    }
+}
+
 fn arb_message() -> impl Strategy<Value = Message> {
     let doc = any::<[u8; 16]>().prop_map(DocId::from_bytes);
     prop_oneof![
@@ -254,10 +298,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn any_message_round_trips_through_a_stream(msgs in proptest::collection::vec(arb_message(), 1..6)) {
+    fn any_message_round_trips_through_a_stream(
+        msgs in proptest::collection::vec(arb_message(), 1..6),
+        compact in any::<bool>(),
+    ) {
+        let encoding = if compact { Encoding::Compact } else { Encoding::Named };
         let mut stream = Vec::new();
         for m in &msgs {
-            encode_frame(m, DEFAULT_MAX_FRAME, &mut stream).unwrap();
+            encode_frame_as(m, encoding, DEFAULT_MAX_FRAME, &mut stream).unwrap();
         }
         let mut at = 0;
         let mut back = Vec::new();

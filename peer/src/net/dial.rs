@@ -224,7 +224,7 @@ fn check_welcome(
             user,
             max_frame,
             device: other,
-            ..
+            protocol,
         }) => {
             if let Target::Peer(c) = target {
                 if other != c.peer {
@@ -240,6 +240,8 @@ fn check_welcome(
                 }
             }
             writer.set_max_frame((max_frame as usize).min(wire::DEFAULT_MAX_FRAME));
+            // The answer announces the lower version of the two; never encode past ours.
+            writer.set_peer_protocol(protocol.min(PROTOCOL_VERSION));
             if let Target::Relay(_) = target {
                 // A device acts for one user: the first token's, unless `init --name` chose.
                 if let Err(e) = device.dir().claim_user(&user) {

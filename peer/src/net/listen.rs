@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_core::quic::{self, ClientAuth};
-use weft_core::wire::{self, Message, PROTOCOL_VERSION};
+use weft_core::wire::{self, Message};
 use weft_core::DeviceId;
 
 use super::connection::serve_connection;
@@ -66,10 +66,11 @@ async fn accept_peer(
         let greeted = quic::accept_hello(&conn, wire::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
             .await
             .map_err(|e| format!("a peer's hello was refused: {e}"))?;
+        let protocol = greeted.protocol;
         let (peer, reader, mut writer) = (greeted.device, greeted.reader, greeted.writer);
         writer
             .send(&Message::Welcome {
-                protocol: PROTOCOL_VERSION,
+                protocol,
                 user: String::new(),
                 device: device.id(),
                 max_frame: wire::DEFAULT_MAX_FRAME as u32,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use weft_core::engine::ConnId;
 use weft_core::hash::{HashMap, HashSet};
-use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::wire::{self, Encoding, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
 use super::{Hub, Outbound};
@@ -43,6 +43,8 @@ pub(super) struct Conn {
     /// Bytes of the last batch flushed: the next one starts with that capacity, so a busy
     /// connection's batch is not regrown (and recopied) by doubling on every pass.
     last_batch_bytes: usize,
+    /// How its frames are encoded (by the protocol version it announced).
+    pub(super) encoding: Encoding,
 }
 
 /// Frames for one connection, concatenated, that go on its queue as one entry.
@@ -69,10 +71,11 @@ impl Hub {
         conn: ConnId,
         device: DeviceId,
         claims: Claims,
+        protocol: u16,
         out: mpsc::Sender<Outbound>,
     ) {
         let welcome = Message::Welcome {
-            protocol: wire::PROTOCOL_VERSION,
+            protocol,
             user: claims.sub.clone(),
             device,
             max_frame: self.cfg.max_frame as u32,
@@ -96,6 +99,7 @@ impl Hub {
                 replies: VecDeque::new(),
                 batch: Batch::default(),
                 last_batch_bytes: 0,
+                encoding: Encoding::for_protocol(protocol),
             },
         );
         self.host.add_conn(self.now_ms(), conn);
@@ -176,21 +180,37 @@ impl Hub {
     }
 
     pub(super) fn broadcast(&mut self, doc: DocId, except: Option<ConnId>, msg: &Message) {
-        let Some(frame) = self.encode(msg) else {
-            return;
-        };
         let targets: Vec<ConnId> = self
             .subscribers
             .get(&doc)
             .map(|s| s.keys().copied().filter(|c| Some(*c) != except).collect())
             .unwrap_or_default();
+        // Encoded once per encoding the targets use.
+        let mut frames: [Option<Arc<Vec<u8>>>; 2] = [None, None];
         for conn in targets {
-            self.push(conn, outbound(msg, frame.clone()), resyncable(msg));
+            let encoding = self.encoding_of(conn);
+            let slot = &mut frames[encoding as usize];
+            if slot.is_none() {
+                *slot = self.encode(msg, encoding);
+            }
+            let Some(frame) = slot.clone() else {
+                return;
+            };
+            self.push(conn, outbound(msg, frame), resyncable(msg));
         }
     }
 
-    pub(super) fn encode(&self, msg: &Message) -> Option<Arc<Vec<u8>>> {
-        match wire::frame(msg, self.cfg.max_frame) {
+    /// How frames for `conn` are encoded (named for a connection that is gone: it gets
+    /// nothing anyway).
+    pub(super) fn encoding_of(&self, conn: ConnId) -> Encoding {
+        self.conns
+            .get(&conn)
+            .map(|c| c.encoding)
+            .unwrap_or_default()
+    }
+
+    pub(super) fn encode(&self, msg: &Message, encoding: Encoding) -> Option<Arc<Vec<u8>>> {
+        match wire::frame_as(msg, encoding, self.cfg.max_frame) {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::error!(error = %e, "could not encode a message");
@@ -200,7 +220,7 @@ impl Hub {
     }
 
     pub(super) fn send(&mut self, conn: ConnId, msg: &Message) {
-        if let Some(frame) = self.encode(msg) {
+        if let Some(frame) = self.encode(msg, self.encoding_of(conn)) {
             self.push(conn, outbound(msg, frame), resyncable(msg));
         }
     }

@@ -348,7 +348,7 @@ impl Hub {
             code,
             message: message.to_string(),
         };
-        let Some(frame) = self.encode(&msg) else {
+        let Some(frame) = self.encode(&msg, self.encoding_of(request.conn)) else {
             return;
         };
         self.flush_conn(request.conn);

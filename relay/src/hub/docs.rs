@@ -14,7 +14,7 @@ use weft_core::store::docs::{self as docstore, DocStoreError};
 use weft_core::store::StoreError;
 
 use crate::meta::DocMeta;
-use weft_core::wire::{self, ErrorCode, Message};
+use weft_core::wire::{self, Encoding, ErrorCode, Message};
 use weft_core::{DeviceId, DocId, Role};
 
 use super::{Done, Hub, Outbound};
@@ -290,12 +290,12 @@ impl Hub {
 
     /// Delivers one of the engine's messages to `conn`. `last` is the latest `Changes` encoded
     /// in this pump: the engine sends the same one to every live peer of a document, one after
-    /// another, so it is encoded once.
+    /// another, so it is encoded once (per encoding).
     pub(super) fn deliver(
         &mut self,
         conn: ConnId,
         msg: Message,
-        last: &mut Option<(Message, Arc<Vec<u8>>)>,
+        last: &mut Option<(Message, Encoding, Arc<Vec<u8>>)>,
     ) {
         // Nothing of a document reaches a connection not subscribed to it (this also covers
         // output produced just before a revocation closed it). Asked of the document's
@@ -315,11 +315,14 @@ impl Hub {
             if let Some(t) = self.arrivals.remove(&doc) {
                 self.metrics.observe_fanout(t.elapsed());
             }
+            let encoding = self.encoding_of(conn);
             let frame = match &*last {
-                Some((m, f)) if same_changes(m, &msg) => f.clone(),
+                Some((m, e, f)) if *e == encoding && same_changes(m, &msg) => f.clone(),
                 _ => {
-                    let Some(f) = self.encode(&msg) else { return };
-                    *last = Some((msg, f.clone()));
+                    let Some(f) = self.encode(&msg, encoding) else {
+                        return;
+                    };
+                    *last = Some((msg, encoding, f.clone()));
                     f
                 }
             };

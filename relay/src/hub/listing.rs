@@ -45,7 +45,7 @@ impl Hub {
                 }
                 discovery::listing_messages(listing, self.cfg.docs_per_message)
                     .iter()
-                    .map(|m| self.encode(m))
+                    .map(|m| self.encode(m, self.encoding_of(conn)))
                     .collect()
             }
             Err(e) => {
@@ -78,7 +78,7 @@ impl Hub {
     pub(super) fn send_delta(&mut self, conn: ConnId, added: Vec<DocEntry>, removed: Vec<DocId>) {
         self.flush_conn(conn);
         for msg in discovery::delta_messages(added, removed, self.cfg.docs_per_message) {
-            let Some(frame) = self.encode(&msg) else {
+            let Some(frame) = self.encode(&msg, self.encoding_of(conn)) else {
                 continue;
             };
             let Some(c) = self.conns.get_mut(&conn) else {

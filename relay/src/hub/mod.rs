@@ -152,6 +152,10 @@ pub enum HubEvent {
         device: DeviceId,
         /// The verified token.
         claims: Claims,
+        /// The protocol version its frames are encoded for (what it announced, at most ours;
+        /// `wire::MIN_PROTOCOL_VERSION` for a WebSocket client, whose frames the relay
+        /// translates).
+        protocol: u16,
         /// Where its frames go (bounded).
         out: mpsc::Sender<Outbound>,
     },

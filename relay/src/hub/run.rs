@@ -171,8 +171,9 @@ impl Hub {
                 conn,
                 device,
                 claims,
+                protocol,
                 out,
-            } => self.open_conn(conn, device, claims, out),
+            } => self.open_conn(conn, device, claims, protocol, out),
             HubEvent::Frame { conn, msg } => {
                 if let Some(doc) = msg.doc() {
                     Metrics::inc(&self.metrics.messages_in);

@@ -50,6 +50,7 @@ pub(super) async fn serve_socket(
             conn,
             device,
             claims,
+            protocol: weft_core::wire::MIN_PROTOCOL_VERSION,
             out: out_tx,
         })
         .await;

@@ -50,13 +50,22 @@ pub struct HubConn {
 
 /// Every message of one outbound entry: the hub queues all of a connection's frames from one
 /// pass of its loop as a single entry, so an entry holds one or more whole frames.
-pub fn decode_frames(mut buf: &[u8]) -> Vec<Message> {
+pub fn decode_frames(buf: &[u8]) -> Vec<Message> {
+    decode_frames_with_bodies(buf)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// Like [`decode_frames`], with the first byte of each frame's body (which tells a compact
+/// body from a MessagePack one).
+pub fn decode_frames_with_bodies(mut buf: &[u8]) -> Vec<(Message, u8)> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let (msg, used) = wire::decode_frame(buf, usize::MAX)
             .unwrap()
             .expect("an outbound entry holds whole frames");
-        out.push(msg);
+        out.push((msg, buf[wire::FRAME_HEADER_LEN]));
         buf = &buf[used..];
     }
     out
@@ -71,12 +80,24 @@ impl HubConn {
         claims: Claims,
         queue: usize,
     ) -> HubConn {
+        Self::open_speaking(events, id, claims, queue, wire::PROTOCOL_VERSION).await
+    }
+
+    /// Like [`HubConn::open`], for a device that announced `protocol`.
+    pub async fn open_speaking(
+        events: &mpsc::Sender<HubEvent>,
+        id: u64,
+        claims: Claims,
+        queue: usize,
+        protocol: u16,
+    ) -> HubConn {
         let (out, inbox) = mpsc::channel(queue);
         events
             .send(HubEvent::Open {
                 conn: ConnId(id),
                 device: DeviceId::from_bytes([id as u8; 32]),
                 claims,
+                protocol,
                 out,
             })
             .await

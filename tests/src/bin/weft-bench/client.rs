@@ -59,7 +59,10 @@ impl Client {
             })
             .await?;
         match tokio::time::timeout(Duration::from_secs(20), c.reader.recv()).await {
-            Ok(Ok(Some(Message::Welcome { .. }))) => Ok(c),
+            Ok(Ok(Some(Message::Welcome { protocol, .. }))) => {
+                c.writer.set_peer_protocol(protocol);
+                Ok(c)
+            }
             Ok(Ok(other)) => bail!("expected a welcome, got {other:?}"),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => bail!("no welcome within 20 s"),
@@ -210,11 +213,16 @@ pub async fn sync_all(
     Ok(out.into_iter().map(|(_, c)| c).collect())
 }
 
-/// A frame for `Changes` of one raw change.
+/// A frame for `Changes` of one raw change, as a device of this version sends it to the relay
+/// (compact body).
 pub fn changes_frame(doc: DocId, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
     let msg = Message::Changes {
         doc,
         changes: vec![bytes::Bytes::from(raw.to_vec())],
     };
-    Ok(wire::frame(&msg, wire::DEFAULT_MAX_FRAME)?)
+    Ok(wire::frame_as(
+        &msg,
+        wire::Encoding::Compact,
+        wire::DEFAULT_MAX_FRAME,
+    )?)
 }

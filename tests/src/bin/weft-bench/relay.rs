@@ -354,7 +354,10 @@ async fn forward_hub(mut events: mpsc::Receiver<FwdEvent>) {
                     continue;
                 };
                 let doc = *doc;
-                let Ok(frame) = wire::frame(&msg, wire::DEFAULT_MAX_FRAME) else {
+                // The relay's encoding for devices of this version.
+                let Ok(frame) =
+                    wire::frame_as(&msg, wire::Encoding::Compact, wire::DEFAULT_MAX_FRAME)
+                else {
                     continue;
                 };
                 let frame = Arc::new(frame);
@@ -367,9 +370,10 @@ async fn forward_hub(mut events: mpsc::Receiver<FwdEvent>) {
                     doc,
                     heads: Vec::new(),
                 };
-                if let (Some(out), Ok(f)) =
-                    (outs.get(&from), wire::frame(&ack, wire::DEFAULT_MAX_FRAME))
-                {
+                if let (Some(out), Ok(f)) = (
+                    outs.get(&from),
+                    wire::frame_as(&ack, wire::Encoding::Compact, wire::DEFAULT_MAX_FRAME),
+                ) {
                     let _ = out.try_send(Arc::new(f));
                 }
             }

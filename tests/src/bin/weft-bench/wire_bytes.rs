@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use weft_core::wire::{self, Message};
+use weft_core::wire::{self, Encoding, Message};
 use weft_core::DocId;
 
 use crate::chain::Chain;
@@ -16,6 +16,8 @@ pub struct Figures {
     pub live_writer: f64,
     /// weft frames per change between the relay and one caught-up subscriber.
     pub live_subscriber: f64,
+    /// The same frames with MessagePack bodies (what a protocol 1 peer is sent).
+    pub live_named: f64,
     /// UDP bytes (QUIC headers, encryption, acknowledgements) per change, same two links.
     pub udp_writer: f64,
     pub udp_subscriber: f64,
@@ -29,24 +31,24 @@ pub async fn run(relay: &Relay, changes: usize, chain: Arc<Chain>) -> anyhow::Re
     let n = changes.min(chain.len());
     let doc = DocId::from_bytes([0; 16]);
     let mut raw = 0usize;
-    let mut frames = 0usize;
+    let (mut frames, mut named) = (0usize, 0usize);
     for (r, h) in chain.raw.iter().zip(&chain.hashes).take(n) {
         raw += r.len();
-        let up = wire::frame(
-            &Message::Changes {
-                doc,
-                changes: vec![bytes::Bytes::from(r.clone())],
-            },
-            wire::DEFAULT_MAX_FRAME,
-        )?;
-        let ack = wire::frame(
-            &Message::Ack {
-                doc,
-                heads: vec![*h],
-            },
-            wire::DEFAULT_MAX_FRAME,
-        )?;
-        frames += up.len() + ack.len();
+        let up = Message::Changes {
+            doc,
+            changes: vec![bytes::Bytes::from(r.clone())],
+        };
+        let ack = Message::Ack {
+            doc,
+            heads: vec![*h],
+        };
+        for (encoding, total) in [
+            (Encoding::Compact, &mut frames),
+            (Encoding::Named, &mut named),
+        ] {
+            *total += wire::frame_as(&up, encoding, wire::DEFAULT_MAX_FRAME)?.len()
+                + wire::frame_as(&ack, encoding, wire::DEFAULT_MAX_FRAME)?.len();
+        }
     }
     let (sync_messages, sync_bytes) = fanout::sync_protocol_bytes(n, &chain)?;
     // Sync messages carried in weft `Sync` frames: the same envelope the live path pays.
@@ -65,6 +67,7 @@ pub async fn run(relay: &Relay, changes: usize, chain: Arc<Chain>) -> anyhow::Re
         raw_change: raw as f64 / n as f64,
         live_writer: frames as f64 / n as f64,
         live_subscriber: frames as f64 / n as f64,
+        live_named: named as f64 / n as f64,
         udp_writer: per(measured.writer_udp_bytes),
         udp_subscriber: per(measured.receivers_udp_bytes),
         sync_messages,
@@ -83,6 +86,10 @@ impl Figures {
             "raw_change_bytes": round1(self.raw_change),
             "live_frame_bytes_per_change_writer_link": round1(self.live_writer),
             "live_frame_bytes_per_change_per_subscriber": round1(self.live_subscriber),
+            "live_frame_bytes_per_change_protocol_1": round1(self.live_named),
+            "live_frame_bytes_vs_raw_change": round2(self.live_subscriber / self.raw_change),
+            "live_udp_bytes_vs_raw_change": round2(self.udp_subscriber / self.raw_change),
+            "target_vs_raw_change": 1.5,
             "live_udp_bytes_per_change_writer_link": round1(self.udp_writer),
             "live_udp_bytes_per_change_per_subscriber": round1(self.udp_subscriber),
             "baseline": {
@@ -100,4 +107,8 @@ impl Figures {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

@@ -422,12 +422,16 @@ pub(crate) fn wire_bytes_workload(
         f.raw_change
     );
     eprintln!(
-        "  weft live path, frames per link         {:>8.1} B  (Changes + Ack)",
-        f.live_writer
+        "  weft live path, frames per link         {:>8.1} B  (Changes + Ack; {:.2}x the change, target 1.5x; protocol 1: {:.1} B)",
+        f.live_writer,
+        f.live_writer / f.raw_change,
+        f.live_named
     );
     eprintln!(
-        "  weft live path, UDP writer / subscriber {:>8.1} / {:.1} B",
-        f.udp_writer, f.udp_subscriber
+        "  weft live path, UDP writer / subscriber {:>8.1} / {:.1} B  ({:.2}x the change)",
+        f.udp_writer,
+        f.udp_subscriber,
+        f.udp_subscriber / f.raw_change
     );
     eprintln!(
         "  automerge sync protocol per peer pair   {:>8.1} B  ({:.1} messages; {:.1} B framed)",
