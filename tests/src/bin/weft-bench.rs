@@ -190,12 +190,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "large-change" => large_change_workload(&plan, &clients)?,
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
-            "reconnect" => {
-                let relay = Relay::start()?;
-                let out = clients.block_on(device::reconnect(&relay, plan.quick))?;
-                relay.stop();
-                out
-            }
+            "reconnect" => device::reconnect(&clients, plan.quick)?,
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());
