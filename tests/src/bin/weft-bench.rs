@@ -11,7 +11,7 @@
 //! spreads every thread over all cores.
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
-//! `initial-sync`, `large-change`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `initial-sync`, `large-change`, `memory`, and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -32,6 +32,8 @@ mod device;
 mod fanout;
 #[path = "weft-bench/large_change/mod.rs"]
 mod large_change;
+#[path = "weft-bench/memory/mod.rs"]
+mod memory;
 #[path = "weft-bench/plan.rs"]
 mod plan;
 #[path = "weft-bench/relay.rs"]
@@ -68,6 +70,15 @@ use report::{ms, progress};
 use workloads::{fanout_workload, throughput_workload, wire_bytes_workload};
 
 fn main() -> ExitCode {
+    if let Ok(spec) = std::env::var(memory::CLIENTS_ENV) {
+        return match memory::child_main(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("failed: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(dir) = std::env::var_os(large_change::MAKE_ENV) {
         return match large_change::Big::write_for_parent(std::path::Path::new(&dir)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +202,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => device::reconnect(&clients, plan.quick)?,
+            "memory" => memory::memory_workload(&plan, &clients)?,
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());
@@ -215,6 +227,28 @@ pub(crate) fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Raises this process's open-file limit to at least `want` (up to the hard limit): a child
+/// holding thousands of connections needs more than the usual 1,024.
+pub(crate) fn raise_file_limit(want: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed by pointer only.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            anyhow::bail!("getrlimit failed: {}", std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                anyhow::bail!("setrlimit failed: {}", std::io::Error::last_os_error());
+            }
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn new_conversation(device: &Device) -> anyhow::Result<DocId> {
+pub(crate) async fn new_conversation(device: &Device) -> anyhow::Result<DocId> {
     let new = NewConversation {
         title: "bench".into(),
         participants: vec![],
@@ -33,7 +33,7 @@ async fn new_conversation(device: &Device) -> anyhow::Result<DocId> {
     Ok(doc)
 }
 
-async fn send(device: &Device, doc: DocId, body: String) -> anyhow::Result<()> {
+pub(crate) async fn send(device: &Device, doc: DocId, body: String) -> anyhow::Result<()> {
     let msg = NewMessage::text("bench", body);
     let id = schema::Id::from_bytes(rand::random());
     device
@@ -355,7 +355,11 @@ pub async fn initial_sync(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
 }
 
 /// Waits until `device`'s one link lists `docs` documents, all synced.
-async fn all_synced(device: &Device, docs: usize, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn all_synced(
+    device: &Device,
+    docs: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let mut status = device.status();
     tokio::time::timeout(limit, async {
         loop {

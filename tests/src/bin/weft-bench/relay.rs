@@ -47,6 +47,18 @@ impl Relay {
     /// binary sets it from `--max-change-bytes` and `--max-change-ops` (the connection tasks'
     /// check and the engine's alike); `None` keeps the defaults.
     pub fn start_with(check: Option<weft_core::check::Limits>) -> anyhow::Result<Relay> {
+        Relay::start_configured(move |hub, server| {
+            if let Some(check) = check {
+                hub.engine.limits = check.clone();
+                server.check = check;
+            }
+        })
+    }
+
+    /// Like [`Relay::start`], with the hub's and the server's settings changed by `tune`.
+    pub fn start_configured(
+        tune: impl FnOnce(&mut weft_relay::HubConfig, &mut weft_relay::ServerLimits),
+    ) -> anyhow::Result<Relay> {
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
@@ -88,10 +100,7 @@ impl Relay {
             let (hub_tx, hub_rx) = mpsc::channel(4096);
             let mut hub_config = weft_relay::HubConfig::default();
             let mut server_limits = weft_relay::ServerLimits::default();
-            if let Some(check) = check {
-                hub_config.engine.limits = check.clone();
-                server_limits.check = check;
-            }
+            tune(&mut hub_config, &mut server_limits);
             let hub =
                 weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone());
             let hub_task = runtime.spawn(hub.run(hub_rx));

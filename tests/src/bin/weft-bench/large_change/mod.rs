@@ -28,8 +28,8 @@ mod side;
 mod workload;
 
 pub use big::{Big, MAKE_ENV};
-pub use memory::status_kib;
 use memory::Sampler;
+pub use memory::{release_freed_memory, status_kib};
 use side::LargeSide;
 
 pub(crate) use workload::large_change_workload;
