@@ -61,7 +61,7 @@ use chain::Chain;
 
 /// The same allocator as the `weft-relay` binary, since the relay runs in this process.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: memory::Counting = memory::Counting;
 use relay::Relay;
 
 use large_change::large_change_workload;

@@ -13,6 +13,7 @@
 //! floor, `relay::Forwarder`).
 
 mod clients;
+mod counting;
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use crate::plan::Plan;
 use crate::relay::{Forwarder, Relay};
 
 pub use clients::{child_main, CLIENTS_ENV};
+pub use counting::Counting;
 
 /// How long a document stays loaded after its last use in this workload (the relay's default
 /// is a minute).
@@ -52,6 +54,10 @@ pub(crate) fn memory_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyh
         docs_fig.idle_kib
     );
     eprintln!(
+        "  held by the program (allocated, not freed) per loaded / idle document: {:.1} / {:.1}",
+        docs_fig.heap_loaded_kib, docs_fig.heap_idle_kib
+    );
+    eprintln!(
         "  per idle QUIC connection{:>7.1}   (bare QUIC server, baseline: {:.1}; target < {TARGET_IDLE_CONN_KIB}; {conns} connections)",
         conns_fig.relay_kib, conns_fig.baseline_kib
     );
@@ -62,6 +68,8 @@ pub(crate) fn memory_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyh
         "relay_start_kib": docs_fig.start_kib,
         "kib_per_loaded_document": round1(docs_fig.loaded_kib),
         "kib_per_idle_document": round1(docs_fig.idle_kib),
+        "heap_kib_per_loaded_document": round1(docs_fig.heap_loaded_kib),
+        "heap_kib_per_idle_document": round1(docs_fig.heap_idle_kib),
         "documents_loaded_after_eviction": docs_fig.left_loaded,
         "kib_per_idle_quic_connection": round1(conns_fig.relay_kib),
         "targets": {
@@ -80,6 +88,9 @@ pub(crate) fn memory_workload(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyh
 }
 
 struct DocFigures {
+    /// Bytes the program holds (allocated, not freed), per document.
+    heap_loaded_kib: f64,
+    heap_idle_kib: f64,
     start_kib: u64,
     loaded_kib: f64,
     idle_kib: f64,
@@ -99,11 +110,14 @@ fn documents(
     relay: &Relay,
     docs: usize,
 ) -> anyhow::Result<DocFigures> {
+    Counting::start();
     release_freed_memory();
     let start = rss_kib()?;
+    let heap_start = Counting::live();
     let saved = rt.block_on(upload(relay, docs))?;
     release_freed_memory();
     let loaded = rss_kib()?;
+    let heap_loaded = Counting::live();
     // Eviction gives no event outside the relay: its gauge is polled, bounded.
     let gauge = &relay.metrics.documents_loaded;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -113,6 +127,7 @@ fn documents(
     let left_loaded = gauge.load(std::sync::atomic::Ordering::Relaxed);
     release_freed_memory();
     let idle = rss_kib()?;
+    let heap_idle = Counting::live();
 
     // Baseline: the same documents loaded as Automerge documents.
     release_freed_memory();
@@ -125,7 +140,10 @@ fn documents(
     let after = rss_kib()?;
     drop(held);
     let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / docs as f64;
+    let heap_per = |to: i64| (to - heap_start) as f64 / 1024.0 / docs as f64;
     Ok(DocFigures {
+        heap_loaded_kib: heap_per(heap_loaded),
+        heap_idle_kib: heap_per(heap_idle),
         start_kib: start,
         loaded_kib: per(start, loaded),
         idle_kib: per(start, idle),
