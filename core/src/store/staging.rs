@@ -131,10 +131,15 @@ pub(super) fn ikey(table: Table, key: &[u8]) -> IKey {
     }
 }
 
-/// How large the staging log may grow, and which puts go to it.
+/// How large the staging log may grow, which puts go to it, and how much memory redb may keep
+/// as its page cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StagingLimits {
+    /// Bytes of pages redb keeps in memory. Its own default, 1 GiB, let a long-running process
+    /// keep every page it wrote or read until then: the relay's memory grew ~50 KiB per
+    /// document it ever served, evicted or not (`weft-bench memory`).
+    pub cache_bytes: usize,
     /// Puts whose value is longer than this are written into their table directly.
     pub max_value: usize,
     /// Entries (live or not) the log may hold before a commit cleans its oldest.
@@ -145,9 +150,10 @@ pub struct StagingLimits {
 
 impl Default for StagingLimits {
     /// Sized for a device: 16 KiB values; 32,768 entries or 16 MiB, so the index (~120 bytes
-    /// per live entry) stays under ~4 MiB.
+    /// per live entry) stays under ~4 MiB; a 16 MiB page cache.
     fn default() -> Self {
         StagingLimits {
+            cache_bytes: 16 * 1024 * 1024,
             max_value: 16 * 1024,
             max_entries: 32 * 1024,
             max_bytes: 16 * 1024 * 1024,
@@ -160,9 +166,11 @@ impl StagingLimits {
     /// stays in the log until a compaction replaces it or it is cleaned into its table; the
     /// log must hold the changes written between a busy document's compactions, or cleaning
     /// moves most entries and staging costs more than it saves (a quarter of these entries
-    /// was too few for the relay's throughput benchmark; see BENCHMARKS.md).
+    /// was too few for the relay's throughput benchmark; see BENCHMARKS.md). A 64 MiB page
+    /// cache.
     pub fn large() -> StagingLimits {
         StagingLimits {
+            cache_bytes: 64 * 1024 * 1024,
             max_value: 16 * 1024,
             max_entries: 512 * 1024,
             max_bytes: 256 * 1024 * 1024,

@@ -88,6 +88,7 @@ impl RedbStore {
         let had_contents = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let db = Builder::new()
             .set_check_integrity_on_open(true)
+            .set_cache_size(limits.cache_bytes)
             .create(&path)
             .map_err(|err| {
                 let err = classify(&path, err.into());
