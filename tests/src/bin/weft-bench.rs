@@ -11,7 +11,7 @@
 //! spreads every thread over all cores.
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
-//! `initial-sync`, `large-change`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `initial-sync`, `large-change`, `memory`, and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -32,6 +32,8 @@ mod device;
 mod fanout;
 #[path = "weft-bench/large_change/mod.rs"]
 mod large_change;
+#[path = "weft-bench/memory/mod.rs"]
+mod memory;
 #[path = "weft-bench/plan.rs"]
 mod plan;
 #[path = "weft-bench/relay.rs"]
@@ -73,6 +75,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft-bench: making the large change: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Ok(mode) = std::env::var(memory::CHILD_ENV) {
+        return match memory::run_child(&mode) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-bench: the memory workload's devices: {e:#}");
                 ExitCode::from(1)
             }
         };
@@ -188,6 +199,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
                 out
             }
             "large-change" => large_change_workload(&plan, &clients)?,
+            "memory" => memory::memory_workload(&plan, &clients)?,
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => {

@@ -28,7 +28,7 @@ mod side;
 mod workload;
 
 pub use big::{Big, MAKE_ENV};
-pub use memory::status_kib;
+pub use memory::{release_freed_memory, status_kib};
 use memory::Sampler;
 use side::LargeSide;
 
