@@ -61,7 +61,7 @@ use chain::Chain;
 
 /// The same allocator as the `weft-relay` binary, since the relay runs in this process.
 #[global_allocator]
-static ALLOC: memory::Counting = memory::Counting;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use relay::Relay;
 
 use large_change::large_change_workload;
@@ -70,11 +70,11 @@ use report::{ms, progress};
 use workloads::{fanout_workload, throughput_workload, wire_bytes_workload};
 
 fn main() -> ExitCode {
-    if let Ok(spec) = std::env::var(memory::CLIENTS_ENV) {
-        return match memory::child_main(&spec) {
+    if let Ok(mode) = std::env::var(memory::CHILD_ENV) {
+        return match memory::run_child(&mode) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                println!("failed: {e:#}");
+                eprintln!("weft-bench: the memory workload's devices: {e:#}");
                 ExitCode::from(1)
             }
         };
@@ -227,28 +227,6 @@ pub(crate) fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Raises this process's open-file limit to at least `want` (up to the hard limit): a child
-/// holding thousands of connections needs more than the usual 1,024.
-pub(crate) fn raise_file_limit(want: u64) -> anyhow::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct passed by pointer only.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            anyhow::bail!("getrlimit failed: {}", std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                anyhow::bail!("setrlimit failed: {}", std::io::Error::last_os_error());
-            }
         }
     }
     Ok(())

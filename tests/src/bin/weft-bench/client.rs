@@ -72,7 +72,20 @@ impl Client {
     /// Subscribes to `docs` (pipelined) and runs a device engine until every one is synced
     /// with the relay, so the relay sends this device live `Changes` from now on.
     pub async fn sync(&mut self, docs: &[DocId], limit: Duration) -> anyhow::Result<()> {
-        let mut engine = Engine::new(EngineConfig::device());
+        self.sync_engine(&mut Engine::new(EngineConfig::device()), docs, limit)
+            .await
+    }
+
+    /// [`Client::sync`] with a device engine that may already hold the documents (created
+    /// with [`Engine::create`]): their changes go up in the sync rounds, as a device uploads
+    /// what it made offline.
+    pub async fn sync_engine(
+        &mut self,
+        engine: &mut Engine,
+        docs: &[DocId],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        self.flush(engine).await?;
         engine.add_conn(RELAY);
         // Pipelined, at most SUBSCRIBE_WINDOW unanswered: the relay's queue for this
         // connection holds 1,024 frames and a subscription's answer takes two or more.
@@ -92,7 +105,7 @@ impl Client {
                     Ok(r) => r?.context("the relay closed the stream")?,
                     Err(_) => {
                         engine.tick(started.elapsed().as_millis() as u64);
-                        self.flush(&mut engine).await?;
+                        self.flush(engine).await?;
                         continue;
                     }
                 };
@@ -121,7 +134,7 @@ impl Client {
                 }
                 _ => {}
             }
-            self.flush(&mut engine).await?;
+            self.flush(engine).await?;
             if let Some(doc) = doc {
                 if opened.contains(&doc) && engine.is_synced(RELAY, doc) {
                     waiting.remove(&doc);
@@ -148,7 +161,7 @@ impl Client {
                 Message::Subscribed { doc, .. } if doc == barrier => break,
                 m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
                     engine.handle(RELAY, m)?;
-                    self.flush(&mut engine).await?;
+                    self.flush(engine).await?;
                 }
                 _ => {}
             }

@@ -24,9 +24,22 @@ const STORE_THREAD: &str = "weft-store-writ";
 /// run starts a relay per workload (or per phase) and each has a worker of its own.
 static WORKER_TID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+/// What [`Relay::start_opts`] sets up besides the defaults.
+#[derive(Default)]
+pub struct Options {
+    /// What a member's changes must fit (the connection tasks' check and the engine's alike).
+    pub check: Option<weft_core::check::Limits>,
+    /// How long a document without subscribers stays loaded (`weft-relay --evict-after`).
+    pub evict_after: Option<Duration>,
+    /// Serve the WebSocket endpoint too (`weft-relay --ws`), on the same runtime.
+    pub ws: bool,
+}
+
 /// A running relay.
 pub struct Relay {
     pub addr: SocketAddr,
+    /// The WebSocket endpoint, when started with [`Options::ws`].
+    pub ws: Option<SocketAddr>,
     pub cert: Vec<CertificateDer<'static>>,
     pub metrics: Arc<Metrics>,
     minter_secret: weft_relay::JwtSecret,
@@ -47,18 +60,19 @@ impl Relay {
     /// binary sets it from `--max-change-bytes` and `--max-change-ops` (the connection tasks'
     /// check and the engine's alike); `None` keeps the defaults.
     pub fn start_with(check: Option<weft_core::check::Limits>) -> anyhow::Result<Relay> {
-        Relay::start_configured(move |hub, server| {
-            if let Some(check) = check {
-                hub.engine.limits = check.clone();
-                server.check = check;
-            }
+        Relay::start_opts(Options {
+            check,
+            ..Options::default()
         })
     }
 
-    /// Like [`Relay::start`], with the hub's and the server's settings changed by `tune`.
-    pub fn start_configured(
-        tune: impl FnOnce(&mut weft_relay::HubConfig, &mut weft_relay::ServerLimits),
-    ) -> anyhow::Result<Relay> {
+    /// A relay set up as `opts` says.
+    pub fn start_opts(opts: Options) -> anyhow::Result<Relay> {
+        let Options {
+            check,
+            evict_after,
+            ws,
+        } = opts;
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
         let identity = weft_relay::ensure_dev_cert(dir.path())?;
@@ -93,17 +107,48 @@ impl Relay {
         let metrics = Arc::new(Metrics::default());
         let verifier = weft_relay::Verifier::new(&secret);
         let (stop, stop_rx) = watch::channel(false);
-        let (endpoint, hub_task, accept_task) = {
+        let (endpoint, hub_task, accept_task, ws_task) = {
             let _guard = runtime.enter();
             let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity)
                 .map_err(anyhow::Error::msg)?;
             let (hub_tx, hub_rx) = mpsc::channel(4096);
             let mut hub_config = weft_relay::HubConfig::default();
             let mut server_limits = weft_relay::ServerLimits::default();
-            tune(&mut hub_config, &mut server_limits);
+            if let Some(check) = check {
+                hub_config.engine.limits = check.clone();
+                server_limits.check = check;
+            }
+            if let Some(after) = evict_after {
+                hub_config.engine.evict_after = u64::try_from(after.as_millis())?;
+            }
             let hub =
                 weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone());
             let hub_task = runtime.spawn(hub.run(hub_rx));
+            let ws_task = if ws {
+                let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                std_listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                let addr = listener.local_addr()?;
+                let context = weft_relay::WsContext {
+                    storage_id: weft_relay::load_or_create_storage_id(dir.path())?,
+                    tickets: Arc::new(weft_relay::Tickets::new(verifier.clone(), None)),
+                };
+                let mut rx = stop_rx.clone();
+                let task = runtime.spawn(weft_relay::ws_accept_loop(
+                    listener,
+                    verifier.clone(),
+                    weft_relay::WsLimits::default(),
+                    context,
+                    hub_tx.clone(),
+                    metrics.clone(),
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                ));
+                Some((addr, task))
+            } else {
+                None
+            };
             let mut rx = stop_rx.clone();
             let accept_task = runtime.spawn(weft_relay::accept_loop(
                 endpoint.clone(),
@@ -115,16 +160,23 @@ impl Relay {
                     let _ = rx.wait_for(|s| *s).await;
                 },
             ));
-            (endpoint, hub_task, accept_task)
+            (endpoint, hub_task, accept_task, ws_task)
         };
         let addr = endpoint.local_addr()?;
+        let (ws, mut tasks) = match ws_task {
+            Some((addr, task)) => (Some(addr), vec![task]),
+            None => (None, Vec::new()),
+        };
+        // Stopped in this order: the acceptors end their connections, then the hub drains.
+        tasks.extend([accept_task, hub_task]);
         Ok(Relay {
             addr,
+            ws,
             cert,
             metrics,
             minter_secret: secret,
             stop,
-            tasks: vec![accept_task, hub_task],
+            tasks,
             runtime: Some(runtime),
             group: Some(group),
             _dir: dir,
@@ -136,6 +188,13 @@ impl Relay {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims::new(crate::chain::USER, now, 3600).with_create(true);
         Ok(Minter::new(&self.minter_secret).mint(&claims)?)
+    }
+
+    /// Gives the memory freed on the relay's worker back to the system (see [`collect_on`]).
+    pub fn collect(&self) {
+        if let Some(rt) = &self.runtime {
+            collect_on(rt);
+        }
     }
 
     /// Stops accepting, closes connections and waits for the hub's writes (as SIGTERM does).
@@ -162,11 +221,24 @@ impl Drop for Relay {
     }
 }
 
+/// Runs mimalloc's forced collection on `rt`'s worker (one worker: every task runs there),
+/// whose heap holds most of what a server frees: mimalloc returns a thread's freed pages to
+/// the system only from that thread, after its purge delay.
+pub fn collect_on(rt: &tokio::runtime::Runtime) {
+    let _ = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::spawn(async { crate::large_change::release_freed_memory() }),
+        )
+        .await
+    });
+}
+
 /// CPU time of the relay runtime's threads that have exited, in nanoseconds: tokio ends a
 /// blocking-pool thread after 10 s idle, and its time would otherwise leave the sums with it.
 static EXITED_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn relay_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn relay_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(RELAY_THREAD)
@@ -329,6 +401,13 @@ impl Forwarder {
 
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Gives the memory freed on the forwarder's worker back to the system.
+    pub fn collect(&self) {
+        if let Some(rt) = &self.runtime {
+            collect_on(rt);
+        }
     }
 
     fn shutdown(&mut self) {
