@@ -50,23 +50,8 @@ impl Client {
             writer: FrameWriter::new(send, wire::DEFAULT_MAX_FRAME),
             endpoint,
         };
-        c.writer
-            .send(&Message::Hello {
-                protocol: wire::PROTOCOL_VERSION,
-                device: key.device_id(),
-                token: token.to_string(),
-                agent: "weft-bench".into(),
-            })
-            .await?;
-        match tokio::time::timeout(Duration::from_secs(20), c.reader.recv()).await {
-            Ok(Ok(Some(Message::Welcome { protocol, .. }))) => {
-                c.writer.set_peer_protocol(protocol);
-                Ok(c)
-            }
-            Ok(Ok(other)) => bail!("expected a welcome, got {other:?}"),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => bail!("no welcome within 20 s"),
-        }
+        greet(&mut c.reader, &mut c.writer, key.device_id(), token).await?;
+        Ok(c)
     }
 
     /// Subscribes to `docs` (pipelined) and runs a device engine until every one is synced
@@ -238,4 +223,31 @@ pub fn changes_frame(doc: DocId, raw: &[u8]) -> anyhow::Result<Vec<u8>> {
         wire::Encoding::Compact,
         wire::DEFAULT_MAX_FRAME,
     )?)
+}
+
+/// Says hello as `device` with `token` and waits (20 s at most) for the welcome; the writer then
+/// encodes for the protocol version the welcome announced.
+pub async fn greet(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    device: weft_core::DeviceId,
+    token: &str,
+) -> anyhow::Result<()> {
+    writer
+        .send(&Message::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            device,
+            token: token.to_string(),
+            agent: "weft-bench".into(),
+        })
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(20), reader.recv()).await {
+        Ok(Ok(Some(Message::Welcome { protocol, .. }))) => {
+            writer.set_peer_protocol(protocol);
+            Ok(())
+        }
+        Ok(Ok(other)) => bail!("expected a welcome, got {other:?}"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => bail!("no welcome within 20 s"),
+    }
 }

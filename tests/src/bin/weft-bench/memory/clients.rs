@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use weft_core::automerge::Automerge;
 use weft_core::engine::{Engine, EngineConfig};
 use weft_core::quic::{self, DeviceKey, FrameReader, FrameWriter, ServerTrust};
-use weft_core::wire::{self, Message};
+use weft_core::wire;
 use weft_core::{DocId, Document};
 
 use crate::chain::Chain;
@@ -170,18 +170,7 @@ async fn quic_idle(
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME);
     let mut reader = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME);
-    writer
-        .send(&Message::Hello {
-            protocol: wire::PROTOCOL_VERSION,
-            device: key.device_id(),
-            token: token.to_string(),
-            agent: "weft-bench".into(),
-        })
-        .await?;
-    match tokio::time::timeout(Duration::from_secs(30), reader.recv()).await {
-        Ok(Ok(Some(Message::Welcome { .. }))) => {}
-        other => bail!("expected a welcome, got {other:?}"),
-    }
+    crate::client::greet(&mut reader, &mut writer, key.device_id(), token).await?;
     Ok(Box::pin(async move {
         let _keep = (conn, writer);
         while let Ok(Some(_)) = reader.recv().await {}
