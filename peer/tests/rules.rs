@@ -103,8 +103,8 @@ fn a_forbidden_change_made_offline_is_refused_on_reconnect_and_the_rest_lands() 
     bob.ok(&["msg", "edit", &doc, &hers, "hike on sunday!"]);
     bob.ok(&["msg", "send", &doc, "see you sunday"]);
     let out = bob.run(&relay.sync_args(&addr, &cert, &bob_t));
-    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("author"), "{err}");
     assert!(
         std::fs::read_dir(bob.dir.path().join("rejected"))

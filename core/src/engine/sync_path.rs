@@ -270,6 +270,14 @@ impl Engine {
             .collect::<Vec<Vec<u8>>>()
             .into();
         let before = ds.doc.automerge().get_heads();
+        // Automerge takes a message without changes whose heads equal ours for proof that the
+        // peer heard our heads, and would then never send them. Our answers wait until what
+        // they announce is durable, so the peer may not have heard them yet: it waits for
+        // them, and without this the exchange stalls until a resync.
+        let owed = (pd.sync.last_sent_heads != before
+            && to_apply.is_empty()
+            && msg.heads == before)
+            .then(|| pd.sync.last_sent_heads.clone());
         ds.doc
             .automerge_mut()
             .receive_sync_message(&mut pd.sync, msg)
@@ -278,6 +286,9 @@ impl Engine {
                     source: Box::new(source),
                 })
             })?;
+        if let Some(sent) = owed {
+            pd.sync.last_sent_heads = sent;
+        }
         let their_heads = pd.sync.their_heads.clone().map(sorted);
         if carried_changes || their_heads != pd.their_heads || reset {
             pd.last_progress = now;

@@ -246,3 +246,42 @@ fn a_reconnect_after_writes_on_both_sides_sends_changes_not_the_whole_document()
     assert_eq!(a.heads(DOC), b.heads(DOC));
     assert!(b.is_synced(ConnId(2), DOC) && a.is_synced(ConnId(1), DOC));
 }
+
+/// A peer's change arrives in a sync message, and before it is durable the peer sends another
+/// message (no changes, its heads now equal ours). Automerge takes that for proof the peer has
+/// heard our heads; it has not (our answer waited for the store), and must still hear them.
+#[test]
+fn a_sync_answer_held_for_durability_is_sent_after_an_echo_of_our_heads() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    let opening = drain(&mut relay);
+    assert!(!opening.is_empty(), "the relay opens with a sync message");
+    let (peer, raw) = foreign_change(9, "k", "v");
+    let head = peer.get_heads();
+    relay
+        .handle(ConnId(2), sync_with_chunks(&peer, vec![raw]))
+        .unwrap();
+    let held: Vec<PersistId> = outputs(&mut relay)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Persist { id, .. } => Some(id),
+            Output::Send { msg, .. } => panic!("answered before durable: {msg:?}"),
+            _ => None,
+        })
+        .collect();
+    assert!(!held.is_empty());
+    relay
+        .handle(ConnId(2), sync_with_chunks(&peer, Vec::new()))
+        .unwrap();
+    let mut sends = drain(&mut relay);
+    for id in held {
+        relay.persisted(id);
+    }
+    sends.extend(drain(&mut relay));
+    let told = sends.iter().any(|(_, m)| match m {
+        Message::Sync { data, .. } => sync::Message::decode(data).unwrap().heads == head,
+        _ => false,
+    });
+    assert!(told, "the peer never hears the relay has its change: {sends:?}");
+}
