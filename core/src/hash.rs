@@ -52,3 +52,23 @@ impl BuildHasher for State {
         self.0.build_hasher()
     }
 }
+
+/// Capacity below which a map is never shrunk: small tables are not worth rehashing.
+const SHRINK_ABOVE: usize = 256;
+
+/// Gives back a map's memory once it holds under a quarter of its capacity. A map keeps the
+/// capacity of its fullest moment: one keyed by loaded documents would otherwise keep, for
+/// good, a slot for every document that was ever loaded at once. O(len) when it shrinks;
+/// call it from housekeeping, not per input.
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SHRINK_ABOVE && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
+}
+
+/// [`shrink_if_sparse`] for a set.
+pub fn shrink_set_if_sparse<K: Eq + std::hash::Hash>(set: &mut HashSet<K>) {
+    if set.capacity() > SHRINK_ABOVE && set.len() < set.capacity() / 4 {
+        set.shrink_to_fit();
+    }
+}

@@ -33,6 +33,18 @@ pub fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS as _) };
 }
 
+/// Lets mimalloc return what this thread freed more than [`ALLOCATOR_PURGE_DELAY_MS`] ago.
+/// mimalloc purges a thread's freed pages only from that thread, when it next allocates or
+/// frees past the delay: a relay gone quiet (its documents evicted, its devices idle) kept
+/// everything it had freed resident for good. The hub calls this from its housekeeping, a few
+/// times a minute; it visits the thread's pages that are not full and purges only what is
+/// past the delay, so memory about to be reused stays. Does nothing when mimalloc is not the
+/// global allocator (its heaps are then empty).
+pub(crate) fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
 /// Transparent huge pages off for this process, unless the operator set
 /// `MIMALLOC_ALLOW_THP`: mimalloc asks for them on its arenas, so each thread's first touch
 /// of its heap faulted in a whole 2 MiB page; an idle relay's five threads held 14 MiB that

@@ -62,6 +62,9 @@ pub trait Gate: Send {
     /// `doc` left memory.
     fn closed(&mut self, doc: DocId);
 
+    /// Gives back the memory of documents that left (see [`Engine::shrink`](super::Engine::shrink)).
+    fn shrink(&mut self) {}
+
     /// The gate itself, for a driver that installed it to tell it things (who is behind a
     /// connection) through its own type.
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;

@@ -283,6 +283,21 @@ impl Engine {
         }
     }
 
+    /// Gives back the memory that documents which left (evicted, forgotten) and closed
+    /// connections held in the engine's maps and its gate's: a map keeps the capacity of its
+    /// fullest moment otherwise. For a driver's housekeeping (O(loaded documents) when a map
+    /// shrinks), never per input.
+    pub fn shrink(&mut self) {
+        crate::hash::shrink_if_sparse(&mut self.docs);
+        crate::hash::shrink_if_sparse(&mut self.conns);
+        crate::hash::shrink_if_sparse(&mut self.persist_doc);
+        crate::hash::shrink_if_sparse(&mut self.deadlines);
+        crate::hash::shrink_set_if_sparse(&mut self.touched);
+        if let Some(g) = self.gate.as_mut() {
+            g.shrink();
+        }
+    }
+
     /// Whether a document is loaded and ready.
     pub fn is_loaded(&self, doc: DocId) -> bool {
         matches!(self.docs.get(&doc), Some(Slot::Ready(_)))

@@ -102,6 +102,15 @@ impl Host {
         self.engine.tick(now);
     }
 
+    /// Gives back the memory that documents which left memory held in the host's and the
+    /// engine's maps ([`Engine::shrink`](crate::engine::Engine::shrink)); for housekeeping.
+    pub fn shrink(&mut self) {
+        crate::hash::shrink_if_sparse(&mut self.chunks);
+        crate::hash::shrink_if_sparse(&mut self.compacting);
+        crate::hash::shrink_set_if_sparse(&mut self.snapshot_on_load);
+        self.engine.shrink();
+    }
+
     /// Evicts idle documents until the loaded ones take at most `target` bytes; how many went.
     pub fn evict_idle(&mut self, target: u64) -> usize {
         self.engine.evict_idle(target)

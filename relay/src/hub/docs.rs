@@ -393,6 +393,14 @@ impl Hub {
                     self.broadcast(doc, None, &msg);
                 }
             }
+            // An idle document left memory: nothing of it stays in the hub either (its owner
+            // is set again before it is next opened).
+            Output::Evicted { doc } => {
+                self.arrivals.remove(&doc);
+                if let Some(rules) = self.rules() {
+                    rules.forget_owner(doc);
+                }
+            }
             // Postgres checkpoints: `Changed` is reported once the change is durable.
             Output::Changed { doc, .. } => {
                 self.mark_dirty(doc);

@@ -61,6 +61,11 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
+    /// See `Hub::shrink`.
+    pub(crate) fn shrink(&mut self) {
+        weft_core::hash::shrink_set_if_sparse(&mut self.sizes_to_record);
+    }
+
     /// Sums the recorded sizes of every document, by owner (blocking: a scan of the
     /// metadata table, before the hub serves anything).
     pub(crate) fn scan(store: &dyn KvStore) -> Usage {

@@ -251,6 +251,24 @@ impl Hub {
         }
     }
 
+    /// Gives back what documents and connections that left held in the hub's maps, the
+    /// engine's and the gate's: each keeps the capacity of its fullest moment otherwise, a
+    /// slot per document that was ever loaded at once.
+    fn shrink(&mut self) {
+        use weft_core::hash::{shrink_if_sparse, shrink_set_if_sparse};
+        self.host.shrink();
+        shrink_if_sparse(&mut self.conns);
+        shrink_if_sparse(&mut self.subscribers);
+        shrink_if_sparse(&mut self.metas);
+        shrink_if_sparse(&mut self.users);
+        shrink_if_sparse(&mut self.controls);
+        shrink_if_sparse(&mut self.arrivals);
+        shrink_set_if_sparse(&mut self.loading);
+        shrink_set_if_sparse(&mut self.erased);
+        self.usage.shrink();
+        crate::allocator::release_freed_memory();
+    }
+
     /// Every half second: metrics, the memory budget, document sizes, expired tokens, lagging
     /// peers whose queues drained, and discovery that waited for room.
     fn housekeeping(&mut self) {
@@ -265,6 +283,7 @@ impl Hub {
         if self.passes_since_sizes >= 20 {
             self.passes_since_sizes = 0;
             self.record_sizes();
+            self.shrink();
         }
         self.metrics.chunks_quarantined.store(
             self.host.quarantined(),

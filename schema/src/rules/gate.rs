@@ -11,7 +11,7 @@
 //! and the document's owner.
 
 use std::sync::Arc;
-use weft_core::hash::HashMap;
+use weft_core::hash::{shrink_if_sparse as shrink_map, HashMap};
 
 use automerge::{ActorId, Change};
 use weft_core::check::CheckedChange;
@@ -37,7 +37,9 @@ struct Conn {
 pub struct RulesGate {
     kinds: Arc<Kinds>,
     conns: HashMap<ConnId, Conn>,
-    docs: HashMap<DocId, DocRules>,
+    /// Boxed: the map keeps its capacity (the most documents loaded at once) and a slot of an
+    /// inline `DocRules` is a few hundred bytes.
+    docs: HashMap<DocId, Box<DocRules>>,
     owners: HashMap<DocId, String>,
     /// The user changes made here write for (a device's user).
     local_user: Option<String>,
@@ -93,6 +95,12 @@ impl RulesGate {
         }
     }
 
+    /// Forgets `doc`'s owner (the relay evicted it; it is set again before the document is next
+    /// opened), so an evicted document leaves nothing here.
+    pub fn forget_owner(&mut self, doc: DocId) {
+        self.owners.remove(&doc);
+    }
+
     /// `actor` writes for `user` in `doc` (learned from the relay): a device's gate takes
     /// changes its peers forward from that actor as that user's.
     pub fn learn_binding(&mut self, doc: DocId, actor: ActorId, user: &str) {
@@ -127,7 +135,7 @@ impl Gate for RulesGate {
         }
         st.owner = self.owners.get(&doc).cloned();
         st.materialized(document.automerge());
-        self.docs.insert(doc, st);
+        self.docs.insert(doc, Box::new(st));
     }
 
     fn check(
@@ -205,6 +213,11 @@ impl Gate for RulesGate {
 
     fn closed(&mut self, doc: DocId) {
         self.docs.remove(&doc);
+    }
+
+    fn shrink(&mut self) {
+        shrink_map(&mut self.docs);
+        shrink_map(&mut self.owners);
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

@@ -17,10 +17,12 @@
 //!   tokio-tungstenite server (the relay's socket settings, `join` answered, a reader per
 //!   socket). Against the target of 64 KiB per connection.
 //!
-//! Before each reading, freed memory is given back to the system (`mi_collect` on this thread
-//! and on the relay's worker, whose heap holds most of what the relay frees), so a reading
-//! is what the relay holds, not what mimalloc keeps for reuse until its purge delay; the
-//! documents phase also reads the resident set as the relay leaves it, without that.
+//! Readings are anonymous resident memory (`RssAnon`: heap, stacks, allocator arenas; the
+//! binary's code pages are left out, a fixed cost). Before each, freed memory is given back
+//! to the system (`mi_collect` on this thread and on the relay's worker, whose heap holds most
+//! of what the relay frees), so a reading is what the relay holds, not what mimalloc keeps for
+//! reuse until its purge delay; the documents phase also reads memory as the relay leaves it,
+//! right after eviction and (full mode) a purge delay later.
 
 mod clients;
 mod conns;
@@ -83,14 +85,22 @@ fn raise_file_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// This process's resident set, in KiB, after freed memory went back to the system on this
-/// thread and on `relay_thread` (a closure that runs the same on the server's worker).
+/// This process's anonymous resident memory, in KiB, after freed memory went back to the
+/// system on this thread and on the server's worker (`collect_on_server` runs it there).
 fn settled_kib(collect_on_server: impl FnOnce()) -> u64 {
     collect_on_server();
     crate::large_change::release_freed_memory();
-    rss_kib()
+    anon_kib()
 }
 
+/// Anonymous resident memory (`RssAnon`): the heap, stacks and allocator arenas. The rest of
+/// the resident set is mapped files, mostly this binary's code, which grows by a fixed
+/// megabyte or two the first time each code path runs, whatever the number of documents.
+fn anon_kib() -> u64 {
+    crate::large_change::status_kib("RssAnon").unwrap_or(0)
+}
+
+/// The whole resident set (`VmRSS`), as `ps` shows it.
 fn rss_kib() -> u64 {
     crate::large_change::status_kib("VmRSS").unwrap_or(0)
 }
