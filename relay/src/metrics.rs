@@ -46,6 +46,8 @@ pub struct Metrics {
     pub quota_refusals: AtomicU64,
     /// Stored bytes of the documents loaded in memory.
     pub documents_loaded_bytes: AtomicU64,
+    /// Times the hub gave back the memory of documents and connections that left.
+    pub memory_trims: AtomicU64,
     /// Stored chunks set aside because they do not parse (a store written before changes
     /// were checked may hold some).
     pub chunks_quarantined: AtomicU64,
@@ -104,7 +106,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 17] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 18] {
         [
             (
                 "weft_connections",
@@ -177,6 +179,12 @@ impl Metrics {
                 "gauge",
                 "Stored bytes of the documents loaded in memory.",
                 &self.documents_loaded_bytes,
+            ),
+            (
+                "weft_memory_trims_total",
+                "counter",
+                "Times the hub gave back the memory of documents and connections that left.",
+                &self.memory_trims,
             ),
             (
                 "weft_chunks_quarantined_total",

@@ -51,14 +51,22 @@ fn metric(http: SocketAddr, name: &str) -> u64 {
 
 /// Polls `/metrics` until `name` has `value` (there is no event to await), within a deadline.
 async fn metric_becomes(http: SocketAddr, name: &str, value: u64) -> bool {
+    metric_reaches(http, name, |v| v == value).await
+}
+
+async fn metric_becomes_at_least(http: SocketAddr, name: &str, value: u64) -> bool {
+    metric_reaches(http, name, |v| v >= value).await
+}
+
+/// Polls the relay's metric `name` until `ok` holds for it (true) or 30 s pass (false).
+async fn metric_reaches(http: SocketAddr, name: &str, ok: impl Fn(u64) -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
         let name = name.to_string();
-        if tokio::task::spawn_blocking(move || metric(http, &name))
+        let v = tokio::task::spawn_blocking(move || metric(http, &name))
             .await
-            .unwrap()
-            == value
-        {
+            .unwrap();
+        if ok(v) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -218,4 +226,90 @@ async fn a_document_nobody_subscribes_to_is_evicted_from_memory_after_the_idle_p
     .unwrap();
     bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
     assert!(bob.until(|d| d.keys(doc) == ["kept on disk"]).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_documents_evicted_and_reopened_keep_every_acknowledged_change() {
+    // Enough documents that the hub's, engine's and gate's maps grow past the size they give
+    // back once the documents leave, so reopening runs on the shrunk maps.
+    const DOCS: u8 = 200;
+    let relay = Relay::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--http", "127.0.0.1:0", "--evict-after", "1s"],
+    );
+    let http = ready_addr(&relay.ready, "http=");
+    let alice_token = relay.token(&Claims::new("alice", now(), 3600).with_create(true));
+    let docs: Vec<DocId> = (0..DOCS)
+        .flat_map(|i| {
+            [
+                DocId::from_bytes([i; 16]),
+                DocId::from_bytes([i ^ 0x80; 16]),
+            ]
+        })
+        .collect();
+
+    // Alice writes in each document and waits until the relay holds it.
+    let mut alice = Device::connect(&relay, alice_token.clone()).await.unwrap();
+    for &doc in &docs {
+        alice.engine.create(doc, Document::new());
+        alice.write(doc, "first");
+        alice
+            .writer
+            .send(&Message::Subscribe { doc })
+            .await
+            .unwrap();
+    }
+    assert!(
+        alice
+            .until(|d| docs.iter().all(|&doc| d.engine.is_synced(RELAY, doc)))
+            .await
+    );
+    let trims = tokio::task::spawn_blocking(move || metric(http, "weft_memory_trims_total"))
+        .await
+        .unwrap();
+    drop(alice);
+    assert!(metric_becomes(http, "weft_documents_loaded", 0).await);
+    // Every document left: the hub gives back its maps' memory at its next pass.
+    assert!(metric_becomes_at_least(http, "weft_memory_trims_total", trims + 1).await);
+
+    // Her second device reopens every document, as their owner, and writes again.
+    let mut again = Device::connect(&relay, alice_token).await.unwrap();
+    for &doc in &docs {
+        again
+            .writer
+            .send(&Message::Subscribe { doc })
+            .await
+            .unwrap();
+    }
+    assert!(
+        again
+            .until(|d| docs.iter().all(|&doc| d.keys(doc) == ["first"]))
+            .await,
+        "a change was lost with its document's eviction"
+    );
+    for &doc in &docs {
+        again.write(doc, "second");
+    }
+    assert!(
+        again
+            .until(|d| docs.iter().all(|&doc| d.engine.is_synced(RELAY, doc)))
+            .await,
+        "the owner's writes after a reopen were not taken"
+    );
+    drop(again);
+    assert!(metric_becomes(http, "weft_documents_loaded", 0).await);
+
+    // A reader finds both writes in every document.
+    let mut claims = Claims::new("bob", now(), 3600);
+    for &doc in &docs {
+        claims = claims.with_doc(doc, Role::ReadOnly);
+    }
+    let mut bob = Device::connect(&relay, relay.token(&claims)).await.unwrap();
+    for &doc in &docs {
+        bob.writer.send(&Message::Subscribe { doc }).await.unwrap();
+    }
+    assert!(
+        bob.until(|d| docs.iter().all(|&doc| d.keys(doc) == ["first", "second"]))
+            .await
+    );
 }

@@ -270,6 +270,8 @@ pub struct Hub {
     usage: quota::Usage,
     /// Housekeeping passes since the recorded document sizes were last stored.
     passes_since_sizes: u32,
+    /// The most documents loaded at once since the hub last gave back memory (`shrink`).
+    peak_since_trim: usize,
     // Postgres checkpoints (begin)
     /// Where changed documents are marked for the checkpointer, when Postgres is configured.
     dirty: Option<Arc<crate::checkpoint::DirtyDocs>>,
@@ -313,6 +315,7 @@ impl Hub {
             arrivals: HashMap::default(),
             usage: quota::Usage::default(),
             passes_since_sizes: 0,
+            peak_since_trim: 0,
             dirty: None,
         }
     }

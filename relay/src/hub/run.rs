@@ -267,6 +267,10 @@ impl Hub {
         shrink_set_if_sparse(&mut self.erased);
         self.usage.shrink();
         crate::allocator::release_freed_memory();
+        self.peak_since_trim = self.host.loaded_docs();
+        self.metrics
+            .memory_trims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every half second: metrics, the memory budget, document sizes, expired tokens, lagging
@@ -278,11 +282,16 @@ impl Hub {
         self.metrics
             .documents_loaded
             .store(loaded, std::sync::atomic::Ordering::Relaxed);
+        self.peak_since_trim = self.peak_since_trim.max(loaded as usize);
         self.enforce_memory_budget();
         self.passes_since_sizes += 1;
         if self.passes_since_sizes >= 20 {
             self.passes_since_sizes = 0;
             self.record_sizes();
+            self.shrink();
+        } else if self.peak_since_trim >= 64 && (loaded as usize) <= self.peak_since_trim / 2 {
+            // Half the documents left since the last trim (an eviction sweep, a crowd gone):
+            // give their memory back now rather than at the next ten-second pass.
             self.shrink();
         }
         self.metrics.chunks_quarantined.store(
