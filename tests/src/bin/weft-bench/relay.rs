@@ -19,6 +19,10 @@ use weft_relay::{Claims, Metrics, Minter};
 const RELAY_THREAD: &str = "weft-relay-rt";
 const STORE_THREAD: &str = "weft-store-writ";
 
+/// Overrides the relay's store page cache (`StagingLimits::cache_bytes`), in bytes, to compare
+/// cache sizes on one build.
+pub const STORE_CACHE_ENV: &str = "WEFT_BENCH_STORE_CACHE";
+
 /// The thread id of the latest relay runtime's one worker (the hub and QUIC): its other threads
 /// are the blocking pool (document loads and compaction saves). Set by every start, since a
 /// run starts a relay per workload (or per phase) and each has a worker of its own.
@@ -97,7 +101,13 @@ impl Relay {
         }
         let store_path = dir.path().join("relay.redb");
         // The relay binary's store settings, so the benchmark measures what operators run.
-        let (staging, writer) = weft_relay::store_limits();
+        let (mut staging, writer) = weft_relay::store_limits();
+        if let Some(bytes) = std::env::var(STORE_CACHE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            staging.cache_bytes = bytes;
+        }
         let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open_with_tables(
             &store_path,
             &weft_relay::TABLES,

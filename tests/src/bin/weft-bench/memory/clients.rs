@@ -45,6 +45,8 @@ pub const MESSAGES_ENV: &str = "WEFT_BENCH_MEMORY_MESSAGES";
 
 /// Connection handshakes in flight at once.
 const CONNECTING: usize = 64;
+/// Documents one connection uploads (the relay's default `create_burst`).
+const CREATE_BURST: usize = 1_000;
 /// The upload's deadline.
 const UPLOAD_LIMIT: Duration = Duration::from_secs(600);
 
@@ -75,20 +77,28 @@ async fn upload() -> anyhow::Result<()> {
     let addr: SocketAddr = env(ADDR_ENV)?.parse()?;
     let docs: usize = env(DOCS_ENV)?.parse()?;
     let messages: usize = env(MESSAGES_ENV)?.parse()?;
-    let mut engine = Engine::new(EngineConfig::device());
-    let mut ids = Vec::with_capacity(docs);
-    for _ in 0..docs {
-        // A conversation header and `messages` messages, by an actor of its own.
-        let chain = Chain::generate(messages + 1);
-        let am = Automerge::load(&chain.raw.concat()).context("loading a generated chat")?;
-        let doc = DocId::from_bytes(rand::random());
-        engine.create(doc, Document::from_automerge(am));
-        ids.push(doc);
+    let cert = relay_cert()?;
+    let token = env(TOKEN_ENV)?;
+    let mut left = docs;
+    while left > 0 {
+        // The relay lets one connection create a burst of 1,000 documents (then 100 a second).
+        let n = left.min(CREATE_BURST);
+        left -= n;
+        let mut engine = Engine::new(EngineConfig::device());
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            // A conversation header and `messages` messages, by an actor of its own.
+            let chain = Chain::generate(messages + 1);
+            let am = Automerge::load(&chain.raw.concat()).context("loading a generated chat")?;
+            let doc = DocId::from_bytes(rand::random());
+            engine.create(doc, Document::from_automerge(am));
+            ids.push(doc);
+        }
+        let mut client = Client::connect(addr, &cert, &token).await?;
+        client.sync_engine(&mut engine, &ids, UPLOAD_LIMIT).await?;
+        client.conn.close(0u32.into(), b"uploaded");
+        client.endpoint.wait_idle().await;
     }
-    let mut client = Client::connect(addr, &relay_cert()?, &env(TOKEN_ENV)?).await?;
-    client.sync_engine(&mut engine, &ids, UPLOAD_LIMIT).await?;
-    client.conn.close(0u32.into(), b"uploaded");
-    client.endpoint.wait_idle().await;
     println!("done {docs}");
     Ok(())
 }
