@@ -12,6 +12,74 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
 ];
 
+/// Upper bounds (seconds) of the checkpoint lag histogram's buckets: fine around the default
+/// interval (5 s), so "under interval + 1 s" can be read off it.
+const CHECKPOINT_LAG_BUCKETS: [f64; 20] = [
+    0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// A histogram with `N` cumulative buckets (their bounds kept by its user), a sum and a count.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn observe(&self, bounds: &[f64; N], d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The bound of the first bucket holding at least `q` of the observations (`None` when
+    /// there are none, infinity when they lie past the last bound).
+    fn quantile(&self, bounds: &[f64; N], q: f64) -> Option<f64> {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return None;
+        }
+        let want = (q * count as f64).ceil() as u64;
+        let found = bounds
+            .iter()
+            .zip(&self.buckets)
+            .find(|(_, b)| b.load(Ordering::Relaxed) >= want)
+            .map(|(bound, _)| *bound);
+        Some(found.unwrap_or(f64::INFINITY))
+    }
+
+    fn render(&self, bounds: &[f64; N], name: &str, help: &str, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
+        }
+        let count = get(&self.count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.sum_us) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// Counters and gauges of one relay.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -60,10 +128,11 @@ pub struct Metrics {
     pub checkpoint_failures: AtomicU64,
     /// Documents checkpointed since start.
     pub checkpoint_documents: AtomicU64,
+    /// Per document written: from its first change not yet checkpointed to the commit that
+    /// wrote it.
+    checkpoint_commit_lag: Histogram<{ CHECKPOINT_LAG_BUCKETS.len() }>,
     // Postgres checkpoints (end)
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    fanout_latency: Histogram<{ LATENCY_BUCKETS.len() }>,
 }
 
 impl Metrics {
@@ -79,15 +148,21 @@ impl Metrics {
 
     /// Records one fan-out latency: from a change's arrival to its frames being queued.
     pub fn observe_fanout(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.fanout_latency.observe(&LATENCY_BUCKETS, d);
+    }
+
+    /// Records one document's checkpoint lag: from when it became dirty to the commit that
+    /// wrote it.
+    pub fn observe_checkpoint_lag(&self, d: Duration) {
+        self.checkpoint_commit_lag
+            .observe(&CHECKPOINT_LAG_BUCKETS, d);
+    }
+
+    /// The upper bound, in seconds, of the checkpoint lag's `q` quantile (a bucket's bound:
+    /// 0.25 s to 10 min), or `None` before any checkpoint.
+    pub fn checkpoint_lag_quantile(&self, q: f64) -> Option<f64> {
+        self.checkpoint_commit_lag
+            .quantile(&CHECKPOINT_LAG_BUCKETS, q)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -101,7 +176,18 @@ impl Metrics {
             );
         }
         self.render_checkpoint_lag_and_refusals(&mut out);
-        self.render_fanout_latency(&mut out);
+        self.checkpoint_commit_lag.render(
+            &CHECKPOINT_LAG_BUCKETS,
+            "weft_checkpoint_commit_lag_seconds",
+            "Per document checkpointed: from its first change not yet checkpointed to the commit.",
+            &mut out,
+        );
+        self.fanout_latency.render(
+            &LATENCY_BUCKETS,
+            "weft_fanout_latency_seconds",
+            "From a change's arrival to its frames being queued for subscribers.",
+            &mut out,
+        );
         out
     }
 
@@ -238,24 +324,6 @@ impl Metrics {
             get(&self.refused_limit),
         );
     }
-
-    /// The fan-out latency histogram (cumulative buckets, sum and count).
-    fn render_fanout_latency(&self, out: &mut String) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let name = "weft_fanout_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From a change's arrival to its frames being queued for subscribers."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
-        }
-        let count = get(&self.latency_count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", get(&self.latency_sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
 }
 
 #[cfg(test)]
@@ -276,5 +344,11 @@ mod tests {
         assert!(text.contains("weft_fanout_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("weft_fanout_latency_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("weft_fanout_latency_seconds_count 2"));
+        m.observe_checkpoint_lag(Duration::from_millis(5_200));
+        assert!(text.contains("weft_checkpoint_commit_lag_seconds_count 0"));
+        assert_eq!(m.checkpoint_lag_quantile(0.99), Some(5.5));
+        let text = m.render();
+        assert!(text.contains("weft_checkpoint_commit_lag_seconds_bucket{le=\"5\"} 0"));
+        assert!(text.contains("weft_checkpoint_commit_lag_seconds_bucket{le=\"5.5\"} 1"));
     }
 }

@@ -94,6 +94,9 @@ pub struct CheckpointConfig {
     pub interval: Duration,
     /// Documents per transaction.
     pub batch_docs: usize,
+    /// Batches written at once, each in its own transaction on its own connection (so one
+    /// batch's preparation overlaps another's writes).
+    pub connections: usize,
     /// Connecting gives up after this long.
     pub connect_timeout: Duration,
     /// One batch (its transaction) gives up after this long.
@@ -115,6 +118,7 @@ impl CheckpointConfig {
             postgres_ca: None,
             interval,
             batch_docs: 64,
+            connections: 2,
             connect_timeout: Duration::from_secs(10),
             batch_timeout: Duration::from_secs(120),
             max_backoff: Duration::from_secs(30),
@@ -146,7 +150,9 @@ pub struct Checkpointer {
     group: Arc<GroupCommit>,
     dirty: Arc<DirtyDocs>,
     metrics: Arc<Metrics>,
-    conn: Option<PgConn>,
+    /// Open connections (at most `CheckpointConfig::connections`); the first one also
+    /// vacuums.
+    conns: Vec<PgConn>,
     /// Whether this relay applied (or found) the current migrations.
     migrated: bool,
     /// Hot documents' earliest next checkpoint.
@@ -177,7 +183,7 @@ impl Checkpointer {
             group,
             dirty,
             metrics,
-            conn: None,
+            conns: Vec::new(),
             migrated: false,
             not_before: HashMap::new(),
             failures: 0,
@@ -189,7 +195,7 @@ impl Checkpointer {
                     return Ok((cp, stats));
                 }
                 Err(e @ (CheckpointError::Postgres { .. } | CheckpointError::Timeout)) => {
-                    cp.conn = None;
+                    cp.conns.clear();
                     let store = cp.group.store().clone();
                     let empty = blocking(move || {
                         store
@@ -216,7 +222,7 @@ impl Checkpointer {
         let mut conn = PgConn::connect(&self.target, self.cfg.connect_timeout).await?;
         self.migrate(&mut conn).await?;
         let stats = restore::restore(&mut conn, &self.group).await?;
-        self.conn = Some(conn);
+        self.conns = vec![conn];
         Ok(stats)
     }
 
@@ -325,7 +331,7 @@ mod tests {
             group,
             dirty: DirtyDocs::new(),
             metrics,
-            conn: None,
+            conns: Vec::new(),
             migrated: false,
             not_before: HashMap::new(),
             failures: 0,

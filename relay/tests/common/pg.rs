@@ -222,6 +222,11 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Whether the Postgres server binaries are found (where [`PgServer::start`] looks).
+pub fn installed() -> bool {
+    find_bin().is_some()
+}
+
 fn find_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("WEFT_PG_BIN") {
         return Some(PathBuf::from(dir));

@@ -11,7 +11,8 @@
 //! spreads every thread over all cores.
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
-//! `initial-sync`, `large-change`, `memory`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `initial-sync`, `large-change`, `memory`, `checkpoint` (needs the Postgres server binaries),
+//! and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -24,6 +25,8 @@ use anyhow::Context;
 
 #[path = "weft-bench/chain.rs"]
 mod chain;
+#[path = "weft-bench/checkpoint/mod.rs"]
+mod checkpoint;
 #[path = "weft-bench/client.rs"]
 mod client;
 #[path = "weft-bench/device.rs"]
@@ -65,7 +68,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use relay::Relay;
 
 use large_change::large_change_workload;
-use plan::{Plan, AVAILABLE, IMPLEMENTED, PLANNED, USAGE};
+use plan::{Plan, AVAILABLE, IMPLEMENTED, USAGE};
 use report::{ms, progress};
 use workloads::{fanout_workload, throughput_workload, wire_bytes_workload};
 
@@ -104,12 +107,6 @@ fn main() -> ExitCode {
                 if !workloads.iter().any(|x| x == w) {
                     workloads.push(w.to_string());
                 }
-            }
-            w if PLANNED.contains(&w) => {
-                eprintln!(
-                    "weft-bench: the workload {w} is not implemented yet (available: {AVAILABLE})."
-                );
-                return ExitCode::from(2);
             }
             w if w.starts_with('-') => {
                 eprintln!("weft-bench: unknown flag {w}; {USAGE}.");
@@ -199,6 +196,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
                 out
             }
             "large-change" => large_change_workload(&plan, &clients)?,
+            "checkpoint" => checkpoint::checkpoint_workload(&plan, &clients, &chain)?,
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => device::reconnect(&clients, plan.quick)?,

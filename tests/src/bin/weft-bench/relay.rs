@@ -37,6 +37,8 @@ pub struct Options {
     pub evict_after: Option<Duration>,
     /// Serve the WebSocket endpoint too (`weft-relay --ws`), on the same runtime.
     pub ws: bool,
+    /// Checkpoint to Postgres (`weft-relay --postgres`).
+    pub checkpoints: Option<weft_relay::CheckpointConfig>,
 }
 
 /// A running relay.
@@ -70,12 +72,23 @@ impl Relay {
         })
     }
 
+    /// Like [`Relay::start`], checkpointing to Postgres as `weft-relay serve --postgres` does:
+    /// the hub marks changed documents and the checkpointer runs on the relay's runtime (its
+    /// CPU counts as the relay's; its preparation runs on the blocking pool).
+    pub fn start_checkpointing(cfg: weft_relay::CheckpointConfig) -> anyhow::Result<Relay> {
+        Relay::start_opts(Options {
+            checkpoints: Some(cfg),
+            ..Options::default()
+        })
+    }
+
     /// A relay set up as `opts` says.
     pub fn start_opts(opts: Options) -> anyhow::Result<Relay> {
         let Options {
             check,
             evict_after,
             ws,
+            checkpoints,
         } = opts;
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
@@ -117,6 +130,22 @@ impl Relay {
         let metrics = Arc::new(Metrics::default());
         let verifier = weft_relay::Verifier::new(&secret);
         let (stop, stop_rx) = watch::channel(false);
+        let dirty = checkpoints.as_ref().map(|_| weft_relay::DirtyDocs::new());
+        let mut checkpointer = None;
+        if let (Some(cfg), Some(dirty)) = (checkpoints, &dirty) {
+            let (cp, _) = runtime
+                .block_on(weft_relay::Checkpointer::start(
+                    cfg,
+                    group.clone(),
+                    dirty.clone(),
+                    metrics.clone(),
+                ))
+                .context("the checkpointer did not start")?;
+            let mut rx = stop_rx.clone();
+            checkpointer = Some(runtime.spawn(cp.run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
         let (endpoint, hub_task, accept_task, ws_task) = {
             let _guard = runtime.enter();
             let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse()?, &identity)
@@ -131,8 +160,11 @@ impl Relay {
             if let Some(after) = evict_after {
                 hub_config.engine.evict_after = u64::try_from(after.as_millis())?;
             }
-            let hub =
+            let mut hub =
                 weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone());
+            if let Some(dirty) = dirty {
+                hub = hub.with_checkpoints(dirty);
+            }
             let hub_task = runtime.spawn(hub.run(hub_rx));
             let ws_task = if ws {
                 let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -177,8 +209,10 @@ impl Relay {
             Some((addr, task)) => (Some(addr), vec![task]),
             None => (None, Vec::new()),
         };
-        // Stopped in this order: the acceptors end their connections, then the hub drains.
+        // Stopped in this order: the acceptors end their connections, then the hub drains,
+        // then the checkpointer (like the relay binary's final checkpoint).
         tasks.extend([accept_task, hub_task]);
+        tasks.extend(checkpointer);
         Ok(Relay {
             addr,
             ws,
