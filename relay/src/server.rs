@@ -296,6 +296,12 @@ async fn write_frames(
                         Err(()) => return,
                     }
                 }
+                Outbound::EphemeralBatch { frames, except } => {
+                    let (before, after) = (&frames[..except.start], &frames[except.end..]);
+                    Metrics::add(&metrics.bytes_out, (before.len() + after.len()) as u64);
+                    buf.extend_from_slice(before);
+                    buf.extend_from_slice(after);
+                }
                 Outbound::Close { code, reason } => {
                     if !buf.is_empty() {
                         let _ = writer.send_frames(std::mem::take(&mut buf)).await;

@@ -67,8 +67,12 @@ impl Device {
             .await
             .expect("relay went silent")
         {
-            Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
-                for (m, body) in decode_frames_with_bodies(&f) {
+            Some(
+                out @ (Outbound::Frame(_)
+                | Outbound::Ephemeral(_)
+                | Outbound::EphemeralBatch { .. }),
+            ) => {
+                for (m, body) in decode_frames_with_bodies(&out.bytes().unwrap_or_default()) {
                     if matches!(m, Message::Changes { .. } | Message::Ack { .. }) {
                         self.live_bodies.push(body);
                     }
@@ -353,6 +357,7 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
                     }
                 }
             }
+            Outbound::EphemeralBatch { .. } => {}
             Outbound::Close { code, .. } => {
                 closed = Some(code);
                 break;
@@ -474,4 +479,97 @@ async fn live_frames_are_compact_only_for_devices_that_announced_protocol_2() {
         "{:?}",
         old.live_bodies
     );
+}
+
+#[tokio::test]
+async fn in_a_crowded_document_statuses_are_batched_and_each_member_gets_the_last_one() {
+    // Batching from three subscribers, so three members make a crowd.
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig {
+        presence_batch_from: 3,
+        presence_batch_every: Duration::from_millis(20),
+        ..HubConfig::default()
+    };
+    let events = spawn_hub(open_store(dir.path()), config);
+    let doc = DocId::from_bytes([45; 16]);
+    let mut alice = Device::connect(
+        &events,
+        1,
+        Claims::new("alice", now(), 3600).with_create(true),
+    )
+    .await;
+    alice.new_doc(doc);
+    alice.write(doc, "hello");
+    alice.send(Message::Subscribe { doc }).await;
+    alice.until(|d| d.engine.is_synced(RELAY, doc)).await;
+    let mut members = Vec::new();
+    for (id, user) in [(2, "bob"), (3, "carol")] {
+        let claims = Claims::new(user, now(), 3600).with_doc(doc, Role::ReadWrite);
+        let mut m = Device::connect(&events, id, claims).await;
+        m.send(Message::Subscribe { doc }).await;
+        m.until(|d| d.engine.is_synced(RELAY, doc)).await;
+        members.push(m);
+    }
+    alice
+        .until(|d| d.presence.iter().filter(|(_, online)| *online).count() >= 2)
+        .await;
+
+    // Alice changes her status three times in a row; Bob once.
+    let statuses: [&[u8]; 3] = [b"away", b"busy", b"here"];
+    for status in statuses {
+        alice
+            .send(Message::Ephemeral {
+                doc,
+                user: None,
+                device: None,
+                data: status.to_vec(),
+            })
+            .await;
+    }
+    members[0]
+        .send(Message::Ephemeral {
+            doc,
+            user: None,
+            device: None,
+            data: b"bob: lunch".to_vec(),
+        })
+        .await;
+
+    // Everyone else ends with Alice's last status; what arrived of the earlier ones arrived
+    // in order, and nothing of hers came after it.
+    for m in &mut members {
+        m.until(|d| {
+            let mut hers = d
+                .ephemeral
+                .iter()
+                .filter(|e| statuses.contains(&e.as_slice()));
+            hers.next_back().map(Vec::as_slice) == Some(b"here".as_slice())
+        })
+        .await;
+        let seen: Vec<&[u8]> = m
+            .ephemeral
+            .iter()
+            .map(Vec::as_slice)
+            .filter(|e| statuses.contains(e))
+            .collect();
+        let mut order = statuses.iter();
+        assert!(
+            seen.iter().all(|s| order.any(|t| t == s)),
+            "out of order: {seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&b"here".as_slice()));
+    }
+    // Alice gets Bob's status, and never her own back.
+    alice
+        .until(|d| d.ephemeral.iter().any(|e| e == b"bob: lunch"))
+        .await;
+    assert!(alice
+        .ephemeral
+        .iter()
+        .all(|e| !statuses.contains(&e.as_slice())));
+    // Carol got Bob's too; Bob did not get his own.
+    members[1]
+        .until(|d| d.ephemeral.iter().any(|e| e == b"bob: lunch"))
+        .await;
+    assert!(members[0].ephemeral.iter().all(|e| e != b"bob: lunch"));
 }

@@ -40,8 +40,13 @@ impl Device {
             .await
             .expect("relay went silent")
         {
-            Some(Outbound::Frame(f) | Outbound::Ephemeral(f)) => {
-                self.pending.extend(decode_frames(&f));
+            Some(
+                out @ (Outbound::Frame(_)
+                | Outbound::Ephemeral(_)
+                | Outbound::EphemeralBatch { .. }),
+            ) => {
+                self.pending
+                    .extend(decode_frames(&out.bytes().unwrap_or_default()));
                 self.pending.pop_front().expect("an entry holds a frame")
             }
             other => panic!("unexpected {other:?}"),

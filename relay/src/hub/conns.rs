@@ -248,7 +248,7 @@ impl Hub {
             // Best-effort frames never take the second half of a queue (it is kept for frames
             // that must arrive), and dropping one needs no resync: a resync would not bring it
             // back.
-            ephemeral @ Outbound::Ephemeral(_) => {
+            ephemeral @ (Outbound::Ephemeral(_) | Outbound::EphemeralBatch { .. }) => {
                 if c.out.capacity() * 2 < c.out.max_capacity() {
                     Metrics::inc(&self.metrics.queue_drops);
                     return;

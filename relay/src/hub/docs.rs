@@ -267,6 +267,7 @@ impl Hub {
         }
         c.lagging.remove(&doc);
         let (user, device) = (c.claims.sub.clone(), c.device);
+        self.forget_presence(doc, conn);
         if let Some(s) = self.subscribers.get_mut(&doc) {
             s.remove(&conn);
             if s.is_empty() {

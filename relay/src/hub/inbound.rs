@@ -3,7 +3,7 @@
 //! connection's task (`crate::inbound`) or here, go to the engine for a subscribed connection.
 
 use weft_core::engine::{ConnId, EngineError, Inbound};
-use weft_core::wire::{ErrorCode, Message};
+use weft_core::wire::{Encoding, ErrorCode, Message};
 use weft_core::DocId;
 
 use super::docs::forbidden;
@@ -43,7 +43,14 @@ impl Hub {
                     device: Some(c.device),
                     data,
                 };
-                self.broadcast(doc, Some(conn), &fwd);
+                if self.batches_presence(doc) {
+                    // Ephemeral bodies are the same in every encoding: one frame for all.
+                    if let Some(frame) = self.encode(&fwd, Encoding::Named) {
+                        self.batch_presence(doc, conn, frame);
+                    }
+                } else {
+                    self.broadcast(doc, Some(conn), &fwd);
+                }
             }
             Message::Token { token } => self.refresh_token(conn, token),
             Message::Share {

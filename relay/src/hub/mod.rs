@@ -61,6 +61,7 @@ mod docs;
 mod inbound;
 mod listing;
 mod loads;
+mod presence;
 mod quota;
 mod run;
 
@@ -101,6 +102,11 @@ pub struct HubConfig {
     pub quotas: Quotas,
     /// The kinds of document whose write rules the relay enforces (built-in and declared).
     pub kinds: Arc<weft_schema::rules::Kinds>,
+    /// Subscribers from which a document's ephemeral traffic is batched (`hub/presence.rs`);
+    /// below, each frame is relayed at once.
+    pub presence_batch_from: usize,
+    /// How long a batched document's ephemeral frames wait to be sent together.
+    pub presence_batch_every: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -120,6 +126,8 @@ impl Default for HubConfig {
             max_loads: 2,
             quotas: Quotas::default(),
             kinds: Arc::new(weft_schema::rules::Kinds::builtin()),
+            presence_batch_from: 32,
+            presence_batch_every: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -132,6 +140,15 @@ pub enum Outbound {
     /// An encoded `Ephemeral` or `Presence` frame: best-effort, so the transport may send it
     /// unreliably (a QUIC datagram when it fits), out of order with the stream's frames.
     Ephemeral(Arc<Vec<u8>>),
+    /// Encoded `Ephemeral` frames of a crowded document, batched (see `hub/presence.rs`):
+    /// best-effort like one, sent on the stream. The bytes are shared by every subscriber;
+    /// `except` is the range of this connection's own frame, left out (empty for none).
+    EphemeralBatch {
+        /// Whole frames, one after another.
+        frames: Arc<Vec<u8>>,
+        /// The byte range of `frames` not to send.
+        except: std::ops::Range<usize>,
+    },
     /// Send this error, then close the connection.
     Close {
         /// Why.
@@ -139,6 +156,22 @@ pub enum Outbound {
         /// A sentence for the peer.
         reason: String,
     },
+}
+
+impl Outbound {
+    /// The bytes a transport writes for it (whole frames, one after another), or `None` for
+    /// a close.
+    pub fn bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Outbound::Frame(f) | Outbound::Ephemeral(f) => Some(f.as_slice().into()),
+            Outbound::EphemeralBatch { frames, except } => Some(
+                [&frames[..except.start], &frames[except.end..]]
+                    .concat()
+                    .into(),
+            ),
+            Outbound::Close { .. } => None,
+        }
+    }
 }
 
 /// What connection tasks tell the hub.
@@ -276,6 +309,8 @@ pub struct Hub {
     /// Where changed documents are marked for the checkpointer, when Postgres is configured.
     dirty: Option<Arc<crate::checkpoint::DirtyDocs>>,
     // Postgres checkpoints (end)
+    /// Ephemeral frames of crowded documents waiting for their tick.
+    presence: presence::PresenceBatches,
 }
 
 impl Hub {
@@ -317,6 +352,7 @@ impl Hub {
             passes_since_sizes: 0,
             peak_since_trim: 0,
             dirty: None,
+            presence: presence::PresenceBatches::default(),
         }
     }
 

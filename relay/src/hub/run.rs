@@ -49,10 +49,10 @@ impl Hub {
                 moved = false;
             }
             let recheck = checked_at.map(|t| t + WAKE_RECHECK).filter(|_| moved);
-            let deadline = match (wake, recheck) {
-                (Some(w), Some(r)) => Some(w.min(r)),
-                (w, r) => w.or(r),
-            };
+            let deadline = [wake, recheck, self.presence.due()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -74,6 +74,9 @@ impl Hub {
                     Err(e) => tracing::error!(error = %e, "hub task failed"),
                 },
                 _ = sleep => {
+                    if self.presence.due().is_some_and(|d| Instant::now() >= d) {
+                        self.flush_presence();
+                    }
                     if wake.is_some_and(|w| Instant::now() >= w) {
                         let now = self.now_ms();
                         self.host.tick(now);

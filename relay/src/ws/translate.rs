@@ -362,6 +362,9 @@ impl<'a> Socket<'a> {
     async fn on_outbound(&mut self, out: Outbound) -> Result<(), SocketEnd> {
         let frame = match out {
             Outbound::Frame(f) | Outbound::Ephemeral(f) => f,
+            Outbound::EphemeralBatch { frames, except } => {
+                std::sync::Arc::new([&frames[..except.start], &frames[except.end..]].concat())
+            }
             Outbound::Close { code, reason } => {
                 return Err(SocketEnd::ClosedByRelay {
                     code: close_code(code),
