@@ -12,7 +12,7 @@
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
 //! `initial-sync`, `large-change`, `memory`, `checkpoint` (needs the Postgres server binaries),
-//! and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `presence`, and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -39,6 +39,8 @@ mod large_change;
 mod memory;
 #[path = "weft-bench/plan.rs"]
 mod plan;
+#[path = "weft-bench/presence.rs"]
+mod presence;
 #[path = "weft-bench/relay.rs"]
 mod relay;
 #[path = "weft-bench/report.rs"]
@@ -197,6 +199,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             }
             "large-change" => large_change_workload(&plan, &clients)?,
             "checkpoint" => checkpoint::checkpoint_workload(&plan, &clients, &chain)?,
+            "presence" => presence::presence_workload(&plan, &clients)?,
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => device::reconnect(&clients, plan.quick)?,

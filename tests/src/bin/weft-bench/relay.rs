@@ -39,6 +39,10 @@ pub struct Options {
     pub ws: bool,
     /// Checkpoint to Postgres (`weft-relay --postgres`).
     pub checkpoints: Option<weft_relay::CheckpointConfig>,
+    /// Batch a document's ephemeral traffic from this many subscribers (`usize::MAX`: never).
+    pub presence_batch_from: Option<usize>,
+    /// How long batched ephemeral frames wait.
+    pub presence_batch_every: Option<Duration>,
 }
 
 /// A running relay.
@@ -72,6 +76,17 @@ impl Relay {
         })
     }
 
+    /// Like [`Relay::start`], batching a document's ephemeral traffic from `batch_from`
+    /// subscribers (`usize::MAX`: never, each frame relayed at once).
+    /// `every`, when given, replaces how long batched frames wait.
+    pub fn start_presence(batch_from: usize, every: Option<Duration>) -> anyhow::Result<Relay> {
+        Relay::start_opts(Options {
+            presence_batch_from: Some(batch_from),
+            presence_batch_every: every,
+            ..Options::default()
+        })
+    }
+
     /// Like [`Relay::start`], checkpointing to Postgres as `weft-relay serve --postgres` does:
     /// the hub marks changed documents and the checkpointer runs on the relay's runtime (its
     /// CPU counts as the relay's; its preparation runs on the blocking pool).
@@ -89,6 +104,8 @@ impl Relay {
             evict_after,
             ws,
             checkpoints,
+            presence_batch_from,
+            presence_batch_every,
         } = opts;
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
@@ -152,6 +169,12 @@ impl Relay {
                 .map_err(anyhow::Error::msg)?;
             let (hub_tx, hub_rx) = mpsc::channel(4096);
             let mut hub_config = weft_relay::HubConfig::default();
+            if let Some(from) = presence_batch_from {
+                hub_config.presence_batch_from = from;
+            }
+            if let Some(every) = presence_batch_every {
+                hub_config.presence_batch_every = every;
+            }
             let mut server_limits = weft_relay::ServerLimits::default();
             if let Some(check) = check {
                 hub_config.engine.limits = check.clone();
