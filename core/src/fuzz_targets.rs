@@ -110,6 +110,7 @@ fn fuzz_limits() -> Limits {
         max_change_bytes: 64 << 10,
         max_change_ops: 1_000,
         max_inflated_bytes: 1 << 20,
+        whole_documents: false,
     }
 }
 

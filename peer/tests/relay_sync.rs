@@ -37,6 +37,20 @@ fn two_devices_converge_through_a_relay_after_editing_offline() {
     let status: serde_json::Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
     assert_eq!(status["docs"][0]["unconfirmed"], 0, "{status}");
     assert_eq!(status["docs"][0]["role"], "rw", "{status}");
+
+    // A third device with only a token gets the whole conversation (one snapshot), and shows
+    // its tail: the last three messages, as the full list ends.
+    let c = Dev::user("alice");
+    c.ok(&relay.sync_args(&addr, &cert, &alice));
+    assert_eq!(c.heads(&doc), a.heads(&doc));
+    assert_eq!(c.msgs_json(&doc), ja);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&ja).unwrap();
+    let last: Vec<serde_json::Value> =
+        serde_json::from_str(&c.ok(&["msg", "list", &doc, "--last", "3", "--json"])).unwrap();
+    assert_eq!(last, all[all.len() - 3..]);
+    let text = c.ok(&["msg", "list", &doc, "--last", "3"]);
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.ends_with("b49\n"), "{text}");
 }
 
 /// A relay that is down when the device starts is reached once it comes up; a relay killed

@@ -11,6 +11,7 @@ fn limits() -> Limits {
         max_change_bytes: 64 * 1024,
         max_change_ops: 1_000,
         max_inflated_bytes: 1 << 20,
+        whole_documents: false,
     }
 }
 

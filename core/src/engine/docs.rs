@@ -64,6 +64,7 @@ impl Engine {
                 deferred: Vec::new(),
                 reload_wanted: false,
                 stored_bytes: 0,
+                whole: None,
             })),
         );
         for q in queue {

@@ -10,7 +10,9 @@ use automerge::sync;
 use automerge::ChangeHash;
 
 use super::types::EngineError;
-use crate::check::{self, CheckError, CheckedChange, Limits};
+use bytes::Bytes;
+
+use crate::check::{self, CheckError, CheckedChange, Limits, WholeDocument};
 use crate::wire::Message;
 use crate::DocId;
 
@@ -28,6 +30,9 @@ pub enum Inbound {
         msg: Box<sync::Message>,
         /// The changes it carried, checked.
         changes: Vec<CheckedChange>,
+        /// Instead of `changes`: the one document chunk it carried, loaded whole (with
+        /// [`Limits::whole_documents`](crate::check::Limits::whole_documents)).
+        whole: Option<Box<WholeDocument>>,
     },
     /// Fast-path changes.
     Changes {
@@ -86,10 +91,21 @@ pub fn check_message(msg: Message, limits: &Limits) -> Result<Inbound, EngineErr
                     reason: e.to_string(),
                 })?;
             let mut changes = Vec::new();
-            let mut inflated = 0;
-            for chunk in msg.changes.iter() {
-                if let Err(e) = check::check_chunks(chunk, limits, &mut inflated, &mut changes) {
-                    return refused(doc, e);
+            let mut whole = None;
+            if limits.whole_documents && msg.changes.len() == 1 {
+                let chunk = Bytes::copy_from_slice(msg.changes.iter().next().unwrap_or_default());
+                match check::check_whole_document(&chunk, limits) {
+                    Ok(w) => whole = w.map(Box::new),
+                    Err(e) => return refused(doc, e),
+                }
+            }
+            if whole.is_none() {
+                let mut inflated = 0;
+                for chunk in msg.changes.iter() {
+                    if let Err(e) = check::check_chunks(chunk, limits, &mut inflated, &mut changes)
+                    {
+                        return refused(doc, e);
+                    }
                 }
             }
             msg.changes = Vec::<Vec<u8>>::new().into();
@@ -98,6 +114,7 @@ pub fn check_message(msg: Message, limits: &Limits) -> Result<Inbound, EngineErr
                 reset,
                 msg: Box::new(msg),
                 changes,
+                whole,
             })
         }
         Message::Changes { doc, changes } => {

@@ -145,6 +145,17 @@ struct DocState {
     /// [`Engine::set_stored_bytes`]) plus every change written since. Checked against
     /// [`EngineConfig::max_doc_bytes`] before a peer's changes are accepted.
     stored_bytes: u64,
+    /// The sync message that sends the whole document to a peer holding none of it, made
+    /// once for every such peer at these heads (see `peer.rs`); dropped once every peer is
+    /// live.
+    whole: Option<WholeMessage>,
+}
+
+/// An encoded sync message carrying the whole document as one snapshot.
+struct WholeMessage {
+    heads: Vec<ChangeHash>,
+    read_only: bool,
+    data: Vec<u8>,
 }
 
 /// An input deferred until a stale document is reloaded.
@@ -180,6 +191,10 @@ struct PeerDoc {
     stalls: u32,
     /// `Output::Unaccepted` was reported for this peer.
     reported_unaccepted: bool,
+    /// The whole document was sent to this peer, which held none of it, and it has not told
+    /// us its heads since: its messages sent before it got the document say it holds nothing,
+    /// and must not make us send the document again.
+    whole_sent: bool,
 }
 
 /// A write of the document in flight, until the driver reports it durable.

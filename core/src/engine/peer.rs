@@ -56,6 +56,7 @@ impl Engine {
                 save_state: false,
                 stalls: 0,
                 reported_unaccepted: false,
+                whole_sent: false,
             },
         );
         self.pump(doc, conn);
@@ -131,15 +132,23 @@ impl Engine {
             self.resync(doc, conn);
             return;
         }
-        if let Some(m) = generate(ds.doc.automerge(), &mut pd.sync) {
+        let data = if holds_nothing(&pd.sync) && !ds.heads.is_empty() {
+            // What Automerge would send too (the whole document), made once for every such
+            // peer, and only once per peer.
+            if std::mem::replace(&mut pd.whole_sent, true) {
+                None
+            } else {
+                Some(whole_message(&ds.doc, &mut ds.whole, &mut pd.sync))
+            }
+        } else {
+            pd.whole_sent = false;
+            generate(ds.doc.automerge(), &mut pd.sync).map(|m| m.encode())
+        };
+        if let Some(data) = data {
             let reset = std::mem::take(&mut pd.send_reset);
             self.out.push_back(Output::Send {
                 conn,
-                msg: Message::Sync {
-                    doc,
-                    reset,
-                    data: m.encode(),
-                },
+                msg: Message::Sync { doc, reset, data },
             });
         }
         self.check_synced(doc, conn);
@@ -159,6 +168,12 @@ impl Engine {
             return;
         }
         pd.live = !sync_only;
+        if ds.whole.is_some() && ds.peers.values().all(|p| p.live) {
+            ds.whole = None;
+        }
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return;
+        };
         if pd.reported_synced {
             return;
         }
@@ -272,6 +287,7 @@ impl Engine {
         };
         pd.sync = fresh_state(&pd.sync);
         pd.live = false;
+        pd.whole_sent = false;
         pd.send_reset = true;
         pd.reported_synced = false;
         pd.last_progress = now;
@@ -309,6 +325,67 @@ fn generate(am: &automerge::Automerge, state: &mut sync::State) -> Option<sync::
     let msg = am.generate_sync_message(state);
     state.their_capabilities = caps;
     msg
+}
+
+/// Whether the peer told us it holds nothing of the document, in a message whose reply
+/// Automerge would fill with the whole document (a snapshot), the peer taking version 2
+/// messages and our changes.
+fn holds_nothing(state: &sync::State) -> bool {
+    state.their_heads.as_ref().is_some_and(|h| h.is_empty())
+        && state.their_need.is_some()
+        && state
+            .their_have
+            .as_ref()
+            .is_some_and(|have| have.iter().all(|h| h.last_sync.is_empty()))
+        && state
+            .their_capabilities
+            .as_ref()
+            .is_some_and(|c| c.contains(&sync::Capability::MessageV2))
+        && !state.is_peer_read_only()
+        && !state.needs_reset
+}
+
+/// The sync message Automerge's `generate_sync_message` makes for a peer that holds nothing
+/// (our heads and the whole document as one snapshot), from `cache` when it was made at the
+/// same heads, and the state updated as that call updates it. Two differences: the message
+/// carries no bloom filter of our changes (the peer, holding nothing, has nothing to send us
+/// whatever it is told), and `sent_hashes` is not filled with every change of the document
+/// (kept per peer, that costs ~50 bytes per change per joining peer; the peer's next message
+/// names its heads, which is how we learn what it still lacks).
+fn whole_message(
+    doc: &crate::Document,
+    cache: &mut Option<super::WholeMessage>,
+    state: &mut sync::State,
+) -> Vec<u8> {
+    let heads = doc.automerge().get_heads();
+    let read_only = state.read_only;
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|w| w.heads == heads && w.read_only == read_only);
+    if !fresh {
+        let mut flags = sync::MessageFlags::new();
+        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        if read_only {
+            flags.set(sync::MessageFlags::READ_ONLY);
+        }
+        let msg = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: sync::ChunkList::from(vec![doc.save()]),
+            flags: Some(flags),
+            version: sync::MessageVersion::V2,
+        };
+        *cache = Some(super::WholeMessage {
+            heads: heads.clone(),
+            read_only,
+            data: msg.encode(),
+        });
+    }
+    state.have_responded = true;
+    state.in_flight = true;
+    state.last_sent_heads = heads;
+    cache.as_ref().map(|w| w.data.clone()).unwrap_or_default()
 }
 
 /// A state that remembers only what survives a reconnect, keeping the read-only setting.

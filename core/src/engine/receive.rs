@@ -65,8 +65,9 @@ impl Engine {
                 reset,
                 msg,
                 changes,
+                whole,
                 ..
-            } => self.on_sync(conn, doc, reset, msg, changes),
+            } => self.on_sync(conn, doc, reset, msg, changes, whole),
             Inbound::Changes { changes, .. } => self.on_changes(conn, doc, changes),
             Inbound::Ack { heads, .. } => {
                 self.on_ack(conn, doc, heads);

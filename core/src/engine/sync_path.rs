@@ -18,8 +18,9 @@ use super::{
     raw_of, ConnId, Deferred, Engine, EngineError, Origin, Output, PersistEffect, Rejection, Slot,
     Write, MAX_QUEUED_WHILE_LOADING,
 };
-use crate::check::CheckedChange;
-use crate::doc::DocError;
+
+use crate::check::{CheckedChange, WholeDocument};
+use crate::doc::{DocError, Document};
 use crate::hash::HashSet;
 use crate::DocId;
 
@@ -31,7 +32,40 @@ impl Engine {
         reset: bool,
         msg: Box<sync::Message>,
         checked: Vec<CheckedChange>,
+        whole: Option<Box<WholeDocument>>,
     ) -> Result<(), EngineError> {
+        let checked = match whole {
+            None => checked,
+            Some(whole) => {
+                let Some(whole) = self.take_whole(conn, doc, *whole) else {
+                    self.sync_round(conn, doc, reset, *msg, Vec::new(), true)?;
+                    // Automerge did not see the snapshot arrive: what it would have recorded
+                    // (the peer's heads are shared now, and ours are news to the peer, which
+                    // waits to hear them).
+                    if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
+                        if let Some(pd) = ds.peers.get_mut(&conn) {
+                            pd.sync.shared_heads = ds.heads.clone();
+                            pd.sync.last_sent_heads.clear();
+                        }
+                    }
+                    self.pump(doc, conn);
+                    return Ok(());
+                };
+                // The document cannot be taken whole: its changes, checked one by one.
+                match whole.into_changes(&self.cfg.limits) {
+                    Ok(changes) => changes,
+                    Err(error) if error.is_limit() => {
+                        self.out.push_back(Output::Rejected {
+                            conn,
+                            doc,
+                            reason: Rejection::Limit(error),
+                        });
+                        return Ok(());
+                    }
+                    Err(error) => return Err(EngineError::Check(error)),
+                }
+            }
+        };
         if self.cfg.lazy_fold
             && checked.iter().map(CheckedChange::ops).sum::<usize>() >= self.cfg.inline_apply_ops
         {
@@ -39,6 +73,54 @@ impl Engine {
         }
         let carried = !checked.is_empty();
         self.sync_round(conn, doc, reset, *msg, checked, carried)
+    }
+
+    /// A document chunk a peer sent (what Automerge sends a peer that lacks most of a
+    /// document) becomes the document when it holds nothing yet: loaded once (by the check),
+    /// stored as the compressed snapshot it is, no change extracted, applied or stored one by
+    /// one. Only where that is all the chunk's changes would have done: an empty document with
+    /// nothing pending, a peer whose changes are taken and that no gate checks, no other live
+    /// peer to forward them to, within `max_doc_bytes`. `Some` hands the chunk back otherwise.
+    fn take_whole(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        whole: WholeDocument,
+    ) -> Option<WholeDocument> {
+        let max_doc_bytes = self.cfg.max_doc_bytes;
+        let checked = self.gate.as_ref().is_some_and(|g| g.checks(conn));
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Some(whole);
+        };
+        let empty = ds.heads.is_empty()
+            && ds.pending.is_empty()
+            && !ds.stale
+            && ds.doc.automerge().get_heads().is_empty()
+            && !ds.doc.has_queued_changes();
+        let accepts = ds.peers.get(&conn).is_some_and(|pd| pd.opts.accept_changes);
+        let forward = ds
+            .peers
+            .iter()
+            .any(|(c, p)| *c != conn && p.live && p.opts.send_changes);
+        let fits = ds.stored_bytes.saturating_add(whole.raw.len() as u64) <= max_doc_bytes;
+        if !empty || !accepts || checked || forward || !fits {
+            return Some(whole);
+        }
+        ds.doc = Document::from_automerge(whole.document);
+        ds.heads = ds.doc.heads();
+        if let Some(g) = self.gate.as_mut() {
+            g.materialized(doc, &ds.doc);
+        }
+        self.persist_write(
+            doc,
+            Write::Changes(Vec::from(whole.raw)),
+            PersistEffect::Changes {
+                origin: Origin::Remote(conn),
+                raw: Vec::new(),
+                via_fast_path: false,
+            },
+        );
+        None
     }
 
     /// Runs the rest of a sync message whose changes [`Self::on_heavy_sync`] stored without
@@ -192,6 +274,8 @@ impl Engine {
         };
         if reset {
             pd.sync = fresh_state(&pd.sync);
+            // The peer started afresh: whatever we sent it before may be lost.
+            pd.whole_sent = false;
         }
         pd.live = false;
         pd.save_state = true;

@@ -186,6 +186,10 @@ pub enum MsgCmd {
         /// JSON: an array of {id, author, body, created_at, edited_at, deleted}.
         #[arg(long)]
         json: bool,
+        /// Only the last N messages (read without reading the others).
+        #[arg(long, value_name = "N")]
+        #[serde(default)]
+        last: Option<usize>,
     },
 }
 

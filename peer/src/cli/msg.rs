@@ -39,7 +39,7 @@ pub(super) async fn msg_cmd(device: &Device, cmd: MsgCmd, sink: &Sink) -> Result
                 .await?
                 .map_err(write_failure)
         }
-        MsgCmd::List { doc, json } => list(device, doc, json, sink).await,
+        MsgCmd::List { doc, json, last } => list(device, doc, json, last, sink).await,
     }
 }
 
@@ -47,8 +47,26 @@ fn new_id() -> schema::Id {
     schema::Id::from_bytes(rand::random())
 }
 
-async fn list(device: &Device, doc: DocId, json: bool, sink: &Sink) -> Result<(), Failure> {
+async fn list(
+    device: &Device,
+    doc: DocId,
+    json: bool,
+    last: Option<usize>,
+    sink: &Sink,
+) -> Result<(), Failure> {
     check_exists(device, doc).await?;
+    if let Some(n) = last {
+        // The tail only: a binary search of the sorted messages map, not a read of them all.
+        let read = device
+            .read(doc, move |am| schema::last_messages(am, n))
+            .await?
+            .map_err(read_failure)?;
+        report_skipped(&read.skipped, sink).await;
+        if json {
+            return sink.out(schema::messages_to_json(&read.value) + "\n").await;
+        }
+        return sink.out(text_lines(&read.value)).await;
+    }
     if json {
         let read = device
             .read(doc, schema::messages_json)
@@ -62,7 +80,10 @@ async fn list(device: &Device, doc: DocId, json: bool, sink: &Sink) -> Result<()
         .await?
         .map_err(read_failure)?;
     report_skipped(&read.skipped, sink).await;
-    let msgs = read.value;
+    sink.out(text_lines(&read.value)).await
+}
+
+fn text_lines(msgs: &[schema::Message]) -> String {
     let mut text = String::new();
     for m in msgs {
         let flag = if m.deleted {
@@ -77,7 +98,7 @@ async fn list(device: &Device, doc: DocId, json: bool, sink: &Sink) -> Result<()
             m.created_at, m.id, m.author, m.body
         ));
     }
-    sink.out(text).await
+    text
 }
 
 /// Entries a read left out (another writer's malformed data): one line each on stderr, so

@@ -380,6 +380,7 @@ fn hub_config(args: &ServeArgs, kinds: &Arc<Kinds>) -> (HubConfig, weft_core::ch
         // A document chunk inflates to about its own size in the store: no message may
         // inflate past what a document may hold.
         max_inflated_bytes: usize::try_from(args.max_doc_bytes).unwrap_or(usize::MAX),
+        whole_documents: false,
     };
     hub_config.engine.limits = check.clone();
     hub_config.engine.max_doc_bytes = args.max_doc_bytes;

@@ -12,7 +12,7 @@
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
 //! `initial-sync`, `large-change`, `memory`, `checkpoint` (needs the Postgres server binaries),
-//! `presence`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `presence`, `huge-conversation`, `crowd`, and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -29,10 +29,14 @@ mod chain;
 mod checkpoint;
 #[path = "weft-bench/client.rs"]
 mod client;
+#[path = "weft-bench/crowd.rs"]
+mod crowd;
 #[path = "weft-bench/device.rs"]
 mod device;
 #[path = "weft-bench/fanout.rs"]
 mod fanout;
+#[path = "weft-bench/huge.rs"]
+mod huge;
 #[path = "weft-bench/large_change/mod.rs"]
 mod large_change;
 #[path = "weft-bench/memory/mod.rs"]
@@ -89,6 +93,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft-bench: making the large change: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(config) = std::env::var_os(crowd::CHILD_ENV) {
+        return match crowd::joiners_main(std::path::Path::new(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-bench: the crowd's joiners: {e:#}");
                 ExitCode::from(1)
             }
         };
@@ -200,6 +213,8 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "large-change" => large_change_workload(&plan, &clients)?,
             "checkpoint" => checkpoint::checkpoint_workload(&plan, &clients, &chain)?,
             "presence" => presence::presence_workload(&plan, &clients)?,
+            "huge-conversation" => huge::huge_conversation_workload(&plan, &clients)?,
+            "crowd" => crowd::crowd_workload(&plan, &clients)?,
             "ws-native" => ws_workloads::ws_native_workload(&plan, &clients)?,
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => device::reconnect(&clients, plan.quick)?,

@@ -7,6 +7,7 @@ mod gate;
 mod peers;
 mod receive;
 mod timers;
+mod whole;
 
 use super::*;
 use automerge::sync::SyncDoc;

@@ -25,6 +25,15 @@ pub const USER: &str = "bench";
 impl Chain {
     /// `len` changes made by one fresh actor.
     pub fn generate(len: usize) -> Chain {
+        Chain::generate_with(len, |i| {
+            format!("message {i}: on my way, see you at the station in ten minutes")
+        })
+        .0
+    }
+
+    /// `len` changes made by one fresh actor, message `i`'s body being `body(i)`, and the
+    /// document they make.
+    pub fn generate_with(len: usize, body: impl Fn(usize) -> String) -> (Chain, Automerge) {
         let mut am = Automerge::new().with_actor(ActorId::random());
         let mut raw = Vec::with_capacity(len);
         let mut hashes = Vec::with_capacity(len);
@@ -63,12 +72,7 @@ impl Chain {
                     tx.put(&msg, "author", USER).expect("put on a local map");
                     tx.put(&msg, "created_at", created_at.as_str())
                         .expect("put on a local map");
-                    tx.put(
-                        &msg,
-                        "body",
-                        format!("message {i}: on my way, see you at the station in ten minutes"),
-                    )
-                    .expect("put on a local map");
+                    tx.put(&msg, "body", body(i)).expect("put on a local map");
                 }
             }
             tx.commit();
@@ -79,7 +83,7 @@ impl Chain {
             raw.push(change.raw_bytes().to_vec());
         }
         let index = hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-        Chain { raw, hashes, index }
+        (Chain { raw, hashes, index }, am)
     }
 
     /// The position of a change in the chain.

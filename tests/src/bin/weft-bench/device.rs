@@ -125,7 +125,7 @@ fn raw_redb_writes(n: usize) -> anyhow::Result<f64> {
 }
 
 /// Waits until every link of `device` has `doc` synced.
-async fn synced(device: &Device, doc: DocId, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn synced(device: &Device, doc: DocId, limit: Duration) -> anyhow::Result<()> {
     let mut status = device.status();
     tokio::time::timeout(limit, async {
         loop {

@@ -8,7 +8,7 @@ use super::Rss;
 
 /// Samples the process's `VmRSS` every 10 ms on a thread of its own, after resetting the
 /// kernel's high-water mark.
-pub(super) struct Sampler {
+pub(crate) struct Sampler {
     start_kib: u64,
     hwm_reset: bool,
     stop: Arc<AtomicBool>,
@@ -16,7 +16,7 @@ pub(super) struct Sampler {
 }
 
 impl Sampler {
-    pub(super) fn start() -> Sampler {
+    pub(crate) fn start() -> Sampler {
         release_freed_memory();
         // "5" resets the peak resident set size (proc(5), /proc/pid/clear_refs).
         let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
@@ -50,7 +50,7 @@ impl Sampler {
         }
     }
 
-    pub(super) fn finish(mut self) -> Rss {
+    pub(crate) fn finish(mut self) -> Rss {
         self.stop.store(true, Ordering::Relaxed);
         let (sampled_peak_kib, sampled_peak_at) = self
             .thread
@@ -97,7 +97,7 @@ pub fn status_kib(field: &str) -> Option<u64> {
 }
 
 /// Resident set size from `/proc/self/statm` (cheaper to read than `status`).
-pub(super) fn statm_rss_kib() -> Option<u64> {
+pub(crate) fn statm_rss_kib() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf only reads a system constant.

@@ -28,8 +28,9 @@ mod side;
 mod workload;
 
 pub use big::{Big, MAKE_ENV};
-use memory::Sampler;
-pub use memory::{release_freed_memory, status_kib};
+pub use memory::status_kib;
+pub(crate) use memory::Sampler;
+pub(crate) use memory::{release_freed_memory, statm_rss_kib};
 use side::LargeSide;
 
 pub(crate) use workload::large_change_workload;

@@ -1,0 +1,147 @@
+//! A document sent whole to a peer that holds none of it: made once, sent once per peer,
+//! taken whole by a device, and followed by what the sender accepted meanwhile.
+
+use super::*;
+use automerge::ReadDoc;
+
+/// A chunk's type byte (after magic and checksum): 0 is a document, 1 a change.
+fn chunk_kinds(bytes: &[u8]) -> Vec<u8> {
+    crate::check::split_chunks(bytes)
+        .unwrap()
+        .iter()
+        .map(|s| s.kind)
+        .collect()
+}
+
+/// Whether a sync message carries a document chunk.
+fn carries_document(msg: &Message) -> bool {
+    let Message::Sync { data, .. } = msg else {
+        return false;
+    };
+    let m = sync::Message::decode(data).unwrap();
+    let found = m.changes.iter().any(|c| chunk_kinds(c).contains(&0));
+    found
+}
+
+/// Drains `e`, completing its writes at once; returns its sends and the kinds of the chunks
+/// it stored.
+fn drain_writes(e: &mut Engine, stored: &mut Vec<u8>) -> Vec<Message> {
+    let mut sends = Vec::new();
+    loop {
+        let mut persisted = Vec::new();
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::Send { msg, .. } => sends.push(msg),
+                Output::Persist { id, write, .. } => {
+                    if let Write::Changes(bytes) = &write {
+                        if !bytes.is_empty() {
+                            stored.extend(chunk_kinds(bytes));
+                        }
+                    }
+                    persisted.push(id);
+                }
+                _ => {}
+            }
+        }
+        if persisted.is_empty() {
+            return sends;
+        }
+        for id in persisted {
+            e.persisted(id);
+        }
+    }
+}
+
+#[test]
+fn a_new_device_gets_the_document_as_one_snapshot_then_what_arrived_meanwhile() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    for i in 0..200 {
+        write(&mut relay, &format!("message {i}"));
+    }
+    drain(&mut relay);
+
+    // A new device, holding nothing, opens the document with the relay.
+    let mut device = Engine::new(EngineConfig::device());
+    device.open(ConnId(1), DOC, OpenOptions::default());
+    assert!(matches!(
+        device.poll_output(),
+        Some(Output::Load { doc: DOC })
+    ));
+    device.loaded(DOC, None);
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+
+    let (mut device_stored, mut relay_stored) = (Vec::new(), Vec::new());
+    let mut documents_sent = 0;
+    let mut late_written = false;
+    for _ in 0..100 {
+        let to_relay = drain_writes(&mut device, &mut device_stored);
+        let to_device = drain_writes(&mut relay, &mut relay_stored);
+        if to_relay.is_empty() && to_device.is_empty() {
+            break;
+        }
+        for m in to_relay {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for m in to_device {
+            if carries_document(&m) {
+                documents_sent += 1;
+                if !late_written {
+                    // A change the relay takes while the snapshot is on its way.
+                    write(&mut relay, "late");
+                    late_written = true;
+                }
+            }
+            device.handle(ConnId(1), m).unwrap();
+        }
+    }
+    assert!(late_written, "the relay never sent the document whole");
+    assert_eq!(
+        documents_sent, 1,
+        "the document was sent whole more than once"
+    );
+    assert_eq!(device.heads(DOC), relay.heads(DOC));
+    assert!(device.is_synced(ConnId(1), DOC) && relay.is_synced(ConnId(2), DOC));
+    let late = device
+        .read(DOC, |d| d.automerge().get(ROOT, "late").unwrap().is_some())
+        .unwrap();
+    assert!(late, "the change made meanwhile did not reach the device");
+    // The device stored the snapshot as it came, then the one change made meanwhile.
+    assert_eq!(device_stored, vec![0, 1]);
+}
+
+#[test]
+fn a_device_holding_changes_takes_a_snapshot_change_by_change() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    for i in 0..50 {
+        write(&mut relay, &format!("message {i}"));
+    }
+    drain(&mut relay);
+    let mut whole = relay.read(DOC, |d| d.save()).unwrap();
+    // The device holds a change of its own: the snapshot cannot become its document.
+    let mut device = Engine::new(EngineConfig::device());
+    device.create(DOC, doc_with_actor(1));
+    write(&mut device, "mine");
+    drain(&mut device);
+    device.open(ConnId(1), DOC, OpenOptions::default());
+    drain(&mut device);
+    let from = automerge::Automerge::load(&whole).unwrap();
+    device
+        .handle(
+            ConnId(1),
+            sync_with_chunks(&from, vec![std::mem::take(&mut whole)]),
+        )
+        .unwrap();
+    drain(&mut device);
+    let (mine, theirs) = device
+        .read(DOC, |d| {
+            let am = d.automerge();
+            (
+                am.get(ROOT, "mine").unwrap().is_some(),
+                am.get(ROOT, "message 49").unwrap().is_some(),
+            )
+        })
+        .unwrap();
+    assert!(mine && theirs, "both sides' changes are in the document");
+}
