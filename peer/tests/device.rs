@@ -370,3 +370,59 @@ async fn the_store_is_private_even_in_a_directory_that_already_existed() {
     assert_eq!(mode(&dir.key_path()), 0o600);
     device.close().await;
 }
+
+/// Documents made offline past the relay's creation burst are refused "try again", not for
+/// good: the device asks for each again after a backoff, and every one reaches the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_past_the_relays_creation_burst_are_uploaded_after_a_backoff() {
+    let clock = ManualClock::at(now_ms());
+    let config = weft_relay::HubConfig {
+        create_burst: 2,
+        create_rate: 10,
+        ..Default::default()
+    };
+    let relay = InProcessRelay::start_with(clock.wall(), 60, config);
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::open(DataDir::new(dir.path())).await.unwrap();
+    let mut docs = Vec::new();
+    for i in 0..8 {
+        docs.push(conversation(&device, &format!("trip {i}")).await);
+    }
+    let mut status = device.status();
+    let link = device
+        .connect_relay(RelayConfig {
+            addr: relay.addr.to_string(),
+            token: TokenSource::Static(relay.token("alice", 3600)),
+            pinned_cert: Some(relay.cert.clone()),
+            docs: vec![],
+            reconnect: true,
+            max_backoff: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    loop {
+        {
+            let s = status.borrow_and_update();
+            if let Some(l) = s.links.get(&link.id()) {
+                let refused: Vec<_> = l
+                    .docs
+                    .iter()
+                    .filter(|(_, d)| d.state == SyncState::Refused)
+                    .collect();
+                assert!(refused.is_empty(), "refused for good: {refused:?}");
+                let synced = |d: &weft_peer::DocId| {
+                    l.docs
+                        .get(d)
+                        .is_some_and(|d| d.state == SyncState::Synced)
+                };
+                if docs.iter().all(synced) {
+                    break;
+                }
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(60), status.changed())
+            .await
+            .expect("the documents never all reached the relay")
+            .unwrap();
+    }
+}

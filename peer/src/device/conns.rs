@@ -14,6 +14,21 @@ use super::{Conn, ConnKind, Driver, Event, Queued, Registration};
 use crate::status::{DocStatus, LinkState, SyncState};
 use crate::unix_ms;
 
+/// The first wait before asking again for a document the relay said to try later.
+const RETRY_FIRST_MS: u64 = 250;
+/// The longest such wait.
+const RETRY_MAX_MS: u64 = 30_000;
+
+/// Documents the relay said to try again later (`RATE_LIMITED`): bounded by the documents
+/// asked for, one entry per document and connection.
+#[derive(Default)]
+pub(super) struct Retries {
+    /// When to ask again, on which connection.
+    pub(super) due: Vec<(u64, ConnId, DocId)>,
+    /// Refusals in a row per document, for the backoff; cleared once granted.
+    pub(super) attempts: std::collections::HashMap<DocId, u32>,
+}
+
 impl Driver {
     pub(super) fn add_conn(&mut self, conn: ConnId, reg: Registration) {
         self.host.add_conn(self.now_ms(), conn);
@@ -155,9 +170,46 @@ impl Driver {
         self.send(conn, Message::Subscribe { doc });
     }
 
+    /// The relay asked to try `doc` again later: it is asked for again after a backoff that
+    /// doubles with each refusal in a row (from [`RETRY_FIRST_MS`] to [`RETRY_MAX_MS`]), and
+    /// stays syncing meanwhile.
+    pub(super) fn retry_later(&mut self, conn: ConnId, doc: DocId, reason: &str) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.docs.remove(&doc);
+        self.host.close(self.now_ms(), conn, doc);
+        let attempt = self.retries.attempts.entry(doc).or_insert(0);
+        let wait = RETRY_FIRST_MS
+            .saturating_mul(1 << (*attempt).min(16))
+            .min(RETRY_MAX_MS);
+        *attempt = attempt.saturating_add(1);
+        tracing::debug!(%doc, wait_ms = wait, reason, "the relay asked to try again later");
+        let due = self.now_ms().saturating_add(wait);
+        self.retries.due.push((due, conn, doc));
+    }
+
+    /// Asks again for the documents whose backoff ended, on connections still open.
+    pub(super) fn retry_due(&mut self) {
+        let now = self.now_ms();
+        if self.retries.due.iter().all(|(at, _, _)| *at > now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries.due)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.retries.due = later;
+        for (_, conn, doc) in due {
+            if self.conns.contains_key(&conn) {
+                self.ask_for(conn, doc);
+            }
+        }
+    }
+
     /// The other side granted `doc` with `role`: open it in the engine (unless it was deleted
     /// meanwhile).
     pub(super) fn open(&mut self, conn: ConnId, doc: DocId, role: Role) {
+        self.retries.attempts.remove(&doc);
         if self.is_deleted(doc) {
             self.send(conn, Message::Unsubscribe { doc });
             return;

@@ -76,6 +76,7 @@ pub(super) struct Driver {
     /// Requests for the relay not yet answered, oldest first.
     pub(super) outbox: Vec<Queued>,
     pub(super) control_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    pub(super) retries: super::conns::Retries,
 }
 
 impl Driver {
@@ -422,6 +423,7 @@ impl Driver {
 
     pub(super) fn housekeeping(&mut self) {
         self.flush_metas();
+        self.retry_due();
         let mut resync = Vec::new();
         for (id, c) in &mut self.conns {
             if !c.lagging.is_empty() && c.out.capacity() > c.out.max_capacity() / 2 {

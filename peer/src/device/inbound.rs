@@ -196,9 +196,12 @@ impl Driver {
         let asked = |d: &Driver| d.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc));
         match code {
             ErrorCode::READ_ONLY => self.read_only(kind, doc),
-            ErrorCode::LIMIT_REACHED | ErrorCode::RATE_LIMITED
-                if kind == ConnKind::Relay && asked(self) =>
-            {
+            // Try again shortly (too many documents created at once, the relay's memory
+            // budget): the document stays syncing and is asked for again after a backoff.
+            ErrorCode::RATE_LIMITED if kind == ConnKind::Relay && asked(self) => {
+                self.retry_later(conn, doc, &message);
+            }
+            ErrorCode::LIMIT_REACHED if kind == ConnKind::Relay && asked(self) => {
                 // A quota: the document stays as it is here, unsynced with the relay.
                 let link = self.conns.get(&conn).map(|c| c.link);
                 if let Some(l) = link.and_then(|l| self.links.get_mut(&l)) {

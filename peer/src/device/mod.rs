@@ -165,6 +165,7 @@ impl Device {
             resetting: HashSet::new(),
             outbox,
             control_waiters: HashMap::new(),
+            retries: Default::default(),
         };
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(driver.run(cmd_rx));

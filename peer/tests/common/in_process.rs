@@ -28,6 +28,15 @@ pub struct InProcessRelay {
 impl InProcessRelay {
     /// Starts a relay on loopback that reads `clock` and allows `leeway_secs` past `exp`.
     pub fn start(clock: WallClock, leeway_secs: u64) -> InProcessRelay {
+        InProcessRelay::start_with(clock, leeway_secs, weft_relay::HubConfig::default())
+    }
+
+    /// [`InProcessRelay::start`] with the hub set up as `config` says.
+    pub fn start_with(
+        clock: WallClock,
+        leeway_secs: u64,
+        config: weft_relay::HubConfig,
+    ) -> InProcessRelay {
         let dir = tempfile::tempdir().unwrap();
         let secret = weft_relay::ensure_dev_secret(dir.path()).unwrap();
         let identity = weft_relay::ensure_dev_cert(dir.path()).unwrap();
@@ -47,7 +56,7 @@ impl InProcessRelay {
         let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let hub = weft_relay::Hub::new(
-            weft_relay::HubConfig::default(),
+            config,
             group,
             verifier.clone(),
             metrics.clone(),
