@@ -411,9 +411,7 @@ async fn documents_past_the_relays_creation_burst_are_uploaded_after_a_backoff()
                     .collect();
                 assert!(refused.is_empty(), "refused for good: {refused:?}");
                 let synced = |d: &weft_peer::DocId| {
-                    l.docs
-                        .get(d)
-                        .is_some_and(|d| d.state == SyncState::Synced)
+                    l.docs.get(d).is_some_and(|d| d.state == SyncState::Synced)
                 };
                 if docs.iter().all(synced) {
                     break;
@@ -425,4 +423,113 @@ async fn documents_past_the_relays_creation_burst_are_uploaded_after_a_backoff()
             .expect("the documents never all reached the relay")
             .unwrap();
     }
+}
+
+/// A store that fails every write while its switch is on.
+struct FailingWrites {
+    inner: std::sync::Arc<dyn weft_core::KvStore>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl weft_core::KvStore for FailingWrites {
+    fn get(
+        &self,
+        table: weft_core::store::Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, weft_core::store::StoreError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        table: weft_core::store::Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, weft_core::store::StoreError> {
+        self.inner.scan_prefix(table, prefix)
+    }
+
+    fn write(
+        &self,
+        batch: &weft_core::store::WriteBatch,
+    ) -> Result<(), weft_core::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(weft_core::store::StoreError::Io {
+                path: "test".into(),
+                source: std::sync::Arc::new(std::io::Error::other("injected write failure")),
+            });
+        }
+        self.inner.write(batch)
+    }
+}
+
+/// A store write that fails drops the document from memory; once the store works again the
+/// device reopens it with the relay and syncs both ways, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_whose_store_write_failed_is_reopened_and_syncs_again() {
+    let clock = ManualClock::at(now_ms());
+    let relay = InProcessRelay::start(clock.wall(), 60);
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let switch = fail.clone();
+    let a = Device::open_wrapped(DataDir::new(da.path()), move |inner| {
+        std::sync::Arc::new(FailingWrites {
+            inner,
+            fail: switch,
+        })
+    })
+    .await
+    .unwrap();
+    let b = Device::open(DataDir::new(db.path())).await.unwrap();
+    let doc = conversation(&a, "Trip").await;
+    let cfg = |docs| RelayConfig {
+        addr: relay.addr.to_string(),
+        token: TokenSource::Static(relay.token("alice", 3600)),
+        pinned_cert: Some(relay.cert.clone()),
+        docs,
+        reconnect: false,
+        max_backoff: Duration::from_secs(10),
+    };
+    let (mut ea, mut eb) = (a.events(), b.events());
+    let _la = a.connect_relay(cfg(vec![])).await.unwrap();
+    let _lb = b.connect_relay(cfg(vec![doc])).await.unwrap();
+    let remote = |doc| {
+        move |e| match e {
+            Event::Changed {
+                doc: d,
+                origin: EventOrigin::Remote,
+                ..
+            } if d == doc => Some(()),
+            _ => None,
+        }
+    };
+    next_event(&mut eb, remote(doc)).await;
+
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let msg = NewMessage::text("alice", "lost");
+    let id = schema::Id::from_bytes(rand::random());
+    let failed = a
+        .change(doc, move |am| schema::send_message(am, &msg, id, now_ms()))
+        .await;
+    assert!(failed.is_err(), "the write did not fail: {failed:?}");
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    send(&b, doc, "after").await;
+    next_event(&mut ea, remote(doc)).await;
+    send(&a, doc, "again").await;
+    next_event(&mut eb, remote(doc)).await;
+    let bodies = |d: &Device| {
+        let d = d.clone();
+        async move {
+            d.read(doc, schema::messages)
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .into_iter()
+                .map(|m| m.body)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(bodies(&a).await, ["after", "again"]);
+    assert_eq!(bodies(&b).await, ["after", "again"]);
 }

@@ -358,10 +358,9 @@ impl Engine {
         // peer heard our heads, and would then never send them. Our answers wait until what
         // they announce is durable, so the peer may not have heard them yet: it waits for
         // them, and without this the exchange stalls until a resync.
-        let owed = (pd.sync.last_sent_heads != before
-            && to_apply.is_empty()
-            && msg.heads == before)
-            .then(|| pd.sync.last_sent_heads.clone());
+        let owed =
+            (pd.sync.last_sent_heads != before && to_apply.is_empty() && msg.heads == before)
+                .then(|| pd.sync.last_sent_heads.clone());
         ds.doc
             .automerge_mut()
             .receive_sync_message(&mut pd.sync, msg)

@@ -7,7 +7,7 @@ use weft_core::engine::{ConnId, OpenOptions};
 use weft_core::host::{self};
 
 use super::meta::DocMeta;
-use weft_core::wire::{DocEntry, Message};
+use weft_core::wire::{DocEntry, ErrorCode, Message};
 use weft_core::{DocId, Role};
 
 use super::{Conn, ConnKind, Driver, Event, Queued, Registration};
@@ -179,6 +179,11 @@ impl Driver {
         };
         c.docs.remove(&doc);
         self.host.close(self.now_ms(), conn, doc);
+        self.schedule_retry(conn, doc, reason);
+    }
+
+    /// Asks for `doc` on `conn` again after the backoff of its refusals in a row.
+    fn schedule_retry(&mut self, conn: ConnId, doc: DocId, reason: &str) {
         let attempt = self.retries.attempts.entry(doc).or_insert(0);
         let wait = RETRY_FIRST_MS
             .saturating_mul(1 << (*attempt).min(16))
@@ -187,6 +192,40 @@ impl Driver {
         tracing::debug!(%doc, wait_ms = wait, reason, "the relay asked to try again later");
         let due = self.now_ms().saturating_add(wait);
         self.retries.due.push((due, conn, doc));
+    }
+
+    /// A store write for `doc` failed: the engine dropped it from memory (the store lacks the
+    /// failed write; nothing acknowledged is lost) and closed it for `conns`. Each connection
+    /// that asked for it unsubscribes and asks again after a backoff, which reloads the
+    /// document from the store; a peer that asked us is told, and asks again itself.
+    pub(super) fn store_failed(&mut self, doc: DocId, conns: Vec<ConnId>) {
+        tracing::error!(%doc, "a store write failed; the document is reopened after a backoff");
+        for conn in conns {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.kind == ConnKind::Listener {
+                self.send(
+                    conn,
+                    Message::Error {
+                        code: ErrorCode::INTERNAL,
+                        doc: Some(doc),
+                        message: "a store write failed here; ask again".into(),
+                    },
+                );
+                continue;
+            }
+            if !c.docs.remove(&doc) {
+                continue;
+            }
+            let link = c.link;
+            if let Some(d) = self.links.get_mut(&link).and_then(|l| l.docs.get_mut(&doc)) {
+                d.state = SyncState::Syncing;
+                self.status_dirty = true;
+            }
+            self.send(conn, Message::Unsubscribe { doc });
+            self.schedule_retry(conn, doc, "a store write failed");
+        }
     }
 
     /// Asks again for the documents whose backoff ended, on connections still open.

@@ -398,9 +398,7 @@ impl Driver {
                     let _ = c.out.try_send(Outgoing::Close);
                 }
             }
-            Output::Failed { doc, .. } => {
-                tracing::error!(%doc, "a document was dropped from memory after a store failure");
-            }
+            Output::Failed { doc, conns } => self.store_failed(doc, conns),
             _ => {}
         }
     }

@@ -84,6 +84,16 @@ impl Device {
     /// its driver. Fails with [`StoreError::Locked`] inside [`DeviceError::Store`] when another
     /// process holds the store.
     pub async fn open(dir: DataDir) -> Result<Device, DeviceError> {
+        Device::open_wrapped(dir, |store| store).await
+    }
+
+    /// [`Device::open`] with the store seen through `wrap`: tests inject store failures with
+    /// it.
+    #[doc(hidden)]
+    pub async fn open_wrapped(
+        dir: DataDir,
+        wrap: impl FnOnce(Arc<dyn KvStore>) -> Arc<dyn KvStore>,
+    ) -> Result<Device, DeviceError> {
         let key = dir.init(None)?;
         let store_path = dir.store_path();
         // Content that deleted documents left behind is erased, and the file rewritten without
@@ -100,7 +110,7 @@ impl Device {
         })?;
         // The store creates its file with the default mode.
         dir.make_store_private()?;
-        let store: Arc<dyn KvStore> = Arc::new(store);
+        let store: Arc<dyn KvStore> = wrap(Arc::new(store));
         let metas = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || load_metas(store.as_ref()))

@@ -55,12 +55,7 @@ impl InProcessRelay {
             .with_clock(clock.clone());
         let endpoint = weft_relay::bind_quic("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
         let addr = endpoint.local_addr().unwrap();
-        let hub = weft_relay::Hub::new(
-            config,
-            group,
-            verifier.clone(),
-            metrics.clone(),
-        );
+        let hub = weft_relay::Hub::new(config, group, verifier.clone(), metrics.clone());
         let (hub_tx, hub_rx) = mpsc::channel(1024);
         let (server_tx, server_rx) = mpsc::channel(1024);
         let (refreshed, refreshes) = mpsc::unbounded_channel();

@@ -283,5 +283,8 @@ fn a_sync_answer_held_for_durability_is_sent_after_an_echo_of_our_heads() {
         Message::Sync { data, .. } => sync::Message::decode(data).unwrap().heads == head,
         _ => false,
     });
-    assert!(told, "the peer never hears the relay has its change: {sends:?}");
+    assert!(
+        told,
+        "the peer never hears the relay has its change: {sends:?}"
+    );
 }

@@ -172,7 +172,7 @@ async fn upload(relay: &Relay, doc: DocId, saved: &[u8]) -> anyhow::Result<()> {
     engine.create(doc, document);
     c.sync_engine(&mut engine, &[doc], Duration::from_secs(600))
         .await
-    .context("uploading the conversation")?;
+        .context("uploading the conversation")?;
     c.conn.close(0u32.into(), b"done");
     Ok(())
 }
