@@ -384,3 +384,25 @@ async fn a_device_certificate_without_its_private_key_is_refused() {
     assert!(err.is_refused(), "{err:?}");
     assert!(accepted.is_err());
 }
+
+/// A peer may have [`MAX_BIDI_STREAMS`] streams open: past them, opening one waits for a
+/// credit the relay never gives (it reads one stream per connection), so a raw client cannot
+/// make it hold state for many.
+#[tokio::test]
+async fn a_peer_cannot_open_more_streams_than_the_limit() {
+    use std::task::{Context, Poll, Waker};
+    let c = connect_device_to_relay().await;
+    let mut cx = Context::from_waker(Waker::noop());
+    // The hello stream is open; the rest of the credit opens at once.
+    let mut extra = Vec::new();
+    for _ in 1..MAX_BIDI_STREAMS {
+        let mut open = std::pin::pin!(c.device_conn.open_bi());
+        match open.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => extra.push(r.unwrap()),
+            Poll::Pending => panic!("a stream within the limit did not open"),
+        }
+    }
+    let mut over = std::pin::pin!(c.device_conn.open_bi());
+    assert!(over.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(c.device_conn.close_reason(), None);
+}
