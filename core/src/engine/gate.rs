@@ -62,6 +62,13 @@ pub trait Gate: Send {
     /// `doc` left memory.
     fn closed(&mut self, doc: DocId);
 
+    /// Whether what the gate keeps for `doc` since it last saw it materialized has grown past
+    /// its bound: the engine then reloads a stale document so the gate can let go of it.
+    fn wants_materialized(&self, doc: DocId) -> bool {
+        let _ = doc;
+        false
+    }
+
     /// Gives back the memory of documents that left (see [`Engine::shrink`](super::Engine::shrink)).
     fn shrink(&mut self) {}
 

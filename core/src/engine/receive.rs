@@ -155,6 +155,17 @@ impl Engine {
             return Ok(());
         }
         self.store_fast_path(conn, doc, new);
+        if self
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.wants_materialized(doc))
+        {
+            // The gate keeps what it follows until it sees the document materialized: fold
+            // what waits in memory, or, for a document every peer follows live (which stays
+            // stale for as long as it is written), reload it.
+            self.fold_or_drop(doc);
+            self.materialize_for(doc, "gate");
+        }
         Ok(())
     }
 

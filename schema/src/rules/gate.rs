@@ -21,6 +21,10 @@ use weft_core::{DocId, Document};
 use super::eval::{self, DocRules, Writer};
 use super::kinds::Kinds;
 
+/// Most objects and root fields the gate follows for a document between two
+/// materializations (a few hundred bytes each) before it asks the engine for one.
+const MAX_FOLLOWED: usize = 16_384;
+
 /// Who is behind a connection, as the driver authenticated it.
 #[derive(Clone, Debug)]
 struct Conn {
@@ -213,6 +217,12 @@ impl Gate for RulesGate {
 
     fn closed(&mut self, doc: DocId) {
         self.docs.remove(&doc);
+    }
+
+    fn wants_materialized(&self, doc: DocId) -> bool {
+        self.docs
+            .get(&doc)
+            .is_some_and(|st| st.followed() > MAX_FOLLOWED)
     }
 
     fn shrink(&mut self) {

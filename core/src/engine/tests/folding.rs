@@ -3,6 +3,34 @@
 
 use super::*;
 
+/// Runs the relay's outputs: persists land in `store` at once, loads read it.
+fn run_relay(relay: &mut Engine, store: &mut Vec<u8>) -> Vec<(ConnId, Message)> {
+    let mut sends = Vec::new();
+    loop {
+        let mut progressed = false;
+        while let Some(o) = relay.poll_output() {
+            progressed = true;
+            match o {
+                Output::Send { conn, msg } => sends.push((conn, msg)),
+                Output::Persist { id, write, .. } => {
+                    if let Write::Changes(bytes) = write {
+                        store.extend_from_slice(&bytes);
+                    }
+                    relay.persisted(id);
+                }
+                Output::Load { doc } => {
+                    let d = (!store.is_empty()).then(|| Document::load(store).unwrap());
+                    relay.loaded(doc, d);
+                }
+                _ => {}
+            }
+        }
+        if !progressed {
+            return sends;
+        }
+    }
+}
+
 /// A relay engine with lazy folding: while its only peer is live, received changes leave
 /// memory once durable (the document goes stale); a new peer in sync mode makes it reload the
 /// document from the store, and that peer receives every change.
@@ -12,33 +40,6 @@ fn a_stale_relay_document_reloads_for_a_peer_in_sync_mode() {
     let mut relay = Engine::new(EngineConfig::relay());
     dev.create(DOC, doc_with_actor(1));
     let mut store: Vec<u8> = Vec::new();
-    // Runs the relay's outputs: persists land in `store` at once, loads read it.
-    fn run_relay(relay: &mut Engine, store: &mut Vec<u8>) -> Vec<(ConnId, Message)> {
-        let mut sends = Vec::new();
-        loop {
-            let mut progressed = false;
-            while let Some(o) = relay.poll_output() {
-                progressed = true;
-                match o {
-                    Output::Send { conn, msg } => sends.push((conn, msg)),
-                    Output::Persist { id, write, .. } => {
-                        if let Write::Changes(bytes) = write {
-                            store.extend_from_slice(&bytes);
-                        }
-                        relay.persisted(id);
-                    }
-                    Output::Load { doc } => {
-                        let d = (!store.is_empty()).then(|| Document::load(store).unwrap());
-                        relay.loaded(doc, d);
-                    }
-                    _ => {}
-                }
-            }
-            if !progressed {
-                return sends;
-            }
-        }
-    }
     relay.load(DOC);
     run_relay(&mut relay, &mut store);
     dev.open(ConnId(1), DOC, OpenOptions::default());
@@ -205,4 +206,106 @@ fn large_change_in_a_sync_message(sync_only_on_the_relay: bool) {
     }
     assert!(dev.is_synced(ConnId(1), DOC));
     assert!(relay.is_synced(ConnId(2), DOC));
+}
+
+/// A gate that accepts everything, counts what it follows since the document was last
+/// materialized, and wants a materialization past 100.
+#[derive(Default)]
+struct CountingGate {
+    followed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    materialized: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingGate {
+    fn follow(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.followed.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(n, SeqCst);
+    }
+}
+
+impl Gate for CountingGate {
+    fn checks(&self, conn: ConnId) -> bool {
+        conn == ConnId(2)
+    }
+    fn opened(&mut self, _: DocId, _: &Document, _: &[(Vec<u8>, Vec<u8>)]) {}
+    fn check(
+        &mut self,
+        _: DocId,
+        _: ConnId,
+        _: &crate::check::CheckedChange,
+        _: &Document,
+    ) -> Result<Accepted, String> {
+        self.follow();
+        Ok(Accepted::default())
+    }
+    fn materialized(&mut self, _: DocId, _: &Document) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.followed.store(0, SeqCst);
+        self.materialized.fetch_add(1, SeqCst);
+    }
+    fn observe(&mut self, _: DocId, _: &Change, _: Option<ConnId>) {
+        self.follow();
+    }
+    fn closed(&mut self, _: DocId) {}
+    fn wants_materialized(&self, _: DocId) -> bool {
+        self.followed.load(std::sync::atomic::Ordering::SeqCst) > 100
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// A document every peer follows live stays stale while it is written; once its gate has
+/// followed too much since the last materialization, the relay reloads it so the gate can let
+/// go, and what the gate keeps stays bounded.
+#[test]
+fn a_gate_that_followed_too_much_gets_a_reload_of_a_stale_document() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    let gate = CountingGate::default();
+    let (most, reloads) = (gate.most.clone(), gate.materialized.clone());
+    relay.set_gate(Box::new(gate));
+    dev.create(DOC, doc_with_actor(1));
+    let mut store: Vec<u8> = Vec::new();
+    relay.load(DOC);
+    run_relay(&mut relay, &mut store);
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    let exchange = |dev: &mut Engine, relay: &mut Engine, store: &mut Vec<u8>| {
+        for _ in 0..10 {
+            let to_relay = drain(dev);
+            for (_, m) in to_relay {
+                relay.handle(ConnId(2), m).unwrap();
+            }
+            let to_dev = run_relay(relay, store);
+            if to_dev.is_empty() {
+                break;
+            }
+            for (_, m) in to_dev {
+                dev.handle(ConnId(1), m).unwrap();
+            }
+        }
+    };
+    exchange(&mut dev, &mut relay, &mut store);
+    let before = reloads.load(SeqCst);
+    for i in 0..1000 {
+        write(&mut dev, &format!("k{i}"));
+        exchange(&mut dev, &mut relay, &mut store);
+    }
+    assert!(relay.is_stale(DOC) || reloads.load(SeqCst) > before);
+    assert!(
+        reloads.load(SeqCst) >= before + 5,
+        "reloads for the gate: {}, most followed {}",
+        reloads.load(SeqCst) - before,
+        most.load(SeqCst)
+    );
+    assert!(
+        most.load(SeqCst) <= 200,
+        "the gate followed {}",
+        most.load(SeqCst)
+    );
+    assert_eq!(relay.heads(DOC), dev.heads(DOC));
 }

@@ -75,6 +75,11 @@ impl DocRules {
         };
     }
 
+    /// How many objects and root fields it follows since the document was last materialized.
+    pub(crate) fn followed(&self) -> usize {
+        self.objects.len() + self.root.len()
+    }
+
     /// Follows a change that entered the document (accepted or unchecked).
     pub(crate) fn follow(&mut self, change: &Change) {
         let start = change.start_op().get();
