@@ -195,6 +195,9 @@ struct PeerDoc {
     /// us its heads since: its messages sent before it got the document say it holds nothing,
     /// and must not make us send the document again.
     whole_sent: bool,
+    /// An answer to the peer waits for what it announces to be durable (see
+    /// `sync_path::receive_round`).
+    answer_held: bool,
 }
 
 /// A write of the document in flight, until the driver reports it durable.

@@ -57,6 +57,7 @@ impl Engine {
                 stalls: 0,
                 reported_unaccepted: false,
                 whole_sent: false,
+                answer_held: false,
             },
         );
         self.pump(doc, conn);
@@ -123,11 +124,15 @@ impl Engine {
             .all(|p| matches!(p.effect, PersistEffect::None))
         {
             // Not everything in the document is durable yet; `persisted` pumps again.
+            if let Some(pd) = ds.peers.get_mut(&conn) {
+                pd.answer_held = true;
+            }
             return;
         }
         let Some(pd) = ds.peers.get_mut(&conn) else {
             return;
         };
+        pd.answer_held = false;
         if pd.stalls >= MAX_STALLS {
             self.resync(doc, conn);
             return;

@@ -355,12 +355,16 @@ impl Engine {
             .into();
         let before = ds.doc.automerge().get_heads();
         // Automerge takes a message without changes whose heads equal ours for proof that the
-        // peer heard our heads, and would then never send them. Our answers wait until what
-        // they announce is durable, so the peer may not have heard them yet: it waits for
-        // them, and without this the exchange stalls until a resync.
-        let owed =
-            (pd.sync.last_sent_heads != before && to_apply.is_empty() && msg.heads == before)
-                .then(|| pd.sync.last_sent_heads.clone());
+        // peer heard our heads, and would then never send them. An answer of ours that waits
+        // for what it announces to be durable has not reached the peer yet: it waits for it,
+        // and without this the exchange stalls until a resync. (Only then: Automerge's own
+        // bookkeeping of what was sent is also cleared when a peer says it holds nothing, after
+        // which an echo of our heads does prove the peer has them.)
+        let owed = (pd.answer_held
+            && pd.sync.last_sent_heads != before
+            && to_apply.is_empty()
+            && msg.heads == before)
+            .then(|| pd.sync.last_sent_heads.clone());
         ds.doc
             .automerge_mut()
             .receive_sync_message(&mut pd.sync, msg)

@@ -288,3 +288,56 @@ fn a_sync_answer_held_for_durability_is_sent_after_an_echo_of_our_heads() {
         "the peer never hears the relay has its change: {sends:?}"
     );
 }
+
+/// A peer holding nothing gets the whole document; its answers to our first message (it still
+/// holds nothing) and to the document (it holds our heads) ask for nothing more: the relay
+/// stays quiet, as Automerge would.
+#[test]
+fn a_peer_that_took_the_whole_document_is_not_sent_our_heads_again() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    write(&mut relay, "title");
+    drain(&mut relay);
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    let opening = drain(&mut relay);
+    let mut peer = automerge::Automerge::new();
+    let mut state = sync::State::new();
+    let request = peer.generate_sync_message(&mut state).unwrap();
+    relay
+        .handle(
+            ConnId(2),
+            Message::Sync {
+                doc: DOC,
+                reset: false,
+                data: request.encode().into(),
+            },
+        )
+        .unwrap();
+    let whole = drain(&mut relay);
+    let mut answers = Vec::new();
+    for (_, m) in opening.into_iter().chain(whole) {
+        let Message::Sync { data, .. } = m else {
+            continue;
+        };
+        peer.receive_sync_message(&mut state, sync::Message::decode(&data).unwrap())
+            .unwrap();
+        if let Some(a) = peer.generate_sync_message(&mut state) {
+            answers.push(a);
+        }
+    }
+    assert_eq!(peer.get_heads(), relay.heads(DOC).unwrap());
+    for a in answers {
+        relay
+            .handle(
+                ConnId(2),
+                Message::Sync {
+                    doc: DOC,
+                    reset: false,
+                    data: a.encode().into(),
+                },
+            )
+            .unwrap();
+    }
+    let more = drain(&mut relay);
+    assert!(more.is_empty(), "sent again: {more:?}");
+}
