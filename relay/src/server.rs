@@ -307,7 +307,8 @@ async fn write_frames(
                     Metrics::add(&metrics.bytes_out, len as u64);
                     // Written as they are (a shared snapshot is not copied), after what this
                     // connection queued before them.
-                    if !buf.is_empty() && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
+                    if !buf.is_empty()
+                        && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
                     {
                         return;
                     }

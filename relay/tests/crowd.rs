@@ -100,7 +100,7 @@ async fn joiners_at_the_same_heads_get_one_shared_snapshot_and_all_sync() {
     let events = spawn_hub(open_store(dir.path()), HubConfig::default());
     let doc = DocId::from_bytes([61; 16]);
 
-    // The owner uploads a document of ~300 KB that compresses little.
+    // The owner uploads 300 KB of text (about 180 KB saved).
     let mut owner = device(
         &events,
         1,
@@ -167,9 +167,12 @@ async fn joiners_at_the_same_heads_get_one_shared_snapshot_and_all_sync() {
     }
     assert_eq!(snapshots.len(), 4, "every joiner got the document whole");
     let (first, first_bytes) = &snapshots[0];
-    assert!(first.len() > 250_000, "the snapshot is the whole document");
+    assert!(first.len() > 150_000, "the snapshot is the whole document");
     for (shared, bytes) in &snapshots[1..] {
-        assert_eq!(bytes, first_bytes, "the joiners got different snapshot bytes");
+        assert_eq!(
+            bytes, first_bytes,
+            "the joiners got different snapshot bytes"
+        );
         assert_eq!(
             (shared.as_ptr(), shared.len()),
             (first.as_ptr(), first.len()),

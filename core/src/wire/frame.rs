@@ -159,7 +159,12 @@ pub fn frame_split(
             head.push(0xc6);
             head.extend_from_slice(&n.to_be_bytes());
         }
-        _ => return Err(FrameError::TooLarge { len, max: max_frame }),
+        _ => {
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_frame,
+            })
+        }
     }
     let body = head.len() - FRAME_HEADER_LEN + len;
     let body32 = u32::try_from(body).map_err(|_| FrameError::TooLarge {

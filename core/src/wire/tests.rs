@@ -229,7 +229,11 @@ fn arb_message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(doc, reset, data)| Message::Sync { doc, reset, data: data.into() }),
+            .prop_map(|(doc, reset, data)| Message::Sync {
+                doc,
+                reset,
+                data: data.into()
+            }),
         (
             doc.clone(),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)
@@ -362,8 +366,15 @@ fn sync_data_as_shared_bytes_keeps_the_wire_bytes() {
                 data: data.clone().into(),
             };
             let new = frame(&msg, DEFAULT_MAX_FRAME).unwrap();
-            assert_eq!(&new[FRAME_HEADER_LEN..], &old[..], "{len} bytes, reset {reset}");
-            assert_eq!(decode_frame(&new, DEFAULT_MAX_FRAME).unwrap().unwrap().0, msg);
+            assert_eq!(
+                &new[FRAME_HEADER_LEN..],
+                &old[..],
+                "{len} bytes, reset {reset}"
+            );
+            assert_eq!(
+                decode_frame(&new, DEFAULT_MAX_FRAME).unwrap().unwrap().0,
+                msg
+            );
         }
     }
 }
@@ -383,7 +394,11 @@ fn a_split_sync_frame_is_the_whole_frame_and_shares_the_data() {
                 .unwrap()
                 .expect("a Sync message splits");
             assert_eq!([&head[..], &tail[..]].concat(), whole, "{len} bytes");
-            assert_eq!(tail.as_ptr(), data.as_ptr(), "the data is shared, not copied");
+            assert_eq!(
+                tail.as_ptr(),
+                data.as_ptr(),
+                "the data is shared, not copied"
+            );
         }
     }
     let msg = Message::Sync {
@@ -398,7 +413,9 @@ fn a_split_sync_frame_is_the_whole_frame_and_shares_the_data() {
         frame_split(&msg, Encoding::Named, 99, 0),
         Err(FrameError::TooLarge { .. })
     ));
-    assert!(frame_split(&samples()[0], Encoding::Named, DEFAULT_MAX_FRAME, 0)
-        .unwrap()
-        .is_none());
+    assert!(
+        frame_split(&samples()[0], Encoding::Named, DEFAULT_MAX_FRAME, 0)
+            .unwrap()
+            .is_none()
+    );
 }

@@ -238,8 +238,7 @@ impl Hub {
 
     pub(super) fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Message::Sync { doc, .. } = msg {
-            match wire::frame_split(msg, self.encoding_of(conn), self.cfg.max_frame, SHARED_FROM)
-            {
+            match wire::frame_split(msg, self.encoding_of(conn), self.cfg.max_frame, SHARED_FROM) {
                 Ok(Some((head, data))) => return self.push_shared(conn, &head, data, *doc),
                 Ok(None) => {}
                 Err(e) => {

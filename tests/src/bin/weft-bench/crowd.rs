@@ -26,8 +26,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use weft_core::automerge::sync::{self, SyncDoc};
 use weft_core::automerge::{Automerge, ChangeHash};
-use weft_core::wire::Message;
 use weft_core::engine::{Engine, EngineConfig};
+use weft_core::wire::Message;
 use weft_core::{DocId, Document};
 
 use crate::chain::Chain;
@@ -72,7 +72,7 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
         engine.create(doc, document);
         c.sync_engine(&mut engine, &[doc], Duration::from_secs(600))
             .await
-        .context("uploading the document")?;
+            .context("uploading the document")?;
         c.conn.close(0u32.into(), b"done");
         anyhow::Ok(())
     })?;
