@@ -68,7 +68,7 @@ pub fn sync_message(data: &[u8]) {
         Message::Sync {
             doc,
             reset,
-            data: body.to_vec(),
+            data: bytes::Bytes::copy_from_slice(body),
         },
     );
     let _ = engine.handle(
@@ -139,7 +139,7 @@ pub fn check_changes(data: &[u8]) {
     let sync = Message::Sync {
         doc,
         reset: false,
-        data: data.to_vec(),
+        data: bytes::Bytes::copy_from_slice(data),
     };
     match check_message(sync, &limits) {
         Ok(Inbound::Sync { changes, msg, .. }) => {

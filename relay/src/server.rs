@@ -302,6 +302,20 @@ async fn write_frames(
                     buf.extend_from_slice(before);
                     buf.extend_from_slice(after);
                 }
+                Outbound::Chunks(mut chunks) => {
+                    let len: usize = chunks.iter().map(|c| c.len()).sum();
+                    Metrics::add(&metrics.bytes_out, len as u64);
+                    // Written as they are (a shared snapshot is not copied), after what this
+                    // connection queued before them.
+                    if !buf.is_empty()
+                        && writer.send_frames(std::mem::take(&mut buf)).await.is_err()
+                    {
+                        return;
+                    }
+                    if writer.send_chunks(&mut chunks).await.is_err() {
+                        return;
+                    }
+                }
                 Outbound::Close { code, reason } => {
                     if !buf.is_empty() {
                         let _ = writer.send_frames(std::mem::take(&mut buf)).await;

@@ -77,7 +77,7 @@ fn sync_carrying(doc: DocId, chunks: Vec<Vec<u8>>) -> Message {
     Message::Sync {
         doc,
         reset: false,
-        data: msg.encode(),
+        data: msg.encode().into(),
     }
 }
 

@@ -70,7 +70,8 @@ impl Device {
             Some(
                 out @ (Outbound::Frame(_)
                 | Outbound::Ephemeral(_)
-                | Outbound::EphemeralBatch { .. }),
+                | Outbound::EphemeralBatch { .. }
+                | Outbound::Chunks(_)),
             ) => {
                 for (m, body) in decode_frames_with_bodies(&out.bytes().unwrap_or_default()) {
                     if matches!(m, Message::Changes { .. } | Message::Ack { .. }) {
@@ -282,7 +283,7 @@ async fn a_document_the_token_does_not_grant_is_refused_alike_whether_or_not_it_
         .send(Message::Sync {
             doc,
             reset: false,
-            data: vec![1, 2, 3],
+            data: vec![1, 2, 3].into(),
         })
         .await;
     carol.until(|d| d.errors.len() == 3).await;
@@ -298,7 +299,7 @@ async fn a_document_the_token_does_not_grant_is_refused_alike_whether_or_not_it_
     dave.send(Message::Sync {
         doc: other,
         reset: false,
-        data: vec![0xde, 0xad],
+        data: vec![0xde, 0xad].into(),
     })
     .await;
     dave.until(|d| d.closed).await;
@@ -357,7 +358,7 @@ async fn a_device_too_far_behind_for_a_reply_is_closed_not_left_inconsistent() {
                     }
                 }
             }
-            Outbound::EphemeralBatch { .. } => {}
+            Outbound::EphemeralBatch { .. } | Outbound::Chunks(_) => {}
             Outbound::Close { code, .. } => {
                 closed = Some(code);
                 break;

@@ -43,7 +43,8 @@ impl Device {
             Some(
                 out @ (Outbound::Frame(_)
                 | Outbound::Ephemeral(_)
-                | Outbound::EphemeralBatch { .. }),
+                | Outbound::EphemeralBatch { .. }
+                | Outbound::Chunks(_)),
             ) => {
                 self.pending
                     .extend(decode_frames(&out.bytes().unwrap_or_default()));

@@ -93,7 +93,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         Message::Sync {
             doc,
             reset: false,
-            data: vec![0x42, 0, 0, 0],
+            data: vec![0x42, 0, 0, 0].into(),
         },
     ];
     let mut stream = Vec::new();

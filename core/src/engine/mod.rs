@@ -155,7 +155,9 @@ struct DocState {
 struct WholeMessage {
     heads: Vec<ChangeHash>,
     read_only: bool,
-    data: Vec<u8>,
+    /// Shared by every peer sent it: each `Message::Sync` holds a clone of this buffer, not a
+    /// copy, so a crowd joining at one heads costs one snapshot.
+    data: Bytes,
 }
 
 /// An input deferred until a stale document is reloaded.

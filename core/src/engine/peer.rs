@@ -147,7 +147,7 @@ impl Engine {
             }
         } else {
             pd.whole_sent = false;
-            generate(ds.doc.automerge(), &mut pd.sync).map(|m| m.encode())
+            generate(ds.doc.automerge(), &mut pd.sync).map(|m| Bytes::from(m.encode()))
         };
         if let Some(data) = data {
             let reset = std::mem::take(&mut pd.send_reset);
@@ -361,7 +361,7 @@ fn whole_message(
     doc: &crate::Document,
     cache: &mut Option<super::WholeMessage>,
     state: &mut sync::State,
-) -> Vec<u8> {
+) -> Bytes {
     let heads = doc.automerge().get_heads();
     let read_only = state.read_only;
     let fresh = cache
@@ -384,7 +384,7 @@ fn whole_message(
         *cache = Some(super::WholeMessage {
             heads: heads.clone(),
             read_only,
-            data: msg.encode(),
+            data: Bytes::from(msg.encode()),
         });
     }
     state.have_responded = true;

@@ -307,6 +307,20 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes whole frames encoded earlier, one after another, given in parts that may be
+    /// shared with other writers (a snapshot sent to many peers): quinn keeps the parts, not
+    /// copies, until the peer acknowledges them. A frame may span parts, so only the first
+    /// frame's header is checked against the peer's maximum.
+    pub async fn send_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), TransportError> {
+        if let Some(first) = chunks.iter().find(|c| !c.is_empty()) {
+            if first.len() >= FRAME_HEADER_LEN {
+                wire::decode_header(first, self.max_frame)?;
+            }
+        }
+        self.stream.write_all_chunks(chunks).await?;
+        Ok(())
+    }
+
     /// Refuses a pre-encoded frame the peer would refuse. A buffer that is not exactly one
     /// frame is a bug in the caller, not input from a peer.
     fn check_raw(&self, frame: &[u8]) -> Result<(), TransportError> {

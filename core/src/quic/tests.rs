@@ -186,7 +186,10 @@ async fn a_device_syncs_with_a_relay_that_learns_its_id_from_the_handshake() {
     let big = Message::Sync {
         doc: doc(),
         reset: true,
-        data: (0..1024 * 1024).map(|i| (i % 251) as u8).collect(),
+        data: (0..1024 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
     };
     let ack = Message::Ack {
         doc: doc(),

@@ -1,5 +1,7 @@
 //! Frames: the version byte, the length and the MessagePack body of one [`Message`].
 
+use bytes::Bytes;
+
 use super::compact::{self, CompactError};
 use super::{Message, FRAME_HEADER_LEN, PROTOCOL_V1};
 
@@ -112,6 +114,71 @@ pub fn frame_as(
     let mut out = Vec::new();
     encode_frame_as(msg, encoding, max_frame, &mut out)?;
     Ok(out)
+}
+
+/// The frame of a [`Message::Sync`] whose data is at least `min_shared` bytes, as its leading
+/// bytes (the header and the body up to the data) and the data itself, shared with `msg`
+/// rather than copied: the data is the last value of the body, so the two parts concatenated
+/// are exactly the bytes [`frame_as`] makes. This is how one whole-document snapshot is sent
+/// to many peers without a copy each. `Ok(None)` for any other message, or smaller data:
+/// frame it with [`frame_as`].
+pub fn frame_split(
+    msg: &Message,
+    encoding: Encoding,
+    max_frame: usize,
+    min_shared: usize,
+) -> Result<Option<(Vec<u8>, Bytes)>, FrameError> {
+    let Message::Sync { doc, reset, data } = msg else {
+        return Ok(None);
+    };
+    if data.len() < min_shared {
+        return Ok(None);
+    }
+    let empty = Message::Sync {
+        doc: *doc,
+        reset: *reset,
+        data: Bytes::new(),
+    };
+    let mut head = Vec::with_capacity(64);
+    encode_frame_as(&empty, encoding, usize::MAX, &mut head)?;
+    // Empty data ends the body as a MessagePack `bin 8` of length 0; were it encoded otherwise,
+    // the split would not be the whole frame's bytes, so the caller frames it whole.
+    if !head.ends_with(&[0xc4, 0x00]) {
+        return Ok(None);
+    }
+    head.truncate(head.len() - 2);
+    // The `bin` marker MessagePack uses for this length (the smallest that fits).
+    let len = data.len();
+    match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+        (Ok(n), _, _) => head.extend_from_slice(&[0xc4, n]),
+        (_, Ok(n), _) => {
+            head.push(0xc5);
+            head.extend_from_slice(&n.to_be_bytes());
+        }
+        (_, _, Ok(n)) => {
+            head.push(0xc6);
+            head.extend_from_slice(&n.to_be_bytes());
+        }
+        _ => {
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_frame,
+            })
+        }
+    }
+    let body = head.len() - FRAME_HEADER_LEN + len;
+    let body32 = u32::try_from(body).map_err(|_| FrameError::TooLarge {
+        len: body,
+        max: max_frame,
+    })?;
+    if body > max_frame {
+        return Err(FrameError::TooLarge {
+            len: body,
+            max: max_frame,
+        });
+    }
+    head[1..FRAME_HEADER_LEN].copy_from_slice(&body32.to_be_bytes());
+    Ok(Some((head, data.clone())))
 }
 
 /// Reads a frame header: the body length, or `None` when fewer than [`FRAME_HEADER_LEN`] bytes

@@ -135,9 +135,10 @@ pub enum Message {
         /// The sender started afresh: the receiver drops its sync state for this peer too.
         #[serde(default)]
         reset: bool,
-        /// `automerge::sync::Message::encode()` output.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// `automerge::sync::Message::encode()` output. A shared buffer: the relay sends one
+        /// whole-document snapshot to every peer that joins at the same heads without copying
+        /// it. Encoded as a MessagePack `bin`, as `serde_bytes` encodes a `Vec<u8>`.
+        data: bytes::Bytes,
     },
     /// Fast path: raw Automerge changes the receiver is expected to be able to apply.
     Changes {

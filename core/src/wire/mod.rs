@@ -77,7 +77,7 @@ mod message;
 pub use compact::CompactError;
 pub use frame::{
     decode_body, decode_frame, decode_header, encode_frame, encode_frame_as, frame, frame_as,
-    Encoding, FrameError,
+    frame_split, Encoding, FrameError,
 };
 pub use message::{ActorEntry, DocEntry, ErrorCode, Message};
 

@@ -31,7 +31,7 @@ fn samples() -> Vec<Message> {
         Message::Sync {
             doc: doc(),
             reset: true,
-            data: vec![0x42, 1, 2],
+            data: vec![0x42, 1, 2].into(),
         },
         Message::Changes {
             doc: doc(),
@@ -123,7 +123,7 @@ fn oversized_length_prefix_is_refused_before_allocating() {
     let big = Message::Sync {
         doc: doc(),
         reset: false,
-        data: vec![0; 2000],
+        data: vec![0; 2000].into(),
     };
     assert!(matches!(
         frame(&big, 1000),
@@ -229,7 +229,11 @@ fn arb_message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(doc, reset, data)| Message::Sync { doc, reset, data }),
+            .prop_map(|(doc, reset, data)| Message::Sync {
+                doc,
+                reset,
+                data: data.into()
+            }),
         (
             doc.clone(),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)
@@ -322,4 +326,96 @@ proptest! {
         let _ = decode_frame(&bytes, 4096);
         let _ = decode_body(&bytes);
     }
+}
+
+/// `Message::Sync` as it was declared with its data a `Vec<u8>` (`serde_bytes`), with its
+/// variant at the same index: the wire format the shared `Bytes` data must keep.
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+enum VecSync {
+    V0,
+    V1,
+    V2,
+    V3,
+    V4,
+    V5,
+    V6,
+    V7,
+    Sync {
+        doc: DocId,
+        reset: bool,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+#[test]
+fn sync_data_as_shared_bytes_keeps_the_wire_bytes() {
+    for len in [0usize, 3, 255, 256, 65_535, 65_536, 300_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        for reset in [false, true] {
+            let old = rmp_serde::to_vec_named(&VecSync::Sync {
+                doc: doc(),
+                reset,
+                data: data.clone(),
+            })
+            .unwrap();
+            let msg = Message::Sync {
+                doc: doc(),
+                reset,
+                data: data.clone().into(),
+            };
+            let new = frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(
+                &new[FRAME_HEADER_LEN..],
+                &old[..],
+                "{len} bytes, reset {reset}"
+            );
+            assert_eq!(
+                decode_frame(&new, DEFAULT_MAX_FRAME).unwrap().unwrap().0,
+                msg
+            );
+        }
+    }
+}
+
+#[test]
+fn a_split_sync_frame_is_the_whole_frame_and_shares_the_data() {
+    for len in [0usize, 1, 255, 256, 65_535, 65_536, 300_000] {
+        let data = bytes::Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        for (reset, encoding) in [(false, Encoding::Named), (true, Encoding::Compact)] {
+            let msg = Message::Sync {
+                doc: doc(),
+                reset,
+                data: data.clone(),
+            };
+            let whole = frame_as(&msg, encoding, DEFAULT_MAX_FRAME).unwrap();
+            let (head, tail) = frame_split(&msg, encoding, DEFAULT_MAX_FRAME, 0)
+                .unwrap()
+                .expect("a Sync message splits");
+            assert_eq!([&head[..], &tail[..]].concat(), whole, "{len} bytes");
+            assert_eq!(
+                tail.as_ptr(),
+                data.as_ptr(),
+                "the data is shared, not copied"
+            );
+        }
+    }
+    let msg = Message::Sync {
+        doc: doc(),
+        reset: false,
+        data: vec![7; 100].into(),
+    };
+    assert!(frame_split(&msg, Encoding::Named, DEFAULT_MAX_FRAME, 101)
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        frame_split(&msg, Encoding::Named, 99, 0),
+        Err(FrameError::TooLarge { .. })
+    ));
+    assert!(
+        frame_split(&samples()[0], Encoding::Named, DEFAULT_MAX_FRAME, 0)
+            .unwrap()
+            .is_none()
+    );
 }

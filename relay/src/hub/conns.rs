@@ -6,9 +6,19 @@
 //! while it is at most half full. Nothing blocks on a full queue: sync frames are dropped and
 //! their documents resynced once it drains ([`Hub::resync_drained`]), and a connection that
 //! loses a frame no resync replaces is closed.
+//!
+//! A large `Sync` frame (a whole-document snapshot, the same for every device joining a
+//! document at the same heads) is queued as its few leading bytes and the engine's shared
+//! buffer ([`Hub::push_shared`]), not copied into the batch: 200 devices joining one 15 MB
+//! document hold one snapshot between them while they wait for their transport to send it,
+//! not 200. What a slow joiner costs is then its queue's own bytes (as for any connection)
+//! plus a reference that keeps one snapshot alive until it is sent or dropped with its batch;
+//! the engine sends a peer one snapshot per document until it resyncs.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tokio::sync::mpsc;
 use weft_core::engine::ConnId;
@@ -51,6 +61,9 @@ pub(super) struct Conn {
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
+    /// The batch's bytes before `bytes` when it holds a shared frame: its own bytes and the
+    /// shared buffers, in order ([`Hub::push_shared`]).
+    chunks: Vec<Bytes>,
     frames: u64,
     /// Documents with sync frames (`Sync`, `Changes`, `Ack`) in the batch: resynced if it
     /// is dropped.
@@ -62,6 +75,10 @@ struct Batch {
 /// A connection's batch is put on its queue once it holds this many bytes, without waiting
 /// for the end of the pass.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// `Sync` data from which a frame is queued as a shared buffer rather than copied into the
+/// connection's batch: below, the copy is cheaper than a write of its own.
+const SHARED_FROM: usize = 64 * 1024;
 
 impl Hub {
     /// An authenticated connection: registered with the engine and its gate, then greeted
@@ -220,6 +237,16 @@ impl Hub {
     }
 
     pub(super) fn send(&mut self, conn: ConnId, msg: &Message) {
+        if let Message::Sync { doc, .. } = msg {
+            match wire::frame_split(msg, self.encoding_of(conn), self.cfg.max_frame, SHARED_FROM) {
+                Ok(Some((head, data))) => return self.push_shared(conn, &head, data, *doc),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "could not encode a message");
+                    return;
+                }
+            }
+        }
         if let Some(frame) = self.encode(msg, self.encoding_of(conn)) {
             self.push(conn, outbound(msg, frame), resyncable(msg));
         }
@@ -263,6 +290,9 @@ impl Hub {
                 let _ = c.out.try_send(close);
                 return;
             }
+            // Shared parts are queued by `push_shared`; anything else handing them here is
+            // copied into the batch like one frame.
+            Outbound::Chunks(chunks) => Arc::new(chunks.concat()),
         };
         if c.batch.bytes.is_empty() {
             self.unflushed.push(conn);
@@ -284,6 +314,26 @@ impl Hub {
         }
     }
 
+    /// Queues a `Sync` frame of `doc` given as its leading bytes (`head`) and its data, a
+    /// buffer shared with other connections (`wire::frame_split`): the data joins the batch
+    /// as a reference, and the batch goes on the queue at once, as one entry like any other.
+    /// Dropped on a full queue, the document is resynced like any sync frame.
+    pub(super) fn push_shared(&mut self, conn: ConnId, head: &[u8], data: Bytes, doc: DocId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.batch.bytes.extend_from_slice(head);
+        let own = std::mem::take(&mut c.batch.bytes);
+        c.batch.chunks.push(Bytes::from(own));
+        c.batch.chunks.push(data);
+        c.batch.frames += 1;
+        c.batch.docs.push(doc);
+        self.flush_conn(conn);
+    }
+
     /// Puts every connection's batch on its queue.
     pub(super) fn flush(&mut self) {
         for conn in std::mem::take(&mut self.unflushed) {
@@ -298,12 +348,21 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.batch.bytes.is_empty() {
+        if c.batch.bytes.is_empty() && c.batch.chunks.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut c.batch);
-        c.last_batch_bytes = batch.bytes.len();
-        match c.out.try_send(Outbound::Frame(Arc::new(batch.bytes))) {
+        let entry = if batch.chunks.is_empty() {
+            c.last_batch_bytes = batch.bytes.len();
+            Outbound::Frame(Arc::new(batch.bytes))
+        } else {
+            let mut chunks = batch.chunks;
+            if !batch.bytes.is_empty() {
+                chunks.push(Bytes::from(batch.bytes));
+            }
+            Outbound::Chunks(chunks)
+        };
+        match c.out.try_send(entry) {
             Ok(()) => Metrics::add(&self.metrics.messages_out, batch.frames),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Metrics::add(&self.metrics.queue_drops, batch.frames);

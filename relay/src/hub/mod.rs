@@ -149,6 +149,11 @@ pub enum Outbound {
         /// The byte range of `frames` not to send.
         except: std::ops::Range<usize>,
     },
+    /// Whole frames, one after another, in parts: the connection's own bytes and buffers
+    /// shared with other connections' queues (a whole-document snapshot sent to every device
+    /// that joins at the same heads: see `Hub::push_shared`). A transport writes the parts
+    /// without copying them.
+    Chunks(Vec<bytes::Bytes>),
     /// Send this error, then close the connection.
     Close {
         /// Why.
@@ -169,6 +174,7 @@ impl Outbound {
                     .concat()
                     .into(),
             ),
+            Outbound::Chunks(chunks) => Some(chunks.concat().into()),
             Outbound::Close { .. } => None,
         }
     }

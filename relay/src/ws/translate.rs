@@ -302,7 +302,7 @@ impl<'a> Socket<'a> {
         let msg = Message::Sync {
             doc,
             reset: false,
-            data,
+            data: data.into(),
         };
         match self.docs.get(&doc) {
             Some(DocState::Open) => return self.send_hub(msg).await,
@@ -365,6 +365,8 @@ impl<'a> Socket<'a> {
             Outbound::EphemeralBatch { frames, except } => {
                 std::sync::Arc::new([&frames[..except.start], &frames[except.end..]].concat())
             }
+            // A shared snapshot is translated (copied into CBOR) for this client anyway.
+            Outbound::Chunks(chunks) => std::sync::Arc::new(chunks.concat()),
             Outbound::Close { code, reason } => {
                 return Err(SocketEnd::ClosedByRelay {
                     code: close_code(code),

@@ -105,7 +105,7 @@ fn sync_with_chunks(from: &automerge::Automerge, chunks: Vec<Vec<u8>>) -> Messag
     Message::Sync {
         doc: DOC,
         reset: false,
-        data: msg.encode(),
+        data: msg.encode().into(),
     }
 }
 

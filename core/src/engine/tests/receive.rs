@@ -65,7 +65,7 @@ fn garbage_from_a_peer_is_an_error_not_a_panic() {
                 Message::Sync {
                     doc: DOC,
                     reset: false,
-                    data: data.clone()
+                    data: data.clone().into()
                 }
             )
             .is_err());

@@ -145,3 +145,62 @@ fn a_device_holding_changes_takes_a_snapshot_change_by_change() {
         .unwrap();
     assert!(mine && theirs, "both sides' changes are in the document");
 }
+
+#[test]
+fn devices_joining_at_the_same_heads_share_one_snapshot_buffer() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    for i in 0..100 {
+        write(&mut relay, &format!("message {i}"));
+    }
+    drain(&mut relay);
+    let mut devices = Vec::new();
+    for conn in 1..=3 {
+        let mut device = Engine::new(EngineConfig::device());
+        device.open(ConnId(1), DOC, OpenOptions::default());
+        assert!(matches!(
+            device.poll_output(),
+            Some(Output::Load { doc: DOC })
+        ));
+        device.loaded(DOC, None);
+        relay.open(ConnId(conn), DOC, OpenOptions::default());
+        devices.push((ConnId(conn), device));
+    }
+    drain(&mut relay);
+    // Each device's first message says it holds nothing: the relay answers with the document.
+    for (conn, device) in &mut devices {
+        for m in drain(device) {
+            relay.handle(*conn, m.1).unwrap();
+        }
+    }
+    let snapshots: Vec<(ConnId, Message)> = drain(&mut relay)
+        .into_iter()
+        .filter(|(_, m)| carries_document(m))
+        .collect();
+    let conns: Vec<ConnId> = snapshots.iter().map(|(c, _)| *c).collect();
+    assert_eq!(conns, vec![ConnId(1), ConnId(2), ConnId(3)]);
+    let buffers: Vec<(*const u8, usize)> = snapshots
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Sync { data, .. } => Some((data.as_ptr(), data.len())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        buffers.windows(2).all(|w| w[0] == w[1]),
+        "each device got its own copy of the snapshot: {buffers:?}"
+    );
+    // And each takes it: all synced at the relay's heads.
+    for (conn, mut device) in devices {
+        let sent: Vec<Message> = snapshots
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, m)| m.clone())
+            .collect();
+        for m in sent {
+            device.handle(ConnId(1), m).unwrap();
+        }
+        drain(&mut device);
+        assert_eq!(device.heads(DOC), relay.heads(DOC));
+    }
+}

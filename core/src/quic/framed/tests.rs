@@ -81,7 +81,7 @@ async fn recv_cancelled_mid_frame_resumes_without_losing_bytes() {
     let message = Message::Sync {
         doc: doc(),
         reset: false,
-        data: vec![0x5a; 100_000],
+        data: vec![0x5a; 100_000].into(),
     };
     let frame = crate::wire::frame(&message, DEFAULT_MAX_FRAME).unwrap();
     let half = frame.len() / 2;

@@ -304,7 +304,7 @@ async fn join(
                         .send(&Message::Sync {
                             doc,
                             reset: false,
-                            data: m.encode(),
+                            data: m.encode().into(),
                         })
                         .await?;
                 }
@@ -333,7 +333,7 @@ async fn join(
                     .send(&Message::Sync {
                         doc,
                         reset: false,
-                        data: reply.encode(),
+                        data: reply.encode().into(),
                     })
                     .await?;
                 let barrier = DocId::from_bytes(rand::random());

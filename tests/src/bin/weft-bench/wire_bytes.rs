@@ -56,7 +56,7 @@ pub async fn run(relay: &Relay, changes: usize, chain: Arc<Chain>) -> anyhow::Re
         &Message::Sync {
             doc,
             reset: false,
-            data: Vec::new(),
+            data: Default::default(),
         },
         wire::DEFAULT_MAX_FRAME,
     )?

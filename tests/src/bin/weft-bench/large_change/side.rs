@@ -119,7 +119,7 @@ fn frames(docs: &[DocId], big: &Big, path: Path) -> anyhow::Result<Vec<Vec<u8>>>
                 Path::Sync => Message::Sync {
                     doc,
                     reset: false,
-                    data: big.sync_data.clone(),
+                    data: big.sync_data.clone().into(),
                 },
             };
             wire::frame(&msg, wire::DEFAULT_MAX_FRAME)
@@ -269,7 +269,7 @@ pub(super) async fn sync_seed(c: &mut Client, doc: DocId, seed: &Automerge) -> a
                 .send(&Message::Sync {
                     doc,
                     reset: false,
-                    data: m.encode(),
+                    data: m.encode().into(),
                 })
                 .await?;
         } else if state.their_heads.as_ref() == Some(&heads) {
