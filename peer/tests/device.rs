@@ -533,3 +533,78 @@ async fn a_document_whose_store_write_failed_is_reopened_and_syncs_again() {
     assert_eq!(bodies(&a).await, ["after", "again"]);
     assert_eq!(bodies(&b).await, ["after", "again"]);
 }
+
+/// The tail cached beside a document never hides a change received from the relay: not while
+/// the device runs (the document was not loaded when it came), nor after it reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_the_relay_shows_in_the_last_messages_over_a_cached_tail() {
+    let relay = tokio::task::spawn_blocking(Relay::start).await.unwrap();
+    let certs = relay_certs(&relay);
+    let token = relay.token("alice", &["--create"]);
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = |docs| RelayConfig {
+        addr: relay.addr(),
+        token: TokenSource::Static(token.clone()),
+        pinned_cert: Some(certs.clone()),
+        docs,
+        reconnect: true,
+        max_backoff: Duration::from_secs(10),
+    };
+    let last = |device: Device, doc| async move {
+        let read = device.last_messages(doc, 2).await.unwrap().unwrap();
+        read.value.into_iter().map(|m| m.body).collect::<Vec<_>>()
+    };
+    let a = Device::open(DataDir::new(ta.path())).await.unwrap();
+    let doc = conversation(&a, "Trip").await;
+    send(&a, doc, "one").await;
+    send(&a, doc, "two").await;
+    let la = a.connect_relay(cfg(vec![])).await.unwrap();
+    // B gets the document, and closing writes its tail.
+    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    let mut eb = b.events();
+    let lb = b.connect_relay(cfg(vec![doc])).await.unwrap();
+    let heads = sorted(a.read(doc, |am| am.get_heads()).await.unwrap());
+    next_event(&mut eb, |e| match e {
+        Event::Changed {
+            doc: d, heads: h, ..
+        } if d == doc && sorted(h.clone()) == heads => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(last(b.clone(), doc).await, ["one", "two"]);
+    lb.stop().await;
+    b.close().await;
+
+    // B again, its tail cached and the document not loaded: A's next message arrives.
+    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    assert_eq!(last(b.clone(), doc).await, ["one", "two"]);
+    let mut eb = b.events();
+    let lb = b.connect_relay(cfg(vec![doc])).await.unwrap();
+    send(&a, doc, "three").await;
+    let heads = sorted(a.read(doc, |am| am.get_heads()).await.unwrap());
+    next_event(&mut eb, |e| match e {
+        Event::Changed {
+            doc: d,
+            heads: h,
+            origin: EventOrigin::Remote,
+            ..
+        } if d == doc && sorted(h.clone()) == heads => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(last(b.clone(), doc).await, ["two", "three"]);
+    lb.stop().await;
+    b.close().await;
+    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    assert_eq!(last(b.clone(), doc).await, ["two", "three"]);
+    b.close().await;
+    la.stop().await;
+    a.close().await;
+}
+
+fn sorted(
+    mut heads: Vec<weft_core::automerge::ChangeHash>,
+) -> Vec<weft_core::automerge::ChangeHash> {
+    heads.sort_unstable();
+    heads
+}

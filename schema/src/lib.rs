@@ -143,6 +143,7 @@ mod pg;
 mod profile;
 mod reactions;
 pub mod rules;
+mod tail;
 mod time;
 mod trip;
 mod tx;
@@ -175,6 +176,7 @@ pub use pg::{
 };
 pub use profile::Profile;
 pub use reactions::{react, reactions, unreact, Reactions, MAX_REACTION_LEN};
+pub use tail::{Tail, TailError};
 pub use trip::{Broadcast, ItineraryItem, NewBroadcast, NewTask, NewTrip, Priority, Task, Trip};
 pub use typed::{read_typed, TypedDoc};
 

@@ -56,11 +56,10 @@ async fn list(
 ) -> Result<(), Failure> {
     check_exists(device, doc).await?;
     if let Some(n) = last {
-        // The tail only: a binary search of the sorted messages map, not a read of them all.
-        let read = device
-            .read(doc, move |am| schema::last_messages(am, n))
-            .await?
-            .map_err(read_failure)?;
+        // The tail only: from the tail cached beside the document when it is at the stored
+        // heads (no load), else a binary search of the sorted messages map, not a read of them
+        // all.
+        let read = device.last_messages(doc, n).await?.map_err(read_failure)?;
         report_skipped(&read.skipped, sink).await;
         if json {
             return sink.out(schema::messages_to_json(&read.value) + "\n").await;

@@ -80,6 +80,12 @@ pub(crate) enum Cmd {
         ControlOp,
         oneshot::Sender<Result<oneshot::Receiver<Result<(), String>>, DeviceError>>,
     ),
+    /// The cached last N messages of a document, if the cache serves them.
+    CachedTail(
+        DocId,
+        usize,
+        oneshot::Sender<Option<weft_schema::Partial<Vec<weft_schema::Message>>>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 

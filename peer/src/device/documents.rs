@@ -84,6 +84,8 @@ impl Driver {
         self.dirty_metas.remove(&doc);
         let mut batch = WriteBatch::new();
         docs::delete_doc(&mut batch, doc);
+        super::tail::delete(&mut batch, doc);
+        self.cached_tails.remove(&doc);
         docs::put_meta(&mut batch, doc, &meta);
         let ticket = self.group.submit(batch);
         self.tasks

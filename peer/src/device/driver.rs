@@ -33,6 +33,8 @@ pub(super) enum Done {
     /// A metadata batch.
     Meta(Result<(), StoreError>),
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
+    /// A cached tail lookup, with the heads of the row when it was served.
+    TailRead(DocId, Option<Vec<ChangeHash>>),
 }
 
 pub(super) struct Conn {
@@ -77,6 +79,9 @@ pub(super) struct Driver {
     pub(super) outbox: Vec<Queued>,
     pub(super) control_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     pub(super) retries: super::conns::Retries,
+    /// The heads of documents' cached tails as stored (known from a lookup that served one, or
+    /// a write of one), so that closing rewrites only the tails that changed.
+    pub(super) cached_tails: HashMap<DocId, Vec<ChangeHash>>,
 }
 
 impl Driver {
@@ -115,6 +120,7 @@ impl Driver {
         for conn in self.conns.values() {
             let _ = conn.out.try_send(Outgoing::Close);
         }
+        self.flush_tails();
         self.flush_metas();
         loop {
             self.pump();
@@ -243,6 +249,7 @@ impl Driver {
             Cmd::Control(op, reply) => {
                 let _ = reply.send(self.queue_control(op));
             }
+            Cmd::CachedTail(doc, n, reply) => self.cached_tail(doc, n, reply),
             Cmd::Shutdown(_) => {}
         }
     }
@@ -253,6 +260,12 @@ impl Driver {
                 tracing::error!(error = %e, "writing document metadata failed");
             }
             Done::Meta(Ok(())) => {}
+            Done::TailRead(doc, heads) => {
+                // A lookup that ran while the document was erased must not bring it back.
+                if let (Some(heads), false) = (heads, self.is_deleted(doc)) {
+                    self.cached_tails.insert(doc, heads);
+                }
+            }
             Done::Reset(doc, result) => {
                 self.resetting.remove(&doc);
                 if let Err(e) = result {

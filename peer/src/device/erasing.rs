@@ -62,6 +62,8 @@ impl Driver {
         self.status_dirty = true;
         let mut batch = WriteBatch::new();
         erase::erase_content(&mut batch, doc);
+        super::tail::delete(&mut batch, doc);
+        self.cached_tails.remove(&doc);
         docs::put_meta(&mut batch, doc, &tombstone);
         self.metas.insert(doc, tombstone);
         let ticket = self.group.submit(batch);

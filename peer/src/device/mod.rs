@@ -28,6 +28,7 @@ use weft_core::store::docs::{self, DocStoreError};
 use self::meta::DocMeta;
 use weft_core::store::{erase, GroupCommit, KvStore, StagingLimits};
 use weft_core::{DeviceId, DocId};
+use weft_schema::{Message, Partial, ReadError};
 
 use crate::status::Status;
 use crate::{DataDir, DeviceError};
@@ -41,6 +42,7 @@ mod erasing;
 mod event;
 mod inbound;
 mod meta;
+mod tail;
 
 use cmd::{ChangeFn, Op, ReadFn, Reply, Waiter};
 pub(crate) use cmd::{Cmd, ConnKind, DriverHandle, Registration};
@@ -99,7 +101,7 @@ impl Device {
         // Content that deleted documents left behind is erased, and the file rewritten without
         // it, before anything reads the store.
         let store = tokio::task::spawn_blocking(move || {
-            erase::open_redb(&store_path, &[], StagingLimits::default())
+            erase::open_redb(&store_path, &[tail::TAIL_CACHE], StagingLimits::default())
         })
         .await
         .map_err(|e| DeviceError::Connection(format!("store open task failed: {e}")))?
@@ -176,6 +178,7 @@ impl Device {
             outbox,
             control_waiters: HashMap::new(),
             retries: Default::default(),
+            cached_tails: HashMap::new(),
         };
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(driver.run(cmd_rx));
@@ -259,6 +262,22 @@ impl Device {
         let f: ReadFn = Box::new(move |d| Box::new(f(d.automerge())));
         let r = self.ask(|reply| Cmd::Op(doc, Op::Read(f, reply))).await??;
         Ok(*r.downcast::<R>().map_err(|_| DeviceError::Closed)?)
+    }
+
+    /// The last `n` messages of a chat, as [`weft_schema::last_messages`] reads them. Served
+    /// from the tail cached beside the document when the document is not loaded and the cached
+    /// tail was read at the heads stored now (no load of the document); otherwise the document
+    /// is read (loaded first if need be), exactly as [`Device::read`] would.
+    pub async fn last_messages(
+        &self,
+        doc: DocId,
+        n: usize,
+    ) -> Result<Result<Partial<Vec<Message>>, ReadError>, DeviceError> {
+        if let Some(cached) = self.ask(|r| Cmd::CachedTail(doc, n, r)).await? {
+            return Ok(Ok(cached));
+        }
+        self.read(doc, move |am| weft_schema::last_messages(am, n))
+            .await
     }
 
     /// The documents this device holds, by id.

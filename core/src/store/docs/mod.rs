@@ -54,6 +54,7 @@
 
 mod chunks;
 mod error;
+mod heads;
 mod heal;
 mod load;
 mod meta;
@@ -62,6 +63,7 @@ pub(crate) mod tests;
 
 pub use chunks::{compact, put_chunk, ChunkKey, ChunkKind};
 pub use error::DocStoreError;
+pub use heads::stored_heads;
 pub use heal::{quarantine, Quarantine};
 pub use load::{load_chunks, load_document, load_document_sized, ChunkBytes, StoredDocument};
 pub use meta::{
