@@ -303,16 +303,12 @@ fn a_peer_that_took_the_whole_document_is_not_sent_our_heads_again() {
     let mut peer = automerge::Automerge::new();
     let mut state = sync::State::new();
     let request = peer.generate_sync_message(&mut state).unwrap();
-    relay
-        .handle(
-            ConnId(2),
-            Message::Sync {
-                doc: DOC,
-                reset: false,
-                data: request.encode().into(),
-            },
-        )
-        .unwrap();
+    let as_sync = |m: sync::Message| Message::Sync {
+        doc: DOC,
+        reset: false,
+        data: m.encode().into(),
+    };
+    relay.handle(ConnId(2), as_sync(request)).unwrap();
     let whole = drain(&mut relay);
     let mut answers = Vec::new();
     for (_, m) in opening.into_iter().chain(whole) {
@@ -327,16 +323,7 @@ fn a_peer_that_took_the_whole_document_is_not_sent_our_heads_again() {
     }
     assert_eq!(peer.get_heads(), relay.heads(DOC).unwrap());
     for a in answers {
-        relay
-            .handle(
-                ConnId(2),
-                Message::Sync {
-                    doc: DOC,
-                    reset: false,
-                    data: a.encode().into(),
-                },
-            )
-            .unwrap();
+        relay.handle(ConnId(2), as_sync(a)).unwrap();
     }
     let more = drain(&mut relay);
     assert!(more.is_empty(), "sent again: {more:?}");

@@ -26,9 +26,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use weft_core::automerge::sync::{self, SyncDoc};
 use weft_core::automerge::{Automerge, ChangeHash};
-use weft_core::engine::{Engine, EngineConfig};
 use weft_core::wire::Message;
-use weft_core::{DocId, Document};
+use weft_core::DocId;
 
 use crate::chain::Chain;
 use crate::client::Client;
@@ -65,17 +64,7 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
 
     let relay = Relay::start()?;
     let doc = DocId::from_bytes(rand::random());
-    clients.block_on(async {
-        let mut c = Client::connect(relay.addr, &relay.cert, &relay.token()?).await?;
-        let document = Document::load(&saved)?;
-        let mut engine = Engine::new(EngineConfig::device());
-        engine.create(doc, document);
-        c.sync_engine(&mut engine, &[doc], Duration::from_secs(600))
-            .await
-            .context("uploading the document")?;
-        c.conn.close(0u32.into(), b"done");
-        anyhow::Ok(())
-    })?;
+    clients.block_on(crate::huge::upload(&relay, doc, &saved))?;
 
     let alone = run_joiners(&relay, doc, &heads, 1)?;
     let crowd = run_joiners(&relay, doc, &heads, joiners)?;

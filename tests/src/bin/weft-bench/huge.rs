@@ -178,15 +178,15 @@ pub fn huge_conversation_workload(
     }))
 }
 
-/// A light device that holds the conversation syncs it to the relay (a new document there).
-async fn upload(relay: &Relay, doc: DocId, saved: &[u8]) -> anyhow::Result<()> {
+/// A light device that holds the document syncs it to the relay (a new document there).
+pub(crate) async fn upload(relay: &Relay, doc: DocId, saved: &[u8]) -> anyhow::Result<()> {
     let mut c = Client::connect(relay.addr, &relay.cert, &relay.token()?).await?;
     let document = Document::load(saved)?;
     let mut engine = Engine::new(EngineConfig::device());
     engine.create(doc, document);
     c.sync_engine(&mut engine, &[doc], Duration::from_secs(600))
         .await
-        .context("uploading the conversation")?;
+        .context("uploading the document")?;
     c.conn.close(0u32.into(), b"done");
     Ok(())
 }
