@@ -32,7 +32,7 @@ mod status;
 pub use device::{ControlOp, Device, DocInfo, Event, EventOrigin};
 pub use dir::DataDir;
 pub use error::DeviceError;
-pub use net::{LinkHandle, PeerConfig, RelayConfig, TokenSource};
+pub use net::{LinkHandle, PeerConfig, RelayConfig, TokenCallback, TokenSource};
 pub use status::{DocStatus, LinkState, LinkStatus, Status, SyncState};
 
 /// Re-exported so apps use the same versions.

@@ -41,6 +41,26 @@ pub enum TokenSource {
     Static(String),
     /// A file, re-read on every reconnect and before the token expires.
     File(PathBuf),
+    /// The app, asked on every reconnect and before the token expires (mobile bindings).
+    Callback(TokenCallback),
+}
+
+/// A function that returns a current token, or why there is none. Called on the link's task:
+/// it should answer quickly (from a cached token the app refreshes on its own).
+#[derive(Clone)]
+pub struct TokenCallback(Arc<dyn Fn() -> Result<String, String> + Send + Sync>);
+
+impl TokenCallback {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
+        TokenCallback(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for TokenCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCallback")
+    }
 }
 
 impl TokenSource {
@@ -56,6 +76,9 @@ impl TokenSource {
                         p.display()
                     ))
                 }),
+            TokenSource::Callback(f) => (f.0)()
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| DeviceError::Connection(format!("no token from the app: {e}"))),
         }
     }
 }
