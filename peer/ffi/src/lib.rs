@@ -50,8 +50,8 @@ pub use error::WeftError;
 pub use listener::WeftListener;
 pub use sync::{TokenError, TokenProvider};
 pub use types::{
-    ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue,
-    LinkInfo, PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,
+    ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue, LinkInfo,
+    PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,
 };
 
 uniffi::setup_scaffolding!();

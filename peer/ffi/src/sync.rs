@@ -121,7 +121,10 @@ fn parse_cert(pem: &str) -> Result<Vec<CertificateDer<'static>>, WeftError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certs {
         Ok(c) if !c.is_empty() => Ok(c),
-        Ok(_) => Err(WeftError::invalid("certificate", "no PEM certificate in it")),
+        Ok(_) => Err(WeftError::invalid(
+            "certificate",
+            "no PEM certificate in it",
+        )),
         Err(e) => Err(WeftError::invalid("certificate", e)),
     }
 }
@@ -180,9 +183,11 @@ impl WeftDevice {
         addr: String,
         peer_device_id: String,
     ) -> Result<(), WeftError> {
-        let peer: DeviceId = peer_device_id.parse().map_err(|_| WeftError::InvalidDeviceId {
-            id: peer_device_id.clone(),
-        })?;
+        let peer: DeviceId = peer_device_id
+            .parse()
+            .map_err(|_| WeftError::InvalidDeviceId {
+                id: peer_device_id.clone(),
+            })?;
         let target = Arc::new(PeerTarget { addr, peer });
         let paused = {
             let mut links = self.lock_links();
@@ -196,7 +201,11 @@ impl WeftDevice {
         let t = target.clone();
         let handle = on_runtime(async move { Ok(device.connect_peer(t.config()).await?) }).await?;
         let mut links = self.lock_links();
-        match links.peers.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &target)) {
+        match links
+            .peers
+            .iter_mut()
+            .find(|(p, _)| Arc::ptr_eq(p, &target))
+        {
             Some((_, h)) => *h = Some(handle),
             None => drop(handle),
         }
@@ -227,12 +236,13 @@ impl WeftDevice {
         addr: String,
         allow: Vec<String>,
     ) -> Result<String, WeftError> {
-        let sock: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| WeftError::invalid("addr", e))?;
+        let sock: std::net::SocketAddr = addr.parse().map_err(|e| WeftError::invalid("addr", e))?;
         let allow = allow
             .iter()
-            .map(|d| d.parse().map_err(|_| WeftError::InvalidDeviceId { id: d.clone() }))
+            .map(|d| {
+                d.parse()
+                    .map_err(|_| WeftError::InvalidDeviceId { id: d.clone() })
+            })
             .collect::<Result<Vec<DeviceId>, _>>()?;
         let device = self.device.clone();
         on_runtime(async move { Ok(device.listen_p2p(sock, allow).await?.to_string()) }).await
@@ -310,7 +320,7 @@ impl WeftDevice {
 
     /// Stops every link and the listener, writes what is pending and closes the store. Every
     /// later call fails with [`WeftError::Closed`].
-    pub async fn close(&self) -> Result<(), WeftError> {
+    pub async fn shutdown(&self) -> Result<(), WeftError> {
         let handles = self.lock_links().take_handles();
         let listener = self.take_listener();
         let device = self.device.clone();
