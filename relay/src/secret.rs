@@ -96,12 +96,17 @@ pub enum SecretError {
 ///
 /// Logs a warning when group or others may read the file (Unix only).
 pub fn load_secret(path: &Path) -> Result<JwtSecret, SecretError> {
+    load_named_secret(path, "JWT secret")
+}
+
+/// [`load_secret`] for any secret (`what` names it in the warning), such as the push hook's.
+pub fn load_named_secret(path: &Path, what: &str) -> Result<JwtSecret, SecretError> {
     let read_err = |source| SecretError::Read {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(read_err)?;
-    warn_if_readable_by_others(&file, path, "JWT secret");
+    warn_if_readable_by_others(&file, path, what);
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_LEN + 1)
         .read_to_end(&mut bytes)

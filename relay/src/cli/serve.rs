@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
@@ -136,8 +137,17 @@ async fn run_relay(
 
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
     let (hub_config, check) = hub_config(&args, &kinds);
-    let hub = weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
-        .with_checkpoints(dirty.clone());
+    let mut hub =
+        weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
+            .with_checkpoints(dirty.clone());
+    let notify_tasks = match notify_config(&args)? {
+        Some(cfg) => {
+            let (notifier, tasks) = weft_relay::start_notify(cfg, metrics.clone());
+            hub = hub.with_notifier(notifier);
+            Some(tasks)
+        }
+        None => None,
+    };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
     let checkpoint_task = checkpointer.map(|c| tokio::spawn(c.run(stopped(checkpoint_stop_rx))));
@@ -181,6 +191,7 @@ async fn run_relay(
         ws: ws_task,
         hub: hub_task,
         checkpoint: checkpoint_task.map(|t| (checkpoint_stop, t)),
+        notify: notify_tasks,
         http: http_task,
     };
     running.drain().await;
@@ -220,12 +231,15 @@ struct Running {
     hub: tokio::task::JoinHandle<()>,
     /// The checkpointer and the order to make its final round.
     checkpoint: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// The push hook's deliveries.
+    notify: Option<weft_relay::NotifyTasks>,
     http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Waits for the connections to close, the hub to finish its writes, the final
-    /// checkpoint and the HTTP server, in that order.
+    /// checkpoint, the push hook's queue (a few seconds at most) and the HTTP server, in that
+    /// order.
     async fn drain(self) {
         let _ = self.accept.await;
         if let Some(t) = self.ws {
@@ -238,10 +252,27 @@ impl Running {
             let _ = stop.send(true);
             let _ = t.await;
         }
+        if let Some(n) = self.notify {
+            n.shutdown(NOTIFY_GRACE).await;
+        }
         if let Some(t) = self.http {
             let _ = t.await;
         }
     }
+}
+
+/// How long a stopping relay keeps delivering the push hook's queued events.
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
+
+/// The push hook, with `--notify-url`.
+fn notify_config(args: &ServeArgs) -> anyhow::Result<Option<weft_relay::NotifyConfig>> {
+    let (Some(url), Some(secret_file)) = (&args.notify_url, &args.notify_secret_file) else {
+        return Ok(None);
+    };
+    let secret = weft_relay::load_named_secret(secret_file, "push hook secret")
+        .context("cannot use --notify-secret-file")?;
+    let cfg = weft_relay::NotifyConfig::new(url, secret.as_bytes(), args.notify_body)?;
+    Ok(Some(cfg))
 }
 
 /// Resolves once `rx` says stop (or its sender is gone).
