@@ -41,6 +41,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
              or --dev to generate a self-signed one in the data directory"
         ),
     };
+    let notify = notify_config(&args)?;
 
     tracing::info!(
         listen = %args.listen,
@@ -53,13 +54,14 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         certificates = identity.cert_chain.len(),
         ?verifier,
         dev = args.dev,
+        notify = args.notify_url.is_some(),
         "startup checks passed"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_relay(args, verifier, identity))
+    runtime.block_on(run_relay(args, verifier, identity, notify))
 }
 
 /// The token verifier: the secret (`--jwt-secret-file`, or `--dev`'s), the required audience
@@ -89,6 +91,7 @@ async fn run_relay(
     args: ServeArgs,
     verifier: Verifier,
     identity: TlsIdentity,
+    notify: Option<weft_relay::NotifyConfig>,
 ) -> anyhow::Result<()> {
     // Before anything is opened or bound: a SIGINT or SIGTERM from here on is caught (a
     // default SIGINT would kill the relay without draining), and one that arrives while the
@@ -140,7 +143,7 @@ async fn run_relay(
     let mut hub =
         weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
             .with_checkpoints(dirty.clone());
-    let notify_tasks = match notify_config(&args)? {
+    let notify_tasks = match notify {
         Some(cfg) => {
             let (notifier, tasks) = weft_relay::start_notify(cfg, metrics.clone());
             hub = hub.with_notifier(notifier);
