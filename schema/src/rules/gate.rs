@@ -195,7 +195,7 @@ impl Gate for RulesGate {
             user: &user,
             admin: c.admin,
         };
-        let bodies = self.notes.as_ref().is_some_and(|n| n.bodies);
+        let notes = self.notes.as_ref().map(|n| n.bodies);
         match eval::check(
             &self.kinds,
             st,
@@ -203,7 +203,7 @@ impl Gate for RulesGate {
             change,
             checked.expanded(),
             writer,
-            bodies,
+            notes,
         ) {
             Ok(made) => {
                 if let (Some(notes), false) = (&mut self.notes, made.is_empty()) {

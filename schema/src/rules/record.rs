@@ -218,7 +218,7 @@ pub fn check_write(
             &change,
             None,
             Writer { user, admin: false },
-            false,
+            None,
         )
         .map_err(RecordError::Forbidden)?;
     }

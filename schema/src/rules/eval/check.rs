@@ -27,7 +27,8 @@ pub(crate) struct MessageMade {
 
 /// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
 /// naming the rule it breaks. `expanded`: the change already expanded, when the caller has it.
-/// `Ok`: the messages it creates (see [`MessageMade`]), their bodies read when `bodies`.
+/// `Ok`: the messages it creates (see [`MessageMade`]) when `notes` asks for them (`Some`),
+/// their bodies read when `notes` is `Some(true)`.
 pub(crate) fn check(
     kinds: &Kinds,
     st: &mut DocRules,
@@ -35,7 +36,7 @@ pub(crate) fn check(
     change: &Change,
     expanded: Option<&ExpandedChange>,
     writer: Writer<'_>,
-    bodies: bool,
+    notes: Option<bool>,
 ) -> Result<Vec<MessageMade>, String> {
     let decoded;
     let ops: &[Op] = match expanded {
@@ -77,6 +78,7 @@ pub(crate) fn check(
             authors_due: Vec::new(),
             author_texts: HashMap::default(),
             messages_made: Vec::new(),
+            noting: notes.is_some(),
         };
         let creating_doc = st.kind.is_none();
         let mut prev: Option<&Op> = None;
@@ -115,7 +117,7 @@ pub(crate) fn check(
             .into_iter()
             .map(|(key, record)| MessageMade {
                 key,
-                body: bodies
+                body: (notes == Some(true))
                     .then(|| body_written(ops, start, &actor, &record))
                     .flatten(),
             })

@@ -119,7 +119,7 @@ fn record_made_or_deleted(
             if let Some(a) = author {
                 ctx.authors_due.push((at.entry.clone(), a.clone()));
             }
-            if name == "messages" {
+            if ctx.noting && name == "messages" {
                 ctx.messages_made
                     .push((at.key.to_string(), at.entry.clone()));
             }
