@@ -9,6 +9,7 @@ use weft_core::quic::{self, FrameReader, FrameWriter, ServerTrust, TransportErro
 use weft_core::wire::{self, ErrorCode, Message, PROTOCOL_VERSION};
 use weft_core::DocId;
 
+use super::candidates::Candidate;
 use super::connection::serve_connection;
 use super::target::{classify, Ended, Target};
 use super::CONNECT_TIMEOUT;
@@ -24,6 +25,8 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
 
 /// What dialing a target needs.
 struct Dial {
+    addr: SocketAddr,
+    /// The address as configured, for messages.
     addr_text: String,
     token: String,
     trust: ServerTrust,
@@ -32,15 +35,18 @@ struct Dial {
     extra: Vec<DocId>,
 }
 
+/// Dials `target` at `candidate` (one of its addresses) and serves the connection until it
+/// ends.
 pub(super) async fn connect_and_run(
     device: &DriverHandle,
     link: u64,
     target: &Target,
+    candidate: &Candidate,
     cancel: &CancellationToken,
     token_rx: watch::Receiver<Option<String>>,
 ) -> Ended {
     let handed = token_rx.borrow().clone();
-    let dial = match dial_params(target, handed) {
+    let dial = match dial_params(target, candidate, handed) {
         Ok(d) => d,
         Err(ended) => return ended,
     };
@@ -55,6 +61,9 @@ pub(super) async fn connect_and_run(
     let Dial {
         token, kind, extra, ..
     } = dial;
+    // Sync states are kept per relay as configured (its first address), whichever of its
+    // addresses served: relays of one cluster hold the same documents, so a device moving
+    // between them resumes instead of starting over.
     let peer_key = match target {
         Target::Relay(c) => format!("relay:{}", c.addr).into_bytes(),
         Target::Peer(c) => c.peer.as_bytes().to_vec(),
@@ -82,9 +91,13 @@ pub(super) async fn connect_and_run(
     ended
 }
 
-/// Where and how to dial `target`: the token (`handed` by the app, else its source), the trust,
-/// the server name, and the kind of connection.
-fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
+/// Where and how to dial `target` at `candidate`: the token (`handed` by the app, else its
+/// source), the trust, the server name, and the kind of connection.
+fn dial_params(
+    target: &Target,
+    candidate: &Candidate,
+    handed: Option<String>,
+) -> Result<Dial, Ended> {
     Ok(match target {
         Target::Relay(c) => {
             let token = match handed.map_or_else(|| c.token.read(), Ok) {
@@ -101,23 +114,18 @@ fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
                 Some(certs) => ServerTrust::PinnedCert(certs.clone()),
                 None => ServerTrust::SystemRoots,
             };
-            let host = c
-                .addr
-                .rsplit_once(':')
-                .map_or(c.addr.as_str(), |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
             Dial {
-                addr_text: c.addr.clone(),
+                addr: candidate.addr,
+                addr_text: candidate.entry.clone(),
                 token,
                 trust,
-                server_name: host,
+                server_name: candidate.host.clone(),
                 kind: ConnKind::Relay,
                 extra: c.docs.clone(),
             }
         }
         Target::Peer(c) => Dial {
+            addr: candidate.addr,
             addr_text: c.addr.clone(),
             token: String::new(),
             trust: ServerTrust::PinnedDevice(c.peer),
@@ -128,7 +136,7 @@ fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
     })
 }
 
-/// Resolves, opens QUIC and exchanges `Hello` for the other side's first message, within
+/// Opens QUIC and exchanges `Hello` for the other side's first message, within
 /// [`CONNECT_TIMEOUT`].
 async fn open_connection(
     device: &DriverHandle,
@@ -143,19 +151,7 @@ async fn open_connection(
     ),
     Ended,
 > {
-    let addr = match tokio::net::lookup_host(&dial.addr_text)
-        .await
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        Ok(None) | Err(_) => {
-            return Err(Ended {
-                error: Some(format!("cannot resolve {}", dial.addr_text)),
-                refused: false,
-                fatal: false,
-            })
-        }
-    };
+    let addr = dial.addr;
     let client_cfg = match quic::client_config(device.key(), dial.trust.clone()) {
         Ok(c) => c,
         Err(e) => {
