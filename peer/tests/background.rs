@@ -23,7 +23,7 @@ async fn trimmed_documents_leave_memory_and_load_again_when_used() {
             .await
             .unwrap();
         r.unwrap();
-        let msg = NewMessage::text("alice", &format!("hello {i}"));
+        let msg = NewMessage::text("alice", format!("hello {i}"));
         device
             .change(doc, move |am| {
                 schema::send_message(am, &msg, schema::Id::from_bytes([i; 16]), T)

@@ -43,7 +43,7 @@ pub(crate) fn paused_device_workload(clients: &tokio::runtime::Runtime) -> anyho
                 r?;
                 for m in 0..MESSAGES {
                     let msg =
-                        NewMessage::text("alice", &format!("message {m}: see you at the station"));
+                        NewMessage::text("alice", format!("message {m}: see you at the station"));
                     let id = schema::Id::from_bytes(rand::random());
                     device
                         .change(doc, move |am| {
