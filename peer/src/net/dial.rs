@@ -23,9 +23,18 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// With several relays to move between, a lost relay is noticed sooner: keep-alives every
+/// second, and a connection that hears nothing for 4 s is lost (the smaller of both sides'
+/// idle timeouts applies). A single relay keeps the transport's defaults (3 s and 9 s), which
+/// cost a device's battery and radio less.
+const FAILOVER_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+const FAILOVER_IDLE_MS: u32 = 4_000;
+
 /// What dialing a target needs.
 struct Dial {
     addr: SocketAddr,
+    /// There are other candidates to move to: notice a lost connection sooner.
+    fast_failover: bool,
     /// The address as configured, for messages.
     addr_text: String,
     token: String,
@@ -42,11 +51,12 @@ pub(super) async fn connect_and_run(
     link: u64,
     target: &Target,
     candidate: &Candidate,
+    others: bool,
     cancel: &CancellationToken,
     token_rx: watch::Receiver<Option<String>>,
 ) -> Ended {
     let handed = token_rx.borrow().clone();
-    let dial = match dial_params(target, candidate, handed) {
+    let dial = match dial_params(target, candidate, others, handed) {
         Ok(d) => d,
         Err(ended) => return ended,
     };
@@ -91,11 +101,13 @@ pub(super) async fn connect_and_run(
     ended
 }
 
-/// Where and how to dial `target` at `candidate`: the token (`handed` by the app, else its
-/// source), the trust, the server name, and the kind of connection.
+/// Where and how to dial `target` at `candidate` (`others`: it is not the only one): the
+/// token (`handed` by the app, else its source), the trust, the server name, and the kind of
+/// connection.
 fn dial_params(
     target: &Target,
     candidate: &Candidate,
+    others: bool,
     handed: Option<String>,
 ) -> Result<Dial, Ended> {
     Ok(match target {
@@ -116,6 +128,7 @@ fn dial_params(
             };
             Dial {
                 addr: candidate.addr,
+                fast_failover: others,
                 addr_text: candidate.entry.clone(),
                 token,
                 trust,
@@ -126,6 +139,7 @@ fn dial_params(
         }
         Target::Peer(c) => Dial {
             addr: candidate.addr,
+            fast_failover: false,
             addr_text: c.addr.clone(),
             token: String::new(),
             trust: ServerTrust::PinnedDevice(c.peer),
@@ -152,7 +166,7 @@ async fn open_connection(
     Ended,
 > {
     let addr = dial.addr;
-    let client_cfg = match quic::client_config(device.key(), dial.trust.clone()) {
+    let mut client_cfg = match quic::client_config(device.key(), dial.trust.clone()) {
         Ok(c) => c,
         Err(e) => {
             return Err(Ended {
@@ -162,6 +176,15 @@ async fn open_connection(
             })
         }
     };
+    if dial.fast_failover {
+        let mut transport = quic::transport_config();
+        transport
+            .keep_alive_interval(Some(FAILOVER_KEEP_ALIVE))
+            .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+                FAILOVER_IDLE_MS,
+            ))));
+        client_cfg.transport_config(std::sync::Arc::new(transport));
+    }
     let endpoint = match quic::endpoint(unspecified_for(&addr), None) {
         Ok(e) => e,
         Err(e) => {

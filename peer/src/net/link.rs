@@ -107,26 +107,32 @@ async fn run_link(
             tracing::info!(link, error = %e, "link down");
         }
         let was_online = ended.error.is_none() && !cancel.is_cancelled();
-        set_state(
-            &device,
-            link,
-            LinkState::Offline,
-            ended.error.clone(),
-            ended.refused,
-        )
-        .await;
+        let next = if cancel.is_cancelled() || ended.fatal {
+            Next::GiveUp
+        } else {
+            rotation.ended(tried, was_online, target.reconnect())
+        };
+        if next != Next::Now {
+            // Moving straight on to another candidate is not going offline: `sync --once`
+            // reads an offline link with an error as the end of its attempts.
+            set_state(
+                &device,
+                link,
+                LinkState::Offline,
+                ended.error.clone(),
+                ended.refused,
+            )
+            .await;
+        }
         if cancel.is_cancelled() {
             // Stopped by its owner: the link leaves the status.
             let _ = device.cmd(Cmd::DropLink(link)).await;
             break;
         }
-        if ended.fatal {
-            break;
-        }
         if was_online {
             backoff.reset();
         }
-        match rotation.ended(tried, was_online, target.reconnect()) {
+        match next {
             Next::GiveUp => break,
             Next::Now => continue,
             Next::BackOff => {}
@@ -170,7 +176,8 @@ async fn attempt(
     };
     *tried = all.len();
     let candidate = &all[rotation.pick(all.len())];
-    connect_and_run(device, link, target, candidate, cancel, token_rx).await
+    let others = all.len() > 1;
+    connect_and_run(device, link, target, candidate, others, cancel, token_rx).await
 }
 
 #[cfg(test)]
