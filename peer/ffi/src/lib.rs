@@ -1,5 +1,5 @@
 //! weft-ffi: the device runtime ([`weft_peer::Device`]) for Swift and Kotlin apps, through
-//! [uniffi](https://mozilla.github.io/uniffi-rs/) (proc-macros, no UDL; decision 0029).
+//! [uniffi](https://mozilla.github.io/uniffi-rs/) (proc-macros, no UDL; decision 0032).
 //!
 //! An app opens a [`WeftDevice`] for a data directory and a user ([`open_device`]), creates
 //! conversations, trips and records of declared kinds, sends, edits, deletes and lists

@@ -61,6 +61,8 @@ impl RelayTarget {
         let tokens = self.tokens.clone();
         RelayConfig {
             addr: self.addr.clone(),
+            // One relay address; the relays of a cluster (`alternates`) are not exposed yet.
+            alternates: Vec::new(),
             token: TokenSource::Callback(TokenCallback::new(move || {
                 tokens.token().map_err(|e| e.to_string())
             })),
@@ -249,8 +251,10 @@ impl WeftDevice {
     }
 
     /// The app went to the background: every relay and peer link stops and its connection
-    /// closes. Every write was already durable; the links' settings are kept for `resume`.
-    /// Reads and writes keep working (offline).
+    /// closes, and every document leaves memory (the footprint of a paused device is bounded
+    /// by the store's page cache). Every write was already durable; the links' settings are
+    /// kept for `resume`. Reads and writes keep working (offline; a document read loads
+    /// again). Peers this device accepts (`listen_for_peers`) are not stopped.
     pub async fn pause(&self) -> Result<(), WeftError> {
         let handles = {
             let mut links = self.lock_links();
@@ -258,8 +262,13 @@ impl WeftDevice {
             self.paused.store(true, Ordering::Relaxed);
             links.take_handles()
         };
+        let device = self.device.clone();
         on_runtime(async move {
             stop_all(handles).await;
+            // With no connection left, every document can leave memory (each stays in the
+            // store; a chat's tail is cached so it opens without a load).
+            let evicted = device.trim_memory().await?;
+            tracing::debug!(evicted, "paused: documents left memory");
             Ok(())
         })
         .await
