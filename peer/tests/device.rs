@@ -139,6 +139,7 @@ async fn ephemeral_messages_and_presence_cross_a_relay_and_remote_changes_are_ev
     let doc = conversation(&a, "Trip").await;
     let cfg = |docs| RelayConfig {
         addr: relay.addr(),
+        alternates: Vec::new(),
         token: TokenSource::Static(token.clone()),
         pinned_cert: Some(certs.clone()),
         docs,
@@ -268,6 +269,7 @@ async fn a_fresh_token_keeps_a_live_connection_open_past_expiry() {
     let doc = conversation(&b, "Live").await;
     let cfg = |token: &str, docs, reconnect| RelayConfig {
         addr: relay.addr.to_string(),
+        alternates: Vec::new(),
         token: TokenSource::Static(token.to_owned()),
         pinned_cert: Some(relay.cert.clone()),
         docs,
@@ -392,6 +394,7 @@ async fn documents_past_the_relays_creation_burst_are_uploaded_after_a_backoff()
     let link = device
         .connect_relay(RelayConfig {
             addr: relay.addr.to_string(),
+            alternates: Vec::new(),
             token: TokenSource::Static(relay.token("alice", 3600)),
             pinned_cert: Some(relay.cert.clone()),
             docs: vec![],
@@ -483,6 +486,7 @@ async fn a_document_whose_store_write_failed_is_reopened_and_syncs_again() {
     let doc = conversation(&a, "Trip").await;
     let cfg = |docs| RelayConfig {
         addr: relay.addr.to_string(),
+        alternates: Vec::new(),
         token: TokenSource::Static(relay.token("alice", 3600)),
         pinned_cert: Some(relay.cert.clone()),
         docs,
@@ -544,6 +548,7 @@ async fn a_change_from_the_relay_shows_in_the_last_messages_over_a_cached_tail()
     let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = |docs| RelayConfig {
         addr: relay.addr(),
+        alternates: Vec::new(),
         token: TokenSource::Static(token.clone()),
         pinned_cert: Some(certs.clone()),
         docs,

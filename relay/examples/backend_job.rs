@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
     let _link = device
         .connect_relay(RelayConfig {
             addr: args.relay.clone(),
+            alternates: Vec::new(),
             token: TokenSource::File(args.token_file.clone()),
             pinned_cert: Some(cert),
             docs: vec![args.doc],

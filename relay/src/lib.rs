@@ -13,6 +13,8 @@
 //!   key as rustls types, from PEM files or a self-signed pair generated once by `--dev`.
 //! - [`Checkpointer`] and [`DirtyDocs`]: Postgres checkpoints of changed documents, and the
 //!   restore of a relay's store from them.
+//! - [`NotifyConfig`], [`start_notify`] and [`Notifier`]: the push hook, a signed POST per new
+//!   message for members without a live connection.
 //! - [`parse_duration`] and [`parse_byte_size`]: the command line's `24h` and `16MiB` values.
 //! - [`ws_accept_loop`]: the WebSocket endpoint for `@automerge/automerge-repo` clients, feeding
 //!   the same [`Hub`] as the QUIC [`accept_loop`] (see `ws/mod.rs` for the message flow).
@@ -50,6 +52,7 @@ mod inbound;
 mod index;
 mod meta;
 mod metrics;
+mod notify;
 mod rate;
 mod secret;
 mod server;
@@ -71,9 +74,13 @@ pub use http::serve as serve_http;
 pub use hub::{Hub, HubConfig, HubEvent, Outbound, Quotas};
 pub use meta::{DocMeta as RelayDocMeta, RelayMeta};
 pub use metrics::Metrics;
+pub use notify::{
+    event_json, signature, start as start_notify, MessageEvent, Notifier, NotifyConfig,
+    NotifyTasks, NotifyUrlError,
+};
 pub use secret::{
-    ensure_dev_secret, is_readable_by_others, load_secret, JwtSecret, SecretError, DEV_SECRET_FILE,
-    MIN_SECRET_LEN,
+    ensure_dev_secret, is_readable_by_others, load_named_secret, load_secret, JwtSecret,
+    SecretError, DEV_SECRET_FILE, MIN_SECRET_LEN,
 };
 pub use server::{accept_loop, bind as bind_quic, ServerLimits};
 pub use tls::{

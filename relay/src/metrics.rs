@@ -119,6 +119,14 @@ pub struct Metrics {
     /// Stored chunks set aside because they do not parse (a store written before changes
     /// were checked may hold some).
     pub chunks_quarantined: AtomicU64,
+    /// Push hook events delivered.
+    pub notify_sent: AtomicU64,
+    /// Push hook deliveries tried again.
+    pub notify_retries: AtomicU64,
+    /// Push hook events given up (refused by the receiver, or out of attempts).
+    pub notify_failed: AtomicU64,
+    /// Push hook events dropped on a full queue.
+    pub notify_dropped: AtomicU64,
     // Postgres checkpoints (begin)
     /// Age of the oldest change not yet checkpointed, in milliseconds.
     pub checkpoint_lag_ms: AtomicU64,
@@ -192,7 +200,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 18] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 22] {
         [
             (
                 "weft_connections",
@@ -283,6 +291,30 @@ impl Metrics {
                 "counter",
                 "Connections closed for invalid input.",
                 &self.protocol_errors,
+            ),
+            (
+                "weft_notify_sent_total",
+                "counter",
+                "Push hook events delivered.",
+                &self.notify_sent,
+            ),
+            (
+                "weft_notify_retries_total",
+                "counter",
+                "Push hook deliveries tried again.",
+                &self.notify_retries,
+            ),
+            (
+                "weft_notify_failed_total",
+                "counter",
+                "Push hook events given up (refused, or out of attempts).",
+                &self.notify_failed,
+            ),
+            (
+                "weft_notify_dropped_total",
+                "counter",
+                "Push hook events dropped on a full queue.",
+                &self.notify_dropped,
             ),
             (
                 "weft_checkpoint_dirty_documents",

@@ -57,7 +57,7 @@ impl fmt::Debug for JwtSecret {
 #[non_exhaustive]
 pub enum SecretError {
     /// The file is missing or unreadable.
-    #[error("cannot read the JWT secret file {}", path.display())]
+    #[error("cannot read the secret file {}", path.display())]
     Read {
         /// The secret file.
         path: PathBuf,
@@ -66,7 +66,7 @@ pub enum SecretError {
     },
     /// The secret is shorter than [`MIN_SECRET_LEN`] bytes.
     #[error(
-        "the JWT secret{} is {len} bytes long; at least {MIN_SECRET_LEN} are required",
+        "the secret{} is {len} bytes long; at least {MIN_SECRET_LEN} are required",
         path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
     )]
     TooShort {
@@ -76,13 +76,13 @@ pub enum SecretError {
         len: usize,
     },
     /// The file is larger than any sensible secret.
-    #[error("the JWT secret file {} is larger than {MAX_SECRET_FILE_LEN} bytes", path.display())]
+    #[error("the secret file {} is larger than {MAX_SECRET_FILE_LEN} bytes", path.display())]
     TooLong {
         /// The secret file.
         path: PathBuf,
     },
     /// Writing a generated secret failed.
-    #[error("cannot write the JWT secret file {}", path.display())]
+    #[error("cannot write the secret file {}", path.display())]
     Write {
         /// The file being written.
         path: PathBuf,
@@ -96,12 +96,17 @@ pub enum SecretError {
 ///
 /// Logs a warning when group or others may read the file (Unix only).
 pub fn load_secret(path: &Path) -> Result<JwtSecret, SecretError> {
+    load_named_secret(path, "JWT secret")
+}
+
+/// [`load_secret`] for any secret (`what` names it in the warning), such as the push hook's.
+pub fn load_named_secret(path: &Path, what: &str) -> Result<JwtSecret, SecretError> {
     let read_err = |source| SecretError::Read {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(read_err)?;
-    warn_if_readable_by_others(&file, path, "JWT secret");
+    warn_if_readable_by_others(&file, path, what);
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_LEN + 1)
         .read_to_end(&mut bytes)

@@ -143,6 +143,21 @@ pub enum TlsError {
     },
 }
 
+/// The system's trust roots (for Postgres over TLS and an `https` push hook); `Err` when none
+/// could be read, with what went wrong.
+pub(crate) fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        return Err(format!("{:?}", loaded.errors));
+    }
+    if !loaded.errors.is_empty() {
+        tracing::warn!(errors = ?loaded.errors, "parts of the system trust store are unreadable");
+    }
+    Ok(roots)
+}
+
 /// Where `--dev` keeps its certificate and key: `DATA_DIR/tls/cert.pem` and `DATA_DIR/tls/key.pem`.
 pub fn dev_cert_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     let dir = data_dir.join(DEV_TLS_DIR);

@@ -176,6 +176,29 @@ fn usage_errors_exit_2_with_one_line() {
     ];
     let err = assert_fails(&relay(&web_without_http), 2);
     assert!(err.contains("--http"), "{err}");
+    // The push hook needs its secret, and a URL it can POST to.
+    let err = assert_fails(&relay(&["serve", "--notify-url", "http://127.0.0.1:9/"]), 2);
+    assert!(err.contains("--notify-secret-file"), "{err}");
+    let hook = |url: &str| {
+        let mut args = web_without_http[..6].to_vec();
+        args.extend(["--notify-url", url, "--notify-secret-file", secret]);
+        relay(&args)
+    };
+    let err = assert_fails(&hook("ftp://127.0.0.1/hook"), 1);
+    assert!(err.contains("only http:// and https://"), "{err}");
+    let err = assert_fails(&hook("http://"), 1);
+    assert!(err.contains("--notify-url"), "{err}");
+    std::fs::create_dir(dir.path().join("hook")).unwrap();
+    let short = secret_file(&dir.path().join("hook"), "short");
+    let mut args = web_without_http[..6].to_vec();
+    args.extend([
+        "--notify-url",
+        "http://127.0.0.1:9/",
+        "--notify-secret-file",
+        short.to_str().unwrap(),
+    ]);
+    let err = assert_fails(&relay(&args), 1);
+    assert!(err.contains("--notify-secret-file"), "{err}");
 }
 
 #[test]

@@ -59,8 +59,10 @@ mod write;
 /// The newest schema this build reads and the one it writes. Version 2 added the staging log:
 /// a build that ignored it would miss staged rows, so version 1 builds must refuse the file.
 /// Version 3 added the `gate_records` table (its staged rows would be unknown to version 2).
-/// Opening an older file upgrades it: missing tables are created empty.
-const SCHEMA_VERSION: u32 = 3;
+/// Version 4 added the device's `tail_cache` table (`weft-peer`), for the same reason: a table
+/// registered by a driver is a table too. Opening an older file upgrades it: missing tables
+/// are created empty.
+const SCHEMA_VERSION: u32 = 4;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Present in `meta` while a scrub is pending (see `redb/scrub.rs`).

@@ -59,7 +59,8 @@ impl std::fmt::Debug for WeftDevice {
 }
 
 pub(crate) fn parse_doc(doc: &str) -> Result<DocId, WeftError> {
-    doc.parse().map_err(|_| WeftError::InvalidDocumentId { id: doc.to_owned() })
+    doc.parse()
+        .map_err(|_| WeftError::InvalidDocumentId { id: doc.to_owned() })
 }
 
 fn parse_msg(id: &str) -> Result<Id, WeftError> {
@@ -174,7 +175,10 @@ impl WeftDevice {
         let user = self.user.clone();
         on_runtime(async move {
             let kinds = device.dir().kinds();
-            let Some(spec) = kinds.get(&kind).filter(|_| kinds.is_declared(&kind)).cloned()
+            let Some(spec) = kinds
+                .get(&kind)
+                .filter(|_| kinds.is_declared(&kind))
+                .cloned()
             else {
                 return Err(WeftError::UnknownKind { kind });
             };
@@ -346,7 +350,11 @@ impl WeftDevice {
 
     /// Sets one field of a record, checked against its kind's type and write rules first
     /// (a refused write changes nothing).
-    pub async fn write_record_field(&self, doc: String, field: RecordField) -> Result<(), WeftError> {
+    pub async fn write_record_field(
+        &self,
+        doc: String,
+        field: RecordField,
+    ) -> Result<(), WeftError> {
         let doc = parse_doc(&doc)?;
         let device = self.device.clone();
         let user = self.user.clone();

@@ -182,11 +182,12 @@ impl From<WriteError> for WeftError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Read { source } => source.into(),
-            WriteError::NotFound { what: "message", id } => {
-                WeftError::MessageNotFound {
-                    message_id: id.to_string(),
-                }
-            }
+            WriteError::NotFound {
+                what: "message",
+                id,
+            } => WeftError::MessageNotFound {
+                message_id: id.to_string(),
+            },
             WriteError::Deleted { id } => WeftError::MessageDeleted {
                 message_id: id.to_string(),
             },

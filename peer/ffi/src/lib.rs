@@ -1,5 +1,5 @@
 //! weft-ffi: the device runtime ([`weft_peer::Device`]) for Swift and Kotlin apps, through
-//! [uniffi](https://mozilla.github.io/uniffi-rs/) (proc-macros, no UDL; decision 0029).
+//! [uniffi](https://mozilla.github.io/uniffi-rs/) (proc-macros, no UDL; decision 0032).
 //!
 //! An app opens a [`WeftDevice`] for a data directory and a user ([`open_device`]), creates
 //! conversations, trips and records of declared kinds, sends, edits, deletes and lists
@@ -50,8 +50,8 @@ pub use error::WeftError;
 pub use listener::WeftListener;
 pub use sync::{TokenError, TokenProvider};
 pub use types::{
-    ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue,
-    LinkInfo, PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,
+    ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue, LinkInfo,
+    PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,
 };
 
 uniffi::setup_scaffolding!();

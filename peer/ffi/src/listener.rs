@@ -163,7 +163,9 @@ async fn handle(device: &Device, listener: &dyn WeftListener, event: Event) {
             };
             call("presence", || listener.on_presence_changed(p));
         }
-        Event::Ephemeral { doc, user, data, .. } => {
+        Event::Ephemeral {
+            doc, user, data, ..
+        } => {
             let typing = if data == TYPING_ON {
                 true
             } else if data == TYPING_OFF {

@@ -61,6 +61,8 @@ impl RelayTarget {
         let tokens = self.tokens.clone();
         RelayConfig {
             addr: self.addr.clone(),
+            // One relay address; the relays of a cluster (`alternates`) are not exposed yet.
+            alternates: Vec::new(),
             token: TokenSource::Callback(TokenCallback::new(move || {
                 tokens.token().map_err(|e| e.to_string())
             })),
@@ -121,7 +123,10 @@ fn parse_cert(pem: &str) -> Result<Vec<CertificateDer<'static>>, WeftError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certs {
         Ok(c) if !c.is_empty() => Ok(c),
-        Ok(_) => Err(WeftError::invalid("certificate", "no PEM certificate in it")),
+        Ok(_) => Err(WeftError::invalid(
+            "certificate",
+            "no PEM certificate in it",
+        )),
         Err(e) => Err(WeftError::invalid("certificate", e)),
     }
 }
@@ -180,9 +185,11 @@ impl WeftDevice {
         addr: String,
         peer_device_id: String,
     ) -> Result<(), WeftError> {
-        let peer: DeviceId = peer_device_id.parse().map_err(|_| WeftError::InvalidDeviceId {
-            id: peer_device_id.clone(),
-        })?;
+        let peer: DeviceId = peer_device_id
+            .parse()
+            .map_err(|_| WeftError::InvalidDeviceId {
+                id: peer_device_id.clone(),
+            })?;
         let target = Arc::new(PeerTarget { addr, peer });
         let paused = {
             let mut links = self.lock_links();
@@ -196,7 +203,11 @@ impl WeftDevice {
         let t = target.clone();
         let handle = on_runtime(async move { Ok(device.connect_peer(t.config()).await?) }).await?;
         let mut links = self.lock_links();
-        match links.peers.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &target)) {
+        match links
+            .peers
+            .iter_mut()
+            .find(|(p, _)| Arc::ptr_eq(p, &target))
+        {
             Some((_, h)) => *h = Some(handle),
             None => drop(handle),
         }
@@ -227,20 +238,23 @@ impl WeftDevice {
         addr: String,
         allow: Vec<String>,
     ) -> Result<String, WeftError> {
-        let sock: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| WeftError::invalid("addr", e))?;
+        let sock: std::net::SocketAddr = addr.parse().map_err(|e| WeftError::invalid("addr", e))?;
         let allow = allow
             .iter()
-            .map(|d| d.parse().map_err(|_| WeftError::InvalidDeviceId { id: d.clone() }))
+            .map(|d| {
+                d.parse()
+                    .map_err(|_| WeftError::InvalidDeviceId { id: d.clone() })
+            })
             .collect::<Result<Vec<DeviceId>, _>>()?;
         let device = self.device.clone();
         on_runtime(async move { Ok(device.listen_p2p(sock, allow).await?.to_string()) }).await
     }
 
     /// The app went to the background: every relay and peer link stops and its connection
-    /// closes. Every write was already durable; the links' settings are kept for `resume`.
-    /// Reads and writes keep working (offline).
+    /// closes, and every document leaves memory (the footprint of a paused device is bounded
+    /// by the store's page cache). Every write was already durable; the links' settings are
+    /// kept for `resume`. Reads and writes keep working (offline; a document read loads
+    /// again). Peers this device accepts (`listen_for_peers`) are not stopped.
     pub async fn pause(&self) -> Result<(), WeftError> {
         let handles = {
             let mut links = self.lock_links();
@@ -248,8 +262,13 @@ impl WeftDevice {
             self.paused.store(true, Ordering::Relaxed);
             links.take_handles()
         };
+        let device = self.device.clone();
         on_runtime(async move {
             stop_all(handles).await;
+            // With no connection left, every document can leave memory (each stays in the
+            // store; a chat's tail is cached so it opens without a load).
+            let evicted = device.trim_memory().await?;
+            tracing::debug!(evicted, "paused: documents left memory");
             Ok(())
         })
         .await
@@ -310,7 +329,7 @@ impl WeftDevice {
 
     /// Stops every link and the listener, writes what is pending and closes the store. Every
     /// later call fails with [`WeftError::Closed`].
-    pub async fn close(&self) -> Result<(), WeftError> {
+    pub async fn shutdown(&self) -> Result<(), WeftError> {
         let handles = self.lock_links().take_handles();
         let listener = self.take_listener();
         let device = self.device.clone();

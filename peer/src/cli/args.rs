@@ -212,9 +212,11 @@ pub enum P2pCmd {
 #[command(group = clap::ArgGroup::new("target").required(true).args(["relay", "peer"]))]
 #[command(group = clap::ArgGroup::new("mode").required(true).args(["once", "watch"]))]
 pub struct SyncArgs {
-    /// The relay, `host:port`.
+    /// The relay, `host:port`; repeat it for the relays of one cluster (the device uses one
+    /// at a time and moves to another when its relay is lost). A name with several address
+    /// records counts as several relays.
     #[arg(long)]
-    pub relay: Option<String>,
+    pub relay: Vec<String>,
     /// The token for the relay.
     #[arg(
         long,

@@ -24,7 +24,7 @@ pub(super) async fn sync(device: &Device, args: SyncArgs, sink: &Sink) -> Result
 
 /// Starts the link `args` name: to a relay, or to a peer device.
 async fn connect(device: &Device, args: &SyncArgs) -> Result<LinkHandle, Failure> {
-    if let Some(relay) = &args.relay {
+    if let Some((relay, alternates)) = args.relay.split_first() {
         let token = match (&args.token, &args.token_file) {
             (Some(t), _) => TokenSource::Static(t.clone()),
             (None, Some(f)) => TokenSource::File(f.clone()),
@@ -42,6 +42,7 @@ async fn connect(device: &Device, args: &SyncArgs) -> Result<LinkHandle, Failure
         Ok(device
             .connect_relay(RelayConfig {
                 addr: relay.clone(),
+                alternates: alternates.to_vec(),
                 token,
                 pinned_cert,
                 docs: args.doc.clone(),

@@ -86,6 +86,8 @@ pub(crate) enum Cmd {
         usize,
         oneshot::Sender<Option<weft_schema::Partial<Vec<weft_schema::Message>>>>,
     ),
+    /// Evict every document no connection holds (their tails cached first); how many went.
+    TrimMemory(oneshot::Sender<usize>),
     Shutdown(oneshot::Sender<()>),
 }
 

@@ -250,6 +250,14 @@ impl Driver {
                 let _ = reply.send(self.queue_control(op));
             }
             Cmd::CachedTail(doc, n, reply) => self.cached_tail(doc, n, reply),
+            Cmd::TrimMemory(reply) => {
+                // Tails first: an evicted chat opens from its cached tail.
+                self.flush_tails();
+                let evicted = self.host.evict_idle(0);
+                self.pump();
+                self.host.shrink();
+                let _ = reply.send(evicted);
+            }
             Cmd::Shutdown(_) => {}
         }
     }

@@ -324,6 +324,14 @@ impl Device {
         self.ask(|r| Cmd::Control(op, r)).await?
     }
 
+    /// Gives back the memory of every document no connection holds: each leaves memory (it
+    /// stays in the store and loads again when next used; a chat's last messages are cached
+    /// first, so it opens without a load). For an app going to the background: stop the links,
+    /// then trim. Returns how many documents left memory; one with a write in flight stays.
+    pub async fn trim_memory(&self) -> Result<usize, DeviceError> {
+        self.ask(Cmd::TrimMemory).await
+    }
+
     /// What the device's connection tasks hold of it.
     pub(crate) fn driver_handle(&self) -> &DriverHandle {
         &self.shared.handle

@@ -9,6 +9,7 @@ use weft_core::quic::{self, FrameReader, FrameWriter, ServerTrust, TransportErro
 use weft_core::wire::{self, ErrorCode, Message, PROTOCOL_VERSION};
 use weft_core::DocId;
 
+use super::candidates::Candidate;
 use super::connection::serve_connection;
 use super::target::{classify, Ended, Target};
 use super::CONNECT_TIMEOUT;
@@ -22,8 +23,19 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// With several relays to move between, a lost relay is noticed sooner: keep-alives every
+/// second, and a connection that hears nothing for 4 s is lost (the smaller of both sides'
+/// idle timeouts applies). A single relay keeps the transport's defaults (3 s and 9 s), which
+/// cost a device's battery and radio less.
+const FAILOVER_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+const FAILOVER_IDLE_MS: u32 = 4_000;
+
 /// What dialing a target needs.
 struct Dial {
+    addr: SocketAddr,
+    /// There are other candidates to move to: notice a lost connection sooner.
+    fast_failover: bool,
+    /// The address as configured, for messages.
     addr_text: String,
     token: String,
     trust: ServerTrust,
@@ -32,15 +44,19 @@ struct Dial {
     extra: Vec<DocId>,
 }
 
+/// Dials `target` at `candidate` (one of its addresses) and serves the connection until it
+/// ends.
 pub(super) async fn connect_and_run(
     device: &DriverHandle,
     link: u64,
     target: &Target,
+    candidate: &Candidate,
+    others: bool,
     cancel: &CancellationToken,
     token_rx: watch::Receiver<Option<String>>,
 ) -> Ended {
     let handed = token_rx.borrow().clone();
-    let dial = match dial_params(target, handed) {
+    let dial = match dial_params(target, candidate, others, handed) {
         Ok(d) => d,
         Err(ended) => return ended,
     };
@@ -55,6 +71,9 @@ pub(super) async fn connect_and_run(
     let Dial {
         token, kind, extra, ..
     } = dial;
+    // Sync states are kept per relay as configured (its first address), whichever of its
+    // addresses served: relays of one cluster hold the same documents, so a device moving
+    // between them resumes instead of starting over.
     let peer_key = match target {
         Target::Relay(c) => format!("relay:{}", c.addr).into_bytes(),
         Target::Peer(c) => c.peer.as_bytes().to_vec(),
@@ -82,9 +101,15 @@ pub(super) async fn connect_and_run(
     ended
 }
 
-/// Where and how to dial `target`: the token (`handed` by the app, else its source), the trust,
-/// the server name, and the kind of connection.
-fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
+/// Where and how to dial `target` at `candidate` (`others`: it is not the only one): the
+/// token (`handed` by the app, else its source), the trust, the server name, and the kind of
+/// connection.
+fn dial_params(
+    target: &Target,
+    candidate: &Candidate,
+    others: bool,
+    handed: Option<String>,
+) -> Result<Dial, Ended> {
     Ok(match target {
         Target::Relay(c) => {
             let token = match handed.map_or_else(|| c.token.read(), Ok) {
@@ -101,23 +126,20 @@ fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
                 Some(certs) => ServerTrust::PinnedCert(certs.clone()),
                 None => ServerTrust::SystemRoots,
             };
-            let host = c
-                .addr
-                .rsplit_once(':')
-                .map_or(c.addr.as_str(), |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
             Dial {
-                addr_text: c.addr.clone(),
+                addr: candidate.addr,
+                fast_failover: others,
+                addr_text: candidate.entry.clone(),
                 token,
                 trust,
-                server_name: host,
+                server_name: candidate.host.clone(),
                 kind: ConnKind::Relay,
                 extra: c.docs.clone(),
             }
         }
         Target::Peer(c) => Dial {
+            addr: candidate.addr,
+            fast_failover: false,
             addr_text: c.addr.clone(),
             token: String::new(),
             trust: ServerTrust::PinnedDevice(c.peer),
@@ -128,7 +150,7 @@ fn dial_params(target: &Target, handed: Option<String>) -> Result<Dial, Ended> {
     })
 }
 
-/// Resolves, opens QUIC and exchanges `Hello` for the other side's first message, within
+/// Opens QUIC and exchanges `Hello` for the other side's first message, within
 /// [`CONNECT_TIMEOUT`].
 async fn open_connection(
     device: &DriverHandle,
@@ -143,20 +165,8 @@ async fn open_connection(
     ),
     Ended,
 > {
-    let addr = match tokio::net::lookup_host(&dial.addr_text)
-        .await
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        Ok(None) | Err(_) => {
-            return Err(Ended {
-                error: Some(format!("cannot resolve {}", dial.addr_text)),
-                refused: false,
-                fatal: false,
-            })
-        }
-    };
-    let client_cfg = match quic::client_config(device.key(), dial.trust.clone()) {
+    let addr = dial.addr;
+    let mut client_cfg = match quic::client_config(device.key(), dial.trust.clone()) {
         Ok(c) => c,
         Err(e) => {
             return Err(Ended {
@@ -166,6 +176,15 @@ async fn open_connection(
             })
         }
     };
+    if dial.fast_failover {
+        let mut transport = quic::transport_config();
+        transport
+            .keep_alive_interval(Some(FAILOVER_KEEP_ALIVE))
+            .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+                FAILOVER_IDLE_MS,
+            ))));
+        client_cfg.transport_config(std::sync::Arc::new(transport));
+    }
     let endpoint = match quic::endpoint(unspecified_for(&addr), None) {
         Ok(e) => e,
         Err(e) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::candidates::{self, Next, Rotation};
 use super::dial::connect_and_run;
 use super::target::{Ended, Target};
 use super::{LinkHandle, PeerConfig, RelayConfig, BACKOFF_START};
@@ -94,34 +95,47 @@ async fn run_link(
     token_rx: watch::Receiver<Option<String>>,
 ) {
     let mut backoff = Backoff::new(target.max_backoff());
+    let mut rotation = Rotation::default();
     loop {
         set_state(&device, link, LinkState::Connecting, None, false).await;
+        let mut tried = 1;
         let ended = tokio::select! {
-            e = connect_and_run(&device, link, &target, &cancel, token_rx.clone()) => e,
+            e = attempt(&device, link, &target, &mut rotation, &mut tried, &cancel, token_rx.clone()) => e,
             _ = cancel.cancelled() => Ended { error: None, refused: false, fatal: true },
         };
         if let Some(e) = &ended.error {
             tracing::info!(link, error = %e, "link down");
         }
         let was_online = ended.error.is_none() && !cancel.is_cancelled();
-        set_state(
-            &device,
-            link,
-            LinkState::Offline,
-            ended.error.clone(),
-            ended.refused,
-        )
-        .await;
+        let next = if cancel.is_cancelled() || ended.fatal {
+            Next::GiveUp
+        } else {
+            rotation.ended(tried, was_online, target.reconnect())
+        };
+        if next != Next::Now {
+            // Moving straight on to another candidate is not going offline: `sync --once`
+            // reads an offline link with an error as the end of its attempts.
+            set_state(
+                &device,
+                link,
+                LinkState::Offline,
+                ended.error.clone(),
+                ended.refused,
+            )
+            .await;
+        }
         if cancel.is_cancelled() {
             // Stopped by its owner: the link leaves the status.
             let _ = device.cmd(Cmd::DropLink(link)).await;
             break;
         }
-        if ended.fatal || !target.reconnect() {
-            break;
-        }
         if was_online {
             backoff.reset();
+        }
+        match next {
+            Next::GiveUp => break,
+            Next::Now => continue,
+            Next::BackOff => {}
         }
         let delay = backoff.delay();
         tokio::select! {
@@ -133,6 +147,37 @@ async fn run_link(
             }
         }
     }
+}
+
+/// One attempt: resolves the target's addresses (`tried` is set to how many there are) and
+/// dials the one `rotation` picks.
+async fn attempt(
+    device: &DriverHandle,
+    link: u64,
+    target: &Target,
+    rotation: &mut Rotation,
+    tried: &mut usize,
+    cancel: &CancellationToken,
+    token_rx: watch::Receiver<Option<String>>,
+) -> Ended {
+    let resolved = match target {
+        Target::Relay(c) => candidates::resolve(&c.addrs()).await,
+        Target::Peer(c) => candidates::resolve(std::slice::from_ref(&c.addr)).await,
+    };
+    let all = match resolved {
+        Ok(all) => all,
+        Err(error) => {
+            return Ended {
+                error: Some(error),
+                refused: false,
+                fatal: false,
+            }
+        }
+    };
+    *tried = all.len();
+    let candidate = &all[rotation.pick(all.len())];
+    let others = all.len() > 1;
+    connect_and_run(device, link, target, candidate, others, cancel, token_rx).await
 }
 
 #[cfg(test)]

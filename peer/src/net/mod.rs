@@ -6,6 +6,7 @@
 //! read by the link task itself, which hands every frame to the driver. Ephemeral messages go
 //! as datagrams when they fit.
 
+mod candidates;
 mod connection;
 mod dial;
 mod link;
@@ -86,8 +87,12 @@ impl TokenSource {
 /// How to reach a relay.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// `host:port`.
+    /// `host:port` (a name may resolve to several addresses: each is tried in turn).
     pub addr: String,
+    /// More `host:port` entries of the same relay cluster: the device uses one address at a
+    /// time, moves to the next when it cannot connect or loses its relay, and keeps its sync
+    /// states under `addr` so it resumes on another relay without a full resync.
+    pub alternates: Vec<String>,
     /// The token.
     pub token: TokenSource,
     /// The relay's certificate to pin; `None` trusts the system's roots.
@@ -98,6 +103,15 @@ pub struct RelayConfig {
     pub reconnect: bool,
     /// The longest wait between attempts.
     pub max_backoff: Duration,
+}
+
+impl RelayConfig {
+    /// `addr` and the alternates, in order.
+    pub fn addrs(&self) -> Vec<String> {
+        std::iter::once(self.addr.clone())
+            .chain(self.alternates.iter().cloned())
+            .collect()
+    }
 }
 
 /// How to reach a peer device.
@@ -172,7 +186,11 @@ impl Device {
     /// stopped.
     pub async fn connect_relay(&self, cfg: RelayConfig) -> Result<LinkHandle, DeviceError> {
         let handle = self.driver_handle();
-        let link = handle.new_link(format!("relay {}", cfg.addr)).await?;
+        let label = match cfg.alternates.len() {
+            0 => format!("relay {}", cfg.addr),
+            n => format!("relay {} (+{n} more)", cfg.addr),
+        };
+        let link = handle.new_link(label).await?;
         Ok(spawn_relay_link(handle.clone(), link, cfg))
     }
 

@@ -173,21 +173,11 @@ fn read_roots(path: &Path) -> Result<RootCertStore, CheckpointError> {
 }
 
 fn system_roots() -> Result<RootCertStore, CheckpointError> {
-    let loaded = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
-    if added == 0 {
-        return Err(CheckpointError::Tls {
-            reason: format!(
-                "no system trust roots to verify Postgres with (pass --postgres-ca): {:?}",
-                loaded.errors
-            ),
-        });
-    }
-    if !loaded.errors.is_empty() {
-        tracing::warn!(errors = ?loaded.errors, "parts of the system trust store are unreadable");
-    }
-    Ok(roots)
+    crate::tls::system_roots().map_err(|errors| CheckpointError::Tls {
+        reason: format!(
+            "no system trust roots to verify Postgres with (pass --postgres-ca): {errors}"
+        ),
+    })
 }
 
 /// `verify-ca`: webpki's verification less the host name check.

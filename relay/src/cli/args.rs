@@ -237,6 +237,36 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) max_bytes_per_sec: u64,
 
+    /// Push hook: POST one signed JSON event per new message to this URL (http:// or https://),
+    /// naming the members with no live connection to the document.
+    #[arg(
+        long,
+        env = "WEFT_NOTIFY_URL",
+        value_name = "URL",
+        requires = "notify_secret_file"
+    )]
+    pub(crate) notify_url: Option<String>,
+
+    /// File holding the push hook's HMAC-SHA256 secret (at least 32 bytes; one trailing newline
+    /// is ignored): each POST carries `X-Weft-Signature: sha256=HEX` of its body.
+    #[arg(
+        long,
+        env = "WEFT_NOTIFY_SECRET_FILE",
+        value_name = "FILE",
+        requires = "notify_url"
+    )]
+    pub(crate) notify_secret_file: Option<PathBuf>,
+
+    /// Include each message's body (at most 1 KiB) in the push hook's events.
+    #[arg(
+        long,
+        env = "WEFT_NOTIFY_BODY",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new(),
+        requires = "notify_url"
+    )]
+    pub(crate) notify_body: bool,
+
     /// Evict a document with no subscribers from memory after this long unused (hidden: for
     /// tests and tuning).
     #[arg(

@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
@@ -40,6 +41,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
              or --dev to generate a self-signed one in the data directory"
         ),
     };
+    let notify = notify_config(&args)?;
 
     tracing::info!(
         listen = %args.listen,
@@ -52,13 +54,14 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         certificates = identity.cert_chain.len(),
         ?verifier,
         dev = args.dev,
+        notify = args.notify_url.is_some(),
         "startup checks passed"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_relay(args, verifier, identity))
+    runtime.block_on(run_relay(args, verifier, identity, notify))
 }
 
 /// The token verifier: the secret (`--jwt-secret-file`, or `--dev`'s), the required audience
@@ -88,6 +91,7 @@ async fn run_relay(
     args: ServeArgs,
     verifier: Verifier,
     identity: TlsIdentity,
+    notify: Option<weft_relay::NotifyConfig>,
 ) -> anyhow::Result<()> {
     // Before anything is opened or bound: a SIGINT or SIGTERM from here on is caught (a
     // default SIGINT would kill the relay without draining), and one that arrives while the
@@ -136,8 +140,17 @@ async fn run_relay(
 
     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(4096);
     let (hub_config, check) = hub_config(&args, &kinds);
-    let hub = weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
-        .with_checkpoints(dirty.clone());
+    let mut hub =
+        weft_relay::Hub::new(hub_config, group.clone(), verifier.clone(), metrics.clone())
+            .with_checkpoints(dirty.clone());
+    let notify_tasks = match notify {
+        Some(cfg) => {
+            let (notifier, tasks) = weft_relay::start_notify(cfg, metrics.clone());
+            hub = hub.with_notifier(notifier);
+            Some(tasks)
+        }
+        None => None,
+    };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
     let checkpoint_task = checkpointer.map(|c| tokio::spawn(c.run(stopped(checkpoint_stop_rx))));
@@ -181,6 +194,7 @@ async fn run_relay(
         ws: ws_task,
         hub: hub_task,
         checkpoint: checkpoint_task.map(|t| (checkpoint_stop, t)),
+        notify: notify_tasks,
         http: http_task,
     };
     running.drain().await;
@@ -220,12 +234,15 @@ struct Running {
     hub: tokio::task::JoinHandle<()>,
     /// The checkpointer and the order to make its final round.
     checkpoint: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// The push hook's deliveries.
+    notify: Option<weft_relay::NotifyTasks>,
     http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Waits for the connections to close, the hub to finish its writes, the final
-    /// checkpoint and the HTTP server, in that order.
+    /// checkpoint, the push hook's queue (a few seconds at most) and the HTTP server, in that
+    /// order.
     async fn drain(self) {
         let _ = self.accept.await;
         if let Some(t) = self.ws {
@@ -238,10 +255,27 @@ impl Running {
             let _ = stop.send(true);
             let _ = t.await;
         }
+        if let Some(n) = self.notify {
+            n.shutdown(NOTIFY_GRACE).await;
+        }
         if let Some(t) = self.http {
             let _ = t.await;
         }
     }
+}
+
+/// How long a stopping relay keeps delivering the push hook's queued events.
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
+
+/// The push hook, with `--notify-url`.
+fn notify_config(args: &ServeArgs) -> anyhow::Result<Option<weft_relay::NotifyConfig>> {
+    let (Some(url), Some(secret_file)) = (&args.notify_url, &args.notify_secret_file) else {
+        return Ok(None);
+    };
+    let secret = weft_relay::load_named_secret(secret_file, "push hook secret")
+        .context("cannot use --notify-secret-file")?;
+    let cfg = weft_relay::NotifyConfig::new(url, secret.as_bytes(), args.notify_body)?;
+    Ok(Some(cfg))
 }
 
 /// Resolves once `rx` says stop (or its sender is gone).

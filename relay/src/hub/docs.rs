@@ -406,6 +406,7 @@ impl Hub {
             Output::Changed { doc, .. } => {
                 self.mark_dirty(doc);
                 self.count_stored(doc);
+                self.notify_messages(doc);
             }
             _ => {}
         }

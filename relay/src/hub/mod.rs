@@ -61,6 +61,7 @@ mod docs;
 mod inbound;
 mod listing;
 mod loads;
+mod notify;
 mod presence;
 mod quota;
 mod run;
@@ -317,6 +318,8 @@ pub struct Hub {
     // Postgres checkpoints (end)
     /// Ephemeral frames of crowded documents waiting for their tick.
     presence: presence::PresenceBatches,
+    /// The push hook, when configured: new messages reported once durable.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl Hub {
@@ -359,7 +362,17 @@ impl Hub {
             peak_since_trim: 0,
             dirty: None,
             presence: presence::PresenceBatches::default(),
+            notifier: None,
         }
+    }
+
+    /// Reports every new message to `notifier` once it is durable (the push hook).
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        if let Some(rules) = self.rules() {
+            rules.note_messages(notifier.bodies());
+        }
+        self.notifier = Some(notifier);
+        self
     }
 
     // Postgres checkpoints (begin)

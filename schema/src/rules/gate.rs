@@ -20,6 +20,7 @@ use weft_core::{DocId, Document};
 
 use super::eval::{self, DocRules, Writer};
 use super::kinds::Kinds;
+use super::notes::{NewMessage, Notes};
 
 /// Most objects and root fields the gate follows for a document between two
 /// materializations (a few hundred bytes each) before it asks the engine for one.
@@ -47,6 +48,8 @@ pub struct RulesGate {
     owners: HashMap<DocId, String>,
     /// The user changes made here write for (a device's user).
     local_user: Option<String>,
+    /// New messages noted for the push hook, when asked ([`RulesGate::note_messages`]).
+    notes: Option<Notes>,
 }
 
 impl RulesGate {
@@ -58,7 +61,26 @@ impl RulesGate {
             docs: HashMap::default(),
             owners: HashMap::default(),
             local_user: None,
+            notes: None,
         }
+    }
+
+    /// From now on, notes every message an accepted change creates (a record in a collection
+    /// named `messages`), with its body when `bodies`, until taken with
+    /// [`RulesGate::take_messages`].
+    pub fn note_messages(&mut self, bodies: bool) {
+        self.notes = Some(Notes::new(bodies));
+    }
+
+    /// The messages noted in `doc` since it was last asked, oldest first.
+    pub fn take_messages(&mut self, doc: DocId) -> Vec<NewMessage> {
+        self.notes.as_mut().map(|n| n.take(doc)).unwrap_or_default()
+    }
+
+    /// How many messages were not noted since it was last asked, because
+    /// [`super::notes::MAX_NOTED`] were waiting to be taken.
+    pub fn take_dropped_messages(&mut self) -> u64 {
+        self.notes.as_mut().map_or(0, Notes::take_dropped)
     }
 
     /// The user changes made on this node write for (a device's user): its own actors are
@@ -173,6 +195,7 @@ impl Gate for RulesGate {
             user: &user,
             admin: c.admin,
         };
+        let notes = self.notes.as_ref().map(|n| n.bodies);
         match eval::check(
             &self.kinds,
             st,
@@ -180,14 +203,20 @@ impl Gate for RulesGate {
             change,
             checked.expanded(),
             writer,
+            notes,
         ) {
-            Ok(()) => Ok(Accepted {
-                records: if new_binding {
-                    vec![binding_record(actor, &user)]
-                } else {
-                    Vec::new()
-                },
-            }),
+            Ok(made) => {
+                if let (Some(notes), false) = (&mut self.notes, made.is_empty()) {
+                    notes.add(doc, &user, st.kind.as_deref(), made);
+                }
+                Ok(Accepted {
+                    records: if new_binding {
+                        vec![binding_record(actor, &user)]
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }
             Err(rule) => {
                 if new_binding {
                     st.bindings.remove(actor);
@@ -217,6 +246,10 @@ impl Gate for RulesGate {
 
     fn closed(&mut self, doc: DocId) {
         self.docs.remove(&doc);
+        // What was noted and never made durable is not reported.
+        if let Some(n) = &mut self.notes {
+            n.take(doc);
+        }
     }
 
     fn wants_materialized(&self, doc: DocId) -> bool {
@@ -228,6 +261,9 @@ impl Gate for RulesGate {
     fn shrink(&mut self) {
         shrink_map(&mut self.docs);
         shrink_map(&mut self.owners);
+        if let Some(n) = &mut self.notes {
+            n.shrink();
+        }
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

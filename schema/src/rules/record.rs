@@ -218,6 +218,7 @@ pub fn check_write(
             &change,
             None,
             Writer { user, admin: false },
+            None,
         )
         .map_err(RecordError::Forbidden)?;
     }

@@ -12,7 +12,7 @@
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
 //! `initial-sync`, `large-change`, `memory`, `checkpoint` (needs the Postgres server binaries),
-//! `presence`, `huge-conversation`, `crowd`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `presence`, `huge-conversation`, `crowd`, `paused-device`, and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -41,6 +41,8 @@ mod huge;
 mod large_change;
 #[path = "weft-bench/memory/mod.rs"]
 mod memory;
+#[path = "weft-bench/paused.rs"]
+mod paused;
 #[path = "weft-bench/plan.rs"]
 mod plan;
 #[path = "weft-bench/presence.rs"]
@@ -219,6 +221,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "ws-npm" => ws_workloads::ws_npm_workload(&plan, &clients)?,
             "reconnect" => device::reconnect(&clients, plan.quick)?,
             "memory" => memory::memory_workload(&plan, &clients)?,
+            "paused-device" => paused::paused_device_workload(&clients)?,
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());

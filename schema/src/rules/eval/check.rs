@@ -3,7 +3,7 @@
 use weft_core::hash::{HashMap, HashSet};
 
 use automerge::legacy::{Key, ObjectId, Op, OpId, OpType};
-use automerge::{Automerge, Change, ExpandedChange};
+use automerge::{ActorId, Automerge, Change, ExpandedChange, ObjType, ScalarValue};
 
 use super::collection::collection;
 use super::kind::kind_written;
@@ -11,8 +11,24 @@ use super::root::{inside_field, root_field};
 use super::state::{Ctx, DocRules, Seg, Writer};
 use crate::rules::kinds::{KindSpec, Kinds};
 
+/// Most bytes of a new message's body kept for the push hook ([`MessageMade::body`]).
+const MAX_NOTED_BODY: usize = 1024;
+
+/// A record the change creates in a collection named `messages` (what the relay's push hook
+/// reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MessageMade {
+    /// Its key in the collection.
+    pub(crate) key: String,
+    /// Its `body` field as the change writes it (a string, or text typed in the same change),
+    /// cut to [`MAX_NOTED_BODY`] bytes; only when asked for.
+    pub(crate) body: Option<String>,
+}
+
 /// Checks `change` by `writer` against the document's kind, then follows it. `Err`: a sentence
 /// naming the rule it breaks. `expanded`: the change already expanded, when the caller has it.
+/// `Ok`: the messages it creates (see [`MessageMade`]) when `notes` asks for them (`Some`),
+/// their bodies read when `notes` is `Some(true)`.
 pub(crate) fn check(
     kinds: &Kinds,
     st: &mut DocRules,
@@ -20,7 +36,8 @@ pub(crate) fn check(
     change: &Change,
     expanded: Option<&ExpandedChange>,
     writer: Writer<'_>,
-) -> Result<(), String> {
+    notes: Option<bool>,
+) -> Result<Vec<MessageMade>, String> {
     let decoded;
     let ops: &[Op] = match expanded {
         Some(e) => &e.operations,
@@ -52,6 +69,7 @@ pub(crate) fn check(
         }
     }
     let spec = kind.as_deref().and_then(|k| kinds.get(k));
+    let mut made = Vec::new();
     if let Some(spec) = spec {
         let mut ctx = Ctx {
             doc,
@@ -59,6 +77,8 @@ pub(crate) fn check(
             created: HashSet::default(),
             authors_due: Vec::new(),
             author_texts: HashMap::default(),
+            messages_made: Vec::new(),
+            noting: notes.is_some(),
         };
         let creating_doc = st.kind.is_none();
         let mut prev: Option<&Op> = None;
@@ -92,6 +112,16 @@ pub(crate) fn check(
                 ));
             }
         }
+        made = ctx
+            .messages_made
+            .into_iter()
+            .map(|(key, record)| MessageMade {
+                key,
+                body: (notes == Some(true))
+                    .then(|| body_written(ops, start, &actor, &record))
+                    .flatten(),
+            })
+            .collect();
     } else {
         for (i, op) in ops.iter().enumerate() {
             let id = OpId(start + i as u64, actor.clone());
@@ -101,7 +131,48 @@ pub(crate) fn check(
     if st.kind.is_none() {
         st.kind = kind;
     }
-    Ok(())
+    Ok(made)
+}
+
+/// The `body` field of `record` as `ops` (the change's, from operation `start` by `actor`)
+/// write it: a string, or a text object with its characters inserted in order.
+fn body_written(ops: &[Op], start: u64, actor: &ActorId, record: &OpId) -> Option<String> {
+    let mut text: Option<OpId> = None;
+    let mut body = String::new();
+    for (i, op) in ops.iter().enumerate() {
+        match (&op.obj, &op.key, &op.action) {
+            (ObjectId::Id(o), Key::Map(k), action) if o == record && k.as_str() == "body" => {
+                match action {
+                    OpType::Put(ScalarValue::Str(s)) => {
+                        body = s.to_string();
+                        text = None;
+                    }
+                    OpType::Make(ObjType::Text) => {
+                        body.clear();
+                        text = Some(OpId(start + i as u64, actor.clone()));
+                    }
+                    _ => return None,
+                }
+            }
+            (ObjectId::Id(o), Key::Seq(_), OpType::Put(ScalarValue::Str(c)))
+                if op.insert && text.as_ref() == Some(o) =>
+            {
+                body.push_str(c)
+            }
+            _ => {}
+        }
+        if body.len() > MAX_NOTED_BODY {
+            break;
+        }
+    }
+    if body.len() > MAX_NOTED_BODY {
+        let mut end = MAX_NOTED_BODY;
+        while !body.is_char_boundary(end) {
+            end -= 1;
+        }
+        body.truncate(end);
+    }
+    Some(body)
 }
 
 /// Whether `op` is judged as `prev`, the operation before it, was (accepted), and following

@@ -67,6 +67,7 @@ pub(super) fn collection(
         } => {
             let at = At {
                 name,
+                key,
                 entry: &entry_seg.id,
                 created_here: entry_created_here,
                 rest,
@@ -85,6 +86,8 @@ pub(super) fn collection(
 struct At<'a> {
     /// The collection's name.
     name: &'a str,
+    /// The record's key in the collection.
+    key: &'a str,
     /// The record.
     entry: &'a OpId,
     /// Whether this change creates the record.
@@ -115,6 +118,10 @@ fn record_made_or_deleted(
             }
             if let Some(a) = author {
                 ctx.authors_due.push((at.entry.clone(), a.clone()));
+            }
+            if ctx.noting && name == "messages" {
+                ctx.messages_made
+                    .push((at.key.to_string(), at.entry.clone()));
             }
             Ok(())
         }

@@ -23,5 +23,5 @@ mod kind;
 mod root;
 mod state;
 
-pub(crate) use check::check;
+pub(crate) use check::{check, MessageMade};
 pub(crate) use state::{DocRules, Writer};

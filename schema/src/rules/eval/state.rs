@@ -228,4 +228,8 @@ pub(super) struct Ctx<'a> {
     pub(super) authors_due: Vec<(OpId, String)>,
     /// Author fields this change writes as text: the characters so far, and what to call them.
     pub(super) author_texts: HashMap<OpId, (String, String)>,
+    /// Records this change creates in a collection named `messages`: (key, record), when
+    /// `noting`.
+    pub(super) messages_made: Vec<(String, OpId)>,
+    pub(super) noting: bool,
 }

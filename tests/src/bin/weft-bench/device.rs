@@ -203,6 +203,7 @@ async fn reconnect_round(relay: &Relay) -> anyhow::Result<(Duration, Duration)> 
     let cfg = |docs: Vec<DocId>| -> anyhow::Result<RelayConfig> {
         Ok(RelayConfig {
             addr: relay.addr.to_string(),
+            alternates: Vec::new(),
             token: TokenSource::Static(relay.token()?),
             pinned_cert: Some(relay.cert.clone()),
             docs,
@@ -298,6 +299,7 @@ pub async fn initial_sync(relay: &Relay, quick: bool) -> anyhow::Result<Value> {
     }
     let cfg = RelayConfig {
         addr: relay.addr.to_string(),
+        alternates: Vec::new(),
         token: TokenSource::Static(relay.token()?),
         pinned_cert: Some(relay.cert.clone()),
         docs: vec![],

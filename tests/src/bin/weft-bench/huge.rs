@@ -201,6 +201,7 @@ async fn device_round(
     let dir = tempfile::tempdir()?;
     let cfg = RelayConfig {
         addr: relay.addr.to_string(),
+        alternates: Vec::new(),
         token: TokenSource::Static(relay.token()?),
         pinned_cert: Some(relay.cert.clone()),
         docs: vec![doc],

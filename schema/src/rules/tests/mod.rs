@@ -18,7 +18,7 @@ const BOB: ConnId = ConnId(2);
 const ADMIN: ConnId = ConnId(3);
 const T: u64 = 1_700_000_000_000;
 
-const ESCROW: &str = include_str!("../../tests/fixtures/escrow.toml");
+const ESCROW: &str = include_str!("../../../tests/fixtures/escrow.toml");
 
 /// The relay's view: its copy of the document, the gate, and each user's device (an actor of
 /// their own on a copy of the document).
@@ -480,3 +480,5 @@ fn long_runs_of_typing_are_judged_like_short_ones() {
         refused(typed_into_a_text_body(&mut w, ALICE, chars), "body");
     }
 }
+
+mod notes;
