@@ -7,17 +7,29 @@ import XCTest
 @testable import Weft
 
 final class DeviceTests: DeviceTestCase {
-    /// Ann writes on her phone, Ben answers on his laptop; both read the same conversation.
+    /// Ann writes on her phone, Ben answers on his laptop; both read the same conversation,
+    /// and Ann sees Ben come online in it.
     func testTwoDevicesConverge() async throws {
-        let ann = try await device("ann")
+        let annHeard = Recorder()
+        let ann = try await device("ann", listener: annHeard)
         let ben = try await device("ben")
-        try await syncWithRelay(ann)
-        try await syncWithRelay(ben)
+        let annTokens = try await syncWithRelay(ann)
 
         let chat = try await ann.createConversation(title: "Lunch", participants: ["ann", "ben"])
         try await ann.share(doc: chat, user: "ben", role: .readWrite)
+        try await eventually("the relay to answer Ann's share") {
+            annHeard.notices.contains { $0 == .requestAnswered(doc: chat, error: nil) }
+        }
+        XCTAssertGreaterThanOrEqual(annTokens.asked, 1, "the token provider is asked")
         _ = try await ann.sendMessage(doc: chat, body: "noon?")
+
+        try await syncWithRelay(ben)
         try await waitForMessages(ben, chat, ["noon?"])
+        let benRole = try await ben.documentInfo(doc: chat).role
+        XCTAssertEqual(benRole, .readWrite)
+        try await eventually("Ann to see Ben online in the chat") {
+            annHeard.presence.contains { $0.doc == chat && $0.user == "ben" && $0.online }
+        }
 
         _ = try await ben.sendMessage(doc: chat, body: "yes, the usual place")
         try await waitForMessages(ann, chat, ["noon?", "yes, the usual place"])
@@ -185,7 +197,33 @@ final class DeviceTests: DeviceTestCase {
             XCTAssertEqual(author, "ivy")
         }
 
-        try await hal.close()
+        do {
+            try await hal.editMessage(doc: chat, messageId: "0123456789abcdef0123456789abcdef", body: "x")
+            XCTFail("a message id not in the chat is refused")
+        } catch WeftError.MessageNotFound {
+        }
+        do {
+            try await hal.deleteMessage(doc: chat, messageId: "../../")
+            XCTFail("a malformed message id is refused")
+        } catch WeftError.InvalidArgument(let field, _) {
+            XCTAssertEqual(field, "message_id")
+        }
+        do {
+            _ = try await hal.readRecord(doc: chat)
+            XCTFail("a chat is not read as a record")
+        } catch WeftError.WrongKind(let doc, let expected, _) {
+            XCTAssertEqual(doc, chat)
+            XCTAssertEqual(expected, "record of a declared kind")
+        }
+        do {
+            try await hal.startRelaySync(
+                addr: Fixture.shared.relay, certPem: "not a certificate", tokens: FixtureTokens("hal"))
+            XCTFail("a certificate that is not PEM is refused")
+        } catch WeftError.InvalidArgument(let field, _) {
+            XCTAssertEqual(field, "certificate")
+        }
+
+        try await hal.shutdown()
         do {
             _ = try await hal.listDocuments()
             XCTFail("a closed device refuses every call")

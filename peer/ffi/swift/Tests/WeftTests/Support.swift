@@ -38,11 +38,17 @@ struct Fixture: Decodable {
     }
 }
 
-/// Hands the relay link the fixture's token for one user.
+/// Hands the relay link the fixture's token for one user, counting how often it was asked.
 final class FixtureTokens: TokenProvider, @unchecked Sendable {
     let user: String
+    private let lock = NSLock()
+    private var _asked = 0
+    var asked: Int { lock.withLock { _asked } }
     init(_ user: String) { self.user = user }
-    func token() throws -> String { Fixture.shared.token(user) }
+    func token() throws -> String {
+        lock.withLock { _asked += 1 }
+        return Fixture.shared.token(user)
+    }
 }
 
 /// Everything a device's listener was told, in order.
@@ -51,10 +57,12 @@ final class Recorder: WeftListener, @unchecked Sendable {
     private var _changes: [DocumentChange] = []
     private var _statuses: [SyncStatus] = []
     private var _notices: [DocumentNotice] = []
+    private var _presence: [PresenceChange] = []
 
     var changes: [DocumentChange] { lock.withLock { _changes } }
     var statuses: [SyncStatus] { lock.withLock { _statuses } }
     var notices: [DocumentNotice] { lock.withLock { _notices } }
+    var presence: [PresenceChange] { lock.withLock { _presence } }
 
     /// Every change from a relay or peer to `doc`, oldest first.
     func remoteChanges(_ doc: String) -> [DocumentChange] {
@@ -70,7 +78,7 @@ final class Recorder: WeftListener, @unchecked Sendable {
 
     func onDocumentChanged(change: DocumentChange) { lock.withLock { _changes.append(change) } }
     func onStatusChanged(status: SyncStatus) { lock.withLock { _statuses.append(status) } }
-    func onPresenceChanged(presence: PresenceChange) {}
+    func onPresenceChanged(presence: PresenceChange) { lock.withLock { _presence.append(presence) } }
     func onTypingChanged(typing: TypingChange) {}
     func onNotice(notice: DocumentNotice) { lock.withLock { _notices.append(notice) } }
 }
@@ -136,10 +144,12 @@ class DeviceTestCase: XCTestCase {
     func dataDir(of index: Int) -> URL { dirs[index] }
 
     /// Starts syncing `device` with the fixture's relay, with its user's token.
-    func syncWithRelay(_ device: WeftDevice) async throws {
+    @discardableResult
+    func syncWithRelay(_ device: WeftDevice) async throws -> FixtureTokens {
+        let tokens = FixtureTokens(device.user())
         try await device.startRelaySync(
-            addr: Fixture.shared.relay, certPem: Fixture.shared.certPem,
-            tokens: FixtureTokens(device.user()))
+            addr: Fixture.shared.relay, certPem: Fixture.shared.certPem, tokens: tokens)
+        return tokens
     }
 
     /// Waits until `device` holds `doc` and it reads `bodies` (in order). A document listed
@@ -154,7 +164,7 @@ class DeviceTestCase: XCTestCase {
     }
 
     override func tearDown() async throws {
-        for d in devices { try? await d.close() }
+        for d in devices { try? await d.shutdown() }
         devices.removeAll()
         for dir in dirs { try? FileManager.default.removeItem(at: dir) }
         dirs.removeAll()
