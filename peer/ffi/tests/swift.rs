@@ -14,9 +14,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The users the Swift scenarios act as (each scenario has its own).
+/// The users the Swift scenarios act as (each scenario has its own; alice is the README sample).
 const USERS: &[&str] = &[
-    "ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal", "ivy",
+    "alice", "ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal", "ivy",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
