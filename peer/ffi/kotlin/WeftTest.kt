@@ -175,6 +175,12 @@ suspend fun run() {
     }
     expectError<WeftException.InvalidArgument>("a bad message id") { alice.deleteMessage(chat, "../../") }
     expectError<WeftException.WrongKind>("reading a chat as a record") { alice.readRecord(chat) }
+    expectError<WeftException.Busy>("alice's directory while her device holds it") {
+        openDevice(File(work, "alice").path, "alice")
+    }
+    expectError<WeftException.Refused>("alice's directory for another user") {
+        openDevice(File(work, "alice").path, "bob")
+    }
     expectError<WeftException.InvalidArgument>("a certificate that is not PEM") {
         bob.startRelaySync(relay, "not a certificate", Tokens("x"))
     }

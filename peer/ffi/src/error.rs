@@ -1,6 +1,7 @@
 //! [`WeftError`]: every failure an app sees, as a typed enum (a Kotlin sealed exception class,
 //! a Swift error enum), never a sentence to parse. The sentences are for logs.
 
+use weft_core::store::StoreError;
 use weft_peer::schema::rules::record::RecordError;
 use weft_peer::schema::{ReadError, WriteError};
 use weft_peer::DeviceError;
@@ -163,9 +164,11 @@ impl From<DeviceError> for WeftError {
             DeviceError::ReadOnly(doc) => WeftError::ReadOnly {
                 doc: doc.to_string(),
             },
-            DeviceError::Busy { path } => WeftError::Busy {
-                path: path.display().to_string(),
-            },
+            DeviceError::Busy { path } | DeviceError::Store(StoreError::Locked { path }) => {
+                WeftError::Busy {
+                    path: path.display().to_string(),
+                }
+            }
             DeviceError::Refused(reason) => WeftError::Refused { reason },
             DeviceError::Unreachable(reason) | DeviceError::Connection(reason) => {
                 WeftError::Connection { reason }
