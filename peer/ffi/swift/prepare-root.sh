@@ -9,9 +9,10 @@ set -euo pipefail
 
 ROOT=${WEFT_SWIFT_ROOT:-/var/cache/weft/swift-trixie}
 MARKER="$ROOT/.weft-swift-root"
-# What the marker records; change it when the recipe below changes, and the tree is rebuilt.
-RECIPE="trixie minbase + swiftlang libc6-dev ca-certificates, v1"
 PACKAGES="swiftlang libc6-dev"
+# What the marker records: a tree made by another recipe is rebuilt (bump the version when the
+# steps below change).
+RECIPE="trixie minbase + $PACKAGES, v1"
 
 ready() { [ "$(cat "$MARKER" 2>/dev/null)" = "$RECIPE" ]; }
 if ready; then
@@ -43,6 +44,12 @@ if [ -z "$MIRROR" ]; then
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     MIRROR=$(apt-get indextargets --format '$(RELEASE) $(SITE)' 2>/dev/null \
         | awk -v c="$codename" '$1 == c { print $2; exit }')
+fi
+if [ -z "$MIRROR" ]; then
+    # Older apt: the first Debian archive (not security) named in the sources.
+    MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?' | grep -v security \
+        | head -n 1 || true)
 fi
 if [ -z "$MIRROR" ]; then
     echo "prepare-root.sh: no Debian mirror found in the host's apt sources; set WEFT_DEBIAN_MIRROR" >&2
