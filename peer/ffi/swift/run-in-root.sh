@@ -6,7 +6,8 @@
 # Each --bind DIR is mounted at the same path inside the tree, so paths mean the same on both
 # sides; --cd is the command's working directory (default /). The mounts (/proc, /dev, a tmpfs
 # on /tmp and the binds) live in a private mount namespace and vanish when the command ends,
-# however it ends: nothing is left mounted in the cached tree. The environment is cleared but
+# however it ends: nothing is left mounted in the cached tree. The command runs in its own PID
+# namespace too: when it ends, or this script is killed, every process it started is killed. The environment is cleared but
 # for PATH, HOME, LANG, CI and every WEFT_* variable. The host's network is shared (loopback
 # reaches a relay started on the host). Exit 2 when the tree is not prepared.
 set -euo pipefail
@@ -42,7 +43,7 @@ if [ ${#binds[@]} -gt 0 ]; then
     mapfile -t binds < <(printf '%s\n' "${binds[@]}" | sort -u)
 fi
 
-exec unshare --mount --propagation private -- bash -c '
+exec unshare --mount --propagation private --pid --fork --kill-child -- bash -c '
     set -euo pipefail
     root=$1 cwd=$2 nbinds=$3
     shift 3
