@@ -48,13 +48,18 @@ class Tokens(private val token: String) : TokenProvider {
     }
 }
 
-suspend fun eventually(what: String, timeoutMs: Long = 30_000, cond: suspend () -> Boolean) {
+suspend fun eventually(
+    what: String,
+    timeoutMs: Long = 30_000,
+    state: suspend () -> String = { "" },
+    cond: suspend () -> Boolean,
+) {
     try {
         withTimeout(timeoutMs) {
             while (!cond()) delay(20)
         }
     } catch (e: kotlinx.coroutines.TimeoutCancellationException) {
-        throw AssertionError("timed out waiting until $what")
+        throw AssertionError("timed out waiting until $what ${state()}")
     }
 }
 
@@ -226,6 +231,24 @@ suspend fun run() {
     val resumed = metric("weft_sync_bytes_out_total") - resume0
     println("relay bytes out: full sync of the chat $full, resume after pause $resumed")
     check(resumed * 4 < full) { "resuming sent $resumed bytes, a full sync $full: not incremental" }
+
+    scenario("peer to peer: alice's tablet syncs her notes straight from her laptop")
+    // Only alice writes in her notes: a device that never met the relay takes its own user's
+    // changes from a peer, not other users' (their bindings come from the relay).
+    val note = alice.sendMessage(elsewhere, "passport, tickets")
+    val tablet = openDevice(File(work, "alice-tablet").path, "alice")
+    val listening = alice.listenForPeers("127.0.0.1:0", listOf(tablet.deviceId()))
+    tablet.startPeerSync(listening, alice.deviceId())
+    eventually("the tablet has the notes from the laptop", 30_000, { "tablet ${tablet.status()}" }) {
+        tablet.listDocuments().any { it.id == elsewhere } &&
+            (try { tablet.listMessages(elsewhere, null) } catch (e: WeftException.WrongKind) { listOf() })
+                .any { it.id == note.id }
+    }
+    expectError<WeftException.InvalidDeviceId>("a peer id that does not parse") {
+        tablet.startPeerSync(listening, "nobody")
+    }
+    tablet.stopPeerSync(listening)
+    tablet.shutdown()
 
     scenario("stopping and closing")
     bob.stopRelaySync()
