@@ -1,6 +1,6 @@
 // The scenarios of the Kotlin tests, in Swift, against a real relay: two devices converge, the
 // listener is told what changed, status goes offline -> synced, pause/resume catches up
-// without a full resync, and failures arrive as typed errors.
+// without a full resync, two devices sync peer to peer, and failures arrive as typed errors.
 import Foundation
 import XCTest
 
@@ -151,6 +151,30 @@ final class DeviceTests: DeviceTestCase {
         let bodies = try await gus.listMessages(doc: chat, last: nil).map(\.body)
         XCTAssertTrue(Set(bodies) == Set(all), "Gus reads every message once, his own included")
         print("resume: the relay sent \(sent) bytes to catch up (history: \(historyBytes) bytes)")
+    }
+
+    /// Jon's tablet syncs his notes straight from his laptop, with no relay. (Only Jon writes
+    /// in them: a device that never met the relay takes its own user's changes from a peer,
+    /// not other users', whose writers the relay vouches for.)
+    func testPeerToPeer() async throws {
+        let laptop = try await device("jon")
+        let tablet = try await device("jon")
+        let notes = try await laptop.createConversation(title: "Packing", participants: [])
+        let note = try await laptop.sendMessage(doc: notes, body: "passport, tickets")
+
+        let listening = try await laptop.listenForPeers(addr: "127.0.0.1:0", allow: [tablet.deviceId()])
+        try await tablet.startPeerSync(addr: listening, peerDeviceId: laptop.deviceId())
+        try await waitForMessages(tablet, notes, ["passport, tickets"])
+        let onTablet = try await tablet.listMessages(doc: notes, last: nil)
+        XCTAssertEqual(onTablet.map(\.id), [note.id])
+
+        do {
+            try await tablet.startPeerSync(addr: listening, peerDeviceId: "nobody")
+            XCTFail("a peer id that does not parse is refused")
+        } catch WeftError.InvalidDeviceId(let id) {
+            XCTAssertEqual(id, "nobody")
+        }
+        try await tablet.stopPeerSync(addr: listening)
     }
 
     /// Mistakes an app can make come back as WeftError cases it can switch on.
