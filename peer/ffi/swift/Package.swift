@@ -1,8 +1,9 @@
 // swift-tools-version:5.9
-// The Swift tests of weft's bindings (peer/ffi). `Generated/` is written by
-// peer/ffi/tests/swift.rs before `swift test`: the Swift file uniffi generates from
-// libweft_ffi.so, its C header and a module map for that header. The library itself is found
-// through the linker flags the test passes (-L and -rpath to cargo's target directory).
+// The Swift tests of weft's bindings (peer/ffi). peer/ffi/tests/swift.rs copies this package
+// beside cargo's build and writes its `Generated/` there: the Swift file uniffi generates from
+// libweft_ffi.so (module `Weft`), its C header and a module map for that header (module
+// `weft_ffiFFI`). The library is found through the linker flags the test passes (-L and
+// -rpath). By hand: generate into `Generated/` here the same way and `swift test`.
 import PackageDescription
 
 let package = Package(
