@@ -327,38 +327,8 @@ fn a_title_written_from_javascript_as_a_string_is_taken() {
 fn a_message_written_from_javascript_with_text_strings_is_taken_when_its_author_is_the_writer() {
     let (alice, _) = conversation();
     let mut w = World::new(&alice);
-    // What automerge-js makes of `d.messages[key] = {id, author: "bob", ...}`: every string a
-    // text object.
-    let js_message = |author: &str| {
-        let mut bob = w.device();
-        let messages = bob.get(ROOT, "messages").unwrap().unwrap().1;
-        let key = format!(
-            "{}_{}",
-            crate::Hlc::new(T + 5, 0, 1).unwrap(),
-            Id::from_bytes([7; 16])
-        );
-        let mut tx = bob.transaction();
-        let m = tx
-            .put_object(&messages, key.as_str(), ObjType::Map)
-            .unwrap();
-        for (field, value) in [
-            ("id", Id::from_bytes([7; 16]).to_string()),
-            ("author", author.to_string()),
-            (
-                "created_at",
-                crate::Hlc::new(T + 5, 0, 1).unwrap().to_string(),
-            ),
-            ("body", "from the browser".to_string()),
-        ] {
-            let t = tx.put_object(&m, field, ObjType::Text).unwrap();
-            tx.splice_text(&t, 0, 0, &value).unwrap();
-        }
-        tx.put(&m, "deleted", false).unwrap();
-        tx.commit();
-        last(&bob)
-    };
-    let forged = js_message("alice");
-    let honest = js_message("bob");
+    let forged = js_message(&w, "alice", T + 5, 7, "from the browser").0;
+    let honest = js_message(&w, "bob", T + 5, 7, "from the browser").0;
     refused(w.offer(BOB, &forged), "writer");
     w.offer(BOB, &honest).unwrap();
 }
@@ -426,6 +396,32 @@ fn a_kind_is_a_string_or_nothing() {
     tx.put_object(ROOT, "kind", ObjType::Map).unwrap();
     tx.commit();
     refused(w.offer(ALICE, &last(&alice)), "must be a string");
+}
+
+/// What automerge-js makes of `d.messages[key] = {id, author, created_at, body, deleted}`
+/// written on a new device of `w` at `at_ms` with id `[id; 16]`: every string a text object.
+/// The change, and the message's key.
+fn js_message(w: &World, author: &str, at_ms: u64, id: u8, body: &str) -> (Change, String) {
+    let mut device = w.device();
+    let messages = device.get(ROOT, "messages").unwrap().unwrap().1;
+    let created = crate::Hlc::new(at_ms, 0, 1).unwrap();
+    let key = format!("{created}_{}", Id::from_bytes([id; 16]));
+    let mut tx = device.transaction();
+    let m = tx
+        .put_object(&messages, key.as_str(), ObjType::Map)
+        .unwrap();
+    for (field, value) in [
+        ("id", Id::from_bytes([id; 16]).to_string()),
+        ("author", author.to_string()),
+        ("created_at", created.to_string()),
+        ("body", body.to_string()),
+    ] {
+        let t = tx.put_object(&m, field, ObjType::Text).unwrap();
+        tx.splice_text(&t, 0, 0, &value).unwrap();
+    }
+    tx.put(&m, "deleted", false).unwrap();
+    tx.commit();
+    (last(&device), key)
 }
 
 /// A message from JavaScript whose body is text, then `chars` characters typed into that body

@@ -2,7 +2,7 @@
 //! document's kind and (when asked) its body; nothing for refused changes or other writes.
 
 use automerge::transaction::Transactable;
-use automerge::{ObjType, ReadDoc, ROOT};
+use automerge::{ReadDoc, ROOT};
 
 use super::{conversation, last, World, BOB, DOC, T};
 use crate::{Id, NewMessage};
@@ -35,32 +35,8 @@ fn each_accepted_message_is_noted_once_with_its_writer_kind_and_body() {
     .unwrap();
     assert!(w.offer(BOB, &last(&forger)).is_err());
     // A body typed as text (as JavaScript writes strings).
-    let mut typed = w.device();
-    let messages = typed.get(ROOT, "messages").unwrap().unwrap().1;
-    let key = format!(
-        "{}_{}",
-        crate::Hlc::new(T + 3, 0, 1).unwrap(),
-        Id::from_bytes([4; 16])
-    );
-    let mut tx = typed.transaction();
-    let m = tx
-        .put_object(&messages, key.as_str(), ObjType::Map)
-        .unwrap();
-    for (field, value) in [
-        ("id", Id::from_bytes([4; 16]).to_string()),
-        ("author", "bob".to_string()),
-        (
-            "created_at",
-            crate::Hlc::new(T + 3, 0, 1).unwrap().to_string(),
-        ),
-        ("body", "typed".to_string()),
-    ] {
-        let t = tx.put_object(&m, field, ObjType::Text).unwrap();
-        tx.splice_text(&t, 0, 0, &value).unwrap();
-    }
-    tx.put(&m, "deleted", false).unwrap();
-    tx.commit();
-    w.offer(BOB, &last(&typed)).unwrap();
+    let (typed, key) = super::js_message(&w, "bob", T + 3, 4, "typed");
+    w.offer(BOB, &typed).unwrap();
 
     let noted = w.gate.take_messages(DOC);
     let seen: Vec<(&str, Option<&str>, Option<&str>)> = noted
