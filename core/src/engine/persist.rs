@@ -108,6 +108,14 @@ impl Engine {
     ) -> PersistId {
         let id = PersistId(self.next_persist);
         self.next_persist += 1;
+        let received = matches!(write, Write::Changes(_))
+            && !matches!(
+                effect,
+                PersistEffect::Changes {
+                    origin: Origin::Local,
+                    ..
+                }
+            );
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             if let Write::Changes(bytes) = &write {
                 ds.stored_bytes = ds.stored_bytes.saturating_add(bytes.len() as u64);
@@ -121,7 +129,12 @@ impl Engine {
             });
         }
         self.persist_doc.insert(id, doc);
-        self.out.push_back(Output::Persist { id, doc, write });
+        self.out.push_back(Output::Persist {
+            id,
+            doc,
+            write,
+            received,
+        });
         id
     }
 

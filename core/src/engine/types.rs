@@ -191,6 +191,9 @@ pub enum Output {
         doc: DocId,
         /// What to write.
         write: Write,
+        /// The write stores changes received from a peer (not made on this node): a relay in a
+        /// cluster also appends those to the cluster's log.
+        received: bool,
     },
     /// Load this document (or report it absent) with [`Engine::loaded`].
     Load {

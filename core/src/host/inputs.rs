@@ -108,6 +108,7 @@ impl Host {
         crate::hash::shrink_if_sparse(&mut self.chunks);
         crate::hash::shrink_if_sparse(&mut self.compacting);
         crate::hash::shrink_set_if_sparse(&mut self.snapshot_on_load);
+        crate::hash::shrink_if_sparse(&mut self.log_records);
         self.engine.shrink();
     }
 

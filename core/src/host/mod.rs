@@ -45,6 +45,11 @@ pub struct HostConfig {
     /// Compact a document once it has this many chunks whatever their size (a bound on the
     /// rows a load reads).
     pub compact_max_chunks: usize,
+    /// Hand the driver every write of received changes as [`Action::WaitAndLog`], with the
+    /// gate records written before them, so it can also append them to a log it awaits (a
+    /// relay in a cluster). Changes made on this node (and imports from the log, which a
+    /// driver makes as local changes) are not logged.
+    pub log_received: bool,
 }
 
 impl Default for HostConfig {
@@ -53,6 +58,7 @@ impl Default for HostConfig {
             compact_after_chunks: 64,
             compact_growth: 32,
             compact_max_chunks: 4096,
+            log_received: false,
         }
     }
 }
@@ -97,6 +103,17 @@ pub enum Action {
         /// The store's ticket.
         ticket: CommitTicket,
     },
+    /// As [`Action::Wait`], for a write of received changes when [`HostConfig::log_received`]
+    /// is set: `log` is to be appended to the driver's log too, and [`Host::committed`] called
+    /// once both the ticket and the append are done.
+    WaitAndLog {
+        /// What completes.
+        what: Waiting,
+        /// The store's ticket.
+        ticket: CommitTicket,
+        /// What to append.
+        log: LogWrite,
+    },
     /// Load the document with [`load`] (blocking: run it off the event loop), then call
     /// [`Host::loaded`].
     Load {
@@ -105,6 +122,18 @@ pub enum Action {
     },
     /// An engine event for the application (changes, sync status, rejections, errors).
     Event(Output),
+}
+
+/// Received changes of one document for a driver's log (see [`HostConfig::log_received`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogWrite {
+    /// The document.
+    pub doc: DocId,
+    /// The changes, concatenated (the bytes of the stored chunk).
+    pub changes: Vec<u8>,
+    /// The gate records (key, value) written for the document since its last logged
+    /// changes: actor bindings, which every node serving the document must know.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The engine and its store.
@@ -123,6 +152,8 @@ pub struct Host {
     /// Stored chunks set aside as unparsable.
     quarantined: u64,
     actions: std::collections::VecDeque<Action>,
+    /// Gate records waiting to go to the log with their document's next received changes.
+    log_records: HashMap<DocId, Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Host {
@@ -138,6 +169,7 @@ impl Host {
             compacted_from_loads: 0,
             quarantined: 0,
             actions: Default::default(),
+            log_records: HashMap::default(),
         }
     }
 
@@ -168,10 +200,23 @@ impl Host {
         match out {
             Output::Send { conn, msg } => self.actions.push_back(Action::Send { conn, msg }),
             Output::Load { doc } => self.actions.push_back(Action::Load { doc }),
-            Output::Persist { id, doc, write } => {
+            Output::Persist {
+                id,
+                doc,
+                write,
+                received,
+            } => {
                 let mut batch = WriteBatch::new();
+                let mut log = None;
                 match write {
                     Write::Changes(bytes) => {
+                        if received && self.cfg.log_received {
+                            log = Some(LogWrite {
+                                doc,
+                                changes: bytes.clone(),
+                                records: self.log_records.remove(&doc).unwrap_or_default(),
+                            });
+                        }
                         let len = bytes.len();
                         let key = docs::put_chunk(&mut batch, doc, ChunkKind::Incremental, bytes);
                         let stored = self.chunks.entry(doc).or_default();
@@ -180,6 +225,9 @@ impl Host {
                     }
                     Write::GateRecord { key, value } => {
                         docs::put_gate_record(&mut batch, doc, &key, &value);
+                        if self.cfg.log_received {
+                            self.log_records.entry(doc).or_default().push((key, value));
+                        }
                     }
                     Write::SyncState { peer, state } => {
                         // The engine produced these bytes with `encode`; they decode.
@@ -188,9 +236,10 @@ impl Host {
                     }
                 }
                 let ticket = self.group.submit(batch);
-                self.actions.push_back(Action::Wait {
-                    what: Waiting::Persist(id),
-                    ticket,
+                let what = Waiting::Persist(id);
+                self.actions.push_back(match log {
+                    Some(log) => Action::WaitAndLog { what, ticket, log },
+                    None => Action::Wait { what, ticket },
                 });
             }
             Output::Folded { doc } => {
@@ -200,11 +249,13 @@ impl Host {
             }
             Output::Evicted { doc } => {
                 self.chunks.remove(&doc);
+                self.log_records.remove(&doc);
                 self.actions
                     .push_back(Action::Event(Output::Evicted { doc }));
             }
             Output::Failed { doc, conns } => {
                 self.chunks.remove(&doc);
+                self.log_records.remove(&doc);
                 self.actions
                     .push_back(Action::Event(Output::Failed { doc, conns }));
             }

@@ -334,3 +334,102 @@ fn a_reopened_document_keeps_its_compaction_policy() {
     let stored = load(kv.as_ref(), doc).unwrap().unwrap();
     assert_eq!(stored.doc.heads(), host.heads(doc).unwrap());
 }
+
+/// With `log_received`, every write of a peer's changes comes as `WaitAndLog` carrying exactly
+/// the stored bytes, and the node's own changes as plain `Wait`.
+#[test]
+fn received_changes_are_handed_over_for_the_log_and_local_ones_are_not() {
+    let kv = Arc::new(MemStore::new());
+    let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+    let doc = DocId::from_bytes([8; 16]);
+    let mut relay = Host::new(
+        Engine::new(EngineConfig::relay()),
+        group,
+        HostConfig {
+            log_received: true,
+            ..HostConfig::default()
+        },
+    );
+    relay.load(0, doc);
+    settle(&mut relay);
+    let mut device = Engine::new(EngineConfig::device());
+    device.create(doc, Document::new());
+    device.open(ConnId(1), doc, OpenOptions::default());
+    relay.open(0, ConnId(1), doc, OpenOptions::default());
+    let mut logged: Vec<LogWrite> = Vec::new();
+    let mut plain = 0;
+    for i in 0..5 {
+        device
+            .change(doc, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, format!("k{i}"), i).unwrap();
+                tx.commit();
+            })
+            .unwrap();
+        for _ in 0..10 {
+            let mut quiet = true;
+            while let Some(o) = device.poll_output() {
+                match o {
+                    Output::Send { msg, .. } => {
+                        quiet = false;
+                        relay.handle(0, ConnId(1), msg).unwrap();
+                    }
+                    Output::Persist { id, .. } => device.persisted(id),
+                    _ => {}
+                }
+            }
+            while let Some(a) = relay.poll_action() {
+                match a {
+                    Action::WaitAndLog { what, ticket, log } => {
+                        logged.push(log);
+                        relay.committed(0, what, ticket.wait());
+                    }
+                    Action::Wait { what, ticket } => {
+                        plain += 1;
+                        relay.committed(0, what, ticket.wait());
+                    }
+                    Action::Send { msg, .. } => {
+                        quiet = false;
+                        device.handle(ConnId(1), msg).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            if quiet {
+                break;
+            }
+        }
+    }
+    assert_eq!(relay.heads(doc), device.heads(doc));
+    let mut am = automerge::Automerge::new();
+    for l in &logged {
+        assert_eq!(l.doc, doc);
+        am.load_incremental(&l.changes).unwrap();
+    }
+    assert_eq!(
+        am.get_heads(),
+        device.heads(doc).unwrap(),
+        "the log holds every change"
+    );
+    let before = plain;
+    relay
+        .change(0, doc, |am| {
+            let mut tx = am.transaction();
+            tx.put(ROOT, "local", 1).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    let n = logged.len();
+    while let Some(a) = relay.poll_action() {
+        match a {
+            Action::WaitAndLog { log, .. } => logged.push(log),
+            Action::Wait { what, ticket } => {
+                plain += 1;
+                relay.committed(0, what, ticket.wait());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(logged.len(), n, "a local change is not logged");
+    assert!(plain > before);
+}

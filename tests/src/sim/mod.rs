@@ -28,6 +28,7 @@ const SIM_HOST: HostConfig = HostConfig {
     compact_after_chunks: 4,
     compact_growth: 0,
     compact_max_chunks: 16,
+    log_received: false,
 };
 
 /// What the network does to packets.
