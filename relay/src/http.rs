@@ -112,6 +112,11 @@ async fn answer(
     };
     let (status, ctype, body) = match (method, path) {
         _ if ticket_route.is_some() => ticket_route.unwrap_or_default(),
+        (b"GET", b"/healthz") if metrics.cluster_unreachable() => (
+            "503 Service Unavailable",
+            "text/plain",
+            "the cluster's log (Postgres) is unreachable\n".to_string(),
+        ),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         (b"GET", _) | (_, b"/ws-ticket") => {

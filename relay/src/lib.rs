@@ -42,6 +42,7 @@ mod access;
 mod allocator;
 mod auth;
 mod checkpoint;
+mod cluster;
 mod datadir;
 mod discovery;
 #[doc(hidden)]
@@ -68,6 +69,10 @@ pub use auth::{AuthError, Claims, DocGrant, MintError, Minter, ParseDocGrantErro
 pub use auth::{DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MAX_TOKEN_LEN, MAX_USER_LEN};
 pub use checkpoint::{
     CheckpointConfig, CheckpointError, Checkpointer, DirtyDocs, RestoreStats, RoundStats,
+};
+pub use cluster::{
+    load_or_create_cluster_name, start_cluster, ClusterConfig, ClusterLog, ClusterTasks, Imported,
+    CLUSTER_NAME_FILE,
 };
 pub use datadir::{make_file_private, prepare_data_dir, DataDirError, STORE_FILE};
 pub use http::serve as serve_http;

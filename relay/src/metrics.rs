@@ -127,6 +127,24 @@ pub struct Metrics {
     pub notify_failed: AtomicU64,
     /// Push hook events dropped on a full queue.
     pub notify_dropped: AtomicU64,
+    /// Cluster log entries appended by this relay.
+    pub cluster_appended: AtomicU64,
+    /// Cluster log append transactions that failed (each is tried again).
+    pub cluster_append_failures: AtomicU64,
+    /// Milliseconds the latest cluster log append transaction took.
+    pub cluster_append_ms: AtomicU64,
+    /// Entries of other relays applied from the cluster log.
+    pub cluster_imported: AtomicU64,
+    /// Imported changes delivered to this relay's live connections (documents loaded here).
+    pub cluster_delivered: AtomicU64,
+    /// Milliseconds between the latest imported entry's append and its import here.
+    pub cluster_lag_ms: AtomicU64,
+    /// The last `seq` of the cluster's log this relay applied (or skipped as its own).
+    pub cluster_cursor: AtomicU64,
+    /// 1 when this relay reaches the cluster's log (0 without `--cluster`, or while it cannot).
+    pub cluster_connected: AtomicU64,
+    /// The relay is one of a cluster (`/healthz` then also asks that it reach the log).
+    pub cluster_member: std::sync::atomic::AtomicBool,
     // Postgres checkpoints (begin)
     /// Age of the oldest change not yet checkpointed, in milliseconds.
     pub checkpoint_lag_ms: AtomicU64,
@@ -147,6 +165,12 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether this relay is one of a cluster and cannot reach the cluster's log now.
+    pub fn cluster_unreachable(&self) -> bool {
+        self.cluster_member.load(Ordering::Relaxed)
+            && self.cluster_connected.load(Ordering::Relaxed) == 0
     }
 
     /// Adds `n` to a counter.
@@ -200,7 +224,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 22] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 30] {
         [
             (
                 "weft_connections",
@@ -315,6 +339,54 @@ impl Metrics {
                 "counter",
                 "Push hook events dropped on a full queue.",
                 &self.notify_dropped,
+            ),
+            (
+                "weft_cluster_appended_total",
+                "counter",
+                "Cluster log entries appended by this relay.",
+                &self.cluster_appended,
+            ),
+            (
+                "weft_cluster_append_failures_total",
+                "counter",
+                "Cluster log append transactions that failed (and were tried again).",
+                &self.cluster_append_failures,
+            ),
+            (
+                "weft_cluster_append_milliseconds",
+                "gauge",
+                "Duration of the latest cluster log append transaction.",
+                &self.cluster_append_ms,
+            ),
+            (
+                "weft_cluster_imported_total",
+                "counter",
+                "Entries of other relays applied from the cluster log.",
+                &self.cluster_imported,
+            ),
+            (
+                "weft_cluster_delivered_total",
+                "counter",
+                "Imported changes applied to documents loaded here (and sent to their subscribers).",
+                &self.cluster_delivered,
+            ),
+            (
+                "weft_cluster_lag_milliseconds",
+                "gauge",
+                "From the latest imported entry's append to its import here.",
+                &self.cluster_lag_ms,
+            ),
+            (
+                "weft_cluster_log_position",
+                "gauge",
+                "The last entry of the cluster's log this relay has applied (its seq).",
+                &self.cluster_cursor,
+            ),
+            (
+                "weft_cluster_connected",
+                "gauge",
+                "1 when this relay reaches the cluster's log.",
+                &self.cluster_connected,
             ),
             (
                 "weft_checkpoint_dirty_documents",

@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records",
         sql: include_str!("../migrations/0003_records.sql"),
     },
+    Migration {
+        version: 4,
+        name: "cluster change log",
+        sql: include_str!("../migrations/0004_cluster.sql"),
+    },
 ];
 
 /// Why a `weft_documents` row does not decode.

@@ -170,4 +170,10 @@ impl Host {
     pub fn gate_mut(&mut self) -> Option<&mut (dyn Gate + 'static)> {
         self.engine.gate_mut()
     }
+
+    /// Turns [`HostConfig::log_received`](super::HostConfig::log_received) on or off for
+    /// writes submitted from now on.
+    pub fn set_log_received(&mut self, on: bool) {
+        self.cfg.log_received = on;
+    }
 }

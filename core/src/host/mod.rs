@@ -45,7 +45,7 @@ pub struct HostConfig {
     /// Compact a document once it has this many chunks whatever their size (a bound on the
     /// rows a load reads).
     pub compact_max_chunks: usize,
-    /// Hand the driver every write of received changes as [`Action::WaitAndLog`], with the
+    /// Hand the driver every write of received changes as [`Action::LogThenWrite`], with the
     /// gate records written before them, so it can also append them to a log it awaits (a
     /// relay in a cluster). Changes made on this node (and imports from the log, which a
     /// driver makes as local changes) are not logged.
@@ -103,15 +103,19 @@ pub enum Action {
         /// The store's ticket.
         ticket: CommitTicket,
     },
-    /// As [`Action::Wait`], for a write of received changes when [`HostConfig::log_received`]
-    /// is set: `log` is to be appended to the driver's log too, and [`Host::committed`] called
-    /// once both the ticket and the append are done.
-    WaitAndLog {
+    /// A write of received changes when [`HostConfig::log_received`] is set: append `log` to
+    /// the driver's log, *then* submit `batch` to the store ([`Host::submit`]), and call
+    /// [`Host::committed`] with `what` once both are done. In that order, a crash between the
+    /// two leaves the changes in the log (which the node reads back) rather than only in its
+    /// store (where no other node would ever see them). Writes submitted meanwhile may land
+    /// first; the chunk is tracked already, so a compaction in between makes it redundant,
+    /// never lost (the snapshot holds its changes).
+    LogThenWrite {
         /// What completes.
         what: Waiting,
-        /// The store's ticket.
-        ticket: CommitTicket,
-        /// What to append.
+        /// The store batch, not yet submitted.
+        batch: WriteBatch,
+        /// What to append first.
         log: LogWrite,
     },
     /// Load the document with [`load`] (blocking: run it off the event loop), then call
@@ -123,6 +127,9 @@ pub enum Action {
     /// An engine event for the application (changes, sync status, rejections, errors).
     Event(Output),
 }
+
+/// Gate records as written: key and value.
+type GateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Received changes of one document for a driver's log (see [`HostConfig::log_received`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +160,7 @@ pub struct Host {
     quarantined: u64,
     actions: std::collections::VecDeque<Action>,
     /// Gate records waiting to go to the log with their document's next received changes.
-    log_records: HashMap<DocId, Vec<(Vec<u8>, Vec<u8>)>>,
+    log_records: HashMap<DocId, GateRecords>,
 }
 
 impl Host {
@@ -171,6 +178,11 @@ impl Host {
             actions: Default::default(),
             log_records: HashMap::default(),
         }
+    }
+
+    /// Submits a batch an [`Action::LogThenWrite`] handed over.
+    pub fn submit(&self, batch: WriteBatch) -> CommitTicket {
+        self.group.submit(batch)
     }
 
     /// The store, for reads.
@@ -235,11 +247,13 @@ impl Host {
                         docs::put_sync_state(&mut batch, doc, &peer, &state);
                     }
                 }
-                let ticket = self.group.submit(batch);
                 let what = Waiting::Persist(id);
                 self.actions.push_back(match log {
-                    Some(log) => Action::WaitAndLog { what, ticket, log },
-                    None => Action::Wait { what, ticket },
+                    Some(log) => Action::LogThenWrite { what, batch, log },
+                    None => Action::Wait {
+                        what,
+                        ticket: self.group.submit(batch),
+                    },
                 });
             }
             Output::Folded { doc } => {

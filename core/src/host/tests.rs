@@ -335,7 +335,7 @@ fn a_reopened_document_keeps_its_compaction_policy() {
     assert_eq!(stored.doc.heads(), host.heads(doc).unwrap());
 }
 
-/// With `log_received`, every write of a peer's changes comes as `WaitAndLog` carrying exactly
+/// With `log_received`, every write of a peer's changes comes as `LogThenWrite` carrying exactly
 /// the stored bytes, and the node's own changes as plain `Wait`.
 #[test]
 fn received_changes_are_handed_over_for_the_log_and_local_ones_are_not() {
@@ -380,8 +380,9 @@ fn received_changes_are_handed_over_for_the_log_and_local_ones_are_not() {
             }
             while let Some(a) = relay.poll_action() {
                 match a {
-                    Action::WaitAndLog { what, ticket, log } => {
+                    Action::LogThenWrite { what, batch, log } => {
                         logged.push(log);
+                        let ticket = relay.submit(batch);
                         relay.committed(0, what, ticket.wait());
                     }
                     Action::Wait { what, ticket } => {
@@ -422,7 +423,7 @@ fn received_changes_are_handed_over_for_the_log_and_local_ones_are_not() {
     let n = logged.len();
     while let Some(a) = relay.poll_action() {
         match a {
-            Action::WaitAndLog { log, .. } => logged.push(log),
+            Action::LogThenWrite { log, .. } => logged.push(log),
             Action::Wait { what, ticket } => {
                 plain += 1;
                 relay.committed(0, what, ticket.wait());

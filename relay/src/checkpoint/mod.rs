@@ -75,9 +75,9 @@ mod tls;
 pub use dirty::DirtyDocs;
 pub(crate) use error::Chain;
 pub use error::CheckpointError;
-use pg::PgConn;
+pub(crate) use pg::PgConn;
 pub use restore::RestoreStats;
-use tls::PgTarget;
+pub(crate) use tls::PgTarget;
 
 /// A document is not checkpointed again before this many times its last preparation time.
 const HOT_FACTOR: u32 = 10;

@@ -16,7 +16,7 @@ use super::{Chain, CheckpointError};
 /// One Postgres connection and its statements. The connection's IO runs in a task aborted
 /// when this is dropped.
 pub(crate) struct PgConn {
-    pub(super) client: Client,
+    pub(crate) client: Client,
     io: tokio::task::JoinHandle<()>,
     stmts: Option<Statements>,
 }

@@ -103,6 +103,27 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) postgres_ca: Option<PathBuf>,
 
+    /// One of several relays sharing `--postgres`: every accepted change is in the cluster's
+    /// log (in Postgres) before it is acknowledged, and every relay applies the others'.
+    #[arg(
+        long,
+        env = "WEFT_CLUSTER",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new(),
+        requires = "postgres"
+    )]
+    pub(crate) cluster: bool,
+
+    /// This relay's name in the cluster's log (unique in the cluster). Default: a random name
+    /// kept in `DATA_DIR/cluster-name`.
+    #[arg(
+        long,
+        env = "WEFT_CLUSTER_NAME",
+        value_name = "NAME",
+        requires = "cluster"
+    )]
+    pub(crate) cluster_name: Option<String>,
+
     /// How often to checkpoint into Postgres.
     #[arg(
         long,

@@ -151,6 +151,22 @@ async fn run_relay(
         }
         None => None,
     };
+    // The follower holds a sender of the hub's events, so it stops first (on `stop_rx`).
+    let cluster = match cluster_config(&args, &quic_addr)? {
+        Some(cfg) => {
+            let (log, tasks) = weft_relay::start_cluster(
+                cfg,
+                group.clone(),
+                hub_tx.clone(),
+                metrics.clone(),
+                stopped(stop_rx.clone()),
+            )
+            .context("cannot join the cluster")?;
+            hub = hub.with_cluster(log);
+            Some(tasks)
+        }
+        None => None,
+    };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
     let checkpoint_task = checkpointer.map(|c| tokio::spawn(c.run(stopped(checkpoint_stop_rx))));
@@ -194,6 +210,7 @@ async fn run_relay(
         ws: ws_task,
         hub: hub_task,
         checkpoint: checkpoint_task.map(|t| (checkpoint_stop, t)),
+        cluster,
         notify: notify_tasks,
         http: http_task,
     };
@@ -234,6 +251,8 @@ struct Running {
     hub: tokio::task::JoinHandle<()>,
     /// The checkpointer and the order to make its final round.
     checkpoint: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// The cluster's appender and follower, with `--cluster`.
+    cluster: Option<weft_relay::ClusterTasks>,
     /// The push hook's deliveries.
     notify: Option<weft_relay::NotifyTasks>,
     http: Option<tokio::task::JoinHandle<()>>,
@@ -248,8 +267,12 @@ impl Running {
         if let Some(t) = self.ws {
             let _ = t.await;
         }
-        // Every connection task has ended and dropped its hub sender: the hub drains and returns.
+        // Every connection task (and the cluster's follower) has ended and dropped its hub
+        // sender: the hub drains and returns, its last changes in the cluster's log.
         let _ = self.hub.await;
+        if let Some(c) = self.cluster {
+            c.finish(CLUSTER_GRACE).await;
+        }
         // Every write is durable now; the final checkpoint takes them all.
         if let Some((stop, t)) = self.checkpoint {
             let _ = stop.send(true);
@@ -262,6 +285,31 @@ impl Running {
             let _ = t.await;
         }
     }
+}
+
+/// How long a stopping relay waits for the cluster's log to take its last entries.
+const CLUSTER_GRACE: Duration = Duration::from_secs(10);
+
+/// With `--cluster`: how this relay joins it.
+fn cluster_config(
+    args: &ServeArgs,
+    quic_addr: &std::net::SocketAddr,
+) -> anyhow::Result<Option<weft_relay::ClusterConfig>> {
+    let (true, Some(url)) = (args.cluster, &args.postgres) else {
+        return Ok(None);
+    };
+    let relay = match &args.cluster_name {
+        Some(name) => name.clone(),
+        None => weft_relay::load_or_create_cluster_name(&args.data_dir)
+            .context("cannot keep this relay's cluster name in the data directory")?,
+    };
+    tracing::info!(relay, %quic_addr, "joining the cluster");
+    Ok(Some(weft_relay::ClusterConfig {
+        postgres: url.clone(),
+        postgres_ca: args.postgres_ca.clone(),
+        relay,
+        data_dir: args.data_dir.clone(),
+    }))
 }
 
 /// How long a stopping relay keeps delivering the push hook's queued events.

@@ -114,7 +114,7 @@ impl Hub {
                 Ok(None) => self.reply(&request, doc, None, ""),
                 Ok(Some(mut change)) => {
                     let batch = std::mem::take(&mut change.batch);
-                    let ticket = self.group.submit(batch);
+                    let ticket = self.durable_meta(batch, doc, &change.meta);
                     self.tasks.spawn(async move {
                         Done::Control {
                             doc,
@@ -172,7 +172,7 @@ impl Hub {
     /// land after the deletion; the group-commit writer applies batches in submission order, so
     /// this erase, submitted once nothing more of the document can be written, lands after
     /// them. A crash in between is caught at the next start (`erase::open_redb`).
-    fn erase(&mut self, doc: DocId) {
+    pub(super) fn erase(&mut self, doc: DocId) {
         self.host.forget(doc);
         self.loads_waiting.retain(|d| *d != doc);
         self.reloads_waiting.retain(|d| *d != doc);
@@ -193,7 +193,7 @@ impl Hub {
 
     /// Brings live connections in line with `doc`'s new metadata: subscriptions end or change
     /// role; `users` (whose access changed) and, on deletion, every token grantee learn of it.
-    fn apply_access_change(&mut self, doc: DocId, meta: &DocMeta, users: &[String]) {
+    pub(super) fn apply_access_change(&mut self, doc: DocId, meta: &DocMeta, users: &[String]) {
         let subscribers: Vec<(ConnId, Role)> = self
             .subscribers
             .get(&doc)

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use weft_core::engine::{ConnId, OpenOptions, Output, Rejection};
+use weft_core::engine::{ConnId, OpenOptions, Origin, Output, Rejection};
 use weft_core::host;
 use weft_core::store::docs::{self as docstore, DocStoreError};
 use weft_core::store::StoreError;
@@ -84,8 +84,8 @@ impl Hub {
                 // The owner is recorded, durably and with its index row, before the document
                 // is served.
                 let change = sharing::create(&claims.sub, doc, self.unix_now() * 1000);
+                let ticket = self.durable_meta(change.batch, doc, &change.meta);
                 self.metas.insert(doc, change.meta);
-                let ticket = self.group.submit(change.batch);
                 self.tasks.spawn(async move {
                     Done::Subscribe {
                         conn,
@@ -403,6 +403,13 @@ impl Hub {
                 }
             }
             // Postgres checkpoints: `Changed` is reported once the change is durable.
+            // Changes made here are those imported from the cluster's log: the relay that
+            // accepted them checkpoints them and reports their messages.
+            Output::Changed {
+                doc,
+                origin: Origin::Local,
+                ..
+            } => self.count_stored(doc),
             Output::Changed { doc, .. } => {
                 self.mark_dirty(doc);
                 self.count_stored(doc);

@@ -56,5 +56,6 @@ impl Hub {
         if let Err(e) = self.host.loaded(self.now_ms(), doc, result) {
             tracing::error!(%doc, error = %e, "loading a document failed");
         }
+        self.apply_waiting_imports(doc);
     }
 }

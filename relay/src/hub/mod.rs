@@ -45,7 +45,7 @@ use weft_core::engine::{ConnId, Engine, EngineConfig, Inbound};
 use weft_core::hash::{HashMap, HashSet};
 use weft_core::host::{Host, HostConfig, Loaded, Waiting};
 use weft_core::store::docs::DocStoreError;
-use weft_core::store::{CommitTicket, GroupCommit, StoreError};
+use weft_core::store::{GroupCommit, StoreError};
 
 use crate::meta::DocMeta;
 use weft_core::wire::{self, ErrorCode, Message};
@@ -55,6 +55,7 @@ use crate::metrics::Metrics;
 use crate::sharing::Change;
 use crate::{Claims, Verifier};
 
+mod cluster;
 mod conns;
 mod control;
 mod docs;
@@ -238,6 +239,8 @@ pub enum HubEvent {
         doc: DocId,
     },
     // WebSocket hook (end)
+    /// An entry of another relay of the cluster, already in this relay's store.
+    Cluster(crate::cluster::Imported),
 }
 
 /// What the hub's background tasks report back to its loop.
@@ -299,7 +302,7 @@ pub struct Hub {
     /// Documents deleted while their load ran: its result is dropped (see `hub/control.rs`).
     erased: HashSet<DocId>,
     /// Engine writes in flight, in submission order.
-    commits: VecDeque<(Waiting, CommitTicket)>,
+    commits: VecDeque<(Waiting, cluster::Durable)>,
     /// Connections whose batch (see `conns.rs`) is not empty.
     unflushed: Vec<ConnId>,
     clock: Monotonic,
@@ -320,6 +323,10 @@ pub struct Hub {
     presence: presence::PresenceBatches,
     /// The push hook, when configured: new messages reported once durable.
     notifier: Option<crate::notify::Notifier>,
+    /// The cluster's log, when this relay is one of a cluster (`hub/cluster.rs`).
+    cluster: Option<crate::cluster::ClusterLog>,
+    /// Changes imported from the cluster's log for documents whose load was running.
+    imports_waiting: HashMap<DocId, Vec<Vec<u8>>>,
 }
 
 impl Hub {
@@ -363,6 +370,8 @@ impl Hub {
             dirty: None,
             presence: presence::PresenceBatches::default(),
             notifier: None,
+            cluster: None,
+            imports_waiting: HashMap::default(),
         }
     }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use weft_core::engine::Inbound;
 use weft_core::host::{Action, Waiting};
-use weft_core::store::{CommitTicket, StoreError};
+use weft_core::store::StoreError;
 use weft_core::wire::Message;
 
-use super::{quota, Done, Hub, HubEvent};
+use super::{cluster::Durable, quota, Done, Hub, HubEvent};
 use crate::metrics::Metrics;
 
 /// How stale the hub's idea of the engine's next timer may get (see [`Hub::run`]).
@@ -148,7 +148,7 @@ impl Hub {
     /// front is enough: one wake-up serves a whole group commit, where a task per ticket cost
     /// a spawn and a wake-up per change.
     fn poll_commits(
-        commits: &mut VecDeque<(Waiting, CommitTicket)>,
+        commits: &mut VecDeque<(Waiting, Durable)>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Vec<(Waiting, Result<(), StoreError>)>> {
         let mut done = Vec::new();
@@ -207,6 +207,7 @@ impl Hub {
             }
             // WebSocket hook (end)
             HubEvent::Closed { conn } => self.on_closed(conn),
+            HubEvent::Cluster(imported) => self.on_imported(imported),
         }
     }
 
@@ -246,7 +247,13 @@ impl Hub {
         while let Some(action) = self.host.poll_action() {
             match action {
                 Action::Send { conn, msg } => self.deliver(conn, msg, &mut last),
-                Action::Wait { what, ticket } => self.commits.push_back((what, ticket)),
+                Action::Wait { what, ticket } => {
+                    self.commits.push_back((what, Durable::store(ticket)))
+                }
+                Action::LogThenWrite { what, batch, log } => {
+                    let durable = self.durable_changes(batch, log);
+                    self.commits.push_back((what, durable));
+                }
                 Action::Load { doc } => self.queue_load(doc),
                 Action::Event(output) => self.on_output(output),
                 _ => {}

@@ -1,0 +1,235 @@
+//! Appending to the cluster's log: [`ClusterLog`], the hub's handle, and the task that writes
+//! what it queues, a batch per transaction, trying again until Postgres takes it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+use weft_core::store::{GroupCommit, StoreError};
+
+use super::{
+    encode_records, follow, log_error, Entry, LogTicket, APPEND_LOCK, KIND_CHANGES, KIND_META,
+    MAX_BATCH, MAX_QUEUED,
+};
+use crate::checkpoint::{Chain, CheckpointError, PgConn, PgTarget};
+use crate::hub::HubEvent;
+use crate::metrics::Metrics;
+
+/// How a relay joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The Postgres every relay of the cluster shares (also `--postgres`).
+    pub postgres: String,
+    /// `--postgres-ca`.
+    pub postgres_ca: Option<PathBuf>,
+    /// This relay's name in the log (unique in the cluster; the QUIC address by default).
+    pub relay: String,
+    /// Where the follower keeps the last `seq` it applied (`cluster-cursor`).
+    pub data_dir: PathBuf,
+}
+
+/// What the hub appends to (see the module docs of `cluster`).
+#[derive(Clone, Debug)]
+pub struct ClusterLog {
+    tx: mpsc::Sender<Append>,
+}
+
+#[derive(Debug)]
+struct Append {
+    entry: Entry,
+    done: oneshot::Sender<()>,
+}
+
+impl ClusterLog {
+    /// Queues `entry`; the ticket completes once it is committed. Fails at once when
+    /// [`MAX_QUEUED`] entries wait (Postgres slow or away) or the log stopped.
+    pub(crate) fn append(&self, entry: Entry) -> Result<LogTicket, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .try_send(Append { entry, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    log_error("the cluster's log is behind (Postgres slow or unreachable)")
+                }
+                mpsc::error::TrySendError::Closed(_) => log_error("the cluster's log stopped"),
+            })?;
+        Ok(LogTicket(rx))
+    }
+}
+
+/// The cluster's tasks: the appender (ends once every [`ClusterLog`] is dropped, with the hub,
+/// after writing what was queued) and the follower (ends on the stop signal it was given).
+pub struct ClusterTasks {
+    appender: tokio::task::JoinHandle<()>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterTasks {
+    /// Waits for the follower (told to stop already), then for the appender to write what the
+    /// hub queued, at most `grace`.
+    pub async fn finish(self, grace: Duration) {
+        let _ = self.follower.await;
+        if tokio::time::timeout(grace, self.appender).await.is_err() {
+            tracing::error!("the cluster's log did not take the last changes in time");
+        }
+    }
+}
+
+/// Starts a relay's cluster tasks over the store behind `group`; `hub` is where imported
+/// entries go, `stop` ends the follower (it holds a sender of `hub`, so the hub ends only after
+/// it). The table must exist (the checkpointer's migrations run first).
+pub fn start(
+    cfg: ClusterConfig,
+    group: Arc<GroupCommit>,
+    hub: mpsc::Sender<HubEvent>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(ClusterLog, ClusterTasks), CheckpointError> {
+    let target = PgTarget::new(&cfg.postgres, cfg.postgres_ca.as_deref())?;
+    metrics.cluster_member.store(true, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let appender = tokio::spawn(append_loop(
+        target.clone(),
+        cfg.relay.clone(),
+        rx,
+        metrics.clone(),
+    ));
+    let follower = tokio::spawn(follow::run(
+        follow::Follower {
+            target,
+            relay: cfg.relay,
+            cursor_file: cfg.data_dir.join(follow::CURSOR_FILE),
+            group,
+            hub,
+            metrics,
+        },
+        Box::pin(stop),
+    ));
+    Ok((ClusterLog { tx }, ClusterTasks { appender, follower }))
+}
+
+/// Writes queued entries until every sender is gone, a batch per transaction. A failed
+/// transaction is tried again on a new connection (with backoff) until it commits: the hub
+/// acknowledges nothing of it before, and a duplicate entry is harmless to readers.
+async fn append_loop(
+    target: PgTarget,
+    relay: String,
+    mut rx: mpsc::Receiver<Append>,
+    metrics: Arc<Metrics>,
+) {
+    let mut conn: Option<PgConn> = None;
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        let rows = Rows::of(&batch);
+        loop {
+            if conn.as_ref().is_none_or(PgConn::is_closed) {
+                match PgConn::connect(&target, Duration::from_secs(5)).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %Chain(&e), "cannot reach the cluster's log; trying again");
+                        metrics.cluster_connected.store(0, Ordering::Relaxed);
+                        Metrics::inc(&metrics.cluster_append_failures);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let started = Instant::now();
+            match write(&mut c.client, &relay, &rows).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(50);
+                    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    metrics.cluster_append_ms.store(ms, Ordering::Relaxed);
+                    metrics.cluster_connected.store(1, Ordering::Relaxed);
+                    Metrics::add(&metrics.cluster_appended, batch.len() as u64);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), entries = batch.len(), "appending to the cluster's log failed; trying again");
+                    Metrics::inc(&metrics.cluster_append_failures);
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        for a in batch {
+            let _ = a.done.send(());
+        }
+    }
+}
+
+/// A batch as the insert's arrays.
+struct Rows {
+    docs: Vec<String>,
+    kinds: Vec<i16>,
+    bodies: Vec<Vec<u8>>,
+    records: Vec<Option<Vec<u8>>>,
+}
+
+impl Rows {
+    fn of(batch: &[Append]) -> Rows {
+        let mut rows = Rows {
+            docs: Vec::with_capacity(batch.len()),
+            kinds: Vec::with_capacity(batch.len()),
+            bodies: Vec::with_capacity(batch.len()),
+            records: Vec::with_capacity(batch.len()),
+        };
+        for a in batch {
+            match &a.entry {
+                Entry::Changes {
+                    doc,
+                    changes,
+                    records,
+                } => {
+                    rows.docs.push(doc.to_string());
+                    rows.kinds.push(KIND_CHANGES);
+                    rows.bodies.push(changes.clone());
+                    rows.records.push(encode_records(records));
+                }
+                Entry::Meta { doc, meta } => {
+                    // The relay's metadata is strings, integers and maps: it encodes.
+                    let Ok(body) = rmp_serde::to_vec_named(meta) else {
+                        tracing::error!(%doc, "document metadata did not encode for the cluster's log");
+                        continue;
+                    };
+                    rows.docs.push(doc.to_string());
+                    rows.kinds.push(KIND_META);
+                    rows.bodies.push(body);
+                    rows.records.push(None);
+                }
+            }
+        }
+        rows
+    }
+}
+
+async fn write(client: &mut Client, relay: &str, rows: &Rows) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("select pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+        .await?;
+    tx.execute(
+        "insert into weft_changes (relay, doc_id, kind, body, records) \
+         select $1, d, k, b, r \
+         from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
+         order by n",
+        &[&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records],
+    )
+    .await?;
+    tx.execute("select pg_notify('weft_changes', $1)", &[&relay])
+        .await?;
+    tx.commit().await
+}

@@ -1,0 +1,340 @@
+//! The follower: every entry other relays appended to the cluster's log, in `seq` order, written
+//! into this relay's store and handed to the hub.
+//!
+//! It `LISTEN`s before it reads, so an append committed after a read is always announced; it
+//! also reads once a second in case a notification was missed. The last `seq` applied is kept
+//! in `DATA_DIR/cluster-cursor`, written after the store holds what it covers: a crash in
+//! between applies some entries twice, which changes nothing (chunks are content-addressed,
+//! Automerge ignores changes it has).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client};
+use weft_core::store::docs::{self as docstore, ChunkKind};
+use weft_core::store::{erase, GroupCommit, WriteBatch};
+use weft_core::DocId;
+
+use super::{decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
+use crate::checkpoint::{Chain, PgTarget};
+use crate::hub::HubEvent;
+use crate::index;
+use crate::meta::DocMeta;
+use crate::metrics::Metrics;
+
+/// The cursor's file in the data directory.
+pub(super) const CURSOR_FILE: &str = "cluster-cursor";
+
+pub(super) struct Follower {
+    pub(super) target: PgTarget,
+    pub(super) relay: String,
+    pub(super) cursor_file: PathBuf,
+    pub(super) group: Arc<GroupCommit>,
+    pub(super) hub: mpsc::Sender<HubEvent>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Follows the log until told to stop (reconnecting with backoff when Postgres goes away).
+pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let mut cursor = read_cursor(&f.cursor_file);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = tokio::select! {
+            c = listen(&f.target) => c,
+            () = &mut stop => return,
+        };
+        let (client, mut notes, io) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                f.metrics.cluster_connected.store(0, Ordering::Relaxed);
+                tracing::warn!(error = %e, "the cluster's follower cannot reach Postgres; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut stop => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        f.metrics.cluster_connected.store(1, Ordering::Relaxed);
+        let ended = follow(&f, &mut stop, &client, &mut notes, &mut cursor).await;
+        io.abort();
+        f.metrics.cluster_connected.store(0, Ordering::Relaxed);
+        match ended {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's follower lost Postgres; reconnecting");
+                // From the saved position: it is never past an entry not yet looked at.
+                cursor = read_cursor(&f.cursor_file);
+            }
+        }
+    }
+}
+
+/// How long the follower leaves an entry of its own relay before it looks whether the store
+/// holds it: the relay writes it to its store right after the append commits, and looking at
+/// once would find it missing (and write it twice) whenever the follower is quicker.
+const OWN_ENTRY_GRACE: Duration = Duration::from_secs(1);
+
+/// Reads and applies until stopped (`Ok`) or the connection fails. The cursor saved is never
+/// past an entry of its own not yet looked at, so a relay killed meanwhile looks at it again.
+async fn follow(
+    f: &Follower,
+    stop: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+    client: &Client,
+    notes: &mut mpsc::Receiver<()>,
+    cursor: &mut i64,
+) -> Result<(), String> {
+    let mut own: std::collections::VecDeque<(Instant, i64, Row)> = Default::default();
+    let mut saved = *cursor;
+    loop {
+        let rows = client
+            .query(
+                "select seq, relay, doc_id, kind, body, records, \
+                 (extract(epoch from (clock_timestamp() - at)) * 1000)::int8 \
+                 from weft_changes where seq > $1 order by seq limit $2",
+                &[&*cursor, &READ_BATCH],
+            )
+            .await
+            .map_err(|e| Chain(&e).to_string())?;
+        let full = rows.len() as i64 == READ_BATCH;
+        for row in &rows {
+            let seq: i64 = row.get(0);
+            let relay: &str = row.get(1);
+            let entry = Row {
+                own: relay == f.relay,
+                doc: row.get(2),
+                kind: row.get(3),
+                body: row.get(4),
+                records: row.get(5),
+            };
+            if entry.own {
+                own.push_back((Instant::now() + OWN_ENTRY_GRACE, seq, entry));
+            } else {
+                if !apply(f, seq, entry).await {
+                    return Ok(()); // the hub is gone: the relay is stopping
+                }
+                let lag: Option<i64> = row.get(6);
+                f.metrics
+                    .cluster_lag_ms
+                    .store(lag.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
+            }
+            *cursor = seq;
+        }
+        while own.front().is_some_and(|(due, ..)| *due <= Instant::now()) {
+            if let Some((_, seq, entry)) = own.pop_front() {
+                if !apply(f, seq, entry).await {
+                    return Ok(());
+                }
+            }
+        }
+        let safe = own.front().map_or(*cursor, |(_, seq, _)| seq - 1);
+        if safe != saved {
+            write_cursor(&f.cursor_file, safe);
+            saved = safe;
+        }
+        f.metrics
+            .cluster_cursor
+            .store((*cursor).max(0) as u64, Ordering::Relaxed);
+        if full {
+            continue;
+        }
+        let wait = own
+            .front()
+            .map_or(Duration::from_secs(1), |(due, ..)| {
+                due.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            n = notes.recv() => if n.is_none() {
+                return Err("the connection ended".into());
+            },
+            () = tokio::time::sleep(wait) => {}
+            () = stop.as_mut() => return Ok(()),
+        }
+    }
+}
+
+struct Row {
+    /// This relay appended it: applied only where the store lacks it (the relay died between
+    /// the append and its own store write, or lost its disk).
+    own: bool,
+    doc: String,
+    kind: i16,
+    body: Vec<u8>,
+    records: Option<Vec<u8>>,
+}
+
+/// Writes one entry into the store and hands it to the hub. `false` when the hub is gone.
+async fn apply(f: &Follower, seq: i64, row: Row) -> bool {
+    let Ok(doc) = DocId::from_str(&row.doc) else {
+        tracing::error!(
+            seq,
+            doc = row.doc,
+            "a cluster log entry names no document; skipped"
+        );
+        return true;
+    };
+    let store = f.group.store().clone();
+    let old: Option<DocMeta> = match docstore::load_meta(store.as_ref(), doc) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(seq, %doc, error = %e, "reading a document's metadata failed; entry skipped");
+            return true;
+        }
+    };
+    let deleted_here = old.as_ref().is_some_and(|m| m.deleted_at_ms.is_some());
+    let mut batch = WriteBatch::new();
+    let imported = match row.kind {
+        KIND_CHANGES if deleted_here => return true,
+        KIND_CHANGES if row.own && has_chunk(store.as_ref(), doc, &row.body) => return true,
+        KIND_CHANGES => {
+            let bindings = match row.records.as_deref().map(decode_records) {
+                None => Vec::new(),
+                Some(Some(b)) => b,
+                Some(None) => {
+                    tracing::error!(seq, %doc, "a cluster log entry's bindings do not decode; skipped");
+                    return true;
+                }
+            };
+            for (actor, user) in &bindings {
+                docstore::put_gate_record(&mut batch, doc, actor, user.as_bytes());
+            }
+            docstore::put_chunk(&mut batch, doc, ChunkKind::Incremental, row.body.clone());
+            Imported::Changes {
+                doc,
+                changes: row.body,
+                bindings,
+            }
+        }
+        KIND_META => {
+            let Ok(mut meta) = rmp_serde::from_slice::<DocMeta>(&row.body) else {
+                tracing::error!(seq, %doc, "a cluster log entry's metadata does not decode; skipped");
+                return true;
+            };
+            if deleted_here {
+                return true;
+            }
+            // An entry of its own is older than what the relay stored unless the store lacks
+            // it (its clock made both).
+            if row.own
+                && old
+                    .as_ref()
+                    .is_some_and(|o| o.updated_at_ms >= meta.updated_at_ms)
+            {
+                return true;
+            }
+            let mut users: Vec<String> = Vec::new();
+            if let Some(old) = &old {
+                // The stored size is this relay's own measure.
+                meta.ext = old.ext.clone();
+                for (user, _) in index::user_docs_of(old) {
+                    index::delete_user_doc(&mut batch, &user, doc);
+                    users.push(user);
+                }
+            }
+            for (user, holding) in index::user_docs_of(&meta) {
+                index::put_user_doc(&mut batch, &user, doc, holding);
+                users.push(user);
+            }
+            users.sort();
+            users.dedup();
+            if meta.deleted_at_ms.is_some() {
+                erase::erase_content(&mut batch, doc);
+            }
+            docstore::put_meta(&mut batch, doc, &meta);
+            Imported::Meta {
+                doc,
+                meta: Box::new(meta),
+                users,
+            }
+        }
+        other => {
+            tracing::warn!(
+                seq,
+                kind = other,
+                "a cluster log entry of an unknown kind; skipped"
+            );
+            return true;
+        }
+    };
+    if let Err(e) = f.group.submit(batch).await {
+        // The entry is not skipped silently: the store failing stops everything else too.
+        tracing::error!(seq, %doc, error = %e, "storing a cluster log entry failed");
+    }
+    Metrics::inc(&f.metrics.cluster_imported);
+    f.hub.send(HubEvent::Cluster(imported)).await.is_ok()
+}
+
+/// Whether the store holds `changes` as a chunk of `doc` (a read error counts as no).
+fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) -> bool {
+    let key = weft_core::store::docs::ChunkKey::for_bytes(doc, ChunkKind::Incremental, changes);
+    matches!(
+        store.get(weft_core::store::Table::CHUNKS, &key.to_bytes()),
+        Ok(Some(_))
+    )
+}
+
+/// A connection that listens on `weft_changes`, the notifications' receiver, and its IO task.
+async fn listen(
+    target: &PgTarget,
+) -> Result<(Client, mpsc::Receiver<()>, tokio::task::JoinHandle<()>), String> {
+    let mut config = target.config.clone();
+    config.connect_timeout(Duration::from_secs(5));
+    if config.get_application_name().is_none() {
+        config.application_name("weft-relay cluster");
+    }
+    let (client, mut connection) = config
+        .connect(target.tls.clone())
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    let (tx, rx) = mpsc::channel(1);
+    let io = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(_)) => {
+                    // One pending wake-up is enough: the follower reads everything new.
+                    let _ = tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "the cluster's follower connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute("listen weft_changes")
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    Ok((client, rx, io))
+}
+
+fn read_cursor(path: &std::path::Path) -> i64 {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(path = %path.display(), "the cluster cursor does not parse; reading the log from its start");
+            0
+        }),
+        Err(_) => 0,
+    }
+}
+
+fn write_cursor(path: &std::path::Path, seq: i64) {
+    let tmp = path.with_extension("tmp");
+    let written =
+        std::fs::write(&tmp, format!("{seq}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the cluster cursor");
+    }
+}

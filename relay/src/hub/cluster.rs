@@ -1,0 +1,192 @@
+//! The hub in a cluster (`crate::cluster`): what it appends to the cluster's log before it
+//! acknowledges or applies anything, and what it does with the other relays' entries.
+//!
+//! Received changes are durable once both the store and the log hold them ([`Durable`]), so a
+//! device is acknowledged, and other devices are sent the changes, only then. Metadata changes
+//! (a creation, sharing, deletion) are appended the same way before they take effect. Imported
+//! changes are applied to a loaded document as changes of this node (the engine sends them to
+//! its subscribers; they are not logged again nor checkpointed here), and imported metadata
+//! updates the cache and live connections as a control request committed here would.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use weft_core::automerge::ActorId;
+use weft_core::host::LogWrite;
+use weft_core::store::{CommitTicket, GroupCommit, StoreError, WriteBatch};
+use weft_core::DocId;
+
+use super::Hub;
+use crate::cluster::{ClusterLog, Entry, Imported, LogTicket};
+use crate::meta::DocMeta;
+use crate::metrics::Metrics;
+
+/// A write that is durable once its store ticket and, in a cluster, its log append complete.
+/// In a cluster the log comes first: the batch is submitted to the store only once the log
+/// holds its entry (see `Action::LogThenWrite`), so a relay killed in between has the change
+/// in the log, which its follower reads back, never only in its own store.
+pub(crate) struct Durable {
+    /// The batch and the store it goes to once the log holds the entry.
+    batch: Option<(Arc<GroupCommit>, WriteBatch)>,
+    log: Option<LogTicket>,
+    ticket: Option<CommitTicket>,
+    /// The append failed before it was queued (the log is behind or stopped): nothing of the
+    /// write is stored.
+    failed: Option<StoreError>,
+}
+
+impl Durable {
+    /// A write to the store alone, submitted already.
+    pub(crate) fn store(ticket: CommitTicket) -> Durable {
+        Durable {
+            batch: None,
+            log: None,
+            ticket: Some(ticket),
+            failed: None,
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        if let Some(log) = self.log.as_mut() {
+            match Pin::new(log).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    self.log = None;
+                    if let Some((group, batch)) = self.batch.take() {
+                        self.ticket = Some(group.submit(batch));
+                    }
+                }
+            }
+        }
+        match self.ticket.as_mut() {
+            Some(ticket) => Pin::new(ticket).poll(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Hub {
+    /// Makes this relay one of a cluster: received changes and metadata changes go to `log`
+    /// before they take effect.
+    pub fn with_cluster(mut self, log: ClusterLog) -> Self {
+        self.host.set_log_received(true);
+        self.cluster = Some(log);
+        self
+    }
+
+    /// `batch` written to the store; in a cluster, only once `entry` is in the log.
+    fn durable_with(&self, batch: WriteBatch, entry: Entry) -> Durable {
+        let Some(log) = &self.cluster else {
+            return Durable::store(self.group.submit(batch));
+        };
+        let mut d = Durable {
+            batch: Some((self.group.clone(), batch)),
+            log: None,
+            ticket: None,
+            failed: None,
+        };
+        match log.append(entry) {
+            Ok(t) => d.log = Some(t),
+            Err(e) => d.failed = Some(e),
+        }
+        d
+    }
+
+    /// An engine write of received changes (`Action::LogThenWrite`).
+    pub(super) fn durable_changes(&self, batch: WriteBatch, log: LogWrite) -> Durable {
+        self.durable_with(
+            batch,
+            Entry::Changes {
+                doc: log.doc,
+                changes: log.changes,
+                records: log.records,
+            },
+        )
+    }
+
+    /// A metadata write (creation, sharing, deletion): `batch` stores it.
+    pub(super) fn durable_meta(&self, batch: WriteBatch, doc: DocId, meta: &DocMeta) -> Durable {
+        self.durable_with(
+            batch,
+            Entry::Meta {
+                doc,
+                meta: meta.clone(),
+            },
+        )
+    }
+
+    /// An entry of another relay, already in the store.
+    pub(super) fn on_imported(&mut self, imported: Imported) {
+        match imported {
+            Imported::Changes {
+                doc,
+                changes,
+                bindings,
+            } => {
+                if self.loading.contains(&doc) {
+                    // The load may have read the store before the entry was written.
+                    self.imports_waiting.entry(doc).or_default().push(changes);
+                    return;
+                }
+                if !self.host.is_loaded(doc) {
+                    return; // the store has it for the next load
+                }
+                if let Some(rules) = self.rules() {
+                    for (actor, user) in &bindings {
+                        rules.learn_binding(doc, ActorId::from(actor.as_slice()), user);
+                    }
+                }
+                self.apply_imported(doc, &changes);
+            }
+            Imported::Meta { doc, meta, users } => {
+                if let Some(cached) = self.metas.get_mut(&doc) {
+                    *cached = (*meta).clone();
+                }
+                if meta.deleted_at_ms.is_some() {
+                    self.count_deleted(&meta);
+                    self.erase(doc);
+                }
+                self.apply_access_change(doc, &meta, &users);
+            }
+        }
+    }
+
+    /// `doc` finished loading: changes imported while it loaded enter it now.
+    pub(super) fn apply_waiting_imports(&mut self, doc: DocId) {
+        let Some(waiting) = self.imports_waiting.remove(&doc) else {
+            return;
+        };
+        if self.host.is_loaded(doc) {
+            for changes in waiting {
+                self.apply_imported(doc, &changes);
+            }
+        }
+    }
+
+    fn apply_imported(&mut self, doc: DocId, changes: &[u8]) {
+        let now = self.now_ms();
+        match self
+            .host
+            .change(now, doc, |am| am.load_incremental(changes))
+        {
+            Ok((Ok(_), Some(_))) => Metrics::inc(&self.metrics.cluster_delivered),
+            Ok((Ok(_), None)) => {} // it had them
+            Ok((Err(e), _)) => {
+                tracing::error!(%doc, error = %e, "changes from the cluster's log do not load");
+            }
+            Err(e) => {
+                tracing::warn!(%doc, error = %e, "changes from the cluster's log not applied")
+            }
+        }
+    }
+}
