@@ -7,72 +7,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::checkpoints::*;
+use common::cluster::{caught_up, sibling_dir, start, texts};
 use common::pg::{self, PgServer};
-use common::RelayProcess;
 use weft_core::wire::ErrorCode;
 use weft_core::{DocId, Role};
-
-/// Starts relay `name` of the cluster in `dir` (which holds the cluster's secret and
-/// certificate).
-fn start(dir: tempfile::TempDir, pg: &PgServer, name: &str) -> Relay {
-    let process = RelayProcess::start(
-        dir,
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--checkpoint-interval",
-            "200ms",
-            "--cluster",
-            "--cluster-name",
-            name,
-        ],
-        &[("WEFT_POSTGRES_URL", &pg.url())],
-    );
-    Relay {
-        addr: process.addr("quic="),
-        http: process.addr("http="),
-        process,
-    }
-}
-
-/// A data directory holding the same dev secret and certificate as `first`'s.
-fn sibling_dir(first: &Relay) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let from = first.process.dir.path();
-    std::fs::copy(from.join("jwt.secret"), dir.path().join("jwt.secret")).unwrap();
-    std::fs::create_dir(dir.path().join("tls")).unwrap();
-    for f in ["cert.pem", "key.pem"] {
-        std::fs::copy(from.join("tls").join(f), dir.path().join("tls").join(f)).unwrap();
-    }
-    dir
-}
-
-/// Waits until relay `name` has imported every entry the other relays appended so far (a
-/// remote process's progress: polled, within a deadline).
-async fn caught_up(relay: &Relay, name: &str, db: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = db
-            .query_one("select coalesce(max(seq), 0) from weft_changes", &[])
-            .await
-            .unwrap();
-        let last: i64 = row.get(0);
-        if relay.metric("weft_cluster_log_position") >= last as f64 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "relay {name} did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn texts(d: &mut Device, doc: DocId) -> Vec<String> {
-    let mut t: Vec<String> = d.messages(doc).into_iter().map(|m| m.body).collect();
-    t.sort();
-    t
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {

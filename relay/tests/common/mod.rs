@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod checkpoints;
+pub mod cluster;
 pub mod device;
 pub mod hub;
 pub mod js;
