@@ -11,7 +11,7 @@ use common::checkpoints::*;
 use common::cluster::{caught_up, sibling_dir, start, texts};
 use common::pg::{self, PgServer};
 use weft_core::wire::ErrorCode;
-use weft_core::{DocId, Role};
+use weft_core::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
