@@ -105,7 +105,7 @@ impl PgServer {
         Some(server)
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

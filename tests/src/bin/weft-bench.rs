@@ -12,7 +12,8 @@
 //!
 //! Workloads: `fanout`, `throughput`, `wire-bytes`, `reconnect`, `durable-writes`,
 //! `initial-sync`, `large-change`, `memory`, `checkpoint` (needs the Postgres server binaries),
-//! `presence`, `huge-conversation`, `crowd`, `paused-device`, and with the `samod-bench` feature `ws-native` and `ws-npm`
+//! `presence`, `huge-conversation`, `crowd`, `paused-device`, `cluster` (needs the `weft-relay`
+//! binary beside this one and the Postgres server binaries), and with the `samod-bench` feature `ws-native` and `ws-npm`
 //! (all of them when none is named). Exit status 2 for an unknown
 //! workload or flag, 1 when a measurement fails. What each measures and its latest figures:
 //! BENCHMARKS.md.
@@ -29,6 +30,8 @@ mod chain;
 mod checkpoint;
 #[path = "weft-bench/client.rs"]
 mod client;
+#[path = "weft-bench/cluster.rs"]
+mod cluster;
 #[path = "weft-bench/crowd.rs"]
 mod crowd;
 #[path = "weft-bench/device.rs"]
@@ -222,6 +225,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "reconnect" => device::reconnect(&clients, plan.quick)?,
             "memory" => memory::memory_workload(&plan, &clients)?,
             "paused-device" => paused::paused_device_workload(&clients)?,
+            "cluster" => cluster::cluster_workload(&plan, &clients, &chain)?,
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());

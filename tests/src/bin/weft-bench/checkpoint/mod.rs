@@ -23,7 +23,7 @@ mod lag;
 
 #[allow(dead_code)] // the bench uses part of the tests' helper
 #[path = "../../../../../relay/tests/common/pg.rs"]
-mod pg;
+pub(crate) mod pg;
 
 /// The bulk phase's target for 10,000 documents.
 const BULK_TARGET: Duration = Duration::from_secs(5);

@@ -1,0 +1,375 @@
+//! `cluster`: three `weft-relay serve --cluster` processes on one throwaway Postgres against one
+//! relay process alone, in the same run. Ten light devices on one document: the writer on the
+//! first relay, the receivers spread over the relays. One change in flight at a time; latency
+//! from the writer's send to each receiver's receipt, split by whether the receiver is on the
+//! writer's relay; CPU per accepted change summed over every relay process and Postgres
+//! (`/proc`), beside the single relay's. Needs the `weft-relay` binary built next to this one
+//! (`cargo build --release -p weft-relay`) and the Postgres server binaries.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use weft_core::DocId;
+use weft_relay::{Claims, Minter};
+
+use crate::chain::Chain;
+use crate::checkpoint::pg;
+use crate::client::{self, Client};
+use crate::fanout::receive;
+use crate::plan::Plan;
+use crate::report::{ms, percentiles, us};
+
+const DEVICES: usize = 10;
+/// How long a change's receipts are awaited.
+const PER_CHANGE_DEADLINE: Duration = Duration::from_secs(2);
+
+pub(crate) fn cluster_workload(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+) -> anyhow::Result<Value> {
+    let bin = std::env::current_exe()?.with_file_name("weft-relay");
+    anyhow::ensure!(
+        bin.is_file(),
+        "the cluster workload runs the relay binary: build it first (cargo build --release -p weft-relay)"
+    );
+    anyhow::ensure!(
+        pg::installed(),
+        "the cluster workload needs the Postgres server binaries (initdb, pg_ctl)"
+    );
+    let (warmup, changes) = if plan.quick { (50, 300) } else { (100, 2_000) };
+    anyhow::ensure!(
+        chain.len() >= warmup + changes,
+        "the change chain is too short"
+    );
+    eprintln!("cluster: {DEVICES} devices, one writer, {changes} changes one at a time");
+
+    let single = {
+        let relay = RelayProc::start(&bin, tempfile::tempdir()?, &[])?;
+        let r = rt.block_on(measure(&[&relay], warmup, changes, chain.clone(), None))?;
+        drop(relay);
+        r
+    };
+    let server = pg::PgServer::start().context("cannot start Postgres")?;
+    let url = server.url();
+    let first = RelayProc::start(&bin, tempfile::tempdir()?, &cluster_args(&url, "a"))?;
+    let second = RelayProc::start(&bin, first.sibling_dir()?, &cluster_args(&url, "b"))?;
+    let third = RelayProc::start(&bin, first.sibling_dir()?, &cluster_args(&url, "c"))?;
+    let postmaster = postmaster_pid(&server.data())?;
+    let three = rt.block_on(measure(
+        &[&first, &second, &third],
+        warmup,
+        changes,
+        chain.clone(),
+        Some(postmaster),
+    ))?;
+    drop((first, second, third));
+    drop(server);
+
+    let row = |name: &str, r: &Run| {
+        let (p50, p99, _) = percentiles(&mut r.same.clone());
+        let (r50, r99, _) = percentiles(&mut r.other.clone());
+        eprintln!(
+            "  {name:<28} same relay p50 {:>6.2} p99 {:>6.2} ms | other relays p50 {:>6.2} p99 {:>6.2} ms | CPU {:>6.1} us/change (relays {:.1}, Postgres {:.1}) | lost {}",
+            ms(p50), ms(p99), ms(r50), ms(r99),
+            us(r.cpu_per_change()), us(r.relays_cpu / r.changes.max(1) as u32),
+            us(r.pg_cpu / r.changes.max(1) as u32), r.lost
+        );
+        json!({
+            "same_relay_p50_ms": ms(p50), "same_relay_p99_ms": ms(p99),
+            "other_relays_p50_ms": ms(r50), "other_relays_p99_ms": ms(r99),
+            "cpu_us_per_change": us(r.cpu_per_change()),
+            "relays_cpu_us_per_change": us(r.relays_cpu / r.changes.max(1) as u32),
+            "postgres_cpu_us_per_change": us(r.pg_cpu / r.changes.max(1) as u32),
+            "changes": r.changes, "lost": r.lost,
+        })
+    };
+    let baseline = row("one relay (baseline)", &single);
+    let cluster = row("three relays, --cluster", &three);
+    let ratio = us(three.cpu_per_change()) / us(single.cpu_per_change()).max(0.001);
+    eprintln!("  CPU per change, cluster / one relay: {ratio:.2}x (target 2x); fan-out p99 target across relays 10 ms");
+    Ok(json!({
+        "workload": "cluster",
+        "devices": DEVICES,
+        "baseline": baseline,
+        "cluster": cluster,
+        "cpu_ratio": (ratio * 100.0).round() / 100.0,
+    }))
+}
+
+fn cluster_args(url: &str, name: &str) -> Vec<String> {
+    [
+        "--postgres",
+        url,
+        "--cluster",
+        "--cluster-name",
+        name,
+        "--checkpoint-interval",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A `weft-relay serve --dev` process on loopback; killed on drop.
+struct RelayProc {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl RelayProc {
+    fn start(bin: &Path, dir: tempfile::TempDir, extra: &[String]) -> anyhow::Result<RelayProc> {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start weft-relay")?;
+        let mut ready = String::new();
+        let stdout = child.stdout.take().context("no stdout")?;
+        BufReader::new(stdout).read_line(&mut ready)?;
+        let addr = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("quic="))
+            .with_context(|| format!("no QUIC address in {ready:?}"))?
+            .parse()?;
+        Ok(RelayProc { child, dir, addr })
+    }
+
+    /// A data directory with this relay's dev secret and certificate (a cluster shares them).
+    fn sibling_dir(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        let from = self.dir.path();
+        std::fs::copy(from.join("jwt.secret"), dir.path().join("jwt.secret"))?;
+        std::fs::create_dir(dir.path().join("tls"))?;
+        for f in ["cert.pem", "key.pem"] {
+            std::fs::copy(from.join("tls").join(f), dir.path().join("tls").join(f))?;
+        }
+        Ok(dir)
+    }
+
+    fn cert(&self) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let tls = self.dir.path().join("tls");
+        Ok(weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))?.cert_chain)
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        let secret = weft_relay::load_secret(&self.dir.path().join("jwt.secret"))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = Claims::new(crate::chain::USER, now, 3600).with_create(true);
+        Ok(Minter::new(&secret).mint(&claims)?)
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    changes: usize,
+    same: Vec<Duration>,
+    other: Vec<Duration>,
+    lost: usize,
+    relays_cpu: Duration,
+    pg_cpu: Duration,
+}
+
+impl Run {
+    fn cpu_per_change(&self) -> Duration {
+        (self.relays_cpu + self.pg_cpu) / self.changes.max(1) as u32
+    }
+}
+
+async fn measure(
+    relays: &[&RelayProc],
+    warmup: usize,
+    changes: usize,
+    chain: Arc<Chain>,
+    postmaster: Option<u32>,
+) -> anyhow::Result<Run> {
+    let doc = DocId::from_bytes(rand::random());
+    let token = relays[0].token()?;
+    // The writer (device 0) creates the document on the first relay; the others join once
+    // their relays have read the creation from the log.
+    let mut on: Vec<(usize, Client)> = Vec::new();
+    for i in 0..DEVICES {
+        let r = i % relays.len();
+        let c = Client::connect(relays[r].addr, &relays[r].cert()?, &token).await?;
+        on.push((r, c));
+    }
+    let (first, rest): (Vec<_>, Vec<_>) = on.into_iter().partition(|(r, _)| *r == 0);
+    let (first_r, first_c): (Vec<usize>, Vec<Client>) = first.into_iter().unzip();
+    let mut synced: Vec<(usize, Client)> = first_r
+        .into_iter()
+        .zip(client::sync_all(first_c, &[doc], Duration::from_secs(60)).await?)
+        .collect();
+    if !rest.is_empty() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rest_r, rest_c): (Vec<usize>, Vec<Client>) = rest.into_iter().unzip();
+        synced.extend(
+            rest_r
+                .into_iter()
+                .zip(client::sync_all(rest_c, &[doc], Duration::from_secs(60)).await?),
+        );
+    }
+    let (_, writer) = synced.remove(0);
+    let (tx, mut rx) = mpsc::channel::<(usize, usize, Instant)>(65_536);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (r, c) in synced {
+        let (one_tx, mut one_rx) = mpsc::channel(1_024);
+        tasks.spawn(receive(c, doc, chain.clone(), one_tx));
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some((pos, at)) = one_rx.recv().await {
+                if tx.send((r, pos, at)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let receivers = DEVICES - 1;
+    let Client {
+        mut reader,
+        writer: mut wstream,
+        conn: wconn,
+        endpoint: _endpoint,
+    } = writer;
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.recv().await {} });
+    let pids: Vec<u32> = relays.iter().map(|r| r.child.id()).collect();
+    let mut run = Run {
+        changes: 0,
+        same: Vec::new(),
+        other: Vec::new(),
+        lost: 0,
+        relays_cpu: Duration::ZERO,
+        pg_cpu: Duration::ZERO,
+    };
+    let (mut relays0, mut pg0) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..warmup + changes {
+        if i == warmup {
+            relays0 = pids.iter().map(|p| proc_cpu(*p)).sum();
+            pg0 = postmaster.map_or(Duration::ZERO, tree_cpu);
+        }
+        let frame = client::changes_frame(doc, &chain.raw[i])?;
+        let sent = Instant::now();
+        wstream.send_raw(&frame).await?;
+        let deadline = tokio::time::Instant::now() + PER_CHANGE_DEADLINE;
+        let mut got = 0;
+        while got < receivers {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((r, pos, at))) if pos == i => {
+                    got += 1;
+                    if i >= warmup {
+                        let d = at.saturating_duration_since(sent);
+                        if r == 0 {
+                            run.same.push(d)
+                        } else {
+                            run.other.push(d)
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("every receiver stopped"),
+                Err(_) => break,
+            }
+        }
+        if i >= warmup {
+            run.lost += receivers - got;
+            run.changes += 1;
+        }
+    }
+    run.relays_cpu = pids
+        .iter()
+        .map(|p| proc_cpu(*p))
+        .sum::<Duration>()
+        .saturating_sub(relays0);
+    run.pg_cpu = postmaster
+        .map_or(Duration::ZERO, tree_cpu)
+        .saturating_sub(pg0);
+    wconn.close(quinn::VarInt::from_u32(0), b"done");
+    drain.abort();
+    tasks.abort_all();
+    Ok(run)
+}
+
+/// The CPU time (user + system) of process `pid`, from `/proc` (zero when it is gone).
+fn proc_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    let hz = clock_ticks();
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+}
+
+/// The CPU time of `root` and every process whose parent it is (Postgres' backends).
+fn tree_cpu(root: u32) -> Duration {
+    let mut total = proc_cpu(root);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+        if parent == Some(root) {
+            total += proc_cpu(pid);
+        }
+    }
+    total
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// The postmaster's pid, from its data directory.
+fn postmaster_pid(data: &PathBuf) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid"))
+        .context("cannot read postmaster.pid")?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("postmaster.pid does not start with a pid")
+}
