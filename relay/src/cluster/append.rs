@@ -219,17 +219,19 @@ impl Rows {
 
 async fn write(client: &mut Client, relay: &str, rows: &Rows) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute("select pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-        .await?;
-    tx.execute(
+    // Pipelined: the three statements go out together and run in order (the lock first).
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records];
+    let relay_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&relay];
+    let lock = tx.execute("select pg_advisory_xact_lock($1)", &[&APPEND_LOCK]);
+    let insert = tx.execute(
         "insert into weft_changes (relay, doc_id, kind, body, records) \
          select $1, d, k, b, r \
          from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
          order by n",
-        &[&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records],
-    )
-    .await?;
-    tx.execute("select pg_notify('weft_changes', $1)", &[&relay])
-        .await?;
+        &params,
+    );
+    let notify = tx.execute("select pg_notify('weft_changes', $1)", &relay_param);
+    futures_util::future::try_join3(lock, insert, notify).await?;
     tx.commit().await
 }
