@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -365,7 +365,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// The postmaster's pid, from its data directory.
-fn postmaster_pid(data: &PathBuf) -> anyhow::Result<u32> {
+fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid"))
         .context("cannot read postmaster.pid")?;
     text.lines()
