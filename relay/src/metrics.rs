@@ -139,6 +139,10 @@ pub struct Metrics {
     pub cluster_delivered: AtomicU64,
     /// Milliseconds between the latest imported entry's append and its import here.
     pub cluster_lag_ms: AtomicU64,
+    /// Presence and ephemeral messages published to the cluster's other relays.
+    pub cluster_ephemeral_out: AtomicU64,
+    /// Presence and ephemeral messages received from the cluster's other relays.
+    pub cluster_ephemeral_in: AtomicU64,
     /// The last `seq` of the cluster's log this relay applied (or skipped as its own).
     pub cluster_cursor: AtomicU64,
     /// 1 when this relay reaches the cluster's log (0 without `--cluster`, or while it cannot).
@@ -224,7 +228,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 30] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 32] {
         [
             (
                 "weft_connections",
@@ -375,6 +379,18 @@ impl Metrics {
                 "gauge",
                 "From the latest imported entry's append to its import here.",
                 &self.cluster_lag_ms,
+            ),
+            (
+                "weft_cluster_ephemeral_sent_total",
+                "counter",
+                "Presence and ephemeral messages published to the cluster's other relays.",
+                &self.cluster_ephemeral_out,
+            ),
+            (
+                "weft_cluster_ephemeral_received_total",
+                "counter",
+                "Presence and ephemeral messages received from the cluster's other relays.",
+                &self.cluster_ephemeral_in,
             ),
             (
                 "weft_cluster_log_position",

@@ -2,16 +2,29 @@
 //! Postgres, light QUIC devices spread over them. Devices on different relays see each other's
 //! changes live and the access list of the relay that took a share; a relay SIGKILLed right
 //! after acknowledging changes loses none of them (the others have them), and when it comes
-//! back it catches up on what it missed; only relays that accepted a document's changes
+//! back it catches up on what it missed; presence and typing cross relays; only relays that accepted a document's changes
 //! checkpoint it.
 
 mod common;
+
+use std::time::Duration;
 
 use common::checkpoints::*;
 use common::cluster::{caught_up, sibling_dir, start, texts};
 use common::pg::{self, PgServer};
 use weft_core::wire::ErrorCode;
+use weft_core::wire::Message;
 use weft_core::Role;
+
+/// Reads `d`'s datagrams until one matches (at most 100, each within 10 s).
+async fn datagram_until(d: &Device, matches: impl Fn(&Message) -> bool) {
+    for _ in 0..100 {
+        if matches(&d.datagram(Duration::from_secs(10)).await) {
+            return;
+        }
+    }
+    panic!("no such datagram");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
@@ -34,6 +47,26 @@ async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
     assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
     let mut carol = Device::connect(&c, "carol").await;
     assert_eq!(carol.subscribe(doc).await, Ok(Role::ReadOnly));
+    // Presence crosses relays: Carol, joining on c, learns Alice is online on a, and Alice
+    // sees Carol arrive; Bob's typing on b reaches both (presence comes as datagrams).
+    let online = |who: &'static str| move |m: &Message| matches!(m, Message::Presence { doc: d, user, online: true, .. } if *d == doc && user == who);
+    datagram_until(&carol, online("alice")).await;
+    datagram_until(&alice, online("carol")).await;
+    bob.writer
+        .send(&Message::Ephemeral {
+            doc,
+            user: None,
+            device: None,
+            data: b"typing".to_vec(),
+        })
+        .await
+        .unwrap();
+    let typing = |m: &Message| {
+        matches!(m, Message::Ephemeral { doc: d, user: Some(u), data, .. }
+            if *d == doc && u == "bob" && data.as_slice() == b"typing")
+    };
+    datagram_until(&alice, typing).await;
+    datagram_until(&carol, typing).await;
     // Someone without access is refused on every relay, as on one.
     let mut mallory = Device::connect(&c, "mallory").await;
     assert_eq!(mallory.subscribe(doc).await, Err(ErrorCode::FORBIDDEN));

@@ -48,6 +48,12 @@ pub enum CheckpointError {
     /// Postgres did not answer in time.
     #[error("Postgres did not answer in time")]
     Timeout,
+    /// The cluster's configuration is not usable.
+    #[error("{message}")]
+    Cluster {
+        /// What is wrong.
+        message: String,
+    },
     /// The database was migrated by a newer relay.
     #[error("the database has schema version {found}; this relay knows up to {known}")]
     NewerSchema {

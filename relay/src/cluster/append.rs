@@ -13,7 +13,7 @@ use weft_core::store::{GroupCommit, StoreError};
 
 use super::{
     encode_records, follow, log_error, Entry, LogTicket, APPEND_LOCK, KIND_CHANGES, KIND_META,
-    MAX_BATCH, MAX_QUEUED,
+    MAX_BATCH, MAX_NAME_LEN, MAX_QUEUED,
 };
 use crate::checkpoint::{Chain, CheckpointError, PgConn, PgTarget};
 use crate::hub::HubEvent;
@@ -36,6 +36,7 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug)]
 pub struct ClusterLog {
     tx: mpsc::Sender<Append>,
+    bus: super::bus::Bus,
 }
 
 #[derive(Debug)]
@@ -45,6 +46,12 @@ struct Append {
 }
 
 impl ClusterLog {
+    /// Publishes a member's `Presence` or `Ephemeral` message to the other relays (best
+    /// effort).
+    pub(crate) fn publish(&self, msg: &weft_core::wire::Message) {
+        self.bus.publish(msg);
+    }
+
     /// Queues `entry`; the ticket completes once it is committed. Fails at once when
     /// [`MAX_QUEUED`] entries wait (Postgres slow or away) or the log stopped.
     pub(crate) fn append(&self, entry: Entry) -> Result<LogTicket, StoreError> {
@@ -65,6 +72,7 @@ impl ClusterLog {
 /// after writing what was queued) and the follower (ends on the stop signal it was given).
 pub struct ClusterTasks {
     appender: tokio::task::JoinHandle<()>,
+    publisher: tokio::task::JoinHandle<()>,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -76,6 +84,7 @@ impl ClusterTasks {
         if tokio::time::timeout(grace, self.appender).await.is_err() {
             tracing::error!("the cluster's log did not take the last changes in time");
         }
+        self.publisher.abort();
     }
 }
 
@@ -89,6 +98,16 @@ pub fn start(
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(ClusterLog, ClusterTasks), CheckpointError> {
+    if cfg.relay.is_empty()
+        || cfg.relay.len() > MAX_NAME_LEN
+        || !cfg.relay.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(CheckpointError::Cluster {
+            message: format!(
+                "a relay's cluster name must be 1 to {MAX_NAME_LEN} printable ASCII characters without spaces"
+            ),
+        });
+    }
     let target = PgTarget::new(&cfg.postgres, cfg.postgres_ca.as_deref())?;
     metrics.cluster_member.store(true, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
@@ -98,6 +117,7 @@ pub fn start(
         rx,
         metrics.clone(),
     ));
+    let (bus, publisher) = super::bus::start(target.clone(), &cfg.relay, metrics.clone());
     let follower = tokio::spawn(follow::run(
         follow::Follower {
             target,
@@ -109,7 +129,14 @@ pub fn start(
         },
         Box::pin(stop),
     ));
-    Ok((ClusterLog { tx }, ClusterTasks { appender, follower }))
+    Ok((
+        ClusterLog { tx, bus },
+        ClusterTasks {
+            appender,
+            publisher,
+            follower,
+        },
+    ))
 }
 
 /// Writes queued entries until every sender is gone, a batch per transaction. A failed

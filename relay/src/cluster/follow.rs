@@ -22,7 +22,7 @@ use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{erase, GroupCommit, WriteBatch};
 use weft_core::DocId;
 
-use super::{decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
+use super::{bus, decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
 use crate::checkpoint::{Chain, PgTarget};
 use crate::hub::HubEvent;
 use crate::index;
@@ -47,7 +47,7 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
-            c = listen(&f.target) => c,
+            c = listen(&f) => c,
             () = &mut stop => return,
         };
         let (client, mut notes, io) = match connected {
@@ -285,8 +285,10 @@ fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) 
 
 /// A connection that listens on `weft_changes`, the notifications' receiver, and its IO task.
 async fn listen(
-    target: &PgTarget,
+    f: &Follower,
 ) -> Result<(Client, mpsc::Receiver<()>, tokio::task::JoinHandle<()>), String> {
+    let target = &f.target;
+    let (hub, me, metrics) = (f.hub.clone(), f.relay.clone(), f.metrics.clone());
     let mut config = target.config.clone();
     config.connect_timeout(Duration::from_secs(5));
     if config.get_application_name().is_none() {
@@ -301,6 +303,13 @@ async fn listen(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == bus::CHANNEL => {
+                    if let Some(msg) = bus::decode(n.payload(), &me) {
+                        bus::received(&metrics);
+                        // Best effort, like the message itself: never wait for the hub here.
+                        let _ = hub.try_send(HubEvent::Cluster(Imported::Ephemeral(msg)));
+                    }
+                }
                 Ok(AsyncMessage::Notification(_)) => {
                     // One pending wake-up is enough: the follower reads everything new.
                     let _ = tx.try_send(());
@@ -314,7 +323,7 @@ async fn listen(
         }
     });
     client
-        .batch_execute("listen weft_changes")
+        .batch_execute(&format!("listen weft_changes; listen {}", bus::CHANNEL))
         .await
         .map_err(|e| Chain(&e).to_string())?;
     Ok((client, rx, io))

@@ -10,11 +10,14 @@
 //!   relays in `seq` order, writes it into this relay's store (so every relay holds every
 //!   document) and tells the hub, which applies it to loaded documents and live connections.
 //!
+//! - `bus.rs`: presence and ephemeral messages between the relays, by `NOTIFY`, never stored.
+//!
 //! Checkpoints stay with the relay that accepted a change: imported changes are not marked
 //! dirty (a checkpoint merges what Postgres holds, so relays checkpointing one document in turn
 //! never lose each other's changes).
 
 mod append;
+mod bus;
 mod follow;
 
 use std::future::Future;
@@ -39,6 +42,9 @@ const MAX_BATCH: usize = 512;
 /// Entries waiting to be appended at most; past it the hub's write fails (and the connection
 /// sends again later) rather than memory growing while Postgres is away.
 const MAX_QUEUED: usize = 16_384;
+
+/// Longest cluster name of a relay.
+const MAX_NAME_LEN: usize = 64;
 
 /// Entries the follower reads per query.
 const READ_BATCH: i64 = 1_000;
@@ -94,6 +100,8 @@ pub enum Imported {
         /// Actor bindings (actor bytes, user).
         bindings: Vec<(Vec<u8>, String)>,
     },
+    /// A member's presence or ephemeral message on another relay (never stored).
+    Ephemeral(weft_core::wire::Message),
     /// A document's new metadata: for the hub's cache and live connections.
     Meta {
         /// The document.

@@ -16,12 +16,16 @@ use std::task::{Context, Poll};
 use weft_core::automerge::ActorId;
 use weft_core::host::LogWrite;
 use weft_core::store::{CommitTicket, GroupCommit, StoreError, WriteBatch};
-use weft_core::DocId;
+use weft_core::wire::Message;
+use weft_core::{DeviceId, DocId};
 
 use super::Hub;
 use crate::cluster::{ClusterLog, Entry, Imported, LogTicket};
 use crate::meta::DocMeta;
 use crate::metrics::Metrics;
+
+/// Members online on other relays remembered per document at most.
+const MAX_REMOTE_PRESENCE: usize = 1_024;
 
 /// A write that is durable once its store ticket and, in a cluster, its log append complete.
 /// In a cluster the log comes first: the batch is submitted to the store only once the log
@@ -148,6 +152,7 @@ impl Hub {
                 }
                 self.apply_imported(doc, &changes);
             }
+            Imported::Ephemeral(msg) => self.remote_ephemeral(msg),
             Imported::Meta { doc, meta, users } => {
                 if let Some(cached) = self.metas.get_mut(&doc) {
                     *cached = (*meta).clone();
@@ -159,6 +164,49 @@ impl Hub {
                 self.apply_access_change(doc, &meta, &users);
             }
         }
+    }
+
+    /// Publishes a member's `Presence` or `Ephemeral` message to the cluster's other relays.
+    pub(super) fn publish(&self, msg: &Message) {
+        if let Some(log) = &self.cluster {
+            log.publish(msg);
+        }
+    }
+
+    /// A member's presence or ephemeral message on another relay: to this relay's
+    /// subscribers of the document; presence is remembered for those who join later.
+    fn remote_ephemeral(&mut self, msg: Message) {
+        let Some(doc) = msg.doc() else { return };
+        if let Message::Presence {
+            user,
+            device,
+            online,
+            ..
+        } = &msg
+        {
+            let here = self.remote_presence.entry(doc).or_default();
+            if *online {
+                if here.len() < MAX_REMOTE_PRESENCE {
+                    here.insert((user.clone(), *device));
+                }
+            } else {
+                here.remove(&(user.clone(), *device));
+                if here.is_empty() {
+                    self.remote_presence.remove(&doc);
+                }
+            }
+        }
+        if self.subscribers.contains_key(&doc) {
+            self.broadcast(doc, None, &msg);
+        }
+    }
+
+    /// Members of `doc` online on other relays, as they announced themselves.
+    pub(super) fn remote_members(&self, doc: DocId) -> Vec<(String, DeviceId)> {
+        self.remote_presence
+            .get(&doc)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// `doc` finished loading: changes imported while it loaded enter it now.

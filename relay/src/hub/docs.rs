@@ -155,13 +155,14 @@ impl Hub {
     /// Presence for a subscription being opened (before `conn` joins the subscribers): the
     /// newcomer learns who is here; the others learn of the newcomer.
     fn announce(&mut self, conn: ConnId, doc: DocId, user: String, device: DeviceId) {
-        let here: Vec<(String, DeviceId)> = self
+        let mut here: Vec<(String, DeviceId)> = self
             .subscribers
             .get(&doc)
             .into_iter()
             .flat_map(|s| s.keys())
             .filter_map(|c| self.conns.get(c).map(|c| (c.claims.sub.clone(), c.device)))
             .collect();
+        here.extend(self.remote_members(doc));
         for (u, d) in here {
             self.send(
                 conn,
@@ -173,16 +174,14 @@ impl Hub {
                 },
             );
         }
-        self.broadcast(
+        let joined = Message::Presence {
             doc,
-            Some(conn),
-            &Message::Presence {
-                doc,
-                user,
-                device,
-                online: true,
-            },
-        );
+            user,
+            device,
+            online: true,
+        };
+        self.broadcast(doc, Some(conn), &joined);
+        self.publish(&joined);
     }
 
     /// How the engine syncs `doc` with `conn`, which holds `role`.
@@ -276,16 +275,14 @@ impl Hub {
             }
         }
         self.host.close(self.now_ms(), conn, doc);
-        self.broadcast(
+        let left = Message::Presence {
             doc,
-            Some(conn),
-            &Message::Presence {
-                doc,
-                user,
-                device,
-                online: false,
-            },
-        );
+            user,
+            device,
+            online: false,
+        };
+        self.broadcast(doc, Some(conn), &left);
+        self.publish(&left);
         true
     }
 

@@ -51,6 +51,7 @@ impl Hub {
                 } else {
                     self.broadcast(doc, Some(conn), &fwd);
                 }
+                self.publish(&fwd);
             }
             Message::Token { token } => self.refresh_token(conn, token),
             Message::Share {

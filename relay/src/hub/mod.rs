@@ -327,6 +327,8 @@ pub struct Hub {
     cluster: Option<crate::cluster::ClusterLog>,
     /// Changes imported from the cluster's log for documents whose load was running.
     imports_waiting: HashMap<DocId, Vec<Vec<u8>>>,
+    /// Members online on the cluster's other relays, per document (`hub/cluster.rs`).
+    remote_presence: HashMap<DocId, HashSet<(String, DeviceId)>>,
 }
 
 impl Hub {
@@ -372,6 +374,7 @@ impl Hub {
             notifier: None,
             cluster: None,
             imports_waiting: HashMap::default(),
+            remote_presence: HashMap::default(),
         }
     }
 
