@@ -1,7 +1,8 @@
 //! A relay cluster under faults: relays SIGKILLed in turn while devices on every relay write
 //! (no change any relay acknowledged is lost, everything converges, the checkpoint holds it
 //! all), and a relay cut off from Postgres for a while (its devices keep writing, it says it
-//! cannot serve, and everything converges when it returns).
+//! cannot serve, everything converges when it returns, and stopped while cut off it still
+//! exits).
 
 mod common;
 
@@ -235,4 +236,23 @@ async fn a_relay_cut_off_from_postgres_catches_up_when_it_returns() {
     bob.until(|d| texts(d, doc).len() == expected).await;
     assert_eq!(texts(&mut alice, doc), texts(&mut bob, doc));
     assert!(healthz(&b).contains("200"));
+
+    // Stopped while cut off with a write waiting for the log, b still exits (dropping the
+    // write it never acknowledged) instead of waiting for Postgres forever.
+    proxy.cut();
+    bob.say(doc, "never acknowledged");
+    bob.flush().await;
+    let mut child = b.process.terminate();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a stopping relay waited for Postgres forever"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -134,6 +134,18 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) checkpoint_interval: Duration,
 
+    /// How long a stopping relay keeps trying to write its final checkpoint when Postgres
+    /// fails (the changes stay in its store either way).
+    #[arg(
+        long,
+        env = "WEFT_FINAL_CHECKPOINT_DEADLINE",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration,
+        requires = "postgres"
+    )]
+    pub(crate) final_checkpoint_deadline: Duration,
+
     /// File holding the HS256 secret (at least 32 bytes; one trailing newline is ignored).
     #[arg(long, env = "WEFT_JWT_SECRET_FILE", value_name = "FILE")]
     pub(crate) jwt_secret_file: Option<PathBuf>,

@@ -159,7 +159,7 @@ async fn run_relay(
                 group.clone(),
                 hub_tx.clone(),
                 metrics.clone(),
-                stopped(stop_rx.clone()),
+                stop_rx.clone(),
             )
             .context("cannot join the cluster")?;
             hub = hub.with_cluster(log);
@@ -270,8 +270,10 @@ impl Running {
         // Every connection task (and the cluster's follower) has ended and dropped its hub
         // sender: the hub drains and returns, its last changes in the cluster's log.
         let _ = self.hub.await;
+        tracing::info!("every write in flight finished");
         if let Some(c) = self.cluster {
             c.finish(CLUSTER_GRACE).await;
+            tracing::info!("left the cluster");
         }
         // Every write is durable now; the final checkpoint takes them all.
         if let Some((stop, t)) = self.checkpoint {
@@ -439,6 +441,7 @@ async fn start_checkpoints(
     let mut cfg = weft_relay::CheckpointConfig::new(url.to_string(), args.checkpoint_interval);
     cfg.postgres_ca = args.postgres_ca.clone();
     cfg.kinds = kinds.clone();
+    cfg.shutdown_deadline = args.final_checkpoint_deadline;
     let (checkpointer, restored) =
         Checkpointer::start(cfg, group.clone(), dirty.clone(), metrics.clone())
             .await

@@ -1,13 +1,12 @@
 //! Appending to the cluster's log: [`ClusterLog`], the hub's handle, and the task that writes
 //! what it queues, a batch per transaction, trying again until Postgres takes it.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Client;
 use weft_core::store::{GroupCommit, StoreError};
 
@@ -89,14 +88,15 @@ impl ClusterTasks {
 }
 
 /// Starts a relay's cluster tasks over the store behind `group`; `hub` is where imported
-/// entries go, `stop` ends the follower (it holds a sender of `hub`, so the hub ends only after
-/// it). The table must exist (the checkpointer's migrations run first).
+/// entries go. `stop` turning true ends the follower (it holds a sender of `hub`, so the hub
+/// ends only after it) and bounds the appender's retries. The table must exist (the
+/// checkpointer's migrations run first).
 pub fn start(
     cfg: ClusterConfig,
     group: Arc<GroupCommit>,
     hub: mpsc::Sender<HubEvent>,
     metrics: Arc<Metrics>,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: watch::Receiver<bool>,
 ) -> Result<(ClusterLog, ClusterTasks), CheckpointError> {
     if cfg.relay.is_empty()
         || cfg.relay.len() > MAX_NAME_LEN
@@ -116,6 +116,7 @@ pub fn start(
         cfg.relay.clone(),
         rx,
         metrics.clone(),
+        stop.clone(),
     ));
     let (bus, publisher) = super::bus::start(target.clone(), &cfg.relay, metrics.clone());
     let follower = tokio::spawn(follow::run(
@@ -127,7 +128,7 @@ pub fn start(
             hub,
             metrics,
         },
-        Box::pin(stop),
+        Box::pin(stopped(stop)),
     ));
     Ok((
         ClusterLog { tx, bus },
@@ -147,10 +148,14 @@ async fn append_loop(
     relay: String,
     mut rx: mpsc::Receiver<Append>,
     metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<PgConn> = None;
     let mut backoff = Duration::from_millis(50);
-    while let Some(first) = rx.recv().await {
+    // Once the relay is stopping, a batch Postgres does not take within STOP_GRACE is
+    // dropped: its writes fail (nothing of them was acknowledged) and the hub can finish.
+    let mut stopping_since: Option<Instant> = None;
+    'batches: while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -159,8 +164,22 @@ async fn append_loop(
             }
         }
         let rows = Rows::of(&batch);
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
+            if attempts > 1 && *stop.borrow() {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > STOP_GRACE {
+                    tracing::error!(
+                        entries = batch.len(),
+                        "the relay is stopping and the cluster's log is unreachable: dropping \
+                         writes that were never acknowledged"
+                    );
+                    continue 'batches;
+                }
+            }
             if conn.as_ref().is_none_or(PgConn::is_closed) {
+                conn = None;
                 match PgConn::connect(&target, Duration::from_secs(5)).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
@@ -198,6 +217,9 @@ async fn append_loop(
         }
     }
 }
+
+/// How long a stopping relay keeps trying to append to an unreachable log.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A batch as the insert's arrays.
 struct Rows {
@@ -261,4 +283,9 @@ async fn write(client: &mut Client, relay: &str, rows: &Rows) -> Result<(), toki
     let notify = tx.execute("select pg_notify('weft_changes', $1)", &relay_param);
     futures_util::future::try_join3(lock, insert, notify).await?;
     tx.commit().await
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

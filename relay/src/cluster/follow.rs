@@ -48,7 +48,10 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
     loop {
         let connected = tokio::select! {
             c = listen(&f) => c,
-            () = &mut stop => return,
+            () = &mut stop => {
+                tracing::info!("the cluster's follower stopped");
+                return;
+            }
         };
         let (client, mut notes, io) = match connected {
             Ok(c) => c,
@@ -57,7 +60,10 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
                 tracing::warn!(error = %e, "the cluster's follower cannot reach Postgres; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = &mut stop => return,
+                    () = &mut stop => {
+                        tracing::info!("the cluster's follower stopped");
+                        return;
+                    }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -69,7 +75,10 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
         io.abort();
         f.metrics.cluster_connected.store(0, Ordering::Relaxed);
         match ended {
-            Ok(()) => return,
+            Ok(()) => {
+                tracing::info!("the cluster's follower stopped");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the cluster's follower lost Postgres; reconnecting");
                 // From the saved position: it is never past an entry not yet looked at.

@@ -120,6 +120,11 @@ impl Hub {
 
     /// Once `events` closed: every write in flight completes before the hub returns.
     async fn drain(&mut self) {
+        tracing::info!(
+            writes = self.commits.len(),
+            tasks = self.tasks.len(),
+            "every connection is gone; finishing the writes in flight"
+        );
         loop {
             if let Some((what, ticket)) = self.commits.pop_front() {
                 let result = ticket.await;

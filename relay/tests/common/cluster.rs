@@ -19,6 +19,8 @@ pub fn start_on(dir: tempfile::TempDir, url: &str, name: &str) -> Relay {
             "127.0.0.1:0",
             "--checkpoint-interval",
             "200ms",
+            "--final-checkpoint-deadline",
+            "2s",
             "--cluster",
             "--cluster-name",
             name,
