@@ -144,8 +144,10 @@ suspend fun run() {
     check(bob.listMessages(chat, 10u).map { it.body } == listOf("noon?")) { "bob's chat" }
     check(bob.documentInfo(chat).role == ShareRole.READ_WRITE) { "bob's role" }
     val yes = bob.sendMessage(chat, "yes!")
-    eventually("alice has bob's reply") {
-        aliceEvents.changes.any { c -> c.origin == ChangeOrigin.REMOTE && c.messagesAdded.any { it.id == yes.id && it.author == "bob" } }
+    eventually("alice has bob's reply, told as bob's change") {
+        aliceEvents.changes.any { c ->
+            c.origin == ChangeOrigin.REMOTE && c.authors == listOf("bob") && c.messagesAdded.any { it.id == yes.id && it.author == "bob" }
+        }
     }
     check(alice.listMessages(chat, null).map { it.body } == listOf("noon?", "yes!")) { "alice's chat after the reply" }
 
