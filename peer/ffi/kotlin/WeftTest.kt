@@ -191,6 +191,9 @@ suspend fun run() {
     expectError<WeftException.InvalidArgument>("a certificate that is not PEM") {
         bob.startRelaySync(relay, "not a certificate", Tokens("x"))
     }
+    expectError<WeftException.InvalidArgument>("a cluster's other relay that is not host:port") {
+        bob.startRelaySync(relay, cert, Tokens("x"), listOf("relay.example.com"))
+    }
 
     scenario("pause / resume: the connection closes, the store stays usable, resuming is incremental")
     // A chat worth resyncing: 300 messages.
