@@ -31,7 +31,7 @@
 //! let chat = device.create_conversation("Lunch".into(), vec![]).await?;
 //! device.send_message(chat.clone(), "noon?".into()).await?;
 //! device
-//!     .start_relay_sync("127.0.0.1:4433".into(), None, Box::new(Fixed(token)))
+//!     .start_relay_sync("127.0.0.1:4433".into(), None, Box::new(Fixed(token)), vec![])
 //!     .await?;
 //! # Ok(())
 //! # }
