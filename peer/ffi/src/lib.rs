@@ -43,12 +43,14 @@ mod error;
 mod listener;
 mod runtime;
 mod sync;
+mod trips;
 mod types;
 
 pub use device::{open_device, WeftDevice};
 pub use error::WeftError;
 pub use listener::WeftListener;
 pub use sync::{TokenError, TokenProvider};
+pub use trips::{ItineraryItem, Trip, TripMember, TripTask};
 pub use types::{
     ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue, LinkInfo,
     PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,
