@@ -613,3 +613,99 @@ fn sorted(
     heads.sort_unstable();
     heads
 }
+
+/// "Bob edited the chat": alice shares a conversation with bob, bob writes in it, and alice's
+/// device tells her the remote change was bob's (her own writes, hers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_change_names_its_author() {
+    let relay = tokio::task::spawn_blocking(Relay::start).await.unwrap();
+    let certs = relay_certs(&relay);
+    let cfg = |token: String, docs| RelayConfig {
+        addr: relay.addr(),
+        alternates: Vec::new(),
+        token: TokenSource::Static(token),
+        pinned_cert: Some(certs.clone()),
+        docs,
+        reconnect: true,
+        max_backoff: Duration::from_secs(10),
+    };
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Device::open(DataDir::new(ta.path())).await.unwrap();
+    let new = NewConversation {
+        title: "Trip".into(),
+        participants: vec!["alice".into(), "bob".into()],
+    };
+    let (doc, r) = a
+        .create(Some("conversation"), move |am| {
+            schema::Conversation::create(am, &new, now_ms())
+        })
+        .await
+        .unwrap();
+    r.unwrap();
+    let shared = a
+        .control(weft_peer::ControlOp::Share {
+            doc,
+            user: "bob".into(),
+            role: weft_peer::Role::ReadWrite,
+        })
+        .await
+        .unwrap();
+    let mut ea = a.events();
+    let la = a
+        .connect_relay(cfg(relay.token("alice", &["--create"]), vec![]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), shared)
+        .await
+        .expect("the relay never answered the share")
+        .unwrap()
+        .unwrap();
+
+    // Alice's own message, once her device knows its user, is hers.
+    send(&a, doc, "lunch?").await;
+    let authors = next_event(&mut ea, |e| match e {
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Local,
+            authors,
+            ..
+        } if d == doc => Some(authors),
+        _ => None,
+    })
+    .await;
+    assert_eq!(authors, ["alice"]);
+
+    // Bob's device gets the chat and answers; alice is told it was bob.
+    let b = Device::open(DataDir::new(tb.path())).await.unwrap();
+    let mut eb = b.events();
+    let lb = b
+        .connect_relay(cfg(relay.token("bob", &[]), vec![doc]))
+        .await
+        .unwrap();
+    next_event(&mut eb, |e| match e {
+        Event::Changed { doc: d, .. } if d == doc => Some(()),
+        _ => None,
+    })
+    .await;
+    let msg = NewMessage::text("bob", "yes!");
+    let id = schema::Id::from_bytes(rand::random());
+    b.change(doc, move |am| schema::send_message(am, &msg, id, now_ms()))
+        .await
+        .unwrap()
+        .unwrap();
+    let authors = next_event(&mut ea, |e| match e {
+        Event::Changed {
+            doc: d,
+            origin: EventOrigin::Remote,
+            authors,
+            ..
+        } if d == doc => Some(authors),
+        _ => None,
+    })
+    .await;
+    assert_eq!(authors, ["bob"]);
+    lb.stop().await;
+    b.close().await;
+    la.stop().await;
+    a.close().await;
+}

@@ -118,6 +118,8 @@ suspend fun run() {
     }
     check(alice.listMessages(chat, null).map { it.body } == listOf("noon?")) { "alice's chat" }
     alice.share(chat, "bob", ShareRole.READ_WRITE)
+    val trip = alice.createTrip("Lisbon", "2027-05-01", "2027-05-05")
+    alice.share(trip, "bob", ShareRole.READ_WRITE)
 
     scenario("alice syncs with the relay: offline -> synced, the token provider asked")
     val aliceTokens = Tokens(env("WEFT_TOKEN_ALICE"))
@@ -144,10 +146,31 @@ suspend fun run() {
     check(bob.listMessages(chat, 10u).map { it.body } == listOf("noon?")) { "bob's chat" }
     check(bob.documentInfo(chat).role == ShareRole.READ_WRITE) { "bob's role" }
     val yes = bob.sendMessage(chat, "yes!")
-    eventually("alice has bob's reply") {
-        aliceEvents.changes.any { c -> c.origin == ChangeOrigin.REMOTE && c.messagesAdded.any { it.id == yes.id && it.author == "bob" } }
+    eventually("alice has bob's reply, told as bob's change") {
+        aliceEvents.changes.any { c ->
+            c.origin == ChangeOrigin.REMOTE && c.authors == listOf("bob") && c.messagesAdded.any { it.id == yes.id && it.author == "bob" }
+        }
     }
     check(alice.listMessages(chat, null).map { it.body } == listOf("noon?", "yes!")) { "alice's chat after the reply" }
+
+    scenario("trips: bob adds a task, alice is told bob changed the tasks; she ticks it off")
+    val flight = alice.putItineraryItem(
+        trip, ItineraryItem(id = "", title = "Flight", startsAt = "2027-05-01T09:30", location = "LIS", notes = null),
+    )
+    eventually("bob has the trip's flight") {
+        runCatching { bob.readTrip(trip).itinerary.map { it.id } == listOf(flight) }.getOrDefault(false)
+    }
+    val hotel = bob.addTask(trip, "Book the hotel", "alice")
+    eventually("alice is told bob changed the tasks", state = { "${aliceEvents.changes.filter { it.doc == trip }}" }) {
+        aliceEvents.changes.any { c ->
+            c.doc == trip && c.origin == ChangeOrigin.REMOTE && "tasks" in c.fieldsChanged && c.authors == listOf("bob")
+        }
+    }
+    val seen = alice.readTrip(trip)
+    check(seen.title == "Lisbon" && seen.tasks.map { it.id to it.assignee } == listOf(hotel to "alice")) { "alice's trip $seen" }
+    alice.setTaskDone(trip, hotel, true)
+    eventually("bob sees the task done") { bob.readTrip(trip).tasks.singleOrNull()?.done == true }
+    expectError<WeftException.InvalidArgument>("a bad task id") { alice.setTaskDone(trip, "../../", true) }
 
     scenario("an edit and a delete are told as such, with the author")
     alice.editMessage(chat, noon.id, "noon at the usual place?")
@@ -188,6 +211,9 @@ suspend fun run() {
     }
     expectError<WeftException.InvalidArgument>("a certificate that is not PEM") {
         bob.startRelaySync(relay, "not a certificate", Tokens("x"))
+    }
+    expectError<WeftException.InvalidArgument>("a cluster's other relay that is not host:port") {
+        bob.startRelaySync(relay, cert, Tokens("x"), listOf("relay.example.com"))
     }
 
     scenario("pause / resume: the connection closes, the store stays usable, resuming is incremental")

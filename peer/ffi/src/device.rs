@@ -63,12 +63,12 @@ pub(crate) fn parse_doc(doc: &str) -> Result<DocId, WeftError> {
         .map_err(|_| WeftError::InvalidDocumentId { id: doc.to_owned() })
 }
 
-fn parse_msg(id: &str) -> Result<Id, WeftError> {
+pub(crate) fn parse_msg(id: &str) -> Result<Id, WeftError> {
     id.parse()
         .map_err(|_| WeftError::invalid("message_id", format!("{id:?} is not a message id")))
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -76,7 +76,7 @@ fn unix_ms() -> u64 {
 
 /// A read error of `doc` as the app sees it: another kind than the call needs is
 /// [`WeftError::WrongKind`].
-fn read_error(doc: DocId, expected: &str, e: ReadError) -> WeftError {
+pub(crate) fn read_error(doc: DocId, expected: &str, e: ReadError) -> WeftError {
     match e {
         ReadError::WrongKind { found, .. } => WeftError::WrongKind {
             doc: doc.to_string(),
@@ -92,7 +92,7 @@ fn read_error(doc: DocId, expected: &str, e: ReadError) -> WeftError {
     }
 }
 
-fn write_error(doc: DocId, expected: &str, e: WriteError) -> WeftError {
+pub(crate) fn write_error(doc: DocId, expected: &str, e: WriteError) -> WeftError {
     match e {
         WriteError::Read { source } => read_error(doc, expected, source),
         other => other.into(),

@@ -31,7 +31,7 @@
 //! let chat = device.create_conversation("Lunch".into(), vec![]).await?;
 //! device.send_message(chat.clone(), "noon?".into()).await?;
 //! device
-//!     .start_relay_sync("127.0.0.1:4433".into(), None, Box::new(Fixed(token)))
+//!     .start_relay_sync("127.0.0.1:4433".into(), None, Box::new(Fixed(token)), vec![])
 //!     .await?;
 //! # Ok(())
 //! # }
@@ -43,12 +43,14 @@ mod error;
 mod listener;
 mod runtime;
 mod sync;
+mod trips;
 mod types;
 
 pub use device::{open_device, WeftDevice};
 pub use error::WeftError;
 pub use listener::WeftListener;
 pub use sync::{TokenError, TokenProvider};
+pub use trips::{ItineraryItem, Trip, TripMember, TripTask};
 pub use types::{
     ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue, LinkInfo,
     PresenceChange, RecordField, ShareRole, SyncPhase, SyncStatus, TypingChange,

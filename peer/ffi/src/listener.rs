@@ -140,13 +140,14 @@ async fn handle(device: &Device, listener: &dyn WeftListener, event: Event) {
             doc,
             origin,
             patches,
+            authors,
             ..
         } => {
             let origin = match origin {
                 EventOrigin::Local => ChangeOrigin::Local,
                 EventOrigin::Remote => ChangeOrigin::Remote,
             };
-            let change = summarize(device, doc, origin, &patches).await;
+            let change = summarize(device, doc, origin, authors, &patches).await;
             call("change", || listener.on_document_changed(change));
         }
         Event::Presence {
@@ -250,6 +251,7 @@ async fn summarize(
     device: &Device,
     doc: DocId,
     origin: ChangeOrigin,
+    authors: Vec<String>,
     patches: &[Patch],
 ) -> DocumentChange {
     let t = touched(patches);
@@ -258,6 +260,7 @@ async fn summarize(
         doc: doc.to_string(),
         kind,
         origin,
+        authors,
         messages_added: Vec::new(),
         messages_edited: Vec::new(),
         messages_deleted: Vec::new(),

@@ -52,6 +52,7 @@ pub trait TokenProvider: Send + Sync {
 
 struct RelayTarget {
     addr: String,
+    alternates: Vec<String>,
     cert: Option<Vec<CertificateDer<'static>>>,
     tokens: Arc<dyn TokenProvider>,
 }
@@ -61,8 +62,7 @@ impl RelayTarget {
         let tokens = self.tokens.clone();
         RelayConfig {
             addr: self.addr.clone(),
-            // One relay address; the relays of a cluster (`alternates`) are not exposed yet.
-            alternates: Vec::new(),
+            alternates: self.alternates.clone(),
             token: TokenSource::Callback(TokenCallback::new(move || {
                 tokens.token().map_err(|e| e.to_string())
             })),
@@ -119,6 +119,26 @@ async fn stop_all(handles: Vec<LinkHandle>) {
     }
 }
 
+/// `addr` as a relay address: `host:port`, the port a number.
+fn check_relay_addr(field: &str, addr: &str) -> Result<(), WeftError> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(WeftError::invalid(
+            field,
+            format!("{addr:?} is not host:port"),
+        ));
+    };
+    if host.is_empty() {
+        return Err(WeftError::invalid(field, format!("{addr:?} has no host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(WeftError::invalid(
+            field,
+            format!("{addr:?} has no valid port"),
+        )),
+    }
+}
+
 fn parse_cert(pem: &str) -> Result<Vec<CertificateDer<'static>>, WeftError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certs {
@@ -135,17 +155,26 @@ fn parse_cert(pem: &str) -> Result<Vec<CertificateDer<'static>>, WeftError> {
 impl WeftDevice {
     /// Syncs every document with the relay at `addr` (`host:port`), reconnecting with backoff
     /// until stopped, asking `tokens` for a token at every connection. `cert_pem` pins the
-    /// relay's certificate (PEM); without it the system's roots are trusted. Replaces a relay
+    /// relay's certificate (PEM); without it the system's roots are trusted. `alternates` are
+    /// the other relays of the same cluster (`host:port` each): the link moves to the next
+    /// when it cannot reach one, and resumes there without a full resync. Replaces a relay
     /// link started before. While paused, it starts at `resume`.
+    #[uniffi::method(default(alternates = []))]
     pub async fn start_relay_sync(
         &self,
         addr: String,
         cert_pem: Option<String>,
         tokens: Box<dyn TokenProvider>,
+        alternates: Vec<String>,
     ) -> Result<(), WeftError> {
+        check_relay_addr("addr", &addr)?;
+        for a in &alternates {
+            check_relay_addr("alternates", a)?;
+        }
         let cert = cert_pem.as_deref().map(parse_cert).transpose()?;
         let target = Arc::new(RelayTarget {
             addr,
+            alternates,
             cert,
             tokens: Arc::from(tokens),
         });
@@ -357,6 +386,34 @@ impl WeftDevice {
             Some((_, slot)) if slot.is_none() && !paused => *slot = Some(handle),
             // Replaced, stopped or paused meanwhile: this link goes (dropping stops it).
             _ => drop(handle),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_addresses_are_host_and_port() {
+        for ok in ["127.0.0.1:4433", "relay.example.com:443", "[::1]:4433"] {
+            assert!(check_relay_addr("alternates", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "relay.example.com",
+            ":443",
+            "relay:",
+            "relay:http",
+            "relay:0",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    check_relay_addr("alternates", bad),
+                    Err(WeftError::InvalidArgument { ref field, .. }) if field == "alternates"
+                ),
+                "{bad}"
+            );
         }
     }
 }

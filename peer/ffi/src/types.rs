@@ -258,6 +258,9 @@ pub struct DocumentChange {
     pub kind: Option<String>,
     /// Local or remote.
     pub origin: ChangeOrigin,
+    /// The users who wrote it, sorted, each once ("Sam edited the itinerary"). Empty on a
+    /// document's first change this device tells of, and when the writers are not known.
+    pub authors: Vec<String>,
     /// Messages that appeared, as they read now.
     pub messages_added: Vec<ChatMessage>,
     /// Messages whose body changed, as they read now (`author` says whose).

@@ -14,7 +14,7 @@ pub(super) async fn watch(device: &Device, doc: DocId, sink: &Sink) -> Result<()
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Ok(Event::Changed { doc: d, heads, origin, patches }) if d == doc => {
+                Ok(Event::Changed { doc: d, heads, origin, patches, authors }) if d == doc => {
                     let mut hex: Vec<String> = heads.iter().map(weft_core::hash_hex).collect();
                     hex.sort();
                     let line = serde_json::json!({
@@ -22,6 +22,7 @@ pub(super) async fn watch(device: &Device, doc: DocId, sink: &Sink) -> Result<()
                         "doc": doc.to_string(),
                         "origin": match origin { EventOrigin::Local => "local", EventOrigin::Remote => "remote" },
                         "heads": hex,
+                        "authors": authors,
                         "patches": patches.iter().map(patch_json).collect::<Vec<_>>(),
                     });
                     sink.out(format!("{line}\n")).await?;

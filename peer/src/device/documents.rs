@@ -2,11 +2,11 @@
 //! and taking the relay's version again when it refused local changes.
 
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use weft_core::automerge::ChangeHash;
+use weft_core::automerge::{ActorId, ChangeHash};
 use weft_core::engine::{ConnId, Origin};
 use weft_core::store::docs;
 
@@ -15,6 +15,7 @@ use weft_core::store::WriteBatch;
 use weft_core::wire::Message;
 use weft_core::{DocId, Document, Role};
 
+use super::event::MAX_ATTRIBUTED;
 use super::{ChangeFn, ConnKind, Done, Driver, Event, EventOrigin, Op, Reply};
 use crate::status::SyncState;
 use crate::{unix_ms, DeviceError};
@@ -241,6 +242,7 @@ impl Driver {
             .host
             .read(doc, |d| d.automerge().diff(&before, &heads))
             .unwrap_or_default();
+        let authors = self.authors(doc, &before, origin);
         let _ = self.events.send(Event::Changed {
             doc,
             heads,
@@ -249,7 +251,42 @@ impl Driver {
                 _ => EventOrigin::Remote,
             },
             patches: Arc::new(patches),
+            authors,
         });
+    }
+
+    /// The users who wrote `doc`'s changes since `before`, sorted, each once: this device's
+    /// user for its own changes, else whom the rules gate knows each actor writes for. A
+    /// first event (`before` empty) names nobody rather than walk the whole history.
+    fn authors(&mut self, doc: DocId, before: &[ChangeHash], origin: Origin) -> Vec<String> {
+        if before.is_empty() {
+            return Vec::new();
+        }
+        let actors: BTreeSet<ActorId> = self
+            .host
+            .read(doc, |d| {
+                d.automerge()
+                    .get_changes(before)
+                    .into_iter()
+                    .take(MAX_ATTRIBUTED)
+                    .map(|c| c.actor_id().clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if actors.is_empty() {
+            return Vec::new();
+        }
+        let Some(rules) = self.rules() else {
+            return Vec::new();
+        };
+        if origin == Origin::Local {
+            return rules.local_user().map(str::to_string).into_iter().collect();
+        }
+        let users: BTreeSet<&str> = actors
+            .iter()
+            .filter_map(|actor| rules.binding(doc, actor))
+            .collect();
+        users.into_iter().map(str::to_string).collect()
     }
 
     /// After a change, every link that had the document synced is syncing again (except the

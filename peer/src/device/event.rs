@@ -8,6 +8,10 @@ use weft_core::{DeviceId, DocId, Role};
 
 use super::ControlOp;
 
+/// The most changes of one event whose writers are looked up for [`Event::Changed`]'s
+/// `authors`.
+pub(super) const MAX_ATTRIBUTED: usize = 10_000;
+
 /// Where a change came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventOrigin {
@@ -31,6 +35,11 @@ pub enum Event {
         origin: EventOrigin,
         /// What changed, as Automerge patches from the previous event's heads.
         patches: Arc<Vec<Patch>>,
+        /// The users who wrote the changes since the previous event's heads, sorted, each
+        /// once (for "Sam edited the itinerary"). Empty on a document's first event (its
+        /// whole history) and for writers the device cannot attribute; at most the first
+        /// 10,000 changes are looked at.
+        authors: Vec<String>,
     },
     /// Ephemeral data (typing indicators, cursors) for a document; never stored.
     Ephemeral {

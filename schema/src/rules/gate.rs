@@ -89,6 +89,11 @@ impl RulesGate {
         self.local_user = Some(user.to_string());
     }
 
+    /// The user changes made on this node write for, when known.
+    pub fn local_user(&self) -> Option<&str> {
+        self.local_user.as_deref()
+    }
+
     /// The kinds it checks against (declared kinds may change while it runs).
     pub fn set_kinds(&mut self, kinds: Arc<Kinds>) {
         self.kinds = kinds;
