@@ -143,6 +143,8 @@ pub struct Metrics {
     pub cluster_ephemeral_out: AtomicU64,
     /// Presence and ephemeral messages received from the cluster's other relays.
     pub cluster_ephemeral_in: AtomicU64,
+    /// WebSocket tickets the cluster's other relays said they redeemed.
+    pub cluster_tickets_heard: AtomicU64,
     /// The last `seq` of the cluster's log this relay applied (or skipped as its own).
     pub cluster_cursor: AtomicU64,
     /// 1 when this relay reaches the cluster's log (0 without `--cluster`, or while it cannot).
@@ -228,7 +230,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 32] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 33] {
         [
             (
                 "weft_connections",
@@ -391,6 +393,12 @@ impl Metrics {
                 "counter",
                 "Presence and ephemeral messages received from the cluster's other relays.",
                 &self.cluster_ephemeral_in,
+            ),
+            (
+                "weft_cluster_tickets_heard_total",
+                "counter",
+                "WebSocket tickets the cluster's other relays said they redeemed (each opens one socket in the cluster).",
+                &self.cluster_tickets_heard,
             ),
             (
                 "weft_cluster_log_position",

@@ -2,8 +2,8 @@
 //! Postgres, light QUIC devices spread over them. Devices on different relays see each other's
 //! changes live and the access list of the relay that took a share; a relay SIGKILLed right
 //! after acknowledging changes loses none of them (the others have them), and when it comes
-//! back it catches up on what it missed; presence and typing cross relays; only relays that accepted a document's changes
-//! checkpoint it.
+//! back it catches up on what it missed; presence and typing cross relays (and a dead relay's
+//! members go offline); only relays that accepted a document's changes checkpoint it.
 
 mod common;
 
@@ -91,6 +91,9 @@ async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
     carol.until(|d| texts(d, doc).len() == 22).await;
     let a_texts = texts(&mut alice, doc);
     assert!((0..20).all(|i| a_texts.contains(&format!("bob {i}"))));
+    // b announced no one's leaving; once it has been silent a while, a tells alice that bob
+    // went offline.
+    datagram_until(&alice, |m| matches!(m, Message::Presence { doc: d, user, online: false, .. } if *d == doc && user == "bob")).await;
 
     // While b is down, alice keeps writing on a.
     alice.say(doc, "b is down");

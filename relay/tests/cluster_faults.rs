@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::checkpoints::*;
 use common::cluster::{caught_up, sibling_dir, start, start_on, texts};
 use common::pg::{self, PgServer};
+use common::proxy::Proxy;
 use weft_core::{DocId, Role};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -121,52 +120,6 @@ async fn relays_killed_in_turn_mid_write_lose_no_acknowledged_change() {
         message_rows(&db, doc).await.len(),
         devices[0].messages(doc).len()
     );
-}
-
-/// A TCP proxy in front of Postgres that a test can cut (every connection dropped, new ones
-/// refused) and restore.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (c, list) = (cut.clone(), conns.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let task = tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
-                list.lock().unwrap().push(task);
-            }
-        });
-        Proxy { port, cut, conns }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for t in self.conns.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
 }
 
 fn healthz(relay: &Relay) -> String {

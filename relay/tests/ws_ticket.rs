@@ -3,47 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use common::ws::{now, Relay};
+use common::ws::{http, now, ticket, Relay};
 use common::wsclient::*;
 use common::RelayProcess;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_relay::Claims;
-
-/// An HTTP request to the relay: the status code, the head and the body of the answer.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
-
-/// A ticket for `token`, and its announced life in seconds.
-async fn ticket(relay: &Relay, token: &str) -> (String, u64) {
-    let auth = format!("Authorization: Bearer {token}");
-    let (status, _, body) = http(relay.http.unwrap(), "POST", "/ws-ticket", &[&auth]).await;
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    (
-        json["ticket"].as_str().unwrap().to_owned(),
-        json["expires_in"].as_u64().unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_opens_one_socket_once() {

@@ -8,9 +8,8 @@ use weft_peer::automerge::Automerge;
 use weft_peer::schema::{self, rules::record, Id, ReadError, WriteError};
 use weft_peer::{ControlOp, DataDir, Device, DocId};
 
-use crate::listener::ListenerTask;
-use crate::runtime::on_runtime;
-use crate::sync::Links;
+use crate::links::Links;
+use crate::runtime::{on_runtime, OwnedTask};
 use crate::types::{ChatMessage, DocumentInfo, FieldValue, RecordField, ShareRole};
 use crate::WeftError;
 
@@ -46,7 +45,7 @@ pub struct WeftDevice {
     pub(crate) links: Mutex<Links>,
     /// Set by `pause`, cleared by `resume` (the listener's task reads it for the status).
     pub(crate) paused: Arc<AtomicBool>,
-    pub(crate) listener: Mutex<Option<ListenerTask>>,
+    pub(crate) listener: Mutex<Option<OwnedTask>>,
 }
 
 impl std::fmt::Debug for WeftDevice {
@@ -413,7 +412,7 @@ impl WeftDevice {
     pub async fn set_typing(&self, doc: String, typing: bool) -> Result<(), WeftError> {
         let doc = parse_doc(&doc)?;
         let device = self.device.clone();
-        let data = crate::listener::typing_payload(typing);
+        let data = crate::typing::payload(typing);
         on_runtime(async move { Ok(device.send_ephemeral(doc, data).await?) }).await
     }
 }

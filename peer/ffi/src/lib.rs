@@ -40,16 +40,18 @@
 
 mod device;
 mod error;
+mod links;
 mod listener;
 mod runtime;
 mod sync;
 mod trips;
 mod types;
+mod typing;
 
 pub use device::{open_device, WeftDevice};
 pub use error::WeftError;
+pub use links::{TokenError, TokenProvider};
 pub use listener::WeftListener;
-pub use sync::{TokenError, TokenProvider};
 pub use trips::{ItineraryItem, Trip, TripMember, TripTask};
 pub use types::{
     ChangeOrigin, ChatMessage, DocumentChange, DocumentInfo, DocumentNotice, FieldValue, LinkInfo,

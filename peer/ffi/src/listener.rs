@@ -4,7 +4,7 @@
 //! A `Changed` event carries Automerge patches; they are summarized as an app shows them:
 //! which messages appeared, were edited or deleted (read as they are now, so the author is
 //! known), and which other top-level fields changed. Presence comes from the relay; typing is
-//! an ephemeral message with a small tagged payload (`typing_payload`).
+//! an ephemeral message with a small tagged payload (`crate::typing`).
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
@@ -16,24 +16,17 @@ use weft_peer::schema::{self, MessageKey};
 use weft_peer::{Device, DocId, Event, EventOrigin};
 
 use crate::device::WeftDevice;
-use crate::runtime::spawn;
+use crate::runtime::{spawn, OwnedTask};
 use crate::types::{
     ChangeOrigin, ChatMessage, DocumentChange, DocumentNotice, PresenceChange, SyncStatus,
     TypingChange,
 };
+use crate::typing;
 use crate::WeftError;
 
 /// Messages one change reports at most (the newest): the first change seen of a document
 /// since the device opened is reported from the empty document, i.e. all of it.
 const MAX_REPORTED_MESSAGES: usize = 500;
-
-/// The ephemeral payload of "typing" / "stopped typing".
-const TYPING_ON: &[u8] = b"weft:typing:1";
-const TYPING_OFF: &[u8] = b"weft:typing:0";
-
-pub(crate) fn typing_payload(typing: bool) -> Vec<u8> {
-    if typing { TYPING_ON } else { TYPING_OFF }.to_vec()
-}
 
 /// What the app is told. Called on a background thread, one call at a time, in order; return
 /// quickly (hand the value to the UI thread). An exception thrown is logged and ignored.
@@ -51,15 +44,6 @@ pub trait WeftListener: Send + Sync {
     fn on_notice(&self, notice: DocumentNotice);
 }
 
-/// The listener's task; dropping it stops the task.
-pub(crate) struct ListenerTask(tokio::task::JoinHandle<()>);
-
-impl Drop for ListenerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[uniffi::export]
 impl WeftDevice {
     /// Sets the listener (replacing the one set before). It is told the current status at
@@ -74,7 +58,7 @@ impl WeftDevice {
             .listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace(ListenerTask(task));
+            .replace(OwnedTask(task));
         drop(old);
         Ok(())
     }
@@ -86,7 +70,7 @@ impl WeftDevice {
 }
 
 impl WeftDevice {
-    pub(crate) fn take_listener(&self) -> Option<ListenerTask> {
+    pub(crate) fn take_listener(&self) -> Option<OwnedTask> {
         self.listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -167,11 +151,7 @@ async fn handle(device: &Device, listener: &dyn WeftListener, event: Event) {
         Event::Ephemeral {
             doc, user, data, ..
         } => {
-            let typing = if data == TYPING_ON {
-                true
-            } else if data == TYPING_OFF {
-                false
-            } else {
+            let Some(typing) = typing::parse(&data) else {
                 return;
             };
             let t = TypingChange {

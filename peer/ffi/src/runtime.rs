@@ -53,3 +53,12 @@ pub(crate) fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, WeftError> {
     Ok(runtime()?.spawn(fut))
 }
+
+/// A task owned by a handle: dropping the handle stops the task.
+pub(crate) struct OwnedTask(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -8,116 +8,17 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use weft_peer::{DeviceId, LinkHandle, PeerConfig, RelayConfig, TokenCallback, TokenSource};
+use weft_peer::{DeviceId, LinkHandle};
+
+use crate::links::{stop_all, Links, PeerTarget, RelayTarget, TokenProvider};
 
 use crate::device::WeftDevice;
 use crate::runtime::on_runtime;
 use crate::types::SyncStatus;
 use crate::WeftError;
-
-/// The longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Why the app has no token to give.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-pub enum TokenError {
-    /// No token now (signed out, no network to refresh it); the link retries later.
-    #[error("no token: {reason}")]
-    Unavailable {
-        /// Why, for the logs and the link's last error.
-        reason: String,
-    },
-}
-
-impl From<uniffi::UnexpectedUniFFICallbackError> for TokenError {
-    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        TokenError::Unavailable {
-            reason: format!("the token provider failed: {}", e.reason),
-        }
-    }
-}
-
-/// Gives the relay link a current token: asked at every (re)connection and before the token
-/// in use expires. Called on a background thread; answer from a cached token (refresh it on
-/// the app's side), do not block on the network.
-#[uniffi::export(callback_interface)]
-pub trait TokenProvider: Send + Sync {
-    /// The current token (a JWT the relay accepts).
-    fn token(&self) -> Result<String, TokenError>;
-}
-
-struct RelayTarget {
-    addr: String,
-    alternates: Vec<String>,
-    cert: Option<Vec<CertificateDer<'static>>>,
-    tokens: Arc<dyn TokenProvider>,
-}
-
-impl RelayTarget {
-    fn config(&self) -> RelayConfig {
-        let tokens = self.tokens.clone();
-        RelayConfig {
-            addr: self.addr.clone(),
-            alternates: self.alternates.clone(),
-            token: TokenSource::Callback(TokenCallback::new(move || {
-                tokens.token().map_err(|e| e.to_string())
-            })),
-            pinned_cert: self.cert.clone(),
-            docs: Vec::new(),
-            reconnect: true,
-            max_backoff: MAX_BACKOFF,
-        }
-    }
-}
-
-struct PeerTarget {
-    addr: String,
-    peer: DeviceId,
-}
-
-impl PeerTarget {
-    fn config(&self) -> PeerConfig {
-        PeerConfig {
-            addr: self.addr.clone(),
-            peer: self.peer,
-            docs: Vec::new(),
-            reconnect: true,
-            max_backoff: MAX_BACKOFF,
-        }
-    }
-}
-
-/// The links an app started, with their settings (kept while paused).
-#[derive(Default)]
-pub(crate) struct Links {
-    relay: Option<(Arc<RelayTarget>, Option<LinkHandle>)>,
-    peers: Vec<(Arc<PeerTarget>, Option<LinkHandle>)>,
-    paused: bool,
-}
-
-impl Links {
-    /// Every running link's handle, taken out (to stop them).
-    fn take_handles(&mut self) -> Vec<LinkHandle> {
-        let relay = self.relay.iter_mut().filter_map(|(_, h)| h.take());
-        let peers = self.peers.iter_mut().filter_map(|(_, h)| h.take());
-        relay.chain(peers).collect()
-    }
-
-    fn handles(&self) -> impl Iterator<Item = &LinkHandle> {
-        let relay = self.relay.iter().filter_map(|(_, h)| h.as_ref());
-        relay.chain(self.peers.iter().filter_map(|(_, h)| h.as_ref()))
-    }
-}
-
-async fn stop_all(handles: Vec<LinkHandle>) {
-    for h in handles {
-        h.stop().await;
-    }
-}
 
 /// `addr` as a relay address: `host:port`, the port a number.
 fn check_relay_addr(field: &str, addr: &str) -> Result<(), WeftError> {

@@ -32,32 +32,7 @@ impl Minter {
 
     /// The HS256 JWT carrying `claims`. Documents are written as bare ids.
     pub fn mint(&self, claims: &Claims) -> Result<String, MintError> {
-        if claims.sub.is_empty() {
-            return Err(MintError::EmptySubject);
-        }
-        let aud = match claims.aud.as_slice() {
-            [] => None,
-            [one] => Some(OneOrMany::One(one.clone())),
-            many => Some(OneOrMany::Many(many.to_vec())),
-        };
-        let wire = WireClaimsOut {
-            sub: &claims.sub,
-            iat: claims.iat,
-            exp: claims.exp,
-            nbf: claims.nbf,
-            docs: claims
-                .docs
-                .iter()
-                .map(|(doc, role)| (doc.to_string(), role.as_str()))
-                .collect(),
-            create: claims.create,
-            admin: claims.admin,
-            aud,
-            iss: claims.iss.as_deref(),
-        };
-        let claims = serde_json::to_vec(&wire).map_err(|err| MintError::Encode {
-            source: Box::new(err),
-        })?;
+        let claims = claims_json(claims)?;
         let mut token = URL_SAFE_NO_PAD.encode(MINTED_HEADER);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(claims, &mut token);
@@ -66,6 +41,36 @@ impl Minter {
         URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut token);
         Ok(token)
     }
+}
+
+/// `claims` as a token's JSON payload (what [`crate::Verifier`] reads back).
+pub(crate) fn claims_json(claims: &Claims) -> Result<Vec<u8>, MintError> {
+    if claims.sub.is_empty() {
+        return Err(MintError::EmptySubject);
+    }
+    let aud = match claims.aud.as_slice() {
+        [] => None,
+        [one] => Some(OneOrMany::One(one.clone())),
+        many => Some(OneOrMany::Many(many.to_vec())),
+    };
+    let wire = WireClaimsOut {
+        sub: &claims.sub,
+        iat: claims.iat,
+        exp: claims.exp,
+        nbf: claims.nbf,
+        docs: claims
+            .docs
+            .iter()
+            .map(|(doc, role)| (doc.to_string(), role.as_str()))
+            .collect(),
+        create: claims.create,
+        admin: claims.admin,
+        aud,
+        iss: claims.iss.as_deref(),
+    };
+    serde_json::to_vec(&wire).map_err(|err| MintError::Encode {
+        source: Box::new(err),
+    })
 }
 
 impl fmt::Debug for Minter {

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 
 use weft_core::{DocId, ParseIdError, ParseRoleError, Role};
 
+pub(crate) use mint::claims_json;
 pub use mint::{DocGrant, Minter, ParseDocGrantError};
 pub use verify::Verifier;
 

@@ -24,6 +24,10 @@ use crate::secret::JwtSecret;
 #[derive(Clone)]
 pub struct Verifier {
     key: hmac::Key,
+    /// Seals the relay's own short-lived credentials (WebSocket tickets): derived from the
+    /// secret, so every relay given the same secret (a cluster) opens another's, and not the
+    /// token key, so a ticket is never a token.
+    ticket_key: hmac::Key,
     audience: Option<String>,
     issuer: Option<String>,
     leeway: u64,
@@ -36,6 +40,10 @@ impl Verifier {
     pub fn new(secret: &JwtSecret) -> Self {
         Verifier {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            ticket_key: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &blake3::derive_key("weft-relay websocket ticket", secret.as_bytes()),
+            ),
             audience: None,
             issuer: None,
             leeway: DEFAULT_LEEWAY_SECS,
@@ -104,6 +112,26 @@ impl Verifier {
             .ok_or_else(|| malformed("the payload is not a JSON object"))?;
         let wire: WireClaimsIn =
             serde_json::from_value(payload).map_err(|err| AuthError::BadClaims {
+                reason: err.to_string(),
+            })?;
+        self.check_claims(wire, now)
+    }
+
+    /// The tag sealing `body`, one of the relay's own credentials (a WebSocket ticket).
+    pub(crate) fn seal(&self, body: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.ticket_key, body)
+    }
+
+    /// Whether `tag` seals `body` (see [`Verifier::seal`]).
+    pub(crate) fn opens(&self, body: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.ticket_key, body, tag).is_ok()
+    }
+
+    /// The claims in `json`, a token's payload this relay sealed, checked as a token's are
+    /// at `now`.
+    pub(crate) fn sealed_claims(&self, json: &[u8], now: u64) -> Result<Claims, AuthError> {
+        let wire: WireClaimsIn =
+            serde_json::from_slice(json).map_err(|err| AuthError::BadClaims {
                 reason: err.to_string(),
             })?;
         self.check_claims(wire, now)

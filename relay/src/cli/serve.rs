@@ -152,7 +152,7 @@ async fn run_relay(
         None => None,
     };
     // The follower holds a sender of the hub's events, so it stops first (on `stop_rx`).
-    let cluster = match cluster_config(&args, &quic_addr)? {
+    let cluster = match cluster_config(&args, &quic_addr, &tickets)? {
         Some(cfg) => {
             let (log, tasks) = weft_relay::start_cluster(
                 cfg,
@@ -296,6 +296,7 @@ const CLUSTER_GRACE: Duration = Duration::from_secs(10);
 fn cluster_config(
     args: &ServeArgs,
     quic_addr: &std::net::SocketAddr,
+    tickets: &Option<Arc<weft_relay::Tickets>>,
 ) -> anyhow::Result<Option<weft_relay::ClusterConfig>> {
     let (true, Some(url)) = (args.cluster, &args.postgres) else {
         return Ok(None);
@@ -311,6 +312,7 @@ fn cluster_config(
         postgres_ca: args.postgres_ca.clone(),
         relay,
         data_dir: args.data_dir.clone(),
+        tickets: tickets.clone(),
     }))
 }
 

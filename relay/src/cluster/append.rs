@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub relay: String,
     /// Where the follower keeps the last `seq` it applied (`cluster-cursor`).
     pub data_dir: PathBuf,
+    /// The WebSocket tickets (with `--ws`): redemptions are told to and by the other relays.
+    pub tickets: Option<Arc<crate::ws::Tickets>>,
 }
 
 /// What the hub appends to (see the module docs of `cluster`).
@@ -118,11 +120,19 @@ pub fn start(
         metrics.clone(),
         stop.clone(),
     ));
-    let (bus, publisher) = super::bus::start(target.clone(), &cfg.relay, metrics.clone());
+    // This process on the bus: a restarted relay is a new speaker, so the others forget the
+    // members it had before (see `bus.rs`).
+    let speaker = format!("{}#{:016x}", cfg.relay, rand::random::<u64>());
+    let (bus, publisher) = super::bus::start(target.clone(), &speaker, metrics.clone());
+    if let Some(tickets) = &cfg.tickets {
+        tickets.share_with(bus.clone());
+    }
     let follower = tokio::spawn(follow::run(
         follow::Follower {
             target,
             relay: cfg.relay,
+            speaker,
+            tickets: cfg.tickets,
             cursor_file: cfg.data_dir.join(follow::CURSOR_FILE),
             group,
             hub,

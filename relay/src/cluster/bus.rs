@@ -3,8 +3,15 @@
 //! (best effort, like the messages themselves), and the follower's connection, which also
 //! `LISTEN`s on that channel, hands the other relays' to its hub.
 //!
-//! A payload is `RELAY BASE64`: the relay's name and the message as a frame. A NOTIFY payload
-//! holds under 8,000 bytes, so a message whose frame is over [`MAX_FRAME`] stays on its relay.
+//! A payload starts with the speaker, the relay's name and a random number of its process
+//! (so a restarted relay is a new speaker), then one of:
+//! - `BASE64`: a message as a frame. A NOTIFY payload holds under 8,000 bytes, so a message
+//!   whose frame is over [`MAX_FRAME`] stays on its relay;
+//! - `!alive`: sent every [`ALIVE_EVERY`]; the hub forgets the presence of members of a
+//!   speaker it has not heard for [`SILENT_AFTER`] (a relay that died announces no one's
+//!   leaving);
+//! - `!ticket ID UNTIL`: a WebSocket ticket redeemed there (`ws/tickets.rs`), good until
+//!   UNTIL (Unix ms), so no other relay lets it in again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use weft_core::wire::{self, Message};
 
 use crate::checkpoint::{Chain, PgConn, PgTarget};
 use crate::metrics::Metrics;
+use crate::ws::TICKET_ID_LEN;
 
 /// The channel presence travels on.
 pub(super) const CHANNEL: &str = "weft_ephemeral";
@@ -25,6 +33,27 @@ const MAX_FRAME: usize = 5_600;
 
 /// Messages waiting to be published at most (more are dropped: ephemeral).
 const MAX_QUEUED: usize = 4_096;
+
+/// How often a relay says it is alive.
+pub(crate) const ALIVE_EVERY: Duration = Duration::from_secs(2);
+/// A speaker not heard for this long is taken for gone.
+pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(7);
+
+/// What another relay said.
+#[derive(Debug, PartialEq)]
+pub(super) enum Heard {
+    /// A member's `Presence` or `Ephemeral` message.
+    Message(Message),
+    /// It is alive.
+    Alive,
+    /// It let a WebSocket ticket in.
+    TicketUsed {
+        /// The ticket's id.
+        id: [u8; TICKET_ID_LEN],
+        /// The end of the ticket's life (Unix ms).
+        until: u64,
+    },
+}
 
 /// What the hub publishes to.
 #[derive(Clone, Debug)]
@@ -42,28 +71,52 @@ impl Bus {
         let b64 = base64::engine::general_purpose::STANDARD.encode(frame);
         let _ = self.tx.try_send(format!("{} {b64}", self.relay));
     }
+
+    /// Tells the other relays that ticket `id` (good until `until`, Unix ms) was redeemed here.
+    pub(crate) fn ticket_used(&self, id: &[u8; TICKET_ID_LEN], until: u64) {
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        let _ = self
+            .tx
+            .try_send(format!("{} !ticket {id} {until}", self.relay));
+    }
 }
 
-/// The bus and the task that publishes for it (ends once every [`Bus`] is dropped).
+/// The bus of speaker `speaker` and the task that publishes for it (ends once every [`Bus`] is
+/// dropped).
 pub(super) fn start(
     target: PgTarget,
-    relay: &str,
+    speaker: &str,
     metrics: Arc<Metrics>,
 ) -> (Bus, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
-    let task = tokio::spawn(publish_loop(target, rx, metrics));
+    let alive = format!("{speaker} !alive");
+    let task = tokio::spawn(publish_loop(target, rx, alive, metrics));
     (
         Bus {
-            relay: relay.into(),
+            relay: speaker.into(),
             tx,
         },
         task,
     )
 }
 
-async fn publish_loop(target: PgTarget, mut rx: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
+async fn publish_loop(
+    target: PgTarget,
+    mut rx: mpsc::Receiver<String>,
+    alive: String,
+    metrics: Arc<Metrics>,
+) {
     let mut conn: Option<PgConn> = None;
-    while let Some(first) = rx.recv().await {
+    let mut heartbeat = tokio::time::interval(ALIVE_EVERY);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = heartbeat.tick() => alive.clone(),
+        };
         let mut batch = vec![first];
         while batch.len() < 256 {
             match rx.try_recv() {
@@ -99,16 +152,38 @@ async fn publish_loop(target: PgTarget, mut rx: mpsc::Receiver<String>, metrics:
     }
 }
 
-/// The message in a payload another relay published, or `None` (this relay's own, or not a
-/// presence or ephemeral message).
-pub(super) fn decode(payload: &str, me: &str) -> Option<Message> {
-    let (relay, b64) = payload.split_once(' ')?;
-    if relay == me {
+/// Who published `payload` and what it said, unless it is `me` or the payload is not one of
+/// the forms above (or its message is not a presence or ephemeral one).
+pub(super) fn decode(payload: &str, me: &str) -> Option<(Arc<str>, Heard)> {
+    let (speaker, said) = payload.split_once(' ')?;
+    if speaker == me {
         return None;
     }
-    let frame = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    let (msg, _) = wire::decode_frame(&frame, MAX_FRAME).ok()??;
-    matches!(msg, Message::Presence { .. } | Message::Ephemeral { .. }).then_some(msg)
+    let heard = match said.split_once(' ') {
+        None if said == "!alive" => Heard::Alive,
+        Some(("!ticket", rest)) => {
+            let (id, until) = rest.split_once(' ')?;
+            let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(id)
+                .ok()?
+                .try_into()
+                .ok()?;
+            let until = until.parse().ok()?;
+            Heard::TicketUsed { id, until }
+        }
+        Some(_) => return None,
+        None => {
+            let frame = base64::engine::general_purpose::STANDARD
+                .decode(said)
+                .ok()?;
+            let (msg, _) = wire::decode_frame(&frame, MAX_FRAME).ok()??;
+            if !matches!(msg, Message::Presence { .. } | Message::Ephemeral { .. }) {
+                return None;
+            }
+            Heard::Message(msg)
+        }
+    };
+    Some((speaker.into(), heard))
 }
 
 /// Counts a presence message received from another relay.
@@ -137,7 +212,7 @@ mod tests {
         assert!(payload.len() < 8_000);
         assert!(matches!(
             decode(&payload, "b"),
-            Some(Message::Presence { .. })
+            Some((from, Heard::Message(Message::Presence { .. }))) if &*from == "a"
         ));
         assert!(decode(&payload, "a").is_none());
         assert!(decode("b !!!", "a").is_none());
@@ -151,5 +226,25 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(frame)
         );
         assert!(decode(&payload, "a").is_none(), "only presence crosses");
+
+        assert_eq!(decode("b !alive", "a").map(|(_, h)| h), Some(Heard::Alive));
+        assert!(decode("a !alive", "a").is_none());
+        let (tx, mut rx) = mpsc::channel(4);
+        let bus = Bus {
+            relay: "b#1".into(),
+            tx,
+        };
+        bus.ticket_used(&[9; TICKET_ID_LEN], 77);
+        let payload = rx.try_recv().unwrap();
+        assert_eq!(
+            decode(&payload, "a").map(|(_, h)| h),
+            Some(Heard::TicketUsed {
+                id: [9; TICKET_ID_LEN],
+                until: 77
+            })
+        );
+        assert!(decode("b !ticket AAAA 77", "a").is_none(), "a short id");
+        assert!(decode("b !ticket x", "a").is_none());
+        assert!(decode("b !other thing", "a").is_none());
     }
 }

@@ -35,6 +35,9 @@ pub(super) const CURSOR_FILE: &str = "cluster-cursor";
 pub(super) struct Follower {
     pub(super) target: PgTarget,
     pub(super) relay: String,
+    /// This process on the bus (see `bus.rs`).
+    pub(super) speaker: String,
+    pub(super) tickets: Option<Arc<crate::ws::Tickets>>,
     pub(super) cursor_file: PathBuf,
     pub(super) group: Arc<GroupCommit>,
     pub(super) hub: mpsc::Sender<HubEvent>,
@@ -297,7 +300,8 @@ async fn listen(
     f: &Follower,
 ) -> Result<(Client, mpsc::Receiver<()>, tokio::task::JoinHandle<()>), String> {
     let target = &f.target;
-    let (hub, me, metrics) = (f.hub.clone(), f.relay.clone(), f.metrics.clone());
+    let (hub, me, metrics) = (f.hub.clone(), f.speaker.clone(), f.metrics.clone());
+    let tickets = f.tickets.clone();
     let mut config = target.config.clone();
     config.connect_timeout(Duration::from_secs(5));
     if config.get_application_name().is_none() {
@@ -313,11 +317,23 @@ async fn listen(
         while let Some(m) = messages.next().await {
             match m {
                 Ok(AsyncMessage::Notification(n)) if n.channel() == bus::CHANNEL => {
-                    if let Some(msg) = bus::decode(n.payload(), &me) {
-                        bus::received(&metrics);
-                        // Best effort, like the message itself: never wait for the hub here.
-                        let _ = hub.try_send(HubEvent::Cluster(Imported::Ephemeral(msg)));
-                    }
+                    // Best effort, like the messages themselves: never wait for the hub here.
+                    let imported = match bus::decode(n.payload(), &me) {
+                        None => continue,
+                        Some((from, bus::Heard::Message(msg))) => {
+                            bus::received(&metrics);
+                            Imported::Ephemeral { from, msg }
+                        }
+                        Some((from, bus::Heard::Alive)) => Imported::Alive { from },
+                        Some((_, bus::Heard::TicketUsed { id, until })) => {
+                            if let Some(t) = &tickets {
+                                t.used_elsewhere(id, until);
+                                Metrics::inc(&metrics.cluster_tickets_heard);
+                            }
+                            continue;
+                        }
+                    };
+                    let _ = hub.try_send(HubEvent::Cluster(imported));
                 }
                 Ok(AsyncMessage::Notification(_)) => {
                     // One pending wake-up is enough: the follower reads everything new.

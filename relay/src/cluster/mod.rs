@@ -10,7 +10,9 @@
 //!   relays in `seq` order, writes it into this relay's store (so every relay holds every
 //!   document) and tells the hub, which applies it to loaded documents and live connections.
 //!
-//! - `bus.rs`: presence and ephemeral messages between the relays, by `NOTIFY`, never stored.
+//! - `bus.rs`: presence and ephemeral messages between the relays, by `NOTIFY`, never stored;
+//!   with them each relay's heartbeat (the presence of a dead relay's members is forgotten) and
+//!   the WebSocket tickets redeemed (a ticket opens one socket in the whole cluster).
 //!
 //! Checkpoints stay with the relay that accepted a change: imported changes are not marked
 //! dirty (a checkpoint merges what Postgres holds, so relays checkpointing one document in turn
@@ -30,6 +32,7 @@ use weft_core::DocId;
 
 pub use append::ClusterLog;
 pub use append::{start as start_cluster, ClusterConfig, ClusterTasks};
+pub(crate) use bus::{Bus, SILENT_AFTER};
 
 /// `weft_changes.kind` of an entry of changes.
 const KIND_CHANGES: i16 = 1;
@@ -101,7 +104,17 @@ pub enum Imported {
         bindings: Vec<(Vec<u8>, String)>,
     },
     /// A member's presence or ephemeral message on another relay (never stored).
-    Ephemeral(weft_core::wire::Message),
+    Ephemeral {
+        /// The relay's process that sent it (see `bus.rs`).
+        from: std::sync::Arc<str>,
+        /// The message.
+        msg: weft_core::wire::Message,
+    },
+    /// Another relay's process said it is alive.
+    Alive {
+        /// The relay's process.
+        from: std::sync::Arc<str>,
+    },
     /// A document's new metadata: for the hub's cache and live connections.
     Meta {
         /// The document.

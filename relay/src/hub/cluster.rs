@@ -20,7 +20,7 @@ use weft_core::wire::Message;
 use weft_core::{DeviceId, DocId};
 
 use super::Hub;
-use crate::cluster::{ClusterLog, Entry, Imported, LogTicket};
+use crate::cluster::{ClusterLog, Entry, Imported, LogTicket, SILENT_AFTER};
 use crate::meta::DocMeta;
 use crate::metrics::Metrics;
 
@@ -152,7 +152,11 @@ impl Hub {
                 }
                 self.apply_imported(doc, &changes);
             }
-            Imported::Ephemeral(msg) => self.remote_ephemeral(msg),
+            Imported::Ephemeral { from, msg } => {
+                self.heard(&from);
+                self.remote_ephemeral(from, msg)
+            }
+            Imported::Alive { from } => self.heard(&from),
             Imported::Meta { doc, meta, users } => {
                 if let Some(cached) = self.metas.get_mut(&doc) {
                     *cached = (*meta).clone();
@@ -175,7 +179,7 @@ impl Hub {
 
     /// A member's presence or ephemeral message on another relay: to this relay's
     /// subscribers of the document; presence is remembered for those who join later.
-    fn remote_ephemeral(&mut self, msg: Message) {
+    fn remote_ephemeral(&mut self, from: Arc<str>, msg: Message) {
         let Some(doc) = msg.doc() else { return };
         if let Message::Presence {
             user,
@@ -187,7 +191,7 @@ impl Hub {
             let here = self.remote_presence.entry(doc).or_default();
             if *online {
                 if here.len() < MAX_REMOTE_PRESENCE {
-                    here.insert((user.clone(), *device));
+                    here.insert((user.clone(), *device), from);
                 }
             } else {
                 here.remove(&(user.clone(), *device));
@@ -201,11 +205,68 @@ impl Hub {
         }
     }
 
+    /// Another relay's process spoke: it is alive.
+    fn heard(&mut self, from: &Arc<str>) {
+        let now = self.now_ms();
+        match self.relays_heard.get_mut(from) {
+            Some(at) => *at = now,
+            None => {
+                self.relays_heard.insert(from.clone(), now);
+            }
+        }
+    }
+
+    /// Forgets the members of relay processes silent for [`SILENT_AFTER`] (killed, or cut off
+    /// from Postgres), telling this relay's subscribers they went offline: a relay that dies
+    /// announces no one's leaving. Their devices reconnect elsewhere and announce themselves
+    /// again.
+    pub(super) fn forget_silent_relays(&mut self) {
+        let now = self.now_ms();
+        let limit = u64::try_from(SILENT_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let mut silent: Vec<Arc<str>> = Vec::new();
+        self.relays_heard.retain(|from, at| {
+            let alive = now.saturating_sub(*at) < limit;
+            if !alive {
+                silent.push(from.clone());
+            }
+            alive
+        });
+        if silent.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        self.remote_presence.retain(|doc, members| {
+            members.retain(|(user, device), from| {
+                let keep = !silent.contains(from);
+                if !keep {
+                    gone.push(Message::Presence {
+                        doc: *doc,
+                        user: user.clone(),
+                        device: *device,
+                        online: false,
+                    });
+                }
+                keep
+            });
+            !members.is_empty()
+        });
+        for from in &silent {
+            tracing::info!(relay = %from, "a relay of the cluster went silent; its members are offline here");
+        }
+        for msg in gone {
+            if let Some(doc) = msg.doc() {
+                if self.subscribers.contains_key(&doc) {
+                    self.broadcast(doc, None, &msg);
+                }
+            }
+        }
+    }
+
     /// Members of `doc` online on other relays, as they announced themselves.
     pub(super) fn remote_members(&self, doc: DocId) -> Vec<(String, DeviceId)> {
         self.remote_presence
             .get(&doc)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.keys().cloned().collect())
             .unwrap_or_default()
     }
 

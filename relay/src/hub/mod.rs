@@ -327,8 +327,11 @@ pub struct Hub {
     cluster: Option<crate::cluster::ClusterLog>,
     /// Changes imported from the cluster's log for documents whose load was running.
     imports_waiting: HashMap<DocId, Vec<Vec<u8>>>,
-    /// Members online on the cluster's other relays, per document (`hub/cluster.rs`).
-    remote_presence: HashMap<DocId, HashSet<(String, DeviceId)>>,
+    /// Members online on the cluster's other relays, per document, with the relay process
+    /// that announced them (`hub/cluster.rs`).
+    remote_presence: HashMap<DocId, HashMap<(String, DeviceId), Arc<str>>>,
+    /// When each of the cluster's other relay processes was last heard (the hub's clock, ms).
+    relays_heard: HashMap<Arc<str>, u64>,
 }
 
 impl Hub {
@@ -375,6 +378,7 @@ impl Hub {
             cluster: None,
             imports_waiting: HashMap::default(),
             remote_presence: HashMap::default(),
+            relays_heard: HashMap::default(),
         }
     }
 

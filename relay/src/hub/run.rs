@@ -289,7 +289,8 @@ impl Hub {
     }
 
     /// Every half second: metrics, the memory budget, document sizes, expired tokens, lagging
-    /// peers whose queues drained, and discovery that waited for room.
+    /// peers whose queues drained, discovery that waited for room, and the presence of a
+    /// cluster's silent relays.
     fn housekeeping(&mut self) {
         self.arrivals
             .retain(|_, t| t.elapsed() < Duration::from_secs(10));
@@ -316,5 +317,6 @@ impl Hub {
         self.close_expired();
         self.resync_drained();
         self.retry_discovery();
+        self.forget_silent_relays();
     }
 }

@@ -55,6 +55,7 @@ mod translate;
 mod weft;
 
 pub use storage_id::{load_or_create_storage_id, StorageIdError, STORAGE_ID_FILE};
+pub(crate) use tickets::TICKET_ID_LEN;
 pub use tickets::{TicketError, Tickets, MAX_TICKETS, TICKET_TTL};
 
 use std::net::SocketAddr;

@@ -61,17 +61,7 @@ impl Relay {
     }
 
     pub fn metric(&self, name: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no metric {name}"))
-            .trim()
-            .parse()
-            .unwrap()
+        super::relay::metric(self.http, name)
     }
 }
 

@@ -41,8 +41,12 @@ pub fn start(dir: tempfile::TempDir, pg: &PgServer, name: &str) -> Relay {
 
 /// A data directory holding the same dev secret and certificate as `first`'s.
 pub fn sibling_dir(first: &Relay) -> tempfile::TempDir {
+    sibling_of(first.process.dir.path())
+}
+
+/// A data directory holding the same dev secret and certificate as the one at `from`.
+pub fn sibling_of(from: &std::path::Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let from = first.process.dir.path();
     std::fs::copy(from.join("jwt.secret"), dir.path().join("jwt.secret")).unwrap();
     std::fs::create_dir(dir.path().join("tls")).unwrap();
     for f in ["cert.pem", "key.pem"] {

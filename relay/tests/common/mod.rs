@@ -10,6 +10,7 @@ pub mod device;
 pub mod hub;
 pub mod js;
 pub mod pg;
+pub mod proxy;
 pub mod quic;
 pub mod relay;
 pub mod session;

@@ -118,3 +118,18 @@ impl Drop for RelayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The value of metric `name` (a counter or gauge without labels) at the relay's HTTP address.
+pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -30,13 +30,28 @@ impl Relay {
         Self::start_in(tempfile::tempdir().unwrap(), "127.0.0.1:0", extra)
     }
 
+    /// A relay in `dir` with a WebSocket endpoint on a free port, `extra` flags and `env`.
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Relay {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_env(dir, "127.0.0.1:0", extra, env)
+    }
+
     fn start_in(dir: tempfile::TempDir, ws: &str, extra: Vec<String>) -> Relay {
+        Self::start_env(dir, ws, extra, &[])
+    }
+
+    fn start_env(
+        dir: tempfile::TempDir,
+        ws: &str,
+        extra: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Relay {
         let mut args = vec!["--ws", ws];
         if !extra.iter().any(|a| a == "--http") {
             args.extend(["--http", "off"]);
         }
         args.extend(extra.iter().map(String::as_str));
-        let process = RelayProcess::start(dir, &args, &[]);
+        let process = RelayProcess::start(dir, &args, env);
         Relay {
             quic: process.addr("quic="),
             ws: process.addr("ws="),
@@ -90,6 +105,16 @@ impl Relay {
 
     pub fn token(&self, claims: &Claims) -> String {
         self.process.token(claims)
+    }
+
+    /// The value of metric `name` (the relay needs `--http`).
+    pub fn metric(&self, name: &str) -> f64 {
+        super::relay::metric(self.http.expect("a relay with --http"), name)
+    }
+
+    /// Kills the relay (no graceful shutdown); its data directory.
+    pub fn kill(self) -> tempfile::TempDir {
+        self.process.kill()
     }
 
     pub fn url(&self, token: &str) -> String {
@@ -194,4 +219,39 @@ impl Device {
             .ok()
             .flatten()
     }
+}
+
+/// An HTTP request to the relay: the status code, the head and the body of the answer.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A ticket for `token`, and its announced life in seconds.
+pub async fn ticket(relay: &Relay, token: &str) -> (String, u64) {
+    let auth = format!("Authorization: Bearer {token}");
+    let (status, _, body) = http(relay.http.unwrap(), "POST", "/ws-ticket", &[&auth]).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (
+        json["ticket"].as_str().unwrap().to_owned(),
+        json["expires_in"].as_u64().unwrap(),
+    )
 }
