@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::checkpoints::*;
-use common::cluster::{caught_up, sibling_dir, start, texts};
+use common::cluster::{caught_up, sibling_dir, start, start_with, texts};
 use common::pg::{self, PgServer};
 use weft_core::wire::ErrorCode;
 use weft_core::wire::Message;
@@ -118,4 +118,35 @@ async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
     checkpointed(&db, doc, &heads).await;
     assert_eq!(c.metric("weft_checkpoint_documents_total"), 0.0);
     assert!(c.metric("weft_cluster_delivered_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_relay_that_dies_for_good_accepted_is_checkpointed_by_another() {
+    let Some(pg) = PgServer::start() else { return };
+    let a = start(tempfile::tempdir().unwrap(), &pg, "a");
+    // b checkpoints once an hour: what it accepts is in no checkpoint when it dies.
+    let b = start_with(sibling_dir(&a), &pg.url(), "b", "1h");
+    let db = pg::client(&pg).await;
+    let doc = new_doc();
+    let mut alice = Device::connect(&a, "alice").await;
+    alice.create_conversation(doc, "Last words").await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.synced(doc).await;
+    checkpointed(&db, doc, &alice.heads(doc)).await;
+    caught_up(&b, "b", &db).await;
+
+    // Bob writes through b, which acknowledges; a imports it; b dies and never comes back.
+    let mut bob = Device::connect(&b, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    for i in 0..5 {
+        bob.say(doc, &format!("bob {i}"));
+    }
+    bob.synced(doc).await;
+    let heads = bob.heads(doc);
+    caught_up(&a, "a", &db).await;
+    let _gone = b.process.kill();
+
+    // Once b has been silent a while, a checkpoints what b accepted lately.
+    checkpointed(&db, doc, &heads).await;
+    assert_eq!(message_rows(&db, doc).await.len(), 5);
 }

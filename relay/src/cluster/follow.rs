@@ -123,6 +123,7 @@ async fn follow(
             let relay: &str = row.get(1);
             let entry = Row {
                 own: relay == f.relay,
+                relay: relay.into(),
                 doc: row.get(2),
                 kind: row.get(3),
                 body: row.get(4),
@@ -179,6 +180,8 @@ struct Row {
     /// This relay appended it: applied only where the store lacks it (the relay died between
     /// the append and its own store write, or lost its disk).
     own: bool,
+    /// The relay that appended it.
+    relay: Arc<str>,
     doc: String,
     kind: i16,
     body: Vec<u8>,
@@ -225,6 +228,8 @@ async fn apply(f: &Follower, seq: i64, row: Row) -> bool {
                 doc,
                 changes: row.body,
                 bindings,
+                relay: row.relay,
+                own: row.own,
             }
         }
         KIND_META => {

@@ -102,6 +102,10 @@ pub enum Imported {
         changes: Vec<u8>,
         /// Actor bindings (actor bytes, user).
         bindings: Vec<(Vec<u8>, String)>,
+        /// The relay that accepted them (its cluster name).
+        relay: std::sync::Arc<str>,
+        /// This relay accepted them and died before storing them: it checkpoints them.
+        own: bool,
     },
     /// A member's presence or ephemeral message on another relay (never stored).
     Ephemeral {

@@ -26,6 +26,13 @@ use crate::metrics::Metrics;
 
 /// Members online on other relays remembered per document at most.
 const MAX_REMOTE_PRESENCE: usize = 1_024;
+/// How long documents whose changes another relay accepted are remembered, in case it dies
+/// before their checkpoint: well past a checkpoint interval and its retries (a relay that
+/// cannot reach Postgres accepts nothing in a cluster, so its checkpoints lag only by those).
+const IMPORTS_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Documents remembered per relay at most (past it, the oldest beyond [`IMPORTS_KEPT`] go,
+/// then new ones are not remembered).
+const MAX_RECENT_IMPORTS: usize = 100_000;
 
 /// A write that is durable once its store ticket and, in a cluster, its log append complete.
 /// In a cluster the log comes first: the batch is submitted to the store only once the log
@@ -136,7 +143,14 @@ impl Hub {
                 doc,
                 changes,
                 bindings,
+                relay,
+                own,
             } => {
+                if own {
+                    self.mark_dirty(doc);
+                } else {
+                    self.remember_import(relay, doc);
+                }
                 if self.loading.contains(&doc) {
                     // The load may have read the store before the entry was written.
                     self.imports_waiting.entry(doc).or_default().push(changes);
@@ -216,10 +230,52 @@ impl Hub {
         }
     }
 
+    /// `doc` has changes `relay` accepted: remembered for [`IMPORTS_KEPT`] (at most
+    /// [`MAX_RECENT_IMPORTS`] documents per relay), in case it dies before checkpointing them.
+    fn remember_import(&mut self, relay: Arc<str>, doc: DocId) {
+        let now = self.now_ms();
+        let docs = self.recent_imports.entry(relay).or_default();
+        if docs.len() >= MAX_RECENT_IMPORTS && !docs.contains_key(&doc) {
+            let kept = u64::try_from(IMPORTS_KEPT.as_millis()).unwrap_or(u64::MAX);
+            docs.retain(|_, at| now.saturating_sub(*at) < kept);
+            if docs.len() >= MAX_RECENT_IMPORTS {
+                return;
+            }
+        }
+        docs.insert(doc, now);
+    }
+
+    /// A relay of the cluster went silent: the documents whose changes it accepted lately may
+    /// lack their checkpoint (its dirty set died with it), so this relay, which holds the same
+    /// changes, writes them (a checkpoint merges with what Postgres holds: a document written
+    /// by both is written once more, never lost). Imports older than [`IMPORTS_KEPT`] are
+    /// taken as checkpointed by their relay.
+    fn checkpoint_for(&mut self, relay: &str) {
+        let Some(docs) = self.recent_imports.remove(relay) else {
+            return;
+        };
+        let now = self.now_ms();
+        let kept = u64::try_from(IMPORTS_KEPT.as_millis()).unwrap_or(u64::MAX);
+        let mut marked = 0usize;
+        for (doc, at) in docs {
+            if now.saturating_sub(at) < kept {
+                self.mark_dirty(doc);
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            tracing::info!(
+                relay,
+                documents = marked,
+                "checkpointing what a silent relay of the cluster accepted lately"
+            );
+        }
+    }
+
     /// Forgets the members of relay processes silent for [`SILENT_AFTER`] (killed, or cut off
     /// from Postgres), telling this relay's subscribers they went offline: a relay that dies
     /// announces no one's leaving. Their devices reconnect elsewhere and announce themselves
-    /// again.
+    /// again. The documents such a relay accepted lately are checkpointed here.
     pub(super) fn forget_silent_relays(&mut self) {
         let now = self.now_ms();
         let limit = u64::try_from(SILENT_AFTER.as_millis()).unwrap_or(u64::MAX);
@@ -252,6 +308,9 @@ impl Hub {
         });
         for from in &silent {
             tracing::info!(relay = %from, "a relay of the cluster went silent; its members are offline here");
+            // The speaker is `NAME#PROCESS` (see `cluster/bus.rs`); imports are by name.
+            let name = from.rsplit_once('#').map_or(&**from, |(name, _)| name);
+            self.checkpoint_for(name);
         }
         for msg in gone {
             if let Some(doc) = msg.doc() {

@@ -332,6 +332,9 @@ pub struct Hub {
     remote_presence: HashMap<DocId, HashMap<(String, DeviceId), Arc<str>>>,
     /// When each of the cluster's other relay processes was last heard (the hub's clock, ms).
     relays_heard: HashMap<Arc<str>, u64>,
+    /// Documents whose changes were imported lately, per accepting relay, with when: if that
+    /// relay goes silent before its checkpoint, this one writes it (`hub/cluster.rs`).
+    recent_imports: HashMap<Arc<str>, HashMap<DocId, u64>>,
 }
 
 impl Hub {
@@ -379,6 +382,7 @@ impl Hub {
             imports_waiting: HashMap::default(),
             remote_presence: HashMap::default(),
             relays_heard: HashMap::default(),
+            recent_imports: HashMap::default(),
         }
     }
 

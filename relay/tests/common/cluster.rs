@@ -12,13 +12,18 @@ use super::RelayProcess;
 /// Starts relay `name` of the cluster in `dir` (which holds the cluster's secret and
 /// certificate), on the Postgres at `url`.
 pub fn start_on(dir: tempfile::TempDir, url: &str, name: &str) -> Relay {
+    start_with(dir, url, name, "200ms")
+}
+
+/// As [`start_on`], checkpointing every `interval`.
+pub fn start_with(dir: tempfile::TempDir, url: &str, name: &str, interval: &str) -> Relay {
     let process = RelayProcess::start(
         dir,
         &[
             "--http",
             "127.0.0.1:0",
             "--checkpoint-interval",
-            "200ms",
+            interval,
             "--final-checkpoint-deadline",
             "2s",
             "--cluster",

@@ -32,6 +32,8 @@ mod checkpoint;
 mod client;
 #[path = "weft-bench/cluster.rs"]
 mod cluster;
+#[path = "weft-bench/cluster_load.rs"]
+mod cluster_load;
 #[path = "weft-bench/crowd.rs"]
 mod crowd;
 #[path = "weft-bench/device.rs"]

@@ -95,16 +95,18 @@ pub(crate) fn cluster_workload(
     let cluster = row("three relays, --cluster", &three);
     let ratio = us(three.cpu_per_change()) / us(single.cpu_per_change()).max(0.001);
     eprintln!("  CPU per change, cluster / one relay: {ratio:.2}x (target 2x); fan-out p99 target across relays 10 ms");
+    let load = crate::cluster_load::aggregate(plan, rt, chain, &bin)?;
     Ok(json!({
         "workload": "cluster",
         "devices": DEVICES,
         "baseline": baseline,
         "cluster": cluster,
         "cpu_ratio": (ratio * 100.0).round() / 100.0,
+        "load": load,
     }))
 }
 
-fn cluster_args(url: &str, name: &str) -> Vec<String> {
+pub(crate) fn cluster_args(url: &str, name: &str) -> Vec<String> {
     [
         "--postgres",
         url,
@@ -120,14 +122,18 @@ fn cluster_args(url: &str, name: &str) -> Vec<String> {
 }
 
 /// A `weft-relay serve --dev` process on loopback; killed on drop.
-struct RelayProc {
-    child: Child,
+pub(crate) struct RelayProc {
+    pub(crate) child: Child,
     dir: tempfile::TempDir,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl RelayProc {
-    fn start(bin: &Path, dir: tempfile::TempDir, extra: &[String]) -> anyhow::Result<RelayProc> {
+    pub(crate) fn start(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        extra: &[String],
+    ) -> anyhow::Result<RelayProc> {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -141,7 +147,12 @@ impl RelayProc {
             .arg(dir.path())
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // `WEFT_BENCH_RELAY_LOG=1` shows the relays' logs.
+            .stderr(if std::env::var_os("WEFT_BENCH_RELAY_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .context("cannot start weft-relay")?;
         let mut ready = String::new();
@@ -156,7 +167,7 @@ impl RelayProc {
     }
 
     /// A data directory with this relay's dev secret and certificate (a cluster shares them).
-    fn sibling_dir(&self) -> anyhow::Result<tempfile::TempDir> {
+    pub(crate) fn sibling_dir(&self) -> anyhow::Result<tempfile::TempDir> {
         let dir = tempfile::tempdir()?;
         let from = self.dir.path();
         std::fs::copy(from.join("jwt.secret"), dir.path().join("jwt.secret"))?;
@@ -167,12 +178,12 @@ impl RelayProc {
         Ok(dir)
     }
 
-    fn cert(&self) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    pub(crate) fn cert(&self) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
         let tls = self.dir.path().join("tls");
         Ok(weft_relay::load_cert_and_key(&tls.join("cert.pem"), &tls.join("key.pem"))?.cert_chain)
     }
 
-    fn token(&self) -> anyhow::Result<String> {
+    pub(crate) fn token(&self) -> anyhow::Result<String> {
         let secret = weft_relay::load_secret(&self.dir.path().join("jwt.secret"))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims::new(crate::chain::USER, now, 3600).with_create(true);
@@ -316,7 +327,7 @@ async fn measure(
 }
 
 /// The CPU time (user + system) of process `pid`, from `/proc` (zero when it is gone).
-fn proc_cpu(pid: u32) -> Duration {
+pub(crate) fn proc_cpu(pid: u32) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
@@ -332,7 +343,7 @@ fn proc_cpu(pid: u32) -> Duration {
 }
 
 /// The CPU time of `root` and every process whose parent it is (Postgres' backends).
-fn tree_cpu(root: u32) -> Duration {
+pub(crate) fn tree_cpu(root: u32) -> Duration {
     let mut total = proc_cpu(root);
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return total;
@@ -365,7 +376,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// The postmaster's pid, from its data directory.
-fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
+pub(crate) fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid"))
         .context("cannot read postmaster.pid")?;
     text.lines()

@@ -28,11 +28,15 @@ const ACK_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the devices connect.
 pub struct Target<'a> {
-    pub addr: SocketAddr,
+    /// The relays (of one cluster): devices are spread over them in turn.
+    pub addrs: Vec<SocketAddr>,
     pub cert: &'a [CertificateDer<'static>],
     pub token: String,
     /// A real relay: subscribe and sync first. The forwarder needs neither.
     pub relay: bool,
+    /// The CPU time of relays in other processes (with their Postgres), read before and after
+    /// the window; without it, the in-process relay's threads are read.
+    pub cpu: Option<&'a (dyn Fn() -> Duration + Sync)>,
 }
 
 /// What one run measured.
@@ -72,12 +76,7 @@ pub async fn run(
     let ids: Vec<DocId> = (0..docs)
         .map(|_| DocId::from_bytes(rand::random()))
         .collect();
-    let clients = client::connect_many(devices, target.addr, target.cert, &target.token).await?;
-    let clients = if target.relay {
-        client::sync_all(clients, &ids, Duration::from_secs(300)).await?
-    } else {
-        clients
-    };
+    let clients = connect_spread(&target, &ids, devices).await?;
     let setup = setup_started.elapsed();
 
     let doc_set: Arc<HashSet<DocId>> = Arc::new(ids.iter().copied().collect());
@@ -117,18 +116,21 @@ pub async fn run(
     }
 
     tokio::time::sleep(warmup).await;
-    let (a0, d0, cpu0, t0) = (
+    let external = || target.cpu.map_or(Duration::ZERO, |f| f());
+    let (a0, d0, cpu0, ext0, t0) = (
         counters.accepted.load(Relaxed),
         counters.delivered.load(Relaxed),
         relay_cpu_split(),
+        external(),
         Instant::now(),
     );
     let sync0 = counters.sync_frames.load(Relaxed);
     tokio::time::sleep(window).await;
-    let (a1, d1, cpu1, elapsed) = (
+    let (a1, d1, cpu1, ext1, elapsed) = (
         counters.accepted.load(Relaxed),
         counters.delivered.load(Relaxed),
         relay_cpu_split(),
+        external(),
         t0.elapsed(),
     );
     let sync_frames = counters.sync_frames.load(Relaxed) - sync0;
@@ -142,7 +144,11 @@ pub async fn run(
     Ok(Run {
         accepted_per_s: (a1 - a0) as f64 / secs,
         deliveries_per_s: (d1 - d0) as f64 / secs,
-        relay_cpu: cpu1.since(&cpu0).total(),
+        relay_cpu: if target.cpu.is_some() {
+            ext1.saturating_sub(ext0)
+        } else {
+            cpu1.since(&cpu0).total()
+        },
         relay_cpu_split: cpu1.since(&cpu0),
         accepted: a1 - a0,
         window: elapsed,
@@ -150,6 +156,33 @@ pub async fn run(
         sync_frames,
         chain_exhausted: counters.exhausted.load(Relaxed),
     })
+}
+
+/// `devices` clients spread over the target's relays, synced on `ids` when it is a relay.
+/// Those of the first relay sync first and create the documents there; the others join once
+/// the other relays have had a moment to read the creations from the cluster's log.
+async fn connect_spread(
+    target: &Target<'_>,
+    ids: &[DocId],
+    devices: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let n = target.addrs.len().max(1);
+    let mut groups = Vec::with_capacity(n);
+    for (r, addr) in target.addrs.iter().enumerate() {
+        let here = (devices + n - 1 - r) / n;
+        groups.push(client::connect_many(here, *addr, target.cert, &target.token).await?);
+    }
+    if !target.relay {
+        return Ok(groups.into_iter().flatten().collect());
+    }
+    let mut out = Vec::with_capacity(devices);
+    for (r, group) in groups.into_iter().enumerate() {
+        if r == 1 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        out.extend(client::sync_all(group, ids, Duration::from_secs(300)).await?);
+    }
+    Ok(out)
 }
 
 async fn read(

@@ -150,10 +150,11 @@ pub(crate) fn throughput_workload(
     );
     let relay = Relay::start()?;
     let target = throughput::Target {
-        addr: relay.addr,
+        addrs: vec![relay.addr],
         cert: &relay.cert,
         token: relay.token()?,
         relay: true,
+        cpu: None,
     };
     let r = run_throughput(plan, rt, chain, target);
     let drops = relay
@@ -165,10 +166,11 @@ pub(crate) fn throughput_workload(
 
     let fwd = Forwarder::start()?;
     let target = throughput::Target {
-        addr: fwd.addr,
+        addrs: vec![fwd.addr],
         cert: &fwd.cert,
         token: String::new(),
         relay: false,
+        cpu: None,
     };
     let b = run_throughput(plan, rt, chain, target);
     fwd.stop();
@@ -178,7 +180,7 @@ pub(crate) fn throughput_workload(
 }
 
 /// The throughput run with `plan`'s documents, devices and window against `target`.
-fn run_throughput(
+pub(crate) fn run_throughput(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
     chain: &Arc<Chain>,

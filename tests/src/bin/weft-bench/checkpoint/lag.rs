@@ -66,10 +66,11 @@ fn traffic(
     relay: &Relay,
 ) -> anyhow::Result<Run> {
     let target = throughput::Target {
-        addr: relay.addr,
+        addrs: vec![relay.addr],
         cert: &relay.cert,
         token: relay.token()?,
         relay: true,
+        cpu: None,
     };
     rt.block_on(throughput::run(
         target,

@@ -1,0 +1,124 @@
+//! The `cluster` workload's load part: aggregate changes/s of clusters of 1, 2 and 3 relays on
+//! one Postgres, every process on this machine's cores. Writers send as fast as they are
+//! acknowledged (the `throughput` workload's devices, spread over the relays; every device on
+//! every document); CPU per accepted change is summed over the relay processes and Postgres.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::chain::Chain;
+use crate::checkpoint::pg;
+use crate::cluster::{cluster_args, postmaster_pid, proc_cpu, tree_cpu, RelayProc};
+use crate::plan::Plan;
+use crate::report::us;
+use crate::throughput::{self, Target};
+
+/// Documents, each with one writer; every device is on every document.
+const DOCS: usize = 60;
+/// Devices, spread over the relays.
+const DEVICES: usize = 6;
+
+/// One configuration's figures.
+struct Load {
+    name: String,
+    relays: usize,
+    accepted_per_s: f64,
+    deliveries_per_s: f64,
+    cpu_per_change: Duration,
+}
+
+pub(crate) fn aggregate(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+    bin: &Path,
+) -> anyhow::Result<Value> {
+    eprintln!(
+        "cluster load: {DOCS} documents x {DEVICES} devices spread over the relays, writers as fast as acknowledged, {} s window",
+        plan.window.as_secs()
+    );
+    let mut runs = Vec::new();
+    for n in 1..=3 {
+        runs.push(run(plan, rt, chain, bin, n)?);
+    }
+    let base = runs[0].cpu_per_change;
+    // Ratios are to the cluster of one relay (the single relay's own CPU per change is the
+    // `throughput` workload's, and this part's one-at-a-time baseline above).
+    let mut rows = Vec::new();
+    for r in &runs {
+        let ratio = r.cpu_per_change.as_secs_f64() / base.as_secs_f64().max(1e-9);
+        eprintln!(
+            "  {:<30} {:>8.0} changes/s {:>9.0} deliveries/s | CPU {:>6.1} us/change ({ratio:.2}x a cluster of one)",
+            r.name,
+            r.accepted_per_s,
+            r.deliveries_per_s,
+            us(r.cpu_per_change)
+        );
+        rows.push(json!({
+            "name": r.name,
+            "relays": r.relays,
+            "changes_per_s": r.accepted_per_s.round(),
+            "deliveries_per_s": r.deliveries_per_s.round(),
+            "cpu_us_per_change": us(r.cpu_per_change),
+            "cpu_ratio": (ratio * 100.0).round() / 100.0,
+        }));
+    }
+    Ok(json!({ "docs": DOCS, "devices": DEVICES, "runs": rows }))
+}
+
+/// `n` relays (in a cluster or not) on a fresh Postgres, under the load for `plan`'s window.
+fn run(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    chain: &Arc<Chain>,
+    bin: &Path,
+    n: usize,
+) -> anyhow::Result<Load> {
+    let server = pg::PgServer::start().context("cannot start Postgres")?;
+    let url = server.url();
+    let names = ["a", "b", "c"];
+    let args = |i: usize| cluster_args(&url, names[i]);
+    let mut relays = vec![RelayProc::start(bin, tempfile::tempdir()?, &args(0))?];
+    for i in 1..n {
+        let dir = relays[0].sibling_dir()?;
+        relays.push(RelayProc::start(bin, dir, &args(i))?);
+    }
+    let postmaster = postmaster_pid(&server.data())?;
+    let pids: Vec<u32> = relays.iter().map(|r| r.child.id()).collect();
+    let cpu = move || pids.iter().map(|p| proc_cpu(*p)).sum::<Duration>() + tree_cpu(postmaster);
+    let cert = relays[0].cert()?;
+    let target = Target {
+        addrs: relays.iter().map(|r| r.addr).collect(),
+        cert: &cert,
+        token: relays[0].token()?,
+        relay: true,
+        cpu: Some(&cpu),
+    };
+    let r = rt
+        .block_on(throughput::run(
+            target,
+            DOCS,
+            DEVICES,
+            plan.warmup,
+            plan.window,
+            chain.clone(),
+        ))
+        .with_context(|| format!("the load on {n} relays"))?;
+    drop(relays);
+    drop(server);
+    Ok(Load {
+        name: format!("{n} relay(s), --cluster"),
+        relays: n,
+        accepted_per_s: r.accepted_per_s,
+        deliveries_per_s: r.deliveries_per_s,
+        cpu_per_change: if r.accepted == 0 {
+            Duration::ZERO
+        } else {
+            r.relay_cpu / r.accepted as u32
+        },
+    })
+}
