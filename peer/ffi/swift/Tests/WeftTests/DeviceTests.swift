@@ -31,8 +31,13 @@ final class DeviceTests: DeviceTestCase {
             annHeard.presence.contains { $0.doc == chat && $0.user == "ben" && $0.online }
         }
 
-        _ = try await ben.sendMessage(doc: chat, body: "yes, the usual place")
+        let reply = try await ben.sendMessage(doc: chat, body: "yes, the usual place")
         try await waitForMessages(ann, chat, ["noon?", "yes, the usual place"])
+        try await eventually("Ann to be told the reply is Ben's change") {
+            annHeard.remoteChanges(chat).contains { c in
+                c.authors == ["ben"] && c.messagesAdded.contains { $0.id == reply.id && $0.author == "ben" }
+            }
+        }
         try await waitForMessages(ben, chat, ["noon?", "yes, the usual place"])
         let authors = try await ann.listMessages(doc: chat, last: nil).map(\.author)
         XCTAssertEqual(authors, ["ann", "ben"])
@@ -66,6 +71,8 @@ final class DeviceTests: DeviceTestCase {
             danHeard.remoteChanges(chat).flatMap(\.messagesEdited).map(\.body) == ["uploaded, 42 photos"]
         }
         XCTAssertEqual(danHeard.remoteChanges(chat).flatMap(\.messagesEdited).first?.author, "cat")
+        let edits = danHeard.remoteChanges(chat).filter { !$0.messagesEdited.isEmpty }
+        XCTAssertEqual(edits.map(\.authors), [["cat"]], "the edit is told as Cat's change")
 
         try await cat.deleteMessage(doc: chat, messageId: sent.id)
         try await eventually("Dan to hear the deletion") {
