@@ -67,6 +67,8 @@ suspend fun run() {
     batch("handle_clone_free", cheap / 10, cheap) {
         UniffiLib.uniffi_weft_ffi_fn_free_weftdevice(device.uniffiCloneHandle(), UniffiRustCallStatus())
     }
+    // The async call again, late in the run, to tell drift over the run from what follows.
+    batch("document_info_again", cheap / 10, cheap / 10) { device.documentInfo(chat) }
     // An async call is woken from a tokio thread through a JNA callback: JNA attaches that
     // thread to the JVM for the callback and detaches it after, unless told to keep it.
     Native.setCallbackThreadInitializer(
