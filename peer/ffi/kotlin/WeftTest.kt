@@ -172,6 +172,18 @@ suspend fun run() {
     eventually("bob sees the task done") { bob.readTrip(trip).tasks.singleOrNull()?.done == true }
     expectError<WeftException.InvalidArgument>("a bad task id") { alice.setTaskDone(trip, "../../", true) }
 
+    scenario("trip members: the owner adds one; bob, a member who may not, is refused on his device")
+    alice.setTripMember(trip, "bob", "traveller")
+    eventually("bob sees himself among the members") {
+        bob.readTrip(trip).members.any { it.user == "bob" && it.role == "traveller" }
+    }
+    val refused = expectError<WeftException.Forbidden>("bob adds a member to alice's trip") {
+        bob.setTripMember(trip, "carol", "guest")
+    }
+    check("owner" in refused.reason) { "the refusal names the rule: ${refused.reason}" }
+    check(bob.readTrip(trip).members.none { it.user == "carol" }) { "bob's refused write changed his trip" }
+    expectError<WeftException.Forbidden>("bob takes himself off alice's trip") { bob.removeTripMember(trip, "bob") }
+
     scenario("an edit and a delete are told as such, with the author")
     alice.editMessage(chat, noon.id, "noon at the usual place?")
     eventually("bob sees the edit") {

@@ -1,8 +1,18 @@
 //! Trips through the binding: reading one (members, itinerary, tasks) and editing its
-//! itinerary and tasks, backed by weft-schema's trip API.
+//! members, itinerary and tasks, backed by weft-schema's trip API.
+//!
+//! Every write is checked against the trip's write rules (the built-in `trip` kind, as the
+//! relay judges it) before it is made: a write the relay would refuse is
+//! [`WeftError::Forbidden`] here, and changes nothing, rather than a
+//! [`crate::DocumentNotice::ChangesRejected`] later.
+
+use std::sync::OnceLock;
 
 use weft_peer::automerge::Automerge;
-use weft_peer::schema::{self, Id};
+use weft_peer::schema::rules::record::{self, RecordError};
+use weft_peer::schema::rules::Kinds;
+use weft_peer::schema::{self, Id, WriteError};
+use weft_peer::DocId;
 
 use crate::device::{parse_doc, read_error, unix_ms, write_error, WeftDevice};
 use crate::runtime::on_runtime;
@@ -130,27 +140,19 @@ impl WeftDevice {
         } else {
             parse_id("item.id", &item.id)?
         };
-        let device = self.device.clone();
-        on_runtime(async move {
-            device.info(doc).await?;
-            let out = id.to_string();
-            let item = schema::ItineraryItem {
-                id,
-                title: item.title,
-                starts_at: item.starts_at,
-                location: item.location,
-                notes: item.notes,
-            };
-            let now = unix_ms();
-            device
-                .change(doc, move |am: &mut Automerge| {
-                    schema::Trip::put_itinerary_item(am, &item, now)
-                })
-                .await?
-                .map_err(|e| write_error(doc, TRIP, e))?;
-            Ok(out)
+        let out = id.to_string();
+        let item = schema::ItineraryItem {
+            id,
+            title: item.title,
+            starts_at: item.starts_at,
+            location: item.location,
+            notes: item.notes,
+        };
+        self.trip_write(doc, move |am, now| {
+            schema::Trip::put_itinerary_item(am, &item, now)
         })
-        .await
+        .await?;
+        Ok(out)
     }
 
     /// Removes an itinerary item.
@@ -175,21 +177,14 @@ impl WeftDevice {
         assignee: Option<String>,
     ) -> Result<String, WeftError> {
         let doc = parse_doc(&doc)?;
-        let device = self.device.clone();
-        on_runtime(async move {
-            device.info(doc).await?;
-            let id = Id::from_bytes(rand::random());
-            let task = schema::NewTask { title, assignee };
-            let now = unix_ms();
-            let added = device
-                .change(doc, move |am: &mut Automerge| {
-                    schema::Trip::add_task(am, id, &task, now)
-                })
-                .await?
-                .map_err(|e| write_error(doc, TRIP, e))?;
-            Ok(added.id.to_string())
-        })
-        .await
+        let id = Id::from_bytes(rand::random());
+        let task = schema::NewTask { title, assignee };
+        let added = self
+            .trip_write(doc, move |am, now| {
+                schema::Trip::add_task(am, id.clone(), &task, now)
+            })
+            .await?;
+        Ok(added.id.to_string())
     }
 
     /// Marks a task done or not done.
@@ -244,24 +239,139 @@ impl WeftDevice {
         self.trip_write(doc, move |am, now| schema::Trip::remove_task(am, &id, now))
             .await
     }
+
+    /// Adds `user` to the trip's members with `role` (e.g. `organizer`), or changes their
+    /// role. Only the trip's owner (or an admin) may: anyone else gets
+    /// [`WeftError::Forbidden`]. Membership here is what the trip records; who may read or
+    /// write the document is [`WeftDevice::share`]'s.
+    pub async fn set_trip_member(
+        &self,
+        doc: String,
+        user: String,
+        role: String,
+    ) -> Result<(), WeftError> {
+        let doc = parse_doc(&doc)?;
+        self.trip_write(doc, move |am, now| {
+            schema::Trip::set_member(am, &user, &role, now)
+        })
+        .await
+    }
+
+    /// Takes `user` off the trip's members (absent: no change); owner (or admin) only, as
+    /// [`WeftDevice::set_trip_member`].
+    pub async fn remove_trip_member(&self, doc: String, user: String) -> Result<(), WeftError> {
+        let doc = parse_doc(&doc)?;
+        self.trip_write(doc, move |am, now| {
+            schema::Trip::remove_member(am, &user, now)
+        })
+        .await
+    }
 }
 
 impl WeftDevice {
-    /// Applies `write` to trip `doc` with the wall clock, durably.
-    async fn trip_write(
+    /// Applies `write` to trip `doc` with the wall clock, durably, once the trip's write rules
+    /// allow it for this device's user (else nothing changes).
+    async fn trip_write<T: Send + 'static>(
         &self,
-        doc: weft_peer::DocId,
-        write: impl FnOnce(&mut Automerge, u64) -> Result<(), schema::WriteError> + Send + 'static,
-    ) -> Result<(), WeftError> {
+        doc: DocId,
+        write: impl Fn(&mut Automerge, u64) -> Result<T, WriteError> + Send + 'static,
+    ) -> Result<T, WeftError> {
         let device = self.device.clone();
+        let user = self.user.clone();
         on_runtime(async move {
-            device.info(doc).await?;
+            let owner = device.info(doc).await?.owner;
             let now = unix_ms();
             device
-                .change(doc, move |am: &mut Automerge| write(am, now))
+                .change(doc, move |am: &mut Automerge| -> Result<T, WeftError> {
+                    check_rules(doc, am, owner.as_deref(), &user, |fork| write(fork, now))?;
+                    write(am, now).map_err(|e| write_error(doc, TRIP, e))
+                })
                 .await?
-                .map_err(|e| write_error(doc, TRIP, e))
         })
         .await
+    }
+}
+
+/// The kinds trips are judged by: the built-in ones (a relay cannot redeclare `trip`).
+fn builtin_kinds() -> &'static Kinds {
+    static KINDS: OnceLock<Kinds> = OnceLock::new();
+    KINDS.get_or_init(Kinds::builtin)
+}
+
+/// Whether the write rules let `user` make what `write` makes of `am` (`owner`: the trip's
+/// owner, when known), judged on a copy: [`WeftError::Forbidden`] naming the rule when not,
+/// and the write's own error when it fails by itself.
+pub(crate) fn check_rules<T>(
+    doc: DocId,
+    am: &Automerge,
+    owner: Option<&str>,
+    user: &str,
+    write: impl FnOnce(&mut Automerge) -> Result<T, WriteError>,
+) -> Result<(), WeftError> {
+    let mut failed = None;
+    let judged = record::check_write(builtin_kinds(), am, owner, user, |fork| {
+        write(fork).map(drop).map_err(|e| {
+            failed = Some(e);
+            // Stands for the write's own error, returned below.
+            RecordError::NotARecord
+        })
+    });
+    match failed {
+        Some(e) => Err(write_error(doc, TRIP, e)),
+        None => judged.map_err(WeftError::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trip alice created, as every device holds it.
+    fn alices_trip() -> Automerge {
+        let mut am = Automerge::new();
+        let new = schema::NewTrip {
+            title: "Lisbon".into(),
+            start_date: None,
+            end_date: None,
+        };
+        schema::Trip::create(&mut am, &new, 1).expect("a trip");
+        am
+    }
+
+    fn doc() -> DocId {
+        DocId::random(&mut rand::rng())
+    }
+
+    #[test]
+    fn a_member_edits_tasks_but_only_the_owner_changes_members() {
+        let am = alices_trip();
+        let heads = am.get_heads();
+        let task = |am: &mut Automerge| {
+            let new = schema::NewTask {
+                title: "Book the hotel".into(),
+                assignee: Some("alice".into()),
+            };
+            schema::Trip::add_task(am, Id::from_bytes([1; 16]), &new, 2)
+        };
+        let member = |am: &mut Automerge| schema::Trip::set_member(am, "carol", "guest", 2);
+        assert!(check_rules(doc(), &am, Some("alice"), "bob", task).is_ok());
+        assert!(check_rules(doc(), &am, Some("alice"), "alice", member).is_ok());
+        match check_rules(doc(), &am, Some("alice"), "bob", member) {
+            Err(WeftError::Forbidden { reason }) => assert!(reason.contains("owner"), "{reason}"),
+            other => panic!("bob adding a member: {other:?}"),
+        }
+        // Judged on a copy: the trip is as it was.
+        assert_eq!(am.get_heads(), heads);
+    }
+
+    #[test]
+    fn a_write_that_fails_by_itself_is_its_own_error() {
+        let am = alices_trip();
+        let done =
+            |am: &mut Automerge| schema::Trip::set_task_done(am, &Id::from_bytes([9; 16]), true, 2);
+        assert!(matches!(
+            check_rules(doc(), &am, Some("alice"), "bob", done),
+            Err(WeftError::InvalidDocument { .. })
+        ));
     }
 }

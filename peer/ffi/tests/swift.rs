@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// The users the Swift scenarios act as (each scenario has its own; alice is the README sample).
 const USERS: &[&str] = &[
-    "alice", "ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal", "ivy",
+    "alice", "ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal", "ivy", "kim", "lou",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

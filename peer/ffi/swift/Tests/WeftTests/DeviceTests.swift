@@ -31,8 +31,13 @@ final class DeviceTests: DeviceTestCase {
             annHeard.presence.contains { $0.doc == chat && $0.user == "ben" && $0.online }
         }
 
-        _ = try await ben.sendMessage(doc: chat, body: "yes, the usual place")
+        let reply = try await ben.sendMessage(doc: chat, body: "yes, the usual place")
         try await waitForMessages(ann, chat, ["noon?", "yes, the usual place"])
+        try await eventually("Ann to be told the reply is Ben's change") {
+            annHeard.remoteChanges(chat).contains { c in
+                c.authors == ["ben"] && c.messagesAdded.contains { $0.id == reply.id && $0.author == "ben" }
+            }
+        }
         try await waitForMessages(ben, chat, ["noon?", "yes, the usual place"])
         let authors = try await ann.listMessages(doc: chat, last: nil).map(\.author)
         XCTAssertEqual(authors, ["ann", "ben"])
