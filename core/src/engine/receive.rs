@@ -154,29 +154,67 @@ impl Engine {
         if new.is_empty() {
             return Ok(());
         }
-        self.store_fast_path(conn, doc, new);
+        self.store_fast_path(Some(conn), doc, new);
+        self.materialize_for_gate(doc);
+        Ok(())
+    }
+
+    /// The gate keeps what it follows until it sees the document materialized: fold what
+    /// waits in memory, or, for a document every peer follows live (which stays stale for as
+    /// long as it is written), reload it.
+    fn materialize_for_gate(&mut self, doc: DocId) {
         if self
             .gate
             .as_ref()
             .is_some_and(|g| g.wants_materialized(doc))
         {
-            // The gate keeps what it follows until it sees the document materialized: fold
-            // what waits in memory, or, for a document every peer follows live (which stays
-            // stale for as long as it is written), reload it.
             self.fold_or_drop(doc);
             self.materialize_for(doc, "gate");
         }
-        Ok(())
+    }
+
+    /// Changes another node accepted and vouches for (a relay of the same cluster, whose log
+    /// holds them): they join `doc` as a peer's fast-path changes do, waiting in memory to be
+    /// folded (no Automerge work here), persisted as this node's own ([`Origin::Local`]) and
+    /// then sent to every live peer. No gate judges them (the accepting node did); the gate
+    /// observes them. `Ok(None)`: one depends on a change the document lacks, and nothing was
+    /// done (apply them with [`Engine::change`], which Automerge holds until the rest comes);
+    /// `Ok(Some(n))`: `n` of them were new.
+    pub fn import(
+        &mut self,
+        doc: DocId,
+        checked: Vec<CheckedChange>,
+    ) -> Result<Option<usize>, EngineError> {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return Err(EngineError::NotLoaded { doc });
+        };
+        ds.last_used = self.now;
+        let Some(new) = new_changes(ds, checked) else {
+            return Ok(None);
+        };
+        let n = new.len();
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        if let Some(g) = self.gate.as_mut() {
+            for c in &new {
+                g.observe(doc, &c.change, None);
+            }
+        }
+        self.store_fast_path(None, doc, new);
+        self.materialize_for_gate(doc);
+        Ok(Some(n))
     }
 
     /// Accepted fast-path changes: the sender's heads advance with them, and they wait in
-    /// memory (`pending`) to be folded while they are persisted.
-    fn store_fast_path(&mut self, conn: ConnId, doc: DocId, new: Vec<CheckedChange>) {
+    /// memory (`pending`) to be folded while they are persisted. `conn` is the sender (`None`:
+    /// imported, this node's own from then on).
+    fn store_fast_path(&mut self, conn: Option<ConnId>, doc: DocId, new: Vec<CheckedChange>) {
         let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
         };
-        if let Some(pd) = ds.peers.get_mut(&conn) {
+        if let Some(pd) = conn.and_then(|conn| ds.peers.get_mut(&conn)) {
             // The sender has what it sent: its heads advance like ours.
             if let Some(theirs) = pd.their_heads.as_mut() {
                 for c in &new {
@@ -200,7 +238,8 @@ impl Engine {
             ds.pending.push(change);
         }
         ds.pending_since.get_or_insert(now);
-        self.persist_changes(doc, Origin::Remote(conn), raw, true);
+        let origin = conn.map_or(Origin::Local, Origin::Remote);
+        self.persist_changes(doc, origin, raw, true);
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             if let Some(p) = ds.persists.back_mut() {
                 p.pending = hashes;

@@ -83,6 +83,17 @@ impl Host {
         self.engine.change(doc, f)
     }
 
+    /// Changes another node vouches for (see [`crate::engine::Engine::import`]).
+    pub fn import(
+        &mut self,
+        now: Millis,
+        doc: DocId,
+        checked: Vec<crate::check::CheckedChange>,
+    ) -> Result<Option<usize>, EngineError> {
+        self.engine.set_now(now);
+        self.engine.import(doc, checked)
+    }
+
     /// Starts `doc`'s sync with `conn` over from nothing.
     pub fn resync(&mut self, now: Millis, doc: DocId, conn: ConnId) {
         self.engine.set_now(now);

@@ -343,6 +343,25 @@ impl Hub {
 
     fn apply_imported(&mut self, doc: DocId, changes: &[u8]) {
         let now = self.now_ms();
+        // As a peer's fast-path changes: no Automerge work on the hub's loop. A change whose
+        // dependencies the document lacks goes through Automerge below, which holds it.
+        let mut checked = Vec::new();
+        let parsed =
+            weft_core::check::check_chunks(changes, &self.cfg.engine.limits, &mut 0, &mut checked);
+        if parsed.is_ok() {
+            match self.host.import(now, doc, checked) {
+                Ok(Some(0)) => return, // it had them
+                Ok(Some(_)) => {
+                    Metrics::inc(&self.metrics.cluster_delivered);
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%doc, error = %e, "changes from the cluster's log not applied");
+                    return;
+                }
+            }
+        }
         match self
             .host
             .change(now, doc, |am| am.load_incremental(changes))

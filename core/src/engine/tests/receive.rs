@@ -204,3 +204,62 @@ fn a_document_is_not_grown_past_its_byte_limit() {
     )));
     assert_eq!(b.heads(DOC), before);
 }
+
+#[test]
+fn imported_changes_wait_unfolded_are_stored_as_this_nodes_and_reach_live_peers() {
+    let (mut a, mut b) = pair(true);
+    // Changes another relay accepted: a foreign actor's two changes, the second on the first.
+    let (mut other, first) = foreign_change(9, "from", "elsewhere");
+    let mut tx = other.transaction();
+    tx.put(ROOT, "then", "more").unwrap();
+    tx.commit();
+    let second = other.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let check = |raw: &[u8]| {
+        let mut out = Vec::new();
+        crate::check::check_chunks(raw, &crate::check::Limits::default(), &mut 0, &mut out)
+            .unwrap();
+        out
+    };
+
+    // One whose dependency the document lacks: nothing done, the caller falls back.
+    assert_eq!(b.import(DOC, check(&second)).unwrap(), None);
+    assert!(outputs(&mut b).is_empty());
+
+    // Both: kept in memory unfolded, persisted as this node's own (not logged again).
+    let both = [first.clone(), second].concat();
+    assert_eq!(b.import(DOC, check(&both)).unwrap(), Some(2));
+    assert!(b.has_pending(DOC), "no Automerge work on import");
+    let outs = outputs(&mut b);
+    let persists: Vec<_> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist { id, received, .. } => Some((*id, *received)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(persists.len(), 1);
+    assert!(!persists[0].1, "imports are not received changes");
+    // Once durable, the live peer gets them as they came.
+    b.persisted(persists[0].0);
+    let to_a = drain(&mut b);
+    assert!(to_a.iter().any(|(c, m)| *c == ConnId(2)
+        && matches!(m, Message::Changes { changes, .. } if changes.len() == 2)));
+    for (_, m) in to_a {
+        a.handle(ConnId(1), m).unwrap();
+    }
+    pump(&mut a, &mut b);
+    let got = a
+        .read(DOC, |d| {
+            automerge::ReadDoc::get(d.automerge(), ROOT, "then")
+                .unwrap()
+                .map(|(v, _)| v.to_string())
+        })
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("\"more\""));
+
+    // Again: nothing new.
+    assert_eq!(b.import(DOC, check(&first)).unwrap(), Some(0));
+    // A document that is not loaded is an error.
+    let other_doc = DocId::from_bytes([8; 16]);
+    assert!(b.import(other_doc, check(&first)).is_err());
+}

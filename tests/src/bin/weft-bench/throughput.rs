@@ -20,9 +20,10 @@ use crate::relay::{relay_cpu_split, RelayCpu};
 
 /// Changes a device may have sent and not yet had acknowledged.
 const ACK_WINDOW: u64 = 1024;
-/// Changes sent but not yet delivered to every receiver, across all devices: keeps each
-/// receiver's backlog at the relay well under its 1,024-frame queue.
-const DELIVERY_WINDOW: u64 = 3000;
+/// Changes sent but not yet delivered, per receiver on average, across all devices: with the
+/// in-process relay, whose devices keep up, each receiver's backlog stays under the relay's
+/// 1,024-frame queue.
+pub const DELIVERY_WINDOW: u64 = 3000;
 /// How often a receiver acknowledges what it received.
 const ACK_EVERY: Duration = Duration::from_millis(500);
 
@@ -37,6 +38,9 @@ pub struct Target<'a> {
     /// The CPU time of relays in other processes (with their Postgres), read before and after
     /// the window; without it, the in-process relay's threads are read.
     pub cpu: Option<&'a (dyn Fn() -> Duration + Sync)>,
+    /// Changes undelivered per receiver at most ([`DELIVERY_WINDOW`] unless a workload's
+    /// devices cannot keep up with that and the relay drops them as too slow).
+    pub delivery_window: u64,
 }
 
 /// What one run measured.
@@ -82,6 +86,7 @@ pub async fn run(
     let doc_set: Arc<HashSet<DocId>> = Arc::new(ids.iter().copied().collect());
     let counters = Arc::new(Counters::default());
     let receivers = (devices - 1) as u64;
+    let delivery_window = target.delivery_window;
     let mut tasks = tokio::task::JoinSet::new();
     let mut conns = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -110,7 +115,7 @@ pub async fn run(
             chain.clone(),
             counters.clone(),
             device_acked,
-            receivers,
+            (receivers, delivery_window),
             ack_rx,
         ));
     }
@@ -247,7 +252,7 @@ async fn write(
     chain: Arc<Chain>,
     counters: Arc<Counters>,
     device_acked: Arc<AtomicU64>,
-    receivers: u64,
+    (receivers, delivery_window): (u64, u64),
     mut acks: mpsc::Receiver<(DocId, usize)>,
 ) {
     let mut next = vec![0usize; mine.len()];
@@ -270,7 +275,7 @@ async fn write(
         let sent = counters.sent.load(Relaxed);
         let undelivered = (sent * receivers).saturating_sub(counters.delivered.load(Relaxed));
         let blocked = device_sent - device_acked.load(Relaxed) >= ACK_WINDOW
-            || undelivered >= DELIVERY_WINDOW * receivers
+            || undelivered >= delivery_window * receivers
             || exhausted == mine.len();
         if blocked {
             tokio::select! {

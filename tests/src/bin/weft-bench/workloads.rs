@@ -155,6 +155,7 @@ pub(crate) fn throughput_workload(
         token: relay.token()?,
         relay: true,
         cpu: None,
+        delivery_window: throughput::DELIVERY_WINDOW,
     };
     let r = run_throughput(plan, rt, chain, target);
     let drops = relay
@@ -171,6 +172,7 @@ pub(crate) fn throughput_workload(
         token: String::new(),
         relay: false,
         cpu: None,
+        delivery_window: throughput::DELIVERY_WINDOW,
     };
     let b = run_throughput(plan, rt, chain, target);
     fwd.stop();

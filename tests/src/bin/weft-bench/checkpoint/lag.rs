@@ -71,6 +71,7 @@ fn traffic(
         token: relay.token()?,
         relay: true,
         cpu: None,
+        delivery_window: throughput::DELIVERY_WINDOW,
     };
     rt.block_on(throughput::run(
         target,
