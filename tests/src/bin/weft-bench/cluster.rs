@@ -44,7 +44,7 @@ pub(crate) fn cluster_workload(
         pg::installed(),
         "the cluster workload needs the Postgres server binaries (initdb, pg_ctl)"
     );
-    let (warmup, changes) = if plan.quick { (50, 300) } else { (100, 2_000) };
+    let (warmup, changes) = if plan.quick { (50, 300) } else { (100, 1_300) };
     anyhow::ensure!(
         chain.len() >= warmup + changes,
         "the change chain is too short"
