@@ -125,7 +125,12 @@ async fn what_a_relay_that_dies_for_good_accepted_is_checkpointed_by_another() {
     let Some(pg) = PgServer::start() else { return };
     let a = start(tempfile::tempdir().unwrap(), &pg, "a");
     // b checkpoints once an hour: what it accepts is in no checkpoint when it dies.
-    let b = start_with(sibling_dir(&a), &pg.url(), "b", "1h");
+    let b = start_with(
+        sibling_dir(&a),
+        &pg.url(),
+        "b",
+        &["--checkpoint-interval", "1h"],
+    );
     let db = pg::client(&pg).await;
     let doc = new_doc();
     let mut alice = Device::connect(&a, "alice").await;
@@ -149,4 +154,31 @@ async fn what_a_relay_that_dies_for_good_accepted_is_checkpointed_by_another() {
     // Once b has been silent a while, a checkpoints what b accepted lately.
     checkpointed(&db, doc, &heads).await;
     assert_eq!(message_rows(&db, doc).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_document_quota_counts_the_whole_cluster() {
+    let Some(pg) = PgServer::start() else { return };
+    let quota = ["--checkpoint-interval", "200ms", "--max-docs-per-user", "2"];
+    let a = start_with(tempfile::tempdir().unwrap(), &pg.url(), "a", &quota);
+    let b = start_with(sibling_dir(&a), &pg.url(), "b", &quota);
+    let db = pg::client(&pg).await;
+
+    // Alice creates one document on each relay (b has counted hers already: it read the
+    // count before a's creation arrived).
+    let mut on_b = Device::connect(&b, "alice").await;
+    on_b.create_conversation(new_doc(), "first, on b").await;
+    let mut on_a = Device::connect(&a, "alice").await;
+    on_a.create_conversation(new_doc(), "second, on a").await;
+    caught_up(&b, "b", &db).await;
+
+    // A third is over the quota on b as well as on a.
+    let third = new_doc();
+    on_b.engine.create(third, weft_core::Document::new());
+    on_b.writer
+        .send(&Message::Subscribe { doc: third })
+        .await
+        .unwrap();
+    on_b.until(|d| d.refused(third).is_some()).await;
+    assert_eq!(on_b.refused(third), Some(ErrorCode::LIMIT_REACHED));
 }

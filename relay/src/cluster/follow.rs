@@ -272,6 +272,7 @@ async fn apply(f: &Follower, seq: i64, row: Row) -> bool {
                 doc,
                 meta: Box::new(meta),
                 users,
+                created: old.is_none(),
             }
         }
         other => {

@@ -127,6 +127,8 @@ pub enum Imported {
         meta: Box<crate::meta::DocMeta>,
         /// Users whose access changed (the old and the new access list's).
         users: Vec<String>,
+        /// The document is new to this relay: its owner owns one more.
+        created: bool,
     },
 }
 

@@ -171,7 +171,16 @@ impl Hub {
                 self.remote_ephemeral(from, msg)
             }
             Imported::Alive { from } => self.heard(&from),
-            Imported::Meta { doc, meta, users } => {
+            Imported::Meta {
+                doc,
+                meta,
+                users,
+                created,
+            } => {
+                if created && meta.deleted_at_ms.is_none() {
+                    // Quotas count the cluster's documents, not this relay's creations.
+                    self.count_created_elsewhere(&meta);
+                }
                 if let Some(cached) = self.metas.get_mut(&doc) {
                     *cached = (*meta).clone();
                 }

@@ -152,6 +152,18 @@ impl Hub {
         }
     }
 
+    /// Another relay of the cluster created a document: it counts against its owner here too
+    /// (a count not read yet is read from the per-user index, which already holds it).
+    pub(super) fn count_created_elsewhere(&mut self, meta: &crate::meta::DocMeta) {
+        if let Some(n) = meta
+            .owner
+            .as_ref()
+            .and_then(|o| self.usage.owned.get_mut(o))
+        {
+            *n += 1;
+        }
+    }
+
     /// A document was deleted: it no longer counts against its owner.
     pub(super) fn count_deleted(&mut self, meta: &crate::meta::DocMeta) {
         let Some(owner) = &meta.owner else {

@@ -12,26 +12,22 @@ use super::RelayProcess;
 /// Starts relay `name` of the cluster in `dir` (which holds the cluster's secret and
 /// certificate), on the Postgres at `url`.
 pub fn start_on(dir: tempfile::TempDir, url: &str, name: &str) -> Relay {
-    start_with(dir, url, name, "200ms")
+    start_with(dir, url, name, &["--checkpoint-interval", "200ms"])
 }
 
-/// As [`start_on`], checkpointing every `interval`.
-pub fn start_with(dir: tempfile::TempDir, url: &str, name: &str, interval: &str) -> Relay {
-    let process = RelayProcess::start(
-        dir,
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--checkpoint-interval",
-            interval,
-            "--final-checkpoint-deadline",
-            "2s",
-            "--cluster",
-            "--cluster-name",
-            name,
-        ],
-        &[("WEFT_POSTGRES_URL", url)],
-    );
+/// As [`start_on`], with `extra` flags (at least `--checkpoint-interval`).
+pub fn start_with(dir: tempfile::TempDir, url: &str, name: &str, extra: &[&str]) -> Relay {
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--final-checkpoint-deadline",
+        "2s",
+        "--cluster",
+        "--cluster-name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    let process = RelayProcess::start(dir, &args, &[("WEFT_POSTGRES_URL", url)]);
     Relay {
         addr: process.addr("quic="),
         http: process.addr("http="),
