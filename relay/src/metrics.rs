@@ -145,6 +145,10 @@ pub struct Metrics {
     pub cluster_ephemeral_in: AtomicU64,
     /// WebSocket tickets the cluster's other relays said they redeemed.
     pub cluster_tickets_heard: AtomicU64,
+    /// Entries this relay deleted from the cluster's log (past the retention, read by all).
+    pub cluster_trimmed: AtomicU64,
+    /// Times this relay found the log trimmed past its position (it was away too long).
+    pub cluster_gaps: AtomicU64,
     /// The last `seq` of the cluster's log this relay applied (or skipped as its own).
     pub cluster_cursor: AtomicU64,
     /// 1 when this relay reaches the cluster's log (0 without `--cluster`, or while it cannot).
@@ -230,7 +234,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 33] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 35] {
         [
             (
                 "weft_connections",
@@ -399,6 +403,18 @@ impl Metrics {
                 "counter",
                 "WebSocket tickets the cluster's other relays said they redeemed (each opens one socket in the cluster).",
                 &self.cluster_tickets_heard,
+            ),
+            (
+                "weft_cluster_trimmed_total",
+                "counter",
+                "Entries this relay deleted from the cluster's log (older than the retention and read by every relay).",
+                &self.cluster_trimmed,
+            ),
+            (
+                "weft_cluster_gaps_total",
+                "counter",
+                "Times this relay found the cluster's log trimmed past its position (every document then checkpointed).",
+                &self.cluster_gaps,
             ),
             (
                 "weft_cluster_log_position",

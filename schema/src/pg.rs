@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cluster change log",
         sql: include_str!("../migrations/0004_cluster.sql"),
     },
+    Migration {
+        version: 5,
+        name: "cluster relays' positions",
+        sql: include_str!("../migrations/0005_cluster_relays.sql"),
+    },
 ];
 
 /// Why a `weft_documents` row does not decode.

@@ -124,6 +124,18 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) cluster_name: Option<String>,
 
+    /// How long the cluster's change log keeps an entry that every relay has read (a relay
+    /// away for longer catches up from the checkpoints instead).
+    #[arg(
+        long,
+        env = "WEFT_CLUSTER_LOG_RETENTION",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = parse_duration,
+        requires = "cluster"
+    )]
+    pub(crate) cluster_log_retention: Duration,
+
     /// How often to checkpoint into Postgres.
     #[arg(
         long,

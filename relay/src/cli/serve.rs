@@ -152,7 +152,7 @@ async fn run_relay(
         None => None,
     };
     // The follower holds a sender of the hub's events, so it stops first (on `stop_rx`).
-    let cluster = match cluster_config(&args, &quic_addr, &tickets)? {
+    let cluster = match cluster_config(&args, &quic_addr, &tickets, &dirty)? {
         Some(cfg) => {
             let (log, tasks) = weft_relay::start_cluster(
                 cfg,
@@ -297,6 +297,7 @@ fn cluster_config(
     args: &ServeArgs,
     quic_addr: &std::net::SocketAddr,
     tickets: &Option<Arc<weft_relay::Tickets>>,
+    dirty: &Arc<DirtyDocs>,
 ) -> anyhow::Result<Option<weft_relay::ClusterConfig>> {
     let (true, Some(url)) = (args.cluster, &args.postgres) else {
         return Ok(None);
@@ -313,6 +314,8 @@ fn cluster_config(
         relay,
         data_dir: args.data_dir.clone(),
         tickets: tickets.clone(),
+        retention: args.cluster_log_retention,
+        dirty: dirty.clone(),
     }))
 }
 

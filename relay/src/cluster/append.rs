@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// The WebSocket tickets (with `--ws`): redemptions are told to and by the other relays.
     pub tickets: Option<Arc<crate::ws::Tickets>>,
+    /// How long the log keeps an entry every relay has read (`--cluster-log-retention`).
+    pub retention: Duration,
+    /// The checkpointer's dirty set: a relay that missed trimmed entries has every document
+    /// checkpointed, which merges in what Postgres holds.
+    pub dirty: Arc<crate::checkpoint::DirtyDocs>,
 }
 
 /// What the hub appends to (see the module docs of `cluster`).
@@ -133,6 +138,8 @@ pub fn start(
             relay: cfg.relay,
             speaker,
             tickets: cfg.tickets,
+            retention: cfg.retention,
+            dirty: cfg.dirty,
             cursor_file: cfg.data_dir.join(follow::CURSOR_FILE),
             group,
             hub,

@@ -38,6 +38,9 @@ pub(super) struct Follower {
     /// This process on the bus (see `bus.rs`).
     pub(super) speaker: String,
     pub(super) tickets: Option<Arc<crate::ws::Tickets>>,
+    /// How long the log keeps what every relay has read (see `trim`).
+    pub(super) retention: Duration,
+    pub(super) dirty: Arc<crate::checkpoint::DirtyDocs>,
     pub(super) cursor_file: PathBuf,
     pub(super) group: Arc<GroupCommit>,
     pub(super) hub: mpsc::Sender<HubEvent>,
@@ -107,6 +110,9 @@ async fn follow(
 ) -> Result<(), String> {
     let mut own: std::collections::VecDeque<(Instant, i64, Row)> = Default::default();
     let mut saved = *cursor;
+    check_gap(f, client, *cursor).await?;
+    let trim_every = (f.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut next_trim = Instant::now();
     loop {
         let rows = client
             .query(
@@ -157,6 +163,10 @@ async fn follow(
         f.metrics
             .cluster_cursor
             .store((*cursor).max(0) as u64, Ordering::Relaxed);
+        if Instant::now() >= next_trim {
+            trim(f, client, saved).await?;
+            next_trim = Instant::now() + trim_every;
+        }
         if full {
             continue;
         }
@@ -165,7 +175,8 @@ async fn follow(
             .map_or(Duration::from_secs(1), |(due, ..)| {
                 due.saturating_duration_since(Instant::now())
             })
-            .min(Duration::from_secs(1));
+            .min(Duration::from_secs(1))
+            .min(next_trim.saturating_duration_since(Instant::now()));
         tokio::select! {
             n = notes.recv() => if n.is_none() {
                 return Err("the connection ended".into());
@@ -186,6 +197,72 @@ struct Row {
     kind: i16,
     body: Vec<u8>,
     records: Option<Vec<u8>>,
+}
+
+/// Says how far this relay has read (`position`: every entry up to it is in its store), then
+/// deletes the entries that every relay seen within the retention has read and that are older
+/// than the retention (their accepting relays have checkpointed them, or, if one died, the
+/// others did). Relays may trim at once: a delete is idempotent.
+async fn trim(f: &Follower, client: &Client, position: i64) -> Result<(), String> {
+    client
+        .execute(
+            "insert into weft_cluster_relays (relay, position, seen_at) values ($1, $2, now()) \
+             on conflict (relay) do update set position = excluded.position, seen_at = excluded.seen_at",
+            &[&f.relay, &position],
+        )
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    let secs = f.retention.as_secs_f64();
+    let trimmed = client
+        .execute(
+            "delete from weft_changes where at < now() - make_interval(secs => $1) and seq <= \
+             (select min(position) from weft_cluster_relays \
+              where seen_at > now() - make_interval(secs => $1))",
+            &[&secs],
+        )
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    if trimmed > 0 {
+        Metrics::add(&f.metrics.cluster_trimmed, trimmed);
+        tracing::debug!(trimmed, "trimmed the cluster's log");
+    }
+    Ok(())
+}
+
+/// A relay whose position is older than the log's first entry missed entries trimmed while it
+/// was away (longer than the retention): every document it holds is checkpointed, which merges
+/// in what Postgres holds (documents it lacks entirely were restored when it started).
+async fn check_gap(f: &Follower, client: &Client, cursor: i64) -> Result<(), String> {
+    // The first entry left, or past the last one ever appended when none is left.
+    let first: Option<i64> = client
+        .query_one(
+            "select coalesce((select min(seq) from weft_changes), \
+             (select last_value + 1 from weft_changes_seq_seq where is_called))",
+            &[],
+        )
+        .await
+        .map_err(|e| Chain(&e).to_string())?
+        .get(0);
+    let Some(first) = first else { return Ok(()) };
+    if cursor == 0 || first <= cursor + 1 {
+        return Ok(());
+    }
+    tracing::warn!(
+        cursor,
+        first,
+        "the cluster's log was trimmed past this relay's position while it was away; \
+         checkpointing every document to merge in what Postgres holds"
+    );
+    Metrics::inc(&f.metrics.cluster_gaps);
+    let store = f.group.store().clone();
+    let docs = tokio::task::spawn_blocking(move || docstore::list_docs(store.as_ref()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    for doc in docs {
+        f.dirty.mark(doc);
+    }
+    Ok(())
 }
 
 /// Writes one entry into the store and hands it to the hub. `false` when the hub is gone.
