@@ -6,7 +6,6 @@
 //! is committed first), decided again once that is durable, then opened in the engine. The
 //! engine's messages reach only connections subscribed to their document.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use weft_core::engine::{ConnId, OpenOptions, Origin, Output, Rejection};
@@ -22,10 +21,6 @@ use super::{Done, Hub, Outbound};
 use crate::access::{decide, refusal_code, Decision};
 use crate::metrics::Metrics;
 use crate::sharing;
-
-/// An upper bound of what an entry of `Actors` adds to its frame besides the actor's and the
-/// user's bytes (field names, lengths and map headers, in either encoding).
-const ACTOR_ENTRY_OVERHEAD: usize = 32;
 
 impl Hub {
     pub(super) fn on_subscribe(&mut self, conn: ConnId, doc: DocId) {
@@ -203,45 +198,6 @@ impl Hub {
             stable_peer: Some(device.as_bytes().to_vec()),
             saved_sync_state: saved,
         })
-    }
-
-    /// Tells `conn` which user each actor of `doc` writes for: what the store holds and,
-    /// for a loaded document, what its gate knows (bindings of changes just accepted, whose
-    /// records may not be durable yet, and which reached only the subscribers of then). Sent
-    /// before the document's data, in messages that stay well within a frame.
-    fn send_actors(&mut self, conn: ConnId, doc: DocId) {
-        let mut actors: BTreeMap<Vec<u8>, String> =
-            match docstore::load_gate_records(self.host.store().as_ref(), doc) {
-                Ok(r) => r
-                    .into_iter()
-                    .filter_map(|(actor, user)| Some((actor, String::from_utf8(user).ok()?)))
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(%doc, error = %e, "reading a document's actors failed");
-                    BTreeMap::new()
-                }
-            };
-        if let Some(rules) = self.rules() {
-            for (actor, user) in rules.bindings(doc) {
-                actors.insert(actor.to_bytes().to_vec(), user.to_string());
-            }
-        }
-        let budget = self.cfg.max_frame / 2;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for (actor, user) in actors {
-            let size = actor.len() + user.len() + ACTOR_ENTRY_OVERHEAD;
-            if !batch.is_empty() && bytes + size > budget {
-                let actors = std::mem::take(&mut batch);
-                self.send(conn, &Message::Actors { doc, actors });
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(wire::ActorEntry { actor, user });
-        }
-        if !batch.is_empty() {
-            self.send(conn, &Message::Actors { doc, actors: batch });
-        }
     }
 
     /// A subscription's owner record (or nothing, for a document that exists) is durable: the
