@@ -186,8 +186,11 @@ suspend fun run() {
 
     scenario("an edit and a delete are told as such, with the author")
     alice.editMessage(chat, noon.id, "noon at the usual place?")
-    eventually("bob sees the edit") {
-        bobEvents.changes.any { c -> c.messagesEdited.any { it.id == noon.id && it.body == "noon at the usual place?" && it.author == "alice" } }
+    eventually("bob sees the edit, told as alice's change (he first got the chat from the relay)") {
+        bobEvents.changes.any { c ->
+            c.origin == ChangeOrigin.REMOTE && c.authors == listOf("alice") &&
+                c.messagesEdited.any { it.id == noon.id && it.body == "noon at the usual place?" && it.author == "alice" }
+        }
     }
     bob.deleteMessage(chat, yes.id)
     eventually("alice sees the delete") {

@@ -36,7 +36,7 @@ impl Driver {
             } if kind == ConnKind::Relay => self.on_reply(conn, id, code, message),
             Message::Kinds { toml } if kind == ConnKind::Relay => self.on_kinds(&toml),
             Message::Actors { doc, actors } if kind == ConnKind::Relay => {
-                self.on_actors(doc, actors)
+                self.on_actors(conn, doc, actors)
             }
             Message::DocsEnd { truncated, .. } => self.on_docs_end(conn, truncated),
             Message::Error {
@@ -156,17 +156,26 @@ impl Driver {
         }
     }
 
-    /// The relay's actor bindings for `doc`: stored as gate records and learned by the rules.
-    fn on_actors(&mut self, doc: DocId, actors: Vec<ActorEntry>) {
-        let mut batch = WriteBatch::new();
-        for a in &actors {
-            docs::put_gate_record(&mut batch, doc, &a.actor, a.user.as_bytes());
+    /// The relay's actor bindings for `doc`, which `conn` asked for: learned by the rules
+    /// (held until the document opens if it is still loading) and those taken stored as gate
+    /// records, so a later load knows them too.
+    fn on_actors(&mut self, conn: ConnId, doc: DocId, actors: Vec<ActorEntry>) {
+        if !self.conns.get(&conn).is_some_and(|c| c.docs.contains(&doc)) {
+            tracing::debug!(%doc, "ignored actor bindings for a document not asked for");
+            return;
         }
-        if let Some(rules) = self.rules() {
-            for a in actors {
-                let actor = weft_core::automerge::ActorId::from(a.actor.as_slice());
-                rules.learn_binding(doc, actor, &a.user);
+        let Some(rules) = self.rules() else {
+            return;
+        };
+        let mut batch = WriteBatch::new();
+        for a in actors {
+            let actor = weft_core::automerge::ActorId::from(a.actor.as_slice());
+            if rules.learn_binding(doc, actor, &a.user) {
+                docs::put_gate_record(&mut batch, doc, &a.actor, a.user.as_bytes());
             }
+        }
+        if batch.is_empty() {
+            return;
         }
         let ticket = self.group.submit(batch);
         self.tasks.spawn(async move { Done::Meta(ticket.await) });

@@ -200,29 +200,6 @@ impl Hub {
         })
     }
 
-    /// Tells `conn` which user each actor of `doc` writes for, as far as the store knows.
-    fn send_actors(&mut self, conn: ConnId, doc: DocId) {
-        let records = match docstore::load_gate_records(self.host.store().as_ref(), doc) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%doc, error = %e, "reading a document's actors failed");
-                return;
-            }
-        };
-        let actors: Vec<wire::ActorEntry> = records
-            .into_iter()
-            .filter_map(|(actor, user)| {
-                Some(wire::ActorEntry {
-                    actor,
-                    user: String::from_utf8(user).ok()?,
-                })
-            })
-            .collect();
-        if !actors.is_empty() {
-            self.send(conn, &Message::Actors { doc, actors });
-        }
-    }
-
     /// A subscription's owner record (or nothing, for a document that exists) is durable: the
     /// subscription opens, or the connection is told it failed.
     pub(super) fn subscription_recorded(

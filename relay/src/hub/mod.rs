@@ -55,6 +55,7 @@ use crate::metrics::Metrics;
 use crate::sharing::Change;
 use crate::{Claims, Verifier};
 
+mod actors;
 mod cluster;
 mod conns;
 mod control;

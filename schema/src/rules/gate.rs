@@ -26,6 +26,14 @@ use super::notes::{NewMessage, Notes};
 /// materializations (a few hundred bytes each) before it asks the engine for one.
 const MAX_FOLLOWED: usize = 16_384;
 
+/// Most bindings learned from a relay ([`RulesGate::learn_binding`]) a document holds: a
+/// hostile relay cannot grow a document's bindings without bound.
+pub(super) const MAX_LEARNED_BINDINGS: usize = 16_384;
+
+/// Most bindings learned for documents not loaded yet, over all documents, held until each
+/// document loads.
+pub(super) const MAX_PENDING_BINDINGS: usize = 16_384;
+
 /// Who is behind a connection, as the driver authenticated it.
 #[derive(Clone, Debug)]
 struct Conn {
@@ -46,6 +54,12 @@ pub struct RulesGate {
     /// inline `DocRules` is a few hundred bytes.
     docs: HashMap<DocId, Box<DocRules>>,
     owners: HashMap<DocId, String>,
+    /// Bindings learned from a relay for documents not loaded yet (a device asks for a
+    /// document and its relay sends the bindings while the load is in flight): applied when
+    /// the document opens, as the relay's word. At most [`MAX_PENDING_BINDINGS`] in all.
+    pending: HashMap<DocId, HashMap<ActorId, String>>,
+    /// How many bindings `pending` holds.
+    pending_len: usize,
     /// The user changes made here write for (a device's user).
     local_user: Option<String>,
     /// New messages noted for the push hook, when asked ([`RulesGate::note_messages`]).
@@ -60,6 +74,8 @@ impl RulesGate {
             conns: HashMap::default(),
             docs: HashMap::default(),
             owners: HashMap::default(),
+            pending: HashMap::default(),
+            pending_len: 0,
             local_user: None,
             notes: None,
         }
@@ -133,16 +149,59 @@ impl RulesGate {
     }
 
     /// `actor` writes for `user` in `doc` (learned from the relay): a device's gate takes
-    /// changes its peers forward from that actor as that user's.
-    pub fn learn_binding(&mut self, doc: DocId, actor: ActorId, user: &str) {
+    /// changes its peers forward from that actor as that user's. The relay's word replaces
+    /// what a peer bound the actor to. For a document not loaded yet the binding is held until
+    /// it opens. Returns whether the binding was taken (new or changed, within a bound per
+    /// document and, while held, in all): whether it is worth storing.
+    pub fn learn_binding(&mut self, doc: DocId, actor: ActorId, user: &str) -> bool {
         if let Some(st) = self.docs.get_mut(&doc) {
-            st.bindings.entry(actor).or_insert_with(|| user.to_string());
+            return learn(&mut st.bindings, actor, user);
         }
+        if let Some(pending) = self.pending.get_mut(&doc) {
+            if pending.contains_key(&actor) {
+                return learn(pending, actor, user);
+            }
+        }
+        if self.pending_len >= MAX_PENDING_BINDINGS {
+            return false;
+        }
+        // A new actor, with room left in all: always taken.
+        let taken = learn(self.pending.entry(doc).or_default(), actor, user);
+        if taken {
+            self.pending_len += 1;
+        }
+        taken
+    }
+
+    /// The bindings of a loaded `doc` the gate knows: actor and user.
+    pub fn bindings(&self, doc: DocId) -> impl Iterator<Item = (&ActorId, &str)> {
+        self.docs
+            .get(&doc)
+            .into_iter()
+            .flat_map(|st| st.bindings.iter().map(|(a, u)| (a, u.as_str())))
     }
 
     /// Which user `actor` writes for in a loaded `doc`, as far as the gate knows.
     pub fn binding(&self, doc: DocId, actor: &ActorId) -> Option<&str> {
         self.docs.get(&doc)?.bindings.get(actor).map(String::as_str)
+    }
+}
+
+/// Binds `actor` to `user` in `bindings` unless it already is, or `bindings` is full; whether
+/// it did.
+fn learn(bindings: &mut HashMap<ActorId, String>, actor: ActorId, user: &str) -> bool {
+    let full = bindings.len() >= MAX_LEARNED_BINDINGS;
+    match bindings.get_mut(&actor) {
+        Some(u) if u == user => false,
+        Some(u) => {
+            *u = user.to_string();
+            true
+        }
+        None if full => false,
+        None => {
+            bindings.insert(actor, user.to_string());
+            true
+        }
     }
 }
 
@@ -163,6 +222,12 @@ impl Gate for RulesGate {
                 st.bindings
                     .insert(ActorId::from(actor.as_slice()), user.to_string());
             }
+        }
+        // The relay's word, learned while the document loaded (it may not be in `records`
+        // yet: the load may have read the store before they were written).
+        if let Some(pending) = self.pending.remove(&doc) {
+            self.pending_len -= pending.len();
+            st.bindings.extend(pending);
         }
         st.owner = self.owners.get(&doc).cloned();
         st.materialized(document.automerge());
@@ -266,6 +331,7 @@ impl Gate for RulesGate {
     fn shrink(&mut self) {
         shrink_map(&mut self.docs);
         shrink_map(&mut self.owners);
+        shrink_map(&mut self.pending);
         if let Some(n) = &mut self.notes {
             n.shrink();
         }

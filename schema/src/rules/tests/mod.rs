@@ -477,4 +477,5 @@ fn long_runs_of_typing_are_judged_like_short_ones() {
     }
 }
 
+mod bindings;
 mod notes;

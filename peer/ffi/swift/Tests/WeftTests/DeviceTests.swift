@@ -71,6 +71,8 @@ final class DeviceTests: DeviceTestCase {
             danHeard.remoteChanges(chat).flatMap(\.messagesEdited).map(\.body) == ["uploaded, 42 photos"]
         }
         XCTAssertEqual(danHeard.remoteChanges(chat).flatMap(\.messagesEdited).first?.author, "cat")
+        let edits = danHeard.remoteChanges(chat).filter { !$0.messagesEdited.isEmpty }
+        XCTAssertEqual(edits.map(\.authors), [["cat"]], "the edit is told as Cat's change")
 
         try await cat.deleteMessage(doc: chat, messageId: sent.id)
         try await eventually("Dan to hear the deletion") {
