@@ -77,7 +77,8 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
         };
         backoff = Duration::from_millis(100);
         f.metrics.cluster_connected.store(1, Ordering::Relaxed);
-        let ended = follow(&f, &mut stop, &client, &mut notes, &mut cursor).await;
+        let mut resume = cursor;
+        let ended = follow(&f, &mut stop, &client, &mut notes, &mut cursor, &mut resume).await;
         io.abort();
         f.metrics.cluster_connected.store(0, Ordering::Relaxed);
         match ended {
@@ -87,29 +88,40 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the cluster's follower lost Postgres; reconnecting");
-                // From the saved position: it is never past an entry not yet looked at.
-                cursor = read_cursor(&f.cursor_file);
+                // Before the first entry of its own not yet looked at, after every other entry
+                // applied: an entry of another relay is never applied twice by one process (a
+                // metadata entry applied again, older than what followed it, would take access
+                // away from live members until the newer one came again).
+                cursor = resume;
             }
         }
     }
 }
+
+/// How often the follower saves its position at most.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the follower leaves an entry of its own relay before it looks whether the store
 /// holds it: the relay writes it to its store right after the append commits, and looking at
 /// once would find it missing (and write it twice) whenever the follower is quicker.
 const OWN_ENTRY_GRACE: Duration = Duration::from_secs(1);
 
-/// Reads and applies until stopped (`Ok`) or the connection fails. The cursor saved is never
-/// past an entry of its own not yet looked at, so a relay killed meanwhile looks at it again.
+/// Reads and applies until stopped (`Ok`) or the connection fails. The cursor saved (and
+/// `resume`, where a new connection starts) is never past an entry of its own not yet looked
+/// at, so a relay killed meanwhile looks at it again. The file is written at most once a
+/// second (a rename flushes the file system's journal): after a crash, up to a second of
+/// entries is read and applied again, in order.
 async fn follow(
     f: &Follower,
     stop: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
     client: &Client,
     notes: &mut mpsc::Receiver<()>,
     cursor: &mut i64,
+    resume: &mut i64,
 ) -> Result<(), String> {
     let mut own: std::collections::VecDeque<(Instant, i64, Row)> = Default::default();
     let mut saved = *cursor;
+    let mut saved_at = Instant::now();
     check_gap(f, client, *cursor).await?;
     let trim_every = (f.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut next_trim = Instant::now();
@@ -156,9 +168,11 @@ async fn follow(
             }
         }
         let safe = own.front().map_or(*cursor, |(_, seq, _)| seq - 1);
-        if safe != saved {
+        *resume = safe;
+        if safe != saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
             write_cursor(&f.cursor_file, safe);
             saved = safe;
+            saved_at = Instant::now();
         }
         f.metrics
             .cluster_cursor
