@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::{next_event, now_ms};
 use common::in_process::InProcessRelay;
-use tokio::sync::broadcast;
 use weft_core::clock::ManualClock;
 use weft_peer::schema::{self, NewConversation, NewMessage};
 use weft_peer::{DataDir, Device, Event, EventOrigin, RelayConfig, TokenSource};
@@ -13,35 +13,6 @@ use weft_peer::{DataDir, Device, Event, EventOrigin, RelayConfig, TokenSource};
 /// How many chats Cat shares with Dan: whether Dan learns Cat's binding before his copy of a
 /// new chat opens depends on timing, so a few rounds make a miss show.
 const ROUNDS: usize = 5;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Waits for an event matching `pick`, for at most 20 s.
-async fn next_event<T>(
-    events: &mut broadcast::Receiver<Event>,
-    mut pick: impl FnMut(Event) -> Option<T>,
-) -> T {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the event never came")
-}
 
 /// Cat writes `body` in `doc`; returns her heads once it is durable.
 async fn cat_sends(

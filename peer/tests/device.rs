@@ -5,22 +5,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::{next_event, now_ms};
 use common::in_process::InProcessRelay;
 use common::Relay;
-use tokio::sync::broadcast;
 use weft_core::clock::ManualClock;
 use weft_peer::schema::{self, NewConversation, NewMessage};
 use weft_peer::{
     DataDir, Device, DeviceError, Event, EventOrigin, PeerConfig, RelayConfig, SyncState,
     TokenSource,
 };
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 async fn conversation(device: &Device, title: &str) -> weft_peer::DocId {
     let new = NewConversation {
@@ -54,28 +47,6 @@ fn relay_certs(relay: &Relay) -> Vec<rustls::pki_types::CertificateDer<'static>>
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
-}
-
-/// Waits for an event matching `pick`, for at most 20 s.
-async fn next_event<T>(
-    events: &mut broadcast::Receiver<Event>,
-    mut pick: impl FnMut(Event) -> Option<T>,
-) -> T {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the event never came")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Driving the `weft` and `weft-relay` binaries as a user would.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod in_process;
 
 use std::io::{BufRead, BufReader};
