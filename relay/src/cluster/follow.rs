@@ -50,6 +50,8 @@ pub(super) struct Follower {
 /// Follows the log until told to stop (reconnecting with backoff when Postgres goes away).
 pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> + Send>>) {
     let mut cursor = read_cursor(&f.cursor_file);
+    // The last entry appended before this process could append any (read once).
+    let mut earlier: Option<i64> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
@@ -78,7 +80,13 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
         backoff = Duration::from_millis(100);
         f.metrics.cluster_connected.store(1, Ordering::Relaxed);
         let mut resume = cursor;
-        let ended = follow(&f, &mut stop, &client, &mut notes, &mut cursor, &mut resume).await;
+        let ended = match earlier_processes(&client, &mut earlier).await {
+            Ok(earlier) => {
+                let pos = (&mut cursor, &mut resume);
+                follow(&f, &mut stop, &client, &mut notes, pos, earlier).await
+            }
+            Err(e) => Err(e),
+        };
         io.abort();
         f.metrics.cluster_connected.store(0, Ordering::Relaxed);
         match ended {
@@ -101,10 +109,31 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
 /// How often the follower saves its position at most.
 const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the follower leaves an entry of its own relay before it looks whether the store
-/// holds it: the relay writes it to its store right after the append commits, and looking at
-/// once would find it missing (and write it twice) whenever the follower is quicker.
+/// How long the follower leaves an entry this process appended before it looks whether the
+/// store holds it: the relay writes it to its store right after the append commits, and
+/// looking at once would find it missing (and write it twice) whenever the follower is
+/// quicker. Entries of this relay's earlier processes are looked at in order, at once: a
+/// process killed between its append and its store write left one missing, and the other
+/// relays' entries after it may depend on it (applied first, they would wait in the document
+/// for a dependency that comes a second later, and be sent to no one).
 const OWN_ENTRY_GRACE: Duration = Duration::from_secs(1);
+
+/// The log's last `seq` when this process first read it: its own entries up to there were
+/// appended by earlier processes of this relay. Read on the first connection only. An entry
+/// this process appended before that read is taken for an earlier one's, and at worst written
+/// to the store twice (harmless).
+async fn earlier_processes(client: &Client, earlier: &mut Option<i64>) -> Result<i64, String> {
+    if let Some(e) = *earlier {
+        return Ok(e);
+    }
+    let last: i64 = client
+        .query_one("select coalesce(max(seq), 0) from weft_changes", &[])
+        .await
+        .map_err(|e| Chain(&e).to_string())?
+        .get(0);
+    *earlier = Some(last);
+    Ok(last)
+}
 
 /// Reads and applies until stopped (`Ok`) or the connection fails. The cursor saved (and
 /// `resume`, where a new connection starts) is never past an entry of its own not yet looked
@@ -116,8 +145,8 @@ async fn follow(
     stop: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
     client: &Client,
     notes: &mut mpsc::Receiver<()>,
-    cursor: &mut i64,
-    resume: &mut i64,
+    (cursor, resume): (&mut i64, &mut i64),
+    earlier: i64,
 ) -> Result<(), String> {
     let mut own: std::collections::VecDeque<(Instant, i64, Row)> = Default::default();
     let mut saved = *cursor;
@@ -147,7 +176,7 @@ async fn follow(
                 body: row.get(4),
                 records: row.get(5),
             };
-            if entry.own {
+            if entry.own && seq > earlier {
                 own.push_back((Instant::now() + OWN_ENTRY_GRACE, seq, entry));
             } else {
                 if !apply(f, seq, entry).await {
