@@ -184,3 +184,55 @@ async fn a_users_document_quota_counts_the_whole_cluster() {
     on_b.until(|d| d.refused(third).is_some()).await;
     assert_eq!(on_b.refused(third), Some(ErrorCode::LIMIT_REACHED));
 }
+
+/// Entries read before the ones they depend on (a relay that came back after a crash, a log
+/// read out of order) still reach the devices: the later change is held until its dependency
+/// arrives, then both are forwarded. Written here straight into the log, as a relay "x".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_imported_before_their_dependencies_reach_the_devices() {
+    let Some(pg) = PgServer::start() else { return };
+    let a = start(tempfile::tempdir().unwrap(), &pg, "a");
+    let b = start(sibling_dir(&a), &pg, "b");
+    let db = pg::client(&pg).await;
+    let doc = new_doc();
+    let mut alice = Device::connect(&a, "alice").await;
+    alice.create_conversation(doc, "Out of order").await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.synced(doc).await;
+    caught_up(&b, "b", &db).await;
+    let mut bob = Device::connect(&b, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+
+    // Two changes of Alice's, the second depending on the first, never sent by her device.
+    let before: Vec<_> = alice.engine.read(doc, |d| d.heads()).unwrap();
+    alice.say(doc, "first");
+    alice.say(doc, "second");
+    let (first, second) = alice
+        .engine
+        .read(doc, |d| {
+            let changes = d.automerge().get_changes(&before);
+            assert_eq!(changes.len(), 2);
+            (
+                changes[0].raw_bytes().to_vec(),
+                changes[1].raw_bytes().to_vec(),
+            )
+        })
+        .unwrap();
+    drop(alice);
+    for body in [&second, &first] {
+        db.execute(
+            "insert into weft_changes (relay, doc_id, kind, body) values ('x', $1, 1, $2)",
+            &[&doc.to_string(), body],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute("select pg_notify('weft_changes', 'x')", &[])
+        .await
+        .unwrap();
+    bob.until(|d| {
+        let t = texts(d, doc);
+        t.contains(&"first".to_string()) && t.contains(&"second".to_string())
+    })
+    .await;
+}

@@ -22,7 +22,6 @@ use weft_core::{DeviceId, DocId};
 use super::Hub;
 use crate::cluster::{ClusterLog, Entry, Imported, LogTicket, SILENT_AFTER};
 use crate::meta::DocMeta;
-use crate::metrics::Metrics;
 
 /// Members online on other relays remembered per document at most.
 const MAX_REMOTE_PRESENCE: usize = 1_024;
@@ -336,53 +335,5 @@ impl Hub {
             .get(&doc)
             .map(|s| s.keys().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// `doc` finished loading: changes imported while it loaded enter it now.
-    pub(super) fn apply_waiting_imports(&mut self, doc: DocId) {
-        let Some(waiting) = self.imports_waiting.remove(&doc) else {
-            return;
-        };
-        if self.host.is_loaded(doc) {
-            for changes in waiting {
-                self.apply_imported(doc, &changes);
-            }
-        }
-    }
-
-    fn apply_imported(&mut self, doc: DocId, changes: &[u8]) {
-        let now = self.now_ms();
-        // As a peer's fast-path changes: no Automerge work on the hub's loop. A change whose
-        // dependencies the document lacks goes through Automerge below, which holds it.
-        let mut checked = Vec::new();
-        let parsed =
-            weft_core::check::check_chunks(changes, &self.cfg.engine.limits, &mut 0, &mut checked);
-        if parsed.is_ok() {
-            match self.host.import(now, doc, checked) {
-                Ok(Some(0)) => return, // it had them
-                Ok(Some(_)) => {
-                    Metrics::inc(&self.metrics.cluster_delivered);
-                    return;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(%doc, error = %e, "changes from the cluster's log not applied");
-                    return;
-                }
-            }
-        }
-        match self
-            .host
-            .change(now, doc, |am| am.load_incremental(changes))
-        {
-            Ok((Ok(_), Some(_))) => Metrics::inc(&self.metrics.cluster_delivered),
-            Ok((Ok(_), None)) => {} // it had them
-            Ok((Err(e), _)) => {
-                tracing::error!(%doc, error = %e, "changes from the cluster's log do not load");
-            }
-            Err(e) => {
-                tracing::warn!(%doc, error = %e, "changes from the cluster's log not applied")
-            }
-        }
     }
 }

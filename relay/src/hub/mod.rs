@@ -60,6 +60,7 @@ mod cluster;
 mod conns;
 mod control;
 mod docs;
+mod imports;
 mod inbound;
 mod listing;
 mod loads;
@@ -328,6 +329,9 @@ pub struct Hub {
     cluster: Option<crate::cluster::ClusterLog>,
     /// Changes imported from the cluster's log for documents whose load was running.
     imports_waiting: HashMap<DocId, Vec<Vec<u8>>>,
+    /// Changes imported from the cluster's log waiting for their dependencies
+    /// (`hub/imports.rs`).
+    orphans: imports::Orphans,
     /// Members online on the cluster's other relays, per document, with the relay process
     /// that announced them (`hub/cluster.rs`).
     remote_presence: HashMap<DocId, HashMap<(String, DeviceId), Arc<str>>>,
@@ -381,6 +385,7 @@ impl Hub {
             notifier: None,
             cluster: None,
             imports_waiting: HashMap::default(),
+            orphans: imports::Orphans::default(),
             remote_presence: HashMap::default(),
             relays_heard: HashMap::default(),
             recent_imports: HashMap::default(),

@@ -318,5 +318,6 @@ impl Hub {
         self.resync_drained();
         self.retry_discovery();
         self.forget_silent_relays();
+        self.expire_orphans();
     }
 }
