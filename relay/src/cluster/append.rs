@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use weft_core::store::{GroupCommit, StoreError};
 
 use super::{
@@ -168,6 +168,9 @@ async fn append_loop(
     stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<PgConn> = None;
+    // Prepared once per connection (a statement sent as text is parsed and planned anew on
+    // every append).
+    let mut stmts: Option<Statements> = None;
     let mut backoff = Duration::from_millis(50);
     // Once the relay is stopping, a batch Postgres does not take within STOP_GRACE is
     // dropped: its writes fail (nothing of them was acknowledged) and the hub can finish.
@@ -197,6 +200,7 @@ async fn append_loop(
             }
             if conn.as_ref().is_none_or(PgConn::is_closed) {
                 conn = None;
+                stmts = None;
                 match PgConn::connect(&target, Duration::from_secs(5)).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
@@ -211,7 +215,14 @@ async fn append_loop(
             }
             let Some(c) = conn.as_mut() else { continue };
             let started = Instant::now();
-            match write(&mut c.client, &relay, &rows).await {
+            let written = match &stmts {
+                Some(st) => write(&mut c.client, st, &relay, &rows).await,
+                None => match Statements::prepare(&c.client).await {
+                    Ok(st) => write(&mut c.client, stmts.insert(st), &relay, &rows).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match written {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -224,6 +235,7 @@ async fn append_loop(
                     tracing::warn!(error = %Chain(&e), entries = batch.len(), "appending to the cluster's log failed; trying again");
                     Metrics::inc(&metrics.cluster_append_failures);
                     conn = None;
+                    stmts = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -283,21 +295,48 @@ impl Rows {
     }
 }
 
-async fn write(client: &mut Client, relay: &str, rows: &Rows) -> Result<(), tokio_postgres::Error> {
+/// The appender's statements, prepared on its connection.
+struct Statements {
+    lock: Statement,
+    insert: Statement,
+    notify: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let (lock, insert, notify) = futures_util::future::try_join3(
+            client.prepare("select pg_advisory_xact_lock($1)"),
+            client.prepare(
+                "insert into weft_changes (relay, doc_id, kind, body, records) \
+                 select $1, d, k, b, r \
+                 from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
+                 order by n",
+            ),
+            client.prepare("select pg_notify('weft_changes', $1)"),
+        )
+        .await?;
+        Ok(Statements {
+            lock,
+            insert,
+            notify,
+        })
+    }
+}
+
+async fn write(
+    client: &mut Client,
+    st: &Statements,
+    relay: &str,
+    rows: &Rows,
+) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     // Pipelined: the three statements go out together and run in order (the lock first).
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records];
     let relay_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&relay];
-    let lock = tx.execute("select pg_advisory_xact_lock($1)", &[&APPEND_LOCK]);
-    let insert = tx.execute(
-        "insert into weft_changes (relay, doc_id, kind, body, records) \
-         select $1, d, k, b, r \
-         from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
-         order by n",
-        &params,
-    );
-    let notify = tx.execute("select pg_notify('weft_changes', $1)", &relay_param);
+    let lock = tx.execute(&st.lock, &[&APPEND_LOCK]);
+    let insert = tx.execute(&st.insert, &params);
+    let notify = tx.execute(&st.notify, &relay_param);
     futures_util::future::try_join3(lock, insert, notify).await?;
     tx.commit().await
 }

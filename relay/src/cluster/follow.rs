@@ -154,14 +154,17 @@ async fn follow(
     check_gap(f, client, *cursor).await?;
     let trim_every = (f.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut next_trim = Instant::now();
+    let read = client
+        .prepare(
+            "select seq, relay, doc_id, kind, body, records, \
+             (extract(epoch from (clock_timestamp() - at)) * 1000)::int8 \
+             from weft_changes where seq > $1 order by seq limit $2",
+        )
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
     loop {
         let rows = client
-            .query(
-                "select seq, relay, doc_id, kind, body, records, \
-                 (extract(epoch from (clock_timestamp() - at)) * 1000)::int8 \
-                 from weft_changes where seq > $1 order by seq limit $2",
-                &[&*cursor, &READ_BATCH],
-            )
+            .query(&read, &[&*cursor, &READ_BATCH])
             .await
             .map_err(|e| Chain(&e).to_string())?;
         let full = rows.len() as i64 == READ_BATCH;
