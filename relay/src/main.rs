@@ -91,9 +91,13 @@ fn clap_exit(err: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Without `RUST_LOG`, `default_level` for everything but Automerge, which is at `warn`: it
+/// opens an `info` span on every load, transaction commit and column encoding, and formatting
+/// their fields was several percent of a cluster relay's CPU.
 fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},automerge=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
