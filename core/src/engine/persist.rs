@@ -117,7 +117,7 @@ impl Engine {
                 }
             );
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-            if let Write::Changes(bytes) = &write {
+            if let Write::Changes(bytes) | Write::Stored(bytes) = &write {
                 ds.stored_bytes = ds.stored_bytes.saturating_add(bytes.len() as u64);
             }
             ds.persists.push_back(PendingPersist {
@@ -146,9 +146,22 @@ impl Engine {
         via_fast_path: bool,
     ) -> PersistId {
         let chunk = raw.concat();
+        self.persist_changes_as(doc, origin, raw, via_fast_path, Write::Changes(chunk))
+    }
+
+    /// [`Engine::persist_changes`] with the write given ([`Write::Changes`] or
+    /// [`Write::Stored`]).
+    pub(super) fn persist_changes_as(
+        &mut self,
+        doc: DocId,
+        origin: Origin,
+        raw: Vec<Bytes>,
+        via_fast_path: bool,
+        write: Write,
+    ) -> PersistId {
         self.persist_write(
             doc,
-            Write::Changes(chunk),
+            write,
             PersistEffect::Changes {
                 origin,
                 raw,

@@ -154,7 +154,7 @@ impl Engine {
         if new.is_empty() {
             return Ok(());
         }
-        self.store_fast_path(Some(conn), doc, new);
+        self.store_fast_path(Some(conn), doc, new, None);
         self.materialize_for_gate(doc);
         Ok(())
     }
@@ -177,13 +177,16 @@ impl Engine {
     /// holds them): they join `doc` as a peer's fast-path changes do, waiting in memory to be
     /// folded (no Automerge work here), persisted as this node's own ([`Origin::Local`]) and
     /// then sent to every live peer. No gate judges them (the accepting node did); the gate
-    /// observes them. `Ok(None)`: one depends on a change the document lacks, and nothing was
-    /// done (apply them with [`Engine::change`], which Automerge holds until the rest comes);
-    /// `Ok(Some(n))`: `n` of them were new.
+    /// observes them. `stored` is the chunk the driver has already written them to its store
+    /// in (the node's copy of the log entry): it is not written again ([`Write::Stored`]).
+    /// `Ok(None)`: one depends on a change the document lacks, and nothing was done (try again
+    /// once the rest came, or apply them with [`Engine::change`], which Automerge holds until
+    /// the rest comes); `Ok(Some(n))`: `n` of them were new.
     pub fn import(
         &mut self,
         doc: DocId,
         checked: Vec<CheckedChange>,
+        stored: Vec<u8>,
     ) -> Result<Option<usize>, EngineError> {
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Err(EngineError::NotLoaded { doc });
@@ -201,15 +204,22 @@ impl Engine {
                 g.observe(doc, &c.change, None);
             }
         }
-        self.store_fast_path(None, doc, new);
+        self.store_fast_path(None, doc, new, Some(stored));
         self.materialize_for_gate(doc);
         Ok(Some(n))
     }
 
     /// Accepted fast-path changes: the sender's heads advance with them, and they wait in
     /// memory (`pending`) to be folded while they are persisted. `conn` is the sender (`None`:
-    /// imported, this node's own from then on).
-    fn store_fast_path(&mut self, conn: Option<ConnId>, doc: DocId, new: Vec<CheckedChange>) {
+    /// imported, this node's own from then on, and `stored` the chunk the driver holds them
+    /// in).
+    fn store_fast_path(
+        &mut self,
+        conn: Option<ConnId>,
+        doc: DocId,
+        new: Vec<CheckedChange>,
+        stored: Option<Vec<u8>>,
+    ) {
         let now = self.now;
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
@@ -239,7 +249,11 @@ impl Engine {
         }
         ds.pending_since.get_or_insert(now);
         let origin = conn.map_or(Origin::Local, Origin::Remote);
-        self.persist_changes(doc, origin, raw, true);
+        let write = match stored {
+            Some(chunk) => Write::Stored(chunk),
+            None => Write::Changes(raw.concat()),
+        };
+        self.persist_changes_as(doc, origin, raw, true, write);
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             if let Some(p) = ds.persists.back_mut() {
                 p.pending = hashes;

@@ -134,6 +134,10 @@ pub enum Origin {
 pub enum Write {
     /// Raw changes to store as one incremental chunk (concatenated change bytes).
     Changes(Vec<u8>),
+    /// Changes the driver has stored already, as this incremental chunk (see
+    /// [`Engine::import`](crate::engine::Engine::import)): nothing is written again; the
+    /// driver counts the chunk as the document's (for compaction) and reports it durable.
+    Stored(Vec<u8>),
     /// A record the gate asked to keep with the document (see
     /// [`Accepted`](crate::engine::Accepted)); written before the changes it came with.
     GateRecord {

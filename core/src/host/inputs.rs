@@ -83,15 +83,17 @@ impl Host {
         self.engine.change(doc, f)
     }
 
-    /// Changes another node vouches for (see [`crate::engine::Engine::import`]).
+    /// Changes another node vouches for, already in the store as the incremental chunk
+    /// `stored` (see [`crate::engine::Engine::import`]).
     pub fn import(
         &mut self,
         now: Millis,
         doc: DocId,
         checked: Vec<crate::check::CheckedChange>,
+        stored: Vec<u8>,
     ) -> Result<Option<usize>, EngineError> {
         self.engine.set_now(now);
-        self.engine.import(doc, checked)
+        self.engine.import(doc, checked, stored)
     }
 
     /// Starts `doc`'s sync with `conn` over from nothing.

@@ -235,6 +235,13 @@ impl Host {
                         stored.chunks.push(key);
                         stored.incremental_bytes += len;
                     }
+                    Write::Stored(bytes) => {
+                        // Written by the driver already: only counted as the document's.
+                        let key = docs::ChunkKey::for_bytes(doc, ChunkKind::Incremental, &bytes);
+                        let stored = self.chunks.entry(doc).or_default();
+                        stored.chunks.push(key);
+                        stored.incremental_bytes += bytes.len();
+                    }
                     Write::GateRecord { key, value } => {
                         docs::put_gate_record(&mut batch, doc, &key, &value);
                         if self.cfg.log_received {

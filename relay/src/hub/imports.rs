@@ -86,7 +86,8 @@ impl Hub {
         if parsed.is_err() {
             return Fast::Refused;
         }
-        match self.host.import(now, doc, checked) {
+        // The follower wrote `changes` as a chunk before the hub saw them.
+        match self.host.import(now, doc, checked, changes.to_vec()) {
             Ok(Some(0)) => Fast::Had,
             Ok(Some(_)) => {
                 Metrics::inc(&self.metrics.cluster_delivered);

@@ -222,18 +222,27 @@ fn imported_changes_wait_unfolded_are_stored_as_this_nodes_and_reach_live_peers(
     };
 
     // One whose dependency the document lacks: nothing done, the caller falls back.
-    assert_eq!(b.import(DOC, check(&second)).unwrap(), None);
+    assert_eq!(b.import(DOC, check(&second), second.clone()).unwrap(), None);
     assert!(outputs(&mut b).is_empty());
 
-    // Both: kept in memory unfolded, persisted as this node's own (not logged again).
+    // Both: kept in memory unfolded, persisted as this node's own (not logged again), as the
+    // chunk the driver wrote already (nothing written twice).
     let both = [first.clone(), second].concat();
-    assert_eq!(b.import(DOC, check(&both)).unwrap(), Some(2));
+    assert_eq!(b.import(DOC, check(&both), both.clone()).unwrap(), Some(2));
     assert!(b.has_pending(DOC), "no Automerge work on import");
     let outs = outputs(&mut b);
     let persists: Vec<_> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::Persist { id, received, .. } => Some((*id, *received)),
+            Output::Persist {
+                id,
+                received,
+                write,
+                ..
+            } => {
+                assert_eq!(write, &Write::Stored(both.clone()));
+                Some((*id, *received))
+            }
             _ => None,
         })
         .collect();
@@ -258,8 +267,11 @@ fn imported_changes_wait_unfolded_are_stored_as_this_nodes_and_reach_live_peers(
     assert_eq!(got.as_deref(), Some("\"more\""));
 
     // Again: nothing new.
-    assert_eq!(b.import(DOC, check(&first)).unwrap(), Some(0));
+    assert_eq!(
+        b.import(DOC, check(&first), first.clone()).unwrap(),
+        Some(0)
+    );
     // A document that is not loaded is an error.
     let other_doc = DocId::from_bytes([8; 16]);
-    assert!(b.import(other_doc, check(&first)).is_err());
+    assert!(b.import(other_doc, check(&first), first.clone()).is_err());
 }
