@@ -298,28 +298,19 @@ impl Rows {
 /// The appender's statements, prepared on its connection.
 struct Statements {
     lock: Statement,
-    insert: Statement,
-    notify: Statement,
+    /// The insert and its notifications (`notes.rs`).
+    append: Statement,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
-        let (lock, insert, notify) = futures_util::future::try_join3(
+        let sql = super::notes::append_sql();
+        let (lock, append) = futures_util::future::try_join(
             client.prepare("select pg_advisory_xact_lock($1)"),
-            client.prepare(
-                "insert into weft_changes (relay, doc_id, kind, body, records) \
-                 select $1, d, k, b, r \
-                 from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
-                 order by n",
-            ),
-            client.prepare("select pg_notify('weft_changes', $1)"),
+            client.prepare(&sql),
         )
         .await?;
-        Ok(Statements {
-            lock,
-            insert,
-            notify,
-        })
+        Ok(Statements { lock, append })
     }
 }
 
@@ -330,14 +321,12 @@ async fn write(
     rows: &Rows,
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    // Pipelined: the three statements go out together and run in order (the lock first).
+    // Pipelined: both statements go out together and run in order (the lock first).
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records];
-    let relay_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&relay];
     let lock = tx.execute(&st.lock, &[&APPEND_LOCK]);
-    let insert = tx.execute(&st.insert, &params);
-    let notify = tx.execute(&st.notify, &relay_param);
-    futures_util::future::try_join3(lock, insert, notify).await?;
+    let append = tx.execute(&st.append, &params);
+    futures_util::future::try_join(lock, append).await?;
     tx.commit().await
 }
 

@@ -15,14 +15,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::Client;
 use weft_core::store::docs::{self as docstore, ChunkKind};
 use weft_core::store::{erase, GroupCommit, WriteBatch};
 use weft_core::DocId;
 
-use super::{bus, decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
+use super::notes::{self, listen, take_notes, Notes};
+use super::{decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
 use crate::checkpoint::{Chain, PgTarget};
 use crate::hub::HubEvent;
 use crate::index;
@@ -144,7 +144,7 @@ async fn follow(
     f: &Follower,
     stop: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
     client: &Client,
-    notes: &mut mpsc::Receiver<()>,
+    notes: &mut Notes,
     (cursor, resume): (&mut i64, &mut i64),
     earlier: i64,
 ) -> Result<(), String> {
@@ -162,30 +162,60 @@ async fn follow(
         )
         .await
         .map_err(|e| Chain(&e).to_string())?;
+    // Entries carried by notifications, following the cursor without a gap: applied without
+    // reading the log. Otherwise (a gap, a large entry, a note that did not fit, the timer)
+    // the log is read.
+    let mut carried: Vec<notes::Carried> = Vec::new();
+    let mut read_log = true;
     loop {
-        let rows = client
-            .query(&read, &[&*cursor, &READ_BATCH])
-            .await
-            .map_err(|e| Chain(&e).to_string())?;
-        let full = rows.len() as i64 == READ_BATCH;
-        for row in &rows {
-            let seq: i64 = row.get(0);
-            let relay: &str = row.get(1);
-            let entry = Row {
-                own: relay == f.relay,
-                relay: relay.into(),
-                doc: row.get(2),
-                kind: row.get(3),
-                body: row.get(4),
-                records: row.get(5),
-            };
+        let mut full = false;
+        let entries: Vec<(i64, Row, Option<i64>)> = if read_log {
+            let rows = client
+                .query(&read, &[&*cursor, &READ_BATCH])
+                .await
+                .map_err(|e| Chain(&e).to_string())?;
+            full = rows.len() as i64 == READ_BATCH;
+            rows.iter()
+                .map(|row| {
+                    let relay: &str = row.get(1);
+                    let entry = Row {
+                        own: relay == f.relay,
+                        relay: relay.into(),
+                        doc: row.get(2),
+                        kind: row.get(3),
+                        body: row.get(4),
+                        records: row.get(5),
+                    };
+                    (row.get(0), entry, row.get(6))
+                })
+                .collect()
+        } else {
+            // Just committed: no lag worth the name.
+            carried
+                .drain(..)
+                .map(|c| {
+                    let entry = Row {
+                        own: c.relay == f.relay,
+                        relay: c.relay.into(),
+                        doc: c.doc,
+                        kind: c.kind,
+                        body: c.body,
+                        records: c.records,
+                    };
+                    (c.seq, entry, Some(0))
+                })
+                .collect()
+        };
+        for (seq, entry, lag) in entries {
+            if seq <= *cursor {
+                continue;
+            }
             if entry.own && seq > earlier {
                 own.push_back((Instant::now() + OWN_ENTRY_GRACE, seq, entry));
             } else {
                 if !apply(f, seq, entry).await {
                     return Ok(()); // the hub is gone: the relay is stopping
                 }
-                let lag: Option<i64> = row.get(6);
                 f.metrics
                     .cluster_lag_ms
                     .store(lag.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
@@ -214,6 +244,7 @@ async fn follow(
             next_trim = Instant::now() + trim_every;
         }
         if full {
+            read_log = true;
             continue;
         }
         let wait = own
@@ -224,10 +255,11 @@ async fn follow(
             .min(Duration::from_secs(1))
             .min(next_trim.saturating_duration_since(Instant::now()));
         tokio::select! {
-            n = notes.recv() => if n.is_none() {
-                return Err("the connection ended".into());
+            n = notes.rx.recv() => match n {
+                None => return Err("the connection ended".into()),
+                Some(first) => read_log = !take_notes(first, notes, *cursor, &mut carried),
             },
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => read_log = true,
             () = stop.as_mut() => return Ok(()),
         }
     }
@@ -422,65 +454,6 @@ fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) 
         store.get(weft_core::store::Table::CHUNKS, &key.to_bytes()),
         Ok(Some(_))
     )
-}
-
-/// A connection that listens on `weft_changes`, the notifications' receiver, and its IO task.
-async fn listen(
-    f: &Follower,
-) -> Result<(Client, mpsc::Receiver<()>, tokio::task::JoinHandle<()>), String> {
-    let target = &f.target;
-    let (hub, me, metrics) = (f.hub.clone(), f.speaker.clone(), f.metrics.clone());
-    let tickets = f.tickets.clone();
-    let mut config = target.config.clone();
-    config.connect_timeout(Duration::from_secs(5));
-    if config.get_application_name().is_none() {
-        config.application_name("weft-relay cluster");
-    }
-    let (client, mut connection) = config
-        .connect(target.tls.clone())
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    let (tx, rx) = mpsc::channel(1);
-    let io = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == bus::CHANNEL => {
-                    // Best effort, like the messages themselves: never wait for the hub here.
-                    let imported = match bus::decode(n.payload(), &me) {
-                        None => continue,
-                        Some((from, bus::Heard::Message(msg))) => {
-                            bus::received(&metrics);
-                            Imported::Ephemeral { from, msg }
-                        }
-                        Some((from, bus::Heard::Alive)) => Imported::Alive { from },
-                        Some((_, bus::Heard::TicketUsed { id, until })) => {
-                            if let Some(t) = &tickets {
-                                t.used_elsewhere(id, until);
-                                Metrics::inc(&metrics.cluster_tickets_heard);
-                            }
-                            continue;
-                        }
-                    };
-                    let _ = hub.try_send(HubEvent::Cluster(imported));
-                }
-                Ok(AsyncMessage::Notification(_)) => {
-                    // One pending wake-up is enough: the follower reads everything new.
-                    let _ = tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %Chain(&e), "the cluster's follower connection ended");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("listen weft_changes; listen {}", bus::CHANNEL))
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    Ok((client, rx, io))
 }
 
 fn read_cursor(path: &std::path::Path) -> i64 {

@@ -21,6 +21,7 @@
 mod append;
 mod bus;
 mod follow;
+mod notes;
 
 use std::future::Future;
 use std::pin::Pin;
