@@ -383,7 +383,7 @@ impl Metrics {
             (
                 "weft_cluster_lag_milliseconds",
                 "gauge",
-                "From the latest imported entry's append to its import here.",
+                "From the latest imported entry's append to its import here (0 for an entry its notification carried: applied as its append committed).",
                 &self.cluster_lag_ms,
             ),
             (
