@@ -60,6 +60,31 @@ const shows = (page, texts) =>
     return JSON.stringify(have) === JSON.stringify(want)
   }, texts)
 
+// Offline and back. puppeteer-core 25 emulates it with `Network.emulateNetworkConditionsByRule`
+// as recent Chromium takes it; an older Chromium (Debian 12's 148) refuses those parameters, and
+// there the older `Network.emulateNetworkConditions` does it.
+const sessions = new WeakMap()
+async function setOffline(page, offline) {
+  try {
+    await page.setOfflineMode(offline)
+    return
+  } catch (e) {
+    if (!String(e).includes("emulateNetworkConditionsByRule")) throw e
+  }
+  let cdp = sessions.get(page)
+  if (!cdp) {
+    cdp = await page.createCDPSession()
+    await cdp.send("Network.enable")
+    sessions.set(page, cdp)
+  }
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: -1,
+  })
+}
+
 async function send(page, text) {
   await page.type("#composer input", text)
   await page.keyboard.press("Enter")
@@ -119,7 +144,7 @@ test("two pages and a weft device chat in one conversation, online and offline",
   assert.deepEqual(JSON.parse(cli.messages(doc)).map(m => m.body), talk)
 
   // Bob goes offline: the badge says so, his messages wait, and catch up when he is back.
-  await bob.setOfflineMode(true)
+  await setOffline(bob, true)
   await badge(bob, "offline")
   await send(bob, "sent offline 1")
   await send(bob, "sent offline 2")
@@ -127,7 +152,7 @@ test("two pages and a weft device chat in one conversation, online and offline",
   await shows(bob, all)
   // His socket closed before he wrote them: nobody else can have them yet.
   assert.deepEqual(await bodies(alice), talk)
-  await bob.setOfflineMode(false)
+  await setOffline(bob, false)
   await badge(bob, "connected")
   await shows(alice, all)
   cli.sync(relay, relay.token("alice"))
@@ -158,10 +183,12 @@ test("two pages and a weft device chat in one conversation, online and offline",
   // (the page's files from its service worker, the documents from IndexedDB).
   await bob.evaluate(() => navigator.serviceWorker.ready.then(() => true))
   relay.stop()
-  await bob.setOfflineMode(true)
+  await setOffline(bob, true)
   await bob.reload()
   await ready(bob)
   assert.equal(await bob.evaluate(() => window.notReloaded), undefined)
+  // Told again: an older Chromium forgets the emulation in a reloaded page.
+  await setOffline(bob, true)
   await badge(bob, "offline")
   await until(bob, sel => document.querySelector(sel)?.textContent === "Plans", item)
   await shows(bob, all)
