@@ -236,3 +236,43 @@ async fn changes_imported_before_their_dependencies_reach_the_devices() {
     })
     .await;
 }
+
+/// A user's storage quota counts what the cluster's other relays wrote into their documents:
+/// a relay that never had the document loaded judges the first change against its size in the
+/// store, not against what it had recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_storage_quota_counts_what_other_relays_stored() {
+    let Some(pg) = PgServer::start() else { return };
+    let quota = [
+        "--checkpoint-interval",
+        "200ms",
+        "--max-user-bytes",
+        "10000",
+    ];
+    let a = start_with(tempfile::tempdir().unwrap(), &pg.url(), "a", &quota);
+    let b = start_with(sibling_dir(&a), &pg.url(), "b", &quota);
+    let db = pg::client(&pg).await;
+    let text = |n: usize| -> String {
+        (0..n / 32)
+            .map(|_| format!("{:032x}", u128::from_le_bytes(rand_bytes())))
+            .collect()
+    };
+
+    // About 8 KB of Alice's document written through b, within her 10,000 bytes.
+    let doc = new_doc();
+    let mut on_b = Device::connect(&b, "alice").await;
+    on_b.create_conversation(doc, "Heavy").await;
+    for _ in 0..6 {
+        on_b.say(doc, &text(1_000));
+        on_b.synced(doc).await;
+    }
+    assert_eq!(on_b.refused(doc), None);
+    caught_up(&a, "a", &db).await;
+
+    // Through a, which never loaded it: 4 KB more is over the quota.
+    let mut on_a = Device::connect(&a, "alice").await;
+    assert_eq!(on_a.subscribe(doc).await, Ok(Role::ReadWrite));
+    on_a.say(doc, &text(4_000));
+    on_a.until(|d| d.refused(doc).is_some()).await;
+    assert_eq!(on_a.refused(doc), Some(ErrorCode::REFUSED));
+}

@@ -56,6 +56,12 @@ impl Hub {
         if let Err(e) = self.host.loaded(self.now_ms(), doc, result) {
             tracing::error!(%doc, error = %e, "loading a document failed");
         }
+        // Its owner's usage follows what the store holds, before any change is judged: the
+        // recorded size misses what other relays of a cluster wrote into it while it was not
+        // loaded here (and what a relay killed before recording sizes stored).
+        if self.host.is_loaded(doc) {
+            self.count_stored(doc);
+        }
         self.apply_waiting_imports(doc);
     }
 }

@@ -6,7 +6,9 @@
 //! - **Bytes per user**: the documents a user owns take at most `max_user_bytes` in the store
 //!   (whoever writes into them); a message that would take its document's owner past it is
 //!   refused (`REFUSED`). Counted from each document's stored size: recorded in its metadata
-//!   (summed at start), then followed as changes become durable.
+//!   (summed at start), set from the store when the document loads (in a cluster, the others'
+//!   writes into it), then followed as changes become durable. A document this relay has not
+//!   loaded counts at its recorded size.
 //! - **Memory for loaded documents**: when the loaded documents' stored bytes pass
 //!   `max_loaded_bytes`, idle ones are evicted first (least recently used); while still over,
 //!   documents that need loading are refused (`RATE_LIMITED`, try again).
