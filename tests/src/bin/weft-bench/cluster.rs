@@ -59,10 +59,27 @@ pub(crate) fn cluster_workload(
     };
     let server = pg::PgServer::start().context("cannot start Postgres")?;
     let url = server.url();
+    let postmaster = postmaster_pid(&server.data())?;
+    // One relay as it is deployed with Postgres: checkpointing as the cluster's relays do.
+    let single_pg = {
+        let args: Vec<String> = ["--postgres", &url, "--checkpoint-interval", "5s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let relay = RelayProc::start(&bin, tempfile::tempdir()?, &args)?;
+        let r = rt.block_on(measure(
+            &[&relay],
+            warmup,
+            changes,
+            chain.clone(),
+            Some(postmaster),
+        ))?;
+        drop(relay);
+        r
+    };
     let first = RelayProc::start(&bin, tempfile::tempdir()?, &cluster_args(&url, "a"))?;
     let second = RelayProc::start(&bin, first.sibling_dir()?, &cluster_args(&url, "b"))?;
     let third = RelayProc::start(&bin, first.sibling_dir()?, &cluster_args(&url, "c"))?;
-    let postmaster = postmaster_pid(&server.data())?;
     let three = rt.block_on(measure(
         &[&first, &second, &third],
         warmup,
@@ -92,16 +109,20 @@ pub(crate) fn cluster_workload(
         })
     };
     let baseline = row("one relay (baseline)", &single);
+    let baseline_pg = row("one relay, --postgres", &single_pg);
     let cluster = row("three relays, --cluster", &three);
     let ratio = us(three.cpu_per_change()) / us(single.cpu_per_change()).max(0.001);
-    eprintln!("  CPU per change, cluster / one relay: {ratio:.2}x (target 2x); fan-out p99 target across relays 10 ms");
+    let ratio_pg = us(three.cpu_per_change()) / us(single_pg.cpu_per_change()).max(0.001);
+    eprintln!("  CPU per change, cluster / one relay: {ratio:.2}x, / one relay with Postgres: {ratio_pg:.2}x (target 2x); fan-out p99 target across relays 10 ms");
     let load = crate::cluster_load::aggregate(plan, rt, chain, &bin)?;
     Ok(json!({
         "workload": "cluster",
         "devices": DEVICES,
         "baseline": baseline,
+        "baseline_postgres": baseline_pg,
         "cluster": cluster,
         "cpu_ratio": (ratio * 100.0).round() / 100.0,
+        "cpu_ratio_postgres": (ratio_pg * 100.0).round() / 100.0,
         "load": load,
     }))
 }
