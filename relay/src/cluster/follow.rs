@@ -10,23 +10,20 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
-use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{erase, GroupCommit, WriteBatch};
-use weft_core::DocId;
+use weft_core::store::docs as docstore;
+use weft_core::store::GroupCommit;
 
+use super::apply::{apply, flush, Pending, Row};
 use super::notes::{self, listen, take_notes, Notes};
-use super::{decode_records, Imported, KIND_CHANGES, KIND_META, READ_BATCH};
+use super::READ_BATCH;
 use crate::checkpoint::{Chain, PgTarget};
 use crate::hub::HubEvent;
-use crate::index;
-use crate::meta::DocMeta;
 use crate::metrics::Metrics;
 
 /// The cursor's file in the data directory.
@@ -206,6 +203,7 @@ async fn follow(
                 })
                 .collect()
         };
+        let mut pending = Pending::default();
         for (seq, entry, lag) in entries {
             if seq <= *cursor {
                 continue;
@@ -213,7 +211,7 @@ async fn follow(
             if entry.own && seq > earlier {
                 own.push_back((Instant::now() + OWN_ENTRY_GRACE, seq, entry));
             } else {
-                if !apply(f, seq, entry).await {
+                if !apply(f, &mut pending, seq, entry).await {
                     return Ok(()); // the hub is gone: the relay is stopping
                 }
                 f.metrics
@@ -224,10 +222,13 @@ async fn follow(
         }
         while own.front().is_some_and(|(due, ..)| *due <= Instant::now()) {
             if let Some((_, seq, entry)) = own.pop_front() {
-                if !apply(f, seq, entry).await {
+                if !apply(f, &mut pending, seq, entry).await {
                     return Ok(());
                 }
             }
+        }
+        if !flush(f, &mut pending).await {
+            return Ok(());
         }
         let safe = own.front().map_or(*cursor, |(_, seq, _)| seq - 1);
         *resume = safe;
@@ -263,18 +264,6 @@ async fn follow(
             () = stop.as_mut() => return Ok(()),
         }
     }
-}
-
-struct Row {
-    /// This relay appended it: applied only where the store lacks it (the relay died between
-    /// the append and its own store write, or lost its disk).
-    own: bool,
-    /// The relay that appended it.
-    relay: Arc<str>,
-    doc: String,
-    kind: i16,
-    body: Vec<u8>,
-    records: Option<Vec<u8>>,
 }
 
 /// Says how far this relay has read (`position`: every entry up to it is in its store), then
@@ -341,119 +330,6 @@ async fn check_gap(f: &Follower, client: &Client, cursor: i64) -> Result<(), Str
         f.dirty.mark(doc);
     }
     Ok(())
-}
-
-/// Writes one entry into the store and hands it to the hub. `false` when the hub is gone.
-async fn apply(f: &Follower, seq: i64, row: Row) -> bool {
-    let Ok(doc) = DocId::from_str(&row.doc) else {
-        tracing::error!(
-            seq,
-            doc = row.doc,
-            "a cluster log entry names no document; skipped"
-        );
-        return true;
-    };
-    let store = f.group.store().clone();
-    let old: Option<DocMeta> = match docstore::load_meta(store.as_ref(), doc) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(seq, %doc, error = %e, "reading a document's metadata failed; entry skipped");
-            return true;
-        }
-    };
-    let deleted_here = old.as_ref().is_some_and(|m| m.deleted_at_ms.is_some());
-    let mut batch = WriteBatch::new();
-    let imported = match row.kind {
-        KIND_CHANGES if deleted_here => return true,
-        KIND_CHANGES if row.own && has_chunk(store.as_ref(), doc, &row.body) => return true,
-        KIND_CHANGES => {
-            let bindings = match row.records.as_deref().map(decode_records) {
-                None => Vec::new(),
-                Some(Some(b)) => b,
-                Some(None) => {
-                    tracing::error!(seq, %doc, "a cluster log entry's bindings do not decode; skipped");
-                    return true;
-                }
-            };
-            for (actor, user) in &bindings {
-                docstore::put_gate_record(&mut batch, doc, actor, user.as_bytes());
-            }
-            docstore::put_chunk(&mut batch, doc, ChunkKind::Incremental, row.body.clone());
-            Imported::Changes {
-                doc,
-                changes: row.body,
-                bindings,
-                relay: row.relay,
-                own: row.own,
-            }
-        }
-        KIND_META => {
-            let Ok(mut meta) = rmp_serde::from_slice::<DocMeta>(&row.body) else {
-                tracing::error!(seq, %doc, "a cluster log entry's metadata does not decode; skipped");
-                return true;
-            };
-            if deleted_here {
-                return true;
-            }
-            // An entry of its own is older than what the relay stored unless the store lacks
-            // it (its clock made both).
-            if row.own
-                && old
-                    .as_ref()
-                    .is_some_and(|o| o.updated_at_ms >= meta.updated_at_ms)
-            {
-                return true;
-            }
-            let mut users: Vec<String> = Vec::new();
-            if let Some(old) = &old {
-                // The stored size is this relay's own measure.
-                meta.ext = old.ext.clone();
-                for (user, _) in index::user_docs_of(old) {
-                    index::delete_user_doc(&mut batch, &user, doc);
-                    users.push(user);
-                }
-            }
-            for (user, holding) in index::user_docs_of(&meta) {
-                index::put_user_doc(&mut batch, &user, doc, holding);
-                users.push(user);
-            }
-            users.sort();
-            users.dedup();
-            if meta.deleted_at_ms.is_some() {
-                erase::erase_content(&mut batch, doc);
-            }
-            docstore::put_meta(&mut batch, doc, &meta);
-            Imported::Meta {
-                doc,
-                meta: Box::new(meta),
-                users,
-                created: old.is_none(),
-            }
-        }
-        other => {
-            tracing::warn!(
-                seq,
-                kind = other,
-                "a cluster log entry of an unknown kind; skipped"
-            );
-            return true;
-        }
-    };
-    if let Err(e) = f.group.submit(batch).await {
-        // The entry is not skipped silently: the store failing stops everything else too.
-        tracing::error!(seq, %doc, error = %e, "storing a cluster log entry failed");
-    }
-    Metrics::inc(&f.metrics.cluster_imported);
-    f.hub.send(HubEvent::Cluster(imported)).await.is_ok()
-}
-
-/// Whether the store holds `changes` as a chunk of `doc` (a read error counts as no).
-fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) -> bool {
-    let key = weft_core::store::docs::ChunkKey::for_bytes(doc, ChunkKind::Incremental, changes);
-    matches!(
-        store.get(weft_core::store::Table::CHUNKS, &key.to_bytes()),
-        Ok(Some(_))
-    )
 }
 
 fn read_cursor(path: &std::path::Path) -> i64 {

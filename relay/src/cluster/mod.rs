@@ -19,6 +19,7 @@
 //! never lose each other's changes).
 
 mod append;
+mod apply;
 mod bus;
 mod follow;
 mod notes;

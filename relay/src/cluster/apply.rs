@@ -1,0 +1,196 @@
+//! Writing the log's entries into the relay's store: changes as content-addressed chunks with
+//! their actor bindings, metadata with its per-user index rows (as `sharing.rs` would), several
+//! entries per commit, then handed to the hub in log order.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use weft_core::store::docs::{self as docstore, ChunkKind};
+use weft_core::store::{erase, WriteBatch};
+use weft_core::DocId;
+
+use super::follow::Follower;
+use super::{decode_records, Imported, KIND_CHANGES, KIND_META};
+use crate::hub::HubEvent;
+use crate::index;
+use crate::meta::DocMeta;
+use crate::metrics::Metrics;
+
+pub(super) struct Row {
+    /// This relay appended it: applied only where the store lacks it (the relay died between
+    /// the append and its own store write, or lost its disk).
+    pub(super) own: bool,
+    /// The relay that appended it.
+    pub(super) relay: Arc<str>,
+    pub(super) doc: String,
+    pub(super) kind: i16,
+    pub(super) body: Vec<u8>,
+    pub(super) records: Option<Vec<u8>>,
+}
+
+/// Entries of the log written to the store together (one commit), then handed to the hub in
+/// log order: under load a read brings many, and a commit each would serialize them.
+#[derive(Default)]
+pub(super) struct Pending {
+    batch: WriteBatch,
+    imported: Vec<Imported>,
+    /// The first and last `seq` in it (for the log).
+    seqs: Option<(i64, i64)>,
+}
+
+/// Entries pending at most before they are written.
+const PENDING_MAX: usize = 256;
+/// Bytes pending at most before they are written.
+const PENDING_BYTES: usize = 4 << 20;
+
+/// Adds one entry to `pending`, writing what is pending first when the entry is metadata
+/// (whose reading of the stored metadata must see what came before it) and after it when it
+/// is metadata or `pending` is full. `false` when the hub is gone.
+pub(super) async fn apply(f: &Follower, pending: &mut Pending, seq: i64, row: Row) -> bool {
+    let meta = row.kind == KIND_META;
+    if meta && !flush(f, pending).await {
+        return false;
+    }
+    if let Some(imported) = prepare(f, seq, row, &mut pending.batch) {
+        pending.imported.push(imported);
+        let first = pending.seqs.map_or(seq, |(first, _)| first);
+        pending.seqs = Some((first, seq));
+    }
+    if meta || pending.imported.len() >= PENDING_MAX || pending.batch.size_bytes() >= PENDING_BYTES
+    {
+        return flush(f, pending).await;
+    }
+    true
+}
+
+/// Writes what is pending (one commit), then hands it to the hub. `false` when the hub is
+/// gone.
+pub(super) async fn flush(f: &Follower, pending: &mut Pending) -> bool {
+    let Pending {
+        batch,
+        imported,
+        seqs,
+    } = std::mem::take(pending);
+    if imported.is_empty() && batch.is_empty() {
+        return true;
+    }
+    if let Err(e) = f.group.submit(batch).await {
+        // The entries are not skipped silently: the store failing stops everything else too.
+        tracing::error!(?seqs, error = %e, "storing cluster log entries failed");
+    }
+    for i in imported {
+        Metrics::inc(&f.metrics.cluster_imported);
+        if f.hub.send(HubEvent::Cluster(i)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// What one entry makes: its writes added to `batch`, and what to tell the hub once they are
+/// stored (`None`: nothing, the entry is skipped).
+fn prepare(f: &Follower, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<Imported> {
+    let Ok(doc) = DocId::from_str(&row.doc) else {
+        tracing::error!(
+            seq,
+            doc = row.doc,
+            "a cluster log entry names no document; skipped"
+        );
+        return None;
+    };
+    let store = f.group.store().clone();
+    let old: Option<DocMeta> = match docstore::load_meta(store.as_ref(), doc) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(seq, %doc, error = %e, "reading a document's metadata failed; entry skipped");
+            return None;
+        }
+    };
+    let deleted_here = old.as_ref().is_some_and(|m| m.deleted_at_ms.is_some());
+    let imported = match row.kind {
+        KIND_CHANGES if deleted_here => return None,
+        KIND_CHANGES if row.own && has_chunk(store.as_ref(), doc, &row.body) => return None,
+        KIND_CHANGES => {
+            let bindings = match row.records.as_deref().map(decode_records) {
+                None => Vec::new(),
+                Some(Some(b)) => b,
+                Some(None) => {
+                    tracing::error!(seq, %doc, "a cluster log entry's bindings do not decode; skipped");
+                    return None;
+                }
+            };
+            for (actor, user) in &bindings {
+                docstore::put_gate_record(batch, doc, actor, user.as_bytes());
+            }
+            docstore::put_chunk(batch, doc, ChunkKind::Incremental, row.body.clone());
+            Imported::Changes {
+                doc,
+                changes: row.body,
+                bindings,
+                relay: row.relay,
+                own: row.own,
+            }
+        }
+        KIND_META => {
+            let Ok(mut meta) = rmp_serde::from_slice::<DocMeta>(&row.body) else {
+                tracing::error!(seq, %doc, "a cluster log entry's metadata does not decode; skipped");
+                return None;
+            };
+            if deleted_here {
+                return None;
+            }
+            // An entry of its own is older than what the relay stored unless the store lacks
+            // it (its clock made both).
+            if row.own
+                && old
+                    .as_ref()
+                    .is_some_and(|o| o.updated_at_ms >= meta.updated_at_ms)
+            {
+                return None;
+            }
+            let mut users: Vec<String> = Vec::new();
+            if let Some(old) = &old {
+                // The stored size is this relay's own measure.
+                meta.ext = old.ext.clone();
+                for (user, _) in index::user_docs_of(old) {
+                    index::delete_user_doc(batch, &user, doc);
+                    users.push(user);
+                }
+            }
+            for (user, holding) in index::user_docs_of(&meta) {
+                index::put_user_doc(batch, &user, doc, holding);
+                users.push(user);
+            }
+            users.sort();
+            users.dedup();
+            if meta.deleted_at_ms.is_some() {
+                erase::erase_content(batch, doc);
+            }
+            docstore::put_meta(batch, doc, &meta);
+            Imported::Meta {
+                doc,
+                meta: Box::new(meta),
+                users,
+                created: old.is_none(),
+            }
+        }
+        other => {
+            tracing::warn!(
+                seq,
+                kind = other,
+                "a cluster log entry of an unknown kind; skipped"
+            );
+            return None;
+        }
+    };
+    Some(imported)
+}
+
+/// Whether the store holds `changes` as a chunk of `doc` (a read error counts as no).
+fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) -> bool {
+    let key = weft_core::store::docs::ChunkKey::for_bytes(doc, ChunkKind::Incremental, changes);
+    matches!(
+        store.get(weft_core::store::Table::CHUNKS, &key.to_bytes()),
+        Ok(Some(_))
+    )
+}
