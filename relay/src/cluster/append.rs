@@ -134,15 +134,18 @@ pub fn start(
     }
     let follower = tokio::spawn(follow::run(
         follow::Follower {
-            target,
+            listener: super::notes::Listener {
+                target,
+                hub,
+                speaker,
+                metrics: metrics.clone(),
+                tickets: cfg.tickets,
+            },
             relay: cfg.relay,
-            speaker,
-            tickets: cfg.tickets,
             retention: cfg.retention,
             dirty: cfg.dirty,
             cursor_file: cfg.data_dir.join(follow::CURSOR_FILE),
             group,
-            hub,
             metrics,
         },
         Box::pin(stopped(stop)),

@@ -5,11 +5,11 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use weft_core::store::docs::{self as docstore, ChunkKind};
-use weft_core::store::{erase, WriteBatch};
+use weft_core::store::{erase, GroupCommit, WriteBatch};
 use weft_core::DocId;
 
-use super::follow::Follower;
 use super::{decode_records, Imported, KIND_CHANGES, KIND_META};
 use crate::hub::HubEvent;
 use crate::index;
@@ -38,6 +38,13 @@ pub(super) struct Pending {
     seqs: Option<(i64, i64)>,
 }
 
+/// Where entries go: the store, then the hub.
+pub(super) struct Sink<'a> {
+    pub(super) group: &'a GroupCommit,
+    pub(super) hub: &'a mpsc::Sender<HubEvent>,
+    pub(super) metrics: &'a Metrics,
+}
+
 /// Entries pending at most before they are written.
 const PENDING_MAX: usize = 256;
 /// Bytes pending at most before they are written.
@@ -46,7 +53,7 @@ const PENDING_BYTES: usize = 4 << 20;
 /// Adds one entry to `pending`, writing what is pending first when the entry is metadata
 /// (whose reading of the stored metadata must see what came before it) and after it when it
 /// is metadata or `pending` is full. `false` when the hub is gone.
-pub(super) async fn apply(f: &Follower, pending: &mut Pending, seq: i64, row: Row) -> bool {
+pub(super) async fn apply(f: &Sink<'_>, pending: &mut Pending, seq: i64, row: Row) -> bool {
     let meta = row.kind == KIND_META;
     if meta && !flush(f, pending).await {
         return false;
@@ -65,7 +72,7 @@ pub(super) async fn apply(f: &Follower, pending: &mut Pending, seq: i64, row: Ro
 
 /// Writes what is pending (one commit), then hands it to the hub. `false` when the hub is
 /// gone.
-pub(super) async fn flush(f: &Follower, pending: &mut Pending) -> bool {
+pub(super) async fn flush(f: &Sink<'_>, pending: &mut Pending) -> bool {
     let Pending {
         batch,
         imported,
@@ -89,7 +96,7 @@ pub(super) async fn flush(f: &Follower, pending: &mut Pending) -> bool {
 
 /// What one entry makes: its writes added to `batch`, and what to tell the hub once they are
 /// stored (`None`: nothing, the entry is skipped).
-fn prepare(f: &Follower, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<Imported> {
+fn prepare(f: &Sink<'_>, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<Imported> {
     let Ok(doc) = DocId::from_str(&row.doc) else {
         tracing::error!(
             seq,

@@ -14,33 +14,28 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use weft_core::store::docs as docstore;
 use weft_core::store::GroupCommit;
 
-use super::apply::{apply, flush, Pending, Row};
-use super::notes::{self, listen, take_notes, Notes};
+use super::apply::{apply, flush, Pending, Row, Sink};
+use super::notes::{self, listen, take_notes, Listener, Notes};
 use super::READ_BATCH;
-use crate::checkpoint::{Chain, PgTarget};
-use crate::hub::HubEvent;
+use crate::checkpoint::Chain;
 use crate::metrics::Metrics;
 
 /// The cursor's file in the data directory.
 pub(super) const CURSOR_FILE: &str = "cluster-cursor";
 
 pub(super) struct Follower {
-    pub(super) target: PgTarget,
+    /// Its connection's settings, and where bus messages go.
+    pub(super) listener: Listener,
     pub(super) relay: String,
-    /// This process on the bus (see `bus.rs`).
-    pub(super) speaker: String,
-    pub(super) tickets: Option<Arc<crate::ws::Tickets>>,
     /// How long the log keeps what every relay has read (see `trim`).
     pub(super) retention: Duration,
     pub(super) dirty: Arc<crate::checkpoint::DirtyDocs>,
     pub(super) cursor_file: PathBuf,
     pub(super) group: Arc<GroupCommit>,
-    pub(super) hub: mpsc::Sender<HubEvent>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -52,7 +47,7 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
-            c = listen(&f) => c,
+            c = listen(&f.listener) => c,
             () = &mut stop => {
                 tracing::info!("the cluster's follower stopped");
                 return;
@@ -204,6 +199,11 @@ async fn follow(
                 .collect()
         };
         let mut pending = Pending::default();
+        let sink = Sink {
+            group: &f.group,
+            hub: &f.listener.hub,
+            metrics: &f.metrics,
+        };
         for (seq, entry, lag) in entries {
             if seq <= *cursor {
                 continue;
@@ -211,7 +211,7 @@ async fn follow(
             if entry.own && seq > earlier {
                 own.push_back((Instant::now() + OWN_ENTRY_GRACE, seq, entry));
             } else {
-                if !apply(f, &mut pending, seq, entry).await {
+                if !apply(&sink, &mut pending, seq, entry).await {
                     return Ok(()); // the hub is gone: the relay is stopping
                 }
                 f.metrics
@@ -222,12 +222,12 @@ async fn follow(
         }
         while own.front().is_some_and(|(due, ..)| *due <= Instant::now()) {
             if let Some((_, seq, entry)) = own.pop_front() {
-                if !apply(f, &mut pending, seq, entry).await {
+                if !apply(&sink, &mut pending, seq, entry).await {
                     return Ok(());
                 }
             }
         }
-        if !flush(f, &mut pending).await {
+        if !flush(&sink, &mut pending).await {
             return Ok(());
         }
         let safe = own.front().map_or(*cursor, |(_, seq, _)| seq - 1);

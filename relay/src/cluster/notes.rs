@@ -15,9 +15,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::follow::Follower;
 use super::{bus, Imported, READ_BATCH};
-use crate::checkpoint::Chain;
+use crate::checkpoint::{Chain, PgTarget};
 use crate::hub::HubEvent;
 use crate::metrics::Metrics;
 
@@ -128,14 +127,24 @@ pub(super) struct Notes {
     missed: Arc<AtomicBool>,
 }
 
+/// Who listens: where the log is, where bus messages go, and who this process is on the bus.
+pub(super) struct Listener {
+    pub(super) target: PgTarget,
+    pub(super) hub: mpsc::Sender<HubEvent>,
+    /// This process on the bus (its own messages are not heard).
+    pub(super) speaker: String,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) tickets: Option<Arc<crate::ws::Tickets>>,
+}
+
 /// A connection that listens on the log's channel and the bus, the notes' receiver, and its
 /// IO task.
 pub(super) async fn listen(
-    f: &Follower,
+    l: &Listener,
 ) -> Result<(Client, Notes, tokio::task::JoinHandle<()>), String> {
-    let target = &f.target;
-    let (hub, me, metrics) = (f.hub.clone(), f.speaker.clone(), f.metrics.clone());
-    let tickets = f.tickets.clone();
+    let target = &l.target;
+    let (hub, me, metrics) = (l.hub.clone(), l.speaker.clone(), l.metrics.clone());
+    let tickets = l.tickets.clone();
     let mut config = target.config.clone();
     config.connect_timeout(Duration::from_secs(5));
     if config.get_application_name().is_none() {
