@@ -276,3 +276,49 @@ async fn a_users_storage_quota_counts_what_other_relays_stored() {
     on_a.until(|d| d.refused(doc).is_some()).await;
     assert_eq!(on_a.refused(doc), Some(ErrorCode::REFUSED));
 }
+
+/// An entry too large to travel in its notification (over 5,000 bytes) is announced by its
+/// `seq` and read from the log; small ones around it still arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_too_large_for_its_notification_is_read_from_the_log() {
+    let Some(pg) = PgServer::start() else { return };
+    let a = start(tempfile::tempdir().unwrap(), &pg, "a");
+    let b = start(sibling_dir(&a), &pg, "b");
+    let db = pg::client(&pg).await;
+    let doc = new_doc();
+    let mut alice = Device::connect(&a, "alice").await;
+    alice.create_conversation(doc, "Long read").await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.synced(doc).await;
+    caught_up(&b, "b", &db).await;
+    let mut bob = Device::connect(&b, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+
+    let long: String = (0..400)
+        .map(|_| format!("{:032x}", u128::from_le_bytes(rand_bytes())))
+        .collect();
+    alice.say(doc, "before");
+    alice.synced(doc).await;
+    alice.say(doc, &long);
+    alice.synced(doc).await;
+    alice.say(doc, "after");
+    alice.synced(doc).await;
+    let sizes: Vec<i32> = db
+        .query(
+            "select octet_length(body) from weft_changes where kind = 1 order by seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(sizes.iter().any(|s| *s > 5_000), "{sizes:?}");
+    bob.until(|d| {
+        let t = texts(d, doc);
+        ["before", long.as_str(), "after"]
+            .iter()
+            .all(|m| t.iter().any(|x| x == m))
+    })
+    .await;
+}
