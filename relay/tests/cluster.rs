@@ -27,6 +27,33 @@ async fn datagram_until(d: &Device, matches: impl Fn(&Message) -> bool) {
     panic!("no such datagram");
 }
 
+/// Alice creates a conversation on relay `a` and shares it with Bob, who subscribes on `b`
+/// once `b` has read the share from the log: the log's client, the document, both devices.
+async fn alice_on_a_shares_with_bob_on_b(
+    pg: &PgServer,
+    a: &Relay,
+    b: &Relay,
+    title: &str,
+) -> (tokio_postgres::Client, weft_core::DocId, Device, Device) {
+    let db = pg::client(pg).await;
+    let doc = new_doc();
+    let mut alice = Device::connect(a, "alice").await;
+    alice.create_conversation(doc, title).await;
+    alice.share(doc, "bob", Role::ReadWrite).await;
+    alice.synced(doc).await;
+    caught_up(b, "b", &db).await;
+    let mut bob = Device::connect(b, "bob").await;
+    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    (db, doc, alice, bob)
+}
+
+/// `n` characters (a multiple of 32) of random hex: text that does not compress.
+fn random_text(n: usize) -> String {
+    (0..n / 32)
+        .map(|_| format!("{:032x}", u128::from_le_bytes(rand_bytes())))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
     let Some(pg) = PgServer::start() else { return };
@@ -193,15 +220,8 @@ async fn changes_imported_before_their_dependencies_reach_the_devices() {
     let Some(pg) = PgServer::start() else { return };
     let a = start(tempfile::tempdir().unwrap(), &pg, "a");
     let b = start(sibling_dir(&a), &pg, "b");
-    let db = pg::client(&pg).await;
-    let doc = new_doc();
-    let mut alice = Device::connect(&a, "alice").await;
-    alice.create_conversation(doc, "Out of order").await;
-    alice.share(doc, "bob", Role::ReadWrite).await;
-    alice.synced(doc).await;
-    caught_up(&b, "b", &db).await;
-    let mut bob = Device::connect(&b, "bob").await;
-    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    let (db, doc, mut alice, mut bob) =
+        alice_on_a_shares_with_bob_on_b(&pg, &a, &b, "Out of order").await;
 
     // Two changes of Alice's, the second depending on the first, never sent by her device.
     let before: Vec<_> = alice.engine.read(doc, |d| d.heads()).unwrap();
@@ -252,18 +272,13 @@ async fn a_users_storage_quota_counts_what_other_relays_stored() {
     let a = start_with(tempfile::tempdir().unwrap(), &pg.url(), "a", &quota);
     let b = start_with(sibling_dir(&a), &pg.url(), "b", &quota);
     let db = pg::client(&pg).await;
-    let text = |n: usize| -> String {
-        (0..n / 32)
-            .map(|_| format!("{:032x}", u128::from_le_bytes(rand_bytes())))
-            .collect()
-    };
 
     // About 8 KB of Alice's document written through b, within her 10,000 bytes.
     let doc = new_doc();
     let mut on_b = Device::connect(&b, "alice").await;
     on_b.create_conversation(doc, "Heavy").await;
     for _ in 0..6 {
-        on_b.say(doc, &text(1_000));
+        on_b.say(doc, &random_text(1_000));
         on_b.synced(doc).await;
     }
     assert_eq!(on_b.refused(doc), None);
@@ -272,7 +287,7 @@ async fn a_users_storage_quota_counts_what_other_relays_stored() {
     // Through a, which never loaded it: 4 KB more is over the quota.
     let mut on_a = Device::connect(&a, "alice").await;
     assert_eq!(on_a.subscribe(doc).await, Ok(Role::ReadWrite));
-    on_a.say(doc, &text(4_000));
+    on_a.say(doc, &random_text(4_000));
     on_a.until(|d| d.refused(doc).is_some()).await;
     assert_eq!(on_a.refused(doc), Some(ErrorCode::REFUSED));
 }
@@ -284,19 +299,10 @@ async fn an_entry_too_large_for_its_notification_is_read_from_the_log() {
     let Some(pg) = PgServer::start() else { return };
     let a = start(tempfile::tempdir().unwrap(), &pg, "a");
     let b = start(sibling_dir(&a), &pg, "b");
-    let db = pg::client(&pg).await;
-    let doc = new_doc();
-    let mut alice = Device::connect(&a, "alice").await;
-    alice.create_conversation(doc, "Long read").await;
-    alice.share(doc, "bob", Role::ReadWrite).await;
-    alice.synced(doc).await;
-    caught_up(&b, "b", &db).await;
-    let mut bob = Device::connect(&b, "bob").await;
-    assert_eq!(bob.subscribe(doc).await, Ok(Role::ReadWrite));
+    let (db, doc, mut alice, mut bob) =
+        alice_on_a_shares_with_bob_on_b(&pg, &a, &b, "Long read").await;
 
-    let long: String = (0..400)
-        .map(|_| format!("{:032x}", u128::from_le_bytes(rand_bytes())))
-        .collect();
+    let long = random_text(12_800);
     alice.say(doc, "before");
     alice.synced(doc).await;
     alice.say(doc, &long);
