@@ -209,11 +209,8 @@ impl Engine {
             // driver that reloaded it to compact it does so now (before it goes stale again).
             self.out.push_back(Output::Folded { doc });
         }
+        self.adopt_reloaded(doc);
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-            let actual = sorted(ds.doc.heads());
-            if actual != sorted(ds.heads.clone()) {
-                tracing::error!(%doc, "a reloaded document's heads differ from the engine's");
-            }
             if let Some(g) = self.gate.as_mut() {
                 g.materialized(doc, &ds.doc);
             }
@@ -235,6 +232,39 @@ impl Engine {
                 Deferred::Pump(conn) => self.pump(doc, conn),
             }
         }
+    }
+
+    /// After a reload: changes the store held that the engine never announced (a driver that
+    /// writes a change before it imports it, [`Engine::import`], may have had the reload read
+    /// it first; the import then finds it known) are announced now, in causal order after
+    /// every write before them, and the document's heads advance. Heads the reloaded document
+    /// lacks are an inconsistency, logged.
+    fn adopt_reloaded(&mut self, doc: DocId) {
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let actual = sorted(ds.doc.heads());
+        if actual == sorted(ds.heads.clone()) {
+            return;
+        }
+        if !ds.heads.iter().all(|h| ds.doc.has_change(h)) {
+            tracing::error!(%doc, "a reloaded document lacks heads the engine announced");
+            return;
+        }
+        let found = ds.doc.changes_since(&ds.heads);
+        ds.heads = actual;
+        if found.is_empty() {
+            return;
+        }
+        tracing::debug!(%doc, changes = found.len(), "a reload found stored changes not yet imported");
+        if let Some(g) = self.gate.as_mut() {
+            // Not made here: from no connection the gate checks.
+            for c in &found {
+                g.observe(doc, c, Some(ConnId(u64::MAX)));
+            }
+        }
+        let raw = found.iter().map(|c| raw_of(c, None)).collect();
+        self.announce_stored(doc, raw);
     }
 
     /// Whether the document is stale (see

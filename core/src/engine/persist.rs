@@ -100,6 +100,29 @@ impl Engine {
         self.drop_failed(doc);
     }
 
+    /// Announces changes the store already holds (written by the driver, found by a reload)
+    /// as a write would be: after every write submitted before, with nothing written.
+    pub(super) fn announce_stored(&mut self, doc: DocId, raw: Vec<Bytes>) {
+        let id = PersistId(self.next_persist);
+        self.next_persist += 1;
+        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        ds.persists.push_back(PendingPersist {
+            id,
+            done: false,
+            heads_after: ds.heads.clone(),
+            effect: PersistEffect::Changes {
+                origin: Origin::Released,
+                raw,
+                via_fast_path: false,
+            },
+            pending: Vec::new(),
+        });
+        self.persist_doc.insert(id, doc);
+        self.persisted(id);
+    }
+
     pub(super) fn persist_write(
         &mut self,
         doc: DocId,

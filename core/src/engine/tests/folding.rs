@@ -309,3 +309,71 @@ fn a_gate_that_followed_too_much_gets_a_reload_of_a_stale_document() {
     );
     assert_eq!(relay.heads(DOC), dev.heads(DOC));
 }
+
+/// Delivers messages between a device (its peer `ConnId(1)`) and the relay (its peer
+/// `ConnId(2)`) until both are quiet.
+fn settle(dev: &mut Engine, relay: &mut Engine, store: &mut Vec<u8>) {
+    for _ in 0..20 {
+        let to_relay = drain(dev);
+        let to_dev = run_relay(relay, store);
+        if to_relay.is_empty() && to_dev.is_empty() {
+            return;
+        }
+        for (_, m) in to_relay {
+            relay.handle(ConnId(2), m).unwrap();
+        }
+        for (_, m) in to_dev {
+            dev.handle(ConnId(1), m).unwrap();
+        }
+    }
+    panic!("device and relay never went quiet");
+}
+
+/// A change another node wrote into the store before the engine imports it (a cluster's
+/// follower writes the log's entries, then hands them over) is in a stale document's reload
+/// if the reload reads the store in between. The import then finds it known; the reload
+/// announces it to the live peers instead, so they still receive it.
+#[test]
+fn a_change_a_reload_finds_in_the_store_reaches_the_live_peers() {
+    let mut dev = Engine::new(EngineConfig::device());
+    let mut relay = Engine::new(EngineConfig::relay());
+    // Received changes leave memory at once (the document goes stale after each).
+    relay.cfg.fold_delay = 0;
+    dev.create(DOC, doc_with_actor(1));
+    let mut store: Vec<u8> = Vec::new();
+    relay.load(DOC);
+    run_relay(&mut relay, &mut store);
+    dev.open(ConnId(1), DOC, OpenOptions::default());
+    relay.open(ConnId(2), DOC, OpenOptions::default());
+    settle(&mut dev, &mut relay, &mut store);
+    write(&mut dev, "first");
+    settle(&mut dev, &mut relay, &mut store);
+    write(&mut dev, "second");
+    settle(&mut dev, &mut relay, &mut store);
+    assert!(relay.is_stale(DOC), "live peer, fast path: stale");
+    assert_eq!(relay.heads(DOC), dev.heads(DOC));
+
+    // Written by the driver, not yet imported; the reload reads it.
+    let (_, raw) = foreign_change(9, "from", "elsewhere");
+    store.extend_from_slice(&raw);
+    assert!(!relay.materialize(DOC));
+    settle(&mut dev, &mut relay, &mut store);
+    let checked = {
+        let mut out = Vec::new();
+        crate::check::check_chunks(&raw, &crate::check::Limits::default(), &mut 0, &mut out)
+            .unwrap();
+        out
+    };
+    assert_eq!(relay.import(DOC, checked, raw.clone()).unwrap(), Some(0));
+    settle(&mut dev, &mut relay, &mut store);
+
+    let got = dev
+        .read(DOC, |d| {
+            automerge::ReadDoc::get(d.automerge(), ROOT, "from")
+                .unwrap()
+                .map(|(v, _)| v.to_string())
+        })
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("\"elsewhere\""));
+    assert_eq!(relay.heads(DOC), dev.heads(DOC));
+}
