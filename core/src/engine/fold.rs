@@ -254,6 +254,8 @@ impl Engine {
         let found = ds.doc.changes_since(&ds.heads);
         ds.heads = actual;
         if found.is_empty() {
+            // Heads that were not all heads (one an ancestor of another): now they are.
+            tracing::debug!(%doc, "a reloaded document's heads replace the engine's");
             return;
         }
         tracing::debug!(%doc, changes = found.len(), "a reload found stored changes not yet imported");
