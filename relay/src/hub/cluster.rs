@@ -156,7 +156,11 @@ impl Hub {
                     return;
                 }
                 if !self.host.is_loaded(doc) {
-                    return; // the store has it for the next load
+                    // The store has it for the next load; its owner's quota counts it now.
+                    if !own {
+                        self.count_imported(doc, changes.len() as u64);
+                    }
+                    return;
                 }
                 if let Some(rules) = self.rules() {
                     for (actor, user) in &bindings {
@@ -184,7 +188,7 @@ impl Hub {
                     *cached = (*meta).clone();
                 }
                 if meta.deleted_at_ms.is_some() {
-                    self.count_deleted(&meta);
+                    self.count_deleted(doc, &meta);
                     self.erase(doc);
                 }
                 self.apply_access_change(doc, &meta, &users);

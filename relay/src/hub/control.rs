@@ -145,7 +145,7 @@ impl Hub {
                     *cached = change.meta.clone();
                 }
                 if request.control == Control::Delete {
-                    self.count_deleted(&change.meta);
+                    self.count_deleted(doc, &change.meta);
                     // Before the subscriptions end: closing a peer persists its sync state.
                     self.erase(doc);
                 }

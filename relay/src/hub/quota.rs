@@ -7,8 +7,9 @@
 //!   (whoever writes into them); a message that would take its document's owner past it is
 //!   refused (`REFUSED`). Counted from each document's stored size: recorded in its metadata
 //!   (summed at start), set from the store when the document loads (in a cluster, the others'
-//!   writes into it), then followed as changes become durable. A document this relay has not
-//!   loaded counts at its recorded size.
+//!   writes into it), then followed as changes become durable. What other relays store into
+//!   a document this relay has not loaded is added as it arrives (lost on a restart, until
+//!   the document loads).
 //! - **Memory for loaded documents**: when the loaded documents' stored bytes pass
 //!   `max_loaded_bytes`, idle ones are evicted first (least recently used); while still over,
 //!   documents that need loading are refused (`RATE_LIMITED`, try again).
@@ -58,6 +59,9 @@ pub(crate) struct Usage {
     bytes: HashMap<String, u64>,
     /// Documents whose recorded size changed and is not yet stored in their metadata.
     sizes_to_record: HashSet<DocId>,
+    /// Bytes other relays of a cluster stored into documents not loaded here: counted in
+    /// `bytes`, not in the documents' recorded sizes (which the next load corrects).
+    unrecorded: HashMap<DocId, u64>,
     /// Over the memory budget even after evicting every idle document.
     pub(crate) over_memory: bool,
 }
@@ -66,6 +70,7 @@ impl Usage {
     /// See `Hub::shrink`.
     pub(crate) fn shrink(&mut self) {
         weft_core::hash::shrink_set_if_sparse(&mut self.sizes_to_record);
+        weft_core::hash::shrink_if_sparse(&mut self.unrecorded);
     }
 
     /// Sums the recorded sizes of every document, by owner (blocking: a scan of the
@@ -167,7 +172,8 @@ impl Hub {
     }
 
     /// A document was deleted: it no longer counts against its owner.
-    pub(super) fn count_deleted(&mut self, meta: &crate::meta::DocMeta) {
+    pub(super) fn count_deleted(&mut self, doc: DocId, meta: &crate::meta::DocMeta) {
+        let unrecorded = self.usage.unrecorded.remove(&doc).unwrap_or(0);
         let Some(owner) = &meta.owner else {
             return;
         };
@@ -175,7 +181,9 @@ impl Hub {
             *n = n.saturating_sub(1);
         }
         if let Some(b) = self.usage.bytes.get_mut(owner) {
-            *b = b.saturating_sub(meta.ext.stored_bytes);
+            *b = b
+                .saturating_sub(meta.ext.stored_bytes)
+                .saturating_sub(unrecorded);
         }
     }
 
@@ -241,15 +249,45 @@ impl Hub {
         let Some(owner) = meta.owner.clone() else {
             return;
         };
-        if size == meta.ext.stored_bytes {
+        // Counted already, though not recorded: what other relays stored while it was not
+        // loaded here.
+        let counted = meta
+            .ext
+            .stored_bytes
+            .saturating_add(self.usage.unrecorded.remove(&doc).unwrap_or(0));
+        if size == counted {
             return;
         }
         let used = self.usage.bytes.entry(owner).or_default();
-        *used = used
-            .saturating_add(size)
-            .saturating_sub(meta.ext.stored_bytes);
+        *used = used.saturating_add(size).saturating_sub(counted);
         meta.ext.stored_bytes = size;
         self.usage.sizes_to_record.insert(doc);
+    }
+
+    /// Another relay of the cluster stored `bytes` into `doc`, which is not loaded here: its
+    /// owner's usage grows by them now (the document's recorded size catches up when it
+    /// loads, [`Hub::count_stored`]).
+    pub(super) fn count_imported(&mut self, doc: DocId, bytes: u64) {
+        let owner = match self.metas.get(&doc) {
+            Some(meta) => meta.owner.clone(),
+            None => {
+                match docstore::load_meta::<crate::meta::RelayMeta>(self.host.store().as_ref(), doc)
+                {
+                    Ok(meta) => meta.and_then(|m| m.owner),
+                    Err(e) => {
+                        tracing::warn!(%doc, error = %e, "reading a document's owner failed; its import is not counted");
+                        None
+                    }
+                }
+            }
+        };
+        let Some(owner) = owner else {
+            return;
+        };
+        let used = self.usage.bytes.entry(owner).or_default();
+        *used = used.saturating_add(bytes);
+        let unrecorded = self.usage.unrecorded.entry(doc).or_default();
+        *unrecorded = unrecorded.saturating_add(bytes);
     }
 
     /// Stores the sizes that changed in their documents' metadata (one batch).
