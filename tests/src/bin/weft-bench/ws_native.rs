@@ -138,6 +138,9 @@ pub(crate) async fn run(
         .map_err(|_| anyhow::anyhow!("the writer repo stopped"))?;
     let id = writer.document_id().clone();
     // The server has the document once one reader finds it (until then it is unavailable).
+    // A repo told "unavailable" may keep that answer, so each try is a new repo: a find that
+    // reached a server still storing the writer's creation (weft-relay serves a document once
+    // its owner is durable) failed for good otherwise.
     let deadline = Instant::now() + CONNECT_DEADLINE;
     let first = loop {
         if let Some(h) = repos[1]
@@ -151,6 +154,8 @@ pub(crate) async fn run(
             bail!("the server never had the writer's document");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let old = std::mem::replace(&mut repos[1], client(&url).await?);
+        old.stop().await;
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watchers = tokio::task::JoinSet::new();
