@@ -9,7 +9,10 @@
 //!
 //! # Guarantees
 //!
-//! - A ticket completes with `Ok` only after its batch is durable.
+//! - A ticket completes with `Ok` only after its batch is durable; for a lazy batch
+//!   ([`WriteBatch::set_lazy`]) once it is written, durable with the next durable commit
+//!   (a group is committed durably when any batch in it that writes, or a
+//!   [`WriteBatch::sync`], asks for it).
 //! - Batches apply in submission order, each atomically: a merged write is all-or-nothing, and
 //!   if it fails the writer retries each batch of the group alone, so one bad batch fails only
 //!   its own caller. The outcome is what writing each batch alone, in order, would give.
@@ -204,8 +207,9 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
     let mut ends = Vec::with_capacity(group.len());
     let mut dones = Vec::with_capacity(group.len());
     for Request { batch, done } in group {
+        let flags = (batch.lazy, batch.sync);
         merged.extend(batch);
-        ends.push(merged.len());
+        ends.push((merged.len(), flags));
         dones.push(done);
     }
     let result = write_counted(store, &merged, commits);
@@ -224,8 +228,9 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
         );
     }
     let mut start = 0;
-    for (end, done) in ends.into_iter().zip(dones) {
-        let alone = WriteBatch::from_ops(merged.ops()[start..end].to_vec());
+    for ((end, (lazy, sync)), done) in ends.into_iter().zip(dones) {
+        let mut alone = WriteBatch::from_ops(merged.ops()[start..end].to_vec());
+        (alone.lazy, alone.sync) = (lazy, sync);
         start = end;
         let _ = done.send(write_counted(store, &alone, commits));
     }
@@ -236,7 +241,7 @@ fn write_counted(
     batch: &WriteBatch,
     commits: &AtomicU64,
 ) -> Result<(), StoreError> {
-    if batch.is_empty() {
+    if batch.is_empty() && !batch.wants_sync() {
         return Ok(());
     }
     store.write(batch)?;

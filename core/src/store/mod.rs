@@ -189,6 +189,10 @@ impl fmt::Debug for BatchOp {
 pub struct WriteBatch {
     ops: Vec<BatchOp>,
     bytes: usize,
+    /// Written without waiting for the disk (see [`WriteBatch::set_lazy`]).
+    lazy: bool,
+    /// Committed durably even when empty (see [`WriteBatch::sync`]).
+    sync: bool,
 }
 
 impl WriteBatch {
@@ -239,8 +243,46 @@ impl WriteBatch {
         self.ops.iter().any(|op| matches!(op, BatchOp::Scrub))
     }
 
-    /// Append every operation of `other`, after this batch's own.
+    /// A batch that writes nothing and asks for a durable commit: once it completes, every
+    /// batch submitted before it is durable, lazy ones included.
+    pub fn sync() -> Self {
+        WriteBatch {
+            sync: true,
+            ..WriteBatch::default()
+        }
+    }
+
+    /// Whether the batch asks for a durable commit even though it may be empty.
+    pub fn wants_sync(&self) -> bool {
+        self.sync
+    }
+
+    /// Marks the batch lazy: the store may commit it without waiting for the disk, so a crash
+    /// can lose it (whole: it stays atomic), until a later durable commit, which makes it
+    /// durable too. For data with a durable copy elsewhere (a cluster's log). A lazy batch
+    /// merged with a batch that writes durably is written durably.
+    pub fn set_lazy(&mut self) -> &mut Self {
+        self.lazy = !self.sync;
+        self
+    }
+
+    /// Whether the store may commit the batch without waiting for the disk.
+    pub fn is_lazy(&self) -> bool {
+        self.lazy
+    }
+
+    /// Append every operation of `other`, after this batch's own. The result is lazy only if
+    /// every part that writes something (or asks for a sync) is; an empty batch changes
+    /// nothing.
     pub fn extend(&mut self, other: WriteBatch) -> &mut Self {
+        let neutral = |b: &WriteBatch| b.ops.is_empty() && !b.sync;
+        self.lazy = match (neutral(self), neutral(&other)) {
+            (true, true) => self.lazy && other.lazy,
+            (true, false) => other.lazy,
+            (false, true) => self.lazy,
+            (false, false) => self.lazy && other.lazy,
+        };
+        self.sync |= other.sync;
         self.bytes += other.bytes;
         self.ops.extend(other.ops);
         self
@@ -276,7 +318,11 @@ impl WriteBatch {
                 BatchOp::Scrub => 0,
             })
             .sum();
-        WriteBatch { ops, bytes }
+        WriteBatch {
+            ops,
+            bytes,
+            ..WriteBatch::default()
+        }
     }
 }
 

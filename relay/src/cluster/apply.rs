@@ -1,6 +1,7 @@
 //! Writing the log's entries into the relay's store: changes as content-addressed chunks with
 //! their actor bindings, metadata with its per-user index rows (as `sharing.rs` would), several
-//! entries per commit, then handed to the hub in log order.
+//! entries per commit (changes without an fsync of their own), then handed to the hub in log
+//! order.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub(super) struct Pending {
     imported: Vec<Imported>,
     /// The first and last `seq` in it (for the log).
     seqs: Option<(i64, i64)>,
+    /// It holds metadata (access lists, deletions): written durably.
+    meta: bool,
 }
 
 /// Where entries go: the store, then the hub.
@@ -61,6 +64,7 @@ pub(super) async fn apply(f: &Sink<'_>, pending: &mut Pending, seq: i64, row: Ro
     if meta && !flush(f, pending).await {
         return false;
     }
+    pending.meta |= meta;
     if let Some(imported) = prepare(f, seq, row, &mut pending.batch) {
         pending.imported.push(imported);
         let first = pending.seqs.map_or(seq, |(first, _)| first);
@@ -77,12 +81,20 @@ pub(super) async fn apply(f: &Sink<'_>, pending: &mut Pending, seq: i64, row: Ro
 /// gone.
 pub(super) async fn flush(f: &Sink<'_>, pending: &mut Pending) -> bool {
     let Pending {
-        batch,
+        mut batch,
         imported,
         seqs,
+        meta,
     } = std::mem::take(pending);
     if imported.is_empty() && batch.is_empty() {
         return true;
+    }
+    if !meta {
+        // Changes have their durable copy in the log: written without an fsync of their own
+        // (the next durable commit covers them; the cursor is saved only after one, so a crash
+        // before it reads them again). Metadata (an access list, a deletion) is written
+        // durably, so no crash takes back a revocation.
+        batch.set_lazy();
     }
     if let Err(e) = f.group.submit(batch).await {
         // The entries are not skipped silently: the store failing stops everything else too.

@@ -3,9 +3,10 @@
 //!
 //! It `LISTEN`s before it reads, so an append committed after a read is always announced; it
 //! also reads once a second in case a notification was missed. The last `seq` applied is kept
-//! in `DATA_DIR/cluster-cursor`, written after the store holds what it covers: a crash in
-//! between applies some entries twice, which changes nothing (chunks are content-addressed,
-//! Automerge ignores changes it has).
+//! in `DATA_DIR/cluster-cursor`, written after a durable commit covers what it covers (changes
+//! are written lazily, without an fsync of their own): a crash in between applies some entries
+//! twice, which changes nothing (chunks are content-addressed, Automerge ignores changes it
+//! has).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use weft_core::store::docs as docstore;
-use weft_core::store::GroupCommit;
+use weft_core::store::{GroupCommit, WriteBatch};
 
 use super::apply::{apply, flush, Pending, Row, Sink};
 use super::notes::{self, listen, take_notes, Listener, Notes};
@@ -233,8 +234,17 @@ async fn follow(
         let safe = own.front().map_or(*cursor, |(_, seq, _)| seq - 1);
         *resume = safe;
         if safe != saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
-            write_cursor(&f.cursor_file, safe);
-            saved = safe;
+            // Entries are written lazily (`apply::flush`): the cursor moves past them only
+            // once a durable commit covers them.
+            match f.group.submit(WriteBatch::sync()).await {
+                Ok(()) => {
+                    write_cursor(&f.cursor_file, safe);
+                    saved = safe;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make the cluster's entries durable; the cursor stays")
+                }
+            }
             saved_at = Instant::now();
         }
         f.metrics

@@ -214,3 +214,80 @@ fn tickets_can_be_awaited_and_dropped() {
     group.shutdown();
     assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 3);
 }
+
+/// A store that keeps the (lazy, sync) flags of every batch it is asked to write.
+#[derive(Default)]
+struct FlagStore {
+    inner: MemStore,
+    seen: std::sync::Mutex<Vec<(bool, bool, usize)>>,
+}
+
+impl KvStore for FlagStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(table, prefix)
+    }
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((batch.is_lazy(), batch.wants_sync(), batch.len()));
+        self.inner.write(batch)
+    }
+}
+
+fn lazy_put(key: &[u8]) -> WriteBatch {
+    let mut b = put(key);
+    b.set_lazy();
+    b
+}
+
+#[test]
+fn a_group_is_lazy_only_when_every_batch_that_writes_is() {
+    let merged = |batches: Vec<WriteBatch>| {
+        let mut m = WriteBatch::new();
+        for b in batches {
+            m.extend(b);
+        }
+        (m.is_lazy(), m.wants_sync())
+    };
+    assert_eq!(merged(vec![lazy_put(b"a"), lazy_put(b"b")]), (true, false));
+    // An empty barrier changes nothing; a durable write or a sync does.
+    assert_eq!(
+        merged(vec![lazy_put(b"a"), WriteBatch::new()]),
+        (true, false)
+    );
+    assert_eq!(
+        merged(vec![WriteBatch::new(), lazy_put(b"a")]),
+        (true, false)
+    );
+    assert_eq!(merged(vec![lazy_put(b"a"), put(b"b")]), (false, false));
+    assert_eq!(merged(vec![put(b"b"), lazy_put(b"a")]), (false, false));
+    assert_eq!(
+        merged(vec![lazy_put(b"a"), WriteBatch::sync()]),
+        (false, true)
+    );
+    let mut sync = WriteBatch::sync();
+    sync.set_lazy();
+    assert!(!sync.is_lazy(), "a sync is never lazy");
+}
+
+#[test]
+fn a_sync_alone_reaches_the_store_and_empty_barriers_do_not() {
+    let store = Arc::new(FlagStore::default());
+    let group = GroupCommit::new(store.clone()).unwrap();
+    group.submit(lazy_put(b"a")).wait().unwrap();
+    group.submit(WriteBatch::new()).wait().unwrap();
+    group.submit(WriteBatch::sync()).wait().unwrap();
+    group.shutdown();
+    assert_eq!(
+        *store.seen.lock().unwrap(),
+        vec![(true, false, 1), (false, true, 0)]
+    );
+}

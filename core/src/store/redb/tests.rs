@@ -57,6 +57,41 @@ fn data_survives_reopening() {
     assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 3);
 }
 
+/// A lazy batch is readable at once, lost by a crash before the next durable commit (a copy
+/// of the file taken then opens at the last durable commit) and durable after a sync.
+#[test]
+fn a_lazy_batch_is_durable_only_after_a_durable_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = RedbStore::open(&path).unwrap();
+    store.write(&put(Table::CHUNKS, b"a", b"durable")).unwrap();
+    let mut lazy = put(Table::CHUNKS, b"b", b"lazy");
+    lazy.set_lazy();
+    assert!(lazy.is_lazy());
+    store.write(&lazy).unwrap();
+    assert_eq!(
+        store.get(Table::CHUNKS, b"b").unwrap(),
+        Some(b"lazy".to_vec())
+    );
+    let crashed = dir.path().join("crashed.redb");
+    fs::copy(&path, &crashed).unwrap();
+    store.write(&WriteBatch::sync()).unwrap();
+    let synced = dir.path().join("synced.redb");
+    fs::copy(&path, &synced).unwrap();
+
+    let at_crash = RedbStore::open(&crashed).unwrap();
+    assert_eq!(
+        at_crash.get(Table::CHUNKS, b"a").unwrap(),
+        Some(b"durable".to_vec())
+    );
+    assert_eq!(at_crash.get(Table::CHUNKS, b"b").unwrap(), None);
+    let after_sync = RedbStore::open(&synced).unwrap();
+    assert_eq!(
+        after_sync.get(Table::CHUNKS, b"b").unwrap(),
+        Some(b"lazy".to_vec())
+    );
+}
+
 #[test]
 fn ops_apply_in_order_and_prefix_deletes_stay_in_their_prefix() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,7 @@ impl<'txn> Homes<'txn> {
 impl RedbStore {
     /// [`KvStore::write`](crate::store::KvStore::write): the batch in one redb write transaction.
     pub(super) fn write_batch(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
+        if batch.is_empty() && !batch.wants_sync() {
             return Ok(());
         }
         for op in batch.ops() {
@@ -57,7 +57,13 @@ impl RedbStore {
         // This batch's changes to the staging index; lookups go through it to the latest
         // commit's index (this thread is the only writer, so that does not change meanwhile).
         let mut delta = Delta::new();
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        if batch.is_lazy() {
+            // Persisted by the next durable commit; a crash before it rolls back to the last
+            // durable one, this commit and the staging log's part of it together.
+            txn.set_durability(::redb::Durability::None)
+                .map_err(|e| self.error(e))?;
+        }
         self.apply(&txn, batch, &state, &mut next, &mut delta)?;
         let appended = next.next_seq > state.next_seq;
         let last = next.next_seq - 1;
