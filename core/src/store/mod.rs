@@ -25,7 +25,10 @@
 //! # Crash safety
 //!
 //! The whole argument rests on one property of [`KvStore::write`]: a batch is applied entirely or
-//! not at all, and is durable when `write` returns `Ok`. Every state-changing operation of the
+//! not at all, and is durable when `write` returns `Ok` (a lazy batch,
+//! [`WriteBatch::set_lazy`], only once a later durable write returns: a crash may lose it and
+//! the lazy ones after it, never a durable one, so the store is still at some prefix of the
+//! batches; only data with a durable copy elsewhere is written lazily). Every state-changing operation of the
 //! document store is expressed as one batch (a chunk put, or a compaction that puts a snapshot
 //! and deletes the chunks it covers), so a crash at any instant leaves the store at the state
 //! after some prefix of the acknowledged batches, plus possibly the one in flight — never half
