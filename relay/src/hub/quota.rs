@@ -301,6 +301,11 @@ impl Hub {
             // writing it back changes only the size.
             if let Some(meta) = self.metas.get(&doc) {
                 docstore::put_meta(&mut batch, doc, meta);
+            } else if self.cluster.is_some() {
+                // Another writer of metadata (the cluster's follower) could commit between
+                // this read and this write, and its access list would be overwritten; the
+                // size is recorded again when the document next loads.
+                continue;
             } else if let Ok(Some(mut stored)) =
                 docstore::load_meta::<crate::meta::RelayMeta>(self.host.store().as_ref(), doc)
             {
