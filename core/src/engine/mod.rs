@@ -147,7 +147,7 @@ struct DocState {
     stored_bytes: u64,
     /// The sync message that sends the whole document to a peer holding none of it, made
     /// once for every such peer at these heads (see `peer.rs`); dropped once every peer is
-    /// live.
+    /// live, unless large (kept while the document stays loaded, replaced at new heads).
     whole: Option<WholeMessage>,
 }
 

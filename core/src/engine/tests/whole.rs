@@ -204,3 +204,74 @@ fn devices_joining_at_the_same_heads_share_one_snapshot_buffer() {
         assert_eq!(device.heads(DOC), relay.heads(DOC));
     }
 }
+
+/// Text that does not compress: a snapshot of it is about as large as the text.
+fn noise(len: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// A device holding nothing joins `DOC` on `relay` and syncs until both are quiet.
+fn join_empty(relay: &mut Engine, conn: u64) {
+    let mut device = Engine::new(EngineConfig::device());
+    device.open(ConnId(1), DOC, OpenOptions::default());
+    while device.poll_output().is_some() {}
+    device.loaded(DOC, None);
+    relay.open(ConnId(conn), DOC, OpenOptions::default());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let to_relay = drain_writes(&mut device, &mut a);
+        let to_device = drain_writes(relay, &mut b);
+        if to_relay.is_empty() && to_device.is_empty() {
+            return;
+        }
+        for m in to_relay {
+            relay.handle(ConnId(conn), m).unwrap();
+        }
+        for m in to_device {
+            device.handle(ConnId(1), m).unwrap();
+        }
+    }
+    panic!("device and relay never went quiet");
+}
+
+fn keeps_whole(relay: &Engine) -> bool {
+    matches!(relay.docs.get(&DOC), Some(Slot::Ready(ds)) if ds.whole.is_some())
+}
+
+/// Once every peer is live the whole-document message is dropped, unless it is large: then the
+/// next newcomer at the same heads is sent it without another `save()`.
+#[test]
+fn a_large_documents_whole_message_outlives_its_joiners() {
+    let mut small = Engine::new(EngineConfig::relay());
+    small.create(DOC, doc_with_actor(2));
+    write(&mut small, "hello");
+    drain(&mut small);
+    join_empty(&mut small, 2);
+    assert!(
+        !keeps_whole(&small),
+        "a small document's message is dropped"
+    );
+
+    let mut large = Engine::new(EngineConfig::relay());
+    large.create(DOC, doc_with_actor(2));
+    large
+        .change(DOC, |am| {
+            let mut tx = am.transaction();
+            tx.put(ROOT, "body", noise(600 * 1024)).unwrap();
+            tx.commit();
+        })
+        .unwrap();
+    drain(&mut large);
+    join_empty(&mut large, 2);
+    assert!(keeps_whole(&large), "a large document's message is kept");
+    join_empty(&mut large, 3);
+    assert!(keeps_whole(&large));
+}
