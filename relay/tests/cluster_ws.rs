@@ -1,7 +1,7 @@
 //! WebSocket clients of a relay cluster (`--cluster` with `--ws`): stock automerge-repo clients
 //! on two relays share a document live, and one behind a TCP load balancer moves to the other
 //! relay when its own dies, losing nothing; a ticket from one relay opens a socket on another,
-//! once in the whole cluster.
+//! once in the whole cluster; a raw client meets the storage quota other relays filled.
 
 mod common;
 
@@ -11,27 +11,33 @@ use common::cluster::sibling_of;
 use common::js::{npm_ready, Node};
 use common::pg::{self, PgServer};
 use common::proxy::Proxy;
-use common::ws::{now, ticket, Relay};
+use common::ws::{now, ticket, Device, Relay, RELAY};
 use common::wsclient::*;
 use serde_json::json;
-use weft_core::DocId;
+use weft_core::automerge::sync::{self, SyncDoc};
+use weft_core::automerge::transaction::Transactable;
+use weft_core::automerge::{ActorId, Automerge, ROOT};
+use weft_core::{DocId, Document};
 use weft_relay::Claims;
 
 /// Relay `name` of the cluster, with WebSocket and HTTP endpoints, in `dir`.
 fn start(dir: tempfile::TempDir, pg: &PgServer, name: &str) -> Relay {
-    Relay::start_with(
-        dir,
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--checkpoint-interval",
-            "200ms",
-            "--cluster",
-            "--cluster-name",
-            name,
-        ],
-        &[("WEFT_POSTGRES_URL", &pg.url())],
-    )
+    start_flags(dir, pg, name, &[])
+}
+
+/// [`start`] with `extra` flags.
+fn start_flags(dir: tempfile::TempDir, pg: &PgServer, name: &str, extra: &[&str]) -> Relay {
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--checkpoint-interval",
+        "200ms",
+        "--cluster",
+        "--cluster-name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    Relay::start_with(dir, &args, &[("WEFT_POSTGRES_URL", &pg.url())])
 }
 
 /// The scripted automerge-repo client (`tests/js/driver.mjs`) at `url`, reconnecting every
@@ -152,4 +158,73 @@ async fn a_ticket_from_one_relay_opens_one_socket_in_the_cluster() {
     // A fresh one from b opens a socket on a.
     let (t, _) = ticket(&b, &token).await;
     assert!(connect_url(&a, &a.ticket_url(&t)).await.is_ok());
+}
+
+/// `n` random letters and digits (they do not compress).
+fn random_text(n: usize) -> String {
+    use rand::{distr::Alphanumeric, Rng};
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+/// The storage quota of a cluster holds for a raw automerge-repo client: what Alice wrote
+/// through b into a document that a never loads counts on a when her WebSocket client writes
+/// into another document there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_writer_meets_the_quota_other_relays_filled() {
+    let Some(pg) = PgServer::start() else { return };
+    let quota = ["--max-user-bytes", "10000"];
+    let a = start_flags(tempfile::tempdir().unwrap(), &pg, "a", &quota);
+    let b = start_flags(sibling_of(a.data_dir()), &pg, "b", &quota);
+    let db = pg::client(&pg).await;
+    let alice = Claims::new("alice", now(), 3600).with_create(true);
+
+    // Through b (a QUIC device): a light document, then one of about 8 KB.
+    let mut on_b = Device::connect(&b, b.token(&alice)).await;
+    let (light, heavy) = (
+        DocId::random(&mut rand::rng()),
+        DocId::random(&mut rand::rng()),
+    );
+    for (doc, size) in [(light, 10), (heavy, 8_000)] {
+        let mut am = Automerge::new().with_actor(ActorId::random());
+        let mut tx = am.transaction();
+        tx.put(ROOT, "body", random_text(size)).unwrap();
+        tx.commit();
+        on_b.engine.create(doc, Document::from_automerge(am));
+        on_b.subscribe(doc).await;
+        assert!(on_b.until(|d| d.engine.is_synced(RELAY, doc)).await);
+    }
+    imported(&a, &db, heavy).await;
+
+    // On a, Alice's raw WebSocket client adds 4 KB to the light document: over her quota.
+    let saved = on_b.engine.read(light, |d| d.save()).unwrap();
+    let mut am = Automerge::load(&saved)
+        .unwrap()
+        .with_actor(ActorId::random());
+    let mut tx = am.transaction();
+    tx.put(ROOT, "more", random_text(4_000)).unwrap();
+    tx.commit();
+    let mut msg = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    msg.heads = am.get_heads();
+    msg.changes = vec![am.get_last_local_change().unwrap().raw_bytes().to_vec()].into();
+    let mut ws = joined(&a, &a.token(&alice), "alice-browser").await;
+    send(
+        &mut ws,
+        sync_msg("sync", "alice-browser", light, msg.encode()),
+    )
+    .await;
+    let got = loop {
+        let got = recv(&mut ws).await;
+        if got.kind() != Some("sync") {
+            break got;
+        }
+    };
+    assert_eq!(got.kind(), Some("error"), "{got:?}");
+    let why = format!("{:?}", got.field("message"));
+    assert!(why.contains("quota"), "{why}");
 }
