@@ -1,6 +1,6 @@
 //! weft-core: the deterministic heart of weft.
 //!
-//! - [`id`]: document, device and content ids.
+//! - `id`: document, device and content ids ([`DocId`], [`DeviceId`], [`ContentHash`]).
 //! - [`wire`]: protocol v1 frames and messages.
 //! - [`check`]: what a peer's changes must pass before anything of them is stored.
 //! - [`engine`]: the sans-IO sync engine that devices and the relay both drive.

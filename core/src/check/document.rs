@@ -35,7 +35,7 @@ pub struct WholeDocument {
 }
 
 impl WholeDocument {
-    /// The document's changes, each checked against `limits` as [`check_chunks`] checks a
+    /// The document's changes, each checked against `limits` as [`check_chunks`](crate::check::check_chunks) checks a
     /// document chunk's: for a node that cannot take the document whole.
     pub fn into_changes(self, limits: &Limits) -> Result<Vec<CheckedChange>, CheckError> {
         let mut out = Vec::new();
@@ -46,7 +46,7 @@ impl WholeDocument {
 
 /// `bytes` loaded whole when they are exactly one document chunk (inflated into a counter
 /// first, within `limits.max_inflated_bytes`); `Ok(None)` for anything else, which
-/// [`check_chunks`] then checks.
+/// [`check_chunks`](crate::check::check_chunks) then checks.
 pub fn check_whole_document(
     bytes: &Bytes,
     limits: &Limits,

@@ -14,8 +14,8 @@ pub type Millis = u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// Identifies one persist request, to be answered with [`Engine::persisted`] or
-/// [`Engine::persist_failed`].
+/// Identifies one persist request, to be answered with [`Engine::persisted`](crate::engine::Engine::persisted) or
+/// [`Engine::persist_failed`](crate::engine::Engine::persist_failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PersistId(pub u64);
 
@@ -187,7 +187,7 @@ pub enum Output {
         /// The message (`Sync`, `Changes` or `Ack`).
         msg: Message,
     },
-    /// Make these bytes durable, then call [`Engine::persisted`] (in order per document).
+    /// Make these bytes durable, then call [`Engine::persisted`](crate::engine::Engine::persisted) (in order per document).
     Persist {
         /// The request id.
         id: PersistId,
@@ -199,7 +199,7 @@ pub enum Output {
         /// cluster also appends those to the cluster's log.
         received: bool,
     },
-    /// Load this document (or report it absent) with [`Engine::loaded`].
+    /// Load this document (or report it absent) with [`Engine::loaded`](crate::engine::Engine::loaded).
     Load {
         /// The document.
         doc: DocId,
@@ -294,7 +294,7 @@ pub enum EngineError {
         /// The document.
         doc: DocId,
     },
-    /// The document is not loaded; ask for it with [`Engine::load`] first.
+    /// The document is not loaded; ask for it with [`Engine::load`](crate::engine::Engine::load) first.
     #[error("document {doc} is not loaded")]
     NotLoaded {
         /// The document.

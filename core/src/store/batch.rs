@@ -32,7 +32,7 @@ pub enum BatchOp {
         prefix: Vec<u8>,
     },
     /// Make the bytes this batch and every earlier one removed unreadable in the store's
-    /// storage, not just unreachable. A store may do it later: [`RedbStore`] records the
+    /// storage, not just unreachable. A store may do it later: [`RedbStore`](super::RedbStore) records the
     /// request in the same transaction and rewrites its file on its next open. Changes no key.
     Scrub,
 }
@@ -53,7 +53,7 @@ impl fmt::Debug for BatchOp {
     }
 }
 
-/// An ordered list of puts and deletes that a [`KvStore`] applies atomically.
+/// An ordered list of puts and deletes that a [`KvStore`](super::KvStore) applies atomically.
 ///
 /// Operations apply in the order they were added: a put after a delete of the same key leaves
 /// the key present.

@@ -77,7 +77,7 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
     TableDefinition::new(table.name())
 }
 
-/// A [`KvStore`] in one redb file.
+/// A [`KvStore`](crate::store::KvStore) in one redb file.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,

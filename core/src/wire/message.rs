@@ -68,7 +68,7 @@ pub struct DocEntry {
 pub enum Message {
     /// First message of a connection, from the dialing side.
     Hello {
-        /// [`PROTOCOL_VERSION`] of the sender.
+        /// [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION) of the sender.
         protocol: u16,
         /// The sender's device id (checked against its TLS key by the receiver).
         device: DeviceId,
@@ -79,7 +79,7 @@ pub enum Message {
     },
     /// The answer to an accepted `Hello`.
     Welcome {
-        /// [`PROTOCOL_VERSION`] of the sender.
+        /// [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION) of the sender.
         protocol: u16,
         /// The authenticated user (`sub` of the token).
         user: String,

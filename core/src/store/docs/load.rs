@@ -11,7 +11,7 @@ use crate::store::{KvStore, Table};
 use crate::{ContentHash, DocId};
 
 /// Load `doc` from its chunks, or `None` if it has none. Also returns the keys of the chunks
-/// loaded: pass them to [`compact`] as `replaces` with a snapshot of this document. Chunks
+/// loaded: pass them to [`compact`](crate::store::docs::compact) as `replaces` with a snapshot of this document. Chunks
 /// that do not parse are left out (see [`load_document_sized`]); the caller that wants them
 /// set aside for good uses that.
 pub fn load_document(
@@ -39,7 +39,7 @@ pub struct StoredDocument {
     pub chunks: Vec<ChunkKey>,
     /// Bytes of `chunks`, by kind.
     pub sizes: ChunkBytes,
-    /// Stored chunks that held bytes that do not parse, to set aside with [`quarantine`].
+    /// Stored chunks that held bytes that do not parse, to set aside with [`quarantine`](crate::store::docs::quarantine).
     pub quarantine: Vec<Quarantine>,
 }
 

@@ -1,4 +1,4 @@
-//! The document store: how automerge documents, sync states and metadata live in a [`KvStore`].
+//! The document store: how automerge documents, sync states and metadata live in a [`KvStore`](crate::store::KvStore).
 //!
 //! # Layout
 //!
@@ -16,10 +16,10 @@
 //! of their bytes, so writing the same chunk twice is idempotent, and a reader can tell damaged
 //! bytes from good ones. Keys sort snapshots before incrementals within a document.
 //!
-//! Writers add operations to a [`WriteBatch`] with the pure functions here ([`put_chunk`],
+//! Writers add operations to a [`WriteBatch`](crate::store::WriteBatch) with the pure functions here ([`put_chunk`],
 //! [`compact`], [`put_sync_state`], [`put_meta`], [`delete_doc`], ...) and commit it, usually
 //! through a [`GroupCommit`](super::GroupCommit); readers ([`load_document`], ...) read a
-//! [`KvStore`] directly.
+//! [`KvStore`](crate::store::KvStore) directly.
 //!
 //! A document loads by concatenating all its chunks (snapshots first) and calling
 //! `Automerge::load` once: automerge parses a sequence of chunks, ignores changes it already has
@@ -28,7 +28,7 @@
 //! # Crash safety
 //!
 //! The invariant: *every acknowledged change is in some chunk of its document.* A change is
-//! acknowledged when the batch that stores it has been durably written ([`KvStore::write`]
+//! acknowledged when the batch that stores it has been durably written ([`KvStore::write`](crate::store::KvStore::write)
 //! returned, or the [`CommitTicket`](super::CommitTicket) completed, with `Ok`). Every
 //! operation keeps the invariant in one atomic batch:
 //!

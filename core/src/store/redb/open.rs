@@ -37,7 +37,7 @@ impl RedbStore {
     /// table is refused the same way. Table names must be distinct and 1 to 255 bytes
     /// ([`StoreError::BadTables`]).
     ///
-    /// When a batch asked for a scrub ([`WriteBatch::scrub`]) since the file was last
+    /// When a batch asked for a scrub ([`WriteBatch::scrub`](crate::store::WriteBatch::scrub)) since the file was last
     /// rewritten, the open first copies every live row into a fresh file and renames it over
     /// this one, so that nothing deleted stays readable in the file (`redb/scrub.rs`). A
     /// failed rewrite is logged and the store opens as it is; the next open tries again.
