@@ -83,7 +83,7 @@ impl std::fmt::Debug for Device {
 
 impl Device {
     /// Opens the device in `dir` (creating the directory, key and store if missing) and starts
-    /// its driver. Fails with [`StoreError::Locked`] inside [`DeviceError::Store`] when another
+    /// its driver. Fails with [`StoreError::Locked`](weft_core::store::StoreError::Locked) inside [`DeviceError::Store`] when another
     /// process holds the store.
     pub async fn open(dir: DataDir) -> Result<Device, DeviceError> {
         Device::open_wrapped(dir, |store| store).await
