@@ -4,7 +4,8 @@
 //! fault) and only then mutates, and applying ops to a `BTreeMap` cannot fail half way, so a
 //! failed write changes nothing and a successful one is all there. Because every write is atomic
 //! under the lock, "what a crash would leave" is exactly the tables at that moment:
-//! [`MemStore::crash_copy`] returns them in a fresh store.
+//! [`MemStore::crash_copy`] returns them in a fresh store; lazy writes
+//! ([`WriteBatch::set_lazy`]) since the last durable one are not in it, as a crash loses them.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -31,6 +32,9 @@ struct Inner {
     writes: u64,
     /// Successful writes that asked for a scrub ([`BatchOp::Scrub`]).
     scrubs: u64,
+    /// The tables as the last durable write left them, while lazy writes followed it (`None`:
+    /// every write is durable).
+    durable: Option<BTreeMap<Table, Rows>>,
 }
 
 impl MemStore {
@@ -77,10 +81,12 @@ impl MemStore {
         self.lock().scrubs
     }
 
-    /// What a crash now would leave on disk: a new store holding every successful write and
-    /// nothing else, with no faults armed.
+    /// What a crash now would leave on disk: a new store holding every successful write,
+    /// except lazy ones no durable write has followed, and nothing else, with no faults armed.
     pub fn crash_copy(&self) -> MemStore {
-        let tables = self.lock().tables.clone();
+        let inner = self.lock();
+        let tables = inner.durable.as_ref().unwrap_or(&inner.tables).clone();
+        drop(inner);
         MemStore {
             inner: Mutex::new(Inner {
                 tables,
@@ -157,6 +163,15 @@ impl KvStore for MemStore {
             None => {}
         }
         // Past the fault check nothing below can fail, so the batch applies entirely.
+        if batch.is_lazy() {
+            if inner.durable.is_none() {
+                inner.durable = Some(inner.tables.clone());
+            }
+        } else if !batch.is_empty() || batch.wants_sync() {
+            // A durable write makes every write before it durable too (an empty one writes
+            // nothing, as in the redb store).
+            inner.durable = None;
+        }
         for op in batch.ops() {
             match op {
                 BatchOp::Put { table, key, value } => {
@@ -314,5 +329,36 @@ mod tests {
             .is_ok());
         // The copy is independent of the original.
         assert_eq!(store.get(Table::CHUNKS, b"k2").unwrap(), None);
+    }
+
+    #[test]
+    fn a_crash_loses_lazy_writes_until_a_durable_one_follows() {
+        let store = MemStore::new();
+        let put = |key: &[u8], lazy: bool| {
+            let mut b = batch(|b| {
+                b.put(Table::CHUNKS, key.to_vec(), b"v".to_vec());
+            });
+            if lazy {
+                b.set_lazy();
+            }
+            b
+        };
+        store.write(&put(b"a", false)).unwrap();
+        store.write(&put(b"b", true)).unwrap();
+        store.write(&put(b"c", true)).unwrap();
+        assert_eq!(store.scan_keys(Table::CHUNKS, b"").unwrap().len(), 3);
+        assert_eq!(
+            store.crash_copy().scan_keys(Table::CHUNKS, b"").unwrap(),
+            vec![b"a".to_vec()]
+        );
+        store.write(&WriteBatch::sync()).unwrap();
+        assert_eq!(
+            store
+                .crash_copy()
+                .scan_keys(Table::CHUNKS, b"")
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }
