@@ -262,6 +262,26 @@ async fn changes_imported_before_their_dependencies_reach_the_devices() {
 /// store, not against what it had recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_storage_quota_counts_what_other_relays_stored() {
+    four_more_kilobytes_on_a(Written::IntoTheHeavyDocument).await;
+}
+
+/// A relay counts what the others stored into a document it never loads: alice's writes
+/// into one document through b take her over her quota on a, for another document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_storage_quota_counts_documents_this_relay_never_loaded() {
+    four_more_kilobytes_on_a(Written::IntoAnotherDocument).await;
+}
+
+/// Where the quota tests write on relay a.
+enum Written {
+    IntoTheHeavyDocument,
+    IntoAnotherDocument,
+}
+
+/// Two relays with a 10,000-byte storage quota; about 8 KB of Alice's document written
+/// through b; then, through a (which never loaded that document), 4 KB more, into that document
+/// or another of hers (`written`): refused.
+async fn four_more_kilobytes_on_a(written: Written) {
     let Some(pg) = PgServer::start() else { return };
     let quota = [
         "--checkpoint-interval",
@@ -274,44 +294,17 @@ async fn a_users_storage_quota_counts_what_other_relays_stored() {
     let db = pg::client(&pg).await;
 
     // About 8 KB of Alice's document written through b, within her 10,000 bytes.
-    let doc = new_doc();
-    let mut on_b = Device::connect(&b, "alice").await;
-    on_b.create_conversation(doc, "Heavy").await;
-    for _ in 0..6 {
-        on_b.say(doc, &random_text(1_000));
-        on_b.synced(doc).await;
-    }
-    assert_eq!(on_b.refused(doc), None);
-    caught_up(&a, "a", &db).await;
-
-    // Through a, which never loaded it: 4 KB more is over the quota.
-    let mut on_a = Device::connect(&a, "alice").await;
-    assert_eq!(on_a.subscribe(doc).await, Ok(Role::ReadWrite));
-    on_a.say(doc, &random_text(4_000));
-    on_a.until(|d| d.refused(doc).is_some()).await;
-    assert_eq!(on_a.refused(doc), Some(ErrorCode::REFUSED));
-}
-
-/// A relay counts what the others stored into a document it never loads: alice's writes
-/// into one document through b take her over her quota on a, for another document.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_users_storage_quota_counts_documents_this_relay_never_loaded() {
-    let Some(pg) = PgServer::start() else { return };
-    let quota = [
-        "--checkpoint-interval",
-        "200ms",
-        "--max-user-bytes",
-        "10000",
-    ];
-    let a = start_with(tempfile::tempdir().unwrap(), &pg.url(), "a", &quota);
-    let b = start_with(sibling_dir(&a), &pg.url(), "b", &quota);
-    let db = pg::client(&pg).await;
-
-    // About 8 KB of Alice's first document written through b, within her 10,000 bytes.
-    let (heavy, light) = (new_doc(), new_doc());
+    let heavy = new_doc();
     let mut on_b = Device::connect(&b, "alice").await;
     on_b.create_conversation(heavy, "Heavy").await;
-    on_b.create_conversation(light, "Light").await;
+    let target = match written {
+        Written::IntoTheHeavyDocument => heavy,
+        Written::IntoAnotherDocument => {
+            let light = new_doc();
+            on_b.create_conversation(light, "Light").await;
+            light
+        }
+    };
     for _ in 0..6 {
         on_b.say(heavy, &random_text(1_000));
         on_b.synced(heavy).await;
@@ -319,12 +312,12 @@ async fn a_users_storage_quota_counts_documents_this_relay_never_loaded() {
     assert_eq!(on_b.refused(heavy), None);
     caught_up(&a, "a", &db).await;
 
-    // Through a, which never loads the first: 4 KB more into the second is over the quota.
+    // Through a: 4 KB more is over the quota.
     let mut on_a = Device::connect(&a, "alice").await;
-    assert_eq!(on_a.subscribe(light).await, Ok(Role::ReadWrite));
-    on_a.say(light, &random_text(4_000));
-    on_a.until(|d| d.refused(light).is_some()).await;
-    assert_eq!(on_a.refused(light), Some(ErrorCode::REFUSED));
+    assert_eq!(on_a.subscribe(target).await, Ok(Role::ReadWrite));
+    on_a.say(target, &random_text(4_000));
+    on_a.until(|d| d.refused(target).is_some()).await;
+    assert_eq!(on_a.refused(target), Some(ErrorCode::REFUSED));
 }
 
 /// An entry too large to travel in its notification (over 5,000 bytes) is announced by its

@@ -103,23 +103,14 @@ impl Engine {
     /// Announces changes the store already holds (written by the driver, found by a reload)
     /// as a write would be: after every write submitted before, with nothing written.
     pub(super) fn announce_stored(&mut self, doc: DocId, raw: Vec<Bytes>) {
-        let id = PersistId(self.next_persist);
-        self.next_persist += 1;
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return;
-        };
-        ds.persists.push_back(PendingPersist {
-            id,
-            done: false,
-            heads_after: ds.heads.clone(),
-            effect: PersistEffect::Changes {
+        let id = self.queue_persist(
+            doc,
+            PersistEffect::Changes {
                 origin: Origin::Released,
                 raw,
                 via_fast_path: false,
             },
-            pending: Vec::new(),
-        });
-        self.persist_doc.insert(id, doc);
+        );
         self.persisted(id);
     }
 
@@ -129,8 +120,6 @@ impl Engine {
         write: Write,
         effect: PersistEffect,
     ) -> PersistId {
-        let id = PersistId(self.next_persist);
-        self.next_persist += 1;
         let received = matches!(write, Write::Changes(_))
             && !matches!(
                 effect,
@@ -139,10 +128,27 @@ impl Engine {
                     ..
                 }
             );
+        if let (Some(Slot::Ready(ds)), Write::Changes(bytes) | Write::Stored(bytes)) =
+            (self.docs.get_mut(&doc), &write)
+        {
+            ds.stored_bytes = ds.stored_bytes.saturating_add(bytes.len() as u64);
+        }
+        let id = self.queue_persist(doc, effect);
+        self.out.push_back(Output::Persist {
+            id,
+            doc,
+            write,
+            received,
+        });
+        id
+    }
+
+    /// A new persist request of `doc`, queued behind the earlier ones; its `effect` takes place
+    /// once it and they are durable ([`Engine::persisted`]).
+    fn queue_persist(&mut self, doc: DocId, effect: PersistEffect) -> PersistId {
+        let id = PersistId(self.next_persist);
+        self.next_persist += 1;
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-            if let Write::Changes(bytes) | Write::Stored(bytes) = &write {
-                ds.stored_bytes = ds.stored_bytes.saturating_add(bytes.len() as u64);
-            }
             ds.persists.push_back(PendingPersist {
                 id,
                 done: false,
@@ -152,12 +158,6 @@ impl Engine {
             });
         }
         self.persist_doc.insert(id, doc);
-        self.out.push_back(Output::Persist {
-            id,
-            doc,
-            write,
-            received,
-        });
         id
     }
 

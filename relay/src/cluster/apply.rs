@@ -51,7 +51,7 @@ pub(super) struct Sink<'a> {
 /// Entries pending at most before they are written: the entries of one read go to the store
 /// in one commit (under load three relays went from ~1,600 to ~2,200 changes/s with it), then
 /// to the hub in log order. A stale document's reload may read them from the store before
-/// the hub imports them; the engine announces what a reload finds (`Engine::import`).
+/// the hub imports them; the engine then announces what the reload found (`fold.rs`).
 const PENDING_MAX: usize = 256;
 /// Bytes pending at most before they are written.
 const PENDING_BYTES: usize = 4 << 20;

@@ -59,9 +59,10 @@ pub(crate) struct Usage {
     bytes: HashMap<String, u64>,
     /// Documents whose recorded size changed and is not yet stored in their metadata.
     sizes_to_record: HashSet<DocId>,
-    /// Bytes other relays of a cluster stored into documents not loaded here: counted in
-    /// `bytes`, not in the documents' recorded sizes (which the next load corrects).
-    unrecorded: HashMap<DocId, u64>,
+    /// Bytes other relays of a cluster stored into documents not loaded here, with their
+    /// owner: counted in `bytes`, not in the documents' recorded sizes (which the next load
+    /// corrects).
+    unrecorded: HashMap<DocId, (String, u64)>,
     /// Over the memory budget even after evicting every idle document.
     pub(crate) over_memory: bool,
 }
@@ -173,7 +174,7 @@ impl Hub {
 
     /// A document was deleted: it no longer counts against its owner.
     pub(super) fn count_deleted(&mut self, doc: DocId, meta: &crate::meta::DocMeta) {
-        let unrecorded = self.usage.unrecorded.remove(&doc).unwrap_or(0);
+        let unrecorded = self.usage.unrecorded.remove(&doc).map_or(0, |(_, b)| b);
         let Some(owner) = &meta.owner else {
             return;
         };
@@ -254,7 +255,7 @@ impl Hub {
         let counted = meta
             .ext
             .stored_bytes
-            .saturating_add(self.usage.unrecorded.remove(&doc).unwrap_or(0));
+            .saturating_add(self.usage.unrecorded.remove(&doc).map_or(0, |(_, b)| b));
         if size == counted {
             return;
         }
@@ -268,9 +269,11 @@ impl Hub {
     /// owner's usage grows by them now (the document's recorded size catches up when it
     /// loads, [`Hub::count_stored`]).
     pub(super) fn count_imported(&mut self, doc: DocId, bytes: u64) {
-        let owner = match self.metas.get(&doc) {
-            Some(meta) => meta.owner.clone(),
-            None => {
+        // The owner: from the entry of an earlier import, the cached metadata, or the store.
+        let owner = match (self.usage.unrecorded.get(&doc), self.metas.get(&doc)) {
+            (Some((owner, _)), _) => Some(owner.clone()),
+            (None, Some(meta)) => meta.owner.clone(),
+            (None, None) => {
                 match docstore::load_meta::<crate::meta::RelayMeta>(self.host.store().as_ref(), doc)
                 {
                     Ok(meta) => meta.and_then(|m| m.owner),
@@ -284,9 +287,9 @@ impl Hub {
         let Some(owner) = owner else {
             return;
         };
-        let used = self.usage.bytes.entry(owner).or_default();
+        let used = self.usage.bytes.entry(owner.clone()).or_default();
         *used = used.saturating_add(bytes);
-        let unrecorded = self.usage.unrecorded.entry(doc).or_default();
+        let unrecorded = &mut self.usage.unrecorded.entry(doc).or_insert((owner, 0)).1;
         *unrecorded = unrecorded.saturating_add(bytes);
     }
 
