@@ -163,6 +163,18 @@ class DeviceTestCase: XCTestCase {
         }
     }
 
+    /// `waitForMessages` where some were written concurrently on two devices: their order
+    /// is their writers' clocks', and two written in the same millisecond sort by their random
+    /// ids, so only which messages arrived is compared.
+    func waitForMessageSet(_ device: WeftDevice, _ doc: String, _ bodies: [String]) async throws {
+        try await eventually("\(device.user()) to read the \(bodies.count) messages") {
+            let info = try await device.listDocuments().first { $0.id == doc }
+            guard info?.kind != nil else { return false }
+            let read = try await device.listMessages(doc: doc, last: nil).map(\.body)
+            return read.count == bodies.count && Set(read) == Set(bodies)
+        }
+    }
+
     override func tearDown() async throws {
         for d in devices { try? await d.shutdown() }
         devices.removeAll()
