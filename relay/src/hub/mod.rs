@@ -109,8 +109,12 @@ pub struct HubConfig {
     /// Subscribers from which a document's ephemeral traffic is batched (`hub/presence.rs`);
     /// below, each frame is relayed at once.
     pub presence_batch_from: usize,
-    /// How long a batched document's ephemeral frames wait to be sent together.
+    /// How long a batched document's ephemeral frames wait to be sent together, at least.
     pub presence_batch_every: std::time::Duration,
+    /// How much a batched document's tick grows per subscriber (`hub/presence.rs`).
+    pub presence_batch_per_member: std::time::Duration,
+    /// The longest a batched document's tick grows.
+    pub presence_batch_max: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -132,6 +136,8 @@ impl Default for HubConfig {
             kinds: Arc::new(weft_schema::rules::Kinds::builtin()),
             presence_batch_from: 32,
             presence_batch_every: std::time::Duration::from_millis(100),
+            presence_batch_per_member: std::time::Duration::from_micros(250),
+            presence_batch_max: std::time::Duration::from_secs(1),
         }
     }
 }

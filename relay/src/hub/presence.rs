@@ -3,9 +3,15 @@
 //! Relayed one by one, a member's status costs the relay a frame (a QUIC datagram) per other
 //! member: with a thousand members, a thousand packets per change. In a document with at
 //! least `HubConfig::presence_batch_from` subscribers the hub instead keeps, per document,
-//! the latest ephemeral frame of each sending connection, and every
-//! `HubConfig::presence_batch_every` sends each subscriber one entry holding all of them
-//! (its own left out) on its stream: one write per member per tick, however many changed.
+//! the latest ephemeral frame of each sending connection, and once per tick sends each
+//! subscriber one entry holding all of them (its own left out) on its stream: one write per
+//! member per tick, however many changed.
+//!
+//! A tick's cost grows with the crowd (a stream write and a packet per member, ~10-20 us), so
+//! the tick grows with it too: `HubConfig::presence_batch_per_member` per subscriber, at least
+//! `presence_batch_every` and at most `presence_batch_max`. A crowded document's presence then
+//! costs the relay about the same CPU per second whatever its size, and a status waits at most
+//! a quarter of a second in a 1,000-member document (measured in `weft-bench presence`).
 //!
 //! What a member sees: every other member's latest state, at most one tick late; states a
 //! member replaced within one tick are not delivered (ephemeral data is best-effort either
@@ -14,7 +20,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use weft_core::engine::ConnId;
 use weft_core::hash::HashMap;
@@ -25,11 +31,18 @@ use super::{Hub, Outbound};
 /// A document's waiting frames: each sender's latest, in the order senders first spoke.
 type Pending = Vec<(ConnId, Arc<Vec<u8>>)>;
 
-/// The ephemeral frames waiting for the next tick.
+/// One document's batch: its frames and when they go out.
+#[derive(Debug)]
+struct Batch {
+    due: Instant,
+    entries: Pending,
+}
+
+/// The ephemeral frames waiting for their document's next tick.
 #[derive(Debug, Default)]
 pub(super) struct PresenceBatches {
-    pending: HashMap<DocId, Pending>,
-    /// When the pending frames go out.
+    pending: HashMap<DocId, Batch>,
+    /// The earliest batch's tick (or earlier, after a batch was dropped unsent).
     due: Option<Instant>,
 }
 
@@ -37,6 +50,67 @@ impl PresenceBatches {
     /// When [`Hub::flush_presence`] must run next, if anything waits.
     pub(super) fn due(&self) -> Option<Instant> {
         self.due
+    }
+
+    /// Keeps `frame` as `conn`'s latest state in `doc`, replacing the one it sent earlier in
+    /// this tick. A document's first frame since its last tick sets the next one, `tick` from
+    /// `now`.
+    fn keep(
+        &mut self,
+        doc: DocId,
+        conn: ConnId,
+        frame: Arc<Vec<u8>>,
+        now: Instant,
+        tick: Duration,
+    ) {
+        let batch = self.pending.entry(doc).or_insert_with(|| Batch {
+            due: now + tick,
+            entries: Vec::new(),
+        });
+        match batch.entries.iter_mut().find(|(c, _)| *c == conn) {
+            Some(entry) => entry.1 = frame,
+            None => batch.entries.push((conn, frame)),
+        }
+        let due = batch.due;
+        self.due = Some(self.due.map_or(due, |d| d.min(due)));
+    }
+
+    /// Drops what `conn` waits to send in `doc`.
+    fn forget(&mut self, doc: DocId, conn: ConnId) {
+        if let Some(batch) = self.pending.get_mut(&doc) {
+            batch.entries.retain(|(c, _)| *c != conn);
+            if batch.entries.is_empty() {
+                self.pending.remove(&doc);
+            }
+        }
+    }
+
+    /// Takes the batches whose tick has come by `now`; the others wait for theirs.
+    fn take_due(&mut self, now: Instant) -> Vec<(DocId, Pending)> {
+        let ready: Vec<DocId> = self
+            .pending
+            .iter()
+            .filter(|(_, b)| b.due <= now)
+            .map(|(doc, _)| *doc)
+            .collect();
+        let taken = ready
+            .into_iter()
+            .filter_map(|doc| self.pending.remove(&doc).map(|b| (doc, b.entries)))
+            .collect();
+        self.due = self.pending.values().map(|b| b.due).min();
+        taken
+    }
+}
+
+impl super::HubConfig {
+    /// How long a batched document with `subscribers` waits between ticks.
+    pub fn presence_tick(&self, subscribers: usize) -> Duration {
+        let grown = self
+            .presence_batch_per_member
+            .saturating_mul(u32::try_from(subscribers).unwrap_or(u32::MAX));
+        grown
+            .max(self.presence_batch_every)
+            .min(self.presence_batch_max.max(self.presence_batch_every))
     }
 }
 
@@ -51,33 +125,22 @@ impl Hub {
     /// Keeps `frame` (an encoded `Ephemeral` from `conn`) as `conn`'s latest state in `doc`,
     /// replacing the one it sent earlier in this tick.
     pub(super) fn batch_presence(&mut self, doc: DocId, conn: ConnId, frame: Arc<Vec<u8>>) {
-        let entries = self.presence.pending.entry(doc).or_default();
-        match entries.iter_mut().find(|(c, _)| *c == conn) {
-            Some(entry) => entry.1 = frame,
-            None => entries.push((conn, frame)),
-        }
-        if self.presence.due.is_none() {
-            self.presence.due = Some(Instant::now() + self.cfg.presence_batch_every);
-        }
+        let subscribers = self.subscribers.get(&doc).map_or(0, |s| s.len());
+        let tick = self.cfg.presence_tick(subscribers);
+        self.presence.keep(doc, conn, frame, Instant::now(), tick);
     }
 
     /// `conn` left `doc`: its pending state is not delivered.
     pub(super) fn forget_presence(&mut self, doc: DocId, conn: ConnId) {
-        if let Some(entries) = self.presence.pending.get_mut(&doc) {
-            entries.retain(|(c, _)| *c != conn);
-            if entries.is_empty() {
-                self.presence.pending.remove(&doc);
-            }
-        }
+        self.presence.forget(doc, conn);
     }
 
-    /// Sends every pending state: per document, one entry per subscriber holding the latest
-    /// frame of every sender but itself. Every subscriber shares the same bytes; a sender's
-    /// entry names the range of its own frame, which its writer leaves out.
+    /// Sends the pending states of every document whose tick has come: per document, one
+    /// entry per subscriber holding the latest frame of every sender but itself. Every
+    /// subscriber shares the same bytes; a sender's entry names the range of its own frame,
+    /// which its writer leaves out.
     pub(super) fn flush_presence(&mut self) {
-        self.presence.due = None;
-        let pending = std::mem::take(&mut self.presence.pending);
-        for (doc, entries) in pending {
+        for (doc, entries) in self.presence.take_due(Instant::now()) {
             let Some(subscribers) = self.subscribers.get(&doc) else {
                 continue;
             };
@@ -103,5 +166,65 @@ impl Hub {
                 self.push(conn, out, None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(b: u8) -> Arc<Vec<u8>> {
+        Arc::new(vec![b])
+    }
+
+    #[test]
+    fn each_document_goes_out_at_its_own_tick() {
+        let t0 = Instant::now();
+        let (small, crowd) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        let mut b = PresenceBatches::default();
+        b.keep(crowd, ConnId(1), frame(1), t0, Duration::from_millis(250));
+        b.keep(small, ConnId(2), frame(2), t0, Duration::from_millis(100));
+        // A later frame replaces the sender's earlier one and keeps the tick already set.
+        b.keep(
+            small,
+            ConnId(2),
+            frame(3),
+            t0 + Duration::from_millis(50),
+            Duration::from_millis(100),
+        );
+        assert_eq!(b.due(), Some(t0 + Duration::from_millis(100)));
+        assert!(b.take_due(t0 + Duration::from_millis(99)).is_empty());
+
+        let out = b.take_due(t0 + Duration::from_millis(100));
+        assert_eq!(out, vec![(small, vec![(ConnId(2), frame(3))])]);
+        assert_eq!(b.due(), Some(t0 + Duration::from_millis(250)));
+
+        let out = b.take_due(t0 + Duration::from_millis(250));
+        assert_eq!(out, vec![(crowd, vec![(ConnId(1), frame(1))])]);
+        assert_eq!(b.due(), None);
+    }
+
+    #[test]
+    fn a_forgotten_sender_leaves_nothing_due() {
+        let t0 = Instant::now();
+        let doc = DocId::from_bytes([3; 16]);
+        let mut b = PresenceBatches::default();
+        b.keep(doc, ConnId(1), frame(1), t0, Duration::from_millis(100));
+        b.forget(doc, ConnId(1));
+        assert!(b.take_due(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(b.due(), None);
+    }
+
+    #[test]
+    fn the_tick_grows_with_the_crowd_between_its_bounds() {
+        let cfg = super::super::HubConfig::default();
+        assert_eq!(cfg.presence_tick(32), cfg.presence_batch_every);
+        assert_eq!(cfg.presence_tick(1_000), Duration::from_millis(250));
+        assert_eq!(cfg.presence_tick(1_000_000), cfg.presence_batch_max);
+        let floor = super::super::HubConfig {
+            presence_batch_max: Duration::ZERO,
+            ..cfg
+        };
+        assert_eq!(floor.presence_tick(1_000_000), floor.presence_batch_every);
     }
 }

@@ -27,7 +27,8 @@ const TARGET: Duration = Duration::from_millis(1);
 /// 1,000 full).
 const RATE_ENV: &str = "WEFT_BENCH_PRESENCE_RATE";
 
-/// Overrides `HubConfig::presence_batch_every`, in milliseconds.
+/// A fixed tick in milliseconds, instead of the relay's (`HubConfig::presence_batch_every`
+/// growing by `presence_batch_per_member` up to `presence_batch_max`).
 const TICK_ENV: &str = "WEFT_BENCH_PRESENCE_TICK_MS";
 /// Overrides the members (1,000).
 const MEMBERS_ENV: &str = "WEFT_BENCH_PRESENCE_MEMBERS";
@@ -67,7 +68,7 @@ pub(crate) fn presence_workload(
     };
     let every = env(TICK_ENV).map(Duration::from_millis);
     let defaults = weft_relay::HubConfig::default();
-    let tick = every.unwrap_or(defaults.presence_batch_every);
+    let tick = every.unwrap_or_else(|| defaults.presence_tick(members));
     eprintln!(
         "presence: {members} members of one document, status changes at a steady rate for {:.0} s; \
          batched every {} ms, baseline each at once",

@@ -173,7 +173,9 @@ impl Relay {
                 hub_config.presence_batch_from = from;
             }
             if let Some(every) = presence_batch_every {
+                // A fixed tick, whatever the crowd.
                 hub_config.presence_batch_every = every;
+                hub_config.presence_batch_max = every;
             }
             let mut server_limits = weft_relay::ServerLimits::default();
             if let Some(check) = check {
