@@ -43,6 +43,10 @@ pub struct Options {
     pub presence_batch_from: Option<usize>,
     /// How long batched ephemeral frames wait.
     pub presence_batch_every: Option<Duration>,
+    /// The store's page cache in bytes (`StagingLimits::cache_bytes`), instead of the relay's.
+    pub store_cache: Option<usize>,
+    /// The documents one user may own (`Quotas::max_docs_per_user`), instead of the relay's.
+    pub max_docs_per_user: Option<usize>,
 }
 
 /// A running relay.
@@ -106,6 +110,8 @@ impl Relay {
             checkpoints,
             presence_batch_from,
             presence_batch_every,
+            store_cache,
+            max_docs_per_user,
         } = opts;
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
@@ -132,10 +138,11 @@ impl Relay {
         let store_path = dir.path().join("relay.redb");
         // The relay binary's store settings, so the benchmark measures what operators run.
         let (mut staging, writer) = weft_relay::store_limits();
-        if let Some(bytes) = std::env::var(STORE_CACHE_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
+        if let Some(bytes) = store_cache.or_else(|| {
+            std::env::var(STORE_CACHE_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+        }) {
             staging.cache_bytes = bytes;
         }
         let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open_with_tables(
@@ -171,6 +178,9 @@ impl Relay {
             let mut hub_config = weft_relay::HubConfig::default();
             if let Some(from) = presence_batch_from {
                 hub_config.presence_batch_from = from;
+            }
+            if let Some(max) = max_docs_per_user {
+                hub_config.quotas.max_docs_per_user = max;
             }
             if let Some(every) = presence_batch_every {
                 // A fixed tick, whatever the crowd.

@@ -9,7 +9,9 @@
 //!   chat messages each, every one by an actor of its own) through the sync rounds, then
 //!   disconnects. RSS with them loaded, then once the relay has evicted them
 //!   (`evict_after` shortened to seconds; the relay's default is a minute): per document,
-//!   against the target of 2 KiB per idle document.
+//!   on a relay as configured and on one whose store page cache is full from the start (the
+//!   cache is a bounded, fixed cost); the second against the target of 2 KiB per idle
+//!   document.
 //! - **Connections** (`conns.rs`): idle connections, joined and with no document, up to
 //!   10,000 (full mode), QUIC and WebSocket, each against its transport's floor measured
 //!   the same way: a bare quinn server (the throughput workload's forwarder: the relay's
