@@ -219,9 +219,9 @@ async fn append_loop(
             let Some(c) = conn.as_mut() else { continue };
             let started = Instant::now();
             let written = match &stmts {
-                Some(st) => write(&mut c.client, st, &relay, &rows).await,
+                Some(st) => write(&c.client, st, &relay, &rows).await,
                 None => match Statements::prepare(&c.client).await {
-                    Ok(st) => write(&mut c.client, stmts.insert(st), &relay, &rows).await,
+                    Ok(st) => write(&c.client, stmts.insert(st), &relay, &rows).await,
                     Err(e) => Err(e),
                 },
             };
@@ -317,20 +317,25 @@ impl Statements {
     }
 }
 
+/// Appends `rows` in one transaction, in one round trip: `begin`, the lock, the insert and
+/// `commit` are sent together and run in order (tokio-postgres sends each request when its
+/// future is first polled, and `try_join` polls them in order). Were the lock or the insert
+/// to fail, Postgres answers the `commit` of the aborted transaction by rolling it back, and
+/// the error is returned; the caller drops the connection either way.
 async fn write(
-    client: &mut Client,
+    client: &Client,
     st: &Statements,
     relay: &str,
     rows: &Rows,
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // Pipelined: both statements go out together and run in order (the lock first).
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&relay, &rows.docs, &rows.kinds, &rows.bodies, &rows.records];
-    let lock = tx.execute(&st.lock, &[&APPEND_LOCK]);
-    let append = tx.execute(&st.append, &params);
-    futures_util::future::try_join(lock, append).await?;
-    tx.commit().await
+    let begin = client.batch_execute("begin");
+    let lock = client.execute(&st.lock, &[&APPEND_LOCK]);
+    let append = client.execute(&st.append, &params);
+    let commit = client.batch_execute("commit");
+    futures_util::future::try_join4(begin, lock, append, commit).await?;
+    Ok(())
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
