@@ -209,3 +209,80 @@ async fn a_relay_cut_off_from_postgres_catches_up_when_it_returns() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// A cluster relay writes the changes it accepts into its store without an fsync of their own
+/// (the log in Postgres holds them first), so a crash (power loss) can take them back out of the
+/// store. Modelled as a crash copy of its data directory would be: the relay stopped, the
+/// changes' chunks removed from its store and its cursor moved back before their entries (the
+/// cursor is saved only after a durable commit). Restarted, it writes them back from the log,
+/// and a device that holds nothing gets every message from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_a_crash_took_out_of_the_store_come_back_from_the_log() {
+    use weft_core::store::docs::{load_document, ChunkKey, ChunkKind};
+    use weft_core::store::{KvStore, RedbStore, Table, WriteBatch};
+
+    let Some(pg) = PgServer::start() else { return };
+    let a = start(tempfile::tempdir().unwrap(), &pg, "a");
+    let db = pg::client(&pg).await;
+    let doc = new_doc();
+    let mut alice = Device::connect(&a, "alice").await;
+    alice.create_conversation(doc, "Before the crash").await;
+    alice.synced(doc).await;
+    caught_up(&a, "a", &db).await;
+    let before: i64 = db
+        .query_one("select coalesce(max(seq), 0) from weft_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let said: Vec<String> = (0..3)
+        .map(|i| format!("said before the crash {i}"))
+        .collect();
+    for text in &said {
+        alice.say(doc, text);
+    }
+    alice.synced(doc).await;
+    let heads = alice.heads(doc);
+    let bodies: Vec<Vec<u8>> = db
+        .query(
+            "select body from weft_changes where seq > $1 and doc_id = $2 and kind = 1 order by seq",
+            &[&before, &doc.to_string()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!bodies.is_empty(), "the messages are in the log");
+    let (_, dir) = a.terminate_keeping_data();
+
+    {
+        let kv = RedbStore::open_with_tables(
+            dir.path().join("relay.redb"),
+            &weft_relay::TABLES,
+            Default::default(),
+        )
+        .unwrap();
+        let mut batch = WriteBatch::default();
+        for body in &bodies {
+            let key = ChunkKey::for_bytes(doc, ChunkKind::Incremental, body);
+            batch.delete(Table::CHUNKS, key.to_bytes());
+        }
+        kv.write(&batch).unwrap();
+        let (left, _) = load_document(&kv, doc).unwrap().expect("the conversation");
+        let mut left_heads: Vec<String> = left.get_heads().iter().map(|h| h.to_string()).collect();
+        left_heads.sort();
+        let mut all = heads.clone();
+        all.sort();
+        assert_ne!(left_heads, all, "the store lost the messages");
+    }
+    std::fs::write(dir.path().join("cluster-cursor"), format!("{before}\n")).unwrap();
+
+    let a = start(dir, &pg, "a");
+    let mut other = Device::connect(&a, "alice").await;
+    assert_eq!(other.subscribe(doc).await, Ok(Role::ReadWrite));
+    other.until(|d| texts(d, doc).len() == said.len()).await;
+    assert_eq!(texts(&mut other, doc), said);
+    // And the store holds them again (a load after eviction or restart serves them).
+    caught_up(&a, "a", &db).await;
+    checkpointed(&db, doc, &heads).await;
+}

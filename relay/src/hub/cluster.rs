@@ -112,8 +112,15 @@ impl Hub {
         d
     }
 
-    /// An engine write of received changes (`Action::LogThenWrite`).
-    pub(super) fn durable_changes(&self, batch: WriteBatch, log: LogWrite) -> Durable {
+    /// An engine write of received changes (`Action::LogThenWrite`). In a cluster the store
+    /// write is lazy (no fsync of its own): the log in Postgres is the change's durable copy
+    /// before the store sees it, and a crash that loses the write leaves the entry after the
+    /// follower's saved cursor, which the next process looks at and writes again
+    /// (`cluster/follow.rs`; decision 0035).
+    pub(super) fn durable_changes(&self, mut batch: WriteBatch, log: LogWrite) -> Durable {
+        if self.cluster.is_some() {
+            batch.set_lazy();
+        }
         self.durable_with(
             batch,
             Entry::Changes {
