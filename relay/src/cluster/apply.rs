@@ -121,6 +121,11 @@ fn prepare(f: &Sink<'_>, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<I
         return None;
     };
     let store = f.group.store().clone();
+    // This relay's own changes are nearly always in its store already (it wrote them after
+    // the append): looked for before the metadata is read and decoded.
+    if row.kind == KIND_CHANGES && row.own && has_chunk(store.as_ref(), doc, &row.body) {
+        return None;
+    }
     let old: Option<DocMeta> = match docstore::load_meta(store.as_ref(), doc) {
         Ok(m) => m,
         Err(e) => {
@@ -131,7 +136,6 @@ fn prepare(f: &Sink<'_>, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<I
     let deleted_here = old.as_ref().is_some_and(|m| m.deleted_at_ms.is_some());
     let imported = match row.kind {
         KIND_CHANGES if deleted_here => return None,
-        KIND_CHANGES if row.own && has_chunk(store.as_ref(), doc, &row.body) => return None,
         KIND_CHANGES => {
             let bindings = match row.records.as_deref().map(decode_records) {
                 None => Vec::new(),
