@@ -38,6 +38,8 @@ mod cluster_load;
 mod crowd;
 #[path = "weft-bench/device.rs"]
 mod device;
+#[path = "weft-bench/failover.rs"]
+mod failover;
 #[path = "weft-bench/fanout.rs"]
 mod fanout;
 #[path = "weft-bench/huge.rs"]
@@ -228,6 +230,7 @@ fn run(plan: Plan, workloads: &[String]) -> anyhow::Result<()> {
             "memory" => memory::memory_workload(&plan, &clients)?,
             "paused-device" => paused::paused_device_workload(&clients)?,
             "cluster" => cluster::cluster_workload(&plan, &clients, &chain)?,
+            "failover" => failover::failover_workload(&plan, &clients)?,
             other => anyhow::bail!("no workload {other}"),
         };
         eprintln!("  ({w} took {:.1} s)\n", t.elapsed().as_secs_f64());

@@ -155,12 +155,22 @@ impl RelayProc {
         dir: tempfile::TempDir,
         extra: &[String],
     ) -> anyhow::Result<RelayProc> {
+        Self::start_on(bin, dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`RelayProc::start`], listening on `listen`.
+    pub(crate) fn start_on(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        listen: &str,
+        extra: &[String],
+    ) -> anyhow::Result<RelayProc> {
         let mut child = Command::new(bin)
             .args([
                 "serve",
                 "--dev",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--http",
                 "off",
                 "--data-dir",
@@ -185,6 +195,13 @@ impl RelayProc {
             .with_context(|| format!("no QUIC address in {ready:?}"))?
             .parse()?;
         Ok(RelayProc { child, dir, addr })
+    }
+
+    /// SIGKILL; the data directory, to start the relay again on it.
+    pub(crate) fn kill(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(std::mem::replace(&mut self.dir, tempfile::tempdir()?))
     }
 
     /// A data directory with this relay's dev secret and certificate (a cluster shares them).

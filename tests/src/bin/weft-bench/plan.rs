@@ -16,18 +16,19 @@ pub(crate) const IMPLEMENTED: &[&str] = &[
     "crowd",
     "paused-device",
     "cluster",
+    "failover",
     "ws-native",
     "ws-npm",
 ];
 /// Workloads whose baseline server (and, for `ws-native`, clients) is samod: run by default
 /// only in a build with the `samod-bench` feature.
 pub(crate) const NEEDS_SAMOD: &[&str] = &["ws-native", "ws-npm"];
-pub(crate) const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change, memory, checkpoint, presence, huge-conversation, crowd, paused-device, cluster, ws-native, ws-npm)";
+pub(crate) const USAGE: &str = "usage: weft-bench [--quick] [--pin] [WORKLOAD...]  (workloads: fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change, memory, checkpoint, presence, huge-conversation, crowd, paused-device, cluster, failover, ws-native, ws-npm)";
 /// The workloads as the usage line and errors name them.
 pub(crate) const AVAILABLE: &str =
     "fanout, throughput, wire-bytes, reconnect, durable-writes, initial-sync, large-change, \
-     memory, checkpoint, presence, huge-conversation, crowd, paused-device, cluster, ws-native, \
-     ws-npm";
+     memory, checkpoint, presence, huge-conversation, crowd, paused-device, cluster, failover, \
+     ws-native, ws-npm";
 
 pub(crate) struct Plan {
     pub(crate) quick: bool,
