@@ -18,6 +18,7 @@
 //! way: datagrams may be lost). A member that leaves takes its pending state with it, so no
 //! status of it arrives after its `Presence { online: false }`.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,14 +43,15 @@ struct Batch {
 #[derive(Debug, Default)]
 pub(super) struct PresenceBatches {
     pending: HashMap<DocId, Batch>,
-    /// The earliest batch's tick (or earlier, after a batch was dropped unsent).
-    due: Option<Instant>,
+    /// Each pending document by its tick, earliest first: a relay with many crowded documents
+    /// finds the next one due without a scan.
+    order: BTreeSet<(Instant, DocId)>,
 }
 
 impl PresenceBatches {
     /// When [`Hub::flush_presence`] must run next, if anything waits.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.due
+        self.order.first().map(|(due, _)| *due)
     }
 
     /// Keeps `frame` as `conn`'s latest state in `doc`, replacing the one it sent earlier in
@@ -63,16 +65,17 @@ impl PresenceBatches {
         now: Instant,
         tick: Duration,
     ) {
-        let batch = self.pending.entry(doc).or_insert_with(|| Batch {
-            due: now + tick,
-            entries: Vec::new(),
+        let batch = self.pending.entry(doc).or_insert_with(|| {
+            self.order.insert((now + tick, doc));
+            Batch {
+                due: now + tick,
+                entries: Vec::new(),
+            }
         });
         match batch.entries.iter_mut().find(|(c, _)| *c == conn) {
             Some(entry) => entry.1 = frame,
             None => batch.entries.push((conn, frame)),
         }
-        let due = batch.due;
-        self.due = Some(self.due.map_or(due, |d| d.min(due)));
     }
 
     /// Drops what `conn` waits to send in `doc`.
@@ -80,6 +83,7 @@ impl PresenceBatches {
         if let Some(batch) = self.pending.get_mut(&doc) {
             batch.entries.retain(|(c, _)| *c != conn);
             if batch.entries.is_empty() {
+                self.order.remove(&(batch.due, doc));
                 self.pending.remove(&doc);
             }
         }
@@ -87,17 +91,16 @@ impl PresenceBatches {
 
     /// Takes the batches whose tick has come by `now`; the others wait for theirs.
     fn take_due(&mut self, now: Instant) -> Vec<(DocId, Pending)> {
-        let ready: Vec<DocId> = self
-            .pending
-            .iter()
-            .filter(|(_, b)| b.due <= now)
-            .map(|(doc, _)| *doc)
-            .collect();
-        let taken = ready
-            .into_iter()
-            .filter_map(|doc| self.pending.remove(&doc).map(|b| (doc, b.entries)))
-            .collect();
-        self.due = self.pending.values().map(|b| b.due).min();
+        let mut taken = Vec::new();
+        while let Some(&(due, doc)) = self.order.first() {
+            if due > now {
+                break;
+            }
+            self.order.pop_first();
+            if let Some(batch) = self.pending.remove(&doc) {
+                taken.push((doc, batch.entries));
+            }
+        }
         taken
     }
 }
