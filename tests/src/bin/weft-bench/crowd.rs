@@ -46,7 +46,11 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
     let (joiners, megabytes) = if plan.quick { (50, 5) } else { (200, 20) };
     let messages = megabytes * 1_000_000 / BODY;
     let (_chain, am) = Chain::generate_with(messages + 1, |_| random_text(BODY));
+    // What a relay's first joiner at these heads waits for: the relay makes the whole-document
+    // message with this same `save()`, on its hub's thread (every other document waits too).
+    let t = std::time::Instant::now();
     let saved = am.save();
+    let save_took = t.elapsed();
     let mut heads = am.get_heads();
     heads.sort_unstable();
     drop(am);
@@ -97,7 +101,12 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
         alone.relay_peak_kib as f64 / 1024.0,
         ms(again.elapsed)
     );
+    eprintln!(
+        "  a save() of the document (the relay's whole-document message, made on its hub's thread): {:.0} ms",
+        ms(save_took)
+    );
     Ok(json!({
+        "save_ms": ms(save_took),
         "workload": "crowd",
         "joiners": joiners,
         "messages": messages,
