@@ -57,7 +57,16 @@ pub fn huge_conversation_workload(
         format!("message {i}: on my way, see you at the station in ten minutes")
     });
     let made = t.elapsed();
+    // What the relay's first newcomer at these heads waits for (its whole-document message is
+    // this `save()`, made on the hub's thread), and what a copy of the document costs there
+    // (were the `save()` to run on another thread, the hub would hand it a copy).
+    let t = Instant::now();
     let saved = am.save();
+    let save_took = t.elapsed();
+    let t = Instant::now();
+    let copy = am.clone();
+    let clone_took = t.elapsed();
+    drop(copy);
     let mut heads = am.get_heads();
     heads.sort_unstable();
     drop(am);
@@ -148,8 +157,15 @@ pub fn huge_conversation_workload(
         peak as f64 / 1024.0,
         held as f64 / 1024.0
     );
+    eprintln!(
+        "  the relay's whole-document message: a save() of {:.0} ms on its hub's thread; a copy of the document {:.0} ms",
+        ms(save_took),
+        ms(clone_took)
+    );
     Ok(json!({
         "workload": "huge-conversation",
+        "save_ms": ms(save_took),
+        "clone_ms": ms(clone_took),
         "messages": messages,
         "saved_bytes": saved.len(),
         "rounds": rounds,
