@@ -35,15 +35,7 @@ pub(crate) fn cluster_workload(
     rt: &tokio::runtime::Runtime,
     chain: &Arc<Chain>,
 ) -> anyhow::Result<Value> {
-    let bin = std::env::current_exe()?.with_file_name("weft-relay");
-    anyhow::ensure!(
-        bin.is_file(),
-        "the cluster workload runs the relay binary: build it first (cargo build --release -p weft-relay)"
-    );
-    anyhow::ensure!(
-        pg::installed(),
-        "the cluster workload needs the Postgres server binaries (initdb, pg_ctl)"
-    );
+    let bin = relay_and_postgres("cluster")?;
     let (warmup, changes) = if plan.quick { (50, 300) } else { (100, 1_300) };
     anyhow::ensure!(
         chain.len() >= warmup + changes,
@@ -125,6 +117,21 @@ pub(crate) fn cluster_workload(
         "cpu_ratio_postgres": (ratio_pg * 100.0).round() / 100.0,
         "load": load,
     }))
+}
+
+/// The `weft-relay` binary next to this one, once it and the Postgres server binaries are
+/// known to be there (the cluster workloads run both); `workload` names the one asking.
+pub(crate) fn relay_and_postgres(workload: &str) -> anyhow::Result<std::path::PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name("weft-relay");
+    anyhow::ensure!(
+        bin.is_file(),
+        "the {workload} workload runs the relay binary: build it first (cargo build --release -p weft-relay)"
+    );
+    anyhow::ensure!(
+        pg::installed(),
+        "the {workload} workload needs the Postgres server binaries (initdb, pg_ctl)"
+    );
+    Ok(bin)
 }
 
 pub(crate) fn cluster_args(url: &str, name: &str) -> Vec<String> {

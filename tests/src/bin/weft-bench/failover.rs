@@ -19,7 +19,7 @@ use weft_peer::{
 };
 
 use crate::checkpoint::pg;
-use crate::cluster::{cluster_args, RelayProc};
+use crate::cluster::{cluster_args, relay_and_postgres, RelayProc};
 use crate::plan::Plan;
 use crate::report::{ms, percentiles};
 
@@ -42,15 +42,7 @@ pub(crate) fn failover_workload(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Value> {
-    let bin = std::env::current_exe()?.with_file_name("weft-relay");
-    anyhow::ensure!(
-        bin.is_file(),
-        "the failover workload runs the relay binary: build it first (cargo build --release -p weft-relay)"
-    );
-    anyhow::ensure!(
-        pg::installed(),
-        "the failover workload needs the Postgres server binaries (initdb, pg_ctl)"
-    );
+    let bin = relay_and_postgres("failover")?;
     let (devices, rounds) = if plan.quick { (10, 3) } else { (20, 5) };
     eprintln!(
         "failover: {devices} devices on two --cluster relays, {rounds} rounds of SIGKILL to the \

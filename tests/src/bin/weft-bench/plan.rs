@@ -49,13 +49,15 @@ pub(crate) struct Plan {
 /// (steady state, allocator purges); the chain is long enough for about a minute.
 pub(crate) const WINDOW_ENV: &str = "WEFT_BENCH_WINDOW_S";
 
+/// A number from the environment variable `name`; `None` when unset or not a number.
+pub(crate) fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 impl Plan {
     pub(crate) fn new(quick: bool) -> Plan {
         let mut plan = Plan::standard(quick);
-        if let Some(s) = std::env::var(WINDOW_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(s) = env_number::<u64>(WINDOW_ENV) {
             plan.window = Duration::from_secs(s.clamp(1, 60));
         }
         plan

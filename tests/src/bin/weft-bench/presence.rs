@@ -17,7 +17,7 @@ use weft_core::wire::Message;
 use weft_core::DocId;
 
 use crate::client::{self, Client};
-use crate::plan::Plan;
+use crate::plan::{env_number, Plan};
 use crate::relay::{relay_cpu, Relay};
 use crate::report::{ms, percentiles, us};
 
@@ -32,10 +32,6 @@ const RATE_ENV: &str = "WEFT_BENCH_PRESENCE_RATE";
 const TICK_ENV: &str = "WEFT_BENCH_PRESENCE_TICK_MS";
 /// Overrides the members (1,000).
 const MEMBERS_ENV: &str = "WEFT_BENCH_PRESENCE_MEMBERS";
-
-fn env(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// What one run measured.
 struct Run {
@@ -55,18 +51,18 @@ pub(crate) fn presence_workload(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Value> {
-    let members = env(MEMBERS_ENV).unwrap_or(1_000) as usize;
+    let members = env_number::<usize>(MEMBERS_ENV).unwrap_or(1_000);
     let window = if plan.quick {
         Duration::from_secs(4)
     } else {
         Duration::from_secs(10)
     };
-    let rates: Vec<u64> = match env(RATE_ENV) {
+    let rates: Vec<u64> = match env_number::<u64>(RATE_ENV) {
         Some(r) => vec![r.max(1)],
         None if plan.quick => vec![100, 500],
         None => vec![100, 500, 1_000],
     };
-    let every = env(TICK_ENV).map(Duration::from_millis);
+    let every = env_number::<u64>(TICK_ENV).map(Duration::from_millis);
     let defaults = weft_relay::HubConfig::default();
     let tick = every.unwrap_or_else(|| defaults.presence_tick(members));
     eprintln!(

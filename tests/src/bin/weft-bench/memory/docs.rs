@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::clients::{write_cert, ADDR_ENV, CERT_ENV, DOCS_ENV, MESSAGES_ENV, TOKEN_ENV};
 use super::{anon_kib, kib_per, rss_kib, settled_kib, verdict, Devices, TARGET_IDLE_DOC_KIB};
-use crate::plan::Plan;
+use crate::plan::{env_number, Plan};
 use crate::relay::{Options, Relay};
 
 /// Chat messages per conversation (each ~200 bytes as a raw change).
@@ -35,10 +35,6 @@ const LATER: Duration = Duration::from_secs(75);
 const DOCS_PER_ROUND_ENV: &str = "WEFT_BENCH_MEMORY_DOCS";
 /// Overrides the rounds (2 quick, 3 full).
 const ROUNDS_ENV: &str = "WEFT_BENCH_MEMORY_ROUNDS";
-
-fn env(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// The store page cache of the second relay: full after the first few hundred documents.
 const SMALL_CACHE: usize = 1024 * 1024;
@@ -86,17 +82,18 @@ pub(super) fn measure(plan: &Plan) -> anyhow::Result<Value> {
 
 /// One relay's rounds; `cache` overrides its store page cache.
 fn phase(plan: &Plan, cache: Option<usize>) -> anyhow::Result<Value> {
-    let docs = env(DOCS_PER_ROUND_ENV).unwrap_or(match (plan.quick, cache.is_some()) {
-        // Beyond the cache the per-document figure is small: enough documents that the
-        // relay's fixed costs (maps and arenas growing) do not hide it.
-        (true, true) => 1_000,
-        (true, false) => 300,
-        (false, _) => 2_000,
-    });
+    let docs =
+        env_number::<usize>(DOCS_PER_ROUND_ENV).unwrap_or(match (plan.quick, cache.is_some()) {
+            // Beyond the cache the per-document figure is small: enough documents that the
+            // relay's fixed costs (maps and arenas growing) do not hide it.
+            (true, true) => 1_000,
+            (true, false) => 300,
+            (false, _) => 2_000,
+        });
     // Rounds on one relay: a first round's figure carries one-time costs (caches and maps
     // growing to their working size); the later rounds' increments are what each further idle
     // document costs.
-    let rounds = env(ROUNDS_ENV)
+    let rounds = env_number::<usize>(ROUNDS_ENV)
         .unwrap_or(if plan.quick { 2 } else { 3 })
         .max(1);
     let relay = Relay::start_opts(Options {
