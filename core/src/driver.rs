@@ -1,11 +1,11 @@
-//! What the device runtime and the relay do alike as drivers of a [`Host`]: loading a
-//! document off the event loop.
+//! What the device runtime and the relay do alike as drivers of a [`Host`]: loading and saving
+//! a document off the event loop.
 //!
 //! [`Host`]: crate::host::Host
 
 use std::sync::Arc;
 
-use crate::host::{self, Loaded};
+use crate::host::{self, Loaded, SaveJob, Saved};
 use crate::store::docs::DocStoreError;
 use crate::store::{KvStore, StoreError};
 use crate::DocId;
@@ -35,4 +35,18 @@ pub async fn load(
             },
         })
     })
+}
+
+/// Runs a save the host handed out ([`crate::host::Action::Save`]) on a blocking thread.
+/// `None` only when the task was cancelled (a runtime shutting down): [`SaveJob::run`] catches
+/// panics.
+pub async fn save(job: SaveJob) -> Option<Saved> {
+    let doc = job.doc();
+    match tokio::task::spawn_blocking(move || job.run()).await {
+        Ok(saved) => Some(saved),
+        Err(e) => {
+            tracing::warn!(%doc, error = %e, "a save task ended without a result");
+            None
+        }
+    }
 }

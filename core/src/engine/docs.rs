@@ -65,6 +65,7 @@ impl Engine {
                 reload_wanted: false,
                 stored_bytes: 0,
                 whole: None,
+                whole_building: false,
             })),
         );
         for q in queue {

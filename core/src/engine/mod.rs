@@ -44,6 +44,8 @@
 //! - `fold.rs`: received changes waiting in memory: folding, lazy folding, the reload.
 //! - `peer.rs`: a peer's state per document: sync rounds, the fast path, resync.
 //! - `persist.rs`: persist requests and their completion.
+//! - `whole.rs`: the whole document for a peer that holds none of it, made off the driver's
+//!   thread when large.
 //! - `timers.rs`: `tick`, `next_wakeup` and the timer index.
 //! - `inbound.rs` checks a peer's message; `receive.rs` routes it and runs the fast path;
 //!   `sync_path.rs` the sync path.
@@ -71,9 +73,11 @@ mod receive;
 mod sync_path;
 mod timers;
 mod types;
+mod whole;
 pub use gate::{Accepted, Gate};
 pub use inbound::{check_message, Inbound};
 pub use types::*;
+pub use whole::{WholeJob, WholeMade};
 
 /// The sync engine. See the module docs.
 pub struct Engine {
@@ -149,6 +153,8 @@ struct DocState {
     /// once for every such peer at these heads (see `peer.rs`); dropped once every peer is
     /// live, unless large (kept while the document stays loaded, replaced at new heads).
     whole: Option<WholeMessage>,
+    /// A [`WholeJob`] for this document is with the driver (see `whole.rs`).
+    whole_building: bool,
 }
 
 /// An encoded sync message carrying the whole document as one snapshot.
@@ -197,6 +203,8 @@ struct PeerDoc {
     /// us its heads since: its messages sent before it got the document say it holds nothing,
     /// and must not make us send the document again.
     whole_sent: bool,
+    /// The peer waits for the whole document from a [`WholeJob`] in flight.
+    whole_waiting: bool,
     /// An answer to the peer waits for what it announces to be durable (see
     /// `sync_path::receive_round`).
     answer_held: bool,
@@ -381,6 +389,17 @@ impl Engine {
         match self.docs.get(&doc) {
             Some(Slot::Ready(ds)) if !ds.stale && !ds.doc.has_queued_changes() => {
                 Some(ds.doc.save())
+            }
+            _ => None,
+        }
+    }
+
+    /// A copy of the document as it stands, under the conditions of [`Self::snapshot`]: for a
+    /// driver that saves it elsewhere (a copy costs a few percent of a save).
+    pub fn copy(&self, doc: DocId) -> Option<Box<Document>> {
+        match self.docs.get(&doc) {
+            Some(Slot::Ready(ds)) if !ds.stale && !ds.doc.has_queued_changes() => {
+                Some(Box::new(ds.doc.clone()))
             }
             _ => None,
         }

@@ -7,6 +7,7 @@ use automerge::ChangeHash;
 use bytes::Bytes;
 
 use super::docs::{knows, sorted};
+use super::whole::{holds_nothing, Whole, KEEP_WHOLE_FROM};
 use super::{
     ConnId, Deferred, DocState, Engine, Message, OpenOptions, Origin, Output, PeerDoc,
     PersistEffect, Queued, Slot, Write, MAX_QUEUED_WHILE_LOADING,
@@ -57,6 +58,7 @@ impl Engine {
                 stalls: 0,
                 reported_unaccepted: false,
                 whole_sent: false,
+                whole_waiting: false,
                 answer_held: false,
             },
         );
@@ -143,13 +145,24 @@ impl Engine {
             if std::mem::replace(&mut pd.whole_sent, true) {
                 None
             } else {
-                Some(whole_message(&ds.doc, &mut ds.whole, &mut pd.sync))
+                match ds.whole_for(doc, conn, self.cfg.whole_off_thread_from) {
+                    Whole::Send(data) => Some(data),
+                    Whole::Wait => None,
+                    Whole::Make(job) => {
+                        self.out.push_back(Output::MakeWhole(job));
+                        None
+                    }
+                }
             }
         } else {
             pd.whole_sent = false;
+            pd.whole_waiting = false;
             generate(ds.doc.automerge(), &mut pd.sync).map(|m| Bytes::from(m.encode()))
         };
         if let Some(data) = data {
+            let Some(pd) = ds.peers.get_mut(&conn) else {
+                return;
+            };
             let reset = std::mem::take(&mut pd.send_reset);
             self.out.push_back(Output::Send {
                 conn,
@@ -335,73 +348,6 @@ fn generate(am: &automerge::Automerge, state: &mut sync::State) -> Option<sync::
     let msg = am.generate_sync_message(state);
     state.their_capabilities = caps;
     msg
-}
-
-/// Whether the peer told us it holds nothing of the document, in a message whose reply
-/// Automerge would fill with the whole document (a snapshot), the peer taking version 2
-/// messages and our changes.
-fn holds_nothing(state: &sync::State) -> bool {
-    state.their_heads.as_ref().is_some_and(|h| h.is_empty())
-        && state.their_need.is_some()
-        && state
-            .their_have
-            .as_ref()
-            .is_some_and(|have| have.iter().all(|h| h.last_sync.is_empty()))
-        && state
-            .their_capabilities
-            .as_ref()
-            .is_some_and(|c| c.contains(&sync::Capability::MessageV2))
-        && !state.is_peer_read_only()
-        && !state.needs_reset
-}
-
-/// A whole-document message at least this large is kept while its heads hold, though every
-/// peer is live: the next newcomer would otherwise wait for another `save()` of a large
-/// document (~100 ms per 1.7 MB saved), and it costs memory small beside the loaded document
-/// (a saved document is a few percent of its loaded size, or less).
-const KEEP_WHOLE_FROM: usize = 256 * 1024;
-
-/// The sync message Automerge's `generate_sync_message` makes for a peer that holds nothing
-/// (our heads and the whole document as one snapshot), from `cache` when it was made at the
-/// same heads, and the state updated as that call updates it. Two differences: the message
-/// carries no bloom filter of our changes (the peer, holding nothing, has nothing to send us
-/// whatever it is told), and `sent_hashes` is not filled with every change of the document
-/// (kept per peer, that costs ~50 bytes per change per joining peer; the peer's next message
-/// names its heads, which is how we learn what it still lacks).
-fn whole_message(
-    doc: &crate::Document,
-    cache: &mut Option<super::WholeMessage>,
-    state: &mut sync::State,
-) -> Bytes {
-    let heads = doc.automerge().get_heads();
-    let read_only = state.read_only;
-    let fresh = cache
-        .as_ref()
-        .is_some_and(|w| w.heads == heads && w.read_only == read_only);
-    if !fresh {
-        let mut flags = sync::MessageFlags::new();
-        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
-        if read_only {
-            flags.set(sync::MessageFlags::READ_ONLY);
-        }
-        let msg = sync::Message {
-            heads: heads.clone(),
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: sync::ChunkList::from(vec![doc.save()]),
-            flags: Some(flags),
-            version: sync::MessageVersion::V2,
-        };
-        *cache = Some(super::WholeMessage {
-            heads: heads.clone(),
-            read_only,
-            data: Bytes::from(msg.encode()),
-        });
-    }
-    state.have_responded = true;
-    state.in_flight = true;
-    state.last_sent_heads = heads;
-    cache.as_ref().map(|w| w.data.clone()).unwrap_or_default()
 }
 
 /// A state that remembers only what survives a reconnect, keeping the read-only setting.

@@ -53,6 +53,10 @@ pub struct EngineConfig {
     /// large change would stall every other document): they are stored, forwarded, then
     /// applied by the reload that materializes the document, which drivers run elsewhere.
     pub inline_apply_ops: usize,
+    /// A document taking at least this many bytes in the store has the whole-document message
+    /// for a newcomer (a peer holding none of it) saved off the driver's thread: the engine
+    /// hands out a copy as [`Output::MakeWhole`]. Below it the message is made in place.
+    pub whole_off_thread_from: u64,
 }
 
 impl EngineConfig {
@@ -69,6 +73,7 @@ impl EngineConfig {
             limits: Limits::device(),
             max_doc_bytes: u64::MAX,
             inline_apply_ops: usize::MAX,
+            whole_off_thread_from: u64::MAX,
         }
     }
 
@@ -90,6 +95,8 @@ impl EngineConfig {
             limits: Limits::default(),
             max_doc_bytes: 64 << 20,
             inline_apply_ops: 4096,
+            // Saving 64 KiB takes ~4 ms; copying the document a few percent of that.
+            whole_off_thread_from: 64 << 10,
         }
     }
 }
@@ -279,6 +286,10 @@ pub enum Output {
         /// The document.
         doc: DocId,
     },
+    /// Make a whole-document message off the driver's thread ([`WholeJob::run`], blocking),
+    /// then hand the result to [`Engine::whole_made`](crate::engine::Engine::whole_made):
+    /// peers that hold nothing of the document wait for it.
+    MakeWhole(super::WholeJob),
 }
 
 /// Errors of the engine's inputs.

@@ -81,6 +81,10 @@ impl Host {
             self.engine.materialize(doc);
             return;
         }
+        let stored_bytes = stored.snapshot_bytes + stored.incremental_bytes;
+        if self.compact_elsewhere(doc, stored_bytes) {
+            return;
+        }
         let Some(snapshot) = self.engine.snapshot(doc) else {
             return;
         };

@@ -15,6 +15,7 @@
 mod compact;
 mod inputs;
 mod load;
+mod save;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use crate::wire::Message;
 use crate::DocId;
 
 pub use load::{load, load_for_compaction, saved_sync_state, Loaded};
+pub use save::{SaveJob, Saved};
 
 /// Host tuning.
 #[derive(Clone, Debug)]
@@ -50,6 +52,9 @@ pub struct HostConfig {
     /// relay in a cluster). Changes made on this node (and imports from the log, which a
     /// driver makes as local changes) are not logged.
     pub log_received: bool,
+    /// A document taking at least this many bytes in the store is compacted from a copy the
+    /// driver saves off its thread ([`Action::Save`]); smaller ones are saved in place.
+    pub compact_off_thread_from: usize,
 }
 
 impl Default for HostConfig {
@@ -59,6 +64,8 @@ impl Default for HostConfig {
             compact_growth: 32,
             compact_max_chunks: 4096,
             log_received: false,
+            // Saving 64 KiB takes ~4 ms; copying the document a few percent of that.
+            compact_off_thread_from: 64 << 10,
         }
     }
 }
@@ -124,6 +131,9 @@ pub enum Action {
         /// The document.
         doc: DocId,
     },
+    /// Run the job on a blocking thread ([`SaveJob::run`]: as costly as saving the document),
+    /// then hand its result to [`Host::saved`].
+    Save(SaveJob),
     /// An engine event for the application (changes, sync status, rejections, errors).
     Event(Output),
 }
@@ -161,6 +171,11 @@ pub struct Host {
     actions: std::collections::VecDeque<Action>,
     /// Gate records waiting to go to the log with their document's next received changes.
     log_records: HashMap<DocId, GateRecords>,
+    /// Compactions whose snapshot the driver is saving, by document: which one (see
+    /// [`Host::saved`]).
+    saving: HashMap<DocId, u64>,
+    /// The last compaction handed to the driver.
+    next_save: u64,
 }
 
 impl Host {
@@ -177,6 +192,8 @@ impl Host {
             quarantined: 0,
             actions: Default::default(),
             log_records: HashMap::default(),
+            saving: HashMap::default(),
+            next_save: 0,
         }
     }
 
@@ -212,6 +229,7 @@ impl Host {
         match out {
             Output::Send { conn, msg } => self.actions.push_back(Action::Send { conn, msg }),
             Output::Load { doc } => self.actions.push_back(Action::Load { doc }),
+            Output::MakeWhole(job) => self.save_whole(job),
             Output::Persist {
                 id,
                 doc,
@@ -270,12 +288,14 @@ impl Host {
             }
             Output::Evicted { doc } => {
                 self.chunks.remove(&doc);
+                self.forget_save(doc);
                 self.log_records.remove(&doc);
                 self.actions
                     .push_back(Action::Event(Output::Evicted { doc }));
             }
             Output::Failed { doc, conns } => {
                 self.chunks.remove(&doc);
+                self.forget_save(doc);
                 self.log_records.remove(&doc);
                 self.actions
                     .push_back(Action::Event(Output::Failed { doc, conns }));
@@ -296,6 +316,7 @@ impl Host {
     pub fn forget(&mut self, doc: DocId) {
         self.engine.forget(doc);
         self.chunks.remove(&doc);
+        self.forget_save(doc);
         self.snapshot_on_load.remove(&doc);
     }
 

@@ -17,6 +17,7 @@ fn settle(host: &mut Host) -> Vec<Action> {
                 let r = load(host.store().as_ref(), doc);
                 host.loaded(0, doc, r).unwrap();
             }
+            Action::Save(job) => host.saved(0, job.run()),
             a => other.push(a),
         }
     }
@@ -129,6 +130,7 @@ fn drive(
                 };
                 relay.loaded(0, doc, r).unwrap();
             }
+            Action::Save(job) => relay.saved(0, job.run()),
             Action::Send { msg, .. } => sends.push(msg),
             _ => {}
         }
@@ -433,4 +435,105 @@ fn received_changes_are_handed_over_for_the_log_and_local_ones_are_not() {
     }
     assert_eq!(logged.len(), n, "a local change is not logged");
     assert!(plain > before);
+}
+
+/// A host compacting every few chunks off the driver's thread, on a device engine.
+fn host_compacting_elsewhere(kv: &Arc<MemStore>) -> Host {
+    let group = Arc::new(GroupCommit::new(kv.clone()).unwrap());
+    Host::new(
+        Engine::new(EngineConfig::device()),
+        group,
+        HostConfig {
+            compact_after_chunks: 4,
+            compact_growth: 0,
+            compact_max_chunks: 16,
+            log_received: false,
+            compact_off_thread_from: 0,
+        },
+    )
+}
+
+/// Writes `key` in `doc` and settles every action but saves, which are returned.
+fn write_keeping_saves(host: &mut Host, doc: DocId, key: &str) -> Vec<SaveJob> {
+    host.change(0, doc, |am| {
+        let mut tx = am.transaction();
+        tx.put(ROOT, key, 1).unwrap();
+        tx.commit();
+    })
+    .unwrap();
+    let mut jobs = Vec::new();
+    while let Some(a) = host.poll_action() {
+        match a {
+            Action::Wait { what, ticket } => host.committed(0, what, ticket.wait()),
+            Action::Save(job) => jobs.push(job),
+            _ => {}
+        }
+    }
+    jobs
+}
+
+fn keys_of(doc: &Document) -> usize {
+    use automerge::ReadDoc;
+    doc.automerge().keys(ROOT).count()
+}
+
+/// A compaction saved elsewhere replaces only the chunks its copy held: what was written
+/// while the save ran stays, and nothing is lost.
+#[test]
+fn a_compaction_saved_elsewhere_keeps_what_was_written_meanwhile() {
+    let kv = Arc::new(MemStore::new());
+    let doc = DocId::from_bytes([9; 16]);
+    let mut host = host_compacting_elsewhere(&kv);
+    host.load(0, doc);
+    settle(&mut host);
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.extend(write_keeping_saves(&mut host, doc, &format!("k{i}")));
+    }
+    assert_eq!(jobs.len(), 1, "the fourth chunk hands out one save");
+    for i in 4..6 {
+        let more = write_keeping_saves(&mut host, doc, &format!("k{i}"));
+        assert!(
+            more.is_empty(),
+            "a second compaction started during the save"
+        );
+    }
+    assert_eq!(load_chunks_of(&kv, doc), 6);
+    let job = jobs.pop().unwrap();
+    host.saved(0, job.run());
+    settle(&mut host);
+    // The snapshot of the first four, and the two written meanwhile.
+    assert_eq!(load_chunks_of(&kv, doc), 3);
+    assert_eq!(host.chunk_count(doc), 3);
+    let stored = load(kv.as_ref(), doc).unwrap().unwrap();
+    assert_eq!(keys_of(&stored.doc), 6, "a change was lost");
+}
+
+/// A compaction whose document left memory before its save came back is not written.
+#[test]
+fn a_compaction_saved_after_its_document_left_is_dropped() {
+    let kv = Arc::new(MemStore::new());
+    let doc = DocId::from_bytes([9; 16]);
+    let mut host = host_compacting_elsewhere(&kv);
+    host.load(0, doc);
+    settle(&mut host);
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.extend(write_keeping_saves(&mut host, doc, &format!("k{i}")));
+    }
+    let job = jobs.pop().unwrap();
+    host.forget(doc);
+    host.saved(0, job.run());
+    assert!(settle(&mut host).is_empty());
+    assert_eq!(
+        load_chunks_of(&kv, doc),
+        4,
+        "the dropped save changed the store"
+    );
+}
+
+fn load_chunks_of(kv: &Arc<MemStore>, doc: DocId) -> usize {
+    crate::store::docs::load_chunks(kv.as_ref(), doc)
+        .unwrap()
+        .len()
 }

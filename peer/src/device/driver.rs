@@ -33,6 +33,8 @@ pub(super) enum Done {
     /// A metadata batch.
     Meta(Result<(), StoreError>),
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
+    /// A save the host handed out (`None`: the task was cancelled).
+    Saved(Option<Box<weft_core::host::Saved>>),
     /// A cached tail lookup, with the heads of the row when it was served.
     TailRead(DocId, Option<Vec<ChangeHash>>),
 }
@@ -302,6 +304,11 @@ impl Driver {
                     }
                 }
             }
+            Done::Saved(saved) => {
+                if let Some(saved) = saved {
+                    self.host.saved(self.now_ms(), *saved);
+                }
+            }
             Done::Loaded(doc, result) => {
                 self.loading.remove(&doc);
                 if self.is_deleted(doc) {
@@ -348,6 +355,11 @@ impl Driver {
                     self.tasks.spawn(async move {
                         let r = weft_core::driver::load(store, doc, for_compaction).await;
                         Done::Loaded(doc, Box::new(r))
+                    });
+                }
+                Action::Save(job) => {
+                    self.tasks.spawn(async move {
+                        Done::Saved(weft_core::driver::save(job).await.map(Box::new))
                     });
                 }
                 Action::Event(out) => self.on_output(out),

@@ -2,9 +2,10 @@
 //! a blocking thread, at most `HubConfig::max_loads` at once, so a burst of loads cannot
 //! starve the hub's own thread. First loads (a device is waiting for each) go before reloads
 //! of stale documents (mostly for compaction). A document deleted while its load ran does not
-//! come back (see `control.rs`).
+//! come back (see `control.rs`). Saves the host hands out (a large document's whole for a
+//! newcomer, a compaction's snapshot) run the same way, bounded alike, newcomers first.
 
-use weft_core::host::Loaded;
+use weft_core::host::{Loaded, SaveJob, Saved};
 use weft_core::store::docs::DocStoreError;
 use weft_core::DocId;
 
@@ -63,5 +64,36 @@ impl Hub {
             self.count_stored(doc);
         }
         self.apply_waiting_imports(doc);
+    }
+
+    /// The host hands out a save: it waits its turn, newcomers' before compactions.
+    pub(super) fn queue_save(&mut self, job: SaveJob) {
+        let queue = usize::from(!job.for_newcomer());
+        self.saves_waiting[queue].push_back(job);
+        self.start_saves();
+    }
+
+    /// Starts waiting saves while fewer than `max_loads` run.
+    fn start_saves(&mut self) {
+        while self.saves_running < self.cfg.max_loads.max(1) {
+            let [newcomers, compactions] = &mut self.saves_waiting;
+            let Some(job) = newcomers.pop_front().or_else(|| compactions.pop_front()) else {
+                return;
+            };
+            self.saves_running += 1;
+            self.tasks.spawn(async move {
+                Done::Saved(weft_core::driver::save(job).await.map(Box::new))
+            });
+        }
+    }
+
+    /// A save finished: the next one starts, and the host takes the result.
+    pub(super) fn saved(&mut self, saved: Option<Saved>) {
+        self.saves_running = self.saves_running.saturating_sub(1);
+        self.start_saves();
+        if let Some(saved) = saved {
+            let now = self.now_ms();
+            self.host.saved(now, saved);
+        }
     }
 }

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use weft_core::clock::Monotonic;
 use weft_core::engine::{ConnId, Engine, EngineConfig, Inbound};
 use weft_core::hash::{HashMap, HashSet};
-use weft_core::host::{Host, HostConfig, Loaded, Waiting};
+use weft_core::host::{Host, HostConfig, Loaded, SaveJob, Saved, Waiting};
 use weft_core::store::docs::DocStoreError;
 use weft_core::store::{GroupCommit, StoreError};
 
@@ -100,7 +100,9 @@ pub struct HubConfig {
     /// at once; more wait their turn in order. Unbounded, a burst of reloads (every document
     /// of a busy relay reaching its compaction point together) ran hundreds of blocking
     /// threads that starved the hub's own thread for seconds: no acks were read, and every
-    /// live peer was resynced for want of progress.
+    /// live peer was resynced for want of progress. Saves handed out by the host (a large
+    /// document's whole for a newcomer, or its compaction snapshot) are bounded by the same
+    /// number, separately.
     pub max_loads: usize,
     /// What one member may cost the relay (see `hub/quota.rs`).
     pub quotas: Quotas,
@@ -256,6 +258,8 @@ enum Done {
     /// A background write that needs nothing more.
     Nothing,
     Loaded(DocId, Box<Result<Option<Loaded>, DocStoreError>>),
+    /// A save handed out by the host finished.
+    Saved(Option<Box<Saved>>),
     /// A subscription whose owner record (or nothing) is durable and may open now.
     Subscribe {
         conn: ConnId,
@@ -307,6 +311,10 @@ pub struct Hub {
     reloads_waiting: VecDeque<DocId>,
     /// Documents whose load is running.
     loading: HashSet<DocId>,
+    /// Saves in flight (at most `cfg.max_loads`).
+    saves_running: usize,
+    /// Saves waiting for a slot: whole documents for newcomers first, then compactions.
+    saves_waiting: [VecDeque<SaveJob>; 2],
     /// Documents deleted while their load ran: its result is dropped (see `hub/control.rs`).
     erased: HashSet<DocId>,
     /// Engine writes in flight, in submission order.
@@ -377,6 +385,8 @@ impl Hub {
             loads_waiting: VecDeque::new(),
             reloads_waiting: VecDeque::new(),
             loading: HashSet::default(),
+            saves_running: 0,
+            saves_waiting: Default::default(),
             erased: HashSet::default(),
             commits: VecDeque::new(),
             unflushed: Vec::new(),

@@ -22,6 +22,15 @@ const WAKE_RECHECK: Duration = Duration::from_millis(100);
 /// many frames takes well under a millisecond.
 const EVENTS_PER_PASS: usize = 32;
 
+/// What ended the hub's wait.
+enum Woke {
+    Event(HubEvent),
+    Committed(Vec<(Waiting, Result<(), StoreError>)>),
+    Task(Result<Done, tokio::task::JoinError>),
+    Timer,
+    Housekeeping,
+}
+
 impl Hub {
     /// Runs until `events` closes (every connection task and the acceptor are gone), then
     /// waits for every write in flight. Cancel safety: dropping the future loses no acknowledged
@@ -39,9 +48,9 @@ impl Hub {
         let mut wake: Option<Instant> = None;
         let mut checked_at: Option<Instant> = None;
         let mut moved = false;
+        self.pump_actions();
+        self.flush();
         loop {
-            self.pump_actions();
-            self.flush();
             let now = Instant::now();
             if checked_at.is_none_or(|t| now >= t + WAKE_RECHECK) {
                 wake = self.host.next_wakeup().map(|ms| self.clock.instant(ms));
@@ -59,21 +68,28 @@ impl Hub {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let woke = tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_events(ev, &mut events),
+                    Some(ev) => Woke::Event(ev),
                     None => break,
                 },
-                done = std::future::poll_fn(|cx| Self::poll_commits(&mut self.commits, cx)), if !self.commits.is_empty() => {
+                done = std::future::poll_fn(|cx| Self::poll_commits(&mut self.commits, cx)), if !self.commits.is_empty() => Woke::Committed(done),
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => Woke::Task(done),
+                _ = sleep => Woke::Timer,
+                _ = resync_timer.tick() => Woke::Housekeeping,
+            };
+            // One pass: what woke the hub, then everything it produced sent and written.
+            let started = Instant::now();
+            match woke {
+                Woke::Event(ev) => self.on_events(ev, &mut events),
+                Woke::Committed(done) => {
                     for (what, result) in done {
                         self.host.committed(self.now_ms(), what, result);
                     }
                 }
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(done) => self.on_done(done),
-                    Err(e) => tracing::error!(error = %e, "hub task failed"),
-                },
-                _ = sleep => {
+                Woke::Task(Ok(done)) => self.on_done(done),
+                Woke::Task(Err(e)) => tracing::error!(error = %e, "hub task failed"),
+                Woke::Timer => {
                     if self.presence.due().is_some_and(|d| Instant::now() >= d) {
                         self.flush_presence();
                     }
@@ -83,8 +99,11 @@ impl Hub {
                     }
                     checked_at = None;
                 }
-                _ = resync_timer.tick() => self.housekeeping(),
+                Woke::Housekeeping => self.housekeeping(),
             }
+            self.pump_actions();
+            self.flush();
+            self.metrics.observe_hub_turn(started.elapsed());
             moved = true;
         }
         self.drain().await;
@@ -220,6 +239,7 @@ impl Hub {
         match done {
             Done::Nothing => {}
             Done::Loaded(doc, result) => self.loaded(doc, *result),
+            Done::Saved(saved) => self.saved(saved.map(|s| *s)),
             Done::Subscribe {
                 conn,
                 doc,
@@ -260,6 +280,7 @@ impl Hub {
                     self.commits.push_back((what, durable));
                 }
                 Action::Load { doc } => self.queue_load(doc),
+                Action::Save(job) => self.queue_save(job),
                 Action::Event(output) => self.on_output(output),
                 _ => {}
             }

@@ -23,12 +23,15 @@ use weft_core::store::{GroupCommit, KvStore, MemStore, StoreError};
 use weft_core::wire::Message;
 use weft_core::DocId;
 
-/// Compaction as often as it can come: every few chunks, whatever their size.
+/// Compaction as often as it can come: every few chunks, whatever their size, each saved as a
+/// large document's is.
 const SIM_HOST: HostConfig = HostConfig {
     compact_after_chunks: 4,
     compact_growth: 0,
     compact_max_chunks: 16,
     log_received: false,
+    // Every compaction saved off the "driver's thread", the path a large document takes.
+    compact_off_thread_from: 0,
 };
 
 /// What the network does to packets.
@@ -60,6 +63,9 @@ pub struct Node {
     pub store: Arc<MemStore>,
     /// Writes done, reported durable to the host at their time, in order.
     durable: VecDeque<(Millis, Waiting, Result<(), StoreError>)>,
+    /// Saves handed out by the host, finished at their time (as by the driver's blocking
+    /// threads), in order.
+    saves: VecDeque<(Millis, host::SaveJob)>,
     actor_seed: u64,
 }
 
@@ -132,10 +138,15 @@ impl Sim {
                 let store = Arc::new(MemStore::new());
                 let kv: Arc<dyn KvStore> = store.clone();
                 let group = GroupCommit::new(kv).expect("the group-commit writer starts");
+                // Every whole document for a newcomer is made off the "driver's thread", the
+                // path a large document takes, so that delays and losses meet it.
+                let mut cfg = cfg;
+                cfg.whole_off_thread_from = 0;
                 Node {
                     host: Host::new(Engine::new(cfg), Arc::new(group), SIM_HOST),
                     store,
                     durable: VecDeque::new(),
+                    saves: VecDeque::new(),
                     actor_seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
                 }
             })

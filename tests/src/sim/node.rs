@@ -100,6 +100,11 @@ impl Sim {
                     // A load that fails is reported to the document's waiters by the host.
                     let _ = self.nodes[node].host.loaded(self.now, doc, result);
                 }
+                Action::Save(job) => {
+                    self.nodes[node].store.clear_faults();
+                    let at = self.now + self.persist_delay;
+                    self.nodes[node].saves.push_back((at, job));
+                }
                 Action::Event(out) => {
                     self.nodes[node].store.clear_faults();
                     self.on_event(node, out);
@@ -145,6 +150,13 @@ impl Sim {
                 break;
             };
             n.host.committed(now, what, result);
+            any = true;
+        }
+        while n.saves.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, job)) = n.saves.pop_front() else {
+                break;
+            };
+            n.host.saved(now, job.run());
             any = true;
         }
         any

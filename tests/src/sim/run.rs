@@ -11,7 +11,8 @@ impl Sim {
         let next_persist = self
             .nodes
             .iter()
-            .filter_map(|n| n.durable.front().map(|p| p.0))
+            .flat_map(|n| [n.durable.front().map(|p| p.0), n.saves.front().map(|s| s.0)])
+            .flatten()
             .min();
         let next_wake = self
             .nodes
@@ -112,6 +113,10 @@ impl Sim {
         // One bounded slice of `run_until_quiet`.
         let before = (self.delivered, self.now);
         self.run_until_quiet(1);
-        (self.delivered, self.now) != before || self.nodes.iter().any(|n| !n.durable.is_empty())
+        (self.delivered, self.now) != before
+            || self
+                .nodes
+                .iter()
+                .any(|n| !n.durable.is_empty() || !n.saves.is_empty())
     }
 }

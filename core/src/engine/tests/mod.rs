@@ -40,6 +40,7 @@ fn drain(e: &mut Engine) -> Vec<(ConnId, Message)> {
             match o {
                 Output::Send { conn, msg } => sends.push((conn, msg)),
                 Output::Persist { id, .. } => persisted.push(id),
+                Output::MakeWhole(job) => e.whole_made(job.run()),
                 _ => {}
             }
         }

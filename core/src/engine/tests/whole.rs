@@ -40,6 +40,7 @@ fn drain_writes(e: &mut Engine, stored: &mut Vec<u8>) -> Vec<Message> {
                     }
                     persisted.push(id);
                 }
+                Output::MakeWhole(job) => e.whole_made(job.run()),
                 _ => {}
             }
         }
@@ -274,4 +275,157 @@ fn a_large_documents_whole_message_outlives_its_joiners() {
     assert!(keeps_whole(&large), "a large document's message is kept");
     join_empty(&mut large, 3);
     assert!(keeps_whole(&large));
+}
+
+/// A relay engine that makes every whole-document message off its thread.
+fn relay_off_thread() -> Engine {
+    Engine::new(EngineConfig {
+        whole_off_thread_from: 0,
+        ..EngineConfig::relay()
+    })
+}
+
+/// Outputs of `e`, writes completed at once; `MakeWhole` jobs kept, not run.
+fn drain_keeping_jobs(e: &mut Engine) -> (Vec<(ConnId, Message)>, Vec<WholeJob>) {
+    let (mut sends, mut jobs) = (Vec::new(), Vec::new());
+    loop {
+        let mut persisted = Vec::new();
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::Send { conn, msg } => sends.push((conn, msg)),
+                Output::Persist { id, .. } => persisted.push(id),
+                Output::MakeWhole(job) => jobs.push(job),
+                _ => {}
+            }
+        }
+        if persisted.is_empty() {
+            return (sends, jobs);
+        }
+        for id in persisted {
+            e.persisted(id);
+        }
+    }
+}
+
+/// Devices holding nothing open `DOC` with `relay` on connections `conns`; their first
+/// messages (saying they hold nothing) are delivered. Returns the devices.
+fn newcomers(relay: &mut Engine, conns: &[u64]) -> Vec<(ConnId, Engine)> {
+    let mut devices = Vec::new();
+    for &conn in conns {
+        let mut device = Engine::new(EngineConfig::device());
+        device.open(ConnId(1), DOC, OpenOptions::default());
+        while device.poll_output().is_some() {}
+        device.loaded(DOC, None);
+        relay.open(ConnId(conn), DOC, OpenOptions::default());
+        for (_, m) in drain(&mut device) {
+            relay.handle(ConnId(conn), m).unwrap();
+        }
+        devices.push((ConnId(conn), device));
+    }
+    devices
+}
+
+/// Delivers messages between `relay` and `devices` until all are quiet (jobs run at once).
+fn settle_all(relay: &mut Engine, devices: &mut [(ConnId, Engine)]) {
+    for _ in 0..100 {
+        let mut quiet = true;
+        for (conn, device) in devices.iter_mut() {
+            for (_, m) in drain(device) {
+                quiet = false;
+                relay.handle(*conn, m).unwrap();
+            }
+        }
+        for (conn, m) in drain(relay) {
+            quiet = false;
+            if let Some((_, device)) = devices.iter_mut().find(|(c, _)| *c == conn) {
+                device.handle(ConnId(1), m).unwrap();
+            }
+        }
+        if quiet {
+            return;
+        }
+    }
+    panic!("relay and devices never went quiet");
+}
+
+/// Newcomers to a large document wait for one save made off the relay's thread; each gets
+/// it once, though the document moved on meanwhile, and then what it lacks.
+#[test]
+fn newcomers_share_one_whole_document_saved_off_the_thread() {
+    let mut relay = relay_off_thread();
+    relay.create(DOC, doc_with_actor(2));
+    for i in 0..100 {
+        write(&mut relay, &format!("message {i}"));
+    }
+    drain(&mut relay);
+    let mut devices = newcomers(&mut relay, &[1, 2]);
+    let (sends, mut jobs) = drain_keeping_jobs(&mut relay);
+    assert!(
+        !sends.iter().any(|(_, m)| carries_document(m)),
+        "the document was sent before its save came back"
+    );
+    assert_eq!(jobs.len(), 1, "one save for every newcomer");
+    // Another newcomer arrives, and the document moves on, while the save runs.
+    devices.extend(newcomers(&mut relay, &[3]));
+    write(&mut relay, "late");
+    let (sends, more) = drain_keeping_jobs(&mut relay);
+    assert!(more.is_empty(), "a second save started while one ran");
+    assert!(!sends.iter().any(|(_, m)| carries_document(m)));
+
+    relay.whole_made(jobs.pop().unwrap().run());
+    let (sends, more) = drain_keeping_jobs(&mut relay);
+    assert!(more.is_empty());
+    let mut got: Vec<ConnId> = sends
+        .iter()
+        .filter(|(_, m)| carries_document(m))
+        .map(|(c, _)| *c)
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![ConnId(1), ConnId(2), ConnId(3)]);
+    for (conn, m) in sends {
+        if let Some((_, device)) = devices.iter_mut().find(|(c, _)| *c == conn) {
+            device.handle(ConnId(1), m).unwrap();
+        }
+    }
+    settle_all(&mut relay, &mut devices);
+    for (conn, device) in &mut devices {
+        assert_eq!(device.heads(DOC), relay.heads(DOC), "device on {conn:?}");
+        let late = device
+            .read(DOC, |d| d.automerge().get(ROOT, "late").unwrap().is_some())
+            .unwrap();
+        assert!(late, "the change made during the save did not follow");
+    }
+}
+
+/// A save that failed on the driver's side leaves no newcomer waiting: the message is made in
+/// place.
+#[test]
+fn newcomers_of_a_failed_save_get_the_document_made_in_place() {
+    let mut relay = relay_off_thread();
+    relay.create(DOC, doc_with_actor(2));
+    for i in 0..20 {
+        write(&mut relay, &format!("message {i}"));
+    }
+    drain(&mut relay);
+    let mut devices = newcomers(&mut relay, &[1, 2]);
+    let (_, mut jobs) = drain_keeping_jobs(&mut relay);
+    let job = jobs.pop().unwrap();
+    relay.whole_made(WholeMade {
+        doc: job.doc,
+        heads: job.heads,
+        read_only: job.read_only,
+        data: None,
+    });
+    let (sends, more) = drain_keeping_jobs(&mut relay);
+    assert!(more.is_empty(), "the failed save was tried again");
+    assert_eq!(sends.iter().filter(|(_, m)| carries_document(m)).count(), 2);
+    for (conn, m) in sends {
+        if let Some((_, device)) = devices.iter_mut().find(|(c, _)| *c == conn) {
+            device.handle(ConnId(1), m).unwrap();
+        }
+    }
+    settle_all(&mut relay, &mut devices);
+    for (_, device) in &devices {
+        assert_eq!(device.heads(DOC), relay.heads(DOC));
+    }
 }

@@ -70,10 +70,26 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
     let doc = DocId::from_bytes(rand::random());
     clients.block_on(crate::huge::upload(&relay, doc, &saved))?;
 
+    // The first joiner at these heads has the relay make the whole-document message (a save of
+    // the document); the crowd after it gets the same message.
+    relay.metrics.take_longest_hub_turn();
     let alone = run_joiners(&relay, doc, &heads, 1)?;
+    let first_turn = relay.metrics.take_longest_hub_turn();
     let crowd = run_joiners(&relay, doc, &heads, joiners)?;
+    let crowd_turn = relay.metrics.take_longest_hub_turn();
     let again = run_joiners(&relay, doc, &heads, 1)?;
     relay.stop();
+    // Baseline: the same first joiner on a relay that saves on its hub's thread.
+    let in_place = Relay::start_opts(crate::relay::Options {
+        saves_in_place: true,
+        ..Default::default()
+    })?;
+    let doc = DocId::from_bytes(rand::random());
+    clients.block_on(crate::huge::upload(&in_place, doc, &saved))?;
+    in_place.metrics.take_longest_hub_turn();
+    let alone_in_place = run_joiners(&in_place, doc, &heads, 1)?;
+    let in_place_turn = in_place.metrics.take_longest_hub_turn();
+    in_place.stop();
 
     let peak_mib = crowd.relay_peak_kib as f64 / 1024.0;
     let loaded_mib = loaded_kib as f64 / 1024.0;
@@ -102,11 +118,22 @@ pub fn crowd_workload(plan: &Plan, clients: &tokio::runtime::Runtime) -> anyhow:
         ms(again.elapsed)
     );
     eprintln!(
-        "  a save() of the document (the relay's whole-document message, made on its hub's thread): {:.0} ms",
+        "  the hub's longest pass (every other document waits): first joiner {:.0} ms, crowd {:.0} ms; \
+         a relay saving on its hub's thread: first joiner {:.0} ms (joined in {:.0} ms); a save() of the document here {:.0} ms",
+        ms(first_turn),
+        ms(crowd_turn),
+        ms(in_place_turn),
+        ms(alone_in_place.elapsed),
         ms(save_took)
     );
     Ok(json!({
         "save_ms": ms(save_took),
+        "hub_longest_pass_ms": {
+            "first_joiner": ms(first_turn),
+            "crowd": ms(crowd_turn),
+            "first_joiner_saving_in_place": ms(in_place_turn),
+            "first_joiner_saving_in_place_joined_ms": ms(alone_in_place.elapsed),
+        },
         "workload": "crowd",
         "joiners": joiners,
         "messages": messages,

@@ -47,6 +47,10 @@ pub struct Options {
     pub store_cache: Option<usize>,
     /// The documents one user may own (`Quotas::max_docs_per_user`), instead of the relay's.
     pub max_docs_per_user: Option<usize>,
+    /// Save every document on the hub's thread (a newcomer's whole document, a compaction's
+    /// snapshot), however large, as the relay did before it handed large ones to a blocking
+    /// thread: a baseline.
+    pub saves_in_place: bool,
 }
 
 /// A running relay.
@@ -112,6 +116,7 @@ impl Relay {
             presence_batch_every,
             store_cache,
             max_docs_per_user,
+            saves_in_place,
         } = opts;
         let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
         let secret = weft_relay::ensure_dev_secret(dir.path())?;
@@ -181,6 +186,10 @@ impl Relay {
             }
             if let Some(max) = max_docs_per_user {
                 hub_config.quotas.max_docs_per_user = max;
+            }
+            if saves_in_place {
+                hub_config.engine.whole_off_thread_from = u64::MAX;
+                hub_config.host.compact_off_thread_from = usize::MAX;
             }
             if let Some(every) = presence_batch_every {
                 // A fixed tick, whatever the crowd.

@@ -7,78 +7,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the fan-out latency histogram's buckets.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
-];
+mod histogram;
 
-/// Upper bounds (seconds) of the checkpoint lag histogram's buckets: fine around the default
-/// interval (5 s), so "under interval + 1 s" can be read off it.
-const CHECKPOINT_LAG_BUCKETS: [f64; 20] = [
-    0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0,
-    120.0, 300.0, 600.0,
-];
-
-/// A histogram with `N` cumulative buckets (their bounds kept by its user), a sum and a count.
-#[derive(Debug)]
-struct Histogram<const N: usize> {
-    buckets: [AtomicU64; N],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl<const N: usize> Default for Histogram<N> {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
-        }
-    }
-}
-
-impl<const N: usize> Histogram<N> {
-    fn observe(&self, bounds: &[f64; N], d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// The bound of the first bucket holding at least `q` of the observations (`None` when
-    /// there are none, infinity when they lie past the last bound).
-    fn quantile(&self, bounds: &[f64; N], q: f64) -> Option<f64> {
-        let count = self.count.load(Ordering::Relaxed);
-        if count == 0 {
-            return None;
-        }
-        let want = (q * count as f64).ceil() as u64;
-        let found = bounds
-            .iter()
-            .zip(&self.buckets)
-            .find(|(_, b)| b.load(Ordering::Relaxed) >= want)
-            .map(|(bound, _)| *bound);
-        Some(found.unwrap_or(f64::INFINITY))
-    }
-
-    fn render(&self, bounds: &[f64; N], name: &str, help: &str, out: &mut String) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
-        }
-        let count = get(&self.count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", get(&self.sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
+use histogram::{Histogram, CHECKPOINT_LAG_BUCKETS, LATENCY_BUCKETS};
 
 /// Counters and gauges of one relay.
 #[derive(Debug, Default)]
@@ -169,6 +100,11 @@ pub struct Metrics {
     checkpoint_commit_lag: Histogram<{ CHECKPOINT_LAG_BUCKETS.len() }>,
     // Postgres checkpoints (end)
     fanout_latency: Histogram<{ LATENCY_BUCKETS.len() }>,
+    /// How long each pass of the hub's loop took: every other document and connection waits
+    /// meanwhile.
+    hub_turn: Histogram<{ LATENCY_BUCKETS.len() }>,
+    /// The longest pass since [`Metrics::take_longest_hub_turn`] last took it, microseconds.
+    hub_longest_turn_us: AtomicU64,
 }
 
 impl Metrics {
@@ -191,6 +127,19 @@ impl Metrics {
     /// Records one fan-out latency: from a change's arrival to its frames being queued.
     pub fn observe_fanout(&self, d: Duration) {
         self.fanout_latency.observe(&LATENCY_BUCKETS, d);
+    }
+
+    /// Records one pass of the hub's loop.
+    pub fn observe_hub_turn(&self, d: Duration) {
+        self.hub_turn.observe(&LATENCY_BUCKETS, d);
+        self.hub_longest_turn_us
+            .fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The longest pass of the hub's loop since the last call (or start), restarting the count:
+    /// how long one document's work held up every other (for benchmarks).
+    pub fn take_longest_hub_turn(&self) -> Duration {
+        Duration::from_micros(self.hub_longest_turn_us.swap(0, Ordering::Relaxed))
     }
 
     /// Records one document's checkpoint lag: from when it became dirty to the commit that
@@ -228,6 +177,12 @@ impl Metrics {
             &LATENCY_BUCKETS,
             "weft_fanout_latency_seconds",
             "From a change's arrival to its frames being queued for subscribers.",
+            &mut out,
+        );
+        self.hub_turn.render(
+            &LATENCY_BUCKETS,
+            "weft_hub_turn_seconds",
+            "Each pass of the hub's loop (handling events, then sending and writing what they produced); everything else waits meanwhile.",
             &mut out,
         );
         out
