@@ -201,3 +201,72 @@ async fn joiners_at_the_same_heads_get_one_shared_snapshot_and_all_sync() {
         assert_eq!(sorted(j.engine.heads(doc)), heads);
     }
 }
+
+/// A newcomer to many large documents at once: each one's whole document is saved off the
+/// hub's thread, one at a time here (`max_loads` 1), the rest waiting, and past the bound of
+/// waiting saves made on the hub's thread; the device gets every document either way.
+#[tokio::test]
+async fn a_newcomer_to_many_large_documents_gets_every_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HubConfig {
+        max_loads: 1,
+        ..HubConfig::default()
+    };
+    let events = spawn_hub(open_store(dir.path()), cfg);
+    let docs: Vec<DocId> = (0..12u8).map(|i| DocId::from_bytes([70 + i; 16])).collect();
+    let mut owner = device(
+        &events,
+        1,
+        Claims::new("owner", now(), 3600).with_create(true),
+    )
+    .await;
+    for (i, doc) in docs.iter().enumerate() {
+        owner.engine.create(*doc, Document::new());
+        owner
+            .engine
+            .change(*doc, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, "body", noise(200_000 + i)).unwrap();
+                tx.commit();
+            })
+            .unwrap();
+        owner.flush().await;
+        owner.hub.send(Message::Subscribe { doc: *doc }).await;
+        while !owner.engine.is_synced(RELAY, *doc) {
+            let e = owner.entry().await;
+            owner.take(&e, *doc).await;
+        }
+    }
+
+    let mut claims = Claims::new("reader", now(), 3600);
+    for doc in &docs {
+        claims = claims.with_doc(*doc, Role::ReadWrite);
+    }
+    let mut reader = device(&events, 2, claims).await;
+    for doc in &docs {
+        reader.engine.load(*doc);
+        reader.flush().await;
+        reader.hub.send(Message::Subscribe { doc: *doc }).await;
+    }
+    while !docs.iter().all(|d| reader.engine.is_synced(RELAY, *d)) {
+        let e = reader.entry().await;
+        for m in decode_frames(&e.bytes().unwrap_or_default()) {
+            match m {
+                Message::Subscribed { doc, role } => {
+                    open_subscribed(&mut reader.engine, doc, role);
+                }
+                m @ (Message::Sync { .. } | Message::Changes { .. } | Message::Ack { .. }) => {
+                    reader.engine.handle(RELAY, m).unwrap();
+                }
+                _ => {}
+            }
+        }
+        reader.flush().await;
+    }
+    for doc in &docs {
+        assert_eq!(
+            sorted(reader.engine.heads(*doc)),
+            sorted(owner.engine.heads(*doc))
+        );
+    }
+}

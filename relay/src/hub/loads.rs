@@ -5,11 +5,16 @@
 //! come back (see `control.rs`). Saves the host hands out (a large document's whole for a
 //! newcomer, a compaction's snapshot) run the same way, bounded alike, newcomers first.
 
+use std::collections::VecDeque;
+
 use weft_core::host::{Loaded, SaveJob, Saved};
 use weft_core::store::docs::DocStoreError;
 use weft_core::DocId;
 
 use super::{Done, Hub};
+
+/// Saves that wait for a blocking thread at most (each holds a copy of its document).
+const MAX_SAVES_WAITING: usize = 8;
 
 impl Hub {
     /// The engine needs `doc` loaded: it waits its turn, first loads before reloads.
@@ -66,8 +71,18 @@ impl Hub {
         self.apply_waiting_imports(doc);
     }
 
-    /// The host hands out a save: it waits its turn, newcomers' before compactions.
+    /// The host hands out a save: it waits its turn, newcomers' before compactions. Each
+    /// waiting job holds a copy of its document, so past [`MAX_SAVES_WAITING`] a job runs here,
+    /// on the hub's thread, as every save did before: many large documents due at once cost
+    /// time then, never a copy each.
     pub(super) fn queue_save(&mut self, job: SaveJob) {
+        let waiting: usize = self.saves_waiting.iter().map(VecDeque::len).sum();
+        if waiting >= MAX_SAVES_WAITING {
+            let saved = job.run();
+            let now = self.now_ms();
+            self.host.saved(now, saved);
+            return;
+        }
         let queue = usize::from(!job.for_newcomer());
         self.saves_waiting[queue].push_back(job);
         self.start_saves();
