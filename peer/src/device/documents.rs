@@ -21,6 +21,40 @@ use crate::status::SyncState;
 use crate::{unix_ms, DeviceError};
 
 impl Driver {
+    /// A load finished: the operations waiting for the document run, or fail with it (a
+    /// document erased while it loaded does not come back).
+    pub(super) fn loaded(
+        &mut self,
+        doc: DocId,
+        result: Result<Option<weft_core::host::Loaded>, weft_core::store::docs::DocStoreError>,
+    ) {
+        self.loading.remove(&doc);
+        if self.is_deleted(doc) {
+            for op in self.pending.remove(&doc).unwrap_or_default() {
+                match op {
+                    Op::Change(_, r) | Op::Read(_, r) => {
+                        let _ = r.send(Err(DeviceError::Deleted(doc)));
+                    }
+                }
+            }
+            return;
+        }
+        if let Err(e) = self.host.loaded(self.now_ms(), doc, result) {
+            tracing::error!(%doc, error = %e, "loading a document failed");
+            for op in self.pending.remove(&doc).unwrap_or_default() {
+                match op {
+                    Op::Change(_, r) | Op::Read(_, r) => {
+                        let _ = r.send(Err(DeviceError::DocStore(super::driver::clone_err(&e))));
+                    }
+                }
+            }
+            return;
+        }
+        for op in self.pending.remove(&doc).unwrap_or_default() {
+            self.run_op(doc, op);
+        }
+    }
+
     /// The relay refused this device's changes to `doc` (read-only): keep the local version
     /// aside, empty the document in the store and take the relay's version again, so the
     /// device never diverges from the relay for good.

@@ -304,39 +304,9 @@ impl Driver {
                     }
                 }
             }
-            Done::Saved(saved) => {
-                if let Some(saved) = saved {
-                    self.host.saved(self.now_ms(), *saved);
-                }
-            }
-            Done::Loaded(doc, result) => {
-                self.loading.remove(&doc);
-                if self.is_deleted(doc) {
-                    // Erased while it loaded: it must not come back.
-                    for op in self.pending.remove(&doc).unwrap_or_default() {
-                        match op {
-                            Op::Change(_, r) | Op::Read(_, r) => {
-                                let _ = r.send(Err(DeviceError::Deleted(doc)));
-                            }
-                        }
-                    }
-                    return;
-                }
-                if let Err(e) = self.host.loaded(self.now_ms(), doc, *result) {
-                    tracing::error!(%doc, error = %e, "loading a document failed");
-                    for op in self.pending.remove(&doc).unwrap_or_default() {
-                        match op {
-                            Op::Change(_, r) | Op::Read(_, r) => {
-                                let _ = r.send(Err(DeviceError::DocStore(clone_err(&e))));
-                            }
-                        }
-                    }
-                    return;
-                }
-                for op in self.pending.remove(&doc).unwrap_or_default() {
-                    self.run_op(doc, op);
-                }
-            }
+            Done::Saved(Some(saved)) => self.host.saved(self.now_ms(), *saved),
+            Done::Saved(None) => {}
+            Done::Loaded(doc, result) => self.loaded(doc, *result),
         }
     }
 
