@@ -72,4 +72,11 @@ async fn received_bytes_count_quic_stream_frames_and_datagrams() {
     assert!(closed.is_ok(), "the relay kept the connection open");
     let read = tokio::task::spawn_blocking(move || metric(http, "weft_sync_bytes_in_total"));
     assert_eq!(read.await.unwrap(), hello + frame_len(&datagram));
+
+    // Every pass of the hub's loop is timed: the hello, the subscription refused, the close.
+    let read = tokio::task::spawn_blocking(move || metric(http, "weft_hub_turn_seconds_count"));
+    assert!(
+        read.await.unwrap() > 0,
+        "no pass of the hub's loop was timed"
+    );
 }

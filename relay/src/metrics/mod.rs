@@ -430,6 +430,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_longest_hub_turn_is_taken_and_counted_again_from_zero() {
+        let m = Metrics::default();
+        m.observe_hub_turn(Duration::from_millis(3));
+        m.observe_hub_turn(Duration::from_millis(40));
+        m.observe_hub_turn(Duration::from_millis(2));
+        assert_eq!(m.take_longest_hub_turn(), Duration::from_millis(40));
+        assert_eq!(m.take_longest_hub_turn(), Duration::ZERO);
+        m.observe_hub_turn(Duration::from_millis(1));
+        assert_eq!(m.take_longest_hub_turn(), Duration::from_millis(1));
+        assert!(m.render().contains("weft_hub_turn_seconds_count 4"));
+    }
+
+    #[test]
     fn every_metric_is_prefixed_and_histograms_are_cumulative() {
         let m = Metrics::default();
         Metrics::inc(&m.connections_total);
