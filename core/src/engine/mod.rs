@@ -16,7 +16,8 @@
 //! naming unknown heads, no progress within `retry_after`) drops that peer back to sync mode with
 //! a reset, which Automerge's protocol makes lossless. Sync state is kept per peer and, for peers
 //! with a stable id, persisted in its `encode()`d form (only the shared heads) when the peer
-//! becomes synced and when it disconnects, so a reconnect exchanges only what is new.
+//! becomes synced (at most once per [`EngineConfig::sync_state_every`]) and when it
+//! disconnects, so a reconnect exchanges only what is new.
 //!
 //! # Durability
 //!
@@ -195,6 +196,8 @@ struct PeerDoc {
     last_progress: Millis,
     /// A sync exchange happened since the state was last persisted.
     save_state: bool,
+    /// When its sync state was last persisted (see [`EngineConfig::sync_state_every`]).
+    state_saved_at: Option<Millis>,
     /// Consecutive sync messages that changed nothing on either side.
     stalls: u32,
     /// `Output::Unaccepted` was reported for this peer.

@@ -55,6 +55,7 @@ impl Engine {
                 reported_synced: false,
                 last_progress: now,
                 save_state: false,
+                state_saved_at: None,
                 stalls: 0,
                 reported_unaccepted: false,
                 whole_sent: false,
@@ -203,22 +204,27 @@ impl Engine {
         pd.reported_synced = true;
         let heads = ds.heads.clone();
         // Persisting on every ack would cost a write per change per peer; after a sync exchange
-        // (and on disconnect) is enough for a cheap reconnect.
-        let save = std::mem::take(&mut pd.save_state)
+        // (and on disconnect) is enough for a cheap reconnect. A peer that syncs every change
+        // (a WebSocket client) has its state written at most once per `sync_state_every`; what
+        // is left pending is written when it leaves. A state older than the last exchange only
+        // makes the next reconnect send a little more.
+        let now = self.now;
+        let due = pd
+            .state_saved_at
+            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.sync_state_every);
+        let save = (pd.save_state && due)
             .then(|| pd.opts.stable_peer.clone())
             .flatten();
-        let mut state = pd.sync.clone();
-        state.shared_heads = heads.clone();
+        let state = save.as_ref().map(|_| {
+            pd.save_state = false;
+            pd.state_saved_at = Some(now);
+            let mut state = pd.sync.clone();
+            state.shared_heads = heads.clone();
+            state.encode()
+        });
         self.out.push_back(Output::Synced { conn, doc, heads });
-        if let Some(peer) = save {
-            self.persist_write(
-                doc,
-                Write::SyncState {
-                    peer,
-                    state: state.encode(),
-                },
-                PersistEffect::None,
-            );
+        if let (Some(peer), Some(state)) = (save, state) {
+            self.persist_write(doc, Write::SyncState { peer, state }, PersistEffect::None);
         }
     }
 

@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// for a newcomer (a peer holding none of it) saved off the driver's thread: the engine
     /// hands out a copy as [`Output::MakeWhole`]. Below it the message is made in place.
     pub whole_off_thread_from: u64,
+    /// A peer's sync state is persisted after a sync exchange at most this often (and always
+    /// when it leaves): a peer that syncs every change (a WebSocket client) would otherwise
+    /// cost a store write per change.
+    pub sync_state_every: Millis,
 }
 
 impl EngineConfig {
@@ -74,6 +78,7 @@ impl EngineConfig {
             max_doc_bytes: u64::MAX,
             inline_apply_ops: usize::MAX,
             whole_off_thread_from: u64::MAX,
+            sync_state_every: 0,
         }
     }
 
@@ -97,6 +102,7 @@ impl EngineConfig {
             inline_apply_ops: 4096,
             // Saving 64 KiB takes ~4 ms; copying the document a few percent of that.
             whole_off_thread_from: 64 << 10,
+            sync_state_every: 10_000,
         }
     }
 }

@@ -328,3 +328,92 @@ fn a_peer_that_took_the_whole_document_is_not_sent_our_heads_again() {
     let more = drain(&mut relay);
     assert!(more.is_empty(), "sent again: {more:?}");
 }
+
+/// A peer that syncs every change (a WebSocket client: sync mode only) has its reconnect
+/// state written at most once per `sync_state_every`, and the latest when it leaves.
+#[test]
+fn a_peer_syncing_every_change_has_its_state_written_at_most_once_per_interval() {
+    let mut relay = Engine::new(EngineConfig::relay());
+    relay.create(DOC, doc_with_actor(2));
+    let mut client = Engine::new(EngineConfig::device());
+    client.create(DOC, doc_with_actor(1));
+    relay.set_sync_only(ConnId(2));
+    relay.open(
+        ConnId(2),
+        DOC,
+        OpenOptions {
+            stable_peer: Some(b"browser".to_vec()),
+            ..Default::default()
+        },
+    );
+    client.open(ConnId(1), DOC, OpenOptions::default());
+    let mut states = 0;
+    let mut exchange = |relay: &mut Engine, client: &mut Engine, states: &mut usize| {
+        for _ in 0..20 {
+            let to_relay = drain(client);
+            let mut to_client = Vec::new();
+            loop {
+                let mut persisted = Vec::new();
+                while let Some(o) = relay.poll_output() {
+                    match o {
+                        Output::Persist { id, write, .. } => {
+                            *states += usize::from(matches!(write, Write::SyncState { .. }));
+                            persisted.push(id);
+                        }
+                        Output::Send { msg, .. } => to_client.push(msg),
+                        _ => {}
+                    }
+                }
+                if persisted.is_empty() {
+                    break;
+                }
+                for id in persisted {
+                    relay.persisted(id);
+                }
+            }
+            if to_relay.is_empty() && to_client.is_empty() {
+                return;
+            }
+            for (_, m) in to_relay {
+                relay.handle(ConnId(2), m).unwrap();
+            }
+            for m in to_client {
+                client.handle(ConnId(1), m).unwrap();
+            }
+        }
+        panic!("never quiet");
+    };
+    exchange(&mut relay, &mut client, &mut states);
+    assert_eq!(states, 1, "the first exchange writes the state");
+    for i in 0..5 {
+        write(&mut client, &format!("k{i}"));
+        exchange(&mut relay, &mut client, &mut states);
+        assert!(relay.is_synced(ConnId(2), DOC));
+    }
+    // Without the interval, these five exchanges wrote it twice more (a write each time the
+    // relay saw the peer fall behind and catch up).
+    assert_eq!(
+        states, 1,
+        "exchanges within the interval wrote the state again"
+    );
+    relay.set_now(relay.now + EngineConfig::relay().sync_state_every);
+    for i in 0..5 {
+        write(&mut client, &format!("later {i}"));
+        exchange(&mut relay, &mut client, &mut states);
+    }
+    assert_eq!(states, 2, "exchanges after the interval write it once");
+    relay.close(ConnId(2), DOC);
+    let left: usize = outputs(&mut relay)
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Persist {
+                    write: Write::SyncState { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(left, 1, "leaving writes the latest state");
+}
