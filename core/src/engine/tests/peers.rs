@@ -348,7 +348,7 @@ fn a_peer_syncing_every_change_has_its_state_written_at_most_once_per_interval()
     );
     client.open(ConnId(1), DOC, OpenOptions::default());
     let mut states = 0;
-    let mut exchange = |relay: &mut Engine, client: &mut Engine, states: &mut usize| {
+    let exchange = |relay: &mut Engine, client: &mut Engine, states: &mut usize| {
         for _ in 0..20 {
             let to_relay = drain(client);
             let mut to_client = Vec::new();
