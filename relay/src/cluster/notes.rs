@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{bus, Imported, READ_BATCH};
+use super::{bus, Imported, APPEND_LOCK, READ_BATCH};
 use crate::checkpoint::{Chain, PgTarget};
 use crate::hub::HubEvent;
 use crate::metrics::Metrics;
@@ -27,14 +27,18 @@ pub(super) const CHANNEL: &str = "weft_changes";
 /// notification (4/3 of it in base64, with room for the rest under Postgres' 8,000).
 const MAX_CARRIED: usize = 5_000;
 
-/// The appender's statement: the batch inserted in order, and a notification per entry.
-/// Parameters: relay, documents, kinds, bodies, bindings (arrays of the batch).
+/// The appender's statement: the batch inserted in order under the append lock, and a
+/// notification per entry, in one statement (so one implicit transaction: the lock is held
+/// until it commits, and a failure rolls all of it back). Taking the lock in a CTE the insert
+/// reads orders it before any `seq` is drawn. Parameters: relay, documents, kinds, bodies,
+/// bindings (arrays of the batch).
 pub(super) fn append_sql() -> String {
     format!(
-        "with ins as (\
+        "with lock as (select pg_advisory_xact_lock({APPEND_LOCK})), \
+         ins as (\
            insert into weft_changes (relay, doc_id, kind, body, records) \
            select $1, d, k, b, r \
-           from unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
+           from lock, unnest($2::text[], $3::int2[], $4::bytea[], $5::bytea[]) with ordinality as t(d, k, b, r, n) \
            order by n \
            returning seq, relay, doc_id, kind, body, records) \
          select pg_notify('{CHANNEL}', \

@@ -54,6 +54,8 @@ mod paused;
 mod plan;
 #[path = "weft-bench/presence.rs"]
 mod presence;
+#[path = "weft-bench/proc_cpu.rs"]
+mod proc_cpu;
 #[path = "weft-bench/relay.rs"]
 mod relay;
 #[path = "weft-bench/report.rs"]

@@ -24,6 +24,7 @@ use crate::checkpoint::pg;
 use crate::client::{self, Client};
 use crate::fanout::receive;
 use crate::plan::Plan;
+use crate::proc_cpu::{proc_cpu, tree_cpu};
 use crate::report::{ms, percentiles, us};
 
 const DEVICES: usize = 10;
@@ -85,10 +86,16 @@ pub(crate) fn cluster_workload(
     let row = |name: &str, r: &Run| {
         let (p50, p99, _) = percentiles(&mut r.same.clone());
         let (r50, r99, _) = percentiles(&mut r.other.clone());
+        let each: Vec<f64> = r
+            .per_relay
+            .iter()
+            .map(|c| us(*c / r.changes.max(1) as u32))
+            .collect();
         eprintln!(
-            "  {name:<28} same relay p50 {:>6.2} p99 {:>6.2} ms | other relays p50 {:>6.2} p99 {:>6.2} ms | CPU {:>6.1} us/change (relays {:.1}, Postgres {:.1}) | lost {}",
+            "  {name:<28} same relay p50 {:>6.2} p99 {:>6.2} ms | other relays p50 {:>6.2} p99 {:>6.2} ms | CPU {:>6.1} us/change (relays {:.1} [{}], Postgres {:.1}) | lost {}",
             ms(p50), ms(p99), ms(r50), ms(r99),
             us(r.cpu_per_change()), us(r.relays_cpu / r.changes.max(1) as u32),
+            each.iter().map(|c| format!("{c:.0}")).collect::<Vec<_>>().join(" / "),
             us(r.pg_cpu / r.changes.max(1) as u32), r.lost
         );
         json!({
@@ -96,6 +103,7 @@ pub(crate) fn cluster_workload(
             "other_relays_p50_ms": ms(r50), "other_relays_p99_ms": ms(r99),
             "cpu_us_per_change": us(r.cpu_per_change()),
             "relays_cpu_us_per_change": us(r.relays_cpu / r.changes.max(1) as u32),
+            "each_relay_cpu_us_per_change": each,
             "postgres_cpu_us_per_change": us(r.pg_cpu / r.changes.max(1) as u32),
             "changes": r.changes, "lost": r.lost,
         })
@@ -249,6 +257,8 @@ struct Run {
     other: Vec<Duration>,
     lost: usize,
     relays_cpu: Duration,
+    /// Each relay's share of `relays_cpu`, the writer's relay first.
+    per_relay: Vec<Duration>,
     pg_cpu: Duration,
 }
 
@@ -321,12 +331,13 @@ async fn measure(
         other: Vec::new(),
         lost: 0,
         relays_cpu: Duration::ZERO,
+        per_relay: Vec::new(),
         pg_cpu: Duration::ZERO,
     };
-    let (mut relays0, mut pg0) = (Duration::ZERO, Duration::ZERO);
+    let (mut relays0, mut pg0) = (Vec::new(), Duration::ZERO);
     for i in 0..warmup + changes {
         if i == warmup {
-            relays0 = pids.iter().map(|p| proc_cpu(*p)).sum();
+            relays0 = pids.iter().map(|p| proc_cpu(*p)).collect();
             pg0 = postmaster.map_or(Duration::ZERO, tree_cpu);
         }
         let frame = client::changes_frame(doc, &chain.raw[i])?;
@@ -357,11 +368,12 @@ async fn measure(
             run.changes += 1;
         }
     }
-    run.relays_cpu = pids
+    run.per_relay = pids
         .iter()
-        .map(|p| proc_cpu(*p))
-        .sum::<Duration>()
-        .saturating_sub(relays0);
+        .zip(&relays0)
+        .map(|(p, before)| proc_cpu(*p).saturating_sub(*before))
+        .collect();
+    run.relays_cpu = run.per_relay.iter().sum();
     run.pg_cpu = postmaster
         .map_or(Duration::ZERO, tree_cpu)
         .saturating_sub(pg0);
@@ -369,55 +381,6 @@ async fn measure(
     drain.abort();
     tasks.abort_all();
     Ok(run)
-}
-
-/// The CPU time (user + system) of process `pid`, from `/proc` (zero when it is gone).
-pub(crate) fn proc_cpu(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
-    let hz = clock_ticks();
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
-}
-
-/// The CPU time of `root` and every process whose parent it is (Postgres' backends).
-pub(crate) fn tree_cpu(root: u32) -> Duration {
-    let mut total = proc_cpu(root);
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return total;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
-            });
-        if parent == Some(root) {
-            total += proc_cpu(pid);
-        }
-    }
-    total
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a constant of the system.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
 }
 
 /// The postmaster's pid, from its data directory.

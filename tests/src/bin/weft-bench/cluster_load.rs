@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 
 use crate::chain::Chain;
 use crate::checkpoint::pg;
-use crate::cluster::{cluster_args, postmaster_pid, proc_cpu, tree_cpu, RelayProc};
+use crate::cluster::{cluster_args, postmaster_pid, RelayProc};
 use crate::plan::Plan;
+use crate::proc_cpu::{proc_cpu, tree_cpu};
 use crate::report::us;
 use crate::throughput::{self, Target};
 
