@@ -19,12 +19,15 @@
 //! - Reads go straight to the store ([`GroupCommit::store`]) and see every completed write.
 //! - [`GroupCommit::shutdown`] (or drop) writes everything already submitted, then joins the
 //!   thread.
+//! - [`GroupCommit::write_lazy_now`] writes a small lazy batch on the caller's thread, only
+//!   when nothing submitted is still unwritten and the writer is not writing: it then counts
+//!   as submitted at that moment, so the order above holds.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
@@ -83,7 +86,22 @@ pub struct GroupCommit {
     sender: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    gate: Arc<Gate>,
 }
+
+/// What the writer thread and [`GroupCommit::write_lazy_now`] share.
+#[derive(Default)]
+struct Gate {
+    /// Held by whoever is writing to the store.
+    writing: Mutex<()>,
+    /// Batches submitted whose outcome is not yet known.
+    pending: AtomicUsize,
+}
+
+/// The largest batch [`GroupCommit::write_lazy_now`] writes on the caller's thread.
+const NOW_MAX_OPS: usize = 64;
+/// The most bytes of keys and values it writes so.
+const NOW_MAX_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,11 +125,13 @@ impl GroupCommit {
     ) -> Result<GroupCommit, StoreError> {
         let (sender, receiver) = sync_channel(limits.queue.max(1));
         let commits = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(Gate::default());
         let writer = {
-            let (store, commits) = (Arc::clone(&store), Arc::clone(&commits));
+            let (store, commits, gate) =
+                (Arc::clone(&store), Arc::clone(&commits), Arc::clone(&gate));
             thread::Builder::new()
                 .name("weft-store-writer".into())
-                .spawn(move || run_writer(&*store, &receiver, &commits, limits))
+                .spawn(move || run_writer(&*store, &receiver, &commits, &gate, limits))
                 .map_err(|source| StoreError::WriterThread {
                     source: Arc::new(source),
                 })?
@@ -121,6 +141,7 @@ impl GroupCommit {
             sender: Some(sender),
             writer: Some(writer),
             commits,
+            gate,
         })
     }
 
@@ -131,10 +152,15 @@ impl GroupCommit {
     /// it, so it serves as a flush barrier.
     pub fn submit(&self, batch: WriteBatch) -> CommitTicket {
         let (done, receiver) = oneshot::channel();
+        // Counted before it is queued, so `write_lazy_now` never passes it.
+        self.gate.pending.fetch_add(1, Ordering::SeqCst);
         let sent = match &self.sender {
             Some(sender) => sender.send(Request { batch, done }).is_ok(),
             None => false,
         };
+        if !sent {
+            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
+        }
         if sent {
             CommitTicket {
                 state: TicketState::Waiting(receiver),
@@ -145,6 +171,30 @@ impl GroupCommit {
                 state: TicketState::Ready(Err(StoreError::Closed)),
             }
         }
+    }
+
+    /// Writes `batch` on this thread, when it is lazy ([`WriteBatch::set_lazy`]), small (at most
+    /// 64 operations and 64 KiB) and every batch submitted before has been written: the
+    /// writer thread's hand-off (a wake-up there and one back) costs more than such a write.
+    /// It counts as submitted now (a batch submitted after this call is written after it).
+    /// `Err(batch)` when it cannot (the caller submits it instead); never waits for the
+    /// writer. The write blocks this thread as long as the store takes (no fsync).
+    pub fn write_lazy_now(&self, batch: WriteBatch) -> Result<Result<(), StoreError>, WriteBatch> {
+        if !batch.is_lazy()
+            || batch.len() > NOW_MAX_OPS
+            || batch.size_bytes() > NOW_MAX_BYTES
+            || self.sender.is_none()
+        {
+            return Err(batch);
+        }
+        let Ok(_writing) = self.gate.writing.try_lock() else {
+            return Err(batch);
+        };
+        // Under the lock the writer cannot be writing; nothing submitted may wait either.
+        if self.gate.pending.load(Ordering::SeqCst) != 0 {
+            return Err(batch);
+        }
+        Ok(write_counted(&*self.store, &batch, &self.commits))
     }
 
     /// The store, for reads. Reads see every write whose ticket has completed.
@@ -184,6 +234,7 @@ fn run_writer(
     store: &dyn KvStore,
     queue: &Receiver<Request>,
     commits: &AtomicU64,
+    gate: &Gate,
     limits: GroupLimits,
 ) {
     while let Ok(first) = queue.recv() {
@@ -198,11 +249,23 @@ fn run_writer(
             bytes += next.batch.size_bytes();
             group.push(next);
         }
-        commit_group(store, group, commits);
+        // A poisoned lock only means a write panicked on another thread; the store decides
+        // what that write left.
+        let _writing = gate
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        commit_group(store, group, commits, &gate.pending);
     }
 }
 
-fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
+fn commit_group(
+    store: &dyn KvStore,
+    group: Vec<Request>,
+    commits: &AtomicU64,
+    pending: &AtomicUsize,
+) {
+    let count = group.len();
     let mut merged = WriteBatch::new();
     let mut ends = Vec::with_capacity(group.len());
     let mut dones = Vec::with_capacity(group.len());
@@ -214,6 +277,7 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
     }
     let result = write_counted(store, &merged, commits);
     if result.is_ok() || dones.len() == 1 {
+        pending.fetch_sub(count, Ordering::SeqCst);
         for done in dones {
             // A dropped ticket means its caller stopped waiting, not that the write is undone.
             let _ = done.send(result.clone());
@@ -232,7 +296,9 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64) {
         let mut alone = WriteBatch::from_ops(merged.ops()[start..end].to_vec());
         (alone.lazy, alone.sync) = (lazy, sync);
         start = end;
-        let _ = done.send(write_counted(store, &alone, commits));
+        let result = write_counted(store, &alone, commits);
+        pending.fetch_sub(1, Ordering::SeqCst);
+        let _ = done.send(result);
     }
 }
 

@@ -73,7 +73,12 @@ impl Future for Durable {
                 Poll::Ready(Ok(())) => {
                     self.log = None;
                     if let Some((group, batch)) = self.batch.take() {
-                        self.ticket = Some(group.submit(batch));
+                        // A lone lazy write is made here when the store's writer is idle
+                        // (cheaper than its hand-off).
+                        match group.write_lazy_now(batch) {
+                            Ok(written) => return Poll::Ready(written),
+                            Err(batch) => self.ticket = Some(group.submit(batch)),
+                        }
                     }
                 }
             }
