@@ -202,7 +202,8 @@ impl GroupCommit {
         &self.store
     }
 
-    /// How many writes the writer thread has made durable so far (one per group).
+    /// How many writes have been made so far: one per group the writer thread wrote, one per
+    /// [`GroupCommit::write_lazy_now`] that wrote.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
