@@ -158,14 +158,12 @@ impl GroupCommit {
             Some(sender) => sender.send(Request { batch, done }).is_ok(),
             None => false,
         };
-        if !sent {
-            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
-        }
         if sent {
             CommitTicket {
                 state: TicketState::Waiting(receiver),
             }
         } else {
+            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
             // The writer thread is gone (it panicked): nothing can be written any more.
             CommitTicket {
                 state: TicketState::Ready(Err(StoreError::Closed)),
@@ -250,22 +248,28 @@ fn run_writer(
             bytes += next.batch.size_bytes();
             group.push(next);
         }
-        // A poisoned lock only means a write panicked on another thread; the store decides
-        // what that write left.
-        let _writing = gate
-            .writing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        commit_group(store, group, commits, &gate.pending);
+        commit_group(store, group, commits, gate);
     }
 }
 
-fn commit_group(
+/// Writes `batch` holding the gate's lock, which is released before any caller is told (so
+/// a caller woken by its ticket finds the writer idle).
+fn write_gated(
     store: &dyn KvStore,
-    group: Vec<Request>,
+    batch: &WriteBatch,
     commits: &AtomicU64,
-    pending: &AtomicUsize,
-) {
+    gate: &Gate,
+) -> Result<(), StoreError> {
+    // A poisoned lock only means a write panicked on another thread; the store decides what
+    // that write left.
+    let _writing = gate
+        .writing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    write_counted(store, batch, commits)
+}
+
+fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, gate: &Gate) {
     let count = group.len();
     let mut merged = WriteBatch::new();
     let mut ends = Vec::with_capacity(group.len());
@@ -276,9 +280,9 @@ fn commit_group(
         ends.push((merged.len(), flags));
         dones.push(done);
     }
-    let result = write_counted(store, &merged, commits);
+    let result = write_gated(store, &merged, commits, gate);
     if result.is_ok() || dones.len() == 1 {
-        pending.fetch_sub(count, Ordering::SeqCst);
+        gate.pending.fetch_sub(count, Ordering::SeqCst);
         for done in dones {
             // A dropped ticket means its caller stopped waiting, not that the write is undone.
             let _ = done.send(result.clone());
@@ -297,8 +301,8 @@ fn commit_group(
         let mut alone = WriteBatch::from_ops(merged.ops()[start..end].to_vec());
         (alone.lazy, alone.sync) = (lazy, sync);
         start = end;
-        let result = write_counted(store, &alone, commits);
-        pending.fetch_sub(1, Ordering::SeqCst);
+        let result = write_gated(store, &alone, commits, gate);
+        gate.pending.fetch_sub(1, Ordering::SeqCst);
         let _ = done.send(result);
     }
 }
