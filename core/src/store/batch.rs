@@ -160,6 +160,16 @@ impl WriteBatch {
         self
     }
 
+    /// Whether an operation of the batch puts or deletes in `table`.
+    pub fn touches(&self, table: Table) -> bool {
+        self.ops.iter().any(|op| match op {
+            BatchOp::Put { table: t, .. }
+            | BatchOp::Delete { table: t, .. }
+            | BatchOp::DeletePrefix { table: t, .. } => *t == table,
+            BatchOp::Scrub => false,
+        })
+    }
+
     /// Whether the batch has no operations.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

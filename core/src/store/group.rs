@@ -96,6 +96,8 @@ struct Gate {
     writing: Mutex<()>,
     /// Batches submitted whose outcome is not yet known.
     pending: AtomicUsize,
+    /// Writes touching `Table::DOC_META` made (see [`GroupCommit::meta_writes`]).
+    meta_writes: AtomicU64,
 }
 
 /// The largest batch [`GroupCommit::write_lazy_now`] writes on the caller's thread.
@@ -192,7 +194,20 @@ impl GroupCommit {
         if self.gate.pending.load(Ordering::SeqCst) != 0 {
             return Err(batch);
         }
-        Ok(write_counted(&*self.store, &batch, &self.commits))
+        Ok(write_counted(
+            &*self.store,
+            &batch,
+            &self.commits,
+            &self.gate,
+        ))
+    }
+
+    /// How many writes touching documents' metadata (`Table::DOC_META`) have been made, each
+    /// counted once it is in the store (failed ones too). A reader that reads this, then the
+    /// metadata, knows its reading still holds while the count stays the same: up to a write
+    /// that has landed and is not counted yet, as a reading just before that write would not.
+    pub fn meta_writes(&self) -> u64 {
+        self.gate.meta_writes.load(Ordering::SeqCst)
     }
 
     /// The store, for reads. Reads see every write whose ticket has completed.
@@ -266,7 +281,7 @@ fn write_gated(
         .writing
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    write_counted(store, batch, commits)
+    write_counted(store, batch, commits, gate)
 }
 
 fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, gate: &Gate) {
@@ -311,11 +326,16 @@ fn write_counted(
     store: &dyn KvStore,
     batch: &WriteBatch,
     commits: &AtomicU64,
+    gate: &Gate,
 ) -> Result<(), StoreError> {
     if batch.is_empty() && !batch.wants_sync() {
         return Ok(());
     }
-    store.write(batch)?;
+    let written = store.write(batch);
+    if batch.touches(super::Table::DOC_META) {
+        gate.meta_writes.fetch_add(1, Ordering::SeqCst);
+    }
+    written?;
     commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

@@ -118,11 +118,15 @@ pub fn start(
     let target = PgTarget::new(&cfg.postgres, cfg.postgres_ca.as_deref())?;
     metrics.cluster_member.store(true, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let listening = Listening::default();
     let appender = tokio::spawn(append_loop(
-        target.clone(),
-        cfg.relay.clone(),
+        Appender {
+            target: target.clone(),
+            relay: cfg.relay.clone(),
+            listening: listening.clone(),
+            metrics: metrics.clone(),
+        },
         rx,
-        metrics.clone(),
         stop.clone(),
     ));
     // This process on the bus: a restarted relay is a new speaker, so the others forget the
@@ -138,10 +142,12 @@ pub fn start(
                 target,
                 hub,
                 speaker,
+                relay: cfg.relay.clone(),
                 metrics: metrics.clone(),
                 tickets: cfg.tickets,
             },
             relay: cfg.relay,
+            listening,
             retention: cfg.retention,
             dirty: cfg.dirty,
             cursor_file: cfg.data_dir.join(follow::CURSOR_FILE),
@@ -160,20 +166,48 @@ pub fn start(
     ))
 }
 
-/// Writes queued entries until every sender is gone, a batch per transaction. A failed
-/// transaction is tried again on a new connection (with backoff) until it commits: the hub
-/// acknowledges nothing of it before, and a duplicate entry is harmless to readers.
-async fn append_loop(
+/// The follower's connection while it listens, which the appender uses when it can: Postgres
+/// then hands the relay's own entries back to the appending backend itself, without waking a
+/// second one for each (every listening backend of the database is woken for every
+/// notification), and the relay keeps one connection to the log instead of two.
+#[derive(Clone, Default)]
+pub(super) struct Listening(Arc<std::sync::Mutex<Option<Arc<Client>>>>);
+
+impl Listening {
+    /// Offers `client` (listening now), or withdraws it (`None`).
+    pub(super) fn set(&self, client: Option<Arc<Client>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn get(&self) -> Option<Arc<Client>> {
+        let client = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        client.filter(|c| !c.is_closed())
+    }
+}
+
+/// What the appender needs besides its queue.
+struct Appender {
     target: PgTarget,
     relay: String,
-    mut rx: mpsc::Receiver<Append>,
+    listening: Listening,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-) {
+}
+
+/// Writes queued entries until every sender is gone, a batch per transaction. A failed
+/// transaction is tried again on a new connection (with backoff) until it commits: the hub
+/// acknowledges nothing of it before, and a duplicate entry is harmless to readers. It writes
+/// on the follower's connection while there is one (see [`Listening`]), else on its own.
+async fn append_loop(a: Appender, mut rx: mpsc::Receiver<Append>, stop: watch::Receiver<bool>) {
+    let Appender {
+        target,
+        relay,
+        listening,
+        metrics,
+    } = a;
     let mut conn: Option<PgConn> = None;
     // Prepared once per connection (a statement sent as text is parsed and planned anew on
-    // every append).
-    let mut stmts: Option<Statements> = None;
+    // every append), with the follower's connection it was prepared on (`None`: its own).
+    let mut stmts: Option<(Option<Arc<Client>>, Statements)> = None;
     let mut backoff = Duration::from_millis(50);
     // Once the relay is stopping, a batch Postgres does not take within STOP_GRACE is
     // dropped: its writes fail (nothing of them was acknowledged) and the hub can finish.
@@ -201,9 +235,11 @@ async fn append_loop(
                     continue 'batches;
                 }
             }
-            if conn.as_ref().is_none_or(PgConn::is_closed) {
+            let shared = listening.get();
+            if shared.is_some() {
                 conn = None;
-                stmts = None;
+            } else if conn.as_ref().is_none_or(PgConn::is_closed) {
+                conn = None;
                 match PgConn::connect(&target, Duration::from_secs(5)).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
@@ -216,12 +252,27 @@ async fn append_loop(
                     }
                 }
             }
-            let Some(c) = conn.as_mut() else { continue };
+            let client: &Client = match (&shared, &conn) {
+                (Some(s), _) => s,
+                (None, Some(c)) => &c.client,
+                (None, None) => continue,
+            };
+            let same = |(on, _): &(Option<Arc<Client>>, Statements)| match (on, &shared) {
+                (Some(on), Some(s)) => Arc::ptr_eq(on, s),
+                (None, None) => true,
+                _ => false,
+            };
+            if !stmts.as_ref().is_some_and(same) {
+                stmts = None;
+            }
             let started = Instant::now();
             let written = match &stmts {
-                Some(st) => write(&c.client, st, &relay, &rows).await,
-                None => match Statements::prepare(&c.client).await {
-                    Ok(st) => write(&c.client, stmts.insert(st), &relay, &rows).await,
+                Some((_, st)) => write(client, st, &relay, &rows).await,
+                None => match Statements::prepare(client).await {
+                    Ok(st) => {
+                        let (_, st) = stmts.insert((shared.clone(), st));
+                        write(client, st, &relay, &rows).await
+                    }
                     Err(e) => Err(e),
                 },
             };

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use weft_core::store::docs as docstore;
 use weft_core::store::{GroupCommit, WriteBatch};
 
-use super::apply::{apply, flush, Pending, Row, Sink};
+use super::apply::{apply, flush, LiveDocs, Pending, Row, Sink};
 use super::notes::{self, listen, take_notes, Listener, Notes};
 use super::READ_BATCH;
 use crate::checkpoint::Chain;
@@ -32,6 +32,8 @@ pub(super) struct Follower {
     /// Its connection's settings, and where bus messages go.
     pub(super) listener: Listener,
     pub(super) relay: String,
+    /// Where the follower offers its connection to the appender.
+    pub(super) listening: super::append::Listening,
     /// How long the log keeps what every relay has read (see `trim`).
     pub(super) retention: Duration,
     pub(super) dirty: Arc<crate::checkpoint::DirtyDocs>,
@@ -72,6 +74,8 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
         };
         backoff = Duration::from_millis(100);
         f.metrics.cluster_connected.store(1, Ordering::Relaxed);
+        let client = Arc::new(client);
+        f.listening.set(Some(client.clone()));
         let mut resume = cursor;
         let ended = match earlier_processes(&client, &mut earlier).await {
             Ok(earlier) => {
@@ -80,6 +84,7 @@ pub(super) async fn run(f: Follower, mut stop: Pin<Box<dyn Future<Output = ()> +
             }
             Err(e) => Err(e),
         };
+        f.listening.set(None);
         io.abort();
         f.metrics.cluster_connected.store(0, Ordering::Relaxed);
         match ended {
@@ -160,6 +165,7 @@ async fn follow(
     // the log is read.
     let mut carried: Vec<notes::Carried> = Vec::new();
     let mut read_log = true;
+    let live = std::sync::Mutex::new(LiveDocs::default());
     loop {
         let mut full = false;
         let entries: Vec<(i64, Row, Option<i64>)> = if read_log {
@@ -204,6 +210,7 @@ async fn follow(
             group: &f.group,
             hub: &f.listener.hub,
             metrics: &f.metrics,
+            live: &live,
         };
         for (seq, entry, lag) in entries {
             if seq <= *cursor {

@@ -389,3 +389,30 @@ fn callers_mixing_both_ways_keep_their_order() {
         );
     }
 }
+
+#[test]
+fn metadata_writes_are_counted_once_they_land_whichever_way() {
+    let group = GroupCommit::new(Arc::new(MemStore::new())).unwrap();
+    assert_eq!(group.meta_writes(), 0);
+    let meta = |key: &[u8]| {
+        let mut b = WriteBatch::new();
+        b.put(Table::CHUNKS, key.to_vec(), b"c".to_vec());
+        b.delete(Table::DOC_META, key.to_vec());
+        b
+    };
+    // Other tables are not counted; metadata is, through the writer and on the caller's thread.
+    group.submit(put(b"a")).wait().unwrap();
+    group.write_lazy_now(lazy_put(b"b")).unwrap().unwrap();
+    assert_eq!(group.meta_writes(), 0);
+    group.submit(meta(b"c")).wait().unwrap();
+    assert_eq!(group.meta_writes(), 1);
+    let mut lazy = meta(b"d");
+    lazy.set_lazy();
+    group.write_lazy_now(lazy).unwrap().unwrap();
+    assert_eq!(group.meta_writes(), 2);
+    assert!(store_holds(&group, b"d"));
+}
+
+fn store_holds(group: &GroupCommit, key: &[u8]) -> bool {
+    group.store().get(Table::CHUNKS, key).unwrap().is_some()
+}
