@@ -113,6 +113,10 @@ async fn three_relays_share_documents_and_a_killed_one_loses_nothing() {
         bob.say(doc, &format!("bob {i}"));
     }
     bob.synced(doc).await;
+    // b appended all of it on its follower's connection (decision 40), none on one of its own.
+    let appended = b.metric("weft_cluster_appended_total");
+    assert!(appended >= 1.0);
+    assert_eq!(b.metric("weft_cluster_appended_listening_total"), appended);
     // c accepted no change of the document: it wrote no checkpoint of it (once b has died,
     // a and c checkpoint what b accepted lately, so this is looked at before).
     assert_eq!(c.metric("weft_checkpoint_documents_total"), 0.0);

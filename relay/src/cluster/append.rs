@@ -283,6 +283,9 @@ async fn append_loop(a: Appender, mut rx: mpsc::Receiver<Append>, stop: watch::R
                     metrics.cluster_append_ms.store(ms, Ordering::Relaxed);
                     metrics.cluster_connected.store(1, Ordering::Relaxed);
                     Metrics::add(&metrics.cluster_appended, batch.len() as u64);
+                    if shared.is_some() {
+                        Metrics::add(&metrics.cluster_appended_listening, batch.len() as u64);
+                    }
                     break;
                 }
                 Err(e) => {

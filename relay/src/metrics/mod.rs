@@ -60,6 +60,8 @@ pub struct Metrics {
     pub notify_dropped: AtomicU64,
     /// Cluster log entries appended by this relay.
     pub cluster_appended: AtomicU64,
+    /// Of those, entries appended on the follower's listening connection.
+    pub cluster_appended_listening: AtomicU64,
     /// Cluster log append transactions that failed (each is tried again).
     pub cluster_append_failures: AtomicU64,
     /// Milliseconds the latest cluster log append transaction took.
@@ -189,7 +191,7 @@ impl Metrics {
     }
 
     /// The counters and gauges rendered as they are: name, type, help and value, in order.
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 35] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 36] {
         [
             (
                 "weft_connections",
@@ -310,6 +312,12 @@ impl Metrics {
                 "counter",
                 "Cluster log entries appended by this relay.",
                 &self.cluster_appended,
+            ),
+            (
+                "weft_cluster_appended_listening_total",
+                "counter",
+                "Cluster log entries appended on the follower's listening connection (the rest on the appender's own).",
+                &self.cluster_appended_listening,
             ),
             (
                 "weft_cluster_append_failures_total",
