@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Statement};
 use weft_core::store::{GroupCommit, StoreError};
 
 use super::{
-    encode_records, follow, log_error, Entry, LogTicket, KIND_CHANGES, KIND_META, MAX_BATCH,
-    MAX_NAME_LEN, MAX_QUEUED,
+    encode_records, follow, log_error, Entry, Listening, LogTicket, KIND_CHANGES, KIND_META,
+    MAX_BATCH, MAX_NAME_LEN, MAX_QUEUED,
 };
 use crate::checkpoint::{Chain, CheckpointError, PgConn, PgTarget};
 use crate::hub::HubEvent;
@@ -164,25 +164,6 @@ pub fn start(
             follower,
         },
     ))
-}
-
-/// The follower's connection while it listens, which the appender uses when it can: Postgres
-/// then hands the relay's own entries back to the appending backend itself, without waking a
-/// second one for each (every listening backend of the database is woken for every
-/// notification), and the relay keeps one connection to the log instead of two.
-#[derive(Clone, Default)]
-pub(super) struct Listening(Arc<std::sync::Mutex<Option<Arc<Client>>>>);
-
-impl Listening {
-    /// Offers `client` (listening now), or withdraws it (`None`).
-    pub(super) fn set(&self, client: Option<Arc<Client>>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = client;
-    }
-
-    fn get(&self) -> Option<Arc<Client>> {
-        let client = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        client.filter(|c| !c.is_closed())
-    }
 }
 
 /// What the appender needs besides its queue.

@@ -33,7 +33,7 @@ pub(super) struct Follower {
     pub(super) listener: Listener,
     pub(super) relay: String,
     /// Where the follower offers its connection to the appender.
-    pub(super) listening: super::append::Listening,
+    pub(super) listening: super::Listening,
     /// How long the log keeps what every relay has read (see `trim`).
     pub(super) retention: Duration,
     pub(super) dirty: Arc<crate::checkpoint::DirtyDocs>,

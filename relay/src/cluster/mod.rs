@@ -26,9 +26,11 @@ mod notes;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
+use tokio_postgres::Client;
 use weft_core::store::StoreError;
 use weft_core::DocId;
 
@@ -132,6 +134,25 @@ pub enum Imported {
         /// The document is new to this relay: its owner owns one more.
         created: bool,
     },
+}
+
+/// The follower's connection while it listens, which the appender uses when it can: Postgres
+/// then hands the relay's own entries back to the appending backend itself, without waking a
+/// second one for each (every listening backend of the database is woken for every
+/// notification), and the relay keeps one connection to the log instead of two.
+#[derive(Clone, Default)]
+struct Listening(Arc<Mutex<Option<Arc<Client>>>>);
+
+impl Listening {
+    /// Offers `client` (listening now), or withdraws it (`None`).
+    fn set(&self, client: Option<Arc<Client>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn get(&self) -> Option<Arc<Client>> {
+        let client = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        client.filter(|c| !c.is_closed())
+    }
 }
 
 /// Completes when an appended entry is committed in Postgres; an error when the log dropped it
