@@ -110,7 +110,12 @@ pub(crate) fn cluster_workload(
     }
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
     let (low, high) = (sorted[0], sorted[sorted.len() - 1]);
     eprintln!(
         "  CPU per change, cluster / one relay: median {median:.2}x of {rounds} rounds ({low:.2}-{high:.2}x; target 2x); fan-out p99 target across relays 10 ms"
