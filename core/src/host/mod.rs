@@ -275,6 +275,13 @@ impl Host {
                 let what = Waiting::Persist(id);
                 self.actions.push_back(match log {
                     Some(log) => Action::LogThenWrite { what, batch, log },
+                    // Changes the driver stored already: nothing to write, so no hand-off to
+                    // the store's writer and back (the engine still announces a document's
+                    // writes in the order they were asked for).
+                    None if batch.is_empty() => Action::Wait {
+                        what,
+                        ticket: CommitTicket::done(),
+                    },
                     None => Action::Wait {
                         what,
                         ticket: self.group.submit(batch),

@@ -364,6 +364,13 @@ enum TicketState {
 }
 
 impl CommitTicket {
+    /// A ticket for a write that needs nothing of the store (complete at once).
+    pub fn done() -> CommitTicket {
+        CommitTicket {
+            state: TicketState::Ready(Ok(())),
+        }
+    }
+
     /// Block until the batch is durable (`Ok`) or has failed.
     ///
     /// [`StoreError::Closed`] means the writer thread died before reporting; the batch may or
