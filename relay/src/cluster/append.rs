@@ -221,6 +221,8 @@ async fn append_loop(a: Appender, mut rx: mpsc::Receiver<Append>, stop: watch::R
                 conn = None;
             } else if conn.as_ref().is_none_or(PgConn::is_closed) {
                 conn = None;
+                // Prepared on the connection that closed.
+                stmts = None;
                 match PgConn::connect(&target, Duration::from_secs(5)).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
