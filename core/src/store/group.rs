@@ -20,18 +20,22 @@
 //! - [`GroupCommit::shutdown`] (or drop) writes everything already submitted, then joins the
 //!   thread.
 //! - [`GroupCommit::write_lazy_now`] writes a small lazy batch on the caller's thread, only
-//!   when nothing submitted is still unwritten and the writer is not writing: it then counts
-//!   as submitted at that moment, so the order above holds.
+//!   when nothing submitted or deferred is still unwritten and the writer is not writing: it
+//!   then counts as submitted at that moment, so the order above holds.
+//! - [`GroupCommit::defer`] holds small lazy puts of chunks for a few milliseconds, to write
+//!   many in one commit (rules in `group/defer.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
 use super::{KvStore, StoreError, WriteBatch};
+
+mod defer;
 
 /// How much the writer merges into one write, and how many batches may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +102,13 @@ struct Gate {
     pending: AtomicUsize,
     /// Writes touching `Table::DOC_META` made (see [`GroupCommit::meta_writes`]).
     meta_writes: AtomicU64,
+    /// Deferred writes ([`GroupCommit::defer`]) not yet taken for writing.
+    deferred: Mutex<defer::Deferred>,
+    /// How many operations `deferred` holds (read without its lock).
+    deferred_ops: AtomicUsize,
+    /// Held while a batch and what was deferred before it are queued, so that no other
+    /// submission slips between them.
+    order: Mutex<()>,
 }
 
 /// The largest batch [`GroupCommit::write_lazy_now`] writes on the caller's thread.
@@ -154,23 +165,43 @@ impl GroupCommit {
     /// it, so it serves as a flush barrier.
     pub fn submit(&self, batch: WriteBatch) -> CommitTicket {
         let (done, receiver) = oneshot::channel();
-        // Counted before it is queued, so `write_lazy_now` never passes it.
-        self.gate.pending.fetch_add(1, Ordering::SeqCst);
-        let sent = match &self.sender {
-            Some(sender) => sender.send(Request { batch, done }).is_ok(),
-            None => false,
-        };
+        let _order = self.gate.order.lock().unwrap_or_else(|e| e.into_inner());
+        // What was deferred goes first, as a request of its own (nobody waits for it; the
+        // writer logs a failure).
+        let deferred = self.gate.take_deferred();
+        if !deferred.is_empty() {
+            let (done, _) = oneshot::channel();
+            self.queue(Request {
+                batch: deferred,
+                done,
+            });
+        }
+        let sent = self.queue(Request { batch, done });
         if sent {
             CommitTicket {
                 state: TicketState::Waiting(receiver),
             }
         } else {
-            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
             // The writer thread is gone (it panicked): nothing can be written any more.
             CommitTicket {
                 state: TicketState::Ready(Err(StoreError::Closed)),
             }
         }
+    }
+
+    /// Queues `request` for the writer (blocking while the queue is full); `false` when the
+    /// writer thread is gone.
+    fn queue(&self, request: Request) -> bool {
+        // Counted before it is queued, so `write_lazy_now` never passes it.
+        self.gate.pending.fetch_add(1, Ordering::SeqCst);
+        let sent = match &self.sender {
+            Some(sender) => sender.send(request).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
     }
 
     /// Writes `batch` on this thread, when it is lazy ([`WriteBatch::set_lazy`]), small (at most
@@ -190,8 +221,11 @@ impl GroupCommit {
         let Ok(_writing) = self.gate.writing.try_lock() else {
             return Err(batch);
         };
-        // Under the lock the writer cannot be writing; nothing submitted may wait either.
-        if self.gate.pending.load(Ordering::SeqCst) != 0 {
+        // Under the lock the writer cannot be writing; nothing submitted or deferred may wait
+        // either.
+        if self.gate.pending.load(Ordering::SeqCst) != 0
+            || self.gate.deferred_ops.load(Ordering::SeqCst) != 0
+        {
             return Err(batch);
         }
         Ok(write_counted(
@@ -251,7 +285,21 @@ fn run_writer(
     gate: &Gate,
     limits: GroupLimits,
 ) {
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match gate.deferred_due() {
+            None => match queue.recv() {
+                Ok(first) => first,
+                Err(_) => break,
+            },
+            Some(due) => match queue.recv_timeout(due) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => {
+                    write_deferred(store, commits, gate);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
         if limits.yield_to_producers {
             thread::yield_now();
         }
@@ -264,6 +312,20 @@ fn run_writer(
             group.push(next);
         }
         commit_group(store, group, commits, gate);
+    }
+    // Nothing can be deferred once the queue is closed (`defer` needs the sender).
+    write_deferred(store, commits, gate);
+}
+
+/// Writes what is deferred, if anything.
+fn write_deferred(store: &dyn KvStore, commits: &AtomicU64, gate: &Gate) {
+    let batch = gate.take_deferred();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = write_gated(store, &batch, commits, gate) {
+        // Like a lazy write whose ticket nobody kept: the store failing fails what follows too.
+        tracing::error!(error = %e, ops = batch.len(), "writing deferred chunks failed");
     }
 }
 
@@ -300,7 +362,9 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
         gate.pending.fetch_sub(count, Ordering::SeqCst);
         for done in dones {
             // A dropped ticket means its caller stopped waiting, not that the write is undone.
-            let _ = done.send(result.clone());
+            if let Err(Err(err)) = done.send(result.clone()).map_err(|u| u.into_inner()) {
+                tracing::error!(?err, "a store write nobody waits for failed");
+            }
         }
         return;
     }
@@ -318,7 +382,10 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
         start = end;
         let result = write_gated(store, &alone, commits, gate);
         gate.pending.fetch_sub(1, Ordering::SeqCst);
-        let _ = done.send(result);
+        if let Err(Err(err)) = done.send(result).map_err(|unsent| unsent.into_inner()) {
+            // Nobody waits for this batch (deferred writes, dropped tickets): said here.
+            tracing::error!(?err, "a store write nobody waits for failed");
+        }
     }
 }
 

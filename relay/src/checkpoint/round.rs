@@ -177,6 +177,13 @@ async fn write_batch(
         unreadable: Vec::new(),
     };
 
+    // Chunks deferred until now (a cluster's changes, `GroupCommit::defer`) are in the store
+    // before it is read: a document marked dirty had its chunk deferred before.
+    if let Some(barrier) = shared.group.barrier() {
+        barrier
+            .await
+            .map_err(|source| CheckpointError::StoreWrite { source })?;
+    }
     let store = shared.group.store().clone();
     let t_prepare = Instant::now();
     let kinds = shared.kinds.clone();

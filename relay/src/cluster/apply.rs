@@ -126,11 +126,16 @@ pub(super) async fn flush(f: &Sink<'_>, pending: &mut Pending) -> bool {
         // durably, so no crash takes back a revocation.
         batch.set_lazy();
     }
-    // A lone entry is written on this thread when the store's writer is idle (its hand-off,
-    // a wake-up there and one back, costs more than the write).
-    let written = match f.group.write_lazy_now(batch) {
-        Ok(written) => written,
-        Err(batch) => f.group.submit(batch).await,
+    // Chunks of changes wait to share a commit with the next ones (`GroupCommit::defer`;
+    // the hub's loads wait for them). Else a lone entry is written on this thread when the
+    // store's writer is idle (its hand-off, a wake-up there and one back, costs more than the
+    // write).
+    let written = match f.group.defer(batch) {
+        Ok(()) => Ok(()),
+        Err(batch) => match f.group.write_lazy_now(batch) {
+            Ok(written) => written,
+            Err(batch) => f.group.submit(batch).await,
+        },
     };
     if let Err(e) = written {
         // The entries are not skipped silently: the store failing stops everything else too.
@@ -159,7 +164,7 @@ fn prepare(f: &Sink<'_>, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<I
     let store = f.group.store().clone();
     // This relay's own changes are nearly always in its store already (it wrote them after
     // the append): looked for before the metadata is read and decoded.
-    if row.kind == KIND_CHANGES && row.own && has_chunk(store.as_ref(), doc, &row.body) {
+    if row.kind == KIND_CHANGES && row.own && has_chunk(f.group, doc, &row.body) {
         return None;
     }
     // Read before the metadata, so a write landing after the read changes it.
@@ -259,13 +264,14 @@ fn prepare(f: &Sink<'_>, seq: i64, row: Row, batch: &mut WriteBatch) -> Option<I
     Some(imported)
 }
 
-/// Whether the store holds `changes` as a chunk of `doc` (a read error counts as no).
-fn has_chunk(store: &dyn weft_core::store::KvStore, doc: DocId, changes: &[u8]) -> bool {
+/// Whether the store holds `changes` as a chunk of `doc`, or a deferred write puts it there
+/// (a read error counts as no; so does a deferred write taken for writing and not yet
+/// written, which only makes the chunk be put again, with the same bytes).
+fn has_chunk(group: &GroupCommit, doc: DocId, changes: &[u8]) -> bool {
     let key = weft_core::store::docs::ChunkKey::for_bytes(doc, ChunkKind::Incremental, changes);
-    matches!(
-        store.get(weft_core::store::Table::CHUNKS, &key.to_bytes()),
-        Ok(Some(_))
-    )
+    let key = key.to_bytes();
+    let table = weft_core::store::Table::CHUNKS;
+    group.deferred_has(table, &key) || matches!(group.store().get(table, &key), Ok(Some(_)))
 }
 
 #[cfg(test)]
@@ -301,14 +307,13 @@ mod tests {
         assert!(apply(&f, &mut pending, 2, row(KIND_CHANGES, b"first".to_vec())).await);
         assert!(flush(&f, &mut pending).await);
         assert!(live.lock().unwrap().holds(doc, group.meta_writes()));
-        assert!(has_chunk(group.store().as_ref(), doc, b"first"));
+        assert!(has_chunk(&group, doc, b"first"));
         // Deleted (another relay's entry), then changes appended before that relay heard.
         (meta.deleted_at_ms, meta.updated_at_ms) = (Some(2), 2);
         assert!(apply(&f, &mut pending, 3, row(KIND_META, encoded(&meta))).await);
         assert!(apply(&f, &mut pending, 4, row(KIND_CHANGES, b"second".to_vec())).await);
         assert!(flush(&f, &mut pending).await);
-        let store = group.store().as_ref();
-        assert!(!has_chunk(store, doc, b"second") && !has_chunk(store, doc, b"first"));
+        assert!(!has_chunk(&group, doc, b"second") && !has_chunk(&group, doc, b"first"));
         let mut changes = 0;
         while let Ok(HubEvent::Cluster(i)) = told.try_recv() {
             changes += usize::from(matches!(i, Imported::Changes { .. }));

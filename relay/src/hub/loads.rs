@@ -42,8 +42,18 @@ impl Hub {
             let store = self.host.store().clone();
             // A reload for compaction also saves the document there, off the hub's thread.
             let snapshot = self.host.wants_snapshot(doc);
+            // Chunks deferred until now are in the store before the load reads it (any
+            // imported after it started wait for it: `imports_waiting`).
+            let barrier = self.group.barrier();
             self.tasks.spawn(async move {
-                let r = weft_core::driver::load(store, doc, snapshot).await;
+                let flushed = match barrier {
+                    Some(barrier) => barrier.await,
+                    None => Ok(()),
+                };
+                let r = match flushed {
+                    Ok(()) => weft_core::driver::load(store, doc, snapshot).await,
+                    Err(source) => Err(weft_core::store::docs::DocStoreError::Store { source }),
+                };
                 Done::Loaded(doc, Box::new(r))
             });
         }
