@@ -82,6 +82,8 @@ impl Default for GroupLimits {
 struct Request {
     batch: WriteBatch,
     done: oneshot::Sender<Result<(), StoreError>>,
+    /// The deferred writes it carries, up to this one ([`Gate::take_deferred`]; 0: none).
+    deferred_to: u64,
 }
 
 /// A store shared by many writers through one writer thread that groups their commits.
@@ -106,6 +108,10 @@ struct Gate {
     deferred: Mutex<defer::Deferred>,
     /// How many operations `deferred` holds (read without its lock).
     deferred_ops: AtomicUsize,
+    /// Deferred batches so far, and how many of them (in that count) have been written
+    /// (failed ones too): a barrier is needed while they differ.
+    deferred_count: AtomicU64,
+    deferred_done: AtomicU64,
     /// Held while a batch and what was deferred before it are queued, so that no other
     /// submission slips between them.
     order: Mutex<()>,
@@ -168,15 +174,20 @@ impl GroupCommit {
         let _order = self.gate.order.lock().unwrap_or_else(|e| e.into_inner());
         // What was deferred goes first, as a request of its own (nobody waits for it; the
         // writer logs a failure).
-        let deferred = self.gate.take_deferred();
+        let (deferred, deferred_to) = self.gate.take_deferred();
         if !deferred.is_empty() {
             let (done, _) = oneshot::channel();
             self.queue(Request {
                 batch: deferred,
                 done,
+                deferred_to,
             });
         }
-        let sent = self.queue(Request { batch, done });
+        let sent = self.queue(Request {
+            batch,
+            done,
+            deferred_to: 0,
+        });
         if sent {
             CommitTicket {
                 state: TicketState::Waiting(receiver),
@@ -319,7 +330,7 @@ fn run_writer(
 
 /// Writes what is deferred, if anything.
 fn write_deferred(store: &dyn KvStore, commits: &AtomicU64, gate: &Gate) {
-    let batch = gate.take_deferred();
+    let (batch, deferred_to) = gate.take_deferred();
     if batch.is_empty() {
         return;
     }
@@ -327,6 +338,7 @@ fn write_deferred(store: &dyn KvStore, commits: &AtomicU64, gate: &Gate) {
         // Like a lazy write whose ticket nobody kept: the store failing fails what follows too.
         tracing::error!(error = %e, ops = batch.len(), "writing deferred chunks failed");
     }
+    gate.deferred_written(deferred_to);
 }
 
 /// Writes `batch` holding the gate's lock, which is released before any caller is told (so
@@ -351,7 +363,13 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
     let mut merged = WriteBatch::new();
     let mut ends = Vec::with_capacity(group.len());
     let mut dones = Vec::with_capacity(group.len());
-    for Request { batch, done } in group {
+    let deferred_to = group.iter().map(|r| r.deferred_to).max().unwrap_or(0);
+    for Request {
+        batch,
+        done,
+        deferred_to: _,
+    } in group
+    {
         let flags = (batch.lazy, batch.sync);
         merged.extend(batch);
         ends.push((merged.len(), flags));
@@ -359,6 +377,7 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
     }
     let result = write_gated(store, &merged, commits, gate);
     if result.is_ok() || dones.len() == 1 {
+        gate.deferred_written(deferred_to);
         gate.pending.fetch_sub(count, Ordering::SeqCst);
         for done in dones {
             // A dropped ticket means its caller stopped waiting, not that the write is undone.
@@ -387,6 +406,7 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
             tracing::error!(?err, "a store write nobody waits for failed");
         }
     }
+    gate.deferred_written(deferred_to);
 }
 
 fn write_counted(

@@ -47,12 +47,22 @@ pub(super) struct Deferred {
 }
 
 impl Gate {
-    /// Takes what is deferred (an empty batch when nothing is).
-    pub(super) fn take_deferred(&self) -> WriteBatch {
+    /// Takes what is deferred (an empty batch when nothing is), with the count of deferred
+    /// batches it reaches (to report to [`Gate::deferred_written`] once it is written).
+    pub(super) fn take_deferred(&self) -> (WriteBatch, u64) {
         let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
         d.since = None;
         self.deferred_ops.store(0, Ordering::SeqCst);
-        std::mem::take(&mut d.batch)
+        let to = self.deferred_count.load(Ordering::SeqCst);
+        (std::mem::take(&mut d.batch), to)
+    }
+
+    /// The deferred batches up to `to` (a count from [`Gate::take_deferred`]) are written, or
+    /// failed.
+    pub(super) fn deferred_written(&self, to: u64) {
+        if to != 0 {
+            self.deferred_done.fetch_max(to, Ordering::SeqCst);
+        }
     }
 
     /// How long until what is deferred is due (zero when overdue); `None` when nothing is.
@@ -93,6 +103,8 @@ impl GroupCommit {
             self.gate
                 .deferred_ops
                 .store(d.batch.len(), Ordering::SeqCst);
+            // Under the lock, so that a take counts exactly what it took.
+            self.gate.deferred_count.fetch_add(1, Ordering::SeqCst);
             was_empty
         };
         if was_empty {
@@ -102,9 +114,12 @@ impl GroupCommit {
     }
 
     /// A ticket that completes once every write deferred so far is in the store; `None` when
-    /// nothing is deferred. Await it before reading what a deferred write may hold.
+    /// every one is (not merely taken for writing: the writer may be writing it). Await it
+    /// before reading what a deferred write may hold.
     pub fn barrier(&self) -> Option<CommitTicket> {
-        (self.gate.deferred_ops.load(Ordering::SeqCst) != 0).then(|| self.submit(WriteBatch::new()))
+        let done = self.gate.deferred_done.load(Ordering::SeqCst);
+        (self.gate.deferred_count.load(Ordering::SeqCst) != done)
+            .then(|| self.submit(WriteBatch::new()))
     }
 
     /// Whether a deferred write not yet taken for writing puts `key` into `table`.
@@ -128,6 +143,7 @@ impl GroupCommit {
         let wake = Request {
             batch: WriteBatch::new(),
             done,
+            deferred_to: 0,
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sender.try_send(wake) {
             self.gate.pending.fetch_sub(1, Ordering::SeqCst);

@@ -98,14 +98,14 @@ fn batches_apply_in_submission_order() {
 
 /// A store whose first write blocks until released, and which refuses any batch that
 /// touches the key `poison`: lets a test line up a group deterministically.
-struct GatedStore {
+pub(super) struct GatedStore {
     inner: MemStore,
     gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl GatedStore {
     /// The store, and the sender that releases its first write.
-    fn new() -> (Arc<GatedStore>, std::sync::mpsc::Sender<()>) {
+    pub(super) fn new() -> (Arc<GatedStore>, std::sync::mpsc::Sender<()>) {
         let (release, gate) = std::sync::mpsc::channel();
         let store = Arc::new(GatedStore {
             inner: MemStore::new(),

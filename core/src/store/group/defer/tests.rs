@@ -97,3 +97,43 @@ fn shutdown_writes_what_is_deferred() {
     drop(group);
     assert!(has(&store, b"a"));
 }
+
+#[test]
+fn a_barrier_waits_for_deferred_writes_the_writer_is_writing() {
+    /// Releases the store's write when told, or when dropped (before the group, whose drop
+    /// joins the writer thread: a failing assertion must not leave it blocked).
+    struct Release(Option<std::sync::mpsc::Sender<()>>);
+    impl Release {
+        fn now(&mut self) {
+            if let Some(r) = self.0.take() {
+                let _ = r.send(());
+            }
+        }
+    }
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.now();
+        }
+    }
+    let (store, release) = super::super::tests::GatedStore::new();
+    let group = GroupCommit::new(store.clone()).unwrap();
+    let mut release = Release(Some(release));
+    group.defer(lazy_chunk(b"a")).unwrap();
+    // The writer's timer takes it and blocks in the store's write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while group.gate.deferred_ops.load(Ordering::SeqCst) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never took the deferred write"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(store.get(Table::CHUNKS, b"a").unwrap().is_none());
+    let barrier = group
+        .barrier()
+        .expect("taken for writing is not written: a load must wait");
+    release.now();
+    barrier.wait().unwrap();
+    assert!(store.get(Table::CHUNKS, b"a").unwrap().is_some());
+    assert!(group.barrier().is_none());
+}
