@@ -50,6 +50,10 @@ impl Gate {
     /// Takes what is deferred (an empty batch when nothing is), with the count of deferred
     /// batches it reaches (to report to [`Gate::deferred_written`] once it is written).
     pub(super) fn take_deferred(&self) -> (WriteBatch, u64) {
+        // Every submit asks: without deferred writes (a device's store), no lock.
+        if self.deferred_ops.load(Ordering::SeqCst) == 0 {
+            return (WriteBatch::new(), 0);
+        }
         let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
         d.since = None;
         self.deferred_ops.store(0, Ordering::SeqCst);
