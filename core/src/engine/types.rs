@@ -292,7 +292,7 @@ pub enum Output {
         /// The document.
         doc: DocId,
     },
-    /// Make a whole-document message off the driver's thread ([`WholeJob::run`], blocking),
+    /// Make a whole-document message off the driver's thread ([`WholeJob::run`](super::WholeJob::run), blocking),
     /// then hand the result to [`Engine::whole_made`](crate::engine::Engine::whole_made):
     /// peers that hold nothing of the document wait for it.
     MakeWhole(super::WholeJob),

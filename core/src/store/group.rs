@@ -25,17 +25,17 @@
 //! - [`GroupCommit::defer`] holds small lazy puts of chunks for a few milliseconds, to write
 //!   many in one commit (rules in `group/defer.rs`).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, JoinHandle};
 
 use super::{KvStore, StoreError, WriteBatch};
 
 mod defer;
+mod ticket;
+
+pub use self::ticket::CommitTicket;
 
 /// How much the writer merges into one write, and how many batches may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,14 +189,10 @@ impl GroupCommit {
             deferred_to: 0,
         });
         if sent {
-            CommitTicket {
-                state: TicketState::Waiting(receiver),
-            }
+            CommitTicket::waiting(receiver)
         } else {
             // The writer thread is gone (it panicked): nothing can be written any more.
-            CommitTicket {
-                state: TicketState::Ready(Err(StoreError::Closed)),
-            }
+            CommitTicket::ready(Err(StoreError::Closed))
         }
     }
 
@@ -425,87 +421,6 @@ fn write_counted(
     written?;
     commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Completes when a submitted batch is durable, or has failed.
-///
-/// Wait for it with [`CommitTicket::wait`] on a thread that may block, or `.await` it in async
-/// code (no `spawn_blocking` needed).
-///
-/// # Cancel safety
-///
-/// Dropping a ticket, or a future awaiting it, does not cancel the write: the batch is already
-/// queued and will be written. Only the news of its outcome is lost, so a caller that needs to
-/// know whether its data is durable must keep the ticket until it completes.
-#[must_use = "dropping a ticket does not cancel the write, but leaves you not knowing if it is durable"]
-#[derive(Debug)]
-pub struct CommitTicket {
-    state: TicketState,
-}
-
-#[derive(Debug)]
-enum TicketState {
-    Waiting(oneshot::Receiver<Result<(), StoreError>>),
-    Ready(Result<(), StoreError>),
-    Taken,
-}
-
-impl CommitTicket {
-    /// A ticket for a write that needs nothing of the store (complete at once).
-    pub fn done() -> CommitTicket {
-        CommitTicket {
-            state: TicketState::Ready(Ok(())),
-        }
-    }
-
-    /// Block until the batch is durable (`Ok`) or has failed.
-    ///
-    /// [`StoreError::Closed`] means the writer thread died before reporting; the batch may or
-    /// may not have been written.
-    pub fn wait(self) -> Result<(), StoreError> {
-        block_on(self)
-    }
-}
-
-impl Future for CommitTicket {
-    type Output = Result<(), StoreError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match std::mem::replace(&mut self.state, TicketState::Taken) {
-            TicketState::Waiting(mut receiver) => match Pin::new(&mut receiver).poll(cx) {
-                Poll::Pending => {
-                    self.state = TicketState::Waiting(receiver);
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(result)) => result,
-                // The writer dropped the sender without answering: it panicked.
-                Poll::Ready(Err(oneshot::RecvError)) => Err(StoreError::Closed),
-            },
-            TicketState::Ready(result) => result,
-            // Polled again after completing: a misuse, answered rather than panicking.
-            TicketState::Taken => Err(StoreError::Closed),
-        };
-        Poll::Ready(result)
-    }
-}
-
-/// Polls `future` on this thread, parking between wake-ups. Works whether or not the future
-/// was polled by an executor before, which `oneshot::Receiver::recv` does not allow.
-fn block_on<F: Future + Unpin>(mut future: F) -> F::Output {
-    struct Unparker(Thread);
-    impl Wake for Unparker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unparker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(output) = Pin::new(&mut future).poll(&mut cx) {
-            return output;
-        }
-        thread::park();
-    }
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl Gate {
 }
 
 impl GroupCommit {
-    /// Defers `batch`, to be written with others within [`DEFER_FOR`] (module docs): for a
+    /// Defers `batch`, to be written with others within 20 ms (`group/defer.rs`): for a
     /// lazy batch of puts into `Table::CHUNKS` alone, while what is deferred stays within
     /// bounds. `Err(batch)` when it cannot be deferred: the caller writes it as usual.
     pub fn defer(&self, batch: WriteBatch) -> Result<(), WriteBatch> {

@@ -1,7 +1,12 @@
 //! The group-commit writer: shared commits, submission order, failures, shutdown, barriers and
 //! tickets, in both modes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Barrier;
+use std::task::{Context, Waker};
+
+use super::ticket::block_on;
 
 use super::*;
 use crate::store::{MemStore, Table};
