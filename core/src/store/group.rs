@@ -16,7 +16,8 @@
 //! - Batches apply in submission order, each atomically: a merged write is all-or-nothing, and
 //!   if it fails the writer retries each batch of the group alone, so one bad batch fails only
 //!   its own caller. The outcome is what writing each batch alone, in order, would give.
-//! - Reads go straight to the store ([`GroupCommit::store`]) and see every completed write.
+//! - Reads go straight to the store ([`GroupCommit::store`]) and see every completed write,
+//!   but not deferred ones until [`GroupCommit::barrier`] completes.
 //! - [`GroupCommit::shutdown`] (or drop) writes everything already submitted, then joins the
 //!   thread.
 //! - [`GroupCommit::write_lazy_now`] writes a small lazy batch on the caller's thread, only
@@ -251,7 +252,8 @@ impl GroupCommit {
         self.gate.meta_writes.load(Ordering::SeqCst)
     }
 
-    /// The store, for reads. Reads see every write whose ticket has completed.
+    /// The store, for reads. Reads see every write whose ticket has completed; a deferred write
+    /// ([`GroupCommit::defer`]) only once a [`GroupCommit::barrier`] taken after it completes.
     pub fn store(&self) -> &Arc<dyn KvStore> {
         &self.store
     }
