@@ -244,6 +244,19 @@ impl GroupCommit {
         ))
     }
 
+    /// Writes `batch` the cheapest way it allows: deferred ([`GroupCommit::defer`]), else on
+    /// this thread ([`GroupCommit::write_lazy_now`]), else submitted. The ticket is complete at
+    /// once for the first two.
+    pub fn write_soon(&self, batch: WriteBatch) -> CommitTicket {
+        let Err(batch) = self.defer(batch) else {
+            return CommitTicket::ready(Ok(()));
+        };
+        match self.write_lazy_now(batch) {
+            Ok(written) => CommitTicket::ready(written),
+            Err(batch) => self.submit(batch),
+        }
+    }
+
     /// How many writes touching documents' metadata (`Table::DOC_META`) have been made, each
     /// counted once it is in the store (failed ones too). A reader that reads this, then the
     /// metadata, knows its reading still holds while the count stays the same: up to a write
@@ -378,10 +391,7 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
         gate.deferred_written(deferred_to);
         gate.pending.fetch_sub(count, Ordering::SeqCst);
         for done in dones {
-            // A dropped ticket means its caller stopped waiting, not that the write is undone.
-            if let Err(Err(err)) = done.send(result.clone()).map_err(|u| u.into_inner()) {
-                tracing::error!(?err, "a store write nobody waits for failed");
-            }
+            tell(done, result.clone());
         }
         return;
     }
@@ -399,12 +409,18 @@ fn commit_group(store: &dyn KvStore, group: Vec<Request>, commits: &AtomicU64, g
         start = end;
         let result = write_gated(store, &alone, commits, gate);
         gate.pending.fetch_sub(1, Ordering::SeqCst);
-        if let Err(Err(err)) = done.send(result).map_err(|unsent| unsent.into_inner()) {
-            // Nobody waits for this batch (deferred writes, dropped tickets): said here.
-            tracing::error!(?err, "a store write nobody waits for failed");
-        }
+        tell(done, result);
     }
     gate.deferred_written(deferred_to);
+}
+
+/// Tells a batch's caller its outcome. A dropped ticket means its caller stopped waiting, not
+/// that the write is undone; a failure nobody waits for (deferred writes, dropped tickets) is
+/// logged here.
+fn tell(done: oneshot::Sender<Result<(), StoreError>>, result: Result<(), StoreError>) {
+    if let Err(Err(err)) = done.send(result).map_err(|unsent| unsent.into_inner()) {
+        tracing::error!(?err, "a store write nobody waits for failed");
+    }
 }
 
 fn write_counted(

@@ -130,13 +130,7 @@ pub(super) async fn flush(f: &Sink<'_>, pending: &mut Pending) -> bool {
     // the hub's loads wait for them). Else a lone entry is written on this thread when the
     // store's writer is idle (its hand-off, a wake-up there and one back, costs more than the
     // write).
-    let written = match f.group.defer(batch) {
-        Ok(()) => Ok(()),
-        Err(batch) => match f.group.write_lazy_now(batch) {
-            Ok(written) => written,
-            Err(batch) => f.group.submit(batch).await,
-        },
-    };
+    let written = f.group.write_soon(batch).await;
     if let Err(e) = written {
         // The entries are not skipped silently: the store failing stops everything else too.
         tracing::error!(?seqs, error = %e, "storing cluster log entries failed");

@@ -76,14 +76,7 @@ impl Future for Durable {
                         // The change's chunk waits to share a commit with the next ones
                         // (the log holds it); else a lone lazy write is made here when the
                         // store's writer is idle (cheaper than its hand-off).
-                        let batch = match group.defer(batch) {
-                            Ok(()) => return Poll::Ready(Ok(())),
-                            Err(batch) => batch,
-                        };
-                        match group.write_lazy_now(batch) {
-                            Ok(written) => return Poll::Ready(written),
-                            Err(batch) => self.ticket = Some(group.submit(batch)),
-                        }
+                        self.ticket = Some(group.write_soon(batch));
                     }
                 }
             }
