@@ -89,6 +89,12 @@ pub struct Engine {
     persist_doc: HashMap<PersistId, DocId>,
     next_persist: u64,
     out: VecDeque<Output>,
+    /// Pumps a completed write (or a change sent ahead of its write) asked for, run one at a
+    /// time as the driver polls (see [`Engine::poll_output`]) and all at once before the next
+    /// input.
+    due_pumps: VecDeque<DuePump>,
+    /// A due pump is running (see [`Engine::run_due_pumps`]).
+    in_due_pump: bool,
     /// Connections that never go live (see [`Engine::set_sync_only`]).
     sync_only: HashSet<ConnId>,
     /// The timer index: when each document's timers next fall due (`deadlines`), the same
@@ -156,6 +162,16 @@ struct DocState {
     whole: Option<WholeMessage>,
     /// A [`WholeJob`] for this document is with the driver (see `whole.rs`).
     whole_building: bool,
+}
+
+/// A pump left for [`Engine::poll_output`].
+#[derive(Debug)]
+struct DuePump {
+    doc: DocId,
+    conn: ConnId,
+    /// Sends what the document holds though writes are in flight (see
+    /// [`EngineConfig::forward_before_durable`]).
+    ahead: bool,
 }
 
 /// An encoded sync message carrying the whole document as one snapshot.
@@ -247,6 +263,8 @@ impl Engine {
             persist_doc: HashMap::default(),
             next_persist: 0,
             out: VecDeque::new(),
+            due_pumps: VecDeque::new(),
+            in_due_pump: false,
             sync_only: HashSet::default(),
             touched: HashSet::default(),
             deadlines: HashMap::default(),
@@ -267,8 +285,46 @@ impl Engine {
     }
 
     /// The next output for the driver, if any.
+    ///
+    /// The pumps a completed write leaves due ([`Engine::persisted`]) run here, one per poll
+    /// that finds nothing else queued: a driver that sends each output as it polls it lets the
+    /// first peer's sync message leave while the next peer's is being generated, instead of
+    /// after all of them (a document with many WebSocket readers generates one per reader).
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        loop {
+            if let Some(out) = self.out.pop_front() {
+                return Some(out);
+            }
+            let due = self.due_pumps.pop_front()?;
+            self.in_due_pump = true;
+            self.run_due(due);
+            self.in_due_pump = false;
+        }
+    }
+
+    /// Runs the pumps left due. Every input that can change what a pump sees calls this
+    /// first, so a due pump sees what it would have seen run at once: deferring it changes
+    /// when its output is generated, never what it is.
+    ///
+    /// A pump may call inputs itself (a resync, a reload); inside one, the rest stay due, so
+    /// pumps never nest.
+    fn run_due_pumps(&mut self) {
+        if self.in_due_pump {
+            return;
+        }
+        self.in_due_pump = true;
+        while let Some(due) = self.due_pumps.pop_front() {
+            self.run_due(due);
+        }
+        self.in_due_pump = false;
+    }
+
+    fn run_due(&mut self, due: DuePump) {
+        if due.ahead {
+            self.pump_ahead(due.doc, due.conn);
+        } else {
+            self.pump(due.doc, due.conn);
+        }
     }
 
     /// Advances the engine's clock (never backwards).
@@ -278,6 +334,7 @@ impl Engine {
 
     /// Registers a connection.
     pub fn add_conn(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.conns.entry(conn).or_default();
     }
 
@@ -285,12 +342,14 @@ impl Engine {
     /// `Changes`/`Ack` fast path. For peers that speak only Automerge's sync protocol (the
     /// relay's WebSocket clients). Call it before opening documents for `conn`.
     pub fn set_sync_only(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.sync_only.insert(conn);
     }
 
     /// Forgets a connection: every document it had open is closed for it, and stable peers'
     /// sync states are persisted in their reconnect form.
     pub fn remove_conn(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.sync_only.remove(&conn);
         let Some(docs) = self.conns.remove(&conn) else {
             return;
@@ -302,6 +361,7 @@ impl Engine {
 
     /// Stops syncing `doc` with `conn`.
     pub fn close(&mut self, conn: ConnId, doc: DocId) {
+        self.run_due_pumps();
         if let Some(docs) = self.conns.get_mut(&conn) {
             docs.remove(&doc);
         }
@@ -319,6 +379,7 @@ impl Engine {
     /// fullest moment otherwise. For a driver's housekeeping (O(loaded documents) when a map
     /// shrinks), never per input.
     pub fn shrink(&mut self) {
+        self.run_due_pumps();
         crate::hash::shrink_if_sparse(&mut self.docs);
         crate::hash::shrink_if_sparse(&mut self.conns);
         crate::hash::shrink_if_sparse(&mut self.persist_doc);
@@ -356,6 +417,7 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&mut automerge::Automerge) -> R,
     ) -> Result<(R, Option<PersistId>), EngineError> {
+        self.run_due_pumps();
         let ds = self.ready_folded(doc)?;
         let before = ds.doc.automerge().get_heads();
         let r = f(ds.doc.automerge_mut());
@@ -380,6 +442,7 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&Document) -> R,
     ) -> Result<R, EngineError> {
+        self.run_due_pumps();
         let ds = self.ready_folded(doc)?;
         Ok(f(&ds.doc))
     }
@@ -425,6 +488,7 @@ impl Engine {
     /// Tells the engine how many bytes `doc` takes in the store (after a load or a
     /// compaction); the engine adds every change it writes from then on.
     pub fn set_stored_bytes(&mut self, doc: DocId, bytes: u64) {
+        self.run_due_pumps();
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             ds.stored_bytes = bytes;
         }

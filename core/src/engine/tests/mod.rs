@@ -2,6 +2,7 @@
 //! by topic in the files beside.
 
 mod documents;
+mod due_pumps;
 mod folding;
 mod gate;
 mod peers;
