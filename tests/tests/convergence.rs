@@ -248,6 +248,49 @@ fn stores_that_fail_writes_and_compact_often_still_converge() {
     );
 }
 
+/// WebSocket clients (sync protocol only) through a relay that sends each reader a change
+/// before its write (`forward_before_durable`): with lossy, reordering links and a relay
+/// whose store writes fail, everyone converges and the relay's store ends up holding it all.
+#[test]
+fn sync_only_clients_sent_changes_before_the_write_converge() {
+    let doc = DocId::from_bytes([8; 16]);
+    let mut failed = 0;
+    for seed in 0..10 {
+        let mut configs = vec![EngineConfig::relay()];
+        configs.extend((0..4).map(|_| EngineConfig::device()));
+        let mut sim = Sim::new(configs, vec![doc], seed);
+        sim.sync_only.extend(1..=4);
+        sim.faults = Faults {
+            loss: 0.05,
+            duplicate: 0.02,
+            max_delay: 20,
+            store_failure: 0.05,
+        };
+        sim.persist_delay = 1 + seed % 3;
+        for d in 1..=4 {
+            sim.connect(0, d);
+        }
+        for i in 0..40 {
+            assert!(sim.edit(1 + i % 4, doc, &format!("e{i}")));
+            sim.run_for(3, 1_000);
+        }
+        sim.faults = Faults::default();
+        sim.heal_all();
+        assert!(sim.run_until_quiet(400_000), "seed {seed}: never quiet");
+        let heads = sim.heads(0, doc);
+        for n in 0..=4 {
+            assert_eq!(sim.heads(n, doc), heads, "seed {seed}: node {n} differs");
+            assert_eq!(
+                sim.stored_heads(n, doc),
+                heads,
+                "seed {seed}: node {n}'s store differs"
+            );
+        }
+        failed += sim.failed_writes;
+    }
+    assert!(failed > 0, "no store write failed: the fault is not exercised");
+}
+
 #[test]
 fn a_seed_replays_the_same_run() {
     let replay = |seed: u64| {

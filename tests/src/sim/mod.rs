@@ -105,6 +105,9 @@ pub struct Sim {
     /// The user each node's device acts for: a node whose engine has a `RulesGate` checks
     /// what its peers send as their users' (see [`Sim::connect`]).
     pub users: HashMap<usize, String>,
+    /// Nodes that speak only Automerge's sync protocol, as an automerge-repo client on the
+    /// relay's WebSocket endpoint: both ends of their links are sync-only.
+    pub sync_only: std::collections::HashSet<usize>,
 }
 
 fn describe(msg: &Message) -> String {
@@ -167,6 +170,7 @@ impl Sim {
             failed_writes: 0,
             trace: false,
             users: HashMap::new(),
+            sync_only: Default::default(),
         }
     }
 

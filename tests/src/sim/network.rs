@@ -33,6 +33,11 @@ impl Sim {
         });
         self.tell_gate(a, b, conn_a);
         self.tell_gate(b, a, conn_b);
+        if self.sync_only.contains(&a) || self.sync_only.contains(&b) {
+            let now = self.now;
+            self.nodes[a].host.set_sync_only(now, conn_a);
+            self.nodes[b].host.set_sync_only(now, conn_b);
+        }
         for doc in self.docs.clone() {
             self.open_side(a, b, conn_a, doc);
             self.open_side(b, a, conn_b, doc);
