@@ -288,7 +288,10 @@ fn sync_only_clients_sent_changes_before_the_write_converge() {
         }
         failed += sim.failed_writes;
     }
-    assert!(failed > 0, "no store write failed: the fault is not exercised");
+    assert!(
+        failed > 0,
+        "no store write failed: the fault is not exercised"
+    );
 }
 
 #[test]

@@ -36,7 +36,9 @@ fn settle(relay: &mut Engine, clients: &mut [Engine]) {
         }
         for (conn, m) in drain(relay) {
             quiet = false;
-            clients[(conn.0 - 10) as usize].handle(ConnId(1), m).unwrap();
+            clients[(conn.0 - 10) as usize]
+                .handle(ConnId(1), m)
+                .unwrap();
         }
         if quiet {
             return;
@@ -146,7 +148,10 @@ fn an_input_runs_the_pumps_left_due_first() {
         })
         .collect();
     for reader in [ConnId(11), ConnId(12), ConnId(13)] {
-        assert!(sent.contains(&reader), "{reader:?} was sent nothing: {sent:?}");
+        assert!(
+            sent.contains(&reader),
+            "{reader:?} was sent nothing: {sent:?}"
+        );
     }
 }
 
@@ -158,11 +163,17 @@ fn websocket_readers_get_a_change_before_its_write_and_its_sender_after() {
     assert!(!writes.is_empty(), "the change was not written");
     let mut early = synced_readers(&outs);
     early.sort_unstable();
-    assert_eq!(early, vec![1, 2, 3], "readers sent nothing before the write");
+    assert_eq!(
+        early,
+        vec![1, 2, 3],
+        "readers sent nothing before the write"
+    );
     // The readers take it from those messages alone.
     for o in outs {
         if let Output::Send { conn, msg } = o {
-            clients[(conn.0 - 10) as usize].handle(ConnId(1), msg).unwrap();
+            clients[(conn.0 - 10) as usize]
+                .handle(ConnId(1), msg)
+                .unwrap();
         }
     }
     let heads = clients[0].heads(DOC).unwrap();
@@ -174,7 +185,10 @@ fn websocket_readers_get_a_change_before_its_write_and_its_sender_after() {
         relay.persisted(id);
     }
     let after = outputs(&mut relay);
-    assert!(synced_readers(&after).contains(&0), "the sender was not answered");
+    assert!(
+        synced_readers(&after).contains(&0),
+        "the sender was not answered"
+    );
     assert!(after.iter().any(|o| matches!(o, Output::Changed { .. })));
     for (i, c) in clients.iter_mut().enumerate() {
         drain(c);
