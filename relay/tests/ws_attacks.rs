@@ -180,6 +180,16 @@ async fn a_read_only_members_change_is_neither_stored_nor_forwarded() {
     }
     let mut trip = Trip::start(&[]).await;
     let mut mallory = trip.attacker(Role::ReadOnly).await;
+    // Carol reads the trip from a browser too: the relay sends WebSocket readers a change
+    // before its write of it, never one it does not take.
+    let carol = trip
+        .relay
+        .token(&Claims::new("carol", now(), 3600).with_doc(trip.doc, Role::ReadOnly));
+    let mut carol = hostile(&trip.relay, &carol).await;
+    let fetched = carol
+        .call(json!({"cmd": "fetch", "doc": trip.doc.to_string()}))
+        .await;
+    assert_eq!(fetched["value"]["title"], json!(TITLE), "{fetched}");
 
     // Mallory, who may only read the trip, offers a change of its title anyway. The relay does
     // not take it, and does not close her socket either: a stock client offers its changes
@@ -209,6 +219,10 @@ async fn a_read_only_members_change_is_neither_stored_nor_forwarded() {
         json!("still syncing"),
         "{seen}"
     );
+    let seen = carol
+        .call(json!({"cmd": "wait", "doc": trip.doc.to_string(), "key": "after_read_only_attempt"}))
+        .await;
+    assert_eq!(seen["value"]["title"], json!(TITLE), "{seen}");
     trip.relay_holds_only_honest_changes().await;
 }
 
