@@ -65,6 +65,7 @@ use crate::wire::Message;
 use crate::DocId;
 
 mod docs;
+mod due;
 mod fold;
 mod gate;
 mod inbound;
@@ -75,6 +76,7 @@ mod sync_path;
 mod timers;
 mod types;
 mod whole;
+use due::DuePump;
 pub use gate::{Accepted, Gate};
 pub use inbound::{check_message, Inbound};
 pub use types::*;
@@ -162,16 +164,6 @@ struct DocState {
     whole: Option<WholeMessage>,
     /// A [`WholeJob`] for this document is with the driver (see `whole.rs`).
     whole_building: bool,
-}
-
-/// A pump left for [`Engine::poll_output`].
-#[derive(Debug)]
-struct DuePump {
-    doc: DocId,
-    conn: ConnId,
-    /// Sends what the document holds though writes are in flight (see
-    /// [`EngineConfig::forward_before_durable`]).
-    ahead: bool,
 }
 
 /// An encoded sync message carrying the whole document as one snapshot.
@@ -282,49 +274,6 @@ impl Engine {
     /// The installed gate, to tell it what it needs (who is behind a connection, ...).
     pub fn gate_mut(&mut self) -> Option<&mut (dyn Gate + 'static)> {
         self.gate.as_deref_mut()
-    }
-
-    /// The next output for the driver, if any.
-    ///
-    /// The pumps a completed write leaves due ([`Engine::persisted`]) run here, one per poll
-    /// that finds nothing else queued: a driver that sends each output as it polls it lets the
-    /// first peer's sync message leave while the next peer's is being generated, instead of
-    /// after all of them (a document with many WebSocket readers generates one per reader).
-    pub fn poll_output(&mut self) -> Option<Output> {
-        loop {
-            if let Some(out) = self.out.pop_front() {
-                return Some(out);
-            }
-            let due = self.due_pumps.pop_front()?;
-            self.in_due_pump = true;
-            self.run_due(due);
-            self.in_due_pump = false;
-        }
-    }
-
-    /// Runs the pumps left due. Every input that can change what a pump sees calls this
-    /// first, so a due pump sees what it would have seen run at once: deferring it changes
-    /// when its output is generated, never what it is.
-    ///
-    /// A pump may call inputs itself (a resync, a reload); inside one, the rest stay due, so
-    /// pumps never nest.
-    fn run_due_pumps(&mut self) {
-        if self.in_due_pump {
-            return;
-        }
-        self.in_due_pump = true;
-        while let Some(due) = self.due_pumps.pop_front() {
-            self.run_due(due);
-        }
-        self.in_due_pump = false;
-    }
-
-    fn run_due(&mut self, due: DuePump) {
-        if due.ahead {
-            self.pump_ahead(due.doc, due.conn);
-        } else {
-            self.pump(due.doc, due.conn);
-        }
     }
 
     /// Advances the engine's clock (never backwards).

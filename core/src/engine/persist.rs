@@ -97,7 +97,7 @@ impl Engine {
             // The fold check does not depend on the pumps (they fold what they need first).
             self.after_input(doc);
             self.due_pumps
-                .extend(conns.into_iter().map(|conn| super::DuePump {
+                .extend(conns.into_iter().map(|conn| super::due::DuePump {
                     doc,
                     conn,
                     ahead: false,

@@ -344,7 +344,7 @@ impl Engine {
             .peers
             .keys()
             .filter(|c| **c != from && sync_only.contains(c))
-            .map(|&conn| super::DuePump {
+            .map(|&conn| super::due::DuePump {
                 doc,
                 conn,
                 ahead: true,
