@@ -203,6 +203,38 @@ fn alice_and_bob_edit_offline_then_meet_through_a_relay() {
     );
 }
 
+/// Node 0 is a relay, every other node a device connected to it. The devices make 40 edits
+/// in turn, `step_ms` apart, under the sim's faults; then the faults stop, the network heals,
+/// and every node, and its store, must hold the same heads.
+fn edit_through_the_relay_then_converge(
+    sim: &mut Sim,
+    doc: DocId,
+    step_ms: u64,
+    quiet_steps: usize,
+    seed: u64,
+) {
+    let nodes = sim.nodes.len();
+    for d in 1..nodes {
+        sim.connect(0, d);
+    }
+    for i in 0..40 {
+        assert!(sim.edit(1 + i % (nodes - 1), doc, &format!("e{i}")));
+        sim.run_for(step_ms, 1_000);
+    }
+    sim.faults = Faults::default();
+    sim.heal_all();
+    assert!(sim.run_until_quiet(quiet_steps), "seed {seed}: never quiet");
+    let heads = sim.heads(0, doc);
+    for n in 0..nodes {
+        assert_eq!(sim.heads(n, doc), heads, "seed {seed}: node {n} differs");
+        assert_eq!(
+            sim.stored_heads(n, doc),
+            heads,
+            "seed {seed}: node {n}'s store differs"
+        );
+    }
+}
+
 #[test]
 fn stores_that_fail_writes_and_compact_often_still_converge() {
     let doc = DocId::from_bytes([5; 16]);
@@ -215,25 +247,7 @@ fn stores_that_fail_writes_and_compact_often_still_converge() {
             store_failure: 0.05,
             ..Faults::default()
         };
-        for d in 1..=3 {
-            sim.connect(0, d);
-        }
-        for i in 0..40 {
-            assert!(sim.edit(1 + i % 3, doc, &format!("e{i}")));
-            sim.run_for(5, 1_000);
-        }
-        sim.faults = Faults::default();
-        sim.heal_all();
-        assert!(sim.run_until_quiet(200_000), "seed {seed}: never quiet");
-        let heads = sim.heads(0, doc);
-        for n in 0..=3 {
-            assert_eq!(sim.heads(n, doc), heads, "seed {seed}: node {n} differs");
-            assert_eq!(
-                sim.stored_heads(n, doc),
-                heads,
-                "seed {seed}: node {n}'s store differs"
-            );
-        }
+        edit_through_the_relay_then_converge(&mut sim, doc, 5, 200_000, seed);
         failed += sim.failed_writes;
         // 40 changes, each its own chunk unless compacted.
         compacted += u64::from(sim.stored_chunks(1, doc) < 10);
@@ -267,25 +281,7 @@ fn sync_only_clients_sent_changes_before_the_write_converge() {
             store_failure: 0.05,
         };
         sim.persist_delay = 1 + seed % 3;
-        for d in 1..=4 {
-            sim.connect(0, d);
-        }
-        for i in 0..40 {
-            assert!(sim.edit(1 + i % 4, doc, &format!("e{i}")));
-            sim.run_for(3, 1_000);
-        }
-        sim.faults = Faults::default();
-        sim.heal_all();
-        assert!(sim.run_until_quiet(400_000), "seed {seed}: never quiet");
-        let heads = sim.heads(0, doc);
-        for n in 0..=4 {
-            assert_eq!(sim.heads(n, doc), heads, "seed {seed}: node {n} differs");
-            assert_eq!(
-                sim.stored_heads(n, doc),
-                heads,
-                "seed {seed}: node {n}'s store differs"
-            );
-        }
+        edit_through_the_relay_then_converge(&mut sim, doc, 3, 400_000, seed);
         failed += sim.failed_writes;
     }
     assert!(

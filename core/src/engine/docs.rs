@@ -22,7 +22,6 @@ impl Engine {
 
     /// Hands the engine a document it asked for (`None`: the store has none; it starts empty).
     pub fn loaded(&mut self, doc: DocId, loaded: Option<Document>) {
-        self.run_due_pumps();
         self.loaded_with(doc, loaded, &[]);
     }
 

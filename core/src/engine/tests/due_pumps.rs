@@ -20,31 +20,8 @@ fn crowd(readers: usize, cfg: EngineConfig) -> (Engine, Vec<Engine>) {
         c.open(ConnId(1), DOC, OpenOptions::default());
         clients.push(c);
     }
-    settle(&mut relay, &mut clients);
+    settle_star(&mut relay, &mut clients, 10);
     (relay, clients)
-}
-
-/// Delivers messages between the relay and its clients until all are quiet.
-fn settle(relay: &mut Engine, clients: &mut [Engine]) {
-    for _ in 0..100 {
-        let mut quiet = true;
-        for (i, c) in clients.iter_mut().enumerate() {
-            for (_, m) in drain(c) {
-                quiet = false;
-                relay.handle(ConnId(10 + i as u64), m).unwrap();
-            }
-        }
-        for (conn, m) in drain(relay) {
-            quiet = false;
-            clients[(conn.0 - 10) as usize]
-                .handle(ConnId(1), m)
-                .unwrap();
-        }
-        if quiet {
-            return;
-        }
-    }
-    panic!("never quiet");
 }
 
 /// Client `i` writes `key`; the relay takes its messages. Returns the relay's outputs then,
@@ -124,7 +101,7 @@ fn each_readers_sync_message_is_generated_as_the_driver_polls() {
     clients[(first.0 .0 - 10) as usize]
         .handle(ConnId(1), first.1)
         .unwrap();
-    settle(&mut relay, &mut clients);
+    settle_star(&mut relay, &mut clients, 10);
     let heads = relay.heads(DOC).unwrap();
     for c in &clients {
         assert_eq!(c.heads(DOC).unwrap(), heads);
