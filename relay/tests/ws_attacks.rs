@@ -225,6 +225,40 @@ async fn a_read_only_members_change_is_neither_stored_nor_forwarded() {
     trip.relay_holds_only_honest_changes().await;
 }
 
+/// A client whose heads name a change it never sends (its sync state records the change as
+/// sent, so a stock client never offers it again in that session) would keep the relay
+/// answering without end; the relay closes it instead (a stock client reconnects with a fresh
+/// session, which offers the change again), and the member's next connection works as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_withholding_a_change_its_heads_name_is_closed() {
+    if !npm_ready() {
+        return;
+    }
+    let mut trip = Trip::start(&[]).await;
+    let mut mallory = trip.attacker(Role::ReadWrite).await;
+    let sent = mallory
+        .call(json!({"cmd": "withhold", "doc": trip.doc.to_string(), "key": "title", "value": "never sent"}))
+        .await;
+    let (error, code) = refusal(&sent["outcome"]);
+    assert!(error.contains("sync stalled"), "{error}");
+    assert_eq!(code, CLOSE_INVALID, "{sent}");
+
+    // The same member, reconnected with a fresh session, writes as usual.
+    let mut again = trip.attacker(Role::ReadWrite).await;
+    let sent = again
+        .call(json!({"cmd": "change", "doc": trip.doc.to_string(), "key": "note", "value": "back"}))
+        .await;
+    let hash = sent["hash"].as_str().unwrap();
+    assert!(
+        trip.phone
+            .until(|d| d.get(trip.doc, "note").as_deref() == Some("back"))
+            .await,
+        "the reconnected client's change {hash} never arrived"
+    );
+    trip.honest_devices_keep_syncing("after_withholding").await;
+    assert_eq!(trip.phone.get(trip.doc, "title").as_deref(), Some(TITLE));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_a_sync_message_closes_the_socket_and_stores_nothing() {
     if !npm_ready() {

@@ -200,6 +200,10 @@ struct PeerDoc {
     state_saved_at: Option<Millis>,
     /// Consecutive sync messages that changed nothing on either side.
     stalls: u32,
+    /// Since when the peer's heads (as last told) have named changes we lack.
+    lacking_since: Option<Millis>,
+    /// Resyncs for a stall since `lacking_since` (see `Engine::stalled`).
+    withheld_resyncs: u32,
     /// `Output::Unaccepted` was reported for this peer.
     reported_unaccepted: bool,
     /// The whole document was sent to this peer, which held none of it, and it has not told

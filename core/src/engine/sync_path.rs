@@ -384,6 +384,20 @@ impl Engine {
             pd.stalls += 1;
         }
         pd.their_heads = their_heads;
+        let lacking = ds.peers.get(&conn).is_some_and(|pd| {
+            pd.their_heads
+                .as_ref()
+                .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
+        });
+        let Some(pd) = ds.peers.get_mut(&conn) else {
+            return Ok(None);
+        };
+        if !lacking {
+            pd.lacking_since = None;
+            pd.withheld_resyncs = 0;
+        } else if pd.lacking_since.is_none() {
+            pd.lacking_since = Some(now);
+        }
         // A peer that takes nothing from us (read-only for us) and whose heads we all hold
         // while ours differ will never converge with us: the driver decides what to do.
         let unaccepted = !pd.reported_unaccepted

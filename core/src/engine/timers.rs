@@ -44,8 +44,8 @@ impl Engine {
                 .map(|(c, _)| *c)
                 .collect();
             for conn in stalled {
-                tracing::debug!(%doc, conn = conn.0, "no progress from a peer within retry_after: resync");
-                self.resync(doc, conn);
+                tracing::debug!(%doc, conn = conn.0, "no progress from a peer within retry_after");
+                self.stalled(doc, conn);
             }
             let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
                 continue;

@@ -329,6 +329,13 @@ pub enum EngineError {
     /// A document or change was invalid.
     #[error(transparent)]
     Doc(#[from] DocError),
+    /// The peer's heads name changes it does not send, even after a resync (or, for a
+    /// sync-only peer, which cannot be resynced, at its first stall).
+    #[error("document {doc}: sync stalled: the peer's heads name changes it does not send; reconnect to send them again")]
+    Withheld {
+        /// The document.
+        doc: DocId,
+    },
     /// A peer's changes are malformed.
     #[error(transparent)]
     Check(CheckError),

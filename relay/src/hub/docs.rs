@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use weft_core::engine::{ConnId, OpenOptions, Origin, Output, Rejection};
+use weft_core::engine::{ConnId, EngineError, OpenOptions, Origin, Output, Rejection};
 use weft_core::host;
 use weft_core::store::docs::{self as docstore, DocStoreError};
 use weft_core::store::StoreError;
@@ -340,11 +340,12 @@ impl Hub {
             }
             Output::ProtocolError { conn, doc, error } => {
                 tracing::info!(conn = conn.0, %doc, %error, "closing a connection that sent an invalid message");
-                self.close(
-                    conn,
-                    ErrorCode::MALFORMED,
-                    format!("invalid message for document {doc}"),
-                );
+                let reason = match error {
+                    // Says what to do: a stock client that reconnects sends its changes again.
+                    EngineError::Withheld { .. } => error.to_string(),
+                    _ => format!("invalid message for document {doc}"),
+                };
+                self.close(conn, ErrorCode::MALFORMED, reason);
             }
             Output::Failed { doc, conns } => {
                 for conn in conns {

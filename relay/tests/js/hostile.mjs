@@ -13,6 +13,12 @@
 //   {"id", "cmd": "change", "doc", "key", "value"}
 //       changes the fetched DOC and offers the change as a stock client does
 //       -> {"id", "hash", "outcome"}
+//   {"id", "cmd": "withhold", "doc", "key", "value"}
+//       changes the fetched DOC but never sends the change, though its sync state records it
+//       as sent (a message lost on the way, or a client lying about its heads), then announces
+//       its new heads and answers the relay as a stock client does, except that its messages
+//       carry no changes even when asked for them, until the socket closes
+//       -> {"id", "hash", "outcome"}
 //   {"id", "cmd": "send", "doc", "payload", "bytes"?}
 //       sends DOC one sync message carrying a crafted payload (below) -> {"id", "outcome"}
 //   {"id", "cmd": "wait", "doc", "key"}
@@ -108,12 +114,16 @@ function receive(msg) {
         ;[state.doc, state.sync] = A.receiveSyncMessage(state.doc, state.sync, msg.data)
         let reply
         ;[state.sync, reply] = A.generateSyncMessage(state.doc, state.sync)
-        if (reply) sendSync(msg.documentId, reply)
+        if (reply) sendSync(msg.documentId, state.withholds ? withoutChanges(reply) : reply)
       }
       settle(msg.documentId, { synced: heads }, w => w.until(heads, state))
       return
     }
   }
+}
+
+function withoutChanges(data) {
+  return A.encodeSyncMessage({ ...A.decodeSyncMessage(data), changes: [] })
 }
 
 function settle(doc, outcome, applies) {
@@ -243,6 +253,20 @@ async function run(cmd) {
       let msg
       ;[state.sync, msg] = A.generateSyncMessage(state.doc, state.sync)
       return { hash, outcome: await answerTo(cmd.doc, msg) }
+    }
+    case "withhold": {
+      const state = docs.get(cmd.doc)
+      state.doc = A.change(state.doc, d => {
+        d[cmd.key] = cmd.value
+      })
+      const hash = A.decodeChange(A.getLastLocalChange(state.doc)).hash
+      // Generated, so recorded as sent, and dropped; asked for it, the client still sends
+      // its messages without changes.
+      ;[state.sync] = A.generateSyncMessage(state.doc, state.sync)
+      state.withholds = true
+      const end = next(cmd.doc, () => false)
+      sendSync(cmd.doc, crafted({ heads: A.getHeads(state.doc), changes: [] }))
+      return { hash, outcome: await end }
     }
     case "send":
       return { outcome: await answerTo(cmd.doc, crafted(payload(cmd))) }

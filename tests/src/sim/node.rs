@@ -128,6 +128,13 @@ impl Sim {
             {
                 self.reset_peer(node, conn, doc);
             }
+            // A peer closed for withholding changes reconnects, as a device (after its
+            // backoff) and an automerge-repo client do, with a fresh sync session.
+            Output::ProtocolError {
+                conn,
+                error: weft_core::engine::EngineError::Withheld { .. },
+                ..
+            } => self.reconnect_conn(conn),
             Output::ProtocolError { conn, .. } => self.disconnect_conn(conn),
             // A document whose write failed left memory: its connections close and its peers
             // reconnect and sync again, as a device does after its backoff.

@@ -8,6 +8,7 @@ mod peers;
 mod receive;
 mod timers;
 mod whole;
+mod withheld;
 
 use super::*;
 use automerge::sync::SyncDoc;
