@@ -71,6 +71,7 @@ mod inbound;
 mod peer;
 mod persist;
 mod receive;
+mod stall;
 mod sync_path;
 mod timers;
 mod types;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::docs::{knows, sorted};
 use super::whole::{holds_nothing, Whole, KEEP_WHOLE_FROM};
 use super::{
-    ConnId, Deferred, DocState, Engine, EngineError, Message, OpenOptions, Origin, Output, PeerDoc,
+    ConnId, Deferred, DocState, Engine, Message, OpenOptions, Origin, Output, PeerDoc,
     PersistEffect, Queued, Slot, Write, MAX_QUEUED_WHILE_LOADING,
 };
 use crate::DocId;
@@ -18,10 +18,6 @@ use crate::DocId;
 /// Automerge's protocol assumes reliable delivery: after a loss, a sender may keep withholding a
 /// change it believes it sent while the receiver keeps asking, forever.
 const MAX_STALLS: u32 = 3;
-
-/// Resyncs for a stall while a peer's heads name changes we lack, after which it is closed
-/// (see [`Engine::stalled`]).
-const MAX_WITHHELD_RESYNCS: u32 = 1;
 
 impl Engine {
     /// Starts syncing `doc` with `conn` (loads the document first if needed).
@@ -309,74 +305,6 @@ impl Engine {
         self.check_synced(doc, conn);
     }
 
-    /// Drops a peer back to sync mode from a fresh state and tells it to reset too: the way to
-    /// recover after messages to it were dropped (a full queue).
-    pub fn resync(&mut self, doc: DocId, conn: ConnId) {
-        let now = self.now;
-        self.touched.insert(doc);
-        let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
-            return;
-        };
-        let Some(pd) = ds.peers.get_mut(&conn) else {
-            return;
-        };
-        pd.sync = fresh_state(&pd.sync);
-        pd.live = false;
-        pd.whole_sent = false;
-        pd.send_reset = true;
-        pd.reported_synced = false;
-        pd.last_progress = now;
-        pd.stalls = 0;
-        self.pump(doc, conn);
-    }
-
-    /// `conn` made no progress on `doc` (`MAX_STALLS` rounds, or `retry_after`): it is resynced,
-    /// unless its heads have named changes we lack for `retry_after` and a resync cannot
-    /// bring them.
-    ///
-    /// Automerge sends a change once per sync session: a peer that believes it sent one we
-    /// never took (a lost message, a bug, or a client lying about its heads) asks us to catch
-    /// up with heads we cannot reach, forever. A resync clears a weft peer's record of what it
-    /// sent; an automerge-repo client (sync-only) has no resync on its wire, and a peer still
-    /// withholding after one will not change. Closing is what helps: a stock client reconnects
-    /// with a fresh session and sends its changes again. Heads naming changes still on their
-    /// way are normal for a moment (a stall is counted in rounds, and rounds are fast), hence
-    /// the wait. A peer we take no changes from (read-only) is never closed for offering
-    /// changes we refuse.
-    pub(super) fn stalled(&mut self, doc: DocId, conn: ConnId) {
-        let sync_only = self.sync_only.contains(&conn);
-        let now = self.now;
-        let wait = self.cfg.retry_after;
-        if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
-            let lacking = !ds.stale
-                && ds.peers.get(&conn).is_some_and(|pd| {
-                    pd.opts.accept_changes
-                        && pd
-                            .their_heads
-                            .as_ref()
-                            .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
-                });
-            if let Some(pd) = ds.peers.get_mut(&conn).filter(|_| lacking) {
-                let long = pd.lacking_since.is_some_and(|t| t + wait <= now);
-                if long && (sync_only || pd.withheld_resyncs >= MAX_WITHHELD_RESYNCS) {
-                    tracing::info!(%doc, conn = conn.0, "a peer's heads name changes it does not send: closing it");
-                    // Not reported again before the driver closes the connection.
-                    pd.stalls = 0;
-                    pd.last_progress = now;
-                    pd.lacking_since = Some(now);
-                    self.out.push_back(Output::ProtocolError {
-                        conn,
-                        doc,
-                        error: EngineError::Withheld { doc },
-                    });
-                    return;
-                }
-                pd.withheld_resyncs += 1;
-            }
-        }
-        self.resync(doc, conn);
-    }
-
     /// Whether `conn` is synced on `doc` (each side has the other's heads).
     pub fn is_synced(&self, conn: ConnId, doc: DocId) -> bool {
         match self.docs.get(&doc) {
@@ -407,13 +335,6 @@ fn generate(am: &automerge::Automerge, state: &mut sync::State) -> Option<sync::
     let msg = am.generate_sync_message(state);
     state.their_capabilities = caps;
     msg
-}
-
-/// A state that remembers only what survives a reconnect, keeping the read-only setting.
-pub(super) fn fresh_state(old: &sync::State) -> sync::State {
-    let mut s = sync::State::decode(&old.encode()).unwrap_or_default();
-    s.read_only = old.read_only;
-    s
 }
 
 /// Each side has what it can take from the other: with writes both ways, equal heads.

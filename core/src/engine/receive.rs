@@ -305,6 +305,9 @@ pub(super) struct Gated {
     pub(super) records: Vec<(Vec<u8>, Vec<u8>)>,
     /// The first refusal, if any.
     pub(super) refusal: Option<String>,
+    /// Some changes were left out because their dependencies are not here (see
+    /// [`gate_changes`]).
+    pub(super) dropped: bool,
 }
 
 /// [`gate_changes`], then a gate that does not check `conn` is shown the changes accepted
@@ -332,7 +335,9 @@ pub(super) fn gate_and_observe(
 /// connection it does not check, every change is accepted as it is. Otherwise changes are
 /// taken in causal order: one whose dependencies are all in the document or accepted is put
 /// to the gate, one that depends on a refused change is refused with it, and one whose
-/// dependencies never arrive is dropped (not stored; the sync protocol asks again).
+/// dependencies never arrive is dropped (not stored, `Gated::dropped`). Its sender counts it
+/// as sent and would never offer it again: on the sync path the engine asks it to
+/// (`Engine::ask_to_resend`), the fast path resyncs.
 pub(super) fn gate_changes(
     gate: Option<&mut (dyn Gate + 'static)>,
     doc: DocId,
@@ -384,6 +389,7 @@ pub(super) fn gate_changes(
     }
     if !waiting.is_empty() {
         tracing::debug!(%doc, conn = conn.0, dropped = waiting.len(), "changes whose dependencies are missing were not taken");
+        out.dropped = true;
     }
     out
 }

@@ -12,8 +12,8 @@ use automerge::ChangeHash;
 use bytes::Bytes;
 
 use super::docs::{knows, sorted};
-use super::peer::fresh_state;
 use super::receive::{advance_heads, gate_and_observe, gate_changes, over_doc_bytes, Gated};
+use super::stall::fresh_state;
 use super::{
     raw_of, ConnId, Deferred, Engine, EngineError, Origin, Output, PersistEffect, Rejection, Slot,
     Write, MAX_QUEUED_WHILE_LOADING,
@@ -205,6 +205,9 @@ impl Engine {
             for (key, value) in std::mem::take(&mut gated.records) {
                 self.record(doc, key, value);
             }
+            if gated.dropped {
+                self.ask_to_resend(doc, conn);
+            }
             self.store_unapplied(conn, doc, gated.accepted);
         }
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
@@ -321,6 +324,9 @@ impl Engine {
         else {
             return Ok(());
         };
+        if gated.dropped {
+            self.ask_to_resend(doc, conn);
+        }
         if let Some(reason) = rejected {
             self.out.push_back(Output::Rejected { conn, doc, reason });
         }

@@ -20,6 +20,9 @@ struct Client {
     withholds: bool,
     /// Drops its first message that carries changes (as if it were lost on the way).
     loses_first: bool,
+    /// Sends its last change alone in its first message that carries changes, before the
+    /// change it depends on (what a Bloom filter's false positive leads to).
+    out_of_order: bool,
     /// Starts a fresh sync session when told to (weft's `reset`; the WebSocket wire has none).
     honours_reset: bool,
 }
@@ -36,6 +39,7 @@ impl Client {
             state: sync::State::new(),
             withholds,
             loses_first,
+            out_of_order: false,
             honours_reset,
         }
     }
@@ -45,6 +49,11 @@ impl Client {
         let mut msg = self.am.generate_sync_message(&mut self.state)?;
         if !msg.changes.is_empty() && std::mem::take(&mut self.loses_first) {
             return None;
+        }
+        if !msg.changes.is_empty() && std::mem::take(&mut self.out_of_order) {
+            let last = self.am.get_last_local_change().unwrap();
+            // Recorded as sent, both of them.
+            msg.changes = vec![last.raw_bytes().to_vec()].into();
         }
         if std::mem::take(&mut self.offers_first) {
             msg.changes = vec![self.raw.clone()].into();
@@ -200,4 +209,61 @@ fn a_read_only_peer_offering_changes_is_never_closed() {
 /// Whether the relay holds the client's change.
 fn knows_client(relay: &Engine, client: &Client) -> bool {
     relay.heads(DOC).unwrap().contains(&client.own)
+}
+
+/// A gate that takes every change, so that the engine checks changes one by one in causal
+/// order (as the relay's write rules do).
+struct TakeAll;
+
+impl Gate for TakeAll {
+    fn checks(&self, _conn: ConnId) -> bool {
+        true
+    }
+    fn opened(&mut self, _doc: DocId, _document: &Document, _records: &[(Vec<u8>, Vec<u8>)]) {}
+    fn check(
+        &mut self,
+        _doc: DocId,
+        _conn: ConnId,
+        _change: &crate::check::CheckedChange,
+        _document: &Document,
+    ) -> Result<Accepted, String> {
+        Ok(Accepted::default())
+    }
+    fn observe(&mut self, _doc: DocId, _change: &Change, _from: Option<ConnId>) {}
+    fn closed(&mut self, _doc: DocId) {}
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// A change whose dependency had not arrived is dropped by the gate, but its sender counts
+/// it as sent: the relay asks it (Automerge's sync reset, which a stock automerge-repo client
+/// honours) to send again, and they converge at once, with no stall, resync or close.
+#[test]
+fn a_change_sent_before_its_dependency_is_asked_for_again() {
+    for sync_only in [true, false] {
+        let mut relay = relay_with(sync_only, true);
+        relay.set_gate(Box::new(TakeAll));
+        let mut client = Client::new(false, false, false);
+        client
+            .am
+            .transact::<_, _, automerge::AutomergeError>(|tx| {
+                tx.put(ROOT, "second", "depends on the first")?;
+                Ok(())
+            })
+            .unwrap();
+        client.out_of_order = true;
+        let (outs, resets) = drive(&mut relay, &mut client, 20);
+        assert!(!withheld(&outs), "{outs:?}");
+        assert_eq!(resets, 0, "no resync was needed");
+        assert_eq!(
+            relay.heads(DOC).unwrap(),
+            {
+                let mut h = client.am.get_heads();
+                h.sort();
+                h
+            },
+            "sync-only {sync_only}"
+        );
+    }
 }
