@@ -180,7 +180,8 @@ async fn a_read_only_members_change_is_neither_stored_nor_forwarded() {
     }
     let mut trip = Trip::start(&[]).await;
     let mut mallory = trip.attacker(Role::ReadOnly).await;
-    // Carol reads the trip from a browser too: the change reaches no other WebSocket reader.
+    // Carol reads the trip from a browser too: the relay sends WebSocket readers a change
+    // before its write of it, never one it does not take.
     let carol = trip
         .relay
         .token(&Claims::new("carol", now(), 3600).with_doc(trip.doc, Role::ReadOnly));

@@ -262,11 +262,11 @@ fn stores_that_fail_writes_and_compact_often_still_converge() {
     );
 }
 
-/// WebSocket clients (sync protocol only, never live) through a relay: with lossy,
-/// reordering links and store writes that fail, everyone converges and every store ends up
-/// holding it all.
+/// WebSocket clients (sync protocol only) through a relay that sends each reader a change
+/// before its write (`forward_before_durable`): with lossy, reordering links and a relay
+/// whose store writes fail, everyone converges and the relay's store ends up holding it all.
 #[test]
-fn sync_only_clients_converge_through_a_relay() {
+fn sync_only_clients_sent_changes_before_the_write_converge() {
     let doc = DocId::from_bytes([8; 16]);
     let mut failed = 0;
     for seed in 0..10 {

@@ -13,6 +13,7 @@ use crate::DocId;
 impl Engine {
     /// Asks for a document to be loaded (an `Output::Load` unless it is loaded or loading).
     pub fn load(&mut self, doc: DocId) {
+        self.run_due_pumps();
         if let std::collections::hash_map::Entry::Vacant(e) = self.docs.entry(doc) {
             e.insert(Slot::Loading(Vec::new()));
             self.out.push_back(Output::Load { doc });
@@ -32,6 +33,7 @@ impl Engine {
         loaded: Option<Document>,
         records: &[(Vec<u8>, Vec<u8>)],
     ) {
+        self.run_due_pumps();
         self.touched.insert(doc);
         let queue = match self.docs.remove(&doc) {
             Some(Slot::Loading(q)) => q,
@@ -85,6 +87,7 @@ impl Engine {
     /// waiting on it are reported in `Output::Failed` (the driver tells them); a later `open`
     /// tries again.
     pub fn load_failed(&mut self, doc: DocId) {
+        self.run_due_pumps();
         if matches!(self.docs.get(&doc), Some(Slot::Ready(ds)) if ds.reloading) {
             // A stale document that cannot be read back is dropped like a failed write: its
             // peers are closed and the next use loads it afresh.
@@ -113,6 +116,7 @@ impl Engine {
     /// Creates a document in memory (a new local document). Its first change is persisted like
     /// any other.
     pub fn create(&mut self, doc: DocId, d: Document) {
+        self.run_due_pumps();
         if self.docs.remove(&doc).is_some() {
             self.gate_closed(doc);
         }
@@ -125,6 +129,7 @@ impl Engine {
     /// about to replace the document in its store (a device resetting a document to the relay's
     /// version); the next use loads it again.
     pub fn forget(&mut self, doc: DocId) {
+        self.run_due_pumps();
         self.touched.insert(doc);
         self.docs.remove(&doc);
         self.gate_closed(doc);
@@ -157,6 +162,7 @@ impl Engine {
     /// [`Engine::loaded_bytes`] is at most `target`. Each is reported as `Output::Evicted`.
     /// Returns how many were evicted. O(loaded documents log loaded documents).
     pub fn evict_idle(&mut self, target: u64) -> usize {
+        self.run_due_pumps();
         let mut total = self.loaded_bytes();
         if total <= target {
             return 0;

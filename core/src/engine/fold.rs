@@ -150,6 +150,7 @@ impl Engine {
     /// Whether the document is materialized (loaded and not stale). A stale one is reloaded
     /// from the store (an `Output::Load`); inputs that need it wait for [`Engine::loaded`].
     pub fn materialize(&mut self, doc: DocId) -> bool {
+        self.run_due_pumps();
         self.materialize_for(doc, "api")
     }
 

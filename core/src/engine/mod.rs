@@ -65,6 +65,7 @@ use crate::wire::Message;
 use crate::DocId;
 
 mod docs;
+mod due;
 mod fold;
 mod gate;
 mod inbound;
@@ -76,6 +77,7 @@ mod sync_path;
 mod timers;
 mod types;
 mod whole;
+use due::DuePump;
 pub use gate::{Accepted, Gate};
 pub use inbound::{check_message, Inbound};
 pub use types::*;
@@ -90,6 +92,12 @@ pub struct Engine {
     persist_doc: HashMap<PersistId, DocId>,
     next_persist: u64,
     out: VecDeque<Output>,
+    /// Pumps a completed write (or a change sent ahead of its write) asked for, run one at a
+    /// time as the driver polls (see [`Engine::poll_output`]) and all at once before the next
+    /// input.
+    due_pumps: VecDeque<DuePump>,
+    /// A due pump is running (see [`Engine::run_due_pumps`]).
+    in_due_pump: bool,
     /// Connections that never go live (see [`Engine::set_sync_only`]).
     sync_only: HashSet<ConnId>,
     /// The timer index: when each document's timers next fall due (`deadlines`), the same
@@ -252,6 +260,8 @@ impl Engine {
             persist_doc: HashMap::default(),
             next_persist: 0,
             out: VecDeque::new(),
+            due_pumps: VecDeque::new(),
+            in_due_pump: false,
             sync_only: HashSet::default(),
             touched: HashSet::default(),
             deadlines: HashMap::default(),
@@ -271,11 +281,6 @@ impl Engine {
         self.gate.as_deref_mut()
     }
 
-    /// The next output for the driver, if any.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
     /// Advances the engine's clock (never backwards).
     pub fn set_now(&mut self, now: Millis) {
         self.now = self.now.max(now);
@@ -283,6 +288,7 @@ impl Engine {
 
     /// Registers a connection.
     pub fn add_conn(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.conns.entry(conn).or_default();
     }
 
@@ -290,12 +296,14 @@ impl Engine {
     /// `Changes`/`Ack` fast path. For peers that speak only Automerge's sync protocol (the
     /// relay's WebSocket clients). Call it before opening documents for `conn`.
     pub fn set_sync_only(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.sync_only.insert(conn);
     }
 
     /// Forgets a connection: every document it had open is closed for it, and stable peers'
     /// sync states are persisted in their reconnect form.
     pub fn remove_conn(&mut self, conn: ConnId) {
+        self.run_due_pumps();
         self.sync_only.remove(&conn);
         let Some(docs) = self.conns.remove(&conn) else {
             return;
@@ -307,6 +315,7 @@ impl Engine {
 
     /// Stops syncing `doc` with `conn`.
     pub fn close(&mut self, conn: ConnId, doc: DocId) {
+        self.run_due_pumps();
         if let Some(docs) = self.conns.get_mut(&conn) {
             docs.remove(&doc);
         }
@@ -324,6 +333,7 @@ impl Engine {
     /// fullest moment otherwise. For a driver's housekeeping (O(loaded documents) when a map
     /// shrinks), never per input.
     pub fn shrink(&mut self) {
+        self.run_due_pumps();
         crate::hash::shrink_if_sparse(&mut self.docs);
         crate::hash::shrink_if_sparse(&mut self.conns);
         crate::hash::shrink_if_sparse(&mut self.persist_doc);
@@ -361,6 +371,7 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&mut automerge::Automerge) -> R,
     ) -> Result<(R, Option<PersistId>), EngineError> {
+        self.run_due_pumps();
         let ds = self.ready_folded(doc)?;
         let before = ds.doc.automerge().get_heads();
         let r = f(ds.doc.automerge_mut());
@@ -385,6 +396,7 @@ impl Engine {
         doc: DocId,
         f: impl FnOnce(&Document) -> R,
     ) -> Result<R, EngineError> {
+        self.run_due_pumps();
         let ds = self.ready_folded(doc)?;
         Ok(f(&ds.doc))
     }
@@ -430,6 +442,7 @@ impl Engine {
     /// Tells the engine how many bytes `doc` takes in the store (after a load or a
     /// compaction); the engine adds every change it writes from then on.
     pub fn set_stored_bytes(&mut self, doc: DocId, bytes: u64) {
+        self.run_due_pumps();
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             ds.stored_bytes = bytes;
         }

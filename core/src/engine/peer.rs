@@ -22,6 +22,7 @@ const MAX_STALLS: u32 = 3;
 impl Engine {
     /// Starts syncing `doc` with `conn` (loads the document first if needed).
     pub fn open(&mut self, conn: ConnId, doc: DocId, opts: OpenOptions) {
+        self.run_due_pumps();
         self.touched.insert(doc);
         self.add_conn(conn);
         if let Some(docs) = self.conns.get_mut(&conn) {
@@ -97,6 +98,18 @@ impl Engine {
 
     /// Sends whatever the sync protocol has for a peer in sync mode.
     pub(super) fn pump(&mut self, doc: DocId, conn: ConnId) {
+        self.pump_with(doc, conn, false);
+    }
+
+    /// [`Self::pump`] for a peer sent a change ahead of its write (see
+    /// [`EngineConfig::forward_before_durable`](super::EngineConfig::forward_before_durable)):
+    /// only writes of changes *other* peers sent may be in flight. The peer's own, and local
+    /// ones, still hold its answer until they are durable.
+    pub(super) fn pump_ahead(&mut self, doc: DocId, conn: ConnId) {
+        self.pump_with(doc, conn, true);
+    }
+
+    fn pump_with(&mut self, doc: DocId, conn: ConnId, ahead: bool) {
         let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
             return;
         };
@@ -123,11 +136,15 @@ impl Engine {
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;
         };
-        if !ds
-            .persists
-            .iter()
-            .all(|p| matches!(p.effect, PersistEffect::None))
-        {
+        let held = ds.persists.iter().any(|p| match &p.effect {
+            PersistEffect::None => false,
+            PersistEffect::Changes {
+                origin: Origin::Remote(from),
+                ..
+            } if ahead => *from == conn,
+            PersistEffect::Changes { .. } => true,
+        });
+        if held {
             // Not everything in the document is durable yet; `persisted` pumps again.
             if let Some(pd) = ds.peers.get_mut(&conn) {
                 pd.answer_held = true;

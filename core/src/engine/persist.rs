@@ -14,8 +14,16 @@ use super::{
 use crate::DocId;
 
 impl Engine {
-    /// Reports a persist request durable.
+    /// Reports a persist request durable. The peers it gives something to send are pumped as
+    /// the driver polls (see [`Engine::poll_output`]).
     pub fn persisted(&mut self, id: PersistId) {
+        self.run_due_pumps();
+        self.complete_persist(id, true);
+    }
+
+    /// A write is durable: what it and every write before it carry takes effect. `defer`
+    /// leaves the pumps that follow to [`Engine::poll_output`].
+    fn complete_persist(&mut self, id: PersistId, defer: bool) {
         let Some(doc) = self.persist_doc.remove(&id) else {
             return;
         };
@@ -85,6 +93,17 @@ impl Engine {
                 .collect(),
             _ => Vec::new(),
         };
+        if defer {
+            // The fold check does not depend on the pumps (they fold what they need first).
+            self.after_input(doc);
+            self.due_pumps
+                .extend(conns.into_iter().map(|conn| super::due::DuePump {
+                    doc,
+                    conn,
+                    ahead: false,
+                }));
+            return;
+        }
         for conn in conns {
             self.pump(doc, conn);
         }
@@ -94,6 +113,7 @@ impl Engine {
     /// Reports a persist request failed. The document is dropped from memory (it is reloaded
     /// from the store, which lacks the failed write, on next use) and its peers are closed.
     pub fn persist_failed(&mut self, id: PersistId) {
+        self.run_due_pumps();
         let Some(doc) = self.persist_doc.remove(&id) else {
             return;
         };
@@ -111,7 +131,7 @@ impl Engine {
                 via_fast_path: false,
             },
         );
-        self.persisted(id);
+        self.complete_persist(id, false);
     }
 
     pub(super) fn persist_write(

@@ -27,6 +27,7 @@ impl Engine {
     ///
     /// An `Err` means the peer misbehaved for this document; the driver should close it.
     pub fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) -> Result<(), EngineError> {
+        self.run_due_pumps();
         let doc = msg.doc();
         self.touched.insert(doc);
         let open = self
@@ -188,6 +189,7 @@ impl Engine {
         checked: Vec<CheckedChange>,
         stored: Vec<u8>,
     ) -> Result<Option<usize>, EngineError> {
+        self.run_due_pumps();
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return Err(EngineError::NotLoaded { doc });
         };

@@ -16,6 +16,7 @@ impl Engine {
     /// Drops a peer back to sync mode from a fresh state and tells it to reset too: the way to
     /// recover after messages to it were dropped (a full queue).
     pub fn resync(&mut self, doc: DocId, conn: ConnId) {
+        self.run_due_pumps();
         let now = self.now;
         self.touched.insert(doc);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {

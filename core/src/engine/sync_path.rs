@@ -330,9 +330,32 @@ impl Engine {
         if let Some(reason) = rejected {
             self.out.push_back(Output::Rejected { conn, doc, reason });
         }
+        let stored = !chunk_bytes.is_empty();
         self.store_round(conn, doc, &before, chunk_bytes);
         self.pump(doc, conn);
+        if stored && self.cfg.forward_before_durable {
+            self.forward_ahead(doc, conn);
+        }
         Ok(())
+    }
+
+    /// Queues a pump, ahead of the write in flight, for each sync-only peer of `doc` other
+    /// than `from` (see [`EngineConfig::forward_before_durable`](super::EngineConfig)).
+    fn forward_ahead(&mut self, doc: DocId, from: ConnId) {
+        let Some(Slot::Ready(ds)) = self.docs.get(&doc) else {
+            return;
+        };
+        let sync_only = &self.sync_only;
+        let due = ds
+            .peers
+            .keys()
+            .filter(|c| **c != from && sync_only.contains(c))
+            .map(|&conn| super::due::DuePump {
+                doc,
+                conn,
+                ahead: true,
+            });
+        self.due_pumps.extend(due);
     }
 
     /// Automerge receives the message with the changes it may take (`to_apply`); the peer's

@@ -12,6 +12,7 @@ use crate::DocId;
 impl Engine {
     /// Runs timers: folds that are due, peers to resync, documents to evict.
     pub fn tick(&mut self, now: Millis) {
+        self.run_due_pumps();
         self.set_now(now);
         self.refresh_timers();
         let due: Vec<DocId> = self
@@ -63,6 +64,7 @@ impl Engine {
 
     /// When `tick` should next be called, if anything is waiting on time.
     pub fn next_wakeup(&mut self) -> Option<Millis> {
+        self.run_due_pumps();
         self.refresh_timers();
         let next = self.timers.first().map(|(t, _)| *t);
         #[cfg(test)]

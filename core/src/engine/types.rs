@@ -61,6 +61,12 @@ pub struct EngineConfig {
     /// when it leaves): a peer that syncs every change (a WebSocket client) would otherwise
     /// cost a store write per change.
     pub sync_state_every: Millis,
+    /// A change a peer sends on the sync path reaches the document's other sync-only peers
+    /// (WebSocket clients) as soon as it is applied, before it is durable here; the answer to
+    /// its sender and every announcement of it (live peers, `Changed`) still wait for the
+    /// write. A node that loses the write loses nothing the others do not hold and give back
+    /// (`docs/decisions/0043-websocket-readers-before-the-write.md`).
+    pub forward_before_durable: bool,
 }
 
 impl EngineConfig {
@@ -79,6 +85,7 @@ impl EngineConfig {
             inline_apply_ops: usize::MAX,
             whole_off_thread_from: u64::MAX,
             sync_state_every: 0,
+            forward_before_durable: false,
         }
     }
 
@@ -103,6 +110,7 @@ impl EngineConfig {
             // Saving 64 KiB takes ~4 ms; copying the document a few percent of that.
             whole_off_thread_from: 64 << 10,
             sync_state_every: 10_000,
+            forward_before_durable: true,
         }
     }
 }

@@ -134,6 +134,7 @@ impl Engine {
     /// as the document's cached message too. A peer whose read-only flag differs from the
     /// job's, or every waiting peer when the save failed, is served as if it just arrived.
     pub fn whole_made(&mut self, made: WholeMade) {
+        self.run_due_pumps();
         let doc = made.doc;
         self.touched.insert(doc);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {

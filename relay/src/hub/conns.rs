@@ -55,6 +55,9 @@ pub(super) struct Conn {
     last_batch_bytes: usize,
     /// How its frames are encoded (by the protocol version it announced).
     pub(super) encoding: Encoding,
+    /// A WebSocket client, kept in sync mode (`Engine::set_sync_only`): its sync messages
+    /// leave as soon as they are made (see [`Hub::pump_actions`]).
+    pub(super) sync_only: bool,
 }
 
 /// Frames for one connection, concatenated, that go on its queue as one entry.
@@ -117,6 +120,7 @@ impl Hub {
                 batch: Batch::default(),
                 last_batch_bytes: 0,
                 encoding: Encoding::for_protocol(protocol),
+                sync_only: false,
             },
         );
         self.host.add_conn(self.now_ms(), conn);

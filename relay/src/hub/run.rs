@@ -219,7 +219,8 @@ impl Hub {
             }
             // WebSocket hook (begin)
             HubEvent::SyncOnly { conn } => {
-                if self.conns.contains_key(&conn) {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.sync_only = true;
                     self.host.set_sync_only(self.now_ms(), conn);
                 }
             }
@@ -267,10 +268,22 @@ impl Hub {
 
     /// Carries out what the engine asked for: messages delivered, writes awaited, loads
     /// queued, and its reports about documents.
+    ///
+    /// A sync message to a WebSocket client goes on its queue at once rather than with the
+    /// pass's batch: the engine generates the sync messages of a document's readers one per
+    /// poll (`Engine::poll_output`), so the first reader's leaves while the next one's is made.
+    /// Other connections' frames wait for the pass's end and go out as one batch each.
     fn pump_actions(&mut self) {
         let mut last = None;
         while let Some(action) = self.host.poll_action() {
             match action {
+                Action::Send {
+                    conn,
+                    msg: msg @ Message::Sync { .. },
+                } if self.conns.get(&conn).is_some_and(|c| c.sync_only) => {
+                    self.deliver(conn, msg, &mut last);
+                    self.flush_conn(conn);
+                }
                 Action::Send { conn, msg } => self.deliver(conn, msg, &mut last),
                 Action::Wait { what, ticket } => {
                     self.commits.push_back((what, Durable::store(ticket)))

@@ -2,6 +2,7 @@
 //! by topic in the files beside.
 
 mod documents;
+mod due_pumps;
 mod folding;
 mod gate;
 mod peers;
@@ -78,6 +79,30 @@ fn pair(a_may_write: bool) -> (Engine, Engine) {
     );
     pump(&mut a, &mut b);
     (a, b)
+}
+
+/// A relay and its devices: device `i` is the relay's connection `first_conn + i` and reaches
+/// the relay on its own connection 1. Delivers messages until all are quiet.
+fn settle_star(relay: &mut Engine, devs: &mut [Engine], first_conn: u64) {
+    for _ in 0..100 {
+        let mut quiet = true;
+        for (i, d) in devs.iter_mut().enumerate() {
+            for (_, m) in drain(d) {
+                quiet = false;
+                relay.handle(ConnId(first_conn + i as u64), m).unwrap();
+            }
+        }
+        for (c, m) in drain(relay) {
+            quiet = false;
+            devs[(c.0 - first_conn) as usize]
+                .handle(ConnId(1), m)
+                .unwrap();
+        }
+        if quiet {
+            return;
+        }
+    }
+    panic!("never quiet");
 }
 
 /// Delivers messages both ways until both are quiet.

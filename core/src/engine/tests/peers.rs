@@ -131,28 +131,9 @@ fn an_idle_live_peer_is_not_resynced_while_a_new_change_is_being_written() {
         d.open(ConnId(1), DOC, OpenOptions::default());
         relay.open(ConnId(2 + i as u64), DOC, OpenOptions::default());
     }
-    // Sync both devices with the relay until everyone is quiet (and live).
-    let exchange = |relay: &mut Engine, devs: &mut [Engine; 2]| {
-        for _ in 0..50 {
-            let mut quiet = true;
-            for (i, d) in devs.iter_mut().enumerate() {
-                for (_, m) in drain(d) {
-                    quiet = false;
-                    relay.handle(ConnId(2 + i as u64), m).unwrap();
-                }
-            }
-            for (c, m) in drain(relay) {
-                quiet = false;
-                devs[(c.0 - 2) as usize].handle(ConnId(1), m).unwrap();
-            }
-            if quiet {
-                return;
-            }
-        }
-        panic!("never quiet");
-    };
     write(&mut devs[0], "first");
-    exchange(&mut relay, &mut devs);
+    // Sync both devices with the relay until everyone is quiet (and live).
+    settle_star(&mut relay, &mut devs, 2);
     assert_eq!(relay.heads(DOC), devs[1].heads(DOC));
 
     // Idle for longer than retry_after; then device 0 writes and the relay receives it.
