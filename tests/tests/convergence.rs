@@ -6,8 +6,10 @@
 //! prints every message delivered once the network heals, `WEFT_SIM_TRACE_ALL` from the start.
 
 use proptest::prelude::*;
-use weft_core::engine::EngineConfig;
-use weft_core::DocId;
+use weft_core::automerge::Change;
+use weft_core::check::CheckedChange;
+use weft_core::engine::{Accepted, ConnId, EngineConfig, Gate};
+use weft_core::{DocId, Document};
 use weft_tests::sim::{Faults, Sim};
 
 #[derive(Clone, Debug)]
@@ -288,6 +290,59 @@ fn sync_only_clients_sent_changes_before_the_write_converge() {
         failed > 0,
         "no store write failed: the fault is not exercised"
     );
+}
+
+/// A gate that takes every change: the relay then checks changes one by one in causal order,
+/// as its write rules do, and drops one whose dependency has not arrived.
+struct TakeAll;
+
+impl Gate for TakeAll {
+    fn checks(&self, _conn: ConnId) -> bool {
+        true
+    }
+    fn opened(&mut self, _doc: DocId, _document: &Document, _records: &[(Vec<u8>, Vec<u8>)]) {}
+    fn check(
+        &mut self,
+        _doc: DocId,
+        _conn: ConnId,
+        _change: &CheckedChange,
+        _document: &Document,
+    ) -> Result<Accepted, String> {
+        Ok(Accepted::default())
+    }
+    fn observe(&mut self, _doc: DocId, _change: &Change, _from: Option<ConnId>) {}
+    fn closed(&mut self, _doc: DocId) {}
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// WebSocket clients whose wire has no weft `reset` (only Automerge's own sync reset), through
+/// a relay that checks every change against its gate, with lossy, reordering links: a change
+/// the gate drops because it arrived before its dependency, or one lost on the way, is asked
+/// for again, and everyone converges without a client being closed.
+#[test]
+fn sync_only_clients_through_a_gated_relay_converge() {
+    let doc = DocId::from_bytes([9; 16]);
+    for seed in 0..10 {
+        let mut configs = vec![EngineConfig::relay()];
+        configs.extend((0..4).map(|_| EngineConfig::device()));
+        let mut sim = Sim::new(configs, vec![doc], seed);
+        sim.sync_only.extend(1..=4);
+        sim.set_gate(0, Box::new(TakeAll));
+        sim.faults = Faults {
+            loss: 0.05,
+            duplicate: 0.02,
+            max_delay: 20,
+            store_failure: 0.0,
+        };
+        sim.persist_delay = 1 + seed % 3;
+        edit_through_the_relay_then_converge(&mut sim, doc, 3, 400_000, seed);
+        assert_eq!(
+            sim.withheld_closes, 0,
+            "seed {seed}: a client had to be closed"
+        );
+    }
 }
 
 #[test]

@@ -100,13 +100,17 @@ pub struct Sim {
     pub delivered_bytes: u64,
     /// Store writes that failed (injected by [`Faults::store_failure`]).
     pub failed_writes: u64,
+    /// Connections closed because a peer's heads named changes it would not send
+    /// (`EngineError::Withheld`; the link reconnects).
+    pub withheld_closes: u64,
     /// Print every delivered message on stderr.
     pub trace: bool,
     /// The user each node's device acts for: a node whose engine has a `RulesGate` checks
     /// what its peers send as their users' (see [`Sim::connect`]).
     pub users: HashMap<usize, String>,
     /// Nodes that speak only Automerge's sync protocol, as an automerge-repo client on the
-    /// relay's WebSocket endpoint: both ends of their links are sync-only.
+    /// relay's WebSocket endpoint: both ends of their links are sync-only, and their sync
+    /// messages lose weft's `reset` on the way, as on that wire.
     pub sync_only: std::collections::HashSet<usize>,
 }
 
@@ -168,6 +172,7 @@ impl Sim {
             delivered: 0,
             delivered_bytes: 0,
             failed_writes: 0,
+            withheld_closes: 0,
             trace: false,
             users: HashMap::new(),
             sync_only: Default::default(),

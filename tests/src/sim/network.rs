@@ -149,7 +149,7 @@ impl Sim {
             .position(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
     }
 
-    pub(super) fn send(&mut self, from: usize, conn: ConnId, msg: Message) {
+    pub(super) fn send(&mut self, from: usize, conn: ConnId, mut msg: Message) {
         let Some(l) = self
             .links
             .iter()
@@ -167,6 +167,12 @@ impl Sim {
         } else {
             (l.a, l.conn_a)
         };
+        // automerge-repo's wire carries no `reset`: only Automerge's own flag in the data.
+        if let Message::Sync { reset, .. } = &mut msg {
+            if self.sync_only.contains(&l.a) || self.sync_only.contains(&l.b) {
+                *reset = false;
+            }
+        }
         if self.rng.random_bool(self.faults.loss) {
             return;
         }

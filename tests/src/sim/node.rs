@@ -134,7 +134,10 @@ impl Sim {
                 conn,
                 error: weft_core::engine::EngineError::Withheld { .. },
                 ..
-            } => self.reconnect_conn(conn),
+            } => {
+                self.withheld_closes += 1;
+                self.reconnect_conn(conn);
+            }
             Output::ProtocolError { conn, .. } => self.disconnect_conn(conn),
             // A document whose write failed left memory: its connections close and its peers
             // reconnect and sync again, as a device does after its backoff.
