@@ -14,11 +14,6 @@ use super::{
 };
 use crate::DocId;
 
-/// Sync rounds that change nothing before the exchange is restarted from a fresh state.
-/// Automerge's protocol assumes reliable delivery: after a loss, a sender may keep withholding a
-/// change it believes it sent while the receiver keeps asking, forever.
-const MAX_STALLS: u32 = 3;
-
 impl Engine {
     /// Starts syncing `doc` with `conn` (loads the document first if needed).
     pub fn open(&mut self, conn: ConnId, doc: DocId, opts: OpenOptions) {
@@ -155,7 +150,7 @@ impl Engine {
             return;
         };
         pd.answer_held = false;
-        if pd.stalls >= MAX_STALLS {
+        if pd.stalls >= self.cfg.stall_rounds {
             self.stalled(doc, conn);
             return;
         }

@@ -37,7 +37,7 @@ impl Engine {
         self.pump(doc, conn);
     }
 
-    /// `conn` made no progress on `doc` (`MAX_STALLS` rounds, or `retry_after`): it is resynced,
+    /// `conn` made no progress on `doc` (`EngineConfig::stall_rounds` rounds, or `retry_after`): it is resynced,
     /// unless its heads have named changes we lack for `retry_after` and a resync cannot
     /// bring them.
     ///

@@ -24,6 +24,12 @@ pub struct PersistId(pub u64);
 pub struct EngineConfig {
     /// A peer that is not synced and has made no progress for this long is resynced from scratch.
     pub retry_after: Millis,
+    /// Sync rounds with a peer that change nothing on either side before it is resynced (see
+    /// `stall.rs`). Automerge's protocol assumes reliable delivery: after a loss, a sender may
+    /// keep withholding a change it believes it sent while the receiver keeps asking, forever.
+    /// `u32::MAX` never counts them (a test node standing for an automerge-repo client, which
+    /// has no such check).
+    pub stall_rounds: u32,
     /// Fold pending received changes into the document once this many are waiting.
     pub fold_batch: usize,
     /// Fold pending received changes at most this long after the first arrived. `0` folds at
@@ -74,6 +80,7 @@ impl EngineConfig {
     pub fn device() -> Self {
         EngineConfig {
             retry_after: 5_000,
+            stall_rounds: 3,
             fold_batch: 1024,
             fold_delay: 0,
             max_folds_per_tick: usize::MAX,
@@ -98,6 +105,7 @@ impl EngineConfig {
     pub fn relay() -> Self {
         EngineConfig {
             retry_after: 5_000,
+            stall_rounds: 3,
             fold_batch: 512,
             fold_delay: 10_000,
             max_folds_per_tick: 4,
