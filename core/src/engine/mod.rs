@@ -213,6 +213,9 @@ struct PeerDoc {
     lacking_since: Option<Millis>,
     /// Resyncs for a stall since `lacking_since` (see `Engine::stalled`).
     withheld_resyncs: u32,
+    /// Our heads when a sync-only peer whose heads we all hold was resynced, until it next
+    /// sends anything (see `Engine::stalled`).
+    unanswered: Option<Vec<ChangeHash>>,
     /// `Output::Unaccepted` was reported for this peer.
     reported_unaccepted: bool,
     /// The whole document was sent to this peer, which held none of it, and it has not told

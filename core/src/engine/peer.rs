@@ -55,6 +55,7 @@ impl Engine {
                 stalls: 0,
                 lacking_since: None,
                 withheld_resyncs: 0,
+                unanswered: None,
                 reported_unaccepted: false,
                 whole_sent: false,
                 whole_waiting: false,
@@ -187,7 +188,7 @@ impl Engine {
         self.check_synced(doc, conn);
     }
 
-    fn check_synced(&mut self, doc: DocId, conn: ConnId) {
+    pub(super) fn check_synced(&mut self, doc: DocId, conn: ConnId) {
         let sync_only = self.sync_only.contains(&conn);
         let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) else {
             return;

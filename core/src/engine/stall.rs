@@ -63,6 +63,21 @@ impl Engine {
                             .as_ref()
                             .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
                 });
+            if let Some(pd) = ds.peers.get_mut(&conn).filter(|_| sync_only && !lacking) {
+                // A stock client answers a message whose heads differ from its own or that
+                // brings it changes, and its wire loses nothing: silence after our resync
+                // means it holds exactly our heads (our view of them was stale). Resyncing it
+                // again would repeat forever.
+                if pd.unanswered.as_ref() == Some(&ds.heads) {
+                    pd.their_heads = Some(ds.heads.clone());
+                    pd.unanswered = None;
+                    pd.stalls = 0;
+                    pd.last_progress = now;
+                    self.check_synced(doc, conn);
+                    return;
+                }
+                pd.unanswered = Some(ds.heads.clone());
+            }
             if let Some(pd) = ds.peers.get_mut(&conn).filter(|_| lacking) {
                 let long = pd.lacking_since.is_some_and(|t| t + wait <= now);
                 let cannot_reset = sync_only && !resets_on_request(&pd.sync);

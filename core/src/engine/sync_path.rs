@@ -413,6 +413,7 @@ impl Engine {
             pd.stalls += 1;
         }
         pd.their_heads = their_heads;
+        pd.unanswered = None;
         let lacking = ds.peers.get(&conn).is_some_and(|pd| {
             pd.their_heads
                 .as_ref()
