@@ -5,7 +5,7 @@
 use automerge::sync;
 
 use super::docs::knows;
-use super::{ConnId, Engine, EngineError, Output, Slot};
+use super::{ConnId, DocState, Engine, EngineError, Output, PeerDoc, Slot};
 use crate::DocId;
 
 /// Resyncs for a stall while a peer's heads name changes we lack, after which it is closed
@@ -37,9 +37,9 @@ impl Engine {
         self.pump(doc, conn);
     }
 
-    /// `conn` made no progress on `doc` (`EngineConfig::stall_rounds` rounds, or `retry_after`): it is resynced,
-    /// unless its heads have named changes we lack for `retry_after` and a resync cannot
-    /// bring them.
+    /// `conn` made no progress on `doc` (`EngineConfig::stall_rounds` rounds, or
+    /// `retry_after`): it is resynced, unless its heads have named changes we lack for
+    /// `retry_after` and a resync cannot bring them.
     ///
     /// Automerge sends a change once per sync session: a peer that believes it sent one we
     /// never took (a lost message, a bug, or a client lying about its heads) asks us to catch
@@ -56,13 +56,10 @@ impl Engine {
         let wait = self.cfg.retry_after;
         if let Some(Slot::Ready(ds)) = self.docs.get_mut(&doc) {
             let lacking = !ds.stale
-                && ds.peers.get(&conn).is_some_and(|pd| {
-                    pd.opts.accept_changes
-                        && pd
-                            .their_heads
-                            .as_ref()
-                            .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
-                });
+                && ds
+                    .peers
+                    .get(&conn)
+                    .is_some_and(|pd| pd.opts.accept_changes && names_unknown(ds, pd));
             if let Some(pd) = ds.peers.get_mut(&conn).filter(|_| sync_only && !lacking) {
                 // A stock client answers a message whose heads differ from its own or that
                 // brings it changes, and its wire loses nothing: silence after our resync
@@ -115,6 +112,13 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether the peer's heads, as last told, name a change the document does not know.
+pub(super) fn names_unknown(ds: &DocState, pd: &PeerDoc) -> bool {
+    pd.their_heads
+        .as_ref()
+        .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
 }
 
 /// A state that remembers only what survives a reconnect, keeping the read-only setting.

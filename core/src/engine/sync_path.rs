@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::docs::{knows, sorted};
 use super::receive::{advance_heads, gate_and_observe, gate_changes, over_doc_bytes, Gated};
-use super::stall::fresh_state;
+use super::stall::{fresh_state, names_unknown};
 use super::{
     raw_of, ConnId, Deferred, Engine, EngineError, Origin, Output, PersistEffect, Rejection, Slot,
     Write, MAX_QUEUED_WHILE_LOADING,
@@ -414,11 +414,7 @@ impl Engine {
         }
         pd.their_heads = their_heads;
         pd.unanswered = None;
-        let lacking = ds.peers.get(&conn).is_some_and(|pd| {
-            pd.their_heads
-                .as_ref()
-                .is_some_and(|theirs| theirs.iter().any(|h| !knows(ds, h)))
-        });
+        let lacking = ds.peers.get(&conn).is_some_and(|pd| names_unknown(ds, pd));
         let Some(pd) = ds.peers.get_mut(&conn) else {
             return Ok(None);
         };
