@@ -191,6 +191,74 @@ async fn a_read_only_member_gets_nothing_stored_on_either_path() {
     fetched_unchanged(&relay, doc, &heads_now).await;
 }
 
+/// A member whose heads name a change she never sends (even when the relay asks for it, even
+/// after it resyncs her) would keep the relay answering without end: it closes her
+/// connection instead, stores nothing of hers, and serves everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_withholding_a_change_her_heads_name_is_closed() {
+    let relay = Relay::start(&[]);
+    let (mut alice, doc, heads) = alice_with_doc(&relay).await;
+    let mut mallory = member(&relay, "mallory", doc, Role::ReadWrite).await;
+    // Mallory's own copy, with a change she will announce and never send.
+    let saved = mallory.engine.read(doc, |d| d.save()).unwrap();
+    let mut am = Automerge::load(&saved)
+        .unwrap()
+        .with_actor(ActorId::random());
+    let mut tx = am.transaction();
+    tx.put(ROOT, "title", "withheld").unwrap();
+    tx.commit();
+    // Speaking the sync protocol as Automerge does, with the changes taken out.
+    let mut state = sync::State::new();
+    // The relay waits retry_after (5 s) of such heads before closing; a relay that never
+    // closes keeps answering, so the exchange is bounded in time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still answering Mallory after 60 s"
+        );
+        if let Some(mut msg) = am.generate_sync_message(&mut state) {
+            msg.changes = Vec::<Vec<u8>>::new().into();
+            let data = msg.encode().into();
+            let sent = mallory
+                .writer
+                .send(&Message::Sync {
+                    doc,
+                    reset: false,
+                    data,
+                })
+                .await;
+            if sent.is_err() {
+                panic!("the connection ended without an error message");
+            }
+        }
+        match mallory.recv(Duration::from_secs(30)).await {
+            Ok(Some(Message::Sync { reset, data, .. })) => {
+                if reset {
+                    state = sync::State::new();
+                }
+                let msg = sync::Message::decode(&data).unwrap();
+                am.receive_sync_message(&mut state, msg).unwrap();
+            }
+            Ok(Some(Message::Error { code, message, .. })) if code == ErrorCode::MALFORMED => {
+                break message;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("the relay ended otherwise: {other:?}"),
+        }
+    };
+    assert!(error.contains("sync stalled"), "{error}");
+    closed(&mut mallory).await;
+    still_serves(&relay, doc).await;
+    assert!(alice.until(|d| d.get(doc, "note").is_some()).await);
+    assert_eq!(alice.get(doc, "title").as_deref(), Some("original"));
+    assert_ne!(
+        alice.engine.heads(doc).unwrap(),
+        heads,
+        "Bob's note arrived"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_its_sender_and_never_reaches_the_store() {
     let relay = Relay::start(&[]);
