@@ -211,6 +211,8 @@ struct PeerDoc {
     stalls: u32,
     /// Since when the peer's heads (as last told) have named changes we lack.
     lacking_since: Option<Millis>,
+    /// When an ack naming changes we lack last made us resync (see `Engine::on_ack`).
+    ack_resynced_at: Option<Millis>,
     /// Resyncs for a stall since `lacking_since` (see `Engine::stalled`).
     withheld_resyncs: u32,
     /// Our heads when a sync-only peer whose heads we all hold was resynced, until it next

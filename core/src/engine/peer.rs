@@ -54,6 +54,7 @@ impl Engine {
                 state_saved_at: None,
                 stalls: 0,
                 lacking_since: None,
+                ack_resynced_at: None,
                 withheld_resyncs: 0,
                 unanswered: None,
                 reported_unaccepted: false,
@@ -307,6 +308,15 @@ impl Engine {
         };
         pd.last_progress = now;
         if !all_known {
+            // At most one resync per `retry_after` for acks: each costs a sync message over
+            // the whole document, and a hostile peer can send acks naming anything. A change
+            // still missing after it is the stall check's to chase.
+            let wait = self.cfg.retry_after;
+            if pd.ack_resynced_at.is_some_and(|t| now < t + wait) {
+                tracing::debug!(%doc, conn = conn.0, "an ack names changes we lack: resynced lately");
+                return;
+            }
+            pd.ack_resynced_at = Some(now);
             tracing::debug!(%doc, conn = conn.0, "an ack names changes we lack: resync");
             self.resync(doc, conn);
             return;

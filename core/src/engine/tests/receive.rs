@@ -275,3 +275,39 @@ fn imported_changes_wait_unfolded_are_stored_as_this_nodes_and_reach_live_peers(
     let other_doc = DocId::from_bytes([8; 16]);
     assert!(b.import(other_doc, check(&first), first.clone()).is_err());
 }
+
+/// Acks naming changes we lack make us resync once per `retry_after`, however many arrive: a
+/// resync costs a sync message over the whole document, and any peer can send acks.
+#[test]
+fn acks_naming_unknown_changes_resync_at_most_once_per_retry_after() {
+    let (_, mut b) = pair(true);
+    let unknown = automerge::ChangeHash([7; 32]);
+    let resyncs = |sends: &[(ConnId, Message)]| {
+        sends
+            .iter()
+            .filter(|(c, m)| *c == ConnId(2) && matches!(m, Message::Sync { reset: true, .. }))
+            .count()
+    };
+    let mut sent = 0;
+    for i in 0..50 {
+        b.set_now(i * 10);
+        let ack = Message::Ack {
+            doc: DOC,
+            heads: vec![unknown],
+        };
+        b.handle(ConnId(2), ack).unwrap();
+        sent += resyncs(&drain(&mut b));
+    }
+    assert_eq!(sent, 1, "one resync within retry_after");
+    b.set_now(EngineConfig::relay().retry_after + 500);
+    let ack = Message::Ack {
+        doc: DOC,
+        heads: vec![unknown],
+    };
+    b.handle(ConnId(2), ack).unwrap();
+    assert_eq!(
+        resyncs(&drain(&mut b)),
+        1,
+        "another once retry_after has passed"
+    );
+}
