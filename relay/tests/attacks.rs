@@ -518,3 +518,43 @@ async fn a_store_poisoned_before_checks_existed_serves_its_documents_again() {
     let relay = relay.restart();
     fetched_unchanged(&relay, doc, &heads).await;
 }
+
+/// A member sending acks that name a change nobody has costs the relay one resync of her
+/// document per `retry_after`, not one per ack (each is a sync message over the document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_naming_unknown_changes_cost_one_resync_not_one_each() {
+    let relay = Relay::start(&[]);
+    let (_alice, doc, _) = alice_with_doc(&relay).await;
+    let mut mallory = member(&relay, "mallory", doc, Role::ReadWrite).await;
+    let unknown = ChangeHash([0x5a; 32]);
+    for _ in 0..200 {
+        let ack = Message::Ack {
+            doc,
+            heads: vec![unknown],
+        };
+        mallory.writer.send(&ack).await.unwrap();
+    }
+    // Then a sync message from a fresh session: the relay's answer to it comes after whatever
+    // the acks made it send (one ordered stream each way), and carries no reset of its own.
+    let saved = mallory.engine.read(doc, |d| d.save()).unwrap();
+    let am = Automerge::load(&saved).unwrap();
+    let msg = am.generate_sync_message(&mut sync::State::new()).unwrap();
+    let data = msg.encode().into();
+    let hello = Message::Sync {
+        doc,
+        reset: true,
+        data,
+    };
+    mallory.writer.send(&hello).await.unwrap();
+    let mut resyncs = 0;
+    loop {
+        match mallory.recv(Duration::from_secs(30)).await {
+            Ok(Some(Message::Sync { reset: true, .. })) => resyncs += 1,
+            Ok(Some(Message::Sync { reset: false, .. })) => break,
+            Ok(Some(_)) => {}
+            other => panic!("the relay ended otherwise: {other:?}"),
+        }
+    }
+    assert!(resyncs <= 2, "{resyncs} resyncs for 200 acks");
+    still_serves(&relay, doc).await;
+}
