@@ -9,7 +9,6 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=link/hot.ld");
     println!("cargo:rerun-if-changed=build.rs");
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("PROFILE") != "release" || var("CARGO_CFG_TARGET_OS") != "linux" {
         return;
     }
@@ -26,7 +25,6 @@ fn main() {
 /// later): a native build for glibc on a machine that has one. A glibc binary already needs
 /// the glibc it was built against, so this asks nothing more of the machines it runs on.
 fn glibc_reads_relr() -> bool {
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("HOST") != var("TARGET") || var("CARGO_CFG_TARGET_ENV") != "gnu" {
         return false;
     }
@@ -41,4 +39,9 @@ fn glibc_reads_relr() -> bool {
         (Some(major), Some(minor)) => (major, minor) >= (2, 36),
         _ => false,
     }
+}
+
+/// A variable cargo sets for build scripts, empty when unset.
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
 }
